@@ -1,0 +1,31 @@
+# gatewayd: `make demo` and `make test` work on a fresh machine with python3 only.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test lint bench-lookup clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $(STAMP)
+
+## demo: two echo backends and gatewayd on examples/ (Ctrl-C stops everything)
+demo: $(STAMP)
+	BIN=$(BIN) bash examples/demo.sh
+
+## test: the whole suite (unit, real-socket and end-to-end tests)
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check gatewayd tests loadtest
+	$(BIN)/mypy
+
+## bench-lookup: route lookup cost at 10 and 1,000 routes
+bench-lookup: $(STAMP)
+	$(BIN)/python loadtest/bench_lookup.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,110 @@
+"""Command line: wiring only.  `gatewayd run | check | status | echo`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+
+from gatewayd.pipeline import DEFAULT_ADDRESS_POOL, DEFAULT_CONTROLLER
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--config",
+        action="append",
+        required=True,
+        metavar="PATH",
+        help="YAML file or directory (read recursively); repeatable",
+    )
+    p.add_argument("--controller-name", default=DEFAULT_CONTROLLER)
+    p.add_argument(
+        "--address-pool",
+        default=DEFAULT_ADDRESS_POOL,
+        metavar="CIDR",
+        help="addresses given to Gateways without spec.addresses",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gatewayd", description="A Python Kubernetes Gateway API data plane."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="serve the Gateways of the configuration")
+    _add_config_args(run)
+    run.add_argument("--admin-address", default="127.0.0.1:9901", metavar="HOST:PORT")
+    run.add_argument("--xff-trusted-hops", type=int, default=0, metavar="N")
+    run.add_argument("--access-log", choices=("text", "json", "off"), default="text")
+    run.add_argument("--drain-timeout", type=float, default=15.0, metavar="SECONDS")
+    run.add_argument("--max-connections", type=int, default=10000)
+    run.add_argument("--idle-timeout", type=float, default=60.0, metavar="SECONDS")
+
+    check = sub.add_parser("check", help="validate a configuration and print its status")
+    _add_config_args(check)
+
+    status = sub.add_parser("status", help="print the status of a running gatewayd")
+    status.add_argument(
+        "what",
+        nargs="?",
+        default="all",
+        choices=("all", "gatewayclasses", "gateways", "httproutes", "grpcroutes", "tlsroutes"),
+    )
+    status.add_argument("--admin-address", default="127.0.0.1:9901", metavar="HOST:PORT")
+
+    echo = sub.add_parser("echo", help="a small echo backend for demos and tests")
+    echo.add_argument("--listen", default="127.0.0.1:3000", metavar="HOST:PORT")
+    echo.add_argument("--name", default=None)
+    echo.add_argument("--namespace", default=None)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "run":
+        return _run(args)
+    if args.command == "check":
+        from gatewayd.checkcli import check_main
+
+        return check_main(
+            args.config, controller_name=args.controller_name, address_pool=args.address_pool
+        )
+    if args.command == "status":
+        from gatewayd.statuscli import status_main
+
+        return status_main([args.what, "--admin-address", args.admin_address])
+    if args.command == "echo":
+        from gatewayd.proxy.echo import run_echo
+
+        return run_echo(args.listen, name=args.name, namespace=args.namespace)
+    return 2
+
+
+def _run(args: argparse.Namespace) -> int:
+    import uvloop
+
+    from gatewayd.daemon import RunOptions, configure_logging, run
+    from gatewayd.proxy.server import ProxyOptions
+
+    configure_logging()
+    options = RunOptions(
+        config=args.config,
+        admin_address=args.admin_address,
+        address_pool=args.address_pool,
+        controller_name=args.controller_name,
+        drain_timeout=args.drain_timeout,
+        proxy=ProxyOptions(
+            xff_trusted_hops=args.xff_trusted_hops,
+            access_log=None if args.access_log == "off" else args.access_log,
+            max_connections=args.max_connections,
+            idle_timeout=args.idle_timeout,
+        ),
+    )
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(run(options))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

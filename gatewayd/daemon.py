@@ -1,0 +1,161 @@
+"""`gatewayd run`: wire the config pipeline, the proxy and the admin server together."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from dataclasses import dataclass, field
+
+from gatewayd.pipeline import Built, ConfigPipeline
+from gatewayd.proxy.admin import start_admin
+from gatewayd.proxy.metrics import ProxyMetrics, render
+from gatewayd.proxy.server import Proxy, ProxyOptions
+from gatewayd.proxy.snapshot import SnapshotHolder
+from gatewayd.routing.bindings import ObjectStatus, Resolution
+from gatewayd.routing.compiled import Snapshot
+from gatewayd.routing.load import ConfigPathError
+from gatewayd.routing.status import with_listener_failures
+
+log = logging.getLogger("gatewayd")
+
+
+@dataclass(slots=True, kw_only=True)
+class RunOptions:
+    config: list[str]
+    admin_address: str = "127.0.0.1:9901"
+    address_pool: str = "127.0.10.0/24"
+    controller_name: str = "gatewayd.dev/gateway-controller"
+    proxy: ProxyOptions = field(default_factory=ProxyOptions)
+    drain_timeout: float = 15.0
+
+
+class Daemon:
+    """Owns the serving state: the current build, its statuses and the proxy."""
+
+    def __init__(self, options: RunOptions) -> None:
+        self.options = options
+        self.pipeline = ConfigPipeline(
+            options.config,
+            controller_name=options.controller_name,
+            address_pool=options.address_pool,
+        )
+        self.metrics = ProxyMetrics()
+        self.holder = SnapshotHolder(Snapshot(generation=0))
+        self.proxy = Proxy(self.holder, options.proxy, self.metrics)
+        self.statuses: tuple[ObjectStatus, ...] = ()
+        self.last_error: str | None = None
+        self.is_ready = False
+        self._reload_lock = asyncio.Lock()
+
+    # -- admin callables -------------------------------------------------------------
+    def ready(self) -> bool:
+        return self.is_ready
+
+    def status_items(self) -> list[dict[str, object]]:
+        return [s.as_item() for s in self.statuses]
+
+    def config_dump(self) -> dict[str, object]:
+        dump = self.holder.current.to_json()
+        dump["last_reload_error"] = self.last_error
+        return dump
+
+    def render_metrics(self) -> tuple[bytes, str]:
+        return render()
+
+    # -- config ----------------------------------------------------------------------
+    async def load(self, *, initial: bool) -> bool:
+        """Build and apply a snapshot.  A failed reload keeps the last good one serving."""
+        async with self._reload_lock:
+            try:
+                built = self.pipeline.build()
+            except ConfigPathError as exc:
+                return self._reject(str(exc), initial=initial)
+            except Exception as exc:  # a bug must never take the daemon down
+                log.exception("building the configuration failed")
+                return self._reject(f"internal error while building config: {exc}", initial=initial)
+            for notice in built.load.notices:
+                log.info("%s", notice)
+            for problem in built.load.problems:
+                log.error("config: %s", problem)
+            if built.load.problems and not initial:
+                return self._reject(
+                    f"{len(built.load.problems)} problem(s) in the configuration; "
+                    "keeping the last good configuration",
+                    initial=initial,
+                )
+            await self._apply(built)
+            return True
+
+    def _reject(self, message: str, *, initial: bool) -> bool:
+        self.last_error = message
+        log.error("%s", message)
+        self.metrics.config_loaded(self.pipeline.snapshot_generation, ok=False)
+        return False
+
+    async def _apply(self, built: Built) -> None:
+        failures = await self.proxy.apply(built.snapshot)
+        resolution: Resolution = built.resolution
+        if failures:
+            listener_failures: dict[tuple[str, str, str], str] = {}
+            for (address, port), reason in failures.items():
+                lp = built.snapshot.ports.get((address, port))
+                if lp is None:
+                    continue
+                for name in lp.listener_names:
+                    message = f"cannot bind {address}:{port}: {reason}"
+                    listener_failures[(lp.gateway_namespace, lp.gateway_name, name)] = message
+                    log.error(
+                        "Gateway %s/%s listener %s: %s",
+                        lp.gateway_namespace,
+                        lp.gateway_name,
+                        name,
+                        message,
+                    )
+            resolution = with_listener_failures(resolution, listener_failures)
+        self.pipeline.commit(built)
+        self.statuses = resolution.statuses
+        self.last_error = None
+        self.is_ready = True
+        self.metrics.config_loaded(built.snapshot.generation, ok=True)
+        log.info(
+            "config generation %d serving %d listener socket(s)",
+            built.snapshot.generation,
+            len(self.proxy.bound()),
+        )
+
+
+async def run(options: RunOptions) -> int:
+    daemon = Daemon(options)
+    await daemon.load(initial=True)
+    admin = await start_admin(options.admin_address, daemon)
+    log.info("admin listening on %s", options.admin_address)
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    reloads: set[asyncio.Task[bool]] = set()
+
+    def on_hup() -> None:
+        task = loop.create_task(daemon.load(initial=False))
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, on_hup)
+    try:
+        await stop.wait()
+    finally:
+        log.info("shutting down: draining for up to %.0fs", options.drain_timeout)
+        await daemon.proxy.close(options.drain_timeout)
+        await admin.close()
+    return 0
+
+
+def configure_logging() -> None:
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )

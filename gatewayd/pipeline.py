@@ -1,0 +1,83 @@
+"""The one-way configuration flow: files -> model -> status -> compiled snapshot.
+
+The pipeline keeps what must survive a reload (object generations, Gateway addresses,
+the snapshot generation) and nothing else.  It runs off the hot path; the data plane only
+ever sees the ``Snapshot`` it returns.
+"""
+
+from __future__ import annotations
+
+import datetime
+import errno
+import socket
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from gatewayd.routing.bindings import Resolution
+from gatewayd.routing.compile import compile_snapshot
+from gatewayd.routing.compiled import Snapshot
+from gatewayd.routing.load import LoadResult, load_paths
+from gatewayd.routing.status import resolve
+
+DEFAULT_CONTROLLER = "gatewayd.dev/gateway-controller"
+DEFAULT_ADDRESS_POOL = "127.0.10.0/24"
+
+
+def is_local_address(address: str) -> bool:
+    """True when this host can bind ``address`` (loopback range or an interface address)."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM) as probe:
+            probe.bind((address, 0))
+    except OSError as exc:
+        return exc.errno != errno.EADDRNOTAVAIL and exc.errno != errno.EINVAL
+    return True
+
+
+def utc_now() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Built:
+    load: LoadResult
+    resolution: Resolution
+    snapshot: Snapshot
+
+
+class ConfigPipeline:
+    """Builds snapshots from the config paths; remembers generations and addresses."""
+
+    def __init__(
+        self,
+        paths: Sequence[str],
+        *,
+        controller_name: str = DEFAULT_CONTROLLER,
+        address_pool: str = DEFAULT_ADDRESS_POOL,
+    ) -> None:
+        self.paths = list(paths)
+        self.controller_name = controller_name
+        self.address_pool = address_pool
+        self._generations: Mapping[tuple[str, str, str], tuple[str, int]] | None = None
+        self._addresses: Mapping[tuple[str, str], str] | None = None
+        self.snapshot_generation = 0
+
+    def build(self) -> Built:
+        """Load, resolve and compile.  Raises ConfigPathError for unreadable paths."""
+        loaded = load_paths(self.paths, previous=self._generations)
+        resolution = resolve(
+            loaded.config,
+            controller_name=self.controller_name,
+            address_pool=self.address_pool,
+            previous_addresses=self._addresses,
+            is_local_address=is_local_address,
+            now=utc_now(),
+        )
+        snapshot = compile_snapshot(resolution, generation=self.snapshot_generation + 1)
+        return Built(load=loaded, resolution=resolution, snapshot=snapshot)
+
+    def commit(self, built: Built) -> None:
+        """Remember a build that is now serving (its generations and addresses)."""
+        self._generations = built.load.generations
+        self._addresses = built.resolution.gateway_addresses
+        self.snapshot_generation = built.snapshot.generation
