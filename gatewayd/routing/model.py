@@ -11,13 +11,13 @@ Pure module: no I/O.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 
 GATEWAY_GROUP = "gateway.networking.k8s.io"
 CORE_GROUP = ""  # the core API group ("" in Gateway API references)
 
 
-class Kind(str, Enum):
+class Kind(StrEnum):
     GATEWAY_CLASS = "GatewayClass"
     GATEWAY = "Gateway"
     HTTP_ROUTE = "HTTPRoute"
@@ -32,18 +32,18 @@ class Kind(str, Enum):
     POD = "Pod"
 
 
-class PathMatchType(str, Enum):
+class PathMatchType(StrEnum):
     EXACT = "Exact"
     PATH_PREFIX = "PathPrefix"
     REGULAR_EXPRESSION = "RegularExpression"
 
 
-class HeaderMatchType(str, Enum):
+class HeaderMatchType(StrEnum):
     EXACT = "Exact"
     REGULAR_EXPRESSION = "RegularExpression"
 
 
-class FilterType(str, Enum):
+class FilterType(StrEnum):
     REQUEST_HEADER_MODIFIER = "RequestHeaderModifier"
     RESPONSE_HEADER_MODIFIER = "ResponseHeaderModifier"
     REQUEST_REDIRECT = "RequestRedirect"
@@ -53,12 +53,12 @@ class FilterType(str, Enum):
     EXTENSION_REF = "ExtensionRef"
 
 
-class PathModifierType(str, Enum):
+class PathModifierType(StrEnum):
     REPLACE_FULL_PATH = "ReplaceFullPath"
     REPLACE_PREFIX_MATCH = "ReplacePrefixMatch"
 
 
-class ProtocolType(str, Enum):
+class ProtocolType(StrEnum):
     HTTP = "HTTP"
     HTTPS = "HTTPS"
     TLS = "TLS"
@@ -66,12 +66,12 @@ class ProtocolType(str, Enum):
     UDP = "UDP"
 
 
-class TLSModeType(str, Enum):
+class TLSModeType(StrEnum):
     TERMINATE = "Terminate"
     PASSTHROUGH = "Passthrough"
 
 
-class FromNamespaces(str, Enum):
+class FromNamespaces(StrEnum):
     ALL = "All"
     SAME = "Same"
     SELECTOR = "Selector"

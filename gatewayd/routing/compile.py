@@ -1,0 +1,532 @@
+"""Resolution -> Snapshot: build the route tables the data plane serves.
+
+``compile_snapshot()`` runs off the hot path on every configuration change.  It turns
+each accepted listener's attached routes into ``Candidate`` matchers (``match.py``)
+ordered by the Gateway API precedence rules (``precedence.py``) inside route tables
+(``table.py``), and each route rule into a ``CompiledRule`` with its filters and
+weighted backends resolved.
+
+Pure module: no I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+
+from gatewayd.routing.bindings import (
+    AttachedRoute,
+    BackendKey,
+    BackendTarget,
+    ListenerBinding,
+    Resolution,
+)
+from gatewayd.routing.compiled import (
+    CompiledBackend,
+    CompiledRule,
+    Cors,
+    HeaderOps,
+    ListenerPort,
+    Mirror,
+    PathModifier,
+    Redirect,
+    Retry,
+    Rewrite,
+    RouteHit,
+    RouteTable,
+    Snapshot,
+)
+from gatewayd.routing.match import (
+    Candidate,
+    InvalidMatch,
+    compile_grpc_match,
+    compile_http_match,
+)
+from gatewayd.routing.model import (
+    BackendObjectReference,
+    BackendRef,
+    FilterType,
+    GRPCRoute,
+    HTTPHeaderFilter,
+    HTTPPathModifier,
+    HTTPRequestMirrorFilter,
+    HTTPRoute,
+    HTTPRouteFilter,
+    HTTPRouteMatch,
+    HTTPRouteRetry,
+    HTTPRouteTimeouts,
+    Meta,
+    PathModifierType,
+    Route,
+    SessionPersistence,
+    TLSRoute,
+)
+from gatewayd.routing.precedence import route_order
+from gatewayd.routing.table import HTTPRouteTable, ListenerSpec, SNIRoute, SNITable
+
+# "If a reference to a custom filter type cannot be resolved, the filter MUST NOT be
+# skipped. Instead, requests that would have been processed by that filter MUST receive
+# a HTTP error response."  gatewayd knows no custom filter, so every ExtensionRef is
+# unresolvable.
+EXTENSION_REF_STATUS = 500
+
+# "If *all* entries in BackendRefs are invalid, and there are also no filters specified
+# in this route rule, *all* traffic which matches this rule MUST receive a 500 status
+# code." / "When a HTTPBackendRef is invalid, 500 status codes MUST be returned for
+# requests that would have otherwise been routed to an invalid backend."
+INVALID_BACKEND_STATUS = 500
+
+# HTTPRouteRetry.attempts: "When this field is unspecified, the number of times to
+# attempt to retry a backend request is implementation-specific."  We follow Envoy's
+# num_retries default of 1 (GEP-1731 lists it), and its 25 ms base backoff.
+DEFAULT_RETRY_ATTEMPTS = 1
+DEFAULT_RETRY_BACKOFF = 0.025
+
+# SessionPersistence.sessionName is optional; the cookie/header needs some name.
+DEFAULT_SESSION_NAME = "gatewayd-session"
+
+HTTP_PROTOCOLS = frozenset({"HTTP", "HTTPS"})
+TLS_PROTOCOL = "TLS"
+
+
+def compile_snapshot(resolution: Resolution, *, generation: int) -> Snapshot:
+    """One ``ListenerPort`` per (address, port) of ``resolution.listeners``.
+
+    HTTP and HTTPS listeners get an ``HTTPRouteTable`` (HTTPRoutes and GRPCRoutes);
+    a port whose listeners are all TLS gets an ``SNITable`` (TLSRoutes).  TLS listeners
+    sharing a port with HTTP(S) listeners, and listeners of other protocols, are not
+    served (the status computation reports such conflicts).
+    """
+    compiler = _Compiler(resolution.backends)
+    by_port: dict[tuple[str, int], list[ListenerBinding]] = {}
+    for binding in resolution.listeners:
+        by_port.setdefault((binding.address, binding.port), []).append(binding)
+    ports: dict[tuple[str, int], ListenerPort] = {}
+    for key, bindings in by_port.items():
+        port = compiler.listener_port(bindings)
+        if port is not None:
+            ports[key] = port
+    return Snapshot(generation=generation, ports=ports)
+
+
+def _lower(hostname: str | None) -> str | None:
+    # Hostnames compare case-insensitively; the data plane hands a lower-cased Host.
+    return hostname.lower() if hostname is not None else None
+
+
+def _route_kind(route: Route) -> str:
+    if isinstance(route, HTTPRoute):
+        return "HTTPRoute"
+    if isinstance(route, GRPCRoute):
+        return "GRPCRoute"
+    return "TLSRoute"
+
+
+def _unique_routes(attached: Iterable[AttachedRoute]) -> list[AttachedRoute]:
+    """A route attached twice to one listener (two parentRefs naming it) counts once."""
+    seen: set[tuple[str, str, str]] = set()
+    out: list[AttachedRoute] = []
+    for a in attached:
+        meta = a.route.meta
+        key = (_route_kind(a.route), meta.namespace, meta.name)
+        if key not in seen:
+            seen.add(key)
+            out.append(a)
+    return out
+
+
+class _Compiler:
+    """Compiles each route's rules once per snapshot, shared by every listener."""
+
+    def __init__(self, backends: Mapping[BackendKey, BackendTarget]) -> None:
+        self.backends = backends
+        # id(route) -> its compiled rules; ``_keep`` pins the routes so ids stay unique.
+        self._rules: dict[int, tuple[CompiledRule, ...]] = {}
+        self._keep: list[Route] = []
+
+    # ----------------------------------------------------------------- ports
+
+    def listener_port(self, bindings: Sequence[ListenerBinding]) -> ListenerPort | None:
+        http = [b for b in bindings if b.protocol in HTTP_PROTOCOLS]
+        first = bindings[0]
+        table: RouteTable
+        if http:
+            protocol = http[0].protocol
+            table = HTTPRouteTable([self._http_listener(b) for b in http])
+            served = http
+        else:
+            tls = [b for b in bindings if b.protocol == TLS_PROTOCOL]
+            if not tls:
+                return None
+            protocol = TLS_PROTOCOL
+            table = SNITable([self._tls_listener(b) for b in tls])
+            served = tls
+        return ListenerPort(
+            address=first.address,
+            port=first.port,
+            protocol=protocol,
+            gateway_namespace=served[0].gateway_namespace,
+            gateway_name=served[0].gateway_name,
+            listener_names=tuple(b.listener_name for b in served),
+            table=table,
+        )
+
+    def _http_listener(self, binding: ListenerBinding) -> ListenerSpec:
+        groups: dict[str | None, list[Candidate]] = {}
+        for attached in _unique_routes(binding.routes):
+            route = attached.route
+            if isinstance(route, TLSRoute):
+                continue  # not served on an HTTP listener
+            candidates = self._candidates(route, binding.listener_name)
+            if not candidates:
+                continue
+            hostnames: Iterable[str | None] = attached.hostnames or (None,)
+            for hostname in dict.fromkeys(_lower(h) for h in hostnames):
+                groups.setdefault(hostname, []).extend(candidates)
+        return ListenerSpec(
+            name=binding.listener_name, hostname=_lower(binding.hostname), candidates=groups
+        )
+
+    def _tls_listener(self, binding: ListenerBinding) -> tuple[str, str | None, list[SNIRoute]]:
+        routes: list[SNIRoute] = []
+        for attached in _unique_routes(binding.routes):
+            route = attached.route
+            if not isinstance(route, TLSRoute):
+                continue
+            routes.append(
+                SNIRoute(
+                    hit=RouteHit(rule=self._tls_rule(route), listener_name=binding.listener_name),
+                    order=route_order(route.meta),
+                    hostnames=tuple(h.lower() for h in attached.hostnames),
+                )
+            )
+        return (binding.listener_name, _lower(binding.hostname), routes)
+
+    # ----------------------------------------------------------------- candidates
+
+    def _candidates(self, route: HTTPRoute | GRPCRoute, listener_name: str) -> list[Candidate]:
+        rules = self.rules(route)
+        out: list[Candidate] = []
+        meta = route.meta
+        if isinstance(route, HTTPRoute):
+            for ri, rule in enumerate(route.rules):
+                # "If no matches are specified, the default is a prefix path match on
+                # "/", which has the effect of matching every HTTP request."
+                matches = rule.matches or (HTTPRouteMatch(),)
+                for mi, match in enumerate(matches):
+                    try:
+                        out.append(
+                            compile_http_match(
+                                meta=meta,
+                                rule_index=ri,
+                                match_index=mi,
+                                match=match,
+                                rule=rules[ri],
+                                listener_name=listener_name,
+                            )
+                        )
+                    except InvalidMatch:
+                        # The status computation rejects such regexes; a match that
+                        # cannot be evaluated never matches.
+                        continue
+        else:
+            for ri, grule in enumerate(route.rules):
+                # "If no matches are specified, the implementation MUST match every
+                # gRPC request."
+                gmatches = grule.matches or (None,)
+                for mi, gmatch in enumerate(gmatches):
+                    try:
+                        out.append(
+                            compile_grpc_match(
+                                meta=meta,
+                                rule_index=ri,
+                                match_index=mi,
+                                match=gmatch,
+                                rule=rules[ri],
+                                listener_name=listener_name,
+                            )
+                        )
+                    except InvalidMatch:
+                        continue
+        return out
+
+    # ----------------------------------------------------------------- rules
+
+    def rules(self, route: HTTPRoute | GRPCRoute) -> tuple[CompiledRule, ...]:
+        cached = self._rules.get(id(route))
+        if cached is not None:
+            return cached
+        compiled: list[CompiledRule] = []
+        if isinstance(route, HTTPRoute):
+            for i, rule in enumerate(route.rules):
+                compiled.append(
+                    self._rule(
+                        kind="HTTPRoute",
+                        meta=route.meta,
+                        index=i,
+                        name=rule.name,
+                        filters=rule.filters,
+                        backend_refs=rule.backend_refs,
+                        timeouts=rule.timeouts,
+                        retry=rule.retry,
+                        session=rule.session_persistence,
+                    )
+                )
+        else:
+            for i, grule in enumerate(route.rules):
+                compiled.append(
+                    self._rule(
+                        kind="GRPCRoute",
+                        meta=route.meta,
+                        index=i,
+                        name=grule.name,
+                        filters=grule.filters,
+                        backend_refs=grule.backend_refs,
+                        timeouts=None,
+                        retry=None,
+                        session=grule.session_persistence,
+                    )
+                )
+        result = tuple(compiled)
+        self._rules[id(route)] = result
+        self._keep.append(route)
+        return result
+
+    def _tls_rule(self, route: TLSRoute) -> CompiledRule:
+        # A TLSRoute has nothing to match on besides SNI; its first rule carries the
+        # backends (the v1 API allows exactly one rule).
+        refs = route.rules[0].backend_refs if route.rules else ()
+        name = route.rules[0].name if route.rules else None
+        return self._rule(
+            kind="TLSRoute",
+            meta=route.meta,
+            index=0,
+            name=name,
+            filters=(),
+            backend_refs=refs,
+            timeouts=None,
+            retry=None,
+            session=None,
+        )
+
+    def _rule(
+        self,
+        *,
+        kind: str,
+        meta: Meta,
+        index: int,
+        name: str | None,
+        filters: tuple[HTTPRouteFilter, ...],
+        backend_refs: tuple[BackendRef, ...],
+        timeouts: HTTPRouteTimeouts | None,
+        retry: HTTPRouteRetry | None,
+        session: SessionPersistence | None,
+    ) -> CompiledRule:
+        ns = meta.namespace
+        request_headers: list[HTTPHeaderFilter] = []
+        response_headers: list[HTTPHeaderFilter] = []
+        redirect: Redirect | None = None
+        rewrite: Rewrite | None = None
+        mirrors: list[Mirror] = []
+        cors: Cors | None = None
+        extension_ref = False
+        for f in filters:
+            if f.type is FilterType.REQUEST_HEADER_MODIFIER and f.request_header_modifier:
+                request_headers.append(f.request_header_modifier)
+            elif f.type is FilterType.RESPONSE_HEADER_MODIFIER and f.response_header_modifier:
+                response_headers.append(f.response_header_modifier)
+            elif f.type is FilterType.REQUEST_REDIRECT and f.request_redirect is not None:
+                r = f.request_redirect
+                redirect = Redirect(
+                    scheme=r.scheme,
+                    hostname=r.hostname,
+                    port=r.port,
+                    path=_path_modifier(r.path),
+                    status_code=r.status_code,
+                )
+            elif f.type is FilterType.URL_REWRITE and f.url_rewrite is not None:
+                w = f.url_rewrite
+                rewrite = Rewrite(hostname=w.hostname, path=_path_modifier(w.path))
+            elif f.type is FilterType.REQUEST_MIRROR and f.request_mirror is not None:
+                m = f.request_mirror
+                target = self._mirror_backend(m.backend_ref, ns)
+                if target is not None:
+                    mirrors.append(Mirror(backend=target, fraction=_mirror_fraction(m)))
+            elif f.type is FilterType.CORS and f.cors is not None:
+                c = f.cors
+                cors = Cors(
+                    allow_origins=c.allow_origins,
+                    allow_methods=c.allow_methods,
+                    allow_headers=c.allow_headers,
+                    expose_headers=c.expose_headers,
+                    allow_credentials=c.allow_credentials,
+                    max_age=c.max_age,
+                )
+            elif f.type is FilterType.EXTENSION_REF:
+                extension_ref = True
+
+        backends: list[CompiledBackend] = []
+        cumulative: list[int] = []
+        total = 0
+        for ref in backend_refs:
+            # "If weight is set to 0, no traffic should be forwarded for this entry."
+            if ref.weight <= 0:
+                continue
+            backends.append(self._backend(ref, ns))
+            total += ref.weight
+            cumulative.append(total)
+
+        direct_status: int | None = None
+        if extension_ref:
+            # Every request of the rule passes through the unresolvable filter: answer
+            # the error before anything else could answer (a redirect, a CORS preflight).
+            direct_status = EXTENSION_REF_STATUS
+            redirect = rewrite = cors = None
+        elif redirect is None and (
+            not backends or all(b.invalid_status is not None for b in backends)
+        ):
+            # No backendRefs, every weight 0, or every backend invalid: nothing can be
+            # forwarded, every request of the rule is answered 500.
+            direct_status = INVALID_BACKEND_STATUS
+
+        request_timeout = backend_timeout = None
+        if timeouts is not None:
+            request_timeout = _timeout(timeouts.request)
+            backend_timeout = _timeout(timeouts.backend_request)
+
+        compiled_retry: Retry | None = None
+        if retry is not None:
+            compiled_retry = Retry(
+                attempts=retry.attempts if retry.attempts is not None else DEFAULT_RETRY_ATTEMPTS,
+                codes=frozenset(retry.codes),
+                backoff=retry.backoff if retry.backoff is not None else DEFAULT_RETRY_BACKOFF,
+            )
+
+        session_name: str | None = None
+        if session is not None:
+            session_name = session.session_name or DEFAULT_SESSION_NAME
+
+        return CompiledRule(
+            route_kind=kind,
+            route_namespace=ns,
+            route_name=meta.name,
+            rule_index=index,
+            rule_name=name,
+            request_headers=_header_ops(request_headers),
+            response_headers=_header_ops(response_headers),
+            redirect=redirect,
+            rewrite=rewrite,
+            mirrors=tuple(mirrors),
+            cors=cors,
+            backends=tuple(backends),
+            cumulative_weights=tuple(cumulative),
+            total_weight=total,
+            direct_status=direct_status,
+            request_timeout=request_timeout,
+            backend_request_timeout=backend_timeout,
+            retry=compiled_retry,
+            session_persistence=session_name,
+        )
+
+    # ----------------------------------------------------------------- backends
+
+    def _backend(self, ref: BackendRef, route_namespace: str) -> CompiledBackend:
+        key = BackendKey.of(ref.ref, route_namespace)
+        target = self.backends.get(key)
+        request: list[HTTPHeaderFilter] = []
+        response: list[HTTPHeaderFilter] = []
+        extension_ref = False
+        for f in ref.filters:
+            if f.type is FilterType.REQUEST_HEADER_MODIFIER and f.request_header_modifier:
+                request.append(f.request_header_modifier)
+            elif f.type is FilterType.RESPONSE_HEADER_MODIFIER and f.response_header_modifier:
+                response.append(f.response_header_modifier)
+            elif f.type is FilterType.EXTENSION_REF:
+                extension_ref = True
+        request_ops = _header_ops(request)
+        response_ops = _header_ops(response)
+        if target is None or target.invalid is not None:
+            # The weight stays a share of the rule: "the proportion of requests that
+            # would otherwise have been routed to an invalid backend MUST receive a 500
+            # status code."
+            return CompiledBackend(
+                name=target.name if target is not None else _key_name(key),
+                invalid_status=INVALID_BACKEND_STATUS,
+                request_headers=request_ops,
+                response_headers=response_ops,
+            )
+        return CompiledBackend(
+            name=target.name,
+            endpoints=target.endpoints,
+            invalid_status=EXTENSION_REF_STATUS if extension_ref else None,
+            app_protocol=target.app_protocol,
+            fqdn=target.fqdn,
+            request_headers=request_ops,
+            response_headers=response_ops,
+        )
+
+    def _mirror_backend(
+        self, ref: BackendObjectReference, route_namespace: str
+    ) -> CompiledBackend | None:
+        """A mirror target, or None when it cannot be used: "If the referent cannot be
+        found, this BackendRef is invalid and must be dropped from the Gateway."  The
+        primary request is unaffected."""
+        target = self.backends.get(BackendKey.of(ref, route_namespace))
+        if target is None or target.invalid is not None:
+            return None
+        return CompiledBackend(
+            name=target.name,
+            endpoints=target.endpoints,
+            app_protocol=target.app_protocol,
+            fqdn=target.fqdn,
+        )
+
+
+def _key_name(key: BackendKey) -> str:
+    port = f":{key.port}" if key.port is not None else ""
+    return f"{key.namespace}/{key.name}{port}"
+
+
+def _header_ops(filters: Sequence[HTTPHeaderFilter]) -> HeaderOps | None:
+    """Header modifiers with lower-case names ("Name is the name of the header to be
+    matched. Name matching MUST be case-insensitive."); several filters concatenate."""
+    if not filters:
+        return None
+    set_: list[tuple[str, str]] = []
+    add: list[tuple[str, str]] = []
+    remove: list[str] = []
+    for f in filters:
+        set_.extend((h.name.lower(), h.value) for h in f.set)
+        add.extend((h.name.lower(), h.value) for h in f.add)
+        remove.extend(name.lower() for name in f.remove)
+    if not (set_ or add or remove):
+        return None
+    return HeaderOps(set=tuple(set_), add=tuple(add), remove=tuple(remove))
+
+
+def _path_modifier(path: HTTPPathModifier | None) -> PathModifier | None:
+    if path is None:
+        return None
+    if path.type is PathModifierType.REPLACE_FULL_PATH:
+        return PathModifier(type=path.type.value, value=path.replace_full_path or "/")
+    return PathModifier(type=path.type.value, value=path.replace_prefix_match or "/")
+
+
+def _mirror_fraction(m: HTTPRequestMirrorFilter) -> float:
+    """RequestMirror share: "If neither field is specified, 100% of requests will be
+    mirrored." percent is 0..100; fraction is numerator/denominator."""
+    if m.percent is not None:
+        share = m.percent / 100.0
+    elif m.fraction is not None:
+        den = m.fraction.denominator
+        share = m.fraction.numerator / den if den > 0 else 0.0
+    else:
+        share = 1.0
+    return min(1.0, max(0.0, share))
+
+
+def _timeout(seconds: float | None) -> float | None:
+    """ "Setting a timeout to the zero duration (e.g. "0s") SHOULD disable the timeout
+    completely."  None: unset (the data plane's default applies)."""
+    if seconds is None or seconds <= 0:
+        return None
+    return seconds

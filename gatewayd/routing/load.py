@@ -1,0 +1,664 @@
+"""YAML manifests -> ``model.Config`` plus every ``model.Problem`` found.
+
+The loader behaves like the API server admitting the objects one by one: each object is
+checked against its CRD schema and CEL rules (``validate.py``); an invalid object is
+rejected alone and reported, everything else still loads.  It never raises for bad
+input: broken YAML, wrong types and unknown fields all become Problems naming the file,
+the document, the object and the field.
+
+It also does what the control plane would do around admission: default namespaces,
+create the namespaces objects refer to, label every Namespace with
+``kubernetes.io/metadata.name``, and track ``metadata.generation`` across reloads from a
+digest of each object's spec.
+
+``load_documents`` is pure; only ``read_config_paths`` / ``load_paths`` touch files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeAlias, TypeVar
+
+import yaml
+
+from gatewayd.routing import model as m
+from gatewayd.routing import validate as v
+
+GenerationKey: TypeAlias = tuple[str, str, str]  # (kind, namespace, name)
+Generations: TypeAlias = Mapping[GenerationKey, tuple[str, int]]  # -> (spec digest, generation)
+
+_GW = m.GATEWAY_GROUP
+_Parser: TypeAlias = Callable[[m.Meta, v.Obj, str], object]
+_T = TypeVar("_T")
+
+
+class ConfigPathError(Exception):
+    """A configuration path that does not exist or cannot be read."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LoadResult:
+    config: m.Config
+    problems: tuple[m.Problem, ...]  # every error; an invalid object is rejected alone
+    notices: tuple[str, ...]  # e.g. one line per skipped unknown kind
+    # (kind, namespace, name) -> (spec digest, generation): pass back as ``previous``.
+    generations: Mapping[GenerationKey, tuple[str, int]] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- kinds
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _KindInfo:
+    kind: m.Kind
+    group: str
+    versions: tuple[str, ...]
+    namespaced: bool
+    top_level: frozenset[str]  # allowed top-level fields besides apiVersion/kind/metadata
+    parse: _Parser
+    name_syntax: v.Syntax = v.DNS_SUBDOMAIN
+
+    def api_versions(self) -> list[str]:
+        return [f"{self.group}/{ver}" if self.group else ver for ver in self.versions]
+
+
+_SPEC_STATUS = frozenset({"spec", "status"})
+_KINDS: dict[str, _KindInfo] = {
+    info.kind.value: info
+    for info in (
+        _KindInfo(
+            kind=m.Kind.GATEWAY_CLASS,
+            group=_GW,
+            versions=("v1", "v1beta1"),
+            namespaced=False,
+            top_level=_SPEC_STATUS,
+            parse=v.parse_gateway_class,
+        ),
+        _KindInfo(
+            kind=m.Kind.GATEWAY,
+            group=_GW,
+            versions=("v1", "v1beta1"),
+            namespaced=True,
+            top_level=_SPEC_STATUS,
+            parse=v.parse_gateway,
+        ),
+        _KindInfo(
+            kind=m.Kind.HTTP_ROUTE,
+            group=_GW,
+            versions=("v1", "v1beta1"),
+            namespaced=True,
+            top_level=_SPEC_STATUS,
+            parse=v.parse_http_route,
+        ),
+        _KindInfo(
+            kind=m.Kind.GRPC_ROUTE,
+            group=_GW,
+            versions=("v1", "v1alpha2"),
+            namespaced=True,
+            top_level=_SPEC_STATUS,
+            parse=v.parse_grpc_route,
+        ),
+        _KindInfo(
+            kind=m.Kind.TLS_ROUTE,
+            group=_GW,
+            versions=("v1", "v1alpha3", "v1alpha2"),
+            namespaced=True,
+            top_level=_SPEC_STATUS,
+            parse=v.parse_tls_route,
+        ),
+        _KindInfo(
+            kind=m.Kind.REFERENCE_GRANT,
+            group=_GW,
+            versions=("v1beta1", "v1", "v1alpha2"),
+            namespaced=True,
+            top_level=_SPEC_STATUS,
+            parse=v.parse_reference_grant,
+        ),
+        _KindInfo(
+            kind=m.Kind.NAMESPACE,
+            group="",
+            versions=("v1",),
+            namespaced=False,
+            top_level=_SPEC_STATUS,
+            parse=v.parse_namespace,
+            name_syntax=v.DNS_LABEL,
+        ),
+        _KindInfo(
+            kind=m.Kind.SERVICE,
+            group="",
+            versions=("v1",),
+            namespaced=True,
+            top_level=_SPEC_STATUS,
+            parse=v.parse_service,
+            name_syntax=v.DNS1035_LABEL,
+        ),
+        _KindInfo(
+            kind=m.Kind.ENDPOINT_SLICE,
+            group="discovery.k8s.io",
+            versions=("v1",),
+            namespaced=True,
+            top_level=frozenset({"addressType", "endpoints", "ports"}),
+            parse=v.parse_endpoint_slice,
+        ),
+        _KindInfo(
+            kind=m.Kind.SECRET,
+            group="",
+            versions=("v1",),
+            namespaced=True,
+            top_level=frozenset({"data", "stringData", "type", "immutable"}),
+            parse=v.parse_secret,
+        ),
+        _KindInfo(
+            kind=m.Kind.CONFIG_MAP,
+            group="",
+            versions=("v1",),
+            namespaced=True,
+            top_level=frozenset({"data", "binaryData", "immutable"}),
+            parse=v.parse_config_map,
+        ),
+        _KindInfo(
+            kind=m.Kind.POD,
+            group="",
+            versions=("v1",),
+            namespaced=True,
+            top_level=_SPEC_STATUS,
+            parse=v.parse_pod,
+        ),
+    )
+}
+_LIST_KINDS = frozenset({"List", *(f"{k}List" for k in _KINDS)})
+
+
+def _split_api_version(api_version: str) -> tuple[str, str]:
+    group, _, version = api_version.rpartition("/")
+    return group, version
+
+
+def _is_foreign_group(group: str, info: _KindInfo) -> bool:
+    """True for another API's kind of the same name (e.g. a Knative ``Service``).
+
+    A core (``v1``) or ``*.k8s.io`` group is taken as a typo for the right one and
+    reported; any other group is some other project's kind and is skipped.
+    """
+    return group != info.group and group != "" and not group.endswith("k8s.io")
+
+
+# --------------------------------------------------------------------------- YAML
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that keeps timestamps as the strings they were written as."""
+
+
+# YAML 1.1 also reads 1:30 as the base-60 integer 90; Kubernetes' YAML reader does not,
+# so those stay strings (and get the usual "must be a string/integer" problems).
+_INT = re.compile(
+    r"""^(?:[-+]?0b[0-1_]+|[-+]?0[0-7_]+|[-+]?(?:0|[1-9][0-9_]*)|[-+]?0x[0-9a-fA-F_]+)$"""
+)
+_FLOAT = re.compile(
+    r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+][0-9]+)?|\.[0-9][0-9_]*(?:[eE][-+][0-9]+)?"""
+    r"""|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"""
+)
+_REPLACED = {"tag:yaml.org,2002:int": _INT, "tag:yaml.org,2002:float": _FLOAT}
+_Loader.yaml_implicit_resolvers = {
+    first: [
+        (tag, _REPLACED.get(tag, regexp))
+        for tag, regexp in resolvers
+        if tag != "tag:yaml.org,2002:timestamp"
+    ]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
+
+def _yaml_documents(
+    filename: str, text: str
+) -> Iterator[tuple[int, object | None, m.Problem | None]]:
+    """(document index, data, problem); a parse error ends the file's documents."""
+    index = 0
+    try:
+        for data in yaml.load_all(text, Loader=_Loader):
+            yield index, data, None
+            index += 1
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        what = exc.problem or exc.context or "syntax error"
+        yield (
+            index,
+            None,
+            _problem_at(
+                filename, index, f"invalid YAML{where}: {what}; the rest of this file is not read"
+            ),
+        )
+    except (yaml.YAMLError, RecursionError, ValueError, TypeError) as exc:
+        yield (
+            index,
+            None,
+            _problem_at(filename, index, f"invalid YAML: {exc}; the rest of this file is not read"),
+        )
+
+
+def _problem_at(filename: str, index: int, message: str) -> m.Problem:
+    return m.Problem(source=m.Source(file=filename, index=index), message=message)
+
+
+# --------------------------------------------------------------------------- digest
+
+
+def spec_digest(doc: Mapping[str, object]) -> str:
+    """A stable hash of everything in an object but apiVersion, kind, metadata, status."""
+    body = {
+        k: val for k, val in doc.items() if k not in ("apiVersion", "kind", "metadata", "status")
+    }
+    try:
+        text = json.dumps(
+            body, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str
+        )
+    except (TypeError, ValueError, RecursionError):
+        text = repr(body)
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+# --------------------------------------------------------------------------- loading
+
+
+class _Loading:
+    """The state of one ``load_documents`` call."""
+
+    def __init__(self, previous: Generations | None) -> None:
+        self.previous: Generations = previous or {}
+        self.problems: list[m.Problem] = []
+        self.skipped: dict[str, int] = {}
+        self.seen: dict[GenerationKey, m.Source] = {}
+        self.generations: dict[GenerationKey, tuple[str, int]] = {}
+        self.objects: dict[m.Kind, list[object]] = {k: [] for k in m.Kind}
+
+    def problem(
+        self,
+        source: m.Source,
+        message: str,
+        *,
+        kind: str = "",
+        namespace: str = "",
+        name: str = "",
+        path: str = "",
+    ) -> None:
+        self.problems.append(
+            m.Problem(
+                source=source,
+                kind=kind,
+                namespace=namespace,
+                name=name,
+                field=path,
+                message=message,
+            )
+        )
+
+    def document(self, data: object, source: m.Source) -> None:
+        if data is None:
+            return  # an empty document
+        if not isinstance(data, Mapping):
+            self.problem(
+                source,
+                f"a document must be a mapping with apiVersion and kind, got {v.describe(data)}",
+            )
+            return
+        kind = data.get("kind")
+        if isinstance(kind, str) and kind in _LIST_KINDS:
+            self.list_document(data, source)
+            return
+        self.read_object(data, source, "")
+
+    def list_document(self, data: Mapping[object, object], source: m.Source) -> None:
+        items = data.get("items")
+        if items is None:
+            return
+        if not isinstance(items, list):
+            self.problem(
+                source,
+                f"must be a list of objects, got {v.describe(items)}",
+                kind="List",
+                path="items",
+            )
+            return
+        for i, item in enumerate(items):
+            prefix = f"items[{i}]"
+            if not isinstance(item, Mapping):
+                self.problem(
+                    source,
+                    f"must be an object with apiVersion and kind, got {v.describe(item)}",
+                    path=prefix,
+                )
+            elif isinstance(item.get("kind"), str) and item.get("kind") in _LIST_KINDS:
+                self.problem(source, "a List inside a List is not supported", path=prefix)
+            else:
+                self.read_object(item, source, prefix)
+
+    def read_object(self, data: Mapping[object, object], source: m.Source, prefix: str) -> None:
+        try:
+            self._object(data, source, prefix)
+        except Exception as exc:
+            self.problem(
+                source, f"could not read this object: {type(exc).__name__}: {exc}", path=prefix
+            )
+
+    def _object(self, data: Mapping[object, object], source: m.Source, prefix: str) -> None:
+        kind, api_version = data.get("kind"), data.get("apiVersion")
+        name_hint = _name_hint(data)
+        if not isinstance(kind, str) or not kind:
+            got = "" if kind is None else f", got {v.describe(kind)}"
+            self.problem(
+                source,
+                f"is required: a string such as HTTPRoute{got}",
+                name=name_hint,
+                path=v.join(prefix, "kind"),
+            )
+            return
+        if not isinstance(api_version, str) or not api_version:
+            got = "" if api_version is None else f", got {v.describe(api_version)}"
+            self.problem(
+                source,
+                f"is required: a string such as gateway.networking.k8s.io/v1{got}",
+                kind=kind,
+                name=name_hint,
+                path=v.join(prefix, "apiVersion"),
+            )
+            return
+        group, version = _split_api_version(api_version)
+        info = _KINDS.get(kind)
+        if info is None or (
+            api_version not in info.api_versions() and _is_foreign_group(group, info)
+        ):
+            label = kind if info is None else f"{kind} ({api_version})"
+            self.skipped[label] = self.skipped.get(label, 0) + 1
+            return
+
+        issues = v.Issues()
+        meta_read = v.read_meta(
+            data.get("metadata"),
+            "metadata",
+            issues,
+            namespaced=info.namespaced,
+            name_syntax=info.name_syntax,
+        )
+        # Name problems by what the file says even when that name is itself invalid.
+        who = {"kind": kind, "namespace": meta_read.namespace, "name": meta_read.name or name_hint}
+        if api_version not in info.api_versions():
+            self.problem(
+                source,
+                f"{v.show(api_version)} is not served for {kind}; use "
+                f"{' or '.join(info.api_versions())}",
+                path=v.join(prefix, "apiVersion"),
+                **who,
+            )
+            return
+        key: GenerationKey = (kind, meta_read.namespace, meta_read.name)
+        if meta_read.name and not issues.items:
+            first = self.seen.get(key)
+            if first is not None:
+                self.problem(
+                    source,
+                    f"already defined at {first}; this later definition is ignored",
+                    path=prefix,
+                    **who,
+                )
+                return
+            self.seen[key] = source
+
+        doc = v.Obj.of(
+            data, "", issues, {"apiVersion", "kind", "metadata", *info.top_level}
+        ) or v.Obj.empty("", issues)
+        digest = spec_digest(doc.data)
+        generation = self._generation(key, digest, meta_read.generation)
+        obj = info.parse(meta_read.meta(generation=generation, source=source), doc, version)
+        if issues.items:
+            for path, message in issues.items:
+                self.problem(source, message, path=v.join(prefix, path), **who)
+            # A rejected update keeps the generation it had (the API server would not
+            # have stored it), so fixing it later counts as one change.
+            if key in self.previous:
+                self.generations[key] = self.previous[key]
+            return
+        self.generations[key] = (digest, generation)
+        self.objects[info.kind].append(obj)
+
+    def _generation(self, key: GenerationKey, digest: str, given: int | None) -> int:
+        if given is not None:
+            return given
+        before = self.previous.get(key)
+        if before is None:
+            return 1
+        old_digest, old_generation = before
+        # "generation: A sequence number representing a specific generation of the
+        # desired state" -- it moves only when the spec changes.
+        return old_generation if old_digest == digest else old_generation + 1
+
+    def notices(self) -> tuple[str, ...]:
+        return tuple(
+            f"skipped {count} {label} object{'s' if count != 1 else ''}: not a kind gatewayd reads"
+            for label, count in self.skipped.items()
+        )
+
+    def config(self) -> m.Config:
+        objs = self.objects
+
+        def of(kind: m.Kind, cls: type[_T]) -> tuple[_T, ...]:
+            return tuple(o for o in objs[kind] if isinstance(o, cls))
+
+        config = m.Config(
+            gateway_classes=of(m.Kind.GATEWAY_CLASS, m.GatewayClass),
+            gateways=of(m.Kind.GATEWAY, m.Gateway),
+            http_routes=of(m.Kind.HTTP_ROUTE, m.HTTPRoute),
+            grpc_routes=of(m.Kind.GRPC_ROUTE, m.GRPCRoute),
+            tls_routes=of(m.Kind.TLS_ROUTE, m.TLSRoute),
+            reference_grants=of(m.Kind.REFERENCE_GRANT, m.ReferenceGrant),
+            namespaces=of(m.Kind.NAMESPACE, m.Namespace),
+            services=of(m.Kind.SERVICE, m.Service),
+            endpoint_slices=of(m.Kind.ENDPOINT_SLICE, m.EndpointSlice),
+            secrets=of(m.Kind.SECRET, m.Secret),
+            config_maps=of(m.Kind.CONFIG_MAP, m.ConfigMap),
+            pods=of(m.Kind.POD, m.Pod),
+        )
+        return _with_implied_namespaces(config)
+
+
+def _name_hint(data: Mapping[object, object]) -> str:
+    md = data.get("metadata")
+    if isinstance(md, Mapping):
+        name = md.get("name")
+        if isinstance(name, str):
+            return name
+    return ""
+
+
+# --------------------------------------------------------------------------- namespaces
+
+
+def _referenced_namespaces(config: m.Config) -> Iterator[tuple[str, m.Source]]:
+    """Every namespace an object lives in or points at, with the object's source."""
+    for gw in config.gateways:
+        src = gw.meta.source
+        yield gw.meta.namespace, src
+        for listener in gw.listeners:
+            if listener.tls is not None:
+                for cert in listener.tls.certificate_refs:
+                    yield cert.namespace or "", src
+                if listener.tls.frontend_validation is not None:
+                    for ca in listener.tls.frontend_validation.ca_certificate_refs:
+                        yield ca.namespace or "", src
+        if gw.backend_client_certificate_ref is not None:
+            yield gw.backend_client_certificate_ref.namespace or "", src
+    routes: list[m.Route] = [*config.http_routes, *config.grpc_routes, *config.tls_routes]
+    for route in routes:
+        src = route.meta.source
+        yield route.meta.namespace, src
+        for parent in route.parent_refs:
+            yield parent.namespace or "", src
+        for ref in _route_backend_refs(route):
+            yield ref.namespace or "", src
+    for grant in config.reference_grants:
+        yield grant.meta.namespace, grant.meta.source
+        for frm in grant.from_:
+            yield frm.namespace, grant.meta.source
+    others: list[m.Service | m.EndpointSlice | m.Secret | m.ConfigMap | m.Pod] = [
+        *config.services,
+        *config.endpoint_slices,
+        *config.secrets,
+        *config.config_maps,
+        *config.pods,
+    ]
+    for obj in others:
+        yield obj.meta.namespace, obj.meta.source
+
+
+def _route_backend_refs(route: m.Route) -> Iterator[m.BackendObjectReference]:
+    def mirrors(filters: Iterable[m.HTTPRouteFilter]) -> Iterator[m.BackendObjectReference]:
+        for f in filters:
+            if f.request_mirror is not None:
+                yield f.request_mirror.backend_ref
+
+    for rule in route.rules:
+        if not isinstance(rule, m.TLSRouteRule):
+            yield from mirrors(rule.filters)
+        for backend in rule.backend_refs:
+            yield backend.ref
+            yield from mirrors(backend.filters)
+
+
+def _with_implied_namespaces(config: m.Config) -> m.Config:
+    declared = {ns.meta.name for ns in config.namespaces}
+    implied: dict[str, m.Source] = {}
+    for name, source in _referenced_namespaces(config):
+        if name and name not in declared and name not in implied:
+            implied[name] = source
+    if not implied:
+        return config
+    extra = tuple(
+        # A namespace that is referenced but not declared exists, without labels but
+        # the one the control plane sets on every namespace.
+        m.Namespace(
+            meta=m.Meta(
+                namespace="",
+                name=name,
+                labels=((v.NAMESPACE_NAME_LABEL, name),),
+                source=implied[name],
+            )
+        )
+        for name in sorted(implied)
+    )
+    return m.Config(
+        gateway_classes=config.gateway_classes,
+        gateways=config.gateways,
+        http_routes=config.http_routes,
+        grpc_routes=config.grpc_routes,
+        tls_routes=config.tls_routes,
+        reference_grants=config.reference_grants,
+        namespaces=(*config.namespaces, *extra),
+        services=config.services,
+        endpoint_slices=config.endpoint_slices,
+        secrets=config.secrets,
+        config_maps=config.config_maps,
+        pods=config.pods,
+    )
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def load_documents(
+    docs: Iterable[tuple[str, str]], *, previous: Generations | None = None
+) -> LoadResult:
+    """Load ``(filename, YAML text)`` pairs.  Pure: no file I/O, never raises on input."""
+    state = _Loading(previous)
+    for filename, text in docs:
+        for index, data, problem in _yaml_documents(filename, text):
+            if problem is not None:
+                state.problems.append(problem)
+                continue
+            state.document(data, m.Source(file=filename, index=index))
+    return LoadResult(
+        config=state.config(),
+        problems=tuple(state.problems),
+        notices=state.notices(),
+        generations=dict(state.generations),
+    )
+
+
+_YAML_SUFFIXES = (".yaml", ".yml")
+
+
+def _directory_files(root: Path) -> list[Path]:
+    """*.yaml / *.yml below ``root``, sorted; hidden files and directories skipped.
+
+    Skipping dot-names matters for ConfigMap volumes: the kubelet mounts each file both
+    as ``name.yaml`` and under ``..data/`` and a timestamped ``..2024_...`` directory,
+    which would otherwise load every object three times.  Symlinked directories are
+    followed, each real directory once (so a link loop ends).
+    """
+    found: list[Path] = []
+    visited: set[str] = set()
+    for dirpath, dirnames, filenames in os.walk(root, onerror=_raise_walk_error, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in visited:
+            dirnames[:] = []
+            continue
+        visited.add(real)
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        found.extend(
+            Path(dirpath, name)
+            for name in filenames
+            if not name.startswith(".") and name.endswith(_YAML_SUFFIXES)
+        )
+    return sorted(found, key=lambda p: p.relative_to(root).as_posix())
+
+
+def _raise_walk_error(exc: OSError) -> None:
+    raise ConfigPathError(f"cannot read config directory {exc.filename}: {exc.strerror or exc}")
+
+
+def read_config_paths(paths: Sequence[str | os.PathLike[str]]) -> list[tuple[str, str]]:
+    """Read each path: a YAML file, or a directory searched recursively for YAML files.
+
+    Raises ConfigPathError for a path that does not exist or a file that cannot be read.
+    """
+    out: list[tuple[str, str]] = []
+    done: set[Path] = set()
+    for raw in paths:
+        path = Path(raw)
+        if not path.exists():
+            raise ConfigPathError(f"config path {str(path)!r} does not exist")
+        files = _directory_files(path) if path.is_dir() else [path]
+        for file in files:
+            try:
+                resolved = file.resolve()
+            except (OSError, RuntimeError):
+                resolved = file
+            if resolved in done:
+                continue  # the same file named twice (e.g. a file and its directory)
+            done.add(resolved)
+            try:
+                text = file.read_text(encoding="utf-8")
+            except UnicodeDecodeError as exc:
+                raise ConfigPathError(
+                    f"cannot read config file {str(file)!r}: "
+                    f"not UTF-8 text ({exc.reason} at byte {exc.start})"
+                ) from exc
+            except OSError as exc:
+                raise ConfigPathError(
+                    f"cannot read config file {str(file)!r}: {exc.strerror or exc}"
+                ) from exc
+            out.append((str(file), text))
+    return out
+
+
+def load_paths(
+    paths: Sequence[str | os.PathLike[str]], *, previous: Generations | None = None
+) -> LoadResult:
+    """``read_config_paths`` then ``load_documents``; raises ConfigPathError only."""
+    return load_documents(read_config_paths(paths), previous=previous)

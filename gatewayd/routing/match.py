@@ -1,0 +1,312 @@
+"""Compiled request matchers: one ``Candidate`` per (route, rule, match) and listener.
+
+A candidate holds everything ``RouteTable.lookup`` needs to test one HTTPRouteMatch (or
+a GRPCRouteMatch translated to a path match) without touching the model: the path
+test, the method, header and query conditions with regexes precompiled, its
+precedence key and the preallocated ``RouteHit`` returned on success.
+
+Pure module: no I/O.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from urllib.parse import unquote_plus
+
+from gatewayd.routing.compiled import CompiledRule, RouteHit
+from gatewayd.routing.model import (
+    GRPCRouteMatch,
+    HeaderMatchType,
+    HTTPHeaderMatch,
+    HTTPQueryParamMatch,
+    HTTPRouteMatch,
+    Meta,
+    PathMatchType,
+)
+from gatewayd.routing.precedence import (
+    PrecedenceKey,
+    grpc_match_key,
+    http_match_key,
+    normalize_prefix,
+    unique_header_names,
+    unique_query_names,
+)
+
+PATH_EXACT = 0
+PATH_PREFIX = 1
+PATH_REGEX = 2
+
+_PATH_KIND_NAMES = {PATH_EXACT: "Exact", PATH_PREFIX: "PathPrefix", PATH_REGEX: "RegularExpression"}
+
+# One header or query condition: (name, exact value or None, compiled regex or None).
+# Header names are lower-case (the data plane hands lower-case names); query names are
+# kept as written: "Name is the name of the HTTP query param to be matched. This must be
+# an exact string match."
+ValueCondition = tuple[str, str | None, re.Pattern[str] | None]
+
+
+NEVER = re.compile(r"(?!)")  # matches nothing
+
+
+class InvalidMatch(ValueError):
+    """A regular expression of a match does not compile with Python ``re``."""
+
+
+def _compile_regex(pattern: str, what: str) -> re.Pattern[str]:
+    try:
+        return re.compile(pattern)
+    except re.error as exc:
+        raise InvalidMatch(f"{what}: invalid regular expression {pattern!r}: {exc}") from exc
+
+
+def _header_conditions(headers: tuple[HTTPHeaderMatch, ...]) -> tuple[ValueCondition, ...]:
+    keep = unique_header_names([h.name for h in headers])
+    out: list[ValueCondition] = []
+    for i in keep:
+        h = headers[i]
+        name = h.name.lower()
+        if h.type is HeaderMatchType.REGULAR_EXPRESSION:
+            out.append((name, None, _compile_regex(h.value, f"header {h.name}")))
+        else:
+            out.append((name, h.value, None))
+    return tuple(out)
+
+
+def _query_conditions(params: tuple[HTTPQueryParamMatch, ...]) -> tuple[ValueCondition, ...]:
+    keep = unique_query_names([q.name for q in params])
+    out: list[ValueCondition] = []
+    for i in keep:
+        q = params[i]
+        if q.type is HeaderMatchType.REGULAR_EXPRESSION:
+            out.append((q.name, None, _compile_regex(q.value, f"query param {q.name}")))
+        else:
+            out.append((q.name, q.value, None))
+    return tuple(out)
+
+
+def values_hold(conditions: tuple[ValueCondition, ...], values: Mapping[str, str]) -> bool:
+    """Every header / query condition holds (AND).  Exact values are case-sensitive;
+    a regex must match the whole value (like Envoy's safe_regex)."""
+    for name, exact, rx in conditions:
+        got = values.get(name)
+        if got is None:
+            return False
+        if rx is None:
+            if got != exact:
+                return False
+        elif rx.fullmatch(got) is None:
+            return False
+    return True
+
+
+def parse_query(query: str) -> dict[str, str]:
+    """Decode a raw query string (without '?') into name -> first value.
+
+    Same splitting and decoding as ``urllib.parse.parse_qsl(keep_blank_values=True)``
+    ('&' separated, '+' is a space, percent-decoding).  For repeated parameters the
+    first value wins: "it is *recommended* that implementations should match against
+    the first value of the param if the data plane supports it".
+    """
+    out: dict[str, str] = {}
+    if not query:
+        return out
+    for part in query.split("&"):
+        if not part:
+            continue
+        name, _, value = part.partition("=")
+        if "%" in name or "+" in name:
+            name = unquote_plus(name)
+        if name in out:
+            continue
+        if "%" in value or "+" in value:
+            value = unquote_plus(value)
+        out[name] = value
+    return out
+
+
+class Candidate:
+    """One match of one rule of one route, as attached through one listener."""
+
+    __slots__ = (
+        "headers",
+        "hit",
+        "key",
+        "match_index",
+        "method",
+        "path",
+        "path_kind",
+        "query",
+        "rank",
+        "regex",
+        "route_kind",
+        "route_name",
+        "rule_index",
+        "summary",
+    )
+
+    def __init__(
+        self,
+        *,
+        key: PrecedenceKey,
+        path_kind: int,
+        path: str,
+        method: str | None,
+        headers: tuple[ValueCondition, ...],
+        query: tuple[ValueCondition, ...],
+        hit: RouteHit,
+        route_kind: str,
+        route_name: str,
+        rule_index: int,
+        match_index: int,
+        summary: dict[str, object],
+    ) -> None:
+        self.key = key
+        # Position in precedence order among the candidates of one table (set by the
+        # table builder); lookup compares ranks instead of keys.
+        self.rank = 0
+        self.path_kind = path_kind
+        # Exact: the path; PathPrefix: the normalised prefix ("" for "/"); regex: pattern.
+        self.path = path
+        # Never None, so the lookup loop needs no check: non-regex kinds get NEVER.
+        self.regex = _compile_regex(path, "path") if path_kind == PATH_REGEX else NEVER
+        self.method = method
+        self.headers = headers
+        self.query = query
+        self.hit = hit
+        self.route_kind = route_kind
+        self.route_name = route_name
+        self.rule_index = rule_index
+        self.match_index = match_index
+        self.summary = summary
+
+    def describe(self) -> dict[str, object]:
+        out: dict[str, object] = {
+            "route": f"{self.route_kind} {self.route_name}",
+            "rule": self.rule_index,
+            "match": self.match_index,
+        }
+        out.update(self.summary)
+        return out
+
+
+def _conditions_json(conds: tuple[ValueCondition, ...]) -> list[dict[str, str]]:
+    out: list[dict[str, str]] = []
+    for name, exact, rx in conds:
+        if rx is None:
+            out.append({"name": name, "type": "Exact", "value": exact or ""})
+        else:
+            out.append({"name": name, "type": "RegularExpression", "value": rx.pattern})
+    return out
+
+
+def compile_http_match(
+    *,
+    meta: Meta,
+    rule_index: int,
+    match_index: int,
+    match: HTTPRouteMatch,
+    rule: CompiledRule,
+    listener_name: str,
+) -> Candidate:
+    """Raises ``InvalidMatch`` for a regex Python cannot compile."""
+    ptype = match.path.type
+    prefix: str | None = None
+    if ptype is PathMatchType.EXACT:
+        kind, path = PATH_EXACT, match.path.value
+    elif ptype is PathMatchType.PATH_PREFIX:
+        kind, path = PATH_PREFIX, normalize_prefix(match.path.value)
+        # For ReplacePrefixMatch: the prefix without its trailing '/' (root stays "/").
+        prefix = path or "/"
+    else:
+        kind, path = PATH_REGEX, match.path.value
+    headers = _header_conditions(match.headers)
+    query = _query_conditions(match.query_params)
+    summary: dict[str, object] = {"path": {"type": ptype.value, "value": match.path.value}}
+    if match.method is not None:
+        summary["method"] = match.method
+    if headers:
+        summary["headers"] = _conditions_json(headers)
+    if query:
+        summary["queryParams"] = _conditions_json(query)
+    return Candidate(
+        key=http_match_key(meta, rule_index, match_index, match),
+        path_kind=kind,
+        path=path,
+        method=match.method,
+        headers=headers,
+        query=query,
+        hit=RouteHit(rule=rule, prefix=prefix, listener_name=listener_name),
+        route_kind="HTTPRoute",
+        route_name=f"{meta.namespace}/{meta.name}",
+        rule_index=rule_index,
+        match_index=match_index,
+        summary=summary,
+    )
+
+
+def grpc_path_match(match: GRPCRouteMatch | None) -> tuple[int, str]:
+    """Translate a GRPCMethodMatch into a path test on "/{service}/{method}".
+
+    Exact with service and method: that exact path; service only: the element-wise
+    prefix "/{service}"; method only: a regex for any service ("Value of the service to
+    match against. If left empty or omitted, will match any service."); no method match:
+    every path ("If no matches are specified, the implementation MUST match every gRPC
+    request").  RegularExpression: the two patterns joined into one full-match regex,
+    an omitted side matching any one path element.
+    """
+    method_match = match.method if match is not None else None
+    if method_match is None:
+        return PATH_PREFIX, ""
+    service = method_match.service or None
+    method = method_match.method or None
+    if method_match.type is HeaderMatchType.REGULAR_EXPRESSION:
+        s = f"(?:{service})" if service else "[^/]+"
+        m = f"(?:{method})" if method else "[^/]+"
+        return PATH_REGEX, f"/{s}/{m}"
+    if service and method:
+        return PATH_EXACT, f"/{service}/{method}"
+    if service:
+        return PATH_PREFIX, f"/{service}"
+    if method:
+        return PATH_REGEX, f"/[^/]+/{re.escape(method)}"
+    return PATH_PREFIX, ""
+
+
+def compile_grpc_match(
+    *,
+    meta: Meta,
+    rule_index: int,
+    match_index: int,
+    match: GRPCRouteMatch | None,
+    rule: CompiledRule,
+    listener_name: str,
+) -> Candidate:
+    """Raises ``InvalidMatch`` for a regex Python cannot compile."""
+    kind, path = grpc_path_match(match)
+    headers = _header_conditions(match.headers) if match is not None else ()
+    summary: dict[str, object] = {"path": {"type": _PATH_KIND_NAMES[kind], "value": path or "/"}}
+    if match is not None and match.method is not None:
+        summary["grpcMethod"] = {
+            "type": match.method.type.value,
+            "service": match.method.service,
+            "method": match.method.method,
+        }
+    summary["method"] = "POST"
+    if headers:
+        summary["headers"] = _conditions_json(headers)
+    return Candidate(
+        key=grpc_match_key(meta, rule_index, match_index, match),
+        path_kind=kind,
+        path=path,
+        # gRPC is always carried by POST (gRPC over HTTP/2 spec: ":method POST").
+        method="POST",
+        headers=headers,
+        query=(),
+        hit=RouteHit(rule=rule, prefix=None, listener_name=listener_name),
+        route_kind="GRPCRoute",
+        route_name=f"{meta.namespace}/{meta.name}",
+        rule_index=rule_index,
+        match_index=match_index,
+        summary=summary,
+    )

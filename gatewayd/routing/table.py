@@ -1,0 +1,471 @@
+"""Route tables: what ``RouteTable.lookup`` runs for every request.
+
+Selection happens in three steps, each a handful of dict lookups:
+
+1. Listener.  Listeners sharing a port are isolated by hostname: the most specific
+   listener hostname matching the Host wins (exact, then the longest wildcard suffix,
+   then a listener without hostname), and only routes attached to it are considered.
+   Conformance test GatewayHTTPListenerIsolation: a request for ``abc.foo.example.com``
+   reaches only routes of the ``abc.foo.example.com`` listener, 404 otherwise, even if
+   a route of the ``*.example.com`` listener has a matching path.
+2. Host group.  Within the listener, the routes' effective hostnames
+   (``AttachedRoute.hostnames``) are grouped like Envoy virtual hosts: exact name, then
+   the longest wildcard suffix ("*.foo.example.com" before "*.example.com"), then the
+   routes without hostname restriction.  Only the most specific group matching the Host
+   is searched; if none of its rules match the request is a 404.  "In the event that
+   multiple HTTPRoutes specify intersecting hostnames [...], precedence must be given to
+   rules from the HTTPRoute with the largest number of: Characters in a matching
+   non-wildcard hostname. Characters in a matching hostname."
+3. Candidates.  Each (route, rule, match) candidate has a rank, its position in
+   precedence order (``precedence.py``).  A group indexes its candidates by exact path
+   and by normalised PathPrefix value (dicts) and keeps its regexes in one list.
+   Lookup consults the exact list of the path, the regex list, and the prefix lists of
+   the path's element-wise prefixes, longest first; the matching candidate of lowest
+   rank wins and its ``RouteHit``, allocated at compile time, is returned.  The cost
+   depends on the path depth and on the candidates sharing a path, not on the number
+   of routes.
+
+Pure module: no I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from gatewayd.routing.compiled import CompiledBackend, CompiledRule, HeaderOps, RouteHit
+from gatewayd.routing.match import (
+    PATH_EXACT,
+    PATH_PREFIX,
+    Candidate,
+    parse_query,
+    values_hold,
+)
+from gatewayd.routing.precedence import hostname_rank, is_wildcard
+
+T = TypeVar("T")
+
+
+class HostIndex(Generic[T]):
+    """Exact names in a dict, wildcards by their suffix (".example.com"), one catch-all."""
+
+    __slots__ = ("any", "exact", "wildcard")
+
+    def __init__(self, items: Iterable[tuple[str | None, T]]) -> None:
+        self.exact: dict[str, T] = {}
+        self.wildcard: dict[str, T] = {}
+        self.any: T | None = None
+        for hostname, value in items:
+            if hostname is None:
+                self.any = value
+            elif is_wildcard(hostname):
+                self.wildcard[hostname[1:]] = value
+            else:
+                self.exact[hostname] = value
+
+    def select(self, host: str) -> T | None:
+        """The most specific entry matching ``host`` (lower-case, no port)."""
+        value = self.exact.get(host)
+        if value is not None:
+            return value
+        wildcard = self.wildcard
+        if wildcard:
+            # "*.example.com" matches one or more labels before ".example.com": try the
+            # suffixes starting at each '.', longest first.  i > 0 keeps a label in front.
+            i = host.find(".")
+            while i > 0:
+                value = wildcard.get(host[i:])
+                if value is not None:
+                    return value
+                i = host.find(".", i + 1)
+        return self.any
+
+
+# Larger than any candidate rank: "nothing found yet".
+_NO_RANK = 1 << 62
+
+
+class HostGroup:
+    """The candidates of one effective hostname of one listener, indexed by path.
+
+    Exact paths and PathPrefix values are dict keys (a prefix without its trailing
+    '/', the root prefix as ""), regexes are one list.  Every list is in precedence
+    order; ``Candidate.rank`` orders candidates across lists.
+    """
+
+    __slots__ = ("candidates", "exact", "hostname", "max_prefix_len", "prefixes", "regexes")
+
+    def __init__(self, hostname: str | None, candidates: Iterable[Candidate]) -> None:
+        self.hostname = hostname
+        self.candidates: tuple[Candidate, ...] = tuple(sorted(candidates, key=_rank))
+        exact: dict[str, list[Candidate]] = {}
+        prefixes: dict[str, list[Candidate]] = {}
+        regexes: list[Candidate] = []
+        for c in self.candidates:
+            if c.path_kind == PATH_EXACT:
+                exact.setdefault(c.path, []).append(c)
+            elif c.path_kind == PATH_PREFIX:
+                prefixes.setdefault(c.path, []).append(c)
+            else:
+                regexes.append(c)
+        self.exact = {k: tuple(v) for k, v in exact.items()}
+        self.prefixes = {k: tuple(v) for k, v in prefixes.items()}
+        self.regexes = tuple(regexes)
+        self.max_prefix_len = max((len(k) for k in prefixes), default=-1)
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "hostname": self.hostname if self.hostname is not None else "*",
+            "candidates": [c.describe() for c in self.candidates],
+        }
+
+
+def _rank(c: Candidate) -> int:
+    return c.rank
+
+
+def _scan(
+    cands: tuple[Candidate, ...],
+    best_rank: int,
+    regex_path: str | None,
+    method: str,
+    headers: Mapping[str, str],
+    query: str,
+    params: list[dict[str, str]],
+) -> Candidate | None:
+    """The first candidate of ``cands`` (in rank order) whose conditions hold, if it
+    ranks before ``best_rank``.  ``regex_path``: the path, for lists of regex
+    candidates (exact and prefix lists are selected by path already).  ``params``
+    caches the decoded query: decoded once per request, and only if a candidate needs
+    it."""
+    for c in cands:
+        if c.rank >= best_rank:
+            return None
+        if regex_path is not None and c.regex.fullmatch(regex_path) is None:
+            continue
+        if c.method is not None and c.method != method:
+            continue
+        if c.headers and not values_hold(c.headers, headers):
+            continue
+        if c.query:
+            if not params:
+                params.append(parse_query(query))
+            if not values_hold(c.query, params[0]):
+                continue
+        return c
+    return None
+
+
+class ListenerRoutes:
+    """The host groups of one listener."""
+
+    __slots__ = ("groups", "hostname", "names")
+
+    def __init__(self, names: tuple[str, ...], hostname: str | None, groups: list[HostGroup]):
+        self.names = names
+        self.hostname = hostname
+        self.groups: HostIndex[HostGroup] = HostIndex((g.hostname, g) for g in groups)
+
+    def ordered_groups(self) -> list[HostGroup]:
+        """Most specific first: exact names (alphabetical), longer wildcards, catch-all."""
+        out = sorted(self.groups.exact.values(), key=lambda g: g.hostname or "")
+        wild = sorted(self.groups.wildcard.values(), key=lambda g: hostname_rank(g.hostname))
+        out.extend(reversed(wild))
+        if self.groups.any is not None:
+            out.append(self.groups.any)
+        return out
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ListenerSpec:
+    """Input of the table builder: one listener and its candidates by route hostname
+    (``None``: the routes that accept any host)."""
+
+    name: str
+    hostname: str | None
+    candidates: Mapping[str | None, Sequence[Candidate]]
+
+
+class HTTPRouteTable:
+    """``compiled.RouteTable`` for HTTP and HTTPS listener ports."""
+
+    __slots__ = ("_listener_list", "_listeners")
+
+    def __init__(self, listeners: Sequence[ListenerSpec]) -> None:
+        # Listeners of one port have distinct hostnames (the status computation reports
+        # duplicates as Conflicted); should two share one anyway, their routes merge.
+        merged: dict[str | None, tuple[list[str], dict[str | None, list[Candidate]]]] = {}
+        everyone: dict[int, Candidate] = {}
+        for spec in listeners:
+            names, groups = merged.setdefault(spec.hostname, ([], {}))
+            names.append(spec.name)
+            for hostname, cands in spec.candidates.items():
+                groups.setdefault(hostname, []).extend(cands)
+                everyone.update((id(c), c) for c in cands)
+        # One rank per candidate, consistent across every host group it appears in.
+        for rank, c in enumerate(sorted(everyone.values(), key=lambda c: c.key)):
+            c.rank = rank
+        built: list[ListenerRoutes] = []
+        for hostname, (names, groups) in merged.items():
+            host_groups = [HostGroup(h, cands) for h, cands in groups.items() if cands]
+            built.append(ListenerRoutes(tuple(names), hostname, host_groups))
+        built.sort(key=lambda lr: hostname_rank(lr.hostname), reverse=True)
+        self._listener_list = tuple(built)
+        self._listeners: HostIndex[ListenerRoutes] = HostIndex((lr.hostname, lr) for lr in built)
+
+    def lookup(
+        self,
+        host: str,
+        method: str,
+        path: str,
+        query: str,
+        headers: Mapping[str, str],
+    ) -> RouteHit | None:
+        listener = self._listeners.select(host)
+        if listener is None:
+            return None
+        group = listener.groups.select(host)
+        if group is None:
+            return None
+        # Every candidate whose path can match is in the exact list of the path, the
+        # regex list, or the prefix list of one of the path's element-wise prefixes
+        # ("/a/b/c" -> "/a/b/c", "/a/b", "/a", "").  The winner is the matching
+        # candidate of lowest rank; each list is in rank order, so a list is only
+        # walked while it can still beat the best found so far.
+        best: Candidate | None = None
+        best_rank = _NO_RANK
+        params: list[dict[str, str]] = []
+        cands = group.exact.get(path)
+        if cands is not None:
+            best = _scan(cands, best_rank, None, method, headers, query, params)
+            if best is not None:
+                best_rank = best.rank
+        if group.regexes:
+            found = _scan(group.regexes, best_rank, path, method, headers, query, params)
+            if found is not None:
+                best, best_rank = found, found.rank
+        max_len = group.max_prefix_len
+        if max_len >= 0:
+            prefixes = group.prefixes
+            if len(path) <= max_len:
+                end = len(path)
+            else:
+                # Longest element-wise prefix that can be a key: cut at a '/'.
+                end = path.rfind("/", 0, max_len + 1)
+            while end >= 0:
+                prefix = path[:end]
+                cands = prefixes.get(prefix)
+                if cands is not None and cands[0].rank < best_rank:
+                    found = _scan(cands, best_rank, None, method, headers, query, params)
+                    if found is not None:
+                        best, best_rank = found, found.rank
+                if end == 0:
+                    break
+                end = path.rfind("/", 0, end)
+        return best.hit if best is not None else None
+
+    def listeners(self) -> tuple[ListenerRoutes, ...]:
+        return self._listener_list
+
+    def to_json(self) -> object:
+        rules: dict[str, CompiledRule] = {}
+        listeners: list[dict[str, object]] = []
+        for lr in self._listener_list:
+            groups = lr.ordered_groups()
+            for g in groups:
+                for c in g.candidates:
+                    rules.setdefault(c.hit.rule.route_id, c.hit.rule)
+            listeners.append(
+                {
+                    "listeners": list(lr.names),
+                    "hostname": lr.hostname if lr.hostname is not None else "*",
+                    "hostGroups": [g.to_json() for g in groups],
+                }
+            )
+        return {
+            "listeners": listeners,
+            "rules": {rid: rule_to_json(rule) for rid, rule in rules.items()},
+        }
+
+
+# --------------------------------------------------------------------------- TLS passthrough
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SNIRoute:
+    """A TLSRoute attached through one listener, with its effective hostnames."""
+
+    hit: RouteHit  # hit.rule: route_kind "TLSRoute", backends of the (first) rule
+    order: tuple[float, str]  # precedence.route_order of the route
+    hostnames: tuple[str, ...]  # () : any SNI
+
+
+class SNITable:
+    """``compiled.RouteTable`` for TLS listener ports (passthrough by SNI).
+
+    ``lookup()`` never matches (no HTTP is parsed on these ports); the data plane calls
+    ``lookup_sni()`` with the ClientHello server name ("" when absent).  Selection is
+    the same listener isolation and hostname specificity as HTTP; within one hostname
+    the oldest TLSRoute wins, then "{namespace}/{name}" order.
+    """
+
+    __slots__ = ("_listener_list", "_listeners")
+
+    def __init__(self, listeners: Sequence[tuple[str, str | None, Sequence[SNIRoute]]]) -> None:
+        merged: dict[str | None, tuple[list[str], dict[str | None, list[SNIRoute]]]] = {}
+        for name, hostname, routes in listeners:
+            names, groups = merged.setdefault(hostname, ([], {}))
+            names.append(name)
+            for r in routes:
+                for h in r.hostnames or (None,):
+                    groups.setdefault(h, []).append(r)
+        built: list[tuple[tuple[str, ...], str | None, HostIndex[RouteHit], list[object]]] = []
+        for hostname, (names, groups) in merged.items():
+            winners: list[tuple[str | None, RouteHit]] = []
+            dump: list[object] = []
+            for h, routes in sorted(
+                groups.items(), key=lambda kv: hostname_rank(kv[0]), reverse=True
+            ):
+                best = min(routes, key=lambda r: r.order)
+                winners.append((h, best.hit))
+                dump.append(
+                    {
+                        "hostname": h if h is not None else "*",
+                        "route": f"TLSRoute {best.order[1]}",
+                        "rule": rule_to_json(best.hit.rule),
+                    }
+                )
+            built.append((tuple(names), hostname, HostIndex(winners), dump))
+        built.sort(key=lambda item: hostname_rank(item[1]), reverse=True)
+        self._listener_list = built
+        self._listeners: HostIndex[HostIndex[RouteHit]] = HostIndex(
+            (hostname, index) for _, hostname, index, _ in built
+        )
+
+    def lookup(
+        self,
+        host: str,
+        method: str,
+        path: str,
+        query: str,
+        headers: Mapping[str, str],
+    ) -> RouteHit | None:
+        return None
+
+    def lookup_sni(self, sni: str) -> RouteHit | None:
+        index = self._listeners.select(sni.lower())
+        if index is None:
+            return None
+        return index.select(sni.lower())
+
+    def to_json(self) -> object:
+        return {
+            "listeners": [
+                {
+                    "listeners": list(names),
+                    "hostname": hostname if hostname is not None else "*",
+                    "sni": dump,
+                }
+                for names, hostname, _, dump in self._listener_list
+            ]
+        }
+
+
+# --------------------------------------------------------------------------- config dump
+
+
+def _header_ops_json(ops: HeaderOps | None) -> dict[str, object] | None:
+    if ops is None:
+        return None
+    return {
+        "set": [list(kv) for kv in ops.set],
+        "add": [list(kv) for kv in ops.add],
+        "remove": list(ops.remove),
+    }
+
+
+def _backend_json(backend: CompiledBackend, weight: int) -> dict[str, object]:
+    out: dict[str, object] = {
+        "name": backend.name,
+        "weight": weight,
+        "endpoints": [f"{e.address}:{e.port}" for e in backend.endpoints],
+    }
+    if backend.invalid_status is not None:
+        out["invalidStatus"] = backend.invalid_status
+    if backend.app_protocol is not None:
+        out["appProtocol"] = backend.app_protocol
+    if backend.fqdn:
+        out["fqdn"] = True
+    if backend.request_headers is not None:
+        out["requestHeaders"] = _header_ops_json(backend.request_headers)
+    if backend.response_headers is not None:
+        out["responseHeaders"] = _header_ops_json(backend.response_headers)
+    return out
+
+
+def rule_to_json(rule: CompiledRule) -> dict[str, object]:
+    """A readable view of a compiled rule for /config_dump."""
+    out: dict[str, object] = {
+        "route": f"{rule.route_kind} {rule.route_namespace}/{rule.route_name}",
+        "rule": rule.rule_index,
+    }
+    if rule.rule_name is not None:
+        out["name"] = rule.rule_name
+    filters: dict[str, object] = {}
+    if rule.request_headers is not None:
+        filters["requestHeaders"] = _header_ops_json(rule.request_headers)
+    if rule.response_headers is not None:
+        filters["responseHeaders"] = _header_ops_json(rule.response_headers)
+    if rule.redirect is not None:
+        r = rule.redirect
+        filters["redirect"] = {
+            "scheme": r.scheme,
+            "hostname": r.hostname,
+            "port": r.port,
+            "path": None if r.path is None else {"type": r.path.type, "value": r.path.value},
+            "statusCode": r.status_code,
+        }
+    if rule.rewrite is not None:
+        w = rule.rewrite
+        filters["rewrite"] = {
+            "hostname": w.hostname,
+            "path": None if w.path is None else {"type": w.path.type, "value": w.path.value},
+        }
+    if rule.mirrors:
+        filters["mirrors"] = [
+            {"backend": _backend_json(m.backend, 1), "fraction": m.fraction} for m in rule.mirrors
+        ]
+    if rule.cors is not None:
+        c = rule.cors
+        filters["cors"] = {
+            "allowOrigins": list(c.allow_origins),
+            "allowMethods": list(c.allow_methods),
+            "allowHeaders": list(c.allow_headers),
+            "exposeHeaders": list(c.expose_headers),
+            "allowCredentials": c.allow_credentials,
+            "maxAge": c.max_age,
+        }
+    if filters:
+        out["filters"] = filters
+    weights = [
+        cum - (rule.cumulative_weights[i - 1] if i else 0)
+        for i, cum in enumerate(rule.cumulative_weights)
+    ]
+    out["backends"] = [_backend_json(b, w) for b, w in zip(rule.backends, weights, strict=True)]
+    out["totalWeight"] = rule.total_weight
+    if rule.direct_status is not None:
+        out["directStatus"] = rule.direct_status
+    if rule.request_timeout is not None:
+        out["requestTimeout"] = rule.request_timeout
+    if rule.backend_request_timeout is not None:
+        out["backendRequestTimeout"] = rule.backend_request_timeout
+    if rule.retry is not None:
+        out["retry"] = {
+            "attempts": rule.retry.attempts,
+            "codes": sorted(rule.retry.codes),
+            "backoff": rule.retry.backoff,
+        }
+    if rule.session_persistence is not None:
+        out["sessionPersistence"] = rule.session_persistence
+    return out

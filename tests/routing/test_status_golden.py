@@ -1,0 +1,234 @@
+"""Golden status files for a few invalid configurations, compared exactly.
+
+Regenerate after an intended change with:
+
+    GATEWAYD_REGEN_GOLDEN=1 .venv/bin/pytest tests/routing/test_status_golden.py
+
+and review the diff of tests/routing/golden/*.json.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from status_builders import (
+    backend,
+    config,
+    endpoint_slice,
+    gateway,
+    gateway_class,
+    grant,
+    http_route,
+    listener,
+    namespace,
+    parent,
+    passthrough,
+    service,
+    terminate,
+    tls_secret,
+)
+
+from gatewayd.routing.bindings import Resolution
+from gatewayd.routing.model import (
+    Config,
+    Endpoint,
+    FilterType,
+    FromNamespaces,
+    GatewayAddress,
+    HTTPRouteFilter,
+    LabelSelector,
+    LabelSelectorRequirement,
+    LocalObjectReference,
+    Meta,
+    SecretObjectReference,
+    Source,
+    TLSRoute,
+    TLSRouteRule,
+)
+from gatewayd.routing.status import resolve
+
+GOLDEN = Path(__file__).parent / "golden"
+NOW = "2024-01-01T00:00:00Z"
+
+
+def src(file: str, index: int) -> Source:
+    return Source(file=file, index=index)
+
+
+def listener_problems() -> Config:
+    """One Gateway with every kind of listener problem next to a healthy listener."""
+    return config(
+        gateway(
+            "edge",
+            listener("http", 80),
+            listener("tcp", 9000, "TCP"),
+            listener("clash-http", 8443, "HTTP"),
+            listener("clash-https", 8443, "HTTPS", tls=terminate("cert")),
+            listener("dup-a", 8080, hostname="dup.example.com"),
+            listener("dup-b", 8080, hostname="dup.example.com"),
+            listener("no-cert", 443, "HTTPS", hostname="a.example.com", tls=terminate("missing")),
+            listener(
+                "foreign-cert",
+                443,
+                "HTTPS",
+                hostname="b.example.com",
+                tls=terminate(SecretObjectReference(name="cert", namespace="vault")),
+            ),
+            listener("bad-kinds", 8081, kinds=["HTTPRoute", "TCPRoute"]),
+            listener("tls", 443, "TLS", hostname="c.example.com", tls=passthrough()),
+            generation=4,
+        ),
+        tls_secret("cert"),
+        tls_secret("cert", "vault"),
+        http_route("web", parent("edge"), backends=[backend()], generation=2),
+        service(),
+        endpoint_slice("svc-1", endpoints=[Endpoint(addresses=("10.0.0.1",))]),
+    )
+
+
+def route_problems() -> Config:
+    """Routes refused or partly unresolved, each for a different reason."""
+    ext = HTTPRouteFilter(
+        type=FilterType.EXTENSION_REF,
+        extension_ref=LocalObjectReference(group="example.com", kind="RateLimit", name="rl"),
+    )
+    selector = LabelSelector(
+        match_expressions=(LabelSelectorRequirement(key="env", operator="In", values=("prod",)),)
+    )
+    return config(
+        namespace("shop", env="prod"),
+        namespace("blog", env="dev"),
+        gateway(
+            "gw",
+            listener(
+                "web",
+                80,
+                hostname="*.example.com",
+                from_=FromNamespaces.SELECTOR,
+                selector=selector,
+            ),
+            listener("admin", 8080, hostname="admin.example.com"),
+            namespace="infra",
+        ),
+        gateway("theirs", class_name="other-class", namespace="infra"),
+        http_route(
+            "shop",
+            parent("gw", "infra"),
+            namespace="shop",
+            hostnames=["shop.example.com", "shop.example.net"],
+            backends=[backend("cart"), backend("payments", namespace="billing"), backend("ghost")],
+            creation_timestamp="2024-01-02T00:00:00Z",
+        ),
+        http_route("blog", parent("gw", "infra"), namespace="blog", hostnames=["blog.example.com"]),
+        http_route(
+            "wrong-host", parent("gw", "infra"), namespace="shop", hostnames=["www.example.org"]
+        ),
+        http_route("no-section", parent("gw", "infra", section="metrics"), namespace="shop"),
+        http_route(
+            "ext",
+            parent("gw", "infra", section="web"),
+            parent("theirs", "infra"),
+            parent("gone", "infra"),
+            namespace="shop",
+            hostnames=["ext.example.com"],
+            filters=[ext],
+            source=src("routes.yaml", 3),
+        ),
+        TLSRoute(
+            meta=Meta(namespace="shop", name="tls-on-http"),
+            parent_refs=(parent("gw", "infra"),),
+            hostnames=("tls.example.com",),
+            rules=(TLSRouteRule(backend_refs=(backend("tls-svc", 443),)),),
+        ),
+        service("cart", "shop"),
+        service("payments", "billing"),
+        grant("billing", from_namespace="elsewhere"),
+        classes=[gateway_class(), gateway_class("other-class", "example.com/other")],
+    )
+
+
+def address_problems() -> Config:
+    """Static and pool addresses that cannot all be used."""
+    return config(
+        gateway("first", addresses=["127.0.0.5"], creation_timestamp="2024-01-01T00:00:00Z"),
+        gateway("second", addresses=["127.0.0.5"], creation_timestamp="2024-01-02T00:00:00Z"),
+        gateway(
+            "remote",
+            addresses=["192.0.2.1", "127.0.0.6"],
+            creation_timestamp="2024-01-03T00:00:00Z",
+        ),
+        gateway(
+            "by-name",
+            addresses=[GatewayAddress(type="Hostname", value="gw.example.com")],
+            creation_timestamp="2024-01-04T00:00:00Z",
+        ),
+        gateway("pooled", creation_timestamp="2024-01-05T00:00:00Z"),
+        gateway("no-room", creation_timestamp="2024-01-06T00:00:00Z"),
+        gateway("orphan", class_name="missing", source=src("gateways.yaml", 6)),
+    )
+
+
+def summary(res: Resolution) -> dict[str, object]:
+    return {
+        "statuses": [st.as_item() for st in res.statuses],
+        "problems": [str(p) for p in res.problems],
+        "listeners": [
+            {
+                "gateway": f"{b.gateway_namespace}/{b.gateway_name}",
+                "listener": b.listener_name,
+                "address": f"{b.address}:{b.port}",
+                "protocol": b.protocol,
+                "hostname": b.hostname,
+                "tlsMode": b.tls_mode,
+                "routes": [
+                    {
+                        "route": f"{ar.route.meta.namespace}/{ar.route.meta.name}",
+                        "hostnames": list(ar.hostnames),
+                    }
+                    for ar in b.routes
+                ],
+            }
+            for b in res.listeners
+        ],
+        "backends": {
+            f"{k.kind} {k.namespace}/{k.name}:{k.port}": {
+                "name": t.name,
+                "invalid": t.invalid,
+                "message": t.message,
+                "endpoints": [f"{e.address}:{e.port}" for e in t.endpoints],
+            }
+            for k, t in sorted(
+                res.backends.items(), key=lambda kv: (kv[0].namespace, kv[0].name, kv[0].port or 0)
+            )
+        },
+        "gatewayAddresses": {
+            f"{ns}/{name}": a for (ns, name), a in sorted(res.gateway_addresses.items())
+        },
+    }
+
+
+CASES: dict[str, Callable[[], Resolution]] = {
+    "listener_problems": lambda: resolve(listener_problems(), now=NOW),
+    "route_problems": lambda: resolve(route_problems(), now=NOW),
+    "address_problems": lambda: resolve(
+        address_problems(),
+        now=NOW,
+        address_pool="127.0.10.1/32",
+        is_local_address=lambda a: a.startswith("127."),
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_golden(name: str) -> None:
+    got = json.dumps(summary(CASES[name]()), indent=2, sort_keys=False) + "\n"
+    path = GOLDEN / f"{name}.json"
+    if os.environ.get("GATEWAYD_REGEN_GOLDEN"):
+        GOLDEN.mkdir(exist_ok=True)
+        path.write_text(got, encoding="utf-8")
+    assert path.exists(), f"{path} missing: run with GATEWAYD_REGEN_GOLDEN=1"
+    assert got == path.read_text(encoding="utf-8")
