@@ -1,0 +1,206 @@
+"""The admin HTTP server: readiness, status, config dump and metrics.
+
+Off the hot path, so it uses aiohttp.web.  It binds loopback by default
+(``DEFAULT_ADMIN_ADDRESS``): like Envoy's admin interface it exposes the whole
+configuration and must not be reachable from outside the node unless asked for.
+
+Routes (GET and HEAD):
+
+- ``/``                  a plain-text index of these endpoints (like Envoy's admin page)
+- ``/ready``             200 ``LIVE`` once the config is loaded and every bindable
+                         listener is bound, else 503 ``INITIALIZING`` (Envoy's wording)
+- ``/status``            ``{"items": [ObjectStatus.as_item(), ...]}``
+- ``/config_dump``       the snapshot as JSON (``Snapshot.to_json()`` and whatever else
+                         the daemon adds)
+- ``/stats/prometheus``  the Prometheus text exposition, with its own content type
+
+Anything else is 404.  A state callable that raises is answered 500 with
+``{"error": "..."}`` and logged; the client never sees a traceback.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import json
+import logging
+from collections.abc import Awaitable, Callable, Mapping, Set
+from dataclasses import dataclass
+
+import prometheus_client
+from aiohttp import web
+
+__all__ = [
+    "DEFAULT_ADMIN_ADDRESS",
+    "AdminServer",
+    "AdminState",
+    "default_metrics",
+    "json_default",
+    "make_app",
+    "parse_address",
+    "start_admin",
+]
+
+DEFAULT_ADMIN_ADDRESS = "127.0.0.1:9901"
+
+log = logging.getLogger(__name__)
+
+_Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def default_metrics() -> tuple[bytes, str]:
+    """The default prometheus_client registry in the text exposition format."""
+    return prometheus_client.generate_latest(), prometheus_client.CONTENT_TYPE_LATEST
+
+
+@dataclass(slots=True, kw_only=True)
+class AdminState:
+    """What the admin server asks the daemon; each callable is called per request.
+
+    ``ready``: config loaded and every bindable listener bound.
+    ``status_items``: ``[ObjectStatus.as_item(), ...]``.
+    ``config_dump``: ``Snapshot.to_json()`` plus anything else worth showing.
+    ``metrics``: ``(body, content_type)`` of the Prometheus exposition.
+    """
+
+    ready: Callable[[], bool]
+    status_items: Callable[[], list[dict[str, object]]]
+    config_dump: Callable[[], Mapping[str, object]]
+    metrics: Callable[[], tuple[bytes, str]] = default_metrics
+
+
+# (path, description) in index order.
+ENDPOINTS: tuple[tuple[str, str], ...] = (
+    ("/", "this page"),
+    ("/ready", "200 LIVE when the config is loaded and every listener bound, else 503"),
+    ("/status", "Gateway API status of every object, as JSON {items: [...]}"),
+    ("/config_dump", "the compiled snapshot being served, as JSON"),
+    ("/stats/prometheus", "metrics in the Prometheus text exposition format"),
+)
+
+
+def json_default(obj: object) -> object:
+    """``json.dumps`` fallback for what the model uses: read-only mappings, tuples,
+    sets, dataclasses, enums.  Anything else is shown with ``str``."""
+    if isinstance(obj, Mapping):
+        return dict(obj)
+    if isinstance(obj, Set):
+        return sorted(obj, key=str)
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
+    if isinstance(obj, enum.Enum):
+        return obj.value
+    return str(obj)
+
+
+def _json(status: int, doc: object) -> web.Response:
+    text = json.dumps(doc, indent=2, default=json_default) + "\n"
+    return web.Response(status=status, text=text, content_type="application/json")
+
+
+def parse_address(address: str) -> tuple[str, int]:
+    """``host:port`` / ``[v6]:port`` / ``:port`` (loopback) -> (host, port)."""
+    host, sep, port_text = address.rpartition(":")
+    if not sep or not port_text.isdigit() or int(port_text) > 65535:
+        raise ValueError(f"admin address {address!r} is not host:port")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return host or "127.0.0.1", int(port_text)
+
+
+class _Routes:
+    __slots__ = ("state",)
+
+    def __init__(self, state: AdminState) -> None:
+        self.state = state
+
+    async def index(self, request: web.Request) -> web.Response:
+        width = max(len(path) for path, _ in ENDPOINTS)
+        lines = ["gatewayd admin commands are:"]
+        lines += [f"  {path:<{width}}  {what}" for path, what in ENDPOINTS]
+        return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
+
+    async def ready(self, request: web.Request) -> web.Response:
+        if self.state.ready():
+            return web.Response(text="LIVE\n", content_type="text/plain")
+        return web.Response(status=503, text="INITIALIZING\n", content_type="text/plain")
+
+    async def status(self, request: web.Request) -> web.Response:
+        return _json(200, {"items": list(self.state.status_items())})
+
+    async def config_dump(self, request: web.Request) -> web.Response:
+        return _json(200, self.state.config_dump())
+
+    async def prometheus(self, request: web.Request) -> web.Response:
+        body, content_type = self.state.metrics()
+        # Passed as a raw header: the exposition type carries parameters (version,
+        # charset) that aiohttp's content_type argument does not take.
+        return web.Response(body=body, headers={"Content-Type": content_type})
+
+
+@web.middleware
+async def _errors(request: web.Request, handler: _Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status >= 400:
+            return _json(exc.status, {"error": exc.reason})
+        raise
+    except Exception as exc:
+        log.exception("admin %s %s failed", request.method, request.path)
+        return _json(500, {"error": f"{type(exc).__name__}: {exc}"})
+
+
+class AdminServer:
+    """A running admin server; ``port`` is the bound port (useful with port 0)."""
+
+    __slots__ = ("_runner", "host", "port")
+
+    def __init__(self, runner: web.AppRunner, host: str, port: int) -> None:
+        self._runner = runner
+        self.host = host
+        self.port = port
+
+    @property
+    def address(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.address}"
+
+    async def close(self) -> None:
+        await self._runner.cleanup()
+
+    async def __aenter__(self) -> AdminServer:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+def make_app(state: AdminState) -> web.Application:
+    routes = _Routes(state)
+    app = web.Application(middlewares=[_errors])
+    app.router.add_get("/", routes.index)
+    app.router.add_get("/ready", routes.ready)
+    app.router.add_get("/status", routes.status)
+    app.router.add_get("/config_dump", routes.config_dump)
+    app.router.add_get("/stats/prometheus", routes.prometheus)
+    return app
+
+
+async def start_admin(address: str, state: AdminState) -> AdminServer:
+    """Bind ``address`` (``"127.0.0.1:9901"``, port 0 allowed) and serve the admin API
+    on the running loop.  Raises OSError when the address cannot be bound."""
+    host, port = parse_address(address)
+    runner = web.AppRunner(make_app(state), access_log=None, shutdown_timeout=1.0)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host, port, reuse_address=True)
+        await site.start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    return AdminServer(runner, host, int(runner.addresses[0][1]))

@@ -1,0 +1,194 @@
+"""Forwarding headers with Envoy's edge semantics, and hop-by-hop header removal.
+
+gatewayd runs like an edge Envoy with ``use_remote_address: true``: the peer of the
+downstream connection is trusted, ``X-Forwarded-For`` is appended to, and
+``xff_num_trusted_hops`` says how many proxies in front of us are trusted.  Headers are
+``list[tuple[bytes, bytes]]`` with lower-case names.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import random
+from functools import lru_cache
+
+Headers = list[tuple[bytes, bytes]]
+
+_XFF = b"x-forwarded-for"
+_XFP = b"x-forwarded-proto"
+_EXTERNAL = b"x-envoy-external-address"
+_INTERNAL = b"x-envoy-internal"
+_REQUEST_ID = b"x-request-id"
+
+# Every header this module owns on the way upstream: incoming copies are removed (XFF is
+# rebuilt as one line; the others are set by us, never taken from the client).
+_OWNED = frozenset((_XFF, _XFP, _EXTERNAL, _INTERNAL, _REQUEST_ID))
+
+# --------------------------------------------------------------------------- request id
+
+# A request id only has to be unique, not secret, so a Mersenne Twister seeded from the
+# OS is enough and ~4x cheaper than uuid.uuid4() (which reads os.urandom every call).
+_rng = random.Random()
+_getrandbits = _rng.getrandbits
+
+
+def _reseed() -> None:
+    _rng.seed(int.from_bytes(os.urandom(32), "big"))
+
+
+_reseed()
+# Forked workers must not hand out the same sequence of ids.
+os.register_at_fork(after_in_child=_reseed)
+
+_UUID4_MASK = ~((0xF000 << 64) | (0xC000 << 48)) & ((1 << 128) - 1)
+_UUID4_BITS = (0x4000 << 64) | (0x8000 << 48)  # version 4, RFC 4122 variant
+
+
+def new_request_id() -> bytes:
+    """A random RFC 4122 version 4 UUID in its canonical 36-character form."""
+    h = ((_getrandbits(128) & _UUID4_MASK) | _UUID4_BITS).to_bytes(16, "big").hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}".encode("ascii")
+
+
+_VISIBLE = bytes(range(0x21, 0x7F))
+_MAX_REQUEST_ID = 128
+
+
+def _valid_request_id(value: bytes) -> bool:
+    # Kept as-is when it is a plausible id: 1-128 visible ASCII characters (no spaces,
+    # no controls), so a client cannot smuggle anything odd into upstream logs.
+    return 0 < len(value) <= _MAX_REQUEST_ID and not value.translate(None, _VISIBLE)
+
+
+# --------------------------------------------------------------------------- XFF
+
+
+@lru_cache(maxsize=4096)
+def _is_ip(value: bytes) -> bool:
+    try:
+        ipaddress.ip_address(value.decode("ascii"))
+    except (ValueError, UnicodeDecodeError):
+        return False
+    return True
+
+
+def _trusted_client(xff_values: list[bytes], trusted_hops: int) -> bytes | None:
+    """Envoy: "If *use_remote_address* is true and *xff_num_trusted_hops* is set to a
+    value *N* that is greater than zero, the trusted client address is the Nth address
+    from the right end of XFF. (If the XFF contains fewer than N addresses, Envoy falls
+    back to using the immediate downstream connection's source address ...)".  That is
+    the XFF as received, "*before* appending anything to XFF" (Envoy's Example 3)."""
+    addresses = [a.strip() for v in xff_values for a in v.split(b",")]
+    addresses = [a for a in addresses if a]
+    if len(addresses) < trusted_hops:
+        return None
+    candidate = addresses[-trusted_hops]
+    return candidate if _is_ip(candidate) else None
+
+
+def add_forwarding_headers(
+    headers: Headers, *, peer_ip: str, scheme: bytes, trusted_hops: int
+) -> bytes:
+    """Set the forwarding headers in place; returns the request id (to echo downstream).
+
+    - ``x-forwarded-for``: the incoming lines joined into one list with ``peer_ip``
+      appended ("A compliant proxy will *append* the IP address of the nearest client").
+    - ``x-envoy-external-address``: the trusted client address: ``peer_ip`` with 0
+      trusted hops, else the Nth address from the right of the incoming XFF (``peer_ip``
+      when XFF is shorter or that entry is not an IP).  Client-sent copies are dropped.
+    - ``x-envoy-internal``: removed ("X-Envoy-Internal is removed (if it was present in
+      the incoming request)" for external requests; every request is external here).
+    - ``x-forwarded-proto``: ``scheme``.  "Downstream *x-forwarded-proto* headers will
+      only be trusted if *xff_num_trusted_hops* is non-zero", so with trusted hops a
+      valid incoming http/https value is kept.
+    - ``x-request-id``: the first incoming one if valid (1-128 visible ASCII
+      characters), else a new UUID4; exactly one line is forwarded.
+    """
+    xff: list[bytes] | None = None
+    xfp: bytes | None = None
+    request_id: bytes | None = None
+    owned = False
+    for name, value in headers:
+        if name in _OWNED:
+            owned = True
+            if name == _XFF:
+                if xff is None:
+                    xff = []
+                if value:
+                    xff.append(value)
+            elif name == _REQUEST_ID:
+                if request_id is None:
+                    request_id = value
+            elif name == _XFP and xfp is None:
+                xfp = value
+    if owned:
+        headers[:] = [h for h in headers if h[0] not in _OWNED]
+    peer = peer_ip.encode("ascii")
+    if xff:
+        headers.append((_XFF, b", ".join(xff) + b", " + peer))
+    else:
+        headers.append((_XFF, peer))
+    external = peer
+    if trusted_hops > 0 and xff:
+        external = _trusted_client(xff, trusted_hops) or peer
+    headers.append((_EXTERNAL, external))
+    if trusted_hops > 0 and xfp is not None:
+        proto = xfp.strip().lower()
+        headers.append((_XFP, proto if proto in (b"http", b"https") else scheme))
+    else:
+        headers.append((_XFP, scheme))
+    if request_id is None or not _valid_request_id(request_id):
+        request_id = new_request_id()
+    headers.append((_REQUEST_ID, request_id))
+    return request_id
+
+
+# --------------------------------------------------------------------------- hop-by-hop
+
+# RFC 9110 7.6.1: "Intermediaries MUST parse a received Connection header field before a
+# message is forwarded and, for each connection-option in this field, remove any header
+# or trailer field(s) from the message with the same name as the connection-option, and
+# then remove the Connection header field itself" and "SHOULD remove or replace fields
+# that are known to require removal before forwarding ... Proxy-Connection, Keep-Alive,
+# TE, Transfer-Encoding, Upgrade".  Trailer is dropped too: it announces trailer fields
+# of a chunked body, which is framing of one hop (the proxy re-frames the body).
+HOP_BY_HOP: frozenset[bytes] = frozenset(
+    (
+        b"connection",
+        b"proxy-connection",
+        b"keep-alive",
+        b"te",
+        b"transfer-encoding",
+        b"upgrade",
+        b"trailer",
+    )
+)
+
+# Never removed even when the Connection header names them: a client could otherwise
+# strip the framing of its own body or the headers this proxy adds (e.g.
+# "Connection: x-forwarded-for" to drop XFF, or "Connection: content-length").
+_PROTECTED = frozenset((b"host", b"content-length", _XFF, _XFP, _EXTERNAL, _REQUEST_ID))
+
+
+def strip_hop_by_hop(headers: Headers) -> Headers:
+    """Headers without hop-by-hop fields and without those named in ``Connection``.
+
+    Always a new list (``headers`` is left untouched, so callers may mutate the result
+    in place, e.g. with ``add_forwarding_headers``, and keep the request as received for
+    logging and retries).  Callers that need the Upgrade/Connection values (WebSocket)
+    read them from ``headers``.
+    """
+    nominated: set[bytes] | None = None
+    for name, value in headers:
+        if name == b"connection":
+            if nominated is None:
+                nominated = set()
+            for token in value.split(b","):
+                token = token.strip().lower()
+                if token and token not in _PROTECTED:
+                    nominated.add(token)
+    if nominated:
+        drop = HOP_BY_HOP | nominated
+        return [h for h in headers if h[0] not in drop]
+    return [h for h in headers if h[0] not in HOP_BY_HOP]

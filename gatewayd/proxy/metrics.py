@@ -1,0 +1,265 @@
+"""Prometheus metrics of the proxy, with the meaning of Envoy's HTTP statistics.
+
+Series (``gatewayd_`` prefix; Envoy stat in brackets):
+
+- ``downstream_rq_total{listener,code_class}`` (http.*.downstream_rq_2xx ...) and
+  ``downstream_rq_code_total{listener,code}`` (http.*.downstream_rq_<code>)
+- ``downstream_rq_duration_seconds{listener}`` histogram (downstream_rq_time)
+- ``downstream_cx_total{listener}``, ``downstream_cx_active{listener}``
+- ``upstream_rq_total{backend,code}`` (cluster.*.upstream_rq_<code>)
+- ``upstream_rq_duration_seconds{backend}`` histogram (upstream_rq_time)
+- ``upstream_cx_active{backend}``, ``upstream_cx_connect_fail_total{backend}``
+- ``local_reply_total{reason}`` (see ``localreply`` for the reasons)
+- ``config_generation``, ``config_reload_total{result}`` (result: success | failure)
+
+The hot path only bumps plain ints in dicts (a few hundred ns per request); the
+prometheus families are built from them when the registry is scraped.  prometheus
+client's own ``Counter.labels(...).inc()`` takes a lock and resolves the labels on every
+call, which costs several microseconds per request.  Everything is meant to be called
+from the event loop thread; a scrape from another thread only reads snapshots
+(``list(d.items())`` is atomic under the GIL).
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections.abc import Iterable, Iterator
+
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+# Request durations from 0.5 ms to 60 s: proxy overhead to slow backends.
+BUCKETS: tuple[float, ...] = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+)
+_LE = (*(repr(float(b)) for b in BUCKETS), "+Inf")  # le="0.0005" ... "60.0"
+
+
+class _Histogram:
+    __slots__ = ("counts", "total")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(BUCKETS) + 1)  # per bucket (not cumulative); last: +Inf
+        self.total = 0.0
+
+    def cumulative(self) -> list[tuple[str, float]]:
+        out: list[tuple[str, float]] = []
+        running = 0
+        for le, n in zip(_LE, list(self.counts), strict=True):
+            running += n
+            out.append((le, float(running)))
+        return out
+
+
+def _code_class(status: int) -> str:
+    return f"{status // 100}xx"  # 0 (no response sent) -> "0xx"
+
+
+class ProxyMetrics(Collector):
+    """The proxy's metrics; registers itself with ``registry`` (default: the global
+    prometheus ``REGISTRY``)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self._ds_rq: dict[tuple[str, int], int] = {}
+        self._ds_time: dict[str, _Histogram] = {}
+        self._ds_cx: dict[str, int] = {}
+        self._ds_cx_total: dict[str, int] = {}
+        self._us_rq: dict[tuple[str, int], int] = {}
+        self._us_time: dict[str, _Histogram] = {}
+        self._us_cx: dict[str, int] = {}
+        self._us_fail: dict[str, int] = {}
+        self._local: dict[str, int] = {}
+        self._generation = 0
+        self._reloads: dict[str, int] = {"success": 0, "failure": 0}
+        (registry if registry is not None else REGISTRY).register(self)
+
+    # ------------------------------------------------------------------ hot path
+
+    def downstream_request(self, listener: str, status: int, duration_s: float) -> None:
+        """A request answered (or abandoned: status 0) on ``listener``."""
+        key = (listener, status)
+        rq = self._ds_rq
+        rq[key] = rq.get(key, 0) + 1
+        hist = self._ds_time.get(listener)
+        if hist is None:
+            hist = self._ds_time[listener] = _Histogram()
+        hist.counts[bisect_left(BUCKETS, duration_s)] += 1
+        hist.total += duration_s
+
+    def upstream_request(self, backend: str, status: int, duration_s: float) -> None:
+        """An upstream response (its status) received from ``backend``."""
+        key = (backend, status)
+        rq = self._us_rq
+        rq[key] = rq.get(key, 0) + 1
+        hist = self._us_time.get(backend)
+        if hist is None:
+            hist = self._us_time[backend] = _Histogram()
+        hist.counts[bisect_left(BUCKETS, duration_s)] += 1
+        hist.total += duration_s
+
+    def upstream_connect_fail(self, backend: str) -> None:
+        fails = self._us_fail
+        fails[backend] = fails.get(backend, 0) + 1
+
+    def local_reply(self, reason: str) -> None:
+        local = self._local
+        local[reason] = local.get(reason, 0) + 1
+
+    def downstream_cx(self, listener: str, delta: int) -> None:
+        """+1 when a connection is accepted, -1 when it closes."""
+        cx = self._ds_cx
+        cx[listener] = cx.get(listener, 0) + delta
+        if delta > 0:
+            total = self._ds_cx_total
+            total[listener] = total.get(listener, 0) + delta
+
+    def upstream_cx(self, backend: str, delta: int) -> None:
+        cx = self._us_cx
+        cx[backend] = cx.get(backend, 0) + delta
+
+    def config_loaded(self, generation: int, ok: bool) -> None:
+        """After each configuration (re)load; ``generation`` is the serving one."""
+        self._generation = generation
+        self._reloads["success" if ok else "failure"] += 1
+
+    # ------------------------------------------------------------------ collection
+
+    def describe(self) -> Iterable[Metric]:
+        # Names only, so that registering twice in one registry fails loudly.
+        return list(self._families())
+
+    def collect(self) -> Iterable[Metric]:
+        return list(self._families())
+
+    def _families(self) -> Iterator[Metric]:
+        ds_rq = list(self._ds_rq.items())
+        by_class: dict[tuple[str, str], int] = {}
+        by_code = CounterMetricFamily(
+            "gatewayd_downstream_rq_code",
+            "Downstream requests by response status code.",
+            labels=("listener", "code"),
+        )
+        for (listener, status), n in sorted(ds_rq):
+            by_code.add_metric((listener, str(status)), n)
+            cls_key = (listener, _code_class(status))
+            by_class[cls_key] = by_class.get(cls_key, 0) + n
+        ds_class = CounterMetricFamily(
+            "gatewayd_downstream_rq",
+            "Downstream requests by response status class.",
+            labels=("listener", "code_class"),
+        )
+        for (listener, code_class), n in sorted(by_class.items()):
+            ds_class.add_metric((listener, code_class), n)
+        yield ds_class
+        yield by_code
+        yield _histogram(
+            "gatewayd_downstream_rq_duration_seconds",
+            "Time from the first byte of a request to the last byte of its response.",
+            "listener",
+            self._ds_time,
+        )
+        yield _gauge(
+            "gatewayd_downstream_cx_active",
+            "Open downstream connections.",
+            "listener",
+            self._ds_cx,
+        )
+        yield _counter(
+            "gatewayd_downstream_cx",
+            "Accepted downstream connections.",
+            ("listener",),
+            {(k,): v for k, v in list(self._ds_cx_total.items())},
+        )
+        yield _counter(
+            "gatewayd_upstream_rq",
+            "Upstream responses by status code.",
+            ("backend", "code"),
+            {(b, str(s)): n for (b, s), n in list(self._us_rq.items())},
+        )
+        yield _histogram(
+            "gatewayd_upstream_rq_duration_seconds",
+            "Time from sending a request upstream to the end of its response.",
+            "backend",
+            self._us_time,
+        )
+        yield _gauge(
+            "gatewayd_upstream_cx_active",
+            "Open upstream connections.",
+            "backend",
+            self._us_cx,
+        )
+        yield _counter(
+            "gatewayd_upstream_cx_connect_fail",
+            "Failed upstream connection attempts.",
+            ("backend",),
+            {(k,): v for k, v in list(self._us_fail.items())},
+        )
+        yield _counter(
+            "gatewayd_local_reply",
+            "Responses generated by gatewayd itself, by reason.",
+            ("reason",),
+            {(k,): v for k, v in list(self._local.items())},
+        )
+        yield GaugeMetricFamily(
+            "gatewayd_config_generation",
+            "Generation of the configuration snapshot being served.",
+            value=self._generation,
+        )
+        yield _counter(
+            "gatewayd_config_reload",
+            "Configuration loads by result.",
+            ("result",),
+            {(k,): v for k, v in list(self._reloads.items())},
+        )
+
+
+def _counter(
+    name: str, doc: str, labels: tuple[str, ...], values: dict[tuple[str, ...], int]
+) -> CounterMetricFamily:
+    family = CounterMetricFamily(name, doc, labels=labels)
+    for key, n in sorted(values.items()):
+        family.add_metric(key, n)
+    return family
+
+
+def _gauge(name: str, doc: str, label: str, values: dict[str, int]) -> GaugeMetricFamily:
+    family = GaugeMetricFamily(name, doc, labels=(label,))
+    for key, n in sorted(list(values.items())):
+        family.add_metric((key,), n)
+    return family
+
+
+def _histogram(
+    name: str, doc: str, label: str, values: dict[str, _Histogram]
+) -> HistogramMetricFamily:
+    family = HistogramMetricFamily(name, doc, labels=(label,))
+    for key, hist in sorted(list(values.items()), key=lambda kv: kv[0]):
+        family.add_metric((key,), hist.cumulative(), hist.total)
+    return family
+
+
+def render(registry: CollectorRegistry | None = None) -> tuple[bytes, str]:
+    """The Prometheus text exposition of ``registry`` (default: the global REGISTRY),
+    with its content type, for /stats/prometheus."""
+    return generate_latest(registry if registry is not None else REGISTRY), CONTENT_TYPE_LATEST

@@ -1,0 +1,301 @@
+"""``gatewayd status``: show a running daemon's Gateway API status as kubectl-like tables.
+
+Reads ``GET /status`` from the admin server (``{"items": [ObjectStatus.as_item(), ...]}``,
+Kubernetes JSON shape) and prints one table per kind::
+
+    gatewayd status                  # every non-empty section
+    gatewayd status gateways --admin-address 127.0.0.1:9901
+    gatewayd status httproutes -o json
+
+A condition is shown as its status, followed by its reason when it is not ``True``
+(``False(BackendNotFound)``), so a broken object says why on the same line.
+Routes get one row per parent: Accepted and ResolvedRefs are reported per parentRef.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Mapping, Sequence
+
+__all__ = [
+    "DEFAULT_ADMIN_ADDRESS",
+    "SECTIONS",
+    "fetch_status",
+    "format_status_table",
+    "status_main",
+]
+
+# Kept equal to gatewayd.proxy.admin.DEFAULT_ADMIN_ADDRESS without importing aiohttp here:
+# the CLI should start fast.
+DEFAULT_ADMIN_ADDRESS = "127.0.0.1:9901"
+
+# section name -> kind, in display order
+SECTIONS: dict[str, str] = {
+    "gatewayclasses": "GatewayClass",
+    "gateways": "Gateway",
+    "httproutes": "HTTPRoute",
+    "grpcroutes": "GRPCRoute",
+    "tlsroutes": "TLSRoute",
+}
+
+# kubectl-style singular and short names
+_ALIASES: dict[str, str] = {
+    "gatewayclass": "gatewayclasses",
+    "gc": "gatewayclasses",
+    "gateway": "gateways",
+    "gtw": "gateways",
+    "httproute": "httproutes",
+    "grpcroute": "grpcroutes",
+    "tlsroute": "tlsroutes",
+}
+
+_NONE = "-"
+_GAP = "   "  # kubectl's column padding
+_NO_RESOURCES = "No resources found.\n"
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _map(value: object) -> Mapping[str, object]:
+    return value if isinstance(value, Mapping) else {}
+
+
+def _list(value: object) -> list[object]:
+    return list(value) if isinstance(value, list | tuple) else []
+
+
+def _text(value: object) -> str:
+    return _NONE if value is None or value == "" else str(value)
+
+
+def _meta(item: Mapping[str, object]) -> tuple[str, str]:
+    meta = _map(item.get("metadata"))
+    return str(meta.get("namespace") or ""), str(meta.get("name") or "")
+
+
+def _condition(conditions: object, ctype: str) -> str:
+    """``True``, or ``False(Reason)`` / ``Unknown(Reason)``, or ``-`` when absent."""
+    found: Mapping[str, object] | None = None
+    for cond in _list(conditions):
+        c = _map(cond)
+        if c.get("type") == ctype:
+            found = c  # the last one wins, as a patch would leave it
+    if found is None:
+        return _NONE
+    status = str(found.get("status") or "Unknown")
+    reason = found.get("reason")
+    if status == "True" or not reason:
+        return status
+    return f"{status}({reason})"
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [len(h) for h in headers]
+    for row in rows:
+        for i, cell in enumerate(row):
+            widths[i] = max(widths[i], len(cell))
+    lines = []
+    for row in (headers, *rows):
+        cells = [cell.ljust(widths[i]) for i, cell in enumerate(row)]
+        lines.append(_GAP.join(cells).rstrip())
+    return "\n".join(lines) + "\n"
+
+
+def _of_kind(items: Sequence[Mapping[str, object]], kind: str) -> list[Mapping[str, object]]:
+    selected = [it for it in items if isinstance(it, Mapping) and it.get("kind") == kind]
+    return sorted(selected, key=_meta)
+
+
+# --------------------------------------------------------------------------- tables
+
+
+def _gatewayclasses(items: list[Mapping[str, object]]) -> str:
+    rows = []
+    for item in items:
+        _, name = _meta(item)
+        status = _map(item.get("status"))
+        # The controller is spec, not status: shown when the daemon includes it.
+        controller = _map(item.get("spec")).get("controllerName")
+        rows.append([name, _text(controller), _condition(status.get("conditions"), "Accepted")])
+    return _table(["NAME", "CONTROLLER", "ACCEPTED"], rows)
+
+
+def _gateways(items: list[Mapping[str, object]]) -> str:
+    rows = []
+    for item in items:
+        namespace, name = _meta(item)
+        status = _map(item.get("status"))
+        addresses = [
+            str(_map(a).get("value"))
+            for a in _list(status.get("addresses"))
+            if _map(a).get("value")
+        ]
+        listeners = [
+            f"{_map(li).get('name')}:{_map(li).get('attachedRoutes', 0)}"
+            for li in _list(status.get("listeners"))
+        ]
+        rows.append(
+            [
+                _text(namespace),
+                name,
+                ",".join(addresses) or _NONE,
+                _condition(status.get("conditions"), "Programmed"),
+                ",".join(listeners) or _NONE,
+            ]
+        )
+    return _table(["NAMESPACE", "NAME", "ADDRESS", "PROGRAMMED", "LISTENERS"], rows)
+
+
+def _parent(ref: Mapping[str, object], route_namespace: str) -> str:
+    # ParentReference: "When unspecified, this refers to the local namespace of the Route."
+    text = f"{ref.get('namespace') or route_namespace}/{ref.get('name', '')}"
+    if ref.get("sectionName"):
+        text += f"/{ref['sectionName']}"
+    if ref.get("port") is not None:
+        text += f":{ref['port']}"
+    kind = ref.get("kind") or "Gateway"
+    return text if kind == "Gateway" else f"{kind}:{text}"
+
+
+def _routes(items: list[Mapping[str, object]]) -> str:
+    rows = []
+    for item in items:
+        namespace, name = _meta(item)
+        parents = _list(_map(item.get("status")).get("parents"))
+        if not parents:
+            rows.append([_text(namespace), name, _NONE, _NONE, _NONE])
+        for p in parents:
+            parent = _map(p)
+            conds = parent.get("conditions")
+            rows.append(
+                [
+                    _text(namespace),
+                    name,
+                    _parent(_map(parent.get("parentRef")), namespace),
+                    _condition(conds, "Accepted"),
+                    _condition(conds, "ResolvedRefs"),
+                ]
+            )
+    return _table(["NAMESPACE", "NAME", "PARENTS", "ACCEPTED", "RESOLVEDREFS"], rows)
+
+
+_FORMATTERS: dict[str, Callable[[list[Mapping[str, object]]], str]] = {
+    "gatewayclasses": _gatewayclasses,
+    "gateways": _gateways,
+    "httproutes": _routes,
+    "grpcroutes": _routes,
+    "tlsroutes": _routes,
+}
+
+
+def normalize_what(what: str) -> str:
+    """A section name, ``all``, or a kubectl-style alias -> the section name."""
+    what = what.lower()
+    what = _ALIASES.get(what, what)
+    if what != "all" and what not in SECTIONS:
+        choices = ", ".join([*SECTIONS, "all"])
+        raise ValueError(f"unknown resource type {what!r} (choose from {choices})")
+    return what
+
+
+def format_status_table(items: Sequence[Mapping[str, object]], what: str) -> str:
+    """Render status items (``ObjectStatus.as_item()`` dicts) as text.
+
+    ``what`` is a section (``gateways``...) or ``all``: every non-empty section, each
+    under a ``# <section>`` line, separated by a blank line.  Rows are sorted by
+    namespace and name.  Nothing to show gives ``No resources found.``
+    """
+    what = normalize_what(what)
+    sections = list(SECTIONS) if what == "all" else [what]
+    blocks = []
+    for section in sections:
+        selected = _of_kind(items, SECTIONS[section])
+        if not selected:
+            continue
+        table = _FORMATTERS[section](selected)
+        blocks.append(f"# {section}\n{table}" if what == "all" else table)
+    return "\n".join(blocks) if blocks else _NO_RESOURCES
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+class StatusError(Exception):
+    """A message for stderr: the daemon could not be asked or answered nonsense."""
+
+
+def _status_url(address: str) -> str:
+    base = address if "://" in address else f"http://{address}"
+    return base.rstrip("/") + "/status"
+
+
+def fetch_status(address: str, *, timeout: float = 5.0) -> list[dict[str, object]]:
+    """``GET http://<address>/status`` and return its items; raises StatusError."""
+    url = _status_url(address)
+    # Never through an http_proxy from the environment: the admin server is local.
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(url, timeout=timeout) as resp:
+            body = resp.read()
+    except urllib.error.HTTPError as exc:
+        detail = exc.read().decode("utf-8", "replace").strip()
+        raise StatusError(
+            f"gatewayd admin at {address} answered HTTP {exc.code}: {detail or exc.reason}"
+        ) from exc
+    except urllib.error.URLError as exc:
+        raise StatusError(f"cannot reach gatewayd admin at {address}: {exc.reason}") from exc
+    except (OSError, ValueError) as exc:  # timeouts, resets, malformed address
+        raise StatusError(f"cannot reach gatewayd admin at {address}: {exc}") from exc
+    try:
+        doc = json.loads(body)
+    except ValueError as exc:
+        raise StatusError(f"gatewayd admin at {address} sent invalid JSON: {exc}") from exc
+    items = doc.get("items") if isinstance(doc, dict) else None
+    if not isinstance(items, list):
+        raise StatusError(f"gatewayd admin at {address} sent no 'items' list in /status")
+    return [it for it in items if isinstance(it, dict)]
+
+
+def status_main(argv: Sequence[str]) -> int:
+    """``gatewayd status [WHAT] [--admin-address HOST:PORT] [-o table|json]``."""
+    parser = argparse.ArgumentParser(
+        prog="gatewayd status",
+        description="Show the Gateway API status computed by a running gatewayd.",
+    )
+    parser.add_argument(
+        "what",
+        nargs="?",
+        default="all",
+        help="gatewayclasses | gateways | httproutes | grpcroutes | tlsroutes | all (default: all)",
+    )
+    parser.add_argument(
+        "--admin-address",
+        default=DEFAULT_ADMIN_ADDRESS,
+        help=f"the daemon's admin address (default: {DEFAULT_ADMIN_ADDRESS})",
+    )
+    parser.add_argument("-o", "--output", choices=("table", "json"), default="table")
+    args = parser.parse_args(list(argv))
+    try:
+        what = normalize_what(args.what)
+    except ValueError as exc:
+        parser.error(str(exc))  # exits 2, like any usage error
+    try:
+        items = fetch_status(args.admin_address)
+    except StatusError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    if args.output == "json":
+        selected = [it for it in items if what == "all" or it.get("kind") == SECTIONS[what]]
+        print(json.dumps({"items": selected}, indent=2))
+    else:
+        sys.stdout.write(format_status_table(items, what))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(status_main(sys.argv[1:]))

@@ -1,0 +1,239 @@
+from __future__ import annotations
+
+import os
+import uuid
+
+import pytest
+
+from gatewayd.proxy.forwarded import (
+    HOP_BY_HOP,
+    add_forwarding_headers,
+    new_request_id,
+    strip_hop_by_hop,
+)
+
+Headers = list[tuple[bytes, bytes]]
+
+
+def values(headers: Headers, name: bytes) -> list[bytes]:
+    return [v for n, v in headers if n == name]
+
+
+def forward(
+    headers: Headers, *, hops: int = 0, peer: str = "192.0.2.5", scheme: bytes = b"http"
+) -> bytes:
+    return add_forwarding_headers(headers, peer_ip=peer, scheme=scheme, trusted_hops=hops)
+
+
+# --------------------------------------------------------------------------- XFF
+
+
+def test_xff_created_when_absent() -> None:
+    headers: Headers = [(b"host", b"a")]
+    forward(headers)
+    assert values(headers, b"x-forwarded-for") == [b"192.0.2.5"]
+    assert values(headers, b"x-envoy-external-address") == [b"192.0.2.5"]
+    assert headers[0] == (b"host", b"a")
+
+
+def test_xff_zero_trusted_hops_envoy_example_1() -> None:
+    headers: Headers = [(b"x-forwarded-for", b"203.0.113.128, 203.0.113.10, 203.0.113.1")]
+    forward(headers, hops=0)
+    assert values(headers, b"x-forwarded-for") == [
+        b"203.0.113.128, 203.0.113.10, 203.0.113.1, 192.0.2.5"
+    ]
+    # "Trusted client address = 192.0.2.5 (XFF is ignored)"
+    assert values(headers, b"x-envoy-external-address") == [b"192.0.2.5"]
+
+
+def test_xff_two_trusted_hops_envoy_example_3() -> None:
+    headers: Headers = [(b"x-forwarded-for", b"203.0.113.128, 203.0.113.10, 203.0.113.1")]
+    forward(headers, hops=2)
+    assert values(headers, b"x-forwarded-for") == [
+        b"203.0.113.128, 203.0.113.10, 203.0.113.1, 192.0.2.5"
+    ]
+    # "Trusted client address = 203.0.113.10 (2nd to last address in XFF is trusted)"
+    assert values(headers, b"x-envoy-external-address") == [b"203.0.113.10"]
+
+
+def test_xff_one_trusted_hop_is_the_last_incoming_address() -> None:
+    headers: Headers = [(b"x-forwarded-for", b"198.51.100.7, 203.0.113.1")]
+    forward(headers, hops=1)
+    assert values(headers, b"x-envoy-external-address") == [b"203.0.113.1"]
+
+
+def test_xff_shorter_than_trusted_hops_falls_back_to_peer() -> None:
+    headers: Headers = [(b"x-forwarded-for", b"203.0.113.1")]
+    forward(headers, hops=2)
+    assert values(headers, b"x-envoy-external-address") == [b"192.0.2.5"]
+    headers = []
+    forward(headers, hops=1)
+    assert values(headers, b"x-envoy-external-address") == [b"192.0.2.5"]
+
+
+def test_xff_trusted_entry_that_is_not_an_ip_falls_back_to_peer() -> None:
+    headers: Headers = [(b"x-forwarded-for", b"unknown, 203.0.113.1")]
+    forward(headers, hops=2)
+    assert values(headers, b"x-envoy-external-address") == [b"192.0.2.5"]
+
+
+def test_multiple_xff_lines_are_joined_in_order() -> None:
+    headers: Headers = [
+        (b"x-forwarded-for", b"203.0.113.128"),
+        (b"accept", b"*/*"),
+        (b"x-forwarded-for", b"203.0.113.10,203.0.113.1"),
+    ]
+    forward(headers, hops=2, peer="2001:db8::1")
+    assert values(headers, b"x-forwarded-for") == [
+        b"203.0.113.128, 203.0.113.10,203.0.113.1, 2001:db8::1"
+    ]
+    assert values(headers, b"x-envoy-external-address") == [b"203.0.113.10"]
+    assert values(headers, b"accept") == [b"*/*"]
+
+
+def test_client_sent_envoy_headers_are_replaced() -> None:
+    headers: Headers = [
+        (b"x-envoy-external-address", b"6.6.6.6"),
+        (b"x-envoy-internal", b"true"),
+    ]
+    forward(headers)
+    assert values(headers, b"x-envoy-external-address") == [b"192.0.2.5"]
+    assert values(headers, b"x-envoy-internal") == []
+
+
+# --------------------------------------------------------------------------- proto
+
+
+def test_forwarded_proto_overwritten_without_trusted_hops() -> None:
+    headers: Headers = [(b"x-forwarded-proto", b"https")]
+    forward(headers, hops=0, scheme=b"http")
+    assert values(headers, b"x-forwarded-proto") == [b"http"]
+
+
+def test_forwarded_proto_trusted_with_trusted_hops() -> None:
+    headers: Headers = [(b"x-forwarded-proto", b"HTTPS")]
+    forward(headers, hops=1, scheme=b"http")
+    assert values(headers, b"x-forwarded-proto") == [b"https"]
+    headers = [(b"x-forwarded-proto", b"gopher")]
+    forward(headers, hops=1, scheme=b"http")
+    assert values(headers, b"x-forwarded-proto") == [b"http"]
+    headers = []
+    forward(headers, hops=1, scheme=b"https")
+    assert values(headers, b"x-forwarded-proto") == [b"https"]
+
+
+# --------------------------------------------------------------------------- request id
+
+
+def test_valid_request_id_is_kept_and_returned() -> None:
+    headers: Headers = [(b"x-request-id", b"cc21d9b0-cf5c-432b-8c7e-98aeb7988cd2")]
+    rid = forward(headers)
+    assert rid == b"cc21d9b0-cf5c-432b-8c7e-98aeb7988cd2"
+    assert values(headers, b"x-request-id") == [rid]
+
+
+def test_duplicate_request_ids_collapse_to_the_first() -> None:
+    headers: Headers = [(b"x-request-id", b"first"), (b"x-request-id", b"second")]
+    assert forward(headers) == b"first"
+    assert values(headers, b"x-request-id") == [b"first"]
+
+
+@pytest.mark.parametrize("bad", [b"", b"has space", b"new\nline", b"x" * 129, b"\xff\xfe"])
+def test_invalid_or_missing_request_id_is_generated(bad: bytes) -> None:
+    headers: Headers = [(b"x-request-id", bad)]
+    rid = forward(headers)
+    assert rid != bad
+    assert values(headers, b"x-request-id") == [rid]
+    parsed = uuid.UUID(rid.decode())
+    assert parsed.version == 4
+    assert str(parsed).encode() == rid
+
+
+def test_generated_request_ids_are_uuid4_and_unique() -> None:
+    ids = {new_request_id() for _ in range(2000)}
+    assert len(ids) == 2000
+    for rid in list(ids)[:50]:
+        parsed = uuid.UUID(rid.decode())
+        assert parsed.version == 4 and parsed.variant == uuid.RFC_4122
+        assert len(rid) == 36
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_forked_child_gets_a_different_id_sequence() -> None:
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: report its next id and exit at once
+        try:
+            os.write(write_fd, new_request_id())
+        finally:
+            os._exit(0)
+    os.close(write_fd)
+    try:
+        child_id = os.read(read_fd, 64)
+    finally:
+        os.close(read_fd)
+        os.waitpid(pid, 0)
+    assert len(child_id) == 36
+    assert child_id != new_request_id()
+
+
+# --------------------------------------------------------------------------- hop-by-hop
+
+
+def test_hop_by_hop_set() -> None:
+    for name in (
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"transfer-encoding",
+        b"upgrade",
+    ):
+        assert name in HOP_BY_HOP
+
+
+def test_strip_hop_by_hop_removes_fixed_and_connection_named_headers() -> None:
+    headers: Headers = [
+        (b"host", b"a"),
+        (b"connection", b"keep-alive, X-Custom, x-other"),
+        (b"keep-alive", b"timeout=5"),
+        (b"x-custom", b"1"),
+        (b"x-other", b"2"),
+        (b"transfer-encoding", b"chunked"),
+        (b"te", b"trailers"),
+        (b"upgrade", b"websocket"),
+        (b"proxy-connection", b"keep-alive"),
+        (b"accept", b"*/*"),
+    ]
+    assert strip_hop_by_hop(headers) == [(b"host", b"a"), (b"accept", b"*/*")]
+
+
+def test_strip_hop_by_hop_multiple_connection_lines() -> None:
+    headers: Headers = [
+        (b"connection", b"x-a"),
+        (b"x-a", b"1"),
+        (b"x-b", b"2"),
+        (b"connection", b" X-B ,"),
+    ]
+    assert strip_hop_by_hop(headers) == []
+
+
+def test_connection_cannot_remove_framing_or_proxy_headers() -> None:
+    headers: Headers = [
+        (b"connection", b"content-length, host, x-forwarded-for, x-request-id"),
+        (b"host", b"a"),
+        (b"content-length", b"3"),
+        (b"x-forwarded-for", b"1.2.3.4"),
+        (b"x-request-id", b"r"),
+    ]
+    assert strip_hop_by_hop(headers) == headers[1:]
+
+
+def test_strip_hop_by_hop_returns_a_new_list_and_leaves_the_input_alone() -> None:
+    headers: Headers = [(b"host", b"a"), (b"x-custom", b"1")]
+    out = strip_hop_by_hop(headers)
+    assert out == headers and out is not headers
+    with_hop: Headers = [(b"host", b"a"), (b"connection", b"x-custom"), (b"x-custom", b"1")]
+    out = strip_hop_by_hop(with_hop)
+    assert out == [(b"host", b"a")]
+    assert with_hop == [(b"host", b"a"), (b"connection", b"x-custom"), (b"x-custom", b"1")]
