@@ -1,0 +1,423 @@
+"""Upstream side of the HTTP/1.1 proxy: one ``asyncio.Protocol`` per backend connection
+and a keep-alive pool per endpoint.
+
+An ``UpstreamConnection`` serves one request at a time for the handler bound to it (the
+downstream ``Exchange``).  ``httptools.HttpResponseParser`` callbacks forward the
+response head and body chunks to the handler straight away: nothing is buffered here,
+and the handler throttles us with ``pause_reading`` when the client is slow.
+
+Idle connections go back to ``UpstreamPool`` (LIFO per endpoint, so the most recently
+used, least likely to have been closed by the backend, is reused first; bounded idle
+count per endpoint).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Protocol, cast
+
+import httptools
+
+if TYPE_CHECKING:
+    from gatewayd.proxy.metrics import ProxyMetrics
+
+log = logging.getLogger("gatewayd.proxy.upstream")
+
+# Write-buffer water marks of every proxied transport: above HIGH the peer's reading is
+# paused, below LOW it resumes.  Together with the kernel socket buffers this bounds
+# what a slow peer can make us hold per connection.
+WRITE_HIGH = 128 * 1024
+WRITE_LOW = 32 * 1024
+
+MAX_IDLE_PER_ENDPOINT = 64
+
+EndpointKey = tuple[str, int]
+
+
+class UpstreamHandler(Protocol):
+    """What an ``UpstreamConnection`` reports to the request bound to it."""
+
+    def on_upstream_head(
+        self, conn: UpstreamConnection, status: int, headers: list[tuple[bytes, bytes]]
+    ) -> None: ...
+
+    def on_upstream_body(self, data: bytes) -> None: ...
+
+    def on_upstream_complete(self, conn: UpstreamConnection, reusable: bool) -> None: ...
+
+    def on_upstream_lost(
+        self, conn: UpstreamConnection, exc: BaseException | None, got_bytes: bool
+    ) -> None: ...
+
+    def on_upstream_flush(self) -> None: ...
+
+    def on_upstream_pause(self) -> None: ...
+
+    def on_upstream_resume(self) -> None: ...
+
+    def on_upstream_fatal(self) -> None:
+        """A bug surfaced while handling this connection: give up on the request
+        (must not raise)."""
+        ...
+
+
+class UpstreamProtocolError(Exception):
+    """The backend sent bytes that do not belong to a response we asked for."""
+
+
+class UpstreamConnection(asyncio.Protocol):
+    __slots__ = (
+        "_head_request",
+        "_skip_complete",
+        "chunked",
+        "closed",
+        "done_in_feed",
+        "got_bytes",
+        "handler",
+        "has_length",
+        "head_done",
+        "headers",
+        "idle_since",
+        "key",
+        "label",
+        "parser",
+        "parser_dirty",
+        "pool",
+        "read_paused",
+        "reuses",
+        "transport",
+    )
+
+    def __init__(self, pool: UpstreamPool, key: EndpointKey, label: str) -> None:
+        self.pool = pool
+        self.key = key
+        self.label = label
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]
+        self.parser = httptools.HttpResponseParser(self)
+        self.parser_dirty = False
+        self.handler: UpstreamHandler | None = None
+        self.closed = False
+        self.reuses = 0
+        self.idle_since = 0.0
+        self.read_paused = False
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.head_done = False
+        self.has_length = False
+        self.chunked = False
+        self.got_bytes = False
+        self.done_in_feed = False
+        self._head_request = False
+        self._skip_complete = False
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports do not subclass asyncio.Transport; same interface.
+        transport = cast(asyncio.Transport, transport)
+        self.transport = transport
+        transport.set_write_buffer_limits(WRITE_HIGH, WRITE_LOW)
+        self.pool.opened(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.pool.forget(self)
+        h = self.handler
+        self.handler = None
+        if h is None:
+            return
+        try:
+            if (
+                self.head_done
+                and not self.has_length
+                and not self.chunked
+                and not self._head_request
+            ):
+                # RFC 9112 6.3 (7): "Otherwise, this is a response message without a
+                # declared message body length, so the message body length is determined
+                # by the number of octets received prior to the server closing the
+                # connection."
+                h.on_upstream_complete(self, False)
+                h.on_upstream_flush()
+                return
+            h.on_upstream_lost(self, exc, self.got_bytes)
+        except Exception:
+            log.exception("upstream %s:%d: close handling failed", *self.key)
+            h.on_upstream_fatal()
+
+    def eof_received(self) -> bool | None:
+        return None  # close our side too; connection_lost reports it
+
+    def bind(self, handler: UpstreamHandler, head_request: bool) -> None:
+        """Attach the request about to be written on this connection."""
+        self.handler = handler
+        if self.parser_dirty:
+            # The previous response answered a HEAD request: the parser (which cannot
+            # be told about HEAD) may still expect a body, so start from a clean one.
+            self.parser = httptools.HttpResponseParser(self)
+            self.parser_dirty = False
+        self.headers = []
+        self.head_done = False
+        self.has_length = False
+        self.chunked = False
+        self.got_bytes = False
+        self._head_request = head_request
+        self._skip_complete = False
+
+    def write(self, data: bytes) -> None:
+        self.transport.write(data)
+
+    def writelines(self, parts: list[bytes]) -> None:
+        self.transport.writelines(parts)
+
+    def close(self) -> None:
+        self.handler = None
+        if not self.closed:
+            self.closed = True
+            self.transport.close()
+
+    def abort(self) -> None:
+        self.handler = None
+        if not self.closed:
+            self.closed = True
+            self.transport.abort()
+
+    def pause_reading(self) -> None:
+        if not self.read_paused and not self.closed:
+            self.read_paused = True
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.read_paused:
+            self.read_paused = False
+            if not self.closed:
+                self.transport.resume_reading()
+
+    # ------------------------------------------------------------------ flow control
+
+    def pause_writing(self) -> None:
+        h = self.handler
+        if h is not None:
+            try:
+                h.on_upstream_pause()
+            except Exception:
+                log.exception("upstream flow control failed")
+                h.on_upstream_fatal()
+
+    def resume_writing(self) -> None:
+        h = self.handler
+        if h is not None:
+            try:
+                h.on_upstream_resume()
+            except Exception:
+                log.exception("upstream flow control failed")
+                h.on_upstream_fatal()
+
+    # ------------------------------------------------------------------ data
+
+    def data_received(self, data: bytes) -> None:
+        h = self.handler
+        if h is None:
+            # Bytes on an idle connection are not an answer to anything: drop it.
+            self.abort()
+            return
+        self.got_bytes = True
+        self.done_in_feed = False
+        try:
+            self.parser.feed_data(data)
+        except Exception as exc:
+            cause = exc.__context__ if exc.__context__ is not None else exc
+            if not isinstance(exc, httptools.HttpParserError) or (
+                isinstance(exc, httptools.HttpParserCallbackError)
+                and not isinstance(cause, UpstreamProtocolError)
+            ):
+                log.error("upstream %s:%d: callback failed", *self.key, exc_info=cause)
+            # Whoever is bound now (``h``, or the next request if ``h`` completed and
+            # the connection was reused within this same chunk) sees a broken
+            # connection: like a reset (502, or a retry if nothing was received).
+            current = self.handler
+            self.abort()
+            try:
+                if current is not None:
+                    current.on_upstream_lost(self, exc, current is h and self.head_done)
+                    if current is not h:
+                        current.on_upstream_flush()
+                h.on_upstream_flush()
+            except Exception:
+                log.exception("upstream %s:%d: error handling failed", *self.key)
+                h.on_upstream_fatal()
+                if current is not None and current is not h:
+                    current.on_upstream_fatal()
+            return
+        try:
+            h.on_upstream_flush()
+        except Exception:
+            log.exception("upstream %s:%d: relaying the response failed", *self.key)
+            self.abort()
+            h.on_upstream_fatal()
+
+    # httptools callbacks -------------------------------------------------------
+    #
+    # ``done_in_feed``: a response completed earlier in the chunk being parsed.  The
+    # connection may already carry the next request, so anything after that point in
+    # the same chunk (a second response, a body after a HEAD response) is a protocol
+    # violation, not the next answer.
+
+    def on_message_begin(self) -> None:
+        if self.handler is None or self.done_in_feed:
+            raise UpstreamProtocolError("response without a request")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self.head_done:
+            return  # trailer fields: not forwarded (we re-frame the body)
+        name = name.lower()
+        if name == b"content-length":
+            self.has_length = True
+        elif name == b"transfer-encoding":
+            self.chunked = True
+        self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        h = self.handler
+        if h is None:
+            raise UpstreamProtocolError("response without a request")
+        status = self.parser.get_status_code()
+        if status < 200:
+            # Interim responses (100 Continue, 103 Early Hints) are consumed here; the
+            # proxy answers the client's Expect itself (see server.py).  101 never
+            # happens: Upgrade is hop-by-hop and never forwarded.
+            if status == 101:
+                raise UpstreamProtocolError("unexpected 101 Switching Protocols")
+            self.headers = []
+            self.has_length = False
+            self.chunked = False
+            self._skip_complete = True
+            return
+        self.head_done = True
+        h.on_upstream_head(self, status, self.headers)
+        if self._head_request and self.handler is h:
+            # RFC 9110 9.3.2: the response to HEAD has no content, whatever its framing
+            # headers say.  The parser cannot be told, so finish here and use a fresh
+            # parser for the next response.
+            self.parser_dirty = True
+            self._finish(h)
+
+    def on_body(self, body: bytes) -> None:
+        h = self.handler
+        if h is None or self.done_in_feed:
+            raise UpstreamProtocolError("unexpected response body")
+        h.on_upstream_body(body)
+
+    def on_message_complete(self) -> None:
+        if self._skip_complete:
+            self._skip_complete = False
+            return
+        if self.done_in_feed:
+            return  # the phantom end of a HEAD response's body
+        h = self.handler
+        if h is None:
+            raise UpstreamProtocolError("response without a request")
+        self._finish(h)
+
+    def _finish(self, h: UpstreamHandler) -> None:
+        reusable = bool(self.parser.should_keep_alive()) and not self.closed
+        self.handler = None
+        self.done_in_feed = True
+        h.on_upstream_complete(self, reusable)
+
+
+class UpstreamPool:
+    """Idle keep-alive connections per endpoint, reused last-in first-out."""
+
+    __slots__ = ("_closed", "connect_timeout", "conns", "idle", "max_idle", "metrics")
+
+    def __init__(
+        self,
+        *,
+        connect_timeout: float = 5.0,
+        max_idle_per_endpoint: int = MAX_IDLE_PER_ENDPOINT,
+        metrics: ProxyMetrics | None = None,
+    ) -> None:
+        self.connect_timeout = connect_timeout
+        self.max_idle = max_idle_per_endpoint
+        self.metrics = metrics
+        self.idle: dict[EndpointKey, list[UpstreamConnection]] = {}
+        self.conns: set[UpstreamConnection] = set()
+        self._closed = False
+
+    def acquire(self, key: EndpointKey) -> UpstreamConnection | None:
+        """An idle connection to ``key``, most recently used first, or None."""
+        stack = self.idle.get(key)
+        while stack:
+            conn = stack.pop()
+            if not conn.closed and not conn.transport.is_closing():
+                conn.reuses += 1
+                return conn
+        return None
+
+    async def connect(self, host: str, port: int, label: str) -> UpstreamConnection:
+        """A fresh connection (pool miss).  Raises OSError or TimeoutError."""
+        loop = asyncio.get_running_loop()
+        key = (host, port)
+        async with asyncio.timeout(self.connect_timeout):
+            _, proto = await loop.create_connection(
+                lambda: UpstreamConnection(self, key, label), host, port
+            )
+        return proto
+
+    def release(self, conn: UpstreamConnection, now: float) -> None:
+        """Return a connection whose response was read completely."""
+        conn.handler = None
+        if conn.closed:
+            return
+        conn.resume_reading()  # so we notice the backend closing it while idle
+        stack = self.idle.get(conn.key)
+        if stack is None:
+            stack = self.idle[conn.key] = []
+        if self._closed or len(stack) >= self.max_idle:
+            conn.close()
+            return
+        conn.idle_since = now
+        stack.append(conn)
+
+    def opened(self, conn: UpstreamConnection) -> None:
+        self.conns.add(conn)
+        if self.metrics is not None:
+            self.metrics.upstream_cx(conn.label, 1)
+
+    def forget(self, conn: UpstreamConnection) -> None:
+        if conn in self.conns:
+            self.conns.discard(conn)
+            if self.metrics is not None:
+                self.metrics.upstream_cx(conn.label, -1)
+        stack = self.idle.get(conn.key)
+        if stack and conn in stack:
+            stack.remove(conn)
+
+    def sweep(self, now: float, max_idle_time: float) -> None:
+        """Close connections idle for longer than ``max_idle_time``."""
+        limit = now - max_idle_time
+        for stack in self.idle.values():
+            # Oldest at the bottom of the LIFO stack.
+            while stack and stack[0].idle_since < limit:
+                stack.pop(0).close()
+
+    def idle_count(self, key: EndpointKey | None = None) -> int:
+        if key is not None:
+            return len(self.idle.get(key, ()))
+        return sum(len(s) for s in self.idle.values())
+
+    def buffered_bytes(self) -> int:
+        return sum(
+            c.transport.get_write_buffer_size()
+            for c in self.conns
+            if c.transport is not None and not c.closed
+        )
+
+    def close(self) -> None:
+        self._closed = True
+        for stack in self.idle.values():
+            while stack:
+                stack.pop().close()
+        for conn in list(self.conns):
+            conn.abort()
