@@ -26,9 +26,11 @@ def _rows_for(obj: ObjectStatus) -> list[tuple[str, list[Mapping[str, object]]]]
         rows.append((f"{obj.kind} {ref}", _conditions(obj.status)))
     listeners = obj.status.get("listeners")
     if isinstance(listeners, list):
-        for listener in listeners:
-            if isinstance(listener, Mapping):
-                rows.append((f"  listener {listener.get('name')}", _conditions(listener)))
+        rows.extend(
+            (f"  listener {listener.get('name')}", _conditions(listener))
+            for listener in listeners
+            if isinstance(listener, Mapping)
+        )
     parents = obj.status.get("parents")
     if isinstance(parents, list):
         for parent in parents:
@@ -63,7 +65,9 @@ def format_check(statuses: Sequence[ObjectStatus]) -> tuple[str, bool]:
                 rejected = True
             table.append((label, *cells))
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
-    lines = ["  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip() for row in table]
+    lines = [
+        "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip() for row in table
+    ]
     return "\n".join(lines) + "\n", rejected
 
 

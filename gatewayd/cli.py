@@ -41,6 +41,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--drain-timeout", type=float, default=15.0, metavar="SECONDS")
     run.add_argument("--max-connections", type=int, default=10000)
     run.add_argument("--idle-timeout", type=float, default=60.0, metavar="SECONDS")
+    run.add_argument(
+        "--no-watch",
+        dest="watch",
+        action="store_false",
+        help="do not reload when config files change (SIGHUP still reloads)",
+    )
 
     check = sub.add_parser("check", help="validate a configuration and print its status")
     _add_config_args(check)
@@ -53,6 +59,11 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("all", "gatewayclasses", "gateways", "httproutes", "grpcroutes", "tlsroutes"),
     )
     status.add_argument("--admin-address", default="127.0.0.1:9901", metavar="HOST:PORT")
+
+    cert = sub.add_parser("cert", help="write a self-signed certificate as a Secret manifest")
+    from gatewayd.tls.cli_cert import add_cert_arguments
+
+    add_cert_arguments(cert)
 
     echo = sub.add_parser("echo", help="a small echo backend for demos and tests")
     echo.add_argument("--listen", default="127.0.0.1:3000", metavar="HOST:PORT")
@@ -75,6 +86,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         from gatewayd.statuscli import status_main
 
         return status_main([args.what, "--admin-address", args.admin_address])
+    if args.command == "cert":
+        from gatewayd.tls.cli_cert import cert_main
+
+        return cert_main(
+            args.hosts,
+            name=args.name,
+            namespace=args.namespace,
+            out=sys.stdout,
+            days=args.days,
+            key_type=args.key_type,
+        )
     if args.command == "echo":
         from gatewayd.proxy.echo import run_echo
 
@@ -95,6 +117,7 @@ def _run(args: argparse.Namespace) -> int:
         address_pool=args.address_pool,
         controller_name=args.controller_name,
         drain_timeout=args.drain_timeout,
+        watch=args.watch,
         proxy=ProxyOptions(
             xff_trusted_hops=args.xff_trusted_hops,
             access_log=None if args.access_log == "off" else args.access_log,

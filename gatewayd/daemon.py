@@ -9,7 +9,7 @@ import sys
 from dataclasses import dataclass, field
 
 from gatewayd.pipeline import Built, ConfigPipeline
-from gatewayd.proxy.admin import start_admin
+from gatewayd.proxy.admin import AdminState, start_admin
 from gatewayd.proxy.metrics import ProxyMetrics, render
 from gatewayd.proxy.server import Proxy, ProxyOptions
 from gatewayd.proxy.snapshot import SnapshotHolder
@@ -17,6 +17,7 @@ from gatewayd.routing.bindings import ObjectStatus, Resolution
 from gatewayd.routing.compiled import Snapshot
 from gatewayd.routing.load import ConfigPathError
 from gatewayd.routing.status import with_listener_failures
+from gatewayd.watch import watch_config
 
 log = logging.getLogger("gatewayd")
 
@@ -29,6 +30,7 @@ class RunOptions:
     controller_name: str = "gatewayd.dev/gateway-controller"
     proxy: ProxyOptions = field(default_factory=ProxyOptions)
     drain_timeout: float = 15.0
+    watch: bool = True
 
 
 class Daemon:
@@ -46,6 +48,7 @@ class Daemon:
         self.proxy = Proxy(self.holder, options.proxy, self.metrics)
         self.statuses: tuple[ObjectStatus, ...] = ()
         self.last_error: str | None = None
+        self.known_problems: set[str] = set()
         self.is_ready = False
         self._reload_lock = asyncio.Lock()
 
@@ -79,13 +82,19 @@ class Daemon:
                 log.info("%s", notice)
             for problem in built.load.problems:
                 log.error("config: %s", problem)
-            if built.load.problems and not initial:
+            # A reload that brings a new problem (broken YAML, an invalid edit) keeps the
+            # last good snapshot: serving the valid rest could silently drop routes.
+            # Problems the serving config already had do not block later edits.
+            problems = {str(p) for p in built.load.problems}
+            fresh = problems - self.known_problems
+            if fresh and not initial:
                 return self._reject(
-                    f"{len(built.load.problems)} problem(s) in the configuration; "
-                    "keeping the last good configuration",
+                    f"{len(fresh)} new problem(s) in the configuration; "
+                    "keeping the last good configuration: " + "; ".join(sorted(fresh)),
                     initial=initial,
                 )
             await self._apply(built)
+            self.known_problems = problems
             return True
 
     def _reject(self, message: str, *, initial: bool) -> bool:
@@ -129,7 +138,15 @@ class Daemon:
 async def run(options: RunOptions) -> int:
     daemon = Daemon(options)
     await daemon.load(initial=True)
-    admin = await start_admin(options.admin_address, daemon)
+    admin = await start_admin(
+        options.admin_address,
+        AdminState(
+            ready=daemon.ready,
+            status_items=daemon.status_items,
+            config_dump=daemon.config_dump,
+            metrics=daemon.render_metrics,
+        ),
+    )
     log.info("admin listening on %s", options.admin_address)
 
     loop = asyncio.get_running_loop()
@@ -141,12 +158,19 @@ async def run(options: RunOptions) -> int:
         reloads.add(task)
         task.add_done_callback(reloads.discard)
 
+    watcher: asyncio.Task[None] | None = None
+    if options.watch:
+        watcher = loop.create_task(
+            watch_config(options.config, lambda: daemon.load(initial=False))
+        )
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
     loop.add_signal_handler(signal.SIGHUP, on_hup)
     try:
         await stop.wait()
     finally:
+        if watcher is not None:
+            watcher.cancel()
         log.info("shutting down: draining for up to %.0fs", options.drain_timeout)
         await daemon.proxy.close(options.drain_timeout)
         await admin.close()
