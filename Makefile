@@ -29,3 +29,16 @@ bench-lookup: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
+
+.PHONY: bench locust
+
+## bench: wrk load test: gatewayd vs nginx, direct and a naive aiohttp proxy (BENCH_ARGS="--duration 3")
+bench: $(STAMP)
+	command -v nginx >/dev/null || (apt-get update && apt-get install -y nginx-light || apt-get install -y nginx)
+	command -v wrk >/dev/null || (apt-get update && apt-get install -y wrk)
+	$(BIN)/python loadtest/bench.py $(BENCH_ARGS)
+
+## locust: locust scenarios against the demo setup (echo backends + gatewayd on examples/)
+locust: $(STAMP)
+	test -x $(BIN)/locust || $(BIN)/pip install --quiet locust
+	BIN=$(BIN) bash loadtest/run_locust.sh

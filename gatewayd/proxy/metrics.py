@@ -10,7 +10,11 @@ Series (``gatewayd_`` prefix; Envoy stat in brackets):
 - ``upstream_rq_duration_seconds{backend}`` histogram (upstream_rq_time)
 - ``upstream_cx_active{backend}``, ``upstream_cx_connect_fail_total{backend}``
 - ``local_reply_total{reason}`` (see ``localreply`` for the reasons)
-- ``config_generation``, ``config_reload_total{result}`` (result: success | failure)
+- ``config_generation``, ``config_reload_total{result}`` (result: success | failure),
+  ``config_reload_failures_total`` (reloads whose new config was refused; the last good
+  snapshot kept serving)
+- ``tls_handshake_error_total{listener,reason}`` (listener.*.ssl.connection_error,
+  ssl.fail_verify_*): TLS handshakes that failed, by short reason
 
 The hot path only bumps plain ints in dicts (a few hundred ns per request); the
 prometheus families are built from them when the registry is scraped.  prometheus
@@ -92,6 +96,7 @@ class ProxyMetrics(Collector):
         self._local: dict[str, int] = {}
         self._generation = 0
         self._reloads: dict[str, int] = {"success": 0, "failure": 0}
+        self._tls_err: dict[tuple[str, str], int] = {}
         (registry if registry is not None else REGISTRY).register(self)
 
     # ------------------------------------------------------------------ hot path
@@ -137,6 +142,13 @@ class ProxyMetrics(Collector):
     def upstream_cx(self, backend: str, delta: int) -> None:
         cx = self._us_cx
         cx[backend] = cx.get(backend, 0) + delta
+
+    def tls_handshake_error(self, listener: str, reason: str) -> None:
+        """A TLS handshake on ``listener`` failed; ``reason`` is a short word
+        (no_sni, unknown_sni, bad_client_cert, protocol, timeout, ...)."""
+        key = (listener, reason)
+        errs = self._tls_err
+        errs[key] = errs.get(key, 0) + 1
 
     def config_loaded(self, generation: int, ok: bool) -> None:
         """After each configuration (re)load; ``generation`` is the serving one."""
@@ -231,6 +243,19 @@ class ProxyMetrics(Collector):
             "Configuration loads by result.",
             ("result",),
             {(k,): v for k, v in list(self._reloads.items())},
+        )
+        yield _counter(
+            "gatewayd_config_reload_failures",
+            "Reloads refused because the new configuration had errors; the last good "
+            "snapshot kept serving.",
+            (),
+            {(): self._reloads["failure"]},
+        )
+        yield _counter(
+            "gatewayd_tls_handshake_error",
+            "Failed downstream TLS handshakes, by listener and reason.",
+            ("listener", "reason"),
+            {k: v for k, v in list(self._tls_err.items())},
         )
 
 
