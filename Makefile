@@ -15,8 +15,16 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	BIN=$(BIN) bash examples/demo.sh
 
+## ensure-netns-tools: nft and ip for the node-local (TPROXY) tests; apt-get only if missing
+.PHONY: ensure-netns-tools
+ensure-netns-tools:
+	@command -v nft >/dev/null || (apt-get update -qq && apt-get install -y -qq nftables) \
+		|| echo "nftables not installed: the node-local tests will skip"
+	@command -v ip >/dev/null || (apt-get update -qq && apt-get install -y -qq iproute2) \
+		|| echo "iproute2 not installed: the node-local tests will skip"
+
 ## test: the whole suite (unit, real-socket and end-to-end tests)
-test: $(STAMP)
+test: $(STAMP) ensure-netns-tools
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)

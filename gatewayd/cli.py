@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import sys
 from collections.abc import Sequence
 
@@ -46,6 +47,19 @@ def build_parser() -> argparse.ArgumentParser:
         dest="watch",
         action="store_false",
         help="do not reload when config files change (SIGHUP still reloads)",
+    )
+    run.add_argument(
+        "--tproxy",
+        action="store_true",
+        help="node-local mode: transparent listener + nftables TPROXY diversion of Gateway "
+        "addresses and Service ClusterIPs with routes (GAMMA); needs CAP_NET_ADMIN",
+    )
+    run.add_argument("--tproxy-port", type=int, default=15001, metavar="PORT")
+    run.add_argument("--tproxy-mark", type=lambda v: int(v, 0), default=0x1, metavar="MARK")
+    run.add_argument(
+        "--tproxy-dry-run",
+        action="store_true",
+        help="print the nftables ruleset and policy routing --tproxy would install, then exit",
     )
 
     check = sub.add_parser("check", help="validate a configuration and print its status")
@@ -111,6 +125,24 @@ def _run(args: argparse.Namespace) -> int:
     from gatewayd.proxy.server import ProxyOptions
 
     configure_logging()
+    tproxy = None
+    if args.tproxy or args.tproxy_dry_run:
+        from gatewayd.tproxy.rules import TproxySettings
+
+        tproxy = TproxySettings(port=args.tproxy_port, mark=args.tproxy_mark)
+        if args.tproxy_dry_run:
+            from gatewayd.tproxy.runtime import dry_run
+
+            return dry_run(
+                args.config,
+                controller_name=args.controller_name,
+                address_pool=args.address_pool,
+                settings=tproxy,
+            )
+        if getattr(args, "workers", 1) > 1:
+            # The transparent listener and the kernel rules belong to one process.
+            logging.getLogger("gatewayd").warning("--tproxy runs one worker: --workers ignored")
+            args.workers = 1
     options = RunOptions(
         config=args.config,
         admin_address=args.admin_address,
@@ -118,6 +150,7 @@ def _run(args: argparse.Namespace) -> int:
         controller_name=args.controller_name,
         drain_timeout=args.drain_timeout,
         watch=args.watch,
+        tproxy=tproxy,
         proxy=ProxyOptions(
             xff_trusted_hops=args.xff_trusted_hops,
             access_log=None if args.access_log == "off" else args.access_log,

@@ -7,6 +7,7 @@ import logging
 import signal
 import sys
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from gatewayd.pipeline import Built, ConfigPipeline
 from gatewayd.proxy.admin import AdminState, start_admin
@@ -18,6 +19,10 @@ from gatewayd.routing.compiled import Snapshot
 from gatewayd.routing.load import ConfigPathError
 from gatewayd.routing.status import with_listener_failures
 from gatewayd.watch import watch_config
+
+if TYPE_CHECKING:
+    from gatewayd.tproxy.rules import TproxySettings
+    from gatewayd.tproxy.runtime import TproxyRuntime
 
 log = logging.getLogger("gatewayd")
 
@@ -31,6 +36,7 @@ class RunOptions:
     proxy: ProxyOptions = field(default_factory=ProxyOptions)
     drain_timeout: float = 15.0
     watch: bool = True
+    tproxy: TproxySettings | None = None  # node-local TPROXY + GAMMA mode (--tproxy)
 
 
 class Daemon:
@@ -51,6 +57,11 @@ class Daemon:
         self.known_problems: set[str] = set()
         self.is_ready = False
         self._reload_lock = asyncio.Lock()
+        self.tproxy: TproxyRuntime | None = None
+        if options.tproxy is not None:
+            from gatewayd.tproxy.runtime import TproxyRuntime
+
+            self.tproxy = TproxyRuntime(options.tproxy, self.proxy)
 
     # -- admin callables -------------------------------------------------------------
     def ready(self) -> bool:
@@ -62,6 +73,8 @@ class Daemon:
     def config_dump(self) -> dict[str, object]:
         dump = self.holder.current.to_json()
         dump["last_reload_error"] = self.last_error
+        if self.tproxy is not None:
+            dump["tproxy"] = self.tproxy.to_json()
         return dump
 
     def render_metrics(self) -> tuple[bytes, str]:
@@ -105,6 +118,11 @@ class Daemon:
 
     async def _apply(self, built: Built) -> None:
         failures = await self.proxy.apply(built.snapshot)
+        if self.tproxy is not None:
+            try:
+                await self.tproxy.apply(built.snapshot)
+            except Exception as exc:  # the previous ruleset stays; serving goes on
+                log.error("tproxy: installing the diversion rules failed: %s", exc)
         resolution: Resolution = built.resolution
         if failures:
             listener_failures: dict[tuple[str, str, str], str] = {}
@@ -137,6 +155,12 @@ class Daemon:
 
 async def run(options: RunOptions) -> int:
     daemon = Daemon(options)
+    if daemon.tproxy is not None:
+        try:
+            await daemon.tproxy.start()
+        except Exception as exc:
+            log.error("tproxy: %s", exc)
+            return 1
     await daemon.load(initial=True)
     admin = await start_admin(
         options.admin_address,
@@ -160,9 +184,7 @@ async def run(options: RunOptions) -> int:
 
     watcher: asyncio.Task[None] | None = None
     if options.watch:
-        watcher = loop.create_task(
-            watch_config(options.config, lambda: daemon.load(initial=False))
-        )
+        watcher = loop.create_task(watch_config(options.config, lambda: daemon.load(initial=False)))
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
     loop.add_signal_handler(signal.SIGHUP, on_hup)
@@ -172,6 +194,8 @@ async def run(options: RunOptions) -> int:
         if watcher is not None:
             watcher.cancel()
         log.info("shutting down: draining for up to %.0fs", options.drain_timeout)
+        if daemon.tproxy is not None:
+            await daemon.tproxy.close()  # stop diverting first, then drain
         await daemon.proxy.close(options.drain_timeout)
         await admin.close()
     return 0

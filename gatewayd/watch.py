@@ -25,11 +25,7 @@ def config_signature(paths: Sequence[str]) -> Signature:
         root = Path(raw)
         files: list[Path]
         if root.is_dir():
-            files = [
-                p
-                for p in root.rglob("*")
-                if p.suffix in YAML_SUFFIXES and p.is_file()
-            ]
+            files = [p for p in root.rglob("*") if p.suffix in YAML_SUFFIXES and p.is_file()]
         else:
             files = [root]
         for f in files:

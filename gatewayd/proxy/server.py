@@ -339,7 +339,9 @@ class Exchange:
         conn = self.conn
         proxy = conn.proxy
         self.start = conn.loop.time()
-        lp = proxy.holder.current.ports.get(conn.key)
+        snapshot = proxy.holder.current
+        port_for = conn.port_for
+        lp = port_for(snapshot) if port_for is not None else snapshot.ports.get(conn.key)
         if lp is None:
             # The port left the configuration while this connection was open.
             self._local(404, LR_NO_ROUTE, close=True)
@@ -1015,6 +1017,7 @@ class HttpConnection(asyncio.Protocol):
         "parse_error",
         "parser",
         "peer_ip",
+        "port_for",
         "proxy",
         "queue",
         "read_mask",
@@ -1032,6 +1035,9 @@ class HttpConnection(asyncio.Protocol):
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
         self.parser = httptools.HttpRequestParser(self)
         self.peer_ip = ""
+        # Transparent (TPROXY) connections pick their ListenerPort from each request's
+        # snapshot by original destination and client (proxy/transparent.py).
+        self.port_for: Callable[[Snapshot], ListenerPort | None] | None = None
         self.cur: Exchange | None = None
         self.active: Exchange | None = None
         self.queue: deque[Exchange] = deque()

@@ -329,7 +329,7 @@ class UpstreamConnection(asyncio.Protocol):
 class UpstreamPool:
     """Idle keep-alive connections per endpoint, reused last-in first-out."""
 
-    __slots__ = ("_closed", "connect_timeout", "conns", "idle", "max_idle", "metrics")
+    __slots__ = ("_closed", "connect_timeout", "conns", "idle", "mark", "max_idle", "metrics")
 
     def __init__(
         self,
@@ -344,6 +344,9 @@ class UpstreamPool:
         self.idle: dict[EndpointKey, list[UpstreamConnection]] = {}
         self.conns: set[UpstreamConnection] = set()
         self._closed = False
+        # SO_MARK for every upstream socket (node-local TPROXY mode): the diversion
+        # rules skip this mark, so the proxy's own connections are never diverted back.
+        self.mark: int | None = None
 
     def acquire(self, key: EndpointKey) -> UpstreamConnection | None:
         """An idle connection to ``key``, most recently used first, or None."""
@@ -360,9 +363,17 @@ class UpstreamPool:
         loop = asyncio.get_running_loop()
         key = (host, port)
         async with asyncio.timeout(self.connect_timeout):
-            _, proto = await loop.create_connection(
-                lambda: UpstreamConnection(self, key, label), host, port
-            )
+            if self.mark is not None:
+                from gatewayd.tproxy.sockets import connect_marked
+
+                sock = await connect_marked(host, port, self.mark)
+                _, proto = await loop.create_connection(
+                    lambda: UpstreamConnection(self, key, label), sock=sock
+                )
+            else:
+                _, proto = await loop.create_connection(
+                    lambda: UpstreamConnection(self, key, label), host, port
+                )
         return proto
 
     def release(self, conn: UpstreamConnection, now: float) -> None:

@@ -11,8 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from gatewayd.routing.model import BackendObjectReference, Problem, Route
+
+if TYPE_CHECKING:
+    from gatewayd.routing.mesh import MeshResolution
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -122,3 +126,5 @@ class Resolution:
     problems: tuple[Problem, ...] = ()
     # (namespace, name) -> address, to keep allocation stable across reloads
     gateway_addresses: Mapping[tuple[str, str], str] = field(default_factory=dict)
+    # GAMMA: routes attached to Services (routing/mesh.py); None when nothing asked.
+    mesh: MeshResolution | None = None

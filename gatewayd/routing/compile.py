@@ -41,6 +41,7 @@ from gatewayd.routing.match import (
     compile_grpc_match,
     compile_http_match,
 )
+from gatewayd.routing.mesh import compile_mesh
 from gatewayd.routing.model import (
     BackendObjectReference,
     BackendRef,
@@ -105,7 +106,12 @@ def compile_snapshot(resolution: Resolution, *, generation: int) -> Snapshot:
         port = compiler.listener_port(bindings)
         if port is not None:
             ports[key] = port
-    return Snapshot(generation=generation, ports=ports)
+    # GAMMA: mesh routes get their own compiler (their backends resolve apart).
+    mesh = None
+    if resolution.mesh is not None and resolution.mesh.services:
+        mesh_compiler = _Compiler(resolution.mesh.backends)
+        mesh = compile_mesh(resolution.mesh, mesh_compiler.candidates)
+    return Snapshot(generation=generation, ports=ports, mesh=mesh)
 
 
 def _lower(hostname: str | None) -> str | None:
@@ -202,6 +208,10 @@ class _Compiler:
         return (binding.listener_name, _lower(binding.hostname), routes)
 
     # ----------------------------------------------------------------- candidates
+
+    def candidates(self, route: HTTPRoute | GRPCRoute, listener_name: str) -> list[Candidate]:
+        """Fresh matchers for ``route`` (each route table ranks its own)."""
+        return self._candidates(route, listener_name)
 
     def _candidates(self, route: HTTPRoute | GRPCRoute, listener_name: str) -> list[Candidate]:
         rules = self.rules(route)

@@ -15,9 +15,12 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from gatewayd.routing.bindings import EndpointAddress
+
+if TYPE_CHECKING:
+    from gatewayd.routing.mesh import MeshTable
 
 # --------------------------------------------------------------------------- filters
 
@@ -200,6 +203,9 @@ class ListenerPort:
 class Snapshot:
     generation: int
     ports: Mapping[tuple[str, int], ListenerPort] = field(default_factory=dict)
+    # GAMMA (node-local TPROXY mode): routes by original destination (ClusterIP, port)
+    # and client namespace; see routing/mesh.py.  Plain data, picklable like the rest.
+    mesh: MeshTable | None = None
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -215,4 +221,5 @@ class Snapshot:
                 }
                 for lp in self.ports.values()
             ],
+            **({"mesh": self.mesh.to_json()} if self.mesh is not None else {}),
         }

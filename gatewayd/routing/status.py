@@ -34,6 +34,7 @@ from gatewayd.routing.bindings import (
     ObjectStatus,
     Resolution,
 )
+from gatewayd.routing.mesh import resolve_mesh
 from gatewayd.routing.model import (
     CORE_GROUP,
     GATEWAY_GROUP,
@@ -717,6 +718,15 @@ def resolve(
     resolver = BackendResolver(config.services, config.endpoint_slices, grants)
     backends: dict[BackendKey, BackendTarget] = {}
     routes: list[Route] = [*config.http_routes, *config.grpc_routes, *config.tls_routes]
+    # GAMMA: Service parentRefs (mesh.py) -- their status.parents join the Gateway ones.
+    mesh = resolve_mesh(
+        config,
+        grants=grants,
+        controller_name=controller_name,
+        now=now,
+        check_refs=_resolve_route_refs,
+        check_values=_route_value_problem,
+    )
     for route in routes:
         parents = _route_parents(
             route,
@@ -729,6 +739,7 @@ def resolve(
             resolver,
             backends,
         )
+        parents.extend(mesh.parents.get(_route_id(route), ()))
         if parents:
             kind = _route_kind(route)
             statuses.append(
@@ -778,6 +789,7 @@ def resolve(
         statuses=tuple(statuses),
         problems=tuple(problems),
         gateway_addresses=gateway_addresses,
+        mesh=mesh,
     )
 
 

@@ -1,0 +1,304 @@
+"""The transparent (TPROXY) listener: route each connection by its original destination.
+
+nftables diverts connections for Gateway addresses and for Service ClusterIP:ports that
+have routes to one local port; the accepted socket's local address is where the client
+was going.  Per connection, once, at accept time:
+
+1. ``(address, port)`` is a Gateway listener port of the snapshot: served by an
+   ``HttpConnection`` exactly like one accepted on the Gateway's own socket (other
+   protocols are spliced to that socket: TLS stays with the Gateway's listener).
+2. ``(address, port)`` is a Service port with GAMMA routes and the client (by source IP,
+   through Pod objects) has routes there (its namespace's consumer routes, else the
+   producer routes): an ``HttpConnection`` serving those routes.
+3. anything else: spliced at L4, unchanged, to the original destination: "When no
+   xRoute resources are defined, all traffic should implicitly work" (GEP-1426), and
+   the mesh must never break traffic it has nothing to say about.
+
+Each request still reads the current snapshot once (``HttpConnection.port_for``), so a
+reload changes the routes of the next request, never of one in flight.  The connection
+counts the client's own address as its peer, so X-Forwarded-For carries the address the
+transparent socket saw.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Final, cast
+
+from gatewayd.proxy.server import HttpConnection
+from gatewayd.proxy.upstream import WRITE_HIGH, WRITE_LOW
+from gatewayd.routing.mesh import canonical_ip
+
+if TYPE_CHECKING:
+    from gatewayd.proxy.server import Proxy
+    from gatewayd.routing.compiled import ListenerPort, Snapshot
+
+log = logging.getLogger("gatewayd.proxy.transparent")
+
+SPLICE_CONNECT_TIMEOUT: Final = 5.0
+HTTP_PROTOCOLS: Final = frozenset({"HTTP"})
+
+# What happened to accepted connections (``TransparentListener.counts`` keys).
+GATEWAY: Final = "gateway"
+MESH: Final = "mesh"
+PASSTHROUGH: Final = "passthrough"
+REFUSED: Final = "refused"
+
+
+def _gateway_port(key: tuple[str, int]) -> Callable[[Snapshot], ListenerPort | None]:
+    def port_for(snapshot: Snapshot) -> ListenerPort | None:
+        return snapshot.ports.get(key)
+
+    return port_for
+
+
+def _mesh_port(key: tuple[str, int], source: str) -> Callable[[Snapshot], ListenerPort | None]:
+    address, port = key
+
+    def port_for(snapshot: Snapshot) -> ListenerPort | None:
+        mesh = snapshot.mesh
+        return mesh.lookup(address, port, source) if mesh is not None else None
+
+    return port_for
+
+
+class TransparentListener:
+    """Owns what the transparent sockets accept: HTTP hand-overs and L4 splices."""
+
+    def __init__(self, proxy: Proxy, *, own_port: int, mark: int | None) -> None:
+        self.proxy = proxy
+        self.own_port = own_port
+        self.mark = mark
+        self.splices: set[Splice] = set()
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.counts: dict[str, int] = {GATEWAY: 0, MESH: 0, PASSTHROUGH: 0, REFUSED: 0}
+
+    def factory(self) -> _Acceptor:
+        return _Acceptor(self)
+
+    # ------------------------------------------------------------------ dispatch
+
+    def dispatch(self, transport: asyncio.Transport) -> None:
+        sockname = transport.get_extra_info("sockname")
+        peername = transport.get_extra_info("peername")
+        if not sockname or not peername:
+            transport.abort()
+            return
+        dst = canonical_ip(str(sockname[0])) or str(sockname[0])
+        port = int(sockname[1])
+        src = canonical_ip(str(peername[0])) or str(peername[0])
+        if port == self.own_port:
+            # Someone connected to the transparent port itself: forwarding "unchanged to
+            # the original destination" would be a connection to ourselves, forever.
+            self.counts[REFUSED] += 1
+            transport.abort()
+            return
+        key = (dst, port)
+        snapshot = self.proxy.holder.current
+        lp = snapshot.ports.get(key)
+        if lp is not None:
+            if lp.protocol in HTTP_PROTOCOLS:
+                self.counts[GATEWAY] += 1
+                self._serve_http(transport, key, _gateway_port(key), f"{dst}:{port}")
+            else:
+                # HTTPS/TLS listeners: the Gateway's own socket terminates or passes TLS.
+                self.counts[GATEWAY] += 1
+                self._splice(transport, key)
+            return
+        mesh = snapshot.mesh
+        if mesh is not None and mesh.lookup(dst, port, src) is not None:
+            self.counts[MESH] += 1
+            self._serve_http(transport, key, _mesh_port(key, src), f"mesh:{dst}:{port}")
+            return
+        self.counts[PASSTHROUGH] += 1
+        self._splice(transport, key)
+
+    def _serve_http(
+        self,
+        transport: asyncio.Transport,
+        key: tuple[str, int],
+        port_for: Callable[[Snapshot], ListenerPort | None],
+        label: str,
+    ) -> None:
+        conn = HttpConnection(self.proxy, key, label)
+        conn.port_for = port_for
+        # Nothing has been read yet (we are inside connection_made): the HTTP protocol
+        # takes the transport over from here as if it had accepted it itself.
+        transport.set_protocol(conn)
+        conn.connection_made(transport)
+
+    def _splice(self, transport: asyncio.Transport, key: tuple[str, int]) -> None:
+        transport.pause_reading()
+        splice = Splice(self, transport)
+        transport.set_protocol(splice.down)
+        self.splices.add(splice)
+        task = asyncio.get_running_loop().create_task(splice.connect(key))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def close(self) -> None:
+        for splice in list(self.splices):
+            splice.abort()
+        for task in list(self.tasks):
+            task.cancel()
+        if self.tasks:
+            await asyncio.gather(*self.tasks, return_exceptions=True)
+
+    def to_json(self) -> dict[str, object]:
+        return {"connections": dict(self.counts), "splices": len(self.splices)}
+
+
+class _Acceptor(asyncio.Protocol):
+    """The protocol a transparent socket's accept creates; it hands the transport to the
+    protocol that will really serve it, at once."""
+
+    __slots__ = ("listener",)
+
+    def __init__(self, listener: TransparentListener) -> None:
+        self.listener = listener
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports do not subclass asyncio.Transport; same interface.
+        try:
+            self.listener.dispatch(cast(asyncio.Transport, transport))
+        except Exception:
+            log.exception("transparent connection dispatch failed")
+            transport.abort()  # type: ignore[attr-defined]
+
+
+# --------------------------------------------------------------------------- L4 splice
+
+
+class _Side(asyncio.Protocol):
+    """One side of a splice: bytes in are written to the other side."""
+
+    __slots__ = ("eof", "pending", "splice", "transport", "upstream")
+
+    def __init__(self, splice: Splice, upstream: bool) -> None:
+        self.splice = splice
+        self.upstream = upstream
+        self.transport: asyncio.Transport | None = None
+        self.eof = False
+        # Client bytes that arrive before the upstream is connected (reading is paused
+        # at once, but a transport may already hold a read).
+        self.pending: list[bytes] | None = None
+
+    def other(self) -> _Side:
+        s = self.splice
+        return s.down if self.upstream else s.up
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        t = cast(asyncio.Transport, transport)
+        t.set_write_buffer_limits(WRITE_HIGH, WRITE_LOW)
+        self.transport = t
+
+    def data_received(self, data: bytes) -> None:
+        peer = self.other().transport
+        if peer is None:
+            if self.pending is None:
+                self.pending = []
+            self.pending.append(data)
+            if self.transport is not None:
+                self.transport.pause_reading()
+        elif not peer.is_closing():
+            peer.write(data)
+
+    def eof_received(self) -> bool | None:
+        # Half-close passes through: the other side gets our FIN and may keep talking.
+        self.eof = True
+        peer = self.other()
+        if peer.transport is None:
+            return True  # passed on once the upstream is connected
+        if not peer.transport.is_closing():
+            if peer.transport.can_write_eof():
+                peer.transport.write_eof()
+            else:
+                peer.transport.close()
+        if peer.eof:
+            self.splice.close()
+            return None
+        return True
+
+    # Flow control: a side whose write buffer is full stops the other side's reading.
+    def pause_writing(self) -> None:
+        peer = self.other().transport
+        if peer is not None and not peer.is_closing():
+            peer.pause_reading()
+
+    def resume_writing(self) -> None:
+        peer = self.other().transport
+        if peer is not None and not peer.is_closing():
+            peer.resume_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        self.splice.side_lost(self)
+
+
+class Splice:
+    """A client connection forwarded unchanged to its original destination (L4)."""
+
+    __slots__ = ("down", "listener", "up")
+
+    def __init__(self, listener: TransparentListener, client: asyncio.Transport) -> None:
+        self.listener = listener
+        self.down = _Side(self, upstream=False)
+        self.down.transport = client
+        client.set_write_buffer_limits(WRITE_HIGH, WRITE_LOW)
+        self.up = _Side(self, upstream=True)
+
+    async def connect(self, key: tuple[str, int]) -> None:
+        from gatewayd.tproxy.sockets import connect_marked
+
+        loop = asyncio.get_running_loop()
+        address, port = key
+        try:
+            async with asyncio.timeout(SPLICE_CONNECT_TIMEOUT):
+                if self.listener.mark is not None:
+                    sock = await connect_marked(address, port, self.listener.mark)
+                    await loop.create_connection(lambda: self.up, sock=sock)
+                else:
+                    await loop.create_connection(lambda: self.up, address, port)
+        except (OSError, TimeoutError) as exc:
+            log.debug("passthrough to %s:%d failed: %s", address, port, exc)
+            self.abort()
+            return
+        except Exception:
+            log.exception("passthrough to %s:%d failed", address, port)
+            self.abort()
+            return
+        client = self.down.transport
+        upstream = self.up.transport
+        if client is None or client.is_closing() or upstream is None:
+            self.close()
+            return
+        pending, self.down.pending = self.down.pending, None
+        if pending:
+            upstream.writelines(pending)
+        if self.down.eof:
+            upstream.write_eof()
+        else:
+            client.resume_reading()
+
+    def side_lost(self, side: _Side) -> None:
+        other = self.up if side is self.down else self.down
+        if other.transport is not None and not other.transport.is_closing():
+            # The other direction may still have bytes to deliver: close, not abort.
+            other.transport.close()
+        if self.down.transport is None and self.up.transport is None:
+            self.listener.splices.discard(self)
+
+    def close(self) -> None:
+        for side in (self.down, self.up):
+            if side.transport is not None and not side.transport.is_closing():
+                side.transport.close()
+
+    def abort(self) -> None:
+        for side in (self.down, self.up):
+            if side.transport is not None:
+                with contextlib.suppress(Exception):
+                    side.transport.abort()
+        self.listener.splices.discard(self)
