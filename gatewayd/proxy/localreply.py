@@ -12,7 +12,7 @@ NC    invalid_backend             500     the rule has no usable backend (backen
                                           unresolved, or no backendRefs at all)
 UH    no_healthy_upstream         503     the chosen backend has no ready endpoint
 UF    upstream_connect_failure    503     connecting to the endpoint failed
-UC    upstream_reset              503     the upstream closed/reset before a response
+UC    upstream_reset              502     the upstream closed/reset before a response
 UPE   upstream_protocol_error     502     the upstream sent an invalid response
 UT    upstream_timeout            504     the request or backend timeout expired
 UO    overflow                    503     a connection limit was reached
@@ -77,7 +77,7 @@ UPSTREAM_CONNECT_FAILURE = ReplyKind(
 UPSTREAM_RESET = ReplyKind(
     "UC",
     "upstream_reset",
-    503,
+    502,  # the contract: "upstream reset before the response 502" (Envoy answers 503)
     b"upstream connect error or disconnect/reset before headers. "
     b"reset reason: connection termination",
 )
