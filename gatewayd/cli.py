@@ -40,6 +40,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--xff-trusted-hops", type=int, default=0, metavar="N")
     run.add_argument("--access-log", choices=("text", "json", "off"), default="text")
     run.add_argument("--drain-timeout", type=float, default=15.0, metavar="SECONDS")
+    run.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="worker processes sharing each listener (default: one per CPU)",
+    )
     run.add_argument("--max-connections", type=int, default=10000)
     run.add_argument("--idle-timeout", type=float, default=60.0, metavar="SECONDS")
     run.add_argument(
@@ -123,6 +130,7 @@ def _run(args: argparse.Namespace) -> int:
 
     from gatewayd.daemon import RunOptions, configure_logging, run
     from gatewayd.proxy.server import ProxyOptions
+    from gatewayd.workers import default_workers
 
     configure_logging()
     tproxy = None
@@ -139,7 +147,7 @@ def _run(args: argparse.Namespace) -> int:
                 address_pool=args.address_pool,
                 settings=tproxy,
             )
-        if getattr(args, "workers", 1) > 1:
+        if args.workers is not None and args.workers > 1:
             # The transparent listener and the kernel rules belong to one process.
             logging.getLogger("gatewayd").warning("--tproxy runs one worker: --workers ignored")
             args.workers = 1
@@ -151,6 +159,7 @@ def _run(args: argparse.Namespace) -> int:
         drain_timeout=args.drain_timeout,
         watch=args.watch,
         tproxy=tproxy,
+        workers=1 if tproxy is not None else (args.workers or default_workers()),
         proxy=ProxyOptions(
             xff_trusted_hops=args.xff_trusted_hops,
             access_log=None if args.access_log == "off" else args.access_log,

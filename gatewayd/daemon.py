@@ -6,8 +6,11 @@ import asyncio
 import logging
 import signal
 import sys
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry
 
 from gatewayd.pipeline import Built, ConfigPipeline
 from gatewayd.proxy.admin import AdminState, start_admin
@@ -19,6 +22,7 @@ from gatewayd.routing.compiled import Snapshot
 from gatewayd.routing.load import ConfigPathError
 from gatewayd.routing.status import with_listener_failures
 from gatewayd.watch import watch_config
+from gatewayd.workers import WorkerPool
 
 if TYPE_CHECKING:
     from gatewayd.tproxy.rules import TproxySettings
@@ -37,6 +41,7 @@ class RunOptions:
     drain_timeout: float = 15.0
     watch: bool = True
     tproxy: TproxySettings | None = None  # node-local TPROXY + GAMMA mode (--tproxy)
+    workers: int = 1  # 1: serve in this process; N > 1: a supervisor and N workers
 
 
 class Daemon:
@@ -51,7 +56,14 @@ class Daemon:
         )
         self.metrics = ProxyMetrics()
         self.holder = SnapshotHolder(Snapshot(generation=0))
-        self.proxy = Proxy(self.holder, options.proxy, self.metrics)
+        # One worker serves in this process; several are processes of a WorkerPool that
+        # this supervisor feeds with snapshots (gatewayd/workers.py).
+        self.pool: WorkerPool | None = None
+        self.proxy: Proxy | WorkerPool
+        if options.workers > 1 and options.tproxy is None:
+            self.pool = self.proxy = WorkerPool(options.workers, options.proxy)
+        else:
+            self.proxy = Proxy(self.holder, options.proxy, self.metrics)
         self.statuses: tuple[ObjectStatus, ...] = ()
         self.last_error: str | None = None
         self.known_problems: set[str] = set()
@@ -61,6 +73,7 @@ class Daemon:
         if options.tproxy is not None:
             from gatewayd.tproxy.runtime import TproxyRuntime
 
+            assert isinstance(self.proxy, Proxy)  # --tproxy always serves in-process
             self.tproxy = TproxyRuntime(options.tproxy, self.proxy)
 
     # -- admin callables -------------------------------------------------------------
@@ -77,8 +90,20 @@ class Daemon:
             dump["tproxy"] = self.tproxy.to_json()
         return dump
 
-    def render_metrics(self) -> tuple[bytes, str]:
-        return render()
+    def render_metrics(self) -> tuple[bytes, str] | Awaitable[tuple[bytes, str]]:
+        if self.pool is None:
+            return render()
+        return self._render_pool_metrics(self.pool)
+
+    async def _render_pool_metrics(self, pool: WorkerPool) -> tuple[bytes, str]:
+        # The sum of every worker's counters plus the supervisor's own (config reloads).
+        registry = CollectorRegistry()
+        total = ProxyMetrics(registry)
+        total.absorb(self.metrics.export())
+        total.copy_config(self.metrics)
+        for exported in await pool.metrics_exports():
+            total.absorb(exported)
+        return render(registry)
 
     # -- config ----------------------------------------------------------------------
     async def load(self, *, initial: bool) -> bool:
@@ -161,6 +186,8 @@ async def run(options: RunOptions) -> int:
         except Exception as exc:
             log.error("tproxy: %s", exc)
             return 1
+    if daemon.pool is not None:
+        await daemon.pool.start()
     await daemon.load(initial=True)
     admin = await start_admin(
         options.admin_address,

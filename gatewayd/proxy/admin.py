@@ -60,13 +60,14 @@ class AdminState:
     ``ready``: config loaded and every bindable listener bound.
     ``status_items``: ``[ObjectStatus.as_item(), ...]``.
     ``config_dump``: ``Snapshot.to_json()`` plus anything else worth showing.
-    ``metrics``: ``(body, content_type)`` of the Prometheus exposition.
+    ``metrics``: ``(body, content_type)`` of the Prometheus exposition, or an awaitable
+    of it (the supervisor of several workers asks each worker first).
     """
 
     ready: Callable[[], bool]
     status_items: Callable[[], list[dict[str, object]]]
     config_dump: Callable[[], Mapping[str, object]]
-    metrics: Callable[[], tuple[bytes, str]] = default_metrics
+    metrics: Callable[[], tuple[bytes, str] | Awaitable[tuple[bytes, str]]] = default_metrics
 
 
 # (path, description) in index order.
@@ -132,7 +133,8 @@ class _Routes:
         return _json(200, self.state.config_dump())
 
     async def prometheus(self, request: web.Request) -> web.Response:
-        body, content_type = self.state.metrics()
+        result = self.state.metrics()
+        body, content_type = result if isinstance(result, tuple) else await result
         # Passed as a raw header: the exposition type carries parameters (version,
         # charset) that aiohttp's content_type argument does not take.
         return web.Response(body=body, headers={"Content-Type": content_type})

@@ -150,10 +150,56 @@ class ProxyMetrics(Collector):
         errs = self._tls_err
         errs[key] = errs.get(key, 0) + 1
 
+    def copy_config(self, other: ProxyMetrics) -> None:
+        """Take ``other``'s generation and reload results (the supervisor's, when the
+        workers' counters are summed)."""
+        self._generation = other._generation
+        self._reloads = dict(other._reloads)
+
     def config_loaded(self, generation: int, ok: bool) -> None:
         """After each configuration (re)load; ``generation`` is the serving one."""
         self._generation = generation
         self._reloads["success" if ok else "failure"] += 1
+
+    # ------------------------------------------------------------------ workers
+
+    _SUMMED = (
+        "_ds_rq",
+        "_ds_cx",
+        "_ds_cx_total",
+        "_us_rq",
+        "_us_cx",
+        "_us_fail",
+        "_local",
+        "_tls_err",
+    )
+
+    def export(self) -> dict[str, object]:
+        """Plain copies of the counters (picklable), for a supervisor to sum."""
+        out: dict[str, object] = {name: dict(getattr(self, name)) for name in self._SUMMED}
+        out["_ds_time"] = {k: (list(h.counts), h.total) for k, h in self._ds_time.items()}
+        out["_us_time"] = {k: (list(h.counts), h.total) for k, h in self._us_time.items()}
+        return out
+
+    def absorb(self, exported: dict[str, object]) -> None:
+        """Add another process's ``export()`` into these counters (gauges sum too:
+        open connections of all workers)."""
+        for name in self._SUMMED:
+            mine: dict[object, int] = getattr(self, name)
+            theirs = exported.get(name)
+            if isinstance(theirs, dict):
+                for key, n in theirs.items():
+                    mine[key] = mine.get(key, 0) + n
+        for name in ("_ds_time", "_us_time"):
+            hists: dict[str, _Histogram] = getattr(self, name)
+            theirs = exported.get(name)
+            if isinstance(theirs, dict):
+                for key, (counts, total) in theirs.items():
+                    hist = hists.get(key)
+                    if hist is None:
+                        hist = hists[key] = _Histogram()
+                    hist.counts = [a + b for a, b in zip(hist.counts, counts, strict=True)]
+                    hist.total += total
 
     # ------------------------------------------------------------------ collection
 

@@ -748,6 +748,8 @@ class Gatewayd:
             str(self.config),
             "--admin-address",
             f"{LOCALHOST}:{self.admin_port}",
+            # One worker process unless a test asks for more: the default is one per CPU.
+            *(() if "--workers" in args else ("--workers", "1")),
             *args,
         )
         self.child = Child(argv, "gatewayd", cwd=workdir)
