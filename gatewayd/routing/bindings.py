@@ -81,6 +81,19 @@ class AttachedRoute:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class CertificatePEM:
+    """One certificateRef of a Terminate listener: the Secret's PEM bytes, as read.
+
+    Plain bytes so that snapshots pickle to worker processes; each serving process
+    builds its ``ssl.SSLContext`` from them (proxy/tlsroute.py checks the pair first).
+    """
+
+    secret: str  # "namespace/name", for error messages
+    cert_pem: bytes  # tls.crt
+    key_pem: bytes  # tls.key
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ListenerBinding:
     """One programmable listener of one accepted Gateway, with what attached to it."""
 
@@ -92,6 +105,9 @@ class ListenerBinding:
     protocol: str  # HTTP | HTTPS | TLS
     hostname: str | None = None
     tls_mode: str | None = None  # Terminate | Passthrough for HTTPS/TLS listeners
+    # Terminate listeners: their certificateRefs, in order (all resolved: a listener
+    # with an unresolved certificateRef is not programmed).
+    certificates: tuple[CertificatePEM, ...] = ()
     routes: tuple[AttachedRoute, ...] = ()
 
 

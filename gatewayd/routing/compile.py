@@ -59,10 +59,11 @@ from gatewayd.routing.model import (
     PathModifierType,
     Route,
     SessionPersistence,
+    TLSModeType,
     TLSRoute,
 )
 from gatewayd.routing.precedence import route_order
-from gatewayd.routing.table import HTTPRouteTable, ListenerSpec, SNIRoute, SNITable
+from gatewayd.routing.table import HTTPRouteTable, ListenerSpec, SNIRoute, SNITable, TLSListener
 
 # "If a reference to a custom filter type cannot be resolved, the filter MUST NOT be
 # skipped. Instead, requests that would have been processed by that filter MUST receive
@@ -192,7 +193,7 @@ class _Compiler:
             name=binding.listener_name, hostname=_lower(binding.hostname), candidates=groups
         )
 
-    def _tls_listener(self, binding: ListenerBinding) -> tuple[str, str | None, list[SNIRoute]]:
+    def _tls_listener(self, binding: ListenerBinding) -> TLSListener:
         routes: list[SNIRoute] = []
         for attached in _unique_routes(binding.routes):
             route = attached.route
@@ -202,10 +203,17 @@ class _Compiler:
                 SNIRoute(
                     hit=RouteHit(rule=self._tls_rule(route), listener_name=binding.listener_name),
                     order=route_order(route.meta),
-                    hostnames=tuple(h.lower() for h in attached.hostnames),
+                    hostnames=tuple(dict.fromkeys(h.lower() for h in attached.hostnames)),
                 )
             )
-        return (binding.listener_name, _lower(binding.hostname), routes)
+        return TLSListener(
+            name=binding.listener_name,
+            hostname=_lower(binding.hostname),
+            # tls.mode defaults to Terminate.
+            mode=binding.tls_mode or TLSModeType.TERMINATE.value,
+            certificates=binding.certificates,
+            routes=tuple(routes),
+        )
 
     # ----------------------------------------------------------------- candidates
 

@@ -30,6 +30,7 @@ from gatewayd.routing.bindings import (
     AttachedRoute,
     BackendKey,
     BackendTarget,
+    CertificatePEM,
     ListenerBinding,
     ObjectStatus,
     Resolution,
@@ -67,7 +68,7 @@ API_VERSION: Final = "gateway.networking.k8s.io/v1"
 # Conformance feature names (pkg/features) this implementation claims on its
 # GatewayClasses, sorted as "It MUST be sorted in ascending alphabetical order by the
 # Name key." (GatewayClassStatus.SupportedFeatures).  Only what the HTTP/1.1 data plane
-# serves today: no GRPCRoute (needs HTTP/2), TLSRoute or HTTPS (TLS work pending),
+# serves today: no GRPCRoute (needs HTTP/2) or HTTPS (TLS work pending),
 # listener isolation or retries until the compiler/proxy confirm them.
 SUPPORTED_FEATURES: tuple[str, ...] = tuple(
     sorted(
@@ -98,6 +99,9 @@ SUPPORTED_FEATURES: tuple[str, ...] = tuple(
             "HTTPRouteResponseHeaderModification",
             "HTTPRouteSchemeRedirect",
             "ReferenceGrant",
+            "TLSRoute",
+            "TLSRouteModeMixed",
+            "TLSRouteModeTerminate",
         )
     )
 )
@@ -271,6 +275,23 @@ def _secret_ref_problem(
             f"{what}: Secret {ns}/{ref.name} has no {' or '.join(missing)}",
         )
     return None
+
+
+def _certificates(gw: Gateway, listener: Listener, refs: _Refs) -> tuple[CertificatePEM, ...]:
+    """The PEM pairs of a programmable Terminate listener (checked by
+    ``_check_certificates``: every ref resolves to a Secret with both keys)."""
+    if attach.tls_mode(listener) is not TLSModeType.TERMINATE or listener.tls is None:
+        return ()
+    out: list[CertificatePEM] = []
+    for ref in listener.tls.certificate_refs:
+        ns = ref.namespace or gw.meta.namespace
+        secret = refs.secrets.get((ns, ref.name))
+        if secret is None:
+            continue
+        cert, key = secret.get("tls.crt"), secret.get("tls.key")
+        if cert and key:
+            out.append(CertificatePEM(secret=f"{ns}/{ref.name}", cert_pem=cert, key_pem=key))
+    return tuple(out)
 
 
 def _check_certificates(gw: Gateway, state: _ListenerState, refs: _Refs) -> list[_Verdict]:
@@ -777,6 +798,7 @@ def resolve(
                     protocol=s.listener.protocol,
                     hostname=s.listener.hostname,
                     tls_mode=mode.value if mode is not None else None,
+                    certificates=_certificates(gs.gateway, s.listener, refs),
                     routes=tuple(s.routes),
                 )
                 for address in gs.address.addresses

@@ -34,6 +34,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+from gatewayd.routing.bindings import CertificatePEM
 from gatewayd.routing.compiled import CompiledBackend, CompiledRule, HeaderOps, RouteHit
 from gatewayd.routing.match import (
     PATH_EXACT,
@@ -289,7 +290,7 @@ class HTTPRouteTable:
         }
 
 
-# --------------------------------------------------------------------------- TLS passthrough
+# --------------------------------------------------------------------------- TLS listeners
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -301,34 +302,58 @@ class SNIRoute:
     hostnames: tuple[str, ...]  # () : any SNI
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TLSListener:
+    """One ``protocol: TLS`` listener of a port, as the data plane needs it."""
+
+    name: str
+    hostname: str | None  # lower-case; None: any SNI
+    mode: str  # Passthrough | Terminate (TLSModeType values)
+    certificates: tuple[CertificatePEM, ...] = ()  # Terminate: what to present
+    routes: tuple[SNIRoute, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class SNIMatch:
+    """A ``lookup_tls`` result: the listener the SNI selected and the route within it."""
+
+    listener: TLSListener
+    hit: RouteHit
+
+
 class SNITable:
-    """``compiled.RouteTable`` for TLS listener ports (passthrough by SNI).
+    """``compiled.RouteTable`` for ports whose listeners are all ``protocol: TLS``.
 
     ``lookup()`` never matches (no HTTP is parsed on these ports); the data plane calls
-    ``lookup_sni()`` with the ClientHello server name ("" when absent).  Selection is
-    the same listener isolation and hostname specificity as HTTP; within one hostname
-    the oldest TLSRoute wins, then "{namespace}/{name}" order.
+    ``lookup_tls()`` with the ClientHello server name.  Selection is the same listener
+    isolation and hostname specificity as HTTP: the most specific listener hostname
+    matching the SNI wins, then, among its routes, the most specific effective hostname;
+    within one hostname the oldest TLSRoute wins, then "{namespace}/{name}" order.  The
+    listener decides the mode, so Passthrough and Terminate listeners can share a port
+    (feature TLSRouteModeMixed).  Listeners with the same hostname (a conflict the status
+    reports) are merged: the first one's mode and certificates apply.
     """
 
     __slots__ = ("_listener_list", "_listeners")
 
-    def __init__(self, listeners: Sequence[tuple[str, str | None, Sequence[SNIRoute]]]) -> None:
-        merged: dict[str | None, tuple[list[str], dict[str | None, list[SNIRoute]]]] = {}
-        for name, hostname, routes in listeners:
-            names, groups = merged.setdefault(hostname, ([], {}))
-            names.append(name)
-            for r in routes:
+    def __init__(self, listeners: Sequence[TLSListener]) -> None:
+        merged: dict[str | None, tuple[list[TLSListener], dict[str | None, list[SNIRoute]]]] = {}
+        for listener in listeners:
+            same, groups = merged.setdefault(listener.hostname, ([], {}))
+            same.append(listener)
+            for r in listener.routes:
                 for h in r.hostnames or (None,):
                     groups.setdefault(h, []).append(r)
-        built: list[tuple[tuple[str, ...], str | None, HostIndex[RouteHit], list[object]]] = []
-        for hostname, (names, groups) in merged.items():
-            winners: list[tuple[str | None, RouteHit]] = []
+        built: list[tuple[list[TLSListener], HostIndex[SNIMatch], list[object]]] = []
+        for same, groups in merged.values():
+            first = same[0]
+            winners: list[tuple[str | None, SNIMatch]] = []
             dump: list[object] = []
             for h, routes in sorted(
                 groups.items(), key=lambda kv: hostname_rank(kv[0]), reverse=True
             ):
                 best = min(routes, key=lambda r: r.order)
-                winners.append((h, best.hit))
+                winners.append((h, SNIMatch(first, best.hit)))
                 dump.append(
                     {
                         "hostname": h if h is not None else "*",
@@ -336,11 +361,11 @@ class SNITable:
                         "rule": rule_to_json(best.hit.rule),
                     }
                 )
-            built.append((tuple(names), hostname, HostIndex(winners), dump))
-        built.sort(key=lambda item: hostname_rank(item[1]), reverse=True)
+            built.append((same, HostIndex(winners), dump))
+        built.sort(key=lambda item: hostname_rank(item[0][0].hostname), reverse=True)
         self._listener_list = built
-        self._listeners: HostIndex[HostIndex[RouteHit]] = HostIndex(
-            (hostname, index) for _, hostname, index, _ in built
+        self._listeners: HostIndex[HostIndex[SNIMatch]] = HostIndex(
+            (same[0].hostname, index) for same, index, _ in built
         )
 
     def lookup(
@@ -353,21 +378,37 @@ class SNITable:
     ) -> RouteHit | None:
         return None
 
-    def lookup_sni(self, sni: str) -> RouteHit | None:
-        index = self._listeners.select(sni.lower())
+    def lookup_tls(self, sni: str) -> SNIMatch | None:
+        """The listener and route for a ClientHello server name; None: close."""
+        name = sni.lower()
+        index = self._listeners.select(name)
         if index is None:
             return None
-        return index.select(sni.lower())
+        return index.select(name)
+
+    def lookup_sni(self, sni: str) -> RouteHit | None:
+        found = self.lookup_tls(sni)
+        return found.hit if found is not None else None
+
+    def listeners(self) -> list[TLSListener]:
+        """Every listener served (one per hostname), most specific hostname first."""
+        return [same[0] for same, _, _ in self._listener_list]
 
     def to_json(self) -> object:
         return {
             "listeners": [
                 {
-                    "listeners": list(names),
-                    "hostname": hostname if hostname is not None else "*",
+                    "listeners": [listener.name for listener in same],
+                    "hostname": same[0].hostname if same[0].hostname is not None else "*",
+                    "mode": same[0].mode,
+                    **(
+                        {"certificates": [c.secret for c in same[0].certificates]}
+                        if same[0].certificates
+                        else {}
+                    ),
                     "sni": dump,
                 }
-                for names, hostname, _, dump in self._listener_list
+                for same, _, dump in self._listener_list
             ]
         }
 

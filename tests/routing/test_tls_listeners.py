@@ -1,0 +1,167 @@
+"""TLS listeners end to end through the pure pipeline: status -> bindings -> SNITable.
+
+Passthrough and Terminate listeners on one port (TLSRouteModeMixed), certificates
+carried as PEM bytes, hostname intersection of TLSRoutes with listener hostnames and
+backendRef weights.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+from typing import Any
+
+from status_builders import (
+    backend,
+    config,
+    endpoint_slice,
+    gateway,
+    listener,
+    parent,
+    passthrough,
+    service,
+    terminate,
+    tls_secret,
+)
+
+from gatewayd.routing.compile import compile_snapshot
+from gatewayd.routing.compiled import Snapshot
+from gatewayd.routing.model import (
+    BackendRef,
+    Endpoint,
+    EndpointPort,
+    Meta,
+    ServicePort,
+    TLSRoute,
+    TLSRouteRule,
+)
+from gatewayd.routing.status import SUPPORTED_FEATURES, resolve
+from gatewayd.routing.table import SNITable
+
+ADDRESS = "127.0.0.9"
+
+
+def _route(
+    name: str, *hostnames: str, backends: tuple[BackendRef, ...] = (), **kw: Any
+) -> TLSRoute:
+    return TLSRoute(
+        meta=Meta(namespace="default", name=name),
+        parent_refs=(parent(**kw),),
+        hostnames=hostnames,
+        rules=(TLSRouteRule(backend_refs=backends or (backend("svc", 443),)),),
+    )
+
+
+def _backends(*names: str) -> list[object]:
+    objs: list[object] = []
+    for i, name in enumerate(names):
+        objs.append(service(name, ports=(ServicePort(name="tls", port=443, target_port=9443),)))
+        objs.append(
+            endpoint_slice(
+                f"{name}-1",
+                name,
+                ports=(EndpointPort(name="tls", port=9000 + i),),
+                endpoints=(Endpoint(addresses=("127.0.0.1",), ready=True),),
+            )
+        )
+    return objs
+
+
+def _compile(*objects: object) -> tuple[SNITable, Snapshot]:
+    res = resolve(config(*objects))
+    snap = compile_snapshot(res, generation=1)
+    port = snap.ports[(ADDRESS, 8443)]
+    assert port.protocol == "TLS"
+    assert isinstance(port.table, SNITable)
+    return port.table, snap
+
+
+def test_mixed_modes_on_one_port_pick_the_listener_by_sni() -> None:
+    gw = gateway(
+        "gw",
+        listener("term", 8443, "TLS", "tls.example.com", tls=terminate("cert")),
+        listener("pass", 8443, "TLS", "abc.example.com", tls=passthrough()),
+        addresses=[ADDRESS],
+    )
+    table, snap = _compile(
+        gw,
+        tls_secret("cert"),
+        *_backends("svc"),
+        _route("t", "tls.example.com"),
+        _route("p", "abc.example.com"),
+    )
+    term = table.lookup_tls("TLS.example.com")
+    assert term is not None
+    assert term.listener.mode == "Terminate" and term.listener.name == "term"
+    assert [(c.secret, c.cert_pem, c.key_pem) for c in term.listener.certificates] == [
+        ("default/cert", b"CERT", b"KEY")
+    ]
+    assert term.hit.rule.route_name == "t"
+    pas = table.lookup_tls("abc.example.com")
+    assert pas is not None
+    assert pas.listener.mode == "Passthrough" and pas.listener.certificates == ()
+    assert pas.hit.rule.route_name == "p"
+    assert table.lookup_tls("other.example.com") is None
+    assert table.lookup_tls("") is None
+    # The snapshot still pickles (worker processes) and dumps.
+    again = pickle.loads(pickle.dumps(snap))
+    assert again.ports[(ADDRESS, 8443)].table.lookup_tls("abc.example.com") is not None
+    dump = json.dumps(snap.to_json())
+    assert "default/cert" in dump and "KEY" not in dump
+
+
+def test_route_hostnames_intersect_with_the_listener_hostname() -> None:
+    gw = gateway(
+        "gw",
+        listener("wild", 8443, "TLS", "*.example.com", tls=passthrough()),
+        addresses=[ADDRESS],
+    )
+    table, _ = _compile(
+        gw,
+        *_backends("svc", "deep"),
+        # Only a.example.com survives the intersection; other.org is dropped.
+        _route("a", "a.example.com", "other.org"),
+        # A wider route wildcard narrows to the listener's *.example.com.
+        _route("wide", "*.com", backends=(backend("deep", 443),)),
+    )
+    a = table.lookup_tls("a.example.com")
+    assert a is not None and a.hit.rule.route_name == "a"
+    assert table.lookup_tls("other.org") is None
+    b = table.lookup_tls("x.y.example.com")
+    assert b is not None and b.hit.rule.route_name == "wide"
+    assert table.lookup_tls("example.com") is None
+
+
+def test_listener_without_hostname_takes_the_route_hostnames() -> None:
+    gw = gateway("gw", listener("any", 8443, "TLS", tls=passthrough()), addresses=[ADDRESS])
+    table, _ = _compile(gw, *_backends("svc"), _route("r", "*.example.net"))
+    hit = table.lookup_tls("db.example.net")
+    assert hit is not None and hit.listener.hostname is None
+    assert table.lookup_tls("example.net") is None
+
+
+def test_backend_weights_compile_cumulatively() -> None:
+    gw = gateway("gw", listener("pass", 8443, "TLS", tls=passthrough()), addresses=[ADDRESS])
+    refs = (
+        BackendRef(ref=backend("one", 443).ref, weight=1),
+        BackendRef(ref=backend("two", 443).ref, weight=3),
+        BackendRef(ref=backend("zero", 443).ref, weight=0),
+    )
+    table, _ = _compile(
+        gw, *_backends("one", "two", "zero"), _route("r", "w.example.com", backends=refs)
+    )
+    found = table.lookup_tls("w.example.com")
+    assert found is not None
+    rule = found.hit.rule
+    assert [b.name for b in rule.backends] == ["default/one:443", "default/two:443"]
+    assert rule.cumulative_weights == (1, 4) and rule.total_weight == 4
+    picked = rule.pick_backend(0.2)
+    assert picked is not None and picked.name == "default/one:443"
+    picked = rule.pick_backend(0.3)
+    assert picked is not None and picked.name == "default/two:443"
+    assert [(e.address, e.port) for e in rule.backends[1].endpoints] == [("127.0.0.1", 9001)]
+
+
+def test_tls_route_features_are_claimed() -> None:
+    assert {"TLSRoute", "TLSRouteModeTerminate", "TLSRouteModeMixed"} <= set(SUPPORTED_FEATURES)
+    assert list(SUPPORTED_FEATURES) == sorted(SUPPORTED_FEATURES)
