@@ -15,6 +15,9 @@ Series (``gatewayd_`` prefix; Envoy stat in brackets):
   snapshot kept serving)
 - ``tls_handshake_error_total{listener,reason}`` (listener.*.ssl.connection_error,
   ssl.fail_verify_*): TLS handshakes that failed, by short reason
+- ``tls_route_cx_total{listener,result}`` (tcp.*.downstream_cx_total with
+  tls_inspector's sni_found / sni_not_found): connections of TLS listeners (TLSRoute) by
+  outcome: passthrough, terminate, or why they were closed without reaching a backend
 
 The hot path only bumps plain ints in dicts (a few hundred ns per request); the
 prometheus families are built from them when the registry is scraped.  prometheus
@@ -97,6 +100,7 @@ class ProxyMetrics(Collector):
         self._generation = 0
         self._reloads: dict[str, int] = {"success": 0, "failure": 0}
         self._tls_err: dict[tuple[str, str], int] = {}
+        self._tls_cx: dict[tuple[str, str], int] = {}
         (registry if registry is not None else REGISTRY).register(self)
 
     # ------------------------------------------------------------------ hot path
@@ -150,6 +154,13 @@ class ProxyMetrics(Collector):
         errs = self._tls_err
         errs[key] = errs.get(key, 0) + 1
 
+    def tls_route_cx(self, listener: str, result: str) -> None:
+        """A connection of a TLS listener was spliced (``passthrough``/``terminate``)
+        or closed (``no_sni``, ``no_route``, ``timeout``, ...); see proxy/tlsroute.py."""
+        key = (listener, result)
+        cx = self._tls_cx
+        cx[key] = cx.get(key, 0) + 1
+
     def copy_config(self, other: ProxyMetrics) -> None:
         """Take ``other``'s generation and reload results (the supervisor's, when the
         workers' counters are summed)."""
@@ -172,6 +183,7 @@ class ProxyMetrics(Collector):
         "_us_fail",
         "_local",
         "_tls_err",
+        "_tls_cx",
     )
 
     def export(self) -> dict[str, object]:
@@ -302,6 +314,12 @@ class ProxyMetrics(Collector):
             "Failed downstream TLS handshakes, by listener and reason.",
             ("listener", "reason"),
             {k: v for k, v in list(self._tls_err.items())},
+        )
+        yield _counter(
+            "gatewayd_tls_route_cx",
+            "Connections of TLS listeners (TLSRoute), by listener and outcome.",
+            ("listener", "result"),
+            {k: v for k, v in list(self._tls_cx.items())},
         )
 
 

@@ -60,6 +60,7 @@ from gatewayd.proxy.localreply import (
     status_line,
 )
 from gatewayd.proxy.snapshot import SnapshotHolder
+from gatewayd.proxy.tlsroute import TLS_PROTOCOL, TLSRouteListener
 from gatewayd.proxy.upstream import WRITE_HIGH, WRITE_LOW, UpstreamConnection, UpstreamPool
 from gatewayd.routing.compiled import (
     CompiledBackend,
@@ -1471,6 +1472,9 @@ class Proxy:
         )
         self.pool = UpstreamPool(connect_timeout=options.upstream_connect_timeout, metrics=metrics)
         self.servers: dict[ListenKey, asyncio.AbstractServer] = {}
+        # Ports bound with the TLS-route factory (protocol TLS), the others are HTTP.
+        self.tls_ports: set[ListenKey] = set()
+        self.tls_routes = TLSRouteListener(self)
         self.conns: set[HttpConnection] = set()
         self.n_conns = 0
         self.tasks: set[asyncio.Task[None]] = set()
@@ -1483,33 +1487,48 @@ class Proxy:
 
         Returns ``{(address, port): reason}`` for ports that could not be bound; the
         other ports serve regardless."""
+        self.tls_routes.apply(snapshot)  # TLS listener contexts, before new connections
         self.holder.swap(snapshot)
         loop = asyncio.get_running_loop()
         self._start_sweeper(loop)
         failed: dict[tuple[str, int], str] = {}
         wanted = set(snapshot.ports)
+        tls_wanted = {k for k, lp in snapshot.ports.items() if lp.protocol == TLS_PROTOCOL}
+        for key in sorted((self.tls_ports ^ tls_wanted) & self.servers.keys() & wanted):
+            # The port changed between TLS and HTTP: bind it again with the other factory.
+            self.servers.pop(key).close()
+            self._shutdown_port(key)
         for key in sorted(wanted - self.servers.keys()):
             address, port = key
             label = f"{address}:{port}"
+            factory: Callable[[], asyncio.Protocol]
+            if key in tls_wanted:
+                # protocol TLS: ClientHello, SNI routing, passthrough or terminate + splice.
+                factory = self.tls_routes.factory(key, label)
+            else:
+                factory = self._factory(key, label)
             try:
                 sock = _bind(address, port)
-                server = await loop.create_server(
-                    self._factory(key, label), sock=sock, backlog=1024
-                )
+                server = await loop.create_server(factory, sock=sock, backlog=1024)
             except OSError as exc:
                 failed[key] = f"cannot bind {label}: {exc.strerror or exc}"
                 log.error("%s", failed[key])
                 continue
             self.servers[key] = server
+        self.tls_ports = tls_wanted & self.servers.keys()
         removed = [key for key in self.servers if key not in wanted]
         for key in removed:
             self.servers.pop(key).close()
-            for c in list(self.conns):
-                if c.key == key:
-                    c.shutdown()
+            self._shutdown_port(key)
         if removed:
             await asyncio.sleep(0)  # let the listening sockets close
         return failed
+
+    def _shutdown_port(self, key: ListenKey) -> None:
+        for c in list(self.conns):
+            if c.key == key:
+                c.shutdown()
+        self.tls_routes.shutdown_port(key)
 
     def _factory(self, key: ListenKey, label: str) -> Callable[[], HttpConnection]:
         return lambda: HttpConnection(self, key, label)
@@ -1520,7 +1539,7 @@ class Proxy:
     def buffered_bytes(self) -> int:
         """Bytes the proxy holds right now (write buffers and held bodies); for tests
         and debugging, not the hot path."""
-        total = self.pool.buffered_bytes()
+        total = self.pool.buffered_bytes() + self.tls_routes.buffered_bytes()
         for c in self.conns:
             total += c.held
             if not c.closed:
@@ -1543,6 +1562,7 @@ class Proxy:
                     await self._drained.wait()
         for c in list(self.conns):
             c.abort()
+        await self.tls_routes.close()
         self.pool.close()
         for task in list(self.tasks):
             task.cancel()

@@ -23,13 +23,12 @@ transparent socket saw.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Final, cast
 
 from gatewayd.proxy.server import HttpConnection
-from gatewayd.proxy.upstream import WRITE_HIGH, WRITE_LOW
+from gatewayd.proxy.splice import Splice
 from gatewayd.routing.mesh import canonical_ip
 
 if TYPE_CHECKING:
@@ -38,7 +37,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("gatewayd.proxy.transparent")
 
-SPLICE_CONNECT_TIMEOUT: Final = 5.0
 HTTP_PROTOCOLS: Final = frozenset({"HTTP"})
 
 # What happened to accepted connections (``TransparentListener.counts`` keys).
@@ -131,13 +129,17 @@ class TransparentListener:
         conn.connection_made(transport)
 
     def _splice(self, transport: asyncio.Transport, key: tuple[str, int]) -> None:
-        transport.pause_reading()
-        splice = Splice(self, transport)
-        transport.set_protocol(splice.down)
-        self.splices.add(splice)
-        task = asyncio.get_running_loop().create_task(splice.connect(key))
+        splice = Splice(self.splices, transport)
+        splice.hand_over(transport)
+        address, port = key
+        task = asyncio.get_running_loop().create_task(
+            self._connect(splice, address, port), name=f"passthrough {address}:{port}"
+        )
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
+
+    async def _connect(self, splice: Splice, address: str, port: int) -> None:
+        await splice.connect(address, port, mark=self.mark)
 
     async def close(self) -> None:
         for splice in list(self.splices):
@@ -167,138 +169,3 @@ class _Acceptor(asyncio.Protocol):
         except Exception:
             log.exception("transparent connection dispatch failed")
             transport.abort()  # type: ignore[attr-defined]
-
-
-# --------------------------------------------------------------------------- L4 splice
-
-
-class _Side(asyncio.Protocol):
-    """One side of a splice: bytes in are written to the other side."""
-
-    __slots__ = ("eof", "pending", "splice", "transport", "upstream")
-
-    def __init__(self, splice: Splice, upstream: bool) -> None:
-        self.splice = splice
-        self.upstream = upstream
-        self.transport: asyncio.Transport | None = None
-        self.eof = False
-        # Client bytes that arrive before the upstream is connected (reading is paused
-        # at once, but a transport may already hold a read).
-        self.pending: list[bytes] | None = None
-
-    def other(self) -> _Side:
-        s = self.splice
-        return s.down if self.upstream else s.up
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        t = cast(asyncio.Transport, transport)
-        t.set_write_buffer_limits(WRITE_HIGH, WRITE_LOW)
-        self.transport = t
-
-    def data_received(self, data: bytes) -> None:
-        peer = self.other().transport
-        if peer is None:
-            if self.pending is None:
-                self.pending = []
-            self.pending.append(data)
-            if self.transport is not None:
-                self.transport.pause_reading()
-        elif not peer.is_closing():
-            peer.write(data)
-
-    def eof_received(self) -> bool | None:
-        # Half-close passes through: the other side gets our FIN and may keep talking.
-        self.eof = True
-        peer = self.other()
-        if peer.transport is None:
-            return True  # passed on once the upstream is connected
-        if not peer.transport.is_closing():
-            if peer.transport.can_write_eof():
-                peer.transport.write_eof()
-            else:
-                peer.transport.close()
-        if peer.eof:
-            self.splice.close()
-            return None
-        return True
-
-    # Flow control: a side whose write buffer is full stops the other side's reading.
-    def pause_writing(self) -> None:
-        peer = self.other().transport
-        if peer is not None and not peer.is_closing():
-            peer.pause_reading()
-
-    def resume_writing(self) -> None:
-        peer = self.other().transport
-        if peer is not None and not peer.is_closing():
-            peer.resume_reading()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.transport = None
-        self.splice.side_lost(self)
-
-
-class Splice:
-    """A client connection forwarded unchanged to its original destination (L4)."""
-
-    __slots__ = ("down", "listener", "up")
-
-    def __init__(self, listener: TransparentListener, client: asyncio.Transport) -> None:
-        self.listener = listener
-        self.down = _Side(self, upstream=False)
-        self.down.transport = client
-        client.set_write_buffer_limits(WRITE_HIGH, WRITE_LOW)
-        self.up = _Side(self, upstream=True)
-
-    async def connect(self, key: tuple[str, int]) -> None:
-        from gatewayd.tproxy.sockets import connect_marked
-
-        loop = asyncio.get_running_loop()
-        address, port = key
-        try:
-            async with asyncio.timeout(SPLICE_CONNECT_TIMEOUT):
-                if self.listener.mark is not None:
-                    sock = await connect_marked(address, port, self.listener.mark)
-                    await loop.create_connection(lambda: self.up, sock=sock)
-                else:
-                    await loop.create_connection(lambda: self.up, address, port)
-        except (OSError, TimeoutError) as exc:
-            log.debug("passthrough to %s:%d failed: %s", address, port, exc)
-            self.abort()
-            return
-        except Exception:
-            log.exception("passthrough to %s:%d failed", address, port)
-            self.abort()
-            return
-        client = self.down.transport
-        upstream = self.up.transport
-        if client is None or client.is_closing() or upstream is None:
-            self.close()
-            return
-        pending, self.down.pending = self.down.pending, None
-        if pending:
-            upstream.writelines(pending)
-        if self.down.eof:
-            upstream.write_eof()
-        else:
-            client.resume_reading()
-
-    def side_lost(self, side: _Side) -> None:
-        other = self.up if side is self.down else self.down
-        if other.transport is not None and not other.transport.is_closing():
-            # The other direction may still have bytes to deliver: close, not abort.
-            other.transport.close()
-        if self.down.transport is None and self.up.transport is None:
-            self.listener.splices.discard(self)
-
-    def close(self) -> None:
-        for side in (self.down, self.up):
-            if side.transport is not None and not side.transport.is_closing():
-                side.transport.close()
-
-    def abort(self) -> None:
-        for side in (self.down, self.up):
-            if side.transport is not None:
-                with contextlib.suppress(Exception):
-                    side.transport.abort()
-        self.listener.splices.discard(self)

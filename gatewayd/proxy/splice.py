@@ -1,0 +1,206 @@
+"""L4 splice: bytes from a client connection to an upstream connection and back, unchanged.
+
+Used by the transparent listener (pass-through to an original destination) and by TLS
+listeners (TLSRoute: the raw TLS stream in Passthrough mode, the decrypted stream in
+Terminate mode, where the client "transport" is ``tlsroute.TLSServerLayer``'s).
+
+Flow control: each side's write buffer has water marks; above the high mark the *other*
+side stops being read (``pause_writing`` -> ``pause_reading``), below the low mark it is
+read again, so a slow reader on either end never makes the proxy buffer more than about
+one high-water mark per direction.  Half-close passes through: a client FIN becomes an
+upstream FIN (``write_eof``) and the other direction keeps flowing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from typing import Final, cast
+
+from gatewayd.proxy.upstream import WRITE_HIGH, WRITE_LOW
+
+log = logging.getLogger("gatewayd.proxy.splice")
+
+SPLICE_CONNECT_TIMEOUT: Final = 5.0
+
+
+class _Side(asyncio.Protocol):
+    """One side of a splice: bytes in are written to the other side."""
+
+    __slots__ = ("eof", "pending", "splice", "transport", "upstream")
+
+    def __init__(self, splice: Splice, upstream: bool) -> None:
+        self.splice = splice
+        self.upstream = upstream
+        self.transport: asyncio.Transport | None = None
+        self.eof = False
+        # Client bytes that arrive before the upstream is connected (reading is paused
+        # at once, but a transport may already hold a read), and bytes the caller read
+        # before handing the connection over (a ClientHello).
+        self.pending: list[bytes] | None = None
+
+    def other(self) -> _Side:
+        s = self.splice
+        return s.down if self.upstream else s.up
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        t = cast(asyncio.Transport, transport)
+        t.set_write_buffer_limits(WRITE_HIGH, WRITE_LOW)
+        self.transport = t
+
+    def data_received(self, data: bytes) -> None:
+        peer = self.other().transport
+        if peer is None:
+            if self.pending is None:
+                self.pending = []
+            self.pending.append(data)
+            if self.transport is not None:
+                self.transport.pause_reading()
+        elif not peer.is_closing():
+            peer.write(data)
+
+    def eof_received(self) -> bool | None:
+        # Half-close passes through: the other side gets our FIN and may keep talking.
+        self.eof = True
+        peer = self.other()
+        if peer.transport is None:
+            return True  # passed on once the upstream is connected
+        if not peer.transport.is_closing():
+            if peer.transport.can_write_eof():
+                peer.transport.write_eof()
+            else:
+                peer.transport.close()
+        if peer.eof:
+            self.splice.close()
+            return None
+        return True
+
+    # Flow control: a side whose write buffer is full stops the other side's reading.
+    def pause_writing(self) -> None:
+        peer = self.other().transport
+        if peer is not None and not peer.is_closing():
+            peer.pause_reading()
+
+    def resume_writing(self) -> None:
+        peer = self.other().transport
+        if peer is not None and not peer.is_closing():
+            peer.resume_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        self.splice.side_lost(self)
+
+
+class Splice:
+    """A client connection forwarded unchanged to an upstream address (L4).
+
+    ``registry`` holds the open splices of the owner (for shutdown); ``on_done`` runs
+    once, when both connections are gone or the splice is aborted.  ``tag`` is the
+    owner's (e.g. the listening port), for selective shutdown.
+    """
+
+    __slots__ = ("down", "on_done", "registry", "tag", "up")
+
+    def __init__(
+        self,
+        registry: set[Splice],
+        client: asyncio.Transport,
+        *,
+        on_done: Callable[[], None] | None = None,
+        tag: object = None,
+    ) -> None:
+        self.registry = registry
+        self.on_done = on_done
+        self.tag = tag
+        self.down = _Side(self, upstream=False)
+        self.down.transport = client
+        client.set_write_buffer_limits(WRITE_HIGH, WRITE_LOW)
+        self.up = _Side(self, upstream=True)
+        registry.add(self)
+
+    def hand_over(self, client: asyncio.Transport, already_read: bytes = b"") -> None:
+        """Make the splice the client transport's protocol; ``already_read`` is sent
+        upstream first.  Reading stops until the upstream is connected."""
+        client.pause_reading()
+        if already_read:
+            self.down.pending = [already_read]
+        client.set_protocol(self.down)
+
+    async def connect(
+        self,
+        address: str,
+        port: int,
+        *,
+        mark: int | None = None,
+        connect_timeout: float = SPLICE_CONNECT_TIMEOUT,
+    ) -> bool:
+        """Connect the upstream side and start forwarding; False (and the client
+        connection aborted) when the upstream cannot be reached."""
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(connect_timeout):
+                if mark is not None:
+                    from gatewayd.tproxy.sockets import connect_marked
+
+                    sock = await connect_marked(address, port, mark)
+                    await loop.create_connection(lambda: self.up, sock=sock)
+                else:
+                    await loop.create_connection(lambda: self.up, address, port)
+        except (OSError, TimeoutError) as exc:
+            log.debug("splice to %s:%d failed: %s", address, port, exc)
+            self.abort()
+            return False
+        except Exception:
+            log.exception("splice to %s:%d failed", address, port)
+            self.abort()
+            return False
+        client = self.down.transport
+        upstream = self.up.transport
+        if client is None or client.is_closing() or upstream is None:
+            self.close()
+            return True
+        pending, self.down.pending = self.down.pending, None
+        if pending:
+            upstream.writelines(pending)
+        if self.down.eof:
+            upstream.write_eof()
+        else:
+            client.resume_reading()
+        return True
+
+    def side_lost(self, side: _Side) -> None:
+        other = self.up if side is self.down else self.down
+        if other.transport is not None and not other.transport.is_closing():
+            # The other direction may still have bytes to deliver: close, not abort.
+            other.transport.close()
+        if self.down.transport is None and self.up.transport is None:
+            self._done()
+
+    def close(self) -> None:
+        for side in (self.down, self.up):
+            if side.transport is not None and not side.transport.is_closing():
+                side.transport.close()
+
+    def abort(self) -> None:
+        for side in (self.down, self.up):
+            if side.transport is not None:
+                with contextlib.suppress(Exception):
+                    side.transport.abort()
+        self._done()
+
+    def _done(self) -> None:
+        if self in self.registry:
+            self.registry.discard(self)
+            on_done, self.on_done = self.on_done, None
+            if on_done is not None:
+                on_done()
+
+    def buffered_bytes(self) -> int:
+        total = 0
+        for side in (self.down, self.up):
+            t = side.transport
+            if t is not None and not t.is_closing():
+                total += t.get_write_buffer_size()
+        return total

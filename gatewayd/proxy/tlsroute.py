@@ -1,0 +1,652 @@
+"""TLS listeners (``protocol: TLS``) with TLSRoutes: route by SNI, then splice at L4.
+
+Per accepted connection (``TLSRouteConnection``):
+
+1. **ClientHello** -- bytes are buffered, without answering, until
+   ``tls.clienthello.parse_client_hello`` has a whole ClientHello (it may arrive in
+   pieces and across several TLS records).  At most ``HELLO_MAX_BYTES`` are held, and
+   the hello (plus, in Terminate mode, the handshake) must be done within
+   ``HANDSHAKE_TIMEOUT``.  Garbage, a hello without SNI, or one that is too big or too
+   slow: the connection is closed and no backend is contacted.
+2. **Route** -- the port's ``SNITable`` of the *current* snapshot (read once, here)
+   picks the listener by SNI (most specific listener hostname), then the TLSRoute
+   (most specific effective hostname), then a backendRef by weight and an endpoint
+   round robin.  No match: closed.
+3. **Passthrough** listener -- the buffered bytes go to the backend first, then both
+   directions are spliced unchanged (``splice.Splice``): the client talks TLS with the
+   backend and sees the backend's certificate.
+4. **Terminate** listener -- the bytes already read are fed to an ``ssl.SSLObject``
+   over memory BIOs (``TLSServerLayer``), which completes the handshake with the
+   listener's certificate; the decrypted stream is then spliced to the backend in
+   plaintext.  The loop's own TLS (``start_tls``) cannot be used: it would want to read
+   the ClientHello we have already consumed.
+
+A reload changes the table of *new* connections; open splices keep going.  Contexts are
+built in the serving process from the PEM bytes in the snapshot (SSLContexts do not
+pickle to worker processes) and cached by certificate, so a reload that only changes
+routes reuses them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import random
+import ssl
+from collections.abc import Callable, Coroutine, Iterable
+from typing import TYPE_CHECKING, Any, Final, cast
+
+from gatewayd.proxy.splice import Splice
+from gatewayd.routing.table import SNITable
+from gatewayd.tls.certs import InvalidCertificate, load_keypair
+from gatewayd.tls.clienthello import (
+    ClientHello,
+    InvalidClientHello,
+    NeedMore,
+    parse_client_hello,
+)
+from gatewayd.tls.context import load_chain_from_memory, server_context
+
+if TYPE_CHECKING:
+    from gatewayd.proxy.server import Proxy
+    from gatewayd.routing.bindings import CertificatePEM
+    from gatewayd.routing.compiled import CompiledBackend, Snapshot
+    from gatewayd.routing.table import SNIMatch
+
+log = logging.getLogger("gatewayd.proxy.tlsroute")
+
+ListenKey = tuple[str, int]
+
+TLS_PROTOCOL: Final = "TLS"
+PASSTHROUGH: Final = "Passthrough"
+
+# Bytes held while waiting for a complete ClientHello.  Real ones are a few hundred
+# bytes, about 2 KiB with post-quantum key shares; 16 KiB is one full TLS record.
+HELLO_MAX_BYTES: Final = 16 * 1024
+# Seconds from accept to a complete ClientHello (and, Terminate, a finished handshake).
+HANDSHAKE_TIMEOUT: Final = 10.0
+# Plaintext read from the SSLObject per call.
+READ_CHUNK: Final = 64 * 1024
+
+# What became of a connection: the ``result`` label of gatewayd_tls_route_cx_total.
+R_PASSTHROUGH: Final = "passthrough"
+R_TERMINATE: Final = "terminate"
+R_NO_SNI: Final = "no_sni"
+R_NO_ROUTE: Final = "no_route"
+R_BAD_HELLO: Final = "bad_client_hello"
+R_TIMEOUT: Final = "timeout"
+R_INVALID_BACKEND: Final = "invalid_backend"
+R_NO_ENDPOINT: Final = "no_healthy_upstream"
+R_CONNECT_FAIL: Final = "upstream_connect_failure"
+R_BAD_CERT: Final = "bad_certificate"
+R_HANDSHAKE: Final = "handshake_error"
+R_OVERLOAD: Final = "overload"
+
+# Connection phases.
+P_HELLO: Final = 0
+P_HANDSHAKE: Final = 1
+P_SPLICED: Final = 2
+P_CLOSED: Final = 3
+
+
+# --------------------------------------------------------------------------- contexts
+
+
+class TLSContexts:
+    """Server contexts of Terminate listeners, one per distinct certificate list."""
+
+    __slots__ = ("_by_certs",)
+
+    def __init__(self) -> None:
+        self._by_certs: dict[tuple[CertificatePEM, ...], ssl.SSLContext | None] = {}
+
+    def refresh(self, snapshot: Snapshot) -> None:
+        """Build what ``snapshot`` needs (at apply, off the accept path); forget the
+        certificates it no longer uses."""
+        wanted: dict[tuple[CertificatePEM, ...], str] = {}
+        for lp in snapshot.ports.values():
+            if lp.protocol == TLS_PROTOCOL and isinstance(lp.table, SNITable):
+                for listener in lp.table.listeners():
+                    if listener.mode != PASSTHROUGH:
+                        wanted.setdefault(
+                            listener.certificates,
+                            f"{lp.gateway_namespace}/{lp.gateway_name} listener {listener.name}",
+                        )
+        for certs in list(self._by_certs):
+            if certs not in wanted:
+                del self._by_certs[certs]
+        for certs, who in wanted.items():
+            if certs not in self._by_certs:
+                self._by_certs[certs] = _build_context(certs, who)
+
+    def get(self, certs: tuple[CertificatePEM, ...]) -> ssl.SSLContext | None:
+        if certs not in self._by_certs:
+            self._by_certs[certs] = _build_context(certs, "TLS listener")
+        return self._by_certs[certs]
+
+
+def _build_context(certs: tuple[CertificatePEM, ...], who: str) -> ssl.SSLContext | None:
+    """A server context presenting every pair of ``certs`` (e.g. RSA and ECDSA); None
+    (and one error line) when a pair cannot be used."""
+    if not certs:
+        log.error("%s: Terminate mode without a certificate; connections are closed", who)
+        return None
+    now = dt.datetime.now(dt.UTC)
+    ctx: ssl.SSLContext | None = None
+    for pem in certs:
+        try:
+            info = load_keypair(pem.cert_pem, pem.key_pem, now=now)
+            if ctx is None:
+                # No ALPN: the decrypted bytes are spliced, not parsed as HTTP.
+                ctx = server_context(info, alpn=())
+            else:
+                load_chain_from_memory(ctx, info)
+        except (InvalidCertificate, ssl.SSLError, ValueError) as exc:
+            log.error(
+                "%s: Secret %s cannot be used to terminate TLS: %s; fix tls.crt/tls.key "
+                "(connections to this listener are closed until then)",
+                who,
+                pem.secret,
+                exc,
+            )
+            return None
+    return ctx
+
+
+# --------------------------------------------------------------------------- listener
+
+
+class TLSRouteListener:
+    """Everything TLS listeners own in one process: connections, splices, contexts."""
+
+    def __init__(self, proxy: Proxy) -> None:
+        self.proxy = proxy
+        self.conns: set[TLSRouteConnection] = set()
+        self.splices: set[Splice] = set()
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.contexts = TLSContexts()
+
+    def factory(self, key: ListenKey, label: str) -> Callable[[], TLSRouteConnection]:
+        return lambda: TLSRouteConnection(self, key, label)
+
+    def apply(self, snapshot: Snapshot) -> None:
+        self.contexts.refresh(snapshot)
+
+    def spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    def shutdown_port(self, key: ListenKey) -> None:
+        """The port is no longer served: close its connections (spliced bytes already
+        written are still delivered)."""
+        for conn in list(self.conns):
+            if conn.key == key:
+                conn.close()
+        for splice in list(self.splices):
+            if splice.tag == key:
+                splice.close()
+
+    async def close(self) -> None:
+        for conn in list(self.conns):
+            conn.abort()
+        for splice in list(self.splices):
+            splice.abort()
+        for task in list(self.tasks):
+            task.cancel()
+        if self.tasks:
+            await asyncio.gather(*self.tasks, return_exceptions=True)
+
+    def buffered_bytes(self) -> int:
+        total = sum(len(c.buffer) for c in self.conns)
+        return total + sum(s.buffered_bytes() for s in self.splices)
+
+
+# --------------------------------------------------------------------------- connection
+
+
+def _next_parse_at(buf: bytearray, pos: int) -> tuple[int, int]:
+    """``(scan position, length worth parsing at)``: the end of the first incomplete TLS
+    record after ``pos``.  A ClientHello only completes at a record boundary, so parsing
+    in between would redo the same work for every byte of a slow client."""
+    n = len(buf)
+    while pos + 5 <= n:
+        end = pos + 5 + int.from_bytes(buf[pos + 3 : pos + 5], "big")
+        if end > n:
+            return pos, end
+        pos = end
+    return pos, pos + 5
+
+
+class TLSRouteConnection(asyncio.Protocol):
+    """One client connection on a TLS listener port, until it is spliced or closed."""
+
+    __slots__ = (
+        "backend",
+        "buffer",
+        "counted",
+        "key",
+        "label",
+        "layer",
+        "owner",
+        "parse_at",
+        "phase",
+        "scan",
+        "timer",
+        "transport",
+        "upstream_counted",
+    )
+
+    def __init__(self, owner: TLSRouteListener, key: ListenKey, label: str) -> None:
+        self.owner = owner
+        self.key = key
+        self.label = label
+        self.transport: asyncio.Transport | None = None
+        self.buffer = bytearray()
+        self.scan = 0
+        self.parse_at = 1  # the first byte already tells TLS from garbage
+        self.phase = P_HELLO
+        self.timer: asyncio.TimerHandle | None = None
+        self.layer: TLSServerLayer | None = None
+        self.backend: CompiledBackend | None = None
+        self.counted = False  # counted in n_conns and downstream_cx until _finish
+        self.upstream_counted = False
+
+    # ------------------------------------------------------------------ accept
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports do not subclass asyncio.Transport; same interface.
+        t = cast(asyncio.Transport, transport)
+        self.transport = t
+        proxy = self.owner.proxy
+        if proxy.n_conns >= proxy.options.max_connections:
+            self.phase = P_CLOSED
+            self._count(R_OVERLOAD)
+            t.abort()
+            return
+        proxy.n_conns += 1
+        self.counted = True
+        self.owner.conns.add(self)
+        if proxy.metrics is not None:
+            proxy.metrics.downstream_cx(self.label, 1)
+        self.timer = asyncio.get_running_loop().call_later(HANDSHAKE_TIMEOUT, self._timeout)
+
+    # ------------------------------------------------------------------ ClientHello
+
+    def data_received(self, data: bytes) -> None:
+        if self.phase != P_HELLO:
+            return
+        buf = self.buffer
+        buf += data
+        if len(buf) > HELLO_MAX_BYTES:
+            self._refuse(R_BAD_HELLO, f"no complete ClientHello in {len(buf)} bytes")
+            return
+        if len(buf) < self.parse_at:
+            return
+        try:
+            result = parse_client_hello(buf)
+        except InvalidClientHello as exc:
+            self._refuse(R_BAD_HELLO, str(exc))
+            return
+        if isinstance(result, NeedMore):
+            self.scan, self.parse_at = _next_parse_at(buf, self.scan)
+            return
+        self._route(result)
+
+    def eof_received(self) -> bool | None:
+        # The client gave up before its ClientHello was complete.
+        self._refuse(R_BAD_HELLO, "connection closed before a complete ClientHello")
+        return None
+
+    def _timeout(self) -> None:
+        self.timer = None
+        if self.phase == P_HELLO:
+            self._refuse(R_TIMEOUT, "no complete ClientHello in time")
+        elif self.phase == P_HANDSHAKE:
+            self._refuse(R_TIMEOUT, "TLS handshake not finished in time", handshake=True)
+
+    # ------------------------------------------------------------------ routing
+
+    def _route(self, hello: ClientHello) -> None:
+        if not hello.sni:
+            # TLSRoute matching is by SNI only: without one there is nothing to route on.
+            self._refuse(R_NO_SNI, "ClientHello without server_name")
+            return
+        # The snapshot is read once per connection, here.
+        lp = self.owner.proxy.holder.current.ports.get(self.key)
+        table = lp.table if lp is not None else None
+        found = table.lookup_tls(hello.sni) if isinstance(table, SNITable) else None
+        if found is None:
+            self._refuse(R_NO_ROUTE, f"no TLSRoute for server name {hello.sni!r}")
+            return
+        rule = found.hit.rule
+        backend = rule.pick_backend(random.random())
+        if backend is None or backend.invalid_status is not None:
+            self._refuse(R_INVALID_BACKEND, f"{rule.route_id}: no valid backendRef")
+            return
+        endpoint = backend.next_endpoint()
+        if endpoint is None:
+            self._refuse(R_NO_ENDPOINT, f"{backend.name}: no ready endpoint")
+            return
+        self.backend = backend
+        if found.listener.mode == PASSTHROUGH:
+            self._passthrough(endpoint.address, endpoint.port)
+        else:
+            self._terminate(found, endpoint.address, endpoint.port)
+
+    def _passthrough(self, address: str, port: int) -> None:
+        transport = self.transport
+        assert transport is not None
+        self._stop_timer()
+        self.phase = P_SPLICED
+        self.owner.conns.discard(self)
+        splice = Splice(self.owner.splices, transport, on_done=self._finish, tag=self.key)
+        hello, self.buffer = bytes(self.buffer), bytearray()
+        splice.hand_over(transport, hello)
+        self._count(R_PASSTHROUGH)
+        self.owner.spawn(self._connect(splice, address, port), f"tls passthrough {self.label}")
+
+    def _terminate(self, found: SNIMatch, address: str, port: int) -> None:
+        transport = self.transport
+        assert transport is not None
+        ctx = self.owner.contexts.get(found.listener.certificates)
+        if ctx is None:
+            self._refuse(R_BAD_CERT, f"listener {found.listener.name} has no usable certificate")
+            return
+        self.phase = P_HANDSHAKE
+        layer = self.layer = TLSServerLayer(
+            ctx,
+            transport,
+            on_handshake=lambda: self._handshake_done(address, port),
+            on_error=self._handshake_failed,
+            on_lost=self._lost_in_handshake,
+        )
+        hello, self.buffer = bytes(self.buffer), bytearray()
+        transport.set_protocol(layer)
+        layer.data_received(hello)
+
+    def _handshake_done(self, address: str, port: int) -> None:
+        layer = self.layer
+        assert layer is not None
+        self._stop_timer()
+        self.phase = P_SPLICED
+        self.owner.conns.discard(self)
+        client = cast(asyncio.Transport, layer)
+        splice = Splice(self.owner.splices, client, on_done=self._finish, tag=self.key)
+        layer.app = splice.down
+        # Decrypted bytes that arrive before the upstream is connected wait in the
+        # splice (reading the raw socket pauses meanwhile).
+        client.pause_reading()
+        self._count(R_TERMINATE)
+        self.owner.spawn(self._connect(splice, address, port), f"tls terminate {self.label}")
+
+    def _handshake_failed(self, reason: str) -> None:
+        metrics = self.owner.proxy.metrics
+        if metrics is not None:
+            metrics.tls_handshake_error(self.label, reason)
+        self._refuse(R_HANDSHAKE, f"TLS handshake failed: {reason}", handshake=True)
+
+    def _lost_in_handshake(self) -> None:
+        if self.phase == P_HANDSHAKE:
+            self._refuse(R_HANDSHAKE, "client left during the TLS handshake", handshake=True)
+
+    async def _connect(self, splice: Splice, address: str, port: int) -> None:
+        backend = self.backend
+        ok = await splice.connect(address, port, connect_timeout=self._connect_timeout())
+        metrics = self.owner.proxy.metrics
+        if metrics is None or backend is None:
+            return
+        if ok:
+            if self.counted:
+                metrics.upstream_cx(backend.name, 1)
+                self.upstream_counted = True
+        else:
+            metrics.upstream_connect_fail(backend.name)
+            metrics.tls_route_cx(self.label, R_CONNECT_FAIL)
+
+    def _connect_timeout(self) -> float:
+        return self.owner.proxy.options.upstream_connect_timeout
+
+    # ------------------------------------------------------------------ closing
+
+    def _refuse(self, result: str, why: str, *, handshake: bool = False) -> None:
+        """Close without contacting any backend."""
+        if self.phase not in (P_HELLO, P_HANDSHAKE):
+            return
+        log.debug("%s: %s: closing", self.label, why)
+        self._count(result)
+        self.phase = P_CLOSED
+        self._stop_timer()
+        layer = self.layer
+        if handshake and layer is not None:
+            layer.close()  # after any alert the handshake produced
+        elif self.transport is not None:
+            self.transport.close()
+        self._finish()
+
+    def close(self) -> None:
+        self._refuse(R_NO_ROUTE, "listener removed")
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+        self.phase = P_CLOSED
+        self._stop_timer()
+        self._finish()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.phase == P_HELLO:
+            self.phase = P_CLOSED
+            self._stop_timer()
+            self._finish()
+
+    def _stop_timer(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def _count(self, result: str) -> None:
+        metrics = self.owner.proxy.metrics
+        if metrics is not None:
+            metrics.tls_route_cx(self.label, result)
+
+    def _finish(self) -> None:
+        """Once per accepted connection, when it is gone."""
+        self.owner.conns.discard(self)
+        if not self.counted:
+            return
+        self.counted = False
+        proxy = self.owner.proxy
+        proxy.n_conns -= 1
+        if proxy.metrics is not None:
+            proxy.metrics.downstream_cx(self.label, -1)
+            if self.upstream_counted and self.backend is not None:
+                self.upstream_counted = False
+                proxy.metrics.upstream_cx(self.backend.name, -1)
+        self.buffer = bytearray()
+
+
+# --------------------------------------------------------------------------- TLS layer
+
+
+class TLSServerLayer(asyncio.Protocol):
+    """Server-side TLS on a transport whose first bytes were already read.
+
+    Protocol of the raw transport and, towards ``app`` (a splice side), a transport
+    that carries plaintext: ``write`` encrypts, ``data_received`` on the app gets the
+    decrypted bytes, flow control and closing are passed through.  TLS has no half-close
+    that clients rely on, so ``can_write_eof`` is False: the app closes instead (with a
+    close_notify).
+    """
+
+    __slots__ = (
+        "app",
+        "closing",
+        "handshaken",
+        "incoming",
+        "on_error",
+        "on_handshake",
+        "on_lost",
+        "outgoing",
+        "raw",
+        "sslobj",
+    )
+
+    def __init__(
+        self,
+        ctx: ssl.SSLContext,
+        raw: asyncio.Transport,
+        *,
+        on_handshake: Callable[[], None],
+        on_error: Callable[[str], None],
+        on_lost: Callable[[], None],
+    ) -> None:
+        self.raw = raw
+        self.incoming = ssl.MemoryBIO()
+        self.outgoing = ssl.MemoryBIO()
+        self.sslobj = ctx.wrap_bio(self.incoming, self.outgoing, server_side=True)
+        self.on_handshake = on_handshake
+        self.on_error = on_error
+        self.on_lost = on_lost
+        self.app: asyncio.Protocol | None = None
+        self.handshaken = False
+        self.closing = False
+
+    # ------------------------------------------------------------------ from the client
+
+    def data_received(self, data: bytes) -> None:
+        if self.closing and not self.handshaken:
+            return
+        self.incoming.write(data)
+        if not self.handshaken:
+            try:
+                self.sslobj.do_handshake()
+            except ssl.SSLWantReadError:
+                self._flush()
+                return
+            except ssl.SSLError as exc:
+                self._flush()  # the alert, if OpenSSL wrote one
+                self.on_error(_reason(exc))
+                return
+            self.handshaken = True
+            self._flush()
+            self.on_handshake()
+        self._read()
+
+    def _read(self) -> None:
+        app = self.app
+        while app is not None and not self.closing:
+            try:
+                chunk = self.sslobj.read(READ_CHUNK)
+            except ssl.SSLWantReadError:
+                break
+            except ssl.SSLZeroReturnError:
+                # close_notify: the client is done sending.
+                self._flush()
+                if not app.eof_received():
+                    self.close()
+                return
+            except ssl.SSLError as exc:
+                log.debug("TLS error after the handshake: %s", exc)
+                self.abort()
+                return
+            if not chunk:
+                break
+            app.data_received(chunk)
+        # TLS 1.3 post-handshake messages (KeyUpdate) may need an answer.
+        self._flush()
+
+    def eof_received(self) -> bool | None:
+        if not self.handshaken or self.app is None:
+            self.on_error("eof")
+            return None
+        # TCP FIN without close_notify: treat it as the end of the client's stream.
+        return self.app.eof_received()
+
+    def pause_writing(self) -> None:
+        if self.app is not None:
+            self.app.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self.app is not None:
+            self.app.resume_writing()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        app, self.app = self.app, None
+        self.closing = True
+        if app is not None:
+            app.connection_lost(exc)
+        else:
+            self.on_lost()
+
+    def _flush(self) -> None:
+        data = self.outgoing.read()
+        if data and not self.raw.is_closing():
+            self.raw.write(data)
+
+    # ------------------------------------------------------------------ transport for the app
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if self.closing:
+            return
+        view = memoryview(data)
+        try:
+            while view:
+                view = view[self.sslobj.write(view) :]
+        except ssl.SSLError as exc:
+            log.debug("TLS write failed: %s", exc)
+            self.abort()
+            return
+        self._flush()
+
+    def writelines(self, chunks: Iterable[bytes | bytearray | memoryview]) -> None:
+        for chunk in chunks:
+            self.write(chunk)
+
+    def can_write_eof(self) -> bool:
+        return False
+
+    def write_eof(self) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self.closing:
+            return
+        self.closing = True
+        if self.handshaken:
+            with contextlib.suppress(ssl.SSLError):
+                self.sslobj.unwrap()  # queues our close_notify; theirs is not awaited
+        self._flush()
+        self.raw.close()
+
+    def abort(self) -> None:
+        self.closing = True
+        self.raw.abort()
+
+    def is_closing(self) -> bool:
+        return self.closing or self.raw.is_closing()
+
+    def pause_reading(self) -> None:
+        self.raw.pause_reading()
+
+    def resume_reading(self) -> None:
+        self.raw.resume_reading()
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        self.raw.set_write_buffer_limits(high, low)
+
+    def get_write_buffer_size(self) -> int:
+        return self.raw.get_write_buffer_size()
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        if name == "ssl_object":
+            return self.sslobj
+        return self.raw.get_extra_info(name, default)
+
+
+def _reason(exc: ssl.SSLError) -> str:
+    """A short metric label for a failed handshake (OpenSSL's reason, lower-case)."""
+    reason = getattr(exc, "reason", None)
+    return str(reason).lower() if reason else "protocol"
