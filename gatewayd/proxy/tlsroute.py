@@ -484,6 +484,7 @@ class TLSServerLayer(asyncio.Protocol):
     __slots__ = (
         "app",
         "closing",
+        "eof",
         "handshaken",
         "incoming",
         "on_error",
@@ -513,11 +514,12 @@ class TLSServerLayer(asyncio.Protocol):
         self.app: asyncio.Protocol | None = None
         self.handshaken = False
         self.closing = False
+        self.eof = False  # the client's stream ended (close_notify or FIN)
 
     # ------------------------------------------------------------------ from the client
 
     def data_received(self, data: bytes) -> None:
-        if self.closing and not self.handshaken:
+        if self.eof or (self.closing and not self.handshaken):
             return
         self.incoming.write(data)
         if not self.handshaken:
@@ -543,17 +545,19 @@ class TLSServerLayer(asyncio.Protocol):
             except ssl.SSLWantReadError:
                 break
             except ssl.SSLZeroReturnError:
-                # close_notify: the client is done sending.
-                self._flush()
-                if not app.eof_received():
-                    self.close()
-                return
+                chunk = b""
             except ssl.SSLError as exc:
                 log.debug("TLS error after the handshake: %s", exc)
                 self.abort()
                 return
             if not chunk:
-                break
+                # close_notify (a memory-BIO SSLObject reads b"" then): the client is
+                # done sending; the other direction may go on.
+                self.eof = True
+                self._flush()
+                if not app.eof_received():
+                    self.close()
+                return
             app.data_received(chunk)
         # TLS 1.3 post-handshake messages (KeyUpdate) may need an answer.
         self._flush()
@@ -562,7 +566,10 @@ class TLSServerLayer(asyncio.Protocol):
         if not self.handshaken or self.app is None:
             self.on_error("eof")
             return None
+        if self.eof:
+            return True  # close_notify came first and was passed on
         # TCP FIN without close_notify: treat it as the end of the client's stream.
+        self.eof = True
         return self.app.eof_received()
 
     def pause_writing(self) -> None:

@@ -5,15 +5,20 @@ from __future__ import annotations
 import datetime as dt
 import socket
 import ssl
+import sys
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+# The TLS listener end-to-end tests reuse the e2e suite's helpers (tests/e2e/e2e_kit.py).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "e2e"))
 
 NOW = dt.datetime.now(dt.UTC)
 

@@ -1,0 +1,379 @@
+"""TLS listener ports in-process (proxy/tlsroute.py): the proxy, backends and clients
+share one uvloop event loop over real loopback sockets.
+
+What the subprocess end-to-end tests (tests/tls/test_tls_passthrough_e2e.py) cannot
+reach quickly: the ClientHello time and size bounds, backpressure through the splice,
+handshake and connect failures, bad certificates, and the pure helpers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import ssl
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import pytest
+import uvloop
+from prometheus_client import CollectorRegistry
+
+from gatewayd.proxy import tlsroute
+from gatewayd.proxy.metrics import ProxyMetrics
+from gatewayd.proxy.server import Proxy, ProxyOptions
+from gatewayd.proxy.snapshot import SnapshotHolder
+from gatewayd.proxy.tlsroute import TLSContexts, _next_parse_at
+from gatewayd.routing.bindings import CertificatePEM, EndpointAddress
+from gatewayd.routing.compiled import (
+    CompiledBackend,
+    CompiledRule,
+    ListenerPort,
+    RouteHit,
+    Snapshot,
+)
+from gatewayd.routing.table import SNIRoute, SNITable, TLSListener
+from gatewayd.tls.certs import self_signed
+
+LOCAL = "127.0.0.1"
+CERT, KEY = self_signed(["term.example.com"])
+GW_PEM = CertificatePEM(secret="default/gw", cert_pem=CERT, key_pem=KEY)
+
+_opened: list[Callable[[], Any]] = []
+
+
+def run(coro: Coroutine[Any, Any, None], timeout: float = 20.0) -> None:
+    async def bounded() -> None:
+        try:
+            async with asyncio.timeout(timeout):
+                await coro
+        finally:
+            while _opened:
+                result = _opened.pop()()
+                if asyncio.iscoroutine(result):
+                    async with asyncio.timeout(5):
+                        await result
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(bounded())
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((LOCAL, 0))
+        return int(s.getsockname()[1])
+
+
+def tls_snapshot(
+    port: int, backend_port: int, *, mode: str, certs: tuple[CertificatePEM, ...] = ()
+) -> Snapshot:
+    backend = CompiledBackend(
+        name="default/b:443", endpoints=(EndpointAddress(address=LOCAL, port=backend_port),)
+    )
+    rule = CompiledRule(
+        route_kind="TLSRoute",
+        route_namespace="default",
+        route_name="r",
+        rule_index=0,
+        backends=(backend,),
+        cumulative_weights=(1,),
+        total_weight=1,
+    )
+    listener = TLSListener(
+        name="tls",
+        hostname=None,
+        mode=mode,
+        certificates=certs,
+        routes=(
+            SNIRoute(
+                hit=RouteHit(rule=rule, listener_name="tls"),
+                order=(0.0, "default/r"),
+                hostnames=("term.example.com",),
+            ),
+        ),
+    )
+    return Snapshot(
+        generation=1,
+        ports={
+            (LOCAL, port): ListenerPort(
+                address=LOCAL,
+                port=port,
+                protocol="TLS",
+                gateway_namespace="default",
+                gateway_name="gw",
+                listener_names=("tls",),
+                table=SNITable([listener]),
+            )
+        },
+    )
+
+
+class Backend:
+    """A plain TCP server: counts connections, optionally never reads."""
+
+    def __init__(self, *, read: bool = True) -> None:
+        self.read = read
+        self.connections = 0
+        self.received = bytearray()
+        self.server: asyncio.AbstractServer | None = None
+        self.port = 0
+
+    async def start(self) -> Backend:
+        self.server = await asyncio.start_server(self._handle, LOCAL, 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+        _opened.append(self.server.close)
+        return self
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        _opened.append(writer.close)
+        if not self.read:
+            writer.transport.pause_reading()
+            return
+        while data := await reader.read(65536):
+            self.received += data
+            writer.write(data)
+            await writer.drain()
+        writer.close()
+
+
+async def start(snapshot_for: Callable[[int], Snapshot]) -> tuple[Proxy, int, ProxyMetrics]:
+    port = free_port()
+    metrics = ProxyMetrics(registry=CollectorRegistry())
+    proxy = Proxy(SnapshotHolder(), ProxyOptions(access_log=None), metrics)
+    _opened.append(proxy.close)
+    assert await proxy.apply(snapshot_for(port)) == {}
+    return proxy, port, metrics
+
+
+def results(metrics: ProxyMetrics) -> dict[str, int]:
+    return {result: n for (_, result), n in metrics._tls_cx.items()}
+
+
+async def closed_by_peer(reader: asyncio.StreamReader) -> bool:
+    try:
+        async with asyncio.timeout(5):
+            return await reader.read(1) == b""
+    except ConnectionResetError:
+        return True
+
+
+def client_hello(sni: str) -> bytes:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    obj = ctx.wrap_bio(incoming, outgoing, server_hostname=sni)
+    with contextlib.suppress(ssl.SSLWantReadError):
+        obj.do_handshake()
+    return outgoing.read()
+
+
+# --------------------------------------------------------------------------- pure helpers
+
+
+def test_next_parse_at_waits_for_the_end_of_the_record() -> None:
+    buf = bytearray(b"\x16\x03\x01")
+    assert _next_parse_at(buf, 0) == (0, 5)  # header incomplete: parse at 5 bytes
+    buf += b"\x00\x0a" + b"x" * 3
+    assert _next_parse_at(buf, 0) == (0, 15)  # the 10-byte record ends at 15
+    buf += b"x" * 7 + b"\x16\x03\x01\x00\x02"
+    assert _next_parse_at(buf, 0) == (15, 22)  # first record done, second ends at 22
+
+
+def test_contexts_are_built_once_and_forgotten_when_unused(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    contexts = TLSContexts()
+    snap = tls_snapshot(1, 2, mode="Terminate", certs=(GW_PEM,))
+    contexts.refresh(snap)
+    ctx = contexts.get((GW_PEM,))
+    assert isinstance(ctx, ssl.SSLContext)
+    contexts.refresh(snap)
+    assert contexts.get((GW_PEM,)) is ctx  # routes-only reload: same context
+    contexts.refresh(tls_snapshot(1, 2, mode="Passthrough"))
+    assert contexts._by_certs == {}
+    bad = CertificatePEM(secret="default/bad", cert_pem=CERT, key_pem=self_signed(["x"])[1])
+    with caplog.at_level(logging.ERROR, logger="gatewayd.proxy.tlsroute"):
+        assert contexts.get((bad,)) is None
+    assert "default/bad" in caplog.text and "does not match" in caplog.text
+
+
+def test_two_certificates_of_different_key_types_share_a_context() -> None:
+    rsa_cert, rsa_key = self_signed(["term.example.com"], key_type="rsa")
+    rsa = CertificatePEM(secret="default/rsa", cert_pem=rsa_cert, key_pem=rsa_key)
+    ctx = tlsroute._build_context((GW_PEM, rsa), "test")
+    assert isinstance(ctx, ssl.SSLContext)
+    assert tlsroute._build_context((), "test") is None
+
+
+# --------------------------------------------------------------------------- bounds
+
+
+def test_slow_client_hello_is_closed_after_the_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tlsroute, "HANDSHAKE_TIMEOUT", 0.2)
+
+    async def go() -> None:
+        backend = await Backend().start()
+        proxy, port, metrics = await start(
+            lambda p: tls_snapshot(p, backend.port, mode="Passthrough")
+        )
+        reader, writer = await asyncio.open_connection(LOCAL, port)
+        _opened.append(writer.close)
+        writer.write(client_hello("term.example.com")[:20])
+        assert await closed_by_peer(reader)
+        assert results(metrics) == {"timeout": 1}
+        assert backend.connections == 0
+        assert proxy.n_conns == 0 and not proxy.tls_routes.conns
+
+    run(go())
+
+
+def test_client_hello_over_16_kib_is_refused() -> None:
+    async def go() -> None:
+        backend = await Backend().start()
+        _, port, metrics = await start(lambda p: tls_snapshot(p, backend.port, mode="Passthrough"))
+        reader, writer = await asyncio.open_connection(LOCAL, port)
+        _opened.append(writer.close)
+        # A ClientHello announcing 40 000 bytes, sent as full records: valid so far,
+        # but it would make gatewayd hold more than 16 KiB.
+        body = b"\x01" + (40000).to_bytes(3, "big") + b"\x00" * 40000
+        records = b"".join(
+            b"\x16\x03\x01" + len(body[i : i + 16384]).to_bytes(2, "big") + body[i : i + 16384]
+            for i in range(0, len(body), 16384)
+        )
+        writer.write(records)
+        assert await closed_by_peer(reader)
+        assert results(metrics) == {"bad_client_hello": 1}
+        assert backend.connections == 0
+
+    run(go())
+
+
+# --------------------------------------------------------------------------- splice
+
+
+def test_passthrough_pauses_the_client_when_the_backend_does_not_read() -> None:
+    async def go() -> None:
+        backend = await Backend(read=False).start()
+        proxy, port, _ = await start(lambda p: tls_snapshot(p, backend.port, mode="Passthrough"))
+        _, writer = await asyncio.open_connection(LOCAL, port)
+        _opened.append(writer.close)
+        writer.write(client_hello("term.example.com"))
+        chunk = b"z" * 65536
+        sent = 0
+
+        async def flood() -> None:
+            nonlocal sent
+            while True:
+                writer.write(chunk)
+                await writer.drain()
+                sent += len(chunk)
+
+        task = asyncio.get_running_loop().create_task(flood())
+        _opened.append(task.cancel)
+        # Let the kernel buffers fill; then the proxy must have stopped reading.
+        await asyncio.sleep(0.5)
+        before = sent
+        await asyncio.sleep(0.3)
+        assert sent == before, "the client kept writing: nothing pushed back"
+        assert backend.connections == 1
+        # gatewayd holds at most about one high-water mark plus one read.
+        assert proxy.buffered_bytes() < 1024 * 1024, proxy.buffered_bytes()
+        task.cancel()
+
+    run(go())
+
+
+def test_upstream_connect_failure_closes_the_client() -> None:
+    async def go() -> None:
+        dead = free_port()  # nothing listens there
+        _, port, metrics = await start(lambda p: tls_snapshot(p, dead, mode="Passthrough"))
+        reader, writer = await asyncio.open_connection(LOCAL, port)
+        _opened.append(writer.close)
+        writer.write(client_hello("term.example.com"))
+        assert await closed_by_peer(reader)
+        for _ in range(50):
+            if "upstream_connect_failure" in results(metrics):
+                break
+            await asyncio.sleep(0.01)
+        assert results(metrics) == {"passthrough": 1, "upstream_connect_failure": 1}
+        assert metrics._us_fail == {"default/b:443": 1}
+
+    run(go())
+
+
+# --------------------------------------------------------------------------- terminate
+
+
+def test_terminate_handshake_failure_is_counted_and_backend_untouched() -> None:
+    async def go() -> None:
+        backend = await Backend().start()
+        _, port, metrics = await start(
+            lambda p: tls_snapshot(p, backend.port, mode="Terminate", certs=(GW_PEM,))
+        )
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        ctx.set_ciphers("AES128-SHA256")  # no forward secrecy: gatewayd refuses it
+        ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+        with pytest.raises((ssl.SSLError, ConnectionError)):
+            await asyncio.open_connection(LOCAL, port, ssl=ctx, server_hostname="term.example.com")
+        for _ in range(50):
+            if metrics._tls_err:
+                break
+            await asyncio.sleep(0.01)
+        assert results(metrics) == {"handshake_error": 1}
+        assert list(metrics._tls_err) and backend.connections == 0
+
+    run(go())
+
+
+def test_terminate_with_unusable_certificate_closes(caplog: pytest.LogCaptureFixture) -> None:
+    bad = CertificatePEM(secret="default/bad", cert_pem=b"not a pem", key_pem=KEY)
+
+    async def go() -> None:
+        backend = await Backend().start()
+        _, port, metrics = await start(
+            lambda p: tls_snapshot(p, backend.port, mode="Terminate", certs=(bad,))
+        )
+        reader, writer = await asyncio.open_connection(LOCAL, port)
+        _opened.append(writer.close)
+        writer.write(client_hello("term.example.com"))
+        assert await closed_by_peer(reader)
+        assert results(metrics) == {"bad_certificate": 1}
+        assert backend.connections == 0
+
+    with caplog.at_level(logging.ERROR, logger="gatewayd.proxy.tlsroute"):
+        run(go())
+    assert "default/bad" in caplog.text
+
+
+def test_terminate_half_close_from_the_client_reaches_the_backend() -> None:
+    async def go() -> None:
+        backend = await Backend().start()
+        proxy, port, metrics = await start(
+            lambda p: tls_snapshot(p, backend.port, mode="Terminate", certs=(GW_PEM,))
+        )
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        reader, writer = await asyncio.open_connection(
+            LOCAL, port, ssl=ctx, server_hostname="term.example.com"
+        )
+        writer.write(b"abc")
+        assert await reader.readexactly(3) == b"abc"
+        writer.close()  # close_notify, then FIN
+        await writer.wait_closed()
+        for _ in range(100):
+            if not proxy.tls_routes.splices:
+                break
+            await asyncio.sleep(0.01)
+        assert not proxy.tls_routes.splices
+        assert backend.received == b"abc"
+        assert results(metrics) == {"terminate": 1}
+        assert metrics._ds_cx == {f"{LOCAL}:{port}": 0}
+        assert metrics._us_cx == {"default/b:443": 0}
+
+    run(go())

@@ -1,0 +1,359 @@
+"""TLS listeners with TLSRoutes, end to end: ``gatewayd run`` as a subprocess, real
+handshakes over loopback, TLS and plain echo backends (tls_e2e_kit.py).
+
+One daemon serves the module, with three ports:
+
+- PASS: one Passthrough listener without hostname; routes by SNI to echo-a
+  (a.example.com, pass-through hostname of the mixed port too), echo-b
+  (*.wild.example.com) and 50/50 between them (w.example.com);
+- TERM: one Terminate listener (tls.example.com) with gatewayd's certificate, routed
+  to a plaintext echo backend (conformance TLSRouteTerminateSimpleSameNamespace);
+- MIX: a Terminate and a Passthrough listener on the same port
+  (TLSRouteMixedTerminationSameNamespace).
+
+The reload test runs its own daemon.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from e2e_kit import (
+    LOCALHOST,
+    Gatewayd,
+    deadline_loop,
+    free_port,
+    gateway,
+    gateway_class,
+    prometheus_samples,
+    to_yaml,
+)
+from tls_e2e_kit import (
+    EchoServer,
+    bio_read_line,
+    call,
+    client_context,
+    client_hello_bytes,
+    finish_handshake,
+    make_cert,
+    read_line,
+    refused,
+    split_records,
+    tls_connection,
+    tls_listener,
+    tls_route,
+)
+
+pytestmark = pytest.mark.e2e
+
+PASS = free_port()
+TERM = free_port()
+MIX = free_port()
+
+
+class Env:
+    def __init__(self, tmp: Path) -> None:
+        self.cert_a = make_cert("a.example.com", "pass.example.com")
+        self.cert_b = make_cert("*.wild.example.com")
+        self.cert_gw = make_cert("tls.example.com", "term.example.com")
+        self.a = EchoServer("echo-a", self.cert_a).start()
+        self.b = EchoServer("echo-b", self.cert_b).start()
+        self.plain = EchoServer("echo-plain").start()
+        self.daemon: Gatewayd | None = None
+        self.tmp = tmp
+
+    def docs(self) -> str:
+        gw = gateway(
+            "gw",
+            [
+                tls_listener("pass", PASS, mode="Passthrough"),
+                tls_listener(
+                    "term", TERM, mode="Terminate", hostname="tls.example.com", secret="gw-cert"
+                ),
+                tls_listener(
+                    "mix-term",
+                    MIX,
+                    mode="Terminate",
+                    hostname="term.example.com",
+                    secret="gw-cert",
+                ),
+                tls_listener("mix-pass", MIX, mode="Passthrough", hostname="pass.example.com"),
+            ],
+            address=LOCALHOST,
+        )
+        docs: list[dict[str, Any]] = [
+            gateway_class(),
+            gw,
+            *self.a.manifests(),
+            *self.b.manifests(),
+            *self.plain.manifests(),
+            tls_route("r-a", ["a.example.com"], [("echo-a", 1)], section="pass"),
+            tls_route("r-wild", ["*.wild.example.com"], [("echo-b", 1)], section="pass"),
+            tls_route("r-w", ["w.example.com"], [("echo-a", 1), ("echo-b", 1)], section="pass"),
+            tls_route("r-term", ["tls.example.com"], [("echo-plain", 1)], section="term"),
+            tls_route("r-mix-term", ["term.example.com"], [("echo-plain", 1)], section="mix-term"),
+            tls_route("r-mix-pass", ["pass.example.com"], [("echo-a", 1)], section="mix-pass"),
+        ]
+        return to_yaml(docs) + "---\n" + self.cert_gw.secret_yaml("gw-cert")
+
+    def close(self) -> None:
+        if self.daemon is not None:
+            self.daemon.stop()
+        for s in (self.a, self.b, self.plain):
+            s.stop()
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+    e = Env(tmp_path_factory.mktemp("tls-e2e"))
+    try:
+        e.daemon = Gatewayd(e.tmp / "gatewayd", e.docs())
+        yield e
+    finally:
+        e.close()
+
+
+def tls_cx(daemon: Gatewayd, port: int, result: str) -> float:
+    for labels, value in prometheus_samples(daemon.metrics(), "gatewayd_tls_route_cx_total"):
+        if labels == {"listener": f"{LOCALHOST}:{port}", "result": result}:
+            return value
+    return 0.0
+
+
+# --------------------------------------------------------------------------- passthrough
+
+
+def test_passthrough_client_sees_the_backend_certificate(env: Env) -> None:
+    answer = call(PASS, "a.example.com", b"hello through the splice\n")
+    assert answer.greeting == "echo-a tls sni=a.example.com"
+    assert answer.peer_der == env.cert_a.der
+    assert answer.peer_der != env.cert_gw.der
+    assert answer.echoed == b"hello through the splice\n"
+
+
+def test_sni_routes_to_backends_by_hostname_and_wildcard(env: Env) -> None:
+    assert call(PASS, "A.Example.com").greeting.startswith("echo-a ")
+    wild = call(PASS, "x.wild.example.com")
+    assert wild.greeting == "echo-b tls sni=x.wild.example.com"
+    assert wild.peer_der == env.cert_b.der
+    assert call(PASS, "deep.x.wild.example.com").greeting.startswith("echo-b ")
+
+
+def test_backend_weights_split_connections(env: Env) -> None:
+    seen = {"echo-a": 0, "echo-b": 0}
+    n = 40
+    for _ in range(n):
+        seen[call(PASS, "w.example.com").greeting.split()[0]] += 1
+    # 50/50 over 40 connections: each side within 8..32 fails with p < 1e-4.
+    assert 8 <= seen["echo-a"] <= 32, seen
+    assert seen["echo-a"] + seen["echo-b"] == n
+
+
+def test_client_hello_in_one_byte_writes_and_several_records(env: Env) -> None:
+    obj, incoming, outgoing, hello = client_hello_bytes("a.example.com")
+    wire = split_records(hello, 3)
+    with socket.create_connection((LOCALHOST, PASS), timeout=5) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for i in range(len(wire)):
+            sock.sendall(wire[i : i + 1])
+            time.sleep(0.0005)  # so that reads see the pieces, not one coalesced segment
+        finish_handshake(sock, obj, incoming, outgoing)
+        assert obj.getpeercert(binary_form=True) == env.cert_a.der
+        assert bio_read_line(sock, obj, incoming) == "echo-a tls sni=a.example.com"
+
+
+def test_no_sni_is_closed_and_no_backend_is_contacted(env: Env) -> None:
+    assert env.daemon is not None
+    before = (env.a.connections, env.b.connections, env.plain.connections)
+    no_sni = tls_cx(env.daemon, PASS, "no_sni")
+    refused(PASS, None)
+    for _ in deadline_loop(5):
+        if tls_cx(env.daemon, PASS, "no_sni") == no_sni + 1:
+            break
+    assert tls_cx(env.daemon, PASS, "no_sni") == no_sni + 1
+    assert (env.a.connections, env.b.connections, env.plain.connections) == before
+
+
+def test_unknown_sni_is_closed_and_no_backend_is_contacted(env: Env) -> None:
+    assert env.daemon is not None
+    before = (env.a.connections, env.b.connections, env.plain.connections)
+    refused(PASS, "nobody.example.org")
+    refused(MIX, "other.example.com")  # matches neither listener of the mixed port
+    for _ in deadline_loop(5):
+        if tls_cx(env.daemon, MIX, "no_route") >= 1:
+            break
+    assert tls_cx(env.daemon, PASS, "no_route") >= 1
+    assert tls_cx(env.daemon, MIX, "no_route") >= 1
+    assert (env.a.connections, env.b.connections, env.plain.connections) == before
+
+
+def test_plain_http_on_a_tls_port_is_closed(env: Env) -> None:
+    with socket.create_connection((LOCALHOST, PASS), timeout=5) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: a.example.com\r\n\r\n")
+        assert sock.recv(100) == b""
+
+
+def test_large_transfer_both_ways_is_intact(env: Env) -> None:
+    size = 6 * 1024 * 1024
+    payload = os.urandom(size)
+
+    async def run() -> tuple[str, bytes]:
+        reader, writer = await asyncio.open_connection(
+            LOCALHOST, PASS, ssl=client_context(), server_hostname="a.example.com"
+        )
+        try:
+            greeting = (await reader.readline()).decode().strip()
+
+            async def send() -> None:
+                view = memoryview(payload)
+                for i in range(0, size, 256 * 1024):
+                    writer.write(view[i : i + 256 * 1024])
+                    await writer.drain()
+
+            sender = asyncio.create_task(send())
+            got = await reader.readexactly(size)
+            await sender
+            return greeting, got
+        finally:
+            writer.close()
+            await writer.wait_closed()
+
+    greeting, got = asyncio.run(asyncio.wait_for(run(), 60))
+    assert greeting == "echo-a tls sni=a.example.com"
+    assert hashlib.sha256(got).digest() == hashlib.sha256(payload).digest()
+
+
+# --------------------------------------------------------------------------- terminate
+
+
+def test_terminate_presents_gatewayd_certificate_and_sends_plaintext(env: Env) -> None:
+    answer = call(TERM, "tls.example.com", b"ping in the clear\n")
+    assert answer.peer_der == env.cert_gw.der
+    assert answer.greeting == "echo-plain plain"
+    assert answer.echoed == b"ping in the clear\n"
+    # The backend got the bytes the client encrypted, decrypted.
+    assert b"ping in the clear\n" in env.plain.first_bytes
+
+
+def test_terminate_large_transfer_is_intact(env: Env) -> None:
+    payload = os.urandom(3 * 1024 * 1024)
+    with tls_connection(TERM, "tls.example.com") as tls:
+        assert read_line(tls).strip() == "echo-plain plain"
+        # Interleave: send a slice, read it back, so neither buffer grows unbounded.
+        got = bytearray()
+        view = memoryview(payload)
+        for i in range(0, len(payload), 128 * 1024):
+            piece = view[i : i + 128 * 1024]
+            tls.sendall(piece)
+            while len(got) < i + len(piece):
+                chunk = tls.recv(len(piece))
+                assert chunk, "connection closed mid-transfer"
+                got += chunk
+    assert hashlib.sha256(got).digest() == hashlib.sha256(payload).digest()
+
+
+def test_terminate_with_unknown_sni_is_closed(env: Env) -> None:
+    before = env.plain.connections
+    refused(TERM, "other.example.com")
+    assert env.plain.connections == before
+
+
+# --------------------------------------------------------------------------- mixed
+
+
+def test_mixed_port_serves_passthrough_and_terminate(env: Env) -> None:
+    term = call(MIX, "term.example.com")
+    assert term.peer_der == env.cert_gw.der
+    assert term.greeting == "echo-plain plain"
+    passed = call(MIX, "pass.example.com")
+    assert passed.peer_der == env.cert_a.der
+    assert passed.greeting == "echo-a tls sni=pass.example.com"
+
+
+def test_metrics_count_tls_listener_connections(env: Env) -> None:
+    assert env.daemon is not None
+    call(PASS, "a.example.com")
+    call(TERM, "tls.example.com")
+    text = env.daemon.metrics()
+    assert tls_cx(env.daemon, PASS, "passthrough") >= 1
+    assert tls_cx(env.daemon, TERM, "terminate") >= 1
+    accepted = {
+        labels["listener"]: value
+        for labels, value in prometheus_samples(text, "gatewayd_downstream_cx_total")
+    }
+    assert accepted.get(f"{LOCALHOST}:{PASS}", 0) >= 1
+    assert accepted.get(f"{LOCALHOST}:{TERM}", 0) >= 1
+
+
+def test_status_reports_tls_routes_accepted(env: Env) -> None:
+    assert env.daemon is not None
+    for name in ("r-a", "r-term", "r-mix-term", "r-mix-pass"):
+        parents = env.daemon.status_of("TLSRoute", name)["parents"]
+        accepted = {c["type"]: c["status"] for c in parents[0]["conditions"]}
+        assert accepted["Accepted"] == "True", (name, parents)
+
+
+# --------------------------------------------------------------------------- reload
+
+
+def _listen_inode(port: int) -> str:
+    """The inode of the socket listening on 127.0.0.1:``port`` (state 0A in
+    /proc/net/tcp): the same inode after a reload means it was not bound again."""
+    local = f"0100007F:{port:04X}"
+    with open("/proc/net/tcp") as f:
+        for line in f.readlines()[1:]:
+            fields = line.split()
+            if fields[1] == local and fields[3] == "0A":
+                return fields[9]
+    raise AssertionError(f"nothing listens on 127.0.0.1:{port}")
+
+
+def test_route_change_applies_to_new_connections_and_open_splices_continue(
+    tmp_path: Path,
+) -> None:
+    a = EchoServer("echo-a", make_cert("r.example.com")).start()
+    b = EchoServer("echo-b", make_cert("r.example.com")).start()
+    port = free_port()
+    daemon: Gatewayd | None = None
+
+    def docs(target: str) -> str:
+        return to_yaml(
+            [
+                gateway_class(),
+                gateway("gw", [tls_listener("pass", port, mode="Passthrough")]),
+                *a.manifests(),
+                *b.manifests(),
+                tls_route("r", ["r.example.com"], [(target, 1)]),
+            ]
+        )
+
+    try:
+        daemon = Gatewayd(tmp_path / "gatewayd", docs("echo-a"))
+        inode = _listen_inode(port)
+        with tls_connection(port, "r.example.com") as open_splice:
+            assert read_line(open_splice).startswith("echo-a ")
+            daemon.config.write_text(docs("echo-b"))
+            greeting = ""
+            for _ in deadline_loop(10, interval=0.1):
+                greeting = call(port, "r.example.com").greeting
+                if greeting.startswith("echo-b "):
+                    break
+            assert greeting.startswith("echo-b "), "the reload was not applied\n" + daemon.output()
+            # The connection opened before the reload still reaches echo-a.
+            open_splice.sendall(b"still here\n")
+            assert read_line(open_splice) == "still here\n"
+        assert _listen_inode(port) == inode
+        assert call(port, "r.example.com").greeting.startswith("echo-b ")
+    finally:
+        if daemon is not None:
+            daemon.stop()
+        a.stop()
+        b.stop()
