@@ -1547,15 +1547,16 @@ class Proxy:
         return total
 
     async def close(self, drain_timeout: float = 0.0) -> None:
-        """Stop accepting, let in-flight requests finish for up to ``drain_timeout``
-        seconds, close everything else."""
+        """Stop accepting, let in-flight requests and open TLS splices finish for up to
+        ``drain_timeout`` seconds, close everything else."""
         self._closed = True
         for server in self.servers.values():
             server.close()
         self.servers.clear()
         for c in list(self.conns):
             c.shutdown()
-        if self.conns and drain_timeout > 0:
+        self.tls_routes.stop_accepting()
+        if (self.conns or self.tls_routes.busy()) and drain_timeout > 0:
             self._drained = asyncio.Event()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(drain_timeout):
@@ -1576,7 +1577,7 @@ class Proxy:
         await asyncio.sleep(0)
 
     def connection_gone(self) -> None:
-        if self._drained is not None and not self.conns:
+        if self._drained is not None and not self.conns and not self.tls_routes.busy():
             self._drained.set()
 
     # ------------------------------------------------------------------ deadlines

@@ -83,6 +83,7 @@ R_CONNECT_FAIL: Final = "upstream_connect_failure"
 R_BAD_CERT: Final = "bad_certificate"
 R_HANDSHAKE: Final = "handshake_error"
 R_OVERLOAD: Final = "overload"
+R_SHUTDOWN: Final = "shutdown"
 
 # Connection phases.
 P_HELLO: Final = 0
@@ -189,6 +190,15 @@ class TLSRouteListener:
             if splice.tag == key:
                 splice.close()
 
+    def stop_accepting(self) -> None:
+        """Draining: connections still reading a ClientHello are closed; splices go on
+        until ``close``."""
+        for conn in list(self.conns):
+            conn.close()
+
+    def busy(self) -> bool:
+        return bool(self.conns or self.splices)
+
     async def close(self) -> None:
         for conn in list(self.conns):
             conn.abort()
@@ -280,20 +290,18 @@ class TLSRouteConnection(asyncio.Protocol):
             return
         buf = self.buffer
         buf += data
+        if len(buf) >= self.parse_at:
+            try:
+                result = parse_client_hello(buf)
+            except InvalidClientHello as exc:
+                self._refuse(R_BAD_HELLO, str(exc))
+                return
+            if not isinstance(result, NeedMore):
+                self._route(result)
+                return
+            self.scan, self.parse_at = _next_parse_at(buf, self.scan)
         if len(buf) > HELLO_MAX_BYTES:
             self._refuse(R_BAD_HELLO, f"no complete ClientHello in {len(buf)} bytes")
-            return
-        if len(buf) < self.parse_at:
-            return
-        try:
-            result = parse_client_hello(buf)
-        except InvalidClientHello as exc:
-            self._refuse(R_BAD_HELLO, str(exc))
-            return
-        if isinstance(result, NeedMore):
-            self.scan, self.parse_at = _next_parse_at(buf, self.scan)
-            return
-        self._route(result)
 
     def eof_received(self) -> bool | None:
         # The client gave up before its ClientHello was complete.
@@ -305,6 +313,9 @@ class TLSRouteConnection(asyncio.Protocol):
         if self.phase == P_HELLO:
             self._refuse(R_TIMEOUT, "no complete ClientHello in time")
         elif self.phase == P_HANDSHAKE:
+            metrics = self.owner.proxy.metrics
+            if metrics is not None:
+                metrics.tls_handshake_error(self.label, "timeout")
             self._refuse(R_TIMEOUT, "TLS handshake not finished in time", handshake=True)
 
     # ------------------------------------------------------------------ routing
@@ -427,7 +438,7 @@ class TLSRouteConnection(asyncio.Protocol):
         self._finish()
 
     def close(self) -> None:
-        self._refuse(R_NO_ROUTE, "listener removed")
+        self._refuse(R_SHUTDOWN, "listener removed or gatewayd stopping")
 
     def abort(self) -> None:
         if self.transport is not None:
@@ -466,6 +477,7 @@ class TLSRouteConnection(asyncio.Protocol):
                 self.upstream_counted = False
                 proxy.metrics.upstream_cx(self.backend.name, -1)
         self.buffer = bytearray()
+        proxy.connection_gone()
 
 
 # --------------------------------------------------------------------------- TLS layer

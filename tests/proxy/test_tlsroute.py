@@ -377,3 +377,86 @@ def test_terminate_half_close_from_the_client_reaches_the_backend() -> None:
         assert metrics._us_cx == {"default/b:443": 0}
 
     run(go())
+
+
+# --------------------------------------------------------------------------- Proxy.apply
+
+
+def http_snapshot(port: int) -> Snapshot:
+    table = SNITable([])  # any table: no HTTP request is sent in this test
+    return Snapshot(
+        generation=1,
+        ports={
+            (LOCAL, port): ListenerPort(
+                address=LOCAL,
+                port=port,
+                protocol="HTTP",
+                gateway_namespace="default",
+                gateway_name="gw",
+                listener_names=("http",),
+                table=table,
+            )
+        },
+    )
+
+
+def test_a_port_that_turns_from_http_to_tls_is_bound_again_with_the_tls_factory() -> None:
+    async def go() -> None:
+        backend = await Backend().start()
+        port = free_port()
+        metrics = ProxyMetrics(registry=CollectorRegistry())
+        proxy = Proxy(SnapshotHolder(), ProxyOptions(access_log=None), metrics)
+        _opened.append(proxy.close)
+        assert await proxy.apply(http_snapshot(port)) == {}
+        assert proxy.tls_ports == set()
+        http_server = proxy.servers[(LOCAL, port)]
+        assert await proxy.apply(tls_snapshot(port, backend.port, mode="Passthrough")) == {}
+        assert proxy.tls_ports == {(LOCAL, port)}
+        assert proxy.servers[(LOCAL, port)] is not http_server
+        tls_server = proxy.servers[(LOCAL, port)]
+        # Only the listener's mode and routes change: the socket stays.
+        terminate = tls_snapshot(port, backend.port, mode="Terminate", certs=(GW_PEM,))
+        assert await proxy.apply(terminate) == {}
+        assert proxy.servers[(LOCAL, port)] is tls_server
+        assert await proxy.apply(tls_snapshot(port, backend.port, mode="Passthrough")) == {}
+        assert proxy.servers[(LOCAL, port)] is tls_server
+        _, writer = await asyncio.open_connection(LOCAL, port)
+        _opened.append(writer.close)
+        writer.write(client_hello("term.example.com"))
+        for _ in range(100):
+            if backend.received:
+                break
+            await asyncio.sleep(0.01)
+        assert backend.received[:1] == b"\x16"  # the ClientHello, passed through
+        assert results(metrics) == {"passthrough": 1}
+        writer.close()
+
+    run(go())
+
+
+def test_close_lets_open_splices_finish_within_the_drain_timeout() -> None:
+    async def go() -> None:
+        backend = await Backend().start()
+        proxy, port, _ = await start(lambda p: tls_snapshot(p, backend.port, mode="Passthrough"))
+        reader, writer = await asyncio.open_connection(LOCAL, port)
+        _opened.append(writer.close)
+        hello = client_hello("term.example.com")
+        writer.write(hello)
+        assert await reader.readexactly(len(hello)) == hello  # echoed through the splice
+        idle_reader, idle_writer = await asyncio.open_connection(LOCAL, port)
+        _opened.append(idle_writer.close)
+        idle_writer.write(hello[:10])  # still in its ClientHello
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        closing = loop.create_task(proxy.close(drain_timeout=5.0))
+        _opened.append(closing.cancel)
+        assert await closed_by_peer(idle_reader)  # not spliced yet: closed at once
+        writer.write(b"more")
+        assert await reader.readexactly(4) == b"more"  # the splice still works
+        assert not closing.done()
+        writer.close()
+        await closing
+        assert loop.time() - started < 4.0  # ended with the splice, not the timeout
+        assert proxy.n_conns == 0
+
+    run(go())
