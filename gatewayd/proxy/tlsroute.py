@@ -322,7 +322,9 @@ class TLSRouteConnection(asyncio.Protocol):
 
     def _route(self, hello: ClientHello) -> None:
         if not hello.sni:
-            # TLSRoute matching is by SNI only: without one there is nothing to route on.
+            # "Hostnames defines a set of SNI hostnames that should match against the SNI
+            # attribute of TLS ClientHello message in TLS handshake." (TLSRouteSpec)  It
+            # is the only thing a TLSRoute matches on: without SNI nothing can match.
             self._refuse(R_NO_SNI, "ClientHello without server_name")
             return
         # The snapshot is read once per connection, here.
@@ -335,6 +337,9 @@ class TLSRouteConnection(asyncio.Protocol):
         rule = found.hit.rule
         backend = rule.pick_backend(random.random())
         if backend is None or backend.invalid_status is not None:
+            # "the underlying implementation must actively reject request attempts to
+            # this backend, by rejecting the connection. Request rejections must respect
+            # weight" (TLSRouteRule.BackendRefs): an invalid ref keeps its weight share.
             self._refuse(R_INVALID_BACKEND, f"{rule.route_id}: no valid backendRef")
             return
         endpoint = backend.next_endpoint()

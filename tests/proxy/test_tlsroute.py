@@ -66,9 +66,14 @@ def free_port() -> int:
 
 
 def tls_snapshot(
-    port: int, backend_port: int, *, mode: str, certs: tuple[CertificatePEM, ...] = ()
+    port: int,
+    backend_port: int,
+    *,
+    mode: str,
+    certs: tuple[CertificatePEM, ...] = (),
+    backend: CompiledBackend | None = None,
 ) -> Snapshot:
-    backend = CompiledBackend(
+    backend = backend or CompiledBackend(
         name="default/b:443", endpoints=(EndpointAddress(address=LOCAL, port=backend_port),)
     )
     rule = CompiledRule(
@@ -300,6 +305,27 @@ def test_upstream_connect_failure_closes_the_client() -> None:
             await asyncio.sleep(0.01)
         assert results(metrics) == {"passthrough": 1, "upstream_connect_failure": 1}
         assert metrics._us_fail == {"default/b:443": 1}
+
+    run(go())
+
+
+@pytest.mark.parametrize(
+    ("backend", "result"),
+    [
+        (CompiledBackend(name="default/gone:443", invalid_status=500), "invalid_backend"),
+        (CompiledBackend(name="default/empty:443"), "no_healthy_upstream"),
+    ],
+)
+def test_unusable_backend_rejects_the_connection(backend: CompiledBackend, result: str) -> None:
+    async def go() -> None:
+        _, port, metrics = await start(
+            lambda p: tls_snapshot(p, 1, mode="Passthrough", backend=backend)
+        )
+        reader, writer = await asyncio.open_connection(LOCAL, port)
+        _opened.append(writer.close)
+        writer.write(client_hello("term.example.com"))
+        assert await closed_by_peer(reader)
+        assert results(metrics) == {result: 1}
 
     run(go())
 
