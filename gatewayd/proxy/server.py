@@ -1472,8 +1472,7 @@ class Proxy:
         )
         self.pool = UpstreamPool(connect_timeout=options.upstream_connect_timeout, metrics=metrics)
         self.servers: dict[ListenKey, asyncio.AbstractServer] = {}
-        # Ports bound with the TLS-route factory (protocol TLS), the others are HTTP.
-        self.tls_ports: set[ListenKey] = set()
+        # Connections of ports whose listeners are all protocol TLS (TLSRoute).
         self.tls_routes = TLSRouteListener(self)
         self.conns: set[HttpConnection] = set()
         self.n_conns = 0
@@ -1493,45 +1492,42 @@ class Proxy:
         self._start_sweeper(loop)
         failed: dict[tuple[str, int], str] = {}
         wanted = set(snapshot.ports)
-        tls_wanted = {k for k, lp in snapshot.ports.items() if lp.protocol == TLS_PROTOCOL}
-        for key in sorted((self.tls_ports ^ tls_wanted) & self.servers.keys() & wanted):
-            # The port changed between TLS and HTTP: bind it again with the other factory.
-            self.servers.pop(key).close()
-            self._shutdown_port(key)
         for key in sorted(wanted - self.servers.keys()):
             address, port = key
             label = f"{address}:{port}"
-            factory: Callable[[], asyncio.Protocol]
-            if key in tls_wanted:
-                # protocol TLS: ClientHello, SNI routing, passthrough or terminate + splice.
-                factory = self.tls_routes.factory(key, label)
-            else:
-                factory = self._factory(key, label)
             try:
                 sock = _bind(address, port)
-                server = await loop.create_server(factory, sock=sock, backlog=1024)
+                server = await loop.create_server(
+                    self._factory(key, label), sock=sock, backlog=1024
+                )
             except OSError as exc:
                 failed[key] = f"cannot bind {label}: {exc.strerror or exc}"
                 log.error("%s", failed[key])
                 continue
             self.servers[key] = server
-        self.tls_ports = tls_wanted & self.servers.keys()
         removed = [key for key in self.servers if key not in wanted]
         for key in removed:
             self.servers.pop(key).close()
-            self._shutdown_port(key)
+            for c in list(self.conns):
+                if c.key == key:
+                    c.shutdown()
+            self.tls_routes.shutdown_port(key)
         if removed:
             await asyncio.sleep(0)  # let the listening sockets close
         return failed
 
-    def _shutdown_port(self, key: ListenKey) -> None:
-        for c in list(self.conns):
-            if c.key == key:
-                c.shutdown()
-        self.tls_routes.shutdown_port(key)
+    def _factory(self, key: ListenKey, label: str) -> Callable[[], asyncio.Protocol]:
+        def accept() -> asyncio.Protocol:
+            # The port's protocol in the current snapshot decides, per accepted
+            # connection (one dict lookup), so a port turning from HTTP to TLS keeps its
+            # socket.
+            lp = self.holder.current.ports.get(key)
+            if lp is not None and lp.protocol == TLS_PROTOCOL:
+                # protocol TLS (TLSRoute): ClientHello, SNI, passthrough or terminate.
+                return self.tls_routes.connection(key, label)
+            return HttpConnection(self, key, label)
 
-    def _factory(self, key: ListenKey, label: str) -> Callable[[], HttpConnection]:
-        return lambda: HttpConnection(self, key, label)
+        return accept
 
     def bound(self) -> set[tuple[str, int]]:
         return set(self.servers)

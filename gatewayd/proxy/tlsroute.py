@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import logging
 import random
 import ssl
@@ -40,7 +39,6 @@ from typing import TYPE_CHECKING, Any, Final, cast
 
 from gatewayd.proxy.splice import Splice
 from gatewayd.routing.table import SNITable
-from gatewayd.tls.certs import InvalidCertificate, load_keypair
 from gatewayd.tls.clienthello import (
     ClientHello,
     InvalidClientHello,
@@ -51,9 +49,9 @@ from gatewayd.tls.context import load_chain_from_memory, server_context
 
 if TYPE_CHECKING:
     from gatewayd.proxy.server import Proxy
-    from gatewayd.routing.bindings import CertificatePEM
     from gatewayd.routing.compiled import CompiledBackend, Snapshot
     from gatewayd.routing.table import SNIMatch
+    from gatewayd.tls.certs import CertificateInfo
 
 log = logging.getLogger("gatewayd.proxy.tlsroute")
 
@@ -101,12 +99,12 @@ class TLSContexts:
     __slots__ = ("_by_certs",)
 
     def __init__(self) -> None:
-        self._by_certs: dict[tuple[CertificatePEM, ...], ssl.SSLContext | None] = {}
+        self._by_certs: dict[tuple[CertificateInfo, ...], ssl.SSLContext | None] = {}
 
     def refresh(self, snapshot: Snapshot) -> None:
         """Build what ``snapshot`` needs (at apply, off the accept path); forget the
         certificates it no longer uses."""
-        wanted: dict[tuple[CertificatePEM, ...], str] = {}
+        wanted: dict[tuple[CertificateInfo, ...], str] = {}
         for lp in snapshot.ports.values():
             if lp.protocol == TLS_PROTOCOL and isinstance(lp.table, SNITable):
                 for listener in lp.table.listeners():
@@ -122,37 +120,39 @@ class TLSContexts:
             if certs not in self._by_certs:
                 self._by_certs[certs] = _build_context(certs, who)
 
-    def get(self, certs: tuple[CertificatePEM, ...]) -> ssl.SSLContext | None:
+    def get(self, certs: tuple[CertificateInfo, ...]) -> ssl.SSLContext | None:
         if certs not in self._by_certs:
             self._by_certs[certs] = _build_context(certs, "TLS listener")
         return self._by_certs[certs]
 
 
-def _build_context(certs: tuple[CertificatePEM, ...], who: str) -> ssl.SSLContext | None:
-    """A server context presenting every pair of ``certs`` (e.g. RSA and ECDSA); None
-    (and one error line) when a pair cannot be used."""
+def _build_context(certs: tuple[CertificateInfo, ...], who: str) -> ssl.SSLContext | None:
+    """A server context presenting every pair of ``certs`` (e.g. RSA and ECDSA, which
+    OpenSSL keeps side by side); None, and one error line, when it cannot be built."""
     if not certs:
-        log.error("%s: Terminate mode without a certificate; connections are closed", who)
+        log.error(
+            "%s: Terminate mode without a usable certificate (see the listener's status); "
+            "its connections are closed",
+            who,
+        )
         return None
-    now = dt.datetime.now(dt.UTC)
-    ctx: ssl.SSLContext | None = None
-    for pem in certs:
-        try:
-            info = load_keypair(pem.cert_pem, pem.key_pem, now=now)
-            if ctx is None:
-                # No ALPN: the decrypted bytes are spliced, not parsed as HTTP.
-                ctx = server_context(info, alpn=())
-            else:
-                load_chain_from_memory(ctx, info)
-        except (InvalidCertificate, ssl.SSLError, ValueError) as exc:
-            log.error(
-                "%s: Secret %s cannot be used to terminate TLS: %s; fix tls.crt/tls.key "
-                "(connections to this listener are closed until then)",
-                who,
-                pem.secret,
-                exc,
-            )
-            return None
+    try:
+        # No ALPN: the decrypted bytes are spliced, not parsed as HTTP.
+        ctx = server_context(certs[0], alpn=())
+        for info in certs[1:]:
+            load_chain_from_memory(ctx, info)
+    except (ssl.SSLError, ValueError, OSError) as exc:
+        names = "; ".join(
+            f"{', '.join(c.dns_names) or '?'} (sha256 {c.fingerprint_sha256[:16]})" for c in certs
+        )
+        log.error(
+            "%s: cannot terminate TLS with the certificate for %s: %s; fix the Secret's "
+            "tls.crt/tls.key (connections to this listener are closed until then)",
+            who,
+            names,
+            exc,
+        )
+        return None
     return ctx
 
 
@@ -169,8 +169,9 @@ class TLSRouteListener:
         self.tasks: set[asyncio.Task[None]] = set()
         self.contexts = TLSContexts()
 
-    def factory(self, key: ListenKey, label: str) -> Callable[[], TLSRouteConnection]:
-        return lambda: TLSRouteConnection(self, key, label)
+    def connection(self, key: ListenKey, label: str) -> TLSRouteConnection:
+        """The protocol of a connection accepted on a TLS listener port."""
+        return TLSRouteConnection(self, key, label)
 
     def apply(self, snapshot: Snapshot) -> None:
         self.contexts.refresh(snapshot)

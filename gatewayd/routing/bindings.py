@@ -17,6 +17,7 @@ from gatewayd.routing.model import BackendObjectReference, Problem, Route
 
 if TYPE_CHECKING:
     from gatewayd.routing.mesh import MeshResolution
+    from gatewayd.tls.certs import CertificateInfo
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -81,19 +82,6 @@ class AttachedRoute:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class CertificatePEM:
-    """One certificateRef of a Terminate listener: the Secret's PEM bytes, as read.
-
-    Plain bytes so that snapshots pickle to worker processes; each serving process
-    builds its ``ssl.SSLContext`` from them (proxy/tlsroute.py checks the pair first).
-    """
-
-    secret: str  # "namespace/name", for error messages
-    cert_pem: bytes  # tls.crt
-    key_pem: bytes  # tls.key
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
 class ListenerBinding:
     """One programmable listener of one accepted Gateway, with what attached to it."""
 
@@ -105,9 +93,9 @@ class ListenerBinding:
     protocol: str  # HTTP | HTTPS | TLS
     hostname: str | None = None
     tls_mode: str | None = None  # Terminate | Passthrough for HTTPS/TLS listeners
-    # Terminate listeners: their certificateRefs, in order (all resolved: a listener
-    # with an unresolved certificateRef is not programmed).
-    certificates: tuple[CertificatePEM, ...] = ()
+    # Terminate mode: checked key pairs (certificateRefs order), carried as PEM so that
+    # snapshots pickle; each serving process builds its ssl.SSLContext from them.
+    certificates: tuple[CertificateInfo, ...] = ()
     routes: tuple[AttachedRoute, ...] = ()
 
 

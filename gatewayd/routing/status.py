@@ -18,7 +18,9 @@ Pure module: no I/O, no clock (the caller passes ``now``).
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import datetime as dt
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Final
@@ -30,7 +32,6 @@ from gatewayd.routing.bindings import (
     AttachedRoute,
     BackendKey,
     BackendTarget,
-    CertificatePEM,
     ListenerBinding,
     ObjectStatus,
     Resolution,
@@ -60,6 +61,7 @@ from gatewayd.routing.model import (
     TLSRoute,
 )
 from gatewayd.routing.refgrant import ReferenceGrants, RefFrom, RefTo
+from gatewayd.tls.certs import CertificateInfo, InvalidCertificate, keypair_from_secret
 
 API_VERSION: Final = "gateway.networking.k8s.io/v1"
 # TLSRoute is served as gateway.networking.k8s.io/v1 since Gateway API v1.5 (standard
@@ -277,20 +279,22 @@ def _secret_ref_problem(
     return None
 
 
-def _certificates(gw: Gateway, listener: Listener, refs: _Refs) -> tuple[CertificatePEM, ...]:
-    """The PEM pairs of a programmable Terminate listener (checked by
-    ``_check_certificates``: every ref resolves to a Secret with both keys)."""
+def _certificates(
+    gw: Gateway, listener: Listener, refs: _Refs, now: str
+) -> tuple[CertificateInfo, ...]:
+    """The checked key pairs of a programmable Terminate listener (``_check_certificates``
+    made sure every ref resolves to a Secret with both keys).  A pair that does not load
+    (malformed, expired at ``now``, key mismatch) is left out; the data plane refuses
+    connections of a Terminate listener left without a pair."""
     if attach.tls_mode(listener) is not TLSModeType.TERMINATE or listener.tls is None:
         return ()
-    out: list[CertificatePEM] = []
+    when = dt.datetime.fromisoformat(now.replace("Z", "+00:00"))
+    out: list[CertificateInfo] = []
     for ref in listener.tls.certificate_refs:
-        ns = ref.namespace or gw.meta.namespace
-        secret = refs.secrets.get((ns, ref.name))
-        if secret is None:
-            continue
-        cert, key = secret.get("tls.crt"), secret.get("tls.key")
-        if cert and key:
-            out.append(CertificatePEM(secret=f"{ns}/{ref.name}", cert_pem=cert, key_pem=key))
+        secret = refs.secrets.get((ref.namespace or gw.meta.namespace, ref.name))
+        if secret is not None:
+            with contextlib.suppress(InvalidCertificate):
+                out.append(keypair_from_secret(secret, now=when))
     return tuple(out)
 
 
@@ -798,7 +802,7 @@ def resolve(
                     protocol=s.listener.protocol,
                     hostname=s.listener.hostname,
                     tls_mode=mode.value if mode is not None else None,
-                    certificates=_certificates(gs.gateway, s.listener, refs),
+                    certificates=_certificates(gs.gateway, s.listener, refs, now),
                     routes=tuple(s.routes),
                 )
                 for address in gs.address.addresses

@@ -32,9 +32,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
 
-from gatewayd.routing.bindings import CertificatePEM
 from gatewayd.routing.compiled import CompiledBackend, CompiledRule, HeaderOps, RouteHit
 from gatewayd.routing.match import (
     PATH_EXACT,
@@ -44,6 +43,9 @@ from gatewayd.routing.match import (
     values_hold,
 )
 from gatewayd.routing.precedence import hostname_rank, is_wildcard
+
+if TYPE_CHECKING:
+    from gatewayd.tls.certs import CertificateInfo
 
 T = TypeVar("T")
 
@@ -309,7 +311,7 @@ class TLSListener:
     name: str
     hostname: str | None  # lower-case; None: any SNI
     mode: str  # Passthrough | Terminate (TLSModeType values)
-    certificates: tuple[CertificatePEM, ...] = ()  # Terminate: what to present
+    certificates: tuple[CertificateInfo, ...] = ()  # Terminate: the pairs to present
     routes: tuple[SNIRoute, ...] = ()
 
 
@@ -401,8 +403,14 @@ class SNITable:
                     "listeners": [listener.name for listener in same],
                     "hostname": same[0].hostname if same[0].hostname is not None else "*",
                     "mode": same[0].mode,
+                    # Names and fingerprints only: key material stays out of dumps.
                     **(
-                        {"certificates": [c.secret for c in same[0].certificates]}
+                        {
+                            "certificates": [
+                                {"dnsNames": list(c.dns_names), "sha256": c.fingerprint_sha256}
+                                for c in same[0].certificates
+                            ]
+                        }
                         if same[0].certificates
                         else {}
                     ),

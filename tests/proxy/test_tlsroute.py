@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import datetime as dt
 import logging
 import socket
 import ssl
@@ -25,7 +27,7 @@ from gatewayd.proxy.metrics import ProxyMetrics
 from gatewayd.proxy.server import Proxy, ProxyOptions
 from gatewayd.proxy.snapshot import SnapshotHolder
 from gatewayd.proxy.tlsroute import TLSContexts, _next_parse_at
-from gatewayd.routing.bindings import CertificatePEM, EndpointAddress
+from gatewayd.routing.bindings import EndpointAddress
 from gatewayd.routing.compiled import (
     CompiledBackend,
     CompiledRule,
@@ -34,11 +36,13 @@ from gatewayd.routing.compiled import (
     Snapshot,
 )
 from gatewayd.routing.table import SNIRoute, SNITable, TLSListener
-from gatewayd.tls.certs import self_signed
+from gatewayd.tls.certs import CertificateInfo, load_keypair, self_signed
 
 LOCAL = "127.0.0.1"
 CERT, KEY = self_signed(["term.example.com"])
-GW_PEM = CertificatePEM(secret="default/gw", cert_pem=CERT, key_pem=KEY)
+GW_CERT = load_keypair(CERT, KEY, now=dt.datetime.now(dt.UTC))
+# A pair that passed no check: its key is not the certificate's.
+BAD_CERT = dataclasses.replace(GW_CERT, pem_key=self_signed(["x.example.com"])[1])
 
 _opened: list[Callable[[], Any]] = []
 
@@ -70,7 +74,7 @@ def tls_snapshot(
     backend_port: int,
     *,
     mode: str,
-    certs: tuple[CertificatePEM, ...] = (),
+    certs: tuple[CertificateInfo, ...] = (),
     backend: CompiledBackend | None = None,
 ) -> Snapshot:
     backend = backend or CompiledBackend(
@@ -191,24 +195,23 @@ def test_contexts_are_built_once_and_forgotten_when_unused(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     contexts = TLSContexts()
-    snap = tls_snapshot(1, 2, mode="Terminate", certs=(GW_PEM,))
+    snap = tls_snapshot(1, 2, mode="Terminate", certs=(GW_CERT,))
     contexts.refresh(snap)
-    ctx = contexts.get((GW_PEM,))
+    ctx = contexts.get((GW_CERT,))
     assert isinstance(ctx, ssl.SSLContext)
     contexts.refresh(snap)
-    assert contexts.get((GW_PEM,)) is ctx  # routes-only reload: same context
+    assert contexts.get((GW_CERT,)) is ctx  # routes-only reload: same context
     contexts.refresh(tls_snapshot(1, 2, mode="Passthrough"))
     assert contexts._by_certs == {}
-    bad = CertificatePEM(secret="default/bad", cert_pem=CERT, key_pem=self_signed(["x"])[1])
     with caplog.at_level(logging.ERROR, logger="gatewayd.proxy.tlsroute"):
-        assert contexts.get((bad,)) is None
-    assert "default/bad" in caplog.text and "does not match" in caplog.text
+        assert contexts.get((BAD_CERT,)) is None
+    assert "term.example.com" in caplog.text and GW_CERT.fingerprint_sha256[:16] in caplog.text
 
 
 def test_two_certificates_of_different_key_types_share_a_context() -> None:
     rsa_cert, rsa_key = self_signed(["term.example.com"], key_type="rsa")
-    rsa = CertificatePEM(secret="default/rsa", cert_pem=rsa_cert, key_pem=rsa_key)
-    ctx = tlsroute._build_context((GW_PEM, rsa), "test")
+    rsa = load_keypair(rsa_cert, rsa_key, now=dt.datetime.now(dt.UTC))
+    ctx = tlsroute._build_context((GW_CERT, rsa), "test")
     assert isinstance(ctx, ssl.SSLContext)
     assert tlsroute._build_context((), "test") is None
 
@@ -337,7 +340,7 @@ def test_terminate_handshake_failure_is_counted_and_backend_untouched() -> None:
     async def go() -> None:
         backend = await Backend().start()
         _, port, metrics = await start(
-            lambda p: tls_snapshot(p, backend.port, mode="Terminate", certs=(GW_PEM,))
+            lambda p: tls_snapshot(p, backend.port, mode="Terminate", certs=(GW_CERT,))
         )
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         ctx.check_hostname = False
@@ -357,7 +360,7 @@ def test_terminate_handshake_failure_is_counted_and_backend_untouched() -> None:
 
 
 def test_terminate_with_unusable_certificate_closes(caplog: pytest.LogCaptureFixture) -> None:
-    bad = CertificatePEM(secret="default/bad", cert_pem=b"not a pem", key_pem=KEY)
+    bad = BAD_CERT
 
     async def go() -> None:
         backend = await Backend().start()
@@ -373,14 +376,14 @@ def test_terminate_with_unusable_certificate_closes(caplog: pytest.LogCaptureFix
 
     with caplog.at_level(logging.ERROR, logger="gatewayd.proxy.tlsroute"):
         run(go())
-    assert "default/bad" in caplog.text
+    assert "cannot terminate TLS" in caplog.text
 
 
 def test_terminate_half_close_from_the_client_reaches_the_backend() -> None:
     async def go() -> None:
         backend = await Backend().start()
         proxy, port, metrics = await start(
-            lambda p: tls_snapshot(p, backend.port, mode="Terminate", certs=(GW_PEM,))
+            lambda p: tls_snapshot(p, backend.port, mode="Terminate", certs=(GW_CERT,))
         )
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         ctx.check_hostname = False
@@ -426,7 +429,7 @@ def http_snapshot(port: int) -> Snapshot:
     )
 
 
-def test_a_port_that_turns_from_http_to_tls_is_bound_again_with_the_tls_factory() -> None:
+def test_a_port_that_turns_from_http_to_tls_keeps_its_socket() -> None:
     async def go() -> None:
         backend = await Backend().start()
         port = free_port()
@@ -434,18 +437,13 @@ def test_a_port_that_turns_from_http_to_tls_is_bound_again_with_the_tls_factory(
         proxy = Proxy(SnapshotHolder(), ProxyOptions(access_log=None), metrics)
         _opened.append(proxy.close)
         assert await proxy.apply(http_snapshot(port)) == {}
-        assert proxy.tls_ports == set()
-        http_server = proxy.servers[(LOCAL, port)]
+        server = proxy.servers[(LOCAL, port)]
         assert await proxy.apply(tls_snapshot(port, backend.port, mode="Passthrough")) == {}
-        assert proxy.tls_ports == {(LOCAL, port)}
-        assert proxy.servers[(LOCAL, port)] is not http_server
-        tls_server = proxy.servers[(LOCAL, port)]
-        # Only the listener's mode and routes change: the socket stays.
-        terminate = tls_snapshot(port, backend.port, mode="Terminate", certs=(GW_PEM,))
+        # The listener's mode and routes change too: the socket stays.
+        terminate = tls_snapshot(port, backend.port, mode="Terminate", certs=(GW_CERT,))
         assert await proxy.apply(terminate) == {}
-        assert proxy.servers[(LOCAL, port)] is tls_server
         assert await proxy.apply(tls_snapshot(port, backend.port, mode="Passthrough")) == {}
-        assert proxy.servers[(LOCAL, port)] is tls_server
+        assert proxy.servers[(LOCAL, port)] is server
         _, writer = await asyncio.open_connection(LOCAL, port)
         _opened.append(writer.close)
         writer.write(client_hello("term.example.com"))

@@ -7,6 +7,7 @@ backendRef weights.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import pickle
 from typing import Any
@@ -21,7 +22,6 @@ from status_builders import (
     passthrough,
     service,
     terminate,
-    tls_secret,
 )
 
 from gatewayd.routing.compile import compile_snapshot
@@ -31,14 +31,26 @@ from gatewayd.routing.model import (
     Endpoint,
     EndpointPort,
     Meta,
+    Secret,
     ServicePort,
     TLSRoute,
     TLSRouteRule,
 )
 from gatewayd.routing.status import SUPPORTED_FEATURES, resolve
 from gatewayd.routing.table import SNITable
+from gatewayd.tls.certs import self_signed
 
 ADDRESS = "127.0.0.9"
+NOW = "2030-01-01T00:00:00Z"
+CERT, KEY = self_signed(["tls.example.com"], now=dt.datetime(2029, 12, 1, tzinfo=dt.UTC))
+
+
+def pem_secret(name: str, cert: bytes = CERT, key: bytes = KEY) -> Secret:
+    return Secret(
+        meta=Meta(namespace="default", name=name),
+        type="kubernetes.io/tls",
+        data=(("tls.crt", cert), ("tls.key", key)),
+    )
 
 
 def _route(
@@ -68,7 +80,7 @@ def _backends(*names: str) -> list[object]:
 
 
 def _compile(*objects: object) -> tuple[SNITable, Snapshot]:
-    res = resolve(config(*objects))
+    res = resolve(config(*objects), now=NOW)
     snap = compile_snapshot(res, generation=1)
     port = snap.ports[(ADDRESS, 8443)]
     assert port.protocol == "TLS"
@@ -85,7 +97,7 @@ def test_mixed_modes_on_one_port_pick_the_listener_by_sni() -> None:
     )
     table, snap = _compile(
         gw,
-        tls_secret("cert"),
+        pem_secret("cert"),
         *_backends("svc"),
         _route("t", "tls.example.com"),
         _route("p", "abc.example.com"),
@@ -93,9 +105,8 @@ def test_mixed_modes_on_one_port_pick_the_listener_by_sni() -> None:
     term = table.lookup_tls("TLS.example.com")
     assert term is not None
     assert term.listener.mode == "Terminate" and term.listener.name == "term"
-    assert [(c.secret, c.cert_pem, c.key_pem) for c in term.listener.certificates] == [
-        ("default/cert", b"CERT", b"KEY")
-    ]
+    assert [c.dns_names for c in term.listener.certificates] == [("tls.example.com",)]
+    assert term.listener.certificates[0].pem_chain.startswith(b"-----BEGIN CERTIFICATE")
     assert term.hit.rule.route_name == "t"
     pas = table.lookup_tls("abc.example.com")
     assert pas is not None
@@ -107,7 +118,8 @@ def test_mixed_modes_on_one_port_pick_the_listener_by_sni() -> None:
     again = pickle.loads(pickle.dumps(snap))
     assert again.ports[(ADDRESS, 8443)].table.lookup_tls("abc.example.com") is not None
     dump = json.dumps(snap.to_json())
-    assert "default/cert" in dump and "KEY" not in dump
+    assert term.listener.certificates[0].fingerprint_sha256 in dump
+    assert "PRIVATE KEY" not in dump
 
 
 def test_route_hostnames_intersect_with_the_listener_hostname() -> None:
@@ -165,3 +177,22 @@ def test_backend_weights_compile_cumulatively() -> None:
 def test_tls_route_features_are_claimed() -> None:
     assert {"TLSRoute", "TLSRouteModeTerminate", "TLSRouteModeMixed"} <= set(SUPPORTED_FEATURES)
     assert list(SUPPORTED_FEATURES) == sorted(SUPPORTED_FEATURES)
+
+
+def test_a_pair_that_does_not_load_is_left_out_of_the_binding() -> None:
+    gw = gateway(
+        "gw",
+        listener("term", 8443, "TLS", "tls.example.com", tls=terminate("bad", "cert")),
+        addresses=[ADDRESS],
+    )
+    _, other_key = self_signed(["x.example.com"])
+    table, _ = _compile(
+        gw,
+        pem_secret("bad", key=other_key),  # key does not match the certificate
+        pem_secret("cert"),
+        *_backends("svc"),
+        _route("t", "tls.example.com"),
+    )
+    found = table.lookup_tls("tls.example.com")
+    assert found is not None
+    assert [c.dns_names for c in found.listener.certificates] == [("tls.example.com",)]
