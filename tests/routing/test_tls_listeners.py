@@ -178,21 +178,3 @@ def test_tls_route_features_are_claimed() -> None:
     assert {"TLSRoute", "TLSRouteModeTerminate", "TLSRouteModeMixed"} <= set(SUPPORTED_FEATURES)
     assert list(SUPPORTED_FEATURES) == sorted(SUPPORTED_FEATURES)
 
-
-def test_a_pair_that_does_not_load_is_left_out_of_the_binding() -> None:
-    gw = gateway(
-        "gw",
-        listener("term", 8443, "TLS", "tls.example.com", tls=terminate("bad", "cert")),
-        addresses=[ADDRESS],
-    )
-    _, other_key = self_signed(["x.example.com"])
-    table, _ = _compile(
-        gw,
-        pem_secret("bad", key=other_key),  # key does not match the certificate
-        pem_secret("cert"),
-        *_backends("svc"),
-        _route("t", "tls.example.com"),
-    )
-    found = table.lookup_tls("tls.example.com")
-    assert found is not None
-    assert [c.dns_names for c in found.listener.certificates] == [("tls.example.com",)]
