@@ -3,7 +3,7 @@
 Per accepted connection (``TLSRouteConnection``):
 
 1. **ClientHello** -- bytes are buffered, without answering, until
-   ``tls.clienthello.parse_client_hello`` has a whole ClientHello (it may arrive in
+   ``tls.clienthello.ClientHelloReader`` has a whole ClientHello (it may arrive in
    pieces and across several TLS records).  At most ``HELLO_MAX_BYTES`` are held, and
    the hello (plus, in Terminate mode, the handshake) must be done within
    ``HANDSHAKE_TIMEOUT``.  Garbage, a hello without SNI, or one that is too big or too
@@ -41,9 +41,9 @@ from gatewayd.proxy.splice import Splice
 from gatewayd.routing.table import SNITable
 from gatewayd.tls.clienthello import (
     ClientHello,
+    ClientHelloReader,
     InvalidClientHello,
     NeedMore,
-    parse_client_hello,
 )
 from gatewayd.tls.context import load_chain_from_memory, server_context
 
@@ -211,24 +211,11 @@ class TLSRouteListener:
             await asyncio.gather(*self.tasks, return_exceptions=True)
 
     def buffered_bytes(self) -> int:
-        total = sum(len(c.buffer) for c in self.conns)
+        total = sum(len(c.hello.data) for c in self.conns)
         return total + sum(s.buffered_bytes() for s in self.splices)
 
 
 # --------------------------------------------------------------------------- connection
-
-
-def _next_parse_at(buf: bytearray, pos: int) -> tuple[int, int]:
-    """``(scan position, length worth parsing at)``: the end of the first incomplete TLS
-    record after ``pos``.  A ClientHello only completes at a record boundary, so parsing
-    in between would redo the same work for every byte of a slow client."""
-    n = len(buf)
-    while pos + 5 <= n:
-        end = pos + 5 + int.from_bytes(buf[pos + 3 : pos + 5], "big")
-        if end > n:
-            return pos, end
-        pos = end
-    return pos, pos + 5
 
 
 class TLSRouteConnection(asyncio.Protocol):
@@ -236,15 +223,13 @@ class TLSRouteConnection(asyncio.Protocol):
 
     __slots__ = (
         "backend",
-        "buffer",
         "counted",
+        "hello",
         "key",
         "label",
         "layer",
         "owner",
-        "parse_at",
         "phase",
-        "scan",
         "timer",
         "transport",
         "upstream_counted",
@@ -255,9 +240,7 @@ class TLSRouteConnection(asyncio.Protocol):
         self.key = key
         self.label = label
         self.transport: asyncio.Transport | None = None
-        self.buffer = bytearray()
-        self.scan = 0
-        self.parse_at = 1  # the first byte already tells TLS from garbage
+        self.hello = ClientHelloReader(HELLO_MAX_BYTES)
         self.phase = P_HELLO
         self.timer: asyncio.TimerHandle | None = None
         self.layer: TLSServerLayer | None = None
@@ -289,20 +272,13 @@ class TLSRouteConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.phase != P_HELLO:
             return
-        buf = self.buffer
-        buf += data
-        if len(buf) >= self.parse_at:
-            try:
-                result = parse_client_hello(buf)
-            except InvalidClientHello as exc:
-                self._refuse(R_BAD_HELLO, str(exc))
-                return
-            if not isinstance(result, NeedMore):
-                self._route(result)
-                return
-            self.scan, self.parse_at = _next_parse_at(buf, self.scan)
-        if len(buf) > HELLO_MAX_BYTES:
-            self._refuse(R_BAD_HELLO, f"no complete ClientHello in {len(buf)} bytes")
+        try:
+            result = self.hello.feed(data)
+        except InvalidClientHello as exc:
+            self._refuse(R_BAD_HELLO, str(exc))
+            return
+        if not isinstance(result, NeedMore):
+            self._route(result)
 
     def eof_received(self) -> bool | None:
         # The client gave up before its ClientHello was complete.
@@ -360,8 +336,7 @@ class TLSRouteConnection(asyncio.Protocol):
         self.phase = P_SPLICED
         self.owner.conns.discard(self)
         splice = Splice(self.owner.splices, transport, on_done=self._finish, tag=self.key)
-        hello, self.buffer = bytes(self.buffer), bytearray()
-        splice.hand_over(transport, hello)
+        splice.hand_over(transport, self.hello.take())
         self._count(R_PASSTHROUGH)
         self.owner.spawn(self._connect(splice, address, port), f"tls passthrough {self.label}")
 
@@ -380,9 +355,8 @@ class TLSRouteConnection(asyncio.Protocol):
             on_error=self._handshake_failed,
             on_lost=self._lost_in_handshake,
         )
-        hello, self.buffer = bytes(self.buffer), bytearray()
         transport.set_protocol(layer)
-        layer.data_received(hello)
+        layer.data_received(self.hello.take())
 
     def _handshake_done(self, address: str, port: int) -> None:
         layer = self.layer
@@ -482,7 +456,7 @@ class TLSRouteConnection(asyncio.Protocol):
             if self.upstream_counted and self.backend is not None:
                 self.upstream_counted = False
                 proxy.metrics.upstream_cx(self.backend.name, -1)
-        self.buffer = bytearray()
+        self.hello.take()  # drop what a refused connection had sent
         proxy.connection_gone()
 
 

@@ -26,6 +26,7 @@ __all__ = [
     "MAX_CLIENT_HELLO",
     "NEED_MORE",
     "ClientHello",
+    "ClientHelloReader",
     "InvalidClientHello",
     "NeedMore",
     "parse_client_hello",
@@ -139,6 +140,60 @@ def parse_client_hello(data: bytes | bytearray | memoryview) -> ClientHello | Ne
         if len(fragment) < length:
             return NEED_MORE
         pos += 5 + length
+
+
+class ClientHelloReader:
+    """The first bytes of one connection, read until they hold a whole ClientHello.
+
+    ``feed`` takes each read as it comes and answers like ``parse_client_hello``, but
+    parses only when a TLS record is complete (a ClientHello can only end at a record
+    boundary), so a client dribbling bytes one at a time costs one parse per record, not
+    one per byte.  More than ``limit`` bytes without a complete ClientHello raise
+    ``InvalidClientHello``.  ``data`` holds every byte fed so far (to be forwarded or
+    handed to a TLS layer: nothing is consumed).
+    """
+
+    __slots__ = ("_parse_at", "_scan", "data", "limit")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.data = bytearray()
+        self._scan = 0  # start of the first record not known to be complete
+        self._parse_at = 1  # the first byte already tells TLS from anything else
+
+    def feed(self, chunk: bytes | bytearray | memoryview) -> ClientHello | NeedMore:
+        buf = self.data
+        buf += chunk
+        if len(buf) >= self._parse_at:
+            result = parse_client_hello(buf)
+            if not isinstance(result, NeedMore):
+                return result
+            self._advance()
+        if len(buf) > self.limit:
+            raise InvalidClientHello(
+                f"no complete ClientHello in the first {self.limit} bytes ({len(buf)} read)"
+            )
+        return NEED_MORE
+
+    def take(self) -> bytes:
+        """Every byte fed so far, handed over once (the reader keeps nothing)."""
+        data = bytes(self.data)
+        self.data = bytearray()
+        return data
+
+    def _advance(self) -> None:
+        """Skip the complete records; parse next when the first incomplete one ends (or,
+        without its header yet, when the header is there)."""
+        buf = self.data
+        n = len(buf)
+        pos = self._scan
+        while pos + 5 <= n:
+            end = pos + 5 + int.from_bytes(buf[pos + 3 : pos + 5], "big")
+            if end > n:
+                self._scan, self._parse_at = pos, end
+                return
+            pos = end
+        self._scan, self._parse_at = pos, pos + 5
 
 
 def _check_record_start(buf: bytes, pos: int) -> None:

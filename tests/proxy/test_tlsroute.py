@@ -26,7 +26,7 @@ from gatewayd.proxy import tlsroute
 from gatewayd.proxy.metrics import ProxyMetrics
 from gatewayd.proxy.server import Proxy, ProxyOptions
 from gatewayd.proxy.snapshot import SnapshotHolder
-from gatewayd.proxy.tlsroute import TLSContexts, _next_parse_at
+from gatewayd.proxy.tlsroute import TLSContexts
 from gatewayd.routing.bindings import EndpointAddress
 from gatewayd.routing.compiled import (
     CompiledBackend,
@@ -180,15 +180,6 @@ def client_hello(sni: str) -> bytes:
 
 
 # --------------------------------------------------------------------------- pure helpers
-
-
-def test_next_parse_at_waits_for_the_end_of_the_record() -> None:
-    buf = bytearray(b"\x16\x03\x01")
-    assert _next_parse_at(buf, 0) == (0, 5)  # header incomplete: parse at 5 bytes
-    buf += b"\x00\x0a" + b"x" * 3
-    assert _next_parse_at(buf, 0) == (0, 15)  # the 10-byte record ends at 15
-    buf += b"x" * 7 + b"\x16\x03\x01\x00\x02"
-    assert _next_parse_at(buf, 0) == (15, 22)  # first record done, second ends at 22
 
 
 def test_contexts_are_built_once_and_forgotten_when_unused(

@@ -177,4 +177,3 @@ def test_backend_weights_compile_cumulatively() -> None:
 def test_tls_route_features_are_claimed() -> None:
     assert {"TLSRoute", "TLSRouteModeTerminate", "TLSRouteModeMixed"} <= set(SUPPORTED_FEATURES)
     assert list(SUPPORTED_FEATURES) == sorted(SUPPORTED_FEATURES)
-
