@@ -748,8 +748,12 @@ class Exchange:
             # connection is in an unknown state.
             conn.close()
         if proxy.metrics is not None and self.backend is not None:
+            rule = self.rule
             proxy.metrics.upstream_request(
-                self.backend.name, self.status, loop.time() - self.try_start
+                self.backend.name,
+                rule.route_id if rule is not None else "",
+                self.status,
+                loop.time() - self.try_start,
             )
         if self.resp_mode == F_CHUNKED:
             self.out.append(b"0\r\n\r\n")

@@ -138,10 +138,14 @@ class CompiledRule:
     backend_request_timeout: float | None = None
     retry: Retry | None = None
     session_persistence: str | None = None  # cookie/header name, kept for later
+    # "namespace/name/rule/N": the access log's route and the per-route metrics label,
+    # computed once here rather than per request.
+    route_id: str = ""
 
-    @property
-    def route_id(self) -> str:
-        return f"{self.route_namespace}/{self.route_name}/rule/{self.rule_index}"
+    def __post_init__(self) -> None:
+        if not self.route_id:
+            rid = f"{self.route_namespace}/{self.route_name}/rule/{self.rule_index}"
+            object.__setattr__(self, "route_id", rid)
 
     def pick_backend(self, r: float) -> CompiledBackend | None:
         """Weighted choice; ``r`` is uniform in [0, 1).  None when no backend is left."""
