@@ -15,7 +15,8 @@ COPY gatewayd ./gatewayd
 RUN pip install . && rm -rf /build
 
 # An unprivileged user: listener ports must be above 1023 (the demo uses 8080).
-RUN useradd --system --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin gatewayd \
+RUN useradd --system --uid 10001 --user-group --create-home --home-dir /home/gatewayd \
+        --shell /usr/sbin/nologin gatewayd \
     && mkdir -p /etc/gatewayd
 USER 10001:10001
 WORKDIR /home/gatewayd
