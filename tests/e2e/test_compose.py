@@ -156,7 +156,7 @@ def test_every_referenced_file_exists() -> None:
                 assert f"!{src}" in ignore or f"!{src}/" in ignore, f".dockerignore drops {src}"
     # locust runs the repository's locustfile, mounted where its command line looks.
     locust = services["locust"]
-    mounted = dict((c, h) for h, c in volumes(locust))
+    mounted = {c: h for h, c in volumes(locust)}
     assert mounted[option(locust["command"], "-f")] == ROOT / "loadtest" / "locustfile.py"
 
 
@@ -174,7 +174,9 @@ def test_dockerfile_non_root_healthcheck_entrypoint() -> None:
     (health,) = (s for s in steps if s.keyword == "HEALTHCHECK")
     probe = healthcheck_argv()
     assert probe[0] == "python" and "/ready" in probe[-1]
-    admin_port = int(re.search(r"127\.0\.0\.1:(\d+)/ready", probe[-1]).group(1))  # type: ignore[union-attr]
+    probed = re.search(r"127\.0\.0\.1:(\d+)/ready", probe[-1])
+    assert probed is not None, probe
+    admin_port = int(probed.group(1))
     assert "--interval=" in health.args and "--timeout=" in health.args
     # The ports the services publish are the ones the image exposes, and the admin port
     # the healthcheck probes is where the compose command puts the admin server.
@@ -182,6 +184,12 @@ def test_dockerfile_non_root_healthcheck_entrypoint() -> None:
     assert container_ports(gw) <= exposed
     assert admin_port in exposed
     assert option(gw["command"], "--admin-address") == f"0.0.0.0:{admin_port}"
+    # The image's default command serves the same mount point the same way.
+    (cmd,) = (s for s in steps if s.keyword == "CMD")
+    default = exec_form(cmd.args)
+    assert default[0] == "run" == gw["command"][0]
+    for name in ("--config", "--admin-address"):
+        assert option(default, name) == option(gw["command"], name)
     assert "pip install ." in " ".join(s.args for s in steps if s.keyword == "RUN")
 
 
@@ -212,6 +220,15 @@ def test_config_shape_matches_the_compose_network() -> None:
         listen_port = int(option(echo["command"], "--listen").rsplit(":", 1)[1])
         assert [p["port"] for p in es["ports"]] == [listen_port]
         assert option(echo["command"], "--name") == name
+    services = {es["metadata"]["labels"]["kubernetes.io/service-name"] for es in slices}
+    refs = {
+        ref["name"]
+        for d in root_docs
+        if d["kind"] == "HTTPRoute"
+        for r in d["spec"]["rules"]
+        for ref in r.get("backendRefs", [])
+    }
+    assert refs and refs <= services, (refs, services)
 
 
 def compose_config_docs() -> Iterator[tuple[Path, list[Doc]]]:
@@ -321,7 +338,7 @@ def run_healthcheck(admin_port: int) -> subprocess.CompletedProcess[str]:
     """The Dockerfile's HEALTHCHECK command, probing ``admin_port``."""
     argv = healthcheck_argv()
     argv[0] = sys.executable
-    argv[-1] = argv[-1].replace("127.0.0.1:9901", f"127.0.0.1:{admin_port}")
+    argv[-1] = re.sub(r"127\.0\.0\.1:\d+/ready", f"127.0.0.1:{admin_port}/ready", argv[-1])
     return subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False)
 
 
