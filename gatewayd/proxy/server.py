@@ -50,6 +50,7 @@ from gatewayd.proxy.filters import (
 )
 from gatewayd.proxy.forwarded import add_forwarding_headers, strip_hop_by_hop
 from gatewayd.proxy.localreply import (
+    DNS_RESOLUTION_FAILURE,
     DOWNSTREAM_PROTOCOL_ERROR,
     NO_HEALTHY_UPSTREAM,
     UPSTREAM_CONNECT_FAILURE,
@@ -127,6 +128,7 @@ class _Reject(Exception):
 LR_NO_ROUTE = ReplyKind("NR", "no_route", 404, b"route not found")
 LR_NO_HEALTHY = NO_HEALTHY_UPSTREAM
 LR_CONNECT_FAIL = UPSTREAM_CONNECT_FAILURE
+LR_DNS_FAIL = DNS_RESOLUTION_FAILURE
 LR_RESET = UPSTREAM_RESET
 LR_TIMEOUT = UPSTREAM_TIMEOUT
 LR_DIRECT = ReplyKind("NC", "invalid_backend", 500, b"no backend for this route")
@@ -534,7 +536,7 @@ class Exchange:
         backend = self.backend
         assert backend is not None
         try:
-            up = await proxy.pool.connect(ep.address, ep.port, backend.name)
+            up = await proxy.pool.connect(ep.address, ep.port, backend.name, resolve=backend.fqdn)
         except (OSError, TimeoutError) as exc:
             if attempt != self.attempt or self.finished:
                 return
@@ -543,6 +545,8 @@ class Exchange:
                 proxy.metrics.upstream_connect_fail(backend.name)
             if self._can_retry():
                 self._schedule_retry()
+            elif isinstance(exc, socket.gaierror):  # an FQDN endpoint's name did not resolve
+                self._local(503, LR_DNS_FAIL)
             else:
                 self._local(503, LR_CONNECT_FAIL)
             return
