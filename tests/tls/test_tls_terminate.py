@@ -13,7 +13,6 @@ from typing import Any
 
 import pytest
 import uvloop
-from conftest import PKI, Issued
 from cryptography import x509
 
 from gatewayd.routing.compiled import TerminateTLS
@@ -22,6 +21,9 @@ from gatewayd.tls.context import load_chain_from_memory
 from gatewayd.tls.terminate import PortTLS, TerminatedSSLObject
 
 NOW = dt.datetime.now(dt.UTC)
+# conftest's PKI and Issued (test modules do not import conftest: several exist).
+PKI = Any
+Issued = Any
 
 
 def run(coro: Coroutine[Any, Any, None], timeout: float = 20.0) -> None:
