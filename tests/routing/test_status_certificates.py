@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import pickle
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,6 +23,7 @@ from status_builders import (
 
 from gatewayd.routing.compile import compile_snapshot
 from gatewayd.routing.compiled import TerminateTLS
+from gatewayd.routing.load import load_paths
 from gatewayd.routing.model import (
     ConfigMap,
     FrontendValidation,
@@ -248,3 +250,14 @@ def test_misdirected_matches_the_conformance_cases() -> None:
     ]
     got = [(sni, host, table.misdirected(sni, host)) for sni, host, _ in cases]
     assert got == cases
+
+
+def test_example_https_listener_is_programmed() -> None:
+    """The demo's committed certificate (examples/05-demo-tls-secret.yaml) still serves."""
+    examples = Path(__file__).parents[2] / "examples"
+    loaded = load_paths([examples])
+    now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    res = resolve(loaded.config, now=now)
+    c = conditions_by_type(listener_status(res, "edge", "https", "demo"))
+    assert c["ResolvedRefs"] == ("True", "ResolvedRefs"), "regenerate the demo certificate"
+    assert c["Programmed"] == ("True", "Programmed")
