@@ -1525,26 +1525,20 @@ class Proxy:
         ]
         self._close_ports(flipped)
         for key in sorted(wanted):
-            if key not in self.servers:
-                continue
-            problem = self._update_tls(key, snapshot.ports[key])
-            if problem is not None:
-                failed[key] = problem
+            if key in self.terminators:
+                self._update_tls(key, snapshot.ports[key])
         for key in sorted(wanted - self.servers.keys()):
             address, port = key
             label = f"{address}:{port}"
             lp = snapshot.ports[key]
             ssl_ctx: ssl.SSLContext | None = None
             if _is_https(lp):
-                problem = self._update_tls(key, lp)
-                tls = self.terminators[key]
+                tls = self._update_tls(key, lp)
                 if not tls.serving:
                     del self.terminators[key]
-                    failed[key] = problem or f"{label}: no listener can terminate TLS"
-                    log.error("%s", failed[key])
+                    failed[key] = "TLS: no listener certificate could be loaded"
+                    log.error("%s: %s", label, failed[key])
                     continue
-                if problem is not None:
-                    failed[key] = problem
                 ssl_ctx = tls.base
             try:
                 sock = _bind(address, port)
@@ -1567,22 +1561,19 @@ class Proxy:
             await asyncio.sleep(0)  # let the listening sockets close
         return failed
 
-    def _update_tls(self, key: ListenKey, lp: ListenerPort) -> str | None:
+    def _update_tls(self, key: ListenKey, lp: ListenerPort) -> PortTLS:
         """TLS termination of an HTTPS port: create or update its ``PortTLS`` (the
         listening socket stays; the SNI callback reads the new certificates from the
-        next handshake on).  Returns a problem to report, None when all is well.
-        Plain ports are left alone."""
-        if not _is_https(lp):
-            return None
+        next handshake on).  A listener whose context cannot be built is logged and left
+        out (the status computation checked every pair already); the others serve."""
         tls = self.terminators.get(key)
         if tls is None:
             metrics = self.metrics
             hook = metrics.tls_handshake_error if metrics is not None else None
             tls = self.terminators[key] = PortTLS(f"{key[0]}:{key[1]}", hook)
-        problems = tls.update(lp.terminate)
-        for p in problems:
-            log.error("TLS on %s:%d: %s", key[0], key[1], p)
-        return "; ".join(problems) or None
+        for problem in tls.update(lp.terminate):
+            log.error("TLS on %s:%d: %s", key[0], key[1], problem)
+        return tls
 
     def _close_ports(self, keys: list[ListenKey]) -> None:
         for key in keys:
@@ -1624,6 +1615,7 @@ class Proxy:
         for server in self.servers.values():
             server.close()
         self.servers.clear()
+        self.terminators.clear()
         for c in list(self.conns):
             c.shutdown()
         if self.conns and drain_timeout > 0:

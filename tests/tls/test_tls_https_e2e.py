@@ -37,6 +37,8 @@ from e2e_kit import (
     gateway,
     gateway_class,
     prometheus_samples,
+    raw_exchange,
+    request,
     to_yaml,
 )
 
@@ -542,6 +544,53 @@ def test_certificate_swap_keeps_open_connections_and_the_socket(
             assert kept.sha256 == old.sha256
         # Same listening socket(s): nothing was closed and bound again.
         assert listening_inodes(port) == sockets
+    finally:
+        if daemon is not None:
+            daemon.stop()
+        echoes.close()
+
+
+def test_port_turning_from_http_to_https_is_served_with_tls(tmp_path: Path) -> None:
+    echoes = EchoFactory()
+    daemon: Gatewayd | None = None
+    try:
+        (echo,) = echoes.start("echo")
+        port = free_port()
+        cert = pair("flip.example")
+
+        def manifests(listener: Doc) -> str:
+            return to_yaml(
+                [
+                    gateway_class(),
+                    gateway("gw", [listener]),
+                    secret("cert", cert),
+                    *service_docs(echo),
+                    route("app", ["web"], {"backendRefs": [backend_ref("echo")]}),
+                ]
+            )
+
+        daemon = Gatewayd(
+            tmp_path / "d", manifests({"name": "web", "port": port, "protocol": "HTTP"})
+        )
+        assert request(port, host="flip.example").status == 200
+        daemon.config.write_text(manifests(https_listener("web", port, None, "cert")))
+        fingerprint = b""
+        for _ in deadline_loop(15.0, 0.1):
+            try:
+                fingerprint, reply = https_get(port, "flip.example", "flip.example")
+            except (OSError, http.client.HTTPException):
+                continue
+            break
+        assert fingerprint == cert.sha256, daemon.output()
+        assert echo_header(reply.echo(), "x-forwarded-proto") == ["https"]
+        # Cleartext on the TLS socket is refused and counted.
+        result = raw_exchange(port, b"GET / HTTP/1.1\r\nHost: flip.example\r\n\r\n")
+        assert result.closed and result.status is None
+        for _ in deadline_loop(TIMEOUT):
+            if handshake_errors(daemon, port).get("not_tls", 0) >= 1:
+                break
+        else:
+            raise AssertionError(f"no not_tls handshake error: {daemon.metrics()}")
     finally:
         if daemon is not None:
             daemon.stop()
