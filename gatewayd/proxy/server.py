@@ -23,6 +23,10 @@ Choices worth knowing:
   ``chunked`` towards HTTP/1.1 clients or close-delimited towards HTTP/1.0 clients.
 - Idle/head/lingering deadlines are checked by one periodic sweep per ``Proxy``
   instead of a timer per request.
+- HTTPS ports are created once with the fixed base context of their ``PortTLS``
+  (``gatewayd.tls.terminate``); a new snapshot only swaps the certificates the SNI
+  callback picks from.  Such connections carry their server name (``sni``) for the 421
+  check; on plain connections ``sni`` is None and costs one test per request.
 """
 
 from __future__ import annotations
@@ -1459,7 +1463,8 @@ class HttpConnection(asyncio.Protocol):
 
 
 def _is_https(lp: ListenerPort) -> bool:
-    """Whether the port terminates TLS (its listeners are HTTPS, mode Terminate)."""
+    """Whether the port's socket speaks TLS (HTTPS listeners); ``lp.terminate`` holds the
+    listeners whose certificates it serves."""
     return lp.protocol == "HTTPS"
 
 
@@ -1536,7 +1541,7 @@ class Proxy:
                 tls = self._update_tls(key, lp)
                 if not tls.serving:
                     del self.terminators[key]
-                    failed[key] = "TLS: no listener certificate could be loaded"
+                    failed[key] = "TLS: no listener of this port has a usable certificate"
                     log.error("%s: %s", label, failed[key])
                     continue
                 ssl_ctx = tls.base
