@@ -38,6 +38,7 @@ from e2e_kit import (
     gateway_class,
     prometheus_samples,
     raw_exchange,
+    reference_grant,
     request,
     to_yaml,
 )
@@ -229,6 +230,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory, pki: Any) -> Iterator[Setup]
             "second": pair("second-example.org"),
             "wild": pair("*.wildcard.org"),
             "fourth": pair("fourth-example.wildcard.org"),
+            "granted": pair("granted.example"),
         }
         expired = pair("expired.example", start=NOW - dt.timedelta(days=40), days=30)
         mismatch = Pair(pair("mismatch.example").cert, pair("mismatch.example").key)
@@ -249,6 +251,12 @@ def setup(tmp_path_factory: pytest.TempPathFactory, pki: Any) -> Iterator[Setup]
                     https_listener("mismatch", https_port, "mismatch.example", "mismatch"),
                     https_listener("malformed", https_port, "malformed.example", "malformed"),
                     https_listener(
+                        "granted",
+                        https_port,
+                        "granted.example",
+                        {"name": "granted", "namespace": "certs"},
+                    ),
+                    https_listener(
                         "foreign",
                         https_port,
                         "foreign.example",
@@ -267,7 +275,16 @@ def setup(tmp_path_factory: pytest.TempPathFactory, pki: Any) -> Iterator[Setup]
                     ),
                 ],
             ),
-            *[secret(name, p) for name, p in certs.items()],
+            *[secret(name, p) for name, p in certs.items() if name != "granted"],
+            secret("granted", certs["granted"], namespace="certs"),
+            reference_grant(
+                "gateways-read-granted",
+                "certs",
+                from_namespace="default",
+                from_kind="Gateway",
+                to_kind="Secret",
+                to_name="granted",
+            ),
             secret("expired", expired),
             secret("mismatch", mismatch),
             secret("mtls", mtls_server),
@@ -292,7 +309,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory, pki: Any) -> Iterator[Setup]
             *service_docs(echo),
             route(
                 "app",
-                ["https", "second", "wild", "fourth", "mtls"],
+                ["https", "second", "wild", "fourth", "granted", "mtls"],
                 {"backendRefs": [backend_ref("echo")]},
             ),
             route(
@@ -339,6 +356,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory, pki: Any) -> Iterator[Setup]
         ("third-example.wildcard.org", "wild"),
         ("a.b.wildcard.org", "wild"),
         ("fourth-example.wildcard.org", "fourth"),
+        ("granted.example", "granted"),  # another namespace, allowed by a ReferenceGrant
         ("unknown-example.org", "default"),
         (None, "default"),
     ],
