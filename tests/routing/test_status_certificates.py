@@ -261,3 +261,14 @@ def test_example_https_listener_is_programmed() -> None:
     c = conditions_by_type(listener_status(res, "edge", "https", "demo"))
     assert c["ResolvedRefs"] == ("True", "ResolvedRefs"), "regenerate the demo certificate"
     assert c["Programmed"] == ("True", "Programmed")
+
+
+def test_one_broken_ca_ref_keeps_validation_with_the_others() -> None:
+    ca = ConfigMap(meta=Meta(namespace="default", name="ca"), data=(("ca.crt", ca_pem()),))
+    tls = _validated("AllowValidOnly", ObjectReference(name="ca"), ObjectReference(name="gone"))
+    res = resolve(config(gateway("gw", listener("https", 443, "HTTPS", tls=tls)), ca, tls_secret()))
+    c = conditions_by_type(listener_status(res, "gw", "https"))
+    assert c["ResolvedRefs"] == ("False", "InvalidCACertificateRef")
+    (binding,) = res.listeners
+    # Never serve without client validation because one reference broke.
+    assert (binding.client_auth, binding.client_ca_pem) == ("require", ca_pem().encode())
