@@ -17,6 +17,7 @@ from gatewayd.routing.model import BackendObjectReference, Problem, Route
 
 if TYPE_CHECKING:
     from gatewayd.routing.mesh import MeshResolution
+    from gatewayd.tls.certs import CertificateInfo
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -92,6 +93,10 @@ class ListenerBinding:
     protocol: str  # HTTP | HTTPS | TLS
     hostname: str | None = None
     tls_mode: str | None = None  # Terminate | Passthrough for HTTPS/TLS listeners
+    # Terminate mode: checked key pairs (certificateRefs order) and frontend validation.
+    certificates: tuple[CertificateInfo, ...] = ()
+    client_ca_pem: bytes | None = None
+    client_auth: str = "none"  # none | require | optional
     routes: tuple[AttachedRoute, ...] = ()
 
 

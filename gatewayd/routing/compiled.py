@@ -21,6 +21,7 @@ from gatewayd.routing.bindings import EndpointAddress
 
 if TYPE_CHECKING:
     from gatewayd.routing.mesh import MeshTable
+    from gatewayd.tls.certs import CertificateInfo
 
 # --------------------------------------------------------------------------- filters
 
@@ -191,16 +192,30 @@ class RouteTable(Protocol):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class TerminateTLS:
+    """TLS termination of one HTTPS listener, as PEM: each serving process builds its
+    ``ssl.SSLContext`` from this (contexts do not pickle; snapshots must)."""
+
+    listener_name: str
+    hostname: str | None  # lower-case; None: the listener without hostname
+    certificates: tuple[CertificateInfo, ...]  # checked key pairs, certificateRefs order
+    client_ca_pem: bytes | None = None  # frontend validation CA bundle
+    client_auth: str = "none"  # none | require | optional
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ListenerPort:
     """One socket to bind: a Gateway address and port with the listeners sharing it."""
 
     address: str
     port: int
-    protocol: str  # HTTP for now; HTTPS/TLS once TLS exists
+    protocol: str  # HTTP | HTTPS | TLS
     gateway_namespace: str
     gateway_name: str
     listener_names: tuple[str, ...]
     table: RouteTable
+    # HTTPS listeners terminated on this port (empty: plain HTTP, or not terminated).
+    terminate: tuple[TerminateTLS, ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -221,9 +236,27 @@ class Snapshot:
                     "protocol": lp.protocol,
                     "gateway": f"{lp.gateway_namespace}/{lp.gateway_name}",
                     "listeners": list(lp.listener_names),
+                    **({"tls": [_tls_json(t) for t in lp.terminate]} if lp.terminate else {}),
                     "routes": lp.table.to_json(),
                 }
                 for lp in self.ports.values()
             ],
             **({"mesh": self.mesh.to_json()} if self.mesh is not None else {}),
         }
+
+
+def _tls_json(t: TerminateTLS) -> dict[str, object]:
+    # Fingerprints and names only: key material never leaves through /config_dump.
+    return {
+        "listener": t.listener_name,
+        "hostname": t.hostname if t.hostname is not None else "*",
+        "certificates": [
+            {
+                "dnsNames": list(c.dns_names),
+                "notAfter": c.not_after.isoformat(),
+                "sha256": c.fingerprint_sha256,
+            }
+            for c in t.certificates
+        ],
+        "clientAuth": t.client_auth,
+    }

@@ -5,9 +5,11 @@ from __future__ import annotations
 import datetime as dt
 import socket
 import ssl
+import sys
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 from cryptography import x509
@@ -210,3 +212,12 @@ def run_handshake(
 @pytest.fixture
 def handshake() -> Callable[[ssl.SSLContext, ssl.SSLContext, str | None], Outcome]:
     return run_handshake
+
+
+# --------------------------------------------------------------------------- e2e kit
+
+# The end-to-end kit (gatewayd subprocesses, manifests, echo backends) lives with the e2e
+# suite; the HTTPS end-to-end tests here reuse it.
+_E2E = str(Path(__file__).resolve().parent.parent / "e2e")
+if _E2E not in sys.path:
+    sys.path.append(_E2E)
