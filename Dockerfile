@@ -21,8 +21,9 @@ RUN useradd --system --uid 10001 --user-group --create-home --home-dir /home/gat
 USER 10001:10001
 WORKDIR /home/gatewayd
 
-# 8080: the demo Gateway's HTTP listener; 9901: the admin server (/ready, /status, metrics).
-EXPOSE 8080 9901
+# 8080 / 8443: the demo Gateway's HTTP and HTTPS listeners; 9901: the admin server
+# (/ready, /status, metrics).
+EXPOSE 8080 8443 9901
 
 # /ready is 200 once the configuration is loaded and every listener is bound.  urllib,
 # not curl (not in the slim image); no proxy from the environment for a loopback probe.
