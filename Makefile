@@ -23,8 +23,13 @@ ensure-netns-tools:
 	@command -v ip >/dev/null || (apt-get update -qq && apt-get install -y -qq iproute2) \
 		|| echo "iproute2 not installed: the node-local tests will skip"
 
+## ensure-locust: locust in the virtualenv (make locust, and the compose test runs its command line)
+.PHONY: ensure-locust
+ensure-locust: $(STAMP)
+	@test -x $(BIN)/locust || $(BIN)/pip install --quiet --disable-pip-version-check locust
+
 ## test: the whole suite (unit, real-socket and end-to-end tests)
-test: $(STAMP) ensure-netns-tools
+test: $(STAMP) ensure-netns-tools ensure-locust
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
@@ -47,6 +52,5 @@ bench: $(STAMP)
 	$(BIN)/python loadtest/bench.py $(BENCH_ARGS)
 
 ## locust: locust scenarios against the demo setup (echo backends + gatewayd on examples/)
-locust: $(STAMP)
-	test -x $(BIN)/locust || $(BIN)/pip install --quiet locust
+locust: $(STAMP) ensure-locust
 	BIN=$(BIN) bash loadtest/run_locust.sh

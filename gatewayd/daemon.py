@@ -83,6 +83,16 @@ class Daemon:
     def status_items(self) -> list[dict[str, object]]:
         return [s.as_item() for s in self.statuses]
 
+    def config_state(self) -> dict[str, object]:
+        """The serving generation and why the last reload was refused (None: it was not)."""
+        state: dict[str, object] = {
+            "generation": self.holder.current.generation,
+            "lastReloadError": self.last_error,
+        }
+        if self.pool is not None:
+            state["workerPids"] = self.pool.pids()
+        return state
+
     def config_dump(self) -> dict[str, object]:
         dump = self.holder.current.to_json()
         dump["last_reload_error"] = self.last_error
@@ -143,6 +153,9 @@ class Daemon:
 
     async def _apply(self, built: Built) -> None:
         failures = await self.proxy.apply(built.snapshot)
+        if self.pool is not None:
+            # The workers serve it; the supervisor keeps it for /config_dump and /status.
+            self.holder.swap(built.snapshot)
         if self.tproxy is not None:
             try:
                 await self.tproxy.apply(built.snapshot)
@@ -196,6 +209,7 @@ async def run(options: RunOptions) -> int:
             status_items=daemon.status_items,
             config_dump=daemon.config_dump,
             metrics=daemon.render_metrics,
+            config_state=daemon.config_state,
         ),
     )
     log.info("admin listening on %s", options.admin_address)

@@ -236,6 +236,13 @@ def _status_url(address: str) -> str:
 
 def fetch_status(address: str, *, timeout: float = 5.0) -> list[dict[str, object]]:
     """``GET http://<address>/status`` and return its items; raises StatusError."""
+    return fetch_status_doc(address, timeout=timeout)[0]
+
+
+def fetch_status_doc(
+    address: str, *, timeout: float = 5.0
+) -> tuple[list[dict[str, object]], dict[str, object]]:
+    """``GET http://<address>/status``: (items, config state); raises StatusError."""
     url = _status_url(address)
     # Never through an http_proxy from the environment: the admin server is local.
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -258,7 +265,8 @@ def fetch_status(address: str, *, timeout: float = 5.0) -> list[dict[str, object
     items = doc.get("items") if isinstance(doc, dict) else None
     if not isinstance(items, list):
         raise StatusError(f"gatewayd admin at {address} sent no 'items' list in /status")
-    return [it for it in items if isinstance(it, dict)]
+    config = doc.get("config")
+    return [it for it in items if isinstance(it, dict)], config if isinstance(config, dict) else {}
 
 
 def status_main(argv: Sequence[str]) -> int:
@@ -285,10 +293,16 @@ def status_main(argv: Sequence[str]) -> int:
     except ValueError as exc:
         parser.error(str(exc))  # exits 2, like any usage error
     try:
-        items = fetch_status(args.admin_address)
+        items, config = fetch_status_doc(args.admin_address)
     except StatusError as exc:
         print(exc, file=sys.stderr)
         return 1
+    if config.get("lastReloadError"):
+        print(
+            f"last reload refused (generation {config.get('generation')} still serving): "
+            f"{config['lastReloadError']}",
+            file=sys.stderr,
+        )
     if args.output == "json":
         selected = [it for it in items if what == "all" or it.get("kind") == SECTIONS[what]]
         print(json.dumps({"items": selected}, indent=2))

@@ -368,3 +368,24 @@ def test_status_main_rejects_unknown_kind(capsys: pytest.CaptureFixture[str]) ->
         status_main(["pods"])
     assert exc.value.code == 2
     assert "unknown resource type 'pods'" in capsys.readouterr().err
+
+
+def test_status_main_reports_a_refused_reload(capsys: pytest.CaptureFixture[str]) -> None:
+    state = AdminState(
+        ready=lambda: True,
+        status_items=lambda: SAMPLE,
+        config_dump=dict,
+        config_state=lambda: {
+            "generation": 7,
+            "lastReloadError": "routes.yaml:2: HTTPRoute default/web: spec.rules: boom",
+        },
+    )
+    with admin_in_thread(state) as server:
+        rc = status_main(["gateways", "--admin-address", server.address])
+    out, err = capsys.readouterr()
+    assert rc == 0
+    assert out == format_status_table(SAMPLE, "gateways")
+    assert err == (
+        "last reload refused (generation 7 still serving): "
+        "routes.yaml:2: HTTPRoute default/web: spec.rules: boom\n"
+    )

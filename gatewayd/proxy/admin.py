@@ -9,7 +9,7 @@ Routes (GET and HEAD):
 - ``/``                  a plain-text index of these endpoints (like Envoy's admin page)
 - ``/ready``             200 ``LIVE`` once the config is loaded and every bindable
                          listener is bound, else 503 ``INITIALIZING`` (Envoy's wording)
-- ``/status``            ``{"items": [ObjectStatus.as_item(), ...]}``
+- ``/status``            ``{"items": [ObjectStatus.as_item(), ...], "config": {...}}``
 - ``/config_dump``       the snapshot as JSON (``Snapshot.to_json()`` and whatever else
                          the daemon adds)
 - ``/stats/prometheus``  the Prometheus text exposition, with its own content type
@@ -68,6 +68,9 @@ class AdminState:
     status_items: Callable[[], list[dict[str, object]]]
     config_dump: Callable[[], Mapping[str, object]]
     metrics: Callable[[], tuple[bytes, str] | Awaitable[tuple[bytes, str]]] = default_metrics
+    # ``{"generation": N, "lastReloadError": str | None, ...}``, shown beside the items of
+    # /status so a refused reload is visible where operators look.
+    config_state: Callable[[], Mapping[str, object]] | None = None
 
 
 # (path, description) in index order.
@@ -127,7 +130,10 @@ class _Routes:
         return web.Response(status=503, text="INITIALIZING\n", content_type="text/plain")
 
     async def status(self, request: web.Request) -> web.Response:
-        return _json(200, {"items": list(self.state.status_items())})
+        doc: dict[str, object] = {"items": list(self.state.status_items())}
+        if self.state.config_state is not None:
+            doc["config"] = dict(self.state.config_state())
+        return _json(200, doc)
 
     async def config_dump(self, request: web.Request) -> web.Response:
         return _json(200, self.state.config_dump())

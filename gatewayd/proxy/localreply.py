@@ -74,6 +74,11 @@ UPSTREAM_CONNECT_FAILURE = ReplyKind(
     503,
     b"upstream connect error or disconnect/reset before headers. reset reason: connection failure",
 )
+# An FQDN endpoint whose name does not resolve at connect time (Envoy's DF flag,
+# "dns_resolution_failure" in %RESPONSE_CODE_DETAILS%).
+DNS_RESOLUTION_FAILURE = ReplyKind(
+    "DF", "dns_resolution_failure", 503, b"no healthy upstream: dns resolution failure"
+)
 UPSTREAM_RESET = ReplyKind(
     "UC",
     "upstream_reset",
@@ -94,6 +99,7 @@ REPLY_KINDS: tuple[ReplyKind, ...] = (
     INVALID_BACKEND,
     NO_HEALTHY_UPSTREAM,
     UPSTREAM_CONNECT_FAILURE,
+    DNS_RESOLUTION_FAILURE,
     UPSTREAM_RESET,
     UPSTREAM_PROTOCOL_ERROR,
     UPSTREAM_TIMEOUT,

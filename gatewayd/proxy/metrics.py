@@ -7,6 +7,7 @@ Series (``gatewayd_`` prefix; Envoy stat in brackets):
 - ``downstream_rq_duration_seconds{listener}`` histogram (downstream_rq_time)
 - ``downstream_cx_total{listener}``, ``downstream_cx_active{listener}``
 - ``upstream_rq_total{backend,code}`` (cluster.*.upstream_rq_<code>)
+- ``route_upstream_rq_total{route,code}`` (vhost.*.route.*.upstream_rq_<code>)
 - ``upstream_rq_duration_seconds{backend}`` histogram (upstream_rq_time)
 - ``upstream_cx_active{backend}``, ``upstream_cx_connect_fail_total{backend}``
 - ``local_reply_total{reason}`` (see ``localreply`` for the reasons)
@@ -93,6 +94,7 @@ class ProxyMetrics(Collector):
         self._ds_cx: dict[str, int] = {}
         self._ds_cx_total: dict[str, int] = {}
         self._us_rq: dict[tuple[str, int], int] = {}
+        self._route_rq: dict[tuple[str, int], int] = {}
         self._us_time: dict[str, _Histogram] = {}
         self._us_cx: dict[str, int] = {}
         self._us_fail: dict[str, int] = {}
@@ -116,11 +118,15 @@ class ProxyMetrics(Collector):
         hist.counts[bisect_left(BUCKETS, duration_s)] += 1
         hist.total += duration_s
 
-    def upstream_request(self, backend: str, status: int, duration_s: float) -> None:
-        """An upstream response (its status) received from ``backend``."""
+    def upstream_request(self, backend: str, route: str, status: int, duration_s: float) -> None:
+        """An upstream response (its status) received from ``backend`` for a request
+        routed by ``route`` (the rule's "namespace/name/rule/N")."""
         key = (backend, status)
         rq = self._us_rq
         rq[key] = rq.get(key, 0) + 1
+        rkey = (route, status)
+        route_rq = self._route_rq
+        route_rq[rkey] = route_rq.get(rkey, 0) + 1
         hist = self._us_time.get(backend)
         if hist is None:
             hist = self._us_time[backend] = _Histogram()
@@ -179,6 +185,7 @@ class ProxyMetrics(Collector):
         "_ds_cx",
         "_ds_cx_total",
         "_us_rq",
+        "_route_rq",
         "_us_cx",
         "_us_fail",
         "_local",
@@ -266,6 +273,12 @@ class ProxyMetrics(Collector):
             "Upstream responses by status code.",
             ("backend", "code"),
             {(b, str(s)): n for (b, s), n in list(self._us_rq.items())},
+        )
+        yield _counter(
+            "gatewayd_route_upstream_rq",
+            "Upstream responses by route rule and status code.",
+            ("route", "code"),
+            {(r, str(s)): n for (r, s), n in list(self._route_rq.items())},
         )
         yield _histogram(
             "gatewayd_upstream_rq_duration_seconds",

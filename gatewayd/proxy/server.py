@@ -23,6 +23,10 @@ Choices worth knowing:
   ``chunked`` towards HTTP/1.1 clients or close-delimited towards HTTP/1.0 clients.
 - Idle/head/lingering deadlines are checked by one periodic sweep per ``Proxy``
   instead of a timer per request.
+- HTTPS ports are created once with the fixed base context of their ``PortTLS``
+  (``gatewayd.tls.terminate``); a new snapshot only swaps the certificates the SNI
+  callback picks from.  Such connections carry their server name (``sni``) for the 421
+  check; on plain connections ``sni`` is None and costs one test per request.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import contextlib
 import logging
 import random
 import socket
+import ssl
 import time
 from collections import deque
 from collections.abc import Callable
@@ -50,6 +55,7 @@ from gatewayd.proxy.filters import (
 )
 from gatewayd.proxy.forwarded import add_forwarding_headers, strip_hop_by_hop
 from gatewayd.proxy.localreply import (
+    DNS_RESOLUTION_FAILURE,
     DOWNSTREAM_PROTOCOL_ERROR,
     NO_HEALTHY_UPSTREAM,
     UPSTREAM_CONNECT_FAILURE,
@@ -68,6 +74,8 @@ from gatewayd.routing.compiled import (
     ListenerPort,
     Snapshot,
 )
+from gatewayd.routing.table import HTTPRouteTable
+from gatewayd.tls.terminate import PortTLS
 
 if TYPE_CHECKING:
     from gatewayd.proxy.metrics import ProxyMetrics
@@ -128,6 +136,7 @@ class _Reject(Exception):
 LR_NO_ROUTE = ReplyKind("NR", "no_route", 404, b"route not found")
 LR_NO_HEALTHY = NO_HEALTHY_UPSTREAM
 LR_CONNECT_FAIL = UPSTREAM_CONNECT_FAILURE
+LR_DNS_FAIL = DNS_RESOLUTION_FAILURE
 LR_RESET = UPSTREAM_RESET
 LR_TIMEOUT = UPSTREAM_TIMEOUT
 LR_DIRECT = ReplyKind("NC", "invalid_backend", 500, b"no backend for this route")
@@ -140,6 +149,7 @@ LR_HEAD_TOO_BIG = ReplyKind(
 )
 LR_HEAD_TIMEOUT = ReplyKind("DPE", "header_timeout", 408, b"request header timeout")
 LR_INTERNAL = ReplyKind("", "internal_error", 500, b"internal error")
+LR_MISDIRECTED = ReplyKind("", "misdirected_request", 421, b"misdirected request")
 
 _ERRORS_BY_STATUS = {400: LR_BAD, 431: LR_HEAD_TOO_BIG, 408: LR_HEAD_TIMEOUT, 500: LR_INTERNAL}
 
@@ -383,6 +393,15 @@ class Exchange:
             self.host_header = host_b
         host = _host_only(host_b) if host_b else ""
         self.host = host
+        sni = conn.sni
+        if sni is not None:
+            # A terminated TLS connection: the Host must select the listener its SNI
+            # selected (GatewayHTTPSListenerDetectMisdirectedRequests), else 421.  Plain
+            # connections have ``sni`` None and pay only this test.
+            table = lp.table
+            if isinstance(table, HTTPRouteTable) and table.misdirected(sni, host):
+                self._local(421, LR_MISDIRECTED)
+                return
         method = self.method.decode("latin-1")
         path = path_b.decode("latin-1")
         query = query_b.decode("latin-1")
@@ -416,7 +435,7 @@ class Exchange:
         if redirect is not None:
             location = redirect_location(
                 redirect,
-                scheme="http",
+                scheme="http" if conn.sni is None else "https",
                 host=host,
                 port=lp.port,
                 path=path,
@@ -441,7 +460,7 @@ class Exchange:
         self.request_id = add_forwarding_headers(
             fwd,
             peer_ip=conn.peer_ip,
-            scheme=b"http",
+            scheme=conn.scheme,
             trusted_hops=proxy.options.xff_trusted_hops,
         )
         if rule.request_headers is not None:
@@ -535,7 +554,7 @@ class Exchange:
         backend = self.backend
         assert backend is not None
         try:
-            up = await proxy.pool.connect(ep.address, ep.port, backend.name)
+            up = await proxy.pool.connect(ep.address, ep.port, backend.name, resolve=backend.fqdn)
         except (OSError, TimeoutError) as exc:
             if attempt != self.attempt or self.finished:
                 return
@@ -544,6 +563,8 @@ class Exchange:
                 proxy.metrics.upstream_connect_fail(backend.name)
             if self._can_retry():
                 self._schedule_retry()
+            elif isinstance(exc, socket.gaierror):  # an FQDN endpoint's name did not resolve
+                self._local(503, LR_DNS_FAIL)
             else:
                 self._local(503, LR_CONNECT_FAIL)
             return
@@ -749,8 +770,12 @@ class Exchange:
             # connection is in an unknown state.
             conn.close()
         if proxy.metrics is not None and self.backend is not None:
+            rule = self.rule
             proxy.metrics.upstream_request(
-                self.backend.name, self.status, loop.time() - self.try_start
+                self.backend.name,
+                rule.route_id if rule is not None else "",
+                self.status,
+                loop.time() - self.try_start,
             )
         if self.resp_mode == F_CHUNKED:
             self.out.append(b"0\r\n\r\n")
@@ -1023,6 +1048,8 @@ class HttpConnection(asyncio.Protocol):
         "queue",
         "read_mask",
         "rejected",
+        "scheme",
+        "sni",
         "stopped",
         "transport",
         "write_paused",
@@ -1039,6 +1066,10 @@ class HttpConnection(asyncio.Protocol):
         # Transparent (TPROXY) connections pick their ListenerPort from each request's
         # snapshot by original destination and client (proxy/transparent.py).
         self.port_for: Callable[[Snapshot], ListenerPort | None] | None = None
+        # Terminated TLS: the client's server name ("" without SNI), set when the
+        # connection is made; None on plain connections.
+        self.sni: str | None = None
+        self.scheme = b"http"  # X-Forwarded-Proto and the default redirect scheme
         self.cur: Exchange | None = None
         self.active: Exchange | None = None
         self.queue: deque[Exchange] = deque()
@@ -1077,6 +1108,9 @@ class HttpConnection(asyncio.Protocol):
         transport.set_write_buffer_limits(WRITE_HIGH, WRITE_LOW)
         peer = transport.get_extra_info("peername")
         self.peer_ip = peer[0] if peer else ""
+        if self.sni is not None:
+            # What the SNI callback chose (gatewayd.tls.terminate) for the 421 check.
+            self.sni = getattr(transport.get_extra_info("ssl_object"), "server_name", "")
         self.deadline = self.loop.time() + proxy.options.header_timeout
         self.deadline_kind = D_HEAD
         if proxy.metrics is not None:
@@ -1437,6 +1471,12 @@ class HttpConnection(asyncio.Protocol):
 # --------------------------------------------------------------------------- Proxy
 
 
+def _is_https(lp: ListenerPort) -> bool:
+    """Whether the port's socket speaks TLS (HTTPS listeners); ``lp.terminate`` holds the
+    listeners whose certificates it serves."""
+    return lp.protocol == "HTTPS"
+
+
 def _bind(address: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in address else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -1474,6 +1514,8 @@ class Proxy:
         self.servers: dict[ListenKey, asyncio.AbstractServer] = {}
         # Connections of ports whose listeners are all protocol TLS (TLSRoute).
         self.tls_routes = TLSRouteListener(self)
+        # HTTPS ports: TLS termination state, updated in place on every snapshot.
+        self.terminators: dict[ListenKey, PortTLS] = {}
         self.conns: set[HttpConnection] = set()
         self.n_conns = 0
         self.tasks: set[asyncio.Task[None]] = set()
@@ -1492,42 +1534,95 @@ class Proxy:
         self._start_sweeper(loop)
         failed: dict[tuple[str, int], str] = {}
         wanted = set(snapshot.ports)
+        # A port that turns from plain HTTP to HTTPS (or back) needs a new socket.
+        flipped = [
+            key
+            for key in self.servers
+            if key in wanted and (key in self.terminators) != _is_https(snapshot.ports[key])
+        ]
+        self._close_ports(flipped)
+        for key in sorted(wanted):
+            if key in self.terminators:
+                self._update_tls(key, snapshot.ports[key])
         for key in sorted(wanted - self.servers.keys()):
             address, port = key
             label = f"{address}:{port}"
+            lp = snapshot.ports[key]
+            ssl_ctx: ssl.SSLContext | None = None
+            if _is_https(lp):
+                tls = self._update_tls(key, lp)
+                if not tls.serving:
+                    del self.terminators[key]
+                    failed[key] = "TLS: no listener of this port has a usable certificate"
+                    log.error("%s: %s", label, failed[key])
+                    continue
+                ssl_ctx = tls.base
             try:
                 sock = _bind(address, port)
                 server = await loop.create_server(
-                    self._factory(key, label), sock=sock, backlog=1024
+                    self._factory(key, label, tls=ssl_ctx is not None),
+                    sock=sock,
+                    backlog=1024,
+                    ssl=ssl_ctx,
+                    ssl_handshake_timeout=self.options.header_timeout if ssl_ctx else None,
                 )
             except OSError as exc:
                 failed[key] = f"cannot bind {label}: {exc.strerror or exc}"
                 log.error("%s", failed[key])
+                self.terminators.pop(key, None)
                 continue
             self.servers[key] = server
         removed = [key for key in self.servers if key not in wanted]
-        for key in removed:
+        self._close_ports(removed)
+        if removed or flipped:
+            await asyncio.sleep(0)  # let the listening sockets close
+        return failed
+
+    def _update_tls(self, key: ListenKey, lp: ListenerPort) -> PortTLS:
+        """TLS termination of an HTTPS port: create or update its ``PortTLS`` (the
+        listening socket stays; the SNI callback reads the new certificates from the
+        next handshake on).  A listener whose context cannot be built is logged and left
+        out (the status computation checked every pair already); the others serve."""
+        tls = self.terminators.get(key)
+        if tls is None:
+            metrics = self.metrics
+            hook = metrics.tls_handshake_error if metrics is not None else None
+            tls = self.terminators[key] = PortTLS(f"{key[0]}:{key[1]}", hook)
+        for problem in tls.update(lp.terminate):
+            log.error("TLS on %s:%d: %s", key[0], key[1], problem)
+        return tls
+
+    def _close_ports(self, keys: list[ListenKey]) -> None:
+        for key in keys:
             self.servers.pop(key).close()
+            self.terminators.pop(key, None)
             for c in list(self.conns):
                 if c.key == key:
                     c.shutdown()
             self.tls_routes.shutdown_port(key)
-        if removed:
-            await asyncio.sleep(0)  # let the listening sockets close
-        return failed
 
-    def _factory(self, key: ListenKey, label: str) -> Callable[[], asyncio.Protocol]:
-        def accept() -> asyncio.Protocol:
-            # The port's protocol in the current snapshot decides, per accepted
-            # connection (one dict lookup), so a port turning from HTTP to TLS keeps its
-            # socket.
-            lp = self.holder.current.ports.get(key)
-            if lp is not None and lp.protocol == TLS_PROTOCOL:
-                # protocol TLS (TLSRoute): ClientHello, SNI, passthrough or terminate.
-                return self.tls_routes.connection(key, label)
-            return HttpConnection(self, key, label)
+    def _factory(self, key: ListenKey, label: str, *, tls: bool) -> Callable[[], asyncio.Protocol]:
+        if not tls:
 
-        return accept
+            def accept() -> asyncio.Protocol:
+                # The port's protocol in the current snapshot decides, per accepted
+                # connection (one dict lookup), so a port turning from HTTP to TLS keeps
+                # its socket.
+                lp = self.holder.current.ports.get(key)
+                if lp is not None and lp.protocol == TLS_PROTOCOL:
+                    # protocol TLS (TLSRoute): ClientHello, SNI, passthrough or terminate.
+                    return self.tls_routes.connection(key, label)
+                return HttpConnection(self, key, label)
+
+            return accept
+
+        def terminated() -> HttpConnection:
+            conn = HttpConnection(self, key, label)
+            conn.sni = ""
+            conn.scheme = b"https"
+            return conn
+
+        return terminated
 
     def bound(self) -> set[tuple[str, int]]:
         return set(self.servers)
@@ -1549,6 +1644,7 @@ class Proxy:
         for server in self.servers.values():
             server.close()
         self.servers.clear()
+        self.terminators.clear()
         for c in list(self.conns):
             c.shutdown()
         self.tls_routes.stop_accepting()

@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Protocol, cast
 
 import httptools
 
+from gatewayd.proxy.resolver import Resolver
+
 if TYPE_CHECKING:
     from gatewayd.proxy.metrics import ProxyMetrics
 
@@ -329,7 +331,16 @@ class UpstreamConnection(asyncio.Protocol):
 class UpstreamPool:
     """Idle keep-alive connections per endpoint, reused last-in first-out."""
 
-    __slots__ = ("_closed", "connect_timeout", "conns", "idle", "mark", "max_idle", "metrics")
+    __slots__ = (
+        "_closed",
+        "connect_timeout",
+        "conns",
+        "idle",
+        "mark",
+        "max_idle",
+        "metrics",
+        "resolver",
+    )
 
     def __init__(
         self,
@@ -337,8 +348,10 @@ class UpstreamPool:
         connect_timeout: float = 5.0,
         max_idle_per_endpoint: int = MAX_IDLE_PER_ENDPOINT,
         metrics: ProxyMetrics | None = None,
+        resolver: Resolver | None = None,
     ) -> None:
         self.connect_timeout = connect_timeout
+        self.resolver = resolver if resolver is not None else Resolver()
         self.max_idle = max_idle_per_endpoint
         self.metrics = metrics
         self.idle: dict[EndpointKey, list[UpstreamConnection]] = {}
@@ -358,22 +371,43 @@ class UpstreamPool:
                 return conn
         return None
 
-    async def connect(self, host: str, port: int, label: str) -> UpstreamConnection:
-        """A fresh connection (pool miss).  Raises OSError or TimeoutError."""
-        loop = asyncio.get_running_loop()
+    async def connect(
+        self, host: str, port: int, label: str, *, resolve: bool = False
+    ) -> UpstreamConnection:
+        """A fresh connection (pool miss).  Raises OSError or TimeoutError.
+
+        ``resolve``: ``host`` is a name (EndpointSlice addressType FQDN), resolved through
+        the TTL cache; a name that does not resolve raises ``socket.gaierror``.  The pool
+        key stays the name, so idle connections are reused whatever the name resolves to
+        now.  The connect timeout bounds the lookup too."""
         key = (host, port)
         async with asyncio.timeout(self.connect_timeout):
-            if self.mark is not None:
-                from gatewayd.tproxy.sockets import connect_marked
+            if not resolve:
+                return await self._open(key, host, port, label)
+            last: OSError | None = None
+            for _family, sockaddr in await self.resolver.resolve(host, port):
+                try:
+                    return await self._open(key, sockaddr[0], port, label)
+                except OSError as exc:  # next address, as create_connection does
+                    last = exc
+            assert last is not None  # resolve() never returns an empty list
+            raise last
 
-                sock = await connect_marked(host, port, self.mark)
-                _, proto = await loop.create_connection(
-                    lambda: UpstreamConnection(self, key, label), sock=sock
-                )
-            else:
-                _, proto = await loop.create_connection(
-                    lambda: UpstreamConnection(self, key, label), host, port
-                )
+    async def _open(
+        self, key: EndpointKey, address: str, port: int, label: str
+    ) -> UpstreamConnection:
+        loop = asyncio.get_running_loop()
+        if self.mark is not None:
+            from gatewayd.tproxy.sockets import connect_marked
+
+            sock = await connect_marked(address, port, self.mark)
+            _, proto = await loop.create_connection(
+                lambda: UpstreamConnection(self, key, label), sock=sock
+            )
+        else:
+            _, proto = await loop.create_connection(
+                lambda: UpstreamConnection(self, key, label), address, port
+            )
         return proto
 
     def release(self, conn: UpstreamConnection, now: float) -> None:
@@ -427,6 +461,7 @@ class UpstreamPool:
 
     def close(self) -> None:
         self._closed = True
+        self.resolver.close()
         for stack in self.idle.values():
             while stack:
                 stack.pop().close()

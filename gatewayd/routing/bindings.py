@@ -93,9 +93,10 @@ class ListenerBinding:
     protocol: str  # HTTP | HTTPS | TLS
     hostname: str | None = None
     tls_mode: str | None = None  # Terminate | Passthrough for HTTPS/TLS listeners
-    # Terminate mode: checked key pairs (certificateRefs order), carried as PEM so that
-    # snapshots pickle; each serving process builds its ssl.SSLContext from them.
+    # Terminate mode: checked key pairs (certificateRefs order) and frontend validation.
     certificates: tuple[CertificateInfo, ...] = ()
+    client_ca_pem: bytes | None = None
+    client_auth: str = "none"  # none | require | optional
     routes: tuple[AttachedRoute, ...] = ()
 
 

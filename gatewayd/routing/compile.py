@@ -34,6 +34,7 @@ from gatewayd.routing.compiled import (
     RouteHit,
     RouteTable,
     Snapshot,
+    TerminateTLS,
 )
 from gatewayd.routing.match import (
     Candidate,
@@ -167,6 +168,17 @@ class _Compiler:
             protocol = TLS_PROTOCOL
             table = SNITable([self._tls_listener(b) for b in tls])
             served = tls
+        terminate = tuple(
+            TerminateTLS(
+                listener_name=b.listener_name,
+                hostname=_lower(b.hostname),
+                certificates=b.certificates,
+                client_ca_pem=b.client_ca_pem,
+                client_auth=b.client_auth,
+            )
+            for b in served
+            if b.protocol == "HTTPS" and b.tls_mode == "Terminate" and b.certificates
+        )
         return ListenerPort(
             address=first.address,
             port=first.port,
@@ -175,6 +187,7 @@ class _Compiler:
             gateway_name=served[0].gateway_name,
             listener_names=tuple(b.listener_name for b in served),
             table=table,
+            terminate=terminate,
         )
 
     def _http_listener(self, binding: ListenerBinding) -> ListenerSpec:

@@ -21,6 +21,7 @@ from gatewayd.routing.bindings import EndpointAddress
 
 if TYPE_CHECKING:
     from gatewayd.routing.mesh import MeshTable
+    from gatewayd.tls.certs import CertificateInfo
 
 # --------------------------------------------------------------------------- filters
 
@@ -138,10 +139,14 @@ class CompiledRule:
     backend_request_timeout: float | None = None
     retry: Retry | None = None
     session_persistence: str | None = None  # cookie/header name, kept for later
+    # "namespace/name/rule/N": the access log's route and the per-route metrics label,
+    # computed once here rather than per request.
+    route_id: str = ""
 
-    @property
-    def route_id(self) -> str:
-        return f"{self.route_namespace}/{self.route_name}/rule/{self.rule_index}"
+    def __post_init__(self) -> None:
+        if not self.route_id:
+            rid = f"{self.route_namespace}/{self.route_name}/rule/{self.rule_index}"
+            object.__setattr__(self, "route_id", rid)
 
     def pick_backend(self, r: float) -> CompiledBackend | None:
         """Weighted choice; ``r`` is uniform in [0, 1).  None when no backend is left."""
@@ -187,16 +192,30 @@ class RouteTable(Protocol):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class TerminateTLS:
+    """TLS termination of one HTTPS listener, as PEM: each serving process builds its
+    ``ssl.SSLContext`` from this (contexts do not pickle; snapshots must)."""
+
+    listener_name: str
+    hostname: str | None  # lower-case; None: the listener without hostname
+    certificates: tuple[CertificateInfo, ...]  # checked key pairs, certificateRefs order
+    client_ca_pem: bytes | None = None  # frontend validation CA bundle
+    client_auth: str = "none"  # none | require | optional
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ListenerPort:
     """One socket to bind: a Gateway address and port with the listeners sharing it."""
 
     address: str
     port: int
-    protocol: str  # HTTP for now; HTTPS/TLS once TLS exists
+    protocol: str  # HTTP | HTTPS | TLS
     gateway_namespace: str
     gateway_name: str
     listener_names: tuple[str, ...]
     table: RouteTable
+    # HTTPS listeners terminated on this port (empty: plain HTTP, or not terminated).
+    terminate: tuple[TerminateTLS, ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -217,9 +236,27 @@ class Snapshot:
                     "protocol": lp.protocol,
                     "gateway": f"{lp.gateway_namespace}/{lp.gateway_name}",
                     "listeners": list(lp.listener_names),
+                    **({"tls": [_tls_json(t) for t in lp.terminate]} if lp.terminate else {}),
                     "routes": lp.table.to_json(),
                 }
                 for lp in self.ports.values()
             ],
             **({"mesh": self.mesh.to_json()} if self.mesh is not None else {}),
         }
+
+
+def _tls_json(t: TerminateTLS) -> dict[str, object]:
+    # Fingerprints and names only: key material never leaves through /config_dump.
+    return {
+        "listener": t.listener_name,
+        "hostname": t.hostname if t.hostname is not None else "*",
+        "certificates": [
+            {
+                "dnsNames": list(c.dns_names),
+                "notAfter": c.not_after.isoformat(),
+                "sha256": c.fingerprint_sha256,
+            }
+            for c in t.certificates
+        ],
+        "clientAuth": t.client_auth,
+    }

@@ -18,7 +18,6 @@ Pure module: no I/O, no clock (the caller passes ``now``).
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import datetime as dt
 from collections.abc import Callable, Iterable, Mapping
@@ -61,7 +60,12 @@ from gatewayd.routing.model import (
     TLSRoute,
 )
 from gatewayd.routing.refgrant import ReferenceGrants, RefFrom, RefTo
-from gatewayd.tls.certs import CertificateInfo, InvalidCertificate, keypair_from_secret
+from gatewayd.tls.certs import (
+    CertificateInfo,
+    InvalidCertificate,
+    keypair_from_secret,
+    load_ca_bundle,
+)
 
 API_VERSION: Final = "gateway.networking.k8s.io/v1"
 # TLSRoute is served as gateway.networking.k8s.io/v1 since Gateway API v1.5 (standard
@@ -69,9 +73,9 @@ API_VERSION: Final = "gateway.networking.k8s.io/v1"
 
 # Conformance feature names (pkg/features) this implementation claims on its
 # GatewayClasses, sorted as "It MUST be sorted in ascending alphabetical order by the
-# Name key." (GatewayClassStatus.SupportedFeatures).  Only what the HTTP/1.1 data plane
-# serves today: no GRPCRoute (needs HTTP/2) or HTTPS (TLS work pending),
-# listener isolation or retries until the compiler/proxy confirm them.
+# Name key." (GatewayClassStatus.SupportedFeatures).  Only what the data plane serves
+# today: no GRPCRoute (needs HTTP/2), listener isolation or retries until the
+# compiler/proxy confirm them.
 SUPPORTED_FEATURES: tuple[str, ...] = tuple(
     sorted(
         (
@@ -208,6 +212,11 @@ class _ListenerState:
         default_factory=lambda: _ok(RESOLVED_REFS, "All references are resolved")
     )
     certs_ok: bool = True
+    # Terminate mode: the checked key pairs (certificateRefs order) and the client CA
+    # bundle of frontend validation, carried to the data plane as PEM.
+    certificates: tuple[CertificateInfo, ...] = ()
+    client_ca_pem: bytes | None = None
+    client_auth: str = "none"  # none | require | optional (gatewayd.tls.context)
     programmed: _Verdict = field(default_factory=lambda: _ok(PROGRAMMED, "Listener is programmed"))
     routes: list[AttachedRoute] = field(default_factory=list)
     route_ids: set[tuple[str, str, str]] = field(default_factory=set)
@@ -224,12 +233,13 @@ class _ListenerState:
 class _Refs:
     """Object lookups shared by the listener and route evaluation."""
 
-    __slots__ = ("config_maps", "grants", "secrets")
+    __slots__ = ("config_maps", "grants", "now", "secrets")
 
-    def __init__(self, config: Config, grants: ReferenceGrants) -> None:
+    def __init__(self, config: Config, grants: ReferenceGrants, now: dt.datetime) -> None:
         self.secrets = {(s.meta.namespace, s.meta.name): s for s in config.secrets}
         self.config_maps = {(c.meta.namespace, c.meta.name): c for c in config.config_maps}
         self.grants = grants
+        self.now = now  # certificate validity is checked at this instant
 
     def gateway_may_reference(self, gw: Gateway, group: str, kind: str, ns: str, name: str) -> bool:
         return self.grants.allows(
@@ -279,26 +289,8 @@ def _secret_ref_problem(
     return None
 
 
-def _certificates(
-    gw: Gateway, listener: Listener, refs: _Refs, now: str
-) -> tuple[CertificateInfo, ...]:
-    """The checked key pairs of a programmable Terminate listener (``_check_certificates``
-    made sure every ref resolves to a Secret with both keys).  A pair that does not load
-    (malformed, expired at ``now``, key mismatch) is left out; the data plane refuses
-    connections of a Terminate listener left without a pair."""
-    if attach.tls_mode(listener) is not TLSModeType.TERMINATE or listener.tls is None:
-        return ()
-    when = dt.datetime.fromisoformat(now.replace("Z", "+00:00"))
-    out: list[CertificateInfo] = []
-    for ref in listener.tls.certificate_refs:
-        secret = refs.secrets.get((ref.namespace or gw.meta.namespace, ref.name))
-        if secret is not None:
-            with contextlib.suppress(InvalidCertificate):
-                out.append(keypair_from_secret(secret, now=when))
-    return tuple(out)
-
-
 def _check_certificates(gw: Gateway, state: _ListenerState, refs: _Refs) -> list[_Verdict]:
+    """Problems of a Terminate listener's certificateRefs; sets ``state.certificates``."""
     listener = state.listener
     mode = attach.tls_mode(listener)
     if mode is not TLSModeType.TERMINATE:
@@ -314,12 +306,32 @@ def _check_certificates(gw: Gateway, state: _ListenerState, refs: _Refs) -> list
             )
         ]
     problems: list[_Verdict] = []
+    certificates: list[CertificateInfo] = []
     for i, ref in enumerate(tls.certificate_refs):
-        problem = _secret_ref_problem(
-            gw, ref, refs, f"{prefix}: tls.certificateRefs[{i}]", INVALID_CERTIFICATE_REF
-        )
+        what = f"{prefix}: tls.certificateRefs[{i}]"
+        problem = _secret_ref_problem(gw, ref, refs, what, INVALID_CERTIFICATE_REF)
         if problem is not None:
             problems.append(problem)
+            continue
+        ns = ref.namespace or gw.meta.namespace
+        secret = refs.secrets[(ns, ref.name)]
+        # "A CertificateRef is considered invalid when it refers to a nonexistent or
+        # unsupported resource or kind, or when the data within that resource is
+        # malformed." (ListenerTLSConfig.CertificateRefs)  Parsed here with
+        # cryptography, so the listener reports why (expired, key mismatch, not PEM)
+        # instead of the data plane failing with an OpenSSL error.
+        try:
+            certificates.append(keypair_from_secret(secret, now=refs.now))
+        except InvalidCertificate as exc:
+            problems.append(
+                _no(
+                    INVALID_CERTIFICATE_REF,
+                    f"{what}: Secret {ns}/{ref.name}: {exc}; "
+                    "fix the Secret's tls.crt/tls.key (gatewayd cert makes a valid pair)",
+                )
+            )
+    if not problems:
+        state.certificates = tuple(certificates)
     return problems
 
 
@@ -332,6 +344,7 @@ def _check_ca_certificates(
         return [], False
     ca_refs = tls.frontend_validation.ca_certificate_refs
     problems: list[_Verdict] = []
+    bundles: list[bytes] = []
     for i, ref in enumerate(ca_refs):
         what = f"listener {state.name}: tls.frontendValidation.caCertificateRefs[{i}]"
         ns = ref.namespace or gw.meta.namespace
@@ -352,24 +365,47 @@ def _check_ca_certificates(
                 )
             )
             continue
+        ca: str | bytes | None = None
         if ref.kind == "ConfigMap":
             cm = refs.config_maps.get((ns, ref.name))
-            found, has_ca = cm is not None, cm is not None and bool(cm.get("ca.crt"))
+            found = cm is not None
+            if cm is not None:
+                ca = cm.get("ca.crt")
         else:
             secret = refs.secrets.get((ns, ref.name))
-            found, has_ca = secret is not None, secret is not None and bool(secret.get("ca.crt"))
+            found = secret is not None
+            if secret is not None:
+                ca = secret.get("ca.crt")
         if not found:
             problems.append(
                 _no(INVALID_CA_CERTIFICATE_REF, f"{what}: {ref.kind} {ns}/{ref.name} not found")
             )
-        elif not has_ca:
+        elif not ca:
             problems.append(
                 _no(INVALID_CA_CERTIFICATE_REF, f"{what}: {ref.kind} {ns}/{ref.name} has no ca.crt")
             )
+        else:
+            try:
+                bundles.append(load_ca_bundle(ca))
+            except InvalidCertificate as exc:
+                problems.append(
+                    _no(
+                        INVALID_CA_CERTIFICATE_REF,
+                        f"{what}: {ref.kind} {ns}/{ref.name}: ca.crt: {exc}",
+                    )
+                )
     # "If ALL CACertificateRefs are invalid, the implementation MUST also ensure the
     # `Accepted` condition on the listener is set to `status: False`, with the Reason
     # `NoValidCACertificate`." (FrontendTLSValidation.CACertificateRefs)
     none_valid = bool(ca_refs) and len(problems) == len(ca_refs)
+    if bundles:
+        # The valid bundles serve (the invalid ones are reported): never fall back to
+        # no client validation because one reference broke.
+        state.client_ca_pem = b"".join(bundles)
+        # FrontendValidation mode: AllowValidOnly (default) refuses a connection without
+        # a valid client certificate; AllowInsecureFallback lets one without through.
+        fallback = tls.frontend_validation.mode == "AllowInsecureFallback"
+        state.client_auth = "optional" if fallback else "require"
     return problems, none_valid
 
 
@@ -687,6 +723,12 @@ def _parent_ref_json(ref: ParentReference, route_namespace: str) -> dict[str, ob
 # --------------------------------------------------------------------------- resolve
 
 
+def _instant(now: str) -> dt.datetime:
+    """``now`` (RFC 3339, as in lastTransitionTime) as an aware datetime."""
+    when = dt.datetime.fromisoformat(now.replace("Z", "+00:00"))
+    return when if when.tzinfo is not None else when.replace(tzinfo=dt.UTC)
+
+
 def resolve(
     config: Config,
     *,
@@ -699,7 +741,7 @@ def resolve(
     """Compute every status, the listener bindings and the resolved backends."""
     is_local = is_local_address if is_local_address is not None else (lambda _a: True)
     grants = ReferenceGrants(config.reference_grants)
-    refs = _Refs(config, grants)
+    refs = _Refs(config, grants, _instant(now))
     problems: list[Problem] = []
     statuses: list[ObjectStatus] = []
 
@@ -802,7 +844,9 @@ def resolve(
                     protocol=s.listener.protocol,
                     hostname=s.listener.hostname,
                     tls_mode=mode.value if mode is not None else None,
-                    certificates=_certificates(gs.gateway, s.listener, refs, now),
+                    certificates=s.certificates,
+                    client_ca_pem=s.client_ca_pem,
+                    client_auth=s.client_auth,
                     routes=tuple(s.routes),
                 )
                 for address in gs.address.addresses

@@ -268,6 +268,18 @@ class HTTPRouteTable:
                 end = path.rfind("/", 0, end)
         return best.hit if best is not None else None
 
+    def misdirected(self, sni: str, host: str) -> bool:
+        """Whether a request for ``host`` arrived on a TLS connection whose server name
+        ``sni`` ("" without SNI) selects another listener of this port.
+
+        Conformance GatewayHTTPSListenerDetectMisdirectedRequests: the listener chosen
+        by SNI must be the one the Host selects, or the answer is 421; SNI and Host may
+        differ within one listener (two names under its wildcard).  RFC 9110 15.5.20:
+        421 "indicates that the request was directed at a server that is unable or
+        unwilling to produce an authoritative response for the target URI"."""
+        listeners = self._listeners
+        return listeners.select(sni) is not listeners.select(host)
+
     def listeners(self) -> tuple[ListenerRoutes, ...]:
         return self._listener_list
 

@@ -57,9 +57,9 @@ def test_downstream_duration_histogram(reg: CollectorRegistry) -> None:
 
 def test_upstream_series(reg: CollectorRegistry) -> None:
     m = ProxyMetrics(reg)
-    m.upstream_request("default/web:8080", 200, 0.01)
-    m.upstream_request("default/web:8080", 200, 0.02)
-    m.upstream_request("default/web:8080", 502, 0.03)
+    m.upstream_request("default/web:8080", "default/web/rule/0", 200, 0.01)
+    m.upstream_request("default/web:8080", "default/web/rule/0", 200, 0.02)
+    m.upstream_request("default/web:8080", "default/other/rule/1", 502, 0.03)
     m.upstream_connect_fail("default/web:8080")
     m.upstream_cx("default/web:8080", 1)
     m.upstream_cx("default/web:8080", 1)
@@ -68,6 +68,10 @@ def test_upstream_series(reg: CollectorRegistry) -> None:
     b = ("backend", "default/web:8080")
     assert got[("gatewayd_upstream_rq_total", (b, ("code", "200")))] == 2
     assert got[("gatewayd_upstream_rq_total", (b, ("code", "502")))] == 1
+    r0 = ("route", "default/web/rule/0")
+    assert got[("gatewayd_route_upstream_rq_total", (("code", "200"), r0))] == 2
+    r1 = ("route", "default/other/rule/1")
+    assert got[("gatewayd_route_upstream_rq_total", (("code", "502"), r1))] == 1
     assert got[("gatewayd_upstream_cx_connect_fail_total", (b,))] == 1
     assert got[("gatewayd_upstream_cx_active", (b,))] == 1
     assert got[("gatewayd_upstream_rq_duration_seconds_count", (b,))] == 3

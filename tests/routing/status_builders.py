@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import functools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -38,6 +40,7 @@ from gatewayd.routing.model import (
     ServicePort,
     TLSModeType,
 )
+from gatewayd.tls.certs import self_signed
 
 CONTROLLER = "gatewayd.dev/gateway-controller"
 
@@ -165,10 +168,25 @@ def endpoint_slice(
     )
 
 
+@functools.cache
+def _test_pair() -> tuple[bytes, bytes]:
+    # resolve() defaults ``now`` to 1970-01-01: a pair valid from then until long after
+    # today serves both the default and real clocks.
+    start = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+    return self_signed(["example.com", "*.example.com"], days=365 * 200, now=start)
+
+
+def ca_pem() -> str:
+    """A CA bundle for frontend validation (the self-signed test certificate)."""
+    return _test_pair()[0].decode("ascii")
+
+
 def tls_secret(name: str = "cert", namespace: str = "default", *, complete: bool = True) -> Secret:
-    data: tuple[tuple[str, bytes], ...] = (("tls.crt", b"CERT"),)
+    """A kubernetes.io/tls Secret holding a valid pair (``complete=False``: no tls.key)."""
+    cert, key = _test_pair()
+    data: tuple[tuple[str, bytes], ...] = (("tls.crt", cert),)
     if complete:
-        data += (("tls.key", b"KEY"),)
+        data += (("tls.key", key),)
     return Secret(meta=meta(name, namespace), type="kubernetes.io/tls", data=data)
 
 

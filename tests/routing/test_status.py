@@ -9,6 +9,7 @@ import pytest
 from status_builders import (
     CONTROLLER,
     backend,
+    ca_pem,
     cond,
     config,
     gateway,
@@ -332,7 +333,7 @@ def test_frontend_validation_ca_refs() -> None:
             frontend_validation=FrontendValidation(ca_certificate_refs=refs),
         )
 
-    ca = ConfigMap(meta=Meta(namespace="default", name="ca"), data=(("ca.crt", "PEM"),))
+    ca = ConfigMap(meta=Meta(namespace="default", name="ca"), data=(("ca.crt", ca_pem()),))
     empty = ConfigMap(meta=Meta(namespace="default", name="empty"))
     res = resolve(
         config(

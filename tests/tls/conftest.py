@@ -215,3 +215,12 @@ def run_handshake(
 @pytest.fixture
 def handshake() -> Callable[[ssl.SSLContext, ssl.SSLContext, str | None], Outcome]:
     return run_handshake
+
+
+# --------------------------------------------------------------------------- e2e kit
+
+# The end-to-end kit (gatewayd subprocesses, manifests, echo backends) lives with the e2e
+# suite; the HTTPS end-to-end tests here reuse it.
+_E2E = str(Path(__file__).resolve().parent.parent / "e2e")
+if _E2E not in sys.path:
+    sys.path.append(_E2E)

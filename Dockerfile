@@ -1,0 +1,36 @@
+# gatewayd in a container: the image of every gatewayd service of docker-compose.yml
+# (`gatewayd run` and the `gatewayd echo` backends).  Build: docker build -t gatewayd .
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+# Only what `pip install .` needs (see .dockerignore); every dependency ships wheels for
+# CPython 3.11 on x86_64 and aarch64, so no compiler is installed.
+WORKDIR /build
+COPY pyproject.toml README.md ./
+COPY gatewayd ./gatewayd
+RUN pip install . && rm -rf /build
+
+# An unprivileged user: listener ports must be above 1023 (the demo uses 8080).
+RUN useradd --system --uid 10001 --user-group --create-home --home-dir /home/gatewayd \
+        --shell /usr/sbin/nologin gatewayd \
+    && mkdir -p /etc/gatewayd
+USER 10001:10001
+WORKDIR /home/gatewayd
+
+# 8080 / 8443: the demo Gateway's HTTP and HTTPS listeners; 9901: the admin server
+# (/ready, /status, metrics).
+EXPOSE 8080 8443 9901
+
+# /ready is 200 once the configuration is loaded and every listener is bound.  urllib,
+# not curl (not in the slim image); no proxy from the environment for a loopback probe.
+HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 \
+    CMD ["python", "-c", "import urllib.request as u; u.build_opener(u.ProxyHandler({})).open('http://127.0.0.1:9901/ready', timeout=2)"]
+
+ENTRYPOINT ["gatewayd"]
+# The configuration is mounted at /etc/gatewayd; the admin server must listen on every
+# address of the container to be published.
+CMD ["run", "--config", "/etc/gatewayd", "--admin-address", "0.0.0.0:9901"]
