@@ -34,6 +34,7 @@ from gatewayd.routing.compiled import (
     ListenerPort,
     RouteHit,
     Snapshot,
+    TerminateTLS,
 )
 from gatewayd.routing.table import SNIRoute, SNITable, TLSListener
 from gatewayd.tls.certs import CertificateInfo, load_keypair, self_signed
@@ -402,19 +403,21 @@ def test_terminate_half_close_from_the_client_reaches_the_backend() -> None:
 # --------------------------------------------------------------------------- Proxy.apply
 
 
-def http_snapshot(port: int) -> Snapshot:
-    table = SNITable([])  # any table: no HTTP request is sent in this test
+def http_snapshot(port: int, *, https: bool = False) -> Snapshot:
+    table = SNITable([])  # any table: no HTTP request is sent in these tests
+    terminate = (TerminateTLS(listener_name="https", hostname=None, certificates=(GW_CERT,)),)
     return Snapshot(
         generation=1,
         ports={
             (LOCAL, port): ListenerPort(
                 address=LOCAL,
                 port=port,
-                protocol="HTTP",
+                protocol="HTTPS" if https else "HTTP",
                 gateway_namespace="default",
                 gateway_name="gw",
                 listener_names=("http",),
                 table=table,
+                terminate=terminate if https else (),
             )
         },
     )
@@ -445,6 +448,36 @@ def test_a_port_that_turns_from_http_to_tls_keeps_its_socket() -> None:
         assert backend.received[:1] == b"\x16"  # the ClientHello, passed through
         assert results(metrics) == {"passthrough": 1}
         writer.close()
+
+    run(go())
+
+
+def test_https_and_tls_ports_swap_sockets_both_ways() -> None:
+    async def go() -> None:
+        backend = await Backend().start()
+        port = free_port()
+        proxy = Proxy(SnapshotHolder(), ProxyOptions(access_log=None))
+        _opened.append(proxy.close)
+        assert await proxy.apply(http_snapshot(port, https=True)) == {}
+        https_server = proxy.servers[(LOCAL, port)]
+        assert await proxy.apply(tls_snapshot(port, backend.port, mode="Passthrough")) == {}
+        tls_server = proxy.servers[(LOCAL, port)]
+        assert tls_server is not https_server  # the HTTPS socket wraps TLS itself
+        _, writer = await asyncio.open_connection(LOCAL, port)
+        _opened.append(writer.close)
+        writer.write(client_hello("term.example.com"))
+        for _ in range(100):
+            if backend.received:
+                break
+            await asyncio.sleep(0.01)
+        assert backend.received[:1] == b"\x16"  # passed through, not terminated
+        assert await proxy.apply(http_snapshot(port, https=True)) == {}
+        assert proxy.servers[(LOCAL, port)] is not tls_server
+        for _ in range(100):
+            if not proxy.tls_routes.splices:
+                break
+            await asyncio.sleep(0.01)
+        assert proxy.tls_routes.splices == set()  # the spliced connection was closed
 
     run(go())
 
