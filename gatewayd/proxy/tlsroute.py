@@ -46,6 +46,7 @@ from gatewayd.tls.clienthello import (
     NeedMore,
 )
 from gatewayd.tls.context import load_chain_from_memory, server_context
+from gatewayd.tls.terminate import handshake_reason
 
 if TYPE_CHECKING:
     from gatewayd.proxy.server import Proxy
@@ -522,7 +523,8 @@ class TLSServerLayer(asyncio.Protocol):
                 return
             except ssl.SSLError as exc:
                 self._flush()  # the alert, if OpenSSL wrote one
-                self.on_error(_reason(exc))
+                # The HTTPS listeners' short labels: a bounded set for the metric.
+                self.on_error(handshake_reason(exc))
                 return
             self.handshaken = True
             self._flush()
@@ -556,7 +558,7 @@ class TLSServerLayer(asyncio.Protocol):
 
     def eof_received(self) -> bool | None:
         if not self.handshaken or self.app is None:
-            self.on_error("eof")
+            self.on_error("handshake")  # the client left mid-handshake
             return None
         if self.eof:
             return True  # close_notify came first and was passed on
@@ -643,9 +645,3 @@ class TLSServerLayer(asyncio.Protocol):
         if name == "ssl_object":
             return self.sslobj
         return self.raw.get_extra_info(name, default)
-
-
-def _reason(exc: ssl.SSLError) -> str:
-    """A short metric label for a failed handshake (OpenSSL's reason, lower-case)."""
-    reason = getattr(exc, "reason", None)
-    return str(reason).lower() if reason else "protocol"

@@ -346,7 +346,8 @@ def test_terminate_handshake_failure_is_counted_and_backend_untouched() -> None:
                 break
             await asyncio.sleep(0.01)
         assert results(metrics) == {"handshake_error": 1}
-        assert list(metrics._tls_err) and backend.connections == 0
+        assert metrics._tls_err == {(f"{LOCAL}:{port}", "no_shared_cipher"): 1}
+        assert backend.connections == 0
 
     run(go())
 
