@@ -38,7 +38,7 @@ from collections.abc import Callable, Coroutine, Iterable
 from typing import TYPE_CHECKING, Any, Final, cast
 
 from gatewayd.proxy.splice import Splice
-from gatewayd.routing.table import SNITable
+from gatewayd.routing.table import SNITable, TLSListener
 from gatewayd.tls.clienthello import (
     ClientHello,
     ClientHelloReader,
@@ -94,42 +94,54 @@ P_CLOSED: Final = 3
 # --------------------------------------------------------------------------- contexts
 
 
-class TLSContexts:
-    """Server contexts of Terminate listeners, one per distinct certificate list."""
+# What a Terminate listener's context is made of: its key pairs and frontend validation
+# (client CA bundle, client_auth).  Listeners with equal keys share one context.
+ContextKey = tuple[tuple["CertificateInfo", ...], bytes | None, str]
 
-    __slots__ = ("_by_certs",)
+
+def context_key(listener: TLSListener) -> ContextKey:
+    return (listener.certificates, listener.client_ca_pem, listener.client_auth)
+
+
+class TLSContexts:
+    """Server contexts of Terminate listeners, built once per distinct ``ContextKey``."""
+
+    __slots__ = ("_by_key",)
 
     def __init__(self) -> None:
-        self._by_certs: dict[tuple[CertificateInfo, ...], ssl.SSLContext | None] = {}
+        self._by_key: dict[ContextKey, ssl.SSLContext | None] = {}
 
     def refresh(self, snapshot: Snapshot) -> None:
-        """Build what ``snapshot`` needs (at apply, off the accept path); forget the
-        certificates it no longer uses."""
-        wanted: dict[tuple[CertificateInfo, ...], str] = {}
+        """Build what ``snapshot`` needs (at apply, off the accept path); forget what it
+        no longer uses."""
+        wanted: dict[ContextKey, str] = {}
         for lp in snapshot.ports.values():
             if lp.protocol == TLS_PROTOCOL and isinstance(lp.table, SNITable):
                 for listener in lp.table.listeners():
                     if listener.mode != PASSTHROUGH:
                         wanted.setdefault(
-                            listener.certificates,
+                            context_key(listener),
                             f"{lp.gateway_namespace}/{lp.gateway_name} listener {listener.name}",
                         )
-        for certs in list(self._by_certs):
-            if certs not in wanted:
-                del self._by_certs[certs]
-        for certs, who in wanted.items():
-            if certs not in self._by_certs:
-                self._by_certs[certs] = _build_context(certs, who)
+        for key in list(self._by_key):
+            if key not in wanted:
+                del self._by_key[key]
+        for key, who in wanted.items():
+            if key not in self._by_key:
+                self._by_key[key] = _build_context(key, who)
 
-    def get(self, certs: tuple[CertificateInfo, ...]) -> ssl.SSLContext | None:
-        if certs not in self._by_certs:
-            self._by_certs[certs] = _build_context(certs, "TLS listener")
-        return self._by_certs[certs]
+    def get(self, listener: TLSListener) -> ssl.SSLContext | None:
+        key = context_key(listener)
+        if key not in self._by_key:
+            self._by_key[key] = _build_context(key, f"listener {listener.name}")
+        return self._by_key[key]
 
 
-def _build_context(certs: tuple[CertificateInfo, ...], who: str) -> ssl.SSLContext | None:
-    """A server context presenting every pair of ``certs`` (e.g. RSA and ECDSA, which
-    OpenSSL keeps side by side); None, and one error line, when it cannot be built."""
+def _build_context(key: ContextKey, who: str) -> ssl.SSLContext | None:
+    """A server context presenting every pair (e.g. RSA and ECDSA, which OpenSSL keeps
+    side by side) and asking for client certificates as frontend validation says; None,
+    and one error line, when it cannot be built."""
+    certs, client_ca_pem, client_auth = key
     if not certs:
         log.error(
             "%s: Terminate mode without a usable certificate (see the listener's status); "
@@ -139,7 +151,9 @@ def _build_context(certs: tuple[CertificateInfo, ...], who: str) -> ssl.SSLConte
         return None
     try:
         # No ALPN: the decrypted bytes are spliced, not parsed as HTTP.
-        ctx = server_context(certs[0], alpn=())
+        ctx = server_context(
+            certs[0], alpn=(), client_ca_pem=client_ca_pem, client_auth=client_auth
+        )
         for info in certs[1:]:
             load_chain_from_memory(ctx, info)
     except (ssl.SSLError, ValueError, OSError) as exc:
@@ -344,7 +358,7 @@ class TLSRouteConnection(asyncio.Protocol):
     def _terminate(self, found: SNIMatch, address: str, port: int) -> None:
         transport = self.transport
         assert transport is not None
-        ctx = self.owner.contexts.get(found.listener.certificates)
+        ctx = self.owner.contexts.get(found.listener)
         if ctx is None:
             self._refuse(R_BAD_CERT, f"listener {found.listener.name} has no usable certificate")
             return

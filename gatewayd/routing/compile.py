@@ -225,6 +225,8 @@ class _Compiler:
             # tls.mode defaults to Terminate.
             mode=binding.tls_mode or TLSModeType.TERMINATE.value,
             certificates=binding.certificates,
+            client_ca_pem=binding.client_ca_pem,
+            client_auth=binding.client_auth,
             routes=tuple(routes),
         )
 

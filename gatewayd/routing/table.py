@@ -324,6 +324,9 @@ class TLSListener:
     hostname: str | None  # lower-case; None: any SNI
     mode: str  # Passthrough | Terminate (TLSModeType values)
     certificates: tuple[CertificateInfo, ...] = ()  # Terminate: the pairs to present
+    # Terminate: frontend validation (client certificates), as for HTTPS listeners.
+    client_ca_pem: bytes | None = None
+    client_auth: str = "none"  # none | require | optional
     routes: tuple[SNIRoute, ...] = ()
 
 
@@ -415,6 +418,9 @@ class SNITable:
                     "listeners": [listener.name for listener in same],
                     "hostname": same[0].hostname if same[0].hostname is not None else "*",
                     "mode": same[0].mode,
+                    **(
+                        {"clientAuth": same[0].client_auth} if same[0].client_auth != "none" else {}
+                    ),
                     # Names and fingerprints only: key material stays out of dumps.
                     **(
                         {

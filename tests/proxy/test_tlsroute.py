@@ -38,6 +38,7 @@ from gatewayd.routing.compiled import (
 )
 from gatewayd.routing.table import SNIRoute, SNITable, TLSListener
 from gatewayd.tls.certs import CertificateInfo, load_keypair, self_signed
+from gatewayd.tls.context import load_chain_from_memory
 
 LOCAL = "127.0.0.1"
 CERT, KEY = self_signed(["term.example.com"])
@@ -77,6 +78,7 @@ def tls_snapshot(
     mode: str,
     certs: tuple[CertificateInfo, ...] = (),
     backend: CompiledBackend | None = None,
+    client_ca_pem: bytes | None = None,
 ) -> Snapshot:
     backend = backend or CompiledBackend(
         name="default/b:443", endpoints=(EndpointAddress(address=LOCAL, port=backend_port),)
@@ -95,6 +97,8 @@ def tls_snapshot(
         hostname=None,
         mode=mode,
         certificates=certs,
+        client_ca_pem=client_ca_pem,
+        client_auth="require" if client_ca_pem else "none",
         routes=(
             SNIRoute(
                 hit=RouteHit(rule=rule, listener_name="tls"),
@@ -183,29 +187,37 @@ def client_hello(sni: str) -> bytes:
 # --------------------------------------------------------------------------- pure helpers
 
 
+def _listener(snap: Snapshot) -> TLSListener:
+    table = next(iter(snap.ports.values())).table
+    assert isinstance(table, SNITable)
+    return table.listeners()[0]
+
+
 def test_contexts_are_built_once_and_forgotten_when_unused(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     contexts = TLSContexts()
     snap = tls_snapshot(1, 2, mode="Terminate", certs=(GW_CERT,))
     contexts.refresh(snap)
-    ctx = contexts.get((GW_CERT,))
+    ctx = contexts.get(_listener(snap))
     assert isinstance(ctx, ssl.SSLContext)
-    contexts.refresh(snap)
-    assert contexts.get((GW_CERT,)) is ctx  # routes-only reload: same context
+    again = tls_snapshot(1, 3, mode="Terminate", certs=(GW_CERT,))  # other routes
+    contexts.refresh(again)
+    assert contexts.get(_listener(again)) is ctx  # routes-only reload: same context
     contexts.refresh(tls_snapshot(1, 2, mode="Passthrough"))
-    assert contexts._by_certs == {}
+    assert contexts._by_key == {}
+    bad = _listener(tls_snapshot(1, 2, mode="Terminate", certs=(BAD_CERT,)))
     with caplog.at_level(logging.ERROR, logger="gatewayd.proxy.tlsroute"):
-        assert contexts.get((BAD_CERT,)) is None
+        assert contexts.get(bad) is None
     assert "term.example.com" in caplog.text and GW_CERT.fingerprint_sha256[:16] in caplog.text
 
 
 def test_two_certificates_of_different_key_types_share_a_context() -> None:
     rsa_cert, rsa_key = self_signed(["term.example.com"], key_type="rsa")
     rsa = load_keypair(rsa_cert, rsa_key, now=dt.datetime.now(dt.UTC))
-    ctx = tlsroute._build_context((GW_CERT, rsa), "test")
+    ctx = tlsroute._build_context(((GW_CERT, rsa), None, "none"), "test")
     assert isinstance(ctx, ssl.SSLContext)
-    assert tlsroute._build_context((), "test") is None
+    assert tlsroute._build_context(((), None, "none"), "test") is None
 
 
 # --------------------------------------------------------------------------- bounds
@@ -397,6 +409,44 @@ def test_terminate_half_close_from_the_client_reaches_the_backend() -> None:
         assert results(metrics) == {"terminate": 1}
         assert metrics._ds_cx == {f"{LOCAL}:{port}": 0}
         assert metrics._us_cx == {"default/b:443": 0}
+
+    run(go())
+
+
+def test_terminate_with_frontend_validation_requires_a_client_certificate() -> None:
+    client_cert, client_key = self_signed(["client.example.com"])
+
+    async def go() -> None:
+        backend = await Backend().start()
+        _, port, metrics = await start(
+            lambda p: tls_snapshot(
+                p, backend.port, mode="Terminate", certs=(GW_CERT,), client_ca_pem=client_cert
+            )
+        )
+
+        def client(with_cert: bool) -> ssl.SSLContext:
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+            ctx.maximum_version = ssl.TLSVersion.TLSv1_2  # the refusal comes in the handshake
+            if with_cert:
+                info = load_keypair(client_cert, client_key, now=dt.datetime.now(dt.UTC))
+                load_chain_from_memory(ctx, info)
+            return ctx
+
+        with pytest.raises((ssl.SSLError, ConnectionError)):
+            await asyncio.open_connection(
+                LOCAL, port, ssl=client(False), server_hostname="term.example.com"
+            )
+        assert backend.connections == 0
+        reader, writer = await asyncio.open_connection(
+            LOCAL, port, ssl=client(True), server_hostname="term.example.com"
+        )
+        _opened.append(writer.close)
+        writer.write(b"mtls")
+        assert await reader.readexactly(4) == b"mtls"
+        assert results(metrics) == {"handshake_error": 1, "terminate": 1}
+        assert list(metrics._tls_err.values()) == [1]
 
     run(go())
 

@@ -28,9 +28,13 @@ from gatewayd.routing.compile import compile_snapshot
 from gatewayd.routing.compiled import Snapshot
 from gatewayd.routing.model import (
     BackendRef,
+    ConfigMap,
     Endpoint,
     EndpointPort,
+    FrontendValidation,
+    GatewayTLSConfig,
     Meta,
+    ObjectReference,
     Secret,
     ServicePort,
     TLSRoute,
@@ -177,3 +181,27 @@ def test_backend_weights_compile_cumulatively() -> None:
 def test_tls_route_features_are_claimed() -> None:
     assert {"TLSRoute", "TLSRouteModeTerminate", "TLSRouteModeMixed"} <= set(SUPPORTED_FEATURES)
     assert list(SUPPORTED_FEATURES) == sorted(SUPPORTED_FEATURES)
+
+
+def test_terminate_listener_keeps_its_frontend_validation() -> None:
+    tls = GatewayTLSConfig(
+        certificate_refs=terminate("cert").certificate_refs,
+        frontend_validation=FrontendValidation(
+            ca_certificate_refs=(ObjectReference(name="client-ca"),)
+        ),
+    )
+    gw = gateway(
+        "gw", listener("term", 8443, "TLS", "tls.example.com", tls=tls), addresses=[ADDRESS]
+    )
+    ca = ConfigMap(
+        meta=Meta(namespace="default", name="client-ca"), data=(("ca.crt", CERT.decode()),)
+    )
+    table, snap = _compile(
+        gw, pem_secret("cert"), ca, *_backends("svc"), _route("t", "tls.example.com")
+    )
+    found = table.lookup_tls("tls.example.com")
+    assert found is not None
+    assert found.listener.client_auth == "require"
+    assert found.listener.client_ca_pem is not None
+    assert b"BEGIN CERTIFICATE" in found.listener.client_ca_pem
+    assert '"clientAuth": "require"' in json.dumps(snap.to_json())
