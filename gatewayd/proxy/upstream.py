@@ -19,8 +19,11 @@ from typing import TYPE_CHECKING, Protocol, cast
 
 import httptools
 
+from gatewayd.tls.backend import BackendContexts
+
 if TYPE_CHECKING:
     from gatewayd.proxy.metrics import ProxyMetrics
+    from gatewayd.routing.bindings import BackendTLS
 
 log = logging.getLogger("gatewayd.proxy.upstream")
 
@@ -32,7 +35,13 @@ WRITE_LOW = 32 * 1024
 
 MAX_IDLE_PER_ENDPOINT = 64
 
-EndpointKey = tuple[str, int]
+# (host, port, TLS settings key or "" for cleartext): a connection is only reused for
+# the same endpoint *and* the same BackendTLSPolicy / client certificate.
+EndpointKey = tuple[str, int, str]
+
+
+def endpoint_key(host: str, port: int, tls: BackendTLS | None) -> EndpointKey:
+    return (host, port, tls.key if tls is not None else "")
 
 
 class UpstreamHandler(Protocol):
@@ -142,7 +151,7 @@ class UpstreamConnection(asyncio.Protocol):
                 return
             h.on_upstream_lost(self, exc, self.got_bytes)
         except Exception:
-            log.exception("upstream %s:%d: close handling failed", *self.key)
+            log.exception("upstream %s:%d: close handling failed", *self.key[:2])
             h.on_upstream_fatal()
 
     def eof_received(self) -> bool | None:
@@ -231,7 +240,7 @@ class UpstreamConnection(asyncio.Protocol):
                 isinstance(exc, httptools.HttpParserCallbackError)
                 and not isinstance(cause, UpstreamProtocolError)
             ):
-                log.error("upstream %s:%d: callback failed", *self.key, exc_info=cause)
+                log.error("upstream %s:%d: callback failed", *self.key[:2], exc_info=cause)
             # Whoever is bound now (``h``, or the next request if ``h`` completed and
             # the connection was reused within this same chunk) sees a broken
             # connection: like a reset (502, or a retry if nothing was received).
@@ -244,7 +253,7 @@ class UpstreamConnection(asyncio.Protocol):
                         current.on_upstream_flush()
                 h.on_upstream_flush()
             except Exception:
-                log.exception("upstream %s:%d: error handling failed", *self.key)
+                log.exception("upstream %s:%d: error handling failed", *self.key[:2])
                 h.on_upstream_fatal()
                 if current is not None and current is not h:
                     current.on_upstream_fatal()
@@ -252,7 +261,7 @@ class UpstreamConnection(asyncio.Protocol):
         try:
             h.on_upstream_flush()
         except Exception:
-            log.exception("upstream %s:%d: relaying the response failed", *self.key)
+            log.exception("upstream %s:%d: relaying the response failed", *self.key[:2])
             self.abort()
             h.on_upstream_fatal()
 
@@ -329,7 +338,16 @@ class UpstreamConnection(asyncio.Protocol):
 class UpstreamPool:
     """Idle keep-alive connections per endpoint, reused last-in first-out."""
 
-    __slots__ = ("_closed", "connect_timeout", "conns", "idle", "mark", "max_idle", "metrics")
+    __slots__ = (
+        "_closed",
+        "connect_timeout",
+        "conns",
+        "contexts",
+        "idle",
+        "mark",
+        "max_idle",
+        "metrics",
+    )
 
     def __init__(
         self,
@@ -347,6 +365,8 @@ class UpstreamPool:
         # SO_MARK for every upstream socket (node-local TPROXY mode): the diversion
         # rules skip this mark, so the proxy's own connections are never diverted back.
         self.mark: int | None = None
+        # Client SSLContexts of BackendTLSPolicy backends, built on first use.
+        self.contexts = BackendContexts()
 
     def acquire(self, key: EndpointKey) -> UpstreamConnection | None:
         """An idle connection to ``key``, most recently used first, or None."""
@@ -358,21 +378,30 @@ class UpstreamPool:
                 return conn
         return None
 
-    async def connect(self, host: str, port: int, label: str) -> UpstreamConnection:
-        """A fresh connection (pool miss).  Raises OSError or TimeoutError."""
+    async def connect(
+        self, host: str, port: int, label: str, tls: BackendTLS | None = None
+    ) -> UpstreamConnection:
+        """A fresh connection (pool miss).  Raises OSError or TimeoutError.
+
+        With ``tls`` the connection is TLS (SNI and verification from the policy); a
+        failed handshake or verification raises ``ssl.SSLError``, an OSError.  The
+        connect timeout covers the handshake too."""
         loop = asyncio.get_running_loop()
-        key = (host, port)
+        key = endpoint_key(host, port, tls)
+        ssl_args: dict[str, object] = {}
+        if tls is not None:
+            ssl_args = {"ssl": self.contexts.get(tls), "server_hostname": tls.hostname}
         async with asyncio.timeout(self.connect_timeout):
             if self.mark is not None:
                 from gatewayd.tproxy.sockets import connect_marked
 
                 sock = await connect_marked(host, port, self.mark)
                 _, proto = await loop.create_connection(
-                    lambda: UpstreamConnection(self, key, label), sock=sock
+                    lambda: UpstreamConnection(self, key, label), sock=sock, **ssl_args
                 )
             else:
                 _, proto = await loop.create_connection(
-                    lambda: UpstreamConnection(self, key, label), host, port
+                    lambda: UpstreamConnection(self, key, label), host, port, **ssl_args
                 )
         return proto
 
