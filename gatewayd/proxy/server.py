@@ -562,6 +562,13 @@ class Exchange:
             if attempt != self.attempt or self.finished:
                 proxy.pool.release(up, self.conn.loop.time())
                 return
+            if up.closed:
+                # Closed before the request could be written, e.g. by a TLS 1.3 backend
+                # refusing our client certificate right after the handshake: the same
+                # as a reset before the response.
+                self.upstream = up
+                self.on_upstream_lost(up, None, False)
+                return
             self._attach(up, False)
         except Exception:
             log.exception("request handling failed")
