@@ -3,6 +3,7 @@ status (policy ancestors) -> compiled backends with their TLS settings."""
 
 from __future__ import annotations
 
+import json
 import pickle
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -529,3 +530,33 @@ def test_any_well_formed_ca_is_accepted_verification_happens_on_connect() -> Non
     _, _, default_snap = run(base(policy()))
     assert tls_of(snap).ca_pem != tls_of(default_snap).ca_pem
     assert tls_of(snap).key != tls_of(default_snap).key
+
+
+def _tls_entries(node: object) -> list[object]:
+    if isinstance(node, dict):
+        found = [node["tls"]] if isinstance(node.get("tls"), dict) else []
+        return found + [t for v in node.values() for t in _tls_entries(v)]
+    if isinstance(node, list):
+        return [t for v in node for t in _tls_entries(v)]
+    return []
+
+
+def test_config_dump_shows_tls_settings_without_key_material() -> None:
+    docs = base(
+        gateway("gw2", ADDRESS2, client_cert="client"),
+        client_secret(),
+        route("r2", parent="gw2"),
+        policy(sans=[{"type": "URI", "uri": "spiffe://a/b"}]),
+    )
+    _, _, snap = run(docs)
+    dump = snap.to_json()
+    assert "BEGIN" not in json.dumps(dump)  # no certificate, no private key
+    entries = _tls_entries(dump)
+    expected = {
+        "policy": "default/p",
+        "sni": "backend.example",
+        "trust": "caCertificateRefs",
+        "subjectAltNames": ["spiffe://a/b"],
+    }
+    assert {**expected, "clientCertificate": True} in entries  # gw2's backends
+    assert {**expected, "clientCertificate": False} in entries  # gw's backends
