@@ -32,7 +32,7 @@ from gatewayd.routing.model import (
     HTTPRouteRule,
     Route,
     Service,
-    TLSRouteRule,
+    TLSRoute,
 )
 from gatewayd.tls.certs import CA_BUNDLE_KEY, InvalidCertificate, load_ca_bundle
 
@@ -166,14 +166,15 @@ def _check_ca_refs(
 
 
 def _route_services(route: Route) -> Iterator[ServiceKey]:
-    """Every Service a route sends traffic to (backendRefs and mirrors)."""
+    """Every Service a route sends HTTP traffic to (backendRefs and mirrors).  TLSRoutes
+    are left out: their backends get the client's TLS stream as it is (passthrough)."""
+    if isinstance(route, TLSRoute):
+        return
     ns = route.meta.namespace
-    rules: Sequence[HTTPRouteRule | GRPCRouteRule | TLSRouteRule] = route.rules
+    rules: Sequence[HTTPRouteRule | GRPCRouteRule] = route.rules
     for rule in rules:
         refs = [br.ref for br in rule.backend_refs]
-        filters = [f for br in rule.backend_refs for f in br.filters]
-        if not isinstance(rule, TLSRouteRule):
-            filters += rule.filters
+        filters = [*rule.filters, *(f for br in rule.backend_refs for f in br.filters)]
         refs += [f.request_mirror.backend_ref for f in filters if f.request_mirror is not None]
         for ref in refs:
             if ref.group == CORE_GROUP and ref.kind == "Service":

@@ -409,7 +409,8 @@ class _Compiler:
             # "If weight is set to 0, no traffic should be forwarded for this entry."
             if ref.weight <= 0:
                 continue
-            backends.append(self._backend(ref, ns, client))
+            # TLSRoute backends get the client's own TLS bytes (passthrough): no policy.
+            backends.append(self._backend(ref, ns, client, tls_allowed=kind != "TLSRoute"))
             total += ref.weight
             cumulative.append(total)
 
@@ -478,7 +479,12 @@ class _Compiler:
         return replace(tls, client_certificate=client)
 
     def _backend(
-        self, ref: BackendRef, route_namespace: str, client: ClientCertificate | None = None
+        self,
+        ref: BackendRef,
+        route_namespace: str,
+        client: ClientCertificate | None = None,
+        *,
+        tls_allowed: bool = True,
     ) -> CompiledBackend:
         key = BackendKey.of(ref.ref, route_namespace)
         target = self.backends.get(key)
@@ -504,7 +510,7 @@ class _Compiler:
                 request_headers=request_ops,
                 response_headers=response_ops,
             )
-        tls = self._tls(key, client)
+        tls = self._tls(key, client) if tls_allowed else None
         invalid_status = EXTENSION_REF_STATUS if extension_ref else None
         if tls is not None and tls.error is not None:
             # The policy has no usable CA: "Connections using an invalid CACertificateRef

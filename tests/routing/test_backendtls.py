@@ -16,6 +16,7 @@ from gatewayd.routing.compile import compile_snapshot
 from gatewayd.routing.compiled import CompiledBackend, Snapshot
 from gatewayd.routing.load import LoadResult, load_documents
 from gatewayd.routing.status import resolve
+from gatewayd.routing.table import SNITable
 from gatewayd.tls.certs import self_signed
 
 CONTROLLER = "gatewayd.dev/gateway-controller"
@@ -560,3 +561,29 @@ def test_config_dump_shows_tls_settings_without_key_material() -> None:
     }
     assert {**expected, "clientCertificate": True} in entries  # gw2's backends
     assert {**expected, "clientCertificate": False} in entries  # gw's backends
+
+
+def test_tls_passthrough_routes_ignore_the_policy() -> None:
+    passthrough = gateway("tls-gw", ADDRESS2)
+    passthrough["spec"]["listeners"] = [
+        {"name": "tls", "port": 443, "protocol": "TLS", "tls": {"mode": "Passthrough"}}
+    ]
+    tls_route = {
+        "apiVersion": GW,
+        "kind": "TLSRoute",
+        "metadata": {"name": "t"},
+        "spec": {
+            "parentRefs": [{"name": "tls-gw"}],
+            "hostnames": ["app.example"],
+            "rules": [{"backendRefs": [{"name": "svc", "port": 443}]}],
+        },
+    }
+    docs = [d for d in base(passthrough, tls_route, policy()) if d["metadata"]["name"] != "r"]
+    _, res, snap = run(docs)
+    table = snap.ports[(ADDRESS2, 443)].table
+    assert isinstance(table, SNITable)
+    hit = table.lookup_sni("app.example")
+    assert hit is not None
+    (b,) = hit.rule.backends
+    assert b.tls is None  # the client's own TLS goes through untouched
+    assert policy_status(res) == {"ancestors": []}
