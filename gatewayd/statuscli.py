@@ -40,6 +40,7 @@ SECTIONS: dict[str, str] = {
     "httproutes": "HTTPRoute",
     "grpcroutes": "GRPCRoute",
     "tlsroutes": "TLSRoute",
+    "backendtlspolicies": "BackendTLSPolicy",
 }
 
 # kubectl-style singular and short names
@@ -51,6 +52,8 @@ _ALIASES: dict[str, str] = {
     "httproute": "httproutes",
     "grpcroute": "grpcroutes",
     "tlsroute": "tlsroutes",
+    "backendtlspolicy": "backendtlspolicies",
+    "btlspolicy": "backendtlspolicies",
 }
 
 _NONE = "-"
@@ -184,12 +187,36 @@ def _routes(items: list[Mapping[str, object]]) -> str:
     return _table(["NAMESPACE", "NAME", "PARENTS", "ACCEPTED", "RESOLVEDREFS"], rows)
 
 
+def _policies(items: list[Mapping[str, object]]) -> str:
+    """One row per ancestor (a Gateway whose routes use a targeted Service)."""
+    rows = []
+    for item in items:
+        namespace, name = _meta(item)
+        ancestors = _list(_map(item.get("status")).get("ancestors"))
+        if not ancestors:
+            rows.append([_text(namespace), name, _NONE, _NONE, _NONE])
+        for a in ancestors:
+            ancestor = _map(a)
+            conds = ancestor.get("conditions")
+            rows.append(
+                [
+                    _text(namespace),
+                    name,
+                    _parent(_map(ancestor.get("ancestorRef")), namespace),
+                    _condition(conds, "Accepted"),
+                    _condition(conds, "ResolvedRefs"),
+                ]
+            )
+    return _table(["NAMESPACE", "NAME", "ANCESTORS", "ACCEPTED", "RESOLVEDREFS"], rows)
+
+
 _FORMATTERS: dict[str, Callable[[list[Mapping[str, object]]], str]] = {
     "gatewayclasses": _gatewayclasses,
     "gateways": _gateways,
     "httproutes": _routes,
     "grpcroutes": _routes,
     "tlsroutes": _routes,
+    "backendtlspolicies": _policies,
 }
 
 
@@ -279,7 +306,8 @@ def status_main(argv: Sequence[str]) -> int:
         "what",
         nargs="?",
         default="all",
-        help="gatewayclasses | gateways | httproutes | grpcroutes | tlsroutes | all (default: all)",
+        help="gatewayclasses | gateways | httproutes | grpcroutes | tlsroutes | "
+        "backendtlspolicies | all (default: all)",
     )
     parser.add_argument(
         "--admin-address",

@@ -11,9 +11,10 @@ Scenarios (task weights in brackets):
   stops the run fails (exit code 1) if echo-v2's share is more than 3 points from 10%.
 - [2] ``GET /echo`` with ``X-Canary: true``: must always reach echo-v2.
 - [1] ``POST /echo`` with a 64 KiB body: echo-v* must have read all 65,536 bytes.
-- [1] HTTPS ``GET``: only when ``GATEWAYD_HTTPS_URL`` is set (e.g. https://127.0.0.1:8443/echo).
-  TLS termination is not built yet (gatewayd/tls is planned), so the demo has no HTTPS
-  listener and this user class does not exist unless the variable names one.
+- HTTPS users (one in five): ``GET /secure/locust`` on the demo's HTTPS listener
+  (:8443, TLS terminated by gatewayd with the self-signed demo certificate); the echo
+  must have seen ``X-Forwarded-Proto: https``.  ``GATEWAYD_HTTPS_URL`` names another URL
+  (the compose file points it at the gatewayd service); ``off`` leaves HTTPS out.
 
     locust -f loadtest/locustfile.py --headless -u 20 -r 10 -t 20s \\
         --host http://127.0.0.1:8080 --only-summary
@@ -64,6 +65,7 @@ class DemoUser(FastHttpUser):
     (closed loop: with 20 users locust's own single core is usually the limit; wrk in
     ``make bench`` is the throughput tool, this is behaviour under concurrent load)."""
 
+    weight = 4
     wait_time = constant(0)
 
     @task(3)
@@ -129,23 +131,36 @@ class DemoUser(FastHttpUser):
                 resp.success()
 
 
-HTTPS_URL = os.environ.get("GATEWAYD_HTTPS_URL", "")
-if HTTPS_URL:
-    # TLS termination is not built yet: this class exists only when the variable points
-    # at an HTTPS listener (a gatewayd with gatewayd/tls, or anything else to compare).
+HTTPS_URL = os.environ.get("GATEWAYD_HTTPS_URL", "https://127.0.0.1:8443/secure/locust")
+if HTTPS_URL != "off":
     _https = urlsplit(HTTPS_URL)
 
     class HttpsUser(FastHttpUser):
+        """A client of the HTTPS listener: a TLS handshake per connection, then keep-alive
+        requests, as a browser does."""
+
+        weight = 1  # DemoUser has 4: one user in five speaks HTTPS
         host = f"{_https.scheme}://{_https.netloc}"
-        insecure = True  # self-signed demo certificates (`gatewayd cert`)
+        insecure = True  # the self-signed demo certificate (`gatewayd cert`)
         wait_time = constant(0)
 
         @task
         def https_get(self) -> None:
-            path = _https.path or "/"
-            with self.client.get(path, name=f"HTTPS {path}", catch_response=True) as resp:
-                if resp.status_code != 200:
-                    resp.failure(f"status {resp.status_code}")
+            # The absolute URL: locust's --host (the HTTP listener) replaces every user
+            # class's host.  No redirects: an answer from the HTTP listener is a failure.
+            with self.client.get(
+                HTTPS_URL,
+                name=f"HTTPS {_https.path or '/'}",
+                catch_response=True,
+                allow_redirects=False,
+            ) as resp:
+                doc = _json(resp)
+                if doc is None:
+                    return
+                headers = {k.lower(): v for k, v in doc.get("headers", {}).items()}
+                proto = headers.get("x-forwarded-proto")
+                if proto not in ("https", ["https"]):
+                    resp.failure(f"X-Forwarded-Proto {proto!r}, want https")
                 else:
                     resp.success()
 

@@ -3,7 +3,7 @@
 # :3002, gatewayd on examples/ with the Gateway on :8080 and admin on :9901) in the
 # background, then locust headless against it; every background process is stopped on exit.
 # Options through the environment: USERS (20), SPAWN_RATE (10), RUN_TIME (20s),
-# LOCUST_TIMEOUT (600, seconds), GATEWAYD_HTTPS_URL (optional HTTPS scenario, see loadtest/locustfile.py).
+# LOCUST_TIMEOUT (600, seconds), GATEWAYD_HTTPS_URL (the HTTPS users' URL or off, see loadtest/locustfile.py).
 set -euo pipefail
 BIN=${BIN:-.venv/bin}
 cd "$(dirname "$0")/.."
@@ -22,7 +22,7 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 # The demo's ports are fixed by examples/: refuse to start next to a running `make demo`.
-for port in 3001 3002 8080 9901; do
+for port in 3001 3002 8080 8443 9901; do
   if "$BIN/python" -c "import socket,sys; s=socket.socket(); sys.exit(s.connect_ex(('127.0.0.1',$port))!=0)"; then
     echo "run_locust: 127.0.0.1:$port is already in use (is \`make demo\` running?)" >&2
     exit 1

@@ -265,6 +265,48 @@ def test_empty_and_missing_fields() -> None:
     )
 
 
+def ancestor(name: str, **conds: tuple[str, str]) -> dict[str, object]:
+    entry = parent("default", name, None, **conds)
+    return {"ancestorRef": entry.pop("parentRef"), **entry}
+
+
+POLICIES = [
+    item(
+        "BackendTLSPolicy",
+        "default",
+        "tls",
+        {
+            "ancestors": [
+                ancestor(
+                    "gw", Accepted=("True", "Accepted"), ResolvedRefs=("True", "ResolvedRefs")
+                ),
+                ancestor(
+                    "edge",
+                    Accepted=("False", "Conflicted"),
+                    ResolvedRefs=("True", "ResolvedRefs"),
+                ),
+            ]
+        },
+    ),
+    item("BackendTLSPolicy", "default", "unused", {"ancestors": []}),
+]
+
+GOLDEN_POLICIES = """\
+NAMESPACE   NAME     ANCESTORS      ACCEPTED            RESOLVEDREFS
+default     tls      default/gw     True                True
+default     tls      default/edge   False(Conflicted)   True
+default     unused   -              -                   -
+"""
+
+
+def test_backend_tls_policies_table_has_a_row_per_ancestor() -> None:
+    assert format_status_table(POLICIES, "backendtlspolicies") == GOLDEN_POLICIES
+    assert format_status_table(POLICIES, "btlspolicy") == GOLDEN_POLICIES
+    assert format_status_table([*SAMPLE, *POLICIES], "all").endswith(
+        "# backendtlspolicies\n" + GOLDEN_POLICIES
+    )
+
+
 def test_what_aliases() -> None:
     assert normalize_what("Gateway") == "gateways"
     assert normalize_what("gtw") == "gateways"

@@ -67,7 +67,13 @@ from gatewayd.proxy.localreply import (
 )
 from gatewayd.proxy.snapshot import SnapshotHolder
 from gatewayd.proxy.tlsroute import TLS_PROTOCOL, TLSRouteListener
-from gatewayd.proxy.upstream import WRITE_HIGH, WRITE_LOW, UpstreamConnection, UpstreamPool
+from gatewayd.proxy.upstream import (
+    WRITE_HIGH,
+    WRITE_LOW,
+    UpstreamConnection,
+    UpstreamPool,
+    endpoint_key,
+)
 from gatewayd.routing.compiled import (
     CompiledBackend,
     CompiledRule,
@@ -541,7 +547,7 @@ class Exchange:
         self.attempt += 1
         proxy = self.conn.proxy
         if not fresh:
-            up = proxy.pool.acquire((ep.address, ep.port))
+            up = proxy.pool.acquire(endpoint_key(ep.address, ep.port, backend.tls))
             if up is not None:
                 self._attach(up, True)
                 return
@@ -554,7 +560,9 @@ class Exchange:
         backend = self.backend
         assert backend is not None
         try:
-            up = await proxy.pool.connect(ep.address, ep.port, backend.name, resolve=backend.fqdn)
+            up = await proxy.pool.connect(
+                ep.address, ep.port, backend.name, backend.tls, resolve=backend.fqdn
+            )
         except (OSError, TimeoutError) as exc:
             if attempt != self.attempt or self.finished:
                 return
@@ -576,6 +584,13 @@ class Exchange:
         try:
             if attempt != self.attempt or self.finished:
                 proxy.pool.release(up, self.conn.loop.time())
+                return
+            if up.closed:
+                # Closed before the request could be written, e.g. by a TLS 1.3 backend
+                # refusing our client certificate right after the handshake: the same
+                # as a reset before the response.
+                self.upstream = up
+                self.on_upstream_lost(up, None, False)
                 return
             self._attach(up, False)
         except Exception:
@@ -984,7 +999,15 @@ class Exchange:
             ep = backend.next_endpoint()
             if ep is None:
                 continue
-            task = loop.create_task(_send_mirror(ep.address, ep.port, data))
+            ctx: ssl.SSLContext | None = None
+            if backend.tls is not None:
+                try:
+                    ctx = proxy.pool.contexts.get(backend.tls)
+                except OSError:
+                    continue  # logged once by the context cache
+            task = loop.create_task(
+                _send_mirror(ep.address, ep.port, data, ctx, backend.tls.hostname if ctx else None)
+            )
             proxy.tasks.add(task)
             task.add_done_callback(proxy.tasks.discard)
 
@@ -1002,11 +1025,19 @@ def _mirror_request(head: bytes, body: bytes) -> bytes:
     )
 
 
-async def _send_mirror(host: str, port: int, data: bytes) -> None:
+async def _send_mirror(
+    host: str,
+    port: int,
+    data: bytes,
+    ctx: ssl.SSLContext | None = None,
+    server_hostname: str | None = None,
+) -> None:
     writer: asyncio.StreamWriter | None = None
     try:
         async with asyncio.timeout(MIRROR_TIMEOUT):
-            reader, writer = await asyncio.open_connection(host, port)
+            reader, writer = await asyncio.open_connection(
+                host, port, ssl=ctx, server_hostname=server_hostname
+            )
             writer.write(data)
             await writer.drain()
             await reader.read(1)  # the start of an answer, ignored

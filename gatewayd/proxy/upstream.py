@@ -20,9 +20,11 @@ from typing import TYPE_CHECKING, Protocol, cast
 import httptools
 
 from gatewayd.proxy.resolver import Resolver
+from gatewayd.tls.backend import BackendContexts
 
 if TYPE_CHECKING:
     from gatewayd.proxy.metrics import ProxyMetrics
+    from gatewayd.routing.bindings import BackendTLS
 
 log = logging.getLogger("gatewayd.proxy.upstream")
 
@@ -34,7 +36,13 @@ WRITE_LOW = 32 * 1024
 
 MAX_IDLE_PER_ENDPOINT = 64
 
-EndpointKey = tuple[str, int]
+# (host, port, TLS settings key or "" for cleartext): a connection is only reused for
+# the same endpoint *and* the same BackendTLSPolicy / client certificate.
+EndpointKey = tuple[str, int, str]
+
+
+def endpoint_key(host: str, port: int, tls: BackendTLS | None) -> EndpointKey:
+    return (host, port, tls.key if tls is not None else "")
 
 
 class UpstreamHandler(Protocol):
@@ -144,7 +152,7 @@ class UpstreamConnection(asyncio.Protocol):
                 return
             h.on_upstream_lost(self, exc, self.got_bytes)
         except Exception:
-            log.exception("upstream %s:%d: close handling failed", *self.key)
+            log.exception("upstream %s:%d: close handling failed", *self.key[:2])
             h.on_upstream_fatal()
 
     def eof_received(self) -> bool | None:
@@ -233,7 +241,7 @@ class UpstreamConnection(asyncio.Protocol):
                 isinstance(exc, httptools.HttpParserCallbackError)
                 and not isinstance(cause, UpstreamProtocolError)
             ):
-                log.error("upstream %s:%d: callback failed", *self.key, exc_info=cause)
+                log.error("upstream %s:%d: callback failed", *self.key[:2], exc_info=cause)
             # Whoever is bound now (``h``, or the next request if ``h`` completed and
             # the connection was reused within this same chunk) sees a broken
             # connection: like a reset (502, or a retry if nothing was received).
@@ -246,7 +254,7 @@ class UpstreamConnection(asyncio.Protocol):
                         current.on_upstream_flush()
                 h.on_upstream_flush()
             except Exception:
-                log.exception("upstream %s:%d: error handling failed", *self.key)
+                log.exception("upstream %s:%d: error handling failed", *self.key[:2])
                 h.on_upstream_fatal()
                 if current is not None and current is not h:
                     current.on_upstream_fatal()
@@ -254,7 +262,7 @@ class UpstreamConnection(asyncio.Protocol):
         try:
             h.on_upstream_flush()
         except Exception:
-            log.exception("upstream %s:%d: relaying the response failed", *self.key)
+            log.exception("upstream %s:%d: relaying the response failed", *self.key[:2])
             self.abort()
             h.on_upstream_fatal()
 
@@ -335,6 +343,7 @@ class UpstreamPool:
         "_closed",
         "connect_timeout",
         "conns",
+        "contexts",
         "idle",
         "mark",
         "max_idle",
@@ -360,6 +369,8 @@ class UpstreamPool:
         # SO_MARK for every upstream socket (node-local TPROXY mode): the diversion
         # rules skip this mark, so the proxy's own connections are never diverted back.
         self.mark: int | None = None
+        # Client SSLContexts of BackendTLSPolicy backends, built on first use.
+        self.contexts = BackendContexts()
 
     def acquire(self, key: EndpointKey) -> UpstreamConnection | None:
         """An idle connection to ``key``, most recently used first, or None."""
@@ -372,29 +383,46 @@ class UpstreamPool:
         return None
 
     async def connect(
-        self, host: str, port: int, label: str, *, resolve: bool = False
+        self,
+        host: str,
+        port: int,
+        label: str,
+        tls: BackendTLS | None = None,
+        *,
+        resolve: bool = False,
     ) -> UpstreamConnection:
         """A fresh connection (pool miss).  Raises OSError or TimeoutError.
+
+        With ``tls`` the connection is TLS (SNI and verification from the policy); a
+        failed handshake or verification raises ``ssl.SSLError``, an OSError.
 
         ``resolve``: ``host`` is a name (EndpointSlice addressType FQDN), resolved through
         the TTL cache; a name that does not resolve raises ``socket.gaierror``.  The pool
         key stays the name, so idle connections are reused whatever the name resolves to
-        now.  The connect timeout bounds the lookup too."""
-        key = (host, port)
+        now.  The connect timeout bounds the lookup and the handshake too."""
+        key = endpoint_key(host, port, tls)
+        ssl_args: dict[str, object] = {}
+        if tls is not None:
+            ssl_args = {"ssl": self.contexts.get(tls), "server_hostname": tls.hostname}
         async with asyncio.timeout(self.connect_timeout):
             if not resolve:
-                return await self._open(key, host, port, label)
+                return await self._open(key, host, port, label, ssl_args)
             last: OSError | None = None
             for _family, sockaddr in await self.resolver.resolve(host, port):
                 try:
-                    return await self._open(key, sockaddr[0], port, label)
+                    return await self._open(key, sockaddr[0], port, label, ssl_args)
                 except OSError as exc:  # next address, as create_connection does
                     last = exc
             assert last is not None  # resolve() never returns an empty list
             raise last
 
     async def _open(
-        self, key: EndpointKey, address: str, port: int, label: str
+        self,
+        key: EndpointKey,
+        address: str,
+        port: int,
+        label: str,
+        ssl_args: dict[str, object],
     ) -> UpstreamConnection:
         loop = asyncio.get_running_loop()
         if self.mark is not None:
@@ -402,11 +430,11 @@ class UpstreamPool:
 
             sock = await connect_marked(address, port, self.mark)
             _, proto = await loop.create_connection(
-                lambda: UpstreamConnection(self, key, label), sock=sock
+                lambda: UpstreamConnection(self, key, label), sock=sock, **ssl_args
             )
         else:
             _, proto = await loop.create_connection(
-                lambda: UpstreamConnection(self, key, label), address, port
+                lambda: UpstreamConnection(self, key, label), address, port, **ssl_args
             )
         return proto
 

@@ -12,11 +12,14 @@ Pure module: no I/O.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import replace
 
 from gatewayd.routing.bindings import (
     AttachedRoute,
     BackendKey,
     BackendTarget,
+    BackendTLS,
+    ClientCertificate,
     ListenerBinding,
     Resolution,
 )
@@ -99,7 +102,9 @@ def compile_snapshot(resolution: Resolution, *, generation: int) -> Snapshot:
     sharing a port with HTTP(S) listeners, and listeners of other protocols, are not
     served (the status computation reports such conflicts).
     """
-    compiler = _Compiler(resolution.backends)
+    compiler = _Compiler(
+        resolution.backends, resolution.backend_tls, resolution.client_certificates
+    )
     by_port: dict[tuple[str, int], list[ListenerBinding]] = {}
     for binding in resolution.listeners:
         by_port.setdefault((binding.address, binding.port), []).append(binding)
@@ -111,7 +116,7 @@ def compile_snapshot(resolution: Resolution, *, generation: int) -> Snapshot:
     # GAMMA: mesh routes get their own compiler (their backends resolve apart).
     mesh = None
     if resolution.mesh is not None and resolution.mesh.services:
-        mesh_compiler = _Compiler(resolution.mesh.backends)
+        mesh_compiler = _Compiler(resolution.mesh.backends, resolution.backend_tls)
         mesh = compile_mesh(resolution.mesh, mesh_compiler.candidates)
     return Snapshot(generation=generation, ports=ports, mesh=mesh)
 
@@ -145,10 +150,18 @@ def _unique_routes(attached: Iterable[AttachedRoute]) -> list[AttachedRoute]:
 class _Compiler:
     """Compiles each route's rules once per snapshot, shared by every listener."""
 
-    def __init__(self, backends: Mapping[BackendKey, BackendTarget]) -> None:
+    def __init__(
+        self,
+        backends: Mapping[BackendKey, BackendTarget],
+        backend_tls: Mapping[tuple[str, str, int], BackendTLS] | None = None,
+        client_certificates: Mapping[tuple[str, str], ClientCertificate] | None = None,
+    ) -> None:
         self.backends = backends
-        # id(route) -> its compiled rules; ``_keep`` pins the routes so ids stay unique.
-        self._rules: dict[int, tuple[CompiledRule, ...]] = {}
+        self.backend_tls = backend_tls or {}
+        self.client_certificates = client_certificates or {}
+        # (id(route), Gateway) -> its compiled rules (a Gateway's client certificate goes
+        # into its TLS backends); ``_keep`` pins the routes so ids stay unique.
+        self._rules: dict[tuple[int, tuple[str, str] | None], tuple[CompiledRule, ...]] = {}
         self._keep: list[Route] = []
 
     # ----------------------------------------------------------------- ports
@@ -196,7 +209,9 @@ class _Compiler:
             route = attached.route
             if isinstance(route, TLSRoute):
                 continue  # not served on an HTTP listener
-            candidates = self._candidates(route, binding.listener_name)
+            candidates = self._candidates(
+                route, binding.listener_name, (binding.gateway_namespace, binding.gateway_name)
+            )
             if not candidates:
                 continue
             hostnames: Iterable[str | None] = attached.hostnames or (None,)
@@ -234,10 +249,15 @@ class _Compiler:
 
     def candidates(self, route: HTTPRoute | GRPCRoute, listener_name: str) -> list[Candidate]:
         """Fresh matchers for ``route`` (each route table ranks its own)."""
-        return self._candidates(route, listener_name)
+        return self._candidates(route, listener_name, None)
 
-    def _candidates(self, route: HTTPRoute | GRPCRoute, listener_name: str) -> list[Candidate]:
-        rules = self.rules(route)
+    def _candidates(
+        self,
+        route: HTTPRoute | GRPCRoute,
+        listener_name: str,
+        gateway: tuple[str, str] | None,
+    ) -> list[Candidate]:
+        rules = self.rules(route, gateway)
         out: list[Candidate] = []
         meta = route.meta
         if isinstance(route, HTTPRoute):
@@ -284,8 +304,13 @@ class _Compiler:
 
     # ----------------------------------------------------------------- rules
 
-    def rules(self, route: HTTPRoute | GRPCRoute) -> tuple[CompiledRule, ...]:
-        cached = self._rules.get(id(route))
+    def rules(
+        self, route: HTTPRoute | GRPCRoute, gateway: tuple[str, str] | None = None
+    ) -> tuple[CompiledRule, ...]:
+        # Rules are shared by every Gateway without a client certificate.
+        client = self.client_certificates.get(gateway) if gateway is not None else None
+        cache_key = (id(route), gateway if client is not None else None)
+        cached = self._rules.get(cache_key)
         if cached is not None:
             return cached
         compiled: list[CompiledRule] = []
@@ -302,6 +327,7 @@ class _Compiler:
                         timeouts=rule.timeouts,
                         retry=rule.retry,
                         session=rule.session_persistence,
+                        client=client,
                     )
                 )
         else:
@@ -317,10 +343,11 @@ class _Compiler:
                         timeouts=None,
                         retry=None,
                         session=grule.session_persistence,
+                        client=client,
                     )
                 )
         result = tuple(compiled)
-        self._rules[id(route)] = result
+        self._rules[cache_key] = result
         self._keep.append(route)
         return result
 
@@ -353,6 +380,7 @@ class _Compiler:
         timeouts: HTTPRouteTimeouts | None,
         retry: HTTPRouteRetry | None,
         session: SessionPersistence | None,
+        client: ClientCertificate | None = None,
     ) -> CompiledRule:
         ns = meta.namespace
         request_headers: list[HTTPHeaderFilter] = []
@@ -381,7 +409,7 @@ class _Compiler:
                 rewrite = Rewrite(hostname=w.hostname, path=_path_modifier(w.path))
             elif f.type is FilterType.REQUEST_MIRROR and f.request_mirror is not None:
                 m = f.request_mirror
-                target = self._mirror_backend(m.backend_ref, ns)
+                target = self._mirror_backend(m.backend_ref, ns, client)
                 if target is not None:
                     mirrors.append(Mirror(backend=target, fraction=_mirror_fraction(m)))
             elif f.type is FilterType.CORS and f.cors is not None:
@@ -404,7 +432,8 @@ class _Compiler:
             # "If weight is set to 0, no traffic should be forwarded for this entry."
             if ref.weight <= 0:
                 continue
-            backends.append(self._backend(ref, ns))
+            # TLSRoute backends get the client's own TLS bytes (passthrough): no policy.
+            backends.append(self._backend(ref, ns, client, tls_allowed=kind != "TLSRoute"))
             total += ref.weight
             cumulative.append(total)
 
@@ -462,7 +491,24 @@ class _Compiler:
 
     # ----------------------------------------------------------------- backends
 
-    def _backend(self, ref: BackendRef, route_namespace: str) -> CompiledBackend:
+    def _tls(self, key: BackendKey, client: ClientCertificate | None) -> BackendTLS | None:
+        """The TLS settings of a Service port targeted by a BackendTLSPolicy, with the
+        Gateway's client certificate: "presented to backends that request one"."""
+        if key.group != "" or key.kind != "Service" or key.port is None:
+            return None
+        tls = self.backend_tls.get((key.namespace, key.name, key.port))
+        if tls is None or client is None or tls.error is not None:
+            return tls
+        return replace(tls, client_certificate=client)
+
+    def _backend(
+        self,
+        ref: BackendRef,
+        route_namespace: str,
+        client: ClientCertificate | None = None,
+        *,
+        tls_allowed: bool = True,
+    ) -> CompiledBackend:
         key = BackendKey.of(ref.ref, route_namespace)
         target = self.backends.get(key)
         request: list[HTTPHeaderFilter] = []
@@ -487,30 +533,45 @@ class _Compiler:
                 request_headers=request_ops,
                 response_headers=response_ops,
             )
+        tls = self._tls(key, client) if tls_allowed else None
+        invalid_status = EXTENSION_REF_STATUS if extension_ref else None
+        if tls is not None and tls.error is not None:
+            # The policy has no usable CA: "Connections using an invalid CACertificateRef
+            # MUST fail, and the client MUST receive an HTTP 5xx error response."
+            invalid_status = INVALID_BACKEND_STATUS
         return CompiledBackend(
             name=target.name,
             endpoints=target.endpoints,
-            invalid_status=EXTENSION_REF_STATUS if extension_ref else None,
+            invalid_status=invalid_status,
             app_protocol=target.app_protocol,
             fqdn=target.fqdn,
             request_headers=request_ops,
             response_headers=response_ops,
+            tls=tls,
         )
 
     def _mirror_backend(
-        self, ref: BackendObjectReference, route_namespace: str
+        self,
+        ref: BackendObjectReference,
+        route_namespace: str,
+        client: ClientCertificate | None = None,
     ) -> CompiledBackend | None:
         """A mirror target, or None when it cannot be used: "If the referent cannot be
         found, this BackendRef is invalid and must be dropped from the Gateway."  The
         primary request is unaffected."""
-        target = self.backends.get(BackendKey.of(ref, route_namespace))
+        key = BackendKey.of(ref, route_namespace)
+        target = self.backends.get(key)
         if target is None or target.invalid is not None:
             return None
+        tls = self._tls(key, client)
+        if tls is not None and tls.error is not None:
+            return None  # every connection would fail: nothing to mirror to
         return CompiledBackend(
             name=target.name,
             endpoints=target.endpoints,
             app_protocol=target.app_protocol,
             fqdn=target.fqdn,
+            tls=tls,
         )
 
 

@@ -17,7 +17,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
-from gatewayd.routing.bindings import EndpointAddress
+from gatewayd.routing.bindings import BackendTLS, EndpointAddress
 
 if TYPE_CHECKING:
     from gatewayd.routing.mesh import MeshTable
@@ -85,6 +85,8 @@ class CompiledBackend:
     fqdn: bool = False
     request_headers: HeaderOps | None = None  # backendRef-level filters
     response_headers: HeaderOps | None = None
+    # BackendTLSPolicy (with the Gateway's client certificate): None speaks cleartext.
+    tls: BackendTLS | None = None
     # Round-robin cursor over endpoints: per process, advanced on the request path.
     _cursor: Iterator[EndpointAddress] = field(default=iter(()), repr=False, compare=False)
 

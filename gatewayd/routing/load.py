@@ -21,7 +21,7 @@ import json
 import os
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TypeAlias, TypeVar
 
@@ -119,6 +119,14 @@ _KINDS: dict[str, _KindInfo] = {
             namespaced=True,
             top_level=_SPEC_STATUS,
             parse=v.parse_reference_grant,
+        ),
+        _KindInfo(
+            kind=m.Kind.BACKEND_TLS_POLICY,
+            group=_GW,
+            versions=("v1", "v1alpha3"),
+            namespaced=True,
+            top_level=_SPEC_STATUS,
+            parse=v.parse_backend_tls_policy,
         ),
         _KindInfo(
             kind=m.Kind.NAMESPACE,
@@ -464,6 +472,7 @@ class _Loading:
             secrets=of(m.Kind.SECRET, m.Secret),
             config_maps=of(m.Kind.CONFIG_MAP, m.ConfigMap),
             pods=of(m.Kind.POD, m.Pod),
+            backend_tls_policies=of(m.Kind.BACKEND_TLS_POLICY, m.BackendTLSPolicy),
         )
         return _with_implied_namespaces(config)
 
@@ -506,6 +515,8 @@ def _referenced_namespaces(config: m.Config) -> Iterator[tuple[str, m.Source]]:
         yield grant.meta.namespace, grant.meta.source
         for frm in grant.from_:
             yield frm.namespace, grant.meta.source
+    for policy in config.backend_tls_policies:
+        yield policy.meta.namespace, policy.meta.source
     others: list[m.Service | m.EndpointSlice | m.Secret | m.ConfigMap | m.Pod] = [
         *config.services,
         *config.endpoint_slices,
@@ -552,20 +563,7 @@ def _with_implied_namespaces(config: m.Config) -> m.Config:
         )
         for name in sorted(implied)
     )
-    return m.Config(
-        gateway_classes=config.gateway_classes,
-        gateways=config.gateways,
-        http_routes=config.http_routes,
-        grpc_routes=config.grpc_routes,
-        tls_routes=config.tls_routes,
-        reference_grants=config.reference_grants,
-        namespaces=(*config.namespaces, *extra),
-        services=config.services,
-        endpoint_slices=config.endpoint_slices,
-        secrets=config.secrets,
-        config_maps=config.config_maps,
-        pods=config.pods,
-    )
+    return replace(config, namespaces=(*config.namespaces, *extra))
 
 
 # --------------------------------------------------------------------------- public API

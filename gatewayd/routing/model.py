@@ -30,6 +30,7 @@ class Kind(StrEnum):
     SECRET = "Secret"
     CONFIG_MAP = "ConfigMap"
     POD = "Pod"
+    BACKEND_TLS_POLICY = "BackendTLSPolicy"
 
 
 class PathMatchType(StrEnum):
@@ -461,6 +462,51 @@ class ReferenceGrant:
     to: tuple[ReferenceGrantTo, ...]
 
 
+# --------------------------------------------------------------------------- BackendTLSPolicy
+
+
+class SubjectAltNameType(StrEnum):
+    HOSTNAME = "Hostname"
+    URI = "URI"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PolicyTargetReference:
+    """LocalPolicyTargetReferenceWithSectionName: a target in the policy's namespace."""
+
+    group: str
+    kind: str
+    name: str
+    section_name: str | None = None  # for a Service: a port name
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SubjectAltName:
+    type: SubjectAltNameType
+    hostname: str | None = None  # type Hostname
+    uri: str | None = None  # type URI
+
+    @property
+    def value(self) -> str:
+        return (self.hostname if self.type is SubjectAltNameType.HOSTNAME else self.uri) or ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BackendTLSPolicyValidation:
+    ca_certificate_refs: tuple[LocalObjectReference, ...] = ()
+    well_known_ca_certificates: str | None = None  # "System"
+    hostname: str
+    subject_alt_names: tuple[SubjectAltName, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BackendTLSPolicy:
+    meta: Meta
+    target_refs: tuple[PolicyTargetReference, ...]
+    validation: BackendTLSPolicyValidation
+    options: tuple[tuple[str, str], ...] = ()
+
+
 # --------------------------------------------------------------------------- core kinds
 
 
@@ -564,6 +610,7 @@ class Config:
     secrets: tuple[Secret, ...] = ()
     config_maps: tuple[ConfigMap, ...] = ()
     pods: tuple[Pod, ...] = ()
+    backend_tls_policies: tuple[BackendTLSPolicy, ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

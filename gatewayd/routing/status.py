@@ -27,10 +27,12 @@ from typing import Final
 from gatewayd.routing import attach
 from gatewayd.routing.addressing import AddressOutcome, allocate
 from gatewayd.routing.backendrefs import INVALID_KIND, BackendResolver
+from gatewayd.routing.backendtls import resolve_backend_tls
 from gatewayd.routing.bindings import (
     AttachedRoute,
     BackendKey,
     BackendTarget,
+    ClientCertificate,
     ListenerBinding,
     ObjectStatus,
     Resolution,
@@ -509,6 +511,7 @@ class _GatewayState:
     resolved: _Verdict = field(
         default_factory=lambda: _ok(RESOLVED_REFS, "All references are resolved")
     )
+    client_certificate: ClientCertificate | None = None  # spec.tls.backend, when usable
 
     @property
     def key(self) -> tuple[str, str]:
@@ -568,6 +571,11 @@ def _gateway_conditions(gs: _GatewayState, refs: _Refs) -> None:
             INVALID_CLIENT_CERTIFICATE_REF,
         )
     unresolved = [s.name for s in gs.listeners if not s.refs.ok]
+    if client_ref is not None and problem is None:
+        secret = refs.secrets[(client_ref.namespace or gw.meta.namespace, client_ref.name)]
+        gs.client_certificate = ClientCertificate(
+            chain_pem=secret.get("tls.crt") or b"", key_pem=secret.get("tls.key") or b""
+        )
     if problem is not None:
         gs.resolved = problem
     elif unresolved:
@@ -820,6 +828,15 @@ def resolve(
                 )
             )
 
+    # BackendTLSPolicy: status per Gateway using a target, TLS settings per Service port.
+    policies = resolve_backend_tls(
+        config,
+        [(gs.gateway, [a.route for s in gs.listeners for a in s.routes]) for gs in states.values()],
+        controller_name=controller_name,
+        now=now,
+    )
+    statuses.extend(policies.statuses)
+
     bindings: list[ListenerBinding] = []
     gateway_addresses: dict[tuple[str, str], str] = {}
     for gs in states.values():
@@ -860,6 +877,12 @@ def resolve(
         problems=tuple(problems),
         gateway_addresses=gateway_addresses,
         mesh=mesh,
+        backend_tls=policies.backend_tls,
+        client_certificates={
+            gs.key: gs.client_certificate
+            for gs in states.values()
+            if gs.client_certificate is not None
+        },
     )
 
 

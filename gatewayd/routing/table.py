@@ -468,6 +468,20 @@ def _backend_json(backend: CompiledBackend, weight: int) -> dict[str, object]:
         out["requestHeaders"] = _header_ops_json(backend.request_headers)
     if backend.response_headers is not None:
         out["responseHeaders"] = _header_ops_json(backend.response_headers)
+    tls = backend.tls
+    if tls is not None:
+        # Never the PEM itself (the client key is a secret): what it is and where from.
+        tls_json: dict[str, object] = {
+            "policy": tls.policy,
+            "sni": tls.hostname,
+            "trust": "system" if tls.ca_pem is None else "caCertificateRefs",
+            "clientCertificate": tls.client_certificate is not None,
+        }
+        if tls.subject_alt_names:
+            tls_json["subjectAltNames"] = list(tls.subject_alt_names)
+        if tls.error is not None:
+            tls_json["error"] = tls.error
+        out["tls"] = tls_json
     return out
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import http.client
 import importlib.util
 import json
+import os
 import re
 import shlex
 import shutil
@@ -409,9 +410,17 @@ def test_locust_service_command_runs_headless(running: Running, tmp_path: Path) 
     assert argv[host] == "http://gatewayd:8080"
     argv[host] = f"http://127.0.0.1:{running.gateway_port}"
     argv += ["--headless", "-u", "10", "-r", "10", "-t", "3s", "--only-summary"]
+    https_url = svc["environment"]["GATEWAYD_HTTPS_URL"]
+    assert https_url.startswith("https://gatewayd:8443/")
+    env = dict(os.environ)
+    env["GATEWAYD_HTTPS_URL"] = https_url.replace(
+        "gatewayd:8443", f"127.0.0.1:{running.https_port}"
+    )
     result = subprocess.run(
-        argv, capture_output=True, text=True, timeout=60, check=False, cwd=tmp_path
+        argv, capture_output=True, text=True, timeout=60, check=False, cwd=tmp_path, env=env
     )
     output = result.stdout + result.stderr
     assert result.returncode == 0, f"{shlex.join(argv)}\n{output[-4000:]}"
     assert "canary OK" in output, output[-4000:]
+    # The HTTPS users ran too (locust's summary names each request by its path).
+    assert "HTTPS /secure/locust" in output, output[-4000:]

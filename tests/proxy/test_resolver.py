@@ -178,7 +178,7 @@ def test_pool_connects_to_a_name_and_keys_the_connection_by_the_name() -> None:
         pool = UpstreamPool(connect_timeout=2.0)
         try:
             up = await pool.connect("localhost", port, "demo/echo-v1:80", resolve=True)
-            assert up.key == ("localhost", port)
+            assert up.key == ("localhost", port, "")  # keyed by the name, no TLS
             assert up.transport.get_extra_info("peername")[0] == "127.0.0.1"
             await accepted.wait()
             assert pool.resolver.lookups == 1

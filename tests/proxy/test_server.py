@@ -1293,7 +1293,7 @@ def test_idle_pool_is_bounded_per_endpoint() -> None:
         for c in clients:
             assert (await read_response(c.reader)).status == 200
         assert be.connections == 3
-        assert proxy.pool.idle_count((LOCAL, be.port)) == 2
+        assert proxy.pool.idle_count((LOCAL, be.port, "")) == 2
         # Reused last-in first-out: the next request takes a pooled connection.
         assert (await clients[0].get("/")).status == 200
         assert be.connections == 3

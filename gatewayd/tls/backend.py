@@ -1,0 +1,82 @@
+"""Client SSLContexts for BackendTLSPolicy backends, built lazily in the serving process.
+
+The compiled snapshot carries only plain data (``routing.bindings.BackendTLS``: PEM
+bytes, hostname, subjectAltNames) because it is pickled to the worker processes and an
+``ssl.SSLContext`` does not pickle.  Each process builds one context per distinct
+``BackendTLS.key`` the first time a request needs it and keeps it across snapshots (a
+reload that does not change a policy keeps its context, its TLS session cache and the
+pooled connections made with it).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import ssl
+from collections import OrderedDict
+from typing import Final
+
+from gatewayd.routing.bindings import BackendTLS
+from gatewayd.tls.certs import CertificateInfo, InvalidCertificate, load_keypair
+from gatewayd.tls.context import BackendSSLContext, client_context
+
+__all__ = ["BackendContexts", "BackendTLSSetupError"]
+
+log = logging.getLogger("gatewayd.tls.backend")
+
+# Distinct (policy, Gateway client certificate) combinations a process keeps contexts
+# for; the least recently used is dropped beyond this (each context holds its CA store).
+MAX_CONTEXTS: Final = 256
+
+
+class BackendTLSSetupError(OSError):
+    """The TLS settings of a backend cannot be turned into a context (e.g. the Gateway's
+    client certificate is expired).  An OSError, so the data plane treats it like any
+    failed upstream connect: 503 and ``upstream_cx_connect_fail``."""
+
+
+class BackendContexts:
+    """``BackendTLS`` -> ``BackendSSLContext``, built once per ``key``, LRU-bounded."""
+
+    __slots__ = ("_contexts", "max_size")
+
+    def __init__(self, max_size: int = MAX_CONTEXTS) -> None:
+        self.max_size = max_size
+        self._contexts: OrderedDict[str, BackendSSLContext | BackendTLSSetupError] = OrderedDict()
+
+    def get(self, tls: BackendTLS) -> BackendSSLContext:
+        """The context for ``tls``; raises ``BackendTLSSetupError`` when it cannot be built
+        (the failure is remembered, so a broken certificate is parsed and logged once)."""
+        found = self._contexts.get(tls.key)
+        if found is None:
+            found = self._build(tls)
+            self._contexts[tls.key] = found
+            if len(self._contexts) > self.max_size:
+                self._contexts.popitem(last=False)
+        else:
+            self._contexts.move_to_end(tls.key)
+        if isinstance(found, BackendTLSSetupError):
+            raise found
+        return found
+
+    def __len__(self) -> int:
+        return len(self._contexts)
+
+    @staticmethod
+    def _build(tls: BackendTLS) -> BackendSSLContext | BackendTLSSetupError:
+        client: CertificateInfo | None = None
+        cert = tls.client_certificate
+        try:
+            if cert is not None:
+                # Checked here, with the real clock, not in the pure status code.
+                client = load_keypair(cert.chain_pem, cert.key_pem, now=dt.datetime.now(dt.UTC))
+            return client_context(
+                ca_pem=tls.ca_pem,
+                verify_hostname=tls.hostname,
+                subject_alt_names=tls.subject_alt_names,
+                client_cert=client,
+            )
+        except (InvalidCertificate, ssl.SSLError, ValueError) as exc:
+            message = f"BackendTLSPolicy {tls.policy}: cannot set up TLS to the backend: {exc}"
+            log.error("%s", message)
+            return BackendTLSSetupError(message)
