@@ -22,9 +22,9 @@ Per accepted connection (``TLSRouteConnection``):
    the ClientHello we have already consumed.
 
 A reload changes the table of *new* connections; open splices keep going.  Contexts are
-built in the serving process from the PEM bytes in the snapshot (SSLContexts do not
-pickle to worker processes) and cached by certificate, so a reload that only changes
-routes reuses them.
+built in the serving process from the PEM pairs in the snapshot (SSLContexts do not
+pickle to worker processes) and cached by pairs and client validation, so a reload that
+only changes routes reuses them.
 """
 
 from __future__ import annotations

@@ -3,12 +3,12 @@ handshakes over loopback, TLS and plain echo backends (tls_e2e_kit.py).
 
 One daemon serves the module, with three ports:
 
-- PASS: one Passthrough listener without hostname; routes by SNI to echo-a
+- pass_port: one Passthrough listener without hostname; routes by SNI to echo-a
   (a.example.com, pass-through hostname of the mixed port too), echo-b
   (*.wild.example.com) and 50/50 between them (w.example.com);
-- TERM: one Terminate listener (tls.example.com) with gatewayd's certificate, routed
+- term_port: one Terminate listener (tls.example.com) with gatewayd's certificate, routed
   to a plaintext echo backend (conformance TLSRouteTerminateSimpleSameNamespace);
-- MIX: a Terminate and a Passthrough listener on the same port
+- mix_port: a Terminate and a Passthrough listener on the same port
   (TLSRouteMixedTerminationSameNamespace).
 
 The reload test runs its own daemon.
@@ -54,10 +54,6 @@ from tls_e2e_kit import (
 
 pytestmark = pytest.mark.e2e
 
-PASS = free_port()
-TERM = free_port()
-MIX = free_port()
-
 
 class Env:
     def __init__(self, tmp: Path) -> None:
@@ -69,23 +65,32 @@ class Env:
         self.plain = EchoServer("echo-plain").start()
         self.daemon: Gatewayd | None = None
         self.tmp = tmp
+        self.pass_port = free_port()
+        self.term_port = free_port()
+        self.mix_port = free_port()
 
     def docs(self) -> str:
         gw = gateway(
             "gw",
             [
-                tls_listener("pass", PASS, mode="Passthrough"),
+                tls_listener("pass", self.pass_port, mode="Passthrough"),
                 tls_listener(
-                    "term", TERM, mode="Terminate", hostname="tls.example.com", secret="gw-cert"
+                    "term",
+                    self.term_port,
+                    mode="Terminate",
+                    hostname="tls.example.com",
+                    secret="gw-cert",
                 ),
                 tls_listener(
                     "mix-term",
-                    MIX,
+                    self.mix_port,
                     mode="Terminate",
                     hostname="term.example.com",
                     secret="gw-cert",
                 ),
-                tls_listener("mix-pass", MIX, mode="Passthrough", hostname="pass.example.com"),
+                tls_listener(
+                    "mix-pass", self.mix_port, mode="Passthrough", hostname="pass.example.com"
+                ),
             ],
             address=LOCALHOST,
         )
@@ -132,7 +137,7 @@ def tls_cx(daemon: Gatewayd, port: int, result: str) -> float:
 
 
 def test_passthrough_client_sees_the_backend_certificate(env: Env) -> None:
-    answer = call(PASS, "a.example.com", b"hello through the splice\n")
+    answer = call(env.pass_port, "a.example.com", b"hello through the splice\n")
     assert answer.greeting == "echo-a tls sni=a.example.com"
     assert answer.peer_der == env.cert_a.der
     assert answer.peer_der != env.cert_gw.der
@@ -140,18 +145,18 @@ def test_passthrough_client_sees_the_backend_certificate(env: Env) -> None:
 
 
 def test_sni_routes_to_backends_by_hostname_and_wildcard(env: Env) -> None:
-    assert call(PASS, "A.Example.com").greeting.startswith("echo-a ")
-    wild = call(PASS, "x.wild.example.com")
+    assert call(env.pass_port, "A.Example.com").greeting.startswith("echo-a ")
+    wild = call(env.pass_port, "x.wild.example.com")
     assert wild.greeting == "echo-b tls sni=x.wild.example.com"
     assert wild.peer_der == env.cert_b.der
-    assert call(PASS, "deep.x.wild.example.com").greeting.startswith("echo-b ")
+    assert call(env.pass_port, "deep.x.wild.example.com").greeting.startswith("echo-b ")
 
 
 def test_backend_weights_split_connections(env: Env) -> None:
     seen = {"echo-a": 0, "echo-b": 0}
     n = 40
     for _ in range(n):
-        seen[call(PASS, "w.example.com").greeting.split()[0]] += 1
+        seen[call(env.pass_port, "w.example.com").greeting.split()[0]] += 1
     # 50/50 over 40 connections: each side within 8..32 fails with p < 1e-4.
     assert 8 <= seen["echo-a"] <= 32, seen
     assert seen["echo-a"] + seen["echo-b"] == n
@@ -160,7 +165,7 @@ def test_backend_weights_split_connections(env: Env) -> None:
 def test_client_hello_in_one_byte_writes_and_several_records(env: Env) -> None:
     obj, incoming, outgoing, hello = client_hello_bytes("a.example.com")
     wire = split_records(hello, 3)
-    with socket.create_connection((LOCALHOST, PASS), timeout=5) as sock:
+    with socket.create_connection((LOCALHOST, env.pass_port), timeout=5) as sock:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         for i in range(len(wire)):
             sock.sendall(wire[i : i + 1])
@@ -173,30 +178,30 @@ def test_client_hello_in_one_byte_writes_and_several_records(env: Env) -> None:
 def test_no_sni_is_closed_and_no_backend_is_contacted(env: Env) -> None:
     assert env.daemon is not None
     before = (env.a.connections, env.b.connections, env.plain.connections)
-    no_sni = tls_cx(env.daemon, PASS, "no_sni")
-    refused(PASS, None)
+    no_sni = tls_cx(env.daemon, env.pass_port, "no_sni")
+    refused(env.pass_port, None)
     for _ in deadline_loop(5):
-        if tls_cx(env.daemon, PASS, "no_sni") == no_sni + 1:
+        if tls_cx(env.daemon, env.pass_port, "no_sni") == no_sni + 1:
             break
-    assert tls_cx(env.daemon, PASS, "no_sni") == no_sni + 1
+    assert tls_cx(env.daemon, env.pass_port, "no_sni") == no_sni + 1
     assert (env.a.connections, env.b.connections, env.plain.connections) == before
 
 
 def test_unknown_sni_is_closed_and_no_backend_is_contacted(env: Env) -> None:
     assert env.daemon is not None
     before = (env.a.connections, env.b.connections, env.plain.connections)
-    refused(PASS, "nobody.example.org")
-    refused(MIX, "other.example.com")  # matches neither listener of the mixed port
+    refused(env.pass_port, "nobody.example.org")
+    refused(env.mix_port, "other.example.com")  # matches neither listener of the mixed port
     for _ in deadline_loop(5):
-        if tls_cx(env.daemon, MIX, "no_route") >= 1:
+        if tls_cx(env.daemon, env.mix_port, "no_route") >= 1:
             break
-    assert tls_cx(env.daemon, PASS, "no_route") >= 1
-    assert tls_cx(env.daemon, MIX, "no_route") >= 1
+    assert tls_cx(env.daemon, env.pass_port, "no_route") >= 1
+    assert tls_cx(env.daemon, env.mix_port, "no_route") >= 1
     assert (env.a.connections, env.b.connections, env.plain.connections) == before
 
 
 def test_plain_http_on_a_tls_port_is_closed(env: Env) -> None:
-    with socket.create_connection((LOCALHOST, PASS), timeout=5) as sock:
+    with socket.create_connection((LOCALHOST, env.pass_port), timeout=5) as sock:
         sock.sendall(b"GET / HTTP/1.1\r\nHost: a.example.com\r\n\r\n")
         assert sock.recv(100) == b""
 
@@ -207,7 +212,7 @@ def test_large_transfer_both_ways_is_intact(env: Env) -> None:
 
     async def run() -> tuple[str, bytes]:
         reader, writer = await asyncio.open_connection(
-            LOCALHOST, PASS, ssl=client_context(), server_hostname="a.example.com"
+            LOCALHOST, env.pass_port, ssl=client_context(), server_hostname="a.example.com"
         )
         try:
             greeting = (await reader.readline()).decode().strip()
@@ -235,7 +240,7 @@ def test_large_transfer_both_ways_is_intact(env: Env) -> None:
 
 
 def test_terminate_presents_gatewayd_certificate_and_sends_plaintext(env: Env) -> None:
-    answer = call(TERM, "tls.example.com", b"ping in the clear\n")
+    answer = call(env.term_port, "tls.example.com", b"ping in the clear\n")
     assert answer.peer_der == env.cert_gw.der
     assert answer.greeting == "echo-plain plain"
     assert answer.echoed == b"ping in the clear\n"
@@ -245,7 +250,7 @@ def test_terminate_presents_gatewayd_certificate_and_sends_plaintext(env: Env) -
 
 def test_terminate_large_transfer_is_intact(env: Env) -> None:
     payload = os.urandom(3 * 1024 * 1024)
-    with tls_connection(TERM, "tls.example.com") as tls:
+    with tls_connection(env.term_port, "tls.example.com") as tls:
         assert read_line(tls).strip() == "echo-plain plain"
         # Interleave: send a slice, read it back, so neither buffer grows unbounded.
         got = bytearray()
@@ -262,7 +267,7 @@ def test_terminate_large_transfer_is_intact(env: Env) -> None:
 
 def test_terminate_with_unknown_sni_is_closed(env: Env) -> None:
     before = env.plain.connections
-    refused(TERM, "other.example.com")
+    refused(env.term_port, "other.example.com")
     assert env.plain.connections == before
 
 
@@ -270,27 +275,27 @@ def test_terminate_with_unknown_sni_is_closed(env: Env) -> None:
 
 
 def test_mixed_port_serves_passthrough_and_terminate(env: Env) -> None:
-    term = call(MIX, "term.example.com")
+    term = call(env.mix_port, "term.example.com")
     assert term.peer_der == env.cert_gw.der
     assert term.greeting == "echo-plain plain"
-    passed = call(MIX, "pass.example.com")
+    passed = call(env.mix_port, "pass.example.com")
     assert passed.peer_der == env.cert_a.der
     assert passed.greeting == "echo-a tls sni=pass.example.com"
 
 
 def test_metrics_count_tls_listener_connections(env: Env) -> None:
     assert env.daemon is not None
-    call(PASS, "a.example.com")
-    call(TERM, "tls.example.com")
+    call(env.pass_port, "a.example.com")
+    call(env.term_port, "tls.example.com")
     text = env.daemon.metrics()
-    assert tls_cx(env.daemon, PASS, "passthrough") >= 1
-    assert tls_cx(env.daemon, TERM, "terminate") >= 1
+    assert tls_cx(env.daemon, env.pass_port, "passthrough") >= 1
+    assert tls_cx(env.daemon, env.term_port, "terminate") >= 1
     accepted = {
         labels["listener"]: value
         for labels, value in prometheus_samples(text, "gatewayd_downstream_cx_total")
     }
-    assert accepted.get(f"{LOCALHOST}:{PASS}", 0) >= 1
-    assert accepted.get(f"{LOCALHOST}:{TERM}", 0) >= 1
+    assert accepted.get(f"{LOCALHOST}:{env.pass_port}", 0) >= 1
+    assert accepted.get(f"{LOCALHOST}:{env.term_port}", 0) >= 1
 
 
 def test_status_reports_tls_routes_accepted(env: Env) -> None:
