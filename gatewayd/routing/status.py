@@ -81,8 +81,14 @@ API_VERSION: Final = "gateway.networking.k8s.io/v1"
 SUPPORTED_FEATURES: tuple[str, ...] = tuple(
     sorted(
         (
+            "BackendTLSPolicy",
+            "BackendTLSPolicySANValidation",
             "Gateway",
             "GatewayAddressEmpty",
+            "GatewayBackendClientCertificate",
+            "GatewayFrontendClientCertificateValidation",
+            "GatewayFrontendClientCertificateValidationInsecureFallback",
+            "GatewayHTTPSListenerDetectMisdirectedRequests",
             "GatewayPort8080",
             "GatewayStaticAddresses",
             "HTTPRoute",
@@ -106,6 +112,9 @@ SUPPORTED_FEATURES: tuple[str, ...] = tuple(
             "HTTPRouteRequestTimeout",
             "HTTPRouteResponseHeaderModification",
             "HTTPRouteSchemeRedirect",
+            "Mesh",
+            "MeshClusterIPMatching",
+            "MeshConsumerRoute",
             "ReferenceGrant",
             "TLSRoute",
             "TLSRouteModeMixed",
