@@ -167,10 +167,21 @@ def test_only_unsupported_protocols_gateway_not_accepted() -> None:
             {"a", "b"},
             "ProtocolConflict",
         ),
-        # HTTPS and TLS share a port when SNI tells them apart ...
+        # The spec lets HTTPS and TLS share a port when SNI tells them apart; gatewayd
+        # serves such a port as HTTPS and refuses the TLS listeners rather than leave them
+        # accepted and never served ...
         (
             [
                 listener("a", 443, "HTTPS", hostname="a.example.com", tls=terminate("cert")),
+                listener("b", 443, "TLS", hostname="b.example.com", tls=passthrough()),
+            ],
+            {"b"},
+            "ProtocolConflict",
+        ),
+        # ... while TLS listeners in both modes share a port
+        (
+            [
+                listener("a", 443, "TLS", hostname="a.example.com", tls=terminate("cert")),
                 listener("b", 443, "TLS", hostname="b.example.com", tls=passthrough()),
             ],
             set(),
