@@ -50,6 +50,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--max-connections", type=int, default=10000)
     run.add_argument("--idle-timeout", type=float, default=60.0, metavar="SECONDS")
     run.add_argument(
+        "--tcp-idle-timeout",
+        type=float,
+        default=3600.0,
+        metavar="SECONDS",
+        help="close L4 splices (TLSRoute, node-local pass-through) idle this long (0: never)",
+    )
+    run.add_argument(
         "--no-watch",
         dest="watch",
         action="store_false",
@@ -165,6 +172,7 @@ def _run(args: argparse.Namespace) -> int:
             access_log=None if args.access_log == "off" else args.access_log,
             max_connections=args.max_connections,
             idle_timeout=args.idle_timeout,
+            tcp_idle_timeout=args.tcp_idle_timeout,
         ),
     )
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:

@@ -66,6 +66,7 @@ from gatewayd.proxy.localreply import (
     status_line,
 )
 from gatewayd.proxy.snapshot import SnapshotHolder
+from gatewayd.proxy.splice import Splice, close_idle
 from gatewayd.proxy.tlsroute import TLS_PROTOCOL, TLSRouteListener
 from gatewayd.proxy.upstream import (
     WRITE_HIGH,
@@ -166,6 +167,7 @@ class ProxyOptions:
     access_log: str | None = "text"  # "text" | "json" | None (off)
     max_connections: int = 10000  # daemon-wide
     idle_timeout: float = 60.0  # keep-alive idle
+    tcp_idle_timeout: float = 3600.0  # L4 splices (TLSRoute, node-local pass-through)
     header_timeout: float = 30.0  # slowloris guard: request head must complete
     upstream_connect_timeout: float = 5.0
     max_header_bytes: int = 60 * 1024
@@ -1545,6 +1547,9 @@ class Proxy:
         self.servers: dict[ListenKey, asyncio.AbstractServer] = {}
         # Connections of ports whose listeners are all protocol TLS (TLSRoute).
         self.tls_routes = TLSRouteListener(self)
+        # Every set of open L4 splices this process owns, for the idle sweep: the TLS
+        # listeners' and, in node-local mode, the transparent listener's.
+        self.splice_sets: list[set[Splice]] = [self.tls_routes.splices]
         # HTTPS ports: TLS termination state, updated in place on every snapshot.
         self.terminators: dict[ListenKey, PortTLS] = {}
         self.conns: set[HttpConnection] = set()
@@ -1726,5 +1731,8 @@ class Proxy:
                         log.exception("connection deadline handling failed")
                         c.abort()
             self.pool.sweep(now, self.options.idle_timeout)
+            for splices in self.splice_sets:
+                if splices:
+                    close_idle(splices, now, self.options.tcp_idle_timeout)
         finally:
             self._start_sweeper(loop)

@@ -8,7 +8,8 @@ Flow control: each side's write buffer has water marks; above the high mark the 
 side stops being read (``pause_writing`` -> ``pause_reading``), below the low mark it is
 read again, so a slow reader on either end never makes the proxy buffer more than about
 one high-water mark per direction.  Half-close passes through: a client FIN becomes an
-upstream FIN (``write_eof``) and the other direction keeps flowing.
+upstream FIN (``write_eof``) and the other direction keeps flowing.  A splice with no
+bytes either way for the owner's TCP idle timeout is closed (``close_idle``).
 """
 
 from __future__ import annotations
@@ -51,6 +52,8 @@ class _Side(asyncio.Protocol):
         self.transport = t
 
     def data_received(self, data: bytes) -> None:
+        splice = self.splice
+        splice.last_active = splice.loop.time()
         peer = self.other().transport
         if peer is None:
             if self.pending is None:
@@ -101,7 +104,7 @@ class Splice:
     owner's (e.g. the listening port), for selective shutdown.
     """
 
-    __slots__ = ("down", "on_done", "registry", "tag", "up")
+    __slots__ = ("down", "last_active", "loop", "on_done", "registry", "tag", "up")
 
     def __init__(
         self,
@@ -114,6 +117,9 @@ class Splice:
         self.registry = registry
         self.on_done = on_done
         self.tag = tag
+        self.loop = asyncio.get_running_loop()
+        # Loop time of the last bytes read on either side (the idle timeout's clock).
+        self.last_active = self.loop.time()
         self.down = _Side(self, upstream=False)
         self.down.transport = client
         client.set_write_buffer_limits(WRITE_HIGH, WRITE_LOW)
@@ -204,3 +210,16 @@ class Splice:
             if t is not None and not t.is_closing():
                 total += t.get_write_buffer_size()
         return total
+
+
+def close_idle(splices: set[Splice], now: float, idle_timeout: float) -> int:
+    """Close the splices with no bytes either way for ``idle_timeout`` seconds (Envoy's
+    tcp_proxy ``idle_timeout``); the number closed.  Called by the owner's periodic sweep."""
+    if idle_timeout <= 0:
+        return 0
+    limit = now - idle_timeout
+    idle = [s for s in splices if s.last_active <= limit]
+    for splice in idle:
+        log.debug("splice idle for %.0fs: closed", idle_timeout)
+        splice.close()
+    return len(idle)

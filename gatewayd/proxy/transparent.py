@@ -71,6 +71,7 @@ class TransparentListener:
         self.own_port = own_port
         self.mark = mark
         self.splices: set[Splice] = set()
+        proxy.splice_sets.append(self.splices)  # the proxy's sweep closes idle ones
         self.tasks: set[asyncio.Task[None]] = set()
         self.counts: dict[str, int] = {GATEWAY: 0, MESH: 0, PASSTHROUGH: 0, REFUSED: 0}
 
@@ -129,7 +130,18 @@ class TransparentListener:
         conn.connection_made(transport)
 
     def _splice(self, transport: asyncio.Transport, key: tuple[str, int]) -> None:
-        splice = Splice(self.splices, transport)
+        proxy = self.proxy
+        # A splice counts against --max-connections like any downstream connection.
+        if proxy.n_conns >= proxy.options.max_connections:
+            self.counts[REFUSED] += 1
+            transport.abort()
+            return
+        proxy.n_conns += 1
+
+        def done() -> None:
+            proxy.n_conns -= 1
+
+        splice = Splice(self.splices, transport, on_done=done)
         splice.hand_over(transport)
         address, port = key
         task = asyncio.get_running_loop().create_task(

@@ -559,3 +559,33 @@ def test_close_lets_open_splices_finish_within_the_drain_timeout() -> None:
         assert proxy.n_conns == 0
 
     run(go())
+
+
+def test_idle_splice_is_closed_after_the_tcp_idle_timeout() -> None:
+    async def go() -> None:
+        backend = await Backend().start()
+        port = free_port()
+        options = ProxyOptions(access_log=None, tcp_idle_timeout=0.4)
+        proxy = Proxy(SnapshotHolder(), options, ProxyMetrics(registry=CollectorRegistry()))
+        _opened.append(proxy.close)
+        assert await proxy.apply(tls_snapshot(port, backend.port, mode="Passthrough")) == {}
+        reader, writer = await asyncio.open_connection(LOCAL, port)
+        _opened.append(writer.close)
+        hello = client_hello("term.example.com")
+        writer.write(hello)
+        assert await reader.readexactly(len(hello)) == hello  # the backend echoes
+        # Bytes every 0.15 s keep the splice alive past the timeout ...
+        for n in range(8):
+            writer.write(b"ping %d" % n)
+            assert await reader.readexactly(6) == b"ping %d" % n
+            await asyncio.sleep(0.15)
+        assert len(proxy.tls_routes.splices) == 1
+        # ... silence closes it: within the timeout plus one sweep (1 s).
+        start = asyncio.get_running_loop().time()
+        assert await closed_by_peer(reader)
+        waited = asyncio.get_running_loop().time() - start
+        assert 0.3 <= waited < 2.5, waited
+        assert not proxy.tls_routes.splices
+        assert proxy.n_conns == 0
+
+    run(go())
