@@ -1566,6 +1566,9 @@ class Proxy:
         other ports serve regardless."""
         self.tls_routes.apply(snapshot)  # TLS listener contexts, before new connections
         self.holder.swap(snapshot)
+        if snapshot.endpoints is not None:
+            # Upstream connections to endpoints that left the configuration drain.
+            self.pool.retain(snapshot.endpoints)
         loop = asyncio.get_running_loop()
         self._start_sweeper(loop)
         failed: dict[tuple[str, int], str] = {}

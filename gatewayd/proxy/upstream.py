@@ -95,6 +95,7 @@ class UpstreamConnection(asyncio.Protocol):
         "parser_dirty",
         "pool",
         "read_paused",
+        "retired",
         "reuses",
         "transport",
     )
@@ -103,6 +104,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.pool = pool
         self.key = key
         self.label = label
+        self.retired = False  # its endpoint left the configuration: close when released
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
         self.parser = httptools.HttpResponseParser(self)
         self.parser_dirty = False
@@ -447,7 +449,7 @@ class UpstreamPool:
         stack = self.idle.get(conn.key)
         if stack is None:
             stack = self.idle[conn.key] = []
-        if self._closed or len(stack) >= self.max_idle:
+        if self._closed or conn.retired or len(stack) >= self.max_idle:
             conn.close()
             return
         conn.idle_since = now
@@ -466,6 +468,20 @@ class UpstreamPool:
         stack = self.idle.get(conn.key)
         if stack and conn in stack:
             stack.remove(conn)
+
+    def retain(self, endpoints: frozenset[tuple[str, int]]) -> int:
+        """A new configuration keeps only ``endpoints``: idle connections to any other
+        close now, busy ones once their response is done (drain).  The number closed."""
+        closed = 0
+        for key in [k for k in self.idle if (k[0], k[1]) not in endpoints]:
+            stack = self.idle.pop(key)
+            closed += len(stack)
+            while stack:
+                stack.pop().close()
+        for conn in self.conns:
+            if (conn.key[0], conn.key[1]) not in endpoints:
+                conn.retired = True
+        return closed
 
     def sweep(self, now: float, max_idle_time: float) -> None:
         """Close connections idle for longer than ``max_idle_time``."""

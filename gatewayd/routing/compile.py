@@ -115,10 +115,13 @@ def compile_snapshot(resolution: Resolution, *, generation: int) -> Snapshot:
             ports[key] = port
     # GAMMA: mesh routes get their own compiler (their backends resolve apart).
     mesh = None
+    targets = list(resolution.backends.values())
     if resolution.mesh is not None and resolution.mesh.services:
         mesh_compiler = _Compiler(resolution.mesh.backends, resolution.backend_tls)
         mesh = compile_mesh(resolution.mesh, mesh_compiler.candidates)
-    return Snapshot(generation=generation, ports=ports, mesh=mesh)
+        targets += resolution.mesh.backends.values()
+    endpoints = frozenset((e.address, e.port) for t in targets for e in t.endpoints)
+    return Snapshot(generation=generation, ports=ports, mesh=mesh, endpoints=endpoints)
 
 
 def _lower(hostname: str | None) -> str | None:

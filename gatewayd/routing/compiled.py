@@ -227,6 +227,9 @@ class Snapshot:
     # GAMMA (node-local TPROXY mode): routes by original destination (ClusterIP, port)
     # and client namespace; see routing/mesh.py.  Plain data, picklable like the rest.
     mesh: MeshTable | None = None
+    # Every (address, port) a backend of this snapshot may connect to; the upstream pool
+    # drains connections to any other.  None (a hand-built snapshot): keep them all.
+    endpoints: frozenset[tuple[str, int]] | None = None
 
     def to_json(self) -> dict[str, object]:
         return {

@@ -4,6 +4,7 @@ uvloop event loop per test."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import io
 import json
 import socket
@@ -1470,5 +1471,47 @@ def test_malformed_request_is_access_logged() -> None:
         assert resp.status == 400 and closed
         await proxy.close()
         assert " 400 DPE " in buf.getvalue()
+
+    run(main())
+
+
+def test_reload_drains_upstream_connections_of_removed_endpoints() -> None:
+    async def main() -> None:
+        gate = asyncio.Event()
+        slow_arrived = asyncio.Event()
+
+        async def handler(req: Req, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+            if req.target == "/slow":
+                slow_arrived.set()
+                await gate.wait()
+            w.write(response(200, b"ok"))
+
+        old, new = await start_backend(handler), await start_backend(handler)
+        proxy, port, _ = await start_proxy({"/": hit(rule(backend("b", old.port)))})
+        idle_client, busy_client = await Client.open(port), await Client.open(port)
+        await busy_client.send(b"GET /slow HTTP/1.1\r\nhost: a\r\n\r\n")
+        await slow_arrived.wait()
+        assert (await idle_client.get("/")).status == 200  # leaves one idle connection
+        assert proxy.pool.idle_count((LOCAL, old.port, "")) == 1
+        # The new configuration sends traffic to another endpoint only.
+        moved = Table({"/": hit(rule(backend("b", new.port)))})
+        after = dataclasses.replace(
+            snapshot({port: moved}, generation=2), endpoints=frozenset({(LOCAL, new.port)})
+        )
+        assert await proxy.apply(after) == {}
+        assert proxy.pool.idle_count((LOCAL, old.port, "")) == 0  # closed at once
+        gate.set()  # the request in flight still finishes on its connection ...
+        assert (await read_response(busy_client.reader)).status == 200
+        await asyncio.sleep(0.05)
+        # ... which is then closed, not pooled; new requests go to the new endpoint.
+        assert proxy.pool.idle_count((LOCAL, old.port, "")) == 0
+        assert not [c for c in proxy.pool.conns if c.key[1] == old.port]
+        assert (await idle_client.get("/")).status == 200
+        assert new.connections == 1
+        for c in (idle_client, busy_client):
+            c.close()
+        await proxy.close()
+        await old.stop()
+        await new.stop()
 
     run(main())

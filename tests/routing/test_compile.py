@@ -218,6 +218,8 @@ def test_backend_target_fields_carried() -> None:
     assert hit is not None
     (b,) = hit.rule.backends
     assert (b.app_protocol, b.fqdn, b.endpoints) == ("kubernetes.io/h2c", True, target.endpoints)
+    # The snapshot knows every endpoint it may connect to (the pool drains the others).
+    assert snap.endpoints is not None and ("svc.example", 80) in snap.endpoints
 
 
 # --------------------------------------------------------------------------- filters
