@@ -13,6 +13,18 @@ upstream_service_time, x_forwarded_for, user_agent, request_id, authority,
 upstream_host, route_name); numbers are JSON numbers (like Envoy's typed JSON),
 an unknown upstream service time is null.
 
+L4 connections (TLS listener connections, node-local pass-through splices) get one line
+when the connection ends, as Envoy's tcp_proxy writes them: the default format with
+``"- - -" 0`` for the request line and response code, the connection's bytes and
+duration, then five fields of its own::
+
+    ... "%UPSTREAM_HOST%" %DOWNSTREAM_REMOTE_ADDRESS% "%REQUESTED_SERVER_NAME%"
+    "%UPSTREAM_CLUSTER%" "route" "%CONNECTION_TERMINATION_DETAILS%"
+
+In JSON, the HTTP keys (method, path, protocol "-"; response_code 0;
+upstream_service_time null) plus downstream_remote_address, requested_server_name,
+upstream_cluster and connection_termination_details.
+
 "if a value is not set/empty, the logs will contain a ``-`` character or, for JSON logs,
 the string ``"-"``" (Envoy access log docs).
 """
@@ -32,6 +44,14 @@ _ESCAPES = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F)}
 
 _monotonic = time.monotonic  # module-level: patchable in tests
 _q: Callable[[str], str] = encode_basestring  # C: '"' + escaped + '"'
+
+
+def host_port(sockaddr: object) -> str:
+    """``host:port`` of a socket address (``[v6]:port`` for IPv6), ``""`` without one."""
+    if isinstance(sockaddr, tuple) and len(sockaddr) >= 2:
+        host = str(sockaddr[0])
+        return f"[{host}]:{sockaddr[1]}" if ":" in host else f"{host}:{sockaddr[1]}"
+    return ""
 
 
 class AccessLogger:
@@ -113,6 +133,60 @@ class AccessLogger:
             if not line.isprintable():
                 line = line.translate(_ESCAPES)
             line += "\n"
+        # Inlined rather than self._write(line): this runs once per HTTP request.
+        stream = self._stream
+        stream.write(line)
+        now = _monotonic()
+        if now - self._last_flush >= 1.0:
+            self._last_flush = now
+            stream.flush()
+
+    def log_l4(
+        self,
+        *,
+        start_time: float,
+        flags: str,
+        bytes_received: int,
+        bytes_sent: int,
+        duration_ms: int,
+        downstream: str,
+        sni: str,
+        upstream_host: str,
+        upstream_cluster: str,
+        route: str,
+        details: str,
+    ) -> None:
+        """Log one L4 connection when it ends.  ``start_time``: wall clock at accept;
+        ``bytes_received``/``bytes_sent``: from/to the client; ``downstream``: the
+        client's address:port; ``sni``: the ClientHello's server name;
+        ``upstream_cluster``: the backend; ``details``: why gatewayd ended it, if it did."""
+        ts = self._start_time(start_time)
+        if self._json_format:
+            line = (
+                f'{{"start_time":"{ts}","method":"-","path":"-","protocol":"-",'
+                f'"response_code":0,"response_flags":{_q(flags or "-")},'
+                f'"bytes_received":{int(bytes_received)},"bytes_sent":{int(bytes_sent)},'
+                f'"duration":{int(duration_ms)},"upstream_service_time":null,'
+                f'"x_forwarded_for":"-","user_agent":"-","request_id":"-","authority":"-",'
+                f'"upstream_host":{_q(upstream_host or "-")},"route_name":{_q(route or "-")},'
+                f'"downstream_remote_address":{_q(downstream or "-")},'
+                f'"requested_server_name":{_q(sni or "-")},'
+                f'"upstream_cluster":{_q(upstream_cluster or "-")},'
+                f'"connection_termination_details":{_q(details or "-")}}}\n'
+            )
+        else:
+            line = (
+                f'[{ts}] "- - -" 0 {flags or "-"} {bytes_received} {bytes_sent} '
+                f'{duration_ms} - "-" "-" "-" "-" "{upstream_host or "-"}" '
+                f'{downstream or "-"} "{sni or "-"}" "{upstream_cluster or "-"}" '
+                f'"{route or "-"}" "{details or "-"}"'
+            )
+            if not line.isprintable():
+                line = line.translate(_ESCAPES)
+            line += "\n"
+        self._write(line)
+
+    def _write(self, line: str) -> None:
         stream = self._stream
         stream.write(line)
         now = _monotonic()

@@ -10,6 +10,10 @@ read again, so a slow reader on either end never makes the proxy buffer more tha
 one high-water mark per direction.  Half-close passes through: a client FIN becomes an
 upstream FIN (``write_eof``) and the other direction keeps flowing.  A splice with no
 bytes either way for the owner's TCP idle timeout is closed (``close_idle``).
+
+For the access log each side counts the bytes it reads (one integer add per chunk):
+``received`` from the client, ``sent`` to it; ``flags`` and ``details`` say why gatewayd
+ended the splice, if it did (Envoy's UF on a failed connect).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import logging
 from collections.abc import Callable
 from typing import Final, cast
 
+from gatewayd.proxy.accesslog import host_port
 from gatewayd.proxy.upstream import WRITE_HIGH, WRITE_LOW
 
 log = logging.getLogger("gatewayd.proxy.splice")
@@ -30,13 +35,14 @@ SPLICE_CONNECT_TIMEOUT: Final = 5.0
 class _Side(asyncio.Protocol):
     """One side of a splice: bytes in are written to the other side."""
 
-    __slots__ = ("eof", "pending", "splice", "transport", "upstream")
+    __slots__ = ("eof", "nbytes", "pending", "splice", "transport", "upstream")
 
     def __init__(self, splice: Splice, upstream: bool) -> None:
         self.splice = splice
         self.upstream = upstream
         self.transport: asyncio.Transport | None = None
         self.eof = False
+        self.nbytes = 0  # bytes read on this side, for the access log
         # Client bytes that arrive before the upstream is connected (reading is paused
         # at once, but a transport may already hold a read), and bytes the caller read
         # before handing the connection over (a ClientHello).
@@ -52,6 +58,7 @@ class _Side(asyncio.Protocol):
         self.transport = t
 
     def data_received(self, data: bytes) -> None:
+        self.nbytes += len(data)
         splice = self.splice
         splice.last_active = splice.loop.time()
         peer = self.other().transport
@@ -104,7 +111,18 @@ class Splice:
     owner's (e.g. the listening port), for selective shutdown.
     """
 
-    __slots__ = ("down", "last_active", "loop", "on_done", "registry", "tag", "up")
+    __slots__ = (
+        "details",
+        "down",
+        "flags",
+        "last_active",
+        "loop",
+        "on_done",
+        "registry",
+        "tag",
+        "up",
+        "upstream_host",
+    )
 
     def __init__(
         self,
@@ -124,6 +142,11 @@ class Splice:
         self.down.transport = client
         client.set_write_buffer_limits(WRITE_HIGH, WRITE_LOW)
         self.up = _Side(self, upstream=True)
+        # For the access log: Envoy's response flags and the reason gatewayd ended the
+        # splice ("" for none), and the address the upstream side connects to.
+        self.flags = ""
+        self.details = ""
+        self.upstream_host = ""
         registry.add(self)
 
     def hand_over(self, client: asyncio.Transport, already_read: bytes = b"") -> None:
@@ -132,6 +155,7 @@ class Splice:
         client.pause_reading()
         if already_read:
             self.down.pending = [already_read]
+            self.down.nbytes += len(already_read)
         client.set_protocol(self.down)
 
     async def connect(
@@ -145,6 +169,7 @@ class Splice:
         """Connect the upstream side and start forwarding; False (and the client
         connection aborted) when the upstream cannot be reached."""
         loop = asyncio.get_running_loop()
+        self.upstream_host = host_port((address, port))
         try:
             async with asyncio.timeout(connect_timeout):
                 if mark is not None:
@@ -156,11 +181,11 @@ class Splice:
                     await loop.create_connection(lambda: self.up, address, port)
         except (OSError, TimeoutError) as exc:
             log.debug("splice to %s:%d failed: %s", address, port, exc)
-            self.abort()
+            self._connect_failed()
             return False
         except Exception:
             log.exception("splice to %s:%d failed", address, port)
-            self.abort()
+            self._connect_failed()
             return False
         client = self.down.transport
         upstream = self.up.transport
@@ -175,6 +200,22 @@ class Splice:
         else:
             client.resume_reading()
         return True
+
+    def _connect_failed(self) -> None:
+        # Set before abort(): on_done (which logs) runs inside it.
+        self.flags = "UF"
+        self.details = "upstream_connect_failure"
+        self.abort()
+
+    @property
+    def received(self) -> int:
+        """Bytes read from the client (those read before ``hand_over`` included)."""
+        return self.down.nbytes
+
+    @property
+    def sent(self) -> int:
+        """Bytes read from the upstream, i.e. written towards the client."""
+        return self.up.nbytes
 
     def side_lost(self, side: _Side) -> None:
         other = self.up if side is self.down else self.down
@@ -221,5 +262,6 @@ def close_idle(splices: set[Splice], now: float, idle_timeout: float) -> int:
     idle = [s for s in splices if s.last_active <= limit]
     for splice in idle:
         log.debug("splice idle for %.0fs: closed", idle_timeout)
+        splice.details = "idle_timeout"
         splice.close()
     return len(idle)

@@ -34,9 +34,11 @@ import contextlib
 import logging
 import random
 import ssl
+import time
 from collections.abc import Callable, Coroutine, Iterable
 from typing import TYPE_CHECKING, Any, Final, cast
 
+from gatewayd.proxy.accesslog import host_port
 from gatewayd.proxy.splice import Splice
 from gatewayd.routing.table import SNITable, TLSListener
 from gatewayd.tls.clienthello import (
@@ -83,6 +85,21 @@ R_BAD_CERT: Final = "bad_certificate"
 R_HANDSHAKE: Final = "handshake_error"
 R_OVERLOAD: Final = "overload"
 R_SHUTDOWN: Final = "shutdown"
+
+# Envoy's %RESPONSE_FLAGS% of a connection closed before its splice, by result; the
+# result itself is logged as %CONNECTION_TERMINATION_DETAILS%.  A Terminate listener
+# without a usable certificate is not served (its status says so): as no listener, NR.
+FLAGS: Final = {
+    R_NO_SNI: "NR",
+    R_NO_ROUTE: "NR",
+    R_BAD_CERT: "NR",
+    R_BAD_HELLO: "DPE",
+    R_HANDSHAKE: "DPE",
+    R_TIMEOUT: "DPE",
+    R_INVALID_BACKEND: "NC",
+    R_NO_ENDPOINT: "UH",
+    R_OVERLOAD: "UO",
+}
 
 # Connection phases.
 P_HELLO: Final = 0
@@ -238,16 +255,25 @@ class TLSRouteConnection(asyncio.Protocol):
 
     __slots__ = (
         "backend",
+        "cluster",
         "counted",
         "hello",
         "key",
         "label",
         "layer",
         "owner",
+        "peer",
         "phase",
+        "result",
+        "route",
+        "rx",
+        "sni",
+        "splice",
+        "start",
         "timer",
         "transport",
         "upstream_counted",
+        "upstream_host",
     )
 
     def __init__(self, owner: TLSRouteListener, key: ListenKey, label: str) -> None:
@@ -262,6 +288,16 @@ class TLSRouteConnection(asyncio.Protocol):
         self.backend: CompiledBackend | None = None
         self.counted = False  # counted in n_conns and downstream_cx until _finish
         self.upstream_counted = False
+        # For the access log line written when the connection ends.
+        self.start = 0.0  # loop time at accept
+        self.peer = ""
+        self.rx = 0  # bytes read before the hand-over (the ClientHello)
+        self.sni = ""
+        self.route = ""
+        self.cluster = ""
+        self.upstream_host = ""
+        self.result = ""  # why it was closed before its splice (a metric result)
+        self.splice: Splice | None = None
 
     # ------------------------------------------------------------------ accept
 
@@ -270,10 +306,15 @@ class TLSRouteConnection(asyncio.Protocol):
         t = cast(asyncio.Transport, transport)
         self.transport = t
         proxy = self.owner.proxy
+        self.start = asyncio.get_running_loop().time()
+        if proxy.access is not None:
+            self.peer = host_port(t.get_extra_info("peername"))
         if proxy.n_conns >= proxy.options.max_connections:
             self.phase = P_CLOSED
             self._count(R_OVERLOAD)
             t.abort()
+            self.result = R_OVERLOAD
+            self._log()
             return
         proxy.n_conns += 1
         self.counted = True
@@ -287,6 +328,7 @@ class TLSRouteConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.phase != P_HELLO:
             return
+        self.rx += len(data)
         try:
             result = self.hello.feed(data)
         except InvalidClientHello as exc:
@@ -319,6 +361,7 @@ class TLSRouteConnection(asyncio.Protocol):
             # is the only thing a TLSRoute matches on: without SNI nothing can match.
             self._refuse(R_NO_SNI, "ClientHello without server_name")
             return
+        self.sni = hello.sni
         # The snapshot is read once per connection, here.
         lp = self.owner.proxy.holder.current.ports.get(self.key)
         table = lp.table if lp is not None else None
@@ -327,7 +370,10 @@ class TLSRouteConnection(asyncio.Protocol):
             self._refuse(R_NO_ROUTE, f"no TLSRoute for server name {hello.sni!r}")
             return
         rule = found.hit.rule
+        self.route = rule.route_id
         backend = rule.pick_backend(random.random())
+        if backend is not None:
+            self.cluster = backend.name
         if backend is None or backend.invalid_status is not None:
             # "the underlying implementation must actively reject request attempts to
             # this backend, by rejecting the connection. Request rejections must respect
@@ -339,6 +385,7 @@ class TLSRouteConnection(asyncio.Protocol):
             self._refuse(R_NO_ENDPOINT, f"{backend.name}: no ready endpoint")
             return
         self.backend = backend
+        self.upstream_host = host_port((endpoint.address, endpoint.port))
         if found.listener.mode == PASSTHROUGH:
             self._passthrough(endpoint.address, endpoint.port)
         else:
@@ -350,7 +397,9 @@ class TLSRouteConnection(asyncio.Protocol):
         self._stop_timer()
         self.phase = P_SPLICED
         self.owner.conns.discard(self)
-        splice = Splice(self.owner.splices, transport, on_done=self._finish, tag=self.key)
+        splice = self.splice = Splice(
+            self.owner.splices, transport, on_done=self._finish, tag=self.key
+        )
         splice.hand_over(transport, self.hello.take())
         self._count(R_PASSTHROUGH)
         self.owner.spawn(self._connect(splice, address, port), f"tls passthrough {self.label}")
@@ -380,7 +429,9 @@ class TLSRouteConnection(asyncio.Protocol):
         self.phase = P_SPLICED
         self.owner.conns.discard(self)
         client = cast(asyncio.Transport, layer)
-        splice = Splice(self.owner.splices, client, on_done=self._finish, tag=self.key)
+        splice = self.splice = Splice(
+            self.owner.splices, client, on_done=self._finish, tag=self.key
+        )
         layer.app = splice.down
         # Decrypted bytes that arrive before the upstream is connected wait in the
         # splice (reading the raw socket pauses meanwhile).
@@ -423,6 +474,7 @@ class TLSRouteConnection(asyncio.Protocol):
             return
         log.debug("%s: %s: closing", self.label, why)
         self._count(result)
+        self.result = result
         self.phase = P_CLOSED
         self._stop_timer()
         layer = self.layer
@@ -472,7 +524,39 @@ class TLSRouteConnection(asyncio.Protocol):
                 self.upstream_counted = False
                 proxy.metrics.upstream_cx(self.backend.name, -1)
         self.hello.take()  # drop what a refused connection had sent
+        self._log()
         proxy.connection_gone()
+
+    def _log(self) -> None:
+        """The connection's access log line (Envoy's tcp_proxy writes one per
+        connection, when it closes)."""
+        access = self.owner.proxy.access
+        if access is None:
+            return
+        duration = asyncio.get_running_loop().time() - self.start
+        splice = self.splice
+        layer = self.layer
+        if splice is not None:
+            # Spliced: the splice's bytes (plaintext after a Terminate handshake).
+            flags, details = splice.flags, splice.details
+            rx, tx = splice.received, splice.sent
+        else:
+            flags, details = FLAGS.get(self.result, ""), self.result
+            # Refused in a Terminate handshake: the raw bytes the TLS layer saw.
+            rx, tx = (layer.rx, layer.tx) if layer is not None else (self.rx, 0)
+        access.log_l4(
+            start_time=time.time() - duration,
+            flags=flags,
+            bytes_received=rx,
+            bytes_sent=tx,
+            duration_ms=int(duration * 1000.0),
+            downstream=self.peer,
+            sni=self.sni,
+            upstream_host=self.upstream_host,
+            upstream_cluster=self.cluster,
+            route=self.route,
+            details=details,
+        )
 
 
 # --------------------------------------------------------------------------- TLS layer
@@ -499,7 +583,9 @@ class TLSServerLayer(asyncio.Protocol):
         "on_lost",
         "outgoing",
         "raw",
+        "rx",
         "sslobj",
+        "tx",
     )
 
     def __init__(
@@ -522,12 +608,16 @@ class TLSServerLayer(asyncio.Protocol):
         self.handshaken = False
         self.closing = False
         self.eof = False  # the client's stream ended (close_notify or FIN)
+        # Raw bytes from/to the client, for the access log of a failed handshake.
+        self.rx = 0
+        self.tx = 0
 
     # ------------------------------------------------------------------ from the client
 
     def data_received(self, data: bytes) -> None:
         if self.eof or (self.closing and not self.handshaken):
             return
+        self.rx += len(data)
         self.incoming.write(data)
         if not self.handshaken:
             try:
@@ -599,6 +689,7 @@ class TLSServerLayer(asyncio.Protocol):
     def _flush(self) -> None:
         data = self.outgoing.read()
         if data and not self.raw.is_closing():
+            self.tx += len(data)
             self.raw.write(data)
 
     # ------------------------------------------------------------------ transport for the app

@@ -24,9 +24,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Final, cast
 
+from gatewayd.proxy.accesslog import host_port
 from gatewayd.proxy.server import HttpConnection
 from gatewayd.proxy.splice import Splice
 from gatewayd.routing.mesh import canonical_ip
@@ -131,15 +133,50 @@ class TransparentListener:
 
     def _splice(self, transport: asyncio.Transport, key: tuple[str, int]) -> None:
         proxy = self.proxy
+        access = proxy.access
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        peer = host_port(transport.get_extra_info("peername")) if access is not None else ""
         # A splice counts against --max-connections like any downstream connection.
         if proxy.n_conns >= proxy.options.max_connections:
             self.counts[REFUSED] += 1
             transport.abort()
+            if access is not None:
+                access.log_l4(
+                    start_time=time.time(),
+                    flags="UO",
+                    bytes_received=0,
+                    bytes_sent=0,
+                    duration_ms=0,
+                    downstream=peer,
+                    sni="",
+                    upstream_host=host_port(key),
+                    upstream_cluster="",
+                    route="",
+                    details="overload",
+                )
             return
         proxy.n_conns += 1
 
         def done() -> None:
             proxy.n_conns -= 1
+            if access is not None:
+                # One line per connection when it ends, as Envoy's tcp_proxy: no route,
+                # no SNI, no cluster; the upstream is the original destination.
+                duration = loop.time() - start
+                access.log_l4(
+                    start_time=time.time() - duration,
+                    flags=splice.flags,
+                    bytes_received=splice.received,
+                    bytes_sent=splice.sent,
+                    duration_ms=int(duration * 1000.0),
+                    downstream=peer,
+                    sni="",
+                    upstream_host=splice.upstream_host or host_port(key),
+                    upstream_cluster="",
+                    route="",
+                    details=splice.details,
+                )
 
         splice = Splice(self.splices, transport, on_done=done)
         splice.hand_over(transport)

@@ -158,3 +158,93 @@ def test_default_stream_is_stdout(capsys: pytest.CaptureFixture[str]) -> None:
 def test_unknown_format_is_rejected() -> None:
     with pytest.raises(ValueError, match="text' or 'json"):
         AccessLogger("xml", io.StringIO())
+
+
+# --------------------------------------------------------------------------- L4 lines
+
+
+def l4_entry(**overrides: Any) -> dict[str, Any]:
+    fields: dict[str, Any] = {
+        "start_time": START,
+        "flags": "",
+        "bytes_received": 517,
+        "bytes_sent": 4210,
+        "duration_ms": 1503,
+        "downstream": "10.0.35.28:51514",
+        "sni": "db.example.com",
+        "upstream_host": "10.0.2.7:5432",
+        "upstream_cluster": "default/db:5432",
+        "route": "default/db/rule/0",
+        "details": "",
+    }
+    fields.update(overrides)
+    return fields
+
+
+def test_l4_text_line_is_envoys_tcp_line_plus_connection_fields() -> None:
+    out = io.StringIO()
+    AccessLogger("text", out).log_l4(**l4_entry())
+    assert out.getvalue() == (
+        '[2016-04-15T20:17:00.310Z] "- - -" 0 - 517 4210 1503 - "-" "-" "-" "-" '
+        '"10.0.2.7:5432" 10.0.35.28:51514 "db.example.com" "default/db:5432" '
+        '"default/db/rule/0" "-"\n'
+    )
+
+
+def test_l4_text_line_of_a_refused_connection() -> None:
+    out = io.StringIO()
+    AccessLogger("text", out).log_l4(
+        **l4_entry(
+            flags="NR",
+            bytes_sent=0,
+            duration_ms=2,
+            sni="nobody\nhere",
+            upstream_host="",
+            upstream_cluster="",
+            route="",
+            details="no_route",
+        )
+    )
+    assert out.getvalue() == (
+        '[2016-04-15T20:17:00.310Z] "- - -" 0 NR 517 0 2 - "-" "-" "-" "-" "-" '
+        '10.0.35.28:51514 "nobody\\x0ahere" "-" "-" "no_route"\n'
+    )
+
+
+def test_l4_json_line_has_the_http_keys_and_the_connection_keys() -> None:
+    out = io.StringIO()
+    AccessLogger("json", out).log_l4(**l4_entry(flags="UF", details="upstream_connect_failure"))
+    text = out.getvalue()
+    assert text.endswith("\n") and text.count("\n") == 1
+    line = json.loads(text)
+    http = io.StringIO()
+    AccessLogger("json", http).log(**entry())
+    assert set(json.loads(http.getvalue())) <= set(line)  # one schema for both kinds
+    assert line == {
+        "start_time": "2016-04-15T20:17:00.310Z",
+        "method": "-",
+        "path": "-",
+        "protocol": "-",
+        "response_code": 0,
+        "response_flags": "UF",
+        "bytes_received": 517,
+        "bytes_sent": 4210,
+        "duration": 1503,
+        "upstream_service_time": None,
+        "x_forwarded_for": "-",
+        "user_agent": "-",
+        "request_id": "-",
+        "authority": "-",
+        "upstream_host": "10.0.2.7:5432",
+        "route_name": "default/db/rule/0",
+        "downstream_remote_address": "10.0.35.28:51514",
+        "requested_server_name": "db.example.com",
+        "upstream_cluster": "default/db:5432",
+        "connection_termination_details": "upstream_connect_failure",
+    }
+
+
+def test_host_port_brackets_ipv6() -> None:
+    assert accesslog.host_port(("10.0.0.1", 443)) == "10.0.0.1:443"
+    assert accesslog.host_port(("::1", 443, 0, 0)) == "[::1]:443"
+    assert accesslog.host_port(None) == ""

@@ -12,6 +12,8 @@ import asyncio
 import contextlib
 import dataclasses
 import datetime as dt
+import io
+import json
 import logging
 import socket
 import ssl
@@ -23,6 +25,7 @@ import uvloop
 from prometheus_client import CollectorRegistry
 
 from gatewayd.proxy import tlsroute
+from gatewayd.proxy.accesslog import AccessLogger
 from gatewayd.proxy.metrics import ProxyMetrics
 from gatewayd.proxy.server import Proxy, ProxyOptions
 from gatewayd.proxy.snapshot import SnapshotHolder
@@ -589,3 +592,217 @@ def test_idle_splice_is_closed_after_the_tcp_idle_timeout() -> None:
         assert proxy.n_conns == 0
 
     run(go())
+
+
+# --------------------------------------------------------------------------- access log
+
+# What every TLS listener line shares, whatever became of the connection.
+L4_PREFIX = ' "- - -" 0 '
+
+
+async def logged_start(
+    snapshot_for: Callable[[int], Snapshot], fmt: str = "text"
+) -> tuple[Proxy, int, io.StringIO]:
+    proxy, port, _ = await start(snapshot_for)
+    out = io.StringIO()
+    proxy.access = AccessLogger(fmt, out)
+    return proxy, port, out
+
+
+async def one_line(out: io.StringIO) -> str:
+    """The single line logged once the connection has ended."""
+    for _ in range(250):
+        if out.getvalue():
+            break
+        await asyncio.sleep(0.02)
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+def fields(line: str) -> list[str]:
+    """The text line after its timestamp and request line, split on spaces."""
+    assert line.startswith("[") and L4_PREFIX in line, line
+    return line.split(L4_PREFIX, 1)[1].split(" ")
+
+
+def test_passthrough_connection_logs_bytes_both_ways_sni_and_upstream() -> None:
+    async def go() -> None:
+        backend = await Backend().start()
+        _, port, out = await logged_start(
+            lambda p: tls_snapshot(p, backend.port, mode="Passthrough")
+        )
+        reader, writer = await asyncio.open_connection(LOCAL, port)
+        client = writer.get_extra_info("sockname")
+        hello = client_hello("term.example.com")
+        writer.write(hello)
+        writer.write(b"x" * 1000)
+        assert await reader.readexactly(len(hello) + 1000) == hello + b"x" * 1000
+        writer.write_eof()  # the backend echoes, sees EOF, closes: the splice ends
+        assert await reader.read() == b""
+        writer.close()
+        line = await one_line(out)
+        flags, rx, tx, duration, *rest = fields(line)
+        n = str(len(hello) + 1000)
+        assert (flags, rx, tx) == ("-", n, n)
+        assert int(duration) < 5000
+        assert rest == [
+            "-",
+            '"-"',
+            '"-"',
+            '"-"',
+            '"-"',
+            f'"{LOCAL}:{backend.port}"',
+            f"{LOCAL}:{client[1]}",
+            '"term.example.com"',
+            '"default/b:443"',
+            '"default/r/rule/0"',
+            '"-"',
+        ]
+
+    run(go())
+
+
+def test_unknown_sni_is_logged_as_no_route_without_upstream() -> None:
+    async def go() -> None:
+        backend = await Backend().start()
+        _, port, out = await logged_start(
+            lambda p: tls_snapshot(p, backend.port, mode="Passthrough")
+        )
+        reader, writer = await asyncio.open_connection(LOCAL, port)
+        _opened.append(writer.close)
+        hello = client_hello("other.example.com")
+        writer.write(hello)
+        assert await closed_by_peer(reader)
+        flags, rx, tx, _, *rest = fields(await one_line(out))
+        assert (flags, rx, tx) == ("NR", str(len(hello)), "0")
+        # No upstream, cluster or route; the SNI the client asked for; why it was closed.
+        assert rest[5] == '"-"'
+        assert rest[7:] == ['"other.example.com"', '"-"', '"-"', '"no_route"']
+        assert backend.connections == 0
+
+    run(go())
+
+
+def test_upstream_connect_failure_is_logged_with_uf() -> None:
+    async def go() -> None:
+        dead = free_port()  # nothing listens there
+        _, port, out = await logged_start(lambda p: tls_snapshot(p, dead, mode="Passthrough"))
+        reader, writer = await asyncio.open_connection(LOCAL, port)
+        _opened.append(writer.close)
+        hello = client_hello("term.example.com")
+        writer.write(hello)
+        assert await closed_by_peer(reader)
+        flags, rx, tx, _, *rest = fields(await one_line(out))
+        assert (flags, rx, tx) == ("UF", str(len(hello)), "0")
+        assert rest[5] == f'"{LOCAL}:{dead}"'  # the endpoint it tried
+        assert rest[7:] == [
+            '"term.example.com"',
+            '"default/b:443"',
+            '"default/r/rule/0"',
+            '"upstream_connect_failure"',
+        ]
+
+    run(go())
+
+
+def test_no_ready_endpoint_is_logged_with_uh() -> None:
+    async def go() -> None:
+        empty = CompiledBackend(name="default/empty:443")
+        _, port, out = await logged_start(
+            lambda p: tls_snapshot(p, 1, mode="Passthrough", backend=empty)
+        )
+        reader, writer = await asyncio.open_connection(LOCAL, port)
+        _opened.append(writer.close)
+        writer.write(client_hello("term.example.com"))
+        assert await closed_by_peer(reader)
+        flags, *_, details = fields(await one_line(out))
+        assert (flags, details) == ("UH", '"no_healthy_upstream"')
+
+    run(go())
+
+
+def test_terminate_connection_logs_plaintext_bytes_in_json() -> None:
+    async def go() -> None:
+        backend = await Backend().start()
+        _, port, out = await logged_start(
+            lambda p: tls_snapshot(p, backend.port, mode="Terminate", certs=(GW_CERT,)), "json"
+        )
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        reader, writer = await asyncio.open_connection(
+            LOCAL, port, ssl=ctx, server_hostname="term.example.com"
+        )
+        client = writer.get_extra_info("sockname")
+        writer.write(b"hello, backend")
+        assert await reader.readexactly(14) == b"hello, backend"
+        writer.close()
+        await writer.wait_closed()
+        line = json.loads(await one_line(out))
+        assert isinstance(line.pop("duration"), int)
+        assert isinstance(line.pop("start_time"), str)
+        assert line == {
+            "method": "-",
+            "path": "-",
+            "protocol": "-",
+            "response_code": 0,
+            "response_flags": "-",
+            "bytes_received": 14,  # decrypted bytes, as the splice carries them
+            "bytes_sent": 14,
+            "upstream_service_time": None,
+            "x_forwarded_for": "-",
+            "user_agent": "-",
+            "request_id": "-",
+            "authority": "-",
+            "upstream_host": f"{LOCAL}:{backend.port}",
+            "route_name": "default/r/rule/0",
+            "downstream_remote_address": f"{LOCAL}:{client[1]}",
+            "requested_server_name": "term.example.com",
+            "upstream_cluster": "default/b:443",
+            "connection_termination_details": "-",
+        }
+
+    run(go())
+
+
+def test_refused_connection_in_json() -> None:
+    async def go() -> None:
+        _, port, out = await logged_start(lambda p: tls_snapshot(p, 1, mode="Passthrough"), "json")
+        reader, writer = await asyncio.open_connection(LOCAL, port)
+        _opened.append(writer.close)
+        writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")  # not TLS
+        assert await closed_by_peer(reader)
+        line = json.loads(await one_line(out))
+        assert line["response_flags"] == "DPE"
+        assert line["connection_termination_details"] == "bad_client_hello"
+        assert line["bytes_received"] == 27 and line["bytes_sent"] == 0
+        assert line["requested_server_name"] == "-" and line["upstream_host"] == "-"
+
+    run(go())
+
+
+def test_access_log_off_writes_no_line(capsys: pytest.CaptureFixture[str]) -> None:
+    async def go() -> None:
+        # Two proxies, the same refused connection to each: only the one with
+        # --access-log text writes (to stdout).
+        for access_log in ("text", None):
+            port = free_port()
+            proxy = Proxy(SnapshotHolder(), ProxyOptions(access_log=access_log))
+            _opened.append(proxy.close)
+            assert await proxy.apply(tls_snapshot(port, 1, mode="Passthrough")) == {}
+            reader, writer = await asyncio.open_connection(LOCAL, port)
+            _opened.append(writer.close)
+            writer.write(client_hello("other.example.com"))
+            assert await closed_by_peer(reader)
+            for _ in range(100):
+                if proxy.n_conns == 0:
+                    break
+                await asyncio.sleep(0.01)
+            assert proxy.n_conns == 0
+            if proxy.access is not None:
+                proxy.access.flush()
+
+    run(go())
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 1 and " NR " in lines[0] and '"other.example.com"' in lines[0]

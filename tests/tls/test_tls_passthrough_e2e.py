@@ -44,6 +44,7 @@ from tls_e2e_kit import (
     client_hello_bytes,
     finish_handshake,
     make_cert,
+    read_exactly,
     read_line,
     refused,
     split_records,
@@ -131,6 +132,41 @@ def tls_cx(daemon: Gatewayd, port: int, result: str) -> float:
         if labels == {"listener": f"{LOCALHOST}:{port}", "result": result}:
             return value
     return 0.0
+
+
+# --------------------------------------------------------------------------- access log
+
+
+def test_each_connection_writes_one_access_log_line(env: Env) -> None:
+    """The daemon runs with the default --access-log text: one line per TLS connection
+    on stdout when it ends, refused ones included."""
+    assert env.daemon is not None
+    out = env.daemon.child.stdout
+    payload = b"log this connection\n"
+    with tls_connection(env.pass_port, "a.example.com") as tls:
+        client = f"{LOCALHOST}:{tls.getsockname()[1]}"
+        assert read_line(tls).startswith("echo-a ")
+        tls.sendall(payload)
+        assert read_exactly(tls, len(payload)) == payload
+    line = out.wait_for(lambda s: f" {client} " in s, timeout=5)
+    assert line is not None, "no access log line on stdout\n" + env.daemon.output()
+    _, tail = line.split('] "- - -" 0 ', 1)
+    flags, rx, tx, _, *rest = tail.split(" ")
+    # The whole TLS stream both ways: handshake, greeting, payload, close_notify.
+    assert flags == "-" and int(rx) > len(payload) and int(tx) > len(payload)
+    assert rest[5:] == [
+        f'"{LOCALHOST}:{env.a.port}"',
+        client,
+        '"a.example.com"',
+        '"default/echo-a:443"',
+        '"default/r-a/rule/0"',
+        '"-"',
+    ]
+    assert out.count(lambda s: f" {client} " in s) == 1
+    refused(env.pass_port, "nobody-logged.example.org")
+    line = out.wait_for(lambda s: '"nobody-logged.example.org"' in s, timeout=5)
+    assert line is not None, "no access log line on stdout\n" + env.daemon.output()
+    assert ' "- - -" 0 NR ' in line and line.endswith('"no_route"')
 
 
 # --------------------------------------------------------------------------- passthrough
