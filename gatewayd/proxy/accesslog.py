@@ -58,8 +58,9 @@ class AccessLogger:
     """Writes access log lines to ``stream`` (default: ``sys.stdout``).
 
     Lines go through the stream's own buffer; the stream is flushed when a line is
-    written a second or more after the previous flush, and on ``flush()`` (call it at
-    shutdown, and from a timer if lines must not wait for the next request).
+    written a second or more after the previous flush, on ``flush()`` (at shutdown) and
+    on ``flush_due()`` (from the proxy's periodic sweep, so no line waits for the next
+    request for more than about two seconds).
     """
 
     __slots__ = ("_json_format", "_last_flush", "_sec", "_sec_text", "_stream")
@@ -197,3 +198,9 @@ class AccessLogger:
     def flush(self) -> None:
         self._last_flush = _monotonic()
         self._stream.flush()
+
+    def flush_due(self) -> None:
+        """Flush if the last flush is a second old.  The proxy's periodic sweep calls it,
+        so the last lines of a daemon that went quiet do not wait in the buffer."""
+        if _monotonic() - self._last_flush >= 1.0:
+            self.flush()

@@ -1737,5 +1737,7 @@ class Proxy:
             for splices in self.splice_sets:
                 if splices:
                     close_idle(splices, now, self.options.tcp_idle_timeout)
+            if self.access is not None:
+                self.access.flush_due()
         finally:
             self._start_sweeper(loop)

@@ -146,6 +146,15 @@ def test_flushes_at_most_once_a_second_and_on_demand(monkeypatch: pytest.MonkeyP
     logger.flush()
     assert stream.flushes == 2
     assert stream.getvalue().count("\n") == 7
+    # The periodic sweep's flush_due(): nothing within a second of the last flush ...
+    logger.log(**entry())
+    clock[0] = 101.5
+    logger.flush_due()
+    assert stream.flushes == 2
+    # ... then the last line goes out although no new request came.
+    clock[0] = 102.0
+    logger.flush_due()
+    assert stream.flushes == 3
 
 
 def test_default_stream_is_stdout(capsys: pytest.CaptureFixture[str]) -> None:
