@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Final, cast
 
 from gatewayd.proxy.server import HttpConnection
 from gatewayd.proxy.splice import Splice
+from gatewayd.routing.addressing import host_port
 from gatewayd.routing.mesh import canonical_ip
 
 if TYPE_CHECKING:
@@ -101,7 +102,7 @@ class TransparentListener:
         if lp is not None:
             if lp.protocol in HTTP_PROTOCOLS:
                 self.counts[GATEWAY] += 1
-                self._serve_http(transport, key, _gateway_port(key), f"{dst}:{port}")
+                self._serve_http(transport, key, _gateway_port(key), host_port(dst, port))
             else:
                 # HTTPS/TLS listeners: the Gateway's own socket terminates or passes TLS.
                 self.counts[GATEWAY] += 1
@@ -110,7 +111,7 @@ class TransparentListener:
         mesh = snapshot.mesh
         if mesh is not None and mesh.lookup(dst, port, src) is not None:
             self.counts[MESH] += 1
-            self._serve_http(transport, key, _mesh_port(key, src), f"mesh:{dst}:{port}")
+            self._serve_http(transport, key, _mesh_port(key, src), f"mesh:{host_port(dst, port)}")
             return
         self.counts[PASSTHROUGH] += 1
         self._splice(transport, key)
@@ -145,7 +146,7 @@ class TransparentListener:
         splice.hand_over(transport)
         address, port = key
         task = asyncio.get_running_loop().create_task(
-            self._connect(splice, address, port), name=f"passthrough {address}:{port}"
+            self._connect(splice, address, port), name=f"passthrough {host_port(address, port)}"
         )
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)

@@ -97,9 +97,28 @@ def test_ipv6_clusterip_split_with_the_client_address_forwarded(daemon6: Daemon)
     # X-Forwarded-For is the client's IPv6 address as the transparent socket saw it:
     # bare, compressed, no brackets and no port.
     assert {r["xff"] for r in records} == {CLIENT_A_IP6}
-    after = daemon6.admin("/config_dump")["tproxy"]
-    assert after["connections"]["mesh"] == before + 1  # one keep-alive connection
-    assert "ipv6" in after["families"]
+    dump = daemon6.admin("/config_dump")
+    assert dump["tproxy"]["connections"]["mesh"] == before + 1  # one keep-alive connection
+    assert "ipv6" in dump["tproxy"]["families"]
+    # The mesh table shows IPv6 endpoints bracketed: "fd00:231:3::2:8081" is ambiguous.
+    assert {f"[{BACKENDS_IP6}]:{V1_PORT}", f"[{BACKENDS_IP6}]:{V2_PORT}"} <= _endpoints(
+        dump["mesh"]
+    )
+
+
+def _endpoints(doc: object) -> set[str]:
+    """Every string listed under an "endpoints" key anywhere in ``doc``."""
+    if isinstance(doc, dict):
+        found = set()
+        for key, value in doc.items():
+            if key == "endpoints" and isinstance(value, list):
+                found |= {v for v in value if isinstance(v, str)}
+            else:
+                found |= _endpoints(value)
+        return found
+    if isinstance(doc, list):
+        return set().union(*(_endpoints(v) for v in doc))
+    return set()
 
 
 def test_ipv6_consumer_route_for_its_namespace_and_splice_for_others(daemon6: Daemon) -> None:
@@ -178,6 +197,11 @@ def test_ipv6_shutdown_removes_the_ipv6_rule_and_route(daemon6: Daemon) -> None:
     assert "fwmark 0x1 lookup 100" in up["rules6"]
     code = daemon6.stop()
     assert code == 0, daemon6.proc.output()
+    # The access log (flushed at shutdown) names each IPv6 upstream as Envoy's
+    # %UPSTREAM_HOST% does: [address]:port.
+    log = "\n".join(daemon6.proc.lines)
+    assert f'"[{BACKENDS_IP6}]:{V1_PORT}"' in log, daemon6.proc.output()
+    assert f'"{BACKENDS_IP6}:{V1_PORT}"' not in log
     down = kernel_state(topo)
     assert "gatewayd" not in down["nft"]
     assert "fwmark" not in down["rules6"], down["rules6"]
