@@ -4,8 +4,8 @@ bookstore-v1 and bookstore-v2 (GAMMA producer route), a consumer route from the
 
 ``manifests_v6()`` is the IPv6 single-stack counterpart: Services with IPv6 ClusterIPs
 (``clusterIPs`` and ``ipFamilies`` as the API server writes them), EndpointSlices of
-``addressType: IPv6``, a 75/25 producer split, the consumer-only ``ratings`` and a
-Gateway ``edge6`` on an IPv6 address."""
+``addressType: IPv6``, a 75/25 producer split, the consumer-only dual-stack ``ratings``
+(IPv6 first) and a Gateway ``edge6`` on an IPv6 address."""
 
 from __future__ import annotations
 
@@ -66,6 +66,21 @@ def _service6(ns: str, name: str, ip: str, ports: list[tuple[str, int]]) -> Doc:
     return doc
 
 
+def _service_dual(ns: str, name: str, ips: list[str], ports: list[tuple[str, int]]) -> Doc:
+    """A dual-stack Service: ``clusterIP`` is the first of ``clusterIPs``, whose family
+    comes first in ``ipFamilies``."""
+    doc = _service(ns, name, ips[0], ports)
+    doc["spec"].update(
+        {
+            "type": "ClusterIP",
+            "clusterIPs": ips,
+            "ipFamilies": ["IPv6" if ":" in ip else "IPv4" for ip in ips],
+            "ipFamilyPolicy": "RequireDualStack",
+        }
+    )
+    return doc
+
+
 def _slice6(ns: str, service: str, port: int) -> Doc:
     doc = _slice(ns, service, port)
     doc["addressType"] = "IPv6"
@@ -95,6 +110,12 @@ def _pod(ns: str, name: str, ip: str) -> Doc:
         "metadata": {"name": name, "namespace": ns},
         "status": {"podIP": ip, "podIPs": [{"ip": ip}]},
     }
+
+
+def _pod_dual(ns: str, name: str, ips: list[str]) -> Doc:
+    doc = _pod(ns, name, ips[0])
+    doc["status"]["podIPs"] = [{"ip": ip} for ip in ips]
+    return doc
 
 
 def _service_parent(name: str, namespace: str | None = None) -> Doc:
@@ -233,9 +254,11 @@ def manifests_v6() -> str:
         _service6("bookstore", "bookstore-v2", BOOKSTORE_V2_IP6, [("http", SERVICE_PORT)]),
         _slice6("bookstore", "bookstore-v1", V1_PORT),
         _slice6("bookstore", "bookstore-v2", V2_PORT),
-        _service6("ratings", "ratings", REVIEWS_IP6, [("http", SERVICE_PORT)]),
-        _pod("shop", "client-a", CLIENT_A_IP6),
-        _pod("reviews", "client-b", CLIENT_B_IP6),
+        # Dual-stack, IPv6 first: both ClusterIPs are diverted; the Pods are dual-stack
+        # too, so client-b is known to be in "reviews" from either source address.
+        _service_dual("ratings", "ratings", [REVIEWS_IP6, REVIEWS_IP], [("http", SERVICE_PORT)]),
+        _pod_dual("shop", "client-a", [CLIENT_A_IP6, CLIENT_A_IP]),
+        _pod_dual("reviews", "client-b", [CLIENT_B_IP6, CLIENT_B_IP]),
         _route(
             "bookstore",
             "bookstore-split",

@@ -16,11 +16,14 @@ from netns_kit import (
     BACKENDS_IP6,
     BOOKSTORE_IP6,
     CLIENT_A_IP6,
+    CLIENT_B_IP,
     CLIENT_B_IP6,
     GATEWAY_IP6,
     HERE,
     NODE_IP6_BACKENDS,
+    NODE_IP_BACKENDS,
     PYTHON,
+    REVIEWS_IP,
     REVIEWS_IP6,
     ROOT,
     Topology,
@@ -138,6 +141,20 @@ def test_ipv6_consumer_route_for_its_namespace_and_splice_for_others(daemon6: Da
     ), spliced
     after = daemon6.admin("/config_dump")["tproxy"]["connections"]["passthrough"]
     assert after == before + 1
+
+
+def test_dual_stack_service_is_diverted_on_both_cluster_ips(daemon6: Daemon) -> None:
+    topo = daemon6.topo
+    nft = kernel_state(topo)["nft"]
+    assert f"ip6 daddr {REVIEWS_IP6} tcp dport {SERVICE_PORT} tproxy ip6" in nft, nft
+    assert f"ip daddr {REVIEWS_IP} tcp dport {SERVICE_PORT} tproxy ip" in nft, nft
+    # Over IPv4 too, client-b's (second) Pod IP puts it in "reviews": its consumer route.
+    b = topo.http(topo.client_b, f"http://{REVIEWS_IP}:{SERVICE_PORT}/", count=2)
+    assert {(r["status"], r["headers"].get("x-route"), r["xff"]) for r in b} == {
+        (200, "consumer-ratings", CLIENT_B_IP)
+    }
+    spliced = topo.tcp(topo.client_a, REVIEWS_IP, SERVICE_PORT, send="v4")
+    assert spliced.get("text") == f"peer={NODE_IP_BACKENDS} local={REVIEWS_IP}:{SERVICE_PORT}\nv4"
 
 
 def test_ipv6_gateway_address_through_the_diversion(daemon6: Daemon) -> None:
