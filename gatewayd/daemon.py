@@ -17,6 +17,7 @@ from gatewayd.proxy.admin import AdminState, start_admin
 from gatewayd.proxy.metrics import ProxyMetrics, render
 from gatewayd.proxy.server import Proxy, ProxyOptions
 from gatewayd.proxy.snapshot import SnapshotHolder
+from gatewayd.routing.addressing import host_port
 from gatewayd.routing.bindings import ObjectStatus, Resolution
 from gatewayd.routing.compiled import Snapshot
 from gatewayd.routing.load import ConfigPathError
@@ -169,7 +170,7 @@ class Daemon:
                 if lp is None:
                     continue
                 for name in lp.listener_names:
-                    message = f"cannot bind {address}:{port}: {reason}"
+                    message = f"cannot bind {host_port(address, port)}: {reason}"
                     listener_failures[(lp.gateway_namespace, lp.gateway_name, name)] = message
                     log.error(
                         "Gateway %s/%s listener %s: %s",

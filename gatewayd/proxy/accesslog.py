@@ -37,6 +37,8 @@ from collections.abc import Callable
 from json.encoder import encode_basestring
 from typing import TextIO
 
+from gatewayd.routing.addressing import host_port
+
 # Control characters are escaped in the text format so a header value can never start
 # a forged log line; JSON escapes them by itself.
 _ESCAPES = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F)}
@@ -46,11 +48,10 @@ _monotonic = time.monotonic  # module-level: patchable in tests
 _q: Callable[[str], str] = encode_basestring  # C: '"' + escaped + '"'
 
 
-def host_port(sockaddr: object) -> str:
+def sockaddr_text(sockaddr: object) -> str:
     """``host:port`` of a socket address (``[v6]:port`` for IPv6), ``""`` without one."""
     if isinstance(sockaddr, tuple) and len(sockaddr) >= 2:
-        host = str(sockaddr[0])
-        return f"[{host}]:{sockaddr[1]}" if ":" in host else f"{host}:{sockaddr[1]}"
+        return host_port(str(sockaddr[0]), int(sockaddr[1]))
     return ""
 
 

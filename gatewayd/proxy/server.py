@@ -75,6 +75,7 @@ from gatewayd.proxy.upstream import (
     UpstreamPool,
     endpoint_key,
 )
+from gatewayd.routing.addressing import host_port
 from gatewayd.routing.compiled import (
     CompiledBackend,
     CompiledRule,
@@ -978,7 +979,7 @@ class Exchange:
                 user_agent=ua.decode("latin-1") if ua is not None else "",
                 request_id=self.request_id.decode("latin-1") if self.request_id else "",
                 authority=self.host_header.decode("latin-1") if self.host_header else "",
-                upstream_host=f"{ep.address}:{ep.port}" if ep is not None else "",
+                upstream_host=host_port(ep.address, ep.port) if ep is not None else "",
                 route=rule.route_id if rule is not None else "",
             )
 
@@ -1585,7 +1586,7 @@ class Proxy:
                 self._update_tls(key, snapshot.ports[key])
         for key in sorted(wanted - self.servers.keys()):
             address, port = key
-            label = f"{address}:{port}"
+            label = host_port(address, port)
             lp = snapshot.ports[key]
             ssl_ctx: ssl.SSLContext | None = None
             if _is_https(lp):

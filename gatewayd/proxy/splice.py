@@ -24,8 +24,8 @@ import logging
 from collections.abc import Callable
 from typing import Final, cast
 
-from gatewayd.proxy.accesslog import host_port
 from gatewayd.proxy.upstream import WRITE_HIGH, WRITE_LOW
+from gatewayd.routing.addressing import host_port
 
 log = logging.getLogger("gatewayd.proxy.splice")
 
@@ -169,7 +169,7 @@ class Splice:
         """Connect the upstream side and start forwarding; False (and the client
         connection aborted) when the upstream cannot be reached."""
         loop = asyncio.get_running_loop()
-        self.upstream_host = host_port((address, port))
+        self.upstream_host = host_port(address, port)
         try:
             async with asyncio.timeout(connect_timeout):
                 if mark is not None:

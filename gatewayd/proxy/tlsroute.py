@@ -38,8 +38,9 @@ import time
 from collections.abc import Callable, Coroutine, Iterable
 from typing import TYPE_CHECKING, Any, Final, cast
 
-from gatewayd.proxy.accesslog import host_port
+from gatewayd.proxy.accesslog import sockaddr_text
 from gatewayd.proxy.splice import Splice
+from gatewayd.routing.addressing import host_port
 from gatewayd.routing.table import SNITable, TLSListener
 from gatewayd.tls.clienthello import (
     ClientHello,
@@ -308,7 +309,7 @@ class TLSRouteConnection(asyncio.Protocol):
         proxy = self.owner.proxy
         self.start = asyncio.get_running_loop().time()
         if proxy.access is not None:
-            self.peer = host_port(t.get_extra_info("peername"))
+            self.peer = sockaddr_text(t.get_extra_info("peername"))
         if proxy.n_conns >= proxy.options.max_connections:
             self.phase = P_CLOSED
             self._count(R_OVERLOAD)
@@ -385,7 +386,7 @@ class TLSRouteConnection(asyncio.Protocol):
             self._refuse(R_NO_ENDPOINT, f"{backend.name}: no ready endpoint")
             return
         self.backend = backend
-        self.upstream_host = host_port((endpoint.address, endpoint.port))
+        self.upstream_host = host_port(endpoint.address, endpoint.port)
         if found.listener.mode == PASSTHROUGH:
             self._passthrough(endpoint.address, endpoint.port)
         else:

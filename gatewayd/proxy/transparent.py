@@ -28,9 +28,10 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Final, cast
 
-from gatewayd.proxy.accesslog import host_port
+from gatewayd.proxy.accesslog import sockaddr_text
 from gatewayd.proxy.server import HttpConnection
 from gatewayd.proxy.splice import Splice
+from gatewayd.routing.addressing import host_port
 from gatewayd.routing.mesh import canonical_ip
 
 if TYPE_CHECKING:
@@ -103,7 +104,7 @@ class TransparentListener:
         if lp is not None:
             if lp.protocol in HTTP_PROTOCOLS:
                 self.counts[GATEWAY] += 1
-                self._serve_http(transport, key, _gateway_port(key), f"{dst}:{port}")
+                self._serve_http(transport, key, _gateway_port(key), host_port(dst, port))
             else:
                 # HTTPS/TLS listeners: the Gateway's own socket terminates or passes TLS.
                 self.counts[GATEWAY] += 1
@@ -112,7 +113,7 @@ class TransparentListener:
         mesh = snapshot.mesh
         if mesh is not None and mesh.lookup(dst, port, src) is not None:
             self.counts[MESH] += 1
-            self._serve_http(transport, key, _mesh_port(key, src), f"mesh:{dst}:{port}")
+            self._serve_http(transport, key, _mesh_port(key, src), f"mesh:{host_port(dst, port)}")
             return
         self.counts[PASSTHROUGH] += 1
         self._splice(transport, key)
@@ -136,7 +137,7 @@ class TransparentListener:
         access = proxy.access
         loop = asyncio.get_running_loop()
         start = loop.time()
-        peer = host_port(transport.get_extra_info("peername")) if access is not None else ""
+        peer = sockaddr_text(transport.get_extra_info("peername")) if access is not None else ""
         # A splice counts against --max-connections like any downstream connection.
         if proxy.n_conns >= proxy.options.max_connections:
             self.counts[REFUSED] += 1
@@ -150,7 +151,7 @@ class TransparentListener:
                     duration_ms=0,
                     downstream=peer,
                     sni="",
-                    upstream_host=host_port(key),
+                    upstream_host=host_port(*key),
                     upstream_cluster="",
                     route="",
                     details="overload",
@@ -172,7 +173,7 @@ class TransparentListener:
                     duration_ms=int(duration * 1000.0),
                     downstream=peer,
                     sni="",
-                    upstream_host=splice.upstream_host or host_port(key),
+                    upstream_host=splice.upstream_host or host_port(*key),
                     upstream_cluster="",
                     route="",
                     details=splice.details,
@@ -182,7 +183,7 @@ class TransparentListener:
         splice.hand_over(transport)
         address, port = key
         task = asyncio.get_running_loop().create_task(
-            self._connect(splice, address, port), name=f"passthrough {address}:{port}"
+            self._connect(splice, address, port), name=f"passthrough {host_port(address, port)}"
         )
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)

@@ -34,6 +34,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Generic, TypeVar
 
+from gatewayd.routing.addressing import host_port
 from gatewayd.routing.compiled import CompiledBackend, CompiledRule, HeaderOps, RouteHit
 from gatewayd.routing.match import (
     PATH_EXACT,
@@ -456,7 +457,7 @@ def _backend_json(backend: CompiledBackend, weight: int) -> dict[str, object]:
     out: dict[str, object] = {
         "name": backend.name,
         "weight": weight,
-        "endpoints": [f"{e.address}:{e.port}" for e in backend.endpoints],
+        "endpoints": [host_port(e.address, e.port) for e in backend.endpoints],
     }
     if backend.invalid_status is not None:
         out["invalidStatus"] = backend.invalid_status

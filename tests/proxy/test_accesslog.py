@@ -254,6 +254,6 @@ def test_l4_json_line_has_the_http_keys_and_the_connection_keys() -> None:
 
 
 def test_host_port_brackets_ipv6() -> None:
-    assert accesslog.host_port(("10.0.0.1", 443)) == "10.0.0.1:443"
-    assert accesslog.host_port(("::1", 443, 0, 0)) == "[::1]:443"
-    assert accesslog.host_port(None) == ""
+    assert accesslog.sockaddr_text(("10.0.0.1", 443)) == "10.0.0.1:443"
+    assert accesslog.sockaddr_text(("::1", 443, 0, 0)) == "[::1]:443"
+    assert accesslog.sockaddr_text(None) == ""

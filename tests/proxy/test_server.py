@@ -268,9 +268,10 @@ class Backend:
     port: int = 0
     server: asyncio.AbstractServer | None = None
     got_request: asyncio.Event = field(default_factory=asyncio.Event)
+    host: str = LOCAL
 
     async def start(self) -> Backend:
-        self.server = await asyncio.start_server(self._serve, LOCAL, 0)
+        self.server = await asyncio.start_server(self._serve, self.host, 0)
         _opened.append(self.server.close)
         self.port = self.server.sockets[0].getsockname()[1]
         return self
@@ -1200,6 +1201,36 @@ def test_access_log_line_per_request() -> None:
         assert entry["upstream_host"] == f"{LOCAL}:{be.port}"
         assert entry["route_name"] == "default/r/rule/0"
         assert entry["bytes_sent"] == len(b"GET /a?b=1 0")
+        await be.stop()
+
+    run(main())
+
+
+def _ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as sock:
+            sock.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _ipv6_loopback(), reason="no IPv6 loopback (::1) on this host")
+def test_access_log_brackets_an_ipv6_upstream_host() -> None:
+    async def main() -> None:
+        be = await Backend(host="::1").start()
+        six = CompiledBackend(name="b6", endpoints=(EndpointAddress(address="::1", port=be.port),))
+        proxy, port, _ = await start_proxy({"/": hit(rule(six))})
+        buf = io.StringIO()
+        proxy.access = AccessLogger("json", buf)
+        c = await Client.open(port)
+        await c.get("/")
+        c.close()
+        await proxy.close()
+        (entry,) = [json.loads(line) for line in buf.getvalue().splitlines()]
+        assert entry["response_code"] == 200
+        # Envoy's %UPSTREAM_HOST% form; "::1:1234" would read as an address of 8 groups.
+        assert entry["upstream_host"] == f"[::1]:{be.port}"
         await be.stop()
 
     run(main())

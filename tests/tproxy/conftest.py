@@ -3,6 +3,7 @@
 The tests need root, iproute2, nftables and a kernel with TPROXY; without them they
 skip and say which one is missing.  One topology (four namespaces, three veth pairs)
 serves the whole directory; it is always deleted at teardown, even after a failure.
+It is dual-stack where the kernel has IPv6 TPROXY; the IPv6 tests skip elsewhere.
 """
 
 from __future__ import annotations
@@ -18,10 +19,12 @@ from netns_kit import (
     PYTHON,
     REVIEWS_IP,
     Topology,
+    tproxy6_probe,
     tproxy_probe,
 )
 
 _PROBE: list[str | None] = []
+_PROBE6: list[str | None] = []
 
 
 def tproxy_unavailable() -> str | None:
@@ -30,12 +33,19 @@ def tproxy_unavailable() -> str | None:
     return _PROBE[0]
 
 
+def tproxy6_unavailable() -> str | None:
+    """Why the IPv6 tests cannot run here (IPv4 TPROXY first), or None."""
+    if not _PROBE6:
+        _PROBE6.append(tproxy_unavailable() or tproxy6_probe())
+    return _PROBE6[0]
+
+
 @pytest.fixture(scope="session")
 def topology() -> Iterator[Topology]:
     reason = tproxy_unavailable()
     if reason is not None:
         pytest.skip(reason)
-    topo = Topology()
+    topo = Topology(no_ipv6=tproxy6_unavailable())
     try:
         topo.create()
         backends = [

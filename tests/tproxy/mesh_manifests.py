@@ -1,6 +1,11 @@
 """Manifests of the node-local tests: a ``bookstore`` Service split 90/10 between
 bookstore-v1 and bookstore-v2 (GAMMA producer route), a consumer route from the
-``reviews`` namespace, a consumer-only Service ``ratings``, and a Gateway ``edge``."""
+``reviews`` namespace, a consumer-only Service ``ratings``, and a Gateway ``edge``.
+
+``manifests_v6()`` is the IPv6 single-stack counterpart: Services with IPv6 ClusterIPs
+(``clusterIPs`` and ``ipFamilies`` as the API server writes them), EndpointSlices of
+``addressType: IPv6``, a 75/25 producer split, the consumer-only dual-stack ``ratings``
+(IPv6 first) and a Gateway ``edge6`` on an IPv6 address."""
 
 from __future__ import annotations
 
@@ -9,13 +14,21 @@ from typing import Any
 import yaml
 from netns_kit import (
     BACKENDS_IP,
+    BACKENDS_IP6,
     BOOKSTORE_IP,
+    BOOKSTORE_IP6,
     BOOKSTORE_V1_IP,
+    BOOKSTORE_V1_IP6,
     BOOKSTORE_V2_IP,
+    BOOKSTORE_V2_IP6,
     CLIENT_A_IP,
+    CLIENT_A_IP6,
     CLIENT_B_IP,
+    CLIENT_B_IP6,
     GATEWAY_IP,
+    GATEWAY_IP6,
     REVIEWS_IP,
+    REVIEWS_IP6,
 )
 
 GW = "gateway.networking.k8s.io/v1"
@@ -37,6 +50,42 @@ def _service(ns: str, name: str, ip: str, ports: list[tuple[str, int]]) -> Doc:
             "ports": [{"name": n, "port": p, "protocol": "TCP"} for n, p in ports],
         },
     }
+
+
+def _service6(ns: str, name: str, ip: str, ports: list[tuple[str, int]]) -> Doc:
+    """An IPv6 single-stack Service the way the API server stores it."""
+    doc = _service(ns, name, ip, ports)
+    doc["spec"].update(
+        {
+            "type": "ClusterIP",
+            "clusterIPs": [ip],
+            "ipFamilies": ["IPv6"],
+            "ipFamilyPolicy": "SingleStack",
+        }
+    )
+    return doc
+
+
+def _service_dual(ns: str, name: str, ips: list[str], ports: list[tuple[str, int]]) -> Doc:
+    """A dual-stack Service: ``clusterIP`` is the first of ``clusterIPs``, whose family
+    comes first in ``ipFamilies``."""
+    doc = _service(ns, name, ips[0], ports)
+    doc["spec"].update(
+        {
+            "type": "ClusterIP",
+            "clusterIPs": ips,
+            "ipFamilies": ["IPv6" if ":" in ip else "IPv4" for ip in ips],
+            "ipFamilyPolicy": "RequireDualStack",
+        }
+    )
+    return doc
+
+
+def _slice6(ns: str, service: str, port: int) -> Doc:
+    doc = _slice(ns, service, port)
+    doc["addressType"] = "IPv6"
+    doc["endpoints"] = [{"addresses": [BACKENDS_IP6], "conditions": {"ready": True}}]
+    return doc
 
 
 def _slice(ns: str, service: str, port: int) -> Doc:
@@ -61,6 +110,12 @@ def _pod(ns: str, name: str, ip: str) -> Doc:
         "metadata": {"name": name, "namespace": ns},
         "status": {"podIP": ip, "podIPs": [{"ip": ip}]},
     }
+
+
+def _pod_dual(ns: str, name: str, ips: list[str]) -> Doc:
+    doc = _pod(ns, name, ips[0])
+    doc["status"]["podIPs"] = [{"ip": ip} for ip in ips]
+    return doc
 
 
 def _service_parent(name: str, namespace: str | None = None) -> Doc:
@@ -175,4 +230,62 @@ def manifests(*, grant: bool = True) -> str:
     ]
     if grant:
         docs.append(_grant("bookstore", "allow-reviews", "reviews", "bookstore"))
+    return yaml.safe_dump_all(docs, sort_keys=False)
+
+
+V6_SPLIT = (75, 25)  # bookstore-v1 / bookstore-v2 weights of the IPv6 producer route
+
+
+def manifests_v6() -> str:
+    docs: list[Doc] = [
+        {
+            "apiVersion": GW,
+            "kind": "GatewayClass",
+            "metadata": {"name": "gatewayd"},
+            "spec": {"controllerName": "gatewayd.dev/gateway-controller"},
+        },
+        _service6(
+            "bookstore",
+            "bookstore",
+            BOOKSTORE_IP6,
+            [("http", SERVICE_PORT), ("other", UNROUTED_PORT)],
+        ),
+        _service6("bookstore", "bookstore-v1", BOOKSTORE_V1_IP6, [("http", SERVICE_PORT)]),
+        _service6("bookstore", "bookstore-v2", BOOKSTORE_V2_IP6, [("http", SERVICE_PORT)]),
+        _slice6("bookstore", "bookstore-v1", V1_PORT),
+        _slice6("bookstore", "bookstore-v2", V2_PORT),
+        # Dual-stack, IPv6 first: both ClusterIPs are diverted; the Pods are dual-stack
+        # too, so client-b is known to be in "reviews" from either source address.
+        _service_dual("ratings", "ratings", [REVIEWS_IP6, REVIEWS_IP], [("http", SERVICE_PORT)]),
+        _pod_dual("shop", "client-a", [CLIENT_A_IP6, CLIENT_A_IP]),
+        _pod_dual("reviews", "client-b", [CLIENT_B_IP6, CLIENT_B_IP]),
+        _route(
+            "bookstore",
+            "bookstore-split",
+            [_service_parent("bookstore")],
+            [_backend("bookstore-v1", V6_SPLIT[0]), _backend("bookstore-v2", V6_SPLIT[1])],
+            "producer",
+        ),
+        _route(
+            "reviews",
+            "ratings-consumer",
+            [_service_parent("ratings", "ratings")],
+            [_backend("bookstore-v1")],
+            "consumer-ratings",
+        ),
+        _grant("ratings", "allow-reviews", "reviews", "ratings"),
+        {
+            "apiVersion": GW,
+            "kind": "Gateway",
+            "metadata": {"name": "edge6", "namespace": "bookstore"},
+            "spec": {
+                "gatewayClassName": "gatewayd",
+                "addresses": [{"type": "IPAddress", "value": GATEWAY_IP6}],
+                "listeners": [{"name": "http", "port": 80, "protocol": "HTTP"}],
+            },
+        },
+        _route(
+            "bookstore", "edge-route", [{"name": "edge6"}], [_backend("bookstore-v1")], "gateway"
+        ),
+    ]
     return yaml.safe_dump_all(docs, sort_keys=False)

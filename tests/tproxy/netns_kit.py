@@ -12,6 +12,13 @@ Clients route everything through ``node``; ``node`` routes 10.96.0.0/16 to
 ``backends``, where the ClusterIPs are local addresses (what kube-proxy would do for a
 connection nobody diverts).  The Gateway address 10.232.0.1 is an address of ``node``.
 
+Where the kernel has IPv6 TPROXY (``tproxy6_probe()``), the same links are dual-stack:
+fd00:231:{1,2,3}::/64 on the three veths (client ``::2``, node ``::1``), IPv6
+ClusterIPs in fd00:96::/112 on the backends' lo and the IPv6 Gateway address
+fd00:232::1 on the node's lo.  DAD is off in these namespaces: a tentative address can
+be neither bound nor chosen as a TPROXY local address, and waiting for DAD costs
+seconds.
+
 ``Topology.destroy()`` kills every process started in the namespaces and deletes them
 (their veths go with them); it is safe to call twice and after a partial ``create()``.
 """
@@ -48,10 +55,39 @@ BOOKSTORE_V2_IP = "10.96.0.12"
 REVIEWS_IP = "10.96.0.20"
 CMD_TIMEOUT = 15.0
 
+# IPv6 (added only where tproxy6_probe() passes).
+CLIENT_A_IP6 = "fd00:231:1::2"
+CLIENT_B_IP6 = "fd00:231:2::2"
+NODE_IP6_A = "fd00:231:1::1"
+NODE_IP6_B = "fd00:231:2::1"
+NODE_IP6_BACKENDS = "fd00:231:3::1"
+BACKENDS_IP6 = "fd00:231:3::2"
+GATEWAY_IP6 = "fd00:232::1"
+SERVICE_CIDR6 = "fd00:96::/112"
+BOOKSTORE_IP6 = "fd00:96::10"
+BOOKSTORE_V1_IP6 = "fd00:96::11"
+BOOKSTORE_V2_IP6 = "fd00:96::12"
+REVIEWS_IP6 = "fd00:96::20"
+
+
+def child_env() -> dict[str, str]:
+    """The environment of every command run in a namespace: this checkout's package
+    first on PYTHONPATH, so a child ``python -m gatewayd`` (or ``-c "import gatewayd"``)
+    runs the code under test even where another checkout is installed editable."""
+    env = dict(os.environ)
+    parts = [str(ROOT), *(p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p)]
+    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(parts))
+    return env
+
 
 def run(argv: Sequence[str], *, check: bool = True, input: str | None = None) -> str:
     done = subprocess.run(
-        list(argv), capture_output=True, text=True, timeout=CMD_TIMEOUT, input=input
+        list(argv),
+        capture_output=True,
+        text=True,
+        timeout=CMD_TIMEOUT,
+        input=input,
+        env=child_env(),
     )
     if check and done.returncode != 0:
         raise RuntimeError(f"{' '.join(argv)} failed ({done.returncode}): {done.stderr.strip()}")
@@ -87,6 +123,39 @@ def tproxy_probe() -> str | None:
         run(["ip", "netns", "del", name], check=False)
 
 
+def tproxy6_probe() -> str | None:
+    """None when this kernel can also run the IPv6 tests (IPv6 enabled, nftables
+    ``tproxy ip6``), else the reason it cannot.  Assumes ``tproxy_probe()`` passed."""
+    if not Path("/proc/net/if_inet6").exists():
+        return "the kernel has no IPv6 (no /proc/net/if_inet6: booted with ipv6.disable=1?)"
+    name = f"gwd-probe6-{secrets.token_hex(3)}"
+    try:
+        run(["ip", "netns", "add", name])
+    except RuntimeError as exc:
+        return f"cannot create a network namespace: {exc}"
+    try:
+        try:
+            run(["ip", "netns", "exec", name, "ip", "link", "set", "lo", "up"])
+            run(
+                ["ip", "netns", "exec", name, "ip", "-6", "addr", "add", "fd00::1/128", "dev", "lo"]
+            )
+        except RuntimeError as exc:
+            return f"IPv6 is disabled in new network namespaces: {exc}"
+        script = (
+            "table inet gwdprobe {\n chain p {\n"
+            "  type filter hook prerouting priority mangle; policy accept;\n"
+            "  ip6 daddr fd00:96::1 tcp dport 80 tproxy ip6 to :15001 meta mark set 1 accept\n"
+            " }\n}\n"
+        )
+        try:
+            run(["ip", "netns", "exec", name, "nft", "-f", "-"], input=script)
+        except RuntimeError as exc:
+            return f"the kernel lacks nftables IPv6 TPROXY support (nf_tproxy_ipv6): {exc}"
+        return None
+    finally:
+        run(["ip", "netns", "del", name], check=False)
+
+
 class Proc:
     """A process in a namespace; its output is collected for failure reports."""
 
@@ -100,6 +169,7 @@ class Proc:
             stderr=subprocess.STDOUT,
             text=True,
             cwd=ROOT,
+            env=child_env(),
             start_new_session=True,
         )
         assert self.popen.stdout is not None
@@ -146,7 +216,10 @@ class Proc:
 
 
 class Topology:
-    def __init__(self) -> None:
+    def __init__(self, *, no_ipv6: str | None = "IPv6 was not requested") -> None:
+        # Dual-stack links unless ``no_ipv6`` says why not (tproxy6_probe()'s reason).
+        self.no_ipv6 = no_ipv6
+        self.ipv6 = no_ipv6 is None
         self.prefix = f"gwd-{secrets.token_hex(3)}"
         self.client_a = f"{self.prefix}-client-a"
         self.client_b = f"{self.prefix}-client-b"
@@ -165,6 +238,11 @@ class Topology:
             run(["ip", "netns", "add", ns])
             self.created.append(ns)
             self.ns_exec(ns, "ip", "link", "set", "lo", "up")
+            if self.ipv6:
+                # Before the veths exist, so their link-local addresses skip DAD too:
+                # neighbour discovery of forwarded packets sends from them.
+                for key in ("all", "default"):
+                    self.ns_exec(ns, "sysctl", "-q", "-w", f"net.ipv6.conf.{key}.accept_dad=0")
         links = [
             (self.client_a, CLIENT_A_IP, "ca", NODE_IP_A),
             (self.client_b, CLIENT_B_IP, "cb", NODE_IP_B),
@@ -204,6 +282,26 @@ class Topology:
         self.ns_exec(self.node, "ip", "addr", "add", f"{GATEWAY_IP}/32", "dev", "lo")
         for ip in (BOOKSTORE_IP, BOOKSTORE_V1_IP, BOOKSTORE_V2_IP, REVIEWS_IP):
             self.ns_exec(self.backends, "ip", "addr", "add", f"{ip}/32", "dev", "lo")
+        if self.ipv6:
+            self._create_ipv6()
+
+    def _create_ipv6(self) -> None:
+        links = [
+            (self.client_a, CLIENT_A_IP6, "ca", NODE_IP6_A),
+            (self.client_b, CLIENT_B_IP6, "cb", NODE_IP6_B),
+            (self.backends, BACKENDS_IP6, "be", NODE_IP6_BACKENDS),
+        ]
+        for ns, ip, node_if, node_ip in links:
+            self.ns_exec(ns, "ip", "-6", "addr", "add", f"{ip}/64", "dev", "n0", "nodad")
+            self.ns_exec(ns, "ip", "-6", "route", "add", "default", "via", node_ip)
+            self.ns_exec(
+                self.node, "ip", "-6", "addr", "add", f"{node_ip}/64", "dev", node_if, "nodad"
+            )
+        self.ns_exec(self.node, "sysctl", "-q", "-w", "net.ipv6.conf.all.forwarding=1")
+        self.ns_exec(self.node, "ip", "-6", "route", "add", SERVICE_CIDR6, "via", BACKENDS_IP6)
+        self.ns_exec(self.node, "ip", "-6", "addr", "add", f"{GATEWAY_IP6}/128", "dev", "lo")
+        for ip in (BOOKSTORE_IP6, BOOKSTORE_V1_IP6, BOOKSTORE_V2_IP6, REVIEWS_IP6):
+            self.ns_exec(self.backends, "ip", "-6", "addr", "add", f"{ip}/128", "dev", "lo")
 
     def destroy(self) -> None:
         for proc in reversed(self.procs):

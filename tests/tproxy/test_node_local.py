@@ -34,10 +34,12 @@ SPLIT_REQUESTS = 400
 class Daemon:
     """``gatewayd run --tproxy`` inside the node namespace."""
 
-    def __init__(self, topo: Topology, workdir: Path, *, grant: bool = True) -> None:
+    def __init__(
+        self, topo: Topology, workdir: Path, *, grant: bool = True, text: str | None = None
+    ) -> None:
         self.topo = topo
         self.config = workdir / "manifests.yaml"
-        self.config.write_text(manifests(grant=grant))
+        self.config.write_text(manifests(grant=grant) if text is None else text)
         self.generation = 1
         self.proc: Proc = topo.spawn(
             topo.node,
