@@ -98,8 +98,9 @@ def compile_snapshot(resolution: Resolution, *, generation: int) -> Snapshot:
     """One ``ListenerPort`` per (address, port) of ``resolution.listeners``.
 
     HTTP and HTTPS listeners get an ``HTTPRouteTable`` (HTTPRoutes and GRPCRoutes);
-    a port whose listeners are all TLS gets an ``SNITable`` (TLSRoutes).  TLS listeners
-    sharing a port with HTTP(S) listeners, and listeners of other protocols, are not
+    a port whose listeners are all TLS gets an ``SNITable`` (TLSRoutes).  A port with
+    HTTPS and TLS listeners gets both (``ListenerPort.tls_table``).  TLS listeners
+    sharing a port with plain HTTP listeners, and listeners of other protocols, are not
     served (the status computation reports such conflicts).
     """
     compiler = _Compiler(
@@ -173,10 +174,20 @@ class _Compiler:
         http = [b for b in bindings if b.protocol in HTTP_PROTOCOLS]
         first = bindings[0]
         table: RouteTable
+        tls_table: SNITable | None = None
         if http:
             protocol = http[0].protocol
             table = HTTPRouteTable([self._http_listener(b) for b in http])
             served = http
+            tls = [b for b in bindings if b.protocol == TLS_PROTOCOL]
+            if protocol == "HTTPS" and tls:
+                # Feature GatewayHTTPSAndTLSPassthroughSamePort: the ClientHello's server
+                # name picks an HTTPS or a TLS listener of the port.
+                tls_table = SNITable(
+                    [self._tls_listener(b) for b in tls],
+                    https_hostnames=[_lower(b.hostname) for b in http],
+                )
+                served = http + tls
         else:
             tls = [b for b in bindings if b.protocol == TLS_PROTOCOL]
             if not tls:
@@ -204,6 +215,7 @@ class _Compiler:
             listener_names=tuple(b.listener_name for b in served),
             table=table,
             terminate=terminate,
+            tls_table=tls_table,
         )
 
     def _http_listener(self, binding: ListenerBinding) -> ListenerSpec:

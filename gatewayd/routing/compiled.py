@@ -21,6 +21,7 @@ from gatewayd.routing.bindings import BackendTLS, EndpointAddress
 
 if TYPE_CHECKING:
     from gatewayd.routing.mesh import MeshTable
+    from gatewayd.routing.table import SNITable
     from gatewayd.tls.certs import CertificateInfo
 
 # --------------------------------------------------------------------------- filters
@@ -218,6 +219,9 @@ class ListenerPort:
     table: RouteTable
     # HTTPS listeners terminated on this port (empty: plain HTTP, or not terminated).
     terminate: tuple[TerminateTLS, ...] = ()
+    # protocol HTTPS with TLS listeners on the same port too: their SNITable.  Such a
+    # port reads each ClientHello before choosing between the two (proxy/tlsroute.py).
+    tls_table: SNITable | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -243,6 +247,7 @@ class Snapshot:
                     "listeners": list(lp.listener_names),
                     **({"tls": [_tls_json(t) for t in lp.terminate]} if lp.terminate else {}),
                     "routes": lp.table.to_json(),
+                    **({"tlsRoutes": lp.tls_table.to_json()} if lp.tls_table is not None else {}),
                 }
                 for lp in self.ports.values()
             ],

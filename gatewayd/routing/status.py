@@ -88,6 +88,7 @@ SUPPORTED_FEATURES: tuple[str, ...] = tuple(
             "GatewayBackendClientCertificate",
             "GatewayFrontendClientCertificateValidation",
             "GatewayFrontendClientCertificateValidationInsecureFallback",
+            "GatewayHTTPSAndTLSPassthroughSamePort",
             "GatewayHTTPSListenerDetectMisdirectedRequests",
             "GatewayPort8080",
             "GatewayStaticAddresses",
@@ -456,6 +457,9 @@ def _evaluate_listeners(gw: Gateway, refs: _Refs) -> list[_ListenerState]:
                     f"port {port} is shared by listeners of incompatible protocols: {names}",
                 )
             continue
+        # HTTPS and TLS listeners may share a port (feature
+        # GatewayHTTPSAndTLSPassthroughSamePort): the ClientHello's server name picks the
+        # listener, so their hostnames must differ like any others on the port.
         by_host: dict[str, list[_ListenerState]] = {}
         for s in group:
             by_host.setdefault((s.listener.hostname or "").lower(), []).append(s)
@@ -469,20 +473,6 @@ def _evaluate_listeners(gw: Gateway, refs: _Refs) -> list[_ListenerState]:
                     HOSTNAME_CONFLICT,
                     f"listeners {names} use port {port} with the same hostname {shown}",
                 )
-        protocols = {s.listener.protocol for s in group}
-        if ProtocolType.HTTPS.value in protocols and ProtocolType.TLS.value in protocols:
-            # gatewayd terminates HTTPS with the event loop's TLS, chosen when the socket
-            # is created: such a port cannot also peek at ClientHellos for TLSRoutes.  The
-            # HTTPS listeners keep the port; the TLS ones are refused rather than left
-            # accepted but never served.
-            https = ", ".join(s.name for s in group if s.listener.protocol == "HTTPS")
-            for s in group:
-                if s.listener.protocol == ProtocolType.TLS.value and s.conflict is None:
-                    s.conflict = _no(
-                        PROTOCOL_CONFLICT,
-                        f"port {port} also has HTTPS listeners ({https}); gatewayd serves "
-                        "TLS listeners (TLSRoute) on ports without HTTPS listeners",
-                    )
 
     for s in states:
         if s.conflict is not None:

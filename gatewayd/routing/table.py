@@ -350,11 +350,18 @@ class SNITable:
     listener decides the mode, so Passthrough and Terminate listeners can share a port
     (feature TLSRouteModeMixed).  Listeners with the same hostname (a conflict the status
     reports) are merged: the first one's mode and certificates apply.
+
+    On a port that also has HTTPS listeners (feature GatewayHTTPSAndTLSPassthroughSamePort)
+    ``https_hostnames`` are theirs, and ``selects_tls()`` tells, per server name, whether
+    the most specific listener of the whole port is one of these TLS listeners or an
+    HTTPS one.
     """
 
-    __slots__ = ("_listener_list", "_listeners")
+    __slots__ = ("_https_hostnames", "_listener_list", "_listeners", "_sides")
 
-    def __init__(self, listeners: Sequence[TLSListener]) -> None:
+    def __init__(
+        self, listeners: Sequence[TLSListener], https_hostnames: Iterable[str | None] = ()
+    ) -> None:
         merged: dict[str | None, tuple[list[TLSListener], dict[str | None, list[SNIRoute]]]] = {}
         for listener in listeners:
             same, groups = merged.setdefault(listener.hostname, ([], {}))
@@ -385,6 +392,14 @@ class SNITable:
         self._listeners: HostIndex[HostIndex[SNIMatch]] = HostIndex(
             (same[0].hostname, index) for same, index, _ in built
         )
+        https = tuple(dict.fromkeys(https_hostnames))
+        self._https_hostnames = https
+        # True: a TLS listener; False: an HTTPS one.  Listeners of both protocols with
+        # one hostname are HostnameConflict and not served; should both be here anyway,
+        # the HTTPS listener keeps the name (as it did before TLS listeners could share).
+        sides: list[tuple[str | None, bool]] = [(same[0].hostname, True) for same, _, _ in built]
+        sides.extend((h, False) for h in https)
+        self._sides: HostIndex[bool] = HostIndex(sides)
 
     def lookup(
         self,
@@ -404,6 +419,17 @@ class SNITable:
             return None
         return index.select(name)
 
+    def selects_tls(self, sni: str) -> bool | None:
+        """On a port shared with HTTPS listeners: True when the listener the server name
+        selects (exact hostname, then the longest wildcard, then a listener without
+        hostname; ``sni`` "" only selects the last) is a TLS listener of this table,
+        False when it is an HTTPS listener, None when no listener matches."""
+        return self._sides.select(sni.lower())
+
+    @property
+    def shared_with_https(self) -> bool:
+        return bool(self._https_hostnames)
+
     def lookup_sni(self, sni: str) -> RouteHit | None:
         found = self.lookup_tls(sni)
         return found.hit if found is not None else None
@@ -413,7 +439,11 @@ class SNITable:
         return [same[0] for same, _, _ in self._listener_list]
 
     def to_json(self) -> object:
+        shared: dict[str, object] = {}
+        if self._https_hostnames:
+            shared["httpsHostnames"] = [h if h is not None else "*" for h in self._https_hostnames]
         return {
+            **shared,
             "listeners": [
                 {
                     "listeners": [listener.name for listener in same],
@@ -436,7 +466,7 @@ class SNITable:
                     "sni": dump,
                 }
                 for same, _, dump in self._listener_list
-            ]
+            ],
         }
 
 

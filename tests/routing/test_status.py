@@ -167,18 +167,17 @@ def test_only_unsupported_protocols_gateway_not_accepted() -> None:
             {"a", "b"},
             "ProtocolConflict",
         ),
-        # The spec lets HTTPS and TLS share a port when SNI tells them apart; gatewayd
-        # serves such a port as HTTPS and refuses the TLS listeners rather than leave them
-        # accepted and never served ...
+        # HTTPS and TLS share a port when SNI tells them apart (feature
+        # GatewayHTTPSAndTLSPassthroughSamePort), overlapping hostnames included ...
         (
             [
-                listener("a", 443, "HTTPS", hostname="a.example.com", tls=terminate("cert")),
-                listener("b", 443, "TLS", hostname="b.example.com", tls=passthrough()),
+                listener("a", 443, "HTTPS", hostname="*.example.com", tls=terminate("cert")),
+                listener("b", 443, "TLS", hostname="abc.example.com", tls=passthrough()),
             ],
-            {"b"},
-            "ProtocolConflict",
+            set(),
+            "",
         ),
-        # ... while TLS listeners in both modes share a port
+        # ... as TLS listeners in both modes do
         (
             [
                 listener("a", 443, "TLS", hostname="a.example.com", tls=terminate("cert")),
