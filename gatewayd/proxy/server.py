@@ -26,7 +26,9 @@ Choices worth knowing:
 - HTTPS ports are created once with the fixed base context of their ``PortTLS``
   (``gatewayd.tls.terminate``); a new snapshot only swaps the certificates the SNI
   callback picks from.  Such connections carry their server name (``sni``) for the 421
-  check; on plain connections ``sni`` is None and costs one test per request.
+  check; on plain connections ``sni`` is None and costs one test per request.  A port
+  that also has TLS listeners is a plain socket instead: ``TLSRouteConnection`` reads
+  the ClientHello, and terminates for an HTTPS listener with the same ``PortTLS``.
 """
 
 from __future__ import annotations
@@ -407,8 +409,13 @@ class Exchange:
             # A terminated TLS connection: the Host must select the listener its SNI
             # selected (GatewayHTTPSListenerDetectMisdirectedRequests), else 421.  Plain
             # connections have ``sni`` None and pay only this test.
+            # On a port shared with TLS listeners, a Host one of them selects (more
+            # specific than any HTTPS listener's hostname) is misdirected too.
             table = lp.table
-            if isinstance(table, HTTPRouteTable) and table.misdirected(sni, host):
+            tls_table = lp.tls_table
+            if (isinstance(table, HTTPRouteTable) and table.misdirected(sni, host)) or (
+                tls_table is not None and tls_table.selects_tls(host)
+            ):
                 self._local(421, LR_MISDIRECTED)
                 return
         method = self.method.decode("latin-1")
@@ -1506,9 +1513,16 @@ class HttpConnection(asyncio.Protocol):
 
 
 def _is_https(lp: ListenerPort) -> bool:
-    """Whether the port's socket speaks TLS (HTTPS listeners); ``lp.terminate`` holds the
-    listeners whose certificates it serves."""
+    """Whether the port terminates HTTPS (it has a ``PortTLS``); ``lp.terminate`` holds
+    the listeners whose certificates it serves."""
     return lp.protocol == "HTTPS"
+
+
+def _native_tls(lp: ListenerPort) -> bool:
+    """Whether the port's socket is created with the loop's TLS: HTTPS listeners only.
+    A port that also has TLS listeners is a plain socket whose connections read the
+    ClientHello first (``TLSRouteConnection``), then terminate HTTPS themselves."""
+    return lp.protocol == "HTTPS" and lp.tls_table is None
 
 
 def _bind(address: str, port: int) -> socket.socket:
@@ -1553,6 +1567,8 @@ class Proxy:
         self.splice_sets: list[set[Splice]] = [self.tls_routes.splices]
         # HTTPS ports: TLS termination state, updated in place on every snapshot.
         self.terminators: dict[ListenKey, PortTLS] = {}
+        # Ports whose socket was created with the loop's TLS (``_native_tls``).
+        self.native_tls: set[ListenKey] = set()
         self.conns: set[HttpConnection] = set()
         self.n_conns = 0
         self.tasks: set[asyncio.Task[None]] = set()
@@ -1574,16 +1590,21 @@ class Proxy:
         self._start_sweeper(loop)
         failed: dict[tuple[str, int], str] = {}
         wanted = set(snapshot.ports)
-        # A port that turns from plain HTTP to HTTPS (or back) needs a new socket.
+        # A port whose socket turns from plain to the loop's TLS (HTTP to HTTPS, or an
+        # HTTPS port gaining or losing TLS listeners) or back needs a new socket.
         flipped = [
             key
             for key in self.servers
-            if key in wanted and (key in self.terminators) != _is_https(snapshot.ports[key])
+            if key in wanted and (key in self.native_tls) != _native_tls(snapshot.ports[key])
         ]
         self._close_ports(flipped)
-        for key in sorted(wanted):
-            if key in self.terminators:
+        for key in sorted(wanted & self.servers.keys()):
+            # Kept sockets: certificates change in place; a plain socket whose port turns
+            # HTTPS-and-TLS gets a PortTLS (or loses it) without being re-bound.
+            if _is_https(snapshot.ports[key]):
                 self._update_tls(key, snapshot.ports[key])
+            else:
+                self.terminators.pop(key, None)
         for key in sorted(wanted - self.servers.keys()):
             address, port = key
             label = host_port(address, port)
@@ -1591,12 +1612,13 @@ class Proxy:
             ssl_ctx: ssl.SSLContext | None = None
             if _is_https(lp):
                 tls = self._update_tls(key, lp)
-                if not tls.serving:
+                if not tls.serving and lp.tls_table is None:
                     del self.terminators[key]
                     failed[key] = "TLS: no listener of this port has a usable certificate"
                     log.error("%s: %s", label, failed[key])
                     continue
-                ssl_ctx = tls.base
+                if _native_tls(lp):
+                    ssl_ctx = tls.base
             try:
                 sock = _bind(address, port)
                 server = await loop.create_server(
@@ -1612,6 +1634,8 @@ class Proxy:
                 self.terminators.pop(key, None)
                 continue
             self.servers[key] = server
+            if ssl_ctx is not None:
+                self.native_tls.add(key)
         removed = [key for key in self.servers if key not in wanted]
         self._close_ports(removed)
         if removed or flipped:
@@ -1636,6 +1660,7 @@ class Proxy:
         for key in keys:
             self.servers.pop(key).close()
             self.terminators.pop(key, None)
+            self.native_tls.discard(key)
             for c in list(self.conns):
                 if c.key == key:
                     c.shutdown()
@@ -1649,20 +1674,26 @@ class Proxy:
                 # connection (one dict lookup), so a port turning from HTTP to TLS keeps
                 # its socket.
                 lp = self.holder.current.ports.get(key)
-                if lp is not None and lp.protocol == TLS_PROTOCOL:
-                    # protocol TLS (TLSRoute): ClientHello, SNI, passthrough or terminate.
+                if lp is not None and (lp.protocol == TLS_PROTOCOL or lp.tls_table is not None):
+                    # protocol TLS (TLSRoute), alone or next to HTTPS listeners: ClientHello,
+                    # SNI, then passthrough, terminate, or HTTPS (``https_connection``).
                     return self.tls_routes.connection(key, label)
                 return HttpConnection(self, key, label)
 
             return accept
 
         def terminated() -> HttpConnection:
-            conn = HttpConnection(self, key, label)
-            conn.sni = ""
-            conn.scheme = b"https"
-            return conn
+            return self.https_connection(key, label)
 
         return terminated
+
+    def https_connection(self, key: ListenKey, label: str) -> HttpConnection:
+        """The protocol of a terminated HTTPS connection; its transport's ``ssl_object``
+        is a ``TerminatedSSLObject`` of the port's ``PortTLS``."""
+        conn = HttpConnection(self, key, label)
+        conn.sni = ""
+        conn.scheme = b"https"
+        return conn
 
     def bound(self) -> set[tuple[str, int]]:
         return set(self.servers)
@@ -1685,6 +1716,7 @@ class Proxy:
             server.close()
         self.servers.clear()
         self.terminators.clear()
+        self.native_tls.clear()
         for c in list(self.conns):
             c.shutdown()
         self.tls_routes.stop_accepting()

@@ -21,6 +21,15 @@ Per accepted connection (``TLSRouteConnection``):
    plaintext.  The loop's own TLS (``start_tls``) cannot be used: it would want to read
    the ClientHello we have already consumed.
 
+5. **HTTPS listener** (a port with HTTPS and TLS listeners, feature
+   GatewayHTTPSAndTLSPassthroughSamePort) -- when the server name selects one of the
+   port's HTTPS listeners rather than a TLS one (exact hostname, then the longest
+   wildcard, then no hostname, across both), the bytes read are fed to a
+   ``TLSServerLayer`` over the port's ``PortTLS.base`` context (the HTTPS listeners'
+   certificates and client validation), and after the handshake an ``HttpConnection``
+   becomes the layer's app: HTTP routing, 421, keep-alive, access log and metrics are
+   those of an HTTPS-only port.  Ports with HTTPS listeners only keep the loop's TLS.
+
 A reload changes the table of *new* connections; open splices keep going.  Contexts are
 built in the serving process from the PEM pairs in the snapshot (SSLContexts do not
 pickle to worker processes) and cached by pairs and client validation, so a reload that
@@ -53,7 +62,7 @@ from gatewayd.tls.terminate import handshake_reason
 
 if TYPE_CHECKING:
     from gatewayd.proxy.server import Proxy
-    from gatewayd.routing.compiled import CompiledBackend, Snapshot
+    from gatewayd.routing.compiled import CompiledBackend, ListenerPort, Snapshot
     from gatewayd.routing.table import SNIMatch
     from gatewayd.tls.certs import CertificateInfo
 
@@ -134,8 +143,9 @@ class TLSContexts:
         no longer uses."""
         wanted: dict[ContextKey, str] = {}
         for lp in snapshot.ports.values():
-            if lp.protocol == TLS_PROTOCOL and isinstance(lp.table, SNITable):
-                for listener in lp.table.listeners():
+            table = sni_table(lp)
+            if table is not None:
+                for listener in table.listeners():
                     if listener.mode != PASSTHROUGH:
                         wanted.setdefault(
                             context_key(listener),
@@ -153,6 +163,15 @@ class TLSContexts:
         if key not in self._by_key:
             self._by_key[key] = _build_context(key, f"listener {listener.name}")
         return self._by_key[key]
+
+
+def sni_table(lp: ListenerPort) -> SNITable | None:
+    """The TLS listeners of a port: all of them, or those sharing it with HTTPS ones."""
+    if lp.tls_table is not None:
+        return lp.tls_table
+    if lp.protocol == TLS_PROTOCOL and isinstance(lp.table, SNITable):
+        return lp.table
+    return None
 
 
 def _build_context(key: ContextKey, who: str) -> ssl.SSLContext | None:
@@ -259,6 +278,7 @@ class TLSRouteConnection(asyncio.Protocol):
         "cluster",
         "counted",
         "hello",
+        "https",
         "key",
         "label",
         "layer",
@@ -299,6 +319,9 @@ class TLSRouteConnection(asyncio.Protocol):
         self.upstream_host = ""
         self.result = ""  # why it was closed before its splice (a metric result)
         self.splice: Splice | None = None
+        # Handed to an HTTPS listener of the port: from then on the HTTP connection
+        # counts, logs and reports like one accepted on an HTTPS-only port.
+        self.https = False
 
     # ------------------------------------------------------------------ accept
 
@@ -348,14 +371,34 @@ class TLSRouteConnection(asyncio.Protocol):
         if self.phase == P_HELLO:
             self._refuse(R_TIMEOUT, "no complete ClientHello in time")
         elif self.phase == P_HANDSHAKE:
+            port_tls = self.owner.proxy.terminators.get(self.key) if self.https else None
             metrics = self.owner.proxy.metrics
-            if metrics is not None:
+            if port_tls is not None:
+                port_tls.failed("timeout")  # an HTTPS listener's, under the port's label
+            elif metrics is not None:
                 metrics.tls_handshake_error(self.label, "timeout")
             self._refuse(R_TIMEOUT, "TLS handshake not finished in time", handshake=True)
 
     # ------------------------------------------------------------------ routing
 
     def _route(self, hello: ClientHello) -> None:
+        # The snapshot is read once per connection, here.
+        lp = self.owner.proxy.holder.current.ports.get(self.key)
+        table = sni_table(lp) if lp is not None else None
+        if table is not None and table.shared_with_https:
+            # HTTPS and TLS listeners on one port: the listener the server name selects
+            # decides, with the usual precedence across both (a ClientHello without SNI
+            # only selects a listener without hostname, as on an HTTPS-only port).
+            side = table.selects_tls(hello.sni or "")
+            if side is False:
+                self._https(hello.sni or "")
+                return
+            if side is None:
+                self._refuse(
+                    R_NO_ROUTE if hello.sni else R_NO_SNI,
+                    f"no listener for server name {hello.sni or '(none)'!r}",
+                )
+                return
         if not hello.sni:
             # "Hostnames defines a set of SNI hostnames that should match against the SNI
             # attribute of TLS ClientHello message in TLS handshake." (TLSRouteSpec)  It
@@ -363,10 +406,7 @@ class TLSRouteConnection(asyncio.Protocol):
             self._refuse(R_NO_SNI, "ClientHello without server_name")
             return
         self.sni = hello.sni
-        # The snapshot is read once per connection, here.
-        lp = self.owner.proxy.holder.current.ports.get(self.key)
-        table = lp.table if lp is not None else None
-        found = table.lookup_tls(hello.sni) if isinstance(table, SNITable) else None
+        found = table.lookup_tls(hello.sni) if table is not None else None
         if found is None:
             self._refuse(R_NO_ROUTE, f"no TLSRoute for server name {hello.sni!r}")
             return
@@ -440,6 +480,44 @@ class TLSRouteConnection(asyncio.Protocol):
         self._count(R_TERMINATE)
         self.owner.spawn(self._connect(splice, address, port), f"tls terminate {self.label}")
 
+    def _https(self, sni: str) -> None:
+        """An HTTPS listener of the port: terminate with the port's ``PortTLS`` (its SNI
+        callback picks the certificate, client certificates are validated as on an
+        HTTPS-only port), then serve HTTP over the layer."""
+        transport = self.transport
+        assert transport is not None
+        self.https = True
+        self.sni = sni
+        port_tls = self.owner.proxy.terminators.get(self.key)
+        if port_tls is None:
+            self._refuse(R_BAD_CERT, "no HTTPS listener of this port has a usable certificate")
+            return
+        self.phase = P_HANDSHAKE
+        layer = self.layer = TLSServerLayer(
+            port_tls.base,
+            transport,
+            on_handshake=self._https_ready,
+            # TerminatedSSLObject counted the failure in tls_handshake_error already.
+            on_error=lambda reason: self._refuse(
+                R_HANDSHAKE, f"TLS handshake failed: {reason}", handshake=True
+            ),
+            on_lost=self._lost_in_handshake,
+        )
+        transport.set_protocol(layer)
+        layer.data_received(self.hello.take())
+
+    def _https_ready(self) -> None:
+        """Handshake done: an ``HttpConnection`` takes the decrypted stream over; this
+        connection steps out of the counts it held (the HTTP one takes them)."""
+        layer = self.layer
+        assert layer is not None
+        self._stop_timer()
+        self.phase = P_SPLICED
+        self._finish()
+        conn = self.owner.proxy.https_connection(self.key, self.label)
+        layer.app = conn
+        conn.connection_made(layer)
+
     def _handshake_failed(self, reason: str) -> None:
         metrics = self.owner.proxy.metrics
         if metrics is not None:
@@ -508,7 +586,7 @@ class TLSRouteConnection(asyncio.Protocol):
 
     def _count(self, result: str) -> None:
         metrics = self.owner.proxy.metrics
-        if metrics is not None:
+        if metrics is not None and not self.https:
             metrics.tls_route_cx(self.label, result)
 
     def _finish(self) -> None:
@@ -532,8 +610,8 @@ class TLSRouteConnection(asyncio.Protocol):
         """The connection's access log line (Envoy's tcp_proxy writes one per
         connection, when it closes)."""
         access = self.owner.proxy.access
-        if access is None:
-            return
+        if access is None or self.https:
+            return  # HTTPS: the HTTP requests are logged, as on an HTTPS-only port
         duration = asyncio.get_running_loop().time() - self.start
         splice = self.splice
         layer = self.layer
