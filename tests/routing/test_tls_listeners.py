@@ -205,3 +205,67 @@ def test_terminate_listener_keeps_its_frontend_validation() -> None:
     assert found.listener.client_ca_pem is not None
     assert b"BEGIN CERTIFICATE" in found.listener.client_ca_pem
     assert '"clientAuth": "require"' in json.dumps(snap.to_json())
+
+
+# --------------------------------------------------------------------------- shared with HTTPS
+
+
+def test_https_and_tls_listeners_share_a_port_with_one_precedence() -> None:
+    """GatewayHTTPSAndTLSPassthroughSamePort: the server name selects the most specific
+    listener across both protocols (exact, then the longest wildcard, then none)."""
+    gw = gateway(
+        "gw",
+        listener("web", 8443, "HTTPS", "*.example.com", tls=terminate("cert")),
+        listener("web-exact", 8443, "HTTPS", "www.db.example.com", tls=terminate("cert")),
+        listener("pass", 8443, "TLS", "abc.example.com", tls=passthrough()),
+        listener("pass-wild", 8443, "TLS", "*.db.example.com", tls=passthrough()),
+        listener("pass-any", 8443, "TLS", tls=passthrough()),
+        addresses=[ADDRESS],
+    )
+    res = resolve(
+        config(gw, pem_secret("cert"), *_backends("svc"), _route("p", "abc.example.com")),
+        now=NOW,
+    )
+    snap = compile_snapshot(res, generation=1)
+    (lp,) = snap.ports.values()
+    assert lp.protocol == "HTTPS"
+    assert [t.listener_name for t in lp.terminate] == ["web", "web-exact"]
+    assert lp.listener_names == ("web", "web-exact", "pass", "pass-wild", "pass-any")
+    table = lp.tls_table
+    assert isinstance(table, SNITable) and table.shared_with_https
+    cases = {
+        "abc.example.com": True,  # exact TLS over the HTTPS wildcard
+        "ABC.example.com": True,
+        "other.example.com": False,  # HTTPS wildcard
+        "x.db.example.com": True,  # the longer TLS wildcard
+        "www.db.example.com": False,  # exact HTTPS over the longer TLS wildcard
+        "example.org": True,  # only the TLS listener without hostname matches
+        "": True,
+    }
+    assert {name: table.selects_tls(name) for name in cases} == cases
+    found = table.lookup_tls("abc.example.com")
+    assert found is not None and found.listener.name == "pass"
+    # Worker processes get the snapshot pickled.
+    again = pickle.loads(pickle.dumps(snap))
+    assert again.ports[(ADDRESS, 8443)].tls_table.selects_tls("other.example.com") is False
+
+
+def test_https_port_without_a_catch_all_has_no_listener_for_unknown_names() -> None:
+    gw = gateway(
+        "gw",
+        listener("web", 8443, "HTTPS", "*.example.com", tls=terminate("cert")),
+        listener("pass", 8443, "TLS", "abc.example.com", tls=passthrough()),
+        addresses=[ADDRESS],
+    )
+    res = resolve(
+        config(gw, pem_secret("cert"), *_backends("svc"), _route("p", "abc.example.com")),
+        now=NOW,
+    )
+    (lp,) = compile_snapshot(res, generation=1).ports.values()
+    assert lp.tls_table is not None
+    assert lp.tls_table.selects_tls("example.org") is None
+    assert lp.tls_table.selects_tls("") is None
+
+
+def test_https_and_tls_same_port_feature_is_claimed() -> None:
+    assert "GatewayHTTPSAndTLSPassthroughSamePort" in SUPPORTED_FEATURES
