@@ -9,7 +9,11 @@ cross-namespace target cannot be written), optionally one port by name
 (``sectionName``).  Its status is reported per ancestor: "we recommend that
 implementations SHOULD use Gateway as the PolicyAncestorStatus object", so the
 ancestors are our Gateways with a route attached that sends traffic (a backendRef or a
-mirror) to a targeted Service.  A policy no route of ours uses has no ancestor.
+mirror) to a targeted Service.  A TLSRoute counts only behind a Terminate listener,
+where gatewayd re-encrypts the decrypted stream (conformance
+BackendTLSPolicyTLSRouteTerminate expects the Gateway as ancestor); behind a
+Passthrough listener the backend gets the client's own TLS stream and no policy
+applies.  A policy no route of ours uses has no ancestor.
 
 Pure module: no I/O.
 """
@@ -20,6 +24,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
+from gatewayd.routing.attach import tls_mode
 from gatewayd.routing.bindings import BackendTLS, ObjectStatus
 from gatewayd.routing.model import (
     CORE_GROUP,
@@ -30,9 +35,12 @@ from gatewayd.routing.model import (
     Gateway,
     GRPCRouteRule,
     HTTPRouteRule,
+    Listener,
     Route,
     Service,
+    TLSModeType,
     TLSRoute,
+    TLSRouteRule,
 )
 from gatewayd.tls.certs import CA_BUNDLE_KEY, InvalidCertificate, load_ca_bundle
 
@@ -165,17 +173,26 @@ def _check_ca_refs(
     return refs, b"".join(bundles), None
 
 
+def applies_to(route: Route, listener: Listener) -> bool:
+    """Whether a BackendTLSPolicy can apply to the backends of ``route`` attached to
+    ``listener``: always for HTTPRoutes and GRPCRoutes; for a TLSRoute only when the
+    listener terminates TLS (the default mode) and so re-encrypts, never in Passthrough
+    mode, where the backend gets the client's own TLS stream."""
+    if not isinstance(route, TLSRoute):
+        return True
+    return tls_mode(listener) is TLSModeType.TERMINATE
+
+
 def _route_services(route: Route) -> Iterator[ServiceKey]:
-    """Every Service a route sends HTTP traffic to (backendRefs and mirrors).  TLSRoutes
-    are left out: their backends get the client's TLS stream as it is (passthrough)."""
-    if isinstance(route, TLSRoute):
-        return
+    """Every Service a route sends traffic to (backendRefs and mirrors).  The caller
+    passes only routes the policies apply to (``applies_to``)."""
     ns = route.meta.namespace
-    rules: Sequence[HTTPRouteRule | GRPCRouteRule] = route.rules
+    rules: Sequence[HTTPRouteRule | GRPCRouteRule | TLSRouteRule] = route.rules
     for rule in rules:
         refs = [br.ref for br in rule.backend_refs]
-        filters = [*rule.filters, *(f for br in rule.backend_refs for f in br.filters)]
-        refs += [f.request_mirror.backend_ref for f in filters if f.request_mirror is not None]
+        if not isinstance(rule, TLSRouteRule):  # a TLSRoute has no filters, no mirrors
+            filters = [*rule.filters, *(f for br in rule.backend_refs for f in br.filters)]
+            refs += [f.request_mirror.backend_ref for f in filters if f.request_mirror]
         for ref in refs:
             if ref.group == CORE_GROUP and ref.kind == "Service":
                 yield (ref.namespace or ns, ref.name)

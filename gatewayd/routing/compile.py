@@ -237,14 +237,23 @@ class _Compiler:
         )
 
     def _tls_listener(self, binding: ListenerBinding) -> TLSListener:
+        # tls.mode defaults to Terminate.
+        mode = binding.tls_mode or TLSModeType.TERMINATE.value
+        # Terminate: gatewayd holds the plaintext and re-encrypts it for a Service a
+        # BackendTLSPolicy targets (with the Gateway's client certificate).  Passthrough:
+        # the client's own TLS stream reaches the backend untouched, no policy applies.
+        terminate = mode == TLSModeType.TERMINATE.value
+        gateway = (binding.gateway_namespace, binding.gateway_name)
+        client = self.client_certificates.get(gateway) if terminate else None
         routes: list[SNIRoute] = []
         for attached in _unique_routes(binding.routes):
             route = attached.route
             if not isinstance(route, TLSRoute):
                 continue
+            rule = self._tls_rule(route, backend_tls=terminate, client=client)
             routes.append(
                 SNIRoute(
-                    hit=RouteHit(rule=self._tls_rule(route), listener_name=binding.listener_name),
+                    hit=RouteHit(rule=rule, listener_name=binding.listener_name),
                     order=route_order(route.meta),
                     hostnames=tuple(dict.fromkeys(h.lower() for h in attached.hostnames)),
                 )
@@ -252,8 +261,7 @@ class _Compiler:
         return TLSListener(
             name=binding.listener_name,
             hostname=_lower(binding.hostname),
-            # tls.mode defaults to Terminate.
-            mode=binding.tls_mode or TLSModeType.TERMINATE.value,
+            mode=mode,
             certificates=binding.certificates,
             client_ca_pem=binding.client_ca_pem,
             client_auth=binding.client_auth,
@@ -366,7 +374,9 @@ class _Compiler:
         self._keep.append(route)
         return result
 
-    def _tls_rule(self, route: TLSRoute) -> CompiledRule:
+    def _tls_rule(
+        self, route: TLSRoute, *, backend_tls: bool, client: ClientCertificate | None
+    ) -> CompiledRule:
         # A TLSRoute has nothing to match on besides SNI; its first rule carries the
         # backends (the v1 API allows exactly one rule).
         refs = route.rules[0].backend_refs if route.rules else ()
@@ -381,6 +391,8 @@ class _Compiler:
             timeouts=None,
             retry=None,
             session=None,
+            client=client,
+            backend_tls=backend_tls,
         )
 
     def _rule(
@@ -396,7 +408,10 @@ class _Compiler:
         retry: HTTPRouteRetry | None,
         session: SessionPersistence | None,
         client: ClientCertificate | None = None,
+        backend_tls: bool = True,
     ) -> CompiledRule:
+        """``backend_tls``: a BackendTLSPolicy may apply to the rule's backends (False
+        for TLSRoutes of Passthrough listeners)."""
         ns = meta.namespace
         request_headers: list[HTTPHeaderFilter] = []
         response_headers: list[HTTPHeaderFilter] = []
@@ -447,8 +462,7 @@ class _Compiler:
             # "If weight is set to 0, no traffic should be forwarded for this entry."
             if ref.weight <= 0:
                 continue
-            # TLSRoute backends get the client's own TLS bytes (passthrough): no policy.
-            backends.append(self._backend(ref, ns, client, tls_allowed=kind != "TLSRoute"))
+            backends.append(self._backend(ref, ns, client, tls_allowed=backend_tls))
             total += ref.weight
             cumulative.append(total)
 

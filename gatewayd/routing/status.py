@@ -27,7 +27,7 @@ from typing import Final
 from gatewayd.routing import attach
 from gatewayd.routing.addressing import AddressOutcome, allocate
 from gatewayd.routing.backendrefs import INVALID_KIND, BackendResolver
-from gatewayd.routing.backendtls import resolve_backend_tls
+from gatewayd.routing.backendtls import applies_to, resolve_backend_tls
 from gatewayd.routing.bindings import (
     AttachedRoute,
     BackendKey,
@@ -843,9 +843,21 @@ def resolve(
             )
 
     # BackendTLSPolicy: status per Gateway using a target, TLS settings per Service port.
+    # Only routes whose backends a policy applies to (not TLSRoutes in Passthrough mode).
     policies = resolve_backend_tls(
         config,
-        [(gs.gateway, [a.route for s in gs.listeners for a in s.routes]) for gs in states.values()],
+        [
+            (
+                gs.gateway,
+                [
+                    a.route
+                    for s in gs.listeners
+                    for a in s.routes
+                    if applies_to(a.route, s.listener)
+                ],
+            )
+            for gs in states.values()
+        ],
         controller_name=controller_name,
         now=now,
     )

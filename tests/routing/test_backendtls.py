@@ -3,6 +3,7 @@ status (policy ancestors) -> compiled backends with their TLS settings."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import pickle
 from collections.abc import Mapping, Sequence
@@ -587,3 +588,86 @@ def test_tls_passthrough_routes_ignore_the_policy() -> None:
     (b,) = hit.rule.backends
     assert b.tls is None  # the client's own TLS goes through untouched
     assert policy_status(res) == {"ancestors": []}
+
+
+def tls_gateway(client_cert: str | None = None) -> list[Doc]:
+    """A Gateway with a Terminate (8443) and a Passthrough (443) TLS listener, a TLSRoute
+    to svc:443 on each, and the Terminate listener's certificate."""
+    gw = gateway("tls-gw", ADDRESS2, client_cert=client_cert)
+    gw["spec"]["listeners"] = [
+        {
+            "name": "term",
+            "port": 8443,
+            "protocol": "TLS",
+            "tls": {"mode": "Terminate", "certificateRefs": [{"name": "gw-cert"}]},
+        },
+        {"name": "pass", "port": 443, "protocol": "TLS", "tls": {"mode": "Passthrough"}},
+    ]
+
+    def tls_route(name: str, section: str) -> Doc:
+        return {
+            "apiVersion": GW,
+            "kind": "TLSRoute",
+            "metadata": {"name": name},
+            "spec": {
+                "parentRefs": [{"name": "tls-gw", "sectionName": section}],
+                "hostnames": ["app.example"],
+                "rules": [{"backendRefs": [{"name": "svc", "port": 443}]}],
+            },
+        }
+
+    return [gw, client_secret("gw-cert"), tls_route("t-term", "term"), tls_route("t-pass", "pass")]
+
+
+def tls_backend(snap: Snapshot, port: int) -> CompiledBackend:
+    table = snap.ports[(ADDRESS2, port)].table
+    assert isinstance(table, SNITable)
+    hit = table.lookup_sni("app.example")
+    assert hit is not None
+    (b,) = hit.rule.backends
+    return b
+
+
+def run_now(docs: Sequence[Doc]) -> tuple[Resolution, Snapshot]:
+    """``run`` at the current time: the Terminate listener's certificate must be valid."""
+    loaded = load(docs)
+    assert [str(p) for p in loaded.problems] == []
+    now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    res = resolve(loaded.config, controller_name=CONTROLLER, now=now)
+    return res, compile_snapshot(res, generation=1)
+
+
+def test_tls_terminate_routes_reencrypt_with_the_policy_passthrough_ones_do_not() -> None:
+    extra = [*tls_gateway(client_cert="client"), client_secret("client"), policy()]
+    docs = [d for d in base(*extra) if d["metadata"]["name"] != "r"]
+    res, snap = run_now(docs)
+    term = tls_backend(snap, 8443)
+    assert term.tls is not None and term.invalid_status is None
+    assert (term.tls.policy, term.tls.hostname, term.tls.ca_pem) == (
+        "default/p",
+        "backend.example",
+        CA_PEM,
+    )
+    # The Gateway's client certificate is presented to the re-encrypted backend too.
+    assert term.tls.client_certificate is not None
+    assert term.tls.client_certificate.chain_pem == CLIENT_CERT
+    # Passthrough: the client's own TLS stream goes through untouched.
+    assert tls_backend(snap, 443).tls is None
+    # Conformance BackendTLSPolicyTLSRouteTerminate: the Gateway is the ancestor.
+    (ancestor,) = policy_status(res)["ancestors"]
+    assert ancestor["ancestorRef"]["name"] == "tls-gw"
+    assert conditions(res) == {
+        "Accepted": ("True", "Accepted"),
+        "ResolvedRefs": ("True", "ResolvedRefs"),
+    }
+
+
+def test_tls_terminate_route_to_a_policy_without_valid_ca_is_rejected() -> None:
+    bad = policy(ca_refs=[{"group": "", "kind": "ConfigMap", "name": "missing"}])
+    docs = [d for d in base(*tls_gateway(), bad) if d["metadata"]["name"] != "r"]
+    res, snap = run_now(docs)
+    # "Connections using an invalid CACertificateRef MUST fail": the data plane rejects
+    # connections to a backend with an invalid_status.
+    assert tls_backend(snap, 8443).invalid_status == 500
+    assert tls_backend(snap, 443).invalid_status is None
+    assert conditions(res)["Accepted"] == ("False", "NoValidCACertificate")
