@@ -11,6 +11,10 @@ one high-water mark per direction.  Half-close passes through: a client FIN beco
 upstream FIN (``write_eof``) and the other direction keeps flowing.  A splice with no
 bytes either way for the owner's TCP idle timeout is closed (``close_idle``).
 
+The upstream side may speak TLS (a TLSRoute backend behind a Terminate listener that a
+BackendTLSPolicy targets: ``connect(ssl_context=...)``); the loop's TLS transport has no
+half-close, so a client FIN closes that connection with a close_notify instead.
+
 For the access log each side counts the bytes it reads (one integer add per chunk):
 ``received`` from the client, ``sent`` to it; ``flags`` and ``details`` say why gatewayd
 ended the splice, if it did (Envoy's UF on a failed connect).
@@ -21,8 +25,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 from collections.abc import Callable
-from typing import Final, cast
+from typing import Any, Final, cast
 
 from gatewayd.proxy.upstream import WRITE_HIGH, WRITE_LOW
 from gatewayd.routing.addressing import host_port
@@ -35,12 +40,15 @@ SPLICE_CONNECT_TIMEOUT: Final = 5.0
 class _Side(asyncio.Protocol):
     """One side of a splice: bytes in are written to the other side."""
 
-    __slots__ = ("eof", "nbytes", "pending", "splice", "transport", "upstream")
+    __slots__ = ("eof", "nbytes", "pending", "splice", "tls", "transport", "upstream")
 
     def __init__(self, splice: Splice, upstream: bool) -> None:
         self.splice = splice
         self.upstream = upstream
         self.transport: asyncio.Transport | None = None
+        # A transport of the loop's TLS: it closes itself after eof_received (keeping it
+        # open "has no effect when using ssl" and logs a warning).
+        self.tls = False
         self.eof = False
         self.nbytes = 0  # bytes read on this side, for the access log
         # Client bytes that arrive before the upstream is connected (reading is paused
@@ -78,14 +86,11 @@ class _Side(asyncio.Protocol):
         if peer.transport is None:
             return True  # passed on once the upstream is connected
         if not peer.transport.is_closing():
-            if peer.transport.can_write_eof():
-                peer.transport.write_eof()
-            else:
-                peer.transport.close()
+            _send_eof(peer.transport)
         if peer.eof:
             self.splice.close()
             return None
-        return True
+        return None if self.tls else True
 
     # Flow control: a side whose write buffer is full stops the other side's reading.
     def pause_writing(self) -> None:
@@ -165,27 +170,37 @@ class Splice:
         *,
         mark: int | None = None,
         connect_timeout: float = SPLICE_CONNECT_TIMEOUT,
+        ssl_context: ssl.SSLContext | None = None,
+        server_hostname: str | None = None,
     ) -> bool:
         """Connect the upstream side and start forwarding; False (and the client
-        connection aborted) when the upstream cannot be reached."""
+        connection aborted) when the upstream cannot be reached.
+
+        With ``ssl_context`` the upstream side is TLS (SNI ``server_hostname``); a failed
+        handshake or certificate verification (``ssl.SSLError``, an OSError) is a failed
+        connect, and the connect timeout bounds the handshake too."""
         loop = asyncio.get_running_loop()
         self.upstream_host = host_port(address, port)
+        tls: dict[str, Any] = {}
+        if ssl_context is not None:
+            tls = {"ssl": ssl_context, "server_hostname": server_hostname}
+            self.up.tls = True
         try:
             async with asyncio.timeout(connect_timeout):
                 if mark is not None:
                     from gatewayd.tproxy.sockets import connect_marked
 
                     sock = await connect_marked(address, port, mark)
-                    await loop.create_connection(lambda: self.up, sock=sock)
+                    await loop.create_connection(lambda: self.up, sock=sock, **tls)
                 else:
-                    await loop.create_connection(lambda: self.up, address, port)
+                    await loop.create_connection(lambda: self.up, address, port, **tls)
         except (OSError, TimeoutError) as exc:
             log.debug("splice to %s:%d failed: %s", address, port, exc)
-            self._connect_failed()
+            self.fail_connect()
             return False
         except Exception:
             log.exception("splice to %s:%d failed", address, port)
-            self._connect_failed()
+            self.fail_connect()
             return False
         client = self.down.transport
         upstream = self.up.transport
@@ -196,12 +211,13 @@ class Splice:
         if pending:
             upstream.writelines(pending)
         if self.down.eof:
-            upstream.write_eof()
+            _send_eof(upstream)
         else:
             client.resume_reading()
         return True
 
-    def _connect_failed(self) -> None:
+    def fail_connect(self) -> None:
+        """The upstream side cannot be connected: abort the client connection, flag UF."""
         # Set before abort(): on_done (which logs) runs inside it.
         self.flags = "UF"
         self.details = "upstream_connect_failure"
@@ -251,6 +267,14 @@ class Splice:
             if t is not None and not t.is_closing():
                 total += t.get_write_buffer_size()
         return total
+
+
+def _send_eof(transport: asyncio.Transport) -> None:
+    """Pass a half-close on: a FIN, or, where the transport has none (TLS), a close."""
+    if transport.can_write_eof():
+        transport.write_eof()
+    else:
+        transport.close()
 
 
 def close_idle(splices: set[Splice], now: float, idle_timeout: float) -> int:

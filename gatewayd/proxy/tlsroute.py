@@ -18,8 +18,12 @@ Per accepted connection (``TLSRouteConnection``):
 4. **Terminate** listener -- the bytes already read are fed to an ``ssl.SSLObject``
    over memory BIOs (``TLSServerLayer``), which completes the handshake with the
    listener's certificate; the decrypted stream is then spliced to the backend in
-   plaintext.  The loop's own TLS (``start_tls``) cannot be used: it would want to read
-   the ClientHello we have already consumed.
+   plaintext, or over a new TLS connection when a BackendTLSPolicy targets the backend
+   (re-encryption: the policy hostname as SNI, chain and hostname or subjectAltNames
+   verified, the Gateway's client certificate if any, no ALPN; a failed verification is
+   a failed connect and closes the client).  The loop's own TLS (``start_tls``) cannot
+   be used towards the client: it would want to read the ClientHello we have already
+   consumed.
 
 5. **HTTPS listener** (a port with HTTPS and TLS listeners, feature
    GatewayHTTPSAndTLSPassthroughSamePort) -- when the server name selects one of the
@@ -51,6 +55,7 @@ from gatewayd.proxy.accesslog import sockaddr_text
 from gatewayd.proxy.splice import Splice
 from gatewayd.routing.addressing import host_port
 from gatewayd.routing.table import SNITable, TLSListener
+from gatewayd.tls.backend import BackendTLSSetupError
 from gatewayd.tls.clienthello import (
     ClientHello,
     ClientHelloReader,
@@ -62,6 +67,7 @@ from gatewayd.tls.terminate import handshake_reason
 
 if TYPE_CHECKING:
     from gatewayd.proxy.server import Proxy
+    from gatewayd.routing.bindings import BackendTLS
     from gatewayd.routing.compiled import CompiledBackend, ListenerPort, Snapshot
     from gatewayd.routing.table import SNIMatch
     from gatewayd.tls.certs import CertificateInfo
@@ -443,7 +449,10 @@ class TLSRouteConnection(asyncio.Protocol):
         )
         splice.hand_over(transport, self.hello.take())
         self._count(R_PASSTHROUGH)
-        self.owner.spawn(self._connect(splice, address, port), f"tls passthrough {self.label}")
+        # Never re-encrypted: the backend gets the client's own TLS stream.
+        self.owner.spawn(
+            self._connect(splice, address, port, None), f"tls passthrough {self.label}"
+        )
 
     def _terminate(self, found: SNIMatch, address: str, port: int) -> None:
         transport = self.transport
@@ -478,7 +487,8 @@ class TLSRouteConnection(asyncio.Protocol):
         # splice (reading the raw socket pauses meanwhile).
         client.pause_reading()
         self._count(R_TERMINATE)
-        self.owner.spawn(self._connect(splice, address, port), f"tls terminate {self.label}")
+        tls = self.backend.tls if self.backend is not None else None
+        self.owner.spawn(self._connect(splice, address, port, tls), f"tls terminate {self.label}")
 
     def _https(self, sni: str) -> None:
         """An HTTPS listener of the port: terminate with the port's ``PortTLS`` (its SNI
@@ -528,9 +538,30 @@ class TLSRouteConnection(asyncio.Protocol):
         if self.phase == P_HANDSHAKE:
             self._refuse(R_HANDSHAKE, "client left during the TLS handshake", handshake=True)
 
-    async def _connect(self, splice: Splice, address: str, port: int) -> None:
+    async def _connect(
+        self, splice: Splice, address: str, port: int, tls: BackendTLS | None
+    ) -> None:
         backend = self.backend
-        ok = await splice.connect(address, port, connect_timeout=self._connect_timeout())
+        ctx: ssl.SSLContext | None = None
+        ok = True
+        if tls is not None:
+            try:
+                # The per-process cache HTTP backends use; no ALPN: the splice does not
+                # know the protocol it carries.
+                ctx = self.owner.proxy.pool.contexts.get(tls, alpn=())
+            except BackendTLSSetupError:
+                # Logged once by BackendContexts.  An HTTP backend answers 503 (UF) here:
+                # a failed connect.
+                splice.fail_connect()
+                ok = False
+        if ok:
+            ok = await splice.connect(
+                address,
+                port,
+                connect_timeout=self._connect_timeout(),
+                ssl_context=ctx,
+                server_hostname=tls.hostname if tls is not None else None,
+            )
         metrics = self.owner.proxy.metrics
         if metrics is None or backend is None:
             return

@@ -20,13 +20,17 @@ from gatewayd.routing.bindings import BackendTLS
 from gatewayd.tls.certs import CertificateInfo, InvalidCertificate, load_keypair
 from gatewayd.tls.context import BackendSSLContext, client_context
 
-__all__ = ["BackendContexts", "BackendTLSSetupError"]
+__all__ = ["HTTP_ALPN", "BackendContexts", "BackendTLSSetupError"]
 
 log = logging.getLogger("gatewayd.tls.backend")
 
-# Distinct (policy, Gateway client certificate) combinations a process keeps contexts
-# for; the least recently used is dropped beyond this (each context holds its CA store).
+# Distinct (policy, Gateway client certificate, ALPN) combinations a process keeps
+# contexts for; the least recently used is dropped beyond this (each holds its CA store).
 MAX_CONTEXTS: Final = 256
+
+# ALPN offered to HTTP backends; an L4 splice (TLSRoute re-encryption) offers none: it
+# does not know the protocol it carries.
+HTTP_ALPN: Final = ("http/1.1",)
 
 
 class BackendTLSSetupError(OSError):
@@ -36,25 +40,30 @@ class BackendTLSSetupError(OSError):
 
 
 class BackendContexts:
-    """``BackendTLS`` -> ``BackendSSLContext``, built once per ``key``, LRU-bounded."""
+    """``BackendTLS`` -> ``BackendSSLContext``, built once per ``key`` and ALPN list,
+    LRU-bounded."""
 
     __slots__ = ("_contexts", "max_size")
 
     def __init__(self, max_size: int = MAX_CONTEXTS) -> None:
         self.max_size = max_size
-        self._contexts: OrderedDict[str, BackendSSLContext | BackendTLSSetupError] = OrderedDict()
+        self._contexts: OrderedDict[
+            tuple[str, tuple[str, ...]], BackendSSLContext | BackendTLSSetupError
+        ] = OrderedDict()
 
-    def get(self, tls: BackendTLS) -> BackendSSLContext:
-        """The context for ``tls``; raises ``BackendTLSSetupError`` when it cannot be built
-        (the failure is remembered, so a broken certificate is parsed and logged once)."""
-        found = self._contexts.get(tls.key)
+    def get(self, tls: BackendTLS, *, alpn: tuple[str, ...] = HTTP_ALPN) -> BackendSSLContext:
+        """The context for ``tls`` offering ``alpn``; raises ``BackendTLSSetupError`` when
+        it cannot be built (the failure is remembered, so a broken certificate is parsed
+        and logged once)."""
+        key = (tls.key, alpn)
+        found = self._contexts.get(key)
         if found is None:
-            found = self._build(tls)
-            self._contexts[tls.key] = found
+            found = self._build(tls, alpn)
+            self._contexts[key] = found
             if len(self._contexts) > self.max_size:
                 self._contexts.popitem(last=False)
         else:
-            self._contexts.move_to_end(tls.key)
+            self._contexts.move_to_end(key)
         if isinstance(found, BackendTLSSetupError):
             raise found
         return found
@@ -63,7 +72,7 @@ class BackendContexts:
         return len(self._contexts)
 
     @staticmethod
-    def _build(tls: BackendTLS) -> BackendSSLContext | BackendTLSSetupError:
+    def _build(tls: BackendTLS, alpn: tuple[str, ...]) -> BackendSSLContext | BackendTLSSetupError:
         client: CertificateInfo | None = None
         cert = tls.client_certificate
         try:
@@ -75,6 +84,7 @@ class BackendContexts:
                 verify_hostname=tls.hostname,
                 subject_alt_names=tls.subject_alt_names,
                 client_cert=client,
+                alpn=alpn,
             )
         except (InvalidCertificate, ssl.SSLError, ValueError) as exc:
             message = f"BackendTLSPolicy {tls.policy}: cannot set up TLS to the backend: {exc}"

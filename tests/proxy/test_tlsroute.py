@@ -30,7 +30,7 @@ from gatewayd.proxy.metrics import ProxyMetrics
 from gatewayd.proxy.server import Proxy, ProxyOptions
 from gatewayd.proxy.snapshot import SnapshotHolder
 from gatewayd.proxy.tlsroute import TLSContexts
-from gatewayd.routing.bindings import EndpointAddress
+from gatewayd.routing.bindings import BackendTLS, ClientCertificate, EndpointAddress
 from gatewayd.routing.compiled import (
     CompiledBackend,
     CompiledRule,
@@ -806,3 +806,177 @@ def test_access_log_off_writes_no_line(capsys: pytest.CaptureFixture[str]) -> No
     run(go())
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 1 and " NR " in lines[0] and '"other.example.com"' in lines[0]
+
+
+# --------------------------------------------------------------------------- re-encryption
+
+# A BackendTLSPolicy's backend: its certificate is its own trust anchor (the policy CA).
+BACKEND_CERT, BACKEND_KEY = self_signed(["backend.example"])
+OTHER_CA, _ = self_signed(["backend.example"])  # same name, another key: untrusted
+CLIENT_CERT, CLIENT_KEY = self_signed(["gw-client.example"])
+
+
+class TLSBackend:
+    """A TLS server that speaks first (a greeting naming the SNI and ALPN it got), then
+    echoes; records the SNI of every handshake attempt (failed ones included), the
+    client certificates and the application bytes received."""
+
+    def __init__(self, *, require_client_cert: bool = False) -> None:
+        info = load_keypair(BACKEND_CERT, BACKEND_KEY, now=dt.datetime.now(dt.UTC))
+        self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        load_chain_from_memory(self.ctx, info)
+        if require_client_cert:
+            self.ctx.verify_mode = ssl.CERT_REQUIRED
+            self.ctx.load_verify_locations(cadata=CLIENT_CERT.decode())
+        self.snis: list[str | None] = []  # one per ClientHello received
+        self.ctx.sni_callback = lambda _obj, name, _ctx: self.snis.append(name)
+        self.client_cns: list[str | None] = []
+        self.received = bytearray()
+        self.port = 0
+
+    async def start(self) -> TLSBackend:
+        server = await asyncio.start_server(self._handle, LOCAL, 0, ssl=self.ctx)
+        self.port = server.sockets[0].getsockname()[1]
+        _opened.append(server.close)
+        return self
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        _opened.append(writer.close)
+        sslobj = writer.get_extra_info("ssl_object")
+        peer = sslobj.getpeercert()
+        subject = dict(x[0] for x in peer.get("subject", ())) if peer else {}
+        self.client_cns.append(subject.get("commonName"))
+        alpn = sslobj.selected_alpn_protocol()
+        writer.write(f"hello sni={self.snis[-1]} alpn={alpn}\n".encode())
+        with contextlib.suppress(ConnectionError, ssl.SSLError):
+            while data := await reader.read(65536):
+                self.received += data
+                writer.write(data)
+                await writer.drain()
+        writer.close()
+
+
+def reencrypt_snapshot(port: int, backend: TLSBackend, tls: BackendTLS) -> Snapshot:
+    compiled = CompiledBackend(
+        name="default/b:443",
+        endpoints=(EndpointAddress(address=LOCAL, port=backend.port),),
+        tls=tls,
+    )
+    return tls_snapshot(port, backend.port, mode="Terminate", certs=(GW_CERT,), backend=compiled)
+
+
+def gateway_client_ctx() -> ssl.SSLContext:
+    """The client verifies gatewayd's certificate: it talks TLS with gatewayd."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.load_verify_locations(cadata=CERT.decode())
+    return ctx
+
+
+def test_terminate_reencrypts_to_a_tls_backend_with_the_policy_hostname_as_sni() -> None:
+    client = ClientCertificate(chain_pem=CLIENT_CERT, key_pem=CLIENT_KEY)
+    tls = BackendTLS(
+        policy="default/p",
+        hostname="backend.example",
+        ca_pem=BACKEND_CERT,
+        client_certificate=client,
+    )
+
+    async def go() -> None:
+        backend = await TLSBackend(require_client_cert=True).start()
+        proxy, port, metrics = await start(lambda p: reencrypt_snapshot(p, backend, tls))
+        reader, writer = await asyncio.open_connection(
+            LOCAL, port, ssl=gateway_client_ctx(), server_hostname="term.example.com"
+        )
+        _opened.append(writer.close)
+        # The client's peer is gatewayd (verified against gatewayd's certificate).
+        peer = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
+        assert peer == ssl.PEM_cert_to_DER_cert(CERT.decode())
+        # The backend speaks first over its own TLS connection: the policy hostname was
+        # the SNI, no ALPN was offered (a splice does not know its protocol).
+        assert await reader.readline() == b"hello sni=backend.example alpn=None\n"
+        writer.write(b"through two TLS connections")
+        assert await reader.readexactly(27) == b"through two TLS connections"
+        assert bytes(backend.received) == b"through two TLS connections"
+        # The Gateway's client certificate was presented (the backend requires one).
+        assert backend.client_cns == ["gw-client.example"]
+        assert results(metrics) == {"terminate": 1}
+        assert metrics._us_cx == {"default/b:443": 1}
+        writer.close()
+        await writer.wait_closed()
+        for _ in range(100):
+            if not proxy.tls_routes.splices:
+                break
+            await asyncio.sleep(0.01)
+        assert not proxy.tls_routes.splices and proxy.n_conns == 0
+        assert metrics._us_cx == {"default/b:443": 0}
+
+    run(go())
+
+
+@pytest.mark.parametrize(
+    "tls",
+    [
+        # A CA that did not sign the backend's certificate.
+        BackendTLS(policy="default/p", hostname="backend.example", ca_pem=OTHER_CA),
+        # The right CA, a hostname the certificate does not carry.
+        BackendTLS(policy="default/p", hostname="elsewhere.example", ca_pem=BACKEND_CERT),
+        # subjectAltNames replace the hostname check: none of them is on the certificate.
+        BackendTLS(
+            policy="default/p",
+            hostname="backend.example",
+            ca_pem=BACKEND_CERT,
+            subject_alt_names=("other.example",),
+        ),
+    ],
+    ids=["wrong-ca", "wrong-hostname", "wrong-san"],
+)
+def test_reencrypt_verification_failure_closes_the_client_and_sends_nothing(
+    tls: BackendTLS,
+) -> None:
+    async def go() -> None:
+        backend = await TLSBackend().start()
+        proxy, port, out = await logged_start(lambda p: reencrypt_snapshot(p, backend, tls))
+        metrics = proxy.metrics
+        assert metrics is not None
+        reader, writer = await asyncio.open_connection(
+            LOCAL, port, ssl=gateway_client_ctx(), server_hostname="term.example.com"
+        )
+        _opened.append(writer.close)
+        writer.write(b"secret that must not reach the backend")
+        assert await closed_by_peer(reader)
+        assert backend.snis == [tls.hostname]  # gatewayd did try its handshake ...
+        assert backend.received == b""  # ... but sent no application byte
+        flags, *rest = fields(await one_line(out))
+        assert flags == "UF"
+        assert rest[-1] == '"upstream_connect_failure"'
+        assert results(metrics) == {"terminate": 1, "upstream_connect_failure": 1}
+        assert metrics._us_fail == {"default/b:443": 1}
+        assert proxy.n_conns == 0
+
+    run(go())
+
+
+def test_reencrypt_with_an_unusable_client_certificate_fails_like_a_connect() -> None:
+    # The Gateway's client certificate does not load (its key is another one's): as
+    # for an HTTP backend, a failed connect; the backend is not contacted.
+    wrong = ClientCertificate(chain_pem=CLIENT_CERT, key_pem=BACKEND_KEY)
+    tls = BackendTLS(
+        policy="default/p",
+        hostname="backend.example",
+        ca_pem=BACKEND_CERT,
+        client_certificate=wrong,
+    )
+
+    async def go() -> None:
+        backend = await TLSBackend().start()
+        proxy, port, out = await logged_start(lambda p: reencrypt_snapshot(p, backend, tls))
+        reader, writer = await asyncio.open_connection(
+            LOCAL, port, ssl=gateway_client_ctx(), server_hostname="term.example.com"
+        )
+        _opened.append(writer.close)
+        assert await closed_by_peer(reader)
+        assert fields(await one_line(out))[0] == "UF"
+        assert backend.snis == []
+        assert proxy.metrics is not None and proxy.metrics._us_fail == {"default/b:443": 1}
+
+    run(go())

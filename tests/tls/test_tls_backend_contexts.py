@@ -99,3 +99,14 @@ def test_least_recently_used_context_is_dropped(pki: PKI) -> None:
     cache.get(settings("c.example", ca_pem=ca.cert_pem))  # drops b
     assert len(cache) == 2
     assert cache.get(settings("a.example", ca_pem=ca.cert_pem)) is a
+
+
+def test_alpn_is_part_of_the_cache_key(pki: PKI) -> None:
+    ca = pki.ca()
+    cache = BackendContexts()
+    http = cache.get(settings(ca_pem=ca.cert_pem))
+    # A TLSRoute splice offers no ALPN: another context for the same policy, kept too.
+    l4 = cache.get(settings(ca_pem=ca.cert_pem), alpn=())
+    assert l4 is not http and len(cache) == 2
+    assert cache.get(settings(ca_pem=ca.cert_pem), alpn=()) is l4
+    assert cache.get(settings(ca_pem=ca.cert_pem)) is http
