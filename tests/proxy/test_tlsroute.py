@@ -821,7 +821,8 @@ class TLSBackend:
     echoes; records the SNI of every handshake attempt (failed ones included), the
     client certificates and the application bytes received."""
 
-    def __init__(self, *, require_client_cert: bool = False) -> None:
+    def __init__(self, *, require_client_cert: bool = False, echo: bool = True) -> None:
+        self.echo = echo  # False: close right after the greeting
         info = load_keypair(BACKEND_CERT, BACKEND_KEY, now=dt.datetime.now(dt.UTC))
         self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         load_chain_from_memory(self.ctx, info)
@@ -849,7 +850,7 @@ class TLSBackend:
         alpn = sslobj.selected_alpn_protocol()
         writer.write(f"hello sni={self.snis[-1]} alpn={alpn}\n".encode())
         with contextlib.suppress(ConnectionError, ssl.SSLError):
-            while data := await reader.read(65536):
+            while self.echo and (data := await reader.read(65536)):
                 self.received += data
                 writer.write(data)
                 await writer.drain()
@@ -980,3 +981,31 @@ def test_reencrypt_with_an_unusable_client_certificate_fails_like_a_connect() ->
         assert proxy.metrics is not None and proxy.metrics._us_fail == {"default/b:443": 1}
 
     run(go())
+
+
+def test_reencrypted_backend_closing_first_closes_the_client(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    tls = BackendTLS(policy="default/p", hostname="backend.example", ca_pem=BACKEND_CERT)
+
+    async def go() -> None:
+        backend = await TLSBackend(echo=False).start()
+        proxy, port, metrics = await start(lambda p: reencrypt_snapshot(p, backend, tls))
+        reader, writer = await asyncio.open_connection(
+            LOCAL, port, ssl=gateway_client_ctx(), server_hostname="term.example.com"
+        )
+        _opened.append(writer.close)
+        assert await reader.readline() == b"hello sni=backend.example alpn=None\n"
+        # The backend's close_notify ends the splice: the client gets gatewayd's.
+        assert await closed_by_peer(reader)
+        for _ in range(100):
+            if not proxy.tls_routes.splices:
+                break
+            await asyncio.sleep(0.01)
+        assert not proxy.tls_routes.splices and proxy.n_conns == 0
+        assert results(metrics) == {"terminate": 1}
+
+    with caplog.at_level(logging.WARNING):
+        run(go())
+    # The splice does not ask the loop's TLS transport to stay half-open.
+    assert "eof_received" not in caplog.text
