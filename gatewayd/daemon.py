@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 import signal
 import sys
@@ -22,6 +23,7 @@ from gatewayd.routing.bindings import ObjectStatus, Resolution
 from gatewayd.routing.compiled import Snapshot
 from gatewayd.routing.load import ConfigPathError
 from gatewayd.routing.status import with_listener_failures
+from gatewayd.routing.table import SNITable
 from gatewayd.watch import watch_config
 from gatewayd.workers import WorkerPool
 
@@ -70,6 +72,10 @@ class Daemon:
         self.known_problems: set[str] = set()
         self.is_ready = False
         self._reload_lock = asyncio.Lock()
+        # A reload when the first served certificate expires, so status and serving
+        # follow the certificate's validity as they would at a load (``_watch_expiry``).
+        self._expiry_timer: asyncio.TimerHandle | None = None
+        self._expiry_task: asyncio.Task[bool] | None = None
         self.tproxy: TproxyRuntime | None = None
         if options.tproxy is not None:
             from gatewayd.tproxy.runtime import TproxyRuntime
@@ -83,6 +89,32 @@ class Daemon:
 
     def status_items(self) -> list[dict[str, object]]:
         return [s.as_item() for s in self.statuses]
+
+    def _watch_expiry(self, snapshot: Snapshot) -> None:
+        """Reload just after the first served certificate expires: the listener is then
+        reported (ResolvedRefs False, InvalidCertificateRef: expired) and stops serving
+        it, as when an expired certificate is loaded."""
+        if self._expiry_timer is not None:
+            self._expiry_timer.cancel()
+            self._expiry_timer = None
+        expiry = first_certificate_expiry(snapshot)
+        if expiry is None:
+            return
+        wait = (expiry - dt.datetime.now(dt.UTC)).total_seconds() + 1.0
+        if wait <= 0:
+            return  # already past (the load's own check saw it): nothing to wait for
+        loop = asyncio.get_running_loop()
+        self._expiry_timer = loop.call_later(min(wait, MAX_EXPIRY_WAIT), self._on_expiry)
+
+    def _on_expiry(self) -> None:
+        self._expiry_timer = None
+        log.info("a served certificate expired (or a day passed): reloading to re-check")
+        self._expiry_task = asyncio.get_running_loop().create_task(self.load(initial=False))
+
+    def stop_expiry_watch(self) -> None:
+        if self._expiry_timer is not None:
+            self._expiry_timer.cancel()
+            self._expiry_timer = None
 
     def config_state(self) -> dict[str, object]:
         """The serving generation and why the last reload was refused (None: it was not)."""
@@ -181,6 +213,7 @@ class Daemon:
                     )
             resolution = with_listener_failures(resolution, listener_failures)
         self.pipeline.commit(built)
+        self._watch_expiry(built.snapshot)
         self.statuses = resolution.statuses
         self.last_error = None
         self.is_ready = True
@@ -190,6 +223,24 @@ class Daemon:
             built.snapshot.generation,
             len(self.proxy.bound()),
         )
+
+
+def first_certificate_expiry(snapshot: Snapshot) -> dt.datetime | None:
+    """When the first certificate the snapshot serves (HTTPS and TLS Terminate listeners)
+    stops being valid; None without any."""
+    times: list[dt.datetime] = []
+    for lp in snapshot.ports.values():
+        for t in lp.terminate:
+            times.extend(c.not_after for c in t.certificates)
+        for table in (lp.table, lp.tls_table):
+            if isinstance(table, SNITable):
+                for listener in table.listeners():
+                    times.extend(c.not_after for c in listener.certificates)
+    return min(times) if times else None
+
+
+# Re-armed by every load, so a far expiry is simply looked at again a day later.
+MAX_EXPIRY_WAIT = 86400.0
 
 
 async def run(options: RunOptions) -> int:
@@ -235,6 +286,7 @@ async def run(options: RunOptions) -> int:
     finally:
         if watcher is not None:
             watcher.cancel()
+        daemon.stop_expiry_watch()
         log.info("shutting down: draining for up to %.0fs", options.drain_timeout)
         if daemon.tproxy is not None:
             await daemon.tproxy.close()  # stop diverting first, then drain

@@ -613,3 +613,53 @@ def test_port_turning_from_http_to_https_is_served_with_tls(tmp_path: Path) -> N
         if daemon is not None:
             daemon.stop()
         echoes.close()
+
+
+def test_certificate_expiring_while_serving_is_reported_and_no_longer_served(
+    tmp_path: Path,
+) -> None:
+    echoes = EchoFactory()
+    daemon: Gatewayd | None = None
+    try:
+        (echo,) = echoes.start("echo")
+        port = free_port()
+        # Valid for about 5 more seconds (self_signed: validity = start + days).
+        soon = pair(
+            "short.example",
+            start=dt.datetime.now(dt.UTC) - dt.timedelta(days=1, seconds=-5),
+            days=1,
+        )
+        lasting = pair("long.example")
+        docs = [
+            gateway_class(),
+            gateway(
+                "gw",
+                [
+                    https_listener("short", port, "short.example", "short"),
+                    https_listener("long", port, "long.example", "long"),
+                ],
+            ),
+            secret("short", soon),
+            secret("long", lasting),
+            *service_docs(echo),
+            route("app", ["short", "long"], {"backendRefs": [backend_ref("echo")]}),
+        ]
+        daemon = Gatewayd(tmp_path / "d", to_yaml(docs), args=("--no-watch",))
+        assert https_get(port, "short.example", "short.example")[1].status == 200
+        assert listener_conditions(daemon, "short")["ResolvedRefs"]["status"] == "True"
+        # No file changes: the daemon reloads by itself just after the expiry.
+        cond: dict[str, object] = {}
+        for _ in deadline_loop(15.0, 0.2):
+            cond = listener_conditions(daemon, "short")["ResolvedRefs"]
+            if cond["status"] == "False":
+                break
+        assert cond["status"] == "False" and cond["reason"] == "InvalidCertificateRef", cond
+        assert "expired" in str(cond["message"]), cond
+        assert "a served certificate expired" in daemon.child.stderr.text()
+        # The expired certificate is no longer presented; the other listener serves on.
+        refused(port, "short.example", client_ctx())
+        assert https_get(port, "long.example", "long.example")[1].status == 200
+    finally:
+        if daemon is not None:
+            daemon.stop()
+        echoes.close()
