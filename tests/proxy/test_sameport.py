@@ -13,14 +13,12 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
-import socket
 import ssl
-from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any
 
 import pytest
-import uvloop
+from loop_kit import LOCAL, free_port, run
+from loop_kit import opened as _opened
 from prometheus_client import CollectorRegistry
 
 from gatewayd.pipeline import ConfigPipeline
@@ -32,33 +30,8 @@ from gatewayd.routing.table import HTTPRouteTable, SNITable
 from gatewayd.tls.certs import load_keypair, secret_manifest, self_signed
 from gatewayd.tls.context import server_context
 
-LOCAL = "127.0.0.1"
 GW_CERT, GW_KEY = self_signed(["other.example.com", "*.example.com"])
 BACKEND_CERT, BACKEND_KEY = self_signed(["abc.example.com"])
-
-_opened: list[Callable[[], Any]] = []
-
-
-def run(coro: Coroutine[Any, Any, None], timeout: float = 20.0) -> None:
-    async def bounded() -> None:
-        try:
-            async with asyncio.timeout(timeout):
-                await coro
-        finally:
-            while _opened:
-                result = _opened.pop()()
-                if asyncio.iscoroutine(result):
-                    async with asyncio.timeout(5):
-                        await result
-
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(bounded())
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((LOCAL, 0))
-        return int(s.getsockname()[1])
 
 
 def der(pem: bytes) -> bytes:

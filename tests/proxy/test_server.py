@@ -8,12 +8,13 @@ import dataclasses
 import io
 import json
 import socket
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-import uvloop
+from loop_kit import LOCAL, free_port, run
+from loop_kit import opened as _opened
 from prometheus_client import CollectorRegistry
 
 from gatewayd.proxy.accesslog import AccessLogger
@@ -32,39 +33,7 @@ from gatewayd.routing.compiled import (
     Snapshot,
 )
 
-LOCAL = "127.0.0.1"
-
 # --------------------------------------------------------------------------- harness
-
-
-# What a test opened, closed even when it fails (a loop closed with live servers and
-# transports can hang).
-_opened: list[Callable[[], Any]] = []
-
-
-def run(coro: Coroutine[Any, Any, None], timeout: float = 30.0) -> None:
-    async def bounded() -> None:
-        try:
-            async with asyncio.timeout(timeout):
-                await coro
-        finally:
-            while _opened:
-                result = _opened.pop()()
-                if asyncio.iscoroutine(result):
-                    try:
-                        async with asyncio.timeout(5):
-                            await result
-                    except Exception:  # cleanup only
-                        pass
-
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(bounded())
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((LOCAL, 0))
-        return int(s.getsockname()[1])
 
 
 class Table:

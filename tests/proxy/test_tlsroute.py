@@ -15,13 +15,12 @@ import datetime as dt
 import io
 import json
 import logging
-import socket
 import ssl
-from collections.abc import Callable, Coroutine
-from typing import Any
+from collections.abc import Callable
 
 import pytest
-import uvloop
+from loop_kit import LOCAL, free_port, run
+from loop_kit import opened as _opened
 from prometheus_client import CollectorRegistry
 
 from gatewayd.proxy import tlsroute
@@ -43,35 +42,10 @@ from gatewayd.routing.table import SNIRoute, SNITable, TLSListener
 from gatewayd.tls.certs import CertificateInfo, load_keypair, self_signed
 from gatewayd.tls.context import load_chain_from_memory
 
-LOCAL = "127.0.0.1"
 CERT, KEY = self_signed(["term.example.com"])
 GW_CERT = load_keypair(CERT, KEY, now=dt.datetime.now(dt.UTC))
 # A pair that passed no check: its key is not the certificate's.
 BAD_CERT = dataclasses.replace(GW_CERT, pem_key=self_signed(["x.example.com"])[1])
-
-_opened: list[Callable[[], Any]] = []
-
-
-def run(coro: Coroutine[Any, Any, None], timeout: float = 20.0) -> None:
-    async def bounded() -> None:
-        try:
-            async with asyncio.timeout(timeout):
-                await coro
-        finally:
-            while _opened:
-                result = _opened.pop()()
-                if asyncio.iscoroutine(result):
-                    async with asyncio.timeout(5):
-                        await result
-
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(bounded())
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((LOCAL, 0))
-        return int(s.getsockname()[1])
 
 
 def tls_snapshot(
@@ -176,6 +150,16 @@ async def closed_by_peer(reader: asyncio.StreamReader) -> bool:
         return True
 
 
+async def refused_after(port: int, first_bytes: bytes) -> bytes:
+    """Connect, send ``first_bytes`` and check that gatewayd closes the connection;
+    returns the bytes sent."""
+    reader, writer = await asyncio.open_connection(LOCAL, port)
+    _opened.append(writer.close)
+    writer.write(first_bytes)
+    assert await closed_by_peer(reader)
+    return first_bytes
+
+
 def client_hello(sni: str) -> bytes:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.check_hostname = False
@@ -234,10 +218,7 @@ def test_slow_client_hello_is_closed_after_the_timeout(monkeypatch: pytest.Monke
         proxy, port, metrics = await start(
             lambda p: tls_snapshot(p, backend.port, mode="Passthrough")
         )
-        reader, writer = await asyncio.open_connection(LOCAL, port)
-        _opened.append(writer.close)
-        writer.write(client_hello("term.example.com")[:20])
-        assert await closed_by_peer(reader)
+        await refused_after(port, client_hello("term.example.com")[:20])
         assert results(metrics) == {"timeout": 1}
         assert backend.connections == 0
         assert proxy.n_conns == 0 and not proxy.tls_routes.conns
@@ -305,10 +286,7 @@ def test_upstream_connect_failure_closes_the_client() -> None:
     async def go() -> None:
         dead = free_port()  # nothing listens there
         _, port, metrics = await start(lambda p: tls_snapshot(p, dead, mode="Passthrough"))
-        reader, writer = await asyncio.open_connection(LOCAL, port)
-        _opened.append(writer.close)
-        writer.write(client_hello("term.example.com"))
-        assert await closed_by_peer(reader)
+        await refused_after(port, client_hello("term.example.com"))
         for _ in range(50):
             if "upstream_connect_failure" in results(metrics):
                 break
@@ -331,10 +309,7 @@ def test_unusable_backend_rejects_the_connection(backend: CompiledBackend, resul
         _, port, metrics = await start(
             lambda p: tls_snapshot(p, 1, mode="Passthrough", backend=backend)
         )
-        reader, writer = await asyncio.open_connection(LOCAL, port)
-        _opened.append(writer.close)
-        writer.write(client_hello("term.example.com"))
-        assert await closed_by_peer(reader)
+        await refused_after(port, client_hello("term.example.com"))
         assert results(metrics) == {result: 1}
 
     run(go())
@@ -375,10 +350,7 @@ def test_terminate_with_unusable_certificate_closes(caplog: pytest.LogCaptureFix
         _, port, metrics = await start(
             lambda p: tls_snapshot(p, backend.port, mode="Terminate", certs=(bad,))
         )
-        reader, writer = await asyncio.open_connection(LOCAL, port)
-        _opened.append(writer.close)
-        writer.write(client_hello("term.example.com"))
-        assert await closed_by_peer(reader)
+        await refused_after(port, client_hello("term.example.com"))
         assert results(metrics) == {"bad_certificate": 1}
         assert backend.connections == 0
 
@@ -669,11 +641,7 @@ def test_unknown_sni_is_logged_as_no_route_without_upstream() -> None:
         _, port, out = await logged_start(
             lambda p: tls_snapshot(p, backend.port, mode="Passthrough")
         )
-        reader, writer = await asyncio.open_connection(LOCAL, port)
-        _opened.append(writer.close)
-        hello = client_hello("other.example.com")
-        writer.write(hello)
-        assert await closed_by_peer(reader)
+        hello = await refused_after(port, client_hello("other.example.com"))
         flags, rx, tx, _, *rest = fields(await one_line(out))
         assert (flags, rx, tx) == ("NR", str(len(hello)), "0")
         # No upstream, cluster or route; the SNI the client asked for; why it was closed.
@@ -688,11 +656,7 @@ def test_upstream_connect_failure_is_logged_with_uf() -> None:
     async def go() -> None:
         dead = free_port()  # nothing listens there
         _, port, out = await logged_start(lambda p: tls_snapshot(p, dead, mode="Passthrough"))
-        reader, writer = await asyncio.open_connection(LOCAL, port)
-        _opened.append(writer.close)
-        hello = client_hello("term.example.com")
-        writer.write(hello)
-        assert await closed_by_peer(reader)
+        hello = await refused_after(port, client_hello("term.example.com"))
         flags, rx, tx, _, *rest = fields(await one_line(out))
         assert (flags, rx, tx) == ("UF", str(len(hello)), "0")
         assert rest[5] == f'"{LOCAL}:{dead}"'  # the endpoint it tried
@@ -712,10 +676,7 @@ def test_no_ready_endpoint_is_logged_with_uh() -> None:
         _, port, out = await logged_start(
             lambda p: tls_snapshot(p, 1, mode="Passthrough", backend=empty)
         )
-        reader, writer = await asyncio.open_connection(LOCAL, port)
-        _opened.append(writer.close)
-        writer.write(client_hello("term.example.com"))
-        assert await closed_by_peer(reader)
+        await refused_after(port, client_hello("term.example.com"))
         flags, *_, details = fields(await one_line(out))
         assert (flags, details) == ("UH", '"no_healthy_upstream"')
 
@@ -769,10 +730,7 @@ def test_terminate_connection_logs_plaintext_bytes_in_json() -> None:
 def test_refused_connection_in_json() -> None:
     async def go() -> None:
         _, port, out = await logged_start(lambda p: tls_snapshot(p, 1, mode="Passthrough"), "json")
-        reader, writer = await asyncio.open_connection(LOCAL, port)
-        _opened.append(writer.close)
-        writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")  # not TLS
-        assert await closed_by_peer(reader)
+        await refused_after(port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")  # not TLS
         line = json.loads(await one_line(out))
         assert line["response_flags"] == "DPE"
         assert line["connection_termination_details"] == "bad_client_hello"
@@ -791,10 +749,7 @@ def test_access_log_off_writes_no_line(capsys: pytest.CaptureFixture[str]) -> No
             proxy = Proxy(SnapshotHolder(), ProxyOptions(access_log=access_log))
             _opened.append(proxy.close)
             assert await proxy.apply(tls_snapshot(port, 1, mode="Passthrough")) == {}
-            reader, writer = await asyncio.open_connection(LOCAL, port)
-            _opened.append(writer.close)
-            writer.write(client_hello("other.example.com"))
-            assert await closed_by_peer(reader)
+            await refused_after(port, client_hello("other.example.com"))
             for _ in range(100):
                 if proxy.n_conns == 0:
                     break

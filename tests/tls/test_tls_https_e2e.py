@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime as dt
 import http.client
-import socket
 import ssl
 import warnings
 from collections.abc import Iterator
@@ -42,6 +41,7 @@ from e2e_kit import (
     request,
     to_yaml,
 )
+from tls_e2e_kit import HttpsClient, listening_inodes
 
 from gatewayd.tls.certs import secret_manifest, self_signed
 from gatewayd.tls.context import load_chain_from_memory
@@ -125,40 +125,16 @@ def client_ctx(
     return ctx
 
 
-class TlsClient:
-    """One keep-alive HTTPS connection to 127.0.0.1:``port`` with server name ``sni``."""
+class TlsClient(HttpsClient):
+    """An ``HttpsClient`` with this module's default context (ALPN h2 and http/1.1) and
+    the SHA-256 fingerprint of the certificate the server presented."""
 
     def __init__(self, port: int, sni: str | None, ctx: ssl.SSLContext | None = None) -> None:
-        raw = socket.create_connection((LOCALHOST, port), timeout=TIMEOUT)
-        try:
-            self.tls = (ctx or client_ctx()).wrap_socket(raw, server_hostname=sni)
-        except BaseException:
-            raw.close()
-            raise
-        self.conn = http.client.HTTPConnection(LOCALHOST, port, timeout=TIMEOUT)
-        self.conn.sock = self.tls
+        super().__init__(port, sni, ctx or client_ctx(), timeout=TIMEOUT)
 
     @property
     def sha256(self) -> bytes:
-        der = self.tls.getpeercert(binary_form=True)
-        assert der is not None
-        return x509.load_der_x509_certificate(der).fingerprint(hashes.SHA256())
-
-    def get(self, host: str, path: str = "/") -> Reply:
-        self.conn.request("GET", path, headers={"Host": host})
-        resp = self.conn.getresponse()
-        body = resp.read()
-        return Reply(resp.status, list(resp.getheaders()), body, resp.will_close)
-
-    def close(self) -> None:
-        self.conn.close()
-        self.tls.close()
-
-    def __enter__(self) -> TlsClient:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+        return x509.load_der_x509_certificate(self.peer_der).fingerprint(hashes.SHA256())
 
 
 def https_get(port: int, sni: str | None, host: str, path: str = "/") -> tuple[bytes, Reply]:
@@ -189,18 +165,6 @@ def listener_conditions(daemon: Gatewayd, name: str) -> dict[str, dict[str, obje
         if ls["name"] == name:
             return conditions(ls)
     raise AssertionError(f"no listener {name} in {status}")
-
-
-def listening_inodes(port: int) -> set[str]:
-    """Inodes of the sockets listening on 127.0.0.1:``port`` (a rebind changes them)."""
-    local = f"0100007F:{port:04X}"
-    inodes = set()
-    with open("/proc/net/tcp") as f:
-        for line in f.readlines()[1:]:
-            fields = line.split()
-            if fields[1] == local and fields[3] == "0A":
-                inodes.add(fields[9])
-    return inodes
 
 
 # --------------------------------------------------------------------------- the daemon

@@ -43,6 +43,7 @@ from tls_e2e_kit import (
     client_context,
     client_hello_bytes,
     finish_handshake,
+    listening_inodes,
     make_cert,
     read_exactly,
     read_line,
@@ -51,6 +52,7 @@ from tls_e2e_kit import (
     tls_connection,
     tls_listener,
     tls_route,
+    tls_route_results,
 )
 
 pytestmark = pytest.mark.e2e
@@ -125,13 +127,6 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
         yield e
     finally:
         e.close()
-
-
-def tls_cx(daemon: Gatewayd, port: int, result: str) -> float:
-    for labels, value in prometheus_samples(daemon.metrics(), "gatewayd_tls_route_cx_total"):
-        if labels == {"listener": f"{LOCALHOST}:{port}", "result": result}:
-            return value
-    return 0.0
 
 
 # --------------------------------------------------------------------------- access log
@@ -214,12 +209,12 @@ def test_client_hello_in_one_byte_writes_and_several_records(env: Env) -> None:
 def test_no_sni_is_closed_and_no_backend_is_contacted(env: Env) -> None:
     assert env.daemon is not None
     before = (env.a.connections, env.b.connections, env.plain.connections)
-    no_sni = tls_cx(env.daemon, env.pass_port, "no_sni")
+    no_sni = tls_route_results(env.daemon, env.pass_port).get("no_sni", 0.0)
     refused(env.pass_port, None)
     for _ in deadline_loop(5):
-        if tls_cx(env.daemon, env.pass_port, "no_sni") == no_sni + 1:
+        if tls_route_results(env.daemon, env.pass_port).get("no_sni", 0.0) == no_sni + 1:
             break
-    assert tls_cx(env.daemon, env.pass_port, "no_sni") == no_sni + 1
+    assert tls_route_results(env.daemon, env.pass_port).get("no_sni", 0.0) == no_sni + 1
     assert (env.a.connections, env.b.connections, env.plain.connections) == before
 
 
@@ -229,10 +224,10 @@ def test_unknown_sni_is_closed_and_no_backend_is_contacted(env: Env) -> None:
     refused(env.pass_port, "nobody.example.org")
     refused(env.mix_port, "other.example.com")  # matches neither listener of the mixed port
     for _ in deadline_loop(5):
-        if tls_cx(env.daemon, env.mix_port, "no_route") >= 1:
+        if tls_route_results(env.daemon, env.mix_port).get("no_route", 0.0) >= 1:
             break
-    assert tls_cx(env.daemon, env.pass_port, "no_route") >= 1
-    assert tls_cx(env.daemon, env.mix_port, "no_route") >= 1
+    assert tls_route_results(env.daemon, env.pass_port).get("no_route", 0.0) >= 1
+    assert tls_route_results(env.daemon, env.mix_port).get("no_route", 0.0) >= 1
     assert (env.a.connections, env.b.connections, env.plain.connections) == before
 
 
@@ -324,8 +319,8 @@ def test_metrics_count_tls_listener_connections(env: Env) -> None:
     call(env.pass_port, "a.example.com")
     call(env.term_port, "tls.example.com")
     text = env.daemon.metrics()
-    assert tls_cx(env.daemon, env.pass_port, "passthrough") >= 1
-    assert tls_cx(env.daemon, env.term_port, "terminate") >= 1
+    assert tls_route_results(env.daemon, env.pass_port).get("passthrough", 0.0) >= 1
+    assert tls_route_results(env.daemon, env.term_port).get("terminate", 0.0) >= 1
     accepted = {
         labels["listener"]: value
         for labels, value in prometheus_samples(text, "gatewayd_downstream_cx_total")
@@ -343,18 +338,6 @@ def test_status_reports_tls_routes_accepted(env: Env) -> None:
 
 
 # --------------------------------------------------------------------------- reload
-
-
-def _listen_inode(port: int) -> str:
-    """The inode of the socket listening on 127.0.0.1:``port`` (state 0A in
-    /proc/net/tcp): the same inode after a reload means it was not bound again."""
-    local = f"0100007F:{port:04X}"
-    with open("/proc/net/tcp") as f:
-        for line in f.readlines()[1:]:
-            fields = line.split()
-            if fields[1] == local and fields[3] == "0A":
-                return fields[9]
-    raise AssertionError(f"nothing listens on 127.0.0.1:{port}")
 
 
 def test_route_change_applies_to_new_connections_and_open_splices_continue(
@@ -378,7 +361,8 @@ def test_route_change_applies_to_new_connections_and_open_splices_continue(
 
     try:
         daemon = Gatewayd(tmp_path / "gatewayd", docs("echo-a"))
-        inode = _listen_inode(port)
+        inode = listening_inodes(port)
+        assert inode, "nothing listens"
         with tls_connection(port, "r.example.com") as open_splice:
             assert read_line(open_splice).startswith("echo-a ")
             daemon.config.write_text(docs("echo-b"))
@@ -391,7 +375,7 @@ def test_route_change_applies_to_new_connections_and_open_splices_continue(
             # The connection opened before the reload still reaches echo-a.
             open_splice.sendall(b"still here\n")
             assert read_line(open_splice) == "still here\n"
-        assert _listen_inode(port) == inode
+        assert listening_inodes(port) == inode
         assert call(port, "r.example.com").greeting.startswith("echo-b ")
     finally:
         if daemon is not None:

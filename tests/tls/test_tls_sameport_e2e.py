@@ -10,8 +10,6 @@ told apart by the ClientHello's server name, the more specific listener winning.
 
 from __future__ import annotations
 
-import http.client
-import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,12 +17,10 @@ from pathlib import Path
 import pytest
 import yaml
 from e2e_kit import (
-    LOCALHOST,
     Doc,
     EchoBackend,
     EchoFactory,
     Gatewayd,
-    Reply,
     backend_ref,
     conditions,
     deadline_loop,
@@ -32,49 +28,22 @@ from e2e_kit import (
     free_port,
     gateway,
     gateway_class,
-    prometheus_samples,
     to_yaml,
 )
-from tls_e2e_kit import Cert, EchoServer, call, client_context, make_cert, refused, tls_route
+from tls_e2e_kit import (
+    Cert,
+    EchoServer,
+    HttpsClient,
+    call,
+    make_cert,
+    refused,
+    tls_route,
+    tls_route_results,
+)
 
 pytestmark = pytest.mark.e2e
 
 TIMEOUT = 5.0
-
-
-class HttpsClient:
-    """One keep-alive HTTPS connection to 127.0.0.1:``port`` with server name ``sni``."""
-
-    def __init__(self, port: int, sni: str | None) -> None:
-        raw = socket.create_connection((LOCALHOST, port), timeout=TIMEOUT)
-        try:
-            self.tls = client_context().wrap_socket(raw, server_hostname=sni)
-        except BaseException:
-            raw.close()
-            raise
-        self.conn = http.client.HTTPConnection(LOCALHOST, port, timeout=TIMEOUT)
-        self.conn.sock = self.tls
-
-    @property
-    def peer_der(self) -> bytes:
-        der = self.tls.getpeercert(binary_form=True)
-        assert der is not None
-        return der
-
-    def get(self, host: str) -> Reply:
-        self.conn.request("GET", "/", headers={"Host": host})
-        resp = self.conn.getresponse()
-        return Reply(resp.status, list(resp.getheaders()), resp.read(), resp.will_close)
-
-    def close(self) -> None:
-        self.conn.close()
-        self.tls.close()
-
-    def __enter__(self) -> HttpsClient:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def listeners(port: int, *, with_tls: bool = True) -> list[Doc]:
@@ -159,12 +128,6 @@ def daemon(setup: Setup) -> Iterator[Gatewayd]:
         d.stop()
 
 
-def tls_cx(daemon: Gatewayd, port: int) -> dict[str, float]:
-    samples = prometheus_samples(daemon.metrics(), "gatewayd_tls_route_cx_total")
-    label = f"{LOCALHOST}:{port}"
-    return {s["result"]: v for s, v in samples if s.get("listener") == label}
-
-
 def test_both_listeners_are_accepted_with_one_route_each(daemon: Gatewayd) -> None:
     status = daemon.status_of("Gateway", "gw")
     by_name = {ls["name"]: ls for ls in status["listeners"]}
@@ -196,13 +159,13 @@ def test_wildcard_sni_is_terminated_by_gatewayd(setup: Setup, daemon: Gatewayd) 
 
 
 def test_exact_sni_is_passed_through_to_the_tls_backend(setup: Setup, daemon: Gatewayd) -> None:
-    before = tls_cx(daemon, setup.port).get("passthrough", 0.0)
+    before = tls_route_results(daemon, setup.port).get("passthrough", 0.0)
     answer = call(setup.port, "abc.example.com")
     assert answer.peer_der == setup.backend_cert.der
     assert answer.greeting == "tls-echo tls sni=abc.example.com"
     assert answer.echoed == b"ping\n"
     for _ in deadline_loop(TIMEOUT):
-        if tls_cx(daemon, setup.port).get("passthrough", 0.0) == before + 1:
+        if tls_route_results(daemon, setup.port).get("passthrough", 0.0) == before + 1:
             break
     else:
         raise AssertionError(daemon.metrics())

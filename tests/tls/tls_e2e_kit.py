@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import http.client
 import socket
 import ssl
 import threading
@@ -24,7 +25,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from e2e_kit import backend_manifests
+from e2e_kit import LOCALHOST, Gatewayd, Reply, backend_manifests, prometheus_samples
 
 from gatewayd.tls.certs import load_keypair, secret_manifest, self_signed
 from gatewayd.tls.context import server_context
@@ -298,3 +299,67 @@ def bio_read_line(sock: socket.socket, obj: ssl.SSLObject, incoming: ssl.MemoryB
                 break
             incoming.write(chunk)
     return data.decode().strip()
+
+
+# --------------------------------------------------------------------------- HTTPS clients
+
+
+class HttpsClient:
+    """One keep-alive HTTPS connection to 127.0.0.1:``port`` with server name ``sni``
+    (``ctx``: the client context, by default one that accepts any certificate)."""
+
+    def __init__(
+        self, port: int, sni: str | None, ctx: ssl.SSLContext | None = None, timeout: float = 5.0
+    ) -> None:
+        raw = socket.create_connection((LOCALHOST, port), timeout=timeout)
+        try:
+            self.tls = (ctx or client_context()).wrap_socket(raw, server_hostname=sni)
+        except BaseException:
+            raw.close()
+            raise
+        self.conn = http.client.HTTPConnection(LOCALHOST, port, timeout=timeout)
+        self.conn.sock = self.tls
+
+    @property
+    def peer_der(self) -> bytes:
+        der = self.tls.getpeercert(binary_form=True)
+        assert der is not None
+        return der
+
+    def get(self, host: str, path: str = "/") -> Reply:
+        self.conn.request("GET", path, headers={"Host": host})
+        resp = self.conn.getresponse()
+        return Reply(resp.status, list(resp.getheaders()), resp.read(), resp.will_close)
+
+    def close(self) -> None:
+        self.conn.close()
+        self.tls.close()
+
+    def __enter__(self) -> HttpsClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# --------------------------------------------------------------------------- daemon state
+
+
+def listening_inodes(port: int) -> set[str]:
+    """Inodes of the sockets listening on 127.0.0.1:``port`` (state 0A in /proc/net/tcp):
+    the same inodes after a reload mean the port was not bound again."""
+    local = f"0100007F:{port:04X}"
+    inodes = set()
+    with open("/proc/net/tcp") as f:
+        for line in f.readlines()[1:]:
+            fields = line.split()
+            if fields[1] == local and fields[3] == "0A":
+                inodes.add(fields[9])
+    return inodes
+
+
+def tls_route_results(daemon: Gatewayd, port: int) -> dict[str, float]:
+    """``gatewayd_tls_route_cx_total`` of the listener port, by result."""
+    samples = prometheus_samples(daemon.metrics(), "gatewayd_tls_route_cx_total")
+    label = f"{LOCALHOST}:{port}"
+    return {s["result"]: v for s, v in samples if s.get("listener") == label}
