@@ -165,49 +165,37 @@ def _parent(ref: Mapping[str, object], route_namespace: str) -> str:
     return text if kind == "Gateway" else f"{kind}:{text}"
 
 
-def _routes(items: list[Mapping[str, object]]) -> str:
+def _per_parent(items: list[Mapping[str, object]], field: str, ref_key: str, title: str) -> str:
+    """One row per entry of ``status.<field>`` (a route's parents, a policy's
+    ancestors), or one row of dashes for an object that has none."""
     rows = []
     for item in items:
         namespace, name = _meta(item)
-        parents = _list(_map(item.get("status")).get("parents"))
-        if not parents:
+        entries = _list(_map(item.get("status")).get(field))
+        if not entries:
             rows.append([_text(namespace), name, _NONE, _NONE, _NONE])
-        for p in parents:
-            parent = _map(p)
-            conds = parent.get("conditions")
+        for e in entries:
+            entry = _map(e)
+            conds = entry.get("conditions")
             rows.append(
                 [
                     _text(namespace),
                     name,
-                    _parent(_map(parent.get("parentRef")), namespace),
+                    _parent(_map(entry.get(ref_key)), namespace),
                     _condition(conds, "Accepted"),
                     _condition(conds, "ResolvedRefs"),
                 ]
             )
-    return _table(["NAMESPACE", "NAME", "PARENTS", "ACCEPTED", "RESOLVEDREFS"], rows)
+    return _table(["NAMESPACE", "NAME", title, "ACCEPTED", "RESOLVEDREFS"], rows)
+
+
+def _routes(items: list[Mapping[str, object]]) -> str:
+    return _per_parent(items, "parents", "parentRef", "PARENTS")
 
 
 def _policies(items: list[Mapping[str, object]]) -> str:
     """One row per ancestor (a Gateway whose routes use a targeted Service)."""
-    rows = []
-    for item in items:
-        namespace, name = _meta(item)
-        ancestors = _list(_map(item.get("status")).get("ancestors"))
-        if not ancestors:
-            rows.append([_text(namespace), name, _NONE, _NONE, _NONE])
-        for a in ancestors:
-            ancestor = _map(a)
-            conds = ancestor.get("conditions")
-            rows.append(
-                [
-                    _text(namespace),
-                    name,
-                    _parent(_map(ancestor.get("ancestorRef")), namespace),
-                    _condition(conds, "Accepted"),
-                    _condition(conds, "ResolvedRefs"),
-                ]
-            )
-    return _table(["NAMESPACE", "NAME", "ANCESTORS", "ACCEPTED", "RESOLVEDREFS"], rows)
+    return _per_parent(items, "ancestors", "ancestorRef", "ANCESTORS")
 
 
 _FORMATTERS: dict[str, Callable[[list[Mapping[str, object]]], str]] = {
