@@ -6,7 +6,7 @@ import argparse
 import asyncio
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from gatewayd.pipeline import DEFAULT_ADDRESS_POOL, DEFAULT_CONTROLLER
 
@@ -28,6 +28,21 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _at_least(minimum: float, kind: type[int] | type[float]) -> Callable[[str], float]:
+    """An argparse type: a number of ``kind`` no smaller than ``minimum``."""
+
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, not {text}")
+        return value
+
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gatewayd", description="A Python Kubernetes Gateway API data plane."
@@ -42,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--drain-timeout", type=float, default=15.0, metavar="SECONDS")
     run.add_argument(
         "--workers",
-        type=int,
+        type=_at_least(1, int),
         default=None,
         metavar="N",
         help="worker processes sharing each listener (default: one per CPU)",
@@ -51,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--idle-timeout", type=float, default=60.0, metavar="SECONDS")
     run.add_argument(
         "--tcp-idle-timeout",
-        type=float,
+        type=_at_least(0, float),
         default=3600.0,
         metavar="SECONDS",
         help="close L4 splices (TLSRoute, node-local pass-through) idle this long (0: never)",
