@@ -61,6 +61,7 @@ from gatewayd.proxy.localreply import (
     DOWNSTREAM_PROTOCOL_ERROR,
     NO_HEALTHY_UPSTREAM,
     UPSTREAM_CONNECT_FAILURE,
+    UPSTREAM_PROTOCOL_ERROR,
     UPSTREAM_RESET,
     UPSTREAM_TIMEOUT,
     ReplyKind,
@@ -75,6 +76,7 @@ from gatewayd.proxy.upstream import (
     WRITE_LOW,
     UpstreamConnection,
     UpstreamPool,
+    UpstreamProtocolError,
     endpoint_key,
 )
 from gatewayd.routing.addressing import host_port
@@ -148,6 +150,7 @@ LR_NO_HEALTHY = NO_HEALTHY_UPSTREAM
 LR_CONNECT_FAIL = UPSTREAM_CONNECT_FAILURE
 LR_DNS_FAIL = DNS_RESOLUTION_FAILURE
 LR_RESET = UPSTREAM_RESET
+LR_UPSTREAM_PROTOCOL = UPSTREAM_PROTOCOL_ERROR
 LR_TIMEOUT = UPSTREAM_TIMEOUT
 LR_DIRECT = ReplyKind("NC", "invalid_backend", 500, b"no backend for this route")
 LR_INVALID = ReplyKind("NC", "invalid_backend", 500, b"invalid backend reference")
@@ -821,9 +824,12 @@ class Exchange:
         self.upstream = None
         self._cancel_try_timer()
         self.conn.resume(R_UPSTREAM)
+        # An invalid response (or a head over the limits) is the backend's protocol
+        # error, as Envoy's "upstream_reset_before_response_started{protocol_error}".
+        broken = isinstance(exc, (UpstreamProtocolError, httptools.HttpParserError))
         if self.response_started:
             # Truncated response: the client has to see the failure.
-            self.flags = "UC"
+            self.flags = LR_UPSTREAM_PROTOCOL.flag if broken else "UC"
             self._abort_downstream()
             return
         if not got_bytes and self.reused and not self.reuse_retried and self.replay is not None:
@@ -836,7 +842,7 @@ class Exchange:
         if self._can_retry():
             self._schedule_retry()
             return
-        self._local(502, LR_RESET)
+        self._local(502, LR_UPSTREAM_PROTOCOL if broken else LR_RESET)
 
     def on_upstream_fatal(self) -> None:
         try:
@@ -1558,7 +1564,13 @@ class Proxy:
         self.access: AccessLogger | None = (
             AccessLogger(options.access_log) if options.access_log else None
         )
-        self.pool = UpstreamPool(connect_timeout=options.upstream_connect_timeout, metrics=metrics)
+        self.pool = UpstreamPool(
+            connect_timeout=options.upstream_connect_timeout,
+            # Response heads get the request heads' limits, as Envoy's defaults do.
+            max_header_bytes=options.max_header_bytes,
+            max_headers=options.max_headers,
+            metrics=metrics,
+        )
         self.servers: dict[ListenKey, asyncio.AbstractServer] = {}
         # Connections of ports whose listeners are all protocol TLS (TLSRoute).
         self.tls_routes = TLSRouteListener(self)

@@ -4,17 +4,23 @@ and a keep-alive pool per endpoint.
 An ``UpstreamConnection`` serves one request at a time for the handler bound to it (the
 downstream ``Exchange``).  ``httptools.HttpResponseParser`` callbacks forward the
 response head and body chunks to the handler straight away: nothing is buffered here,
-and the handler throttles us with ``pause_reading`` when the client is slow.
+and the handler throttles us with ``pause_reading`` when the client is slow.  The one
+thing the parser holds is a response head being read; it is bounded by the same limits
+as request heads (``ProxyOptions.max_header_bytes`` / ``max_headers``), checked while
+reading, so a backend sending an endless head costs at most one read past the limit.
 
 Idle connections go back to ``UpstreamPool`` (LIFO per endpoint, so the most recently
 used, least likely to have been closed by the backend, is reused first; bounded idle
-count per endpoint).
+count per endpoint).  A connection is only reused when nothing at all arrived on it
+since its last response ended: HTTP/1.1 pairs responses with requests by order alone,
+so a stray byte would make every later response answer the wrong request.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import select
 from typing import TYPE_CHECKING, Protocol, cast
 
 import httptools
@@ -35,6 +41,11 @@ WRITE_HIGH = 128 * 1024
 WRITE_LOW = 32 * 1024
 
 MAX_IDLE_PER_ENDPOINT = 64
+
+# Response head limits when the pool is built without options: Envoy's defaults for
+# both directions (max_headers_count 100, max_response_headers_kb 60).
+MAX_HEADER_BYTES = 60 * 1024
+MAX_HEADERS = 100
 
 # (host, port, TLS settings key or "" for cleartext): a connection is only reused for
 # the same endpoint *and* the same BackendTLSPolicy / client certificate.
@@ -76,21 +87,43 @@ class UpstreamProtocolError(Exception):
     """The backend sent bytes that do not belong to a response we asked for."""
 
 
+class UpstreamHeadersTooLarge(UpstreamProtocolError):
+    """The response head is over the pool's byte or field-count limit."""
+
+
+def _has_input(fd: int) -> bool:
+    """Whether the socket ``fd`` has unread bytes, an EOF or an error pending.
+
+    One poll(2) with a zero timeout: the event loop only reads a socket on its next
+    iteration, so bytes a backend sent while its connection sat idle can still be in
+    the kernel when a request picks the connection up.  (poll, not select: descriptors
+    above FD_SETSIZE are common with thousands of connections.)"""
+    p = select.poll()
+    p.register(fd, select.POLLIN | select.POLLPRI)
+    return bool(p.poll(0))
+
+
 class UpstreamConnection(asyncio.Protocol):
     __slots__ = (
+        "_done_for",
         "_head_request",
+        "_reusable",
         "_skip_complete",
         "chunked",
         "closed",
         "done_in_feed",
+        "fd",
         "got_bytes",
         "handler",
         "has_length",
         "head_done",
+        "head_fed",
+        "head_size",
         "headers",
         "idle_since",
         "key",
         "label",
+        "n_headers",
         "parser",
         "parser_dirty",
         "pool",
@@ -119,8 +152,18 @@ class UpstreamConnection(asyncio.Protocol):
         self.chunked = False
         self.got_bytes = False
         self.done_in_feed = False
+        # The response that ended in the chunk being parsed, reported once the whole
+        # chunk is parsed (so bytes after it can still make the connection unusable).
+        self._done_for: UpstreamHandler | None = None
+        self._reusable = False
         self._head_request = False
         self._skip_complete = False
+        self.fd = -1
+        # Response head accounting (reset at every message, interim ones included):
+        # bytes fed while the head is incomplete, header bytes and fields seen.
+        self.head_fed = 0
+        self.head_size = 0
+        self.n_headers = 0
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -128,6 +171,8 @@ class UpstreamConnection(asyncio.Protocol):
         # uvloop's transports do not subclass asyncio.Transport; same interface.
         transport = cast(asyncio.Transport, transport)
         self.transport = transport
+        sock = transport.get_extra_info("socket")
+        self.fd = sock.fileno() if sock is not None else -1
         transport.set_write_buffer_limits(WRITE_HIGH, WRITE_LOW)
         self.pool.opened(self)
 
@@ -175,6 +220,14 @@ class UpstreamConnection(asyncio.Protocol):
         self.got_bytes = False
         self._head_request = head_request
         self._skip_complete = False
+        self.head_fed = 0
+        self.head_size = 0
+        self.n_headers = 0
+
+    def has_stale_input(self) -> bool:
+        """Bytes (or an EOF) arrived that no request asked for and the loop has not
+        delivered yet: the connection must not carry another request."""
+        return self.fd >= 0 and _has_input(self.fd)
 
     def write(self, data: bytes) -> None:
         self.transport.write(data)
@@ -230,8 +283,12 @@ class UpstreamConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         h = self.handler
         if h is None:
-            # Bytes on an idle connection are not an answer to anything: drop it.
+            # Bytes on an idle connection are not an answer to anything (RFC 9112 9.2:
+            # HTTP/1.1 "relies on the order of response arrival to correspond exactly
+            # to the order in which requests are made on the same connection"): close
+            # it and take it out of the pool now, not when the close completes.
             self.abort()
+            self.pool.drop_idle(self)
             return
         self.got_bytes = True
         self.done_in_feed = False
@@ -244,42 +301,71 @@ class UpstreamConnection(asyncio.Protocol):
                 and not isinstance(cause, UpstreamProtocolError)
             ):
                 log.error("upstream %s:%d: callback failed", *self.key[:2], exc_info=cause)
-            # Whoever is bound now (``h``, or the next request if ``h`` completed and
-            # the connection was reused within this same chunk) sees a broken
-            # connection: like a reset (502, or a retry if nothing was received).
-            current = self.handler
-            self.abort()
-            try:
-                if current is not None:
-                    current.on_upstream_lost(self, exc, current is h and self.head_done)
-                    if current is not h:
-                        current.on_upstream_flush()
-                h.on_upstream_flush()
-            except Exception:
-                log.exception("upstream %s:%d: error handling failed", *self.key[:2])
-                h.on_upstream_fatal()
-                if current is not None and current is not h:
-                    current.on_upstream_fatal()
+            self._broken(h, cause if isinstance(cause, UpstreamProtocolError) else exc)
             return
         try:
+            done = self._done_for
+            if done is not None:
+                # The response ended in this chunk and nothing followed it: only now is
+                # it known that the connection is clean enough to be reused.
+                self._done_for = None
+                done.on_upstream_complete(self, self._reusable and not self.closed)
+            elif not self.head_done and self.handler is h:
+                # A head arriving in pieces is held by the parser (an unterminated
+                # status or field line reaches no callback): bound it here too.
+                self.head_fed += len(data)
+                if self.head_fed > self.pool.max_header_bytes:
+                    self._broken(h, UpstreamHeadersTooLarge("response head too large"))
+                    return
             h.on_upstream_flush()
         except Exception:
             log.exception("upstream %s:%d: relaying the response failed", *self.key[:2])
             self.abort()
             h.on_upstream_fatal()
 
+    def _broken(self, h: UpstreamHandler, exc: BaseException) -> None:
+        """The backend broke the protocol while ``h`` was bound (or just after its
+        response ended): the connection is closed, never reused.  A response that was
+        complete still stands; otherwise ``h`` sees a lost connection (502, or a retry
+        if nothing was received)."""
+        done = self._done_for
+        self._done_for = None
+        self.abort()
+        try:
+            if done is not None:
+                done.on_upstream_complete(self, False)
+            else:
+                h.on_upstream_lost(self, exc, self.head_done)
+            h.on_upstream_flush()
+        except Exception:
+            log.exception("upstream %s:%d: error handling failed", *self.key[:2])
+            h.on_upstream_fatal()
+
     # httptools callbacks -------------------------------------------------------
     #
-    # ``done_in_feed``: a response completed earlier in the chunk being parsed.  The
-    # connection may already carry the next request, so anything after that point in
-    # the same chunk (a second response, a body after a HEAD response) is a protocol
+    # ``done_in_feed``: a response completed earlier in the chunk being parsed.  No
+    # request follows it on this connection yet, so anything after that point in the
+    # same chunk (a second response, a body after a HEAD response) is a protocol
     # violation, not the next answer.
 
     def on_message_begin(self) -> None:
         if self.handler is None or self.done_in_feed:
             raise UpstreamProtocolError("response without a request")
+        self.head_fed = 0
+        self.head_size = 0
+        self.n_headers = 0
+
+    def on_status(self, reason: bytes) -> None:
+        self.head_size += len(reason)
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        # The request side's limits, counted the same way (server.py on_header), also
+        # for trailer fields, which the parser holds just like head fields.
+        self.n_headers += 1
+        self.head_size += len(name) + len(value) + 4
+        pool = self.pool
+        if self.n_headers > pool.max_headers or self.head_size > pool.max_header_bytes:
+            raise UpstreamHeadersTooLarge("response header fields too large")
         if self.head_done:
             return  # trailer fields: not forwarded (we re-frame the body)
         name = name.lower()
@@ -306,6 +392,8 @@ class UpstreamConnection(asyncio.Protocol):
             self._skip_complete = True
             return
         self.head_done = True
+        self.n_headers = 0  # trailer fields get a fresh count
+        self.head_size = 0
         h.on_upstream_head(self, status, self.headers)
         if self._head_request and self.handler is h:
             # RFC 9110 9.3.2: the response to HEAD has no content, whatever its framing
@@ -332,10 +420,13 @@ class UpstreamConnection(asyncio.Protocol):
         self._finish(h)
 
     def _finish(self, h: UpstreamHandler) -> None:
-        reusable = bool(self.parser.should_keep_alive()) and not self.closed
+        # Reported by data_received once the rest of the chunk is parsed: a byte
+        # after the end of the response makes the connection unusable, and the
+        # handler must know that before it puts the connection back in the pool.
+        self._reusable = bool(self.parser.should_keep_alive())
         self.handler = None
         self.done_in_feed = True
-        h.on_upstream_complete(self, reusable)
+        self._done_for = h
 
 
 class UpstreamPool:
@@ -348,6 +439,8 @@ class UpstreamPool:
         "contexts",
         "idle",
         "mark",
+        "max_header_bytes",
+        "max_headers",
         "max_idle",
         "metrics",
         "resolver",
@@ -358,10 +451,15 @@ class UpstreamPool:
         *,
         connect_timeout: float = 5.0,
         max_idle_per_endpoint: int = MAX_IDLE_PER_ENDPOINT,
+        max_header_bytes: int = MAX_HEADER_BYTES,
+        max_headers: int = MAX_HEADERS,
         metrics: ProxyMetrics | None = None,
         resolver: Resolver | None = None,
     ) -> None:
         self.connect_timeout = connect_timeout
+        # Response head limits (bytes of names and values, field lines), per response.
+        self.max_header_bytes = max_header_bytes
+        self.max_headers = max_headers
         self.resolver = resolver if resolver is not None else Resolver()
         self.max_idle = max_idle_per_endpoint
         self.metrics = metrics
@@ -379,9 +477,16 @@ class UpstreamPool:
         stack = self.idle.get(key)
         while stack:
             conn = stack.pop()
-            if not conn.closed and not conn.transport.is_closing():
-                conn.reuses += 1
-                return conn
+            if conn.closed or conn.transport.is_closing():
+                continue
+            if conn.has_stale_input():
+                # Something arrived while it was idle (a stray response, an EOF) that
+                # the loop has not delivered yet: it would be read as the answer to
+                # the request about to be written.  One poll(2) per reuse.
+                conn.abort()
+                continue
+            conn.reuses += 1
+            return conn
         return None
 
     async def connect(
@@ -465,6 +570,10 @@ class UpstreamPool:
             self.conns.discard(conn)
             if self.metrics is not None:
                 self.metrics.upstream_cx(conn.label, -1)
+        self.drop_idle(conn)
+
+    def drop_idle(self, conn: UpstreamConnection) -> None:
+        """Take ``conn`` out of its idle stack (if it is there)."""
         stack = self.idle.get(conn.key)
         if stack and conn in stack:
             stack.remove(conn)
