@@ -127,6 +127,7 @@ class UpstreamConnection(asyncio.Protocol):
         "parser",
         "parser_dirty",
         "pool",
+        "progress",
         "read_paused",
         "retired",
         "reuses",
@@ -160,8 +161,10 @@ class UpstreamConnection(asyncio.Protocol):
         self._skip_complete = False
         self.fd = -1
         # Response head accounting (reset at every message, interim ones included):
-        # bytes fed while the head is incomplete, header bytes and fields seen.
+        # bytes fed since the parser last produced the head or body bytes (what it may
+        # be holding: a head, or a trailer section), header bytes and fields seen.
         self.head_fed = 0
+        self.progress = False
         self.head_size = 0
         self.n_headers = 0
 
@@ -292,6 +295,7 @@ class UpstreamConnection(asyncio.Protocol):
             return
         self.got_bytes = True
         self.done_in_feed = False
+        self.progress = False
         try:
             self.parser.feed_data(data)
         except Exception as exc:
@@ -310,9 +314,10 @@ class UpstreamConnection(asyncio.Protocol):
                 # it known that the connection is clean enough to be reused.
                 self._done_for = None
                 done.on_upstream_complete(self, self._reusable and not self.closed)
-            elif not self.head_done and self.handler is h:
-                # A head arriving in pieces is held by the parser (an unterminated
-                # status or field line reaches no callback): bound it here too.
+            elif not self.progress and self.handler is h and (self.chunked or not self.head_done):
+                # Nothing came out of this read: it is part of a head or of a trailer
+                # section, which the parser holds until a field line ends (an endless
+                # line reaches no callback), or chunk framing.  Bound it here too.
                 self.head_fed += len(data)
                 if self.head_fed > self.pool.max_header_bytes:
                     self._broken(h, UpstreamHeadersTooLarge("response head too large"))
@@ -394,6 +399,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.head_done = True
         self.n_headers = 0  # trailer fields get a fresh count
         self.head_size = 0
+        self.head_fed = 0
+        self.progress = True
         h.on_upstream_head(self, status, self.headers)
         if self._head_request and self.handler is h:
             # RFC 9110 9.3.2: the response to HEAD has no content, whatever its framing
@@ -406,6 +413,8 @@ class UpstreamConnection(asyncio.Protocol):
         h = self.handler
         if h is None or self.done_in_feed:
             raise UpstreamProtocolError("unexpected response body")
+        self.progress = True
+        self.head_fed = 0
         h.on_upstream_body(body)
 
     def on_message_complete(self) -> None:
