@@ -149,6 +149,13 @@ def own_response(path: bytes) -> bytes:
     return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
 
 
+def serve_own(backend: HostileBackend, sock: socket.socket) -> None:
+    """Answer every request with its own path, and note which connection answered."""
+    for head in read_request_heads(sock):
+        sock.sendall(own_response(path_of(head)))
+        backend.answered(sock)
+
+
 def start_gatewayd(gatewayd, backend: HostileBackend, args: tuple[str, ...] = ()) -> int:  # type: ignore[no-untyped-def]
     port = free_port()
     docs = [gateway_class(), gateway("gw", [listener("http", port)])]
@@ -199,12 +206,7 @@ def test_stray_response_never_answers_a_later_request(gatewayd, backends) -> Non
     as dirty before the request is written to it (on 587b9f3 every request got the
     stray response)."""
 
-    def serve(backend: HostileBackend, sock: socket.socket) -> None:
-        for head in read_request_heads(sock):
-            sock.sendall(own_response(path_of(head)))
-            backend.answered(sock)
-
-    backend = backends(serve)
+    backend = backends(serve_own)
     port = start_gatewayd(gatewayd, backend)
     # One worker (the e2e default): the daemon process itself serves the traffic.
     worker = Gatewayd.live[-1].pid
@@ -239,12 +241,7 @@ def test_stray_response_on_idle_connection_closes_it(gatewayd, backends) -> None
     pool, 20 requests each from a fresh client connection: every client gets its own
     response and the connection the stray bytes arrived on is closed, never reused."""
 
-    def serve(backend: HostileBackend, sock: socket.socket) -> None:
-        for head in read_request_heads(sock):
-            sock.sendall(own_response(path_of(head)))
-            backend.answered(sock)
-
-    backend = backends(serve)
+    backend = backends(serve_own)
     port = start_gatewayd(gatewayd, backend)
     for k in range(20):
         reply = request(port, f"/req{k}", host=HOST)
