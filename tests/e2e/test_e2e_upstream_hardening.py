@@ -62,7 +62,7 @@ class HostileBackend:
         self.port = int(self._listener.getsockname()[1])
         self.cond = threading.Condition()
         self.socks: list[socket.socket] = []
-        self.served: list[socket.socket] = []  # connections in the order they answered
+        self.served: list[socket.socket] = []  # connections in the order they answer
         self.eofs = 0  # connections gatewayd closed (EOF or reset seen by the backend)
         self._threads: list[threading.Thread] = []
         self._accept = threading.Thread(target=self._accept_loop, daemon=True)
@@ -150,10 +150,11 @@ def own_response(path: bytes) -> bytes:
 
 
 def serve_own(backend: HostileBackend, sock: socket.socket) -> None:
-    """Answer every request with its own path, and note which connection answered."""
+    """Answer every request with its own path, noting first which connection answers
+    (so a client that has its response can rely on ``served[-1]``)."""
     for head in read_request_heads(sock):
-        sock.sendall(own_response(path_of(head)))
         backend.answered(sock)
+        sock.sendall(own_response(path_of(head)))
 
 
 def start_gatewayd(gatewayd, backend: HostileBackend, args: tuple[str, ...] = ()) -> int:  # type: ignore[no-untyped-def]
