@@ -332,7 +332,9 @@ class UpstreamConnection(asyncio.Protocol):
         """The backend broke the protocol while ``h`` was bound (or just after its
         response ended): the connection is closed, never reused.  A response that was
         complete still stands; otherwise ``h`` sees a lost connection (502, or a retry
-        if nothing was received)."""
+        on a new connection when no head was received: what failed to parse may be
+        stale bytes of a reused connection).  A head over the limits is an answer, so
+        the request is not sent again."""
         done = self._done_for
         self._done_for = None
         self.abort()
@@ -340,7 +342,8 @@ class UpstreamConnection(asyncio.Protocol):
             if done is not None:
                 done.on_upstream_complete(self, False)
             else:
-                h.on_upstream_lost(self, exc, self.head_done)
+                answered = self.head_done or isinstance(exc, UpstreamHeadersTooLarge)
+                h.on_upstream_lost(self, exc, answered)
             h.on_upstream_flush()
         except Exception:
             log.exception("upstream %s:%d: error handling failed", *self.key[:2])

@@ -287,6 +287,7 @@ CASES = {
 def test_response_head_over_the_limits_is_502_upe(gatewayd, backends) -> None:  # type: ignore[no-untyped-def]
     def serve(backend: HostileBackend, sock: socket.socket) -> None:
         for head in read_request_heads(sock):
+            backend.answered(sock)
             sock.sendall(CASES[path_of(head)].response)
 
     backend = backends(serve)
@@ -306,6 +307,8 @@ def test_response_head_over_the_limits_is_502_upe(gatewayd, backends) -> None:  
         entry = json.loads(line)
         assert entry["response_code"] == case.status
         assert entry["response_flags"] == ("UPE" if case.status == 502 else "-")
+    # An oversized head is an answer: the request was not sent again elsewhere.
+    assert len(backend.served) == len(CASES)
     samples = prometheus_samples(daemon.metrics(), "gatewayd_local_reply_total")
     assert ({"reason": "upstream_protocol_error"}, 3.0) in samples, samples
 
