@@ -365,3 +365,30 @@ def test_endless_response_heads_are_cut_with_bounded_memory(gatewayd, backends, 
     assert backend.wait(lambda: backend.eofs >= 4), "gatewayd kept a hostile connection"
     growth_mib = sampler.peak_growth_kb() / 1024
     assert growth_mib < 30, f"RSS grew by {growth_mib:.1f} MiB"
+
+
+def test_early_response_before_the_request_body_is_relayed(gatewayd, backends) -> None:  # type: ignore[no-untyped-def]
+    """A backend may answer before it has read the whole request (413 here): that
+    response is the request's own, not stale bytes, and is relayed; the connection,
+    in an unknown state, is not reused."""
+
+    def serve(backend: HostileBackend, sock: socket.socket) -> None:
+        for head in read_request_heads(sock):
+            backend.answered(sock)
+            if path_of(head) == b"/upload":
+                sock.sendall(b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 3\r\n\r\nbig")
+            else:
+                sock.sendall(own_response(path_of(head)))
+
+    backend = backends(serve)
+    port = start_gatewayd(gatewayd, backend)
+    with socket.create_connection((LOCALHOST, port), timeout=10) as client:
+        client.sendall(
+            b"POST /upload HTTP/1.1\r\nHost: %s\r\nContent-Length: 100000\r\n\r\n" % HOST.encode()
+            + b"x" * 1000
+        )
+        assert read_response(client) == (413, b"big")
+        client.sendall(b"x" * 99000)  # the rest of the body, which gatewayd drops
+        client.sendall(b"GET /after HTTP/1.1\r\nHost: %s\r\n\r\n" % HOST.encode())
+        assert read_response(client) == (200, b"own:/after")
+    assert backend.connections == 2
