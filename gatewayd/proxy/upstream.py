@@ -160,9 +160,9 @@ class UpstreamConnection(asyncio.Protocol):
         self._head_request = False
         self._skip_complete = False
         self.fd = -1
-        # Response head accounting (reset at every message, interim ones included):
-        # bytes fed since the parser last produced the head or body bytes (what it may
-        # be holding: a head, or a trailer section), header bytes and fields seen.
+        # Response head accounting: bytes fed since the parser last produced a final
+        # head or body bytes (what it may be holding: a head, interim responses, a
+        # trailer section), and the header bytes and fields of the current message.
         self.head_fed = 0
         self.progress = False
         self.head_size = 0
@@ -359,7 +359,9 @@ class UpstreamConnection(asyncio.Protocol):
     def on_message_begin(self) -> None:
         if self.handler is None or self.done_in_feed:
             raise UpstreamProtocolError("response without a request")
-        self.head_fed = 0
+        # Fields are counted per message; ``head_fed`` is not reset here, so interim
+        # responses (100, 103) count towards the final head's bytes and a backend
+        # cannot keep a request waiting behind an endless stream of them.
         self.head_size = 0
         self.n_headers = 0
 

@@ -272,14 +272,19 @@ def test_response_head_limits(response: bytes, verdict: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "prefix",
+    ("prefix", "piece"),
     [
-        b"HTTP/1.1 200 OK\r\nx-endless: ",
-        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\nx-endless: ",
+        (b"HTTP/1.1 200 OK\r\nx-endless: ", b"a" * 100),
+        (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\nx-endless: ",
+            b"a" * 100,
+        ),
+        # Interim responses count towards the final head: no endless stream of them.
+        (b"", b"HTTP/1.1 100 Continue\r\nx-n: 1\r\n\r\n"),
     ],
-    ids=["head", "trailer"],
+    ids=["head", "trailer", "interim"],
 )
-def test_endless_line_arriving_in_pieces_is_cut_past_the_limit(prefix: bytes) -> None:
+def test_endless_line_arriving_in_pieces_is_cut_past_the_limit(prefix: bytes, piece: bytes) -> None:
     """Each piece is small; the parser holds them all: the per-read count stops it."""
 
     async def main() -> None:
@@ -289,11 +294,12 @@ def test_endless_line_arriving_in_pieces_is_cut_past_the_limit(prefix: bytes) ->
         rec = Recorder()
         conn.bind(rec, False)
         conn.write(b"GET / HTTP/1.1\r\nHost: be\r\n\r\n")
-        server.sendall(prefix)
+        if prefix:
+            server.sendall(prefix)
         sent = 0
         while not rec.ended.is_set() and sent < 64 * 1024:
-            server.sendall(b"a" * 100)
-            sent += 100
+            server.sendall(piece)
+            sent += len(piece)
             await asyncio.sleep(0)  # let the loop read each piece on its own
         events = await rec.wait()
         assert events[-1][:2] == ("lost", UpstreamHeadersTooLarge)
