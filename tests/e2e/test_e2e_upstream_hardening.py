@@ -204,8 +204,8 @@ def test_stray_response_never_answers_a_later_request(gatewayd, backends) -> Non
     another client connection.  The worker is stopped (SIGSTOP) while both arrive, so
     when it runs again the client's request and the stray bytes are read in the same
     event-loop iteration, the request first: the pooled connection must be recognised
-    as dirty before the request is written to it (on 587b9f3 every request got the
-    stray response)."""
+    as dirty before the request is written to it (on 587b9f3 the first such request
+    already got the stray response as its answer)."""
 
     backend = backends(serve_own)
     port = start_gatewayd(gatewayd, backend)
