@@ -146,7 +146,7 @@ def _scan(
     for c in cands:
         if c.rank >= best_rank:
             return None
-        if regex_path is not None and c.regex.fullmatch(regex_path) is None:
+        if regex_path is not None and not c.regex.fullmatch(regex_path):
             continue
         if c.method is not None and c.method != method:
             continue

@@ -28,6 +28,7 @@ from enum import Enum
 from typing import TypeVar
 
 from gatewayd.routing import model as m
+from gatewayd.routing.regex import regex_problem
 
 E = TypeVar("E", bound=Enum)
 
@@ -1024,10 +1025,12 @@ _PATH_RULES: tuple[tuple[str, str, str], ...] = (
 
 
 def _check_regex(o: Obj, key: str, pattern: str) -> None:
-    try:
-        re.compile(pattern)
-    except (re.error, RecursionError, OverflowError) as exc:
-        o.add(key, f"invalid regular expression {show(pattern)}: {exc}")
+    # Matches run on RE2 (linear time, bounded memory: regex.py), so a pattern RE2
+    # cannot compile (backreferences, lookaround, over the memory budget) is refused
+    # here, with RE2's reason, rather than silently never matching.
+    problem = regex_problem(pattern)
+    if problem is not None:
+        o.add(key, f"invalid regular expression {show(pattern)}: {problem}")
 
 
 def parse_path_match(o: Obj) -> m.HTTPPathMatch:

@@ -1,0 +1,180 @@
+"""RE2 matching for RegularExpression matches: linear time, bounded memory, RE2's
+verdict on patterns (issue 11 item 6)."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import re
+import time
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gatewayd.routing.load import load_documents
+from gatewayd.routing.regex import MAX_MEM, NEVER, Regex, RegexError, escape, regex_problem
+
+# Patterns that backtrack exponentially in Python ``re`` on a near-miss input.
+CATASTROPHIC = [r"(a+)+$", r"(a|aa)+$", r"(a|a?)+$", r"(\w+\s?)+$", r"(.*a){12}"]
+
+
+@pytest.mark.parametrize("pattern", CATASTROPHIC)
+def test_catastrophic_patterns_match_in_linear_time(pattern: str) -> None:
+    rx = Regex(pattern)
+    # 28..40 characters ending in a character that makes the whole match fail: on
+    # Python re the 28-character case of (a+)+$ alone took 7.7 s in the issue.
+    for n in (28, 34, 40):
+        assert not rx.fullmatch("a" * n + "!")
+    # 4,000 tries of the worst input: a backtracking engine could not finish one; RE2
+    # needs about 2 us each (bound 100x that, for a loaded shared machine).
+    start = time.perf_counter()
+    for _ in range(4_000):
+        rx.fullmatch("a" * 40 + "!")
+    assert time.perf_counter() - start < 1.0
+    assert rx.fullmatch("a" * 40)
+
+
+def test_fullmatch_is_anchored_at_both_ends() -> None:
+    rx = Regex(r"/v[0-9]+/items")
+    assert rx.fullmatch("/v2/items")
+    assert not rx.fullmatch("/v2/items/x")
+    assert not rx.fullmatch("x/v2/items")
+    # An alternation is anchored as a whole, not only its first branch.
+    alt = Regex(r"/a|/b")
+    assert alt.fullmatch("/b")
+    assert not alt.fullmatch("/bc")
+
+
+@pytest.mark.parametrize(
+    ("pattern", "reason"),
+    [
+        (r"(a)\1", "invalid escape sequence"),  # backreference
+        (r"/a(?=b)", "invalid perl operator"),  # lookahead
+        (r"(?<!x)/a", "invalid"),  # lookbehind
+        (r"/a\Z", "invalid escape sequence"),  # Python-only escape
+        (r"/a([", "missing"),
+        (r"a{1001}", "invalid repetition size"),
+    ],
+)
+def test_re2_rejects_what_it_cannot_run(pattern: str, reason: str) -> None:
+    with pytest.raises(RegexError, match=re.escape(reason)):
+        Regex(pattern)
+    problem = regex_problem(pattern)
+    assert problem is not None
+    assert reason in problem
+    assert "RE2" in problem
+
+
+def test_pattern_over_the_memory_budget_is_rejected() -> None:
+    # 80 alternated blocks of 1,000 any-characters: far over MAX_MEM once compiled.
+    huge = "(?:" + "|".join(f"{i}.{{1000}}" for i in range(80)) + ")"
+    problem = regex_problem(huge)
+    assert problem is not None
+    assert "pattern too large" in problem
+    assert f"{MAX_MEM // 1024} KiB" in problem
+
+
+def test_large_legal_pattern_compiles_and_matches() -> None:
+    words = [f"/w{i:04d}" for i in range(2_000)]
+    rx = Regex("(?:" + "|".join(words) + ")+")
+    assert regex_problem(rx.pattern) is None
+    assert rx.fullmatch("".join(words[::7]))
+    assert not rx.fullmatch("".join(words[::7]) + "/nope")
+
+
+def test_regex_pickles_by_pattern() -> None:
+    rx = Regex(r"/api/[a-z]+")
+    back = pickle.loads(pickle.dumps(rx))
+    assert isinstance(back, Regex)
+    assert back.pattern == rx.pattern
+    assert back.fullmatch("/api/users")
+    assert not back.fullmatch("/api/Users")
+
+
+def test_unicode_and_unencodable_text_never_raise() -> None:
+    rx = Regex("/caf\u00e9.*")
+    assert rx.fullmatch("/caf\u00e9/menu")
+    # Lone surrogates cannot be UTF-8 encoded strictly; matching must still answer.
+    assert not rx.fullmatch("/\ud800")
+    assert regex_problem("\ud800") is not None
+
+
+def test_escape_matches_the_literal() -> None:
+    text = "a.b*c(d)[e]{f}|g^h$i\\j?k+"
+    assert Regex(escape(text)).fullmatch(text)
+    assert not Regex(escape(text)).fullmatch("aXb*c(d)[e]{f}|g^h$i\\j?k+")
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=64))
+def test_never_matches_nothing(text: str) -> None:
+    assert not NEVER.fullmatch(text)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(alphabet="ab/-", max_size=24))
+def test_agrees_with_python_re_on_shared_syntax(text: str) -> None:
+    for pattern in (r"/a+(/b)?", r"(a|b)*/", r"[ab]{2,4}-?", r"/(?:ab)+/?"):
+        assert Regex(pattern).fullmatch(text) == (re.fullmatch(pattern, text) is not None)
+
+
+# --------------------------------------------------------------------------- validation
+
+M0 = "spec.rules[0].matches[0]"
+
+
+def _route(match: dict[str, Any]) -> str:
+    doc = {
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "HTTPRoute",
+        "metadata": {"name": "r", "namespace": "ns"},
+        "spec": {"parentRefs": [{"name": "gw"}], "rules": [{"matches": [match]}]},
+    }
+    return json.dumps(doc)
+
+
+@pytest.mark.parametrize(
+    ("match", "field"),
+    [
+        ({"path": {"type": "RegularExpression", "value": "/a(?=b)"}}, f"{M0}.path.value"),
+        (
+            {"headers": [{"type": "RegularExpression", "name": "x", "value": r"(a)\1"}]},
+            f"{M0}.headers[0].value",
+        ),
+        (
+            {"queryParams": [{"type": "RegularExpression", "name": "q", "value": "(?!x)"}]},
+            f"{M0}.queryParams[0].value",
+        ),
+    ],
+    ids=["path", "header", "query"],
+)
+def test_re2_invalid_pattern_is_a_route_problem(match: dict[str, Any], field: str) -> None:
+    result = load_documents([("t.yaml", _route(match))])
+    assert result.config.http_routes == ()
+    [problem] = result.problems
+    assert problem.kind == "HTTPRoute"
+    assert problem.name == "r"
+    assert problem.field == field
+    assert "invalid regular expression" in problem.message
+    assert "RE2 cannot compile it" in problem.message
+
+
+def test_grpc_method_regex_is_checked_with_re2() -> None:
+    doc = {
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "GRPCRoute",
+        "metadata": {"name": "g", "namespace": "ns"},
+        "spec": {
+            "parentRefs": [{"name": "gw"}],
+            "rules": [
+                {"matches": [{"method": {"type": "RegularExpression", "method": "(?=Get)"}}]}
+            ],
+        },
+    }
+    result = load_documents([("t.yaml", json.dumps(doc))])
+    assert result.config.grpc_routes == ()
+    [problem] = result.problems
+    assert problem.field == "spec.rules[0].matches[0].method.method"
+    assert "RE2 cannot compile it" in problem.message
