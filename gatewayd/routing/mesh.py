@@ -337,6 +337,17 @@ def resolve_mesh(
                     "TLSRoutes cannot attach to a Service in this mesh (HTTP only)",
                 )
                 continue
+            if isinstance(route, GRPCRoute):
+                # gRPC needs HTTP/2, which the mesh data plane does not speak yet: the
+                # route is refused rather than reported as serving (attach.UNSERVED_KINDS
+                # says the same for Gateway listeners).
+                verdicts[(rid, index)] = (
+                    False,
+                    UNSUPPORTED_VALUE,
+                    "GRPCRoutes cannot attach to a Service in this mesh: gRPC needs "
+                    "HTTP/2, which gatewayd does not serve yet",
+                )
+                continue
             # GEP-1426 Allowed service types: "Headless Services SHOULD NOT be supported
             # as a parentRef, because they do not implement the "frontend" functionality
             # of a service." / "Service resources with type: ExternalName SHOULD NOT be

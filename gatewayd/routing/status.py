@@ -477,6 +477,20 @@ def _evaluate_listeners(gw: Gateway, refs: _Refs) -> list[_ListenerState]:
     for s in states:
         if s.conflict is not None:
             s.accepted = _no(s.conflict.reason, s.conflict.message)
+        elif s.accepted.ok and s.listener.tls is not None and s.listener.tls.options:
+            # "Options are a list of key/value pairs to enable extended TLS configuration
+            # for each implementation ... Support: Implementation-specific"
+            # (GatewayTLSConfig.Options): gatewayd implements none.  Serving the listener
+            # without them could weaken TLS the user hardened (a minimum version, a
+            # cipher list), so it is refused: "UnsupportedValue ... the Listener uses a
+            # value for a field that is not supported by the implementation"
+            # (ListenerReasonUnsupportedValue).
+            keys = ", ".join(sorted(k for k, _ in s.listener.tls.options))
+            s.accepted = _no(
+                UNSUPPORTED_VALUE,
+                f"tls.options {keys}: gatewayd supports no TLS options yet; "
+                "remove them to serve this listener",
+            )
 
     for s in supported:
         problems = _check_certificates(gw, s, refs)
@@ -494,6 +508,9 @@ def _evaluate_listeners(gw: Gateway, refs: _Refs) -> list[_ListenerState]:
         if s.invalid_kinds:
             shown = ", ".join(f"{k.group}/{k.kind}" for k in s.invalid_kinds)
             message = f"route kinds {shown} are not supported on a {s.listener.protocol} listener"
+            why = [attach.UNSERVED_KINDS[k] for k in s.invalid_kinds if k in attach.UNSERVED_KINDS]
+            if why:
+                message = f"{message} ({'; '.join(why)})"
             if s.refs.ok:
                 s.refs = _no(INVALID_ROUTE_KINDS, message)
             else:
@@ -626,6 +643,20 @@ def _route_order(route: Route) -> tuple[str, str, str, str]:
 
 def _route_value_problem(route: Route) -> _Verdict | None:
     """Route-wide problems that make every parent refuse the route (Accepted False)."""
+    if isinstance(route, HTTPRoute | GRPCRoute):
+        sessions = [r.session_persistence for r in route.rules]
+        for i, session in enumerate(sessions):
+            if session is not None:
+                # Session persistence ("Support: Extended") is not implemented: the data
+                # plane balances every request on its own.  Serving the rule without it
+                # would break the stickiness the route asks for while status claimed it,
+                # so the route is refused like a value the implementation does not
+                # recognise: "UnsupportedValue" (RouteReasonUnsupportedValue).
+                return _no(
+                    UNSUPPORTED_VALUE,
+                    f"rules[{i}].sessionPersistence: session persistence is not supported "
+                    "by gatewayd yet; remove the field to serve this route",
+                )
     if isinstance(route, GRPCRoute):
         for i, grpc_rule in enumerate(route.rules):
             filter_lists = [(f"rules[{i}].filters", grpc_rule.filters)] + [
@@ -1029,6 +1060,9 @@ def _attach(
         # TLSRouteSpec.Hostnames says "UnsupportedValue"; the conformance test wins.
         if closest == attach.NOT_ALLOWED_KIND:
             message = f"no listener of Gateway {gw_name} accepts {route_kind.kind}s"
+            unserved = attach.UNSERVED_KINDS.get(route_kind)
+            if unserved is not None:
+                message = f"{message}: {unserved}"
         else:
             message = (
                 f"no listener of Gateway {gw_name} allows {route_kind.kind}s from namespace "
