@@ -47,11 +47,13 @@ from gatewayd.routing.model import (
     Gateway,
     GatewayClass,
     GRPCRoute,
+    HeaderMatchType,
     HTTPRoute,
     HTTPRouteFilter,
     Listener,
     Meta,
     ParentReference,
+    PathMatchType,
     Problem,
     ProtocolType,
     Route,
@@ -62,6 +64,7 @@ from gatewayd.routing.model import (
     TLSRoute,
 )
 from gatewayd.routing.refgrant import ReferenceGrants, RefFrom, RefTo
+from gatewayd.routing.regex import regex_problem
 from gatewayd.tls.certs import (
     CertificateInfo,
     InvalidCertificate,
@@ -641,8 +644,63 @@ def _route_order(route: Route) -> tuple[str, str, str, str]:
     )
 
 
+def _regex_problem(route: HTTPRoute | GRPCRoute) -> _Verdict | None:
+    """The first RegularExpression value of the route that RE2 cannot compile.
+
+    Matching runs on RE2 (linear time, bounded memory: regex.py); a pattern it rejects
+    (backreferences, lookaround, over the memory budget, bad syntax) could only never
+    match, so the route is refused with RE2's reason: "UnsupportedValue" (the dialect is
+    implementation-specific, PathMatchRegularExpression).
+    """
+    found: list[tuple[str, str]] = []  # (field path, pattern)
+    regex = HeaderMatchType.REGULAR_EXPRESSION
+    if isinstance(route, HTTPRoute):
+        for i, http_rule in enumerate(route.rules):
+            for j, http_match in enumerate(http_rule.matches):
+                where = f"rules[{i}].matches[{j}]"
+                if http_match.path.type is PathMatchType.REGULAR_EXPRESSION:
+                    found.append((f"{where}.path.value", http_match.path.value))
+                found.extend(
+                    (f"{where}.headers[{k}].value", h.value)
+                    for k, h in enumerate(http_match.headers)
+                    if h.type is regex
+                )
+                found.extend(
+                    (f"{where}.queryParams[{k}].value", q.value)
+                    for k, q in enumerate(http_match.query_params)
+                    if q.type is regex
+                )
+    else:
+        for i, grpc_rule in enumerate(route.rules):
+            for j, grpc_match in enumerate(grpc_rule.matches):
+                where = f"rules[{i}].matches[{j}]"
+                method = grpc_match.method
+                if method is not None and method.type is regex:
+                    for key, value in (("service", method.service), ("method", method.method)):
+                        if value:
+                            found.append((f"{where}.method.{key}", value))
+                found.extend(
+                    (f"{where}.headers[{k}].value", h.value)
+                    for k, h in enumerate(grpc_match.headers)
+                    if h.type is regex
+                )
+    for where, pattern in found:
+        problem = regex_problem(pattern)
+        if problem is not None:
+            shown = pattern if len(pattern) <= 80 else pattern[:76] + "..."
+            return _no(
+                UNSUPPORTED_VALUE,
+                f"{where}: invalid regular expression {shown!r}: {problem}",
+            )
+    return None
+
+
 def _route_value_problem(route: Route) -> _Verdict | None:
     """Route-wide problems that make every parent refuse the route (Accepted False)."""
+    if isinstance(route, HTTPRoute | GRPCRoute):
+        regex_verdict = _regex_problem(route)
+        if regex_verdict is not None:
+            return regex_verdict
     if isinstance(route, HTTPRoute | GRPCRoute):
         sessions = [r.session_persistence for r in route.rules]
         for i, session in enumerate(sessions):

@@ -13,8 +13,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gatewayd.routing.compile import compile_snapshot
 from gatewayd.routing.load import load_documents
 from gatewayd.routing.regex import MAX_MEM, NEVER, Regex, RegexError, escape, regex_problem
+from gatewayd.routing.status import resolve
 
 # Patterns that backtrack exponentially in Python ``re`` on a near-miss input.
 CATASTROPHIC = [r"(a+)+$", r"(a|aa)+$", r"(a|a?)+$", r"(\w+\s?)+$", r"(.*a){12}"]
@@ -120,19 +122,49 @@ def test_agrees_with_python_re_on_shared_syntax(text: str) -> None:
         assert Regex(pattern).fullmatch(text) == (re.fullmatch(pattern, text) is not None)
 
 
-# --------------------------------------------------------------------------- validation
+# --------------------------------------------------------------------------- status
 
-M0 = "spec.rules[0].matches[0]"
+M0 = "rules[0].matches[0]"
 
 
-def _route(match: dict[str, Any]) -> str:
-    doc = {
-        "apiVersion": "gateway.networking.k8s.io/v1",
-        "kind": "HTTPRoute",
-        "metadata": {"name": "r", "namespace": "ns"},
-        "spec": {"parentRefs": [{"name": "gw"}], "rules": [{"matches": [match]}]},
-    }
-    return json.dumps(doc)
+def _docs(kind: str, rule: dict[str, Any], name: str = "r") -> str:
+    docs: list[dict[str, Any]] = [
+        {
+            "apiVersion": "gateway.networking.k8s.io/v1",
+            "kind": "GatewayClass",
+            "metadata": {"name": "gatewayd"},
+            "spec": {"controllerName": "gatewayd.dev/gateway-controller"},
+        },
+        {
+            "apiVersion": "gateway.networking.k8s.io/v1",
+            "kind": "Gateway",
+            "metadata": {"name": "gw", "namespace": "ns"},
+            "spec": {
+                "gatewayClassName": "gatewayd",
+                "listeners": [{"name": "http", "port": 80, "protocol": "HTTP"}],
+            },
+        },
+        {
+            "apiVersion": "gateway.networking.k8s.io/v1",
+            "kind": kind,
+            "metadata": {"name": name, "namespace": "ns"},
+            "spec": {"parentRefs": [{"name": "gw"}], "rules": [rule]},
+        },
+    ]
+    return "\n---\n".join(json.dumps(d) for d in docs)
+
+
+def _accepted(kind: str, rule: dict[str, Any]) -> dict[str, Any]:
+    loaded = load_documents([("t.yaml", _docs(kind, rule))])
+    # Admitted: the CRD has no rule for RegularExpression values.
+    assert loaded.problems == (), [str(p) for p in loaded.problems]
+    res = resolve(loaded.config)
+    [st] = [s for s in res.statuses if s.kind == kind]
+    parents: list[dict[str, Any]] = st.status["parents"]  # type: ignore[assignment]
+    accepted: list[dict[str, Any]] = [
+        c for c in parents[0]["conditions"] if c["type"] == "Accepted"
+    ]
+    return accepted[0]
 
 
 @pytest.mark.parametrize(
@@ -150,31 +182,53 @@ def _route(match: dict[str, Any]) -> str:
     ],
     ids=["path", "header", "query"],
 )
-def test_re2_invalid_pattern_is_a_route_problem(match: dict[str, Any], field: str) -> None:
-    result = load_documents([("t.yaml", _route(match))])
-    assert result.config.http_routes == ()
-    [problem] = result.problems
-    assert problem.kind == "HTTPRoute"
-    assert problem.name == "r"
-    assert problem.field == field
-    assert "invalid regular expression" in problem.message
-    assert "RE2 cannot compile it" in problem.message
+def test_re2_invalid_pattern_refuses_the_route(match: dict[str, Any], field: str) -> None:
+    cond = _accepted("HTTPRoute", {"matches": [{"path": {"value": "/ok"}}, match]})
+    field = field.replace("matches[0]", "matches[1]")
+    assert cond["status"] == "False"
+    assert cond["reason"] == "UnsupportedValue"
+    assert cond["message"].startswith(f"{field}: invalid regular expression")
+    assert "RE2 cannot compile it" in cond["message"]
+
+
+def test_re2_valid_patterns_are_accepted() -> None:
+    cond = _accepted(
+        "HTTPRoute",
+        {
+            "matches": [
+                {
+                    "path": {"type": "RegularExpression", "value": r"/v[0-9]+/\pL+"},
+                    "headers": [{"type": "RegularExpression", "name": "x", "value": "(a+)+$"}],
+                }
+            ]
+        },
+    )
+    assert (cond["status"], cond["reason"]) == ("True", "Accepted")
 
 
 def test_grpc_method_regex_is_checked_with_re2() -> None:
-    doc = {
-        "apiVersion": "gateway.networking.k8s.io/v1",
-        "kind": "GRPCRoute",
-        "metadata": {"name": "g", "namespace": "ns"},
-        "spec": {
-            "parentRefs": [{"name": "gw"}],
-            "rules": [
-                {"matches": [{"method": {"type": "RegularExpression", "method": "(?=Get)"}}]}
-            ],
-        },
-    }
-    result = load_documents([("t.yaml", json.dumps(doc))])
-    assert result.config.grpc_routes == ()
-    [problem] = result.problems
-    assert problem.field == "spec.rules[0].matches[0].method.method"
-    assert "RE2 cannot compile it" in problem.message
+    rule = {"matches": [{"method": {"type": "RegularExpression", "method": "(?=Get)"}}]}
+    cond = _accepted("GRPCRoute", rule)
+    assert (cond["status"], cond["reason"]) == ("False", "UnsupportedValue")
+    assert cond["message"].startswith("rules[0].matches[0].method.method: invalid regular")
+    assert "RE2 cannot compile it" in cond["message"]
+
+
+def test_compiled_table_skips_nothing_valid_and_serves_re2_syntax() -> None:
+    loaded = load_documents(
+        [
+            (
+                "t.yaml",
+                _docs(
+                    "HTTPRoute",
+                    {"matches": [{"path": {"type": "RegularExpression", "value": r"/\pL+/(a+)+"}}]},
+                ),
+            )
+        ]
+    )
+    snapshot = compile_snapshot(resolve(loaded.config), generation=1)
+    [listener_port] = snapshot.ports.values()
+    table = listener_port.table
+    assert table.lookup("x", "GET", "/\u00e9t\u00e9/aaaa", "", {}) is not None
+    assert table.lookup("x", "GET", "/1/aaaa", "", {}) is None
+    assert table.lookup("x", "GET", "/abc/" + "a" * 40 + "!", "", {}) is None
