@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import pytest
 from e2e_kit import (
+    Doc,
     Gatewayd,
     MemorySampler,
     assert_condition,
@@ -51,6 +52,15 @@ class Env:
     port: int
 
 
+def _evil_route(name: str, evil_match: Doc, host: str) -> Doc:
+    """A route to the "evil" echo for ``evil_match`` on host ``<host>.redos.example``."""
+    return http_route(
+        name,
+        [rule(matches=[evil_match], backends=[backend_ref("evil")])],
+        hostnames=[f"{host}.redos.example"],
+    )
+
+
 @pytest.fixture(scope="module")
 def env(module_echoes, module_gatewayd) -> Env:  # type: ignore[no-untyped-def]
     calm, evil = module_echoes.start("calm", "evil")
@@ -61,47 +71,13 @@ def env(module_echoes, module_gatewayd) -> Env:  # type: ignore[no-untyped-def]
         *calm.manifests(),
         *evil.manifests(),
         http_route("calm", [rule(backends=[backend_ref("calm")])], hostnames=["calm.example"]),
-        http_route(
-            "redos-path",
-            [
-                rule(
-                    matches=[match(f"/{EVIL}", type="RegularExpression")],
-                    backends=[backend_ref("evil")],
-                )
-            ],
-            hostnames=["path.redos.example"],
+        _evil_route("redos-path", match(f"/{EVIL}", type="RegularExpression"), "path"),
+        _evil_route(
+            "redos-header", match("/", headers=[("RegularExpression", "x-user", EVIL)]), "header"
         ),
-        http_route(
-            "redos-header",
-            [
-                rule(
-                    matches=[match("/", headers=[("RegularExpression", "x-user", EVIL)])],
-                    backends=[backend_ref("evil")],
-                )
-            ],
-            hostnames=["header.redos.example"],
-        ),
-        http_route(
-            "redos-query",
-            [
-                rule(
-                    matches=[match("/", query=[("RegularExpression", "q", EVIL)])],
-                    backends=[backend_ref("evil")],
-                )
-            ],
-            hostnames=["query.redos.example"],
-        ),
+        _evil_route("redos-query", match("/", query=[("RegularExpression", "q", EVIL)]), "query"),
         # Lookahead: Python re compiles it, RE2 does not.
-        http_route(
-            "re2-invalid",
-            [
-                rule(
-                    matches=[match("/(?=x)abc", type="RegularExpression")],
-                    backends=[backend_ref("evil")],
-                )
-            ],
-            hostnames=["bad.example"],
-        ),
+        _evil_route("re2-invalid", match("/(?=x)abc", type="RegularExpression"), "bad"),
     ]
     return Env(module_gatewayd(docs), port)
 
@@ -198,7 +174,7 @@ def test_re2_invalid_pattern_is_reported_and_the_rest_serves(env: Env) -> None:
     assert "RE2 cannot compile it" in message
     assert "invalid perl operator" in message  # RE2's own reason
     # The refused route serves nothing; every other route serves.
-    assert request(env.port, "/xabc", host="bad.example").status == 404
+    assert request(env.port, "/xabc", host="bad.redos.example").status == 404
     assert request(env.port, "/", host="calm.example").status == 200
     for name in ("calm", "redos-path", "redos-header", "redos-query"):
         assert_condition(
