@@ -18,6 +18,7 @@ Pure module: no I/O.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Final
 
 import re2  # type: ignore[import-untyped]  # google-re2 ships no type stubs
@@ -32,6 +33,10 @@ import re2  # type: ignore[import-untyped]  # google-re2 ships no type stubs
 # still linear in the input.
 MAX_MEM: Final = 1 << 20
 
+# The binding's low-level objects (``re2._re2``), not the ``re``-like wrapper: the
+# wrapper's fullmatch builds a match object and maps byte offsets back to characters,
+# 1.8 us a call against 0.6 us for the bare RE2::Match (measured, 28-byte input); a
+# route lookup only needs a yes or no.
 _ANCHOR_BOTH: Final[Any] = re2._re2.RE2.Anchor.ANCHOR_BOTH
 _NO_MATCH: Final = (-1, -1)
 _SYNTAX_URL: Final = "https://github.com/google/re2/wiki/Syntax"
@@ -95,6 +100,44 @@ class Regex:
         return f"Regex({self.pattern!r})"
 
 
+class RegexSet:
+    """Several patterns matched against one text in a single RE2 pass (RE2::Set).
+
+    A route table holds its path regexes in precedence order; asking each in turn costs
+    one RE2 call per regex (20 regexes: 14 us a lookup against 2.4 us on Python ``re``,
+    measured), asking the set costs one call for all of them (about 1 us for 20).
+    Raises ``RegexError`` when the patterns do not fit one set's memory budget; the
+    caller then falls back to one ``Regex`` at a time.
+    """
+
+    __slots__ = ("_set", "patterns")
+
+    def __init__(self, patterns: Sequence[str]) -> None:
+        self.patterns = tuple(patterns)
+        compiled = re2._re2.Set(_ANCHOR_BOTH, _OPTIONS)
+        for pattern in self.patterns:
+            try:
+                data = pattern.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise RegexError(f"not valid Unicode text ({exc.reason})") from exc
+            if compiled.Add(data) < 0:
+                raise RegexError(f"RE2 cannot compile {pattern!r}")
+        if not compiled.Compile():
+            raise RegexError("the patterns together exceed the RE2 memory budget")
+        self._set = compiled
+
+    def matching(self, text: str) -> list[int]:
+        """Indices (into ``patterns``, ascending) of the patterns matching all of ``text``."""
+        data = text.encode("utf-8", "surrogatepass")
+        hits: list[int] = self._set.Match(data)
+        if len(hits) > 1:
+            hits.sort()
+        return hits
+
+    def __reduce__(self) -> tuple[type[RegexSet], tuple[tuple[str, ...]]]:
+        return (RegexSet, (self.patterns,))
+
+
 def regex_problem(pattern: str) -> str | None:
     """Why RE2 rejects ``pattern`` (a message for the user), or None when it compiles."""
     try:
@@ -117,4 +160,4 @@ def escape(text: str) -> str:
 # then needs no None check).  An empty character class is valid RE2 and never matches.
 NEVER: Final = Regex(r"[^\x00-\x{10FFFF}]")
 
-__all__ = ["MAX_MEM", "NEVER", "Regex", "RegexError", "escape", "regex_problem"]
+__all__ = ["MAX_MEM", "NEVER", "Regex", "RegexError", "RegexSet", "escape", "regex_problem"]

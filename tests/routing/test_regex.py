@@ -12,10 +12,19 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from route_builders import REGEX, get, http, match, rule, table
 
 from gatewayd.routing.compile import compile_snapshot
 from gatewayd.routing.load import load_documents
-from gatewayd.routing.regex import MAX_MEM, NEVER, Regex, RegexError, escape, regex_problem
+from gatewayd.routing.regex import (
+    MAX_MEM,
+    NEVER,
+    Regex,
+    RegexError,
+    RegexSet,
+    escape,
+    regex_problem,
+)
 from gatewayd.routing.status import resolve
 
 # Patterns that backtrack exponentially in Python ``re`` on a near-miss input.
@@ -120,6 +129,55 @@ def test_never_matches_nothing(text: str) -> None:
 def test_agrees_with_python_re_on_shared_syntax(text: str) -> None:
     for pattern in (r"/a+(/b)?", r"(a|b)*/", r"[ab]{2,4}-?", r"/(?:ab)+/?"):
         assert Regex(pattern).fullmatch(text) == (re.fullmatch(pattern, text) is not None)
+
+
+# --------------------------------------------------------------------------- sets
+
+# Patterns whose DFA needs many states ('a' exactly N characters before the end), the
+# case where a set's DFA cache fills up and must still answer.
+DFA_HEAVY = [f"/[ab]*a[ab]{{{n}}}" for n in (8, 15, 21)] + ["/(a+)+", "/b.*", "/[ab]{3}"]
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.text(alphabet="ab", max_size=3000).map(lambda t: "/" + t))
+def test_set_agrees_with_each_regex(text: str) -> None:
+    regex_set = RegexSet(DFA_HEAVY)
+    want = [i for i, p in enumerate(DFA_HEAVY) if Regex(p).fullmatch(text)]
+    assert regex_set.matching(text) == want
+
+
+def test_set_pickles_by_patterns() -> None:
+    regex_set = RegexSet(["/a+", "/b+", "/a.*"])
+    back = pickle.loads(pickle.dumps(regex_set))
+    assert back.patterns == regex_set.patterns
+    assert back.matching("/aaa") == [0, 2]
+    assert back.matching("/c") == []
+
+
+def _big(tag: str) -> str:
+    # Fits MAX_MEM alone (each '.' is several UTF-8 instructions), but two do not fit
+    # one set.
+    return f"/{tag}(?:" + "|".join(f"{i}.{{1000}}" for i in range(5)) + ")"
+
+
+def test_set_over_budget_is_refused_and_the_table_asks_each_regex() -> None:
+    assert regex_problem(_big("a")) is None
+    with pytest.raises(RegexError, match="memory budget"):
+        RegexSet([_big("a"), _big("b")])
+    t = table(
+        http("big-a", rule(match(_big("a"), REGEX))), http("big-b", rule(match(_big("b"), REGEX)))
+    )
+    assert get(t, "/b3" + "x" * 1000) == "big-b/0"
+    assert get(t, "/a0" + "x" * 1000) == "big-a/0"
+    assert get(t, "/a0" + "x" * 999) is None
+
+
+def test_table_with_many_regexes_matches_like_one_at_a_time() -> None:
+    routes = [http(f"r{i}", rule(match(f"/api/v{i}/[a-z]+/[0-9]+", REGEX))) for i in range(20)]
+    t = table(*routes)
+    assert get(t, "/api/v7/users/12") == "r7/0"
+    assert get(t, "/api/v19/users/12") == "r19/0"
+    assert get(t, "/api/v7/Users/12") is None
 
 
 # --------------------------------------------------------------------------- status
