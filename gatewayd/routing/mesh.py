@@ -80,7 +80,8 @@ REF_NOT_PERMITTED: Final = "RefNotPermitted"
 CONFLICTED: Final = "Conflicted"
 
 # GEP-1426: "Route type specificity is defined in the following order (first one wins):
-# GRPCRoute, HTTPRoute, TLSRoute, TCPRoute".
+# GRPCRoute, HTTPRoute, TLSRoute, TCPRoute".  GRPCRoutes are refused before ranking
+# until the mesh speaks HTTP/2 (resolve_mesh), so today only HTTPRoutes get here.
 _KIND_RANK: Final = {"GRPCRoute": 0, "HTTPRoute": 1}
 
 RouteId = tuple[str, str, str]  # (kind, namespace, name)
