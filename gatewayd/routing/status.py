@@ -701,7 +701,6 @@ def _route_value_problem(route: Route) -> _Verdict | None:
         regex_verdict = _regex_problem(route)
         if regex_verdict is not None:
             return regex_verdict
-    if isinstance(route, HTTPRoute | GRPCRoute):
         sessions = [r.session_persistence for r in route.rules]
         for i, session in enumerate(sessions):
             if session is not None:
