@@ -334,7 +334,7 @@ def _mutated(draw: st.DrawFn) -> list[dict[str, Any]]:
 
 
 @settings(
-    max_examples=120,
+    max_examples=100,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
@@ -343,7 +343,7 @@ def test_mutated_manifests_never_raise(docs: list[dict[str, Any]]) -> None:
     _run(yaml.safe_dump_all(docs, allow_unicode=True))
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     cut=st.floats(min_value=0.0, max_value=1.0),
     splice=st.text(max_size=30),
