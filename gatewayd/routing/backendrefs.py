@@ -43,11 +43,18 @@ UNSUPPORTED_PROTOCOL: Final = "UnsupportedProtocol"
 
 # appProtocols the data plane cannot speak to a backend, per route kind.  The upstream
 # side is HTTP/1.1 only, so an HTTPRoute backend that asks for cleartext HTTP/2 is
-# refused: "If a Route is not able to send traffic to the backend using the specified
-# protocol then the backend is considered invalid. Implementations MUST set the
-# "ResolvedRefs" condition to "False" with the "UnsupportedProtocol" reason." (BackendRef)
-UNSUPPORTED_APP_PROTOCOLS: Mapping[str, frozenset[str]] = {
-    "HTTPRoute": frozenset({"kubernetes.io/h2c"}),
+# refused, and so is one that asks for WebSocket (KEP-3726 "kubernetes.io/ws" and
+# "kubernetes.io/wss"): the proxy does not forward an Upgrade, so the client would get
+# a plain response instead of 101 Switching Protocols.  "If a Route is not able to send
+# traffic to the backend using the specified protocol then the backend is considered
+# invalid. Implementations MUST set the "ResolvedRefs" condition to "False" with the
+# "UnsupportedProtocol" reason." (BackendRef)
+UNSUPPORTED_APP_PROTOCOLS: Mapping[str, Mapping[str, str]] = {
+    "HTTPRoute": {
+        "kubernetes.io/h2c": "gatewayd speaks HTTP/1.1 to backends",
+        "kubernetes.io/ws": "gatewayd does not forward WebSocket upgrades yet",
+        "kubernetes.io/wss": "gatewayd does not forward WebSocket upgrades yet",
+    },
 }
 
 
@@ -123,13 +130,16 @@ class BackendResolver:
             )
         endpoints, slice_app_protocol, fqdn = self._endpoints(service, service_port)
         app_protocol = service_port.app_protocol or slice_app_protocol
-        if app_protocol is not None and app_protocol in UNSUPPORTED_APP_PROTOCOLS.get(
-            route_kind, frozenset()
-        ):
+        why = (
+            UNSUPPORTED_APP_PROTOCOLS.get(route_kind, {}).get(app_protocol)
+            if app_protocol is not None
+            else None
+        )
+        if why is not None:
             return invalid(
                 UNSUPPORTED_PROTOCOL,
                 f"backendRef Service {key.namespace}/{key.name} port {key.port}: appProtocol "
-                f"{app_protocol!r} is not supported for {route_kind} backends",
+                f"{app_protocol!r} is not supported for {route_kind} backends ({why})",
             )
         return key, BackendTarget(
             name=name, endpoints=endpoints, app_protocol=app_protocol, fqdn=fqdn

@@ -2,15 +2,15 @@
 
 A candidate holds everything ``RouteTable.lookup`` needs to test one HTTPRouteMatch (or
 a GRPCRouteMatch translated to a path match) without touching the model: the path
-test, the method, header and query conditions with regexes precompiled, its
-precedence key and the preallocated ``RouteHit`` returned on success.
+test, the method, header and query conditions with regexes precompiled (RE2, linear
+time: ``regex.py``), its precedence key and the preallocated ``RouteHit`` returned on
+success.
 
 Pure module: no I/O.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from urllib.parse import unquote_plus
 
@@ -32,6 +32,7 @@ from gatewayd.routing.precedence import (
     unique_header_names,
     unique_query_names,
 )
+from gatewayd.routing.regex import NEVER, Regex, RegexError, escape
 
 PATH_EXACT = 0
 PATH_PREFIX = 1
@@ -43,20 +44,17 @@ _PATH_KIND_NAMES = {PATH_EXACT: "Exact", PATH_PREFIX: "PathPrefix", PATH_REGEX: 
 # Header names are lower-case (the data plane hands lower-case names); query names are
 # kept as written: "Name is the name of the HTTP query param to be matched. This must be
 # an exact string match."
-ValueCondition = tuple[str, str | None, re.Pattern[str] | None]
-
-
-NEVER = re.compile(r"(?!)")  # matches nothing
+ValueCondition = tuple[str, str | None, Regex | None]
 
 
 class InvalidMatch(ValueError):
-    """A regular expression of a match does not compile with Python ``re``."""
+    """A regular expression of a match does not compile with RE2."""
 
 
-def _compile_regex(pattern: str, what: str) -> re.Pattern[str]:
+def _compile_regex(pattern: str, what: str) -> Regex:
     try:
-        return re.compile(pattern)
-    except re.error as exc:
+        return Regex(pattern)
+    except RegexError as exc:
         raise InvalidMatch(f"{what}: invalid regular expression {pattern!r}: {exc}") from exc
 
 
@@ -95,7 +93,7 @@ def values_hold(conditions: tuple[ValueCondition, ...], values: Mapping[str, str
         if rx is None:
             if got != exact:
                 return False
-        elif rx.fullmatch(got) is None:
+        elif not rx.fullmatch(got):
             return False
     return True
 
@@ -209,7 +207,7 @@ def compile_http_match(
     rule: CompiledRule,
     listener_name: str,
 ) -> Candidate:
-    """Raises ``InvalidMatch`` for a regex Python cannot compile."""
+    """Raises ``InvalidMatch`` for a regex RE2 cannot compile."""
     ptype = match.path.type
     prefix: str | None = None
     if ptype is PathMatchType.EXACT:
@@ -269,7 +267,7 @@ def grpc_path_match(match: GRPCRouteMatch | None) -> tuple[int, str]:
     if service:
         return PATH_PREFIX, f"/{service}"
     if method:
-        return PATH_REGEX, f"/[^/]+/{re.escape(method)}"
+        return PATH_REGEX, f"/[^/]+/{escape(method)}"
     return PATH_PREFIX, ""
 
 
@@ -282,7 +280,7 @@ def compile_grpc_match(
     rule: CompiledRule,
     listener_name: str,
 ) -> Candidate:
-    """Raises ``InvalidMatch`` for a regex Python cannot compile."""
+    """Raises ``InvalidMatch`` for a regex RE2 cannot compile."""
     kind, path = grpc_path_match(match)
     headers = _header_conditions(match.headers) if match is not None else ()
     summary: dict[str, object] = {"path": {"type": _PATH_KIND_NAMES[kind], "value": path or "/"}}

@@ -80,7 +80,8 @@ REF_NOT_PERMITTED: Final = "RefNotPermitted"
 CONFLICTED: Final = "Conflicted"
 
 # GEP-1426: "Route type specificity is defined in the following order (first one wins):
-# GRPCRoute, HTTPRoute, TLSRoute, TCPRoute".
+# GRPCRoute, HTTPRoute, TLSRoute, TCPRoute".  GRPCRoutes are refused before ranking
+# until the mesh speaks HTTP/2 (resolve_mesh), so today only HTTPRoutes get here.
 _KIND_RANK: Final = {"GRPCRoute": 0, "HTTPRoute": 1}
 
 RouteId = tuple[str, str, str]  # (kind, namespace, name)
@@ -335,6 +336,17 @@ def resolve_mesh(
                     False,
                     UNSUPPORTED_VALUE,
                     "TLSRoutes cannot attach to a Service in this mesh (HTTP only)",
+                )
+                continue
+            if isinstance(route, GRPCRoute):
+                # gRPC needs HTTP/2, which the mesh data plane does not speak yet: the
+                # route is refused rather than reported as serving (attach.UNSERVED_KINDS
+                # says the same for Gateway listeners).
+                verdicts[(rid, index)] = (
+                    False,
+                    UNSUPPORTED_VALUE,
+                    "GRPCRoutes cannot attach to a Service in this mesh: gRPC needs "
+                    "HTTP/2, which gatewayd does not serve yet",
                 )
                 continue
             # GEP-1426 Allowed service types: "Headless Services SHOULD NOT be supported

@@ -47,11 +47,13 @@ from gatewayd.routing.model import (
     Gateway,
     GatewayClass,
     GRPCRoute,
+    HeaderMatchType,
     HTTPRoute,
     HTTPRouteFilter,
     Listener,
     Meta,
     ParentReference,
+    PathMatchType,
     Problem,
     ProtocolType,
     Route,
@@ -62,6 +64,7 @@ from gatewayd.routing.model import (
     TLSRoute,
 )
 from gatewayd.routing.refgrant import ReferenceGrants, RefFrom, RefTo
+from gatewayd.routing.regex import regex_problem
 from gatewayd.tls.certs import (
     CertificateInfo,
     InvalidCertificate,
@@ -477,6 +480,20 @@ def _evaluate_listeners(gw: Gateway, refs: _Refs) -> list[_ListenerState]:
     for s in states:
         if s.conflict is not None:
             s.accepted = _no(s.conflict.reason, s.conflict.message)
+        elif s.accepted.ok and s.listener.tls is not None and s.listener.tls.options:
+            # "Options are a list of key/value pairs to enable extended TLS configuration
+            # for each implementation ... Support: Implementation-specific"
+            # (GatewayTLSConfig.Options): gatewayd implements none.  Serving the listener
+            # without them could weaken TLS the user hardened (a minimum version, a
+            # cipher list), so it is refused: "UnsupportedValue ... the Listener uses a
+            # value for a field that is not supported by the implementation"
+            # (ListenerReasonUnsupportedValue).
+            keys = ", ".join(sorted(k for k, _ in s.listener.tls.options))
+            s.accepted = _no(
+                UNSUPPORTED_VALUE,
+                f"tls.options {keys}: gatewayd supports no TLS options yet; "
+                "remove them to serve this listener",
+            )
 
     for s in supported:
         problems = _check_certificates(gw, s, refs)
@@ -494,6 +511,9 @@ def _evaluate_listeners(gw: Gateway, refs: _Refs) -> list[_ListenerState]:
         if s.invalid_kinds:
             shown = ", ".join(f"{k.group}/{k.kind}" for k in s.invalid_kinds)
             message = f"route kinds {shown} are not supported on a {s.listener.protocol} listener"
+            why = [attach.UNSERVED_KINDS[k] for k in s.invalid_kinds if k in attach.UNSERVED_KINDS]
+            if why:
+                message = f"{message} ({'; '.join(why)})"
             if s.refs.ok:
                 s.refs = _no(INVALID_ROUTE_KINDS, message)
             else:
@@ -624,8 +644,76 @@ def _route_order(route: Route) -> tuple[str, str, str, str]:
     )
 
 
+def _regex_problem(route: HTTPRoute | GRPCRoute) -> _Verdict | None:
+    """The first RegularExpression value of the route that RE2 cannot compile.
+
+    Matching runs on RE2 (linear time, bounded memory: regex.py); a pattern it rejects
+    (backreferences, lookaround, over the memory budget, bad syntax) could only never
+    match, so the route is refused with RE2's reason: "UnsupportedValue" (the dialect is
+    implementation-specific, PathMatchRegularExpression).
+    """
+    found: list[tuple[str, str]] = []  # (field path, pattern)
+    regex = HeaderMatchType.REGULAR_EXPRESSION
+    if isinstance(route, HTTPRoute):
+        for i, http_rule in enumerate(route.rules):
+            for j, http_match in enumerate(http_rule.matches):
+                where = f"rules[{i}].matches[{j}]"
+                if http_match.path.type is PathMatchType.REGULAR_EXPRESSION:
+                    found.append((f"{where}.path.value", http_match.path.value))
+                found.extend(
+                    (f"{where}.headers[{k}].value", h.value)
+                    for k, h in enumerate(http_match.headers)
+                    if h.type is regex
+                )
+                found.extend(
+                    (f"{where}.queryParams[{k}].value", q.value)
+                    for k, q in enumerate(http_match.query_params)
+                    if q.type is regex
+                )
+    else:
+        for i, grpc_rule in enumerate(route.rules):
+            for j, grpc_match in enumerate(grpc_rule.matches):
+                where = f"rules[{i}].matches[{j}]"
+                method = grpc_match.method
+                if method is not None and method.type is regex:
+                    for key, value in (("service", method.service), ("method", method.method)):
+                        if value:
+                            found.append((f"{where}.method.{key}", value))
+                found.extend(
+                    (f"{where}.headers[{k}].value", h.value)
+                    for k, h in enumerate(grpc_match.headers)
+                    if h.type is regex
+                )
+    for where, pattern in found:
+        problem = regex_problem(pattern)
+        if problem is not None:
+            shown = pattern if len(pattern) <= 80 else pattern[:76] + "..."
+            return _no(
+                UNSUPPORTED_VALUE,
+                f"{where}: invalid regular expression {shown!r}: {problem}",
+            )
+    return None
+
+
 def _route_value_problem(route: Route) -> _Verdict | None:
     """Route-wide problems that make every parent refuse the route (Accepted False)."""
+    if isinstance(route, HTTPRoute | GRPCRoute):
+        regex_verdict = _regex_problem(route)
+        if regex_verdict is not None:
+            return regex_verdict
+        sessions = [r.session_persistence for r in route.rules]
+        for i, session in enumerate(sessions):
+            if session is not None:
+                # Session persistence ("Support: Extended") is not implemented: the data
+                # plane balances every request on its own.  Serving the rule without it
+                # would break the stickiness the route asks for while status claimed it,
+                # so the route is refused like a value the implementation does not
+                # recognise: "UnsupportedValue" (RouteReasonUnsupportedValue).
+                return _no(
+                    UNSUPPORTED_VALUE,
+                    f"rules[{i}].sessionPersistence: session persistence is not supported "
+                    "by gatewayd yet; remove the field to serve this route",
+                )
     if isinstance(route, GRPCRoute):
         for i, grpc_rule in enumerate(route.rules):
             filter_lists = [(f"rules[{i}].filters", grpc_rule.filters)] + [
@@ -1029,6 +1117,9 @@ def _attach(
         # TLSRouteSpec.Hostnames says "UnsupportedValue"; the conformance test wins.
         if closest == attach.NOT_ALLOWED_KIND:
             message = f"no listener of Gateway {gw_name} accepts {route_kind.kind}s"
+            unserved = attach.UNSERVED_KINDS.get(route_kind)
+            if unserved is not None:
+                message = f"{message}: {unserved}"
         else:
             message = (
                 f"no listener of Gateway {gw_name} allows {route_kind.kind}s from namespace "

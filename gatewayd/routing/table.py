@@ -44,6 +44,7 @@ from gatewayd.routing.match import (
     values_hold,
 )
 from gatewayd.routing.precedence import hostname_rank, is_wildcard
+from gatewayd.routing.regex import RegexError, RegexSet
 
 if TYPE_CHECKING:
     from gatewayd.tls.certs import CertificateInfo
@@ -98,7 +99,15 @@ class HostGroup:
     order; ``Candidate.rank`` orders candidates across lists.
     """
 
-    __slots__ = ("candidates", "exact", "hostname", "max_prefix_len", "prefixes", "regexes")
+    __slots__ = (
+        "candidates",
+        "exact",
+        "hostname",
+        "max_prefix_len",
+        "prefixes",
+        "regex_set",
+        "regexes",
+    )
 
     def __init__(self, hostname: str | None, candidates: Iterable[Candidate]) -> None:
         self.hostname = hostname
@@ -116,6 +125,14 @@ class HostGroup:
         self.exact = {k: tuple(v) for k, v in exact.items()}
         self.prefixes = {k: tuple(v) for k, v in prefixes.items()}
         self.regexes = tuple(regexes)
+        # Two or more regexes are asked in one RE2 pass (RegexSet); should they not fit
+        # one set's memory budget, each is asked in turn.
+        self.regex_set: RegexSet | None = None
+        if len(regexes) > 1:
+            try:
+                self.regex_set = RegexSet([c.path for c in regexes])
+            except RegexError:
+                self.regex_set = None
         self.max_prefix_len = max((len(k) for k in prefixes), default=-1)
 
     def to_json(self) -> dict[str, object]:
@@ -146,7 +163,7 @@ def _scan(
     for c in cands:
         if c.rank >= best_rank:
             return None
-        if regex_path is not None and c.regex.fullmatch(regex_path) is None:
+        if regex_path is not None and not c.regex.fullmatch(regex_path):
             continue
         if c.method is not None and c.method != method:
             continue
@@ -245,8 +262,27 @@ class HTTPRouteTable:
             best = _scan(cands, best_rank, None, method, headers, query, params)
             if best is not None:
                 best_rank = best.rank
-        if group.regexes:
-            found = _scan(group.regexes, best_rank, path, method, headers, query, params)
+        regexes = group.regexes
+        if regexes and regexes[0].rank < best_rank:
+            regex_set = group.regex_set
+            if regex_set is None:
+                found = _scan(regexes, best_rank, path, method, headers, query, params)
+            else:
+                # One RE2 pass says which regexes match; only those are scanned.
+                hits = regex_set.matching(path)
+                found = (
+                    _scan(
+                        tuple(regexes[i] for i in hits),
+                        best_rank,
+                        None,
+                        method,
+                        headers,
+                        query,
+                        params,
+                    )
+                    if hits
+                    else None
+                )
             if found is not None:
                 best, best_rank = found, found.rank
         max_len = group.max_prefix_len

@@ -1023,22 +1023,17 @@ _PATH_RULES: tuple[tuple[str, str, str], ...] = (
 )
 
 
-def _check_regex(o: Obj, key: str, pattern: str) -> None:
-    try:
-        re.compile(pattern)
-    except (re.error, RecursionError, OverflowError) as exc:
-        o.add(key, f"invalid regular expression {show(pattern)}: {exc}")
-
-
 def parse_path_match(o: Obj) -> m.HTTPPathMatch:
     ptype = o.enum_("type", m.PathMatchType) or m.PathMatchType.PATH_PREFIX
     # Default: value "/"; an invalid value (already reported) reads as "/" too.
     value = o.str_("value", max_len=1024)
     if value is None:
         value = "/"
-    if ptype is m.PathMatchType.REGULAR_EXPRESSION:
-        _check_regex(o, "value", value)
-    else:
+    # RegularExpression values have no CRD rule ("implementations can support POSIX,
+    # PCRE, RE2 or any other regular expression dialect"), so the API server admits any
+    # string: a pattern RE2 cannot compile is reported on the route's status instead
+    # (status._regex_problem), where the user sees it, and the rest keeps serving.
+    if ptype is not m.PathMatchType.REGULAR_EXPRESSION:
         where = o.at("value")
         # CEL: "value must be an absolute path and start with '/' when type one of
         # ['Exact', 'PathPrefix']", then the '//', '/./', ... rules.
@@ -1064,9 +1059,9 @@ def _header_matches(o: Obj, key: str, *, value_max: int) -> tuple[m.HTTPHeaderMa
     out: list[m.HTTPHeaderMatch] = []
     for h in items:
         htype = h.enum_("type", m.HeaderMatchType) or m.HeaderMatchType.EXACT
+        # A RegularExpression value is checked by the status computation (see
+        # parse_path_match).
         value = h.str_("value", required=True, min_len=1, max_len=value_max) or ""
-        if htype is m.HeaderMatchType.REGULAR_EXPRESSION and value:
-            _check_regex(h, "value", value)
         out.append(
             m.HTTPHeaderMatch(
                 type=htype,
@@ -1280,10 +1275,8 @@ def parse_grpc_method(o: Obj) -> m.GRPCMethodMatch:
     # CEL: "One or both of 'service' or 'method' must be specified".
     if not o.has("service") and not o.has("method"):
         o.add("", "one or both of service or method must be specified")
-    if not exact:
-        for key, value in (("service", service), ("method", method)):
-            if value is not None:
-                _check_regex(o, key, value)
+    # RegularExpression service/method values are checked by the status computation
+    # (see parse_path_match).
     return m.GRPCMethodMatch(type=mtype, service=service, method=method)
 
 

@@ -200,16 +200,23 @@ def test_invalid_parents_get_the_spec_reasons() -> None:
     assert hit is not None and hit.rule.direct_status == 500
 
 
-def test_grpcroute_wins_over_httproute_on_the_same_port() -> None:
+def test_grpcroute_is_refused_and_does_not_shadow_the_httproute() -> None:
+    # GEP-1426 would let a GRPCRoute win over an HTTPRoute on the same port, but gRPC
+    # needs HTTP/2, which the mesh does not speak: the GRPCRoute is refused and the
+    # HTTPRoute serves.
     grpc = GRPCRoute(
         meta=meta("g", "store"),
         parent_refs=(sp(port=8080),),
         rules=(GRPCRouteRule(backend_refs=(backend("v2", 8080),)),),
     )
     http = http_route("h", sp(port=8080), namespace="store", backends=[backend("v1", 8080)])
-    res, _ = snap(*world(grpc, http))
-    assert cond(parent_status(res, "h", "store"), "Accepted") == ("False", "Conflicted")
-    assert cond(parent_status(res, "g", "store", kind="GRPCRoute"), "Accepted")[0] == "True"
+    res, snapshot = snap(*world(grpc, http))
+    assert cond(parent_status(res, "h", "store"), "Accepted") == ("True", "Accepted")
+    grpc_parent = parent_status(res, "g", "store", kind="GRPCRoute")
+    assert cond(grpc_parent, "Accepted") == ("False", "UnsupportedValue")
+    accepted = next(c for c in grpc_parent["conditions"] if c["type"] == "Accepted")
+    assert "HTTP/2" in accepted["message"]
+    assert backend_of(snapshot, STORE_IP, 8080, CLIENT_SHOP) == "store/v1:8080"
 
 
 def test_hostnames_are_ignored_for_mesh_routes() -> None:

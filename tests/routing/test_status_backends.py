@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import pytest
 from status_builders import backend, config, endpoint_slice, gateway, http_route, service
 
 from gatewayd.routing.bindings import BackendKey, BackendTarget, EndpointAddress
@@ -97,14 +98,32 @@ def test_app_protocol_from_service_port_then_slice_port() -> None:
     svc = service(ports=[ServicePort(name="http", port=8080, app_protocol="http")])
     assert target(svc).app_protocol == "http"
     es = endpoint_slice(
-        "s1", ports=[EndpointPort(name="http", port=3000, app_protocol="kubernetes.io/ws")]
+        "s1", ports=[EndpointPort(name="http", port=3000, app_protocol="example.com/http1")]
     )
-    assert target(service(), es).app_protocol == "kubernetes.io/ws"
+    assert target(service(), es).app_protocol == "example.com/http1"
 
 
-def test_h2c_backend_is_unsupported_protocol_for_http_routes() -> None:
-    svc = service(ports=[ServicePort(name="http", port=8080, app_protocol="kubernetes.io/h2c")])
-    assert target(svc).invalid == "UnsupportedProtocol"
+@pytest.mark.parametrize(
+    ("app_protocol", "why"),
+    [
+        ("kubernetes.io/h2c", "HTTP/1.1"),
+        ("kubernetes.io/ws", "WebSocket upgrades"),
+        ("kubernetes.io/wss", "WebSocket upgrades"),
+    ],
+)
+def test_unserved_app_protocols_are_unsupported_protocol_for_http_routes(
+    app_protocol: str, why: str
+) -> None:
+    svc = service(ports=[ServicePort(name="http", port=8080, app_protocol=app_protocol)])
+    t = target(svc)
+    assert t.invalid == "UnsupportedProtocol"
+    assert app_protocol in t.message
+    assert why in t.message
+    # The same from an EndpointSlice port when the Service port leaves it out.
+    es = endpoint_slice(
+        "s1", ports=[EndpointPort(name="http", port=3000, app_protocol=app_protocol)]
+    )
+    assert target(service(), es).invalid == "UnsupportedProtocol"
 
 
 def test_invalid_references() -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -39,12 +40,16 @@ from gatewayd.routing.model import (
     FilterType,
     FromNamespaces,
     GatewayAddress,
+    GRPCRoute,
+    GRPCRouteRule,
     HTTPRouteFilter,
     LabelSelector,
     LabelSelectorRequirement,
     LocalObjectReference,
     Meta,
     SecretObjectReference,
+    ServicePort,
+    SessionPersistence,
     Source,
     TLSRoute,
     TLSRouteRule,
@@ -151,6 +156,36 @@ def route_problems() -> Config:
     )
 
 
+def unserved_features() -> Config:
+    """Features the data plane does not serve yet, each reported instead of claimed:
+    GRPCRoute (no HTTP/2), sessionPersistence, WebSocket backends, listener tls.options."""
+    sticky = http_route("sticky", parent("gw"), backends=[backend()])
+    sticky = replace(
+        sticky,
+        rules=(replace(sticky.rules[0], session_persistence=SessionPersistence(type="Cookie")),),
+    )
+    hardened = replace(terminate("cert"), options=(("example.com/min-tls-version", "1.3"),))
+    return config(
+        gateway(
+            "gw",
+            listener("http", 80),
+            listener("grpc-only", 8080, kinds=["GRPCRoute", "HTTPRoute"]),
+            listener("https", 443, "HTTPS", hostname="secure.example.com", tls=hardened),
+        ),
+        tls_secret("cert"),
+        GRPCRoute(
+            meta=Meta(namespace="default", name="grpc"),
+            parent_refs=(parent("gw"),),
+            rules=(GRPCRouteRule(backend_refs=(backend(),)),),
+        ),
+        sticky,
+        http_route("chat", parent("gw", section="http"), backends=[backend("ws", 8080)]),
+        service(),
+        service("ws", ports=[ServicePort(name="ws", port=8080, app_protocol="kubernetes.io/ws")]),
+        endpoint_slice("svc-1", endpoints=[Endpoint(addresses=("10.0.0.1",))]),
+    )
+
+
 def address_problems() -> Config:
     """Static and pool addresses that cannot all be used."""
     return config(
@@ -214,6 +249,7 @@ def summary(res: Resolution) -> dict[str, object]:
 CASES: dict[str, Callable[[], Resolution]] = {
     "listener_problems": lambda: resolve(listener_problems(), now=NOW),
     "route_problems": lambda: resolve(route_problems(), now=NOW),
+    "unserved_features": lambda: resolve(unserved_features(), now=NOW),
     "address_problems": lambda: resolve(
         address_problems(),
         now=NOW,
