@@ -367,9 +367,10 @@ class Exchange:
         if self.finished:
             return
         if self.route_wait:
-            # Envoy's route timeout "spans between the point at which the entire
-            # downstream request (i.e. end-of-stream) has been processed and when the
-            # upstream response has been completely processed": a long upload is not cut.
+            # Envoy's route timeout is "the amount of time that Envoy will wait for the
+            # upstream to respond with a complete response.  This timeout does not
+            # start until the entire downstream request stream has been received": a
+            # long upload is not cut.
             self.deadline = self.conn.loop.time() + self.route_wait
         if self.mirrors:
             self._fire_mirrors()
@@ -558,14 +559,15 @@ class Exchange:
         self.upstream_head = self._serialize(target, fwd)
 
         loop = conn.loop
-        if rule.request_timeout:
-            self.timer_total = loop.call_later(rule.request_timeout, self._on_timeout)
-        elif not self.upgrade:
-            # No ``timeouts.request``: Envoy's default route timeout (--route-timeout),
-            # never shorter than the rule's own ``timeouts.backendRequest``.  Upgraded
-            # (WebSocket) and CONNECT streams are long-lived by design: Envoy's docs say
-            # the route timeout "must be disabled for upgrades", so they only have the
-            # stream idle timeout.
+        timeout = rule.request_timeout
+        if timeout:
+            self.timer_total = loop.call_later(timeout, self._on_timeout)
+        elif timeout is None and not self.upgrade:
+            # No ``timeouts.request`` ("0s" disables it: 0.0, not None): Envoy's
+            # default route timeout (--route-timeout), never shorter than the rule's
+            # own ``timeouts.backendRequest``.  Upgrade (WebSocket) and CONNECT
+            # requests open streams that are long-lived by design, which a timeout on
+            # the complete response would cut: they only have the stream idle timeout.
             wait = proxy.options.route_timeout
             if wait:
                 per_try = rule.backend_request_timeout
@@ -752,8 +754,9 @@ class Exchange:
 
     def check_deadlines(self, now: float, idle_timeout: float) -> None:
         """Called by the connection sweep for the active exchange: the default route
-        timeout, then the stream idle timeout (Envoy's ``stream_idle_timeout``: no
-        bytes moving either way, whoever is stalled)."""
+        timeout, then the stream idle timeout (Envoy's ``stream_idle_timeout``, "the
+        amount of time that the connection manager will allow a stream to exist with no
+        upstream or downstream activity")."""
         d = self.deadline
         if d and now >= d and not self.response_done:
             self.deadline = 0.0
@@ -788,7 +791,7 @@ class Exchange:
                 self.resp_keep = False
                 self._finish()
             elif self.response_started:
-                # Envoy: "If the timeout fires ... otherwise a stream reset occurs".
+                # As Envoy: a response already under way can only be cut (a reset).
                 self._drop_upstream()
                 if self.retry_handle is not None:
                     self.retry_handle.cancel()
@@ -798,8 +801,9 @@ class Exchange:
                     metrics.local_reply(LR_STREAM_IDLE.reason)
                 self._abort_downstream()
             else:
-                # Envoy: "the stream is terminated with a 408 Request Timeout error code
-                # if no upstream response header has been received".
+                # As Envoy: no response yet, 408.  RFC 9110 15.5.9: "the server did not
+                # receive a complete request message within the time that it was
+                # prepared to wait" (or, here, the backend did not answer it).
                 self._local(408, LR_STREAM_IDLE, close=True)
         except Exception:
             log.exception("stream idle timeout handling failed")
@@ -1338,7 +1342,7 @@ class HttpConnection(asyncio.Protocol):
         if proxy.metrics is not None:
             proxy.metrics.downstream_cx(self.label, -1)
         # Between requests with nothing buffered: a plain close (FIN) is clean, as the
-        # keep-alive idle timeout's is (RFC 9112 9.6: "A client, server, or proxy MAY
+        # keep-alive idle timeout's is (RFC 9112 9.5: "A client, server, or proxy MAY
         # close the transport connection at any time").
         self.transport.close()
 

@@ -91,6 +91,11 @@ def env(module_echoes, silent, module_gatewayd) -> Env:  # type: ignore[no-untyp
             [rule(backends=[backend_ref("echo-v1")], timeouts={"request": "3s"})],
             hostnames=["own.example"],
         ),
+        http_route(
+            "off",
+            [rule(backends=[backend_ref("echo-v1")], timeouts={"request": "0s"})],
+            hostnames=["off.example"],
+        ),
         http_route("echo", [rule(backends=[backend_ref("echo-v1")])], hostnames=["echo.example"]),
         http_route(
             "download",
@@ -133,6 +138,9 @@ def test_a_rules_timeouts_request_overrides_the_route_timeout(env: Env) -> None:
     # --stream-idle-timeout 1).
     reply = request(env.port, "/?delay_ms=800", host="own.example")
     assert reply.status == 200
+    # "0s" disables the timeout (Gateway API: "Setting a timeout to the zero duration
+    # (e.g. "0s") SHOULD disable the timeout completely"), the default included.
+    assert request(env.port, "/?delay_ms=800", host="off.example").status == 200
     # The same backend without a rule timeout gets the default.
     assert request(env.port, "/?delay_ms=800", host="echo.example").status == 504
 

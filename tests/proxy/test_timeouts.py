@@ -99,11 +99,14 @@ def test_rule_timeouts_override_the_default() -> None:
             "/short": hit(rule(backend("b", be.port), request_timeout=0.2)),
             # Only timeouts.backendRequest: the default never cuts a try shorter.
             "/try": hit(rule(backend("b", be.port), backend_request_timeout=2.0)),
+            # timeouts.request "0s": no timeout at all, not the default.
+            "/off": hit(rule(backend("b", be.port), request_timeout=0.0)),
         }
         _, port, _ = await start_proxy(routes, route_timeout=0.3)
         c = await Client.open(port)
         assert (await c.get("/long/delay/600")).status == 200
         assert (await c.get("/try/delay/600")).status == 200
+        assert (await c.get("/off/delay/600")).status == 200
         status, elapsed = await timed_get(c, "/short/delay/3000")
         assert status == 504
         assert elapsed < 1.0, elapsed
