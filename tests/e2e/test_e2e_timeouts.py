@@ -145,6 +145,15 @@ def test_a_rules_timeouts_request_overrides_the_route_timeout(env: Env) -> None:
     assert request(env.port, "/?delay_ms=800", host="echo.example").status == 504
 
 
+def test_upgrade_requests_are_exempt_from_the_route_timeout(env: Env) -> None:
+    # WebSocket is not forwarded yet (Upgrade is hop-by-hop: the backend gets a plain
+    # request and the connection closes after it), but an upgrade request is already a
+    # long-lived stream for the timeouts: the route timeout does not apply to it.
+    upgrade = [("Connection", "Upgrade"), ("Upgrade", "websocket")]
+    reply = request(env.port, "/?delay_ms=800", host="echo.example", headers=upgrade)
+    assert reply.status == 200
+
+
 def test_a_client_that_never_reads_is_disconnected_and_its_memory_returned(env: Env) -> None:
     daemon = env.daemon
     with Client(env.port) as warm:  # first allocations out of the way

@@ -42,6 +42,13 @@ async def delayed(req: Req, r: asyncio.StreamReader, w: asyncio.StreamWriter) ->
     w.write(response(200, f"{req.method} {req.target} {len(req.body)}".encode()))
 
 
+async def delayed_proxy(**opts: float) -> int:
+    """A proxy routing everything to a ``delayed`` backend: its port."""
+    be = await start_backend(delayed)
+    _, port, _ = await start_proxy({"/": hit(rule(backend("b", be.port)))}, **opts)
+    return port
+
+
 async def timed_get(c: Client, path: str, extra: str = "") -> tuple[int, float]:
     loop = asyncio.get_running_loop()
     t0 = loop.time()
@@ -117,10 +124,7 @@ def test_rule_timeouts_override_the_default() -> None:
 
 def test_route_timeout_zero_disables_it() -> None:
     async def main() -> None:
-        be = await start_backend(delayed)
-        _, port, _ = await start_proxy(
-            {"/": hit(rule(backend("b", be.port)))}, route_timeout=0, stream_idle_timeout=0
-        )
+        port = await delayed_proxy(route_timeout=0, stream_idle_timeout=0)
         c = await Client.open(port)
         assert (await c.get("/delay/700")).status == 200
         c.close()
@@ -133,8 +137,7 @@ def test_route_timeout_starts_when_the_request_is_complete() -> None:
     the request."""
 
     async def main() -> None:
-        be = await start_backend(delayed)
-        _, port, _ = await start_proxy({"/": hit(rule(backend("b", be.port)))}, route_timeout=0.3)
+        port = await delayed_proxy(route_timeout=0.3)
         c = await Client.open(port)
         await c.send(b"POST /up HTTP/1.1\r\nhost: a\r\ncontent-length: 4\r\n\r\n")
         for piece in (b"a", b"b", b"c", b"d"):
@@ -147,13 +150,12 @@ def test_route_timeout_starts_when_the_request_is_complete() -> None:
     run(main())
 
 
-def test_upgrade_and_connect_requests_are_exempt_from_the_route_timeout() -> None:
+def test_upgrade_requests_are_exempt_from_the_route_timeout() -> None:
     """Upgrade is not forwarded yet (the request is served as plain HTTP and the
     connection closed), but an upgrade request already skips the route timeout."""
 
     async def main() -> None:
-        be = await start_backend(delayed)
-        _, port, _ = await start_proxy({"/": hit(rule(backend("b", be.port)))}, route_timeout=0.2)
+        port = await delayed_proxy(route_timeout=0.2)
         plain = await Client.open(port)
         assert (await plain.get("/delay/600")).status == 504
         plain.close()
@@ -190,10 +192,7 @@ def test_stream_idle_408_when_the_request_body_stalls() -> None:
 
 def test_stream_idle_408_when_the_upstream_is_silent() -> None:
     async def main() -> None:
-        be = await start_backend(delayed)
-        _, port, _ = await start_proxy(
-            {"/": hit(rule(backend("b", be.port)))}, route_timeout=0, stream_idle_timeout=0.3
-        )
+        port = await delayed_proxy(route_timeout=0, stream_idle_timeout=0.3)
         c = await Client.open(port)
         status, elapsed = await timed_get(c, "/delay/3000")
         assert status == 408
