@@ -277,6 +277,8 @@ def test_mutated_request_heads_never_crash_the_connection_handler(
             outcome = await exchange(harness.port, data)
             check(outcome, data)
             await _settled(harness.proxy)
+            # ... and of every byte it held for them (bodies, write buffers, pool).
+            assert harness.proxy.buffered_bytes() == 0
 
     harness.runner.run(one())
     assert harness.errors.records == [], (harness.errors.records, data)
