@@ -173,7 +173,7 @@ _ERRORS_BY_STATUS = {400: LR_BAD, 431: LR_HEAD_TOO_BIG, 408: LR_HEAD_TIMEOUT, 50
 class ProxyOptions:
     xff_trusted_hops: int = 0
     access_log: str | None = "text"  # "text" | "json" | None (off)
-    max_connections: int = 10000  # daemon-wide
+    max_connections: int = 10000  # per process: each worker counts its own
     idle_timeout: float = 60.0  # keep-alive idle
     tcp_idle_timeout: float = 3600.0  # L4 splices (TLSRoute, node-local pass-through)
     header_timeout: float = 30.0  # slowloris guard: request head must complete
