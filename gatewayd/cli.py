@@ -71,6 +71,23 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="close L4 splices (TLSRoute, node-local pass-through) idle this long (0: never)",
     )
+    # Request timeouts, Envoy's edge defaults (ProxyOptions says what each one measures).
+    run.add_argument(
+        "--route-timeout",
+        type=_at_least(0, float),
+        default=15.0,
+        metavar="SECONDS",
+        help="504 when the upstream response is not complete this long after the request "
+        "is, for rules without timeouts.request (default 15, Envoy's; 0: never)",
+    )
+    run.add_argument(
+        "--stream-idle-timeout",
+        type=_at_least(0, float),
+        default=300.0,
+        metavar="SECONDS",
+        help="end a request with no bytes moving either way this long: 408, or a reset once "
+        "the response has started (default 300, Envoy's; 0: never)",
+    )
     run.add_argument(
         "--no-watch",
         dest="watch",
@@ -188,6 +205,8 @@ def _run(args: argparse.Namespace) -> int:
             max_connections=args.max_connections,
             idle_timeout=args.idle_timeout,
             tcp_idle_timeout=args.tcp_idle_timeout,
+            route_timeout=args.route_timeout,
+            stream_idle_timeout=args.stream_idle_timeout,
         ),
     )
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:

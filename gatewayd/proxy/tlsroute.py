@@ -339,7 +339,7 @@ class TLSRouteConnection(asyncio.Protocol):
         self.start = asyncio.get_running_loop().time()
         if proxy.access is not None:
             self.peer = sockaddr_text(t.get_extra_info("peername"))
-        if proxy.n_conns >= proxy.options.max_connections:
+        if proxy.n_conns >= proxy.options.max_connections and not proxy.make_room():
             self.phase = P_CLOSED
             self._count(R_OVERLOAD)
             t.abort()

@@ -139,7 +139,7 @@ class TransparentListener:
         start = loop.time()
         peer = sockaddr_text(transport.get_extra_info("peername")) if access is not None else ""
         # A splice counts against --max-connections like any downstream connection.
-        if proxy.n_conns >= proxy.options.max_connections:
+        if proxy.n_conns >= proxy.options.max_connections and not proxy.make_room():
             self.counts[REFUSED] += 1
             transport.abort()
             if access is not None:

@@ -649,7 +649,8 @@ def _mirror_fraction(m: HTTPRequestMirrorFilter) -> float:
 
 def _timeout(seconds: float | None) -> float | None:
     """ "Setting a timeout to the zero duration (e.g. "0s") SHOULD disable the timeout
-    completely."  None: unset (the data plane's default applies)."""
-    if seconds is None or seconds <= 0:
+    completely": 0.0, kept apart from None, unset (the data plane's default applies,
+    e.g. ``gatewayd run --route-timeout``)."""
+    if seconds is None:
         return None
-    return seconds
+    return max(seconds, 0.0)

@@ -138,7 +138,8 @@ class CompiledRule:
     # Local reply when nothing can be forwarded: 500 for a rule with no backendRefs (and no
     # redirect), or whose backendRefs all have weight 0 / are invalid.
     direct_status: int | None = None
-    request_timeout: float | None = None  # seconds, None: no limit
+    # Seconds; 0.0: disabled ("0s"); None: unset, the data plane's default applies.
+    request_timeout: float | None = None
     backend_request_timeout: float | None = None
     retry: Retry | None = None
     session_persistence: str | None = None  # cookie/header name, kept for later

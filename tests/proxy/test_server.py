@@ -1039,18 +1039,36 @@ def test_header_timeout_and_idle_timeout() -> None:
 
 
 def test_max_connections_enforced() -> None:
+    """At the limit a busy connection keeps its slot and the new client is reset; an
+    idle keep-alive connection is closed (FIN) to serve the new client instead."""
+
     async def main() -> None:
-        be = await start_backend()
+        release = asyncio.Event()
+
+        async def handler(req: Req, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+            if req.target == "/wait":
+                await release.wait()
+            w.write(response(200, b"ok"))
+
+        be = await start_backend(handler)
         proxy, port, _ = await start_proxy(
             {"/": hit(rule(backend("b", be.port)))}, max_connections=1
         )
         c1 = await Client.open(port)
-        assert (await c1.get("/")).status == 200
+        await c1.send(b"GET /wait HTTP/1.1\r\nhost: a\r\n\r\n")
+        await be.got_request.wait()
         c2 = await Client.open(port)
-        assert await c2.closed()
+        assert await c2.closed()  # c1 is busy: nothing to close for c2
         c2.close()
-        assert (await c1.get("/")).status == 200
+        release.set()
+        assert (await read_response(c1.reader)).status == 200
+        # c1 is idle now: it is closed for c3, which is served at once.
+        c3 = await Client.open(port)
+        assert (await c3.get("/")).status == 200
+        assert await c1.reader.read() == b""  # a clean close, not a reset
+        assert proxy.n_conns == 1
         c1.close()
+        c3.close()
         await proxy.close()
         await be.stop()
 

@@ -347,7 +347,8 @@ def test_extension_ref_filter_answers_500() -> None:
     [
         (None, None, None),
         (HTTPRouteTimeouts(request=10.0, backend_request=2.5), 10.0, 2.5),
-        (HTTPRouteTimeouts(request=0.0, backend_request=0.0), None, None),  # 0 disables
+        # 0 disables, which is not the same as unset (the proxy's default applies)
+        (HTTPRouteTimeouts(request=0.0, backend_request=0.0), 0.0, 0.0),
         (HTTPRouteTimeouts(backend_request=1.0), None, 1.0),
     ],
 )
