@@ -69,7 +69,7 @@ class PathPolicy:
         return self.normalize or self.merge_slashes or self.escaped_slashes is not keep
 
 
-EDGE_DEFAULT: Final = PathPolicy()
+EDGE_PATH_POLICY: Final = PathPolicy()
 
 # The fast path: a path without any of these is already normal under every policy, so
 # the common request pays one C-level scan and no copy.  "%": encodings; "//": merge;
@@ -146,7 +146,7 @@ def _decode_unreserved(path: bytes) -> bytes:
     return b"".join(out)
 
 
-def normalize_path(path: bytes, policy: PathPolicy = EDGE_DEFAULT) -> tuple[bytes, bool]:
+def normalize_path(path: bytes, policy: PathPolicy = EDGE_PATH_POLICY) -> tuple[bytes, bool]:
     """``(normalized path, redirect)`` of an absolute path (no query, no fragment).
 
     ``redirect`` is True when escaped slashes were unescaped under
