@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import enum
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final
 
 __all__ = [
@@ -61,12 +61,14 @@ class PathPolicy:
     merge_slashes: bool = True  # Envoy merge_slashes
     escaped_slashes: EscapedSlashes = EscapedSlashes.UNESCAPE_AND_REDIRECT
     strip_fragment: bool = True
+    # False when every path step is off (the path is forwarded as received); computed
+    # once here so a request tests one attribute.
+    active: bool = field(init=False)
 
-    @property
-    def active(self) -> bool:
-        """False when every path step is off (the path is forwarded as received)."""
-        keep = EscapedSlashes.KEEP
-        return self.normalize or self.merge_slashes or self.escaped_slashes is not keep
+    def __post_init__(self) -> None:
+        keep = self.escaped_slashes is EscapedSlashes.KEEP
+        active = self.normalize or self.merge_slashes or not keep
+        object.__setattr__(self, "active", active)
 
 
 EDGE_PATH_POLICY: Final = PathPolicy()
