@@ -30,13 +30,18 @@ class Env:
     port: int
 
 
-@pytest.fixture(scope="module")
-def env(module_echoes, module_gatewayd) -> Env:  # type: ignore[no-untyped-def]
-    (echo,) = module_echoes.start("echo-v1")
+def one_echo_daemon(echoes, gatewayd, args: list[str]) -> Env:  # type: ignore[no-untyped-def]
+    """A daemon with one HTTP listener routing everything to one echo backend."""
+    (echo,) = echoes.start("echo-v1")
     port = free_port()
     docs = [gateway_class(), gateway("gw", [listener("http", port)]), *echo.manifests()]
     docs.append(http_route("all", [rule(backends=[backend_ref("echo-v1")])]))
-    return Env(module_gatewayd(docs, args=["--access-log", "json"]), port)
+    return Env(gatewayd(docs, args=args), port)
+
+
+@pytest.fixture(scope="module")
+def env(module_echoes, module_gatewayd) -> Env:  # type: ignore[no-untyped-def]
+    return one_echo_daemon(module_echoes, module_gatewayd, ["--access-log", "json"])
 
 
 def is_uuid(value: str | None) -> bool:
@@ -96,17 +101,14 @@ def test_access_log_shows_the_request_id_sent_upstream(env: Env) -> None:
 
 
 def test_request_id_preserved_with_the_option(echoes, gatewayd) -> None:  # type: ignore[no-untyped-def]
-    (echo,) = echoes.start("echo-v1")
-    port = free_port()
-    docs = [gateway_class(), gateway("gw", [listener("http", port)]), *echo.manifests()]
-    docs.append(http_route("all", [rule(backends=[backend_ref("echo-v1")])]))
-    daemon = gatewayd(docs, args=["--preserve-request-id", "--access-log", "json"])
+    kept = one_echo_daemon(echoes, gatewayd, ["--preserve-request-id", "--access-log", "json"])
+    port = kept.port
     rid = str(uuid.uuid4())
     marker = f"/rid-kept-{uuid.uuid4().hex}"
     r = request(port, marker, headers={"X-Request-Id": rid})
     assert echo_header(r.echo(), "x-request-id") == [rid]
     assert r.header("x-request-id") == rid
-    line = daemon.child.stdout.wait_for(lambda s: marker in s, timeout=5)
+    line = kept.daemon.child.stdout.wait_for(lambda s: marker in s, timeout=5)
     assert line is not None and json.loads(line)["request_id"] == rid
     # an unusable one is still replaced
     doc = request(port, headers={"X-Request-Id": "x" * 200}).echo()
@@ -198,11 +200,9 @@ def test_one_json_access_log_line_per_request(env: Env) -> None:
 
 
 def test_xff_trusted_hops(echoes, gatewayd) -> None:  # type: ignore[no-untyped-def]
-    (echo,) = echoes.start("echo-v1")
-    port = free_port()
-    docs = [gateway_class(), gateway("gw", [listener("http", port)]), *echo.manifests()]
-    docs.append(http_route("all", [rule(backends=[backend_ref("echo-v1")])]))
-    gatewayd(docs, args=["--xff-trusted-hops", "1", "--access-log", "off"])
+    port = one_echo_daemon(
+        echoes, gatewayd, ["--xff-trusted-hops", "1", "--access-log", "off"]
+    ).port
     doc = request(port, headers={"X-Forwarded-For": "198.51.100.1, 203.0.113.9"}).echo()
     # one trusted hop: the address that hop appended is the external client
     assert echo_header(doc, "x-envoy-external-address") == ["203.0.113.9"]
