@@ -53,6 +53,13 @@ def _add_edge_args(run: argparse.ArgumentParser) -> None:
         help="forward a valid client X-Request-Id instead of a new UUID4 (default: new)",
     )
     run.add_argument(
+        "--xfcc",
+        choices=("sanitize-set", "sanitize"),
+        default="sanitize-set",
+        help="X-Forwarded-Client-Cert: a client's own is always dropped; sanitize-set (the "
+        "default) sends one built from a verified client certificate, sanitize never does",
+    )
+    run.add_argument(
         "--no-path-normalization",
         dest="path_normalization",
         action="store_false",
@@ -239,6 +246,7 @@ def _run(args: argparse.Namespace) -> int:
             tcp_idle_timeout=args.tcp_idle_timeout,
             preserve_request_id=args.preserve_request_id,
             path=_path_policy(args),
+            xfcc_set=args.xfcc == "sanitize-set",
         ),
     )
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:

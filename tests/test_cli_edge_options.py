@@ -29,6 +29,7 @@ def test_defaults_are_the_edge_defaults() -> None:
         == EDGE_PATH_POLICY
     )
     assert ProxyOptions().preserve_request_id is False
+    assert ns.xfcc == "sanitize-set" and ProxyOptions().xfcc_set is True
 
 
 def test_every_flag_turns_its_step_off() -> None:
@@ -39,8 +40,11 @@ def test_every_flag_turns_its_step_off() -> None:
         "--escaped-slashes",
         "keep",
         "--keep-fragment",
+        "--xfcc",
+        "sanitize",
     )
     assert ns.preserve_request_id is True
+    assert ns.xfcc == "sanitize"
     policy = _path_policy(ns)
     assert policy == PathPolicy(
         normalize=False,

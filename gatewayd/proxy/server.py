@@ -190,9 +190,11 @@ class ProxyOptions:
     max_header_bytes: int = 60 * 1024
     max_headers: int = 100
     # Edge header trust and path normalization (gatewayd run --preserve-request-id,
-    # --no-path-normalization, --no-merge-slashes, --escaped-slashes, --keep-fragment).
+    # --xfcc, --no-path-normalization, --no-merge-slashes, --escaped-slashes,
+    # --keep-fragment).
     preserve_request_id: bool = False
     path: PathPolicy = EDGE_PATH_POLICY
+    xfcc_set: bool = True  # XFCC from a verified client certificate (False: never sent)
 
 
 def _header(headers: Headers, name: bytes) -> bytes | None:
@@ -1193,9 +1195,10 @@ class HttpConnection(asyncio.Protocol):
             # A peer certificate exists only where the listener asked for one and
             # OpenSSL verified it against the listener's CA (frontend validation).
             getpeercert = getattr(ssl_object, "getpeercert", None)
-            der = getpeercert(binary_form=True) if getpeercert is not None else None
-            if der:
-                self.client_cert = client_cert_details(der)
+            if getpeercert is not None and proxy.options.xfcc_set:
+                der = getpeercert(binary_form=True)
+                if der:
+                    self.client_cert = client_cert_details(der)
         self.deadline = self.loop.time() + proxy.options.header_timeout
         self.deadline_kind = D_HEAD
         if proxy.metrics is not None:

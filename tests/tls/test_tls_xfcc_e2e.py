@@ -4,18 +4,21 @@ that validates client certificates sets XFCC from the certificate it verified.
 
 Listeners: ``mtls`` (frontendValidation, certificate required), ``fallback``
 (AllowInsecureFallback: a certificate is asked for, not required) and ``tls`` (no client
-certificates), all routed to one recording backend.
+certificates), all routed to one recording backend.  ``--xfcc sanitize`` (Envoy's own
+default) never sends one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import http.client
 import socket
 import ssl
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -57,14 +60,17 @@ def _listener(name: str, port: int, validation: Doc | None) -> Doc:
     return {"name": name, "port": port, "protocol": "HTTPS", "tls": tls}
 
 
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory: pytest.TempPathFactory, pki: Any) -> Iterator[Setup]:
+@contextlib.contextmanager
+def serving(workdir: Path, pki: Any, args: Sequence[str] = ()) -> Iterator[Setup]:
+    """A ``gatewayd run`` with the three listeners, a recording backend and a client
+    certificate signed by the CA the validating listeners trust."""
     backend = RecordingServer()
     daemon: Gatewayd | None = None
     try:
         ports = {name: free_port() for name in ("mtls", "fallback", "tls")}
         ca = pki.ca("gatewayd xfcc client root")
         ca_ref = {"caCertificateRefs": [{"group": "", "kind": "ConfigMap", "name": "client-ca"}]}
+        fallback = {**ca_ref, "mode": "AllowInsecureFallback"}
         cert, key = self_signed(["gw.example"])
         docs: list[Doc] = [
             gateway_class(),
@@ -72,9 +78,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory, pki: Any) -> Iterator[Setup]
                 "gw",
                 [
                     _listener("mtls", ports["mtls"], ca_ref),
-                    _listener(
-                        "fallback", ports["fallback"], {**ca_ref, "mode": "AllowInsecureFallback"}
-                    ),
+                    _listener("fallback", ports["fallback"], fallback),
                     _listener("tls", ports["tls"], None),
                 ],
             ),
@@ -96,13 +100,19 @@ def setup(tmp_path_factory: pytest.TempPathFactory, pki: Any) -> Iterator[Setup]
                 },
             },
         ]
-        daemon = Gatewayd(tmp_path_factory.mktemp("xfcc"), docs)
+        daemon = Gatewayd(workdir, docs, args=args)
         client = pki.leaf(ca, ["client.example", "alt.client.example"], uris=["spiffe://td/ns/c"])
         yield Setup(daemon, backend, ports, client)
     finally:
         if daemon is not None:
             daemon.stop()
         backend.close()
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory, pki: Any) -> Iterator[Setup]:
+    with serving(tmp_path_factory.mktemp("xfcc"), pki) as s:
+        yield s
 
 
 def _context(client: Any | None) -> ssl.SSLContext:
@@ -162,3 +172,8 @@ def test_fallback_listener_sets_xfcc_only_with_a_certificate(setup: Setup) -> No
 
 def test_listener_without_client_validation_removes_xfcc(setup: Setup) -> None:
     assert _forwarded_xfcc(setup, "tls", None) is None
+
+
+def test_xfcc_sanitize_never_sends_one(tmp_path: Path, pki: Any) -> None:
+    with serving(tmp_path, pki, ["--xfcc", "sanitize"]) as plain:
+        assert _forwarded_xfcc(plain, "mtls", plain.client) is None
