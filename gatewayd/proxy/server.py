@@ -429,7 +429,12 @@ class Exchange:
                 return
             if redirect:
                 # Envoy's UNESCAPE_AND_REDIRECT: 307 (method and body kept) to the
-                # unescaped, normalized path with the query as received.
+                # unescaped, normalized path with the query as received.  "gRPC requests
+                # will be rejected" (Envoy): gRPC clients do not follow redirects.
+                ctype = _header(headers, b"content-type")
+                if ctype is not None and ctype.startswith(b"application/grpc"):
+                    self._local(400, LR_BAD_PATH)
+                    return
                 location = norm_b + b"?" + query_b if query_b else norm_b
                 self._local(307, LR_PATH_REDIRECT, extra=[(b"location", location)])
                 return

@@ -23,6 +23,7 @@ from e2e_kit import (
     http_route,
     listener,
     match,
+    prometheus_samples,
     raw_exchange,
     request,
     rule,
@@ -140,12 +141,21 @@ def test_escaped_slashes_redirect_to_the_unescaped_path(
     assert env.reach(location) == ("A", location)
 
 
+def test_grpc_is_refused_instead_of_redirected(env: Env) -> None:
+    # Envoy: with UNESCAPE_AND_REDIRECT "gRPC requests will be rejected" (no redirects).
+    reply = request(env.port, "/admin%2F", headers={"Content-Type": "application/grpc"})
+    assert reply.status == 400
+
+
 @pytest.mark.parametrize("bad", ["/%zz", "/admin%4", "/%"])
 def test_invalid_percent_encoding_is_400(env: Env, bad: str) -> None:
     before = len(env.a.snapshot()[1]) + len(env.b.snapshot()[1])
     reply = request(env.port, bad)
     assert reply.status == 400
+    assert reply.body == b"invalid path"
     assert len(env.a.snapshot()[1]) + len(env.b.snapshot()[1]) == before
+    samples = prometheus_samples(env.daemon.metrics(), "gatewayd_local_reply_total")
+    assert any(labels.get("reason") == "path_normalization_failed" for labels, _ in samples)
 
 
 def test_url_rewrite_applies_to_the_normalized_path(env: Env) -> None:
