@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 __all__ = [
+    "EDGE_PATH_POLICY",
     "EscapedSlashes",
     "PathError",
     "PathPolicy",
