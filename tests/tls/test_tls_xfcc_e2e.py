@@ -4,7 +4,8 @@ that validates client certificates sets XFCC from the certificate it verified.
 
 Listeners: ``mtls`` (frontendValidation, certificate required), ``fallback``
 (AllowInsecureFallback: a certificate is asked for, not required) and ``tls`` (no client
-certificates), all routed to one recording backend.  ``--xfcc sanitize`` (Envoy's own
+certificates), all routed to one recording backend, and ``shared``, validating like
+``mtls`` on a port it shares with a TLS Passthrough listener.  ``--xfcc sanitize`` (Envoy's own
 default) never sends one.
 """
 
@@ -31,10 +32,12 @@ from e2e_kit import (
     RecordingServer,
     backend_manifests,
     backend_ref,
+    deadline_loop,
     free_port,
     gateway,
     gateway_class,
 )
+from tls_e2e_kit import tls_route_results
 
 from gatewayd.tls.certs import load_keypair, secret_manifest, self_signed
 from gatewayd.tls.context import load_chain_from_memory
@@ -67,7 +70,7 @@ def serving(workdir: Path, pki: Any, args: Sequence[str] = ()) -> Iterator[Setup
     backend = RecordingServer()
     daemon: Gatewayd | None = None
     try:
-        ports = {name: free_port() for name in ("mtls", "fallback", "tls")}
+        ports = {name: free_port() for name in ("mtls", "fallback", "tls", "shared")}
         ca = pki.ca("gatewayd xfcc client root")
         ca_ref = {"caCertificateRefs": [{"group": "", "kind": "ConfigMap", "name": "client-ca"}]}
         fallback = {**ca_ref, "mode": "AllowInsecureFallback"}
@@ -80,6 +83,16 @@ def serving(workdir: Path, pki: Any, args: Sequence[str] = ()) -> Iterator[Setup
                     _listener("mtls", ports["mtls"], ca_ref),
                     _listener("fallback", ports["fallback"], fallback),
                     _listener("tls", ports["tls"], None),
+                    # HTTPS next to a TLS listener: the ClientHello is read first and the
+                    # connection terminated by proxy/tlsroute.py, not by the socket.
+                    {**_listener("shared", ports["shared"], ca_ref), "hostname": "gw.example"},
+                    {
+                        "name": "passthrough",
+                        "port": ports["shared"],
+                        "protocol": "TLS",
+                        "hostname": "pass.example",
+                        "tls": {"mode": "Passthrough"},
+                    },
                 ],
             ),
             yaml.safe_load(secret_manifest(cert, key, name="server", namespace="default")),
@@ -168,6 +181,23 @@ def test_mtls_listener_sets_xfcc_from_the_verified_certificate(setup: Setup) -> 
 def test_fallback_listener_sets_xfcc_only_with_a_certificate(setup: Setup) -> None:
     assert _forwarded_xfcc(setup, "fallback", setup.client) == _expected(setup.client)
     assert _forwarded_xfcc(setup, "fallback", None) is None
+
+
+def test_https_listener_sharing_a_port_with_tls_sets_xfcc(setup: Setup) -> None:
+    assert _forwarded_xfcc(setup, "shared", setup.client) == _expected(setup.client)
+    # The port reads ClientHellos itself (tlsroute.py): a server name of the route-less
+    # passthrough listener is refused there and counted by result.
+    with (
+        contextlib.suppress(OSError),
+        socket.create_connection((LOCALHOST, setup.ports["shared"]), timeout=TIMEOUT) as raw,
+        _context(None).wrap_socket(raw, server_hostname="pass.example") as tls,
+    ):
+        tls.recv(1)
+    for _ in deadline_loop(TIMEOUT):
+        if tls_route_results(setup.daemon, setup.ports["shared"]):
+            break
+    else:
+        raise AssertionError("the shared port did not read the ClientHello itself")
 
 
 def test_listener_without_client_validation_removes_xfcc(setup: Setup) -> None:
