@@ -9,6 +9,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from gatewayd.pipeline import DEFAULT_ADDRESS_POOL, DEFAULT_CONTROLLER
+from gatewayd.proxy.pathnorm import EscapedSlashes, PathPolicy
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -41,6 +42,60 @@ def _at_least(minimum: float, kind: type[int] | type[float]) -> Callable[[str], 
         return value
 
     return parse
+
+
+def _add_edge_args(run: argparse.ArgumentParser) -> None:
+    """Request header trust and path normalization; the defaults are Envoy Gateway's
+    edge defaults (README, "Security and limits")."""
+    run.add_argument(
+        "--preserve-request-id",
+        action="store_true",
+        help="forward a valid client X-Request-Id instead of a new UUID4 (default: new)",
+    )
+    run.add_argument(
+        "--xfcc",
+        choices=("sanitize-set", "sanitize"),
+        default="sanitize-set",
+        help="X-Forwarded-Client-Cert: a client's own is always dropped; sanitize-set (the "
+        "default) sends one built from a verified client certificate, sanitize never does",
+    )
+    run.add_argument(
+        "--no-path-normalization",
+        dest="path_normalization",
+        action="store_false",
+        help="route and forward the path without RFC 3986 normalization (decoding "
+        "%%-encoded unreserved characters, removing dot-segments, \\ as /; default: on)",
+    )
+    run.add_argument(
+        "--no-merge-slashes",
+        dest="merge_slashes",
+        action="store_false",
+        help="keep adjacent slashes in the path (default: merged into one)",
+    )
+    run.add_argument(
+        "--escaped-slashes",
+        choices=[a.value for a in EscapedSlashes],
+        default=EscapedSlashes.UNESCAPE_AND_REDIRECT.value,
+        help="what %%2F and %%5C in a path get: keep, reject (400), unescape-and-forward, "
+        "or unescape-and-redirect (307 to the unescaped path; the default)",
+    )
+    run.add_argument(
+        "--keep-fragment",
+        dest="strip_fragment",
+        action="store_false",
+        help="treat a '#fragment' in the request-target as part of the path or query "
+        "(default: cut off before routing)",
+    )
+
+
+def _path_policy(args: argparse.Namespace) -> PathPolicy:
+    """The ``PathPolicy`` of ``_add_edge_args``'s path flags."""
+    return PathPolicy(
+        normalize=args.path_normalization,
+        merge_slashes=args.merge_slashes,
+        escaped_slashes=EscapedSlashes(args.escaped_slashes),
+        strip_fragment=args.strip_fragment,
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -107,6 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="print the nftables ruleset and policy routing --tproxy would install, then exit",
     )
+    _add_edge_args(run)
 
     check = sub.add_parser("check", help="validate a configuration and print its status")
     _add_config_args(check)
@@ -207,6 +263,9 @@ def _run(args: argparse.Namespace) -> int:
             tcp_idle_timeout=args.tcp_idle_timeout,
             route_timeout=args.route_timeout,
             stream_idle_timeout=args.stream_idle_timeout,
+            preserve_request_id=args.preserve_request_id,
+            path=_path_policy(args),
+            xfcc_set=args.xfcc == "sanitize-set",
         ),
     )
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:

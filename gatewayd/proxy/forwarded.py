@@ -2,16 +2,23 @@
 
 gatewayd runs like an edge Envoy with ``use_remote_address: true``: the peer of the
 downstream connection is trusted, ``X-Forwarded-For`` is appended to, and
-``xff_num_trusted_hops`` says how many proxies in front of us are trusted.  Headers are
-``list[tuple[bytes, bytes]]`` with lower-case names.
+``xff_num_trusted_hops`` says how many proxies in front of us are trusted.  Every
+request is external, so the headers only a trusted hop may set are never taken from the
+client: ``x-envoy-*`` control headers are dropped, ``X-Forwarded-Client-Cert`` is
+rebuilt from the verified client certificate (or dropped) and ``X-Request-Id`` is new
+unless the operator asks to preserve it.  Headers are ``list[tuple[bytes, bytes]]``
+with lower-case names.
 """
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import os
 import random
 from functools import lru_cache
+
+from cryptography import x509
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -20,10 +27,17 @@ _XFP = b"x-forwarded-proto"
 _EXTERNAL = b"x-envoy-external-address"
 _INTERNAL = b"x-envoy-internal"
 _REQUEST_ID = b"x-request-id"
+_XFCC = b"x-forwarded-client-cert"
+# Envoy's control headers (x-envoy-retry-on, x-envoy-upstream-rq-timeout-ms,
+# x-envoy-max-retries, ...).  Envoy: "Envoy will ... sanitize the x-envoy-* headers" of
+# external requests ("If a request is external ... these headers will be removed"),
+# so a client cannot steer retries, timeouts or what a backend believes an internal hop
+# said.  gatewayd removes every x-envoy-* request header and sets its own ones.
+_ENVOY_PREFIX = b"x-envoy-"  # 8 bytes
 
 # Every header this module owns on the way upstream: incoming copies are removed (XFF is
 # rebuilt as one line; the others are set by us, never taken from the client).
-_OWNED = frozenset((_XFF, _XFP, _EXTERNAL, _INTERNAL, _REQUEST_ID))
+_OWNED = frozenset((_XFF, _XFP, _EXTERNAL, _INTERNAL, _REQUEST_ID, _XFCC))
 
 # --------------------------------------------------------------------------- request id
 
@@ -88,7 +102,13 @@ def _trusted_client(xff_values: list[bytes], trusted_hops: int) -> bytes | None:
 
 
 def add_forwarding_headers(
-    headers: Headers, *, peer_ip: str, scheme: bytes, trusted_hops: int
+    headers: Headers,
+    *,
+    peer_ip: str,
+    scheme: bytes,
+    trusted_hops: int,
+    preserve_request_id: bool = False,
+    client_cert: bytes | None = None,
 ) -> bytes:
     """Set the forwarding headers in place; returns the request id (to echo downstream).
 
@@ -102,15 +122,23 @@ def add_forwarding_headers(
     - ``x-forwarded-proto``: ``scheme``.  "Downstream *x-forwarded-proto* headers will
       only be trusted if *xff_num_trusted_hops* is non-zero", so with trusted hops a
       valid incoming http/https value is kept.
-    - ``x-request-id``: the first incoming one if valid (1-128 visible ASCII
-      characters), else a new UUID4; exactly one line is forwarded.
+    - ``x-envoy-*``: every client-sent one is removed (see ``_ENVOY_PREFIX``).
+    - ``x-forwarded-client-cert``: Envoy's ``SANITIZE_SET``: "Do not send the XFCC header
+      to the next hop if the client connection is not mTLS.  If the client connection
+      is mTLS, reset the XFCC header with the client certificate information".
+      ``client_cert`` is that value (``client_cert_details``), None without one.
+    - ``x-request-id``: a new UUID4 (Envoy's ``preserve_external_request_id: false``:
+      an external client cannot pick the id that correlates logs and traces).  With
+      ``preserve_request_id`` the first incoming one is kept if valid (1-128 visible
+      ASCII characters).  Exactly one line is forwarded.
     """
     xff: list[bytes] | None = None
     xfp: bytes | None = None
     request_id: bytes | None = None
     owned = False
     for name, value in headers:
-        if name in _OWNED:
+        # A slice compare, not startswith(): ~100 ns less per request of 6 headers.
+        if name in _OWNED or name[:8] == _ENVOY_PREFIX:
             owned = True
             if name == _XFF:
                 if xff is None:
@@ -123,7 +151,7 @@ def add_forwarding_headers(
             elif name == _XFP and xfp is None:
                 xfp = value
     if owned:
-        headers[:] = [h for h in headers if h[0] not in _OWNED]
+        headers[:] = [h for h in headers if h[0] not in _OWNED and h[0][:8] != _ENVOY_PREFIX]
     peer = peer_ip.encode("ascii")
     if xff:
         headers.append((_XFF, b", ".join(xff) + b", " + peer))
@@ -138,10 +166,57 @@ def add_forwarding_headers(
         headers.append((_XFP, proto if proto in (b"http", b"https") else scheme))
     else:
         headers.append((_XFP, scheme))
-    if request_id is None or not _valid_request_id(request_id):
+    if client_cert is not None:
+        headers.append((_XFCC, client_cert))
+    if not preserve_request_id or request_id is None or not _valid_request_id(request_id):
         request_id = new_request_id()
     headers.append((_REQUEST_ID, request_id))
     return request_id
+
+
+# --------------------------------------------------------------------------- XFCC
+
+
+def _quoted(value: str) -> str:
+    """Envoy's XFCC quoting: a value holding ``,``, ``;`` or ``=`` is double-quoted, and
+    "a double quote and backslash in a value are escaped by a backslash"."""
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _plain(value: str) -> str:
+    return _quoted(value) if any(c in value for c in ',;="\\') else value
+
+
+def _visible(text: str) -> bytes:
+    # Certificate names are attacker-chosen text: anything but visible ASCII (CR, LF,
+    # controls, non-ASCII) is written as an escape so it cannot break the header.
+    return "".join(c if " " <= c <= "~" else f"\\x{ord(c):02x}" for c in text).encode("ascii")
+
+
+def client_cert_details(der: bytes) -> bytes:
+    """The ``x-forwarded-client-cert`` value for a verified client certificate (DER).
+
+    Envoy's format: ``;``-separated ``key=value`` pairs, here ``Hash`` ("The SHA 256
+    digest of the current client certificate", hex), ``Subject`` (RFC 4514, as OpenSSL
+    prints it for Envoy, quoted) and one ``URI`` / ``DNS`` pair per URI / DNS subject
+    alternative name, in certificate order (the fields Envoy Gateway's ``SanitizeSet``
+    adds).  Computed once per connection, not per request.  A certificate that OpenSSL
+    verified but ``cryptography`` cannot parse still gets its Hash."""
+    parts = [f"Hash={hashlib.sha256(der).hexdigest()}"]
+    try:
+        cert = x509.load_der_x509_certificate(der)
+        parts.append("Subject=" + _quoted(cert.subject.rfc4514_string()))
+        try:
+            san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        except x509.ExtensionNotFound:
+            san = None
+        if san is not None:
+            uris = san.get_values_for_type(x509.UniformResourceIdentifier)
+            parts.extend(f"URI={_plain(u)}" for u in uris)
+            parts.extend(f"DNS={_plain(d)}" for d in san.get_values_for_type(x509.DNSName))
+    except ValueError:
+        pass
+    return _visible(";".join(parts))
 
 
 # --------------------------------------------------------------------------- hop-by-hop

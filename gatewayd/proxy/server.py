@@ -55,7 +55,11 @@ from gatewayd.proxy.filters import (
     redirect_location,
     rewrite_path,
 )
-from gatewayd.proxy.forwarded import add_forwarding_headers, strip_hop_by_hop
+from gatewayd.proxy.forwarded import (
+    add_forwarding_headers,
+    client_cert_details,
+    strip_hop_by_hop,
+)
 from gatewayd.proxy.localreply import (
     DNS_RESOLUTION_FAILURE,
     DOWNSTREAM_PROTOCOL_ERROR,
@@ -67,6 +71,14 @@ from gatewayd.proxy.localreply import (
     ReplyKind,
     local_reply,
     status_line,
+)
+from gatewayd.proxy.pathnorm import (
+    EDGE_PATH_POLICY,
+    PathError,
+    PathPolicy,
+    needs_normalizing,
+    normalize_path,
+    split_target,
 )
 from gatewayd.proxy.snapshot import SnapshotHolder
 from gatewayd.proxy.splice import Splice, close_idle
@@ -168,6 +180,9 @@ LR_HEAD_TIMEOUT = ReplyKind("DPE", "header_timeout", 408, b"request header timeo
 LR_STREAM_IDLE = ReplyKind("SI", "stream_idle_timeout", 408, b"stream timeout")
 LR_INTERNAL = ReplyKind("", "internal_error", 500, b"internal error")
 LR_MISDIRECTED = ReplyKind("", "misdirected_request", 421, b"misdirected request")
+# Envoy's response code detail and stat for both: "path_normalization_failed".
+LR_BAD_PATH = ReplyKind("DPE", "path_normalization_failed", 400, b"invalid path")
+LR_PATH_REDIRECT = ReplyKind("", "path_redirect", 307, b"")
 
 _ERRORS_BY_STATUS = {400: LR_BAD, 431: LR_HEAD_TOO_BIG, 408: LR_HEAD_TIMEOUT, 500: LR_INTERNAL}
 
@@ -192,6 +207,12 @@ class ProxyOptions:
     # with no progress either way for this long ends (408, flag SI, or a reset once the
     # response has started).  0 disables.
     stream_idle_timeout: float = 300.0
+    # Edge header trust and path normalization (gatewayd run --preserve-request-id,
+    # --xfcc, --no-path-normalization, --no-merge-slashes, --escaped-slashes,
+    # --keep-fragment).
+    preserve_request_id: bool = False
+    path: PathPolicy = EDGE_PATH_POLICY
+    xfcc_set: bool = True  # XFCC from a verified client certificate (False: never sent)
 
 
 def _header(headers: Headers, name: bytes) -> bytes | None:
@@ -409,12 +430,9 @@ class Exchange:
         self.port = lp
         headers = self.headers
         url = self.url
+        path_policy = proxy.options.path
         if url[:1] == b"/":
-            q = url.find(b"?")
-            if q >= 0:
-                path_b, query_b = url[:q], url[q + 1 :]
-            else:
-                path_b, query_b = url, b""
+            path_b, query_b = split_target(url, strip_fragment=path_policy.strip_fragment)
             host_b = self.host_header
         elif url == b"*":
             path_b, query_b, host_b = b"*", b"", self.host_header
@@ -440,6 +458,26 @@ class Exchange:
             else:
                 headers.append((b"host", host_b))
             self.host_header = host_b
+        if path_policy.active and needs_normalizing(path_b) is not None:
+            # Match and forward the path the backend will act on (pathnorm.py); a path
+            # without "%", "//", "/." or "\\" costs one scan here (~0.15 us).
+            try:
+                norm_b, redirect = normalize_path(path_b, path_policy)
+            except PathError:
+                self._local(400, LR_BAD_PATH)
+                return
+            if redirect:
+                # Envoy's UNESCAPE_AND_REDIRECT: 307 (method and body kept) to the
+                # unescaped, normalized path with the query as received.  "gRPC requests
+                # will be rejected" (Envoy): gRPC clients do not follow redirects.
+                ctype = _header(headers, b"content-type")
+                if ctype is not None and ctype.startswith(b"application/grpc"):
+                    self._local(400, LR_BAD_PATH)
+                    return
+                location = norm_b + b"?" + query_b if query_b else norm_b
+                self._local(307, LR_PATH_REDIRECT, extra=[(b"location", location)])
+                return
+            path_b = norm_b
         host = _host_only(host_b) if host_b else ""
         self.host = host
         sni = conn.sni
@@ -511,11 +549,14 @@ class Exchange:
         fwd = strip_hop_by_hop(headers)
         if self.expect:
             fwd = [h for h in fwd if h[0] != b"expect"]
+        options = proxy.options
         self.request_id = add_forwarding_headers(
             fwd,
             peer_ip=conn.peer_ip,
             scheme=conn.scheme,
-            trusted_hops=proxy.options.xff_trusted_hops,
+            trusted_hops=options.xff_trusted_hops,
+            preserve_request_id=options.preserve_request_id,
+            client_cert=conn.client_cert,
         )
         if rule.request_headers is not None:
             apply_header_ops(fwd, rule.request_headers)
@@ -1180,6 +1221,7 @@ class HttpConnection(asyncio.Protocol):
     __slots__ = (
         "active",
         "backlog",
+        "client_cert",
         "closed",
         "closing",
         "cur",
@@ -1224,6 +1266,9 @@ class HttpConnection(asyncio.Protocol):
         # connection is made; None on plain connections.
         self.sni: str | None = None
         self.scheme = b"http"  # X-Forwarded-Proto and the default redirect scheme
+        # X-Forwarded-Client-Cert value of a verified client certificate (terminated
+        # TLS only), built once per connection; None: the header is removed.
+        self.client_cert: bytes | None = None
         self.cur: Exchange | None = None
         self.active: Exchange | None = None
         self.queue: deque[Exchange] = deque()
@@ -1264,7 +1309,15 @@ class HttpConnection(asyncio.Protocol):
         self.peer_ip = peer[0] if peer else ""
         if self.sni is not None:
             # What the SNI callback chose (gatewayd.tls.terminate) for the 421 check.
-            self.sni = getattr(transport.get_extra_info("ssl_object"), "server_name", "")
+            ssl_object = transport.get_extra_info("ssl_object")
+            self.sni = getattr(ssl_object, "server_name", "")
+            # A peer certificate exists only where the listener asked for one and
+            # OpenSSL verified it against the listener's CA (frontend validation).
+            getpeercert = getattr(ssl_object, "getpeercert", None)
+            if getpeercert is not None and proxy.options.xfcc_set:
+                der = getpeercert(binary_form=True)
+                if der:
+                    self.client_cert = client_cert_details(der)
         self.deadline = self.loop.time() + proxy.options.header_timeout
         self.deadline_kind = D_HEAD
         if proxy.metrics is not None:

@@ -30,13 +30,18 @@ class Env:
     port: int
 
 
-@pytest.fixture(scope="module")
-def env(module_echoes, module_gatewayd) -> Env:  # type: ignore[no-untyped-def]
-    (echo,) = module_echoes.start("echo-v1")
+def one_echo_daemon(echoes, gatewayd, args: list[str]) -> Env:  # type: ignore[no-untyped-def]
+    """A daemon with one HTTP listener routing everything to one echo backend."""
+    (echo,) = echoes.start("echo-v1")
     port = free_port()
     docs = [gateway_class(), gateway("gw", [listener("http", port)]), *echo.manifests()]
     docs.append(http_route("all", [rule(backends=[backend_ref("echo-v1")])]))
-    return Env(module_gatewayd(docs, args=["--access-log", "json"]), port)
+    return Env(gatewayd(docs, args=args), port)
+
+
+@pytest.fixture(scope="module")
+def env(module_echoes, module_gatewayd) -> Env:  # type: ignore[no-untyped-def]
+    return one_echo_daemon(module_echoes, module_gatewayd, ["--access-log", "json"])
 
 
 def is_uuid(value: str | None) -> bool:
@@ -76,11 +81,69 @@ def test_request_id_generated_and_returned(env: Env) -> None:
     assert echo_header(other, "x-request-id") != sent, "request ids must differ per request"
 
 
-def test_request_id_kept(env: Env) -> None:
+def test_client_request_id_is_replaced(env: Env) -> None:
+    # Envoy's edge default (preserve_external_request_id: false): the id that
+    # correlates logs and traces is never chosen by an external client.
     rid = str(uuid.uuid4())
     r = request(env.port, headers={"X-Request-Id": rid})
+    sent = echo_header(r.echo(), "x-request-id")
+    assert len(sent) == 1 and is_uuid(sent[0]) and sent[0] != rid, sent
+    assert r.header("x-request-id") == sent[0]
+
+
+def test_access_log_shows_the_request_id_sent_upstream(env: Env) -> None:
+    marker = f"/rid-log-{uuid.uuid4().hex}"
+    r = request(env.port, marker, headers={"X-Request-Id": "client-chosen"})
+    (sent,) = echo_header(r.echo(), "x-request-id")
+    line = env.daemon.child.stdout.wait_for(lambda s: marker in s, timeout=5)
+    assert line is not None, env.daemon.output()
+    assert json.loads(line)["request_id"] == sent != "client-chosen"
+
+
+def test_request_id_preserved_with_the_option(echoes, gatewayd) -> None:  # type: ignore[no-untyped-def]
+    kept = one_echo_daemon(echoes, gatewayd, ["--preserve-request-id", "--access-log", "json"])
+    port = kept.port
+    rid = str(uuid.uuid4())
+    marker = f"/rid-kept-{uuid.uuid4().hex}"
+    r = request(port, marker, headers={"X-Request-Id": rid})
     assert echo_header(r.echo(), "x-request-id") == [rid]
     assert r.header("x-request-id") == rid
+    line = kept.daemon.child.stdout.wait_for(lambda s: marker in s, timeout=5)
+    assert line is not None and json.loads(line)["request_id"] == rid
+    # an unusable one is still replaced
+    doc = request(port, headers={"X-Request-Id": "x" * 200}).echo()
+    (sent,) = echo_header(doc, "x-request-id")
+    assert is_uuid(sent)
+
+
+def test_client_x_envoy_headers_are_stripped(env: Env) -> None:
+    doc = request(
+        env.port,
+        headers=[
+            ("X-Envoy-Retry-On", "5xx,reset"),
+            ("X-Envoy-Upstream-Rq-Timeout-Ms", "1"),
+            ("X-Envoy-Max-Retries", "50"),
+            ("X-Envoy-Internal", "true"),
+            ("X-Envoy-External-Address", "10.0.0.1"),
+            ("X-Envoy-Original-Path", "/admin"),
+            ("X-Envoyish", "kept"),
+        ],
+    ).echo()
+    names = {k.lower() for k in doc["headers"]}
+    assert {n for n in names if n.startswith("x-envoy-")} == {"x-envoy-external-address"}
+    assert echo_header(doc, "x-envoy-external-address") == ["127.0.0.1"]
+    assert echo_header(doc, "x-envoyish") == ["kept"]
+
+
+def test_client_xfcc_is_removed_on_plain_http(env: Env) -> None:
+    doc = request(
+        env.port,
+        headers=[
+            ("X-Forwarded-Client-Cert", 'Hash=0000;Subject="CN=admin"'),
+            ("X-Forwarded-Client-Cert", "By=spiffe://x"),
+        ],
+    ).echo()
+    assert echo_header(doc, "x-forwarded-client-cert") == []
 
 
 def test_hop_by_hop_request_headers_removed(env: Env) -> None:
@@ -137,11 +200,9 @@ def test_one_json_access_log_line_per_request(env: Env) -> None:
 
 
 def test_xff_trusted_hops(echoes, gatewayd) -> None:  # type: ignore[no-untyped-def]
-    (echo,) = echoes.start("echo-v1")
-    port = free_port()
-    docs = [gateway_class(), gateway("gw", [listener("http", port)]), *echo.manifests()]
-    docs.append(http_route("all", [rule(backends=[backend_ref("echo-v1")])]))
-    gatewayd(docs, args=["--xff-trusted-hops", "1", "--access-log", "off"])
+    port = one_echo_daemon(
+        echoes, gatewayd, ["--xff-trusted-hops", "1", "--access-log", "off"]
+    ).port
     doc = request(port, headers={"X-Forwarded-For": "198.51.100.1, 203.0.113.9"}).echo()
     # one trusted hop: the address that hop appended is the external client
     assert echo_header(doc, "x-envoy-external-address") == ["203.0.113.9"]

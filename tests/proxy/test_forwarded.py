@@ -8,6 +8,7 @@ import pytest
 from gatewayd.proxy.forwarded import (
     HOP_BY_HOP,
     add_forwarding_headers,
+    client_cert_details,
     new_request_id,
     strip_hop_by_hop,
 )
@@ -20,9 +21,22 @@ def values(headers: Headers, name: bytes) -> list[bytes]:
 
 
 def forward(
-    headers: Headers, *, hops: int = 0, peer: str = "192.0.2.5", scheme: bytes = b"http"
+    headers: Headers,
+    *,
+    hops: int = 0,
+    peer: str = "192.0.2.5",
+    scheme: bytes = b"http",
+    preserve: bool = False,
+    cert: bytes | None = None,
 ) -> bytes:
-    return add_forwarding_headers(headers, peer_ip=peer, scheme=scheme, trusted_hops=hops)
+    return add_forwarding_headers(
+        headers,
+        peer_ip=peer,
+        scheme=scheme,
+        trusted_hops=hops,
+        preserve_request_id=preserve,
+        client_cert=cert,
+    )
 
 
 # --------------------------------------------------------------------------- XFF
@@ -125,23 +139,33 @@ def test_forwarded_proto_trusted_with_trusted_hops() -> None:
 # --------------------------------------------------------------------------- request id
 
 
-def test_valid_request_id_is_kept_and_returned() -> None:
-    headers: Headers = [(b"x-request-id", b"cc21d9b0-cf5c-432b-8c7e-98aeb7988cd2")]
+def test_client_request_id_is_replaced_by_default() -> None:
+    # Envoy's edge default (preserve_external_request_id: false): a new id per request.
+    sent = b"cc21d9b0-cf5c-432b-8c7e-98aeb7988cd2"
+    headers: Headers = [(b"x-request-id", sent), (b"x-request-id", b"second")]
     rid = forward(headers)
+    assert rid != sent
+    assert values(headers, b"x-request-id") == [rid]
+    assert uuid.UUID(rid.decode()).version == 4
+
+
+def test_valid_request_id_is_kept_and_returned_when_preserved() -> None:
+    headers: Headers = [(b"x-request-id", b"cc21d9b0-cf5c-432b-8c7e-98aeb7988cd2")]
+    rid = forward(headers, preserve=True)
     assert rid == b"cc21d9b0-cf5c-432b-8c7e-98aeb7988cd2"
     assert values(headers, b"x-request-id") == [rid]
 
 
 def test_duplicate_request_ids_collapse_to_the_first() -> None:
     headers: Headers = [(b"x-request-id", b"first"), (b"x-request-id", b"second")]
-    assert forward(headers) == b"first"
+    assert forward(headers, preserve=True) == b"first"
     assert values(headers, b"x-request-id") == [b"first"]
 
 
 @pytest.mark.parametrize("bad", [b"", b"has space", b"new\nline", b"x" * 129, b"\xff\xfe"])
 def test_invalid_or_missing_request_id_is_generated(bad: bytes) -> None:
     headers: Headers = [(b"x-request-id", bad)]
-    rid = forward(headers)
+    rid = forward(headers, preserve=True)
     assert rid != bad
     assert values(headers, b"x-request-id") == [rid]
     parsed = uuid.UUID(rid.decode())
@@ -175,6 +199,116 @@ def test_forked_child_gets_a_different_id_sequence() -> None:
         os.waitpid(pid, 0)
     assert len(child_id) == 36
     assert child_id != new_request_id()
+
+
+# --------------------------------------------------------------------------- x-envoy-*
+
+
+def test_client_x_envoy_headers_are_removed() -> None:
+    headers: Headers = [
+        (b"host", b"a"),
+        (b"x-envoy-retry-on", b"5xx"),
+        (b"x-envoy-upstream-rq-timeout-ms", b"1"),
+        (b"x-envoy-max-retries", b"100"),
+        (b"x-envoy-internal", b"true"),
+        (b"x-envoy-external-address", b"10.0.0.1"),
+        (b"x-envoy-original-path", b"/admin"),
+        (b"x-envoyish", b"kept"),  # not the x-envoy- prefix
+        (b"x-other", b"kept"),
+    ]
+    forward(headers)
+    names = [n for n, _ in headers]
+    assert [n for n in names if n.startswith(b"x-envoy-")] == [b"x-envoy-external-address"]
+    assert values(headers, b"x-envoy-external-address") == [b"192.0.2.5"]
+    assert values(headers, b"x-envoyish") == [b"kept"]
+    assert values(headers, b"x-other") == [b"kept"]
+    assert headers[0] == (b"host", b"a")
+
+
+# --------------------------------------------------------------------------- XFCC
+
+
+def test_client_xfcc_is_removed_without_a_client_certificate() -> None:
+    headers: Headers = [(b"x-forwarded-client-cert", b'Hash=forged;Subject="CN=admin"')]
+    forward(headers)
+    assert values(headers, b"x-forwarded-client-cert") == []
+
+
+def test_client_xfcc_is_replaced_by_the_verified_certificate() -> None:
+    headers: Headers = [
+        (b"x-forwarded-client-cert", b"Hash=forged"),
+        (b"x-forwarded-client-cert", b"Hash=forged2"),
+    ]
+    forward(headers, cert=b"Hash=abc")
+    assert values(headers, b"x-forwarded-client-cert") == [b"Hash=abc"]
+
+
+def _cert_der(
+    cn: str, *, dns: tuple[str, ...] = (), uris: tuple[str, ...] = (), org: str | None = None
+) -> bytes:
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    attrs = [x509.NameAttribute(NameOID.COMMON_NAME, cn)]
+    if org is not None:
+        attrs.insert(0, x509.NameAttribute(NameOID.ORGANIZATION_NAME, org))
+    name = x509.Name(attrs)
+    now = dt.datetime.now(dt.UTC)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now)
+        .not_valid_after(now + dt.timedelta(days=1))
+    )
+    sans: list[x509.GeneralName] = [x509.DNSName(d) for d in dns]
+    sans += [x509.UniformResourceIdentifier(u) for u in uris]
+    if sans:
+        builder = builder.add_extension(x509.SubjectAlternativeName(sans), False)
+    cert = builder.sign(key, hashes.SHA256())
+    return cert.public_bytes(serialization.Encoding.DER)
+
+
+def test_client_cert_details_envoy_format() -> None:
+    import hashlib
+
+    der = _cert_der(
+        "client", org="Example", dns=("a.example", "b.example"), uris=("spiffe://td/ns/x",)
+    )
+    expected = (
+        f"Hash={hashlib.sha256(der).hexdigest()};"
+        'Subject="CN=client,O=Example";'
+        "URI=spiffe://td/ns/x;DNS=a.example;DNS=b.example"
+    )
+    assert client_cert_details(der) == expected.encode()
+
+
+def test_client_cert_details_quotes_and_escapes_hostile_names() -> None:
+    import hashlib
+
+    der = _cert_der('evil"\r\nx-admin: 1;Hash=0', uris=("urn:a;b=c",))
+    value = client_cert_details(der)
+    # RFC 4514 escapes '"' and ';' in the name, XFCC quoting escapes those backslashes
+    # and the quote again; CR/LF become visible escapes, so no header can be injected.
+    expected = (
+        f"Hash={hashlib.sha256(der).hexdigest()};"
+        + 'Subject="CN=evil\\\\\\"\\x0d\\x0ax-admin: 1\\\\;Hash=0";'
+        + 'URI="urn:a;b=c"'
+    )
+    assert value == expected.encode()
+    assert b"\r" not in value and b"\n" not in value
+
+
+def test_client_cert_details_without_san() -> None:
+    der = _cert_der("only-cn")
+    assert client_cert_details(der).endswith(b';Subject="CN=only-cn"')
 
 
 # --------------------------------------------------------------------------- hop-by-hop

@@ -1171,7 +1171,10 @@ def test_close_drains_in_flight_requests() -> None:
 def test_access_log_line_per_request() -> None:
     async def main() -> None:
         be = await start_backend()
-        proxy, port, _ = await start_proxy({"/": hit(rule(backend("b", be.port)))})
+        # --preserve-request-id: the client's id is the one logged (and forwarded)
+        proxy, port, _ = await start_proxy(
+            {"/": hit(rule(backend("b", be.port)))}, preserve_request_id=True
+        )
         buf = io.StringIO()
         proxy.access = AccessLogger("json", buf)
         c = await Client.open(port)
