@@ -522,10 +522,15 @@ class WorkerPool:
                 return
             fresh = self._spawn(worker.index)
             if self.snapshot_bytes is None:
-                log.info("%s started again", fresh.name)
+                log.info("worker %d restarted (pid %s)", fresh.index, fresh.process.pid)
                 return
             if await self._apply_one(fresh, dict(self.listeners)) is not None:
-                log.info("%s restarted with generation %d", fresh.name, self.generation)
+                log.info(
+                    "worker %d restarted (pid %s) serving configuration generation %d",
+                    fresh.index,
+                    fresh.process.pid,
+                    self.generation,
+                )
 
     def _stopping(self) -> bool:
         return self.closing or self.fatal.is_set()
@@ -640,9 +645,13 @@ class WorkerPool:
         return [w.process.pid for w in self.workers if w is not None and w.process.pid]
 
     async def close(self, drain_timeout: float = 0.0) -> None:
-        """Drain every worker for up to ``drain_timeout`` seconds, make sure each has
-        exited, then close the listening sockets."""
+        """Stop listening, drain every worker for up to ``drain_timeout`` seconds and
+        make sure each has exited."""
         self.closing = True
+        # New connections are refused from now on: the workers close their descriptors
+        # of each listening socket when they start draining, the supervisor here.
+        for key in list(self.listeners):
+            self._unbind(key)
         live = [w for w in self.workers if w is not None and w.process.is_alive()]
         loop = asyncio.get_running_loop()
 
@@ -668,8 +677,6 @@ class WorkerPool:
         for task in list(self._monitors):
             task.cancel()
         await asyncio.gather(*self._monitors, return_exceptions=True)
-        for key in list(self.listeners):
-            self._unbind(key)
 
 
 def _describe_exit(code: int | None) -> str:
