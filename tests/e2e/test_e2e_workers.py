@@ -186,12 +186,13 @@ def serve_many_routes_and_reload(
     return reloaded_after
 
 
-def frontend_validation_manifests(port_a: int, port_b: int, port_c: int) -> str:
-    """HTTPS listeners on three ports whose spec.tls.frontend per-port validation names
-    a missing ConfigMap, a Service and a ConfigMap in another namespace (no grant)."""
+def frontend_validation_manifests(echo: EchoBackend, http: int, ports: list[int]) -> str:
+    """The Gateway of the report: HTTPS listeners on four ports whose spec.tls.frontend
+    per-port validation names a missing ConfigMap, a Service and a ConfigMap in another
+    namespace (no ReferenceGrant); the fourth port takes the default validation (a
+    valid ConfigMap).  Beside them an HTTP listener and a route on it and the fourth."""
     cert, key = self_signed(["workers.example"])
-    ports = (port_a, port_b, port_c)
-    listeners = [
+    listeners = [listener("http", http)] + [
         {
             "name": f"https-{i}",
             "port": p,
@@ -202,28 +203,41 @@ def frontend_validation_manifests(port_a: int, port_b: int, port_c: int) -> str:
         for i, p in enumerate(ports)
     ]
     gw = gateway("gw", listeners)
-    refs: list[Doc] = [
+    bad: list[Doc] = [
         {"group": "", "kind": "ConfigMap", "name": "missing-ca"},
-        {"group": "", "kind": "Service", "name": "echo"},
+        {"group": "", "kind": "Service", "name": echo.name},
         {"group": "", "kind": "ConfigMap", "name": "ca", "namespace": "elsewhere"},
     ]
     gw["spec"]["tls"] = {
         "frontend": {
-            "default": {"validation": {"caCertificateRefs": [refs[0]]}},
+            "default": {
+                "validation": {
+                    "caCertificateRefs": [{"group": "", "kind": "ConfigMap", "name": "ca"}]
+                }
+            },
             "perPort": [
                 {"port": p, "tls": {"validation": {"caCertificateRefs": [ref]}}}
-                for p, ref in zip(ports, refs, strict=True)
+                for p, ref in zip(ports, bad, strict=False)
             ],
         }
     }
-    config_map: Doc = {
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": {"name": "ca", "namespace": "elsewhere"},
-        "data": {"ca.crt": cert.decode()},
-    }
+
+    def config_map(namespace: str) -> Doc:
+        return {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": "ca", "namespace": namespace},
+            "data": {"ca.crt": cert.decode()},
+        }
+
     namespace: Doc = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "elsewhere"}}
-    docs = [gateway_class(), gw, namespace, config_map]
+    route = http_route("app", [rule(backends=[backend_ref(echo.name)])])
+    route["spec"]["parentRefs"] = [
+        {"name": "gw", "sectionName": "http"},
+        {"name": "gw", "sectionName": "https-3"},
+    ]
+    docs = [gateway_class(), gw, namespace, config_map("elsewhere"), config_map("default")]
+    docs += [*echo.manifests(), route]
     return to_yaml(docs) + "---\n" + secret_manifest(cert, key, name="cert", namespace="default")
 
 
@@ -231,18 +245,28 @@ def test_https_frontend_validation_with_bad_references_starts_three_times(  # ty
     echoes, gatewayd
 ) -> None:
     (echo,) = echoes.start("echo")
-    ports = (free_port(), free_port(), free_port())
-    manifests = frontend_validation_manifests(*ports)
-    manifests += "---\n" + to_yaml(echo.manifests())
+    http, ports = free_port(), [free_port() for _ in range(4)]
+    manifests = frontend_validation_manifests(echo, http, ports)
+    expected = {
+        "https-0": "InvalidCACertificateRef",
+        "https-1": "InvalidCACertificateKind",
+        "https-2": "RefNotPermitted",
+        "https-3": "ResolvedRefs",
+        "http": "ResolvedRefs",
+    }
     for attempt in range(3):
         daemon = gatewayd(manifests, args=["--workers", "2", "--no-watch"])
         assert len(worker_pids(daemon)) == 2
         status = daemon.status_of("Gateway", "gw")
-        listeners = {ls["name"]: ls for ls in status["listeners"]}
-        assert set(listeners) == {"https-0", "https-1", "https-2"}, status
-        for name in listeners:
-            resolved = conditions(listeners[name])["ResolvedRefs"]
-            assert resolved["status"] == "False", (attempt, name, resolved)
+        reasons = {
+            ls["name"]: conditions(ls)["ResolvedRefs"]["reason"] for ls in status["listeners"]
+        }
+        assert reasons == expected, (attempt, status)
+        # The two valid listeners serve, each port bound once; the others are not bound.
+        assert request(http, "/").status == 200
+        assert len(listening_inodes(ports[3])) == 1
+        assert not any(listening_inodes(p) for p in ports[:3])
+        assert "serving 2 listener socket(s)" in daemon.child.stderr.text()
         assert_no_protocol_trouble(daemon)
         rc = daemon.stop()
         assert rc == 0, daemon.output()
@@ -306,6 +330,7 @@ def test_second_instance_on_a_busy_admin_address_exits_1_with_one_line(  # type:
     second = Child(
         gatewayd_argv("run", "--config", str(config), "--admin-address", admin, "--workers", "2"),
         "second",
+        cwd=tmp_path,  # not the checkout: ``python -m`` imports from the working directory
     )
     try:
         rc = second.proc.wait(10)
