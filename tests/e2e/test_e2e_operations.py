@@ -371,7 +371,7 @@ def test_workers_share_listeners_restart_and_sum_metrics(echoes, gatewayd) -> No
     assert len(pids) == 2 and daemon.pid not in pids, pids
 
     with held_clients(port, 24) as clients:
-        # Both workers take connections (SO_REUSEPORT spreads them by 4-tuple hash).
+        # Both workers take connections: they accept on the supervisor's one socket.
         held = owners(port, pids)
         assert all(held[p] for p in pids), held
         assert sum(len(v) for v in held.values()) == 24, held
