@@ -18,16 +18,18 @@ from its non-blocking end (``FrameDecoder``), so a snapshot of any size arrives 
 
     supervisor -> worker                           worker -> supervisor
     ("apply", generation, <pickled Snapshot>,      ("applied", generation,
-        held ports, handed ports) + descriptors        {(addr, port): reason}, [bound ports])
+        handed ports) + descriptors                    {(addr, port): reason}, [bound ports])
     ("metrics",)                                   ("metrics", ProxyMetrics.export())
     ("drain", seconds)                             ("drained",)   then the worker exits 0
     any request the worker could not carry out     ("error", request kind, cause)
 
-"held ports" are every port the supervisor holds a socket for; "handed ports" are the
-ones whose descriptors ride with this frame, in order (those the worker does not have
-yet).  The supervisor checks the shape of every answer; any failed exchange (an error
-answer, a wrong shape, a timeout, a closed pipe) is logged with its cause and the worker
-is killed and restarted with the current snapshot.  A worker that fails to take the
+"handed ports" are the ports whose descriptors ride with the frame, in order: those
+of the snapshot the worker does not serve yet.  A worker keeps the sockets of the ports
+it serves ("bound ports") and closes the others, so a port that left the snapshot or
+that no worker can serve (its TLS failed) is closed once the supervisor closes its own
+descriptor.  The supervisor checks the shape of every answer; any failed exchange (an
+error answer, a wrong shape, a timeout, a closed pipe) is logged with its cause and the
+worker is killed and restarted with the current snapshot.  A worker that fails to take the
 current snapshot ``MAX_APPLY_ATTEMPTS`` times in a row ends the daemon (exit status 1).
 
 The supervisor's side runs each exchange in a thread (``run_in_executor``) on a blocking
@@ -326,7 +328,7 @@ async def _apply(
     proxy: Proxy, sockets: ListeningSockets, message: tuple[Any, ...], fds: list[int]
 ) -> tuple[Any, ...]:
     try:
-        _, generation, data, held, handed = message
+        _, generation, data, handed = message
         if len(handed) != len(fds):
             raise ProtocolError(f"{len(handed)} ports handed with {len(fds)} descriptors")
     except (ValueError, TypeError, ProtocolError):
@@ -334,10 +336,11 @@ async def _apply(
         raise
     for key, fd in zip(handed, fds, strict=True):
         sockets.put((key[0], key[1]), socket.socket(fileno=fd))
-    sockets.retain((key[0], key[1]) for key in held)
     snapshot: Snapshot = pickle.loads(data)
     failures = await proxy.apply(snapshot)
-    return ("applied", generation, failures, sorted(proxy.bound()))
+    bound = proxy.bound()
+    sockets.retain(bound)  # the supervisor hands the others again if they come back
+    return ("applied", generation, failures, sorted(bound))
 
 
 def _private_registry() -> Any:
@@ -415,9 +418,12 @@ class _Worker:
         """Hand ``data`` (a pickled snapshot) and the sockets it lacks to the worker."""
         with self.lock:
             fresh = sorted(k for k, (serial, _) in held.items() if self.handed.get(k) != serial)
-            message = ("apply", generation, data, tuple(sorted(held)), tuple(fresh))
+            message = ("apply", generation, data, tuple(fresh))
             answer = self._exchange(message, [held[k][1].fileno() for k in fresh], CALL_TIMEOUT)
-            self.handed = {k: serial for k, (serial, _) in held.items()}
+            # The worker keeps the sockets of the ports it serves (a wrong answer kills
+            # it: then this does not matter).
+            bound = answer[3] if len(answer) == 4 and isinstance(answer[3], list) else []
+            self.handed = {k: held[k][0] for k in map(tuple, bound) if k in held}
             return answer
 
     def close_pipe(self) -> None:
@@ -588,7 +594,9 @@ class WorkerPool:
                 )
                 return failures
             self.generation, self.snapshot_bytes = snapshot.generation, data
-            held = dict(self.listeners)
+            # The workers keep the sockets of this snapshot's ports and let go of the
+            # others before the supervisor closes its own below.
+            held = {k: v for k, v in self.listeners.items() if k in snapshot.ports}
             # A worker waiting for its restart gets this snapshot from its monitor.
             live = [w for w in self.workers if w is not None and w.process.is_alive()]
             answers = await asyncio.gather(*(self._apply_one(w, held) for w in live))

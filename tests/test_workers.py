@@ -274,13 +274,13 @@ def test_the_worker_answers_each_request_and_stops_on_garbage() -> None:
 
         try:
             snapshot = pickle.dumps(Snapshot(generation=5))
-            apply = ("apply", 5, snapshot, (key,), (key,))
+            apply = ("apply", 5, snapshot, (key,))
             assert await call(apply, [listener.fileno()]) == ("applied", 5, {}, [])
             metrics = await call(("metrics",))
             assert metrics[0] == "metrics" and isinstance(metrics[1], dict)
             unknown = await call(("reboot",))
             assert unknown == ("error", "reboot", "unknown request 'reboot'")
-            broken = await call(("apply", 6, b"not a pickle", (), ()))
+            broken = await call(("apply", 6, b"not a pickle", ()))
             assert broken[:2] == ("error", "apply") and "UnpicklingError" in broken[2]
             # A stream that is not frames: the worker stops with status 1.
             await loop.run_in_executor(None, supervisor.sendall, b"\0" * 64)

@@ -17,12 +17,15 @@ import contextlib
 import json
 import os
 import signal
+import socket
+import ssl
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from e2e_kit import (
+    LOCALHOST,
     Child,
     Client,
     Doc,
@@ -370,3 +373,49 @@ def test_second_instance_on_the_same_listener_port_takes_no_request(echoes, gate
     assert requests_total(first) - before_first == 100
     assert requests_total(second) == before_second == 0
     assert listening_inodes(port) and len(listening_inodes(port)) == 1
+
+
+# --------------------------------------------------------------------------- reloads
+
+
+def test_a_port_turning_https_keeps_its_socket_and_every_worker_serves_it(  # type: ignore[no-untyped-def]
+    echoes, gatewayd
+) -> None:
+    (echo,) = echoes.start("echo")
+    port = free_port()
+    cert, key = self_signed(["workers.example"])
+    daemon = gatewayd(simple_docs(port, echo), args=["--workers", "2", "--no-watch"])
+    sockets = listening_inodes(port)
+    assert len(sockets) == 1, sockets
+    https = {
+        "name": "http",
+        "port": port,
+        "protocol": "HTTPS",
+        "tls": {"mode": "Terminate", "certificateRefs": [{"name": "cert"}]},
+    }
+    docs = simple_docs(port, echo)
+    docs[1] = gateway("gw", [https])
+    daemon.config.write_text(
+        to_yaml(docs) + "---\n" + secret_manifest(cert, key, name="cert", namespace="default")
+    )
+    daemon.child.proc.send_signal(signal.SIGHUP)
+    line = daemon.child.stderr.wait_for(lambda s: "config generation 2 serving" in s, timeout=10)
+    assert line is not None and line.endswith("serving 1 listener socket(s)"), daemon.output()
+    # Each worker serves TLS now: enough fresh connections that both took some.
+    pids = worker_pids(daemon)
+    context = ssl.create_default_context(cadata=cert.decode())
+    seen: set[int] = set()
+    for n in range(60):
+        with (
+            socket.create_connection((LOCALHOST, port), timeout=5) as raw,
+            context.wrap_socket(raw, server_hostname="workers.example") as tls,
+        ):
+            tls.sendall(b"GET /tls/%d HTTP/1.1\r\nHost: workers.example\r\n\r\n" % n)
+            assert tls.recv(12) == b"HTTP/1.1 200"
+            local = tls.getsockname()[1]
+            seen |= {pid for pid, ports in owners(port, pids).items() if local in ports}
+        if seen == set(pids):
+            break
+    assert seen == set(pids), seen
+    assert listening_inodes(port) == sockets  # the same socket, never bound again
+    assert_no_protocol_trouble(daemon)
