@@ -1608,13 +1608,18 @@ class Proxy:
                 if _native_tls(lp):
                     ssl_ctx = tls.base
             try:
-                server = await loop.create_server(
-                    self._factory(key, label, tls=ssl_ctx is not None),
-                    sock=self.sockets.open(key),
-                    backlog=BACKLOG,
-                    ssl=ssl_ctx,
-                    ssl_handshake_timeout=self.options.header_timeout if ssl_ctx else None,
-                )
+                sock = self.sockets.open(key)
+                try:
+                    server = await loop.create_server(
+                        self._factory(key, label, tls=ssl_ctx is not None),
+                        sock=sock,
+                        backlog=BACKLOG,
+                        ssl=ssl_ctx,
+                        ssl_handshake_timeout=self.options.header_timeout if ssl_ctx else None,
+                    )
+                except BaseException:
+                    sock.close()  # this server's descriptor; the port's socket stays
+                    raise
             except OSError as exc:
                 failed[key] = f"cannot bind {label}: {exc.strerror or exc}"
                 if not isinstance(exc, NotHanded):  # the supervisor logged its own failure
