@@ -586,7 +586,11 @@ class WorkerPool:
         not be bound (or that no worker could serve) with the reason."""
         async with self._apply_lock:
             failures = self._bind_new(snapshot)
-            data = pickle.dumps(snapshot, protocol=pickle.HIGHEST_PROTOCOL)
+            # Pickling 10,000 routes takes ~0.6 s: in a thread, so the event loop (admin,
+            # metrics) gets its share of the GIL meanwhile.  The snapshot is immutable.
+            data = await asyncio.get_running_loop().run_in_executor(
+                None, pickle.dumps, snapshot, pickle.HIGHEST_PROTOCOL
+            )
             if len(data) > MAX_FRAME - 4096:
                 self._give_up(
                     f"configuration generation {snapshot.generation} is {len(data)} bytes "
