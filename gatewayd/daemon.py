@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import os
 import signal
 import sys
 from collections.abc import Awaitable
@@ -245,44 +246,75 @@ MAX_EXPIRY_WAIT = 86400.0
 
 async def run(options: RunOptions) -> int:
     daemon = Daemon(options)
+    # The admin address first, before any worker or listener exists: a second instance
+    # on a busy admin address stops here with one line, and never gets to bind
+    # listener ports or start workers.
+    try:
+        admin = await start_admin(
+            options.admin_address,
+            AdminState(
+                ready=daemon.ready,
+                status_items=daemon.status_items,
+                config_dump=daemon.config_dump,
+                metrics=daemon.render_metrics,
+                config_state=daemon.config_state,
+            ),
+        )
+    except OSError as exc:
+        # asyncio words the error as "error while attempting to bind on address ...";
+        # the line names the address once, with the system's reason.
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        log.error("cannot listen on the admin address %s: %s", options.admin_address, reason)
+        return 1
+    log.info("admin listening on %s", options.admin_address)
+    try:
+        return await _serve(daemon, options)
+    finally:
+        await admin.close()
+
+
+async def _serve(daemon: Daemon, options: RunOptions) -> int:
+    """Start the data plane, load the configuration and serve until SIGTERM/SIGINT (0)
+    or until the workers cannot be kept serving (1)."""
     if daemon.tproxy is not None:
         try:
             await daemon.tproxy.start()
         except Exception as exc:
             log.error("tproxy: %s", exc)
             return 1
-    if daemon.pool is not None:
-        await daemon.pool.start()
-    await daemon.load(initial=True)
-    admin = await start_admin(
-        options.admin_address,
-        AdminState(
-            ready=daemon.ready,
-            status_items=daemon.status_items,
-            config_dump=daemon.config_dump,
-            metrics=daemon.render_metrics,
-            config_state=daemon.config_state,
-        ),
-    )
-    log.info("admin listening on %s", options.admin_address)
-
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     reloads: set[asyncio.Task[bool]] = set()
-
-    def on_hup() -> None:
-        task = loop.create_task(daemon.load(initial=False))
-        reloads.add(task)
-        task.add_done_callback(reloads.discard)
-
     watcher: asyncio.Task[None] | None = None
-    if options.watch:
-        watcher = loop.create_task(watch_config(options.config, lambda: daemon.load(initial=False)))
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    loop.add_signal_handler(signal.SIGINT, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, on_hup)
     try:
-        await stop.wait()
+        if daemon.pool is not None:
+            await daemon.pool.start()
+        await daemon.load(initial=True)
+
+        def on_hup() -> None:
+            task = loop.create_task(daemon.load(initial=False))
+            reloads.add(task)
+            task.add_done_callback(reloads.discard)
+
+        if options.watch:
+            watcher = loop.create_task(
+                watch_config(options.config, lambda: daemon.load(initial=False))
+            )
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        loop.add_signal_handler(signal.SIGINT, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, on_hup)
+        waits = [loop.create_task(stop.wait())]
+        if daemon.pool is not None:
+            waits.append(loop.create_task(daemon.pool.fatal.wait()))
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in waits:
+                task.cancel()
+        if daemon.pool is not None and daemon.pool.fatal.is_set():
+            log.error("stopping (exit status 1): %s", daemon.pool.fatal_reason)
+            return 1
+        return 0
     finally:
         if watcher is not None:
             watcher.cancel()
@@ -291,8 +323,6 @@ async def run(options: RunOptions) -> int:
         if daemon.tproxy is not None:
             await daemon.tproxy.close()  # stop diverting first, then drain
         await daemon.proxy.close(options.drain_timeout)
-        await admin.close()
-    return 0
 
 
 def configure_logging() -> None:

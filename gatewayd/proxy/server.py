@@ -60,6 +60,7 @@ from gatewayd.proxy.forwarded import (
     client_cert_details,
     strip_hop_by_hop,
 )
+from gatewayd.proxy.listeners import BACKLOG, ListeningSockets, NotHanded
 from gatewayd.proxy.localreply import (
     DNS_RESOLUTION_FAILURE,
     DOWNSTREAM_PROTOCOL_ERROR,
@@ -1717,24 +1718,6 @@ def _deadline(conn: HttpConnection) -> float:
     return conn.deadline
 
 
-def _bind(address: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in address else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if hasattr(socket, "SO_REUSEPORT"):
-            # So that several worker processes can share the port later.
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        if family == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        sock.bind((address, port))
-        sock.setblocking(False)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
-
-
 class Proxy:
     """The data plane of one process: listeners, client connections, upstream pool."""
 
@@ -1743,8 +1726,12 @@ class Proxy:
         holder: SnapshotHolder,
         options: ProxyOptions,
         metrics: ProxyMetrics | None = None,
+        sockets: ListeningSockets | None = None,
     ) -> None:
         self.holder = holder
+        # Listening sockets by port: bound here, or handed over by the supervisor of
+        # several workers (``gatewayd/workers.py``).
+        self.sockets = sockets if sockets is not None else ListeningSockets()
         self.options = options
         self.metrics = metrics
         self.access: AccessLogger | None = (
@@ -1793,7 +1780,8 @@ class Proxy:
         failed: dict[tuple[str, int], str] = {}
         wanted = set(snapshot.ports)
         # A port whose socket turns from plain to the loop's TLS (HTTP to HTTPS, or an
-        # HTTPS port gaining or losing TLS listeners) or back needs a new socket.
+        # HTTPS port gaining or losing TLS listeners) or back needs a new server; it
+        # listens on the same socket (``ListeningSockets``), so nothing is bound again.
         flipped = [
             key
             for key in self.servers
@@ -1822,17 +1810,22 @@ class Proxy:
                 if _native_tls(lp):
                     ssl_ctx = tls.base
             try:
-                sock = _bind(address, port)
-                server = await loop.create_server(
-                    self._factory(key, label, tls=ssl_ctx is not None),
-                    sock=sock,
-                    backlog=1024,
-                    ssl=ssl_ctx,
-                    ssl_handshake_timeout=self.options.header_timeout if ssl_ctx else None,
-                )
+                sock = self.sockets.open(key)
+                try:
+                    server = await loop.create_server(
+                        self._factory(key, label, tls=ssl_ctx is not None),
+                        sock=sock,
+                        backlog=BACKLOG,
+                        ssl=ssl_ctx,
+                        ssl_handshake_timeout=self.options.header_timeout if ssl_ctx else None,
+                    )
+                except BaseException:
+                    sock.close()  # this server's descriptor; the port's socket stays
+                    raise
             except OSError as exc:
                 failed[key] = f"cannot bind {label}: {exc.strerror or exc}"
-                log.error("%s", failed[key])
+                if not isinstance(exc, NotHanded):  # the supervisor logged its own failure
+                    log.error("%s", failed[key])
                 self.terminators.pop(key, None)
                 continue
             self.servers[key] = server
@@ -1840,6 +1833,9 @@ class Proxy:
                 self.native_tls.add(key)
         removed = [key for key in self.servers if key not in wanted]
         self._close_ports(removed)
+        if self.sockets.binds:
+            # A port no server uses any more (removed, or its TLS failed) is unbound.
+            self.sockets.retain(self.servers)
         if removed or flipped:
             await asyncio.sleep(0)  # let the listening sockets close
         return failed
@@ -1917,6 +1913,7 @@ class Proxy:
         for server in self.servers.values():
             server.close()
         self.servers.clear()
+        self.sockets.close()
         self.terminators.clear()
         self.native_tls.clear()
         for c in list(self.conns):

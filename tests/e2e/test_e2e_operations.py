@@ -371,7 +371,7 @@ def test_workers_share_listeners_restart_and_sum_metrics(echoes, gatewayd) -> No
     assert len(pids) == 2 and daemon.pid not in pids, pids
 
     with held_clients(port, 24) as clients:
-        # Both workers take connections (SO_REUSEPORT spreads them by 4-tuple hash).
+        # Both workers take connections: they accept on the supervisor's one socket.
         held = owners(port, pids)
         assert all(held[p] for p in pids), held
         assert sum(len(v) for v in held.values()) == 24, held
@@ -418,8 +418,9 @@ def test_workers_share_listeners_restart_and_sum_metrics(echoes, gatewayd) -> No
 # --------------------------------------------------------------------------- files come and go
 
 
+@pytest.mark.parametrize("workers", ["1", "2"])
 def test_added_and_removed_files_bind_and_drain_only_their_listener(  # type: ignore[no-untyped-def]
-    echoes, gatewayd, tmp_path: Path
+    echoes, gatewayd, tmp_path: Path, workers: str
 ) -> None:
     v1, v2 = echoes.start("echo-v1", "echo-v2")
     B = "127.0.0.2"
@@ -433,7 +434,7 @@ def test_added_and_removed_files_bind_and_drain_only_their_listener(  # type: ig
         *v2.manifests(),
         http_route("ra", [rule(backends=[backend_ref("echo-v1")])], parent="gw-a"),
     ]
-    daemon = gatewayd(docs, args=["--config", str(extra)])
+    daemon = gatewayd(docs, args=["--config", str(extra), "--workers", workers])
     with Client(port_a) as steady:  # asserts the connection is never reopened
         assert steady.request("/a").echo()["pod"] == "echo-v1"
 

@@ -505,7 +505,7 @@ def test_certificate_swap_keeps_open_connections_and_the_socket(
 
         daemon = Gatewayd(tmp_path / "d", manifests(old), args=("--workers", workers))
         sockets = listening_inodes(port)
-        assert len(sockets) == int(workers)
+        assert len(sockets) == 1  # bound once; several workers share the socket
         with TlsClient(port, "swap.example") as kept:
             assert kept.sha256 == old.sha256
             assert kept.get("swap.example").status == 200
