@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import datetime as dt
 import logging
 import signal
@@ -21,7 +22,7 @@ from gatewayd.proxy.snapshot import SnapshotHolder
 from gatewayd.routing.addressing import host_port
 from gatewayd.routing.bindings import ObjectStatus, Resolution
 from gatewayd.routing.compiled import Snapshot
-from gatewayd.routing.load import ConfigPathError
+from gatewayd.routing.load import ConfigLimits, ConfigPathError
 from gatewayd.routing.status import with_listener_failures
 from gatewayd.routing.table import SNITable
 from gatewayd.watch import watch_config
@@ -40,6 +41,7 @@ class RunOptions:
     admin_address: str = "127.0.0.1:9901"
     address_pool: str = "127.0.10.0/24"
     controller_name: str = "gatewayd.dev/gateway-controller"
+    limits: ConfigLimits = field(default_factory=ConfigLimits)  # bounds on reading config
     proxy: ProxyOptions = field(default_factory=ProxyOptions)
     drain_timeout: float = 15.0
     watch: bool = True
@@ -56,6 +58,17 @@ class Daemon:
             options.config,
             controller_name=options.controller_name,
             address_pool=options.address_pool,
+            limits=options.limits,
+        )
+        # Loading, validating and compiling run on this one thread, never on the event
+        # loop, which serves the data plane (one worker) or the admin server.  The GIL
+        # is handed back to the loop every switch interval (5 ms) because the build is
+        # Python code made of short steps; a 50 MB file stalled the loop for 11.9 s when
+        # it ran there.  (A builder process would have to pickle the result back, and
+        # unpickling a large snapshot is one long C call on the loop: ~0.1 s for 1,000
+        # routes.)  One thread: reloads are serialized by ``_reload_lock`` anyway.
+        self._builder = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="gatewayd-config"
         )
         self.metrics = ProxyMetrics()
         self.holder = SnapshotHolder(Snapshot(generation=0))
@@ -69,7 +82,7 @@ class Daemon:
             self.proxy = Proxy(self.holder, options.proxy, self.metrics)
         self.statuses: tuple[ObjectStatus, ...] = ()
         self.last_error: str | None = None
-        self.known_problems: set[str] = set()
+        self.known_problems: frozenset[str] = frozenset()
         self.is_ready = False
         self._reload_lock = asyncio.Lock()
         # A reload when the first served certificate expires, so status and serving
@@ -152,21 +165,17 @@ class Daemon:
     async def load(self, *, initial: bool) -> bool:
         """Build and apply a snapshot.  A failed reload keeps the last good one serving."""
         async with self._reload_lock:
+            loop = asyncio.get_running_loop()
             try:
-                built = self.pipeline.build()
+                built, problems = await loop.run_in_executor(self._builder, self._build)
             except ConfigPathError as exc:
                 return self._reject(str(exc), initial=initial)
             except Exception as exc:  # a bug must never take the daemon down
                 log.exception("building the configuration failed")
                 return self._reject(f"internal error while building config: {exc}", initial=initial)
-            for notice in built.load.notices:
-                log.info("%s", notice)
-            for problem in built.load.problems:
-                log.error("config: %s", problem)
             # A reload that brings a new problem (broken YAML, an invalid edit) keeps the
             # last good snapshot: serving the valid rest could silently drop routes.
             # Problems the serving config already had do not block later edits.
-            problems = {str(p) for p in built.load.problems}
             fresh = problems - self.known_problems
             if fresh and not initial:
                 return self._reject(
@@ -177,6 +186,17 @@ class Daemon:
             await self._apply(built)
             self.known_problems = problems
             return True
+
+    def _build(self) -> tuple[Built, frozenset[str]]:
+        """On the builder thread: build, log what the load found, and the problems as
+        text.  Logging is thread-safe and a config with thousands of problems writes
+        thousands of lines, which is no work for the event loop either."""
+        built = self.pipeline.build()
+        for notice in built.load.notices:
+            log.info("%s", notice)
+        for problem in built.load.problems:
+            log.error("config: %s", problem)
+        return built, frozenset(str(p) for p in built.load.problems)
 
     def _reject(self, message: str, *, initial: bool) -> bool:
         self.last_error = message

@@ -16,12 +16,19 @@ Routes (GET and HEAD):
 
 Anything else is 404.  A state callable that raises is answered 500 with
 ``{"error": "..."}`` and logged; the client never sees a traceback.
+
+Only requests naming this server in ``Host`` are answered (``_host_check``): a web page
+that points a DNS name of its own at 127.0.0.1 (DNS rebinding) would otherwise read
+``/config_dump`` through the victim's browser.  Accepted: ``localhost``, a loopback
+address or the address the connection arrived at, each with no port or the admin's
+port; anything else is 421.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import enum
+import ipaddress
 import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Set
@@ -159,6 +166,70 @@ async def _errors(request: web.Request, handler: _Handler) -> web.StreamResponse
         return _json(500, {"error": f"{type(exc).__name__}: {exc}"})
 
 
+def _split_host(value: str) -> tuple[str, str] | None:
+    """``host[:port]`` / ``[v6][:port]`` -> (host without brackets, port or ""); None
+    when malformed."""
+    if value.startswith("["):
+        host, sep, rest = value[1:].partition("]")
+        if not sep or (rest and not rest.startswith(":")):
+            return None
+        port = rest[1:]
+    else:
+        host, _, port = value.partition(":")
+    if not host or (port and not (port.isascii() and port.isdigit() and len(port) <= 5)):
+        return None
+    return host.lower(), port
+
+
+def _is_own_host(host: str, local: str) -> bool:
+    """``localhost``, a loopback address, or ``local`` (the address the connection
+    arrived at: the bound address, or the one a wildcard bind was reached on)."""
+    if host == "localhost":
+        return True
+    try:
+        ip = ipaddress.ip_address(host)
+        own = ipaddress.ip_address(local)
+    except ValueError:
+        return False  # a name other than localhost: the rebinding case
+    if isinstance(own, ipaddress.IPv6Address) and own.ipv4_mapped is not None:
+        own = own.ipv4_mapped  # a dual-stack socket reports IPv4 peers this way
+    return ip.is_loopback or ip == own
+
+
+@web.middleware
+async def _host_check(request: web.Request, handler: _Handler) -> web.StreamResponse:
+    hosts = request.headers.getall("Host", [])
+    if not hosts:
+        # RFC 9112 section 3.2: "A server MUST respond with a 400 (Bad Request) status
+        # code to any HTTP/1.1 request message that lacks a Host header field".  An
+        # HTTP/1.0 client (no browser is one) may leave it out.
+        if request.version >= (1, 1):
+            return _json(400, {"error": "Bad Request: no Host header"})
+        return await handler(request)
+    if len(hosts) > 1:
+        # ... "and to any request message that contains more than one Host header
+        # field line".
+        return _json(400, {"error": "Bad Request: more than one Host header"})
+    sockname = request.transport.get_extra_info("sockname") if request.transport else None
+    local, port = (str(sockname[0]), str(sockname[1])) if sockname else ("", "")
+    parts = _split_host(hosts[0].strip())
+    if parts is None:
+        return _json(400, {"error": "Bad Request: malformed Host header"})
+    host, host_port = parts
+    if _is_own_host(host, local) and (not host_port or int(host_port) == int(port or -1)):
+        return await handler(request)
+    # RFC 9110 section 15.5.20: 421 "indicates that the request was directed at a server
+    # that is unable or unwilling to produce an authoritative response for the target
+    # URI".
+    return _json(
+        421,
+        {
+            "error": "Misdirected Request: the admin server answers Host localhost, a "
+            "loopback address or its own address only"
+        },
+    )
+
+
 class AdminServer:
     """A running admin server; ``port`` is the bound port (useful with port 0)."""
 
@@ -190,7 +261,7 @@ class AdminServer:
 
 def make_app(state: AdminState) -> web.Application:
     routes = _Routes(state)
-    app = web.Application(middlewares=[_errors])
+    app = web.Application(middlewares=[_host_check, _errors])
     app.router.add_get("/", routes.index)
     app.router.add_get("/ready", routes.ready)
     app.router.add_get("/status", routes.status)
