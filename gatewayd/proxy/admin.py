@@ -20,8 +20,9 @@ Anything else is 404.  A state callable that raises is answered 500 with
 Only requests naming this server in ``Host`` are answered (``_host_check``): a web page
 that points a DNS name of its own at 127.0.0.1 (DNS rebinding) would otherwise read
 ``/config_dump`` through the victim's browser.  Accepted: ``localhost``, a loopback
-address or the address the connection arrived at, each with no port or the admin's
-port; anything else is 421.
+address, the bound address or the address the connection arrived at, each with no port
+or the admin's port; anything else is 421.  An IP address in Host is never a rebinding:
+the browser then knows it talks to that address.
 """
 
 from __future__ import annotations
@@ -181,53 +182,66 @@ def _split_host(value: str) -> tuple[str, str] | None:
     return host.lower(), port
 
 
-def _is_own_host(host: str, local: str) -> bool:
-    """``localhost``, a loopback address, or ``local`` (the address the connection
-    arrived at: the bound address, or the one a wildcard bind was reached on)."""
+def _is_own_host(host: str, local: str, bound: str = "") -> bool:
+    """``localhost``, a loopback address, ``bound`` (the address the admin was told to
+    bind, even 0.0.0.0) or ``local`` (the address the connection arrived at, which for a
+    wildcard bind is the interface address the client used)."""
     if host == "localhost":
         return True
     try:
         ip = ipaddress.ip_address(host)
-        own = ipaddress.ip_address(local)
     except ValueError:
         return False  # a name other than localhost: the rebinding case
-    if isinstance(own, ipaddress.IPv6Address) and own.ipv4_mapped is not None:
-        own = own.ipv4_mapped  # a dual-stack socket reports IPv4 peers this way
-    return ip.is_loopback or ip == own
+    own: set[ipaddress.IPv4Address | ipaddress.IPv6Address] = set()
+    for text in (local, bound):
+        try:
+            address = ipaddress.ip_address(text)
+        except ValueError:
+            continue
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped  # a dual-stack socket reports IPv4 peers so
+        own.add(address)
+    return ip.is_loopback or ip in own
 
 
-@web.middleware
-async def _host_check(request: web.Request, handler: _Handler) -> web.StreamResponse:
-    hosts = request.headers.getall("Host", [])
-    if not hosts:
-        # RFC 9112 section 3.2: "A server MUST respond with a 400 (Bad Request) status
-        # code to any HTTP/1.1 request message that lacks a Host header field".  An
-        # HTTP/1.0 client (no browser is one) may leave it out.
-        if request.version >= (1, 1):
-            return _json(400, {"error": "Bad Request: no Host header"})
-        return await handler(request)
-    if len(hosts) > 1:
-        # ... "and to any request message that contains more than one Host header
-        # field line".
-        return _json(400, {"error": "Bad Request: more than one Host header"})
-    sockname = request.transport.get_extra_info("sockname") if request.transport else None
-    local, port = (str(sockname[0]), str(sockname[1])) if sockname else ("", "")
-    parts = _split_host(hosts[0].strip())
-    if parts is None:
-        return _json(400, {"error": "Bad Request: malformed Host header"})
-    host, host_port = parts
-    if _is_own_host(host, local) and (not host_port or int(host_port) == int(port or -1)):
-        return await handler(request)
-    # RFC 9110 section 15.5.20: 421 "indicates that the request was directed at a server
-    # that is unable or unwilling to produce an authoritative response for the target
-    # URI".
-    return _json(
-        421,
-        {
-            "error": "Misdirected Request: the admin server answers Host localhost, a "
-            "loopback address or its own address only"
-        },
-    )
+def _host_check(bound: str) -> Callable[[web.Request, _Handler], Awaitable[web.StreamResponse]]:
+    """The middleware answering only requests whose Host names this server."""
+
+    @web.middleware
+    async def check(request: web.Request, handler: _Handler) -> web.StreamResponse:
+        hosts = request.headers.getall("Host", [])
+        if not hosts:
+            # RFC 9112 section 3.2: "A server MUST respond with a 400 (Bad Request)
+            # status code to any HTTP/1.1 request message that lacks a Host header
+            # field".  An HTTP/1.0 client (no browser is one) may leave it out.
+            if request.version >= (1, 1):
+                return _json(400, {"error": "Bad Request: no Host header"})
+            return await handler(request)
+        if len(hosts) > 1:
+            # ... "and to any request message that contains more than one Host header
+            # field line".
+            return _json(400, {"error": "Bad Request: more than one Host header"})
+        transport = request.transport
+        sockname = transport.get_extra_info("sockname") if transport is not None else None
+        local, port = (str(sockname[0]), int(sockname[1])) if sockname else ("", -1)
+        parts = _split_host(hosts[0].strip())
+        if parts is None:
+            return _json(400, {"error": "Bad Request: malformed Host header"})
+        host, host_port = parts
+        if _is_own_host(host, local, bound) and (not host_port or int(host_port) == port):
+            return await handler(request)
+        # RFC 9110 section 15.5.20: 421 "indicates that the request was directed at a
+        # server that is unable or unwilling to produce an authoritative response for
+        # the target URI".
+        return _json(
+            421,
+            {
+                "error": "Misdirected Request: the admin server answers Host localhost, "
+                "a loopback address or its own address only"
+            },
+        )
+
+    return check
 
 
 class AdminServer:
@@ -259,9 +273,11 @@ class AdminServer:
         await self.close()
 
 
-def make_app(state: AdminState) -> web.Application:
+def make_app(state: AdminState, *, bound_host: str = "127.0.0.1") -> web.Application:
+    """The admin application; ``bound_host`` is the address it is served on (a Host
+    naming it is answered, see ``_host_check``)."""
     routes = _Routes(state)
-    app = web.Application(middlewares=[_host_check, _errors])
+    app = web.Application(middlewares=[_host_check(bound_host), _errors])
     app.router.add_get("/", routes.index)
     app.router.add_get("/ready", routes.ready)
     app.router.add_get("/status", routes.status)
@@ -274,7 +290,7 @@ async def start_admin(address: str, state: AdminState) -> AdminServer:
     """Bind ``address`` (``"127.0.0.1:9901"``, port 0 allowed) and serve the admin API
     on the running loop.  Raises OSError when the address cannot be bound."""
     host, port = parse_address(address)
-    runner = web.AppRunner(make_app(state), access_log=None, shutdown_timeout=1.0)
+    runner = web.AppRunner(make_app(state, bound_host=host), access_log=None, shutdown_timeout=1.0)
     await runner.setup()
     try:
         site = web.TCPSite(runner, host, port, reuse_address=True)

@@ -108,5 +108,8 @@ def test_split_host_and_own_host() -> None:
     # test: the suite binds loopback only).
     assert _is_own_host("10.0.0.5", "10.0.0.5")
     assert _is_own_host("10.0.0.5", "::ffff:10.0.0.5")
+    assert _is_own_host("0.0.0.0", "127.0.0.1", "0.0.0.0")  # status --admin-address 0.0.0.0:N
+    assert _is_own_host("::", "::1", "::")
+    assert not _is_own_host("0.0.0.0", "127.0.0.1", "127.0.0.1")
     assert not _is_own_host("10.0.0.6", "10.0.0.5")
     assert not _is_own_host("localhost.", "127.0.0.1")
