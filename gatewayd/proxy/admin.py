@@ -37,6 +37,7 @@ from dataclasses import dataclass
 
 import prometheus_client
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 __all__ = [
     "DEFAULT_ADMIN_ADDRESS",
@@ -204,7 +205,7 @@ def _is_own_host(host: str, local: str, bound: str = "") -> bool:
     return ip.is_loopback or ip in own
 
 
-def _host_check(bound: str) -> Callable[[web.Request, _Handler], Awaitable[web.StreamResponse]]:
+def _host_check(bound: str) -> Middleware:
     """The middleware answering only requests whose Host names this server."""
 
     @web.middleware
