@@ -1,0 +1,67 @@
+"""``Daemon.load`` builds on its builder thread, never on the serving event loop, and
+leaves the interpreter's GC and switch interval as it found them, even on failure."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from gatewayd.daemon import BUILD_SWITCH_INTERVAL, Daemon, RunOptions
+from gatewayd.pipeline import Built
+
+CONFIG = """\
+apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {name: gc}
+spec: {controllerName: gatewayd.dev/gateway-controller}
+"""
+
+
+def test_the_build_runs_off_the_loop_and_restores_gc(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "c.yaml").write_text(CONFIG)
+    seen: dict[str, object] = {}
+    # One Daemon per process: its metrics live in the default Prometheus registry.
+    daemon = Daemon(RunOptions(config=[str(tmp_path)], workers=1))
+    real_build = daemon.pipeline.build
+
+    def build() -> Built:
+        seen["thread"] = threading.current_thread()
+        seen["gc"] = gc.isenabled()
+        seen["interval"] = sys.getswitchinterval()
+        return real_build()
+
+    def broken() -> Built:
+        raise RuntimeError("boom")
+
+    async def main() -> tuple[bool, bool, str | None]:
+        try:
+            monkeypatch.setattr(daemon.pipeline, "build", build)
+            first = await daemon.load(initial=True)
+            monkeypatch.setattr(daemon.pipeline, "build", broken)
+            second = await daemon.load(initial=False)
+            return first, second, daemon.last_error
+        finally:
+            await daemon.proxy.close(0)
+
+    interval = sys.getswitchinterval()
+    try:
+        first, second, error = asyncio.run(main())
+    finally:
+        gc.unfreeze()  # give this test process's objects back to the collector
+    assert first
+    assert seen["thread"] is not threading.main_thread()
+    assert seen["gc"] is False
+    assert seen["interval"] == BUILD_SWITCH_INTERVAL
+    # The failed reload restored them too, and kept the first configuration.
+    assert not second
+    assert error == "internal error while building config: boom"
+    assert daemon.holder.current.generation == 1
+    assert gc.isenabled()
+    assert sys.getswitchinterval() == interval
