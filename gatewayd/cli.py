@@ -39,20 +39,17 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
         help="addresses given to Gateways without spec.addresses",
     )
     defaults = ConfigLimits()
-    p.add_argument(
-        "--max-config-file-size",
-        type=_byte_size,
-        default=defaults.max_file_bytes,
-        metavar="BYTES",
-        help="a larger config file is not read and is reported (default: 4MiB)",
-    )
-    p.add_argument(
-        "--max-config-size",
-        type=_byte_size,
-        default=defaults.max_total_bytes,
-        metavar="BYTES",
-        help="config files beyond this total are not read and are reported (default: 16MiB)",
-    )
+    for flag, default, what in (
+        ("--max-config-file-size", defaults.max_file_bytes, "a larger config file is"),
+        ("--max-config-size", defaults.max_total_bytes, "config files beyond this total are"),
+    ):
+        p.add_argument(
+            flag,
+            type=_byte_size,
+            default=default,
+            metavar="BYTES",
+            help=f"{what} not read but reported (default: {default // MIB}MiB)",
+        )
     p.add_argument(
         "--max-config-nodes",
         type=_at_least(1, int),

@@ -12,7 +12,6 @@ import http.client
 import json
 import os
 import signal
-import threading
 import time
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from e2e_kit import (
     Client,
     EchoBackend,
     Gatewayd,
+    MemorySampler,
     backend_ref,
     deadline_loop,
     echo_header,
@@ -30,7 +30,6 @@ from e2e_kit import (
     gateway_class,
     http_route,
     listener,
-    proc_status,
     rule,
     run_cli,
 )
@@ -56,42 +55,24 @@ def alias_bomb(levels: int = 9, width: int = 9) -> str:
     return "\n".join(lines) + "\n"
 
 
-class MemoryWatch:
-    """Samples a process's RSS every 10 ms on a thread; SIGKILLs it if the RSS grows
+class MemoryWatch(MemorySampler):
+    """The kit's sampler, every 10 ms, that also SIGKILLs the daemon if its RSS grows
     more than ``kill_above_kb`` (a daemon expanding an alias bomb reached 4 GiB on
     587b9f3: this keeps the machine safe whatever the code under test does)."""
 
-    def __init__(self, pid: int, kill_above_kb: int) -> None:
-        self.pid = pid
+    def __init__(self, daemon: Gatewayd, kill_above_kb: int) -> None:
+        super().__init__(daemon, interval=0.01)
         self.limit = kill_above_kb
-        self.baseline = proc_status(pid)["VmRSS"]
-        self.peak = self.baseline
         self.killed = False
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
-        while not self._stop.wait(0.01):
-            rss = proc_status(self.pid).get("VmRSS", 0)
-            self.peak = max(self.peak, rss)
-            if rss - self.baseline > self.limit:
-                os.kill(self.pid, signal.SIGKILL)
+        while not self._stop.wait(self.interval):
+            rss, _ = self.daemon.memory_kb()
+            self.peak_rss = max(self.peak_rss, rss)
+            if rss - self.baseline_rss > self.limit:
+                os.kill(self.daemon.pid, signal.SIGKILL)
                 self.killed = True
                 return
-
-    def __enter__(self) -> MemoryWatch:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(5)
-        final = proc_status(self.pid)
-        # VmHWM: the high-water mark, should a peak fall between two samples.
-        self.peak = max(self.peak, final.get("VmRSS", 0), final.get("VmHWM", 0))
-
-    def growth_kb(self) -> int:
-        return self.peak - self.baseline
 
 
 def large_config(routes: int, services: int = 0) -> str:
@@ -219,7 +200,7 @@ def test_alias_bomb_is_refused_in_bounded_memory(echoes, gatewayd, tmp_path: Pat
     with Client(port) as c:
         assert c.request("/before").echo()["path"] == "/before"
     bound_kb = 64 * 1024
-    with MemoryWatch(daemon.pid, kill_above_kb=4 * bound_kb) as watch:
+    with MemoryWatch(daemon, kill_above_kb=4 * bound_kb) as watch:
         bomb = extra / "bomb.yaml"
         bomb.write_text(alias_bomb())
         assert bomb.stat().st_size < 1500
@@ -233,7 +214,9 @@ def test_alias_bomb_is_refused_in_bounded_memory(echoes, gatewayd, tmp_path: Pat
                 if error:
                     break
     assert not watch.killed, f"RSS grew past {4 * bound_kb} kB: killed\n" + daemon.output()
-    assert watch.growth_kb() < bound_kb, f"RSS grew by {watch.growth_kb()} kB"
+    growth = watch.peak_growth_kb()
+    print(f"alias bomb reload: RSS peak growth {growth} kB")
+    assert growth < bound_kb, f"RSS grew by {growth} kB"
     assert str(bomb) in error and "--max-config-nodes" in error, error
     # The last good configuration keeps serving.
     with Client(port) as c:
