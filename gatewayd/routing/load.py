@@ -56,10 +56,11 @@ class ConfigLimits:
     """How much configuration one load reads (``gatewayd run`` / ``check`` flags).
 
     The defaults leave room for far more objects than a cluster's Gateway API config
-    (the Kubernetes API server itself refuses a request body over 3 MiB per object)
+    (etcd, which stores a cluster's objects, refuses a request over 1.5 MiB by default)
     while bounding memory: block-style manifests take about 8 bytes per YAML node, so
-    1,000,000 nodes is some 8 MiB of YAML; the same nodes written flow-style as one
-    document are the worst case, about 650 MB while composed.
+    1,000,000 nodes is some 8 MiB of YAML (about 130 MB of memory once loaded); the
+    same nodes written flow-style in one document are the worst case, measured at
+    685 MB peak RSS while PyYAML composes them.
     """
 
     max_file_bytes: int = 4 * MIB  # --max-config-file-size
