@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
+import contextlib
 import datetime as dt
 import gc
 import logging
 import signal
 import sys
+import threading
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -60,16 +61,6 @@ class Daemon:
             controller_name=options.controller_name,
             address_pool=options.address_pool,
             limits=options.limits,
-        )
-        # Loading, validating and compiling run on this one thread, never on the event
-        # loop, which serves the data plane (one worker) or the admin server.  The GIL
-        # is handed back to the loop every switch interval (5 ms) because the build is
-        # Python code made of short steps; a 50 MB file stalled the loop for 11.9 s when
-        # it ran there.  (A builder process would have to pickle the result back, and
-        # unpickling a large snapshot is one long C call on the loop: ~0.1 s for 1,000
-        # routes.)  One thread: reloads are serialized by ``_reload_lock`` anyway.
-        self._builder = concurrent.futures.ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix="gatewayd-config"
         )
         self.metrics = ProxyMetrics()
         self.holder = SnapshotHolder(Snapshot(generation=0))
@@ -166,9 +157,9 @@ class Daemon:
     async def load(self, *, initial: bool) -> bool:
         """Build and apply a snapshot.  A failed reload keeps the last good one serving."""
         async with self._reload_lock:
-            loop = asyncio.get_running_loop()
+            log.info("loading the configuration")
             try:
-                built, problems = await loop.run_in_executor(self._builder, self._build)
+                built, problems = await self._build_off_loop()
             except ConfigPathError as exc:
                 return self._reject(str(exc), initial=initial)
             except Exception as exc:  # a bug must never take the daemon down
@@ -187,6 +178,42 @@ class Daemon:
             await self._apply(built)
             self.known_problems = problems
             return True
+
+    def _build_off_loop(self) -> asyncio.Future[tuple[Built, frozenset[str]]]:
+        """Run ``_build`` on a thread of its own; its outcome, as a future of this loop.
+
+        Loading, validating and compiling never run on the event loop, which serves the
+        data plane (one worker) or the admin server: a 50 MB file stalled it for 11.9 s.
+        On a thread the build, Python code made of short steps, hands the GIL back every
+        switch interval.  (A builder process would have to send the result back, and
+        unpickling a large snapshot is one long C call on the loop: 0.1 s for 1,000
+        routes.)  A daemon thread, so SIGTERM during a long build need not wait for it:
+        a build only reads files.  One at a time: ``load`` holds ``_reload_lock``.
+        """
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[tuple[Built, frozenset[str]]] = loop.create_future()
+
+        def settle(result: tuple[Built, frozenset[str]] | None, exc: BaseException | None) -> None:
+            if future.done():
+                return
+            if exc is not None:
+                future.set_exception(exc)
+            else:
+                assert result is not None
+                future.set_result(result)
+
+        def target() -> None:
+            result: tuple[Built, frozenset[str]] | None = None
+            error: BaseException | None = None
+            try:
+                result = self._build()
+            except BaseException as exc:
+                error = exc
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                loop.call_soon_threadsafe(settle, result, error)
+
+        threading.Thread(target=target, name="gatewayd-config", daemon=True).start()
+        return future
 
     def _build(self) -> tuple[Built, frozenset[str]]:
         """On the builder thread: build, log what the load found, and the problems as

@@ -345,6 +345,29 @@ def test_reloading_a_large_config_does_not_stall_serving(  # type: ignore[no-unt
     assert config_state(daemon)["lastReloadError"] is None
 
 
+def test_sigterm_during_a_long_reload_does_not_wait_for_it(  # type: ignore[no-untyped-def]
+    echoes, gatewayd, tmp_path: Path
+) -> None:
+    (echo,) = echoes.start("echo-v1")
+    port = free_port()
+    extra = tmp_path / "dropped"
+    daemon = start(gatewayd, echo, port, extra)
+    err = daemon.child.stderr
+    mark = err.mark()
+    tmp = extra / "routes.yaml.tmp"
+    tmp.write_text(large_config(1500))  # ~2 MB: a build of several seconds
+    os.replace(tmp, extra / "routes.yaml")
+    assert err.wait_for(lambda line: "loading the configuration" in line, 10.0, start=mark)
+    stopped = time.monotonic()
+    daemon.child.proc.send_signal(signal.SIGTERM)
+    code = daemon.child.proc.wait(15.0)
+    took = time.monotonic() - stopped
+    assert code == 0, daemon.output()
+    # It exited before the build could finish (the build thread does not hold it).
+    assert err.count(lambda line: "config generation 2" in line) == 0, daemon.output()
+    assert took < 2.0, f"exit took {took:.1f}s\n" + daemon.output()
+
+
 # --------------------------------------------------------------------------- item 12
 
 
