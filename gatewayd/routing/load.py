@@ -329,6 +329,7 @@ def _yaml_documents(
     """(document index, data, problem); a parse error ends the file's documents."""
     index = 0
     loader: _BoundedLoader | None = None
+    before = budget.left
     try:
         # Inside the try: the reader already refuses unprintable characters here.
         loader = _BoundedLoader(text, budget)
