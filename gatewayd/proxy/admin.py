@@ -27,6 +27,7 @@ the browser then knows it talks to that address.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import enum
 import ipaddress
@@ -106,9 +107,21 @@ def json_default(obj: object) -> object:
     return str(obj)
 
 
+def _json_text(doc: object) -> str:
+    return json.dumps(doc, indent=2, default=json_default) + "\n"
+
+
 def _json(status: int, doc: object) -> web.Response:
-    text = json.dumps(doc, indent=2, default=json_default) + "\n"
-    return web.Response(status=status, text=text, content_type="application/json")
+    return web.Response(status=status, text=_json_text(doc), content_type="application/json")
+
+
+async def _json_off_loop(make: Callable[[], object]) -> web.Response:
+    """200 with ``make()`` as JSON, both done on a thread: the dump of a 500-route
+    snapshot takes ~0.1 s, which on the loop would stall the data plane it shares (one
+    worker).  ``make`` only reads the daemon's current state: immutable snapshots and
+    statuses, swapped by one reference assignment."""
+    text = await asyncio.get_running_loop().run_in_executor(None, lambda: _json_text(make()))
+    return web.Response(text=text, content_type="application/json")
 
 
 def parse_address(address: str) -> tuple[str, int]:
@@ -138,14 +151,17 @@ class _Routes:
             return web.Response(text="LIVE\n", content_type="text/plain")
         return web.Response(status=503, text="INITIALIZING\n", content_type="text/plain")
 
-    async def status(self, request: web.Request) -> web.Response:
+    def _status_doc(self) -> dict[str, object]:
         doc: dict[str, object] = {"items": list(self.state.status_items())}
         if self.state.config_state is not None:
             doc["config"] = dict(self.state.config_state())
-        return _json(200, doc)
+        return doc
+
+    async def status(self, request: web.Request) -> web.Response:
+        return await _json_off_loop(self._status_doc)
 
     async def config_dump(self, request: web.Request) -> web.Response:
-        return _json(200, self.state.config_dump())
+        return await _json_off_loop(self.state.config_dump)
 
     async def prometheus(self, request: web.Request) -> web.Response:
         result = self.state.metrics()
