@@ -1,6 +1,6 @@
 """``Daemon.load`` builds on its builder thread, never on the serving event loop, and
-leaves the interpreter's GC (nothing frozen) and switch interval as it found them, even
-on failure."""
+leaves the GC thresholds (nothing frozen) and switch interval as it found them, even on
+failure."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from gatewayd.daemon import BUILD_SWITCH_INTERVAL, Daemon, RunOptions
+from gatewayd.daemon import BUILD_SWITCH_INTERVAL, NO_FULL_COLLECTION, Daemon, RunOptions
 from gatewayd.pipeline import Built
 
 CONFIG = """\
@@ -35,6 +35,7 @@ def test_the_build_runs_off_the_loop_and_restores_gc(
     def build() -> Built:
         seen["thread"] = threading.current_thread()
         seen["gc"] = gc.isenabled()
+        seen["thresholds"] = gc.get_threshold()
         seen["interval"] = sys.getswitchinterval()
         return real_build()
 
@@ -52,15 +53,18 @@ def test_the_build_runs_off_the_loop_and_restores_gc(
             await daemon.proxy.close(0)
 
     interval = sys.getswitchinterval()
+    thresholds = gc.get_threshold()
     first, second, error = asyncio.run(main())
     assert first
     assert seen["thread"] is not threading.main_thread()
-    assert seen["gc"] is False
+    # Young collections go on (they collect serving's garbage), full ones wait.
+    assert seen["gc"] is True
+    assert seen["thresholds"] == (*thresholds[:2], NO_FULL_COLLECTION)
     assert seen["interval"] == BUILD_SWITCH_INTERVAL
     # The failed reload restored them too, and kept the first configuration.
     assert not second
     assert error == "internal error while building config: boom"
     assert daemon.holder.current.generation == 1
-    assert gc.isenabled()
+    assert gc.get_threshold() == thresholds
     assert sys.getswitchinterval() == interval
-    assert gc.get_freeze_count() == 0  # nothing stays out of the collector's reach
+    assert gc.get_freeze_count() == 0  # nothing is kept out of the collector's reach
