@@ -8,7 +8,7 @@ from typing import TextIO
 
 from gatewayd.pipeline import ConfigPipeline
 from gatewayd.routing.bindings import ObjectStatus
-from gatewayd.routing.load import ConfigPathError
+from gatewayd.routing.load import ConfigLimits, ConfigPathError
 
 CONDITION_TYPES = ("Accepted", "Programmed", "ResolvedRefs")
 
@@ -77,9 +77,12 @@ def check_main(
     controller_name: str,
     address_pool: str,
     out: TextIO | None = None,
+    limits: ConfigLimits | None = None,
 ) -> int:
     out = out or sys.stdout
-    pipeline = ConfigPipeline(paths, controller_name=controller_name, address_pool=address_pool)
+    pipeline = ConfigPipeline(
+        paths, controller_name=controller_name, address_pool=address_pool, limits=limits
+    )
     try:
         built = pipeline.build()
     except ConfigPathError as exc:

@@ -10,6 +10,18 @@ from collections.abc import Callable, Sequence
 
 from gatewayd.pipeline import DEFAULT_ADDRESS_POOL, DEFAULT_CONTROLLER
 from gatewayd.proxy.pathnorm import EscapedSlashes, PathPolicy
+from gatewayd.routing.load import MIB, ConfigLimits
+
+_UNITS = {"": 1, "k": 1000, "ki": 1024, "m": 1000**2, "mi": MIB, "g": 1000**3, "gi": 1024 * MIB}
+
+
+def _byte_size(text: str) -> int:
+    """An argparse type: bytes, optionally with a unit (``4MiB``, ``512KiB``, ``1G``)."""
+    number = text.rstrip("BbGgIiKkMm")
+    unit = text[len(number) :].lower().removesuffix("b")
+    if not number.isdigit() or unit not in _UNITS:
+        raise argparse.ArgumentTypeError(f"not a size such as 4MiB: {text!r}")
+    return int(number) * _UNITS[unit]
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -26,6 +38,34 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
         default=DEFAULT_ADDRESS_POOL,
         metavar="CIDR",
         help="addresses given to Gateways without spec.addresses",
+    )
+    defaults = ConfigLimits()
+    for flag, default, what in (
+        ("--max-config-file-size", defaults.max_file_bytes, "a larger config file is"),
+        ("--max-config-size", defaults.max_total_bytes, "config files beyond this total are"),
+    ):
+        p.add_argument(
+            flag,
+            type=_byte_size,
+            default=default,
+            metavar="BYTES",
+            help=f"{what} not read but reported (default: {default // MIB}MiB)",
+        )
+    p.add_argument(
+        "--max-config-nodes",
+        type=_at_least(1, int),
+        default=defaults.max_nodes,
+        metavar="N",
+        help="YAML nodes of all config files, each alias counting as the nodes it repeats; "
+        "a document beyond it is not loaded and is reported (default: 1000000)",
+    )
+
+
+def _limits(args: argparse.Namespace) -> ConfigLimits:
+    return ConfigLimits(
+        max_file_bytes=args.max_config_file_size,
+        max_total_bytes=args.max_config_size,
+        max_nodes=int(args.max_config_nodes),
     )
 
 
@@ -196,7 +236,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from gatewayd.checkcli import check_main
 
         return check_main(
-            args.config, controller_name=args.controller_name, address_pool=args.address_pool
+            args.config,
+            controller_name=args.controller_name,
+            address_pool=args.address_pool,
+            limits=_limits(args),
         )
     if args.command == "status":
         from gatewayd.statuscli import status_main
@@ -251,6 +294,7 @@ def _run(args: argparse.Namespace) -> int:
         admin_address=args.admin_address,
         address_pool=args.address_pool,
         controller_name=args.controller_name,
+        limits=_limits(args),
         drain_timeout=args.drain_timeout,
         watch=args.watch,
         tproxy=tproxy,

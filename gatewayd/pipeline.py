@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from gatewayd.routing.bindings import Resolution
 from gatewayd.routing.compile import compile_snapshot
 from gatewayd.routing.compiled import Snapshot
-from gatewayd.routing.load import LoadResult, load_paths
+from gatewayd.routing.load import ConfigLimits, LoadResult, load_paths
 from gatewayd.routing.status import resolve
 
 DEFAULT_CONTROLLER = "gatewayd.dev/gateway-controller"
@@ -54,8 +54,10 @@ class ConfigPipeline:
         *,
         controller_name: str = DEFAULT_CONTROLLER,
         address_pool: str = DEFAULT_ADDRESS_POOL,
+        limits: ConfigLimits | None = None,
     ) -> None:
         self.paths = list(paths)
+        self.limits = limits or ConfigLimits()
         self.controller_name = controller_name
         self.address_pool = address_pool
         self._generations: Mapping[tuple[str, str, str], tuple[str, int]] | None = None
@@ -63,8 +65,11 @@ class ConfigPipeline:
         self.snapshot_generation = 0
 
     def build(self) -> Built:
-        """Load, resolve and compile.  Raises ConfigPathError for unreadable paths."""
-        loaded = load_paths(self.paths, previous=self._generations)
+        """Load, resolve and compile.  Raises ConfigPathError for unreadable paths.
+
+        Reads ``commit``'s state and nothing else of the pipeline, so the daemon runs it
+        on a thread while one reload at a time commits on the event loop."""
+        loaded = load_paths(self.paths, previous=self._generations, limits=self.limits)
         resolution = resolve(
             loaded.config,
             controller_name=self.controller_name,

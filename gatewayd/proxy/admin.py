@@ -16,12 +16,21 @@ Routes (GET and HEAD):
 
 Anything else is 404.  A state callable that raises is answered 500 with
 ``{"error": "..."}`` and logged; the client never sees a traceback.
+
+Only requests naming this server in ``Host`` are answered (``_host_check``): a web page
+that points a DNS name of its own at 127.0.0.1 (DNS rebinding) would otherwise read
+``/config_dump`` through the victim's browser.  Accepted: ``localhost``, a loopback
+address, the bound address or the address the connection arrived at, each with no port
+or the admin's port; anything else is 421.  An IP address in Host is never a rebinding:
+the browser then knows it talks to that address.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import enum
+import ipaddress
 import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Set
@@ -29,6 +38,7 @@ from dataclasses import dataclass
 
 import prometheus_client
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 __all__ = [
     "DEFAULT_ADMIN_ADDRESS",
@@ -97,9 +107,21 @@ def json_default(obj: object) -> object:
     return str(obj)
 
 
+def _json_text(doc: object) -> str:
+    return json.dumps(doc, indent=2, default=json_default) + "\n"
+
+
 def _json(status: int, doc: object) -> web.Response:
-    text = json.dumps(doc, indent=2, default=json_default) + "\n"
-    return web.Response(status=status, text=text, content_type="application/json")
+    return web.Response(status=status, text=_json_text(doc), content_type="application/json")
+
+
+async def _json_off_loop(make: Callable[[], object]) -> web.Response:
+    """200 with ``make()`` as JSON, both done on a thread: the dump of a 500-route
+    snapshot takes ~0.1 s, which on the loop would stall the data plane it shares (one
+    worker).  ``make`` only reads the daemon's current state: immutable snapshots and
+    statuses, swapped by one reference assignment."""
+    text = await asyncio.get_running_loop().run_in_executor(None, lambda: _json_text(make()))
+    return web.Response(text=text, content_type="application/json")
 
 
 def parse_address(address: str) -> tuple[str, int]:
@@ -129,14 +151,17 @@ class _Routes:
             return web.Response(text="LIVE\n", content_type="text/plain")
         return web.Response(status=503, text="INITIALIZING\n", content_type="text/plain")
 
-    async def status(self, request: web.Request) -> web.Response:
+    def _status_doc(self) -> dict[str, object]:
         doc: dict[str, object] = {"items": list(self.state.status_items())}
         if self.state.config_state is not None:
             doc["config"] = dict(self.state.config_state())
-        return _json(200, doc)
+        return doc
+
+    async def status(self, request: web.Request) -> web.Response:
+        return await _json_off_loop(self._status_doc)
 
     async def config_dump(self, request: web.Request) -> web.Response:
-        return _json(200, self.state.config_dump())
+        return await _json_off_loop(self.state.config_dump)
 
     async def prometheus(self, request: web.Request) -> web.Response:
         result = self.state.metrics()
@@ -157,6 +182,83 @@ async def _errors(request: web.Request, handler: _Handler) -> web.StreamResponse
     except Exception as exc:
         log.exception("admin %s %s failed", request.method, request.path)
         return _json(500, {"error": f"{type(exc).__name__}: {exc}"})
+
+
+def _split_host(value: str) -> tuple[str, str] | None:
+    """``host[:port]`` / ``[v6][:port]`` -> (host without brackets, port or ""); None
+    when malformed."""
+    if value.startswith("["):
+        host, sep, rest = value[1:].partition("]")
+        if not sep or (rest and not rest.startswith(":")):
+            return None
+        port = rest[1:]
+    else:
+        host, _, port = value.partition(":")
+    if not host or (port and not (port.isascii() and port.isdigit() and len(port) <= 5)):
+        return None
+    return host.lower(), port
+
+
+def _is_own_host(host: str, local: str, bound: str = "") -> bool:
+    """``localhost``, a loopback address, ``bound`` (the address the admin was told to
+    bind, even 0.0.0.0) or ``local`` (the address the connection arrived at, which for a
+    wildcard bind is the interface address the client used)."""
+    if host == "localhost":
+        return True
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return False  # a name other than localhost: the rebinding case
+    own: set[ipaddress.IPv4Address | ipaddress.IPv6Address] = set()
+    for text in (local, bound):
+        try:
+            address = ipaddress.ip_address(text)
+        except ValueError:
+            continue
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped  # a dual-stack socket reports IPv4 peers so
+        own.add(address)
+    return ip.is_loopback or ip in own
+
+
+def _host_check(bound: str) -> Middleware:
+    """The middleware answering only requests whose Host names this server."""
+
+    @web.middleware
+    async def check(request: web.Request, handler: _Handler) -> web.StreamResponse:
+        hosts = request.headers.getall("Host", [])
+        if not hosts:
+            # RFC 9112 section 3.2: "A server MUST respond with a 400 (Bad Request)
+            # status code to any HTTP/1.1 request message that lacks a Host header
+            # field".  An HTTP/1.0 client (no browser is one) may leave it out.
+            if request.version >= (1, 1):
+                return _json(400, {"error": "Bad Request: no Host header"})
+            return await handler(request)
+        if len(hosts) > 1:
+            # ... "and to any request message that contains more than one Host header
+            # field line".
+            return _json(400, {"error": "Bad Request: more than one Host header"})
+        transport = request.transport
+        sockname = transport.get_extra_info("sockname") if transport is not None else None
+        local, port = (str(sockname[0]), int(sockname[1])) if sockname else ("", -1)
+        parts = _split_host(hosts[0].strip())
+        if parts is None:
+            return _json(400, {"error": "Bad Request: malformed Host header"})
+        host, host_port = parts
+        if _is_own_host(host, local, bound) and (not host_port or int(host_port) == port):
+            return await handler(request)
+        # RFC 9110 section 15.5.20: 421 "indicates that the request was directed at a
+        # server that is unable or unwilling to produce an authoritative response for
+        # the target URI".
+        return _json(
+            421,
+            {
+                "error": "Misdirected Request: the admin server answers Host localhost, "
+                "a loopback address or its own address only"
+            },
+        )
+
+    return check
 
 
 class AdminServer:
@@ -188,9 +290,11 @@ class AdminServer:
         await self.close()
 
 
-def make_app(state: AdminState) -> web.Application:
+def make_app(state: AdminState, *, bound_host: str = "127.0.0.1") -> web.Application:
+    """The admin application; ``bound_host`` is the address it is served on (a Host
+    naming it is answered, see ``_host_check``)."""
     routes = _Routes(state)
-    app = web.Application(middlewares=[_errors])
+    app = web.Application(middlewares=[_host_check(bound_host), _errors])
     app.router.add_get("/", routes.index)
     app.router.add_get("/ready", routes.ready)
     app.router.add_get("/status", routes.status)
@@ -203,7 +307,7 @@ async def start_admin(address: str, state: AdminState) -> AdminServer:
     """Bind ``address`` (``"127.0.0.1:9901"``, port 0 allowed) and serve the admin API
     on the running loop.  Raises OSError when the address cannot be bound."""
     host, port = parse_address(address)
-    runner = web.AppRunner(make_app(state), access_log=None, shutdown_timeout=1.0)
+    runner = web.AppRunner(make_app(state, bound_host=host), access_log=None, shutdown_timeout=1.0)
     await runner.setup()
     try:
         site = web.TCPSite(runner, host, port, reuse_address=True)

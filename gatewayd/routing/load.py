@@ -11,7 +11,12 @@ create the namespaces objects refer to, label every Namespace with
 ``kubernetes.io/metadata.name``, and track ``metadata.generation`` across reloads from a
 digest of each object's spec.
 
-``load_documents`` is pure; only ``read_config_paths`` / ``load_paths`` touch files.
+``load_documents`` is pure; only ``read_config_files`` / ``load_paths`` touch files.
+
+Reading is bounded (``ConfigLimits``): a file larger than ``max_file_bytes`` or beyond
+``max_total_bytes`` is not read, and YAML composition stops after ``max_nodes`` nodes,
+an alias counting as every node it repeats.  Each refusal is a Problem naming the file,
+so a reload that brings one keeps the last good configuration.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import hashlib
 import json
 import os
 import re
+import stat
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -40,6 +46,26 @@ _T = TypeVar("_T")
 
 class ConfigPathError(Exception):
     """A configuration path that does not exist or cannot be read."""
+
+
+MIB = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ConfigLimits:
+    """How much configuration one load reads (``gatewayd run`` / ``check`` flags).
+
+    The defaults leave room for far more objects than a cluster's Gateway API config
+    (etcd, which stores a cluster's objects, refuses a request over 1.5 MiB by default)
+    while bounding memory: block-style manifests take about 8 bytes per YAML node, so
+    1,000,000 nodes is some 8 MiB of YAML (about 130 MB of memory once loaded); the
+    same nodes written flow-style in one document are the worst case, measured at
+    685 MB peak RSS while PyYAML composes them.
+    """
+
+    max_file_bytes: int = 4 * MIB  # --max-config-file-size
+    max_total_bytes: int = 16 * MIB  # --max-config-size: every file together
+    max_nodes: int = 1_000_000  # --max-config-nodes: every file together, aliases expanded
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -224,15 +250,102 @@ _Loader.yaml_implicit_resolvers = {
 }
 
 
+class _NodeBudget:
+    """The YAML nodes one load may still compose, shared by all its files."""
+
+    __slots__ = ("left", "limit")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.left = limit
+
+    def charge(self, nodes: int, mark: yaml.Mark | None) -> None:
+        self.left -= nodes
+        if self.left < 0:
+            raise _TooManyNodes(
+                None,
+                None,
+                f"the configuration holds more than {self.limit} YAML nodes, an alias "
+                "counting as every node it repeats (raise --max-config-nodes if it is "
+                "really this large)",
+                mark,
+            )
+
+
+class _TooManyNodes(yaml.MarkedYAMLError):
+    """The node budget ran out (a huge file, or an alias bomb)."""
+
+
+class _BoundedLoader(_Loader):
+    """``_Loader`` that charges every composed node to a ``_NodeBudget``.
+
+    An alias composes to the very node it names, so PyYAML itself stays small, but
+    everything that walks the data afterwards (validation, the spec digest, JSON dumps)
+    sees the expansion: nine anchors each repeating the previous one nine times are
+    9**9 (387 million) nodes from 1.4 KB of YAML.  So an alias is charged the weight of
+    its anchor, counted while that anchor was composed, and the load stops as soon as
+    the budget is spent, before anything expands.
+    """
+
+    def __init__(self, stream: str, budget: _NodeBudget) -> None:
+        super().__init__(stream)
+        self._budget = budget
+        self._weights: dict[int, int] = {}  # id(anchored node) -> nodes it expands to
+
+    def compose_document(self) -> yaml.Node | None:
+        self._weights = {}  # anchors end with their document, as in PyYAML
+        return super().compose_document()
+
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        event = self.peek_event()  # type: ignore[no-untyped-call]
+        # The pure-Python parser's marks are always yaml.error.Mark.
+        mark = event.start_mark if isinstance(event.start_mark, yaml.error.Mark) else None
+        if isinstance(event, yaml.AliasEvent):
+            target = self.anchors.get(event.anchor)
+            if target is not None:  # an unknown anchor is PyYAML's own error
+                weight = self._weights.get(id(target))
+                if weight is None:
+                    # go-yaml (kubectl's reader) refuses these too: the data would be
+                    # infinite.
+                    raise yaml.composer.ComposerError(
+                        None,
+                        None,
+                        f"alias *{event.anchor} refers to a node that contains it",
+                        mark,
+                    )
+                self._budget.charge(weight, mark)
+            return super().compose_node(parent, index)
+        before = self._budget.left
+        self._budget.charge(1, mark)
+        node = super().compose_node(parent, index)
+        if getattr(event, "anchor", None) is not None:
+            self._weights[id(node)] = before - self._budget.left
+        return node
+
+
 def _yaml_documents(
-    filename: str, text: str
+    filename: str, text: str, budget: _NodeBudget
 ) -> Iterator[tuple[int, object | None, m.Problem | None]]:
     """(document index, data, problem); a parse error ends the file's documents."""
     index = 0
+    loader: _BoundedLoader | None = None
+    before = budget.left
     try:
-        for data in yaml.load_all(text, Loader=_Loader):
-            yield index, data, None
+        # Inside the try: the reader already refuses unprintable characters here.
+        loader = _BoundedLoader(text, budget)
+        while True:
+            before = budget.left
+            if not loader.check_data():  # type: ignore[no-untyped-call]
+                break
+            yield index, loader.get_data(), None
             index += 1
+    except _TooManyNodes as exc:
+        # The refused document is dropped, so its nodes go back to the other files.
+        budget.left = before
+        mark = exc.problem_mark
+        where = f" (at line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        message = f"{exc.problem}{where}; the rest of this file is not read"
+        yield index, None, _problem_at(filename, index, message)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -250,6 +363,9 @@ def _yaml_documents(
             None,
             _problem_at(filename, index, f"invalid YAML: {exc}; the rest of this file is not read"),
         )
+    finally:
+        if loader is not None:
+            loader.dispose()
 
 
 def _problem_at(filename: str, index: int, message: str) -> m.Problem:
@@ -570,12 +686,20 @@ def _with_implied_namespaces(config: m.Config) -> m.Config:
 
 
 def load_documents(
-    docs: Iterable[tuple[str, str]], *, previous: Generations | None = None
+    docs: Iterable[tuple[str, str]],
+    *,
+    previous: Generations | None = None,
+    limits: ConfigLimits | None = None,
+    problems: Iterable[m.Problem] = (),
 ) -> LoadResult:
-    """Load ``(filename, YAML text)`` pairs.  Pure: no file I/O, never raises on input."""
+    """Load ``(filename, YAML text)`` pairs.  Pure: no file I/O, never raises on input.
+
+    ``problems`` are reported first (those ``read_config_files`` found)."""
     state = _Loading(previous)
+    state.problems.extend(problems)
+    budget = _NodeBudget((limits or ConfigLimits()).max_nodes)
     for filename, text in docs:
-        for index, data, problem in _yaml_documents(filename, text):
+        for index, data, problem in _yaml_documents(filename, text, budget):
             if problem is not None:
                 state.problems.append(problem)
                 continue
@@ -620,18 +744,33 @@ def _raise_walk_error(exc: OSError) -> None:
     raise ConfigPathError(f"cannot read config directory {exc.filename}: {exc.strerror or exc}")
 
 
-def read_config_paths(paths: Sequence[str | os.PathLike[str]]) -> list[tuple[str, str]]:
+@dataclass(frozen=True, slots=True)
+class ConfigFiles:
+    """What ``read_config_files`` read: ``(filename, text)`` pairs, and a Problem for
+    each file it refused to read (too large, not a regular file)."""
+
+    files: list[tuple[str, str]]
+    problems: list[m.Problem]
+
+
+def read_config_files(
+    paths: Sequence[str | os.PathLike[str]], limits: ConfigLimits | None = None
+) -> ConfigFiles:
     """Read each path: a YAML file, or a directory searched recursively for YAML files.
 
     Raises ConfigPathError for a path that does not exist or a file that cannot be read.
+    A file over ``limits`` is not read at all: it becomes a Problem naming it.
     """
-    out: list[tuple[str, str]] = []
+    limits = limits or ConfigLimits()
+    out = ConfigFiles([], [])
     done: set[Path] = set()
+    total = 0
     for raw in paths:
         path = Path(raw)
         if not path.exists():
             raise ConfigPathError(f"config path {str(path)!r} does not exist")
-        files = _directory_files(path) if path.is_dir() else [path]
+        named = not path.is_dir()
+        files = [path] if named else _directory_files(path)
         for file in files:
             try:
                 resolved = file.resolve()
@@ -640,23 +779,71 @@ def read_config_paths(paths: Sequence[str | os.PathLike[str]]) -> list[tuple[str
             if resolved in done:
                 continue  # the same file named twice (e.g. a file and its directory)
             done.add(resolved)
+            data = _read_bounded(file, named=named, limits=limits, total=total, out=out)
+            if data is None:
+                continue
+            total += len(data)
             try:
-                text = file.read_text(encoding="utf-8")
+                text = data.decode("utf-8")
             except UnicodeDecodeError as exc:
                 raise ConfigPathError(
                     f"cannot read config file {str(file)!r}: "
                     f"not UTF-8 text ({exc.reason} at byte {exc.start})"
                 ) from exc
-            except OSError as exc:
-                raise ConfigPathError(
-                    f"cannot read config file {str(file)!r}: {exc.strerror or exc}"
-                ) from exc
-            out.append((str(file), text))
+            out.files.append((str(file), text))
     return out
 
 
+def _read_bounded(
+    file: Path, *, named: bool, limits: ConfigLimits, total: int, out: ConfigFiles
+) -> bytes | None:
+    """The bytes of ``file``, or None after adding the Problem that says why not."""
+
+    def refuse(message: str) -> None:
+        out.problems.append(_problem_at(str(file), 0, message + "; this file is not read"))
+
+    try:
+        st = os.stat(file)
+        # A FIFO or device found in a directory would block the load or never end;
+        # one named on the command line (``--config <(...)``) was asked for.
+        if not named and not stat.S_ISREG(st.st_mode):
+            refuse("not a regular file")
+            return None
+        room = min(limits.max_file_bytes, limits.max_total_bytes - total)
+        if stat.S_ISREG(st.st_mode) and st.st_size > room:
+            refuse(_too_large(st.st_size, limits, total))
+            return None
+        with open(file, "rb") as f:
+            data = f.read(room + 1)  # one byte more tells a file that grew meanwhile
+    except OSError as exc:
+        raise ConfigPathError(
+            f"cannot read config file {str(file)!r}: {exc.strerror or exc}"
+        ) from exc
+    if len(data) > room:
+        refuse(_too_large(len(data), limits, total, at_least=True))
+        return None
+    return data
+
+
+def _too_large(size: int, limits: ConfigLimits, total: int, *, at_least: bool = False) -> str:
+    more = " or more" if at_least else ""
+    if size > limits.max_file_bytes:
+        return (
+            f"the file is {size} bytes{more}, over the {limits.max_file_bytes}-byte limit "
+            "of one config file (--max-config-file-size)"
+        )
+    return (
+        f"the config files read before it hold {total} bytes and this one {size}{more}: "
+        f"together over the {limits.max_total_bytes}-byte limit (--max-config-size)"
+    )
+
+
 def load_paths(
-    paths: Sequence[str | os.PathLike[str]], *, previous: Generations | None = None
+    paths: Sequence[str | os.PathLike[str]],
+    *,
+    previous: Generations | None = None,
+    limits: ConfigLimits | None = None,
 ) -> LoadResult:
-    """``read_config_paths`` then ``load_documents``; raises ConfigPathError only."""
-    return load_documents(read_config_paths(paths), previous=previous)
+    """``read_config_files`` then ``load_documents``; raises ConfigPathError only."""
+    read = read_config_files(paths, limits)
+    return load_documents(read.files, previous=previous, limits=limits, problems=read.problems)

@@ -18,7 +18,7 @@ from gatewayd.routing.load import (
     LoadResult,
     load_documents,
     load_paths,
-    read_config_paths,
+    read_config_files,
     spec_digest,
 )
 
@@ -701,7 +701,7 @@ def test_read_config_paths_recurses_sorted_and_skips_hidden(tmp_path: Path) -> N
     single = tmp_path / "single.conf"
     single.write_text(route("single"))
 
-    docs = read_config_paths([tmp_path, str(single)])
+    docs = read_config_files([tmp_path, str(single)]).files
     names = [Path(name).relative_to(tmp_path).as_posix() for name, _ in docs]
     assert names == ["a.yaml", "b/1.yaml", "b/2.yml", "single.conf"]
     assert docs[0][1] == route("zero")
@@ -713,12 +713,12 @@ def test_read_config_paths_recurses_sorted_and_skips_hidden(tmp_path: Path) -> N
 
 def test_same_file_twice_is_read_once(tmp_path: Path) -> None:
     (tmp_path / "a.yaml").write_text(route())
-    assert len(read_config_paths([tmp_path, tmp_path / "a.yaml"])) == 1
+    assert len(read_config_files([tmp_path, tmp_path / "a.yaml"]).files) == 1
 
 
 def test_missing_path_raises_config_path_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigPathError, match="does not exist"):
-        read_config_paths([tmp_path / "nope.yaml"])
+        read_config_files([tmp_path / "nope.yaml"])
     with pytest.raises(ConfigPathError, match="does not exist"):
         load_paths([str(tmp_path / "nope")])
 
@@ -726,12 +726,12 @@ def test_missing_path_raises_config_path_error(tmp_path: Path) -> None:
 def test_unreadable_file_raises_config_path_error(tmp_path: Path) -> None:
     os.symlink(tmp_path / "missing-target.yaml", tmp_path / "dangling.yaml")
     with pytest.raises(ConfigPathError, match=r"cannot read config file .*dangling\.yaml"):
-        read_config_paths([tmp_path])
+        read_config_files([tmp_path])
     binary = tmp_path / "other"
     binary.mkdir()
     (binary / "bin.yaml").write_bytes(b"\xff\xfe\x00bad")
     with pytest.raises(ConfigPathError, match="not UTF-8 text"):
-        read_config_paths([binary])
+        read_config_files([binary])
 
 
 def test_examples_load_cleanly() -> None:
@@ -795,5 +795,5 @@ def test_symlinked_directories_are_followed_once(tmp_path: Path) -> None:
     conf.mkdir()
     os.symlink(real, conf / "link")
     os.symlink(conf, conf / "loop")  # a loop back to the top
-    names = [Path(name).relative_to(conf).as_posix() for name, _ in read_config_paths([conf])]
+    names = [Path(name).relative_to(conf).as_posix() for name, _ in read_config_files([conf]).files]
     assert names == ["link/r.yaml"]

@@ -1,0 +1,70 @@
+"""``Daemon.load`` builds on its builder thread, never on the serving event loop, and
+leaves the GC thresholds (nothing frozen) and switch interval as it found them, even on
+failure."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from gatewayd.daemon import BUILD_SWITCH_INTERVAL, NO_FULL_COLLECTION, Daemon, RunOptions
+from gatewayd.pipeline import Built
+
+CONFIG = """\
+apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {name: gc}
+spec: {controllerName: gatewayd.dev/gateway-controller}
+"""
+
+
+def test_the_build_runs_off_the_loop_and_restores_gc(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "c.yaml").write_text(CONFIG)
+    seen: dict[str, object] = {}
+    # One Daemon per process: its metrics live in the default Prometheus registry.
+    daemon = Daemon(RunOptions(config=[str(tmp_path)], workers=1))
+    real_build = daemon.pipeline.build
+
+    def build() -> Built:
+        seen["thread"] = threading.current_thread()
+        seen["gc"] = gc.isenabled()
+        seen["thresholds"] = gc.get_threshold()
+        seen["interval"] = sys.getswitchinterval()
+        return real_build()
+
+    def broken() -> Built:
+        raise RuntimeError("boom")
+
+    async def main() -> tuple[bool, bool, str | None]:
+        try:
+            monkeypatch.setattr(daemon.pipeline, "build", build)
+            first = await daemon.load(initial=True)
+            monkeypatch.setattr(daemon.pipeline, "build", broken)
+            second = await daemon.load(initial=False)
+            return first, second, daemon.last_error
+        finally:
+            await daemon.proxy.close(0)
+
+    interval = sys.getswitchinterval()
+    thresholds = gc.get_threshold()
+    first, second, error = asyncio.run(main())
+    assert first
+    assert seen["thread"] is not threading.main_thread()
+    # Young collections go on (they collect serving's garbage), full ones wait.
+    assert seen["gc"] is True
+    assert seen["thresholds"] == (*thresholds[:2], NO_FULL_COLLECTION)
+    assert seen["interval"] == BUILD_SWITCH_INTERVAL
+    # The failed reload restored them too, and kept the first configuration.
+    assert not second
+    assert error == "internal error while building config: boom"
+    assert daemon.holder.current.generation == 1
+    assert gc.get_threshold() == thresholds
+    assert sys.getswitchinterval() == interval
+    assert gc.get_freeze_count() == 0  # nothing is kept out of the collector's reach
