@@ -28,7 +28,7 @@ from gatewayd.routing.compiled import Snapshot
 from gatewayd.routing.load import ConfigLimits, ConfigPathError
 from gatewayd.routing.status import with_listener_failures
 from gatewayd.routing.table import SNITable
-from gatewayd.watch import watch_config
+from gatewayd.watch import config_signature, watch_config
 from gatewayd.workers import WorkerPool
 
 if TYPE_CHECKING:
@@ -361,6 +361,11 @@ async def _serve(daemon: Daemon, options: RunOptions) -> int:
     try:
         if daemon.pool is not None:
             await daemon.pool.start()
+        # The files' signature before the first load: an edit made while it builds (or
+        # before the watcher's first poll) is then a change the watcher reloads.
+        signature = None
+        if options.watch:
+            signature = await loop.run_in_executor(None, config_signature, options.config)
         await daemon.load(initial=True)
 
         def on_hup() -> None:
@@ -370,7 +375,7 @@ async def _serve(daemon: Daemon, options: RunOptions) -> int:
 
         if options.watch:
             watcher = loop.create_task(
-                watch_config(options.config, lambda: daemon.load(initial=False))
+                watch_config(options.config, lambda: daemon.load(initial=False), initial=signature)
             )
         loop.add_signal_handler(signal.SIGTERM, stop.set)
         loop.add_signal_handler(signal.SIGINT, stop.set)

@@ -43,10 +43,17 @@ async def watch_config(
     *,
     interval: float = 0.5,
     settle: float = 0.3,
+    initial: Signature | None = None,
 ) -> None:
-    """Run forever (until cancelled): call ``on_change`` after each settled change."""
+    """Run forever (until cancelled): call ``on_change`` after each settled change.
+
+    ``initial``: the signature the serving configuration was loaded from, taken before
+    that load, so a file written while it ran (or before this task first polls) is
+    still seen as a change."""
     loop = asyncio.get_running_loop()
-    current = await loop.run_in_executor(None, config_signature, paths)
+    current = initial
+    if current is None:
+        current = await loop.run_in_executor(None, config_signature, paths)
     while True:
         await asyncio.sleep(interval)
         seen = await loop.run_in_executor(None, config_signature, paths)
