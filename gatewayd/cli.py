@@ -183,6 +183,39 @@ def build_parser() -> argparse.ArgumentParser:
         help="end a request with no bytes moving either way this long: 408, or a reset once "
         "the response has started (default 300, Envoy's; 0: never)",
     )
+    # Request head limits and the other edge timeouts (README, "Security and limits").
+    run.add_argument(
+        "--max-header-bytes",
+        type=_byte_size,
+        default=60 * 1024,
+        metavar="SIZE",
+        help="largest request head (and upstream response head): 431 for requests, 502 for "
+        "responses (default 60KiB, Envoy's max_request_headers_kb)",
+    )
+    run.add_argument(
+        "--max-headers",
+        type=_at_least(1, int),
+        default=100,
+        metavar="N",
+        help="most header fields in a request (431) or upstream response (502) (default "
+        "100, Envoy's max_headers_count)",
+    )
+    run.add_argument(
+        "--request-headers-timeout",
+        type=_at_least(0.001, float),
+        default=30.0,
+        metavar="SECONDS",
+        help="a request head (and a client TLS handshake) must arrive within this: 408 "
+        "(default 30)",
+    )
+    run.add_argument(
+        "--upstream-connect-timeout",
+        type=_at_least(0.001, float),
+        default=5.0,
+        metavar="SECONDS",
+        help="connecting to a backend endpoint (TCP and TLS): 503 UF after this "
+        "(default 5, Envoy's connect_timeout)",
+    )
     run.add_argument(
         "--no-watch",
         dest="watch",
@@ -307,6 +340,10 @@ def _run(args: argparse.Namespace) -> int:
             tcp_idle_timeout=args.tcp_idle_timeout,
             route_timeout=args.route_timeout,
             stream_idle_timeout=args.stream_idle_timeout,
+            max_header_bytes=args.max_header_bytes,
+            max_headers=int(args.max_headers),
+            header_timeout=args.request_headers_timeout,
+            upstream_connect_timeout=args.upstream_connect_timeout,
             preserve_request_id=args.preserve_request_id,
             path=_path_policy(args),
             xfcc_set=args.xfcc == "sanitize-set",
