@@ -60,6 +60,7 @@ from gatewayd.proxy.forwarded import (
     client_cert_details,
     strip_hop_by_hop,
 )
+from gatewayd.proxy.acceptor import SharedAcceptor
 from gatewayd.proxy.listeners import BACKLOG, ListeningSockets, NotHanded
 from gatewayd.proxy.localreply import (
     DNS_RESOLUTION_FAILURE,
@@ -1718,6 +1719,10 @@ def _deadline(conn: HttpConnection) -> float:
     return conn.deadline
 
 
+# What a port is served by: what Proxy uses of either is ``close()``.
+_Server = asyncio.AbstractServer | SharedAcceptor
+
+
 class Proxy:
     """The data plane of one process: listeners, client connections, upstream pool."""
 
@@ -1744,7 +1749,8 @@ class Proxy:
             max_headers=options.max_headers,
             metrics=metrics,
         )
-        self.servers: dict[ListenKey, asyncio.AbstractServer] = {}
+        # Per port: an asyncio server, or a SharedAcceptor on a socket the workers share.
+        self.servers: dict[ListenKey, _Server] = {}
         # Connections of ports whose listeners are all protocol TLS (TLSRoute).
         self.tls_routes = TLSRouteListener(self)
         # Every set of open L4 splices this process owns, for the idle sweep: the TLS
@@ -1811,14 +1817,29 @@ class Proxy:
                     ssl_ctx = tls.base
             try:
                 sock = self.sockets.open(key)
+                factory = self._factory(key, label, tls=ssl_ctx is not None)
+                handshake_timeout = self.options.header_timeout if ssl_ctx else None
                 try:
-                    server = await loop.create_server(
-                        self._factory(key, label, tls=ssl_ctx is not None),
-                        sock=sock,
-                        backlog=BACKLOG,
-                        ssl=ssl_ctx,
-                        ssl_handshake_timeout=self.options.header_timeout if ssl_ctx else None,
-                    )
+                    server: _Server
+                    if self.sockets.shared:
+                        # Workers share the socket: each takes a few per wake-up
+                        # (``gatewayd/proxy/acceptor.py``), not the whole queue.
+                        server = SharedAcceptor(
+                            loop,
+                            sock,
+                            factory,
+                            self.tasks,
+                            ssl_context=ssl_ctx,
+                            handshake_timeout=handshake_timeout,
+                        )
+                    else:
+                        server = await loop.create_server(
+                            factory,
+                            sock=sock,
+                            backlog=BACKLOG,
+                            ssl=ssl_ctx,
+                            ssl_handshake_timeout=handshake_timeout,
+                        )
                 except BaseException:
                     sock.close()  # this server's descriptor; the port's socket stays
                     raise
