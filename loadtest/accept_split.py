@@ -29,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "e2e"))
 
-from e2e_kit import (  # noqa: E402  (the e2e kit lives next to the tests)
+from e2e_kit import (
     LOCALHOST,
     Gatewayd,
     free_port,
@@ -38,7 +38,7 @@ from e2e_kit import (  # noqa: E402  (the e2e kit lives next to the tests)
     listener,
     read_response_head,
 )
-from test_e2e_operations import owners, worker_pids  # noqa: E402
+from test_e2e_operations import owners, worker_pids
 
 REQUEST = b"GET /accept HTTP/1.1\r\nHost: accept.test\r\n\r\n"
 CLOSE_REQUEST = b"GET /accept HTTP/1.1\r\nHost: accept.test\r\nConnection: close\r\n\r\n"

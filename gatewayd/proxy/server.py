@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING, Final, cast
 
 import httptools
 
+from gatewayd.proxy.acceptor import SharedAcceptor
 from gatewayd.proxy.accesslog import AccessLogger
 from gatewayd.proxy.filters import (
     apply_header_ops,
@@ -60,7 +61,6 @@ from gatewayd.proxy.forwarded import (
     client_cert_details,
     strip_hop_by_hop,
 )
-from gatewayd.proxy.acceptor import SharedAcceptor
 from gatewayd.proxy.listeners import BACKLOG, ListeningSockets, NotHanded
 from gatewayd.proxy.localreply import (
     DNS_RESOLUTION_FAILURE,
