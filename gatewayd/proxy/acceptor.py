@@ -18,6 +18,15 @@ handshake timeout an asyncio server of the port would use, so everything after t
 accept (``--max-connections``, TLS termination and its errors, TLSRoute's ClientHello
 and access log) is unchanged.
 
+Leaving the accept to whichever worker runs first is fair only while every worker gets
+a core when a burst arrives; on a loaded machine one worker still took 63 of 64 at
+times.  So the workers also balance by open connections, as Envoy's exact connection
+balancer does: each publishes how many connections it holds in a small array the
+supervisor shares with all of them (``Balance``), and a worker holding ``SLACK`` more
+than the least-loaded one leaves the queue to the others for a moment.  A worker that
+does not take connections meanwhile (busy, or stuck) is not waited for again until its
+count moves (``MAX_WAIT``): the balance never stops accepting, it only orders it.
+
 One process owning its socket (``--workers 1``, ``--tproxy``, tests) keeps the asyncio
 server: nobody shares its queue, and libuv's accept loop is the fastest there is.
 """
@@ -29,7 +38,8 @@ import errno
 import logging
 import socket
 import ssl
-from collections.abc import Callable
+import time
+from collections.abc import Callable, MutableSequence
 from typing import Final
 
 log = logging.getLogger("gatewayd.proxy.acceptor")
@@ -50,6 +60,54 @@ RESOURCE_PAUSE: Final = 0.1
 
 ProtocolFactory = Callable[[], asyncio.BaseProtocol]
 
+# A worker holding this many connections more than the least-loaded worker leaves new
+# ones to the others.  Small, so that a burst of 64 splits within a few connections;
+# above 1, so that two idle workers do not hand every connection back and forth.
+SLACK: Final = 4
+# How long the connection queue is left to the other workers before checking again,
+# and how long they may leave it untouched (their counts not moving) before this worker
+# takes it anyway: they are busy, or stuck, and the queue must not wait for them.
+DEFER: Final = 0.001
+MAX_WAIT: Final = 0.01
+# The count of a worker that does not accept (not started, exited, draining): never the
+# least loaded.
+NOT_ACCEPTING: Final = 1 << 30
+
+
+class Balance:
+    """This worker's view of every worker's open connections (``counts``: one C int per
+    worker in memory shared by all of them; the supervisor sets a slot to
+    ``NOT_ACCEPTING`` while its worker is not serving).  Reading N ints and writing one
+    per wake-up costs well under a microsecond."""
+
+    __slots__ = ("counts", "index", "others", "since")
+
+    def __init__(self, counts: MutableSequence[int], index: int) -> None:
+        self.counts = counts
+        self.index = index
+        self.others = -1  # the other workers' total when last looked at
+        self.since = 0.0  # since when it has not moved
+
+    def publish(self, mine: int) -> None:
+        self.counts[self.index] = mine
+
+    def stop(self) -> None:
+        self.counts[self.index] = NOT_ACCEPTING
+
+    def my_turn(self, mine: int, now: float) -> bool:
+        """Publish ``mine``; whether this worker should accept the next connection."""
+        counts = self.counts
+        counts[self.index] = mine
+        if mine - min(counts) < SLACK:
+            return True
+        # Another worker holds fewer: leave it the queue while it is taking connections.
+        others = sum(counts) - mine
+        if others != self.others:
+            self.others = others
+            self.since = now
+            return False
+        return now - self.since >= MAX_WAIT
+
 
 class SharedAcceptor:
     """Accepts on one listening socket, ``ACCEPT_BATCH`` connections per wake-up.
@@ -61,9 +119,11 @@ class SharedAcceptor:
     when it closes)."""
 
     __slots__ = (
+        "balance",
         "factory",
         "fd",
         "handshake_timeout",
+        "load",
         "loop",
         "paused",
         "sock",
@@ -80,6 +140,8 @@ class SharedAcceptor:
         *,
         ssl_context: ssl.SSLContext | None = None,
         handshake_timeout: float | None = None,
+        balance: Balance | None = None,
+        load: Callable[[], int] = int,
     ) -> None:
         self.loop = loop
         self.sock = sock
@@ -89,10 +151,19 @@ class SharedAcceptor:
         self.ssl = ssl_context
         self.handshake_timeout = handshake_timeout if ssl_context is not None else None
         self.paused: asyncio.TimerHandle | None = None
+        # ``load()``: this worker's open connections, for ``balance``.
+        self.balance = balance
+        self.load = load
+        if balance is not None:
+            balance.publish(load())
         sock.setblocking(False)
         loop.add_reader(self.fd, self._readable)
 
     def _readable(self) -> None:
+        balance = self.balance
+        if balance is not None and not balance.my_turn(self.load(), time.monotonic()):
+            self._pause(DEFER)
+            return
         accept = self.sock.accept
         for _ in range(ACCEPT_BATCH):
             try:
@@ -102,7 +173,13 @@ class SharedAcceptor:
             except OSError as exc:
                 if exc.errno in _SKIP:
                     continue
-                self._pause(exc)
+                log.error(
+                    "accepting on %s failed: %s; retrying in %.1fs",
+                    _name(self.sock),
+                    exc.strerror or exc,
+                    RESOURCE_PAUSE,
+                )
+                self._pause(RESOURCE_PAUSE)
                 return
             self._serve(conn)
 
@@ -133,15 +210,10 @@ class SharedAcceptor:
             log.exception("serving an accepted connection failed")
             conn.close()
 
-    def _pause(self, exc: OSError) -> None:
-        log.error(
-            "accepting on %s failed: %s; retrying in %.1fs",
-            _name(self.sock),
-            exc.strerror or exc,
-            RESOURCE_PAUSE,
-        )
+    def _pause(self, seconds: float) -> None:
+        # Not watching the socket: it stays readable, so watching would spin.
         self.loop.remove_reader(self.fd)
-        self.paused = self.loop.call_later(RESOURCE_PAUSE, self._resume)
+        self.paused = self.loop.call_later(seconds, self._resume)
 
     def _resume(self) -> None:
         self.paused = None

@@ -47,7 +47,7 @@ from typing import TYPE_CHECKING, Final, cast
 
 import httptools
 
-from gatewayd.proxy.acceptor import SharedAcceptor
+from gatewayd.proxy.acceptor import Balance, SharedAcceptor
 from gatewayd.proxy.accesslog import AccessLogger
 from gatewayd.proxy.filters import (
     apply_header_ops,
@@ -1732,11 +1732,15 @@ class Proxy:
         options: ProxyOptions,
         metrics: ProxyMetrics | None = None,
         sockets: ListeningSockets | None = None,
+        *,
+        balance: Balance | None = None,
     ) -> None:
         self.holder = holder
         # Listening sockets by port: bound here, or handed over by the supervisor of
         # several workers (``gatewayd/workers.py``).
         self.sockets = sockets if sockets is not None else ListeningSockets()
+        # A worker's share of the connections of sockets shared with other workers.
+        self.balance = balance
         self.options = options
         self.metrics = metrics
         self.access: AccessLogger | None = (
@@ -1831,6 +1835,8 @@ class Proxy:
                             self.tasks,
                             ssl_context=ssl_ctx,
                             handshake_timeout=handshake_timeout,
+                            balance=self.balance,
+                            load=self.load,
                         )
                     else:
                         server = await loop.create_server(
@@ -1917,6 +1923,11 @@ class Proxy:
     def bound(self) -> set[tuple[str, int]]:
         return set(self.servers)
 
+    def load(self) -> int:
+        """Open client connections, counting those still in their TLS handshake (an
+        accept task each): what workers balance on."""
+        return self.n_conns + len(self.tasks)
+
     def buffered_bytes(self) -> int:
         """Bytes the proxy holds right now (write buffers and held bodies); for tests
         and debugging, not the hot path."""
@@ -1931,6 +1942,8 @@ class Proxy:
         """Stop accepting, let in-flight requests and open TLS splices finish for up to
         ``drain_timeout`` seconds, close everything else."""
         self._closed = True
+        if self.balance is not None:
+            self.balance.stop()  # the other workers take every new connection now
         for server in self.servers.values():
             server.close()
         self.servers.clear()
