@@ -102,7 +102,6 @@ def assert_fair_split(port: int, pids: list[int], count: int, wrap: Wrap | None 
         assert sum(split) == count, f"{count} connections open, workers hold {split}"
         splits.append(split)
         wait_settled(port)
-    print(f"{count}: {splits}")
     least = min(min(s) for s in splits)
     assert least >= MIN_SHARE * count, f"{count} connections at once, per worker: {splits}"
 
