@@ -4,11 +4,17 @@ it accepts them.  Loopback only; every process started here is stopped on the wa
 Two figures, neither asserted anywhere (the e2e test ``test_e2e_accept.py`` asserts the
 fair share):
 
-- split: ``--conns`` connections opened back to back (all queued before a worker can
-  wake), one keep-alive request on each, then which worker holds each connection (read
-  from /proc: the socket inodes of each worker's descriptors), over ``--rounds`` rounds;
+- split: ``--conns`` connections opened at once (non-blocking connects in a tight loop),
+  one keep-alive request on each, then which worker holds each connection (read from
+  /proc: the socket inodes of each worker's descriptors), over ``--rounds`` rounds, each
+  starting once the workers have closed the last round's connections;
 - accept rate: ``--short`` short connections (connect, one ``Connection: close``
-  request, read to EOF) by ``--concurrency`` client threads, timed.
+  request, read to EOF) by ``--concurrency`` client threads, timed, with the CPU time
+  the workers used per connection (from /proc; less noisy than the rate on a shared
+  machine).
+
+``PYTHONPATH=<an older checkout>`` measures that version (the daemon runs outside the
+checkout, so PYTHONPATH decides what it imports).
 
 The Gateway has a listener and no route: every request is answered 404 by gatewayd
 itself, so no backend limits the rate.
@@ -38,6 +44,7 @@ from e2e_kit import (
     listener,
     read_response_head,
 )
+from test_e2e_accept import wait_connected, wait_settled
 from test_e2e_operations import owners, worker_pids
 
 REQUEST = b"GET /accept HTTP/1.1\r\nHost: accept.test\r\n\r\n"
@@ -49,8 +56,10 @@ def split(port: int, pids: list[int], count: int) -> list[int]:
     socks = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]
     try:
         for s in socks:
-            s.settimeout(10.0)
-            s.connect((LOCALHOST, port))
+            s.setblocking(False)
+        for s in socks:
+            s.connect_ex((LOCALHOST, port))
+        wait_connected(socks)
         for s in socks:
             s.sendall(REQUEST)
         for s in socks:
@@ -61,6 +70,7 @@ def split(port: int, pids: list[int], count: int) -> list[int]:
     finally:
         for s in socks:
             s.close()
+        wait_settled(port)
 
 
 def accept_rate(port: int, total: int, concurrency: int) -> float:

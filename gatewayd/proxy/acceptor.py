@@ -4,8 +4,9 @@ With ``--workers N`` every worker accepts on the one socket the supervisor bound
 (``gatewayd/workers.py``; no SO_REUSEPORT, so no other process can join the port).  An
 asyncio server on that socket (libuv's) accepts every queued connection each time its
 worker wakes, until the queue is empty: 64 connections opened at once all went to one
-worker (measured: 64/0, 1/63; 100 at once: 1/99 at best, see ``loadtest/accept_split.py``),
-so a load test opening its connections together kept one worker busy and the other idle.
+worker at times (measured with 2 workers: 64/0, 63/1, 12/52; 100 at once: 96/4, 1/99;
+``loadtest/accept_split.py``), so a load test opening its connections together could
+keep one worker busy and the other idle.
 
 ``SharedAcceptor`` does what nginx does without ``multi_accept``: each worker watches
 the listening descriptor itself and accepts at most ``ACCEPT_BATCH`` connections per
@@ -27,6 +28,12 @@ than the least-loaded one leaves the queue to the others for a moment.  A worker
 does not take connections meanwhile (busy, or stuck) is not waited for again until its
 count moves (``MAX_WAIT``): the balance never stops accepting, it only orders it.
 
+The price: accepting in Python costs more than libuv's C accept loop, about 18 us of
+CPU per new connection in one process and 30 us per connection with two workers
+(every worker is woken for every connection; the losers find the queue empty).  A
+connection-per-request benchmark of local 404s went from ~14,000 to ~10,000
+connections/s with 2 workers on 2 cores; keep-alive traffic does not pay it.
+
 One process owning its socket (``--workers 1``, ``--tproxy``, tests) keeps the asyncio
 server: nobody shares its queue, and libuv's accept loop is the fastest there is.
 """
@@ -45,17 +52,18 @@ from typing import Final
 log = logging.getLogger("gatewayd.proxy.acceptor")
 
 # Connections accepted per wake-up.  Measured with 2 workers on 2 cores
-# (loadtest/accept_split.py): 1 splits 64 and 100 simultaneous connections evenly
-# and accepts short connections as fast as libuv's accept-everything loop did.
+# (loadtest/accept_split.py): batches of 4 accepted short connections no faster than 1
+# (8,700-9,100/s against 10,100/s: the cost is per connection, not per wake-up) and
+# split bursts less evenly (20/44 at worst against 31/33).
 ACCEPT_BATCH: Final = 1
 
 # accept() errors that concern one connection only (it was reset while queued, or a
 # signal came): the next one is tried.
 _SKIP: Final = frozenset({errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.EINTR})
-# Out of descriptors or memory: the listening socket stays readable, so keep polling
-# and every wake-up fails again.  Stop watching it for a moment (asyncio's servers wait
-# 1 s; the other workers, if they can, accept meanwhile).
-_RESOURCE: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+# Any other error (out of descriptors or memory: EMFILE, ENFILE, ENOBUFS, ENOMEM) leaves
+# the listening socket readable, so watching it would fail again at once, forever.
+# Stop watching it this long (asyncio's servers wait 1 s; the other workers, if they
+# can, accept meanwhile).
 RESOURCE_PAUSE: Final = 0.1
 
 ProtocolFactory = Callable[[], asyncio.BaseProtocol]
