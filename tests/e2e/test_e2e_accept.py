@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from e2e_kit import (
     LOCALHOST,
+    EchoBackend,
     backend_ref,
     deadline_loop,
     free_port,
@@ -25,6 +26,8 @@ from e2e_kit import (
     gateway_class,
     http_route,
     listener,
+    prometheus_samples,
+    raw_exchange,
     read_response_head,
     rule,
     to_yaml,
@@ -147,29 +150,35 @@ def test_connections_opened_at_once_are_spread_over_both_workers(  # type: ignor
     assert_fair_split(port, pids, count)
 
 
-def test_https_connections_opened_at_once_are_spread_over_both_workers(  # type: ignore[no-untyped-def]
-    echoes, gatewayd
-) -> None:
-    """HTTPS ports are served with the loop's TLS: the handshake (and its timeout) runs
-    after the fair accept, as it ran after the server's accept before."""
-    (echo,) = echoes.start("echo")
-    port = free_port()
+def https_docs(port: int, echo: EchoBackend) -> tuple[str, bytes]:
+    """A Gateway with one HTTPS listener (spread.test) routing to ``echo``: (manifests,
+    the certificate's PEM)."""
     cert, key = self_signed(["spread.test"])
     https = {
         "name": "https",
         "port": port,
         "protocol": "HTTPS",
+        "hostname": "spread.test",
         "tls": {"mode": "Terminate", "certificateRefs": [{"name": "cert"}]},
     }
-    docs = to_yaml(
-        [
-            gateway_class(),
-            gateway("gw", [https]),
-            *echo.manifests(),
-            http_route("all", [rule(backends=[backend_ref(echo.name)])]),
-        ]
-    )
-    docs += "---\n" + secret_manifest(cert, key, name="cert", namespace="default")
+    docs = [
+        gateway_class(),
+        gateway("gw", [https]),
+        *echo.manifests(),
+        http_route("all", [rule(backends=[backend_ref(echo.name)])]),
+    ]
+    secret = secret_manifest(cert, key, name="cert", namespace="default")
+    return to_yaml(docs) + "---\n" + secret, cert
+
+
+def test_https_connections_opened_at_once_are_spread_over_both_workers(  # type: ignore[no-untyped-def]
+    echoes, gatewayd
+) -> None:
+    """HTTPS ports are served with the loop's TLS: the handshake runs after the fair
+    accept, as it ran after the server's accept before."""
+    (echo,) = echoes.start("echo")
+    port = free_port()
+    docs, cert = https_docs(port, echo)
     daemon = gatewayd(docs, args=["--workers", "2", "--access-log", "off"])
     pids = worker_pids(daemon)
     client = ssl.create_default_context(cadata=cert.decode())
@@ -178,3 +187,39 @@ def test_https_connections_opened_at_once_are_spread_over_both_workers(  # type:
         return client.wrap_socket(s, server_hostname="spread.test")
 
     assert_fair_split(port, pids, 64, wrap)
+
+
+def test_failed_tls_handshakes_are_still_counted_and_quiet_with_workers(  # type: ignore[no-untyped-def]
+    echoes, gatewayd
+) -> None:
+    """Handshakes that fail after a fair accept are counted by reason, summed over the
+    workers, and log no traceback; a good client is served meanwhile."""
+    (echo,) = echoes.start("echo")
+    port = free_port()
+    docs, cert = https_docs(port, echo)
+    daemon = gatewayd(docs, args=["--workers", "2", "--access-log", "off"])
+    client = ssl.create_default_context(cadata=cert.decode())
+    for _ in range(6):
+        plain = raw_exchange(port, b"GET / HTTP/1.1\r\nHost: spread.test\r\n\r\n")
+        assert plain.closed and plain.status is None, plain
+        with (
+            socket.create_connection((LOCALHOST, port), timeout=5) as raw,
+            pytest.raises(ssl.SSLError),
+        ):
+            client.wrap_socket(raw, server_hostname="other.test")
+    with (
+        socket.create_connection((LOCALHOST, port), timeout=5) as raw,
+        client.wrap_socket(raw, server_hostname="spread.test") as tls,
+    ):
+        tls.sendall(b"GET /still HTTP/1.1\r\nHost: spread.test\r\n\r\n")
+        assert read_response_head(tls)[0].startswith(b"HTTP/1.1 200 ")
+    label = f"{LOCALHOST}:{port}"
+    errors: dict[str, float] = {}
+    for _ in deadline_loop(10.0, 0.1):
+        samples = prometheus_samples(daemon.metrics(), "gatewayd_tls_handshake_error_total")
+        errors = {k["reason"]: v for k, v in samples if k.get("listener") == label}
+        if errors.get("not_tls") == 6 and errors.get("unknown_sni") == 6:
+            break
+    assert errors.get("not_tls") == 6 and errors.get("unknown_sni") == 6, errors
+    log = daemon.child.stderr.text()
+    assert "Traceback" not in log and "never retrieved" not in log, daemon.output()
