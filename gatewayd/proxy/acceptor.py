@@ -75,8 +75,10 @@ SLACK: Final = 4
 # How long the connection queue is left to the other workers before checking again,
 # and how long they may leave it untouched (their counts not moving) before this worker
 # takes it anyway: they are busy, or stuck, and the queue must not wait for them.
+# MAX_WAIT is about one scheduler period of a loaded 2-core machine (CFS: 6 ms times
+# 1 + log2(CPUs)); with 10 ms, a burst arriving while a CPU hog ran still went 42/22.
 DEFER: Final = 0.001
-MAX_WAIT: Final = 0.01
+MAX_WAIT: Final = 0.02
 # The count of a worker that does not accept (not started, exited, draining): never the
 # least loaded.
 NOT_ACCEPTING: Final = 1 << 30

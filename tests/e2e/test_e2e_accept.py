@@ -38,12 +38,15 @@ from gatewayd.tls.certs import secret_manifest, self_signed
 
 pytestmark = pytest.mark.e2e
 
-# Rounds per connection count; each must be fair on its own.  Before (libuv accepting
-# every queued connection per wake-up), a round went 0/64, 63/1, 9/55 or 4/96 about
-# every second time, and a worker held under a quarter in 46% of the rounds, so five
-# rounds all passing happened in ~5% of the runs per test; with the balance, rounds
-# split within a few connections (31/33, 48/52).
-ROUNDS = 5
+# Rounds per connection count, and how many of them may leave a worker under MIN_SHARE.
+# Before (libuv accepting every queued connection per wake-up), rounds went 0/100, 96/4,
+# 63/1 or 13/51: a worker held under a quarter in about 45% of the rounds
+# (loadtest/accept_split.py and this test run on 02d1e45), so 7 fair rounds of 8
+# happened in ~6% of the runs of one test.  With the balance, rounds split within a few
+# connections (28/36 at worst seen); only with a CPU hog competing for the 2 cores did a
+# round go 13/51 (2 rounds in ~90: a worker got no CPU for longer than MAX_WAIT).
+ROUNDS = 8
+UNFAIR_ROUNDS_ALLOWED = 1
 MIN_SHARE = 0.25
 
 Wrap = Callable[[socket.socket], socket.socket]
@@ -128,8 +131,8 @@ def assert_fair_split(port: int, pids: list[int], count: int, wrap: Wrap | None 
         assert sum(split) == count, f"{count} connections open, workers hold {split}"
         splits.append(split)
         wait_settled(port)
-    least = min(min(s) for s in splits)
-    assert least >= MIN_SHARE * count, f"{count} connections at once, per worker: {splits}"
+    unfair = [s for s in splits if min(s) < MIN_SHARE * count]
+    assert len(unfair) <= UNFAIR_ROUNDS_ALLOWED, f"{count} at once, per worker: {splits}"
 
 
 @pytest.mark.parametrize("count", [64, 100])
