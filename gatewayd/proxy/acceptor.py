@@ -9,13 +9,13 @@ worker at times (measured with 2 workers: 64/0, 63/1, 12/52; 100 at once: 96/4, 
 keep one worker busy and the other idle.
 
 ``SharedAcceptor`` does what nginx does without ``multi_accept``: each worker watches
-the listening descriptor itself and accepts at most ``ACCEPT_BATCH`` connections per
-wake-up, then goes back to its event loop.  Every worker is woken for a new connection
-(level-triggered poll on the same socket), each takes a few, and the rest stay queued
-for whichever worker asks next.  A worker whose loop is busy serving comes back later
-and so takes fewer: the split follows the load.  Each accepted socket is handed to the
-loop (``connect_accepted_socket``) with the same protocol factory, TLS context and
-handshake timeout an asyncio server of the port would use, so everything after the
+the listening descriptor itself and accepts at most ``ACCEPT_BATCH`` (one) connection
+per wake-up, then goes back to its event loop.  Every worker is woken for a new
+connection (level-triggered poll on the same socket), each takes one, and the rest stay
+queued for whichever worker asks next.  A worker whose loop is busy serving comes back
+later and so takes fewer: the split follows the load.  Each accepted socket is handed
+to the loop (``connect_accepted_socket``) with the same protocol factory, TLS context
+and handshake timeout an asyncio server of the port would use, so everything after the
 accept (``--max-connections``, TLS termination and its errors, TLSRoute's ClientHello
 and access log) is unchanged.
 
@@ -211,7 +211,9 @@ class SharedAcceptor:
         except (OSError, TimeoutError):
             # A failed or timed-out TLS handshake (counted and reported by the port's
             # PortTLS), or a client gone before the loop took the socket: an asyncio
-            # server drops these silently too.  The loop closed the transport.
+            # server drops these silently too.  ``conn.close()`` closes the descriptor
+            # only if no transport took it (a transport holds an I/O reference on the
+            # socket object and detaches it when it closes).
             conn.close()
         except asyncio.CancelledError:
             conn.close()  # the proxy closed while the handshake was running

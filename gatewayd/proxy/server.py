@@ -1826,8 +1826,8 @@ class Proxy:
                 try:
                     server: _Server
                     if self.sockets.shared:
-                        # Workers share the socket: each takes a few per wake-up
-                        # (``gatewayd/proxy/acceptor.py``), not the whole queue.
+                        # Workers share the socket: each takes one per wake-up, and
+                        # they balance on open connections (``proxy/acceptor.py``).
                         server = SharedAcceptor(
                             loop,
                             sock,
