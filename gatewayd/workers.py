@@ -41,6 +41,7 @@ from __future__ import annotations
 import array
 import asyncio
 import contextlib
+import ctypes
 import itertools
 import logging
 import multiprocessing
@@ -53,10 +54,11 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, MutableSequence, Sequence
 from multiprocessing.process import BaseProcess
 from typing import Any
 
+from gatewayd.proxy.acceptor import NOT_ACCEPTING, Balance
 from gatewayd.proxy.listeners import ListeningSockets, ListenKey, bind_listener
 from gatewayd.proxy.metrics import ProxyMetrics
 from gatewayd.proxy.server import Proxy, ProxyOptions
@@ -244,8 +246,11 @@ def receive_frames(
 # --------------------------------------------------------------------------- worker
 
 
-def worker_main(sock: socket.socket, options: ProxyOptions, index: int) -> None:
-    """Entry point of a worker process (spawned: nothing is inherited but the pipe)."""
+def worker_main(
+    sock: socket.socket, options: ProxyOptions, index: int, counts: MutableSequence[int]
+) -> None:
+    """Entry point of a worker process (spawned: nothing is inherited but the pipe and
+    ``counts``, every worker's open connections in shared memory: ``Balance``)."""
     import uvloop
 
     logging.basicConfig(
@@ -257,16 +262,17 @@ def worker_main(sock: socket.socket, options: ProxyOptions, index: int) -> None:
     # the whole process group, so the worker ignores SIGINT and waits for the word.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        code = runner.run(_serve(sock, options))
+        code = runner.run(_serve(sock, options, Balance(counts, index)))
     sys.exit(code)
 
 
-async def _serve(sock: socket.socket, options: ProxyOptions) -> int:
+async def _serve(sock: socket.socket, options: ProxyOptions, balance: Balance | None = None) -> int:
     """Answer the supervisor's requests until told to drain; the exit status."""
     loop = asyncio.get_running_loop()
     metrics = ProxyMetrics(registry=_private_registry())
     sockets = ListeningSockets(binds=False)
-    proxy = Proxy(SnapshotHolder(Snapshot(generation=0)), options, metrics, sockets)
+    holder = SnapshotHolder(Snapshot(generation=0))
+    proxy = Proxy(holder, options, metrics, sockets, balance=balance)
     inbox: asyncio.Queue[tuple[tuple[Any, ...], list[int]]] = asyncio.Queue()
     decoder = FrameDecoder()
     sock.setblocking(False)
@@ -448,6 +454,10 @@ class WorkerPool:
         self.options = options
         self.ctx = multiprocessing.get_context("spawn")
         self.workers: list[_Worker | None] = [None] * count
+        # Open connections of each worker, shared with all of them so that they balance
+        # their accepting (``gatewayd/proxy/acceptor.py``); NOT_ACCEPTING while a worker
+        # does not serve.
+        self.counts = self.ctx.RawArray(ctypes.c_int, [NOT_ACCEPTING] * count)
         self.listeners: Held = {}
         self._serials = itertools.count(1)
         self.generation = 0
@@ -476,7 +486,7 @@ class WorkerPool:
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         process = self.ctx.Process(
             target=worker_main,
-            args=(child, self.options, index),
+            args=(child, self.options, index, self.counts),
             name=f"gatewayd-worker-{index}",
             daemon=False,
         )
@@ -508,6 +518,7 @@ class WorkerPool:
         finally:
             loop.remove_reader(sentinel)
         worker.process.join(timeout=1.0)
+        self.counts[worker.index] = NOT_ACCEPTING  # the others stop leaving it a share
         if self._stopping():
             return
         code = worker.process.exitcode

@@ -90,5 +90,11 @@ class ListeningSockets:
     def close(self) -> None:
         self.retain(())
 
+    @property
+    def shared(self) -> bool:
+        """Whether other processes accept on these sockets too (the supervisor handed
+        them to every worker), so accepting must leave them their share."""
+        return not self.binds
+
     def keys(self) -> set[ListenKey]:
         return set(self.sockets)

@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING, Final, cast
 
 import httptools
 
+from gatewayd.proxy.acceptor import Balance, SharedAcceptor
 from gatewayd.proxy.accesslog import AccessLogger
 from gatewayd.proxy.filters import (
     apply_header_ops,
@@ -1718,6 +1719,10 @@ def _deadline(conn: HttpConnection) -> float:
     return conn.deadline
 
 
+# What a port is served by: what Proxy uses of either is ``close()``.
+_Server = asyncio.AbstractServer | SharedAcceptor
+
+
 class Proxy:
     """The data plane of one process: listeners, client connections, upstream pool."""
 
@@ -1727,11 +1732,15 @@ class Proxy:
         options: ProxyOptions,
         metrics: ProxyMetrics | None = None,
         sockets: ListeningSockets | None = None,
+        *,
+        balance: Balance | None = None,
     ) -> None:
         self.holder = holder
         # Listening sockets by port: bound here, or handed over by the supervisor of
         # several workers (``gatewayd/workers.py``).
         self.sockets = sockets if sockets is not None else ListeningSockets()
+        # A worker's share of the connections of sockets shared with other workers.
+        self.balance = balance
         self.options = options
         self.metrics = metrics
         self.access: AccessLogger | None = (
@@ -1744,7 +1753,8 @@ class Proxy:
             max_headers=options.max_headers,
             metrics=metrics,
         )
-        self.servers: dict[ListenKey, asyncio.AbstractServer] = {}
+        # Per port: an asyncio server, or a SharedAcceptor on a socket the workers share.
+        self.servers: dict[ListenKey, _Server] = {}
         # Connections of ports whose listeners are all protocol TLS (TLSRoute).
         self.tls_routes = TLSRouteListener(self)
         # Every set of open L4 splices this process owns, for the idle sweep: the TLS
@@ -1811,14 +1821,31 @@ class Proxy:
                     ssl_ctx = tls.base
             try:
                 sock = self.sockets.open(key)
+                factory = self._factory(key, label, tls=ssl_ctx is not None)
+                handshake_timeout = self.options.header_timeout if ssl_ctx else None
                 try:
-                    server = await loop.create_server(
-                        self._factory(key, label, tls=ssl_ctx is not None),
-                        sock=sock,
-                        backlog=BACKLOG,
-                        ssl=ssl_ctx,
-                        ssl_handshake_timeout=self.options.header_timeout if ssl_ctx else None,
-                    )
+                    server: _Server
+                    if self.sockets.shared:
+                        # Workers share the socket: each takes one per wake-up, and
+                        # they balance on open connections (``proxy/acceptor.py``).
+                        server = SharedAcceptor(
+                            loop,
+                            sock,
+                            factory,
+                            self.tasks,
+                            ssl_context=ssl_ctx,
+                            handshake_timeout=handshake_timeout,
+                            balance=self.balance,
+                            load=self.load,
+                        )
+                    else:
+                        server = await loop.create_server(
+                            factory,
+                            sock=sock,
+                            backlog=BACKLOG,
+                            ssl=ssl_ctx,
+                            ssl_handshake_timeout=handshake_timeout,
+                        )
                 except BaseException:
                     sock.close()  # this server's descriptor; the port's socket stays
                     raise
@@ -1896,6 +1923,11 @@ class Proxy:
     def bound(self) -> set[tuple[str, int]]:
         return set(self.servers)
 
+    def load(self) -> int:
+        """Open client connections, counting those still in their TLS handshake (an
+        accept task each): what workers balance on."""
+        return self.n_conns + len(self.tasks)
+
     def buffered_bytes(self) -> int:
         """Bytes the proxy holds right now (write buffers and held bodies); for tests
         and debugging, not the hot path."""
@@ -1910,6 +1942,8 @@ class Proxy:
         """Stop accepting, let in-flight requests and open TLS splices finish for up to
         ``drain_timeout`` seconds, close everything else."""
         self._closed = True
+        if self.balance is not None:
+            self.balance.stop()  # the other workers take every new connection now
         for server in self.servers.values():
             server.close()
         self.servers.clear()
