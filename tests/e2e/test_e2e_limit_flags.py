@@ -13,6 +13,7 @@ from collections.abc import Iterator
 import pytest
 from e2e_kit import (
     LOCALHOST,
+    Doc,
     backend_manifests,
     backend_ref,
     free_port,
@@ -29,6 +30,16 @@ pytestmark = pytest.mark.e2e
 
 def head(*lines: str) -> bytes:
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+def one_route(port: int, backend_port: int) -> list[Doc]:
+    """A Gateway listening on ``port`` whose one route goes to the backend."""
+    return [
+        gateway_class(),
+        gateway("gw", [listener("http", port)]),
+        *backend_manifests("many", backend_port),
+        http_route("r", [rule(backends=[backend_ref("many")])]),
+    ]
 
 
 @pytest.fixture
@@ -64,12 +75,7 @@ def many_headers_backend() -> Iterator[int]:
 
 def test_lowered_limits_are_enforced(gatewayd, many_headers_backend: int) -> None:  # type: ignore[no-untyped-def]
     port = free_port()
-    docs = [
-        gateway_class(),
-        gateway("gw", [listener("http", port)]),
-        *backend_manifests("many", many_headers_backend),
-        http_route("r", [rule(backends=[backend_ref("many")])]),
-    ]
+    docs = one_route(port, many_headers_backend)
     gatewayd(
         docs,
         args=[
@@ -104,12 +110,7 @@ def test_lowered_limits_are_enforced(gatewayd, many_headers_backend: int) -> Non
 
 def test_default_allows_what_a_lowered_limit_refuses(gatewayd, many_headers_backend: int) -> None:  # type: ignore[no-untyped-def]
     port = free_port()
-    docs = [
-        gateway_class(),
-        gateway("gw", [listener("http", port)]),
-        *backend_manifests("many", many_headers_backend),
-        http_route("r", [rule(backends=[backend_ref("many")])]),
-    ]
+    docs = one_route(port, many_headers_backend)
     gatewayd(docs)
     many = head(
         "GET / HTTP/1.1", "Host: a.example", "Connection: close", *(f"X-N{i}: v" for i in range(11))
