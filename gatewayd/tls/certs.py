@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from gatewayd.routing.model import ConfigMap, Secret
+from gatewayd.routing.config.model import ConfigMap, Secret
 
 __all__ = [
     "CA_BUNDLE_KEY",

@@ -21,8 +21,8 @@ from gatewayd.proxy.accesslog import AccessLogger
 from gatewayd.proxy.metrics import ProxyMetrics, render
 from gatewayd.proxy.server import Proxy, ProxyOptions
 from gatewayd.proxy.snapshot import SnapshotHolder
-from gatewayd.routing.bindings import EndpointAddress
-from gatewayd.routing.compiled import (
+from gatewayd.routing.control.bindings import EndpointAddress
+from gatewayd.routing.snapshot.compiled import (
     CompiledBackend,
     CompiledRule,
     HeaderOps,
@@ -428,7 +428,7 @@ def test_hop_by_hop_headers_removed_both_ways() -> None:
 def test_header_filters_and_rewrite() -> None:
     async def main() -> None:
         be = await start_backend()
-        from gatewayd.routing.compiled import PathModifier, Rewrite
+        from gatewayd.routing.snapshot.compiled import PathModifier, Rewrite
 
         r = rule(
             backend(
@@ -1231,7 +1231,7 @@ def test_access_log_brackets_an_ipv6_upstream_host() -> None:
 
 def test_cors_preflight_and_redirect_are_local() -> None:
     async def main() -> None:
-        from gatewayd.routing.compiled import Cors, Redirect
+        from gatewayd.routing.snapshot.compiled import Cors, Redirect
 
         be = await start_backend()
         routes = {

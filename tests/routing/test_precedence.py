@@ -10,8 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from route_builders import EXACT, PREFIX, REGEX, get, gmatch, grpc, http, match, meta, rule, table
 
-from gatewayd.routing.model import GRPCMethodMatch, GRPCRouteMatch, HTTPRouteMatch, PathMatchType
-from gatewayd.routing.precedence import (
+from gatewayd.routing.compile.precedence import (
     PrecedenceKey,
     creation_order,
     grpc_match_key,
@@ -19,7 +18,13 @@ from gatewayd.routing.precedence import (
     hostname_rank,
     http_match_key,
 )
-from gatewayd.routing.table import HTTPRouteTable
+from gatewayd.routing.config.model import (
+    GRPCMethodMatch,
+    GRPCRouteMatch,
+    HTTPRouteMatch,
+    PathMatchType,
+)
+from gatewayd.routing.snapshot.table import HTTPRouteTable
 
 OLD = "2020-01-01T00:00:00Z"
 NEW = "2023-01-01T00:00:00Z"

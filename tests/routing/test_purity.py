@@ -22,7 +22,9 @@ def _imported_modules(path: Path) -> set[str]:
     return names
 
 
-@pytest.mark.parametrize("path", sorted(ROUTING.glob("*.py")), ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "path", sorted(ROUTING.rglob("*.py")), ids=lambda p: str(p.relative_to(ROUTING))
+)
 def test_routing_module_imports_no_io(path: Path) -> None:
     bad = _imported_modules(path) & FORBIDDEN
     assert not bad, f"{path.name} imports {sorted(bad)}; routing/ must stay pure"

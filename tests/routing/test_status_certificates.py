@@ -21,10 +21,9 @@ from status_builders import (
     tls_secret,
 )
 
-from gatewayd.routing.compile import compile_snapshot
-from gatewayd.routing.compiled import TerminateTLS
-from gatewayd.routing.load import load_paths
-from gatewayd.routing.model import (
+from gatewayd.routing.compile.compiler import compile_snapshot
+from gatewayd.routing.config.load import load_paths
+from gatewayd.routing.config.model import (
     ConfigMap,
     FrontendValidation,
     GatewayTLSConfig,
@@ -33,8 +32,9 @@ from gatewayd.routing.model import (
     Secret,
     SecretObjectReference,
 )
-from gatewayd.routing.status import resolve
-from gatewayd.routing.table import HTTPRouteTable
+from gatewayd.routing.control.resolve import resolve
+from gatewayd.routing.snapshot.compiled import TerminateTLS
+from gatewayd.routing.snapshot.table import HTTPRouteTable
 from gatewayd.tls.certs import self_signed
 
 NOW = "2030-06-01T12:00:00Z"

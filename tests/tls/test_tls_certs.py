@@ -12,7 +12,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, rsa
 
-from gatewayd.routing.model import ConfigMap, Meta, Secret
+from gatewayd.routing.config.model import ConfigMap, Meta, Secret
 from gatewayd.tls.certs import (
     CertificateInfo,
     InvalidCertificate,

@@ -17,11 +17,11 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
-from gatewayd.routing.bindings import BackendTLS, EndpointAddress
+from gatewayd.routing.control.bindings import BackendTLS, EndpointAddress
 
 if TYPE_CHECKING:
-    from gatewayd.routing.mesh import MeshTable
-    from gatewayd.routing.table import SNITable
+    from gatewayd.routing.control.mesh import MeshTable
+    from gatewayd.routing.snapshot.table import SNITable
     from gatewayd.tls.certs import CertificateInfo
 
 # --------------------------------------------------------------------------- filters

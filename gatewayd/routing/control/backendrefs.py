@@ -24,8 +24,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Final
 
-from gatewayd.routing.bindings import BackendKey, BackendTarget, EndpointAddress
-from gatewayd.routing.model import (
+from gatewayd.routing.config.model import (
     CORE_GROUP,
     GATEWAY_GROUP,
     BackendObjectReference,
@@ -34,7 +33,8 @@ from gatewayd.routing.model import (
     Service,
     ServicePort,
 )
-from gatewayd.routing.refgrant import ReferenceGrants, RefFrom, RefTo
+from gatewayd.routing.control.bindings import BackendKey, BackendTarget, EndpointAddress
+from gatewayd.routing.control.refgrant import ReferenceGrants, RefFrom, RefTo
 
 BACKEND_NOT_FOUND: Final = "BackendNotFound"
 INVALID_KIND: Final = "InvalidKind"

@@ -11,12 +11,7 @@ from __future__ import annotations
 import math
 from datetime import UTC, datetime
 
-from gatewayd.routing.model import (
-    GRPCRouteMatch,
-    HTTPRouteMatch,
-    Meta,
-    PathMatchType,
-)
+from gatewayd.routing.config.model import GRPCRouteMatch, HTTPRouteMatch, Meta, PathMatchType
 
 # --------------------------------------------------------------------------- hostnames
 

@@ -34,17 +34,17 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Generic, TypeVar
 
-from gatewayd.routing.addressing import host_port
-from gatewayd.routing.compiled import CompiledBackend, CompiledRule, HeaderOps, RouteHit
-from gatewayd.routing.match import (
+from gatewayd.routing.compile.match import (
     PATH_EXACT,
     PATH_PREFIX,
     Candidate,
     parse_query,
     values_hold,
 )
-from gatewayd.routing.precedence import hostname_rank, is_wildcard
-from gatewayd.routing.regex import RegexError, RegexSet
+from gatewayd.routing.compile.precedence import hostname_rank, is_wildcard
+from gatewayd.routing.control.addressing import host_port
+from gatewayd.routing.snapshot.compiled import CompiledBackend, CompiledRule, HeaderOps, RouteHit
+from gatewayd.routing.snapshot.regex import RegexError, RegexSet
 
 if TYPE_CHECKING:
     from gatewayd.tls.certs import CertificateInfo

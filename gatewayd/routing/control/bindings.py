@@ -14,10 +14,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from gatewayd.routing.model import BackendObjectReference, Problem, Route
+from gatewayd.routing.config.model import BackendObjectReference, Problem, Route
 
 if TYPE_CHECKING:
-    from gatewayd.routing.mesh import MeshResolution
+    from gatewayd.routing.control.mesh import MeshResolution
     from gatewayd.tls.certs import CertificateInfo
 
 

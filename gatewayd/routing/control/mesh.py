@@ -47,11 +47,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Final, Protocol
 
-from gatewayd.routing.backendrefs import BackendResolver
-from gatewayd.routing.bindings import BackendKey, BackendTarget
-from gatewayd.routing.compiled import ListenerPort
-from gatewayd.routing.match import Candidate
-from gatewayd.routing.model import (
+from gatewayd.routing.compile.match import Candidate
+from gatewayd.routing.config.model import (
     CORE_GROUP,
     GATEWAY_GROUP,
     Config,
@@ -63,8 +60,11 @@ from gatewayd.routing.model import (
     ServicePort,
     TLSRoute,
 )
-from gatewayd.routing.refgrant import ReferenceGrants, RefFrom, RefTo
-from gatewayd.routing.table import HTTPRouteTable, ListenerSpec
+from gatewayd.routing.control.backendrefs import BackendResolver
+from gatewayd.routing.control.bindings import BackendKey, BackendTarget
+from gatewayd.routing.control.refgrant import ReferenceGrants, RefFrom, RefTo
+from gatewayd.routing.snapshot.compiled import ListenerPort
+from gatewayd.routing.snapshot.table import HTTPRouteTable, ListenerSpec
 
 SERVICE_KIND: Final = "Service"
 MESH_PROTOCOL: Final = "HTTP"

@@ -24,9 +24,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
-from gatewayd.routing.attach import tls_mode
-from gatewayd.routing.bindings import BackendTLS, ObjectStatus
-from gatewayd.routing.model import (
+from gatewayd.routing.config.model import (
     CORE_GROUP,
     GATEWAY_GROUP,
     BackendTLSPolicy,
@@ -42,6 +40,8 @@ from gatewayd.routing.model import (
     TLSRoute,
     TLSRouteRule,
 )
+from gatewayd.routing.control.attach import tls_mode
+from gatewayd.routing.control.bindings import BackendTLS, ObjectStatus
 from gatewayd.tls.certs import CA_BUNDLE_KEY, InvalidCertificate, load_ca_bundle
 
 API_VERSION: Final = "gateway.networking.k8s.io/v1"

@@ -24,21 +24,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Final
 
-from gatewayd.routing import attach
-from gatewayd.routing.addressing import AddressOutcome, allocate
-from gatewayd.routing.backendrefs import INVALID_KIND, BackendResolver
-from gatewayd.routing.backendtls import applies_to, resolve_backend_tls
-from gatewayd.routing.bindings import (
-    AttachedRoute,
-    BackendKey,
-    BackendTarget,
-    ClientCertificate,
-    ListenerBinding,
-    ObjectStatus,
-    Resolution,
-)
-from gatewayd.routing.mesh import resolve_mesh
-from gatewayd.routing.model import (
+from gatewayd.routing.config.model import (
     CORE_GROUP,
     GATEWAY_GROUP,
     BackendRef,
@@ -63,8 +49,22 @@ from gatewayd.routing.model import (
     TLSModeType,
     TLSRoute,
 )
-from gatewayd.routing.refgrant import ReferenceGrants, RefFrom, RefTo
-from gatewayd.routing.regex import regex_problem
+from gatewayd.routing.control import attach
+from gatewayd.routing.control.addressing import AddressOutcome, allocate
+from gatewayd.routing.control.backendrefs import INVALID_KIND, BackendResolver
+from gatewayd.routing.control.backendtls import applies_to, resolve_backend_tls
+from gatewayd.routing.control.bindings import (
+    AttachedRoute,
+    BackendKey,
+    BackendTarget,
+    ClientCertificate,
+    ListenerBinding,
+    ObjectStatus,
+    Resolution,
+)
+from gatewayd.routing.control.mesh import resolve_mesh
+from gatewayd.routing.control.refgrant import ReferenceGrants, RefFrom, RefTo
+from gatewayd.routing.snapshot.regex import regex_problem
 from gatewayd.tls.certs import (
     CertificateInfo,
     InvalidCertificate,

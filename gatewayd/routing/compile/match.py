@@ -14,8 +14,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from urllib.parse import unquote_plus
 
-from gatewayd.routing.compiled import CompiledRule, RouteHit
-from gatewayd.routing.model import (
+from gatewayd.routing.compile.precedence import (
+    PrecedenceKey,
+    grpc_match_key,
+    http_match_key,
+    normalize_prefix,
+    unique_header_names,
+    unique_query_names,
+)
+from gatewayd.routing.config.model import (
     GRPCRouteMatch,
     HeaderMatchType,
     HTTPHeaderMatch,
@@ -24,15 +31,8 @@ from gatewayd.routing.model import (
     Meta,
     PathMatchType,
 )
-from gatewayd.routing.precedence import (
-    PrecedenceKey,
-    grpc_match_key,
-    http_match_key,
-    normalize_prefix,
-    unique_header_names,
-    unique_query_names,
-)
-from gatewayd.routing.regex import NEVER, Regex, RegexError, escape
+from gatewayd.routing.snapshot.compiled import CompiledRule, RouteHit
+from gatewayd.routing.snapshot.regex import NEVER, Regex, RegexError, escape
 
 PATH_EXACT = 0
 PATH_PREFIX = 1

@@ -27,7 +27,7 @@ from dataclasses import dataclass, replace
 from enum import Enum
 from typing import TypeVar
 
-from gatewayd.routing import model as m
+from gatewayd.routing.config import model as m
 
 E = TypeVar("E", bound=Enum)
 

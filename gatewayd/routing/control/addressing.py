@@ -23,7 +23,7 @@ import ipaddress
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
-from gatewayd.routing.model import Gateway
+from gatewayd.routing.config.model import Gateway
 
 IP_ADDRESS = "IPAddress"
 

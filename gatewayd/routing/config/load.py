@@ -33,8 +33,8 @@ from typing import TypeAlias, TypeVar
 
 import yaml
 
-from gatewayd.routing import model as m
-from gatewayd.routing import validate as v
+from gatewayd.routing.config import model as m
+from gatewayd.routing.config import validate as v
 
 GenerationKey: TypeAlias = tuple[str, str, str]  # (kind, namespace, name)
 Generations: TypeAlias = Mapping[GenerationKey, tuple[str, int]]  # -> (spec digest, generation)

@@ -14,39 +14,14 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 
-from gatewayd.routing.bindings import (
-    AttachedRoute,
-    BackendKey,
-    BackendTarget,
-    BackendTLS,
-    ClientCertificate,
-    ListenerBinding,
-    Resolution,
-)
-from gatewayd.routing.compiled import (
-    CompiledBackend,
-    CompiledRule,
-    Cors,
-    HeaderOps,
-    ListenerPort,
-    Mirror,
-    PathModifier,
-    Redirect,
-    Retry,
-    Rewrite,
-    RouteHit,
-    RouteTable,
-    Snapshot,
-    TerminateTLS,
-)
-from gatewayd.routing.match import (
+from gatewayd.routing.compile.match import (
     Candidate,
     InvalidMatch,
     compile_grpc_match,
     compile_http_match,
 )
-from gatewayd.routing.mesh import compile_mesh
-from gatewayd.routing.model import (
+from gatewayd.routing.compile.precedence import route_order
+from gatewayd.routing.config.model import (
     BackendObjectReference,
     BackendRef,
     FilterType,
@@ -66,8 +41,39 @@ from gatewayd.routing.model import (
     TLSModeType,
     TLSRoute,
 )
-from gatewayd.routing.precedence import route_order
-from gatewayd.routing.table import HTTPRouteTable, ListenerSpec, SNIRoute, SNITable, TLSListener
+from gatewayd.routing.control.bindings import (
+    AttachedRoute,
+    BackendKey,
+    BackendTarget,
+    BackendTLS,
+    ClientCertificate,
+    ListenerBinding,
+    Resolution,
+)
+from gatewayd.routing.control.mesh import compile_mesh
+from gatewayd.routing.snapshot.compiled import (
+    CompiledBackend,
+    CompiledRule,
+    Cors,
+    HeaderOps,
+    ListenerPort,
+    Mirror,
+    PathModifier,
+    Redirect,
+    Retry,
+    Rewrite,
+    RouteHit,
+    RouteTable,
+    Snapshot,
+    TerminateTLS,
+)
+from gatewayd.routing.snapshot.table import (
+    HTTPRouteTable,
+    ListenerSpec,
+    SNIRoute,
+    SNITable,
+    TLSListener,
+)
 
 # "If a reference to a custom filter type cannot be resolved, the filter MUST NOT be
 # skipped. Instead, requests that would have been processed by that filter MUST receive
