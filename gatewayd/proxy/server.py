@@ -93,7 +93,7 @@ from gatewayd.proxy.upstream import (
     UpstreamProtocolError,
     endpoint_key,
 )
-from gatewayd.routing.control.addressing import host_port
+from gatewayd.routing.snapshot.addresses import host_port
 from gatewayd.routing.snapshot.compiled import CompiledBackend, CompiledRule, ListenerPort, Snapshot
 from gatewayd.routing.snapshot.table import HTTPRouteTable
 from gatewayd.tls.terminate import PortTLS

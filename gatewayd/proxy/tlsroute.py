@@ -53,7 +53,7 @@ from typing import TYPE_CHECKING, Any, Final, cast
 
 from gatewayd.proxy.accesslog import sockaddr_text
 from gatewayd.proxy.splice import Splice
-from gatewayd.routing.control.addressing import host_port
+from gatewayd.routing.snapshot.addresses import host_port
 from gatewayd.routing.snapshot.table import SNITable, TLSListener
 from gatewayd.tls.backend import BackendTLSSetupError
 from gatewayd.tls.clienthello import (

@@ -28,8 +28,8 @@ from gatewayd.routing.config.model import (
     Service,
     ServicePort,
 )
-from gatewayd.routing.control.mesh import canonical_ip
 from gatewayd.routing.control.resolve import resolve
+from gatewayd.routing.snapshot.addresses import canonical_ip
 from gatewayd.routing.snapshot.compiled import Snapshot
 from gatewayd.tproxy.rules import TproxySettings, desired_targets, render_ruleset
 

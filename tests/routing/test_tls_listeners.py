@@ -39,7 +39,8 @@ from gatewayd.routing.config.model import (
     TLSRoute,
     TLSRouteRule,
 )
-from gatewayd.routing.control.resolve import SUPPORTED_FEATURES, resolve
+from gatewayd.routing.control.gateways import SUPPORTED_FEATURES
+from gatewayd.routing.control.resolve import resolve
 from gatewayd.routing.snapshot.compiled import Snapshot
 from gatewayd.routing.snapshot.table import SNITable
 from gatewayd.tls.certs import self_signed

@@ -20,6 +20,7 @@ from gatewayd.routing.compile.match import (
     compile_grpc_match,
     compile_http_match,
 )
+from gatewayd.routing.compile.mesh import compile_mesh
 from gatewayd.routing.compile.precedence import route_order
 from gatewayd.routing.config.model import (
     BackendObjectReference,
@@ -50,7 +51,6 @@ from gatewayd.routing.control.bindings import (
     ListenerBinding,
     Resolution,
 )
-from gatewayd.routing.control.mesh import compile_mesh
 from gatewayd.routing.snapshot.compiled import (
     CompiledBackend,
     CompiledRule,

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Protocol
 from gatewayd.routing.control.bindings import BackendTLS, EndpointAddress
 
 if TYPE_CHECKING:
-    from gatewayd.routing.control.mesh import MeshTable
+    from gatewayd.routing.snapshot.mesh import MeshTable
     from gatewayd.routing.snapshot.table import SNITable
     from gatewayd.tls.certs import CertificateInfo
 

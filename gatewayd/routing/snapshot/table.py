@@ -42,7 +42,7 @@ from gatewayd.routing.compile.match import (
     values_hold,
 )
 from gatewayd.routing.compile.precedence import hostname_rank, is_wildcard
-from gatewayd.routing.control.addressing import host_port
+from gatewayd.routing.snapshot.addresses import host_port
 from gatewayd.routing.snapshot.compiled import CompiledBackend, CompiledRule, HeaderOps, RouteHit
 from gatewayd.routing.snapshot.regex import RegexError, RegexSet
 
