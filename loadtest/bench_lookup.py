@@ -36,10 +36,10 @@ from gatewayd.routing.control.bindings import (
     AttachedRoute,
     BackendKey,
     BackendTarget,
-    EndpointAddress,
     ListenerBinding,
     Resolution,
 )
+from gatewayd.routing.snapshot.backends import EndpointAddress
 from gatewayd.routing.snapshot.compiled import RouteTable
 
 Request = tuple[str, str, str, str, Mapping[str, str]]

@@ -100,7 +100,7 @@ from gatewayd.tls.terminate import PortTLS
 
 if TYPE_CHECKING:
     from gatewayd.proxy.metrics import ProxyMetrics
-    from gatewayd.routing.control.bindings import EndpointAddress
+    from gatewayd.routing.snapshot.backends import EndpointAddress
 
 log = logging.getLogger("gatewayd.proxy.server")
 

@@ -67,7 +67,7 @@ from gatewayd.tls.terminate import handshake_reason
 
 if TYPE_CHECKING:
     from gatewayd.proxy.server import Proxy
-    from gatewayd.routing.control.bindings import BackendTLS
+    from gatewayd.routing.snapshot.backends import BackendTLS
     from gatewayd.routing.snapshot.compiled import CompiledBackend, ListenerPort, Snapshot
     from gatewayd.routing.snapshot.table import SNIMatch
     from gatewayd.tls.certs import CertificateInfo

@@ -21,7 +21,7 @@ from gatewayd.proxy.accesslog import AccessLogger
 from gatewayd.proxy.metrics import ProxyMetrics, render
 from gatewayd.proxy.server import Proxy, ProxyOptions
 from gatewayd.proxy.snapshot import SnapshotHolder
-from gatewayd.routing.control.bindings import EndpointAddress
+from gatewayd.routing.snapshot.backends import EndpointAddress
 from gatewayd.routing.snapshot.compiled import (
     CompiledBackend,
     CompiledRule,

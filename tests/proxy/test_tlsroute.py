@@ -29,7 +29,7 @@ from gatewayd.proxy.metrics import ProxyMetrics
 from gatewayd.proxy.server import Proxy, ProxyOptions
 from gatewayd.proxy.snapshot import SnapshotHolder
 from gatewayd.proxy.tlsroute import TLSContexts
-from gatewayd.routing.control.bindings import BackendTLS, ClientCertificate, EndpointAddress
+from gatewayd.routing.snapshot.backends import BackendTLS, ClientCertificate, EndpointAddress
 from gatewayd.routing.snapshot.compiled import (
     CompiledBackend,
     CompiledRule,

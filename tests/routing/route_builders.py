@@ -29,10 +29,10 @@ from gatewayd.routing.control.bindings import (
     AttachedRoute,
     BackendKey,
     BackendTarget,
-    EndpointAddress,
     ListenerBinding,
     Resolution,
 )
+from gatewayd.routing.snapshot.backends import EndpointAddress
 from gatewayd.routing.snapshot.compiled import RouteHit, RouteTable, Snapshot
 
 EXACT = PathMatchType.EXACT

@@ -40,7 +40,8 @@ from gatewayd.routing.config.model import (
     PathModifierType,
     SessionPersistence,
 )
-from gatewayd.routing.control.bindings import BackendKey, BackendTarget, EndpointAddress
+from gatewayd.routing.control.bindings import BackendKey, BackendTarget
+from gatewayd.routing.snapshot.backends import EndpointAddress
 from gatewayd.routing.snapshot.compiled import (
     CompiledRule,
     HeaderOps,

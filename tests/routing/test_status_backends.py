@@ -15,8 +15,9 @@ from gatewayd.routing.config.model import (
     HTTPRouteFilter,
     ServicePort,
 )
-from gatewayd.routing.control.bindings import BackendKey, BackendTarget, EndpointAddress
+from gatewayd.routing.control.bindings import BackendKey, BackendTarget
 from gatewayd.routing.control.resolve import resolve
+from gatewayd.routing.snapshot.backends import EndpointAddress
 
 
 def key(name: str = "svc", port: int | None = 8080, ns: str = "default") -> BackendKey:

@@ -32,10 +32,11 @@ from gatewayd.routing.config.model import (
     Secret,
     SecretObjectReference,
 )
+from gatewayd.routing.control.listeners import keypair_from_secret
 from gatewayd.routing.control.resolve import resolve
 from gatewayd.routing.snapshot.compiled import TerminateTLS
 from gatewayd.routing.snapshot.table import HTTPRouteTable
-from gatewayd.tls.certs import self_signed
+from gatewayd.tls.certs import InvalidCertificate, self_signed
 
 NOW = "2030-06-01T12:00:00Z"
 NOW_DT = dt.datetime(2030, 6, 1, 12, tzinfo=dt.UTC)
@@ -272,3 +273,17 @@ def test_one_broken_ca_ref_keeps_validation_with_the_others() -> None:
     (binding,) = res.listeners
     # Never serve without client validation because one reference broke.
     assert (binding.client_auth, binding.client_ca_pem) == ("require", ca_pem().encode())
+
+
+def test_keypair_from_secret() -> None:
+    cert_pem, key_pem = self_signed(["a.example"])
+    now = dt.datetime.now(dt.UTC)  # self_signed() certificates start now
+    secret = Secret(
+        meta=Meta(namespace="default", name="s"),
+        type="kubernetes.io/tls",
+        data=(("tls.crt", cert_pem), ("tls.key", key_pem)),
+    )
+    assert keypair_from_secret(secret, now=now).dns_names == ("a.example",)
+    empty = Secret(meta=Meta(namespace="default", name="s"), data=(("tls.crt", cert_pem),))
+    with pytest.raises(InvalidCertificate, match=r"Secret has no tls.key"):
+        keypair_from_secret(empty, now=now)

@@ -29,9 +29,9 @@ from route_builders import (
     who,
 )
 
-from gatewayd.routing.compile.match import parse_query
 from gatewayd.routing.config.model import HeaderMatchType, HTTPRoute, HTTPRouteMatch, PathMatchType
 from gatewayd.routing.control.bindings import AttachedRoute
+from gatewayd.routing.snapshot.candidates import parse_query
 from gatewayd.routing.snapshot.table import HTTPRouteTable, SNITable
 
 # --------------------------------------------------------------------------- path matches

@@ -14,12 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 
-from gatewayd.routing.compile.match import (
-    Candidate,
-    InvalidMatch,
-    compile_grpc_match,
-    compile_http_match,
-)
+from gatewayd.routing.compile.match import InvalidMatch, compile_grpc_match, compile_http_match
 from gatewayd.routing.compile.mesh import compile_mesh
 from gatewayd.routing.compile.precedence import route_order
 from gatewayd.routing.config.model import (
@@ -46,11 +41,11 @@ from gatewayd.routing.control.bindings import (
     AttachedRoute,
     BackendKey,
     BackendTarget,
-    BackendTLS,
-    ClientCertificate,
     ListenerBinding,
     Resolution,
 )
+from gatewayd.routing.snapshot.backends import BackendTLS, ClientCertificate
+from gatewayd.routing.snapshot.candidates import Candidate
 from gatewayd.routing.snapshot.compiled import (
     CompiledBackend,
     CompiledRule,

@@ -12,13 +12,13 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Final
 
-from gatewayd.routing.compile.match import Candidate
 from gatewayd.routing.config.model import (
     GRPCRoute,
     HTTPRoute,
     Route,
 )
-from gatewayd.routing.control.mesh import MeshResolution, ServicePortRoutes
+from gatewayd.routing.control.bindings import MeshResolution, ServicePortRoutes
+from gatewayd.routing.snapshot.candidates import Candidate
 from gatewayd.routing.snapshot.compiled import ListenerPort
 from gatewayd.routing.snapshot.mesh import MeshService, MeshTable
 from gatewayd.routing.snapshot.table import HTTPRouteTable, ListenerSpec

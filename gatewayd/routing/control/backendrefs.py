@@ -32,7 +32,7 @@ from gatewayd.routing.config.model import (
     Service,
     ServicePort,
 )
-from gatewayd.routing.control.bindings import BackendKey, BackendTarget, EndpointAddress
+from gatewayd.routing.control.bindings import BackendKey, BackendTarget
 from gatewayd.routing.control.conditions import (
     BACKEND_NOT_FOUND,
     INVALID_KIND,
@@ -40,6 +40,7 @@ from gatewayd.routing.control.conditions import (
     UNSUPPORTED_PROTOCOL,
 )
 from gatewayd.routing.control.refgrant import ReferenceGrants, RefFrom, RefTo
+from gatewayd.routing.snapshot.backends import EndpointAddress
 
 # appProtocols the data plane cannot speak to a backend, per route kind.  The upstream
 # side is HTTP/1.1 only, so an HTTPRoute backend that asks for cleartext HTTP/2 is

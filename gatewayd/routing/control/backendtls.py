@@ -41,7 +41,7 @@ from gatewayd.routing.config.model import (
     TLSRouteRule,
 )
 from gatewayd.routing.control.attach import tls_mode
-from gatewayd.routing.control.bindings import BackendTLS, ObjectStatus
+from gatewayd.routing.control.bindings import ObjectStatus
 from gatewayd.routing.control.conditions import (
     ACCEPTED,
     API_VERSION,
@@ -54,6 +54,7 @@ from gatewayd.routing.control.conditions import (
     Verdict,
     condition,
 )
+from gatewayd.routing.snapshot.backends import BackendTLS
 from gatewayd.tls.certs import CA_BUNDLE_KEY, InvalidCertificate, load_ca_bundle
 
 # "A maximum of 16 ancestors will be represented in this list." (PolicyStatus.Ancestors)

@@ -14,11 +14,7 @@ from gatewayd.routing.config.model import (
     GatewayClass,
 )
 from gatewayd.routing.control.addressing import AddressOutcome
-from gatewayd.routing.control.bindings import (
-    ClientCertificate,
-    ObjectStatus,
-    Resolution,
-)
+from gatewayd.routing.control.bindings import ObjectStatus, Resolution
 from gatewayd.routing.control.conditions import (
     ACCEPTED,
     ADDRESS_NOT_ASSIGNED,
@@ -42,6 +38,7 @@ from gatewayd.routing.control.conditions import (
     passed,
 )
 from gatewayd.routing.control.listeners import ListenerState, Refs, secret_ref_problem
+from gatewayd.routing.snapshot.backends import ClientCertificate
 
 # TLSRoute is served as gateway.networking.k8s.io/v1 since Gateway API v1.5 (standard
 # channel); v1alpha2/v1alpha3 manifests are the same object, reported as v1.

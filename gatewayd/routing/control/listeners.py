@@ -50,10 +50,12 @@ from gatewayd.routing.control.conditions import (
 )
 from gatewayd.routing.control.refgrant import ReferenceGrants, RefFrom, RefTo
 from gatewayd.tls.certs import (
+    TLS_CERT_KEY,
+    TLS_PRIVATE_KEY_KEY,
     CertificateInfo,
     InvalidCertificate,
-    keypair_from_secret,
     load_ca_bundle,
+    load_keypair,
 )
 
 SUPPORTED_PROTOCOLS: Final = (
@@ -64,6 +66,16 @@ SUPPORTED_PROTOCOLS: Final = (
 
 
 # --------------------------------------------------------------------------- listeners
+
+
+def keypair_from_secret(secret: Secret, *, now: dt.datetime) -> CertificateInfo:
+    """``tls.certs.load_keypair`` on a Secret's ``tls.crt`` / ``tls.key``.
+
+    The Secret type is not checked here: Gateway API certificateRefs name "a Kubernetes
+    Secret of type kubernetes.io/tls", a rule the caller applies (it knows the object);
+    the content is what matters to ``ssl``.
+    """
+    return load_keypair(secret.get(TLS_CERT_KEY), secret.get(TLS_PRIVATE_KEY_KEY), now=now)
 
 
 def protocol_family(protocol: str) -> str:

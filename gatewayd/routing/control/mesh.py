@@ -42,7 +42,7 @@ Pure module: no I/O.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -58,7 +58,13 @@ from gatewayd.routing.config.model import (
     TLSRoute,
 )
 from gatewayd.routing.control.backendrefs import BackendResolver
-from gatewayd.routing.control.bindings import BackendKey, BackendTarget
+from gatewayd.routing.control.bindings import (
+    BackendKey,
+    BackendTarget,
+    MeshResolution,
+    RouteId,
+    ServicePortRoutes,
+)
 from gatewayd.routing.control.conditions import (
     ACCEPTED,
     CONFLICTED,
@@ -84,40 +90,9 @@ SERVICE_KIND: Final = "Service"
 # until the mesh speaks HTTP/2 (resolve_mesh), so today only HTTPRoutes get here.
 _KIND_RANK: Final = {"GRPCRoute": 0, "HTTPRoute": 1}
 
-RouteId = tuple[str, str, str]  # (kind, namespace, name)
-
 
 RefsCheck = Callable[[Route, BackendResolver, dict[BackendKey, BackendTarget]], Verdict]
 ValueCheck = Callable[[Route], Verdict | None]
-
-
-# --------------------------------------------------------------------------- hand-over
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ServicePortRoutes:
-    """The routes attached to one port of one Service (status -> compiler)."""
-
-    service_namespace: str
-    service_name: str
-    cluster_ips: tuple[str, ...]  # canonical text form
-    port: int
-    producer: tuple[Route, ...] = ()
-    consumers: Mapping[str, tuple[Route, ...]] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class MeshResolution:
-    """Everything GAMMA contributes to a ``Resolution``."""
-
-    services: tuple[ServicePortRoutes, ...] = ()
-    # Mesh routes resolve their backendRefs apart from Gateway routes: GEP-1426 "Routes
-    # of either type can send traffic to backendRefs in any namespace. Unlike Gateway
-    # bound routes, this is allowed without a ReferenceGrant."
-    backends: Mapping[BackendKey, BackendTarget] = field(default_factory=dict)
-    # route id -> its status.parents entries for Service parents, in parentRefs order
-    parents: Mapping[RouteId, tuple[dict[str, object], ...]] = field(default_factory=dict)
-    pod_namespaces: Mapping[str, str] = field(default_factory=dict)  # pod IP -> namespace
 
 
 # --------------------------------------------------------------------------- resolve

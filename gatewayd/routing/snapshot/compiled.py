@@ -17,7 +17,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
-from gatewayd.routing.control.bindings import BackendTLS, EndpointAddress
+from gatewayd.routing.snapshot.backends import BackendTLS, EndpointAddress
 
 if TYPE_CHECKING:
     from gatewayd.routing.snapshot.mesh import MeshTable

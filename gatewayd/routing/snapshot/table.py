@@ -34,16 +34,16 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Generic, TypeVar
 
-from gatewayd.routing.compile.match import (
+from gatewayd.routing.snapshot.addresses import host_port
+from gatewayd.routing.snapshot.candidates import (
     PATH_EXACT,
     PATH_PREFIX,
     Candidate,
     parse_query,
     values_hold,
 )
-from gatewayd.routing.compile.precedence import hostname_rank, is_wildcard
-from gatewayd.routing.snapshot.addresses import host_port
 from gatewayd.routing.snapshot.compiled import CompiledBackend, CompiledRule, HeaderOps, RouteHit
+from gatewayd.routing.snapshot.hostnames import hostname_rank, is_wildcard
 from gatewayd.routing.snapshot.regex import RegexError, RegexSet
 
 if TYPE_CHECKING:
