@@ -14,7 +14,7 @@ import pytest
 
 from gatewayd.routing.config import model as m
 from gatewayd.routing.config.load import LoadResult, load_documents
-from gatewayd.routing.config.validate import parse_duration
+from gatewayd.routing.config.validate.reader import parse_duration
 
 GW_API = "gateway.networking.k8s.io/v1"
 
