@@ -1,5 +1,5 @@
-"""GAMMA: routes attached to Services (routing/mesh.py through status.resolve and
-compile.compile_snapshot)."""
+"""GAMMA: routes attached to Services (routing control/mesh.py and compile/mesh.py through
+control.resolve.resolve and compile.compiler.compile_snapshot)."""
 
 from __future__ import annotations
 

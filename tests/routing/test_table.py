@@ -479,7 +479,7 @@ def _first_by(items: Sequence[tuple[str, str]], fold: bool) -> list[tuple[str, s
 
 
 def _ref_key(route: HTTPRoute, ri: int, mi: int, m: HTTPRouteMatch) -> tuple[object, ...]:
-    # Written from the spec text, independently of precedence.py.
+    # Written from the spec text, independently of compile/precedence.py.
     tier = {
         PathMatchType.EXACT: 0,
         PathMatchType.REGULAR_EXPRESSION: 1,

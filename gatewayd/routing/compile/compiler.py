@@ -1,9 +1,9 @@
 """Resolution -> Snapshot: build the route tables the data plane serves.
 
 ``compile_snapshot()`` runs off the hot path on every configuration change.  It turns
-each accepted listener's attached routes into ``Candidate`` matchers (``match.py``)
-ordered by the Gateway API precedence rules (``precedence.py``) inside route tables
-(``table.py``), and each route rule into a ``CompiledRule`` with its filters and
+each accepted listener's attached routes into ``Candidate`` matchers (``compile.match``)
+ordered by the Gateway API precedence rules (``compile.precedence``) inside route tables
+(``snapshot.table``), and each route rule into a ``CompiledRule`` with its filters and
 weighted backends resolved.
 
 Pure module: no I/O.

@@ -1,7 +1,7 @@
 """YAML manifests -> ``model.Config`` plus every ``model.Problem`` found.
 
 The loader behaves like the API server admitting the objects one by one: each object is
-checked against its CRD schema and CEL rules (``validate.py``); an invalid object is
+checked against its CRD schema and CEL rules (``config.validate``); an invalid object is
 rejected alone and reported, everything else still loads.  It never raises for bad
 input: broken YAML, wrong types and unknown fields all become Problems naming the file,
 the document, the object and the field.

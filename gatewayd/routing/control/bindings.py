@@ -155,7 +155,7 @@ class Resolution:
     problems: tuple[Problem, ...] = ()
     # (namespace, name) -> address, to keep allocation stable across reloads
     gateway_addresses: Mapping[tuple[str, str], str] = field(default_factory=dict)
-    # GAMMA: routes attached to Services (routing/mesh.py); None when nothing asked.
+    # GAMMA: routes attached to Services (control/mesh.py); None when nothing asked.
     mesh: MeshResolution | None = None
     # BackendTLSPolicy: (namespace, Service name, port) -> TLS settings to that port.
     backend_tls: Mapping[tuple[str, str, int], BackendTLS] = field(default_factory=dict)

@@ -43,7 +43,7 @@ NO_MATCHING_LISTENER_HOSTNAME: Final = "NoMatchingListenerHostname"
 NO_MATCHING_PARENT: Final = "NoMatchingParent"
 UNSUPPORTED_VALUE: Final = "UnsupportedValue"
 INCOMPATIBLE_FILTERS: Final = "IncompatibleFilters"
-# Route ResolvedRefs reasons of one backendRef (backendrefs.py).
+# Route ResolvedRefs reasons of one backendRef (control.backendrefs).
 BACKEND_NOT_FOUND: Final = "BackendNotFound"
 INVALID_KIND: Final = "InvalidKind"
 # BackendTLSPolicy (policy_types.go, backendtlspolicy_types.go).

@@ -122,7 +122,7 @@ def resolve(
     resolver = BackendResolver(config.services, config.endpoint_slices, grants)
     backends: dict[BackendKey, BackendTarget] = {}
     routes: list[Route] = [*config.http_routes, *config.grpc_routes, *config.tls_routes]
-    # GAMMA: Service parentRefs (mesh.py) -- their status.parents join the Gateway ones.
+    # GAMMA: Service parentRefs (control/mesh.py) -- their status.parents join the Gateway ones.
     mesh = resolve_mesh(
         config,
         grants=grants,

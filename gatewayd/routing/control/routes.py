@@ -93,7 +93,7 @@ def route_order(route: Route) -> tuple[str, str, str, str]:
 def route_regex_problem(route: HTTPRoute | GRPCRoute) -> Verdict | None:
     """The first RegularExpression value of the route that RE2 cannot compile.
 
-    Matching runs on RE2 (linear time, bounded memory: regex.py); a pattern it rejects
+    Matching runs on RE2 (linear time, bounded memory: snapshot.regex); a pattern it rejects
     (backreferences, lookaround, over the memory budget, bad syntax) could only never
     match, so the route is refused with RE2's reason: "UnsupportedValue" (the dialect is
     implementation-specific, PathMatchRegularExpression).

@@ -3,7 +3,7 @@
 A candidate holds everything ``RouteTable.lookup`` needs to test one HTTPRouteMatch (or
 a GRPCRouteMatch translated to a path match) without touching the model: the path
 test, the method, header and query conditions with regexes precompiled (RE2, linear
-time: ``regex.py``), its precedence key and the preallocated ``RouteHit`` returned on
+time: ``snapshot.regex``), its precedence key and the preallocated ``RouteHit`` returned on
 success.  ``compile.match`` builds them; the table orders and indexes them.
 
 Pure module: no I/O.

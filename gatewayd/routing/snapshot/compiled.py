@@ -1,6 +1,6 @@
 """The compiled snapshot: the only configuration the data plane reads.
 
-``compile.compile_snapshot()`` builds one ``Snapshot`` off the hot path; workers swap to
+``compile.compiler.compile_snapshot()`` builds one ``Snapshot`` off the hot path; workers swap to
 it with one reference assignment and each request keeps the snapshot it started with.
 Everything here is precomputed for the request path: header names are lower-cased,
 weights are cumulative, status lines are ready.  Nothing here is mutated after
@@ -230,7 +230,7 @@ class Snapshot:
     generation: int
     ports: Mapping[tuple[str, int], ListenerPort] = field(default_factory=dict)
     # GAMMA (node-local TPROXY mode): routes by original destination (ClusterIP, port)
-    # and client namespace; see routing/mesh.py.  Plain data, picklable like the rest.
+    # and client namespace; see snapshot/mesh.py.  Plain data, picklable like the rest.
     mesh: MeshTable | None = None
     # Every (address, port) a backend of this snapshot may connect to; the upstream pool
     # drains connections to any other.  None (a hand-built snapshot): keep them all.

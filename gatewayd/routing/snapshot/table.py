@@ -17,7 +17,7 @@ Selection happens in three steps, each a handful of dict lookups:
    rules from the HTTPRoute with the largest number of: Characters in a matching
    non-wildcard hostname. Characters in a matching hostname."
 3. Candidates.  Each (route, rule, match) candidate has a rank, its position in
-   precedence order (``precedence.py``).  A group indexes its candidates by exact path
+   precedence order (``compile.precedence``).  A group indexes its candidates by exact path
    and by normalised PathPrefix value (dicts) and keeps its regexes in one list.
    Lookup consults the exact list of the path, the regex list, and the prefix lists of
    the path's element-wise prefixes, longest first; the matching candidate of lowest

@@ -5,7 +5,7 @@ metadata); each ``parse_<kind>`` function, one module per kind family beside it,
 one kind's body the way the API server would admit it:
 the CRD's OpenAPI schema (types, required fields, enums, lengths, patterns, item limits),
 its defaults, and its CEL ``x-kubernetes-validations`` rules.  Everything found wrong is
-recorded in an ``Issues`` list as ``(field path, message)``; the caller (``load.py``)
+recorded in an ``Issues`` list as ``(field path, message)``; the caller (``config.load``)
 rejects an object with any issue, so the placeholders used to keep going after an error
 never leave this package in a loaded ``Config``.
 

@@ -81,7 +81,7 @@ def parse_path_match(o: Obj) -> m.HTTPPathMatch:
     # RegularExpression values have no CRD rule ("implementations can support POSIX,
     # PCRE, RE2 or any other regular expression dialect"), so the API server admits any
     # string: a pattern RE2 cannot compile is reported on the route's status instead
-    # (status._regex_problem), where the user sees it, and the rest keeps serving.
+    # (control.routes.route_regex_problem), where the user sees it, and the rest keeps serving.
     if ptype is not m.PathMatchType.REGULAR_EXPRESSION:
         where = o.at("value")
         # CEL: "value must be an absolute path and start with '/' when type one of
