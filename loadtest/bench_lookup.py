@@ -40,7 +40,7 @@ from gatewayd.routing.control.bindings import (
     Resolution,
 )
 from gatewayd.routing.snapshot.backends import EndpointAddress
-from gatewayd.routing.snapshot.compiled import RouteTable
+from gatewayd.routing.snapshot.rules import RouteTable
 
 Request = tuple[str, str, str, str, Mapping[str, str]]
 

@@ -94,7 +94,8 @@ from gatewayd.proxy.upstream import (
     endpoint_key,
 )
 from gatewayd.routing.snapshot.addresses import host_port
-from gatewayd.routing.snapshot.compiled import CompiledBackend, CompiledRule, ListenerPort, Snapshot
+from gatewayd.routing.snapshot.compiled import ListenerPort, Snapshot
+from gatewayd.routing.snapshot.rules import CompiledBackend, CompiledRule
 from gatewayd.routing.snapshot.table import HTTPRouteTable
 from gatewayd.tls.terminate import PortTLS
 

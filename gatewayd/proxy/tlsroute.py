@@ -68,7 +68,8 @@ from gatewayd.tls.terminate import handshake_reason
 if TYPE_CHECKING:
     from gatewayd.proxy.server import Proxy
     from gatewayd.routing.snapshot.backends import BackendTLS
-    from gatewayd.routing.snapshot.compiled import CompiledBackend, ListenerPort, Snapshot
+    from gatewayd.routing.snapshot.compiled import ListenerPort, Snapshot
+    from gatewayd.routing.snapshot.rules import CompiledBackend
     from gatewayd.routing.snapshot.table import SNIMatch
     from gatewayd.tls.certs import CertificateInfo
 

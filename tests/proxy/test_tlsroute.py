@@ -30,14 +30,8 @@ from gatewayd.proxy.server import Proxy, ProxyOptions
 from gatewayd.proxy.snapshot import SnapshotHolder
 from gatewayd.proxy.tlsroute import TLSContexts
 from gatewayd.routing.snapshot.backends import BackendTLS, ClientCertificate, EndpointAddress
-from gatewayd.routing.snapshot.compiled import (
-    CompiledBackend,
-    CompiledRule,
-    ListenerPort,
-    RouteHit,
-    Snapshot,
-    TerminateTLS,
-)
+from gatewayd.routing.snapshot.compiled import ListenerPort, Snapshot
+from gatewayd.routing.snapshot.rules import CompiledBackend, CompiledRule, RouteHit, TerminateTLS
 from gatewayd.routing.snapshot.table import SNIRoute, SNITable, TLSListener
 from gatewayd.tls.certs import CertificateInfo, load_keypair, self_signed
 from gatewayd.tls.context import load_chain_from_memory

@@ -33,7 +33,8 @@ from gatewayd.routing.control.bindings import (
     Resolution,
 )
 from gatewayd.routing.snapshot.backends import EndpointAddress
-from gatewayd.routing.snapshot.compiled import RouteHit, RouteTable, Snapshot
+from gatewayd.routing.snapshot.compiled import Snapshot
+from gatewayd.routing.snapshot.rules import RouteHit, RouteTable
 
 EXACT = PathMatchType.EXACT
 PREFIX = PathMatchType.PATH_PREFIX

@@ -17,7 +17,8 @@ from gatewayd.routing.config.load import LoadResult, load_documents
 from gatewayd.routing.control.bindings import Resolution
 from gatewayd.routing.control.resolve import resolve
 from gatewayd.routing.snapshot.backends import BackendTLS
-from gatewayd.routing.snapshot.compiled import CompiledBackend, Snapshot
+from gatewayd.routing.snapshot.compiled import Snapshot
+from gatewayd.routing.snapshot.rules import CompiledBackend
 from gatewayd.routing.snapshot.table import SNITable
 from gatewayd.tls.certs import self_signed
 

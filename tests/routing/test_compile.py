@@ -42,13 +42,7 @@ from gatewayd.routing.config.model import (
 )
 from gatewayd.routing.control.bindings import BackendKey, BackendTarget
 from gatewayd.routing.snapshot.backends import EndpointAddress
-from gatewayd.routing.snapshot.compiled import (
-    CompiledRule,
-    HeaderOps,
-    PathModifier,
-    Redirect,
-    Rewrite,
-)
+from gatewayd.routing.snapshot.rules import CompiledRule, HeaderOps, PathModifier, Redirect, Rewrite
 from gatewayd.routing.snapshot.table import HTTPRouteTable, SNITable
 
 

@@ -34,7 +34,7 @@ from gatewayd.routing.config.model import (
 )
 from gatewayd.routing.control.listeners import keypair_from_secret
 from gatewayd.routing.control.resolve import resolve
-from gatewayd.routing.snapshot.compiled import TerminateTLS
+from gatewayd.routing.snapshot.rules import TerminateTLS
 from gatewayd.routing.snapshot.table import HTTPRouteTable
 from gatewayd.tls.certs import InvalidCertificate, self_signed
 

@@ -46,12 +46,12 @@ from gatewayd.routing.control.bindings import (
 )
 from gatewayd.routing.snapshot.backends import BackendTLS, ClientCertificate
 from gatewayd.routing.snapshot.candidates import Candidate
-from gatewayd.routing.snapshot.compiled import (
+from gatewayd.routing.snapshot.compiled import ListenerPort, Snapshot
+from gatewayd.routing.snapshot.rules import (
     CompiledBackend,
     CompiledRule,
     Cors,
     HeaderOps,
-    ListenerPort,
     Mirror,
     PathModifier,
     Redirect,
@@ -59,7 +59,6 @@ from gatewayd.routing.snapshot.compiled import (
     Rewrite,
     RouteHit,
     RouteTable,
-    Snapshot,
     TerminateTLS,
 )
 from gatewayd.routing.snapshot.table import (

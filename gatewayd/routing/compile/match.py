@@ -32,8 +32,8 @@ from gatewayd.routing.snapshot.candidates import (
     Candidate,
     ValueCondition,
 )
-from gatewayd.routing.snapshot.compiled import CompiledRule, RouteHit
 from gatewayd.routing.snapshot.regex import NEVER, Regex, RegexError, escape
+from gatewayd.routing.snapshot.rules import CompiledRule, RouteHit
 
 _PATH_KIND_NAMES = {PATH_EXACT: "Exact", PATH_PREFIX: "PathPrefix", PATH_REGEX: "RegularExpression"}
 

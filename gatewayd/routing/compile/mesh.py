@@ -19,8 +19,7 @@ from gatewayd.routing.config.model import (
 )
 from gatewayd.routing.control.bindings import MeshResolution, ServicePortRoutes
 from gatewayd.routing.snapshot.candidates import Candidate
-from gatewayd.routing.snapshot.compiled import ListenerPort
-from gatewayd.routing.snapshot.mesh import MeshService, MeshTable
+from gatewayd.routing.snapshot.compiled import ListenerPort, MeshService, MeshTable
 from gatewayd.routing.snapshot.table import HTTPRouteTable, ListenerSpec
 
 MESH_PROTOCOL: Final = "HTTP"

@@ -14,8 +14,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from urllib.parse import unquote_plus
 
-from gatewayd.routing.snapshot.compiled import RouteHit
 from gatewayd.routing.snapshot.regex import NEVER, Regex
+from gatewayd.routing.snapshot.rules import RouteHit
 
 # Smaller sorts first (wins).  Every key has the same shape so HTTPRoute and GRPCRoute
 # keys compare without type errors:

@@ -42,9 +42,9 @@ from gatewayd.routing.snapshot.candidates import (
     parse_query,
     values_hold,
 )
-from gatewayd.routing.snapshot.compiled import CompiledBackend, CompiledRule, HeaderOps, RouteHit
 from gatewayd.routing.snapshot.hostnames import hostname_rank, is_wildcard
 from gatewayd.routing.snapshot.regex import RegexError, RegexSet
+from gatewayd.routing.snapshot.rules import CompiledBackend, CompiledRule, HeaderOps, RouteHit
 
 if TYPE_CHECKING:
     from gatewayd.tls.certs import CertificateInfo

@@ -1,0 +1,205 @@
+"""Compiled route rules: filters, weighted backends, retries, mirrors, the ``RouteHit`` a
+lookup returns and the ``RouteTable`` interface every table serves.
+
+Everything here is precomputed for the request path: header names are lower-cased,
+weights are cumulative, status lines are ready.  Nothing is mutated after compilation
+except the round-robin cursor of a backend (a plain iterator, private to each worker
+process).
+
+Pure module: no I/O.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+from gatewayd.routing.snapshot.backends import BackendTLS, EndpointAddress
+
+if TYPE_CHECKING:
+    from gatewayd.tls.certs import CertificateInfo
+
+
+# --------------------------------------------------------------------------- filters
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HeaderOps:
+    """RequestHeaderModifier / ResponseHeaderModifier, applied in the spec's order:
+    remove, then set (overwrite), then add (append).  Names are lower-case."""
+
+    set: tuple[tuple[str, str], ...] = ()
+    add: tuple[tuple[str, str], ...] = ()
+    remove: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PathModifier:
+    type: str  # "ReplaceFullPath" | "ReplacePrefixMatch"
+    value: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Redirect:
+    scheme: str | None = None
+    hostname: str | None = None
+    port: int | None = None
+    path: PathModifier | None = None
+    status_code: int = 302
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Rewrite:
+    hostname: str | None = None
+    path: PathModifier | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Cors:
+    allow_origins: tuple[str, ...] = ()  # may hold "*" or "https://*.example.com"
+    allow_methods: tuple[str, ...] = ()
+    allow_headers: tuple[str, ...] = ()
+    expose_headers: tuple[str, ...] = ()
+    allow_credentials: bool = False
+    max_age: int = 5
+
+
+# --------------------------------------------------------------------------- backends
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CompiledBackend:
+    """One backendRef of a rule, resolved to endpoints.
+
+    ``invalid_status`` is 500 for a reference that could not be resolved (its weight is
+    still a share of the rule).  With no endpoints the data plane answers 503.
+    """
+
+    name: str  # "namespace/name:port" (metrics label)
+    endpoints: tuple[EndpointAddress, ...] = ()
+    invalid_status: int | None = None
+    app_protocol: str | None = None
+    fqdn: bool = False
+    request_headers: HeaderOps | None = None  # backendRef-level filters
+    response_headers: HeaderOps | None = None
+    # BackendTLSPolicy (with the Gateway's client certificate): None speaks cleartext.
+    tls: BackendTLS | None = None
+    # Round-robin cursor over endpoints: per process, advanced on the request path.
+    _cursor: Iterator[EndpointAddress] = field(default=iter(()), repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_cursor", itertools.cycle(self.endpoints))
+
+    def next_endpoint(self) -> EndpointAddress | None:
+        """Round robin over ready endpoints; None when there is none (answer 503)."""
+        if not self.endpoints:
+            return None
+        return next(self._cursor)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Mirror:
+    backend: CompiledBackend
+    fraction: float = 1.0  # share of requests mirrored, 0..1
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Retry:
+    attempts: int  # retries after the first try
+    codes: frozenset[int] = frozenset()
+    backoff: float = 0.025  # seconds, doubled each retry
+
+
+# --------------------------------------------------------------------------- rules
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CompiledRule:
+    """One route rule, ready to serve: filters in order, then the backend choice."""
+
+    route_kind: str  # HTTPRoute | GRPCRoute
+    route_namespace: str
+    route_name: str
+    rule_index: int
+    rule_name: str | None = None
+    request_headers: HeaderOps | None = None
+    response_headers: HeaderOps | None = None
+    redirect: Redirect | None = None
+    rewrite: Rewrite | None = None
+    mirrors: tuple[Mirror, ...] = ()
+    cors: Cors | None = None
+    backends: tuple[CompiledBackend, ...] = ()  # weight > 0 only
+    cumulative_weights: tuple[int, ...] = ()  # running sums of the backends' weights
+    total_weight: int = 0
+    # Local reply when nothing can be forwarded: 500 for a rule with no backendRefs (and no
+    # redirect), or whose backendRefs all have weight 0 / are invalid.
+    direct_status: int | None = None
+    # Seconds; 0.0: disabled ("0s"); None: unset, the data plane's default applies.
+    request_timeout: float | None = None
+    backend_request_timeout: float | None = None
+    retry: Retry | None = None
+    session_persistence: str | None = None  # cookie/header name, kept for later
+    # "namespace/name/rule/N": the access log's route and the per-route metrics label,
+    # computed once here rather than per request.
+    route_id: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.route_id:
+            rid = f"{self.route_namespace}/{self.route_name}/rule/{self.rule_index}"
+            object.__setattr__(self, "route_id", rid)
+
+    def pick_backend(self, r: float) -> CompiledBackend | None:
+        """Weighted choice; ``r`` is uniform in [0, 1).  None when no backend is left."""
+        total = self.total_weight
+        if total <= 0:
+            return None
+        point = r * total
+        cum = self.cumulative_weights
+        for i, backend in enumerate(self.backends):
+            if point < cum[i]:
+                return backend
+        return self.backends[-1]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RouteHit:
+    """A lookup result; one is preallocated per (rule, match) at compile time.
+
+    ``prefix`` is the PathPrefix value that matched, for ReplacePrefixMatch."""
+
+    rule: CompiledRule
+    prefix: str | None = None
+    listener_name: str = ""
+
+
+class RouteTable(Protocol):
+    """Routes of one bound address:port (one or more listeners of one Gateway)."""
+
+    def lookup(
+        self,
+        host: str,
+        method: str,
+        path: str,
+        query: str,
+        headers: Mapping[str, str],
+    ) -> RouteHit | None:
+        """``host``: lower-case, port stripped; ``path``: as received (no query);
+        ``query``: raw query string without '?'; ``headers``: lower-case names, repeated
+        headers joined with ','.  None means no route matched (404)."""
+        ...
+
+    def to_json(self) -> object: ...
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TerminateTLS:
+    """TLS termination of one HTTPS listener, as PEM: each serving process builds its
+    ``ssl.SSLContext`` from this (contexts do not pickle; snapshots must)."""
+
+    listener_name: str
+    hostname: str | None  # lower-case; None: the listener without hostname
+    certificates: tuple[CertificateInfo, ...]  # checked key pairs, certificateRefs order
+    client_ca_pem: bytes | None = None  # frontend validation CA bundle
+    client_auth: str = "none"  # none | require | optional
