@@ -12,11 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Final
 
-from gatewayd.routing.config.model import (
-    GRPCRoute,
-    HTTPRoute,
-    Route,
-)
+from gatewayd.routing.config.model import GRPCRoute, HTTPRoute, Route
 from gatewayd.routing.control.bindings import MeshResolution, ServicePortRoutes
 from gatewayd.routing.snapshot.candidates import Candidate
 from gatewayd.routing.snapshot.compiled import ListenerPort, MeshService, MeshTable

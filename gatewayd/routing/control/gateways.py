@@ -9,10 +9,7 @@ import copy
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
-from gatewayd.routing.config.model import (
-    Gateway,
-    GatewayClass,
-)
+from gatewayd.routing.config.model import Gateway, GatewayClass
 from gatewayd.routing.control.addressing import AddressOutcome
 from gatewayd.routing.control.bindings import ObjectStatus, Resolution
 from gatewayd.routing.control.conditions import (

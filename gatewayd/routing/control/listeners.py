@@ -26,9 +26,7 @@ from gatewayd.routing.config.model import (
     TLSModeType,
 )
 from gatewayd.routing.control import attach
-from gatewayd.routing.control.bindings import (
-    AttachedRoute,
-)
+from gatewayd.routing.control.bindings import AttachedRoute
 from gatewayd.routing.control.conditions import (
     ACCEPTED,
     HOSTNAME_CONFLICT,

@@ -21,12 +21,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable, Mapping
 
-from gatewayd.routing.config.model import (
-    Config,
-    Gateway,
-    Problem,
-    Route,
-)
+from gatewayd.routing.config.model import Config, Gateway, Problem, Route
 from gatewayd.routing.control import attach
 from gatewayd.routing.control.addressing import allocate
 from gatewayd.routing.control.backendrefs import BackendResolver

@@ -29,11 +29,7 @@ from gatewayd.routing.config.model import (
 )
 from gatewayd.routing.control import attach
 from gatewayd.routing.control.backendrefs import BackendResolver
-from gatewayd.routing.control.bindings import (
-    AttachedRoute,
-    BackendKey,
-    BackendTarget,
-)
+from gatewayd.routing.control.bindings import AttachedRoute, BackendKey, BackendTarget
 from gatewayd.routing.control.conditions import (
     ACCEPTED,
     INCOMPATIBLE_FILTERS,
