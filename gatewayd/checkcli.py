@@ -7,8 +7,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import TextIO
 
 from gatewayd.pipeline import ConfigPipeline
-from gatewayd.routing.bindings import ObjectStatus
-from gatewayd.routing.load import ConfigLimits, ConfigPathError
+from gatewayd.routing.config.load import ConfigLimits, ConfigPathError
+from gatewayd.routing.control.bindings import ObjectStatus
 
 CONDITION_TYPES = ("Accepted", "Programmed", "ResolvedRefs")
 

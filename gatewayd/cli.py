@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 
 from gatewayd.pipeline import DEFAULT_ADDRESS_POOL, DEFAULT_CONTROLLER
 from gatewayd.proxy.pathnorm import EscapedSlashes, PathPolicy
-from gatewayd.routing.load import MIB, ConfigLimits
+from gatewayd.routing.config.load import MIB, ConfigLimits
 
 _UNITS = {"": 1, "k": 1000, "ki": 1024, "m": 1000**2, "mi": MIB, "g": 1000**3, "gi": 1024 * MIB}
 

@@ -22,12 +22,12 @@ from gatewayd.proxy.admin import AdminState, start_admin
 from gatewayd.proxy.metrics import ProxyMetrics, render
 from gatewayd.proxy.server import Proxy, ProxyOptions
 from gatewayd.proxy.snapshot import SnapshotHolder
-from gatewayd.routing.addressing import host_port
-from gatewayd.routing.bindings import ObjectStatus, Resolution
-from gatewayd.routing.compiled import Snapshot
-from gatewayd.routing.load import ConfigLimits, ConfigPathError
-from gatewayd.routing.status import with_listener_failures
-from gatewayd.routing.table import SNITable
+from gatewayd.routing.config.load import ConfigLimits, ConfigPathError
+from gatewayd.routing.control.bindings import ObjectStatus, Resolution
+from gatewayd.routing.control.gateways import with_listener_failures
+from gatewayd.routing.snapshot.addresses import host_port
+from gatewayd.routing.snapshot.compiled import Snapshot
+from gatewayd.routing.snapshot.table import SNITable
 from gatewayd.watch import config_signature, watch_config
 from gatewayd.workers import WorkerPool
 

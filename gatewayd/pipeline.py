@@ -13,11 +13,11 @@ import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from gatewayd.routing.bindings import Resolution
-from gatewayd.routing.compile import compile_snapshot
-from gatewayd.routing.compiled import Snapshot
-from gatewayd.routing.load import ConfigLimits, LoadResult, load_paths
-from gatewayd.routing.status import resolve
+from gatewayd.routing.compile.compiler import compile_snapshot
+from gatewayd.routing.config.load import ConfigLimits, LoadResult, load_paths
+from gatewayd.routing.control.bindings import Resolution
+from gatewayd.routing.control.resolve import resolve
+from gatewayd.routing.snapshot.compiled import Snapshot
 
 DEFAULT_CONTROLLER = "gatewayd.dev/gateway-controller"
 DEFAULT_ADDRESS_POOL = "127.0.10.0/24"

@@ -63,8 +63,8 @@ from gatewayd.proxy.listeners import ListeningSockets, ListenKey, bind_listener
 from gatewayd.proxy.metrics import ProxyMetrics
 from gatewayd.proxy.server import Proxy, ProxyOptions
 from gatewayd.proxy.snapshot import SnapshotHolder
-from gatewayd.routing.addressing import host_port
-from gatewayd.routing.compiled import Snapshot
+from gatewayd.routing.snapshot.addresses import host_port
+from gatewayd.routing.snapshot.compiled import Snapshot
 
 log = logging.getLogger("gatewayd")
 

@@ -20,17 +20,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gatewayd.routing.bindings import (
-    AttachedRoute,
-    BackendKey,
-    BackendTarget,
-    EndpointAddress,
-    ListenerBinding,
-    Resolution,
-)
-from gatewayd.routing.compile import compile_snapshot
-from gatewayd.routing.compiled import RouteTable
-from gatewayd.routing.model import (
+from gatewayd.routing.compile.compiler import compile_snapshot
+from gatewayd.routing.config.model import (
     BackendObjectReference,
     BackendRef,
     HTTPHeaderMatch,
@@ -41,6 +32,15 @@ from gatewayd.routing.model import (
     Meta,
     PathMatchType,
 )
+from gatewayd.routing.control.bindings import (
+    AttachedRoute,
+    BackendKey,
+    BackendTarget,
+    ListenerBinding,
+    Resolution,
+)
+from gatewayd.routing.snapshot.backends import EndpointAddress
+from gatewayd.routing.snapshot.rules import RouteTable
 
 Request = tuple[str, str, str, str, Mapping[str, str]]
 

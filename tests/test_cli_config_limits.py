@@ -8,7 +8,7 @@ import argparse
 import pytest
 
 from gatewayd.cli import _limits, build_parser
-from gatewayd.routing.load import MIB, ConfigLimits
+from gatewayd.routing.config.load import MIB, ConfigLimits
 
 
 def parse(command: str, *args: str) -> argparse.Namespace:

@@ -20,7 +20,7 @@ import pytest
 from gatewayd import workers
 from gatewayd.proxy.listeners import ListeningSockets, NotHanded, bind_listener
 from gatewayd.proxy.server import ProxyOptions
-from gatewayd.routing.compiled import Snapshot
+from gatewayd.routing.snapshot.compiled import Snapshot
 from gatewayd.workers import (
     HEADER,
     MAGIC,

@@ -37,7 +37,7 @@ from collections.abc import Callable
 from json.encoder import encode_basestring
 from typing import TextIO
 
-from gatewayd.routing.addressing import host_port
+from gatewayd.routing.snapshot.addresses import host_port
 
 # Control characters are escaped in the text format so a header value can never start
 # a forged log line; JSON escapes them by itself.

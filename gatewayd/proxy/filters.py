@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from gatewayd.routing.compiled import Cors, HeaderOps, PathModifier, Redirect
+from gatewayd.routing.snapshot.rules import Cors, HeaderOps, PathModifier, Redirect
 
 Headers = list[tuple[bytes, bytes]]
 

@@ -93,19 +93,15 @@ from gatewayd.proxy.upstream import (
     UpstreamProtocolError,
     endpoint_key,
 )
-from gatewayd.routing.addressing import host_port
-from gatewayd.routing.compiled import (
-    CompiledBackend,
-    CompiledRule,
-    ListenerPort,
-    Snapshot,
-)
-from gatewayd.routing.table import HTTPRouteTable
+from gatewayd.routing.snapshot.addresses import host_port
+from gatewayd.routing.snapshot.compiled import ListenerPort, Snapshot
+from gatewayd.routing.snapshot.rules import CompiledBackend, CompiledRule
+from gatewayd.routing.snapshot.table import HTTPRouteTable
 from gatewayd.tls.terminate import PortTLS
 
 if TYPE_CHECKING:
     from gatewayd.proxy.metrics import ProxyMetrics
-    from gatewayd.routing.bindings import EndpointAddress
+    from gatewayd.routing.snapshot.backends import EndpointAddress
 
 log = logging.getLogger("gatewayd.proxy.server")
 

@@ -7,7 +7,7 @@ the routing of a request in flight.
 
 from __future__ import annotations
 
-from gatewayd.routing.compiled import Snapshot
+from gatewayd.routing.snapshot.compiled import Snapshot
 
 
 class SnapshotHolder:

@@ -30,7 +30,7 @@ from collections.abc import Callable
 from typing import Any, Final, cast
 
 from gatewayd.proxy.upstream import WRITE_HIGH, WRITE_LOW
-from gatewayd.routing.addressing import host_port
+from gatewayd.routing.snapshot.addresses import host_port
 
 log = logging.getLogger("gatewayd.proxy.splice")
 

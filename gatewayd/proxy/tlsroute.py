@@ -53,8 +53,8 @@ from typing import TYPE_CHECKING, Any, Final, cast
 
 from gatewayd.proxy.accesslog import sockaddr_text
 from gatewayd.proxy.splice import Splice
-from gatewayd.routing.addressing import host_port
-from gatewayd.routing.table import SNITable, TLSListener
+from gatewayd.routing.snapshot.addresses import host_port
+from gatewayd.routing.snapshot.table import SNITable, TLSListener
 from gatewayd.tls.backend import BackendTLSSetupError
 from gatewayd.tls.clienthello import (
     ClientHello,
@@ -67,9 +67,10 @@ from gatewayd.tls.terminate import handshake_reason
 
 if TYPE_CHECKING:
     from gatewayd.proxy.server import Proxy
-    from gatewayd.routing.bindings import BackendTLS
-    from gatewayd.routing.compiled import CompiledBackend, ListenerPort, Snapshot
-    from gatewayd.routing.table import SNIMatch
+    from gatewayd.routing.snapshot.backends import BackendTLS
+    from gatewayd.routing.snapshot.compiled import ListenerPort, Snapshot
+    from gatewayd.routing.snapshot.rules import CompiledBackend
+    from gatewayd.routing.snapshot.table import SNIMatch
     from gatewayd.tls.certs import CertificateInfo
 
 log = logging.getLogger("gatewayd.proxy.tlsroute")

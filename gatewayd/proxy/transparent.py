@@ -31,12 +31,11 @@ from typing import TYPE_CHECKING, Final, cast
 from gatewayd.proxy.accesslog import sockaddr_text
 from gatewayd.proxy.server import HttpConnection
 from gatewayd.proxy.splice import Splice
-from gatewayd.routing.addressing import host_port
-from gatewayd.routing.mesh import canonical_ip
+from gatewayd.routing.snapshot.addresses import canonical_ip, host_port
 
 if TYPE_CHECKING:
     from gatewayd.proxy.server import Proxy
-    from gatewayd.routing.compiled import ListenerPort, Snapshot
+    from gatewayd.routing.snapshot.compiled import ListenerPort, Snapshot
 
 log = logging.getLogger("gatewayd.proxy.transparent")
 

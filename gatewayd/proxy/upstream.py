@@ -30,7 +30,7 @@ from gatewayd.tls.backend import BackendContexts
 
 if TYPE_CHECKING:
     from gatewayd.proxy.metrics import ProxyMetrics
-    from gatewayd.routing.bindings import BackendTLS
+    from gatewayd.routing.snapshot.backends import BackendTLS
 
 log = logging.getLogger("gatewayd.proxy.upstream")
 

@@ -16,7 +16,7 @@ import ssl
 from collections import OrderedDict
 from typing import Final
 
-from gatewayd.routing.bindings import BackendTLS
+from gatewayd.routing.snapshot.backends import BackendTLS
 from gatewayd.tls.certs import CertificateInfo, InvalidCertificate, load_keypair
 from gatewayd.tls.context import BackendSSLContext, client_context
 

@@ -27,17 +27,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from gatewayd.routing.model import ConfigMap, Secret
-
 __all__ = [
     "CA_BUNDLE_KEY",
     "TLS_CERT_KEY",
     "TLS_PRIVATE_KEY_KEY",
     "CertificateInfo",
     "InvalidCertificate",
-    "ca_bundle_from_config_map",
     "dns_name_matches",
-    "keypair_from_secret",
     "load_ca_bundle",
     "load_keypair",
     "matches_hostname",
@@ -138,16 +134,6 @@ def load_keypair(
     )
 
 
-def keypair_from_secret(secret: Secret, *, now: dt.datetime) -> CertificateInfo:
-    """``load_keypair`` on a Secret's ``tls.crt`` / ``tls.key``.
-
-    The Secret type is not checked here: Gateway API certificateRefs name "a Kubernetes
-    Secret of type kubernetes.io/tls", a rule for the status code to apply (it knows the
-    object); the content is what matters to ``ssl``.
-    """
-    return load_keypair(secret.get(TLS_CERT_KEY), secret.get(TLS_PRIVATE_KEY_KEY), now=now)
-
-
 def load_ca_bundle(pem: bytes | str) -> bytes:
     """Validate a PEM CA bundle and return it normalised (clean PEM, one cert after another).
 
@@ -164,14 +150,6 @@ def load_ca_bundle(pem: bytes | str) -> bytes:
             "self-signed)"
         )
     return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certs)
-
-
-def ca_bundle_from_config_map(config_map: ConfigMap) -> bytes:
-    """``load_ca_bundle`` on a ConfigMap's ``ca.crt`` (BackendTLSPolicy caCertificateRefs)."""
-    value = config_map.get(CA_BUNDLE_KEY)
-    if value is None:
-        raise InvalidCertificate(f"ConfigMap has no {CA_BUNDLE_KEY}")
-    return load_ca_bundle(value)
 
 
 def matches_hostname(info: CertificateInfo, hostname: str) -> bool:

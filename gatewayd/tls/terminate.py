@@ -32,7 +32,7 @@ from gatewayd.tls.certs import dns_name_matches
 from gatewayd.tls.context import _modern, server_context
 
 if TYPE_CHECKING:
-    from gatewayd.routing.compiled import TerminateTLS
+    from gatewayd.routing.snapshot.rules import TerminateTLS
     from gatewayd.tls.certs import CertificateInfo
 
 __all__ = ["ALPN", "PortTLS", "TerminatedSSLObject", "handshake_reason"]

@@ -28,7 +28,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Final
 
-from gatewayd.routing.compiled import Snapshot
+from gatewayd.routing.snapshot.compiled import Snapshot
 
 log = logging.getLogger("gatewayd.tproxy")
 

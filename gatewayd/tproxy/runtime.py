@@ -31,7 +31,7 @@ from gatewayd.tproxy.sockets import transparent_listener
 
 if TYPE_CHECKING:
     from gatewayd.proxy.server import Proxy
-    from gatewayd.routing.compiled import Snapshot
+    from gatewayd.routing.snapshot.compiled import Snapshot
 
 log = logging.getLogger("gatewayd.tproxy")
 
@@ -138,7 +138,7 @@ def dry_run(
     """`gatewayd run --tproxy-dry-run`: build the configuration once and print what
     --tproxy would install (policy routing, then the nft script), touching nothing."""
     from gatewayd.pipeline import ConfigPipeline
-    from gatewayd.routing.load import ConfigPathError
+    from gatewayd.routing.config.load import ConfigPathError
     from gatewayd.tproxy.rules import render_routing
 
     stream = out if out is not None else sys.stdout

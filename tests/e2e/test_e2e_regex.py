@@ -36,7 +36,7 @@ from e2e_kit import (
     rule,
 )
 
-from gatewayd.routing.regex import MAX_MEM
+from gatewayd.routing.snapshot.regex import MAX_MEM
 
 pytestmark = pytest.mark.e2e
 

@@ -21,8 +21,8 @@ from gatewayd.proxy.admin import (
     parse_address,
     start_admin,
 )
-from gatewayd.routing.bindings import ObjectStatus
-from gatewayd.routing.compiled import ListenerPort, Snapshot
+from gatewayd.routing.control.bindings import ObjectStatus
+from gatewayd.routing.snapshot.compiled import ListenerPort, Snapshot
 
 TIMEOUT = 20.0
 

@@ -9,7 +9,7 @@ from gatewayd.proxy.filters import (
     redirect_location,
     rewrite_path,
 )
-from gatewayd.routing.compiled import Cors, HeaderOps, PathModifier, Redirect
+from gatewayd.routing.snapshot.rules import Cors, HeaderOps, PathModifier, Redirect
 
 # --------------------------------------------------------------------------- header ops
 

@@ -25,8 +25,8 @@ from gatewayd.pipeline import ConfigPipeline
 from gatewayd.proxy.metrics import ProxyMetrics
 from gatewayd.proxy.server import Proxy, ProxyOptions
 from gatewayd.proxy.snapshot import SnapshotHolder
-from gatewayd.routing.compiled import Snapshot
-from gatewayd.routing.table import HTTPRouteTable, SNITable
+from gatewayd.routing.snapshot.compiled import Snapshot
+from gatewayd.routing.snapshot.table import HTTPRouteTable, SNITable
 from gatewayd.tls.certs import load_keypair, secret_manifest, self_signed
 from gatewayd.tls.context import server_context
 

@@ -21,16 +21,15 @@ from gatewayd.proxy.accesslog import AccessLogger
 from gatewayd.proxy.metrics import ProxyMetrics, render
 from gatewayd.proxy.server import Proxy, ProxyOptions
 from gatewayd.proxy.snapshot import SnapshotHolder
-from gatewayd.routing.bindings import EndpointAddress
-from gatewayd.routing.compiled import (
+from gatewayd.routing.snapshot.backends import EndpointAddress
+from gatewayd.routing.snapshot.compiled import ListenerPort, Snapshot
+from gatewayd.routing.snapshot.rules import (
     CompiledBackend,
     CompiledRule,
     HeaderOps,
-    ListenerPort,
     Mirror,
     Retry,
     RouteHit,
-    Snapshot,
 )
 
 # --------------------------------------------------------------------------- harness
@@ -428,7 +427,7 @@ def test_hop_by_hop_headers_removed_both_ways() -> None:
 def test_header_filters_and_rewrite() -> None:
     async def main() -> None:
         be = await start_backend()
-        from gatewayd.routing.compiled import PathModifier, Rewrite
+        from gatewayd.routing.snapshot.rules import PathModifier, Rewrite
 
         r = rule(
             backend(
@@ -1231,7 +1230,7 @@ def test_access_log_brackets_an_ipv6_upstream_host() -> None:
 
 def test_cors_preflight_and_redirect_are_local() -> None:
     async def main() -> None:
-        from gatewayd.routing.compiled import Cors, Redirect
+        from gatewayd.routing.snapshot.rules import Cors, Redirect
 
         be = await start_backend()
         routes = {

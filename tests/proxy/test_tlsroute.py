@@ -29,16 +29,10 @@ from gatewayd.proxy.metrics import ProxyMetrics
 from gatewayd.proxy.server import Proxy, ProxyOptions
 from gatewayd.proxy.snapshot import SnapshotHolder
 from gatewayd.proxy.tlsroute import TLSContexts
-from gatewayd.routing.bindings import BackendTLS, ClientCertificate, EndpointAddress
-from gatewayd.routing.compiled import (
-    CompiledBackend,
-    CompiledRule,
-    ListenerPort,
-    RouteHit,
-    Snapshot,
-    TerminateTLS,
-)
-from gatewayd.routing.table import SNIRoute, SNITable, TLSListener
+from gatewayd.routing.snapshot.backends import BackendTLS, ClientCertificate, EndpointAddress
+from gatewayd.routing.snapshot.compiled import ListenerPort, Snapshot
+from gatewayd.routing.snapshot.rules import CompiledBackend, CompiledRule, RouteHit, TerminateTLS
+from gatewayd.routing.snapshot.table import SNIRoute, SNITable, TLSListener
 from gatewayd.tls.certs import CertificateInfo, load_keypair, self_signed
 from gatewayd.tls.context import load_chain_from_memory
 

@@ -5,17 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 
-from gatewayd.routing.bindings import (
-    AttachedRoute,
-    BackendKey,
-    BackendTarget,
-    EndpointAddress,
-    ListenerBinding,
-    Resolution,
-)
-from gatewayd.routing.compile import compile_snapshot
-from gatewayd.routing.compiled import RouteHit, RouteTable, Snapshot
-from gatewayd.routing.model import (
+from gatewayd.routing.compile.compiler import compile_snapshot
+from gatewayd.routing.config.model import (
     BackendObjectReference,
     BackendRef,
     GRPCMethodMatch,
@@ -34,6 +25,16 @@ from gatewayd.routing.model import (
     PathMatchType,
     Route,
 )
+from gatewayd.routing.control.bindings import (
+    AttachedRoute,
+    BackendKey,
+    BackendTarget,
+    ListenerBinding,
+    Resolution,
+)
+from gatewayd.routing.snapshot.backends import EndpointAddress
+from gatewayd.routing.snapshot.compiled import Snapshot
+from gatewayd.routing.snapshot.rules import RouteHit, RouteTable
 
 EXACT = PathMatchType.EXACT
 PREFIX = PathMatchType.PATH_PREFIX

@@ -7,8 +7,7 @@ import functools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from gatewayd.routing.bindings import ObjectStatus, Resolution
-from gatewayd.routing.model import (
+from gatewayd.routing.config.model import (
     GATEWAY_GROUP,
     AllowedRoutes,
     BackendObjectReference,
@@ -40,6 +39,7 @@ from gatewayd.routing.model import (
     ServicePort,
     TLSModeType,
 )
+from gatewayd.routing.control.bindings import ObjectStatus, Resolution
 from gatewayd.tls.certs import self_signed
 
 CONTROLLER = "gatewayd.dev/gateway-controller"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gatewayd.routing.addressing import host_port
+from gatewayd.routing.snapshot.addresses import host_port
 
 
 @pytest.mark.parametrize(

@@ -12,12 +12,14 @@ from typing import Any
 import pytest
 import yaml
 
-from gatewayd.routing.bindings import BackendTLS, Resolution
-from gatewayd.routing.compile import compile_snapshot
-from gatewayd.routing.compiled import CompiledBackend, Snapshot
-from gatewayd.routing.load import LoadResult, load_documents
-from gatewayd.routing.status import resolve
-from gatewayd.routing.table import SNITable
+from gatewayd.routing.compile.compiler import compile_snapshot
+from gatewayd.routing.config.load import LoadResult, load_documents
+from gatewayd.routing.control.bindings import Resolution
+from gatewayd.routing.control.resolve import resolve
+from gatewayd.routing.snapshot.backends import BackendTLS
+from gatewayd.routing.snapshot.compiled import Snapshot
+from gatewayd.routing.snapshot.rules import CompiledBackend
+from gatewayd.routing.snapshot.table import SNITable
 from gatewayd.tls.certs import self_signed
 
 CONTROLLER = "gatewayd.dev/gateway-controller"

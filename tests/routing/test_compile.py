@@ -21,10 +21,8 @@ from route_builders import (
     table,
 )
 
-from gatewayd.routing.bindings import BackendKey, BackendTarget, EndpointAddress
-from gatewayd.routing.compile import compile_snapshot
-from gatewayd.routing.compiled import CompiledRule, HeaderOps, PathModifier, Redirect, Rewrite
-from gatewayd.routing.model import (
+from gatewayd.routing.compile.compiler import compile_snapshot
+from gatewayd.routing.config.model import (
     BackendObjectReference,
     FilterType,
     Fraction,
@@ -42,7 +40,10 @@ from gatewayd.routing.model import (
     PathModifierType,
     SessionPersistence,
 )
-from gatewayd.routing.table import HTTPRouteTable, SNITable
+from gatewayd.routing.control.bindings import BackendKey, BackendTarget
+from gatewayd.routing.snapshot.backends import EndpointAddress
+from gatewayd.routing.snapshot.rules import CompiledRule, HeaderOps, PathModifier, Redirect, Rewrite
+from gatewayd.routing.snapshot.table import HTTPRouteTable, SNITable
 
 
 def compiled(

@@ -24,9 +24,9 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gatewayd.routing.compile import compile_snapshot
-from gatewayd.routing.load import load_documents
-from gatewayd.routing.status import resolve
+from gatewayd.routing.compile.compiler import compile_snapshot
+from gatewayd.routing.config.load import load_documents
+from gatewayd.routing.control.resolve import resolve
 from gatewayd.tls.certs import self_signed
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"

@@ -12,8 +12,8 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gatewayd.routing import model as m
-from gatewayd.routing.load import (
+from gatewayd.routing.config import model as m
+from gatewayd.routing.config.load import (
     ConfigPathError,
     LoadResult,
     load_documents,

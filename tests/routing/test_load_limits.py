@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from gatewayd.routing.load import ConfigLimits, load_documents, load_paths, read_config_files
+from gatewayd.routing.config.load import ConfigLimits, load_documents, load_paths, read_config_files
 
 ROUTE = """\
 apiVersion: gateway.networking.k8s.io/v1

@@ -1,5 +1,5 @@
-"""GAMMA: routes attached to Services (routing/mesh.py through status.resolve and
-compile.compile_snapshot)."""
+"""GAMMA: routes attached to Services (routing control/mesh.py and compile/mesh.py through
+control.resolve.resolve and compile.compiler.compile_snapshot)."""
 
 from __future__ import annotations
 
@@ -18,10 +18,8 @@ from status_builders import (
     parent_status,
 )
 
-from gatewayd.routing.compile import compile_snapshot
-from gatewayd.routing.compiled import Snapshot
-from gatewayd.routing.mesh import canonical_ip
-from gatewayd.routing.model import (
+from gatewayd.routing.compile.compiler import compile_snapshot
+from gatewayd.routing.config.model import (
     Endpoint,
     EndpointPort,
     GRPCRoute,
@@ -30,7 +28,9 @@ from gatewayd.routing.model import (
     Service,
     ServicePort,
 )
-from gatewayd.routing.status import resolve
+from gatewayd.routing.control.resolve import resolve
+from gatewayd.routing.snapshot.addresses import canonical_ip
+from gatewayd.routing.snapshot.compiled import Snapshot
 from gatewayd.tproxy.rules import TproxySettings, desired_targets, render_ruleset
 
 STORE_IP = "10.96.0.10"

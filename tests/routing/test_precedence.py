@@ -10,16 +10,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from route_builders import EXACT, PREFIX, REGEX, get, gmatch, grpc, http, match, meta, rule, table
 
-from gatewayd.routing.model import GRPCMethodMatch, GRPCRouteMatch, HTTPRouteMatch, PathMatchType
-from gatewayd.routing.precedence import (
-    PrecedenceKey,
-    creation_order,
-    grpc_match_key,
-    hostname_matches,
-    hostname_rank,
-    http_match_key,
+from gatewayd.routing.compile.precedence import creation_order, grpc_match_key, http_match_key
+from gatewayd.routing.config.model import (
+    GRPCMethodMatch,
+    GRPCRouteMatch,
+    HTTPRouteMatch,
+    PathMatchType,
 )
-from gatewayd.routing.table import HTTPRouteTable
+from gatewayd.routing.snapshot.candidates import PrecedenceKey
+from gatewayd.routing.snapshot.hostnames import hostname_matches, hostname_rank
+from gatewayd.routing.snapshot.table import HTTPRouteTable
 
 OLD = "2020-01-01T00:00:00Z"
 NEW = "2023-01-01T00:00:00Z"

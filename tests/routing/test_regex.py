@@ -14,9 +14,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from route_builders import REGEX, get, http, match, rule, table
 
-from gatewayd.routing.compile import compile_snapshot
-from gatewayd.routing.load import load_documents
-from gatewayd.routing.regex import (
+from gatewayd.routing.compile.compiler import compile_snapshot
+from gatewayd.routing.config.load import load_documents
+from gatewayd.routing.control.resolve import resolve
+from gatewayd.routing.snapshot.regex import (
     MAX_MEM,
     NEVER,
     Regex,
@@ -25,7 +26,6 @@ from gatewayd.routing.regex import (
     escape,
     regex_problem,
 )
-from gatewayd.routing.status import resolve
 
 # Patterns that backtrack exponentially in Python ``re`` on a near-miss input.
 CATASTROPHIC = [r"(a+)+$", r"(a|aa)+$", r"(a|a?)+$", r"(\w+\s?)+$", r"(.*a){12}"]

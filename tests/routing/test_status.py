@@ -27,7 +27,7 @@ from status_builders import (
     tls_secret,
 )
 
-from gatewayd.routing.model import (
+from gatewayd.routing.config.model import (
     BackendObjectReference,
     BackendRef,
     ConfigMap,
@@ -45,7 +45,8 @@ from gatewayd.routing.model import (
     SecretObjectReference,
     TLSModeType,
 )
-from gatewayd.routing.status import SUPPORTED_FEATURES, resolve, with_listener_failures
+from gatewayd.routing.control.gateways import SUPPORTED_FEATURES, with_listener_failures
+from gatewayd.routing.control.resolve import resolve
 
 NOW = "2024-05-06T07:08:09Z"
 

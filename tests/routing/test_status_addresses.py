@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from status_builders import cond, config, gateway, listener, status_of
 
-from gatewayd.routing.bindings import Resolution
-from gatewayd.routing.model import GatewayAddress
-from gatewayd.routing.status import resolve
+from gatewayd.routing.config.model import GatewayAddress
+from gatewayd.routing.control.bindings import Resolution
+from gatewayd.routing.control.resolve import resolve
 
 
 def addresses(res: Resolution, name: str) -> list[str]:

@@ -25,9 +25,7 @@ from status_builders import (
     tls_secret,
 )
 
-from gatewayd.routing.attach import selector_matches
-from gatewayd.routing.bindings import Resolution
-from gatewayd.routing.model import (
+from gatewayd.routing.config.model import (
     FromNamespaces,
     GRPCRoute,
     GRPCRouteRule,
@@ -37,7 +35,9 @@ from gatewayd.routing.model import (
     TLSRoute,
     TLSRouteRule,
 )
-from gatewayd.routing.status import resolve
+from gatewayd.routing.control.attach import selector_matches
+from gatewayd.routing.control.bindings import Resolution
+from gatewayd.routing.control.resolve import resolve
 
 ENV = {"env": "prod", "team": "a"}
 

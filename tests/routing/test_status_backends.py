@@ -6,8 +6,7 @@ from __future__ import annotations
 import pytest
 from status_builders import backend, config, endpoint_slice, gateway, http_route, service
 
-from gatewayd.routing.bindings import BackendKey, BackendTarget, EndpointAddress
-from gatewayd.routing.model import (
+from gatewayd.routing.config.model import (
     BackendObjectReference,
     Endpoint,
     EndpointPort,
@@ -16,7 +15,9 @@ from gatewayd.routing.model import (
     HTTPRouteFilter,
     ServicePort,
 )
-from gatewayd.routing.status import resolve
+from gatewayd.routing.control.bindings import BackendKey, BackendTarget
+from gatewayd.routing.control.resolve import resolve
+from gatewayd.routing.snapshot.backends import EndpointAddress
 
 
 def key(name: str = "svc", port: int | None = 8080, ns: str = "default") -> BackendKey:

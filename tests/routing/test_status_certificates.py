@@ -21,10 +21,9 @@ from status_builders import (
     tls_secret,
 )
 
-from gatewayd.routing.compile import compile_snapshot
-from gatewayd.routing.compiled import TerminateTLS
-from gatewayd.routing.load import load_paths
-from gatewayd.routing.model import (
+from gatewayd.routing.compile.compiler import compile_snapshot
+from gatewayd.routing.config.load import load_paths
+from gatewayd.routing.config.model import (
     ConfigMap,
     FrontendValidation,
     GatewayTLSConfig,
@@ -33,9 +32,11 @@ from gatewayd.routing.model import (
     Secret,
     SecretObjectReference,
 )
-from gatewayd.routing.status import resolve
-from gatewayd.routing.table import HTTPRouteTable
-from gatewayd.tls.certs import self_signed
+from gatewayd.routing.control.listeners import keypair_from_secret
+from gatewayd.routing.control.resolve import resolve
+from gatewayd.routing.snapshot.rules import TerminateTLS
+from gatewayd.routing.snapshot.table import HTTPRouteTable
+from gatewayd.tls.certs import InvalidCertificate, self_signed
 
 NOW = "2030-06-01T12:00:00Z"
 NOW_DT = dt.datetime(2030, 6, 1, 12, tzinfo=dt.UTC)
@@ -272,3 +273,17 @@ def test_one_broken_ca_ref_keeps_validation_with_the_others() -> None:
     (binding,) = res.listeners
     # Never serve without client validation because one reference broke.
     assert (binding.client_auth, binding.client_ca_pem) == ("require", ca_pem().encode())
+
+
+def test_keypair_from_secret() -> None:
+    cert_pem, key_pem = self_signed(["a.example"])
+    now = dt.datetime.now(dt.UTC)  # self_signed() certificates start now
+    secret = Secret(
+        meta=Meta(namespace="default", name="s"),
+        type="kubernetes.io/tls",
+        data=(("tls.crt", cert_pem), ("tls.key", key_pem)),
+    )
+    assert keypair_from_secret(secret, now=now).dns_names == ("a.example",)
+    empty = Secret(meta=Meta(namespace="default", name="s"), data=(("tls.crt", cert_pem),))
+    with pytest.raises(InvalidCertificate, match=r"Secret has no tls.key"):
+        keypair_from_secret(empty, now=now)

@@ -33,8 +33,7 @@ from status_builders import (
     tls_secret,
 )
 
-from gatewayd.routing.bindings import Resolution
-from gatewayd.routing.model import (
+from gatewayd.routing.config.model import (
     Config,
     Endpoint,
     FilterType,
@@ -54,7 +53,8 @@ from gatewayd.routing.model import (
     TLSRoute,
     TLSRouteRule,
 )
-from gatewayd.routing.status import resolve
+from gatewayd.routing.control.bindings import Resolution
+from gatewayd.routing.control.resolve import resolve
 
 GOLDEN = Path(__file__).parent / "golden"
 NOW = "2024-01-01T00:00:00Z"

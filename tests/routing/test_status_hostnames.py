@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gatewayd.routing.hostnames import intersect, intersect_pair, matches
+from gatewayd.routing.control.hostnames import intersect, intersect_pair, matches
 
 
 @pytest.mark.parametrize(

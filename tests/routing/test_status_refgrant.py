@@ -19,10 +19,10 @@ from status_builders import (
     tls_secret,
 )
 
-from gatewayd.routing.bindings import BackendKey
-from gatewayd.routing.model import GATEWAY_GROUP, ReferenceGrant, SecretObjectReference
-from gatewayd.routing.refgrant import ReferenceGrants, RefFrom, RefTo
-from gatewayd.routing.status import resolve
+from gatewayd.routing.config.model import GATEWAY_GROUP, ReferenceGrant, SecretObjectReference
+from gatewayd.routing.control.bindings import BackendKey
+from gatewayd.routing.control.refgrant import ReferenceGrants, RefFrom, RefTo
+from gatewayd.routing.control.resolve import resolve
 
 ROUTE_FROM = RefFrom(group=GATEWAY_GROUP, kind="HTTPRoute", namespace="apps")
 SVC = RefTo(group="", kind="Service", namespace="backends", name="svc")

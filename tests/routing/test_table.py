@@ -29,10 +29,10 @@ from route_builders import (
     who,
 )
 
-from gatewayd.routing.bindings import AttachedRoute
-from gatewayd.routing.match import parse_query
-from gatewayd.routing.model import HeaderMatchType, HTTPRoute, HTTPRouteMatch, PathMatchType
-from gatewayd.routing.table import HTTPRouteTable, SNITable
+from gatewayd.routing.config.model import HeaderMatchType, HTTPRoute, HTTPRouteMatch, PathMatchType
+from gatewayd.routing.control.bindings import AttachedRoute
+from gatewayd.routing.snapshot.candidates import parse_query
+from gatewayd.routing.snapshot.table import HTTPRouteTable, SNITable
 
 # --------------------------------------------------------------------------- path matches
 
@@ -395,7 +395,7 @@ def test_many_routes_bucketed_correctly() -> None:
 def test_tls_passthrough_port_gets_an_sni_table() -> None:
     from route_builders import meta, ref
 
-    from gatewayd.routing.model import TLSRoute, TLSRouteRule
+    from gatewayd.routing.config.model import TLSRoute, TLSRouteRule
 
     old = TLSRoute(
         meta=meta("old", ts="2020-01-01T00:00:00Z"),
@@ -479,7 +479,7 @@ def _first_by(items: Sequence[tuple[str, str]], fold: bool) -> list[tuple[str, s
 
 
 def _ref_key(route: HTTPRoute, ri: int, mi: int, m: HTTPRouteMatch) -> tuple[object, ...]:
-    # Written from the spec text, independently of precedence.py.
+    # Written from the spec text, independently of compile/precedence.py.
     tier = {
         PathMatchType.EXACT: 0,
         PathMatchType.REGULAR_EXPRESSION: 1,

@@ -24,9 +24,8 @@ from status_builders import (
     terminate,
 )
 
-from gatewayd.routing.compile import compile_snapshot
-from gatewayd.routing.compiled import Snapshot
-from gatewayd.routing.model import (
+from gatewayd.routing.compile.compiler import compile_snapshot
+from gatewayd.routing.config.model import (
     BackendRef,
     ConfigMap,
     Endpoint,
@@ -40,8 +39,10 @@ from gatewayd.routing.model import (
     TLSRoute,
     TLSRouteRule,
 )
-from gatewayd.routing.status import SUPPORTED_FEATURES, resolve
-from gatewayd.routing.table import SNITable
+from gatewayd.routing.control.gateways import SUPPORTED_FEATURES
+from gatewayd.routing.control.resolve import resolve
+from gatewayd.routing.snapshot.compiled import Snapshot
+from gatewayd.routing.snapshot.table import SNITable
 from gatewayd.tls.certs import self_signed
 
 ADDRESS = "127.0.0.9"

@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from gatewayd.routing import model as m
-from gatewayd.routing.load import LoadResult, load_documents
-from gatewayd.routing.validate import parse_duration
+from gatewayd.routing.config import model as m
+from gatewayd.routing.config.load import LoadResult, load_documents
+from gatewayd.routing.config.validate.reader import parse_duration
 
 GW_API = "gateway.networking.k8s.io/v1"
 

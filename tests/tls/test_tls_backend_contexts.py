@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from gatewayd.routing.bindings import BackendTLS, ClientCertificate
+from gatewayd.routing.snapshot.backends import BackendTLS, ClientCertificate
 from gatewayd.tls.backend import BackendContexts, BackendTLSSetupError
 from gatewayd.tls.certs import load_keypair
 from gatewayd.tls.context import BackendSSLContext, load_chain_from_memory

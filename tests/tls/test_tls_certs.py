@@ -12,13 +12,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, rsa
 
-from gatewayd.routing.model import ConfigMap, Meta, Secret
 from gatewayd.tls.certs import (
     CertificateInfo,
     InvalidCertificate,
-    ca_bundle_from_config_map,
     dns_name_matches,
-    keypair_from_secret,
     load_ca_bundle,
     load_keypair,
     matches_hostname,
@@ -209,19 +206,6 @@ def test_weak_or_unsupported_keys(pki: PKI) -> None:
         load_keypair(leaf.cert_pem, dsa_key, now=NOW)
 
 
-def test_keypair_from_secret() -> None:
-    cert_pem, key_pem = self_signed(["a.example"])
-    secret = Secret(
-        meta=Meta(namespace="default", name="s"),
-        type="kubernetes.io/tls",
-        data=(("tls.crt", cert_pem), ("tls.key", key_pem)),
-    )
-    assert keypair_from_secret(secret, now=NOW).dns_names == ("a.example",)
-    empty = Secret(meta=Meta(namespace="default", name="s"), data=(("tls.crt", cert_pem),))
-    with pytest.raises(InvalidCertificate, match=r"Secret has no tls.key"):
-        keypair_from_secret(empty, now=NOW)
-
-
 # --------------------------------------------------------------------------- CA bundles
 
 
@@ -248,14 +232,6 @@ def test_ca_bundle_rejects(pki: PKI) -> None:
     leaf = pki.leaf(pki.ca())
     with pytest.raises(InvalidCertificate, match=r"holds no CA certificate"):
         load_ca_bundle(leaf.cert_pem)
-
-
-def test_ca_bundle_from_config_map(pki: PKI) -> None:
-    root = pki.ca()
-    cm = ConfigMap(meta=Meta(namespace="ns", name="ca"), data=(("ca.crt", root.cert_pem.decode()),))
-    assert ca_bundle_from_config_map(cm) == root.cert_pem
-    with pytest.raises(InvalidCertificate, match=r"ConfigMap has no ca.crt"):
-        ca_bundle_from_config_map(ConfigMap(meta=Meta(namespace="ns", name="ca")))
 
 
 # --------------------------------------------------------------------------- hostnames

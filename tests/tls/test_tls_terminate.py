@@ -15,7 +15,7 @@ import pytest
 import uvloop
 from cryptography import x509
 
-from gatewayd.routing.compiled import TerminateTLS
+from gatewayd.routing.snapshot.rules import TerminateTLS
 from gatewayd.tls.certs import load_keypair
 from gatewayd.tls.context import load_chain_from_memory
 from gatewayd.tls.terminate import PortTLS, TerminatedSSLObject

@@ -11,7 +11,7 @@ import pytest
 from mesh_manifests import manifests
 from netns_kit import BOOKSTORE_IP, GATEWAY_IP, REVIEWS_IP, ROOT, run, tproxy_probe
 
-from gatewayd.routing.compiled import Snapshot
+from gatewayd.routing.snapshot.compiled import Snapshot
 from gatewayd.tproxy.rules import (
     DivertTarget,
     TproxySettings,

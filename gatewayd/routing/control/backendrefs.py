@@ -22,10 +22,8 @@ Pure module: no I/O.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Final
 
-from gatewayd.routing.bindings import BackendKey, BackendTarget, EndpointAddress
-from gatewayd.routing.model import (
+from gatewayd.routing.config.model import (
     CORE_GROUP,
     GATEWAY_GROUP,
     BackendObjectReference,
@@ -34,12 +32,15 @@ from gatewayd.routing.model import (
     Service,
     ServicePort,
 )
-from gatewayd.routing.refgrant import ReferenceGrants, RefFrom, RefTo
-
-BACKEND_NOT_FOUND: Final = "BackendNotFound"
-INVALID_KIND: Final = "InvalidKind"
-REF_NOT_PERMITTED: Final = "RefNotPermitted"
-UNSUPPORTED_PROTOCOL: Final = "UnsupportedProtocol"
+from gatewayd.routing.control.bindings import BackendKey, BackendTarget
+from gatewayd.routing.control.conditions import (
+    BACKEND_NOT_FOUND,
+    INVALID_KIND,
+    REF_NOT_PERMITTED,
+    UNSUPPORTED_PROTOCOL,
+)
+from gatewayd.routing.control.refgrant import ReferenceGrants, RefFrom, RefTo
+from gatewayd.routing.snapshot.backends import EndpointAddress
 
 # appProtocols the data plane cannot speak to a backend, per route kind.  The upstream
 # side is HTTP/1.1 only, so an HTTPRoute backend that asks for cleartext HTTP/2 is

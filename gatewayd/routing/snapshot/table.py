@@ -17,7 +17,7 @@ Selection happens in three steps, each a handful of dict lookups:
    rules from the HTTPRoute with the largest number of: Characters in a matching
    non-wildcard hostname. Characters in a matching hostname."
 3. Candidates.  Each (route, rule, match) candidate has a rank, its position in
-   precedence order (``precedence.py``).  A group indexes its candidates by exact path
+   precedence order (``compile.precedence``).  A group indexes its candidates by exact path
    and by normalised PathPrefix value (dicts) and keeps its regexes in one list.
    Lookup consults the exact list of the path, the regex list, and the prefix lists of
    the path's element-wise prefixes, longest first; the matching candidate of lowest
@@ -34,17 +34,17 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Generic, TypeVar
 
-from gatewayd.routing.addressing import host_port
-from gatewayd.routing.compiled import CompiledBackend, CompiledRule, HeaderOps, RouteHit
-from gatewayd.routing.match import (
+from gatewayd.routing.snapshot.addresses import host_port
+from gatewayd.routing.snapshot.candidates import (
     PATH_EXACT,
     PATH_PREFIX,
     Candidate,
     parse_query,
     values_hold,
 )
-from gatewayd.routing.precedence import hostname_rank, is_wildcard
-from gatewayd.routing.regex import RegexError, RegexSet
+from gatewayd.routing.snapshot.hostnames import hostname_rank, is_wildcard
+from gatewayd.routing.snapshot.regex import RegexError, RegexSet
+from gatewayd.routing.snapshot.rules import CompiledBackend, CompiledRule, HeaderOps, RouteHit
 
 if TYPE_CHECKING:
     from gatewayd.tls.certs import CertificateInfo

@@ -1,11 +1,10 @@
-"""The compiled snapshot: the only configuration the data plane reads.
+"""Compiled route rules: filters, weighted backends, retries, mirrors, the ``RouteHit`` a
+lookup returns and the ``RouteTable`` interface every table serves.
 
-``compile.compile_snapshot()`` builds one ``Snapshot`` off the hot path; workers swap to
-it with one reference assignment and each request keeps the snapshot it started with.
 Everything here is precomputed for the request path: header names are lower-cased,
-weights are cumulative, status lines are ready.  Nothing here is mutated after
-compilation except the round-robin cursor of a backend (a plain iterator, private to
-each worker process).
+weights are cumulative, status lines are ready.  Nothing is mutated after compilation
+except the round-robin cursor of a backend (a plain iterator, private to each worker
+process).
 
 Pure module: no I/O.
 """
@@ -17,12 +16,11 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
-from gatewayd.routing.bindings import BackendTLS, EndpointAddress
+from gatewayd.routing.snapshot.backends import BackendTLS, EndpointAddress
 
 if TYPE_CHECKING:
-    from gatewayd.routing.mesh import MeshTable
-    from gatewayd.routing.table import SNITable
     from gatewayd.tls.certs import CertificateInfo
+
 
 # --------------------------------------------------------------------------- filters
 
@@ -205,69 +203,3 @@ class TerminateTLS:
     certificates: tuple[CertificateInfo, ...]  # checked key pairs, certificateRefs order
     client_ca_pem: bytes | None = None  # frontend validation CA bundle
     client_auth: str = "none"  # none | require | optional
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ListenerPort:
-    """One socket to bind: a Gateway address and port with the listeners sharing it."""
-
-    address: str
-    port: int
-    protocol: str  # HTTP | HTTPS | TLS
-    gateway_namespace: str
-    gateway_name: str
-    listener_names: tuple[str, ...]
-    table: RouteTable
-    # HTTPS listeners terminated on this port (empty: plain HTTP, or not terminated).
-    terminate: tuple[TerminateTLS, ...] = ()
-    # protocol HTTPS with TLS listeners on the same port too: their SNITable.  Such a
-    # port reads each ClientHello before choosing between the two (proxy/tlsroute.py).
-    tls_table: SNITable | None = None
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Snapshot:
-    generation: int
-    ports: Mapping[tuple[str, int], ListenerPort] = field(default_factory=dict)
-    # GAMMA (node-local TPROXY mode): routes by original destination (ClusterIP, port)
-    # and client namespace; see routing/mesh.py.  Plain data, picklable like the rest.
-    mesh: MeshTable | None = None
-    # Every (address, port) a backend of this snapshot may connect to; the upstream pool
-    # drains connections to any other.  None (a hand-built snapshot): keep them all.
-    endpoints: frozenset[tuple[str, int]] | None = None
-
-    def to_json(self) -> dict[str, object]:
-        return {
-            "generation": self.generation,
-            "listeners": [
-                {
-                    "address": lp.address,
-                    "port": lp.port,
-                    "protocol": lp.protocol,
-                    "gateway": f"{lp.gateway_namespace}/{lp.gateway_name}",
-                    "listeners": list(lp.listener_names),
-                    **({"tls": [_tls_json(t) for t in lp.terminate]} if lp.terminate else {}),
-                    "routes": lp.table.to_json(),
-                    **({"tlsRoutes": lp.tls_table.to_json()} if lp.tls_table is not None else {}),
-                }
-                for lp in self.ports.values()
-            ],
-            **({"mesh": self.mesh.to_json()} if self.mesh is not None else {}),
-        }
-
-
-def _tls_json(t: TerminateTLS) -> dict[str, object]:
-    # Fingerprints and names only: key material never leaves through /config_dump.
-    return {
-        "listener": t.listener_name,
-        "hostname": t.hostname if t.hostname is not None else "*",
-        "certificates": [
-            {
-                "dnsNames": list(c.dns_names),
-                "notAfter": c.not_after.isoformat(),
-                "sha256": c.fingerprint_sha256,
-            }
-            for c in t.certificates
-        ],
-        "clientAuth": t.client_auth,
-    }

@@ -23,7 +23,7 @@ import ipaddress
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
-from gatewayd.routing.model import Gateway
+from gatewayd.routing.config.model import Gateway
 
 IP_ADDRESS = "IPAddress"
 
@@ -37,14 +37,6 @@ class AddressOutcome:
     not_usable: str | None = None  # -> Programmed False AddressNotUsable
     not_assigned: str | None = None  # -> Programmed False AddressNotAssigned
     pool_address: str | None = None  # the pool address held (remembered for next time)
-
-
-def host_port(address: str, port: int) -> str:
-    """``address:port`` with an IPv6 address in brackets, so the port cannot be read as
-    its last group: RFC 3986 3.2.2 "A host identified by an Internet Protocol literal
-    address, version 6 [RFC3513] or later, is distinguished by enclosing the IP literal
-    within square brackets", which is also how Envoy prints %UPSTREAM_HOST%."""
-    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
 
 
 def _key(gw: Gateway) -> tuple[str, str]:

@@ -1,9 +1,9 @@
 """Resolution -> Snapshot: build the route tables the data plane serves.
 
 ``compile_snapshot()`` runs off the hot path on every configuration change.  It turns
-each accepted listener's attached routes into ``Candidate`` matchers (``match.py``)
-ordered by the Gateway API precedence rules (``precedence.py``) inside route tables
-(``table.py``), and each route rule into a ``CompiledRule`` with its filters and
+each accepted listener's attached routes into ``Candidate`` matchers (``compile.match``)
+ordered by the Gateway API precedence rules (``compile.precedence``) inside route tables
+(``snapshot.table``), and each route rule into a ``CompiledRule`` with its filters and
 weighted backends resolved.
 
 Pure module: no I/O.
@@ -14,39 +14,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 
-from gatewayd.routing.bindings import (
-    AttachedRoute,
-    BackendKey,
-    BackendTarget,
-    BackendTLS,
-    ClientCertificate,
-    ListenerBinding,
-    Resolution,
-)
-from gatewayd.routing.compiled import (
-    CompiledBackend,
-    CompiledRule,
-    Cors,
-    HeaderOps,
-    ListenerPort,
-    Mirror,
-    PathModifier,
-    Redirect,
-    Retry,
-    Rewrite,
-    RouteHit,
-    RouteTable,
-    Snapshot,
-    TerminateTLS,
-)
-from gatewayd.routing.match import (
-    Candidate,
-    InvalidMatch,
-    compile_grpc_match,
-    compile_http_match,
-)
-from gatewayd.routing.mesh import compile_mesh
-from gatewayd.routing.model import (
+from gatewayd.routing.compile.match import InvalidMatch, compile_grpc_match, compile_http_match
+from gatewayd.routing.compile.mesh import compile_mesh
+from gatewayd.routing.compile.precedence import route_order
+from gatewayd.routing.config.model import (
     BackendObjectReference,
     BackendRef,
     FilterType,
@@ -66,8 +37,37 @@ from gatewayd.routing.model import (
     TLSModeType,
     TLSRoute,
 )
-from gatewayd.routing.precedence import route_order
-from gatewayd.routing.table import HTTPRouteTable, ListenerSpec, SNIRoute, SNITable, TLSListener
+from gatewayd.routing.control.bindings import (
+    AttachedRoute,
+    BackendKey,
+    BackendTarget,
+    ListenerBinding,
+    Resolution,
+)
+from gatewayd.routing.snapshot.backends import BackendTLS, ClientCertificate
+from gatewayd.routing.snapshot.candidates import Candidate
+from gatewayd.routing.snapshot.compiled import ListenerPort, Snapshot
+from gatewayd.routing.snapshot.rules import (
+    CompiledBackend,
+    CompiledRule,
+    Cors,
+    HeaderOps,
+    Mirror,
+    PathModifier,
+    Redirect,
+    Retry,
+    Rewrite,
+    RouteHit,
+    RouteTable,
+    TerminateTLS,
+)
+from gatewayd.routing.snapshot.table import (
+    HTTPRouteTable,
+    ListenerSpec,
+    SNIRoute,
+    SNITable,
+    TLSListener,
+)
 
 # "If a reference to a custom filter type cannot be resolved, the filter MUST NOT be
 # skipped. Instead, requests that would have been processed by that filter MUST receive

@@ -1,6 +1,7 @@
-"""Ordering rules of the Gateway API: hostname specificity and route match precedence.
+"""Ordering rules of the Gateway API: route match precedence and route order.
 
-Everything that decides "which route wins" lives here so the table builder, the
+Everything that decides "which route wins" lives here (hostname specificity, which the
+tables also apply at lookup time, in ``snapshot.hostnames``) so the table builder, the
 reference matcher of the tests and the config dump agree on one definition.
 
 Pure module: no I/O.
@@ -11,49 +12,8 @@ from __future__ import annotations
 import math
 from datetime import UTC, datetime
 
-from gatewayd.routing.model import (
-    GRPCRouteMatch,
-    HTTPRouteMatch,
-    Meta,
-    PathMatchType,
-)
-
-# --------------------------------------------------------------------------- hostnames
-
-
-def is_wildcard(hostname: str) -> bool:
-    return hostname.startswith("*.")
-
-
-def hostname_matches(pattern: str, host: str) -> bool:
-    """Does a listener/route hostname ``pattern`` match a request ``host``?
-
-    "Hostnames that are prefixed with a wildcard label (`*.`) are interpreted as a
-    suffix match. That means that a match for `*.example.com` would match both
-    `test.example.com`, and `foo.test.example.com`, but not `example.com`."
-    Both sides are lower-case (the caller lower-cases the Host header).
-    """
-    if is_wildcard(pattern):
-        suffix = pattern[1:]  # ".example.com"
-        return len(host) > len(suffix) and host.endswith(suffix) and host[0] != "."
-    return pattern == host
-
-
-def hostname_rank(pattern: str | None) -> tuple[int, int]:
-    """Specificity of a hostname pattern, larger is more specific.
-
-    "precedence must be given to rules from the HTTPRoute with the largest number of:
-    * Characters in a matching non-wildcard hostname.
-    * Characters in a matching hostname."
-    An exact name beats any wildcard, a longer wildcard beats a shorter one, and no
-    hostname (match any host) comes last.
-    """
-    if pattern is None:
-        return (0, 0)
-    if is_wildcard(pattern):
-        return (1, len(pattern))
-    return (2, len(pattern))
-
+from gatewayd.routing.config.model import GRPCRouteMatch, HTTPRouteMatch, Meta, PathMatchType
+from gatewayd.routing.snapshot.candidates import PrecedenceKey
 
 # --------------------------------------------------------------------------- route order
 
@@ -84,11 +44,6 @@ def route_order(meta: Meta) -> tuple[float, str]:
 
 
 # --------------------------------------------------------------------------- match precedence
-
-# Smaller sorts first (wins).  Every key has the same shape so HTTPRoute and GRPCRoute
-# keys compare without type errors:
-#   (kind, a, b, c, d, e, created, "ns/name", rule index, match index)
-PrecedenceKey = tuple[int, int, int, int, int, int, float, str, int, int]
 
 KIND_HTTP = 0
 KIND_GRPC = 1

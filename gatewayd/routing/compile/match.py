@@ -1,21 +1,22 @@
-"""Compiled request matchers: one ``Candidate`` per (route, rule, match) and listener.
+"""Matcher compilation: HTTPRouteMatch / GRPCRouteMatch -> ``snapshot.candidates.Candidate``.
 
-A candidate holds everything ``RouteTable.lookup`` needs to test one HTTPRouteMatch (or
-a GRPCRouteMatch translated to a path match) without touching the model: the path
-test, the method, header and query conditions with regexes precompiled (RE2, linear
-time: ``regex.py``), its precedence key and the preallocated ``RouteHit`` returned on
-success.
+Regexes are compiled here (RE2: ``snapshot.regex``), header and query conditions
+normalised, the precedence key computed (``precedence``); a regex RE2 rejects raises
+``InvalidMatch`` so the compiler can drop that one match.
 
 Pure module: no I/O.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from urllib.parse import unquote_plus
-
-from gatewayd.routing.compiled import CompiledRule, RouteHit
-from gatewayd.routing.model import (
+from gatewayd.routing.compile.precedence import (
+    grpc_match_key,
+    http_match_key,
+    normalize_prefix,
+    unique_header_names,
+    unique_query_names,
+)
+from gatewayd.routing.config.model import (
     GRPCRouteMatch,
     HeaderMatchType,
     HTTPHeaderMatch,
@@ -24,27 +25,17 @@ from gatewayd.routing.model import (
     Meta,
     PathMatchType,
 )
-from gatewayd.routing.precedence import (
-    PrecedenceKey,
-    grpc_match_key,
-    http_match_key,
-    normalize_prefix,
-    unique_header_names,
-    unique_query_names,
+from gatewayd.routing.snapshot.candidates import (
+    PATH_EXACT,
+    PATH_PREFIX,
+    PATH_REGEX,
+    Candidate,
+    ValueCondition,
 )
-from gatewayd.routing.regex import NEVER, Regex, RegexError, escape
-
-PATH_EXACT = 0
-PATH_PREFIX = 1
-PATH_REGEX = 2
+from gatewayd.routing.snapshot.regex import NEVER, Regex, RegexError, escape
+from gatewayd.routing.snapshot.rules import CompiledRule, RouteHit
 
 _PATH_KIND_NAMES = {PATH_EXACT: "Exact", PATH_PREFIX: "PathPrefix", PATH_REGEX: "RegularExpression"}
-
-# One header or query condition: (name, exact value or None, compiled regex or None).
-# Header names are lower-case (the data plane hands lower-case names); query names are
-# kept as written: "Name is the name of the HTTP query param to be matched. This must be
-# an exact string match."
-ValueCondition = tuple[str, str | None, Regex | None]
 
 
 class InvalidMatch(ValueError):
@@ -81,111 +72,6 @@ def _query_conditions(params: tuple[HTTPQueryParamMatch, ...]) -> tuple[ValueCon
         else:
             out.append((q.name, q.value, None))
     return tuple(out)
-
-
-def values_hold(conditions: tuple[ValueCondition, ...], values: Mapping[str, str]) -> bool:
-    """Every header / query condition holds (AND).  Exact values are case-sensitive;
-    a regex must match the whole value (like Envoy's safe_regex)."""
-    for name, exact, rx in conditions:
-        got = values.get(name)
-        if got is None:
-            return False
-        if rx is None:
-            if got != exact:
-                return False
-        elif not rx.fullmatch(got):
-            return False
-    return True
-
-
-def parse_query(query: str) -> dict[str, str]:
-    """Decode a raw query string (without '?') into name -> first value.
-
-    Same splitting and decoding as ``urllib.parse.parse_qsl(keep_blank_values=True)``
-    ('&' separated, '+' is a space, percent-decoding).  For repeated parameters the
-    first value wins: "it is *recommended* that implementations should match against
-    the first value of the param if the data plane supports it".
-    """
-    out: dict[str, str] = {}
-    if not query:
-        return out
-    for part in query.split("&"):
-        if not part:
-            continue
-        name, _, value = part.partition("=")
-        if "%" in name or "+" in name:
-            name = unquote_plus(name)
-        if name in out:
-            continue
-        if "%" in value or "+" in value:
-            value = unquote_plus(value)
-        out[name] = value
-    return out
-
-
-class Candidate:
-    """One match of one rule of one route, as attached through one listener."""
-
-    __slots__ = (
-        "headers",
-        "hit",
-        "key",
-        "match_index",
-        "method",
-        "path",
-        "path_kind",
-        "query",
-        "rank",
-        "regex",
-        "route_kind",
-        "route_name",
-        "rule_index",
-        "summary",
-    )
-
-    def __init__(
-        self,
-        *,
-        key: PrecedenceKey,
-        path_kind: int,
-        path: str,
-        method: str | None,
-        headers: tuple[ValueCondition, ...],
-        query: tuple[ValueCondition, ...],
-        hit: RouteHit,
-        route_kind: str,
-        route_name: str,
-        rule_index: int,
-        match_index: int,
-        summary: dict[str, object],
-    ) -> None:
-        self.key = key
-        # Position in precedence order among the candidates of one table (set by the
-        # table builder); lookup compares ranks instead of keys.
-        self.rank = 0
-        self.path_kind = path_kind
-        # Exact: the path; PathPrefix: the normalised prefix ("" for "/"); regex: pattern.
-        self.path = path
-        # Never None, so the lookup loop needs no check: non-regex kinds get NEVER.
-        self.regex = _compile_regex(path, "path") if path_kind == PATH_REGEX else NEVER
-        self.method = method
-        self.headers = headers
-        self.query = query
-        self.hit = hit
-        self.route_kind = route_kind
-        self.route_name = route_name
-        self.rule_index = rule_index
-        self.match_index = match_index
-        self.summary = summary
-
-    def describe(self) -> dict[str, object]:
-        out: dict[str, object] = {
-            "route": f"{self.route_kind} {self.route_name}",
-            "rule": self.rule_index,
-            "match": self.match_index,
-        }
-        out.update(self.summary)
-        return out
 
 
 def _conditions_json(conds: tuple[ValueCondition, ...]) -> list[dict[str, str]]:
@@ -231,6 +117,7 @@ def compile_http_match(
         key=http_match_key(meta, rule_index, match_index, match),
         path_kind=kind,
         path=path,
+        regex=_compile_regex(path, "path") if kind == PATH_REGEX else NEVER,
         method=match.method,
         headers=headers,
         query=query,
@@ -297,6 +184,7 @@ def compile_grpc_match(
         key=grpc_match_key(meta, rule_index, match_index, match),
         path_kind=kind,
         path=path,
+        regex=_compile_regex(path, "path") if kind == PATH_REGEX else NEVER,
         # gRPC is always carried by POST (gRPC over HTTP/2 spec: ":method POST").
         method="POST",
         headers=headers,

@@ -14,8 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from gatewayd.routing import hostnames
-from gatewayd.routing.model import (
+from gatewayd.routing.config.model import (
     GATEWAY_GROUP,
     AllowedRoutes,
     FromNamespaces,
@@ -26,6 +25,7 @@ from gatewayd.routing.model import (
     RouteGroupKind,
     TLSModeType,
 )
+from gatewayd.routing.control import hostnames
 
 HTTP_ROUTE = RouteGroupKind(group=GATEWAY_GROUP, kind="HTTPRoute")
 GRPC_ROUTE = RouteGroupKind(group=GATEWAY_GROUP, kind="GRPCRoute")

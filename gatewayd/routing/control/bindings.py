@@ -1,33 +1,25 @@
 """What the status computation hands the compiler: attached routes and resolved backends.
 
-``status.resolve()`` produces a ``Resolution``; ``compile.compile_snapshot()`` consumes
-it.  Only accepted Gateways and listeners that can be programmed appear in
-``listeners``; everything else is reported in ``statuses`` and dropped here.
+``control.resolve.resolve()`` produces a ``Resolution``;
+``compile.compiler.compile_snapshot()`` consumes it.  Only accepted Gateways and
+listeners that can be programmed appear in ``listeners``; everything else is reported in
+``statuses`` and dropped here.  The backend data the snapshot itself carries
+(``EndpointAddress``, ``BackendTLS``) lives in ``snapshot.backends``.
 
 Pure module: no I/O.
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from gatewayd.routing.model import BackendObjectReference, Problem, Route
+from gatewayd.routing.config.model import BackendObjectReference, Problem, Route
+from gatewayd.routing.snapshot.backends import BackendTLS, ClientCertificate, EndpointAddress
 
 if TYPE_CHECKING:
-    from gatewayd.routing.mesh import MeshResolution
     from gatewayd.tls.certs import CertificateInfo
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class EndpointAddress:
-    """One ready endpoint: an IP address (or an FQDN for addressType FQDN) and a port."""
-
-    address: str
-    port: int
-    pod: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -67,50 +59,6 @@ class BackendTarget:
     message: str = ""
     app_protocol: str | None = None
     fqdn: bool = False  # endpoints are DNS names resolved at connect time
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ClientCertificate:
-    """The Gateway's client certificate for backends (spec.tls.backend), as PEM."""
-
-    chain_pem: bytes  # the Secret's tls.crt
-    key_pem: bytes  # the Secret's tls.key
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class BackendTLS:
-    """How to speak TLS to one Service port (its effective BackendTLSPolicy).
-
-    Plain data (it crosses the pipe to the worker processes, where an SSLContext cannot):
-    the serving process builds one client context per distinct ``key`` on first use.
-    ``error`` is set when the policy has no usable CA certificate: "Connections using an
-    invalid CACertificateRef MUST fail, and the client MUST receive an HTTP 5xx error
-    response." (BackendTLSPolicyValidation.CACertificateRefs)
-    """
-
-    policy: str  # "namespace/name" of the BackendTLSPolicy
-    hostname: str  # SNI, and the name verified when subject_alt_names is empty
-    ca_pem: bytes | None = None  # None: the system trust store (wellKnownCACertificates)
-    subject_alt_names: tuple[str, ...] = ()  # DNS names or URIs
-    client_certificate: ClientCertificate | None = None  # the Gateway's, if any
-    error: str | None = None
-    # A digest of everything above: the cache key of the client context and part of the
-    # upstream pool key (a TLS connection is only reused for the same settings).
-    key: str = field(default="", compare=False)
-
-    def __post_init__(self) -> None:
-        h = hashlib.sha256()
-        cert = self.client_certificate
-        for part in (
-            self.hostname.encode(),
-            b"system" if self.ca_pem is None else self.ca_pem,
-            "\n".join(self.subject_alt_names).encode(),
-            b"" if cert is None else cert.chain_pem,
-            b"" if cert is None else cert.key_pem,
-        ):
-            h.update(len(part).to_bytes(8, "big"))
-            h.update(part)
-        object.__setattr__(self, "key", "tls:" + h.hexdigest()[:32])
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -168,6 +116,37 @@ class ObjectStatus:
         }
 
 
+# GAMMA (control/mesh.py -> compile/mesh.py)
+
+RouteId = tuple[str, str, str]  # (kind, namespace, name)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServicePortRoutes:
+    """The routes attached to one port of one Service (status -> compiler)."""
+
+    service_namespace: str
+    service_name: str
+    cluster_ips: tuple[str, ...]  # canonical text form
+    port: int
+    producer: tuple[Route, ...] = ()
+    consumers: Mapping[str, tuple[Route, ...]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MeshResolution:
+    """Everything GAMMA contributes to a ``Resolution``."""
+
+    services: tuple[ServicePortRoutes, ...] = ()
+    # Mesh routes resolve their backendRefs apart from Gateway routes: GEP-1426 "Routes
+    # of either type can send traffic to backendRefs in any namespace. Unlike Gateway
+    # bound routes, this is allowed without a ReferenceGrant."
+    backends: Mapping[BackendKey, BackendTarget] = field(default_factory=dict)
+    # route id -> its status.parents entries for Service parents, in parentRefs order
+    parents: Mapping[RouteId, tuple[dict[str, object], ...]] = field(default_factory=dict)
+    pod_namespaces: Mapping[str, str] = field(default_factory=dict)  # pod IP -> namespace
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Resolution:
     listeners: tuple[ListenerBinding, ...] = ()
@@ -176,7 +155,7 @@ class Resolution:
     problems: tuple[Problem, ...] = ()
     # (namespace, name) -> address, to keep allocation stable across reloads
     gateway_addresses: Mapping[tuple[str, str], str] = field(default_factory=dict)
-    # GAMMA: routes attached to Services (routing/mesh.py); None when nothing asked.
+    # GAMMA: routes attached to Services (control/mesh.py); None when nothing asked.
     mesh: MeshResolution | None = None
     # BackendTLSPolicy: (namespace, Service name, port) -> TLS settings to that port.
     backend_tls: Mapping[tuple[str, str, int], BackendTLS] = field(default_factory=dict)

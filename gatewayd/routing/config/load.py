@@ -1,7 +1,7 @@
 """YAML manifests -> ``model.Config`` plus every ``model.Problem`` found.
 
 The loader behaves like the API server admitting the objects one by one: each object is
-checked against its CRD schema and CEL rules (``validate.py``); an invalid object is
+checked against its CRD schema and CEL rules (``config.validate``); an invalid object is
 rejected alone and reported, everything else still loads.  It never raises for bad
 input: broken YAML, wrong types and unknown fields all become Problems naming the file,
 the document, the object and the field.
@@ -33,14 +33,33 @@ from typing import TypeAlias, TypeVar
 
 import yaml
 
-from gatewayd.routing import model as m
-from gatewayd.routing import validate as v
+from gatewayd.routing.config import model as m
+from gatewayd.routing.config.validate import reader
+from gatewayd.routing.config.validate.core import (
+    NAMESPACE_NAME_LABEL,
+    parse_config_map,
+    parse_endpoint_slice,
+    parse_namespace,
+    parse_pod,
+    parse_secret,
+    parse_service,
+)
+from gatewayd.routing.config.validate.gateways import parse_gateway, parse_gateway_class
+from gatewayd.routing.config.validate.policies import (
+    parse_backend_tls_policy,
+    parse_reference_grant,
+)
+from gatewayd.routing.config.validate.routes import (
+    parse_grpc_route,
+    parse_http_route,
+    parse_tls_route,
+)
 
 GenerationKey: TypeAlias = tuple[str, str, str]  # (kind, namespace, name)
 Generations: TypeAlias = Mapping[GenerationKey, tuple[str, int]]  # -> (spec digest, generation)
 
 _GW = m.GATEWAY_GROUP
-_Parser: TypeAlias = Callable[[m.Meta, v.Obj, str], object]
+_Parser: TypeAlias = Callable[[m.Meta, reader.Obj, str], object]
 _T = TypeVar("_T")
 
 
@@ -88,7 +107,7 @@ class _KindInfo:
     namespaced: bool
     top_level: frozenset[str]  # allowed top-level fields besides apiVersion/kind/metadata
     parse: _Parser
-    name_syntax: v.Syntax = v.DNS_SUBDOMAIN
+    name_syntax: reader.Syntax = reader.DNS_SUBDOMAIN
 
     def api_versions(self) -> list[str]:
         return [f"{self.group}/{ver}" if self.group else ver for ver in self.versions]
@@ -104,7 +123,7 @@ _KINDS: dict[str, _KindInfo] = {
             versions=("v1", "v1beta1"),
             namespaced=False,
             top_level=_SPEC_STATUS,
-            parse=v.parse_gateway_class,
+            parse=parse_gateway_class,
         ),
         _KindInfo(
             kind=m.Kind.GATEWAY,
@@ -112,7 +131,7 @@ _KINDS: dict[str, _KindInfo] = {
             versions=("v1", "v1beta1"),
             namespaced=True,
             top_level=_SPEC_STATUS,
-            parse=v.parse_gateway,
+            parse=parse_gateway,
         ),
         _KindInfo(
             kind=m.Kind.HTTP_ROUTE,
@@ -120,7 +139,7 @@ _KINDS: dict[str, _KindInfo] = {
             versions=("v1", "v1beta1"),
             namespaced=True,
             top_level=_SPEC_STATUS,
-            parse=v.parse_http_route,
+            parse=parse_http_route,
         ),
         _KindInfo(
             kind=m.Kind.GRPC_ROUTE,
@@ -128,7 +147,7 @@ _KINDS: dict[str, _KindInfo] = {
             versions=("v1", "v1alpha2"),
             namespaced=True,
             top_level=_SPEC_STATUS,
-            parse=v.parse_grpc_route,
+            parse=parse_grpc_route,
         ),
         _KindInfo(
             kind=m.Kind.TLS_ROUTE,
@@ -136,7 +155,7 @@ _KINDS: dict[str, _KindInfo] = {
             versions=("v1", "v1alpha3", "v1alpha2"),
             namespaced=True,
             top_level=_SPEC_STATUS,
-            parse=v.parse_tls_route,
+            parse=parse_tls_route,
         ),
         _KindInfo(
             kind=m.Kind.REFERENCE_GRANT,
@@ -144,7 +163,7 @@ _KINDS: dict[str, _KindInfo] = {
             versions=("v1beta1", "v1", "v1alpha2"),
             namespaced=True,
             top_level=_SPEC_STATUS,
-            parse=v.parse_reference_grant,
+            parse=parse_reference_grant,
         ),
         _KindInfo(
             kind=m.Kind.BACKEND_TLS_POLICY,
@@ -152,7 +171,7 @@ _KINDS: dict[str, _KindInfo] = {
             versions=("v1", "v1alpha3"),
             namespaced=True,
             top_level=_SPEC_STATUS,
-            parse=v.parse_backend_tls_policy,
+            parse=parse_backend_tls_policy,
         ),
         _KindInfo(
             kind=m.Kind.NAMESPACE,
@@ -160,8 +179,8 @@ _KINDS: dict[str, _KindInfo] = {
             versions=("v1",),
             namespaced=False,
             top_level=_SPEC_STATUS,
-            parse=v.parse_namespace,
-            name_syntax=v.DNS_LABEL,
+            parse=parse_namespace,
+            name_syntax=reader.DNS_LABEL,
         ),
         _KindInfo(
             kind=m.Kind.SERVICE,
@@ -169,8 +188,8 @@ _KINDS: dict[str, _KindInfo] = {
             versions=("v1",),
             namespaced=True,
             top_level=_SPEC_STATUS,
-            parse=v.parse_service,
-            name_syntax=v.DNS1035_LABEL,
+            parse=parse_service,
+            name_syntax=reader.DNS1035_LABEL,
         ),
         _KindInfo(
             kind=m.Kind.ENDPOINT_SLICE,
@@ -178,7 +197,7 @@ _KINDS: dict[str, _KindInfo] = {
             versions=("v1",),
             namespaced=True,
             top_level=frozenset({"addressType", "endpoints", "ports"}),
-            parse=v.parse_endpoint_slice,
+            parse=parse_endpoint_slice,
         ),
         _KindInfo(
             kind=m.Kind.SECRET,
@@ -186,7 +205,7 @@ _KINDS: dict[str, _KindInfo] = {
             versions=("v1",),
             namespaced=True,
             top_level=frozenset({"data", "stringData", "type", "immutable"}),
-            parse=v.parse_secret,
+            parse=parse_secret,
         ),
         _KindInfo(
             kind=m.Kind.CONFIG_MAP,
@@ -194,7 +213,7 @@ _KINDS: dict[str, _KindInfo] = {
             versions=("v1",),
             namespaced=True,
             top_level=frozenset({"data", "binaryData", "immutable"}),
-            parse=v.parse_config_map,
+            parse=parse_config_map,
         ),
         _KindInfo(
             kind=m.Kind.POD,
@@ -202,7 +221,7 @@ _KINDS: dict[str, _KindInfo] = {
             versions=("v1",),
             namespaced=True,
             top_level=_SPEC_STATUS,
-            parse=v.parse_pod,
+            parse=parse_pod,
         ),
     )
 }
@@ -430,7 +449,8 @@ class _Loading:
         if not isinstance(data, Mapping):
             self.problem(
                 source,
-                f"a document must be a mapping with apiVersion and kind, got {v.describe(data)}",
+                "a document must be a mapping with apiVersion and kind, got "
+                f"{reader.describe(data)}",
             )
             return
         kind = data.get("kind")
@@ -446,7 +466,7 @@ class _Loading:
         if not isinstance(items, list):
             self.problem(
                 source,
-                f"must be a list of objects, got {v.describe(items)}",
+                f"must be a list of objects, got {reader.describe(items)}",
                 kind="List",
                 path="items",
             )
@@ -456,7 +476,7 @@ class _Loading:
             if not isinstance(item, Mapping):
                 self.problem(
                     source,
-                    f"must be an object with apiVersion and kind, got {v.describe(item)}",
+                    f"must be an object with apiVersion and kind, got {reader.describe(item)}",
                     path=prefix,
                 )
             elif isinstance(item.get("kind"), str) and item.get("kind") in _LIST_KINDS:
@@ -476,22 +496,22 @@ class _Loading:
         kind, api_version = data.get("kind"), data.get("apiVersion")
         name_hint = _name_hint(data)
         if not isinstance(kind, str) or not kind:
-            got = "" if kind is None else f", got {v.describe(kind)}"
+            got = "" if kind is None else f", got {reader.describe(kind)}"
             self.problem(
                 source,
                 f"is required: a string such as HTTPRoute{got}",
                 name=name_hint,
-                path=v.join(prefix, "kind"),
+                path=reader.join(prefix, "kind"),
             )
             return
         if not isinstance(api_version, str) or not api_version:
-            got = "" if api_version is None else f", got {v.describe(api_version)}"
+            got = "" if api_version is None else f", got {reader.describe(api_version)}"
             self.problem(
                 source,
                 f"is required: a string such as gateway.networking.k8s.io/v1{got}",
                 kind=kind,
                 name=name_hint,
-                path=v.join(prefix, "apiVersion"),
+                path=reader.join(prefix, "apiVersion"),
             )
             return
         group, version = _split_api_version(api_version)
@@ -503,8 +523,8 @@ class _Loading:
             self.skipped[label] = self.skipped.get(label, 0) + 1
             return
 
-        issues = v.Issues()
-        meta_read = v.read_meta(
+        issues = reader.Issues()
+        meta_read = reader.read_meta(
             data.get("metadata"),
             "metadata",
             issues,
@@ -516,9 +536,9 @@ class _Loading:
         if api_version not in info.api_versions():
             self.problem(
                 source,
-                f"{v.show(api_version)} is not served for {kind}; use "
+                f"{reader.show(api_version)} is not served for {kind}; use "
                 f"{' or '.join(info.api_versions())}",
-                path=v.join(prefix, "apiVersion"),
+                path=reader.join(prefix, "apiVersion"),
                 **who,
             )
             return
@@ -535,15 +555,15 @@ class _Loading:
                 return
             self.seen[key] = source
 
-        doc = v.Obj.of(
+        doc = reader.Obj.of(
             data, "", issues, {"apiVersion", "kind", "metadata", *info.top_level}
-        ) or v.Obj.empty("", issues)
+        ) or reader.Obj.empty("", issues)
         digest = spec_digest(doc.data)
         generation = self._generation(key, digest, meta_read.generation)
         obj = info.parse(meta_read.meta(generation=generation, source=source), doc, version)
         if issues.items:
             for path, message in issues.items:
-                self.problem(source, message, path=v.join(prefix, path), **who)
+                self.problem(source, message, path=reader.join(prefix, path), **who)
             # A rejected update keeps the generation it had (the API server would not
             # have stored it), so fixing it later counts as one change.
             if key in self.previous:
@@ -673,7 +693,7 @@ def _with_implied_namespaces(config: m.Config) -> m.Config:
             meta=m.Meta(
                 namespace="",
                 name=name,
-                labels=((v.NAMESPACE_NAME_LABEL, name),),
+                labels=((NAMESPACE_NAME_LABEL, name),),
                 source=implied[name],
             )
         )

@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from gatewayd.routing.model import ReferenceGrant
+from gatewayd.routing.config.model import ReferenceGrant
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -24,9 +24,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
-from gatewayd.routing.attach import tls_mode
-from gatewayd.routing.bindings import BackendTLS, ObjectStatus
-from gatewayd.routing.model import (
+from gatewayd.routing.config.model import (
     CORE_GROUP,
     GATEWAY_GROUP,
     BackendTLSPolicy,
@@ -42,18 +40,22 @@ from gatewayd.routing.model import (
     TLSRoute,
     TLSRouteRule,
 )
+from gatewayd.routing.control.attach import tls_mode
+from gatewayd.routing.control.bindings import ObjectStatus
+from gatewayd.routing.control.conditions import (
+    ACCEPTED,
+    API_VERSION,
+    CONFLICTED,
+    INVALID_CA_CERTIFICATE_REF,
+    INVALID_KIND,
+    NO_VALID_CA_CERTIFICATE,
+    RESOLVED_REFS,
+    TARGET_NOT_FOUND,
+    Verdict,
+    condition,
+)
+from gatewayd.routing.snapshot.backends import BackendTLS
 from gatewayd.tls.certs import CA_BUNDLE_KEY, InvalidCertificate, load_ca_bundle
-
-API_VERSION: Final = "gateway.networking.k8s.io/v1"
-
-# Condition types and reasons (policy_types.go, backendtlspolicy_types.go).
-ACCEPTED: Final = "Accepted"
-RESOLVED_REFS: Final = "ResolvedRefs"
-CONFLICTED: Final = "Conflicted"
-TARGET_NOT_FOUND: Final = "TargetNotFound"
-NO_VALID_CA_CERTIFICATE: Final = "NoValidCACertificate"
-INVALID_CA_CERTIFICATE_REF: Final = "InvalidCACertificateRef"
-INVALID_KIND: Final = "InvalidKind"
 
 # "A maximum of 16 ancestors will be represented in this list." (PolicyStatus.Ancestors)
 MAX_ANCESTORS: Final = 16
@@ -70,20 +72,13 @@ class PolicyResolution:
 
 
 @dataclass(slots=True)
-class _Verdict:
-    ok: bool
-    reason: str
-    message: str
-
-
-@dataclass(slots=True)
 class _Policy:
     policy: BackendTLSPolicy
-    refs: _Verdict  # ResolvedRefs
+    refs: Verdict  # ResolvedRefs
     ca_pem: bytes | None  # None: system trust store (or no valid CA: see ``no_ca``)
     no_ca: str | None  # set when every caCertificateRef is invalid
     # (Service namespace, name) -> why this policy does not apply to it, if it does not
-    target_problems: dict[ServiceKey, _Verdict] = field(default_factory=dict)
+    target_problems: dict[ServiceKey, Verdict] = field(default_factory=dict)
     services: set[ServiceKey] = field(default_factory=set)
 
     @property
@@ -99,14 +94,14 @@ def _order(policy: BackendTLSPolicy) -> tuple[str, str]:
 
 def _check_ca_refs(
     policy: BackendTLSPolicy, config_maps: Mapping[ServiceKey, ConfigMap]
-) -> tuple[_Verdict, bytes | None, str | None]:
+) -> tuple[Verdict, bytes | None, str | None]:
     """(ResolvedRefs verdict, CA bundle or None for the system store, no-valid-CA message)."""
     validation = policy.validation
     if not validation.ca_certificate_refs:
         # wellKnownCACertificates: System (validated at load: the only allowed value).
-        return _Verdict(True, RESOLVED_REFS, "All references are resolved"), None, None
+        return Verdict(True, RESOLVED_REFS, "All references are resolved"), None, None
     ns = policy.meta.namespace
-    problems: list[_Verdict] = []
+    problems: list[Verdict] = []
     bundles: list[bytes] = []
     for i, ref in enumerate(validation.ca_certificate_refs):
         what = f"validation.caCertificateRefs[{i}]"
@@ -116,7 +111,7 @@ def _check_ca_refs(
             # explain which kind of resource is unknown or unsupported."
             group = ref.group or "core"
             problems.append(
-                _Verdict(
+                Verdict(
                     False,
                     INVALID_KIND,
                     f"{what}: unsupported kind {ref.kind!r} in group {group!r} "
@@ -131,7 +126,7 @@ def _check_ca_refs(
         # `InvalidCACertificateRef`"
         if cm is None:
             problems.append(
-                _Verdict(
+                Verdict(
                     False,
                     INVALID_CA_CERTIFICATE_REF,
                     f"{what}: ConfigMap {ns}/{ref.name} not found",
@@ -141,7 +136,7 @@ def _check_ca_refs(
         value = cm.get(CA_BUNDLE_KEY)
         if value is None:
             problems.append(
-                _Verdict(
+                Verdict(
                     False,
                     INVALID_CA_CERTIFICATE_REF,
                     f"{what}: ConfigMap {ns}/{ref.name} has no {CA_BUNDLE_KEY} key",
@@ -152,19 +147,19 @@ def _check_ca_refs(
             bundles.append(load_ca_bundle(value))
         except InvalidCertificate as exc:
             problems.append(
-                _Verdict(
+                Verdict(
                     False,
                     INVALID_CA_CERTIFICATE_REF,
                     f"{what}: ConfigMap {ns}/{ref.name} {CA_BUNDLE_KEY}: {exc}",
                 )
             )
     if not problems:
-        refs = _Verdict(True, RESOLVED_REFS, "All references are resolved")
+        refs = Verdict(True, RESOLVED_REFS, "All references are resolved")
     else:
         # "the implementation MUST ensure the `ResolvedRefs` Condition on the
         # BackendTLSPolicy is set to `status: False`, with a Reason and Message that
         # indicate the cause of the error."
-        refs = _Verdict(False, problems[0].reason, "; ".join(p.message for p in problems))
+        refs = Verdict(False, problems[0].reason, "; ".join(p.message for p in problems))
     if not bundles:
         # "If ALL CACertificateRefs are invalid, the implementation MUST also ensure the
         # `Accepted` Condition on the BackendTLSPolicy is set to `status: False`, with a
@@ -233,7 +228,7 @@ def resolve_backend_tls(
             p.services.add(key)
             service = services.get(key)
             if service is None:
-                p.target_problems[key] = _Verdict(
+                p.target_problems[key] = Verdict(
                     False, TARGET_NOT_FOUND, f"target Service {ns}/{target.name} not found"
                 )
                 continue
@@ -242,7 +237,7 @@ def resolve_backend_tls(
             ):
                 # "If a SectionName is specified, but does not exist on the targeted
                 # object, the Policy must fail to attach" (LocalPolicyTarget...SectionName)
-                p.target_problems[key] = _Verdict(
+                p.target_problems[key] = Verdict(
                     False,
                     TARGET_NOT_FOUND,
                     f"target Service {ns}/{target.name} has no port named {target.section_name!r}",
@@ -262,7 +257,7 @@ def resolve_backend_tls(
             section = f" port {claim[2]!r}" if claim[2] is not None else ""
             loser.target_problems.setdefault(
                 claim[:2],
-                _Verdict(
+                Verdict(
                     False,
                     CONFLICTED,
                     f"BackendTLSPolicy {winner.name} takes precedence for Service "
@@ -313,9 +308,9 @@ def _status(
             problems.sort(key=lambda v: v.reason != TARGET_NOT_FOUND)
             accepted = problems[0]
         elif p.no_ca is not None:
-            accepted = _Verdict(False, NO_VALID_CA_CERTIFICATE, p.no_ca)
+            accepted = Verdict(False, NO_VALID_CA_CERTIFICATE, p.no_ca)
         else:
-            accepted = _Verdict(True, ACCEPTED, "Policy is accepted")
+            accepted = Verdict(True, ACCEPTED, "Policy is accepted")
         ancestors.append(
             {
                 "ancestorRef": {
@@ -326,8 +321,8 @@ def _status(
                 },
                 "controllerName": controller_name,
                 "conditions": [
-                    _condition(ACCEPTED, accepted, gen, now),
-                    _condition(RESOLVED_REFS, p.refs, gen, now),
+                    condition(ACCEPTED, accepted.ok, accepted.reason, accepted.message, gen, now),
+                    condition(RESOLVED_REFS, p.refs.ok, p.refs.reason, p.refs.message, gen, now),
                 ],
             }
         )
@@ -339,14 +334,3 @@ def _status(
         generation=gen,
         status={"ancestors": ancestors[:MAX_ANCESTORS]},
     )
-
-
-def _condition(type_: str, v: _Verdict, generation: int, now: str) -> dict[str, object]:
-    return {
-        "type": type_,
-        "status": "True" if v.ok else "False",
-        "reason": v.reason,
-        "message": v.message,
-        "observedGeneration": generation,
-        "lastTransitionTime": now,
-    }

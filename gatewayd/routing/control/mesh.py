@@ -8,7 +8,7 @@ purely from the manifests, what happens to such a connection:
   producer routes from consumer routes, checks ReferenceGrants for consumer routes,
   resolves their backendRefs and writes each route's ``status.parents`` entries for
   ``kind: Service``;
-* ``compile_mesh()`` (compiler side) turns that into a ``MeshTable`` keyed by
+* ``compile.mesh.compile_mesh()`` (compiler side) turns that into a ``MeshTable`` keyed by
   ``(clusterIP, port)``: one producer ``ListenerPort`` and one per consumer namespace,
   plus the Pod IP -> namespace map that identifies a client's namespace.
 
@@ -42,159 +42,57 @@ Pure module: no I/O.
 
 from __future__ import annotations
 
-import ipaddress
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Final, Protocol
+from typing import Final
 
-from gatewayd.routing.backendrefs import BackendResolver
-from gatewayd.routing.bindings import BackendKey, BackendTarget
-from gatewayd.routing.compiled import ListenerPort
-from gatewayd.routing.match import Candidate
-from gatewayd.routing.model import (
+from gatewayd.routing.config.model import (
     CORE_GROUP,
     GATEWAY_GROUP,
     Config,
     GRPCRoute,
-    HTTPRoute,
     ParentReference,
     Route,
     Service,
     ServicePort,
     TLSRoute,
 )
-from gatewayd.routing.refgrant import ReferenceGrants, RefFrom, RefTo
-from gatewayd.routing.table import HTTPRouteTable, ListenerSpec
+from gatewayd.routing.control.backendrefs import BackendResolver
+from gatewayd.routing.control.bindings import (
+    BackendKey,
+    BackendTarget,
+    MeshResolution,
+    RouteId,
+    ServicePortRoutes,
+)
+from gatewayd.routing.control.conditions import (
+    ACCEPTED,
+    CONFLICTED,
+    NO_MATCHING_PARENT,
+    REF_NOT_PERMITTED,
+    RESOLVED_REFS,
+    UNSUPPORTED_VALUE,
+    Verdict,
+    condition,
+)
+from gatewayd.routing.control.refgrant import ReferenceGrants, RefFrom, RefTo
+from gatewayd.routing.control.routes import parent_ref_json, route_kind_name
+from gatewayd.routing.snapshot.addresses import canonical_ip
 
 SERVICE_KIND: Final = "Service"
-MESH_PROTOCOL: Final = "HTTP"
 
-# Condition types and reasons (apis/v1/shared_types.go).
-ACCEPTED: Final = "Accepted"
-RESOLVED_REFS: Final = "ResolvedRefs"
-NO_MATCHING_PARENT: Final = "NoMatchingParent"
-UNSUPPORTED_VALUE: Final = "UnsupportedValue"
-REF_NOT_PERMITTED: Final = "RefNotPermitted"
-# GEP-1426 Route types: "The rejected routes should be ignored and have the
-# RouteConditionAccepted status set to the (new) reason RouteReasonConflicted."
-CONFLICTED: Final = "Conflicted"
+# Conditions: ``conditions.CONFLICTED`` is GEP-1426's for rejected route types: "The
+# rejected routes should be ignored and have the RouteConditionAccepted status set to
+# the (new) reason RouteReasonConflicted."
 
 # GEP-1426: "Route type specificity is defined in the following order (first one wins):
 # GRPCRoute, HTTPRoute, TLSRoute, TCPRoute".  GRPCRoutes are refused before ranking
 # until the mesh speaks HTTP/2 (resolve_mesh), so today only HTTPRoutes get here.
 _KIND_RANK: Final = {"GRPCRoute": 0, "HTTPRoute": 1}
 
-RouteId = tuple[str, str, str]  # (kind, namespace, name)
-
-
-class Verdict(Protocol):
-    """What the status computation's backendRef check returns (``status._Verdict``)."""
-
-    @property
-    def ok(self) -> bool: ...
-
-    @property
-    def reason(self) -> str: ...
-
-    @property
-    def message(self) -> str: ...
-
 
 RefsCheck = Callable[[Route, BackendResolver, dict[BackendKey, BackendTarget]], Verdict]
 ValueCheck = Callable[[Route], Verdict | None]
-
-
-# --------------------------------------------------------------------------- hand-over
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ServicePortRoutes:
-    """The routes attached to one port of one Service (status -> compiler)."""
-
-    service_namespace: str
-    service_name: str
-    cluster_ips: tuple[str, ...]  # canonical text form
-    port: int
-    producer: tuple[Route, ...] = ()
-    consumers: Mapping[str, tuple[Route, ...]] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class MeshResolution:
-    """Everything GAMMA contributes to a ``Resolution``."""
-
-    services: tuple[ServicePortRoutes, ...] = ()
-    # Mesh routes resolve their backendRefs apart from Gateway routes: GEP-1426 "Routes
-    # of either type can send traffic to backendRefs in any namespace. Unlike Gateway
-    # bound routes, this is allowed without a ReferenceGrant."
-    backends: Mapping[BackendKey, BackendTarget] = field(default_factory=dict)
-    # route id -> its status.parents entries for Service parents, in parentRefs order
-    parents: Mapping[RouteId, tuple[dict[str, object], ...]] = field(default_factory=dict)
-    pod_namespaces: Mapping[str, str] = field(default_factory=dict)  # pod IP -> namespace
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class MeshService:
-    """One diverted (clusterIP, port) and the route tables its clients use."""
-
-    address: str
-    port: int
-    service_namespace: str
-    service_name: str
-    producer: ListenerPort | None = None
-    consumers: Mapping[str, ListenerPort] = field(default_factory=dict)
-
-    def port_for(self, client_namespace: str | None) -> ListenerPort | None:
-        """The consumer routes of the client's namespace, else the producer routes,
-        else None (no route applies: forward the connection unchanged)."""
-        if client_namespace is not None:
-            consumer = self.consumers.get(client_namespace)
-            if consumer is not None:
-                return consumer
-        return self.producer
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class MeshTable:
-    """The compiled mesh: the data plane's lookup by original destination and source."""
-
-    services: Mapping[tuple[str, int], MeshService] = field(default_factory=dict)
-    pod_namespaces: Mapping[str, str] = field(default_factory=dict)
-
-    def namespace_of(self, source_ip: str) -> str | None:
-        """The namespace of the Pod owning ``source_ip`` (canonical form), if any."""
-        return self.pod_namespaces.get(source_ip)
-
-    def lookup(self, address: str, port: int, source_ip: str) -> ListenerPort | None:
-        """Routes for a connection to ``address:port`` from ``source_ip`` (both in
-        canonical form); None when the mesh has nothing to say about it."""
-        service = self.services.get((address, port))
-        if service is None:
-            return None
-        return service.port_for(self.pod_namespaces.get(source_ip))
-
-    def to_json(self) -> dict[str, object]:
-        return {
-            "services": [
-                {
-                    "address": s.address,
-                    "port": s.port,
-                    "service": f"{s.service_namespace}/{s.service_name}",
-                    "producer": s.producer.table.to_json() if s.producer is not None else None,
-                    "consumers": {ns: lp.table.to_json() for ns, lp in sorted(s.consumers.items())},
-                }
-                for s in self.services.values()
-            ],
-            "pods": dict(sorted(self.pod_namespaces.items())),
-        }
-
-
-def canonical_ip(text: str) -> str | None:
-    """``text`` as ``ipaddress`` prints it (IPv6 compressed), or None if not an IP."""
-    try:
-        return ipaddress.ip_address(text.strip()).compressed
-    except ValueError:
-        return None
 
 
 # --------------------------------------------------------------------------- resolve
@@ -212,45 +110,8 @@ class _AllowAll(ReferenceGrants):
         return True
 
 
-def _condition(
-    type_: str, ok: bool, reason: str, message: str, generation: int, now: str
-) -> dict[str, object]:
-    # The same metav1.Condition shape as status.condition() (not imported: status.py
-    # imports this module).
-    return {
-        "type": type_,
-        "status": "True" if ok else "False",
-        "reason": reason,
-        "message": message,
-        "observedGeneration": generation,
-        "lastTransitionTime": now,
-    }
-
-
-def _route_kind(route: Route) -> str:
-    if isinstance(route, HTTPRoute):
-        return "HTTPRoute"
-    if isinstance(route, GRPCRoute):
-        return "GRPCRoute"
-    return "TLSRoute"
-
-
 def is_service_parent(ref: ParentReference) -> bool:
     return ref.group == CORE_GROUP and ref.kind == SERVICE_KIND
-
-
-def _parent_ref_json(ref: ParentReference, route_namespace: str) -> dict[str, object]:
-    out: dict[str, object] = {
-        "group": ref.group,
-        "kind": ref.kind,
-        "namespace": ref.namespace or route_namespace,
-        "name": ref.name,
-    }
-    if ref.section_name is not None:
-        out["sectionName"] = ref.section_name
-    if ref.port is not None:
-        out["port"] = ref.port
-    return out
 
 
 @dataclass(slots=True)
@@ -304,7 +165,7 @@ def resolve_mesh(
     routes: list[Route] = [*config.http_routes, *config.grpc_routes, *config.tls_routes]
 
     for route in routes:
-        kind = _route_kind(route)
+        kind = route_kind_name(route)
         ns = route.meta.namespace
         rid: RouteId = (kind, ns, route.meta.name)
         for index, ref in enumerate(route.parent_refs):
@@ -398,10 +259,10 @@ def resolve_mesh(
     for (svc_ns, svc_name, port), groups in sorted(attached.items()):
         kept: dict[str, tuple[Route, ...]] = {}
         for group, atts in groups.items():
-            best = min(_KIND_RANK[_route_kind(a.route)] for a in atts)
+            best = min(_KIND_RANK[route_kind_name(a.route)] for a in atts)
             routes_here: list[Route] = []
             for a in atts:
-                if _KIND_RANK[_route_kind(a.route)] != best:
+                if _KIND_RANK[route_kind_name(a.route)] != best:
                     a.conflicted.append(port)
                     continue
                 if not any(r is a.route for r in routes_here):
@@ -421,7 +282,7 @@ def resolve_mesh(
         )
     for att in attachments:
         if att.conflicted and len(att.conflicted) == len(att.ports):
-            rid = (_route_kind(att.route), att.route.meta.namespace, att.route.meta.name)
+            rid = (route_kind_name(att.route), att.route.meta.namespace, att.route.meta.name)
             verdicts[(rid, att.ref_index)] = (
                 False,
                 CONFLICTED,
@@ -431,7 +292,7 @@ def resolve_mesh(
 
     parents: dict[RouteId, list[dict[str, object]]] = {}
     for route in routes:
-        kind = _route_kind(route)
+        kind = route_kind_name(route)
         ns = route.meta.namespace
         rid = (kind, ns, route.meta.name)
         gen = route.meta.generation
@@ -440,16 +301,16 @@ def resolve_mesh(
             if got is None:
                 continue
             ok, reason, message = got
-            conditions = [_condition(ACCEPTED, ok, reason, message, gen, now)]
+            conditions = [condition(ACCEPTED, ok, reason, message, gen, now)]
             refs = refs_of.get(rid)
             if refs is None:
                 refs = check_refs(route, resolver, {})
             conditions.append(
-                _condition(RESOLVED_REFS, refs.ok, refs.reason, refs.message, gen, now)
+                condition(RESOLVED_REFS, refs.ok, refs.reason, refs.message, gen, now)
             )
             parents.setdefault(rid, []).append(
                 {
-                    "parentRef": _parent_ref_json(ref, ns),
+                    "parentRef": parent_ref_json(ref, ns),
                     "controllerName": controller_name,
                     "conditions": conditions,
                 }
@@ -474,82 +335,3 @@ def pod_namespaces(config: Config) -> dict[str, str]:
             if canon is not None:
                 out.setdefault(canon, pod.meta.namespace)
     return out
-
-
-# --------------------------------------------------------------------------- compile
-
-CandidatesOf = Callable[[HTTPRoute | GRPCRoute, str], list[Candidate]]
-
-
-def _table(routes: Iterable[Route], candidates_of: CandidatesOf, name: str) -> HTTPRouteTable:
-    # GEP-1426 hostnames: "GAMMA implementations SHOULD NOT infer any functionality from
-    # the hostnames field on xRoutes" -- every route lands in the catch-all host group.
-    cands: list[Candidate] = []
-    for route in routes:
-        if isinstance(route, HTTPRoute | GRPCRoute):
-            cands.extend(candidates_of(route, name))
-    return HTTPRouteTable([ListenerSpec(name=name, hostname=None, candidates={None: cands})])
-
-
-def _port(
-    binding: ServicePortRoutes,
-    routes: tuple[Route, ...],
-    address: str,
-    name: str,
-    candidates_of: CandidatesOf,
-) -> ListenerPort:
-    """A ``ListenerPort`` standing for one route set of one Service port: the data plane
-    serves it exactly like a Gateway listener port."""
-    return ListenerPort(
-        address=address,
-        port=binding.port,
-        protocol=MESH_PROTOCOL,
-        gateway_namespace=binding.service_namespace,
-        gateway_name=binding.service_name,
-        listener_names=(name,),
-        table=_table(routes, candidates_of, name),
-    )
-
-
-def compile_mesh(mesh: MeshResolution, candidates_of: CandidatesOf) -> MeshTable:
-    """One ``MeshService`` per (clusterIP, port) with routes.  ``candidates_of`` is the
-    compiler's matcher builder (fresh candidates on every call: each table ranks its
-    own)."""
-    services: dict[tuple[str, int], MeshService] = {}
-    for binding in mesh.services:
-        label = f"mesh:{binding.service_namespace}/{binding.service_name}:{binding.port}"
-        for address in binding.cluster_ips:
-            producer = (
-                _port(binding, binding.producer, address, label, candidates_of)
-                if binding.producer
-                else None
-            )
-            consumers = {
-                ns: _port(binding, routes, address, f"{label}:consumer:{ns}", candidates_of)
-                for ns, routes in binding.consumers.items()
-                if routes
-            }
-            if producer is None and not consumers:
-                continue
-            services[(address, binding.port)] = MeshService(
-                address=address,
-                port=binding.port,
-                service_namespace=binding.service_namespace,
-                service_name=binding.service_name,
-                producer=producer,
-                consumers=consumers,
-            )
-    return MeshTable(services=services, pod_namespaces=dict(mesh.pod_namespaces))
-
-
-__all__ = [
-    "MeshResolution",
-    "MeshService",
-    "MeshTable",
-    "ServicePortRoutes",
-    "canonical_ip",
-    "compile_mesh",
-    "is_service_parent",
-    "pod_namespaces",
-    "resolve_mesh",
-]

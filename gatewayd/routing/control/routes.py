@@ -1,0 +1,411 @@
+"""Routes: attachment to Gateway listeners and each route's ``status.parents`` entries.
+
+What makes a whole route unusable (values RE2 or the data plane cannot serve), its
+backendRefs (ResolvedRefs), and which listeners of a parentRef admit it (Accepted).
+
+Pure module: no I/O, no clock (the caller passes ``now``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Final
+
+from gatewayd.routing.config.model import (
+    GATEWAY_GROUP,
+    BackendRef,
+    FilterType,
+    GRPCRoute,
+    HeaderMatchType,
+    HTTPRoute,
+    HTTPRouteFilter,
+    Meta,
+    ParentReference,
+    PathMatchType,
+    Problem,
+    Route,
+    RouteGroupKind,
+    TLSRoute,
+)
+from gatewayd.routing.control import attach
+from gatewayd.routing.control.backendrefs import BackendResolver
+from gatewayd.routing.control.bindings import AttachedRoute, BackendKey, BackendTarget
+from gatewayd.routing.control.conditions import (
+    ACCEPTED,
+    INCOMPATIBLE_FILTERS,
+    INVALID_KIND,
+    NO_MATCHING_LISTENER_HOSTNAME,
+    NO_MATCHING_PARENT,
+    NOT_ALLOWED_BY_LISTENERS,
+    RESOLVED_REFS,
+    UNSUPPORTED_VALUE,
+    Verdict,
+    condition,
+    failed,
+    passed,
+)
+from gatewayd.routing.control.gateways import GatewayState
+from gatewayd.routing.control.listeners import ListenerState
+from gatewayd.routing.snapshot.regex import regex_problem
+
+# Filter types a GRPCRoute may carry ("+kubebuilder:validation:Enum=ResponseHeaderModifier;
+# RequestHeaderModifier;RequestMirror;ExtensionRef", GRPCRouteFilter.Type).
+GRPC_FILTER_TYPES: Final = frozenset(
+    {
+        FilterType.REQUEST_HEADER_MODIFIER,
+        FilterType.RESPONSE_HEADER_MODIFIER,
+        FilterType.REQUEST_MIRROR,
+        FilterType.EXTENSION_REF,
+    }
+)
+
+
+# --------------------------------------------------------------------------- routes
+
+
+def route_kind_name(route: Route) -> str:
+    if isinstance(route, HTTPRoute):
+        return "HTTPRoute"
+    if isinstance(route, GRPCRoute):
+        return "GRPCRoute"
+    return "TLSRoute"
+
+
+def route_id(route: Route) -> tuple[str, str, str]:
+    return (route_kind_name(route), route.meta.namespace, route.meta.name)
+
+
+def route_order(route: Route) -> tuple[str, str, str, str]:
+    # "The oldest Route based on creation timestamp ... If everything else is equivalent,
+    # the Route appearing first in alphabetical order (namespace/name)" (AllowedRoutes)
+    return (
+        route.meta.creation_timestamp,
+        route.meta.namespace,
+        route.meta.name,
+        route_kind_name(route),
+    )
+
+
+def route_regex_problem(route: HTTPRoute | GRPCRoute) -> Verdict | None:
+    """The first RegularExpression value of the route that RE2 cannot compile.
+
+    Matching runs on RE2 (linear time, bounded memory: snapshot.regex); a pattern it rejects
+    (backreferences, lookaround, over the memory budget, bad syntax) could only never
+    match, so the route is refused with RE2's reason: "UnsupportedValue" (the dialect is
+    implementation-specific, PathMatchRegularExpression).
+    """
+    found: list[tuple[str, str]] = []  # (field path, pattern)
+    regex = HeaderMatchType.REGULAR_EXPRESSION
+    if isinstance(route, HTTPRoute):
+        for i, http_rule in enumerate(route.rules):
+            for j, http_match in enumerate(http_rule.matches):
+                where = f"rules[{i}].matches[{j}]"
+                if http_match.path.type is PathMatchType.REGULAR_EXPRESSION:
+                    found.append((f"{where}.path.value", http_match.path.value))
+                found.extend(
+                    (f"{where}.headers[{k}].value", h.value)
+                    for k, h in enumerate(http_match.headers)
+                    if h.type is regex
+                )
+                found.extend(
+                    (f"{where}.queryParams[{k}].value", q.value)
+                    for k, q in enumerate(http_match.query_params)
+                    if q.type is regex
+                )
+    else:
+        for i, grpc_rule in enumerate(route.rules):
+            for j, grpc_match in enumerate(grpc_rule.matches):
+                where = f"rules[{i}].matches[{j}]"
+                method = grpc_match.method
+                if method is not None and method.type is regex:
+                    for key, value in (("service", method.service), ("method", method.method)):
+                        if value:
+                            found.append((f"{where}.method.{key}", value))
+                found.extend(
+                    (f"{where}.headers[{k}].value", h.value)
+                    for k, h in enumerate(grpc_match.headers)
+                    if h.type is regex
+                )
+    for where, pattern in found:
+        problem = regex_problem(pattern)
+        if problem is not None:
+            shown = pattern if len(pattern) <= 80 else pattern[:76] + "..."
+            return failed(
+                UNSUPPORTED_VALUE,
+                f"{where}: invalid regular expression {shown!r}: {problem}",
+            )
+    return None
+
+
+def route_value_problem(route: Route) -> Verdict | None:
+    """Route-wide problems that make every parent refuse the route (Accepted False)."""
+    if isinstance(route, HTTPRoute | GRPCRoute):
+        regex_verdict = route_regex_problem(route)
+        if regex_verdict is not None:
+            return regex_verdict
+        sessions = [r.session_persistence for r in route.rules]
+        for i, session in enumerate(sessions):
+            if session is not None:
+                # Session persistence ("Support: Extended") is not implemented: the data
+                # plane balances every request on its own.  Serving the rule without it
+                # would break the stickiness the route asks for while status claimed it,
+                # so the route is refused like a value the implementation does not
+                # recognise: "UnsupportedValue" (RouteReasonUnsupportedValue).
+                return failed(
+                    UNSUPPORTED_VALUE,
+                    f"rules[{i}].sessionPersistence: session persistence is not supported "
+                    "by gatewayd yet; remove the field to serve this route",
+                )
+    if isinstance(route, GRPCRoute):
+        for i, grpc_rule in enumerate(route.rules):
+            filter_lists = [(f"rules[{i}].filters", grpc_rule.filters)] + [
+                (f"rules[{i}].backendRefs[{j}].filters", br.filters)
+                for j, br in enumerate(grpc_rule.backend_refs)
+            ]
+            for where, filters in filter_lists:
+                for k, f in enumerate(filters):
+                    if f.type not in GRPC_FILTER_TYPES:
+                        # "Unknown values here must result in the implementation setting
+                        # the Accepted Condition for the Route to `status: False`, with a
+                        # Reason of `UnsupportedValue`." (HTTPRouteFilter.Type)
+                        return failed(
+                            UNSUPPORTED_VALUE,
+                            f"{where}[{k}]: filter type {f.type.value} is not valid on a GRPCRoute",
+                        )
+    if isinstance(route, HTTPRoute):
+        for i, http_rule in enumerate(route.rules):
+            types = {f.type for f in http_rule.filters}
+            if FilterType.REQUEST_REDIRECT in types and FilterType.URL_REWRITE in types:
+                # "IncompatibleFilters: ... when there are incompatible filters present on
+                # a route rule (for example if the URLRewrite and RequestRedirect are both
+                # present on an HTTPRoute)."
+                return failed(
+                    INCOMPATIBLE_FILTERS,
+                    f"rules[{i}].filters: RequestRedirect and URLRewrite cannot be combined",
+                )
+    return None
+
+
+def route_backend_refs(
+    route: Route,
+) -> list[tuple[str, BackendRef | None, HTTPRouteFilter | None]]:
+    """Every (field path, backendRef, filter) of a route to check, in spec order."""
+    out: list[tuple[str, BackendRef | None, HTTPRouteFilter | None]] = []
+
+    def filters(where: str, fs: Iterable[HTTPRouteFilter]) -> None:
+        for k, f in enumerate(fs):
+            out.append((f"{where}.filters[{k}]", None, f))
+
+    if isinstance(route, TLSRoute):
+        for i, tls_rule in enumerate(route.rules):
+            for j, br in enumerate(tls_rule.backend_refs):
+                out.append((f"rules[{i}].backendRefs[{j}]", br, None))
+        return out
+    rules: list[tuple[tuple[HTTPRouteFilter, ...], tuple[BackendRef, ...]]] = [
+        (rule.filters, rule.backend_refs) for rule in route.rules
+    ]
+    for i, (rule_filters, backend_refs) in enumerate(rules):
+        filters(f"rules[{i}]", rule_filters)
+        for j, br in enumerate(backend_refs):
+            out.append((f"rules[{i}].backendRefs[{j}]", br, None))
+            filters(f"rules[{i}].backendRefs[{j}]", br.filters)
+    return out
+
+
+def resolve_route_refs(
+    route: Route,
+    resolver: BackendResolver,
+    backends: dict[BackendKey, BackendTarget],
+) -> Verdict:
+    kind = route_kind_name(route)
+    ns = route.meta.namespace
+    problems: list[Verdict] = []
+    for where, br, flt in route_backend_refs(route):
+        if br is not None:
+            key, target = resolver.resolve(br.ref, kind, ns)
+            backends[key] = target
+            if target.invalid is not None:
+                problems.append(failed(target.invalid, f"{where}: {target.message}"))
+            continue
+        assert flt is not None
+        if flt.type is FilterType.REQUEST_MIRROR and flt.request_mirror is not None:
+            key, target = resolver.resolve(flt.request_mirror.backend_ref, kind, ns)
+            backends[key] = target
+            if target.invalid is not None:
+                # "If the referent cannot be found, this BackendRef is invalid and must be
+                # dropped from the Gateway. The controller must ensure the "ResolvedRefs"
+                # condition on the Route status is set to `status: False`"
+                # (HTTPRequestMirrorFilter.BackendRef)
+                problems.append(
+                    failed(target.invalid, f"{where}.requestMirror.backendRef: {target.message}")
+                )
+        elif flt.type is FilterType.EXTENSION_REF:
+            # No extension filters exist here, so every ExtensionRef is unresolvable:
+            # "If a reference to a custom filter type cannot be resolved, the filter MUST
+            # NOT be skipped. Instead, requests that would have been processed by that
+            # filter MUST receive a HTTP error response." (HTTPRouteFilter.Type) -- the
+            # route stays Accepted (its other rules work) and ResolvedRefs is False with
+            # InvalidKind: "one of the Route's rules has a reference to an unknown or
+            # unsupported Group and/or Kind." (RouteReasonInvalidKind).  The compiler
+            # answers 500 for the rule.
+            ext = flt.extension_ref
+            shown = f"{ext.group}/{ext.kind} {ext.name}" if ext is not None else "(missing)"
+            problems.append(
+                failed(INVALID_KIND, f"{where}: ExtensionRef filter {shown} is not supported")
+            )
+    if problems:
+        return failed(problems[0].reason, "; ".join(p.message for p in problems))
+    return passed(RESOLVED_REFS, "All references are resolved")
+
+
+def parent_ref_json(ref: ParentReference, route_namespace: str) -> dict[str, object]:
+    out: dict[str, object] = {
+        "group": ref.group,
+        "kind": ref.kind,
+        "namespace": ref.namespace or route_namespace,
+        "name": ref.name,
+    }
+    if ref.section_name is not None:
+        out["sectionName"] = ref.section_name
+    if ref.port is not None:
+        out["port"] = ref.port
+    return out
+
+
+def route_parents(
+    route: Route,
+    states: Mapping[tuple[str, str], GatewayState],
+    all_gateway_keys: set[tuple[str, str]],
+    namespace_labels: Mapping[str, Mapping[str, str]],
+    controller_name: str,
+    now: str,
+    problems: list[Problem],
+    resolver: BackendResolver,
+    backends: dict[BackendKey, BackendTarget],
+) -> list[dict[str, object]]:
+    kind_name = route_kind_name(route)
+    route_kind = RouteGroupKind(group=GATEWAY_GROUP, kind=kind_name)
+    meta: Meta = route.meta
+    ns = meta.namespace
+    labels = namespace_labels.get(ns, {"kubernetes.io/metadata.name": ns})
+    value_problem = route_value_problem(route)
+    resolved: Verdict | None = None
+    parents: list[dict[str, object]] = []
+    for index, ref in enumerate(route.parent_refs):
+        if ref.group != GATEWAY_GROUP or ref.kind != "Gateway":
+            # Service parents (GAMMA, the mesh profile) and other parent kinds are out of
+            # scope for now: "Note that parent references that cannot be resolved by an
+            # implementation of this API will not be added to this list."
+            # (RouteStatus.Parents)  Nothing is reported for them.
+            continue
+        gw_ns = ref.namespace or ns
+        gs = states.get((gw_ns, ref.name))
+        if gs is None:
+            if (gw_ns, ref.name) not in all_gateway_keys:
+                problems.append(
+                    Problem(
+                        source=meta.source,
+                        kind=kind_name,
+                        namespace=ns,
+                        name=meta.name,
+                        field=f"spec.parentRefs[{index}]",
+                        message=f"Gateway {gw_ns}/{ref.name} not found",
+                    )
+                )
+            # Gateways of other controllers: "Implementations of this API can only
+            # populate Route status for the Gateways/parent resources they are
+            # responsible for." (RouteStatus.Parents)
+            continue
+        if resolved is None:
+            resolved = resolve_route_refs(route, resolver, backends)
+        accepted = attach_route(route, route_kind, ref, gs, labels, value_problem)
+        gen = meta.generation
+        parents.append(
+            {
+                "parentRef": parent_ref_json(ref, ns),
+                "controllerName": controller_name,
+                "conditions": [
+                    condition(ACCEPTED, accepted.ok, accepted.reason, accepted.message, gen, now),
+                    condition(
+                        RESOLVED_REFS, resolved.ok, resolved.reason, resolved.message, gen, now
+                    ),
+                ],
+            }
+        )
+    return parents
+
+
+def attach_route(
+    route: Route,
+    route_kind: RouteGroupKind,
+    ref: ParentReference,
+    gs: GatewayState,
+    labels: Mapping[str, str],
+    value_problem: Verdict | None,
+) -> Verdict:
+    """Attach ``route`` to the listeners ``ref`` selects; the Accepted verdict."""
+    gw = gs.gateway
+    gw_name = f"{gw.meta.namespace}/{gw.meta.name}"
+    selected = [s for s in gs.listeners if attach.listener_selected(ref, s.listener)]
+    if not selected:
+        narrowing = []
+        if ref.section_name is not None:
+            narrowing.append(f"sectionName {ref.section_name!r}")
+        if ref.port is not None:
+            narrowing.append(f"port {ref.port}")
+        # "NoMatchingParent: ... this can occur when a Route ParentRef specifies a Port
+        # and/or SectionName that does not match any Listeners in the Gateway."
+        return failed(
+            NO_MATCHING_PARENT,
+            f"Gateway {gw_name} has no listener matching {' and '.join(narrowing)}",
+        )
+    if value_problem is not None:
+        return value_problem
+    admitted: list[tuple[ListenerState, tuple[str, ...]]] = []
+    closest = attach.NOT_ALLOWED_KIND
+    for s in selected:
+        verdict = attach.admit(
+            s.listener,
+            s.kinds,
+            gw.meta.namespace,
+            route_kind,
+            route.meta.namespace,
+            route.hostnames,
+            labels,
+        )
+        if verdict.hostnames is not None:
+            admitted.append((s, verdict.hostnames))
+        elif verdict.refusal is not None:
+            closest = max(closest, verdict.refusal)
+    if not admitted:
+        if closest == attach.NO_HOSTNAME:
+            return failed(
+                NO_MATCHING_LISTENER_HOSTNAME,
+                f"no listener of Gateway {gw_name} has a hostname matching the route's "
+                f"hostnames {list(route.hostnames)}",
+            )
+        # Conformance (TLSRouteInvalidNoMatchingListener, HTTPRouteDisallowedKind) expects
+        # NotAllowedByListeners for a route kind the listeners do not carry, although
+        # TLSRouteSpec.Hostnames says "UnsupportedValue"; the conformance test wins.
+        if closest == attach.NOT_ALLOWED_KIND:
+            message = f"no listener of Gateway {gw_name} accepts {route_kind.kind}s"
+            unserved = attach.UNSERVED_KINDS.get(route_kind)
+            if unserved is not None:
+                message = f"{message}: {unserved}"
+        else:
+            message = (
+                f"no listener of Gateway {gw_name} allows {route_kind.kind}s from namespace "
+                f"{route.meta.namespace!r}"
+            )
+        return failed(NOT_ALLOWED_BY_LISTENERS, message)
+    # Attachment is independent of listener conditions: "Listener or Route status does
+    # not impact successful attachment, i.e. the AttachedRoutes field count MUST be set
+    # for Listeners, even if the Accepted condition of an individual Listener is set to
+    # "False"." (ListenerStatus.AttachedRoutes)
+    rid = route_id(route)
+    for s, effective in admitted:
+        if rid in s.route_ids:
+            continue
+        s.route_ids.add(rid)
+        s.routes.append(AttachedRoute(route=route, hostnames=effective))
+    return passed(ACCEPTED, f"Route is accepted by Gateway {gw_name}")
