@@ -38,7 +38,9 @@ def _der(pem: bytes) -> bytes:
 
 @pytest.mark.parametrize("key_type", ["ec", "rsa", "ed25519"])
 def test_self_signed_loads_and_ssl_accepts_it(key_type: str) -> None:
-    cert_pem, key_pem = self_signed(["www.example.com", "*.api.example.com"], key_type=key_type)
+    cert_pem, key_pem = self_signed(
+        ["www.example.com", "*.api.example.com"], key_type=key_type, now=NOW
+    )
     info = load_keypair(cert_pem, key_pem, now=NOW)
     assert info.dns_names == ("www.example.com", "*.api.example.com")
     assert info.fingerprint_sha256 == hashlib.sha256(_der(cert_pem)).hexdigest()
@@ -51,7 +53,7 @@ def test_self_signed_loads_and_ssl_accepts_it(key_type: str) -> None:
 
 
 def test_self_signed_ip_hosts_go_to_ip_san() -> None:
-    cert_pem, key_pem = self_signed(["127.0.0.1", "localhost"])
+    cert_pem, key_pem = self_signed(["127.0.0.1", "localhost"], now=NOW)
     cert = x509.load_pem_x509_certificate(cert_pem)
     san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert [str(ip) for ip in san.get_values_for_type(x509.IPAddress)] == ["127.0.0.1"]
@@ -60,9 +62,9 @@ def test_self_signed_ip_hosts_go_to_ip_san() -> None:
 
 def test_self_signed_rejects_bad_arguments() -> None:
     with pytest.raises(ValueError, match=r"at least one host"):
-        self_signed([])
+        self_signed([], now=NOW)
     with pytest.raises(ValueError, match=r"key_type 'dsa'"):
-        self_signed(["a.example"], key_type="dsa")
+        self_signed(["a.example"], key_type="dsa", now=NOW)
 
 
 # --------------------------------------------------------------------------- load_keypair
@@ -121,8 +123,8 @@ def test_expired_intermediate_is_named(pki: PKI) -> None:
 
 
 def test_key_mismatch() -> None:
-    cert_pem, _ = self_signed(["a.example"])
-    _, other_key = self_signed(["a.example"])
+    cert_pem, _ = self_signed(["a.example"], now=NOW)
+    _, other_key = self_signed(["a.example"], now=NOW)
     with pytest.raises(InvalidCertificate, match=r"^private key does not match the certificate$"):
         load_keypair(cert_pem, other_key, now=NOW)
 
@@ -173,7 +175,7 @@ def test_garbage_inputs(cert: bytes | None, key: bytes | None, message: str) -> 
 
 
 def test_garbage_keys() -> None:
-    cert_pem, key_pem = self_signed(["a.example"])
+    cert_pem, key_pem = self_signed(["a.example"], now=NOW)
     with pytest.raises(InvalidCertificate, match=r"^tls.key is not a PEM private key$"):
         load_keypair(cert_pem, b"not a key", now=NOW)
     with pytest.raises(InvalidCertificate, match=r"holds a certificate: are tls.crt and tls.key"):
@@ -220,7 +222,7 @@ def test_ca_bundle_normalised(pki: PKI) -> None:
 
 
 def test_ca_bundle_accepts_a_pinned_self_signed_cert() -> None:
-    cert_pem, _ = self_signed(["backend.example"])
+    cert_pem, _ = self_signed(["backend.example"], now=NOW)
     assert load_ca_bundle(cert_pem) == cert_pem
 
 
@@ -281,7 +283,7 @@ def test_dns_name_matches_is_the_per_name_rule() -> None:
 
 
 def test_secret_manifest_round_trip() -> None:
-    cert_pem, key_pem = self_signed(["a.example"])
+    cert_pem, key_pem = self_signed(["a.example"], now=NOW)
     doc = yaml.safe_load(secret_manifest(cert_pem, key_pem, name="a-example-tls", namespace="ns"))
     assert doc["apiVersion"] == "v1"
     assert doc["kind"] == "Secret"

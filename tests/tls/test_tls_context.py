@@ -30,7 +30,7 @@ NOW = dt.datetime.now(dt.UTC)
 
 
 def keypair(*hosts: str, key_type: str = "ec") -> CertificateInfo:
-    cert, key = self_signed(hosts, key_type=key_type)
+    cert, key = self_signed(hosts, key_type=key_type, now=NOW)
     return load_keypair(cert, key, now=NOW)
 
 
