@@ -149,6 +149,10 @@ class HttpConnection(asyncio.Protocol):
         "write_paused",
     )
 
+    # ``codec.ExchangeFactory``: what serves each request (a class attribute, so that a
+    # codec test can plug in a recorder; as cheap as a global lookup).
+    new_exchange: Callable[[HttpConnection, RequestHead], Exchange] = Exchange
+
     def __init__(self, proxy: Proxy, key: ListenKey, label: str) -> None:
         self.proxy = proxy
         self.key = key
@@ -451,7 +455,7 @@ class HttpConnection(asyncio.Protocol):
             head.protocol = _upgrade_token(head.headers)
         if head.authority is None and version != "1.0":
             raise _Reject(400, "missing Host")
-        ex = Exchange(self, head)
+        ex = self.new_exchange(self, head)
         self.cur = ex
         self.head_fed = 0
         self.deadline_kind = D_NONE
