@@ -103,7 +103,9 @@ def test_mirrors_reuse_pooled_connections() -> None:
             assert (await c.get(f"/m{i}")).status == 200
             async with asyncio.timeout(5):
                 while len(mirror_be.requests) <= i:
-                    await asyncio.sleep(0.01)
+                    # No await between the check and the clear: no request is missed.
+                    mirror_be.got_request.clear()
+                    await mirror_be.got_request.wait()
         assert [m.target for m in mirror_be.requests] == ["/m0", "/m1", "/m2"]
         # Through the pool: one keep-alive connection carried every copy.
         assert {m.conn_id for m in mirror_be.requests} == {1}
