@@ -50,6 +50,7 @@ from gatewayd.proxy.http.codec import (
     ResponseHead,
     ServerStream,
     UpstreamProtocolError,
+    te_for_h2,
 )
 from gatewayd.proxy.http.h1_client import endpoint_key
 from gatewayd.proxy.localreply import (
@@ -77,6 +78,10 @@ log = logging.getLogger("gatewayd.proxy.server")
 # is at most this big.
 MAX_REPLAY: Final = 64 * 1024
 MIRROR_TIMEOUT: Final = 10.0
+
+# Backends spoken to over HTTP/2 (Service appProtocol, Gateway API
+# HTTPRouteBackendProtocolH2C); the HTTP/2 client codec and pool serve them.
+H2_APP_PROTOCOLS: Final = frozenset({"kubernetes.io/h2c"})
 
 _PROTOCOLS: Final = {HTTP_11: "HTTP/1.1", HTTP_10: "HTTP/1.0", HTTP_2: "HTTP/2"}
 
@@ -479,6 +484,14 @@ class Exchange:
             return
         if backend.request_headers is not None:
             apply_header_ops(fwd, backend.request_headers)
+        if backend.app_protocol in H2_APP_PROTOCOLS:
+            # The hop-by-hop policy is the upstream codec's: RFC 9113 8.2.2 lets one
+            # connection-specific field into HTTP/2, "TE ... MUST NOT contain any value
+            # other than trailers" (gRPC servers require it).  Only requests to such
+            # backends pay this scan.
+            te = _header(headers, b"te")
+            if te is not None and te_for_h2(te) is not None:
+                fwd.append((b"te", b"trailers"))
         # The client codec frames the body: a known length passes through, anything
         # else is re-chunked as it arrives (with the codings the client applied).
         self.upstream_head = RequestHead(
