@@ -41,9 +41,12 @@ Rules every codec keeps
   ``:authority``/``:scheme``/``:protocol``/``:status`` live in the head's attributes.
   A downstream HTTP/1.1 head keeps its ``host`` field in ``headers`` (matching reads
   it); an HTTP/2 server codec does not invent one (``authority`` has it).  An upstream
-  head carries ``host`` in ``headers`` exactly as it is to be sent, and ``authority``
-  the same value: the HTTP/1.1 client writes the fields as they are, the HTTP/2 client
-  sends ``host`` as ``:authority`` (RFC 9113 8.3.1) and not as a field.
+  head carries ``host`` in ``headers`` exactly as it is to be sent (its ``authority``
+  is left None by the exchange: the HTTP/1.1 client writes the fields as they are, the
+  HTTP/2 client takes the ``host`` field out and sends it as ``:authority``, RFC 9113
+  8.3.1).
+- **A client codec may reuse one ``ResponseHead`` object per connection**: the
+  exchange reads it (and may replace its ``headers``) during ``on_response_head`` only.
 - **Framing is the codec's.**  The exchange never adds ``content-length``,
   ``transfer-encoding`` or ``connection``; it says how much body there is
   (``body_length``; ``end_stream``) and the codec frames it: HTTP/1.1 passes a known

@@ -498,7 +498,6 @@ class Exchange:
             self.method,
             target,
             fwd,
-            authority=_header(fwd, b"host"),
             body_length=head.body_length,
             end_stream=head.end_stream,
             transfer_codings=head.transfer_codings,
