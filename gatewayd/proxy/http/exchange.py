@@ -285,7 +285,9 @@ class Exchange:
             self._fire_mirrors()
         if not self.response_done:
             up = self.upstream
-            if up is not None and self.sending:
+            # A request without a body (end_stream head) was ended with its head: a
+            # second end would be a protocol error on an HTTP/2 stream.
+            if up is not None and self.sending and not self.head.end_stream:
                 up.send_end(trailers)
             return
         self._finish()
