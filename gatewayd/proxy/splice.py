@@ -29,7 +29,7 @@ import ssl
 from collections.abc import Callable
 from typing import Any, Final, cast
 
-from gatewayd.proxy.upstream import WRITE_HIGH, WRITE_LOW
+from gatewayd.proxy.http.h1_client import WRITE_HIGH, WRITE_LOW
 from gatewayd.routing.snapshot.addresses import host_port
 
 log = logging.getLogger("gatewayd.proxy.splice")

@@ -29,7 +29,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Final, cast
 
 from gatewayd.proxy.accesslog import sockaddr_text
-from gatewayd.proxy.server import HttpConnection
+from gatewayd.proxy.http.h1_server import HttpConnection
 from gatewayd.proxy.splice import Splice
 from gatewayd.routing.snapshot.addresses import canonical_ip, host_port
 

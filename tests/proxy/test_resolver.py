@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 import uvloop
 
+from gatewayd.proxy.http.pool import UpstreamPool
 from gatewayd.proxy.resolver import Resolver, Target
-from gatewayd.proxy.upstream import UpstreamPool
 
 LOOPBACK: list[Target] = [(socket.AF_INET, ("127.0.0.1", 80))]
 

@@ -1,19 +1,21 @@
-"""Upstream side of the HTTP/1.1 proxy: one ``asyncio.Protocol`` per backend connection
-and a keep-alive pool per endpoint.
+"""The HTTP/1.1 client codec: one ``asyncio.Protocol`` per backend connection, which is
+also the ``ClientStream`` (``codec.py``) of the one request it carries at a time.
 
-An ``UpstreamConnection`` serves one request at a time for the handler bound to it (the
-downstream ``Exchange``).  ``httptools.HttpResponseParser`` callbacks forward the
-response head and body chunks to the handler straight away: nothing is buffered here,
-and the handler throttles us with ``pause_reading`` when the client is slow.  The one
-thing the parser holds is a response head being read; it is bounded by the same limits
-as request heads (``ProxyOptions.max_header_bytes`` / ``max_headers``), checked while
+An ``UpstreamConnection`` serves one request at a time for the exchange bound to it
+(its ``ClientCallbacks``).  It writes the request (``send_head`` / ``send_data`` /
+``send_end``: request line and fields, then the body passed through under a
+Content-Length or re-chunked, with trailer fields after the last chunk).
+``httptools.HttpResponseParser`` callbacks forward the response head and body chunks
+to the exchange straight away: nothing is buffered here, and the exchange throttles us
+with ``read_disable`` when the client is slow.  The one thing the parser holds is a
+response head (or trailer section) being read; it is bounded by the same limits as
+request heads (``ProxyOptions.max_header_bytes`` / ``max_headers``), checked while
 reading, so a backend sending an endless head costs at most one read past the limit.
 
-Idle connections go back to ``UpstreamPool`` (LIFO per endpoint, so the most recently
-used, least likely to have been closed by the backend, is reused first; bounded idle
-count per endpoint).  A connection is only reused when nothing at all arrived on it
-since its last response ended: HTTP/1.1 pairs responses with requests by order alone,
-so a stray byte would make every later response answer the wrong request.
+Idle connections go back to the pool (``pool.py``).  A connection is only reused when
+nothing at all arrived on it since its last response ended: HTTP/1.1 pairs responses
+with requests by order alone, so a stray byte would make every later response answer
+the wrong request.
 """
 
 from __future__ import annotations
@@ -21,26 +23,31 @@ from __future__ import annotations
 import asyncio
 import logging
 import select
-from typing import TYPE_CHECKING, Protocol, cast
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Final, cast
 
 import httptools
 
-from gatewayd.proxy.resolver import Resolver
-from gatewayd.tls.backend import BackendContexts
+from gatewayd.proxy.http.codec import (
+    ClientCallbacks,
+    Headers,
+    RequestHead,
+    ResponseHead,
+    UpstreamHeadersTooLarge,
+    UpstreamProtocolError,
+)
 
 if TYPE_CHECKING:
-    from gatewayd.proxy.metrics import ProxyMetrics
+    from gatewayd.proxy.http.pool import UpstreamPool
     from gatewayd.routing.snapshot.backends import BackendTLS
 
-log = logging.getLogger("gatewayd.proxy.upstream")
+log = logging.getLogger("gatewayd.proxy.http.h1_client")
 
 # Write-buffer water marks of every proxied transport: above HIGH the peer's reading is
 # paused, below LOW it resumes.  Together with the kernel socket buffers this bounds
 # what a slow peer can make us hold per connection.
 WRITE_HIGH = 128 * 1024
 WRITE_LOW = 32 * 1024
-
-MAX_IDLE_PER_ENDPOINT = 64
 
 # Response head limits when the pool is built without options: Envoy's defaults for
 # both directions (max_headers_count 100, max_response_headers_kb 60).
@@ -51,44 +58,49 @@ MAX_HEADERS = 100
 # the same endpoint *and* the same BackendTLSPolicy / client certificate.
 EndpointKey = tuple[str, int, str]
 
+_LAST_CHUNK: Final = b"0\r\n\r\n"
+
+# Kept for callers of the old name: what the connection reports to.
+UpstreamHandler = ClientCallbacks
+
+__all__ = [
+    "MAX_HEADERS",
+    "MAX_HEADER_BYTES",
+    "WRITE_HIGH",
+    "WRITE_LOW",
+    "EndpointKey",
+    "UpstreamConnection",
+    "UpstreamHandler",
+    "UpstreamHeadersTooLarge",
+    "UpstreamProtocolError",
+    "endpoint_key",
+    "serialize_request",
+]
+
 
 def endpoint_key(host: str, port: int, tls: BackendTLS | None) -> EndpointKey:
     return (host, port, tls.key if tls is not None else "")
 
 
-class UpstreamHandler(Protocol):
-    """What an ``UpstreamConnection`` reports to the request bound to it."""
-
-    def on_upstream_head(
-        self, conn: UpstreamConnection, status: int, headers: list[tuple[bytes, bytes]]
-    ) -> None: ...
-
-    def on_upstream_body(self, data: bytes) -> None: ...
-
-    def on_upstream_complete(self, conn: UpstreamConnection, reusable: bool) -> None: ...
-
-    def on_upstream_lost(
-        self, conn: UpstreamConnection, exc: BaseException | None, got_bytes: bool
-    ) -> None: ...
-
-    def on_upstream_flush(self) -> None: ...
-
-    def on_upstream_pause(self) -> None: ...
-
-    def on_upstream_resume(self) -> None: ...
-
-    def on_upstream_fatal(self) -> None:
-        """A bug surfaced while handling this connection: give up on the request
-        (must not raise)."""
-        ...
+def serialize_request(head: RequestHead, extra: Sequence[tuple[bytes, bytes]] = ()) -> bytes:
+    """Request line and fields of ``head`` (``head.headers`` as they are, then
+    ``extra``), ending with the empty line."""
+    parts = [head.method, b" ", head.target, b" HTTP/1.1\r\n"]
+    for n, v in head.headers:
+        parts += (n, b": ", v, b"\r\n")
+    for n, v in extra:
+        parts += (n, b": ", v, b"\r\n")
+    parts.append(b"\r\n")
+    return b"".join(parts)
 
 
-class UpstreamProtocolError(Exception):
-    """The backend sent bytes that do not belong to a response we asked for."""
-
-
-class UpstreamHeadersTooLarge(UpstreamProtocolError):
-    """The response head is over the pool's byte or field-count limit."""
+def _trailer_block(trailers: Headers) -> bytes:
+    """The last chunk with its trailer section (RFC 9112 7.1.2)."""
+    parts = [b"0\r\n"]
+    for n, v in trailers:
+        parts += (n, b": ", v, b"\r\n")
+    parts.append(b"\r\n")
+    return b"".join(parts)
 
 
 def _has_input(fd: int) -> bool:
@@ -104,12 +116,19 @@ def _has_input(fd: int) -> bool:
 
 
 class UpstreamConnection(asyncio.Protocol):
+    """An HTTP/1.1 connection to a backend, and the ``ClientStream`` of its request."""
+
+    # ``ClientStream.http2``: the exchange picks the HTTP/1.1 hop-by-hop policy.
+    http2 = False
+
     __slots__ = (
         "_done_for",
         "_head_request",
         "_reusable",
         "_skip_complete",
+        "body_length",
         "chunked",
+        "chunked_out",
         "closed",
         "done_in_feed",
         "fd",
@@ -128,9 +147,12 @@ class UpstreamConnection(asyncio.Protocol):
         "parser_dirty",
         "pool",
         "progress",
+        "read_mask",
         "read_paused",
+        "resp_head",
         "retired",
         "reuses",
+        "trailers",
         "transport",
     )
 
@@ -142,7 +164,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
         self.parser = httptools.HttpResponseParser(self)
         self.parser_dirty = False
-        self.handler: UpstreamHandler | None = None
+        self.handler: ClientCallbacks | None = None
         self.closed = False
         self.reuses = 0
         self.idle_since = 0.0
@@ -150,12 +172,17 @@ class UpstreamConnection(asyncio.Protocol):
         self.headers: list[tuple[bytes, bytes]] = []
         self.head_done = False
         self.has_length = False
+        self.body_length: int | None = None
         self.chunked = False
+        self.chunked_out = False  # the request body is being chunked
+        self.read_mask = 0
+        self.trailers: Headers | None = None
+        self.resp_head = ResponseHead(0, [])
         self.got_bytes = False
         self.done_in_feed = False
         # The response that ended in the chunk being parsed, reported once the whole
         # chunk is parsed (so bytes after it can still make the connection unusable).
-        self._done_for: UpstreamHandler | None = None
+        self._done_for: ClientCallbacks | None = None
         self._reusable = False
         self._head_request = False
         self._skip_complete = False
@@ -197,18 +224,18 @@ class UpstreamConnection(asyncio.Protocol):
                 # declared message body length, so the message body length is determined
                 # by the number of octets received prior to the server closing the
                 # connection."
-                h.on_upstream_complete(self, False)
-                h.on_upstream_flush()
+                h.on_response_end(self, None, False)
+                h.on_flush()
                 return
-            h.on_upstream_lost(self, exc, self.got_bytes)
+            h.on_stream_lost(self, exc, self.got_bytes)
         except Exception:
             log.exception("upstream %s:%d: close handling failed", *self.key[:2])
-            h.on_upstream_fatal()
+            h.on_fatal()
 
     def eof_received(self) -> bool | None:
         return None  # close our side too; connection_lost reports it
 
-    def bind(self, handler: UpstreamHandler, head_request: bool) -> None:
+    def bind(self, handler: ClientCallbacks, head_request: bool) -> None:
         """Attach the request about to be written on this connection."""
         self.handler = handler
         if self.parser_dirty:
@@ -219,7 +246,10 @@ class UpstreamConnection(asyncio.Protocol):
         self.headers = []
         self.head_done = False
         self.has_length = False
+        self.body_length = None
         self.chunked = False
+        self.chunked_out = False
+        self.trailers = None
         self.got_bytes = False
         self._head_request = head_request
         self._skip_complete = False
@@ -231,6 +261,70 @@ class UpstreamConnection(asyncio.Protocol):
         """Bytes (or an EOF) arrived that no request asked for and the loop has not
         delivered yet: the connection must not carry another request."""
         return self.fd >= 0 and _has_input(self.fd)
+
+    # ------------------------------------------------------------------ ClientStream
+
+    def send_head(
+        self, head: RequestHead, body: Sequence[bytes] = (), end_stream: bool = False
+    ) -> None:
+        """Request line, fields, the body received so far and (``end_stream``) its end,
+        in one write.  A body of unknown length (``head.body_length`` None) is chunked:
+        ``transfer-encoding`` carries the codings the client applied
+        (``head.transfer_codings``, ending in chunked) or just ``chunked``."""
+        if head.body_length is None and not (end_stream and not body):
+            self.chunked_out = True
+            parts = [
+                serialize_request(
+                    head, ((b"transfer-encoding", head.transfer_codings or b"chunked"),)
+                )
+            ]
+            for d in body:
+                parts += (b"%x\r\n" % len(d), d, b"\r\n")
+            if end_stream:
+                parts.append(_LAST_CHUNK)
+        else:
+            # serialize_request inlined: the common case, one call less per request.
+            fields = [head.method, b" ", head.target, b" HTTP/1.1\r\n"]
+            for n, v in head.headers:
+                fields += (n, b": ", v, b"\r\n")
+            fields.append(b"\r\n")
+            if not body:
+                self.transport.write(b"".join(fields))
+                return
+            parts = [b"".join(fields)]
+            parts += body
+        self.transport.writelines(parts)
+
+    def send_data(self, data: bytes) -> None:
+        if self.chunked_out:
+            self.transport.writelines([b"%x\r\n" % len(data), data, b"\r\n"])
+        else:
+            self.transport.write(data)
+
+    def send_end(self, trailers: Headers | None = None) -> None:
+        """The end of the request body: the last chunk (with the trailer fields) when
+        chunked; nothing to write under a Content-Length (trailers are dropped: RFC
+        9110 6.5.1, a sender cannot carry them without chunked framing)."""
+        if self.chunked_out:
+            self.transport.write(_trailer_block(trailers) if trailers else _LAST_CHUNK)
+
+    def reset(self) -> None:
+        self.abort()
+
+    # ``close``: graceful (FIN), for a connection that answered but cannot be reused.
+
+    def read_disable(self, reason: int) -> None:
+        if not self.read_mask:
+            self.pause_reading()
+        self.read_mask |= reason
+
+    def read_enable(self, reason: int) -> None:
+        if self.read_mask & reason:
+            self.read_mask &= ~reason
+            if not self.read_mask:
+                self.resume_reading()
+
+    # ------------------------------------------------------------------ raw writes
 
     def write(self, data: bytes) -> None:
         self.transport.write(data)
@@ -256,6 +350,7 @@ class UpstreamConnection(asyncio.Protocol):
             self.transport.pause_reading()
 
     def resume_reading(self) -> None:
+        self.read_mask = 0
         if self.read_paused:
             self.read_paused = False
             if not self.closed:
@@ -267,19 +362,19 @@ class UpstreamConnection(asyncio.Protocol):
         h = self.handler
         if h is not None:
             try:
-                h.on_upstream_pause()
+                h.on_write_pause()
             except Exception:
                 log.exception("upstream flow control failed")
-                h.on_upstream_fatal()
+                h.on_fatal()
 
     def resume_writing(self) -> None:
         h = self.handler
         if h is not None:
             try:
-                h.on_upstream_resume()
+                h.on_write_resume()
             except Exception:
                 log.exception("upstream flow control failed")
-                h.on_upstream_fatal()
+                h.on_fatal()
 
     # ------------------------------------------------------------------ data
 
@@ -313,7 +408,7 @@ class UpstreamConnection(asyncio.Protocol):
                 # The response ended in this chunk and nothing followed it: only now is
                 # it known that the connection is clean enough to be reused.
                 self._done_for = None
-                done.on_upstream_complete(self, self._reusable and not self.closed)
+                done.on_response_end(self, self.trailers, self._reusable and not self.closed)
             elif not self.progress and self.handler is h and (self.chunked or not self.head_done):
                 # Nothing came out of this read: it is part of a head or of a trailer
                 # section, which the parser holds until a field line ends (an endless
@@ -322,13 +417,13 @@ class UpstreamConnection(asyncio.Protocol):
                 if self.head_fed > self.pool.max_header_bytes:
                     self._broken(h, UpstreamHeadersTooLarge("response head too large"))
                     return
-            h.on_upstream_flush()
+            h.on_flush()
         except Exception:
             log.exception("upstream %s:%d: relaying the response failed", *self.key[:2])
             self.abort()
-            h.on_upstream_fatal()
+            h.on_fatal()
 
-    def _broken(self, h: UpstreamHandler, exc: BaseException) -> None:
+    def _broken(self, h: ClientCallbacks, exc: BaseException) -> None:
         """The backend broke the protocol while ``h`` was bound (or just after its
         response ended): the connection is closed, never reused.  A response that was
         complete still stands; otherwise ``h`` sees a lost connection (502, or a retry
@@ -340,14 +435,14 @@ class UpstreamConnection(asyncio.Protocol):
         self.abort()
         try:
             if done is not None:
-                done.on_upstream_complete(self, False)
+                done.on_response_end(self, None, False)
             else:
                 answered = self.head_done or isinstance(exc, UpstreamHeadersTooLarge)
-                h.on_upstream_lost(self, exc, answered)
-            h.on_upstream_flush()
+                h.on_stream_lost(self, exc, answered)
+            h.on_flush()
         except Exception:
             log.exception("upstream %s:%d: error handling failed", *self.key[:2])
-            h.on_upstream_fatal()
+            h.on_fatal()
 
     # httptools callbacks -------------------------------------------------------
     #
@@ -376,11 +471,16 @@ class UpstreamConnection(asyncio.Protocol):
         pool = self.pool
         if self.n_headers > pool.max_headers or self.head_size > pool.max_header_bytes:
             raise UpstreamHeadersTooLarge("response header fields too large")
-        if self.head_done:
-            return  # trailer fields: not forwarded (we re-frame the body)
         name = name.lower()
+        if self.head_done:
+            # Trailer fields (RFC 9110 6.5), relayed with the end of the response.
+            if self.trailers is None:
+                self.trailers = []
+            self.trailers.append((name, value))
+            return
         if name == b"content-length":
             self.has_length = True
+            self.body_length = int(value)  # digits only: the parser checked
         elif name == b"transfer-encoding":
             self.chunked = True
         self.headers.append((name, value))
@@ -398,6 +498,7 @@ class UpstreamConnection(asyncio.Protocol):
                 raise UpstreamProtocolError("unexpected 101 Switching Protocols")
             self.headers = []
             self.has_length = False
+            self.body_length = None
             self.chunked = False
             self._skip_complete = True
             return
@@ -406,7 +507,14 @@ class UpstreamConnection(asyncio.Protocol):
         self.head_size = 0
         self.head_fed = 0
         self.progress = True
-        h.on_upstream_head(self, status, self.headers)
+        # One ResponseHead per connection, refilled for each response: the exchange
+        # reads it during this call only (an allocation less per request).
+        rh = self.resp_head
+        rh.status = status
+        rh.headers = self.headers
+        rh.body_length = self.body_length
+        rh.end_stream = self._head_request or status == 204 or status == 304
+        h.on_response_head(self, rh)
         if self._head_request and self.handler is h:
             # RFC 9110 9.3.2: the response to HEAD has no content, whatever its framing
             # headers say.  The parser cannot be told, so finish here and use a fresh
@@ -420,7 +528,7 @@ class UpstreamConnection(asyncio.Protocol):
             raise UpstreamProtocolError("unexpected response body")
         self.progress = True
         self.head_fed = 0
-        h.on_upstream_body(body)
+        h.on_response_data(body)
 
     def on_message_complete(self) -> None:
         if self._skip_complete:
@@ -433,7 +541,7 @@ class UpstreamConnection(asyncio.Protocol):
             raise UpstreamProtocolError("response without a request")
         self._finish(h)
 
-    def _finish(self, h: UpstreamHandler) -> None:
+    def _finish(self, h: ClientCallbacks) -> None:
         # Reported by data_received once the rest of the chunk is parsed: a byte
         # after the end of the response makes the connection unusable, and the
         # handler must know that before it puts the connection back in the pool.
@@ -441,196 +549,3 @@ class UpstreamConnection(asyncio.Protocol):
         self.handler = None
         self.done_in_feed = True
         self._done_for = h
-
-
-class UpstreamPool:
-    """Idle keep-alive connections per endpoint, reused last-in first-out."""
-
-    __slots__ = (
-        "_closed",
-        "connect_timeout",
-        "conns",
-        "contexts",
-        "idle",
-        "mark",
-        "max_header_bytes",
-        "max_headers",
-        "max_idle",
-        "metrics",
-        "resolver",
-    )
-
-    def __init__(
-        self,
-        *,
-        connect_timeout: float = 5.0,
-        max_idle_per_endpoint: int = MAX_IDLE_PER_ENDPOINT,
-        max_header_bytes: int = MAX_HEADER_BYTES,
-        max_headers: int = MAX_HEADERS,
-        metrics: ProxyMetrics | None = None,
-        resolver: Resolver | None = None,
-    ) -> None:
-        self.connect_timeout = connect_timeout
-        # Response head limits (bytes of names and values, field lines), per response.
-        self.max_header_bytes = max_header_bytes
-        self.max_headers = max_headers
-        self.resolver = resolver if resolver is not None else Resolver()
-        self.max_idle = max_idle_per_endpoint
-        self.metrics = metrics
-        self.idle: dict[EndpointKey, list[UpstreamConnection]] = {}
-        self.conns: set[UpstreamConnection] = set()
-        self._closed = False
-        # SO_MARK for every upstream socket (node-local TPROXY mode): the diversion
-        # rules skip this mark, so the proxy's own connections are never diverted back.
-        self.mark: int | None = None
-        # Client SSLContexts of BackendTLSPolicy backends, built on first use.
-        self.contexts = BackendContexts()
-
-    def acquire(self, key: EndpointKey) -> UpstreamConnection | None:
-        """An idle connection to ``key``, most recently used first, or None."""
-        stack = self.idle.get(key)
-        while stack:
-            conn = stack.pop()
-            if conn.closed or conn.transport.is_closing():
-                continue
-            if conn.has_stale_input():
-                # Something arrived while it was idle (a stray response, an EOF) that
-                # the loop has not delivered yet: it would be read as the answer to
-                # the request about to be written.  One poll(2) per reuse.
-                conn.abort()
-                continue
-            conn.reuses += 1
-            return conn
-        return None
-
-    async def connect(
-        self,
-        host: str,
-        port: int,
-        label: str,
-        tls: BackendTLS | None = None,
-        *,
-        resolve: bool = False,
-    ) -> UpstreamConnection:
-        """A fresh connection (pool miss).  Raises OSError or TimeoutError.
-
-        With ``tls`` the connection is TLS (SNI and verification from the policy); a
-        failed handshake or verification raises ``ssl.SSLError``, an OSError.
-
-        ``resolve``: ``host`` is a name (EndpointSlice addressType FQDN), resolved through
-        the TTL cache; a name that does not resolve raises ``socket.gaierror``.  The pool
-        key stays the name, so idle connections are reused whatever the name resolves to
-        now.  The connect timeout bounds the lookup and the handshake too."""
-        key = endpoint_key(host, port, tls)
-        ssl_args: dict[str, object] = {}
-        if tls is not None:
-            ssl_args = {"ssl": self.contexts.get(tls), "server_hostname": tls.hostname}
-        async with asyncio.timeout(self.connect_timeout):
-            if not resolve:
-                return await self._open(key, host, port, label, ssl_args)
-            last: OSError | None = None
-            for _family, sockaddr in await self.resolver.resolve(host, port):
-                try:
-                    return await self._open(key, sockaddr[0], port, label, ssl_args)
-                except OSError as exc:  # next address, as create_connection does
-                    last = exc
-            assert last is not None  # resolve() never returns an empty list
-            raise last
-
-    async def _open(
-        self,
-        key: EndpointKey,
-        address: str,
-        port: int,
-        label: str,
-        ssl_args: dict[str, object],
-    ) -> UpstreamConnection:
-        loop = asyncio.get_running_loop()
-        if self.mark is not None:
-            from gatewayd.tproxy.sockets import connect_marked
-
-            sock = await connect_marked(address, port, self.mark)
-            _, proto = await loop.create_connection(
-                lambda: UpstreamConnection(self, key, label), sock=sock, **ssl_args
-            )
-        else:
-            _, proto = await loop.create_connection(
-                lambda: UpstreamConnection(self, key, label), address, port, **ssl_args
-            )
-        return proto
-
-    def release(self, conn: UpstreamConnection, now: float) -> None:
-        """Return a connection whose response was read completely."""
-        conn.handler = None
-        if conn.closed:
-            return
-        conn.resume_reading()  # so we notice the backend closing it while idle
-        stack = self.idle.get(conn.key)
-        if stack is None:
-            stack = self.idle[conn.key] = []
-        if self._closed or conn.retired or len(stack) >= self.max_idle:
-            conn.close()
-            return
-        conn.idle_since = now
-        stack.append(conn)
-
-    def opened(self, conn: UpstreamConnection) -> None:
-        self.conns.add(conn)
-        if self.metrics is not None:
-            self.metrics.upstream_cx(conn.label, 1)
-
-    def forget(self, conn: UpstreamConnection) -> None:
-        if conn in self.conns:
-            self.conns.discard(conn)
-            if self.metrics is not None:
-                self.metrics.upstream_cx(conn.label, -1)
-        self.drop_idle(conn)
-
-    def drop_idle(self, conn: UpstreamConnection) -> None:
-        """Take ``conn`` out of its idle stack (if it is there)."""
-        stack = self.idle.get(conn.key)
-        if stack and conn in stack:
-            stack.remove(conn)
-
-    def retain(self, endpoints: frozenset[tuple[str, int]]) -> int:
-        """A new configuration keeps only ``endpoints``: idle connections to any other
-        close now, busy ones once their response is done (drain).  The number closed."""
-        closed = 0
-        for key in [k for k in self.idle if (k[0], k[1]) not in endpoints]:
-            stack = self.idle.pop(key)
-            closed += len(stack)
-            while stack:
-                stack.pop().close()
-        for conn in self.conns:
-            if (conn.key[0], conn.key[1]) not in endpoints:
-                conn.retired = True
-        return closed
-
-    def sweep(self, now: float, max_idle_time: float) -> None:
-        """Close connections idle for longer than ``max_idle_time``."""
-        limit = now - max_idle_time
-        for stack in self.idle.values():
-            # Oldest at the bottom of the LIFO stack.
-            while stack and stack[0].idle_since < limit:
-                stack.pop(0).close()
-
-    def idle_count(self, key: EndpointKey | None = None) -> int:
-        if key is not None:
-            return len(self.idle.get(key, ()))
-        return sum(len(s) for s in self.idle.values())
-
-    def buffered_bytes(self) -> int:
-        return sum(
-            c.transport.get_write_buffer_size()
-            for c in self.conns
-            if c.transport is not None and not c.closed
-        )
-
-    def close(self) -> None:
-        self._closed = True
-        self.resolver.close()
-        for stack in self.idle.values():
-            while stack:
-                stack.pop().close()
-        for conn in list(self.conns):
-            conn.abort()

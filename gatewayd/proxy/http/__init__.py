@@ -1,0 +1,1 @@
+"""HTTP codecs and the protocol-neutral exchange (see codec.py)."""

@@ -1,0 +1,167 @@
+"""Per-request CPU cost of the HTTP/1.1 proxy path in one process, without sockets.
+
+The client connection (``HttpConnection``) and one pooled upstream connection
+(``UpstreamConnection``) run over in-memory transports: each request is fed to the
+client side, its response to the upstream side, and the connection goes back to the
+pool.  What is timed is gatewayd's own Python work per request (parsing, routing,
+forwarding headers, framing, pooling), none of the kernel's or the event loop's I/O.
+It reports the minimum over many short rounds, which is what a shared, noisy machine
+still measures reliably.
+
+Compare two trees in one sitting (it falls back to the
+module paths from before the codec split and the routing stages, so it runs against
+older trees too)::
+
+    git archive <commit> gatewayd | tar -x -C /tmp/before
+    PYTHONPATH=/tmp/before .venv/bin/python loadtest/bench_h1_inproc.py
+    .venv/bin/python loadtest/bench_h1_inproc.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import uvloop
+
+from gatewayd.proxy.server import HttpConnection, Proxy, ProxyOptions
+from gatewayd.proxy.snapshot import SnapshotHolder
+
+try:
+    from gatewayd.proxy.http.h1_client import UpstreamConnection, endpoint_key
+    from gatewayd.routing.snapshot.backends import EndpointAddress
+    from gatewayd.routing.snapshot.compiled import ListenerPort, Snapshot
+    from gatewayd.routing.snapshot.rules import CompiledBackend, CompiledRule, RouteHit
+except ImportError:  # a tree from before the codec split and the routing stages
+    from gatewayd.proxy.upstream import (  # type: ignore[no-redef]
+        UpstreamConnection,
+        endpoint_key,
+    )
+    from gatewayd.routing.bindings import EndpointAddress  # type: ignore[no-redef]
+    from gatewayd.routing.compiled import (  # type: ignore[no-redef]
+        CompiledBackend,
+        CompiledRule,
+        ListenerPort,
+        RouteHit,
+        Snapshot,
+    )
+
+LOCAL = "127.0.0.1"
+REQUEST = b"GET /x HTTP/1.1\r\nHost: a\r\nUser-Agent: bench\r\nAccept: */*\r\n\r\n"
+RESPONSE = (
+    b"HTTP/1.1 200 OK\r\nContent-Length: 13\r\nContent-Type: text/plain\r\n\r\nhello, world\n"
+)
+
+
+class MemoryTransport:
+    """What the protocols use of a transport; writes are counted, then dropped."""
+
+    def __init__(self) -> None:
+        self.written = 0
+
+    def write(self, data: bytes) -> None:
+        self.written += len(data)
+
+    def writelines(self, parts: list[bytes]) -> None:
+        for p in parts:
+            self.written += len(p)
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def is_closing(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        pass
+
+    def abort(self) -> None:
+        pass
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return ("127.0.0.1", 40000) if name == "peername" else default
+
+    def set_write_buffer_limits(self, high: int, low: int) -> None:
+        pass
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+
+class OneRoute:
+    """A route table with one rule for every request."""
+
+    def __init__(self, hit: RouteHit) -> None:
+        self.hit = hit
+
+    def lookup(
+        self, host: str, method: str, path: str, query: str, headers: Mapping[str, str]
+    ) -> RouteHit | None:
+        return self.hit
+
+    def to_json(self) -> object:
+        return []
+
+
+async def measure(requests: int, rounds: int) -> float:
+    be = CompiledBackend(name="be", endpoints=(EndpointAddress(address=LOCAL, port=9),))
+    rule = CompiledRule(
+        route_kind="HTTPRoute",
+        route_namespace="default",
+        route_name="r",
+        rule_index=0,
+        backends=(be,),
+        cumulative_weights=(1,),
+        total_weight=1,
+    )
+    table = OneRoute(RouteHit(rule=rule, prefix=None, listener_name="http"))
+    port = ListenerPort(
+        address=LOCAL,
+        port=1,
+        protocol="HTTP",
+        gateway_namespace="default",
+        gateway_name="gw",
+        listener_names=("http",),
+        table=table,  # type: ignore[arg-type]
+    )
+    holder = SnapshotHolder()
+    holder.swap(Snapshot(generation=1, ports={(LOCAL, 1): port}))
+    proxy = Proxy(holder, ProxyOptions(access_log=None))
+    conn = HttpConnection(proxy, (LOCAL, 1), "bench")
+    down = MemoryTransport()
+    conn.connection_made(down)  # type: ignore[arg-type]
+    up = UpstreamConnection(proxy.pool, endpoint_key(LOCAL, 9, None), "be")
+    up.connection_made(MemoryTransport())  # type: ignore[arg-type]
+    proxy.pool.release(up, 0.0)
+    best = float("inf")
+    for _ in range(rounds):
+        before = down.written
+        t = time.perf_counter()
+        for _ in range(requests):
+            conn.data_received(REQUEST)
+            up.data_received(RESPONSE)
+        best = min(best, time.perf_counter() - t)
+        assert down.written - before >= requests * len(RESPONSE), "responses went missing"
+    return best / requests * 1e6
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--requests", type=int, default=200, help="requests per round")
+    ap.add_argument("--rounds", type=int, default=800, help="rounds (the minimum is kept)")
+    args = ap.parse_args()
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        us = runner.run(measure(args.requests, args.rounds))
+    import gatewayd.proxy.server as server
+
+    print(f"{us:.2f} us per request (min over {args.rounds} rounds), {server.__file__}")
+
+
+if __name__ == "__main__":
+    main()
