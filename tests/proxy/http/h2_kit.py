@@ -1,0 +1,210 @@
+"""Sans-socket harness for the HTTP/2 codecs: a transport double, a fake clock, an
+exchange double that records what the codec tells it, and the `h2` package as the
+peer (a client connection against the server codec, a server connection against the
+client codec)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import h2.config
+import h2.connection
+import h2.events
+
+from gatewayd.proxy.http.codec import Headers, RequestHead, ServerStream
+from gatewayd.proxy.http.h2_limits import EDGE_H2_LIMITS, H2Limits
+from gatewayd.proxy.http.h2_server import H2ServerConnection
+
+
+class FakeTransport:
+    """Collects writes; records close/abort like an asyncio transport would."""
+
+    def __init__(self) -> None:
+        self.out = bytearray()
+        self.closed = False
+        self.aborted = False
+        self.writes = 0
+
+    def write(self, data: bytes) -> None:
+        assert not self.closed, "write after close"
+        self.out += data
+        self.writes += 1
+
+    def close(self) -> None:
+        self.closed = True
+
+    def abort(self) -> None:
+        self.closed = True
+        self.aborted = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def take(self) -> bytes:
+        data = bytes(self.out)
+        self.out.clear()
+        return data
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class FakeDownstream:
+    """The facts of a client connection (codec.DownstreamConnection)."""
+
+    proxy: object = None
+    loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
+    key = ("127.0.0.1", 8443)
+    label = "8443"
+    peer_ip = "127.0.0.1"
+    sni: str | None = "example.com"
+    scheme = b"https"
+    client_cert: bytes | None = None
+    port_for = None
+
+
+class Recorder:
+    """An exchange double: records every callback; ``respond`` makes it answer in
+    ``on_end`` (status 200, the request body echoed)."""
+
+    def __init__(self, stream: ServerStream, head: RequestHead, respond: bool) -> None:
+        self.stream = stream
+        self.head = head
+        self.respond = respond
+        self.events: list[tuple[str, Any]] = []
+        self.body = bytearray()
+
+    def on_start(self) -> None:
+        self.events.append(("start", None))
+
+    def on_data(self, data: bytes) -> None:
+        self.events.append(("data", data))
+        self.body += data
+
+    def on_end(self, trailers: Headers | None) -> None:
+        self.events.append(("end", trailers))
+        if self.respond:
+            from gatewayd.proxy.http.codec import ResponseHead
+
+            body = bytes(self.body) or b"hello"
+            self.stream.send_head(
+                ResponseHead(200, [(b"content-type", b"text/plain")], body_length=len(body)),
+                self.head.method,
+            )
+            self.stream.send_data(body)
+            self.stream.send_end(None)
+
+    def on_reset(self) -> None:
+        self.events.append(("reset", None))
+
+    def on_write_pause(self) -> None:
+        self.events.append(("write_pause", None))
+
+    def on_write_resume(self) -> None:
+        self.events.append(("write_resume", None))
+
+    def names(self) -> list[str]:
+        return [e[0] for e in self.events]
+
+
+class ServerRig:
+    """The server codec under test, an h2 client as its peer, and the exchanges."""
+
+    def __init__(self, limits: H2Limits = EDGE_H2_LIMITS, *, respond: bool = True) -> None:
+        self.clock = Clock()
+        self.transport = FakeTransport()
+        self.exchanges: list[Recorder] = []
+        self.respond = respond
+        self.server = H2ServerConnection(
+            FakeDownstream(), self._factory, clock=self.clock, limits=limits
+        )
+        self.server.connection_made(self.transport)
+        self.client = h2.connection.H2Connection(
+            h2.config.H2Configuration(client_side=True, header_encoding=None)
+        )
+        self.client.initiate_connection()
+        self.pump()
+
+    def _factory(self, stream: ServerStream, head: RequestHead) -> Recorder:
+        rec = Recorder(stream, head, self.respond)
+        self.exchanges.append(rec)
+        return rec
+
+    def send_raw(self, data: bytes) -> None:
+        self.server.data_received(data)
+
+    def pump(self) -> list[h2.events.Event]:
+        """Move bytes both ways until quiet (bounded); the client's events."""
+        events: list[h2.events.Event] = []
+        for _ in range(50):
+            moved = False
+            data = self.client.data_to_send()
+            if data:
+                moved = True
+                self.server.data_received(data)
+            back = self.transport.take()
+            if back:
+                moved = True
+                events += self.client.receive_data(back)
+            if not moved:
+                break
+        return events
+
+    def request(
+        self,
+        path: bytes = b"/",
+        *,
+        method: bytes = b"GET",
+        body: bytes | None = None,
+        extra: Headers = (),  # type: ignore[assignment]
+        end: bool = True,
+    ) -> int:
+        sid = self.client.get_next_available_stream_id()
+        headers = [
+            (b":method", method),
+            (b":scheme", b"https"),
+            (b":authority", b"example.com"),
+            (b":path", path),
+            *extra,
+        ]
+        self.client.send_headers(sid, headers, end_stream=end and body is None)
+        if body is not None:
+            self.client.send_data(sid, body, end_stream=end)
+        return sid
+
+
+def responses(events: list[h2.events.Event]) -> dict[int, dict[str, Any]]:
+    """Client events folded per stream: status, headers, body, ended, reset."""
+    out: dict[int, dict[str, Any]] = {}
+    for ev in events:
+        sid = getattr(ev, "stream_id", None)
+        if not sid:
+            continue
+        r = out.setdefault(sid, {"status": None, "headers": [], "body": b"", "ended": False,
+                                 "reset": None, "trailers": None})
+        if isinstance(ev, h2.events.ResponseReceived):
+            hdrs = list(ev.headers or ())
+            r["headers"] = hdrs
+            r["status"] = int(dict(hdrs)[b":status"])
+        elif isinstance(ev, h2.events.DataReceived):
+            r["body"] += ev.data or b""
+        elif isinstance(ev, h2.events.TrailersReceived):
+            r["trailers"] = list(ev.headers or ())
+        elif isinstance(ev, h2.events.StreamEnded):
+            r["ended"] = True
+        elif isinstance(ev, h2.events.StreamReset):
+            r["reset"] = ev.error_code
+    return out
+
+
+def goaway(events: list[h2.events.Event]) -> h2.events.ConnectionTerminated | None:
+    for ev in events:
+        if isinstance(ev, h2.events.ConnectionTerminated):
+            return ev
+    return None
