@@ -148,6 +148,7 @@ class FrameScanner:
         "_empty_run",
         "_flood_start",
         "_frames_paused",
+        "_goaway",
         "_head",
         "_inbound",
         "_limits",
@@ -161,14 +162,26 @@ class FrameScanner:
         "control_frames_paused",
         "data_frames",
         "frames_paused",
+        "goaways",
         "paused",
         "rst_streams",
         "sent",
         "streams_opened",
+        "strip_goaway",
     )
 
-    def __init__(self, limits: H2Limits, *, inbound: bool, preface: bool = False) -> None:
+    def __init__(
+        self,
+        limits: H2Limits,
+        *,
+        inbound: bool,
+        preface: bool = False,
+        strip_goaway: bool = False,
+    ) -> None:
         self._limits = limits
+        self.strip_goaway = strip_goaway
+        self._goaway: bytearray | None = None  # payload of a GOAWAY being stripped
+        self.goaways: list[tuple[int, int]] = []  # stripped GOAWAYs: (last id, code)
         self._inbound = inbound
         self._preface_left = len(PREFACE) if preface else 0
         self._head = b""  # partial 9-byte frame header
@@ -191,13 +204,24 @@ class FrameScanner:
         # Inbound: the outbound scanner of the same connection (DATA frames we sent).
         self.sent: FrameScanner | None = None
 
-    def scan(self, data: bytes | bytearray | memoryview, now: float) -> None:
-        """Account for `data`; raise Violation when a budget is exceeded."""
+    def scan(self, data: bytes, now: float) -> bytes:
+        """Account for `data`; raise Violation when a budget is exceeded.
+
+        Returns the bytes to hand to h2: `data` itself, or with `strip_goaway` the same
+        bytes less any GOAWAY frame, which lands in `goaways` as (last stream id, error
+        code).  h2 treats a GOAWAY, sent or received, as the end of the connection and
+        refuses every later frame, so a graceful GOAWAY (streams up to the last id
+        finish) has to be handled outside it (RFC 9113 6.8).
+        """
         view = memoryview(data)
         pos = 0
         end = len(view)
+        strip = self.strip_goaway
+        out: list[bytes | memoryview] | None = [] if strip else None
         if self._preface_left:
             n = min(self._preface_left, end)
+            if out is not None:
+                out.append(view[:n])
             pos = n
             self._preface_left -= n
         while pos < end:
@@ -208,8 +232,14 @@ class FrameScanner:
                     data_len = self._skip - 1 - view[pos]
                     self._empty_data(data_len <= 0, now)
                 n = min(self._skip, end - pos)
+                if self._goaway is not None:
+                    self._goaway += view[pos : pos + n]
+                elif out is not None:
+                    out.append(view[pos : pos + n])
                 self._skip -= n
                 pos += n
+                if self._goaway is not None and not self._skip:
+                    self._goaway_done()
                 continue
             need = 9 - len(self._head)
             chunk = bytes(view[pos : pos + need])
@@ -220,6 +250,22 @@ class FrameScanner:
             head = self._head + chunk if self._head else chunk
             self._head = b""
             self._frame(head, now)
+            if strip and head[3] == GOAWAY:
+                if self._skip < 8:
+                    raise Violation(FRAME_SIZE_ERROR, "GOAWAY shorter than 8 bytes")
+                self._goaway = bytearray()
+            elif out is not None:
+                out.append(head)
+        if out is None:
+            return data
+        return b"".join(out)
+
+    def _goaway_done(self) -> None:
+        payload = self._goaway or b""
+        self._goaway = None
+        last = int.from_bytes(payload[0:4], "big") & 0x7FFFFFFF
+        code = int.from_bytes(payload[4:8], "big")
+        self.goaways.append((last, code))
 
     def _frame(self, head: bytes, now: float) -> None:
         length = int.from_bytes(head[0:3], "big")

@@ -158,9 +158,7 @@ class H2ServerStream:
         status = head.status
         fields: Headers = [(b":status", _status_bytes(status))]
         fields += to_h2_fields(head.headers, request=False)
-        no_body = (
-            request_method == b"HEAD" or status < 200 or status == 204 or status == 304
-        )
+        no_body = request_method == b"HEAD" or status < 200 or status == 204 or status == 304
         if head.body_length is not None and status not in (204, 304) and status >= 200:
             fields = [f for f in fields if f[0] != b"content-length"]
             fields.append((b"content-length", b"%d" % head.body_length))
@@ -187,9 +185,7 @@ class H2ServerStream:
     ) -> int:
         if self.response_started or self.response_ended:
             return 0
-        no_body = (
-            self.request_method == b"HEAD" or status < 200 or status == 204 or status == 304
-        )
+        no_body = self.request_method == b"HEAD" or status < 200 or status == 204 or status == 304
         fields: Headers = [
             (b":status", _status_bytes(status)),
             (b"date", _date_value()),
@@ -257,7 +253,7 @@ class H2ServerConnection:
         )
         self.h2.decoder.max_header_list_size = limits.max_header_list_bytes
         self.h2.decoder.max_allowed_table_size = limits.header_table_size
-        self.inbound = FrameScanner(limits, inbound=True, preface=True)
+        self.inbound = FrameScanner(limits, inbound=True, preface=True, strip_goaway=True)
         self.outbound = FrameScanner(limits, inbound=False)
         self.inbound.sent = self.outbound
         self.resets = ResetBudget(limits)
@@ -285,7 +281,7 @@ class H2ServerConnection:
             return
         now = self.clock()
         try:
-            self.inbound.scan(data, now)
+            data = self.inbound.scan(data, now)
             events = self.h2.receive_data(data)
         except Violation as v:
             self.fail(v.error_code, v.reason)
@@ -299,6 +295,8 @@ class H2ServerConnection:
             for event in events:
                 self._event(event, now)
             self._count_provoked_resets(now)
+            if self.inbound.goaways:
+                self._client_goaway()
         except Violation as v:
             self.fail(v.error_code, v.reason)
             return
@@ -434,18 +432,22 @@ class H2ServerConnection:
             for stream in list(self.streams.values()):
                 if stream.out or stream.head_pending is not None or stream.out_end:
                     self.push(stream)
-        elif isinstance(event, h2.events.ConnectionTerminated):
-            # The client's GOAWAY: it opens nothing more; errors end everything now.
-            if event.error_code:
-                self.violation = f"client GOAWAY {event.error_code}"
-                self.closed = True
-                self._abort_streams()
-                if self.transport is not None:
-                    self.transport.close()
-            else:
-                self.draining = True
-                if not self.streams:
-                    self._close_after_flush()
+
+    def _client_goaway(self) -> None:
+        """The client's GOAWAY: it opens nothing more; with an error, everything ends
+        now, else the open streams finish and the connection closes after them."""
+        _last, code = self.inbound.goaways[-1]
+        self.inbound.goaways.clear()
+        if code:
+            self.violation = f"client GOAWAY error {code}"
+            self.closed = True
+            self._abort_streams()
+            if self.transport is not None:
+                self.transport.close()
+            return
+        self.draining = True
+        if not self.streams:
+            self._close_after_flush()
 
     def _request(self, event: h2.events.RequestReceived, now: float) -> None:
         sid = event.stream_id or 0

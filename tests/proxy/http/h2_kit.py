@@ -13,7 +13,7 @@ import h2.connection
 import h2.events
 
 from gatewayd.proxy.http.codec import Headers, RequestHead, ServerStream
-from gatewayd.proxy.http.h2_limits import EDGE_H2_LIMITS, H2Limits
+from gatewayd.proxy.http.h2_limits import EDGE_H2_LIMITS, FrameScanner, H2Limits
 from gatewayd.proxy.http.h2_server import H2ServerConnection
 
 
@@ -124,6 +124,8 @@ class ServerRig:
         self.server = H2ServerConnection(
             FakeDownstream(), self._factory, clock=self.clock, limits=limits
         )
+        self.goaways: list[tuple[int, int]] = []
+        self.peer_scanner = FrameScanner(limits, inbound=False, strip_goaway=True)
         self.server.connection_made(self.transport)
         self.client = h2.connection.H2Connection(
             h2.config.H2Configuration(client_side=True, header_encoding=None)
@@ -135,6 +137,15 @@ class ServerRig:
         rec = Recorder(stream, head, self.respond)
         self.exchanges.append(rec)
         return rec
+
+    def read_back(self) -> bytes:
+        """What the server wrote, less its GOAWAY frames (kept in ``goaways`` as
+        (last stream id, error code)): h2 as a peer stops at a GOAWAY and would not
+        read the streams a graceful GOAWAY lets finish."""
+        data = self.peer_scanner.scan(self.transport.take(), 0.0)
+        self.goaways += self.peer_scanner.goaways
+        self.peer_scanner.goaways.clear()
+        return data
 
     def send_raw(self, data: bytes) -> None:
         self.server.data_received(data)
@@ -148,7 +159,7 @@ class ServerRig:
             if data:
                 moved = True
                 self.server.data_received(data)
-            back = self.transport.take()
+            back = self.read_back()
             if back:
                 moved = True
                 events += self.client.receive_data(back)
@@ -175,8 +186,17 @@ class ServerRig:
         ]
         self.client.send_headers(sid, headers, end_stream=end and body is None)
         if body is not None:
-            self.client.send_data(sid, body, end_stream=end)
+            self.send_body(sid, body, end=end)
         return sid
+
+    def send_body(self, sid: int, body: bytes, *, end: bool) -> None:
+        """DATA frames of at most the peer's frame size (windows are the test's care)."""
+        size = self.client.max_outbound_frame_size
+        for i in range(0, len(body), size):
+            last = i + size >= len(body)
+            self.client.send_data(sid, body[i : i + size], end_stream=end and last)
+        if not body and end:
+            self.client.end_stream(sid)
 
 
 def responses(events: list[h2.events.Event]) -> dict[int, dict[str, Any]]:
@@ -186,8 +206,17 @@ def responses(events: list[h2.events.Event]) -> dict[int, dict[str, Any]]:
         sid = getattr(ev, "stream_id", None)
         if not sid:
             continue
-        r = out.setdefault(sid, {"status": None, "headers": [], "body": b"", "ended": False,
-                                 "reset": None, "trailers": None})
+        r = out.setdefault(
+            sid,
+            {
+                "status": None,
+                "headers": [],
+                "body": b"",
+                "ended": False,
+                "reset": None,
+                "trailers": None,
+            },
+        )
         if isinstance(ev, h2.events.ResponseReceived):
             hdrs = list(ev.headers or ())
             r["headers"] = hdrs
@@ -201,10 +230,3 @@ def responses(events: list[h2.events.Event]) -> dict[int, dict[str, Any]]:
         elif isinstance(ev, h2.events.StreamReset):
             r["reset"] = ev.error_code
     return out
-
-
-def goaway(events: list[h2.events.Event]) -> h2.events.ConnectionTerminated | None:
-    for ev in events:
-        if isinstance(ev, h2.events.ConnectionTerminated):
-            return ev
-    return None
