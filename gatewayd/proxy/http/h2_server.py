@@ -291,15 +291,15 @@ class H2ServerConnection:
             self.violation = f"protocol error: {e}"
             self._close_after_flush()
             return
-        try:
-            for event in events:
-                self._event(event, now)
-            self._count_provoked_resets(now)
-            if self.inbound.goaways:
-                self._client_goaway()
-        except Violation as v:
-            self.fail(v.error_code, v.reason)
+        for event in events:
+            if self.closed:
+                return
+            self._event(event, now)
+        if self.closed:
             return
+        self._count_provoked_resets(now)
+        if self.inbound.goaways and not self.closed:
+            self._client_goaway()
         self.flush_out()
 
     def eof_received(self) -> bool | None:
@@ -622,20 +622,19 @@ class H2ServerConnection:
             self.h2.reset_stream(stream.stream_id, code)
         if notify and stream.callbacks is not None:
             stream.callbacks.on_reset()
-        now = self.clock()
-        try:
-            self._stream_gone(premature and provoked, now)
-        except Violation as v:
-            self.fail(v.error_code, v.reason)
-            return
+        self._stream_gone(premature and provoked, self.clock())
         self.flush_out()
 
     def _stream_gone(self, premature: bool, now: float) -> None:
+        try:
+            self.resets.stream_closed(premature, now)
+        except Violation as v:
+            self.fail(v.error_code, v.reason)
+            return
         if not self.streams:
             self.idle_since = now
             if self.draining:
                 self._close_after_flush()
-        self.resets.stream_closed(premature, now)
 
     def _count_provoked_resets(self, now: float) -> None:
         """MadeYouReset (CVE-2025-8671): a live stream that h2 reset on its own because
