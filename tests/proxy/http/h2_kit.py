@@ -230,3 +230,145 @@ def responses(events: list[h2.events.Event]) -> dict[int, dict[str, Any]]:
         elif isinstance(ev, h2.events.StreamReset):
             r["reset"] = ev.error_code
     return out
+
+
+class Upstream:
+    """An exchange double on the client side (codec.ClientCallbacks)."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, Any]] = []
+        self.head: Any = None
+        self.body = bytearray()
+        self.trailers: Headers | None = None
+        self.lost: tuple[BaseException | None, bool] | None = None
+        self.reusable: bool | None = None
+
+    def on_response_head(self, stream: Any, head: Any) -> None:
+        self.events.append(("head", head.status))
+        self.head = head
+
+    def on_response_data(self, data: bytes) -> None:
+        self.events.append(("data", len(data)))
+        self.body += data
+
+    def on_response_end(self, stream: Any, trailers: Headers | None, reusable: bool) -> None:
+        self.events.append(("end", trailers))
+        self.trailers = trailers
+        self.reusable = reusable
+
+    def on_stream_lost(self, stream: Any, exc: BaseException | None, got_bytes: bool) -> None:
+        self.events.append(("lost", exc))
+        self.lost = (exc, got_bytes)
+
+    def on_flush(self) -> None:
+        self.events.append(("flush", None))
+
+    def on_write_pause(self) -> None:
+        self.events.append(("write_pause", None))
+
+    def on_write_resume(self) -> None:
+        self.events.append(("write_resume", None))
+
+    def on_fatal(self) -> None:
+        self.events.append(("fatal", None))
+
+    def names(self) -> list[str]:
+        return [e[0] for e in self.events if e[0] != "flush"]
+
+
+class ClientRig:
+    """The client codec under test and an `h2` server connection as the backend."""
+
+    def __init__(
+        self, limits: H2Limits = EDGE_H2_LIMITS, settings: dict[int, int] | None = None
+    ) -> None:
+        from gatewayd.proxy.http.h2_client import H2ClientConnection
+
+        self.clock = Clock()
+        self.transport = FakeTransport()
+        self.codec = H2ClientConnection(clock=self.clock, limits=limits)
+        self.codec.connection_made(self.transport)
+        self.backend = h2.connection.H2Connection(
+            h2.config.H2Configuration(client_side=False, header_encoding=None)
+        )
+        self.backend.initiate_connection()
+        if settings:
+            self.backend.update_settings(settings)  # type: ignore[arg-type]
+        self.requests: dict[int, dict[str, Any]] = {}
+        self.pump()
+
+    def pump(self) -> list[h2.events.Event]:
+        """Move bytes both ways until quiet (bounded); the backend's events, also
+        folded into ``requests``."""
+        events: list[h2.events.Event] = []
+        for _ in range(50):
+            moved = False
+            data = self.transport.take()
+            if data:
+                moved = True
+                evs = self.backend.receive_data(data)
+                events += evs
+                self._fold(evs)
+            back = self.backend.data_to_send()
+            if back:
+                moved = True
+                self.codec.data_received(back)
+            if not moved:
+                break
+        return events
+
+    def _fold(self, events: list[h2.events.Event]) -> None:
+        for ev in events:
+            sid = getattr(ev, "stream_id", None)
+            if not sid:
+                continue
+            r = self.requests.setdefault(
+                sid, {"headers": None, "body": b"", "ended": False, "reset": None, "trailers": None}
+            )
+            if isinstance(ev, h2.events.RequestReceived):
+                r["headers"] = list(ev.headers or ())
+                r["ended"] = bool(ev.stream_ended)
+            elif isinstance(ev, h2.events.DataReceived):
+                r["body"] += ev.data or b""
+                self.backend.acknowledge_received_data(ev.flow_controlled_length or 0, sid)
+            elif isinstance(ev, h2.events.TrailersReceived):
+                r["trailers"] = list(ev.headers or ())
+            elif isinstance(ev, h2.events.StreamEnded):
+                r["ended"] = True
+            elif isinstance(ev, h2.events.StreamReset):
+                r["reset"] = ev.error_code
+
+    def send(
+        self,
+        method: bytes = b"GET",
+        target: bytes = b"/",
+        headers: Headers | None = None,
+        *,
+        body: tuple[bytes, ...] = (),
+        end: bool = True,
+        head_request: bool = False,
+    ) -> tuple[Any, Upstream]:
+        up = Upstream()
+        stream = self.codec.open_stream()
+        stream.bind(up, head_request)
+        hdrs = headers if headers is not None else [(b"host", b"backend.example")]
+        stream.send_head(RequestHead(method, target, hdrs, authority=b"backend.example"), body, end)
+        self.pump()
+        return stream, up
+
+    def respond(
+        self,
+        sid: int,
+        status: int = 200,
+        headers: Headers = (),  # type: ignore[assignment]
+        body: bytes = b"",
+        *,
+        trailers: Headers | None = None,
+    ) -> None:
+        fields = [(b":status", b"%d" % status), *headers]
+        self.backend.send_headers(sid, fields, end_stream=not body and not trailers)
+        if body:
+            self.backend.send_data(sid, body, end_stream=not trailers)
+        if trailers:
+            self.backend.send_headers(sid, trailers, end_stream=True)
+        self.pump()
