@@ -386,7 +386,7 @@ class H2ServerConnection:
     # --------------------------------------------------------------- internals
     def _event(self, event: h2.events.Event, now: float) -> None:
         if isinstance(event, h2.events.DataReceived):
-            stream = self.streams.get(event.stream_id)  # type: ignore[arg-type]
+            stream = self.streams.get(event.stream_id)
             data = event.data or b""
             fcl = event.flow_controlled_length or 0
             if stream is None or stream.callbacks is None:
@@ -405,15 +405,15 @@ class H2ServerConnection:
         elif isinstance(event, h2.events.RequestReceived):
             self._request(event, now)
         elif isinstance(event, h2.events.TrailersReceived):
-            stream = self.streams.get(event.stream_id)  # type: ignore[arg-type]
+            stream = self.streams.get(event.stream_id)
             if stream is not None:
-                trailers = list(event.headers or ())  # type: ignore[arg-type]
+                trailers = list(event.headers or ())
                 if len(trailers) > self.limits.max_headers:
                     self.reset_stream(stream, _INTERNAL_ERROR, notify=True, provoked=True)
                     return
                 stream.trailers_in = trailers
         elif isinstance(event, h2.events.StreamEnded):
-            stream = self.streams.get(event.stream_id)  # type: ignore[arg-type]
+            stream = self.streams.get(event.stream_id)
             if stream is not None and stream.callbacks is not None:
                 stream.remote_ended = True
                 if stream.read_off or stream.inq:
@@ -422,7 +422,7 @@ class H2ServerConnection:
                     stream.callbacks.on_end(stream.trailers_in)
                 self._maybe_done(stream, now)
         elif isinstance(event, h2.events.StreamReset):
-            stream = self.streams.pop(event.stream_id, None)  # type: ignore[arg-type]
+            stream = self.streams.pop(event.stream_id, None)
             if stream is not None:
                 premature = not stream.response_ended
                 if stream.callbacks is not None:
