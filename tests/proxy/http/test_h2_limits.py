@@ -89,11 +89,11 @@ def test_state_stays_constant_whatever_the_payload_size() -> None:
 def test_resets_spread_over_windows_never_trip() -> None:
     budget = ResetBudget(H2Limits())
     now = 0.0
-    for _ in range(20):  # 20 windows of 140 early resets among 300 streams each
-        for i in range(300):
-            budget.stream_closed(i < 140, now)
+    for _ in range(20):  # 20 windows of 199 early resets among 600 streams each
+        for i in range(600):
+            budget.stream_closed(i % 3 == 0 and i < 597, now)
         now += 10.0
-    assert budget.premature == 2800
+    assert budget.premature == 20 * 199
 
 
 def test_the_201st_early_reset_in_a_window_trips() -> None:
