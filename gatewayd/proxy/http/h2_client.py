@@ -29,7 +29,6 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import h2.config
-import h2.connection
 import h2.events
 import h2.exceptions
 import h2.settings
@@ -52,7 +51,7 @@ from gatewayd.proxy.http.h2_limits import (
     H2Limits,
     Violation,
 )
-from gatewayd.proxy.http.h2_server import Transport
+from gatewayd.proxy.http.h2_server import BoundedH2Connection, Transport
 
 log = logging.getLogger("gatewayd.h2")
 
@@ -182,7 +181,7 @@ class H2ClientConnection:
         self.scheme = scheme
         self.limits = limits
         config = h2.config.H2Configuration(client_side=True, header_encoding=None)
-        self.h2 = h2.connection.H2Connection(config=config)
+        self.h2 = BoundedH2Connection(config=config)
         self.h2.local_settings = h2.settings.Settings(
             client=True,
             initial_values={
@@ -346,6 +345,10 @@ class H2ClientConnection:
                 return
         except h2.exceptions.StreamClosedError:
             return  # the backend reset it or already answered; its event follows
+        except h2.exceptions.ProtocolError as e:
+            log.warning("upstream HTTP/2 stream %d: request not sendable: %s", sid, e)
+            self._lose(stream, UpstreamProtocolError(str(e)), reset=True)
+            return
         high = self.limits.stream_write_high_water
         if not stream.out_paused and len(stream.out) > high:
             stream.out_paused = True

@@ -73,6 +73,14 @@ _NO_ERROR = 0x0
 _DATE = date_header  # b"date: ...\r\n"
 
 
+class BoundedH2Connection(h2.connection.H2Connection):
+    """h2 remembers how up to 65,536 closed streams ended (to tell a late frame from a
+    protocol error): about 6 MiB on a long-lived connection.  4,096 is plenty for
+    frames in flight; a frame for a stream forgotten earlier is a connection error."""
+
+    MAX_CLOSED_STREAMS = 4096
+
+
 class Transport(Protocol):
     """What the codec needs of an asyncio transport (a test double has these)."""
 
@@ -240,7 +248,7 @@ class H2ServerConnection:
         self.clock = clock
         self.limits = limits
         config = h2.config.H2Configuration(client_side=False, header_encoding=None)
-        self.h2 = h2.connection.H2Connection(config=config)
+        self.h2 = BoundedH2Connection(config=config)
         self.h2.local_settings = h2.settings.Settings(
             client=False,
             initial_values={
@@ -543,6 +551,13 @@ class H2ServerConnection:
             return
         sid = stream.stream_id
         h2c = self.h2
+        if not stream.response_started:
+            if stream.out or stream.out_end:
+                # Body or end before any head: a bug in the caller; h2 would send the
+                # DATA frames anyway and the client would fail the whole connection.
+                log.warning("HTTP/2 stream %d: response body before its head", sid)
+                self.reset_stream(stream, _INTERNAL_ERROR, notify=True)
+            return
         try:
             if stream.head_pending is not None:
                 fields = stream.head_pending
@@ -572,6 +587,12 @@ class H2ServerConnection:
                 return
         except h2.exceptions.StreamClosedError:
             return  # the client reset it; StreamReset tells the exchange
+        except h2.exceptions.ProtocolError as e:
+            # The exchange asked for something HTTP/2 cannot carry (say, an end without
+            # a head): a bug, not the client's doing.  End the stream, not the process.
+            log.warning("HTTP/2 stream %d: response not sendable: %s", sid, e)
+            self.reset_stream(stream, _INTERNAL_ERROR, notify=True)
+            return
         # Zero-window stall tracking and write backpressure for this stream.
         if stream.out:
             if stream.stalled_since < 0:

@@ -411,3 +411,26 @@ def test_client_graceful_goaway_lets_open_streams_finish() -> None:
     assert got[sid]["body"] == b"ok"
     assert got[sid]["ended"]
     assert rig.transport.closed
+
+
+def test_closed_stream_memory_is_bounded() -> None:
+    rig = ServerRig()
+    for _ in range(60):
+        rig.request(b"/")
+        rig.pump()
+    closed = rig.server.h2._closed_streams
+    assert len(closed) >= 59  # h2 forgets a closed stream when the next one opens
+    assert closed._size_limit == 4096  # h2's own default is 65,536
+
+
+def test_an_end_without_a_head_resets_the_stream_instead_of_raising() -> None:
+    rig = ServerRig(respond=False)
+    sid = rig.request(b"/")
+    rig.pump()
+    ex = rig.exchanges[0]
+    ex.stream.send_data(b"body before any head")
+    ex.stream.send_end(None)
+    got = responses(rig.pump())[sid]
+    assert got["reset"] == 2
+    assert ex.names()[-1] == "reset"
+    assert not rig.transport.closed
