@@ -567,6 +567,7 @@ class H2ServerConnection:
                 if end:
                     self._response_done(stream)
                     return
+            sent = False
             while stream.out:
                 window = min(h2c.local_flow_control_window(sid), h2c.max_outbound_frame_size)
                 if window <= 0:
@@ -575,6 +576,7 @@ class H2ServerConnection:
                 del stream.out[:window]
                 end = stream.out_end and not stream.out and not stream.trailers_out
                 h2c.send_data(sid, chunk, end_stream=end)
+                sent = True
                 if end:
                     self._response_done(stream)
                     return
@@ -593,9 +595,10 @@ class H2ServerConnection:
             log.warning("HTTP/2 stream %d: response not sendable: %s", sid, e)
             self.reset_stream(stream, _INTERNAL_ERROR, notify=True)
             return
-        # Zero-window stall tracking and write backpressure for this stream.
+        # Zero-window stall tracking (the clock restarts whenever bytes move) and write
+        # backpressure for this stream.
         if stream.out:
-            if stream.stalled_since < 0:
+            if sent or stream.stalled_since < 0:
                 stream.stalled_since = self.clock()
             if not stream.out_paused and len(stream.out) > self.limits.stream_write_high_water:
                 stream.out_paused = True

@@ -434,3 +434,20 @@ def test_an_end_without_a_head_resets_the_stream_instead_of_raising() -> None:
     assert got["reset"] == 2
     assert ex.names()[-1] == "reset"
     assert not rig.transport.closed
+
+
+def test_a_slow_reader_that_makes_progress_is_not_a_stall() -> None:
+    rig = ServerRig(respond=False)
+    sid = rig.request(b"/slow")
+    rig.pump()
+    stream = rig.exchanges[0].stream
+    stream.send_head(ResponseHead(200, [], body_length=200_000), b"GET")
+    stream.send_data(b"s" * 200_000)
+    stream.flush()
+    received = len(responses(rig.pump())[sid]["body"])
+    for _ in range(10):  # 250 s apart, each time a little window: never 300 s stuck
+        rig.clock.now += 250
+        rig.server.tick(rig.clock.now)
+        rig.client.acknowledge_received_data(received, sid)
+        received = len(responses(rig.pump()).get(sid, {"body": b""})["body"])
+    assert "reset" not in rig.exchanges[0].names()
