@@ -107,6 +107,9 @@ class H2Limits:
     # `premature_reset_min_streams` streams at least half were reset early.
     max_premature_resets: int = 200
     premature_reset_min_streams: int = 500
+    # Envoy's premature_reset_min_stream_lifetime_seconds: a stream reset after living
+    # this long is not premature.
+    premature_reset_min_lifetime: float = 1.0
     # Outbound queue while the transport is over its high-water mark (the peer does
     # not read): Envoy's max_outbound_control_frames and max_outbound_frames.
     max_outbound_control_frames: int = 1000
@@ -383,7 +386,8 @@ class FrameScanner:
 class ResetBudget:
     """Premature stream resets: rapid reset (CVE-2023-44487), MadeYouReset (CVE-2025-8671).
 
-    A premature reset is a stream that ended by RST_STREAM before its response ended:
+    A premature reset is a stream younger than `premature_reset_min_lifetime` that
+    ended by RST_STREAM before its response ended:
     sent by the client, or sent by us because the client's frames broke the stream
     (the MadeYouReset trick makes the server do the resetting).  Both count the same.
     """

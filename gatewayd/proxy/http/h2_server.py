@@ -120,6 +120,7 @@ class H2ServerStream:
         "request_method",
         "response_ended",
         "response_started",
+        "opened_at",
         "stalled_since",
         "stream_id",
         "trailers_in",
@@ -128,6 +129,7 @@ class H2ServerStream:
 
     def __init__(self, conn: H2ServerConnection, stream_id: int, method: bytes) -> None:
         self._conn = conn
+        self.opened_at = conn.clock()
         self.stream_id = stream_id
         self.request_method = method
         self.callbacks: StreamCallbacks | None = None
@@ -432,7 +434,7 @@ class H2ServerConnection:
         elif isinstance(event, h2.events.StreamReset):
             stream = self.streams.pop(event.stream_id, None)
             if stream is not None:
-                premature = not stream.response_ended
+                premature = self._premature(stream, now)
                 if stream.callbacks is not None:
                     stream.callbacks.on_reset()
                 self._stream_gone(premature, now)
@@ -639,7 +641,7 @@ class H2ServerConnection:
     ) -> None:
         if self.streams.pop(stream.stream_id, None) is None:
             return
-        premature = not stream.response_ended
+        premature = self._premature(stream, self.clock())
         stream.response_ended = True
         stream.out = bytearray()
         with contextlib.suppress(h2.exceptions.ProtocolError):  # already closed in h2
@@ -648,6 +650,14 @@ class H2ServerConnection:
             stream.callbacks.on_reset()
         self._stream_gone(premature and provoked, self.clock())
         self.flush_out()
+
+    def _premature(self, stream: H2ServerStream, now: float) -> bool:
+        """Reset before its response ended and younger than Envoy's
+        ``premature_reset_min_stream_lifetime_seconds`` (1 s): a long-lived stream the
+        client cancels (a gRPC watch) is not an attack pattern."""
+        return not stream.response_ended and (
+            now - stream.opened_at < self.limits.premature_reset_min_lifetime
+        )
 
     def _stream_gone(self, premature: bool, now: float) -> None:
         try:
@@ -674,10 +684,9 @@ class H2ServerConnection:
             h2s = self.h2.streams.get(stream.stream_id)
             if h2s is None or h2s.closed:
                 self.streams.pop(stream.stream_id, None)
-                premature = not stream.response_ended
-                if stream.callbacks is not None and premature:
+                if stream.callbacks is not None and not stream.response_ended:
                     stream.callbacks.on_reset()
-                self._stream_gone(premature, now)
+                self._stream_gone(self._premature(stream, now), now)
 
     def flush_out(self) -> None:
         data = self.h2.data_to_send()

@@ -321,3 +321,37 @@ def test_a_flooded_connection_leaves_another_one_serving() -> None:
     got = responses(victim.pump())
     assert got[sid]["status"] == 200
     assert not victim.transport.closed
+
+
+def test_long_lived_streams_cancelled_by_the_client_are_not_premature() -> None:
+    # gRPC watches: open, live for a while, cancelled; 600 of them on one connection.
+    rig = ServerRig(respond=False)
+    for _ in range(600):
+        sid = rig.request(b"/watch")
+        rig.pump()
+        rig.clock.now += 1.0  # Envoy's premature_reset_min_stream_lifetime_seconds
+        rig.client.reset_stream(sid, 8)
+        rig.pump()
+    assert not rig.transport.closed
+    assert rig.server.resets.premature == 0
+    assert rig.server.resets.closed == 600
+
+
+def test_more_than_100_concurrent_streams_end_the_connection() -> None:
+    # h2 treats a stream over SETTINGS_MAX_CONCURRENT_STREAMS as a connection error
+    # (RFC 9113 5.1.2 would allow refusing the stream alone); frames are built by hand
+    # because the h2 client would respect the setting.
+    rig = ServerRig(respond=False)
+    for _sid in range(1, 201, 2):
+        rig.request(b"/")
+    rig.pump()
+    assert len(rig.server.streams) == 100
+    frame = HeadersFrame(201)
+    frame.data = rig.client.encoder.encode(_REQ)
+    frame.flags.add("END_HEADERS")
+    frame.flags.add("END_STREAM")
+    rig.send_raw(frame.serialize())
+    assert rig.transport.closed
+    assert all(ex.names()[-1] == "reset" for ex in rig.exchanges)
+    rig.read_back()
+    assert rig.goaways[-1][1] == 0x1  # PROTOCOL_ERROR
