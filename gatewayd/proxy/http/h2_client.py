@@ -203,6 +203,7 @@ class H2ClientConnection:
         self.goaway_last = -1  # the backend's GOAWAY last stream id; -1: none
         self.write_paused = False
         self.idle_since = clock()
+        self.ping_sent = -1.0  # when our unanswered PING left; -1: none outstanding
         self.error: str | None = None
 
     # ---------------------------------------------------------------- the pool's side
@@ -279,6 +280,21 @@ class H2ClientConnection:
             if stream.callbacks is not None and stream.out_paused:
                 stream.out_paused = False
                 stream.callbacks.on_write_resume()
+
+    def ping(self) -> None:
+        """Liveness probe (Envoy's ``connection_keepalive``): a PING the backend must
+        answer before `tick` is called past ``now + timeout``.  One at a time."""
+        if self.closed or self.ping_sent >= 0:
+            return
+        self.ping_sent = self.clock()
+        self.h2.ping(b"gatewayd")
+        self.flush_out()
+
+    def tick(self, now: float, ping_timeout: float) -> None:
+        """Close a connection whose backend left a PING unanswered for `ping_timeout`:
+        its streams are lost (a backend that stopped reading or a half-open TCP)."""
+        if self.ping_sent >= 0 and now - self.ping_sent >= ping_timeout and not self.closed:
+            self._fail(UpstreamProtocolError("upstream HTTP/2 PING not answered"))
 
     def close(self) -> None:
         """Graceful: GOAWAY(NO_ERROR) and close (the pool retires an idle connection)."""
@@ -442,8 +458,10 @@ class H2ClientConnection:
             for s in list(self.streams.values()):
                 if s.out or (s.out_end and not s.local_ended):
                     self.push(s)
-        # InformationalResponseReceived (1xx), PingAckReceived, SettingsAcknowledged,
-        # PriorityUpdated: nothing for the exchange.
+        if isinstance(event, h2.events.PingAckReceived):
+            self.ping_sent = -1.0
+        # InformationalResponseReceived (1xx), SettingsAcknowledged, PriorityUpdated:
+        # nothing for the exchange.
         return None
 
     def deliver_queued(self, stream: H2ClientStream) -> None:

@@ -280,3 +280,25 @@ def test_a_ping_flood_from_the_backend_closes_the_connection() -> None:
     assert rig.transport.closed
     assert up.lost is not None
     assert "PING flood" in str(up.lost[0])
+
+
+def test_ping_liveness_answered_keeps_the_connection() -> None:
+    rig = ClientRig()
+    rig.codec.ping()
+    rig.pump()  # the backend (h2) answers PINGs by itself
+    assert rig.codec.ping_sent == -1.0
+    rig.codec.tick(rig.clock.now + 100, ping_timeout=5)
+    assert not rig.transport.closed
+
+
+def test_ping_unanswered_loses_the_connection() -> None:
+    rig = ClientRig()
+    _, up = rig.send()
+    rig.codec.ping()
+    rig.transport.take()  # the backend never gets it
+    rig.codec.tick(rig.clock.now + 4.9, ping_timeout=5)
+    assert not rig.transport.closed
+    rig.codec.tick(rig.clock.now + 5, ping_timeout=5)
+    assert rig.transport.closed
+    assert up.lost is not None
+    assert "PING" in str(up.lost[0])
