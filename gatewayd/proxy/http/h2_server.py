@@ -277,6 +277,15 @@ class H2ServerConnection:
         self.idle_since = clock()
         self.violation: str | None = None  # why we closed, for logs and tests
 
+    def adopt(self, transport: Any, data: bytes) -> None:
+        """Take over a transport whose first bytes another protocol already read: the
+        HTTP/1.1 server seeing the h2c prior-knowledge preface (`is_h2_preface`), or a
+        TLS connection whose ALPN chose ``h2``.  `data` is everything read so far."""
+        transport.set_protocol(self)
+        self.connection_made(transport)
+        if data:
+            self.data_received(data)
+
     # ------------------------------------------------------------- asyncio.Protocol
     def connection_made(self, transport: Any) -> None:
         self.transport = transport

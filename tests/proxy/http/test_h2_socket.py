@@ -25,6 +25,7 @@ from gatewayd.proxy.http.codec import (
     ServerStream,
 )
 from gatewayd.proxy.http.h2_client import H2ClientConnection
+from gatewayd.proxy.http.h2_limits import is_h2_preface
 from gatewayd.proxy.http.h2_server import H2ServerConnection
 
 
@@ -206,5 +207,61 @@ def test_h2_package_client_over_a_plain_socket() -> None:
             if ended:
                 break
         assert body == b"ping"
+
+    run(main())
+
+
+class Sniffer(asyncio.Protocol):
+    """Stands in for the HTTP/1.1 server: reads the first bytes and hands the
+    connection to the HTTP/2 codec when they are the prior-knowledge preface."""
+
+    def __init__(self) -> None:
+        self.buf = b""
+        self.transport: Any = None
+        self.handed: H2ServerConnection | None = None
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        verdict = is_h2_preface(self.buf)
+        if verdict is None:
+            return  # not enough bytes to tell yet
+        if verdict:
+            loop = asyncio.get_running_loop()
+            self.handed = H2ServerConnection(_Down(), Echo, clock=loop.time)
+            self.handed.adopt(self.transport, self.buf)
+        else:
+            self.transport.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nh1")
+            self.transport.close()
+
+
+def test_h2c_prior_knowledge_is_detected_and_handed_over_and_h1_is_not() -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        sniffers: list[Sniffer] = []
+
+        def make() -> Sniffer:
+            sniffers.append(Sniffer())
+            return sniffers[-1]
+
+        server = await loop.create_server(make, LOCAL, 0)
+        opened.append(server.close)
+        port = int(server.sockets[0].getsockname()[1])
+        # HTTP/2 with prior knowledge: the client codec writes the preface in pieces
+        # the sniffer has to wait for (TCP may deliver it whole or split).
+        client = await _connect(port)
+        call = _call(client, b"/h2c", b"over h2c")
+        await asyncio.wait_for(call.done, 10)
+        assert bytes(call.body) == b"over h2c"
+        assert sniffers[0].handed is not None
+        # HTTP/1.1 on the same port stays HTTP/1.1.
+        reader, writer = await asyncio.open_connection(LOCAL, port)
+        opened.append(writer.close)
+        writer.write(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n")
+        answer = await asyncio.wait_for(reader.read(), 10)
+        assert answer.endswith(b"\r\n\r\nh1")
+        assert sniffers[1].handed is None
 
     run(main())
