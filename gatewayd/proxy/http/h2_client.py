@@ -51,7 +51,7 @@ from gatewayd.proxy.http.h2_limits import (
     H2Limits,
     Violation,
 )
-from gatewayd.proxy.http.h2_server import BoundedH2Connection, Transport
+from gatewayd.proxy.http.h2_server import BoundedH2Connection, Transport, clamp_encoder_table
 
 log = logging.getLogger("gatewayd.h2")
 
@@ -455,6 +455,8 @@ class H2ClientConnection:
             self._lose(stream, exc, reset=False)
             return None
         if isinstance(event, (h2.events.WindowUpdated, h2.events.RemoteSettingsChanged)):
+            if isinstance(event, h2.events.RemoteSettingsChanged):
+                clamp_encoder_table(self.h2, self.limits)
             for s in list(self.streams.values()):
                 if s.out or (s.out_end and not s.local_ended):
                     self.push(s)

@@ -81,6 +81,15 @@ class BoundedH2Connection(h2.connection.H2Connection):
     MAX_CLOSED_STREAMS = 4096
 
 
+def clamp_encoder_table(conn: h2.connection.H2Connection, limits: H2Limits) -> None:
+    """Keep our HPACK encoder's dynamic table within ``header_table_size`` whatever the
+    peer's SETTINGS_HEADER_TABLE_SIZE: that setting is a maximum the encoder may stay
+    under (RFC 7541 4.2), and a peer announcing 4 GiB would otherwise make us keep a
+    table of that size of the fields we send."""
+    if conn.encoder.header_table_size > limits.header_table_size:
+        conn.encoder.header_table_size = limits.header_table_size
+
+
 class Transport(Protocol):
     """What the codec needs of an asyncio transport (a test double has these)."""
 
@@ -448,6 +457,8 @@ class H2ServerConnection:
                     stream.callbacks.on_reset()
                 self._stream_gone(premature, now)
         elif isinstance(event, (h2.events.WindowUpdated, h2.events.RemoteSettingsChanged)):
+            if isinstance(event, h2.events.RemoteSettingsChanged):
+                clamp_encoder_table(self.h2, self.limits)
             for stream in list(self.streams.values()):
                 if stream.out or stream.head_pending is not None or stream.out_end:
                     self.push(stream)

@@ -302,3 +302,11 @@ def test_ping_unanswered_loses_the_connection() -> None:
     assert rig.transport.closed
     assert up.lost is not None
     assert "PING" in str(up.lost[0])
+
+
+def test_our_hpack_encoder_table_stays_bounded_whatever_the_backend_allows() -> None:
+    rig = ClientRig(settings={SettingCodes.HEADER_TABLE_SIZE: 2**31})
+    assert rig.codec.h2.encoder.header_table_size == 4096
+    stream, up = rig.send(headers=[(b"x-a", b"1")])
+    rig.respond(stream.stream_id)
+    assert up.names() == ["head", "end"]

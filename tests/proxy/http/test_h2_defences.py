@@ -7,6 +7,7 @@ decoder state stays in step."""
 from __future__ import annotations
 
 import hpack
+from h2.settings import SettingCodes
 from h2_kit import ServerRig, responses
 from hyperframe.frame import (
     ContinuationFrame,
@@ -355,3 +356,14 @@ def test_more_than_100_concurrent_streams_end_the_connection() -> None:
     assert all(ex.names()[-1] == "reset" for ex in rig.exchanges)
     rig.read_back()
     assert rig.goaways[-1][1] == 0x1  # PROTOCOL_ERROR
+
+
+def test_our_hpack_encoder_table_stays_bounded_whatever_the_peer_allows() -> None:
+    rig = ServerRig()
+    rig.client.update_settings({SettingCodes.HEADER_TABLE_SIZE: 2**31})
+    rig.pump()
+    assert rig.server.h2.encoder.header_table_size == 4096
+    # Responses still decode on the client: the table-size update reached it.
+    for i in range(20):
+        sid = rig.request(b"/%d" % i)
+        assert responses(rig.pump())[sid]["status"] == 200
