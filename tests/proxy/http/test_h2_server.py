@@ -5,11 +5,23 @@ from __future__ import annotations
 
 import h2.events
 import h2.settings
-from h2_kit import FakeTransport, ServerRig, responses
+from h2_kit import Clock, FakeDownstream, FakeTransport, ServerRig, responses
 from hyperframe.frame import GoAwayFrame
 
-from gatewayd.proxy.http.codec import HTTP_2, RD_UPSTREAM, ResponseHead
+from gatewayd.proxy.http.codec import (
+    HTTP_2,
+    RD_UPSTREAM,
+    RequestHead,
+    ResponseHead,
+    ServerStream,
+    StreamCallbacks,
+)
 from gatewayd.proxy.http.h2_limits import PREFACE, H2Limits, is_h2_preface
+from gatewayd.proxy.http.h2_server import H2ServerConnection
+
+
+def _never(stream: ServerStream, head: RequestHead) -> StreamCallbacks:
+    raise AssertionError("no request expected")
 
 
 def test_get_maps_pseudo_headers_to_the_head_and_answers() -> None:
@@ -371,19 +383,14 @@ def test_h2c_prior_knowledge_preface_detection() -> None:
     assert is_h2_preface(b"PRI * HTTP/1.1\r\n") is False
 
 
-def test_a_bad_preface_closes_with_goaway() -> None:
+def test_a_bad_preface_closes_the_connection() -> None:
     transport = FakeTransport()
-    rig = ServerRig()
-    rig.server.connection_lost(None)
-    from h2_kit import Clock, FakeDownstream
-
-    from gatewayd.proxy.http.h2_server import H2ServerConnection
-
-    server = H2ServerConnection(FakeDownstream(), lambda s, h: None, clock=Clock())  # type: ignore[arg-type,return-value]
+    server = H2ServerConnection(FakeDownstream(), _never, clock=Clock())
     server.connection_made(transport)
     server.data_received(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
     assert transport.closed
     assert server.violation is not None
+    assert server.streams == {}
 
 
 def test_limits_are_configurable() -> None:
