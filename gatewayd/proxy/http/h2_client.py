@@ -248,7 +248,11 @@ class H2ClientConnection:
             return
         touched: list[H2ClientStream] = []
         for event in events:
-            stream = self._event(event)
+            try:
+                stream = self._event(event)
+            except Exception:
+                self._callback_failed(getattr(event, "stream_id", 0) or 0)
+                continue
             if stream is not None and stream not in touched:
                 touched.append(stream)
         if self.inbound.goaways:
@@ -465,6 +469,20 @@ class H2ClientConnection:
         # InformationalResponseReceived (1xx), SettingsAcknowledged, PriorityUpdated:
         # nothing for the exchange.
         return None
+
+    def _callback_failed(self, sid: int) -> None:
+        """An exchange callback raised: a bug.  codec.py: "the codec logs it and calls
+        on_fatal"; the stream is reset, the other streams go on."""
+        log.exception("upstream HTTP/2 stream %d: exchange callback failed", sid)
+        stream = self.streams.get(sid)
+        if stream is None:
+            return
+        self.reset_stream(stream, CANCEL)
+        callbacks = stream.callbacks
+        stream.callbacks = None
+        if callbacks is not None:
+            with contextlib.suppress(Exception):  # on_fatal "must not raise"
+                callbacks.on_fatal()
 
     def deliver_queued(self, stream: H2ClientStream) -> None:
         callbacks = stream.callbacks

@@ -322,7 +322,10 @@ class H2ServerConnection:
         for event in events:
             if self.closed:
                 return
-            self._event(event, now)
+            try:
+                self._event(event, now)
+            except Exception:
+                self._callback_failed(getattr(event, "stream_id", 0) or 0)
         if self.closed:
             return
         self._count_provoked_resets(now)
@@ -462,6 +465,20 @@ class H2ServerConnection:
             for stream in list(self.streams.values()):
                 if stream.out or stream.head_pending is not None or stream.out_end:
                     self.push(stream)
+
+    def _callback_failed(self, sid: int) -> None:
+        """An exchange callback raised: a bug.  codec.py: "the codec logs it and ...
+        answers 500 / resets (downstream)"; the other streams go on."""
+        log.exception("HTTP/2 stream %d: exchange callback failed", sid)
+        stream = self.streams.get(sid)
+        if stream is None:
+            return
+        if not stream.response_started:
+            stream.callbacks = None  # no more calls into the broken exchange
+            stream.local_reply(500, (), b"internal error", close=True)
+        else:
+            self.reset_stream(stream, _INTERNAL_ERROR)
+        self.flush_out()
 
     def _client_goaway(self) -> None:
         """The client's GOAWAY: it opens nothing more; with an error, everything ends

@@ -3,6 +3,7 @@ a transport double carries the bytes."""
 
 from __future__ import annotations
 
+import pytest
 from h2.settings import SettingCodes
 from h2_kit import ClientRig, Upstream
 from hyperframe.frame import GoAwayFrame
@@ -310,3 +311,24 @@ def test_our_hpack_encoder_table_stays_bounded_whatever_the_backend_allows() -> 
     stream, up = rig.send(headers=[(b"x-a", b"1")])
     rig.respond(stream.stream_id)
     assert up.names() == ["head", "end"]
+
+
+def test_an_exchange_that_raises_gets_on_fatal_and_a_reset(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    rig = ClientRig()
+    stream, up = rig.send()
+
+    def broken(stream: object, head: object) -> None:
+        raise RuntimeError("bug")
+
+    up.on_response_head = broken  # type: ignore[method-assign]
+    with caplog.at_level("ERROR", logger="gatewayd.h2"):
+        rig.backend.send_headers(stream.stream_id, [(b":status", b"200")])
+        rig.pump()
+    assert up.names() == ["fatal"]
+    assert rig.requests[stream.stream_id]["reset"] == 8
+    assert "exchange callback failed" in caplog.text
+    s3, up3 = rig.send()
+    rig.respond(s3.stream_id)
+    assert up3.names() == ["head", "end"]

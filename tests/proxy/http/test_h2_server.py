@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import h2.events
 import h2.settings
+import pytest
 from h2_kit import Clock, FakeDownstream, FakeTransport, ServerRig, responses
 from hyperframe.frame import GoAwayFrame
 
@@ -458,3 +459,25 @@ def test_a_slow_reader_that_makes_progress_is_not_a_stall() -> None:
         rig.client.acknowledge_received_data(received, sid)
         received = len(responses(rig.pump()).get(sid, {"body": b""})["body"])
     assert "reset" not in rig.exchanges[0].names()
+
+
+def test_an_exchange_that_raises_gets_a_500_and_other_streams_go_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    rig = ServerRig()
+    boom = rig.request(b"/boom")
+    orig = rig.server.factory
+
+    def broken(stream: ServerStream, head: RequestHead) -> StreamCallbacks:
+        rec = orig(stream, head)
+        if head.target == b"/boom":
+            rec.on_start = lambda: 1 / 0  # type: ignore[attr-defined]
+        return rec
+
+    rig.server.factory = broken
+    with caplog.at_level("ERROR", logger="gatewayd.h2"):
+        got = responses(rig.pump())
+    assert got[boom]["status"] == 500
+    assert "exchange callback failed" in caplog.text
+    ok = rig.request(b"/fine")
+    assert responses(rig.pump())[ok]["status"] == 200
