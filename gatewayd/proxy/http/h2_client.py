@@ -198,6 +198,7 @@ class H2ClientConnection:
         self.outbound = FrameScanner(limits, inbound=False, preface=True)  # our preface
         self.inbound.sent = self.outbound
         self.streams: dict[int, H2ClientStream] = {}
+        self.reserved = 0  # streams handed out by open_stream, head not sent yet
         self.transport: Transport | None = None
         self.closed = False
         self.goaway_last = -1  # the backend's GOAWAY last stream id; -1: none
@@ -212,10 +213,13 @@ class H2ClientConnection:
         SETTINGS_MAX_CONCURRENT_STREAMS (RFC 9113 5.1.2)."""
         if self.closed or self.goaway_last >= 0 or self.transport is None:
             return False
-        return len(self.streams) < self.h2.remote_settings.max_concurrent_streams
+        in_use = len(self.streams) + self.reserved
+        return in_use < self.h2.remote_settings.max_concurrent_streams
 
     def open_stream(self) -> H2ClientStream:
-        """A new stream to bind an exchange to (its id is taken at ``send_head``)."""
+        """A new stream to bind an exchange to (its id is taken at ``send_head``); it
+        counts against the backend's limit from now on, until it ends or is reset."""
+        self.reserved += 1
         return H2ClientStream(self)
 
     @property
@@ -314,6 +318,9 @@ class H2ClientConnection:
 
     # --------------------------------------------------------------- internals
     def start(self, stream: H2ClientStream, fields: Headers) -> None:
+        if stream.stream_id or stream.closed:
+            return  # a second send_head, or a stream already abandoned
+        self.reserved -= 1
         if not self.can_open():
             stream.closed = True
             if stream.callbacks is not None:
@@ -526,6 +533,9 @@ class H2ClientConnection:
         if stream.closed:
             return
         stream.closed = True
+        if not stream.stream_id:
+            self.reserved -= 1  # abandoned before its head: nothing was sent
+            return
         if self.streams.pop(stream.stream_id, None) is not None:
             with contextlib.suppress(h2.exceptions.ProtocolError):
                 self.h2.reset_stream(stream.stream_id, code)

@@ -332,3 +332,19 @@ def test_an_exchange_that_raises_gets_on_fatal_and_a_reset(
     s3, up3 = rig.send()
     rig.respond(s3.stream_id)
     assert up3.names() == ["head", "end"]
+
+
+def test_streams_handed_out_count_before_their_head_is_sent() -> None:
+    rig = ClientRig(settings={SettingCodes.MAX_CONCURRENT_STREAMS: 2})
+    first = rig.codec.open_stream()
+    second = rig.codec.open_stream()
+    assert not rig.codec.can_open()
+    second.reset()  # abandoned before sending: its place comes back
+    assert rig.codec.can_open()
+    up = Upstream()
+    first.bind(up, False)
+    first.send_head(RequestHead(b"GET", b"/", [], authority=b"b"), (), True)
+    rig.pump()
+    assert first.stream_id == 1
+    assert rig.codec.can_open()
+    assert rig.codec.reserved == 0
