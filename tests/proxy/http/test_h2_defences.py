@@ -367,3 +367,18 @@ def test_our_hpack_encoder_table_stays_bounded_whatever_the_peer_allows() -> Non
     for i in range(20):
         sid = rig.request(b"/%d" % i)
         assert responses(rig.pump())[sid]["status"] == 200
+
+
+def test_connection_specific_fields_in_a_request_end_the_connection() -> None:
+    # RFC 9113 8.2.2: such a request is malformed; h2 makes that a connection error.
+    for field in [(b"connection", b"keep-alive"), (b"te", b"gzip"), (b"upgrade", b"h2c")]:
+        rig = ServerRig()
+        frame = HeadersFrame(1)
+        frame.data = rig.client.encoder.encode([*_REQ, field])
+        frame.flags.add("END_HEADERS")
+        frame.flags.add("END_STREAM")
+        rig.send_raw(frame.serialize())
+        assert rig.transport.closed, field
+        assert rig.exchanges == []
+        rig.read_back()
+        assert rig.goaways[-1][1] == 0x1  # PROTOCOL_ERROR
