@@ -12,6 +12,7 @@ from collections.abc import Callable
 import pytest
 from loop_kit import LOCAL, opened, run
 
+from gatewayd.proxy.http.codec import ClientStream, Headers, ResponseHead
 from gatewayd.proxy.upstream import (
     UpstreamConnection,
     UpstreamHeadersTooLarge,
@@ -24,41 +25,39 @@ STRAY = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nSTRAY"
 
 
 class Recorder:
-    """An UpstreamHandler that writes down what it is told."""
+    """ClientCallbacks that write down what they are told."""
 
     def __init__(self) -> None:
         self.events: list[tuple[object, ...]] = []
         self.body = b""
         self.ended = asyncio.Event()
 
-    def on_upstream_head(
-        self, conn: UpstreamConnection, status: int, headers: list[tuple[bytes, bytes]]
-    ) -> None:
-        self.events.append(("head", status, len(headers)))
+    def on_response_head(self, conn: ClientStream, head: ResponseHead) -> None:
+        self.events.append(("head", head.status, len(head.headers)))
 
-    def on_upstream_body(self, data: bytes) -> None:
+    def on_response_data(self, data: bytes) -> None:
         self.body += data
 
-    def on_upstream_complete(self, conn: UpstreamConnection, reusable: bool) -> None:
+    def on_response_end(self, conn: ClientStream, trailers: Headers | None, reusable: bool) -> None:
         self.events.append(("complete", reusable))
         self.ended.set()
 
-    def on_upstream_lost(
-        self, conn: UpstreamConnection, exc: BaseException | None, got_bytes: bool
+    def on_stream_lost(
+        self, conn: ClientStream, exc: BaseException | None, got_bytes: bool
     ) -> None:
         self.events.append(("lost", type(exc), got_bytes))
         self.ended.set()
 
-    def on_upstream_flush(self) -> None:
+    def on_flush(self) -> None:
         pass
 
-    def on_upstream_pause(self) -> None:
+    def on_write_pause(self) -> None:
         pass
 
-    def on_upstream_resume(self) -> None:
+    def on_write_resume(self) -> None:
         pass
 
-    def on_upstream_fatal(self) -> None:
+    def on_fatal(self) -> None:
         self.events.append(("fatal",))
         self.ended.set()
 

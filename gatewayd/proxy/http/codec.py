@@ -53,7 +53,8 @@ Rules every codec keeps
   cross into HTTP/2 (RFC 9113 8.2.2), ``te: trailers`` does reach an HTTP/2 upstream.
 - **Local replies** are ``(status, headers, body)``: the exchange chooses them, the
   server codec renders them (status line or ``:status``, ``date``, ``server``,
-  ``content-length``, connection management, no body for HEAD/1xx/204/304).
+  ``content-type: text/plain`` for a non-empty body, ``content-length``, connection
+  management, no body for HEAD/1xx/204/304).
 - **Trailers** are bounded like heads (the same byte and field-count limits) and are
   relayed with ``send_end(trailers)``; a codec that cannot carry them (an HTTP/1.1
   response re-framed with ``content-length``, an HTTP/1.0 client) drops them.
@@ -105,10 +106,12 @@ class RequestHead:
         "end_stream",
         "expect_continue",
         "headers",
+        "keep_alive",
         "method",
         "protocol",
         "scheme",
         "target",
+        "transfer_codings",
         "version",
     )
 
@@ -125,6 +128,8 @@ class RequestHead:
         end_stream: bool = False,
         expect_continue: bool = False,
         protocol: bytes | None = None,
+        keep_alive: bool = True,
+        transfer_codings: bytes | None = None,
     ) -> None:
         # ``b"GET"``; CONNECT keeps its authority-form target.
         self.method = method
@@ -151,6 +156,12 @@ class RequestHead:
         # Upgrade token (HTTP/1.1 ``Upgrade``, e.g. b"websocket") or HTTP/2 extended
         # CONNECT ``:protocol`` (RFC 8441); None otherwise.
         self.protocol = protocol
+        # HTTP/1.x facts (an HTTP/2 codec leaves the defaults): whether the client
+        # wants the connection kept open after this exchange, and its Transfer-Encoding
+        # value as received (ends in ``chunked``; an HTTP/1.1 client codec relays the
+        # codings in front of its own chunking).
+        self.keep_alive = keep_alive
+        self.transfer_codings = transfer_codings
 
 
 class ResponseHead:
@@ -236,6 +247,26 @@ class ServerStream(Protocol):
         """The response is complete (trailers: RFC 9110 6.5, relayed when the
         downstream framing can carry them)."""
 
+    def drain_request(self) -> bool:
+        """After a response that ended before the request did: True when the rest of
+        the request body is to be read (and dropped) before ``done`` (HTTP/1.1
+        keep-alive); False when ``done`` may come at once (HTTP/2: the stream ends,
+        HTTP/1.1 closing the connection)."""
+        ...
+
+    def done(self, close: bool = False) -> None:
+        """The exchange is over (response sent; request read or abandoned): the codec
+        serves the next request, or closes (``close``: the connection must not be
+        reused, e.g. a client that stopped sending its body)."""
+
+    def hold(self, n: int) -> None:
+        """The exchange holds ``n`` more request body bytes it cannot send yet; the
+        codec read-disables when too much is held (HTTP/1.1: per connection, over the
+        pipelined requests too; HTTP/2: the stream's window is not reopened)."""
+
+    def release_held(self, n: int) -> None:
+        """``n`` held bytes were sent upstream or dropped."""
+
     def flush(self) -> None:
         """Write what ``send_head`` / ``send_data`` buffered (once per upstream read)."""
 
@@ -279,6 +310,11 @@ class StreamCallbacks(Protocol):
 
     def on_reset(self) -> None:
         """The client went away or reset the stream before the response ended."""
+
+    def on_error(self, status: int) -> None:
+        """The request turned out malformed after its head (broken chunk framing, a
+        trailer section over the limits): answer ``status`` and close, or reset when
+        the response has started."""
 
     def on_write_pause(self) -> None:
         """The client is slow: stop reading the upstream response."""
@@ -350,6 +386,11 @@ class ClientStream(Protocol):
 
     def reset(self) -> None:
         """Abandon the request (HTTP/1.1: abort the connection; HTTP/2: RST_STREAM)."""
+
+    def close(self) -> None:
+        """Let go of a stream whose response is complete but that is not given back to
+        the pool (HTTP/1.1: close the connection gracefully; HTTP/2: nothing left to
+        do once the stream has ended, else RST_STREAM with NO_ERROR)."""
 
     def read_disable(self, reason: int) -> None:
         """Stop reading this stream's response (idempotent per reason)."""

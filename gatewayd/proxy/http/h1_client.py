@@ -1,0 +1,554 @@
+"""The HTTP/1.1 client codec: one ``asyncio.Protocol`` per backend connection, which is
+also the ``ClientStream`` (``codec.py``) of the one request it carries at a time.
+
+An ``UpstreamConnection`` serves one request at a time for the exchange bound to it
+(its ``ClientCallbacks``).  It writes the request (``send_head`` / ``send_data`` /
+``send_end``: request line and fields, then the body passed through under a
+Content-Length or re-chunked, with trailer fields after the last chunk).
+``httptools.HttpResponseParser`` callbacks forward the response head and body chunks
+to the exchange straight away: nothing is buffered here, and the exchange throttles us
+with ``read_disable`` when the client is slow.  The one thing the parser holds is a
+response head (or trailer section) being read; it is bounded by the same limits as
+request heads (``ProxyOptions.max_header_bytes`` / ``max_headers``), checked while
+reading, so a backend sending an endless head costs at most one read past the limit.
+
+Idle connections go back to the pool (``pool.py``).  A connection is only reused when
+nothing at all arrived on it since its last response ended: HTTP/1.1 pairs responses
+with requests by order alone, so a stray byte would make every later response answer
+the wrong request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import select
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Final, cast
+
+import httptools
+
+from gatewayd.proxy.http.codec import (
+    ClientCallbacks,
+    Headers,
+    RequestHead,
+    ResponseHead,
+    UpstreamHeadersTooLarge,
+    UpstreamProtocolError,
+)
+
+if TYPE_CHECKING:
+    from gatewayd.proxy.http.pool import UpstreamPool
+    from gatewayd.routing.bindings import BackendTLS
+
+log = logging.getLogger("gatewayd.proxy.upstream")
+
+# Write-buffer water marks of every proxied transport: above HIGH the peer's reading is
+# paused, below LOW it resumes.  Together with the kernel socket buffers this bounds
+# what a slow peer can make us hold per connection.
+WRITE_HIGH = 128 * 1024
+WRITE_LOW = 32 * 1024
+
+# Response head limits when the pool is built without options: Envoy's defaults for
+# both directions (max_headers_count 100, max_response_headers_kb 60).
+MAX_HEADER_BYTES = 60 * 1024
+MAX_HEADERS = 100
+
+# (host, port, TLS settings key or "" for cleartext): a connection is only reused for
+# the same endpoint *and* the same BackendTLSPolicy / client certificate.
+EndpointKey = tuple[str, int, str]
+
+_LAST_CHUNK: Final = b"0\r\n\r\n"
+
+# Kept for callers of the old name: what the connection reports to.
+UpstreamHandler = ClientCallbacks
+
+__all__ = [
+    "MAX_HEADERS",
+    "MAX_HEADER_BYTES",
+    "WRITE_HIGH",
+    "WRITE_LOW",
+    "EndpointKey",
+    "UpstreamConnection",
+    "UpstreamHandler",
+    "UpstreamHeadersTooLarge",
+    "UpstreamProtocolError",
+    "endpoint_key",
+    "mirror_request",
+    "serialize_request",
+]
+
+
+def endpoint_key(host: str, port: int, tls: BackendTLS | None) -> EndpointKey:
+    return (host, port, tls.key if tls is not None else "")
+
+
+def serialize_request(head: RequestHead, extra: Sequence[tuple[bytes, bytes]] = ()) -> bytes:
+    """Request line and fields of ``head`` (``head.headers`` as they are, then
+    ``extra``), ending with the empty line."""
+    parts = [head.method, b" ", head.target, b" HTTP/1.1\r\n"]
+    for n, v in head.headers:
+        parts += (n, b": ", v, b"\r\n")
+    for n, v in extra:
+        parts += (n, b": ", v, b"\r\n")
+    parts.append(b"\r\n")
+    return b"".join(parts)
+
+
+def mirror_request(head: RequestHead, body: bytes) -> bytes:
+    """A mirror's copy of the request: ``head`` with a complete (possibly empty) body,
+    framed with Content-Length, ``connection: close``."""
+    extra = ((b"content-length", b"%d" % len(body)), (b"connection", b"close"))
+    fields = [h for h in head.headers if h[0] not in _FRAMING]
+    return serialize_request(RequestHead(head.method, head.target, fields), extra) + body
+
+
+_FRAMING: Final = frozenset((b"content-length", b"transfer-encoding"))
+
+
+def _trailer_block(trailers: Headers) -> bytes:
+    """The last chunk with its trailer section (RFC 9112 7.1.2)."""
+    parts = [b"0\r\n"]
+    for n, v in trailers:
+        parts += (n, b": ", v, b"\r\n")
+    parts.append(b"\r\n")
+    return b"".join(parts)
+
+
+def _has_input(fd: int) -> bool:
+    """Whether the socket ``fd`` has unread bytes, an EOF or an error pending.
+
+    One poll(2) with a zero timeout: the event loop only reads a socket on its next
+    iteration, so bytes a backend sent while its connection sat idle can still be in
+    the kernel when a request picks the connection up.  (poll, not select: descriptors
+    above FD_SETSIZE are common with thousands of connections.)"""
+    p = select.poll()
+    p.register(fd, select.POLLIN | select.POLLPRI)
+    return bool(p.poll(0))
+
+
+class UpstreamConnection(asyncio.Protocol):
+    """An HTTP/1.1 connection to a backend, and the ``ClientStream`` of its request."""
+
+    # ``ClientStream.http2``: the exchange picks the HTTP/1.1 hop-by-hop policy.
+    http2 = False
+
+    __slots__ = (
+        "_done_for",
+        "_head_request",
+        "_reusable",
+        "_skip_complete",
+        "body_length",
+        "chunked",
+        "chunked_out",
+        "closed",
+        "done_in_feed",
+        "fd",
+        "got_bytes",
+        "handler",
+        "has_length",
+        "head_done",
+        "head_fed",
+        "head_size",
+        "headers",
+        "idle_since",
+        "key",
+        "label",
+        "n_headers",
+        "parser",
+        "parser_dirty",
+        "pool",
+        "progress",
+        "read_mask",
+        "read_paused",
+        "retired",
+        "reuses",
+        "trailers",
+        "transport",
+    )
+
+    def __init__(self, pool: UpstreamPool, key: EndpointKey, label: str) -> None:
+        self.pool = pool
+        self.key = key
+        self.label = label
+        self.retired = False  # its endpoint left the configuration: close when released
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]
+        self.parser = httptools.HttpResponseParser(self)
+        self.parser_dirty = False
+        self.handler: ClientCallbacks | None = None
+        self.closed = False
+        self.reuses = 0
+        self.idle_since = 0.0
+        self.read_paused = False
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.head_done = False
+        self.has_length = False
+        self.body_length: int | None = None
+        self.chunked = False
+        self.chunked_out = False  # the request body is being chunked
+        self.read_mask = 0
+        self.trailers: Headers | None = None
+        self.got_bytes = False
+        self.done_in_feed = False
+        # The response that ended in the chunk being parsed, reported once the whole
+        # chunk is parsed (so bytes after it can still make the connection unusable).
+        self._done_for: ClientCallbacks | None = None
+        self._reusable = False
+        self._head_request = False
+        self._skip_complete = False
+        self.fd = -1
+        # Response head accounting: bytes fed since the parser last produced a final
+        # head or body bytes (what it may be holding: a head, interim responses, a
+        # trailer section), and the header bytes and fields of the current message.
+        self.head_fed = 0
+        self.progress = False
+        self.head_size = 0
+        self.n_headers = 0
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports do not subclass asyncio.Transport; same interface.
+        transport = cast(asyncio.Transport, transport)
+        self.transport = transport
+        sock = transport.get_extra_info("socket")
+        self.fd = sock.fileno() if sock is not None else -1
+        transport.set_write_buffer_limits(WRITE_HIGH, WRITE_LOW)
+        self.pool.opened(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.pool.forget(self)
+        h = self.handler
+        self.handler = None
+        if h is None:
+            return
+        try:
+            if (
+                self.head_done
+                and not self.has_length
+                and not self.chunked
+                and not self._head_request
+            ):
+                # RFC 9112 6.3 (7): "Otherwise, this is a response message without a
+                # declared message body length, so the message body length is determined
+                # by the number of octets received prior to the server closing the
+                # connection."
+                h.on_response_end(self, None, False)
+                h.on_flush()
+                return
+            h.on_stream_lost(self, exc, self.got_bytes)
+        except Exception:
+            log.exception("upstream %s:%d: close handling failed", *self.key[:2])
+            h.on_fatal()
+
+    def eof_received(self) -> bool | None:
+        return None  # close our side too; connection_lost reports it
+
+    def bind(self, handler: ClientCallbacks, head_request: bool) -> None:
+        """Attach the request about to be written on this connection."""
+        self.handler = handler
+        if self.parser_dirty:
+            # The previous response answered a HEAD request: the parser (which cannot
+            # be told about HEAD) may still expect a body, so start from a clean one.
+            self.parser = httptools.HttpResponseParser(self)
+            self.parser_dirty = False
+        self.headers = []
+        self.head_done = False
+        self.has_length = False
+        self.body_length = None
+        self.chunked = False
+        self.chunked_out = False
+        self.trailers = None
+        self.got_bytes = False
+        self._head_request = head_request
+        self._skip_complete = False
+        self.head_fed = 0
+        self.head_size = 0
+        self.n_headers = 0
+
+    def has_stale_input(self) -> bool:
+        """Bytes (or an EOF) arrived that no request asked for and the loop has not
+        delivered yet: the connection must not carry another request."""
+        return self.fd >= 0 and _has_input(self.fd)
+
+    # ------------------------------------------------------------------ ClientStream
+
+    def send_head(
+        self, head: RequestHead, body: Sequence[bytes] = (), end_stream: bool = False
+    ) -> None:
+        """Request line, fields, the body received so far and (``end_stream``) its end,
+        in one write.  A body of unknown length (``head.body_length`` None) is chunked:
+        ``transfer-encoding`` carries the codings the client applied
+        (``head.transfer_codings``, ending in chunked) or just ``chunked``."""
+        if head.body_length is None and not (end_stream and not body):
+            self.chunked_out = True
+            parts = [
+                serialize_request(
+                    head, ((b"transfer-encoding", head.transfer_codings or b"chunked"),)
+                )
+            ]
+            for d in body:
+                parts += (b"%x\r\n" % len(d), d, b"\r\n")
+            if end_stream:
+                parts.append(_LAST_CHUNK)
+        else:
+            parts = [serialize_request(head)]
+            parts += body
+        self.transport.writelines(parts)
+
+    def send_data(self, data: bytes) -> None:
+        if self.chunked_out:
+            self.transport.writelines([b"%x\r\n" % len(data), data, b"\r\n"])
+        else:
+            self.transport.write(data)
+
+    def send_end(self, trailers: Headers | None = None) -> None:
+        """The end of the request body: the last chunk (with the trailer fields) when
+        chunked; nothing to write under a Content-Length (trailers are dropped: RFC
+        9110 6.5.1, a sender cannot carry them without chunked framing)."""
+        if self.chunked_out:
+            self.transport.write(_trailer_block(trailers) if trailers else _LAST_CHUNK)
+
+    def reset(self) -> None:
+        self.abort()
+
+    # ``close``: graceful (FIN), for a connection that answered but cannot be reused.
+
+    def read_disable(self, reason: int) -> None:
+        if not self.read_mask:
+            self.pause_reading()
+        self.read_mask |= reason
+
+    def read_enable(self, reason: int) -> None:
+        if self.read_mask & reason:
+            self.read_mask &= ~reason
+            if not self.read_mask:
+                self.resume_reading()
+
+    # ------------------------------------------------------------------ raw writes
+
+    def write(self, data: bytes) -> None:
+        self.transport.write(data)
+
+    def writelines(self, parts: list[bytes]) -> None:
+        self.transport.writelines(parts)
+
+    def close(self) -> None:
+        self.handler = None
+        if not self.closed:
+            self.closed = True
+            self.transport.close()
+
+    def abort(self) -> None:
+        self.handler = None
+        if not self.closed:
+            self.closed = True
+            self.transport.abort()
+
+    def pause_reading(self) -> None:
+        if not self.read_paused and not self.closed:
+            self.read_paused = True
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        self.read_mask = 0
+        if self.read_paused:
+            self.read_paused = False
+            if not self.closed:
+                self.transport.resume_reading()
+
+    # ------------------------------------------------------------------ flow control
+
+    def pause_writing(self) -> None:
+        h = self.handler
+        if h is not None:
+            try:
+                h.on_write_pause()
+            except Exception:
+                log.exception("upstream flow control failed")
+                h.on_fatal()
+
+    def resume_writing(self) -> None:
+        h = self.handler
+        if h is not None:
+            try:
+                h.on_write_resume()
+            except Exception:
+                log.exception("upstream flow control failed")
+                h.on_fatal()
+
+    # ------------------------------------------------------------------ data
+
+    def data_received(self, data: bytes) -> None:
+        h = self.handler
+        if h is None:
+            # Bytes on an idle connection are not an answer to anything (RFC 9112 9.2:
+            # HTTP/1.1 "relies on the order of response arrival to correspond exactly
+            # to the order in which requests are made on the same connection"): close
+            # it and take it out of the pool now, not when the close completes.
+            self.abort()
+            self.pool.drop_idle(self)
+            return
+        self.got_bytes = True
+        self.done_in_feed = False
+        self.progress = False
+        try:
+            self.parser.feed_data(data)
+        except Exception as exc:
+            cause = exc.__context__ if exc.__context__ is not None else exc
+            if not isinstance(exc, httptools.HttpParserError) or (
+                isinstance(exc, httptools.HttpParserCallbackError)
+                and not isinstance(cause, UpstreamProtocolError)
+            ):
+                log.error("upstream %s:%d: callback failed", *self.key[:2], exc_info=cause)
+            self._broken(h, cause if isinstance(cause, UpstreamProtocolError) else exc)
+            return
+        try:
+            done = self._done_for
+            if done is not None:
+                # The response ended in this chunk and nothing followed it: only now is
+                # it known that the connection is clean enough to be reused.
+                self._done_for = None
+                done.on_response_end(self, self.trailers, self._reusable and not self.closed)
+            elif not self.progress and self.handler is h and (self.chunked or not self.head_done):
+                # Nothing came out of this read: it is part of a head or of a trailer
+                # section, which the parser holds until a field line ends (an endless
+                # line reaches no callback), or chunk framing.  Bound it here too.
+                self.head_fed += len(data)
+                if self.head_fed > self.pool.max_header_bytes:
+                    self._broken(h, UpstreamHeadersTooLarge("response head too large"))
+                    return
+            h.on_flush()
+        except Exception:
+            log.exception("upstream %s:%d: relaying the response failed", *self.key[:2])
+            self.abort()
+            h.on_fatal()
+
+    def _broken(self, h: ClientCallbacks, exc: BaseException) -> None:
+        """The backend broke the protocol while ``h`` was bound (or just after its
+        response ended): the connection is closed, never reused.  A response that was
+        complete still stands; otherwise ``h`` sees a lost connection (502, or a retry
+        on a new connection when no head was received: what failed to parse may be
+        stale bytes of a reused connection).  A head over the limits is an answer, so
+        the request is not sent again."""
+        done = self._done_for
+        self._done_for = None
+        self.abort()
+        try:
+            if done is not None:
+                done.on_response_end(self, None, False)
+            else:
+                answered = self.head_done or isinstance(exc, UpstreamHeadersTooLarge)
+                h.on_stream_lost(self, exc, answered)
+            h.on_flush()
+        except Exception:
+            log.exception("upstream %s:%d: error handling failed", *self.key[:2])
+            h.on_fatal()
+
+    # httptools callbacks -------------------------------------------------------
+    #
+    # ``done_in_feed``: a response completed earlier in the chunk being parsed.  No
+    # request follows it on this connection yet, so anything after that point in the
+    # same chunk (a second response, a body after a HEAD response) is a protocol
+    # violation, not the next answer.
+
+    def on_message_begin(self) -> None:
+        if self.handler is None or self.done_in_feed:
+            raise UpstreamProtocolError("response without a request")
+        # Fields are counted per message; ``head_fed`` is not reset here, so interim
+        # responses (100, 103) count towards the final head's bytes and a backend
+        # cannot keep a request waiting behind an endless stream of them.
+        self.head_size = 0
+        self.n_headers = 0
+
+    def on_status(self, reason: bytes) -> None:
+        self.head_size += len(reason)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        # The request side's limits, counted the same way (server.py on_header), also
+        # for trailer fields, which the parser holds just like head fields.
+        self.n_headers += 1
+        self.head_size += len(name) + len(value) + 4
+        pool = self.pool
+        if self.n_headers > pool.max_headers or self.head_size > pool.max_header_bytes:
+            raise UpstreamHeadersTooLarge("response header fields too large")
+        name = name.lower()
+        if self.head_done:
+            # Trailer fields (RFC 9110 6.5), relayed with the end of the response.
+            if self.trailers is None:
+                self.trailers = []
+            self.trailers.append((name, value))
+            return
+        if name == b"content-length":
+            self.has_length = True
+            self.body_length = int(value)  # digits only: the parser checked
+        elif name == b"transfer-encoding":
+            self.chunked = True
+        self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        h = self.handler
+        if h is None:
+            raise UpstreamProtocolError("response without a request")
+        status = self.parser.get_status_code()
+        if status < 200:
+            # Interim responses (100 Continue, 103 Early Hints) are consumed here; the
+            # proxy answers the client's Expect itself (see server.py).  101 never
+            # happens: Upgrade is hop-by-hop and never forwarded.
+            if status == 101:
+                raise UpstreamProtocolError("unexpected 101 Switching Protocols")
+            self.headers = []
+            self.has_length = False
+            self.body_length = None
+            self.chunked = False
+            self._skip_complete = True
+            return
+        self.head_done = True
+        self.n_headers = 0  # trailer fields get a fresh count
+        self.head_size = 0
+        self.head_fed = 0
+        self.progress = True
+        h.on_response_head(
+            self,
+            ResponseHead(
+                status,
+                self.headers,
+                body_length=self.body_length,
+                end_stream=self._head_request or status == 204 or status == 304,
+            ),
+        )
+        if self._head_request and self.handler is h:
+            # RFC 9110 9.3.2: the response to HEAD has no content, whatever its framing
+            # headers say.  The parser cannot be told, so finish here and use a fresh
+            # parser for the next response.
+            self.parser_dirty = True
+            self._finish(h)
+
+    def on_body(self, body: bytes) -> None:
+        h = self.handler
+        if h is None or self.done_in_feed:
+            raise UpstreamProtocolError("unexpected response body")
+        self.progress = True
+        self.head_fed = 0
+        h.on_response_data(body)
+
+    def on_message_complete(self) -> None:
+        if self._skip_complete:
+            self._skip_complete = False
+            return
+        if self.done_in_feed:
+            return  # the phantom end of a HEAD response's body
+        h = self.handler
+        if h is None:
+            raise UpstreamProtocolError("response without a request")
+        self._finish(h)
+
+    def _finish(self, h: ClientCallbacks) -> None:
+        # Reported by data_received once the rest of the chunk is parsed: a byte
+        # after the end of the response makes the connection unusable, and the
+        # handler must know that before it puts the connection back in the pool.
+        self._reusable = bool(self.parser.should_keep_alive())
+        self.handler = None
+        self.done_in_feed = True
+        self._done_for = h

@@ -1,0 +1,742 @@
+"""The HTTP/1.1 server codec: one ``asyncio.Protocol`` per client connection.
+
+Shape (after uvicorn's httptools protocol): ``HttpConnection`` owns one
+``httptools.HttpRequestParser``; its callbacks fill one ``RequestHead`` per request,
+and when the head is complete one slotted ``Exchange`` (``exchange.py``) takes the
+request over.  The connection is the ``ServerStream`` of the exchange it is serving
+(HTTP/1.1 serves one at a time): it frames the response (a Content-Length passes
+through, anything else becomes ``chunked`` towards HTTP/1.1 clients or close-delimited
+towards HTTP/1.0 clients; trailer fields follow the last chunk), renders local replies,
+answers ``Expect: 100-continue`` when the exchange asks, and decides keep-alive.  Flow
+control is pause/resume of reading this transport (``read_disable`` /
+``read_enable``), driven by the other transport's write-buffer water marks, so a slow
+peer on either side makes the proxy stop reading from the fast one instead of
+buffering a body.
+
+Choices worth knowing:
+
+- ``Expect: 100-continue`` is answered by the proxy itself (as Envoy does by default):
+  the expectation is removed from the forwarded request and ``100 Continue`` is sent
+  once the route is resolved and the request head has been written to a connected
+  upstream.  A final local reply (404, 503, ...) is therefore sent without ever asking
+  the client for the body (RFC 9110 10.1.1: "A server that responds with a final status
+  code before reading the entire request content SHOULD indicate whether it intends to
+  close the connection").  Interim responses from the backend are dropped.
+- Pipelined requests are parsed ahead (their bodies held, bounded, before reading is
+  paused) but each is only routed once the previous response is complete.
+- Request trailer fields (chunked requests) count against the same byte and field
+  limits as the head, and reach the upstream after its last chunk.
+- Idle/head/lingering deadlines are checked by one periodic sweep per ``Proxy``
+  instead of a timer per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Final, cast
+
+import httptools
+
+from gatewayd.proxy.forwarded import client_cert_details
+from gatewayd.proxy.http.codec import Headers, RequestHead, ResponseHead
+from gatewayd.proxy.http.exchange import ERRORS_BY_STATUS, LR_BAD, Exchange
+from gatewayd.proxy.http.h1_client import WRITE_HIGH, WRITE_LOW
+from gatewayd.proxy.localreply import local_reply, status_line
+
+if TYPE_CHECKING:
+    from gatewayd.proxy.server import Proxy
+    from gatewayd.routing.compiled import ListenerPort, Snapshot
+
+log = logging.getLogger("gatewayd.proxy.server")
+
+ListenKey = tuple[str, int]
+_ERRORS_BY_STATUS = ERRORS_BY_STATUS
+
+# Body bytes held for requests that cannot be sent yet (upstream connecting, pipelined
+# behind another request) before the client connection stops being read.
+MAX_HELD: Final = 256 * 1024
+# Pipelined requests parsed ahead before reading pauses.
+MAX_QUEUED: Final = 16
+# Reads bigger than this are parsed in slices of this size, so that parsing ahead stops
+# within one slice of reading being paused (a 256 KiB read of tiny pipelined requests
+# would otherwise become thousands of queued requests at once).
+FEED_SLICE: Final = 16 * 1024
+# Lingering close: after the last response, how long unread client bytes are drained
+# (so closing does not reset the connection under a response the client has not read).
+LINGER: Final = 2.0
+
+# Reasons for pausing the reading of a client connection (bit mask).  The first two
+# are the codec's read_disable reasons (codec.RD_UPSTREAM, codec.RD_HELD).
+R_UPSTREAM: Final = 1  # the upstream's write buffer is above its high-water mark
+R_HELD: Final = 2  # too many body bytes held
+R_QUEUE: Final = 4  # too many pipelined requests
+
+# Connection deadline kinds.
+D_NONE: Final = 0
+D_HEAD: Final = 1  # a request head must complete (408 if partial, silent if nothing)
+D_IDLE: Final = 2  # keep-alive idle between requests (silent close)
+D_LINGER: Final = 3  # lingering close
+
+# Response body framing towards the client.
+F_LENGTH: Final = 0  # Content-Length (or no body): bytes pass through
+F_CHUNKED: Final = 1
+F_EOF: Final = 2  # close-delimited (HTTP/1.0 client, unknown length)
+
+CONTINUE_100: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+class _Reject(Exception):
+    """Raised inside a parser callback to stop parsing and answer ``status``."""
+
+    def __init__(self, status: int, why: str) -> None:
+        super().__init__(why)
+        self.status = status
+
+
+def _upgrade_token(headers: Headers) -> bytes:
+    """The Upgrade field value (b"" when the request upgrades without one)."""
+    for n, v in headers:
+        if n == b"upgrade":
+            return v
+    return b""
+
+
+class HttpConnection(asyncio.Protocol):
+    """One client connection: parses requests and serves them in order.  It is the
+    ``ServerStream`` of its active exchange (one at a time) and the
+    ``DownstreamConnection`` of all of them."""
+
+    __slots__ = (
+        "active",
+        "backlog",
+        "client_cert",
+        "closed",
+        "closing",
+        "cur",
+        "cur_head",
+        "deadline",
+        "deadline_kind",
+        "dispatching",
+        "head_fed",
+        "head_size",
+        "held",
+        "key",
+        "label",
+        "lingering",
+        "loop",
+        "n_headers",
+        "out",
+        "parse_error",
+        "parser",
+        "peer_ip",
+        "port_for",
+        "proxy",
+        "queue",
+        "read_mask",
+        "rejected",
+        "resp_keep",
+        "resp_mode",
+        "scheme",
+        "sent_100",
+        "sni",
+        "stopped",
+        "trailers",
+        "transport",
+        "write_paused",
+    )
+
+    # ``codec.ExchangeFactory``: what serves each request (a class attribute, so that a
+    # codec test can plug in a recorder; as cheap as a global lookup).
+    new_exchange: Callable[[HttpConnection, RequestHead], Exchange] = Exchange
+
+    def __init__(self, proxy: Proxy, key: ListenKey, label: str) -> None:
+        self.proxy = proxy
+        self.key = key
+        self.label = label
+        self.loop = asyncio.get_running_loop()
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]
+        self.parser = httptools.HttpRequestParser(self)
+        self.peer_ip = ""
+        # Transparent (TPROXY) connections pick their ListenerPort from each request's
+        # snapshot by original destination and client (proxy/transparent.py).
+        self.port_for: Callable[[Snapshot], ListenerPort | None] | None = None
+        # Terminated TLS: the client's server name ("" without SNI), set when the
+        # connection is made; None on plain connections.
+        self.sni: str | None = None
+        self.scheme = b"http"  # X-Forwarded-Proto and the default redirect scheme
+        # X-Forwarded-Client-Cert value of a verified client certificate (terminated
+        # TLS only), built once per connection; None: the header is removed.
+        self.client_cert: bytes | None = None
+        # The head being parsed, then its exchange (from the end of the head to the end
+        # of the request).
+        self.cur_head: RequestHead | None = None
+        self.cur: Exchange | None = None
+        self.trailers: Headers | None = None
+        # The exchange being served, and the state of its response.
+        self.active: Exchange | None = None
+        self.out: list[bytes] = []
+        self.resp_mode = F_LENGTH
+        self.resp_keep = False
+        self.sent_100 = False
+        self.queue: deque[Exchange] = deque()
+        self.held = 0
+        self.backlog = b""
+        self.read_mask = 0
+        self.write_paused = False
+        self.closing = False
+        self.closed = False
+        self.lingering = False
+        self.stopped = False
+        self.rejected = False
+        self.dispatching = False
+        self.parse_error = 0
+        self.deadline = 0.0
+        self.deadline_kind = D_NONE
+        self.head_size = 0
+        self.head_fed = 0
+        self.n_headers = 0
+
+    # ------------------------------------------------------------------ transport
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports do not subclass asyncio.Transport; same interface.
+        transport = cast(asyncio.Transport, transport)
+        self.transport = transport
+        proxy = self.proxy
+        if proxy.n_conns >= proxy.options.max_connections and not proxy.make_room():
+            # Over the limit with no idle connection to close: accepted and reset.
+            self.rejected = True
+            self.closed = True
+            transport.abort()
+            return
+        proxy.n_conns += 1
+        proxy.conns.add(self)
+        transport.set_write_buffer_limits(WRITE_HIGH, WRITE_LOW)
+        peer = transport.get_extra_info("peername")
+        self.peer_ip = peer[0] if peer else ""
+        if self.sni is not None:
+            # What the SNI callback chose (gatewayd.tls.terminate) for the 421 check.
+            ssl_object = transport.get_extra_info("ssl_object")
+            self.sni = getattr(ssl_object, "server_name", "")
+            # A peer certificate exists only where the listener asked for one and
+            # OpenSSL verified it against the listener's CA (frontend validation).
+            getpeercert = getattr(ssl_object, "getpeercert", None)
+            if getpeercert is not None and proxy.options.xfcc_set:
+                der = getpeercert(binary_form=True)
+                if der:
+                    self.client_cert = client_cert_details(der)
+        self.deadline = self.loop.time() + proxy.options.header_timeout
+        self.deadline_kind = D_HEAD
+        if proxy.metrics is not None:
+            proxy.metrics.downstream_cx(self.label, 1)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.rejected:
+            return
+        self.closed = True
+        proxy = self.proxy
+        proxy.n_conns -= 1
+        proxy.conns.discard(self)
+        if proxy.metrics is not None:
+            proxy.metrics.downstream_cx(self.label, -1)
+        ex = self.active
+        self.active = None
+        if ex is not None:
+            try:
+                ex.on_reset()
+            except Exception:
+                log.exception("cleanup after client disconnect failed")
+        self.queue.clear()
+        proxy.connection_gone()
+
+    def eof_received(self) -> bool | None:
+        # The client closed its side.  Like nginx and Envoy, a request still in flight
+        # is abandoned (the upstream request is reset and logged with flag DC): a
+        # half-closed HTTP/1.1 client is indistinguishable from one that went away.
+        return None
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        ex = self.active
+        if ex is not None:
+            ex.on_down_write_pause()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        ex = self.active
+        if ex is not None:
+            ex.on_down_write_resume()
+
+    def pause(self, reason: int) -> None:
+        if not self.read_mask and not self.closed:
+            self.transport.pause_reading()
+        self.read_mask |= reason
+
+    def resume(self, reason: int) -> None:
+        if self.read_mask & reason:
+            self.read_mask &= ~reason
+            if not self.read_mask and not self.closed:
+                self.transport.resume_reading()
+                if self.backlog:
+                    # Not from here: this may run inside a parser callback, and the
+                    # parser is not re-entrant.
+                    self.loop.call_soon(self._feed_backlog)
+
+    # ``ServerStream.read_disable`` / ``read_enable``: one stream at a time, so the
+    # reasons map straight onto the transport's (no extra call per chunk).
+    read_disable = pause
+    read_enable = resume
+
+    def hold(self, n: int) -> None:
+        self.held += n
+        if self.held > MAX_HELD:
+            self.pause(R_HELD)
+
+    def release_held(self, n: int) -> None:
+        self.held -= n
+        if self.held <= MAX_HELD // 2:
+            self.resume(R_HELD)
+
+    def abort(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.transport.abort()
+
+    def evict(self) -> None:
+        """Close this idle keep-alive connection to make room for a new client.  Its
+        slot is given back now rather than in ``connection_lost`` (which comes later),
+        so the new connection is counted in its place."""
+        proxy = self.proxy
+        self.closed = True
+        self.rejected = True  # no longer counted: connection_lost leaves the count alone
+        proxy.n_conns -= 1
+        proxy.conns.discard(self)
+        if proxy.metrics is not None:
+            proxy.metrics.downstream_cx(self.label, -1)
+        # Between requests with nothing buffered: a plain close (FIN) is clean, as the
+        # keep-alive idle timeout's is (RFC 9112 9.5: "A client, server, or proxy MAY
+        # close the transport connection at any time").
+        self.transport.close()
+
+    # ------------------------------------------------------------------ parsing
+
+    def data_received(self, data: bytes) -> None:
+        if self.stopped:
+            return  # lingering close / after a protocol error: drop
+        if self.backlog:
+            self.backlog += data
+            return
+        self._feed(data)
+
+    def _feed(self, data: bytes) -> None:
+        """Parse ``data``; big reads are parsed in slices so that parsing stops as soon
+        as reading is paused (pipelined requests piling up, upstream not keeping up):
+        the rest waits in ``backlog`` until reading resumes."""
+        n = len(data)
+        if n <= FEED_SLICE:
+            self._parse(data)
+            return
+        view = memoryview(data)
+        pos = 0
+        while pos < n:
+            if self.read_mask or self.stopped or self.closed:
+                if not self.stopped:
+                    self.backlog = bytes(view[pos:])
+                return
+            end = pos + FEED_SLICE
+            self._parse(view[pos:end])
+            pos = end
+
+    def _feed_backlog(self) -> None:
+        data = self.backlog
+        self.backlog = b""
+        if data and not self.stopped and not self.closed:
+            self._feed(data)
+
+    def _parse(self, data: bytes | memoryview) -> None:
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            # The request asked to switch protocols (or was CONNECT); Upgrade is not
+            # forwarded, so the request is served as plain HTTP and the connection
+            # closed after it (what follows it is not HTTP/1.1 we could parse).
+            self.stopped = True
+            self.closing = True
+            if self.active is None and not self.queue:
+                self._close_after_flush()
+        except httptools.HttpParserError as exc:
+            cause = exc.__context__
+            if isinstance(cause, _Reject):
+                self._protocol_error(cause.status)
+            elif isinstance(exc, httptools.HttpParserCallbackError):
+                log.error("request callback failed", exc_info=cause or exc)
+                self._protocol_error(500)
+            else:
+                self._protocol_error(400)
+        except Exception:
+            log.exception("request parsing failed")
+            self.abort()
+        else:
+            if self.cur_head is not None:
+                # A head arriving in pieces is held by the parser: bound it here too.
+                self.head_fed += len(data)
+                if self.head_fed > self.proxy.options.max_header_bytes:
+                    self._protocol_error(431)
+
+    def on_message_begin(self) -> None:
+        self.cur_head = RequestHead(b"", b"", [])
+        self.trailers = None
+        self.head_size = 0
+        self.head_fed = 0
+        self.n_headers = 0
+        if self.deadline_kind == D_IDLE:
+            self.deadline = self.loop.time() + self.proxy.options.header_timeout
+            self.deadline_kind = D_HEAD
+
+    def on_url(self, url: bytes) -> None:
+        head = self.cur_head
+        assert head is not None
+        head.target += url
+        self.head_size += len(url)
+        if self.head_size > self.proxy.options.max_header_bytes:
+            raise _Reject(431, "request line too long")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        # Head and trailer fields share one budget (the limits bound a request's
+        # fields, wherever they are).
+        self.n_headers += 1
+        self.head_size += len(name) + len(value) + 4
+        opts = self.proxy.options
+        if self.n_headers > opts.max_headers or self.head_size > opts.max_header_bytes:
+            raise _Reject(431, "request header fields too large")
+        name = name.lower()
+        head = self.cur_head
+        if head is None:
+            # Trailer fields of a chunked request (RFC 9110 6.5), relayed with its end.
+            if self.trailers is None:
+                self.trailers = []
+            self.trailers.append((name, value))
+            return
+        head.headers.append((name, value))
+        if name == b"content-length":
+            head.body_length = int(value)  # digits only: the parser checked
+        elif name == b"transfer-encoding":
+            head.transfer_codings = value
+        elif name == b"host":
+            # RFC 9112 3.2: "A server MUST respond with a 400 (Bad Request) status code
+            # to any HTTP/1.1 request message that lacks a Host header field and to any
+            # request message that contains more than one Host header field line".
+            if head.authority is not None:
+                raise _Reject(400, "more than one Host")
+            head.authority = value
+        elif name == b"expect":
+            head.expect_continue = value.lower() == b"100-continue"
+
+    def on_headers_complete(self) -> None:
+        head = self.cur_head
+        assert head is not None
+        self.cur_head = None
+        p = self.parser
+        version = head.version = p.get_http_version()
+        method = head.method = p.get_method()
+        head.keep_alive = bool(p.should_keep_alive()) and not self.closing
+        if head.transfer_codings is not None:
+            head.body_length = None  # chunked: streamed until the last chunk
+        elif head.body_length is None:
+            head.body_length = 0
+            head.end_stream = True
+        elif head.body_length == 0:
+            head.end_stream = True
+        if p.should_upgrade() and method != b"CONNECT":
+            head.protocol = _upgrade_token(head.headers)
+        if head.authority is None and version != "1.0":
+            raise _Reject(400, "missing Host")
+        ex = self.new_exchange(self, head)
+        self.cur = ex
+        self.head_fed = 0
+        self.deadline_kind = D_NONE
+        self.deadline = 0.0
+        if self.active is None and not self.queue:
+            self._start(ex)
+        else:
+            self.queue.append(ex)
+            if len(self.queue) >= MAX_QUEUED:
+                self.pause(R_QUEUE)
+
+    def on_body(self, body: bytes) -> None:
+        ex = self.cur
+        assert ex is not None
+        ex.on_data(body)
+
+    def on_message_complete(self) -> None:
+        ex = self.cur
+        self.cur = None
+        if ex is not None:
+            trailers = self.trailers
+            self.trailers = None
+            ex.on_end(trailers)
+
+    # ------------------------------------------------------------------ ServerStream
+
+    @property
+    def conn(self) -> HttpConnection:
+        return self
+
+    def _start(self, ex: Exchange) -> None:
+        """``ex`` becomes the active exchange: fresh response state, then route it."""
+        self.active = ex
+        self.resp_mode = F_LENGTH
+        self.resp_keep = False
+        self.sent_100 = False
+        if self.write_paused:
+            ex.on_down_write_pause()
+        ex.on_start()
+
+    def _keep_after_response(self) -> bool:
+        ex = self.active
+        if ex is None or not ex.head.keep_alive or self.closing:
+            return False
+        # The client asked to wait for 100 Continue and we never sent it: it may or
+        # may not send the body now, so the connection cannot be reused.
+        return not (ex.head.expect_continue and not self.sent_100 and self.cur is ex)
+
+    def send_continue(self) -> None:
+        if not self.sent_100 and not self.closed:
+            self.sent_100 = True
+            self.transport.write(CONTINUE_100)
+
+    def send_head(self, head: ResponseHead, request_method: bytes) -> None:
+        ex = self.active
+        assert ex is not None
+        version = ex.head.version
+        status = head.status
+        out = head.headers
+        # RFC 9110 9.3.2 / 15.3.5 / 15.4.5: no content in responses to HEAD, in 204
+        # and in 304 whatever the framing fields say.
+        keep = self._keep_after_response()
+        if (
+            head.body_length is not None
+            or request_method == b"HEAD"
+            or status == 204
+            or status == 304
+        ):
+            self.resp_mode = F_LENGTH
+        elif version == "1.1":
+            out.append((b"transfer-encoding", b"chunked"))
+            self.resp_mode = F_CHUNKED
+        else:
+            # RFC 9112 7: chunked is not understood by HTTP/1.0 recipients: the body
+            # ends with the connection.
+            self.resp_mode = F_EOF
+            keep = False
+        if not keep:
+            out.append((b"connection", b"close"))
+        elif version != "1.1":
+            out.append((b"connection", b"keep-alive"))
+        self.resp_keep = keep
+        parts = [status_line(status)]
+        for n, v in out:
+            parts += (n, b": ", v, b"\r\n")
+        parts.append(b"\r\n")
+        self.out.append(b"".join(parts))
+
+    def send_data(self, data: bytes) -> None:
+        if self.resp_mode == F_CHUNKED:
+            self.out += (b"%x\r\n" % len(data), data, b"\r\n")
+        else:
+            self.out.append(data)
+
+    def send_end(self, trailers: Headers | None = None) -> None:
+        mode = self.resp_mode
+        if mode == F_CHUNKED:
+            if trailers:
+                # RFC 9112 7.1.2: the trailer section follows the last chunk.
+                parts = [b"0\r\n"]
+                for n, v in trailers:
+                    parts += (n, b": ", v, b"\r\n")
+                parts.append(b"\r\n")
+                self.out.append(b"".join(parts))
+            else:
+                self.out.append(b"0\r\n\r\n")
+        elif mode == F_EOF:
+            self.resp_keep = False
+
+    def flush(self) -> None:
+        out = self.out
+        if out:
+            self.out = []
+            if not self.closed:
+                self.transport.writelines(out)
+
+    def drain_request(self) -> bool:
+        return self.resp_keep
+
+    def local_reply(
+        self, status: int, headers: Sequence[tuple[bytes, bytes]], body: bytes, *, close: bool
+    ) -> int:
+        ex = self.active
+        head_request = ex is not None and ex.method == b"HEAD"
+        keep = self._keep_after_response() and not close
+        self.resp_keep = keep
+        self.out.append(
+            local_reply(status, body, keep_alive=keep, extra_headers=headers, head=head_request)
+        )
+        return 0 if head_request else len(body)
+
+    def reset(self) -> None:
+        self.abort()
+
+    def done(self, close: bool = False) -> None:
+        ex = self.active
+        if ex is not None:
+            self.exchange_done(ex, self.resp_keep and not close)
+
+    def write_buffer_size(self) -> int:
+        return 0 if self.closed else self.transport.get_write_buffer_size()
+
+    # ------------------------------------------------------------------ sequencing
+
+    def exchange_done(self, ex: Exchange, keep: bool) -> None:
+        if self.active is ex:
+            self.active = None
+        if self.closed:
+            return
+        if not keep:
+            self.queue.clear()
+            self._close_after_flush()
+            return
+        self._dispatch()
+
+    def _dispatch(self) -> None:
+        if self.dispatching:
+            return
+        self.dispatching = True
+        try:
+            while self.active is None and self.queue and not self.closed:
+                ex = self.queue.popleft()
+                if len(self.queue) < MAX_QUEUED:
+                    self.resume(R_QUEUE)
+                if self.closing:
+                    ex.head.keep_alive = False
+                self._start(ex)
+            if self.active is None and not self.closed:
+                if self.parse_error:
+                    self._send_error(self.parse_error)
+                elif self.closing:
+                    self._close_after_flush()
+                elif self.cur_head is None:
+                    proxy = self.proxy
+                    self.deadline = self.loop.time() + proxy.options.idle_timeout
+                    self.deadline_kind = D_IDLE
+                    if proxy.no_idle_until:
+                        # At the connection limit, a scan found no idle connection:
+                        # here is one, the next new client may have it.
+                        proxy.no_idle_until = 0.0
+                else:
+                    self.deadline = self.loop.time() + self.proxy.options.header_timeout
+                    self.deadline_kind = D_HEAD
+        finally:
+            self.dispatching = False
+
+    def _protocol_error(self, status: int) -> None:
+        """Stop parsing; answer ``status`` once the requests before it are answered."""
+        self.stopped = True
+        cur = self.cur
+        self.cur = None
+        self.cur_head = None
+        if cur is not None and cur in self.queue:
+            self.queue.remove(cur)
+        if cur is not None and cur is self.active:
+            # The body of the request being served is broken.
+            cur.on_error(status)
+            return
+        if self.active is None and not self.queue:
+            self._send_error(status)
+        else:
+            self.parse_error = status
+
+    def _send_error(self, status: int) -> None:
+        kind = _ERRORS_BY_STATUS.get(status, LR_BAD)
+        self.transport.write(local_reply(status, kind.body, keep_alive=False))
+        proxy = self.proxy
+        if proxy.metrics is not None:
+            proxy.metrics.local_reply(kind.reason)
+            proxy.metrics.downstream_request(self.label, status, 0.0)
+        if proxy.access is not None:
+            # The request could not be parsed: log what there is (Envoy does the same
+            # with flag DPE).
+            proxy.access.log(
+                start_time=time.time(),
+                method="",
+                path="",
+                protocol="HTTP/1.1",
+                status=status,
+                flags=kind.flag,
+                bytes_received=0,
+                bytes_sent=len(kind.body),
+                duration_ms=0,
+                upstream_ms=None,
+                xff="",
+                user_agent="",
+                request_id="",
+                authority="",
+                upstream_host="",
+                route="",
+            )
+        self._close_after_flush()
+
+    def _close_after_flush(self) -> None:
+        """Send what is buffered, then close without resetting the client's read.
+
+        Lingering close (RFC 9112 9.6): half-close our side once the buffer is
+        flushed, drain whatever the client still sends, close on its FIN or after
+        LINGER seconds."""
+        if self.lingering or self.closed:
+            return
+        self.lingering = True
+        self.stopped = True
+        self.queue.clear()
+        self.read_mask = 0
+        transport = self.transport
+        transport.resume_reading()
+        self.deadline = self.loop.time() + LINGER
+        self.deadline_kind = D_LINGER
+        if transport.can_write_eof():
+            transport.write_eof()
+        else:
+            transport.close()
+
+    def shutdown(self) -> None:
+        """Stop serving: close now if idle, else after the response in progress."""
+        self.closing = True
+        if self.closed or self.lingering:
+            return
+        if self.active is None and not self.queue:
+            self.closed = True
+            self.transport.close()
+
+    def on_deadline(self) -> None:
+        kind = self.deadline_kind
+        self.deadline = 0.0
+        self.deadline_kind = D_NONE
+        if self.closed:
+            return
+        if kind == D_LINGER:
+            self.abort()
+        elif kind == D_HEAD and self.active is None:
+            if self.cur_head is not None:
+                # RFC 9110 15.5.9: 408 "the server did not receive a complete request
+                # message within the time that it was prepared to wait".
+                self.stopped = True
+                self.cur_head = None
+                self._send_error(408)
+            else:
+                self.closed = True
+                self.transport.close()
+        elif kind == D_IDLE and self.active is None and not self.queue:
+            self.closed = True
+            self.transport.close()

@@ -1,0 +1,274 @@
+"""The HTTP/1.1 client codec (``h1_client.UpstreamConnection``) without sockets: what
+it writes for a ``RequestHead`` and a body, and what it reports for response bytes fed
+to it, through a transport double."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+from transport_double import TransportDouble, run_in_loop
+
+from gatewayd.proxy.http.codec import (
+    RD_UPSTREAM,
+    ClientStream,
+    Headers,
+    RequestHead,
+    ResponseHead,
+    UpstreamHeadersTooLarge,
+    UpstreamProtocolError,
+)
+from gatewayd.proxy.http.h1_client import UpstreamConnection, mirror_request
+from gatewayd.proxy.http.pool import UpstreamPool
+
+
+class Recorder:
+    """``ClientCallbacks`` that write down what the codec reports."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[object, ...]] = []
+        self.head: ResponseHead | None = None
+        self.body = b""
+        self.trailers: Headers | None = None
+
+    def on_response_head(self, stream: ClientStream, head: ResponseHead) -> None:
+        self.head = head
+        self.events.append(("head", head.status))
+
+    def on_response_data(self, data: bytes) -> None:
+        self.body += data
+
+    def on_response_end(
+        self, stream: ClientStream, trailers: Headers | None, reusable: bool
+    ) -> None:
+        self.trailers = trailers
+        self.events.append(("end", reusable))
+
+    def on_stream_lost(
+        self, stream: ClientStream, exc: BaseException | None, got_bytes: bool
+    ) -> None:
+        self.events.append(("lost", type(exc), got_bytes))
+
+    def on_flush(self) -> None:
+        self.events.append(("flush",))
+
+    def on_write_pause(self) -> None:
+        self.events.append(("write_pause",))
+
+    def on_write_resume(self) -> None:
+        self.events.append(("write_resume",))
+
+    def on_fatal(self) -> None:
+        self.events.append(("fatal",))
+
+
+def client(
+    test: Callable[[UpstreamConnection, TransportDouble, Recorder], None],
+    *,
+    head_request: bool = False,
+    **limits: int,
+) -> None:
+    async def main() -> None:
+        pool = UpstreamPool(**limits)
+        conn = UpstreamConnection(pool, ("127.0.0.1", 80, ""), "be")
+        t = TransportDouble()
+        conn.connection_made(t)  # type: ignore[arg-type]
+        rec = Recorder()
+        conn.bind(rec, head_request)
+        test(conn, t, rec)
+        await asyncio.sleep(0)
+        pool.close()
+
+    run_in_loop(main)
+
+
+def head(
+    method: bytes = b"GET",
+    *,
+    fields: Headers | None = None,
+    body_length: int | None = 0,
+    codings: bytes | None = None,
+) -> RequestHead:
+    return RequestHead(
+        method,
+        b"/p?q=1",
+        fields if fields is not None else [(b"host", b"be.example")],
+        authority=b"be.example",
+        body_length=body_length,
+        end_stream=body_length == 0,
+        transfer_codings=codings,
+    )
+
+
+def test_request_with_length_passes_the_body_through() -> None:
+    def test(conn: UpstreamConnection, t: TransportDouble, rec: Recorder) -> None:
+        h = head(b"POST", fields=[(b"host", b"be"), (b"content-length", b"5")], body_length=5)
+        conn.send_head(h, [b"ab"], end_stream=False)
+        conn.send_data(b"cde")
+        conn.send_end([(b"dropped", b"x")])  # no chunked framing: nowhere to put them
+        assert t.take() == (b"POST /p?q=1 HTTP/1.1\r\nhost: be\r\ncontent-length: 5\r\n\r\nabcde")
+
+    client(test)
+
+
+def test_streamed_request_is_chunked_with_trailers() -> None:
+    def test(conn: UpstreamConnection, t: TransportDouble, rec: Recorder) -> None:
+        h = head(b"POST", body_length=None, codings=b"gzip, chunked")
+        conn.send_head(h, [b"abc"], end_stream=False)
+        conn.send_data(b"de")
+        conn.send_end([(b"x-sum", b"5")])
+        assert t.take() == (
+            b"POST /p?q=1 HTTP/1.1\r\nhost: be.example\r\n"
+            b"transfer-encoding: gzip, chunked\r\n\r\n"
+            b"3\r\nabc\r\n2\r\nde\r\n0\r\nx-sum: 5\r\n\r\n"
+        )
+
+    client(test)
+
+
+def test_complete_request_in_one_write() -> None:
+    def test(conn: UpstreamConnection, t: TransportDouble, rec: Recorder) -> None:
+        conn.send_head(head(b"POST", body_length=None), [b"abc"], end_stream=True)
+        assert t.take().endswith(b"transfer-encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n")
+        conn.bind(rec, False)
+        conn.send_head(head(), (), end_stream=True)
+        assert t.take() == b"GET /p?q=1 HTTP/1.1\r\nhost: be.example\r\n\r\n"
+
+    client(test)
+
+
+def test_response_head_body_and_trailers() -> None:
+    def test(conn: UpstreamConnection, t: TransportDouble, rec: Recorder) -> None:
+        conn.data_received(
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"4\r\nwiki\r\n"
+        )
+        assert rec.head is not None and rec.head.body_length is None
+        assert rec.head.headers == [
+            (b"content-type", b"text/plain"),
+            (b"transfer-encoding", b"chunked"),
+        ]
+        assert rec.body == b"wiki"
+        conn.data_received(b"0\r\nGrpc-Status: 0\r\nGrpc-Message: fine\r\n\r\n")
+        assert rec.trailers == [(b"grpc-status", b"0"), (b"grpc-message", b"fine")]
+        assert rec.events == [("head", 200), ("flush",), ("end", True), ("flush",)]
+
+    client(test)
+
+
+def test_content_length_response_reports_its_length() -> None:
+    def test(conn: UpstreamConnection, t: TransportDouble, rec: Recorder) -> None:
+        conn.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc")
+        assert rec.head is not None and rec.head.body_length == 3
+        assert rec.body == b"abc" and ("end", True) in rec.events
+
+    client(test)
+
+
+def test_interim_responses_are_consumed() -> None:
+    def test(conn: UpstreamConnection, t: TransportDouble, rec: Recorder) -> None:
+        conn.data_received(
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n"
+            b"HTTP/1.1 204 No Content\r\n\r\n"
+        )
+        assert rec.events[0] == ("head", 204)
+        assert rec.head is not None and rec.head.end_stream and rec.head.headers == []
+
+    client(test)
+
+
+def test_head_response_has_no_body_whatever_its_framing() -> None:
+    def test(conn: UpstreamConnection, t: TransportDouble, rec: Recorder) -> None:
+        conn.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n")
+        assert rec.head is not None and rec.head.end_stream
+        assert rec.events[:2] == [("head", 200), ("end", True)]
+
+    client(test, head_request=True)
+
+
+def test_a_byte_after_the_response_makes_it_unusable() -> None:
+    def test(conn: UpstreamConnection, t: TransportDouble, rec: Recorder) -> None:
+        conn.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokX")
+        assert ("end", False) in rec.events
+        assert t.aborted
+
+    client(test)
+
+
+def test_trailer_section_over_the_limits_is_a_protocol_error() -> None:
+    def test(conn: UpstreamConnection, t: TransportDouble, rec: Recorder) -> None:
+        conn.data_received(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na\r\n0\r\n"
+            + b"".join(b"T-%d: v\r\n" % i for i in range(5))
+            + b"\r\n"
+        )
+        assert rec.events[-2] == ("lost", UpstreamHeadersTooLarge, True)
+        assert t.aborted
+
+    client(test, max_headers=4)
+
+
+def test_endless_head_is_bounded() -> None:
+    def test(conn: UpstreamConnection, t: TransportDouble, rec: Recorder) -> None:
+        conn.data_received(b"HTTP/1.1 200 OK\r\nX-Long: ")
+        for _ in range(10):
+            conn.data_received(b"a" * 200)
+            if t.aborted:
+                break
+        assert ("lost", UpstreamHeadersTooLarge, True) in rec.events
+
+    client(test, max_header_bytes=1024)
+
+
+def test_malformed_response_is_a_protocol_error() -> None:
+    def test(conn: UpstreamConnection, t: TransportDouble, rec: Recorder) -> None:
+        conn.data_received(b"HTTP/1.1 abc OK\r\n\r\n")
+        kind = rec.events[0]
+        assert kind[0] == "lost" and t.aborted and kind[1] is not None
+        # No head was read: what failed to parse may be stale bytes of a reused
+        # connection, so the exchange may send the request again (got_bytes False).
+        assert kind[2] is False
+
+    client(test)
+
+
+def test_unexpected_101_is_refused() -> None:
+    def test(conn: UpstreamConnection, t: TransportDouble, rec: Recorder) -> None:
+        conn.data_received(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\n\r\n")
+        assert rec.events[0] == ("lost", UpstreamProtocolError, False)
+
+    client(test)
+
+
+def test_read_disable_per_reason() -> None:
+    def test(conn: UpstreamConnection, t: TransportDouble, rec: Recorder) -> None:
+        conn.read_disable(RD_UPSTREAM)
+        conn.read_disable(RD_UPSTREAM)
+        assert t.paused and t.pause_calls == 1
+        conn.read_enable(2)  # not a reason it was disabled for
+        assert t.paused
+        conn.read_enable(RD_UPSTREAM)
+        assert not t.paused
+
+    client(test)
+
+
+def test_write_watermarks_reach_the_exchange() -> None:
+    def test(conn: UpstreamConnection, t: TransportDouble, rec: Recorder) -> None:
+        conn.pause_writing()
+        conn.resume_writing()
+        assert rec.events == [("write_pause",), ("write_resume",)]
+
+    client(test)
+
+
+def test_mirror_copy_is_framed_with_its_body() -> None:
+    h = head(
+        b"POST",
+        fields=[(b"host", b"m"), (b"transfer-encoding", b"chunked"), (b"x", b"1")],
+        body_length=None,
+    )
+    assert mirror_request(h, b"abc") == (
+        b"POST /p?q=1 HTTP/1.1\r\nhost: m\r\nx: 1\r\n"
+        b"content-length: 3\r\nconnection: close\r\n\r\nabc"
+    )

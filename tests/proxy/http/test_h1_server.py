@@ -1,0 +1,371 @@
+"""The HTTP/1.1 server codec (``h1_server.HttpConnection``) without sockets: bytes are
+fed to the protocol, a recording exchange stands in for the request logic, and what
+the codec writes back is read from a transport double."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+from transport_double import TransportDouble, run_in_loop
+
+from gatewayd.proxy.http.codec import RD_UPSTREAM, Headers, RequestHead, ResponseHead
+from gatewayd.proxy.http.h1_server import FEED_SLICE, MAX_HELD, MAX_QUEUED, HttpConnection
+from gatewayd.proxy.server import ProxyOptions
+
+
+class FakeProxy:
+    """What a connection reads of its ``Proxy``."""
+
+    def __init__(self, options: ProxyOptions) -> None:
+        self.options = options
+        self.metrics = None
+        self.access = None
+        self.n_conns = 0
+        self.conns: set[HttpConnection] = set()
+        self.no_idle_until = 0.0
+
+    def make_room(self) -> bool:
+        return False
+
+    def connection_gone(self) -> None:
+        pass
+
+
+class Recorder:
+    """A ``StreamCallbacks`` that writes down what the codec tells it."""
+
+    def __init__(self, stream: HttpConnection, head: RequestHead) -> None:
+        self.stream = stream
+        self.head = head
+        self.method = head.method
+        self.events: list[tuple[object, ...]] = []
+        self.body = b""
+        self.trailers: Headers | None = None
+        RECORDED.append(self)
+
+    def on_start(self) -> None:
+        self.events.append(("start",))
+
+    def on_data(self, data: bytes) -> None:
+        self.body += data
+
+    def on_end(self, trailers: Headers | None) -> None:
+        self.trailers = trailers
+        self.events.append(("end",))
+
+    def on_reset(self) -> None:
+        self.events.append(("reset",))
+
+    def on_error(self, status: int) -> None:
+        self.events.append(("error", status))
+
+    def on_down_write_pause(self) -> None:
+        self.events.append(("write_pause",))
+
+    def on_down_write_resume(self) -> None:
+        self.events.append(("write_resume",))
+
+    def check_deadlines(self, now: float, idle_timeout: float) -> None:
+        pass
+
+
+RECORDED: list[Recorder] = []
+
+
+class RecordingConnection(HttpConnection):
+    new_exchange = Recorder  # type: ignore[assignment]
+
+
+async def _serve_async(
+    test: Callable[[HttpConnection, TransportDouble], None], **options: object
+) -> None:
+    RECORDED.clear()
+    proxy = FakeProxy(ProxyOptions(access_log=None, **options))  # type: ignore[arg-type]
+    conn = RecordingConnection(proxy, ("127.0.0.1", 8080), "127.0.0.1:8080")  # type: ignore[arg-type]
+    t = TransportDouble()
+    conn.connection_made(t)  # type: ignore[arg-type]
+    test(conn, t)
+    await asyncio.sleep(0)
+
+
+def serve(test: Callable[[HttpConnection, TransportDouble], None], **options: object) -> None:
+    run_in_loop(lambda: _serve_async(test, **options))
+
+
+def respond(conn: HttpConnection, body: bytes = b"ok", *, length: bool = True) -> None:
+    headers: Headers = [(b"content-length", b"%d" % len(body))] if length else []
+    conn.send_head(ResponseHead(200, headers, body_length=len(body) if length else None), b"GET")
+    if body:
+        conn.send_data(body)
+    conn.send_end()
+    conn.flush()
+    conn.done()
+
+
+def test_simple_get_head_and_response() -> None:
+    def test(conn: HttpConnection, t: TransportDouble) -> None:
+        conn.data_received(b"GET /a?b=1 HTTP/1.1\r\nHost: example.com\r\nX-A: 1\r\n\r\n")
+        [ex] = RECORDED
+        head = ex.head
+        assert (head.method, head.target, head.authority, head.version) == (
+            b"GET",
+            b"/a?b=1",
+            b"example.com",
+            "1.1",
+        )
+        assert head.headers == [(b"host", b"example.com"), (b"x-a", b"1")]
+        assert head.end_stream and head.body_length == 0 and head.keep_alive
+        assert ex.events == [("start",), ("end",)]
+        respond(conn)
+        out = t.take()
+        assert out.startswith(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+        assert b"connection" not in out  # kept alive: nothing to say
+        assert not t.eof_written
+
+    serve(test)
+
+
+def test_pipelined_requests_start_in_order() -> None:
+    def test(conn: HttpConnection, t: TransportDouble) -> None:
+        conn.data_received(
+            b"GET /1 HTTP/1.1\r\nHost: h\r\n\r\n"
+            b"POST /2 HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\n\r\nabc"
+            b"GET /3 HTTP/1.1\r\nHost: h\r\n\r\n"
+        )
+        first, second, third = RECORDED
+        assert first.events == [("start",), ("end",)]
+        # Parsed ahead (the body is delivered and held by the exchange), not started.
+        assert second.events == [("end",)] and second.body == b"abc"
+        assert third.events == [("end",)]
+        respond(conn, b"1")
+        assert second.events == [("end",), ("start",)]
+        assert third.events == [("end",)]
+        respond(conn, b"2")
+        assert third.events == [("end",), ("start",)]
+        respond(conn, b"3")
+        out = t.take()
+        assert out.count(b"HTTP/1.1 200 OK") == 3
+        assert out.index(b"\r\n\r\n1") < out.index(b"\r\n\r\n2") < out.index(b"\r\n\r\n3")
+
+    serve(test)
+
+
+def test_chunked_request_with_trailers() -> None:
+    def test(conn: HttpConnection, t: TransportDouble) -> None:
+        conn.data_received(
+            b"POST /u HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: gzip, chunked\r\n\r\n3\r\nabc\r\n"
+        )
+        [ex] = RECORDED
+        assert ex.head.body_length is None and not ex.head.end_stream
+        assert ex.head.transfer_codings == b"gzip, chunked"
+        assert ex.body == b"abc" and ex.events == [("start",)]
+        conn.data_received(b"2\r\nde\r\n0\r\nGrpc-Status: 0\r\nX-Sum: 5\r\n\r\n")
+        assert ex.body == b"abcde"
+        assert ex.trailers == [(b"grpc-status", b"0"), (b"x-sum", b"5")]
+        assert ex.events == [("start",), ("end",)]
+
+    serve(test)
+
+
+def test_chunked_response_with_trailers() -> None:
+    def test(conn: HttpConnection, t: TransportDouble) -> None:
+        conn.data_received(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+        conn.send_head(ResponseHead(200, [(b"x", b"1")]), b"GET")
+        conn.send_data(b"hello")
+        conn.send_data(b"!")
+        conn.send_end([(b"grpc-status", b"0")])
+        conn.flush()
+        assert t.take() == (
+            b"HTTP/1.1 200 OK\r\nx: 1\r\ntransfer-encoding: chunked\r\n\r\n"
+            b"5\r\nhello\r\n1\r\n!\r\n0\r\ngrpc-status: 0\r\n\r\n"
+        )
+        assert conn.drain_request()
+
+    serve(test)
+
+
+def test_http10_client_gets_a_close_delimited_body() -> None:
+    def test(conn: HttpConnection, t: TransportDouble) -> None:
+        conn.data_received(b"GET / HTTP/1.0\r\n\r\n")
+        [ex] = RECORDED
+        assert ex.head.authority is None and ex.head.version == "1.0"
+        conn.send_head(ResponseHead(200, []), b"GET")
+        conn.send_data(b"body")
+        conn.send_end([(b"dropped", b"1")])  # no framing can carry trailers here
+        conn.flush()
+        conn.done()
+        out = t.take()
+        assert out == b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\nbody"
+        assert t.eof_written  # the body ends with the connection
+
+    serve(test)
+
+
+def test_expect_100_continue_is_sent_once_on_request() -> None:
+    def test(conn: HttpConnection, t: TransportDouble) -> None:
+        conn.data_received(
+            b"PUT / HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n"
+        )
+        [ex] = RECORDED
+        assert ex.head.expect_continue
+        assert t.take() == b""  # never before the exchange asks
+        conn.send_continue()
+        conn.send_continue()
+        assert t.take() == b"HTTP/1.1 100 Continue\r\n\r\n"
+        conn.data_received(b"ok")
+        assert ex.body == b"ok"
+
+    serve(test)
+
+
+def test_final_reply_without_continue_closes() -> None:
+    def test(conn: HttpConnection, t: TransportDouble) -> None:
+        conn.data_received(
+            b"PUT / HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n"
+        )
+        sent = conn.local_reply(404, [], b"nope", close=False)
+        assert sent == 4
+        conn.flush()
+        out = t.take()
+        # The client may or may not send the body now: the connection is not reused.
+        assert out.startswith(b"HTTP/1.1 404 Not Found\r\n")
+        assert b"connection: close\r\n" in out and out.endswith(b"\r\n\r\nnope")
+        assert not conn.drain_request()
+
+    serve(test)
+
+
+def test_local_reply_to_head_has_no_body() -> None:
+    def test(conn: HttpConnection, t: TransportDouble) -> None:
+        conn.data_received(b"HEAD / HTTP/1.1\r\nHost: h\r\n\r\n")
+        assert conn.local_reply(503, [(b"x-request-id", b"r1")], b"down", close=False) == 0
+        conn.flush()
+        out = t.take()
+        assert b"content-length: 4\r\n" in out and b"x-request-id: r1\r\n" in out
+        assert out.endswith(b"\r\n\r\n") and b"content-type: text/plain\r\n" in out
+        assert b"date: " in out and b"server: gatewayd\r\n" in out
+
+    serve(test)
+
+
+def test_too_many_header_fields_is_431_and_close() -> None:
+    def test(conn: HttpConnection, t: TransportDouble) -> None:
+        fields = b"".join(b"X-%d: v\r\n" % i for i in range(5))
+        conn.data_received(b"GET / HTTP/1.1\r\nHost: h\r\n" + fields + b"\r\n")
+        assert RECORDED == []
+        out = t.take()
+        assert out.startswith(b"HTTP/1.1 431 ") and b"connection: close" in out
+        assert t.eof_written
+
+    serve(test, max_headers=4)
+
+
+def test_header_bytes_over_limit_in_pieces_is_431() -> None:
+    def test(conn: HttpConnection, t: TransportDouble) -> None:
+        conn.data_received(b"GET / HTTP/1.1\r\nHost: h\r\nX-Long: ")
+        for _ in range(5):  # an endless field line, fed in pieces
+            conn.data_received(b"a" * 300)
+            if t.written:
+                break
+        out = t.take()
+        assert out.startswith(b"HTTP/1.1 431 ")
+        assert t.eof_written
+
+    serve(test, max_header_bytes=1024)
+
+
+def test_trailer_section_shares_the_head_limits() -> None:
+    def test(conn: HttpConnection, t: TransportDouble) -> None:
+        conn.data_received(
+            b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na\r\n"
+        )
+        [ex] = RECORDED
+        trailers = b"".join(b"T-%d: v\r\n" % i for i in range(4))
+        conn.data_received(b"0\r\n" + trailers + b"\r\n")
+        assert ex.events == [("start",), ("error", 431)]
+
+    serve(test, max_headers=4)
+
+
+def test_malformed_and_ambiguous_requests_are_400() -> None:
+    cases = [
+        b"GET / HTTP/1.1\r\n\r\n",  # no Host
+        b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",  # two Hosts
+        b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+        b"G@T / HTTP/1.1\r\nHost: a\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+    ]
+    for case in cases:
+
+        def test(conn: HttpConnection, t: TransportDouble, case: bytes = case) -> None:
+            conn.data_received(case)
+            if RECORDED:  # the head was fine, the body broke: the exchange answers
+                assert RECORDED[0].events[-1] == ("error", 400), case
+                return
+            out = t.take()
+            assert out.startswith(b"HTTP/1.1 400 Bad Request\r\n"), case
+            assert b"connection: close" in out and t.eof_written, case
+
+        serve(test)
+
+
+def test_read_disable_is_per_reason_and_idempotent() -> None:
+    def test(conn: HttpConnection, t: TransportDouble) -> None:
+        conn.data_received(b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 10\r\n\r\n")
+        conn.read_disable(RD_UPSTREAM)
+        conn.read_disable(RD_UPSTREAM)
+        assert t.paused and t.pause_calls == 1
+        conn.hold(MAX_HELD + 1)  # a second reason
+        conn.read_enable(RD_UPSTREAM)
+        assert t.paused  # still held
+        conn.release_held(MAX_HELD + 1)
+        assert not t.paused
+
+    serve(test)
+
+
+def test_slow_client_pauses_the_active_exchange_only() -> None:
+    def test(conn: HttpConnection, t: TransportDouble) -> None:
+        conn.data_received(b"GET /1 HTTP/1.1\r\nHost: h\r\n\r\nGET /2 HTTP/1.1\r\nHost: h\r\n\r\n")
+        first, second = RECORDED
+        conn.pause_writing()
+        assert first.events[-1] == ("write_pause",)
+        assert ("write_pause",) not in second.events
+        respond(conn)
+        # The next exchange starts knowing the client is still slow.
+        assert second.events[-2:] == [("write_pause",), ("start",)]
+        conn.resume_writing()
+        assert second.events[-1] == ("write_resume",)
+
+    serve(test)
+
+
+def test_pipelining_ahead_is_bounded() -> None:
+    req = b"GET / HTTP/1.1\r\nHost: h\r\n\r\n"
+
+    def test(conn: HttpConnection, t: TransportDouble) -> None:
+        conn.data_received(req * 2000)
+        # Parsing stops within one slice of the queue filling up; the rest of the read
+        # waits unparsed until the queue drains.
+        assert t.paused
+        assert MAX_QUEUED < len(RECORDED) <= MAX_QUEUED + 1 + FEED_SLICE // len(req) + 1
+        parsed = len(RECORDED)
+        while conn.active is not None:
+            respond(conn)
+        # Every parsed request answered: reading resumes, the unparsed rest is fed on
+        # the next loop iteration.
+        total = 2000 * len(req)
+        assert not t.paused and parsed < 2000
+        assert conn.backlog and (total - len(conn.backlog)) % FEED_SLICE == 0
+
+    run_in_loop(lambda: _serve_async(test))
+
+
+def test_client_gone_resets_the_active_exchange() -> None:
+    def test(conn: HttpConnection, t: TransportDouble) -> None:
+        conn.data_received(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+        conn.connection_lost(None)
+        assert RECORDED[0].events[-1] == ("reset",)
+
+    serve(test)
