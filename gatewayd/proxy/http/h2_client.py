@@ -35,6 +35,7 @@ import h2.settings
 
 from gatewayd.proxy.http.codec import (
     ClientCallbacks,
+    ClientStream,
     Headers,
     RequestHead,
     ResponseHead,
@@ -154,6 +155,10 @@ class H2ClientStream:
 
     def reset(self) -> None:
         self._conn.reset_stream(self, CANCEL)
+
+    def close(self) -> None:
+        # An ended stream has nothing left; one still open is ended without error.
+        self._conn.reset_stream(self, NO_ERROR)
 
     def read_disable(self, reason: int) -> None:
         self.read_off |= reason
@@ -594,3 +599,8 @@ class H2ClientConnection:
             self.transport.abort()
             return
         self.transport.write(data)
+
+
+def _conforms(stream: H2ClientStream) -> ClientStream:
+    """mypy proves H2ClientStream is a codec.ClientStream (never called)."""
+    return stream

@@ -53,6 +53,7 @@ from gatewayd.proxy.http.codec import (
     Headers,
     RequestHead,
     ResponseHead,
+    ServerStream,
     StreamCallbacks,
 )
 from gatewayd.proxy.http.h2_fields import content_length, join_cookies, to_h2_fields
@@ -117,6 +118,7 @@ class H2ServerStream:
         "_conn",
         "callbacks",
         "end_queued",
+        "exch_held",
         "head_pending",
         "held",
         "inq",
@@ -134,6 +136,7 @@ class H2ServerStream:
         "stream_id",
         "trailers_in",
         "trailers_out",
+        "unacked",
     )
 
     def __init__(self, conn: H2ServerConnection, stream_id: int, method: bytes) -> None:
@@ -148,6 +151,8 @@ class H2ServerStream:
         self.trailers_in: Headers | None = None
         self.remote_ended = False
         self.held = 0  # flow-controlled bytes in inq
+        self.exch_held = 0  # body bytes the exchange holds (hold / release_held)
+        self.unacked = 0  # delivered bytes whose window waits for release_held
         self.head_pending: Headers | None = None  # response head not yet given to h2
         self.no_body = False
         self.out = bytearray()  # response body waiting for flush / the peer's window
@@ -198,6 +203,26 @@ class H2ServerStream:
     def flush(self) -> None:
         self._conn.push(self)
         self._conn.flush_out()
+
+    def drain_request(self) -> bool:
+        # HTTP/2: the stream ends on its own (RST_STREAM NO_ERROR for an unfinished
+        # request body, RFC 9113 8.1); nothing to read and drop.
+        return False
+
+    def done(self, close: bool = False) -> None:
+        self._conn.stream_done(self)
+
+    def hold(self, n: int) -> None:
+        self.exch_held += n
+
+    def release_held(self, n: int) -> None:
+        self.exch_held = max(0, self.exch_held - n)
+        give = min(n, self.unacked)
+        if give:
+            self.unacked -= give
+            if self.stream_id in self._conn.streams:
+                self._conn.ack(self.stream_id, give)
+                self._conn.flush_out()
 
     def local_reply(
         self, status: int, headers: Sequence[tuple[bytes, bytes]], body: bytes, *, close: bool
@@ -429,10 +454,7 @@ class H2ServerConnection:
                 stream.inq.append((data, fcl))
                 stream.held += fcl
             else:
-                if data:
-                    stream.callbacks.on_data(data)
-                if fcl:
-                    self._ack(stream.stream_id, fcl)
+                self._deliver(stream, stream.callbacks, data, fcl)
         elif isinstance(event, h2.events.RequestReceived):
             self._request(event, now)
         elif isinstance(event, h2.events.TrailersReceived):
@@ -561,17 +583,51 @@ class H2ServerConnection:
         callbacks = stream.callbacks
         if callbacks is None:
             return
-        while stream.inq and not stream.read_off:
+        while stream.inq and not stream.read_off and stream.callbacks is not None:
             data, fcl = stream.inq.pop(0)
             stream.held -= fcl
-            if data:
-                callbacks.on_data(data)
-            if fcl and stream.stream_id in self.streams:
-                self._ack(stream.stream_id, fcl)
+            self._deliver(stream, callbacks, data, fcl)
         if not stream.inq and stream.end_queued and not stream.read_off:
             stream.end_queued = False
             callbacks.on_end(stream.trailers_in)
             self._maybe_done(stream, self.clock())
+
+    def _deliver(
+        self, stream: H2ServerStream, callbacks: StreamCallbacks, data: bytes, fcl: int
+    ) -> None:
+        """Hand body bytes to the exchange; their window reopens now, or when the
+        exchange releases them if it holds them (``hold`` during ``on_data``)."""
+        before = stream.exch_held
+        if data:
+            callbacks.on_data(data)
+        defer = min(max(0, stream.exch_held - before), fcl)
+        stream.unacked += defer
+        if fcl - defer and stream.stream_id in self.streams:
+            self._ack(stream.stream_id, fcl - defer)
+
+    def stream_done(self, stream: H2ServerStream) -> None:
+        """The exchange is over (``ServerStream.done``): no more calls into it.  A
+        response it ended finishes on its own (it may wait for window); one it did
+        not end is reset."""
+        stream.callbacks = None
+        if stream.stream_id not in self.streams:
+            return
+        # Body it never took or still holds: give the windows back.
+        pending = stream.held + stream.unacked
+        stream.inq.clear()
+        stream.held = stream.unacked = 0
+        stream.end_queued = False
+        if pending:
+            self._ack(stream.stream_id, pending)
+        if not stream.out_end:
+            self.reset_stream(stream, _INTERNAL_ERROR)
+            return
+        if stream.response_ended:
+            self._maybe_done(stream, self.clock())
+        self.flush_out()
+
+    def ack(self, stream_id: int, n: int) -> None:
+        self._ack(stream_id, n)
 
     def _ack(self, stream_id: int, n: int) -> None:
         # A connection h2 already closed has nothing to give back.
@@ -754,3 +810,8 @@ class H2ServerConnection:
         for stream in streams:
             if stream.callbacks is not None and not stream.response_ended:
                 stream.callbacks.on_reset()
+
+
+def _conforms(stream: H2ServerStream) -> ServerStream:
+    """mypy proves H2ServerStream is a codec.ServerStream (never called)."""
+    return stream

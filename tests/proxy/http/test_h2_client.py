@@ -348,3 +348,16 @@ def test_streams_handed_out_count_before_their_head_is_sent() -> None:
     assert first.stream_id == 1
     assert rig.codec.can_open()
     assert rig.codec.reserved == 0
+
+
+def test_close_ends_an_open_stream_without_error_and_is_a_no_op_after_the_end() -> None:
+    rig = ClientRig()
+    done_stream, up = rig.send()
+    rig.respond(done_stream.stream_id)
+    done_stream.close()
+    open_stream, _ = rig.send(b"POST", end=False)
+    open_stream.close()
+    rig.pump()
+    assert rig.requests[open_stream.stream_id]["reset"] == 0  # NO_ERROR
+    assert rig.requests[done_stream.stream_id]["reset"] is None
+    assert up.names() == ["head", "end"]

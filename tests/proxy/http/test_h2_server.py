@@ -481,3 +481,66 @@ def test_an_exchange_that_raises_gets_a_500_and_other_streams_go_on(
     assert "exchange callback failed" in caplog.text
     ok = rig.request(b"/fine")
     assert responses(rig.pump())[ok]["status"] == 200
+
+
+def test_bytes_the_exchange_holds_keep_their_window_shut_until_released() -> None:
+    rig = ServerRig(respond=False)
+    sid = rig.request(b"/held", method=b"POST", end=False)
+    rig.pump()
+    ex = rig.exchanges[0]
+    held: list[int] = []
+
+    def holding(data: bytes) -> None:  # the exchange has no upstream yet: it holds
+        ex.body += data
+        ex.stream.hold(len(data))
+        held.append(len(data))
+
+    ex.on_data = holding  # type: ignore[method-assign]
+    rig.send_body(sid, b"h" * 65536, end=False)
+    rig.pump()
+    assert len(ex.body) == 65536
+    assert rig.client.local_flow_control_window(sid) == 0  # nothing given back
+    ex.stream.release_held(sum(held))  # sent upstream
+    rig.pump()
+    assert rig.client.local_flow_control_window(sid) == 65536
+
+
+def test_done_before_the_response_ended_resets_the_stream() -> None:
+    rig = ServerRig(respond=False)
+    sid = rig.request(b"/x")
+    rig.pump()
+    stream = rig.exchanges[0].stream
+    stream.send_head(ResponseHead(200, [], body_length=10), b"GET")
+    stream.send_data(b"12345")
+    stream.flush()
+    assert stream.drain_request() is False
+    stream.done(close=True)
+    stream.reset()  # the exchange's abort path: done, then reset (a no-op now)
+    got = responses(rig.pump())[sid]
+    assert got["body"] == b"12345"
+    assert got["reset"] == 2
+    assert not got["ended"]
+    assert rig.server.streams == {}
+
+
+def test_done_after_the_response_lets_it_finish_through_the_window() -> None:
+    rig = ServerRig(respond=False)
+    sid = rig.request(b"/x", method=b"POST", end=False)
+    rig.pump()
+    ex = rig.exchanges[0]
+    ex.stream.send_head(ResponseHead(200, [], body_length=100_000), b"POST")
+    ex.stream.send_data(b"r" * 100_000)
+    ex.stream.send_end(None)
+    ex.stream.done()
+    body = responses(rig.pump())[sid]["body"]
+    for _ in range(10):
+        rig.client.acknowledge_received_data(len(body), sid)
+        got = responses(rig.pump()).get(sid)
+        if got is None:
+            break
+        body += got["body"]
+        if got["ended"]:
+            break
+    assert len(body) == 100_000
+    assert rig.server.streams == {}
+    assert "reset" not in ex.names()
