@@ -278,8 +278,12 @@ class H2ServerConnection:
         *,
         clock: Callable[[], float],
         limits: H2Limits = EDGE_H2_LIMITS,
+        on_lost: Callable[[BaseException | None], None] | None = None,
     ) -> None:
         self.conn = conn
+        # Told when the transport is gone (the HTTP/1.1 connection that handed this one
+        # over keeps the proxy's connection count).
+        self.on_lost = on_lost
         self.factory = factory
         self.clock = clock
         self.limits = limits
@@ -364,6 +368,9 @@ class H2ServerConnection:
     def connection_lost(self, exc: BaseException | None) -> None:
         self.closed = True
         self._abort_streams()
+        if self.on_lost is not None:
+            on_lost, self.on_lost = self.on_lost, None
+            on_lost(exc)
 
     def pause_writing(self) -> None:
         self.write_paused = True
@@ -558,6 +565,13 @@ class H2ServerConnection:
                 if n == b"host":
                     authority = v
                     break
+        elif not any(n == b"host" for n, _ in fields):
+            # RFC 9113 8.3.1: "An intermediary that forwards a request over HTTP/1.1
+            # MUST construct a Host header field if one is not present in a request by
+            # copying the value of the :authority pseudo-header field."  Done here, so
+            # the exchange (host matching, forwarding) sees what an HTTP/1.1 client
+            # sends; the HTTP/2 client codec turns it back into :authority.
+            fields.insert(0, (b"host", authority))
         fields = join_cookies(fields)
         ended = bool(event.stream_ended)
         body_length = 0 if ended else content_length(fields)

@@ -37,7 +37,8 @@ def test_get_maps_pseudo_headers_to_the_head_and_answers() -> None:
     assert ex.head.version == HTTP_2
     assert ex.head.end_stream is True
     assert ex.head.body_length == 0
-    assert ex.head.headers == [(b"user-agent", b"t")]
+    # :authority is also the Host field an HTTP/1.1 hop needs (RFC 9113 8.3.1).
+    assert ex.head.headers == [(b"host", b"example.com"), (b"user-agent", b"t")]
     assert ex.names() == ["start", "end"]
     assert got[sid]["status"] == 200
     assert got[sid]["body"] == b"hello"
