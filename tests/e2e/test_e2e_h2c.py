@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import json
 import socket
+import ssl
 from dataclasses import dataclass, field
 
 import h2.config
 import h2.connection
 import h2.events
 import pytest
+import yaml
 from e2e_kit import (
     LOCALHOST,
     Gatewayd,
@@ -24,6 +26,8 @@ from e2e_kit import (
     request,
     rule,
 )
+
+from gatewayd.tls.certs import secret_manifest, self_signed
 
 pytestmark = pytest.mark.e2e
 
@@ -40,8 +44,13 @@ class Answer:
 class H2cClient:
     """A prior-knowledge HTTP/2 client on a blocking socket (bounded reads)."""
 
-    def __init__(self, port: int) -> None:
-        self.sock = socket.create_connection((LOCALHOST, port), timeout=10)
+    def __init__(self, port: int, tls: ssl.SSLContext | None = None, sni: str = "") -> None:
+        raw = socket.create_connection((LOCALHOST, port), timeout=10)
+        self.sock: socket.socket = raw
+        if tls is not None:
+            self.sock = tls.wrap_socket(raw, server_hostname=sni)
+            assert self.sock.selected_alpn_protocol() == "h2"  # type: ignore[attr-defined]
+        self.scheme = b"https" if tls is not None else b"http"
         self.conn = h2.connection.H2Connection(
             h2.config.H2Configuration(client_side=True, header_encoding=None)
         )
@@ -68,7 +77,7 @@ class H2cClient:
         sid = self.conn.get_next_available_stream_id()
         headers = [
             (b":method", method.encode()),
-            (b":scheme", b"http"),
+            (b":scheme", self.scheme),
             (b":authority", authority.encode()),
             (b":path", path.encode()),
             (b"cookie", b"a=1"),
@@ -116,19 +125,28 @@ class H2cClient:
 class Env:
     daemon: Gatewayd
     port: int
+    https_port: int
 
 
 @pytest.fixture(scope="module")
 def env(module_echoes, module_gatewayd) -> Env:  # type: ignore[no-untyped-def]
     (backend,) = module_echoes.start("h2c-echo")
-    port = free_port()
+    port, https_port = free_port(), free_port()
+    cert, key = self_signed(["h2c.example"], days=30)
+    https = {
+        "name": "https",
+        "port": https_port,
+        "protocol": "HTTPS",
+        "tls": {"mode": "Terminate", "certificateRefs": [{"name": "h2-cert"}]},
+    }
     docs = [
         gateway_class(),
-        gateway("gw", [listener("http", port)]),
+        gateway("gw", [listener("http", port), https]),
+        yaml.safe_load(secret_manifest(cert, key, name="h2-cert", namespace="default")),
         *backend.manifests(),
         http_route("r", [rule(backends=[backend_ref("h2c-echo")])], hostnames=["h2c.example"]),
     ]
-    return Env(module_gatewayd(docs), port)
+    return Env(module_gatewayd(docs), port, https_port)
 
 
 def test_h2c_prior_knowledge_reaches_an_http1_backend(env: Env) -> None:
@@ -183,3 +201,21 @@ def test_http1_is_still_served_on_the_same_port(env: Env) -> None:
     r = request(env.port, "/plain", host="h2c.example")
     assert r.status == 200
     assert r.json()["path"] == "/plain"
+
+
+def test_https_listener_serves_h2_after_alpn(env: Env) -> None:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.set_alpn_protocols(["h2", "http/1.1"])
+    client = H2cClient(env.https_port, ctx, "h2c.example")
+    try:
+        sids = [client.send(f"/tls{i}") for i in range(5)]
+        answers = client.wait(sids)
+    finally:
+        client.close()
+    for i, sid in enumerate(sids):
+        assert answers[sid].status == 200
+        doc = json.loads(answers[sid].body)
+        assert doc["path"] == f"/tls{i}"
+        assert doc["headers"]["X-Forwarded-Proto"] == ["https"]

@@ -243,6 +243,12 @@ class HttpConnection(asyncio.Protocol):
             self.sniff = b""
         if proxy.metrics is not None:
             proxy.metrics.downstream_cx(self.label, 1)
+        if self.sni is not None:
+            ssl_object = transport.get_extra_info("ssl_object")
+            alpn = getattr(ssl_object, "selected_alpn_protocol", None)
+            if alpn is not None and alpn() == "h2":
+                # RFC 9113 3.2: after ALPN "h2" the client sends the preface at once.
+                self._to_h2(b"")
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.rejected:
@@ -358,9 +364,13 @@ class HttpConnection(asyncio.Protocol):
         self.sniff = None
         if not verdict:
             return buf
-        # The HTTP/2 codec takes the transport; this object stays the connection the
-        # proxy counts (connection_lost comes back through on_lost) and the facts its
-        # exchanges read (DownstreamConnection).
+        self._to_h2(buf)
+        return b""
+
+    def _to_h2(self, buf: bytes) -> None:
+        """The HTTP/2 codec takes the transport; this object stays the connection the
+        proxy counts (connection_lost comes back through on_lost) and the facts its
+        exchanges read (DownstreamConnection)."""
         self.deadline = 0.0
         self.deadline_kind = D_NONE
         h2 = H2ServerConnection(
@@ -371,7 +381,6 @@ class HttpConnection(asyncio.Protocol):
         )
         self.h2 = h2
         h2.adopt(self.transport, buf)
-        return b""
 
     def _feed(self, data: bytes) -> None:
         """Parse ``data``; big reads are parsed in slices so that parsing stops as soon
