@@ -26,7 +26,6 @@ import asyncio
 import logging
 import random
 import socket
-import ssl
 import time
 from typing import TYPE_CHECKING, Final
 
@@ -51,8 +50,9 @@ from gatewayd.proxy.http.codec import (
     ResponseHead,
     ServerStream,
     UpstreamProtocolError,
+    te_for_h2,
 )
-from gatewayd.proxy.http.h1_client import endpoint_key, mirror_request
+from gatewayd.proxy.http.h1_client import endpoint_key
 from gatewayd.proxy.localreply import (
     DNS_RESOLUTION_FAILURE,
     DOWNSTREAM_PROTOCOL_ERROR,
@@ -68,6 +68,7 @@ from gatewayd.routing.addressing import host_port
 from gatewayd.routing.table import HTTPRouteTable
 
 if TYPE_CHECKING:
+    from gatewayd.proxy.server import Proxy
     from gatewayd.routing.bindings import EndpointAddress
     from gatewayd.routing.compiled import CompiledBackend, CompiledRule, ListenerPort
 
@@ -77,6 +78,10 @@ log = logging.getLogger("gatewayd.proxy.server")
 # is at most this big.
 MAX_REPLAY: Final = 64 * 1024
 MIRROR_TIMEOUT: Final = 10.0
+
+# Backends spoken to over HTTP/2 (Service appProtocol, Gateway API
+# HTTPRouteBackendProtocolH2C); the HTTP/2 client codec and pool serve them.
+H2_APP_PROTOCOLS: Final = frozenset({"kubernetes.io/h2c"})
 
 _PROTOCOLS: Final = {HTTP_11: "HTTP/1.1", HTTP_10: "HTTP/1.0", HTTP_2: "HTTP/2"}
 
@@ -479,6 +484,14 @@ class Exchange:
             return
         if backend.request_headers is not None:
             apply_header_ops(fwd, backend.request_headers)
+        if backend.app_protocol in H2_APP_PROTOCOLS:
+            # The hop-by-hop policy is the upstream codec's: RFC 9113 8.2.2 lets one
+            # connection-specific field into HTTP/2, "TE ... MUST NOT contain any value
+            # other than trailers" (gRPC servers require it).  Only requests to such
+            # backends pay this scan.
+            te = _header(headers, b"te")
+            if te is not None and te_for_h2(te) is not None:
+                fwd.append((b"te", b"trailers"))
         # The client codec frames the body: a known length passes through, anything
         # else is re-chunked as it arrives (with the codings the client applied).
         self.upstream_head = RequestHead(
@@ -998,53 +1011,134 @@ class Exchange:
     # ------------------------------------------------------------------ mirrors
 
     def _fire_mirrors(self) -> None:
-        """Fire-and-forget copies; never delays or fails the main request."""
+        """Fire-and-forget copies through the pool (a pooled stream, else a new
+        connection); never delays or fails the main request."""
         mirrors = self.mirrors
         self.mirrors = None
-        proxy = self.conn.proxy
         head = self.mirror_head
-        if not mirrors or not head:
+        if not mirrors or head is None:
             return
         body = b""
         if self.request_complete and self.replay is not None:
+            # The body as received when it was small enough to keep; else none (the
+            # copy says so with content-length: 0).
             body = b"".join(self.replay)
-        data = mirror_request(head, body)
-        loop = self.conn.loop
+        fields = [h for h in head.headers if h[0] not in _FRAMING]
+        fields.append((b"content-length", b"%d" % len(body)))
+        mhead = RequestHead(
+            head.method,
+            head.target,
+            fields,
+            authority=head.authority,
+            body_length=len(body),
+            end_stream=not body,
+        )
+        conn = self.conn
+        proxy = conn.proxy
         for backend in mirrors:
             ep = backend.next_endpoint()
             if ep is None:
                 continue
-            ctx: ssl.SSLContext | None = None
-            if backend.tls is not None:
-                try:
-                    ctx = proxy.pool.contexts.get(backend.tls)
-                except OSError:
-                    continue  # logged once by the context cache
-            task = loop.create_task(
-                _send_mirror(ep.address, ep.port, data, ctx, backend.tls.hostname if ctx else None)
-            )
+            mirror = Mirror(proxy, conn.loop, mhead, body)
+            up = proxy.pool.acquire(endpoint_key(ep.address, ep.port, backend.tls))
+            if up is not None:
+                mirror.send(up)
+                continue
+            task = conn.loop.create_task(mirror.connect(ep, backend))
             proxy.tasks.add(task)
             task.add_done_callback(proxy.tasks.discard)
 
 
-async def _send_mirror(
-    host: str,
-    port: int,
-    data: bytes,
-    ctx: ssl.SSLContext | None = None,
-    server_hostname: str | None = None,
-) -> None:
-    writer: asyncio.StreamWriter | None = None
-    try:
-        async with asyncio.timeout(MIRROR_TIMEOUT):
-            reader, writer = await asyncio.open_connection(
-                host, port, ssl=ctx, server_hostname=server_hostname
+_FRAMING: Final = frozenset((b"content-length", b"transfer-encoding"))
+
+
+class Mirror:
+    """One mirrored copy of a request (HTTPRoute RequestMirror): sent on a client
+    stream of the pool, its response read and dropped, the stream given back when it
+    can carry another request.  Bounded: the body is at most ``MAX_REPLAY`` bytes and
+    the whole copy ``MIRROR_TIMEOUT`` seconds."""
+
+    __slots__ = ("body", "head", "loop", "proxy", "stream", "timer")
+
+    def __init__(
+        self, proxy: Proxy, loop: asyncio.AbstractEventLoop, head: RequestHead, body: bytes
+    ) -> None:
+        self.proxy = proxy
+        self.loop = loop
+        self.head = head
+        self.body = body
+        self.stream: ClientStream | None = None
+        self.timer: asyncio.TimerHandle | None = None
+
+    async def connect(self, ep: EndpointAddress, backend: CompiledBackend) -> None:
+        try:
+            up = await self.proxy.pool.connect(
+                ep.address, ep.port, backend.name, backend.tls, resolve=backend.fqdn
             )
-            writer.write(data)
-            await writer.drain()
-            await reader.read(1)  # the start of an answer, ignored
-    except (OSError, TimeoutError) as exc:
-        log.debug("mirror to %s:%d failed: %s", host, port, exc)
-    finally:
-        if writer is not None:
-            writer.close()
+        except (OSError, TimeoutError) as exc:
+            log.debug("mirror to %s:%d failed: %s", ep.address, ep.port, exc)
+            return
+        if up.closed:
+            return
+        self.send(up)
+
+    def send(self, up: ClientStream) -> None:
+        self.stream = up
+        up.bind(self, self.head.method == b"HEAD")
+        body = self.body
+        up.send_head(self.head, (body,) if body else (), end_stream=True)
+        self.timer = self.loop.call_later(MIRROR_TIMEOUT, self._timeout)
+
+    def _timeout(self) -> None:
+        self.timer = None
+        up = self.stream
+        if up is not None:
+            self.stream = None
+            up.reset()
+
+    def _done(self) -> None:
+        self.stream = None
+        t = self.timer
+        if t is not None:
+            self.timer = None
+            t.cancel()
+
+    # ClientCallbacks: the answer is read (so the connection can be reused) and dropped.
+    def on_response_head(self, stream: ClientStream, head: ResponseHead) -> None:
+        pass
+
+    def on_response_data(self, data: bytes) -> None:
+        pass
+
+    def on_response_end(
+        self, stream: ClientStream, trailers: Headers | None, reusable: bool
+    ) -> None:
+        if stream is not self.stream:
+            stream.close()
+            return
+        self._done()
+        if reusable:
+            self.proxy.pool.release(stream, self.loop.time())
+        else:
+            stream.close()
+
+    def on_stream_lost(
+        self, stream: ClientStream, exc: BaseException | None, got_bytes: bool
+    ) -> None:
+        log.debug("mirror request lost: %s", exc)
+        self._done()
+
+    def on_flush(self) -> None:
+        pass
+
+    def on_write_pause(self) -> None:
+        pass  # the whole copy is already written (bounded by MAX_REPLAY)
+
+    def on_write_resume(self) -> None:
+        pass
+
+    def on_fatal(self) -> None:
+        up = self.stream
+        self._done()
+        if up is not None:
+            up.reset()

@@ -74,7 +74,6 @@ __all__ = [
     "UpstreamHeadersTooLarge",
     "UpstreamProtocolError",
     "endpoint_key",
-    "mirror_request",
     "serialize_request",
 ]
 
@@ -93,17 +92,6 @@ def serialize_request(head: RequestHead, extra: Sequence[tuple[bytes, bytes]] = 
         parts += (n, b": ", v, b"\r\n")
     parts.append(b"\r\n")
     return b"".join(parts)
-
-
-def mirror_request(head: RequestHead, body: bytes) -> bytes:
-    """A mirror's copy of the request: ``head`` with a complete (possibly empty) body,
-    framed with Content-Length, ``connection: close``."""
-    extra = ((b"content-length", b"%d" % len(body)), (b"connection", b"close"))
-    fields = [h for h in head.headers if h[0] not in _FRAMING]
-    return serialize_request(RequestHead(head.method, head.target, fields), extra) + body
-
-
-_FRAMING: Final = frozenset((b"content-length", b"transfer-encoding"))
 
 
 def _trailer_block(trailers: Headers) -> bytes:

@@ -18,7 +18,7 @@ from gatewayd.proxy.http.codec import (
     UpstreamHeadersTooLarge,
     UpstreamProtocolError,
 )
-from gatewayd.proxy.http.h1_client import UpstreamConnection, mirror_request
+from gatewayd.proxy.http.h1_client import UpstreamConnection
 from gatewayd.proxy.http.pool import UpstreamPool
 
 
@@ -260,15 +260,3 @@ def test_write_watermarks_reach_the_exchange() -> None:
         assert rec.events == [("write_pause",), ("write_resume",)]
 
     client(test)
-
-
-def test_mirror_copy_is_framed_with_its_body() -> None:
-    h = head(
-        b"POST",
-        fields=[(b"host", b"m"), (b"transfer-encoding", b"chunked"), (b"x", b"1")],
-        body_length=None,
-    )
-    assert mirror_request(h, b"abc") == (
-        b"POST /p?q=1 HTTP/1.1\r\nhost: m\r\nx: 1\r\n"
-        b"content-length: 3\r\nconnection: close\r\n\r\nabc"
-    )
