@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Final
 
 from gatewayd.proxy.acceptor import Balance, SharedAcceptor
 from gatewayd.proxy.accesslog import AccessLogger
+from gatewayd.proxy.http.exchange import Exchange
 from gatewayd.proxy.http.h1_server import D_IDLE, HttpConnection
 from gatewayd.proxy.http.pool import UpstreamPool
 from gatewayd.proxy.listeners import BACKLOG, ListeningSockets, NotHanded
@@ -62,6 +63,9 @@ class ProxyOptions:
     header_timeout: float = 30.0  # slowloris guard: request head must complete
     upstream_connect_timeout: float = 5.0
     max_header_bytes: int = 60 * 1024
+    # HTTP listeners also serve cleartext HTTP/2 with prior knowledge (the connection
+    # preface is detected on the first bytes), as Envoy's codec_type AUTO does.
+    h2c: bool = True
     max_headers: int = 100
     # Envoy's edge defaults.  Route timeout (Envoy's route ``timeout``, 15 s): from the
     # end of the request to the end of the upstream response, for rules without
@@ -415,6 +419,20 @@ class Proxy:
         self._idle_reserve = []
         try:
             for c in list(self.conns):
+                h2 = c.h2
+                if h2 is not None:
+                    # An HTTP/2 connection: its idle and stall timeouts, then each
+                    # stream's exchange.
+                    try:
+                        h2.tick(now)
+                        for s in list(h2.streams.values()):
+                            cb = s.callbacks
+                            if isinstance(cb, Exchange):
+                                cb.check_deadlines(now, idle_timeout)
+                    except Exception:
+                        log.exception("HTTP/2 deadline handling failed")
+                        c.abort()
+                    continue
                 d = c.deadline
                 ex = c.active
                 if d and now >= d:

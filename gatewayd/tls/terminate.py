@@ -40,7 +40,10 @@ __all__ = ["ALPN", "PortTLS", "TerminatedSSLObject", "handshake_reason"]
 log = logging.getLogger("gatewayd.tls")
 
 # HTTP/1.1 is what the data plane speaks; advertising h2 would make clients send it.
-ALPN: Final = ("http/1.1",)
+# HTTPS listeners offer HTTP/2 first, then HTTP/1.1 (Envoy Gateway's default); the
+# connection serves whichever the client picked (proxy/http/h1_server.py hands an "h2"
+# connection to the HTTP/2 codec).
+ALPN: Final = ("h2", "http/1.1")
 
 ErrorHook = Callable[[str, str], None]
 

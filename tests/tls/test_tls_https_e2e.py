@@ -111,7 +111,7 @@ def client_ctx(
     *,
     trust: Pair | None = None,
     client: Any = None,
-    alpn: tuple[str, ...] = ("h2", "http/1.1"),
+    alpn: tuple[str, ...] = ("http/1.1",),
 ) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     if trust is not None:
@@ -126,7 +126,7 @@ def client_ctx(
 
 
 class TlsClient(HttpsClient):
-    """An ``HttpsClient`` with this module's default context (ALPN h2 and http/1.1) and
+    """An ``HttpsClient`` with this module's default context (ALPN http/1.1) and
     the SHA-256 fingerprint of the certificate the server presented."""
 
     def __init__(self, port: int, sni: str | None, ctx: ssl.SSLContext | None = None) -> None:
@@ -342,6 +342,13 @@ def test_certificate_verifies_and_alpn_is_http11(setup: Setup) -> None:
         assert c.tls.selected_alpn_protocol() == "http/1.1"
         assert c.tls.version() in ("TLSv1.3", "TLSv1.2")
         assert c.get("second-example.org").status == 200
+
+
+def test_alpn_prefers_h2_when_the_client_offers_it(setup: Setup) -> None:
+    # HTTP/2 itself over this listener: tests/e2e/test_e2e_h2c.py.
+    ctx = client_ctx(trust=setup.certs["second"], alpn=("h2", "http/1.1"))
+    with TlsClient(setup.https_port, "second-example.org", ctx) as c:
+        assert c.tls.selected_alpn_protocol() == "h2"
 
 
 @pytest.mark.parametrize(

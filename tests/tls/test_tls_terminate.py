@@ -187,7 +187,7 @@ def test_sni_selects_exact_then_longest_wildcard_then_default(pki: PKI) -> None:
                 try:
                     assert c.hello.split("|")[0] == want, sni
                     assert c.names == names, sni
-                    assert c.tls.selected_alpn_protocol() == "http/1.1"
+                    assert c.tls.selected_alpn_protocol() == "h2"  # offered first (ALPN)
                 finally:
                     c.close()
 

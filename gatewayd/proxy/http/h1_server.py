@@ -45,6 +45,8 @@ from gatewayd.proxy.forwarded import client_cert_details
 from gatewayd.proxy.http.codec import Headers, RequestHead, ResponseHead
 from gatewayd.proxy.http.exchange import ERRORS_BY_STATUS, LR_BAD, Exchange
 from gatewayd.proxy.http.h1_client import WRITE_HIGH, WRITE_LOW
+from gatewayd.proxy.http.h2_limits import is_h2_preface
+from gatewayd.proxy.http.h2_server import H2ServerConnection
 from gatewayd.proxy.localreply import local_reply, status_line
 
 if TYPE_CHECKING:
@@ -121,6 +123,7 @@ class HttpConnection(asyncio.Protocol):
         "deadline",
         "deadline_kind",
         "dispatching",
+        "h2",
         "head_fed",
         "head_size",
         "held",
@@ -143,6 +146,7 @@ class HttpConnection(asyncio.Protocol):
         "scheme",
         "sent_100",
         "sni",
+        "sniff",
         "stopped",
         "trailers",
         "transport",
@@ -199,6 +203,10 @@ class HttpConnection(asyncio.Protocol):
         self.head_size = 0
         self.head_fed = 0
         self.n_headers = 0
+        # Cleartext HTTP/2 with prior knowledge (RFC 9113 3.3): the first bytes of a
+        # plain connection are checked against the preface (None: not sniffing).
+        self.sniff: bytes | None = None
+        self.h2: H2ServerConnection | None = None  # the codec this connection became
 
     # ------------------------------------------------------------------ transport
 
@@ -231,8 +239,16 @@ class HttpConnection(asyncio.Protocol):
                     self.client_cert = client_cert_details(der)
         self.deadline = self.loop.time() + proxy.options.header_timeout
         self.deadline_kind = D_HEAD
+        if self.sni is None and proxy.options.h2c:
+            self.sniff = b""
         if proxy.metrics is not None:
             proxy.metrics.downstream_cx(self.label, 1)
+        if self.sni is not None:
+            ssl_object = transport.get_extra_info("ssl_object")
+            alpn = getattr(ssl_object, "selected_alpn_protocol", None)
+            if alpn is not None and alpn() == "h2":
+                # RFC 9113 3.2: after ALPN "h2" the client sends the preface at once.
+                self._to_h2(b"")
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.rejected:
@@ -325,12 +341,46 @@ class HttpConnection(asyncio.Protocol):
     # ------------------------------------------------------------------ parsing
 
     def data_received(self, data: bytes) -> None:
+        if self.sniff is not None:
+            data = self._sniff(data)
+            if not data:
+                return
         if self.stopped:
             return  # lingering close / after a protocol error: drop
         if self.backlog:
             self.backlog += data
             return
         self._feed(data)
+
+    def _sniff(self, data: bytes) -> bytes:
+        """The first bytes of a plain connection: HTTP/2's preface hands the connection
+        to the HTTP/2 codec (returns b""), anything else is HTTP/1.1 (returns the bytes
+        to parse).  At most 24 bytes wait here."""
+        buf = self.sniff + data if self.sniff else data
+        verdict = is_h2_preface(buf)
+        if verdict is None:
+            self.sniff = buf
+            return b""
+        self.sniff = None
+        if not verdict:
+            return buf
+        self._to_h2(buf)
+        return b""
+
+    def _to_h2(self, buf: bytes) -> None:
+        """The HTTP/2 codec takes the transport; this object stays the connection the
+        proxy counts (connection_lost comes back through on_lost) and the facts its
+        exchanges read (DownstreamConnection)."""
+        self.deadline = 0.0
+        self.deadline_kind = D_NONE
+        h2 = H2ServerConnection(
+            self,
+            type(self).new_exchange,  # type: ignore[arg-type]
+            clock=self.loop.time,
+            on_lost=self.connection_lost,
+        )
+        self.h2 = h2
+        h2.adopt(self.transport, buf)
 
     def _feed(self, data: bytes) -> None:
         """Parse ``data``; big reads are parsed in slices so that parsing stops as soon
@@ -713,6 +763,9 @@ class HttpConnection(asyncio.Protocol):
     def shutdown(self) -> None:
         """Stop serving: close now if idle, else after the response in progress."""
         self.closing = True
+        if self.h2 is not None:
+            self.h2.drain()  # GOAWAY; closes when the open streams are done
+            return
         if self.closed or self.lingering:
             return
         if self.active is None and not self.queue:
