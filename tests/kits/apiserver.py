@@ -18,7 +18,9 @@ Usage::
         api.wait_for(lambda: api.requests(verb="patch", path_contains="/status"))
         gw = api.get("gateway.networking.k8s.io", "gateways", "gw", namespace="default")
 
-The ``apiserver`` fixture of tests/conftest.py gives a started double per test.
+The ``apiserver`` fixture of tests/conftest.py gives a started double per test.  A test
+that runs kubernetes_asyncio in its own ``asyncio.run`` should ``await
+api.async_wait_disconnected()`` after closing its ApiClient (see that method).
 
 What it serves, as kube-apiserver does:
 
@@ -872,6 +874,13 @@ class ApiServerDouble:
                     transport.abort()
 
     @property
+    def open_connections(self) -> int:
+        """Client connections the server holds open (keep-alive ones included)."""
+        runner = self._runner
+        server = runner.server if runner is not None else None
+        return len(server.connections) if server is not None else 0
+
+    @property
     def open_watches(self) -> int:
         with self._lock:
             return len(self._watches)
@@ -973,6 +982,16 @@ class ApiServerDouble:
             if time.monotonic() >= deadline:
                 raise TimeoutError(f"condition not met within {within} s")
             await asyncio.sleep(0.02)
+
+    async def async_wait_disconnected(self, within: float = 5.0) -> None:
+        """Wait until no client connection is open (call before an in-test loop closes).
+
+        A kubernetes_asyncio watch stopped mid-stream closes its TLS connection
+        gracefully: the close_notify exchange still runs when ``ApiClient`` is closed. If
+        ``asyncio.run`` closes the loop first, the socket leaks (a ResourceWarning, an
+        error under filterwarnings=error). Waiting here lets the exchange finish.
+        """
+        await self.async_wait_for(lambda: self.open_connections == 0, within)
 
     def _record(self, req: Request) -> None:
         with self._changed:

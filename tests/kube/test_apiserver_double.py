@@ -43,9 +43,13 @@ def run(coro: Coroutine[Any, Any, T], limit: float = 20.0) -> T:
 
 @contextlib.asynccontextmanager
 async def kube(
-    api: ApiServerDouble, *, token: str | None = None
+    api: ApiServerDouble, *, token: str | None = None, settle: bool = True
 ) -> AsyncIterator[client.ApiClient]:
-    """A real ApiClient configured from the double's kubeconfig (``token`` overrides)."""
+    """A real ApiClient configured from the double's kubeconfig (``token`` overrides).
+
+    On exit, waits until the double holds no connection (``settle=False`` skips that for
+    an inner client whose outer one still holds its own).
+    """
     conf = api.kubeconfig()
     if token is not None:
         conf["users"][0]["user"] = {"token": token} if token else {}
@@ -53,6 +57,8 @@ async def kube(
     await config.load_kube_config_from_dict(conf, client_configuration=cfg)
     async with client.ApiClient(cfg) as ac:
         yield ac
+    if settle:
+        await api.async_wait_disconnected()
 
 
 def gateway(name: str, ns: str = "default", **spec: Any) -> dict[str, Any]:
@@ -628,7 +634,7 @@ def test_lease_race_has_exactly_one_winner(apiserver: ApiServerDouble) -> None:
         )
 
     async def main() -> None:
-        async with kube(apiserver) as one, kube(apiserver) as two:
+        async with kube(apiserver) as one, kube(apiserver, settle=False) as two:
             apis = [client.CoordinationV1Api(one), client.CoordinationV1Api(two)]
             created = await asyncio.gather(
                 *(
