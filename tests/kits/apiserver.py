@@ -841,6 +841,32 @@ class ApiServerDouble:
                 if namespace is None or ns == namespace
             ]
 
+    def wait_for_object(
+        self,
+        group: str,
+        plural: str,
+        name: str,
+        condition: Callable[[Obj], Any],
+        *,
+        namespace: str = "",
+        within: float = 5.0,
+    ) -> Obj:
+        """Block until the object exists and ``condition(obj)`` is truthy; returns it.
+
+        For example, until gatewayd has written a Gateway's status::
+
+            api.wait_for_object(GATEWAY_GROUP, "gateways", "gw", namespace="default",
+                                condition=lambda o: o.get("status", {}).get("conditions"))
+        """
+
+        def check() -> Obj | None:
+            obj = self.try_get(group, plural, name, namespace=namespace)
+            return obj if obj is not None and condition(obj) else None
+
+        found = self.wait_for(check, within)
+        assert found is not None
+        return found
+
     def expire_history(self) -> None:
         """Forget every past event: a watch from an older resourceVersion gets 410 Expired."""
         with self._lock:
@@ -1357,6 +1383,20 @@ class ApiServerDouble:
         matches = self._matcher(res, query)
         rv_q = query.get("resourceVersion", "")
         match_q = query.get("resourceVersionMatch", "")
+        if match_q and not rv_q:
+            raise ApiError(
+                422,
+                "Invalid",
+                "resourceVersionMatch: Forbidden: resourceVersionMatch is forbidden unless "
+                "resourceVersion is provided",
+            )
+        if match_q not in ("", "Exact", "NotOlderThan"):
+            raise ApiError(
+                422,
+                "Invalid",
+                f'resourceVersionMatch: Unsupported value: "{match_q}": supported values: '
+                '"Exact", "NotOlderThan"',
+            )
         with self._lock:
             current = self._rv
             if rv_q not in ("", "0"):
