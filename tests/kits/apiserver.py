@@ -270,7 +270,9 @@ _LABEL_TERM = re.compile(
 
 def _split_terms(selector: str) -> list[str]:
     """Split on commas outside parentheses."""
-    terms, depth, cur = [], 0, []
+    terms: list[str] = []
+    cur: list[str] = []
+    depth = 0
     for ch in selector:
         if ch == "(":
             depth += 1
@@ -290,36 +292,41 @@ Matcher = Callable[[Obj], bool]
 
 def label_matcher(selector: str) -> Matcher:
     """A labelSelector as the API server parses it; raises ApiError 400 when invalid."""
-    checks: list[Matcher] = []
+    requirements: list[tuple[str, str, frozenset[str]]] = []  # (operator, key, values)
     for term in _split_terms(selector):
         m = _LABEL_TERM.match(term)
         if not m or (m["neg"] and (m["op"] or m["setop"])):
             raise ApiError(400, "BadRequest", f"unable to parse requirement: {term!r}")
-        key = m["key"]
         if m["op"]:
-            value, neq = m["value"], m["op"] == "!="
-            checks.append(lambda labels, k=key, v=value, n=neq: (labels.get(k) == v) != n)
+            op = "notin" if m["op"] == "!=" else "in"
+            requirements.append((op, m["key"], frozenset([m["value"]])))
         elif m["setop"]:
             values = frozenset(v.strip() for v in m["values"].split(",") if v.strip())
-            if m["setop"] == "in":
-                checks.append(lambda labels, k=key, vs=values: labels.get(k) in vs)
-            else:
-                checks.append(lambda labels, k=key, vs=values: labels.get(k) not in vs)
-        elif m["neg"]:
-            checks.append(lambda labels, k=key: k not in labels)
+            requirements.append((m["setop"], m["key"], values))
         else:
-            checks.append(lambda labels, k=key: k in labels)
+            requirements.append(("!exists" if m["neg"] else "exists", m["key"], frozenset()))
 
     def match(obj: Obj) -> bool:
         labels = obj.get("metadata", {}).get("labels") or {}
-        return all(check(labels) for check in checks)
+        return all(_label_ok(op, key, values, labels) for op, key, values in requirements)
 
     return match
 
 
+def _label_ok(op: str, key: str, values: frozenset[str], labels: Mapping[str, str]) -> bool:
+    # "!=" and "notin" also match objects without the label, as on the real server.
+    if op == "exists":
+        return key in labels
+    if op == "!exists":
+        return key not in labels
+    if op == "in":
+        return labels.get(key) in values
+    return labels.get(key) not in values
+
+
 def field_matcher(selector: str, res: Resource) -> Matcher:
     """A fieldSelector on metadata.name / metadata.namespace (what CRDs support)."""
-    checks: list[Matcher] = []
+    requirements: list[tuple[str, str, bool]] = []  # (metadata field, value, negated)
     for term in _split_terms(selector):
         m = re.match(r"^\s*([A-Za-z.]+)\s*(==|=|!=)\s*(.*?)\s*$", term)
         if not m:
@@ -331,10 +338,13 @@ def field_matcher(selector: str, res: Resource) -> Matcher:
                 "BadRequest",
                 f'field label not supported: {path} for {res.kind} "{res.group_version}"',
             )
-        leaf = path.split(".")[1]
-        neq = op == "!="
-        checks.append(lambda obj, f=leaf, v=value, n=neq: (obj["metadata"].get(f, "") == v) != n)
-    return lambda obj: all(check(obj) for check in checks)
+        requirements.append((path.split(".")[1], value, op == "!="))
+
+    def match(obj: Obj) -> bool:
+        meta = obj["metadata"]
+        return all((meta.get(f, "") == v) != neg for f, v, neg in requirements)
+
+    return match
 
 
 # --------------------------------------------------------------------------- patches
@@ -1277,8 +1287,8 @@ class ApiServerDouble:
             with self._lock:
                 self.errors.append(repr(exc))
             status = 500
-            err = ApiError(500, "InternalError", f"apiserver double: {exc!r}")
-            return web.json_response(err.status(), status=500)
+            failure = ApiError(500, "InternalError", f"apiserver double: {exc!r}")
+            return web.json_response(failure.status(), status=500)
         finally:
             if id(request) in self._streaming:  # a watch is logged when its stream opens
                 self._streaming.discard(id(request))
@@ -1502,8 +1512,8 @@ class ApiServerDouble:
                 await resp.write(_line({"type": "ERROR", "object": err.status()}))
                 await resp.write_eof()
                 return resp
-            for ev in first:
-                await resp.write(_line(ev))
+            for added in first:
+                await resp.write(_line(added))
             if initial_end:
                 await resp.write(_line(self._bookmark(res, cursor, initial_end=True)))
             deadline = None if timeout is None else time.monotonic() + timeout
@@ -1523,11 +1533,11 @@ class ApiServerDouble:
                             cursor = ev.rv
                             if ev.key != key or not wanted(ev.namespace):
                                 continue
-                            item = self._event_for(ev, matches)
-                            if item is not None:
-                                out.append({"type": item[0], "object": self._out(res, item[1])})
-                for item in out:
-                    await resp.write(_line(item))
+                            change = self._event_for(ev, matches)
+                            if change is not None:
+                                out.append({"type": change[0], "object": self._out(res, change[1])})
+                for line in out:
+                    await resp.write(_line(line))
                 if watch.ended:
                     break
                 now = time.monotonic()
