@@ -40,9 +40,10 @@ What it serves, as kube-apiserver does:
 * list (all namespaces or one) with ``metadata.resourceVersion``; ``labelSelector``
   (=, ==, !=, in, notin, exists, !exists) and ``fieldSelector`` (``metadata.name``,
   ``metadata.namespace``, = == !=); ``limit``/``continue`` (pages of the current state,
-  not of a snapshot); ``resourceVersionMatch=Exact`` older than the history -> HTTP 410
-  Expired, a ``resourceVersion`` newer than the store -> 504 "Too large resource
-  version".
+  not of a snapshot); ``resourceVersionMatch=Exact`` at any version but the newest ->
+  HTTP 410 Expired (the double keeps no snapshots; the real server also serves versions
+  still in its history), a ``resourceVersion`` newer than the store -> 504 "Too large
+  resource version" at once (the real server first waits up to 3 s).
 * watch (``watch=true|1``): newline-delimited JSON events over a chunked response.
   Without ``resourceVersion`` (or with ``"0"``) a synthetic ADDED per matching object
   comes first (``sendInitialEvents=true`` ends it with a BOOKMARK annotated
@@ -60,19 +61,32 @@ What it serves, as kube-apiserver does:
   ``application/json-patch+json`` (a JSON array; an object body is 400 BadRequest as on
   the real server, which is what kubernetes_asyncio's CustomObjectsApi sends for a dict
   body unless the caller passes ``_content_type="application/merge-patch+json"``),
-  DELETE (with ``preconditions``).  Server-side apply is 415.  The main resource ignores
-  ``.status``; ``/status`` (PUT, PATCH) changes only ``.status``.  Errors carry a
-  ``Status`` body with the real reason (NotFound, AlreadyExists, Conflict, Invalid,
-  BadRequest, Unauthorized, Expired, ServiceUnavailable).
+  DELETE (with ``preconditions``), DELETE on a collection (with selectors).
+  Server-side apply is 415.  The main resource ignores ``.status``; ``/status`` (PUT,
+  PATCH) changes only ``.status``.  Errors carry a ``Status`` body with the real reason
+  (NotFound, AlreadyExists, Conflict, Invalid, BadRequest, Unauthorized, Expired,
+  ServiceUnavailable).  Namespaces are not enforced: an object may live in a namespace
+  that has no Namespace object.
 
-Test controls (safe from any thread): :meth:`create`, :meth:`update`, :meth:`patch`,
-:meth:`patch_status`, :meth:`delete`, :meth:`get`, :meth:`list_objects`;
-:meth:`expire_history` (the next watch from an older resourceVersion gets 410),
-:meth:`drop_watches` (abort every open watch connection), :meth:`end_watches` (end them
-cleanly), :meth:`set_unavailable` ("503" answers 503 ServiceUnavailable, "refuse"
-closes the listening socket, ``None`` serves again on the same port), :meth:`pause` /
-:meth:`resume` (requests hang until resumed); :meth:`requests` and :meth:`wait_for` /
-:meth:`async_wait_for` over a log of every request.
+Test controls (safe from any thread; none may be called on the double's own loop):
+
+* objects: :meth:`create` (keeps ``.status``), :meth:`update`, :meth:`patch`,
+  :meth:`patch_status`, :meth:`delete`, :meth:`get`, :meth:`try_get`,
+  :meth:`list_objects`, :attr:`resource_version`;
+* watches: :meth:`expire_history` (the next watch from an older resourceVersion gets
+  410), :meth:`drop_watches` (abort every open watch connection), :meth:`end_watches`
+  (end them cleanly), :attr:`open_watches`, :attr:`open_connections`;
+* failures: :meth:`set_unavailable` ("503" answers 503 ServiceUnavailable, "refuse"
+  closes the listening socket and cuts connections on their next request, ``None``
+  serves again on the same port), :meth:`pause` / :meth:`resume` (requests hang until
+  resumed); ``tokens`` is the set of accepted bearer tokens (edit it to rotate);
+* observing: :meth:`requests` (the log, filtered by verb, method, path, status, time),
+  :meth:`wait_for` / :meth:`async_wait_for` (a condition re-checked at every request and
+  change), :meth:`wait_for_object`, :meth:`async_wait_disconnected`; ``errors`` lists
+  the double's own unexpected exceptions (the ``apiserver`` fixture asserts it empty).
+
+``stop()`` then ``start()`` restarts the server on the same port with the same CA and
+the same objects (an API-server restart as a client sees it).
 
 Bounds: request bodies at most 3 MiB (the real server's limit), the event history
 ``history_size`` events, the request log ``log_size`` entries, at most ``max_watches``
@@ -449,7 +463,9 @@ class Request:
     """One request as the double saw it."""
 
     method: str  # HTTP method: GET, POST, PUT, PATCH, DELETE
-    verb: str  # Kubernetes verb: get, list, watch, create, update, patch, delete, discovery
+    # Kubernetes verb: get, list, watch, create, update, patch, delete, deletecollection,
+    # or discovery
+    verb: str
     path: str
     query: dict[str, str]
     body: Any  # parsed JSON, or None
@@ -623,7 +639,7 @@ class ApiServerDouble:
         return f"{'https' if self.tls else 'http'}://{LOCALHOST}:{self.port}"
 
     def start(self) -> ApiServerDouble:
-        if self.tls:
+        if self.tls and not self.ca_pem:  # a restart keeps the CA clients already trust
             self.ca_pem, self._cert_pem, self._key_pem = _make_pki([LOCALHOST, "localhost"])
         loop = asyncio.new_event_loop()
         self._loop = loop
@@ -712,8 +728,17 @@ class ApiServerDouble:
         if self._paused is not None:
             self._paused.set()
         if self._runner is not None:
+            # Cut every connection, as a stopped server does: a graceful TLS close would
+            # still be waiting for the client's close_notify when this loop closes, and
+            # leak its socket.
+            server = self._runner.server
+            for handler in list(server.connections) if server is not None else []:
+                if handler.transport is not None:
+                    handler.transport.abort()
             await self._runner.cleanup()
             self._runner = None
+            for _ in range(3):  # let the aborted transports run connection_lost
+                await asyncio.sleep(0)
 
     def _on_loop(self, fn: Callable[[], Any]) -> None:
         """Run ``fn`` on the server loop and wait for it (from any other thread)."""
@@ -1336,6 +1361,22 @@ class ApiServerDouble:
                     raise NO_RESOURCE
                 obj = self._create(res, ns_key, body, keep_status=False)
                 return "create", web.json_response(self._out(res, obj), status=201)
+            if method == "DELETE":
+                matches = self._matcher(res, query)
+                with self._lock:
+                    doomed = [
+                        key
+                        for key, o in sorted(self._bucket(res).items())
+                        if (ns is None or key[0] == ns) and matches(o)
+                    ]
+                    gone = [self._out(res, self._delete(res, *key, None)) for key in doomed]
+                    listed = {
+                        "apiVersion": res.group_version,
+                        "kind": f"{res.kind}List",
+                        "metadata": {"resourceVersion": str(self._rv)},
+                        "items": gone,
+                    }
+                return "deletecollection", web.json_response(listed)
             raise ApiError(405, "MethodNotAllowed", f"{method} is not supported on a collection")
         part = "status" if sub == "status" else "main"
         if method == "GET":

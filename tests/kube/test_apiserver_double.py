@@ -989,3 +989,39 @@ def test_resource_version_match_needs_a_resource_version(apiserver: ApiServerDou
             )
 
     run(main())
+
+
+def test_delete_collection_and_a_restart_on_the_same_port() -> None:
+    with ApiServerDouble() as api:
+        for i, app in enumerate(("a", "a", "b")):
+            api.create(
+                {
+                    "apiVersion": "v1",
+                    "kind": "ConfigMap",
+                    "metadata": {"name": f"c{i}", "namespace": "default", "labels": {"app": app}},
+                }
+            )
+
+        async def main() -> list[str]:
+            async with kube(api) as ac:
+                core = client.CoreV1Api(ac)
+                await core.delete_collection_namespaced_config_map(
+                    "default", label_selector="app=a"
+                )
+                names = [
+                    c.metadata.name
+                    for c in (await core.list_namespaced_config_map("default")).items
+                ]
+                port = api.port
+                await asyncio.to_thread(api.stop)
+                with pytest.raises(aiohttp.ClientError):
+                    await core.list_namespaced_config_map("default")
+                await asyncio.to_thread(api.start)
+                assert api.port == port
+                # The same kubeconfig (CA, token) works after the restart; objects remain.
+                after = await core.list_namespaced_config_map("default")
+                assert [c.metadata.name for c in after.items] == names
+                return names
+
+        assert run(main()) == ["c2"]
+        assert [r.status for r in api.requests(verb="deletecollection")] == [200]
