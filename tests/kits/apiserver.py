@@ -1515,6 +1515,13 @@ class ApiServerDouble:
         rv_q = query.get("resourceVersion", "")
         bookmarks = _go_bool(query.get("allowWatchBookmarks"))
         initial_end = _go_bool(query.get("sendInitialEvents"))
+        if initial_end and (not bookmarks or query.get("resourceVersionMatch") != "NotOlderThan"):
+            raise ApiError(
+                422,
+                "Invalid",
+                "sendInitialEvents: Forbidden: sendInitialEvents requires "
+                "allowWatchBookmarks=true and resourceVersionMatch=NotOlderThan",
+            )
         timeout = float(query["timeoutSeconds"]) if query.get("timeoutSeconds") else None
         key = (res.group, res.plural)
 
@@ -1526,7 +1533,8 @@ class ApiServerDouble:
         with self._lock:
             if len(self._watches) >= self.max_watches:
                 raise ApiError(429, "TooManyRequests", "too many open watches")
-            if rv_q in ("", "0"):
+            if rv_q in ("", "0") or initial_end:
+                # The current state as synthetic ADDED events, then changes after it.
                 cursor = self._rv
                 first = [
                     {"type": "ADDED", "object": self._out(res, copy.deepcopy(o))}

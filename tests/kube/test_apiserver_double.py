@@ -1025,3 +1025,38 @@ def test_delete_collection_and_a_restart_on_the_same_port() -> None:
 
         assert run(main()) == ["c2"]
         assert [r.status for r in api.requests(verb="deletecollection")] == [200]
+
+
+def test_send_initial_events_ends_the_initial_state_with_a_bookmark(
+    apiserver: ApiServerDouble,
+) -> None:
+    apiserver.create({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c0"}})
+
+    async def main() -> list[tuple[str, Any]]:
+        async with kube(apiserver) as ac:
+            core = client.CoreV1Api(ac)
+            await expect_api_error(
+                core.list_namespaced_config_map("default", watch=True, send_initial_events=True),
+                422,
+            )
+            out: list[tuple[str, Any]] = []
+            w = watch.Watch()
+            async for ev in w.stream(
+                core.list_namespaced_config_map,
+                "default",
+                send_initial_events=True,
+                resource_version_match="NotOlderThan",
+                allow_watch_bookmarks=True,
+                timeout_seconds=2,
+            ):
+                meta = ev["raw_object"]["metadata"]
+                out.append((ev["type"], meta.get("name") or meta.get("annotations")))
+                if ev["type"] == "BOOKMARK":
+                    w.stop()
+            await w.close()
+            return out
+
+    assert run(main()) == [
+        ("ADDED", "c0"),
+        ("BOOKMARK", {"k8s.io/initial-events-end": "true"}),
+    ]
