@@ -591,6 +591,8 @@ class ApiServerDouble:
         bookmark_interval: float = 1.0,
         max_watches: int = 256,
     ) -> None:
+        if history_size < 1 or log_size < 1:
+            raise ValueError("history_size and log_size must be at least 1")
         omitted = set(omit)
 
         def kept(r: Resource) -> bool:
@@ -993,14 +995,15 @@ class ApiServerDouble:
     ) -> list[Request]:
         """Logged requests that match every given filter.
 
-        ``verb`` matches the Kubernetes verb or the HTTP method, case-insensitive
-        ("patch" and "PATCH" are the same; "list" and "watch" are GETs, and so is "get").
+        ``verb`` in capitals is an HTTP method ("PATCH", "GET": list, watch, get and
+        discovery alike); in lower case a Kubernetes verb ("get", "list", "watch",
+        "create", "update", "patch", "delete", "deletecollection", "discovery").
         """
         with self._lock:
             log = list(self._log)
         out = []
         for r in log:
-            if verb is not None and verb.lower() not in (r.verb, r.method.lower()):
+            if verb is not None and verb != (r.method if verb.isupper() else r.verb):
                 continue
             if method is not None and r.method != method.upper():
                 continue
@@ -1270,9 +1273,7 @@ class ApiServerDouble:
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         query = dict(request.query)
-        verb = _METHOD_VERBS.get(request.method, request.method.lower())
-        if verb == "get" and _go_bool(query.get("watch")):
-            verb = "watch"
+        verb = _guess_verb(request.method, request.path, query)  # for requests that fail
         body: Any = None
         status: int | None = None
         try:
@@ -1710,6 +1711,29 @@ class ApiServerDouble:
             "groupVersion": served[0].group_version,
             "resources": resources,
         }
+
+
+def _guess_verb(method: str, path: str, query: Mapping[str, str]) -> str:
+    """The Kubernetes verb of a request, from its method and path alone."""
+    parts = [p for p in path.split("/") if p]
+    if parts and parts[0] == "api":
+        rest = parts[2:]
+    elif parts and parts[0] == "apis":
+        rest = parts[3:]
+    else:
+        rest = []
+    if not rest:
+        return "discovery" if method == "GET" else method.lower()
+    if len(rest) >= 3 and rest[0] == "namespaces" and rest[2] not in ("status", "finalize"):
+        rest = rest[2:]
+    collection = len(rest) == 1
+    if method == "GET":
+        if _go_bool(query.get("watch")):
+            return "watch"
+        return "list" if collection else "get"
+    if method == "DELETE" and collection:
+        return "deletecollection"
+    return _METHOD_VERBS.get(method, method.lower())
 
 
 def _request_record(

@@ -176,7 +176,9 @@ def test_requests_without_the_token_get_401(apiserver: ApiServerDouble) -> None:
 
     run(main())
     refused = apiserver.requests(status=401)
-    assert len(refused) == 2 and all(r.verb == "get" for r in refused)
+    assert len(refused) == 2 and all(r.verb == "list" for r in refused)
+    assert len(apiserver.requests(verb="list")) == 3
+    assert len(apiserver.requests(verb="GET")) == 3 and apiserver.requests(verb="get") == []
 
 
 def test_kubeconfig_file_and_in_cluster_files_are_accepted_by_the_loaders(
