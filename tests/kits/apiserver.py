@@ -828,55 +828,72 @@ class ApiServerDouble:
             return self._rv
 
     def create(self, obj: Obj) -> Obj:
-        """Create ``obj`` (status kept, unlike an HTTP create); returns the stored copy."""
+        """Create ``obj`` (status kept, unlike an HTTP create); returns the stored copy.
+
+        Here and below, a namespaced object without a namespace is in "default", and
+        returned objects carry the ``apiVersion`` of the resource's first served version.
+        """
         res = self._resource_of(obj)
-        ns = obj.get("metadata", {}).get("namespace", "default" if res.namespaced else "")
-        return self._create(res, ns, obj, keep_status=True)
+        ns = obj.get("metadata", {}).get("namespace")
+        return self._out(res, self._create(res, self._ns(res, ns), obj, keep_status=True))
 
     def update(self, obj: Obj) -> Obj:
         """Replace ``obj`` (spec and status) without a resourceVersion check."""
         res = self._resource_of(obj)
         meta = obj.get("metadata", {})
-        ns = meta.get("namespace", "default" if res.namespaced else "")
         body = copy.deepcopy(obj)
         body["metadata"].pop("resourceVersion", None)
-        return self._update(res, ns, meta["name"], body, part="all")
+        ns = self._ns(res, meta.get("namespace"))
+        return self._out(res, self._update(res, ns, meta["name"], body, part="all"))
 
-    def patch(self, group: str, plural: str, name: str, patch: Obj, *, namespace: str = "") -> Obj:
+    def patch(
+        self, group: str, plural: str, name: str, patch: Obj, *, namespace: str | None = None
+    ) -> Obj:
         """Merge-patch an object (all of it, status included)."""
         res = self.resource(group, plural)
+        ns = self._ns(res, namespace)
         with self._lock:
-            cur = self._get(res, namespace, name)
-            return self._update(res, namespace, name, merge_patch(cur, patch), part="all")
+            new = merge_patch(self._get(res, ns, name), patch)
+            return self._out(res, self._update(res, ns, name, new, part="all"))
 
     def patch_status(
-        self, group: str, plural: str, name: str, status: Obj, *, namespace: str = ""
+        self, group: str, plural: str, name: str, status: Obj, *, namespace: str | None = None
     ) -> Obj:
         """Merge-patch ``.status`` of an object."""
         return self.patch(group, plural, name, {"status": status}, namespace=namespace)
 
-    def delete(self, group: str, plural: str, name: str, *, namespace: str = "") -> Obj:
-        return self._delete(self.resource(group, plural), namespace, name, None)
+    def delete(self, group: str, plural: str, name: str, *, namespace: str | None = None) -> Obj:
+        res = self.resource(group, plural)
+        return self._out(res, self._delete(res, self._ns(res, namespace), name, None))
 
-    def get(self, group: str, plural: str, name: str, *, namespace: str = "") -> Obj:
+    def get(self, group: str, plural: str, name: str, *, namespace: str | None = None) -> Obj:
         res = self.resource(group, plural)
         with self._lock:
-            return copy.deepcopy(self._get(res, namespace, name))
+            return self._out(res, copy.deepcopy(self._get(res, self._ns(res, namespace), name)))
 
-    def try_get(self, group: str, plural: str, name: str, *, namespace: str = "") -> Obj | None:
+    def try_get(
+        self, group: str, plural: str, name: str, *, namespace: str | None = None
+    ) -> Obj | None:
         try:
             return self.get(group, plural, name, namespace=namespace)
         except ApiError:
             return None
 
     def list_objects(self, group: str, plural: str, *, namespace: str | None = None) -> list[Obj]:
+        """Every stored object of a resource (in all namespaces unless one is given)."""
+        res = self.resource(group, plural)
         with self._lock:
-            objs = self._objects.get((group, plural), {})
             return [
-                copy.deepcopy(o)
-                for (ns, _), o in sorted(objs.items())
+                self._out(res, copy.deepcopy(o))
+                for (ns, _), o in sorted(self._bucket(res).items())
                 if namespace is None or ns == namespace
             ]
+
+    @staticmethod
+    def _ns(res: Resource, namespace: str | None) -> str:
+        if not res.namespaced:
+            return ""
+        return "default" if namespace is None else namespace
 
     def wait_for_object(
         self,
@@ -885,7 +902,7 @@ class ApiServerDouble:
         name: str,
         condition: Callable[[Obj], Any],
         *,
-        namespace: str = "",
+        namespace: str | None = None,
         within: float = 5.0,
     ) -> Obj:
         """Block until the object exists and ``condition(obj)`` is truthy; returns it.

@@ -1062,3 +1062,22 @@ def test_send_initial_events_ends_the_initial_state_with_a_bookmark(
         ("ADDED", "c0"),
         ("BOOKMARK", {"k8s.io/initial-events-end": "true"}),
     ]
+
+
+def test_test_side_controls_default_the_namespace_and_name_the_api_version(
+    apiserver: ApiServerDouble,
+) -> None:
+    made = apiserver.create(
+        {"apiVersion": f"{GW}/v1beta1", "kind": "HTTPRoute", "metadata": {"name": "r"}}
+    )
+    assert made["metadata"]["namespace"] == "default"
+    got = apiserver.get(GW, "httproutes", "r")
+    assert got["apiVersion"] == f"{GW}/v1" and got["kind"] == "HTTPRoute"
+    apiserver.patch_status(GW, "httproutes", "r", {"parents": []})
+    assert apiserver.get(GW, "httproutes", "r")["metadata"]["generation"] == 1
+    assert [o["metadata"]["name"] for o in apiserver.list_objects(GW, "httproutes")] == ["r"]
+    assert apiserver.list_objects(GW, "httproutes", namespace="other") == []
+    apiserver.delete(GW, "httproutes", "r")
+    assert apiserver.try_get(GW, "httproutes", "r") is None
+    with pytest.raises(ValueError):
+        ApiServerDouble(history_size=0)
