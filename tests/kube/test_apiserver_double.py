@@ -1081,3 +1081,17 @@ def test_test_side_controls_default_the_namespace_and_name_the_api_version(
     assert apiserver.try_get(GW, "httproutes", "r") is None
     with pytest.raises(ValueError):
         ApiServerDouble(history_size=0)
+
+
+def test_plain_http_without_a_token() -> None:
+    with ApiServerDouble(tls=False, token=None) as api:
+        assert api.url.startswith("http://")
+        api.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "ns"}})
+
+        async def main() -> list[str]:
+            async with kube(api) as ac:
+                listed = await client.CoreV1Api(ac).list_namespace()
+                return [n.metadata.name for n in listed.items]
+
+        assert run(main()) == ["ns"]
+        assert "certificate-authority-data" not in api.kubeconfig()["clusters"][0]["cluster"]
