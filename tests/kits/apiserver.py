@@ -18,7 +18,8 @@ Usage::
         api.wait_for(lambda: api.requests(verb="patch", path_contains="/status"))
         gw = api.get("gateway.networking.k8s.io", "gateways", "gw", namespace="default")
 
-The ``apiserver`` fixture of tests/conftest.py gives a started double per test.  A test
+The ``apiserver`` fixture of tests/conftest.py gives a started double per test, and
+``apiserver_kubeconfig`` the path of a kubeconfig file for it.  A test
 that runs kubernetes_asyncio in its own ``asyncio.run`` should ``await
 api.async_wait_disconnected()`` after closing its ApiClient (see that method).
 

@@ -950,11 +950,11 @@ asyncio.run(main())
 
 
 def test_a_subprocess_reaches_the_double_through_a_kubeconfig_file(
-    apiserver: ApiServerDouble, tmp_path: Path
+    apiserver: ApiServerDouble, apiserver_kubeconfig: Path
 ) -> None:
     """What ``gatewayd run --kubernetes --kubeconfig PATH`` will do, in a child process."""
     apiserver.create(gateway("gw"))
-    kubeconfig = apiserver.write_kubeconfig(tmp_path / "kubeconfig")
+    kubeconfig = apiserver_kubeconfig
     proc = subprocess.run(
         [sys.executable, "-c", CLIENT_SCRIPT, str(kubeconfig)],
         capture_output=True,
