@@ -82,9 +82,10 @@ async def connect(kubeconfig: str | None, context: str | None) -> KubeClient:
             )
         except (ConfigException, OSError, ValueError, KeyError) as exc:
             raise KubeConfigError(f"kubeconfig {kubeconfig}: {exc}") from exc
-        name = str(kube_loader.current_context["name"])
+        current = kube_loader.current_context
+        name = str(current["name"]) if current is not None else "(none)"
     return KubeClient(
-        ApiClient(configuration), ClusterInfo(server=configuration.host, context=name)
+        ApiClient(configuration), ClusterInfo(server=str(configuration.host), context=name)
     )
 
 

@@ -54,14 +54,16 @@ class Backoff:
     """Exponential backoff with full jitter: the n-th wait is uniform in
     [d/2, d] with d = min(initial * 2**n, max)."""
 
-    def __init__(self, initial: float, maximum: float, rand: Callable[[], float] = random.random):
+    def __init__(
+        self, initial: float, maximum: float, rand: Callable[[], float] = random.random
+    ) -> None:
         self.initial = initial
         self.maximum = maximum
         self.rand = rand
         self.failures = 0
 
     def next(self) -> float:
-        delay = min(self.initial * (2**self.failures), self.maximum)
+        delay = min(self.initial * 2.0**self.failures, self.maximum)
         self.failures = min(self.failures + 1, 32)
         return delay / 2 + self.rand() * delay / 2
 
