@@ -210,12 +210,8 @@ class KubernetesSource:
         if self.client is None:
             raise ConfigPathError("the Kubernetes source is not connected")
         self._loaded_changes = self._changes  # read before the caches: never too new
-        notices = [
-            f"{kind}: not served by the cluster, read as empty"
-            for kind, version in self.versions.items()
-            if version is None
-        ]
-        return load_objects(self._objects(), previous=previous, notices=notices)
+        # Missing kinds are not repeated here: discovery logged each once.
+        return load_objects(self._objects(), previous=previous)
 
     def _objects(self) -> Iterator[tuple[m.Source, Mapping[str, Any]]]:
         for wk in self.kinds:
