@@ -176,6 +176,11 @@ class Informer:
                 wait = self.backoff.next()
                 log.warning("%s %s: %s; retrying in %.1fs", self.kind.kind, self.version, exc, wait)
                 await asyncio.sleep(wait)
+            except Exception:  # a bug must not stop the informer for good
+                wait = self.backoff.next()
+                log.exception("%s %s: relisting in %.1fs", self.kind.kind, self.version, wait)
+                need_list = True
+                await asyncio.sleep(wait)
 
     async def _list(self) -> None:
         path = self.kind.path(self.version)
@@ -226,12 +231,13 @@ class Informer:
                     buffer += chunk
                     while True:
                         end = buffer.find(b"\n")
-                        if end < 0:
+                        if end < 0 or end > self.limits.max_event_bytes:
                             break
                         line = bytes(buffer[:end])
                         del buffer[: end + 1]
                         if line.strip():
                             self._event(line)
+                    # (A chunk is what one socket read returned: at most 64 KiB or so.)
                     if len(buffer) > self.limits.max_event_bytes:
                         raise TooLarge(
                             f"a watch event over {self.limits.max_event_bytes} bytes: refused"
