@@ -290,10 +290,10 @@ def _check_source_args(parser: argparse.ArgumentParser, args: argparse.Namespace
             parser.error(f"--{flag} is only used with --kubernetes")
 
 
-def _kube_source(args: argparse.Namespace) -> KubernetesSource:
+def _kube_source(args: argparse.Namespace, *, watch: bool = True) -> KubernetesSource:
     from gatewayd.runtime.sources.kubernetes import KubernetesSource
 
-    return KubernetesSource(kubeconfig=args.kubeconfig, context=args.context)
+    return KubernetesSource(kubeconfig=args.kubeconfig, context=args.context, watch=watch)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -307,7 +307,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         if args.kubernetes:
             return check_kubernetes(
-                _kube_source(args),
+                _kube_source(args, watch=False),
                 controller_name=args.controller_name,
                 address_pool=args.address_pool,
                 limits=_limits(args),

@@ -85,8 +85,10 @@ class Informer:
         *,
         limits: KubeLimits,
         keep: Callable[[Obj], bool] | None = None,
+        watch: bool = True,
     ) -> None:
         self.client = client
+        self.watch = watch  # False: list once and stop (gatewayd check)
         self.kind = kind
         self.version = version
         self.on_change = on_change
@@ -152,13 +154,15 @@ class Informer:
 
     # -- list and watch ----------------------------------------------------------------
     async def run(self) -> None:
-        """List and watch until cancelled."""
+        """List and watch until cancelled (``watch`` False: until listed once)."""
         need_list = True
         while True:
             try:
                 if need_list:
                     await self._list()
                     need_list = False
+                if not self.watch:
+                    return
                 await self._watch()
             except Gone:
                 log.info(
