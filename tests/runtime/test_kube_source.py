@@ -335,3 +335,50 @@ def test_no_client_configuration_is_a_clear_error(monkeypatch: pytest.MonkeyPatc
         asyncio.run(connect(None, None))
     with pytest.raises(KubeConfigError, match="--context needs --kubeconfig"):
         asyncio.run(connect(None, "ctx"))
+
+
+def test_a_crd_installed_later_is_discovered_and_watched(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    omit = [f"{GW}/v1/tlsroutes", f"{GW}/v1alpha3/tlsroutes", f"{GW}/v1alpha2/tlsroutes"]
+    with ApiServerDouble(omit=omit) as api:
+        kubeconfig = api.write_kubeconfig(tmp_path / "kubeconfig")
+
+        async def scenario() -> None:
+            source = KubernetesSource(kubeconfig=str(kubeconfig), limits=FAST, rediscover=0.1)
+            try:
+                await asyncio.wait_for(source.ready(), 10)
+                assert "TLSRoute" not in source.informers
+                changes: list[int] = []
+                watching = asyncio.get_running_loop().create_task(
+                    source.run(lambda: changes.append(1))
+                )
+                # "Install the CRD": the double now serves every resource of a full one.
+                full = ApiServerDouble()
+                api.resources, api._by_path = full.resources, full._by_path
+                api.create(
+                    {
+                        "apiVersion": f"{GW}/v1alpha2",
+                        "kind": "TLSRoute",
+                        "metadata": {"name": "t", "namespace": "default"},
+                        "spec": {
+                            "parentRefs": [{"name": "gw"}],
+                            "hostnames": ["t.example"],
+                            "rules": [{"backendRefs": [{"name": "svc", "port": 443}]}],
+                        },
+                    }
+                )
+                await until(lambda: "TLSRoute" in source.informers)
+                await asyncio.wait_for(source.informers["TLSRoute"].synced.wait(), 5)
+                assert source.versions["TLSRoute"] == "v1"
+                loaded = source.load(None, ConfigLimits())
+                assert [r.meta.name for r in loaded.config.tls_routes] == ["t"]
+                assert changes
+                watching.cancel()
+            finally:
+                await source.close()
+
+        with caplog.at_level(logging.INFO, logger="gatewayd.kube"):
+            asyncio.run(scenario())
+    assert caplog.text.count("TLSRoute: the cluster serves none of") == 1
+    assert "watching TLSRoute gateway.networking.k8s.io/v1" in caplog.text
