@@ -28,6 +28,8 @@ from gatewayd.routing.compiled import Snapshot
 from gatewayd.routing.load import ConfigLimits, ConfigPathError
 from gatewayd.routing.status import with_listener_failures
 from gatewayd.routing.table import SNITable
+from gatewayd.runtime.sinks import StatusSink
+from gatewayd.runtime.sinks.admin import AdminStatusSink
 from gatewayd.watch import config_signature, watch_config
 from gatewayd.workers import WorkerPool
 
@@ -73,7 +75,10 @@ class Daemon:
             self.pool = self.proxy = WorkerPool(options.workers, options.proxy)
         else:
             self.proxy = Proxy(self.holder, options.proxy, self.metrics)
-        self.statuses: tuple[ObjectStatus, ...] = ()
+        # Every serving configuration's statuses go to each sink: the admin /status
+        # always; the API server too in Kubernetes mode (``add_sink``).
+        self.admin_sink = AdminStatusSink()
+        self.sinks: list[StatusSink] = [self.admin_sink]
         self.last_error: str | None = None
         self.known_problems: frozenset[str] = frozenset()
         self.is_ready = False
@@ -93,8 +98,19 @@ class Daemon:
     def ready(self) -> bool:
         return self.is_ready
 
+    @property
+    def statuses(self) -> tuple[ObjectStatus, ...]:
+        """The statuses of the configuration serving now (what /status shows)."""
+        return self.admin_sink.statuses
+
+    def add_sink(self, sink: StatusSink) -> None:
+        """Another sink; it is given the serving statuses at once, then every change."""
+        self.sinks.append(sink)
+        if self.is_ready:
+            sink.publish(self.admin_sink.statuses)
+
     def status_items(self) -> list[dict[str, object]]:
-        return [s.as_item() for s in self.statuses]
+        return self.admin_sink.items()
 
     def _watch_expiry(self, snapshot: Snapshot) -> None:
         """Reload just after the first served certificate expires: the listener is then
@@ -282,7 +298,8 @@ class Daemon:
             resolution = with_listener_failures(resolution, listener_failures)
         self.pipeline.commit(built)
         self._watch_expiry(built.snapshot)
-        self.statuses = resolution.statuses
+        for sink in self.sinks:
+            sink.publish(resolution.statuses)
         self.last_error = None
         self.is_ready = True
         self.metrics.config_loaded(built.snapshot.generation, ok=True)
