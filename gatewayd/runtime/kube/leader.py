@@ -49,6 +49,7 @@ __all__ = [
     "LEASE_DURATION",
     "RENEW_DEADLINE",
     "RETRY_PERIOD",
+    "LeaderElectionSettings",
     "LeaderElector",
     "LeaderMetrics",
     "default_identity",
@@ -85,6 +86,21 @@ def default_identity() -> str:
     if pod:
         return pod
     return f"{socket.gethostname()}_{os.getpid()}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LeaderElectionSettings:
+    """``gatewayd run --kubernetes``'s leader-election flags (README, "Status write-back
+    and leader election").  ``enabled=False`` (--no-leader-election): this replica
+    writes status unconditionally, for a single replica."""
+
+    enabled: bool = True
+    namespace: str | None = None  # None: default_namespace()
+    name: str = DEFAULT_LEASE_NAME
+    identity: str | None = None  # None: default_identity()
+    lease_duration: float = LEASE_DURATION
+    renew_deadline: float = RENEW_DEADLINE
+    retry_period: float = RETRY_PERIOD
 
 
 def _micro_time(when: dt.datetime) -> str:
