@@ -7,10 +7,14 @@ import asyncio
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from gatewayd.pipeline import DEFAULT_ADDRESS_POOL, DEFAULT_CONTROLLER
 from gatewayd.proxy.pathnorm import EscapedSlashes, PathPolicy
 from gatewayd.routing.load import MIB, ConfigLimits
+
+if TYPE_CHECKING:
+    from gatewayd.runtime.sources.kubernetes import KubernetesSource
 
 _UNITS = {"": 1, "k": 1000, "ki": 1024, "m": 1000**2, "mi": MIB, "g": 1000**3, "gi": 1024 * MIB}
 
@@ -25,12 +29,28 @@ def _byte_size(text: str) -> int:
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument(
         "--config",
         action="append",
-        required=True,
         metavar="PATH",
         help="YAML file or directory (read recursively); repeatable",
+    )
+    source.add_argument(
+        "--kubernetes",
+        action="store_true",
+        help="read the Gateway API objects of a cluster (list and watch the API server); "
+        "in-cluster configuration unless --kubeconfig is given",
+    )
+    p.add_argument(
+        "--kubeconfig",
+        metavar="PATH",
+        help="with --kubernetes: the kubeconfig file (default: in-cluster service account)",
+    )
+    p.add_argument(
+        "--context",
+        metavar="NAME",
+        help="with --kubernetes: the kubeconfig context (default: its current-context)",
     )
     p.add_argument("--controller-name", default=DEFAULT_CONTROLLER)
     p.add_argument(
@@ -261,13 +281,37 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _check_source_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """--kubeconfig and --context only with --kubernetes (exit 2, like argparse)."""
+    if args.command not in ("run", "check") or args.kubernetes:
+        return
+    for flag in ("kubeconfig", "context"):
+        if getattr(args, flag) is not None:
+            parser.error(f"--{flag} is only used with --kubernetes")
+
+
+def _kube_source(args: argparse.Namespace) -> KubernetesSource:
+    from gatewayd.runtime.sources.kubernetes import KubernetesSource
+
+    return KubernetesSource(kubeconfig=args.kubeconfig, context=args.context)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _check_source_args(parser, args)
     if args.command == "run":
         return _run(args)
     if args.command == "check":
-        from gatewayd.checkcli import check_main
+        from gatewayd.checkcli import check_kubernetes, check_main
 
+        if args.kubernetes:
+            return check_kubernetes(
+                _kube_source(args),
+                controller_name=args.controller_name,
+                address_pool=args.address_pool,
+                limits=_limits(args),
+            )
         return check_main(
             args.config,
             controller_name=args.controller_name,
@@ -312,6 +356,10 @@ def _run(args: argparse.Namespace) -> int:
         if args.tproxy_dry_run:
             from gatewayd.tproxy.runtime import dry_run
 
+            if args.kubernetes:
+                print("gatewayd: --tproxy-dry-run reads --config files only", file=sys.stderr)
+                return 2
+
             return dry_run(
                 args.config,
                 controller_name=args.controller_name,
@@ -323,7 +371,8 @@ def _run(args: argparse.Namespace) -> int:
             logging.getLogger("gatewayd").warning("--tproxy runs one worker: --workers ignored")
             args.workers = 1
     options = RunOptions(
-        config=args.config,
+        config=args.config or [],
+        source=_kube_source(args) if args.kubernetes else None,
         admin_address=args.admin_address,
         address_pool=args.address_pool,
         controller_name=args.controller_name,

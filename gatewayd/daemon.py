@@ -30,10 +30,12 @@ from gatewayd.routing.status import with_listener_failures
 from gatewayd.routing.table import SNITable
 from gatewayd.runtime.sinks import StatusSink
 from gatewayd.runtime.sinks.admin import AdminStatusSink
-from gatewayd.watch import config_signature, watch_config
+from gatewayd.runtime.sources import SourceError
+from gatewayd.runtime.sources.files import FileSource
 from gatewayd.workers import WorkerPool
 
 if TYPE_CHECKING:
+    from gatewayd.runtime.sources import ConfigSource
     from gatewayd.tproxy.rules import TproxySettings
     from gatewayd.tproxy.runtime import TproxyRuntime
 
@@ -42,7 +44,8 @@ log = logging.getLogger("gatewayd")
 
 @dataclass(slots=True, kw_only=True)
 class RunOptions:
-    config: list[str]
+    config: list[str] = field(default_factory=list)  # --config paths (file mode)
+    source: ConfigSource | None = None  # another source (--kubernetes); None: the files
     admin_address: str = "127.0.0.1:9901"
     address_pool: str = "127.0.10.0/24"
     controller_name: str = "gatewayd.dev/gateway-controller"
@@ -59,8 +62,11 @@ class Daemon:
 
     def __init__(self, options: RunOptions) -> None:
         self.options = options
+        self.source: ConfigSource = options.source or FileSource(
+            options.config, watch=options.watch
+        )
         self.pipeline = ConfigPipeline(
-            options.config,
+            self.source,
             controller_name=options.controller_name,
             address_pool=options.address_pool,
             limits=options.limits,
@@ -184,9 +190,11 @@ class Daemon:
                 return self._reject(f"internal error while building config: {exc}", initial=initial)
             # A reload that brings a new problem (broken YAML, an invalid edit) keeps the
             # last good snapshot: serving the valid rest could silently drop routes.
-            # Problems the serving config already had do not block later edits.
+            # Problems the serving config already had do not block later edits.  A source
+            # whose objects were admitted elsewhere (an API server) skips each invalid
+            # object instead: it is reported in its own status, the rest serves.
             fresh = problems - self.known_problems
-            if fresh and not initial:
+            if fresh and not initial and not self.source.skips_invalid:
                 return self._reject(
                     f"{len(fresh)} new problem(s) in the configuration; "
                     "keeping the last good configuration: " + "; ".join(sorted(fresh)),
@@ -374,29 +382,43 @@ async def _serve(daemon: Daemon, options: RunOptions) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     reloads: set[asyncio.Task[bool]] = set()
-    watcher: asyncio.Task[None] | None = None
+    tasks: list[asyncio.Task[None]] = []
+    source = daemon.source
     try:
         if daemon.pool is not None:
             await daemon.pool.start()
-        # The files' signature before the first load: an edit made while it builds (or
-        # before the watcher's first poll) is then a change the watcher reloads.
-        signature = None
-        if options.watch:
-            signature = await loop.run_in_executor(None, config_signature, options.config)
-        await daemon.load(initial=True)
 
         def on_hup() -> None:
             task = loop.create_task(daemon.load(initial=False))
             reloads.add(task)
             task.add_done_callback(reloads.discard)
 
-        if options.watch:
-            watcher = loop.create_task(
-                watch_config(options.config, lambda: daemon.load(initial=False), initial=signature)
-            )
         loop.add_signal_handler(signal.SIGTERM, stop.set)
         loop.add_signal_handler(signal.SIGINT, stop.set)
         loop.add_signal_handler(signal.SIGHUP, on_hup)
+        log.info("configuration source: %s", source.describe())
+        # Files are ready at once; an API server once every kind is listed (SIGTERM
+        # meanwhile stops, with nothing served yet).
+        sync = loop.create_task(source.ready())
+        stopping = loop.create_task(stop.wait())
+        try:
+            await asyncio.wait([sync, stopping], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+        if not sync.done():
+            sync.cancel()
+            return 0
+        try:
+            sync.result()
+        except SourceError as exc:
+            log.error("cannot read the configuration: %s", exc)
+            return 1
+        await daemon.load(initial=True)
+        changes = asyncio.Event()
+        watching = loop.create_task(source.run(changes.set))
+        watching.add_done_callback(_log_watch_end)
+        tasks.append(watching)
+        tasks.append(loop.create_task(_reload_on_change(daemon, changes, source.settle)))
         waits = [loop.create_task(stop.wait())]
         if daemon.pool is not None:
             waits.append(loop.create_task(daemon.pool.fatal.wait()))
@@ -410,13 +432,33 @@ async def _serve(daemon: Daemon, options: RunOptions) -> int:
             return 1
         return 0
     finally:
-        if watcher is not None:
-            watcher.cancel()
+        for task in tasks:
+            task.cancel()
+        await source.close()
         daemon.stop_expiry_watch()
         log.info("shutting down: draining for up to %.0fs", options.drain_timeout)
         if daemon.tproxy is not None:
             await daemon.tproxy.close()  # stop diverting first, then drain
         await daemon.proxy.close(options.drain_timeout)
+
+
+def _log_watch_end(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error(
+            "watching the configuration source failed; no more reloads but SIGHUP's",
+            exc_info=task.exception(),
+        )
+
+
+async def _reload_on_change(daemon: Daemon, changes: asyncio.Event, settle: float) -> None:
+    """Reload after each change the source reports: changes that arrive during the
+    ``settle`` seconds after the first one, or while a reload runs, make one reload."""
+    while True:
+        await changes.wait()
+        if settle > 0:
+            await asyncio.sleep(settle)
+        changes.clear()
+        await daemon.load(initial=False)
 
 
 def configure_logging() -> None:

@@ -1,4 +1,4 @@
-"""The one-way configuration flow: files -> model -> status -> compiled snapshot.
+"""The one-way configuration flow: source -> model -> status -> compiled snapshot.
 
 The pipeline keeps what must survive a reload (object generations, Gateway addresses,
 the snapshot generation) and nothing else.  It runs off the hot path; the data plane only
@@ -12,12 +12,16 @@ import errno
 import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from gatewayd.routing.bindings import Resolution
 from gatewayd.routing.compile import compile_snapshot
 from gatewayd.routing.compiled import Snapshot
-from gatewayd.routing.load import ConfigLimits, LoadResult, load_paths
+from gatewayd.routing.load import ConfigLimits, LoadResult
 from gatewayd.routing.status import resolve
+
+if TYPE_CHECKING:
+    from gatewayd.runtime.sources import ConfigSource
 
 DEFAULT_CONTROLLER = "gatewayd.dev/gateway-controller"
 DEFAULT_ADDRESS_POOL = "127.0.10.0/24"
@@ -46,17 +50,23 @@ class Built:
 
 
 class ConfigPipeline:
-    """Builds snapshots from the config paths; remembers generations and addresses."""
+    """Builds snapshots from a ``ConfigSource`` (or config paths: a ``FileSource``);
+    remembers generations and addresses."""
 
     def __init__(
         self,
-        paths: Sequence[str],
+        source: ConfigSource | Sequence[str],
         *,
         controller_name: str = DEFAULT_CONTROLLER,
         address_pool: str = DEFAULT_ADDRESS_POOL,
         limits: ConfigLimits | None = None,
     ) -> None:
-        self.paths = list(paths)
+        if isinstance(source, (list, tuple)):
+            from gatewayd.runtime.sources.files import FileSource
+
+            source = FileSource(source)
+        assert not isinstance(source, Sequence)
+        self.source: ConfigSource = source
         self.limits = limits or ConfigLimits()
         self.controller_name = controller_name
         self.address_pool = address_pool
@@ -65,11 +75,12 @@ class ConfigPipeline:
         self.snapshot_generation = 0
 
     def build(self) -> Built:
-        """Load, resolve and compile.  Raises ConfigPathError for unreadable paths.
+        """Load, resolve and compile.  Raises ConfigPathError when the source cannot be
+        read at all.
 
         Reads ``commit``'s state and nothing else of the pipeline, so the daemon runs it
         on a thread while one reload at a time commits on the event loop."""
-        loaded = load_paths(self.paths, previous=self._generations, limits=self.limits)
+        loaded = self.source.load(self._generations, self.limits)
         resolution = resolve(
             loaded.config,
             controller_name=self.controller_name,
