@@ -9,6 +9,7 @@ the start.  ``state()`` is shown in /status (``config.statusWriteback``) and
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from kubernetes_asyncio.client import ApiClient
 
@@ -19,20 +20,12 @@ from gatewayd.runtime.kube.leader import (
     default_identity,
     default_namespace,
 )
-from gatewayd.runtime.sinks.kubernetes import DEFAULT_RESOURCES, KubernetesStatusSink, Resource
+from gatewayd.runtime.sinks.kubernetes import KubernetesStatusSink
 
-__all__ = ["StatusWriteback", "resources_of"]
+if TYPE_CHECKING:
+    from gatewayd.runtime.sources import ConfigSource
 
-
-def resources_of(version_of: Callable[[str], str | None]) -> dict[str, Resource]:
-    """The status kinds at the versions the cluster serves (``version_of(kind)``, from
-    discovery; None: not served, so not written)."""
-    out: dict[str, Resource] = {}
-    for kind, default in DEFAULT_RESOURCES.items():
-        version = version_of(kind)
-        if version is not None:
-            out[kind] = Resource(default.group, version, default.plural, default.namespaced)
-    return out
+__all__ = ["StatusWriteback", "writeback_for"]
 
 
 class StatusWriteback:
@@ -42,17 +35,14 @@ class StatusWriteback:
         *,
         controller_name: str,
         election: LeaderElectionSettings,
-        resources: dict[str, Resource] | None = None,
+        version_of: Callable[[str], str | None] | None = None,
     ) -> None:
         self.sink = KubernetesStatusSink(
             api_client,
             controller_name=controller_name,
             active=not election.enabled,
-            resources=resources,
+            version_of=version_of,
         )
-        if resources is not None:
-            # Exactly what discovery found: a kind it did not find is not written.
-            self.sink.resources = dict(resources)
         self.elector: LeaderElector | None = None
         self.metrics: LeaderMetrics | None = None
         if election.enabled:
@@ -86,3 +76,22 @@ class StatusWriteback:
         else:
             state["leaderElection"] = {"enabled": False, "leader": True}
         return state
+
+
+def writeback_for(
+    source: ConfigSource, *, controller_name: str, election: LeaderElectionSettings
+) -> StatusWriteback | None:
+    """Status write-back for a connected Kubernetes source; None for any other source
+    (files: /status is all there is)."""
+    from gatewayd.runtime.sources.kubernetes import KubernetesSource
+
+    if not isinstance(source, KubernetesSource) or source.client is None:
+        return None
+    kube = source
+    return StatusWriteback(
+        source.client.api,
+        controller_name=controller_name,
+        election=election,
+        # Read at each write: rediscovery replaces ``versions`` when a CRD changes.
+        version_of=lambda kind: kube.versions.get(kind),
+    )

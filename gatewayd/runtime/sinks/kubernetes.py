@@ -108,6 +108,7 @@ class KubernetesStatusSink:
         retry_after: float = 30.0,
         request_timeout: float = 10.0,
         resources: Mapping[str, Resource] | None = None,
+        version_of: Callable[[str], str | None] | None = None,
         rng: Callable[[], float] = random.random,
     ) -> None:
         if max_in_flight < 1 or attempts < 1:
@@ -120,6 +121,9 @@ class KubernetesStatusSink:
         self.retry_after = retry_after
         self.request_timeout = request_timeout
         self.resources: dict[str, Resource] = {**DEFAULT_RESOURCES, **(resources or {})}
+        # The version the cluster serves of a kind (discovery; None: not served), asked
+        # at each write so a CRD upgraded meanwhile is written at its new version.
+        self.version_of = version_of
         self._rng = rng
         self._active = active
         self._closed = False
@@ -277,11 +281,13 @@ class KubernetesStatusSink:
         """Read, merge, patch; True when the API server holds our status (or the object
         is gone), False when it should be tried again later."""
         kind, namespace, name = key
-        resource = self.resources.get(kind)
+        resource = self._resource(kind)
         if resource is None:
             if kind not in self._unserved:
                 self._unserved.add(kind)
-                log.warning("status: the API server does not serve %s; not written", kind)
+                log.warning(
+                    "status: the API server does not serve %s; its status is not written", kind
+                )
             return True
         for attempt in range(self.attempts):
             st = self._latest.get(key)
@@ -337,6 +343,13 @@ class KubernetesStatusSink:
             self.retry_after,
         )
         return False
+
+    def _resource(self, kind: str) -> Resource | None:
+        resource = self.resources.get(kind)
+        if resource is None or self.version_of is None:
+            return resource
+        version = self.version_of(kind)
+        return None if version is None else replace(resource, version=version)
 
     def _forget_tombstone(self, key: Key, st: ObjectStatus | None) -> None:
         if st is not None and self._latest.get(key) is st and not _has_entries(st):
