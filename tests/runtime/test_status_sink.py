@@ -20,6 +20,7 @@ from kube_kit import (
     statuses,
 )
 
+from gatewayd.routing.bindings import ObjectStatus
 from gatewayd.runtime.sinks.kubernetes import KubernetesStatusSink
 
 T0 = "2026-01-01T00:00:00Z"
@@ -266,6 +267,60 @@ def test_an_object_that_is_gone_is_dropped_and_errors_are_retried_later(tmp_path
                     ),
                     within=5.0,
                 )
+            finally:
+                await sink.close()
+                await client.close()
+
+        run(scenario())
+
+
+def test_an_unused_policy_is_read_once_and_a_tombstone_outlives_a_pause(tmp_path: Path) -> None:
+    """A BackendTLSPolicy none of our Gateways uses (``ancestors: []``) is read once and
+    never written; a route detached while this replica does not lead still loses our
+    entry when it leads again, however many builds came in between."""
+    with ApiServerDouble() as api:
+        seed(api)
+        api.create(
+            {
+                "apiVersion": f"{GW}/v1",
+                "kind": "BackendTLSPolicy",
+                "metadata": {"name": "p", "namespace": "default"},
+                "spec": {
+                    "targetRefs": [{"group": "", "kind": "Service", "name": "svc"}],
+                    "validation": {"hostname": "svc.example", "wellKnownCACertificates": "System"},
+                },
+            }
+        )
+        policy = ObjectStatus(
+            api_version=f"{GW}/v1",
+            kind="BackendTLSPolicy",
+            namespace="default",
+            name="p",
+            generation=1,
+            status={"ancestors": []},
+        )
+
+        async def scenario() -> None:
+            client = await kube_client(api, tmp_path)
+            sink = KubernetesStatusSink(client, controller_name=OURS, active=True)
+            try:
+                sink.publish([*statuses(T1), policy])
+                await sink.wait_idle()
+                assert len(api.requests(verb="get", path_contains="/backendtlspolicies/p")) == 1
+                assert not api.requests(verb="patch", path_contains="/backendtlspolicies/p")
+                assert "status" not in api.get(GW, "backendtlspolicies", "p", namespace="default")
+                api.clear_requests()
+                sink.publish([*statuses(T2), policy])
+                await sink.wait_idle()
+                assert api.requests() == []
+
+                sink.set_active(False)
+                sink.publish([*statuses(T2, with_route=False), policy])
+                sink.publish([*statuses(T2, with_route=False), policy])
+                sink.set_active(True)
+                await sink.wait_idle()
+                route = api.get(GW, "httproutes", "r", namespace="default")
+                assert route["status"]["parents"] == [FOREIGN]
             finally:
                 await sink.close()
                 await client.close()

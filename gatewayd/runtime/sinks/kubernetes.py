@@ -131,6 +131,8 @@ class KubernetesStatusSink:
         self._latest: dict[Key, ObjectStatus] = {}
         # What the API server holds for each object, as far as we know (timeless form).
         self._synced: dict[Key, object] = {}
+        # Objects whose status we no longer compute but which still hold our entries.
+        self._tombstones: set[Key] = set()
         self._pending: dict[Key, None] = {}  # insertion-ordered set
         self._in_flight: set[Key] = set()
         self._retries: dict[Key, asyncio.TimerHandle] = {}
@@ -151,13 +153,18 @@ class KubernetesStatusSink:
     # -- the seam ---------------------------------------------------------------------
     def publish(self, statuses: Sequence[ObjectStatus]) -> None:
         fresh = {_key(st): st for st in statuses}
+        self._tombstones -= fresh.keys()  # computed again: a status like any other
         for key, before in self._latest.items():
-            if key in fresh or not _has_entries(before):
+            if key in fresh:
                 continue
-            # A route or policy we reported on and no longer compute anything for: our
-            # entries come out of its list (a tombstone: the same object, no entries).
-            shared = SHARED_LISTS[before.kind]
-            fresh[key] = replace(before, status={shared.field: []})
+            if key in self._tombstones:
+                fresh[key] = before  # our entries are not out yet
+            elif _has_entries(before):
+                # A route or policy we reported on and no longer compute anything for:
+                # our entries come out of its list (a tombstone: the object, no entries).
+                shared = SHARED_LISTS[before.kind]
+                fresh[key] = replace(before, status={shared.field: []})
+                self._tombstones.add(key)
         self._latest = fresh
         for key, st in fresh.items():
             if self._synced.get(key) != _timeless(st.status):
@@ -352,12 +359,11 @@ class KubernetesStatusSink:
         return None if version is None else replace(resource, version=version)
 
     def _forget_tombstone(self, key: Key, st: ObjectStatus | None) -> None:
-        if st is not None and self._latest.get(key) is st and not _has_entries(st):
-            shared = SHARED_LISTS.get(st.kind)
-            if shared is not None:
-                # Our entries are out; nothing more to say about this object.
-                del self._latest[key]
-                self._synced.pop(key, None)
+        if key in self._tombstones and st is not None and self._latest.get(key) is st:
+            # Our entries are out; nothing more to say about this object.
+            self._tombstones.discard(key)
+            del self._latest[key]
+            self._synced.pop(key, None)
 
     async def _get(self, r: Resource, namespace: str, name: str) -> Mapping[str, object]:
         self.stats["gets"] += 1
