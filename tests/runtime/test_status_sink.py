@@ -326,3 +326,54 @@ def test_an_unused_policy_is_read_once_and_a_tombstone_outlives_a_pause(tmp_path
                 await client.close()
 
         run(scenario())
+
+
+def test_writes_are_bounded_in_flight_and_coalesced_per_object(tmp_path: Path) -> None:
+    with ApiServerDouble() as api:
+        seed(api)
+        names = [f"r{i}" for i in range(6)]
+        for name in names:
+            api.create(http_route(name, ["gw"]))
+
+        def routes(ok: bool, now: str) -> list[ObjectStatus]:
+            return [
+                ObjectStatus(
+                    api_version=f"{GW}/v1",
+                    kind="HTTPRoute",
+                    namespace="default",
+                    name=name,
+                    generation=1,
+                    status={"parents": [route_parent("gw", OURS, ok, now)]},
+                )
+                for name in names
+            ]
+
+        async def scenario() -> None:
+            client = await kube_client(api, tmp_path)
+            sink = KubernetesStatusSink(client, controller_name=OURS, active=True, max_in_flight=2)
+            try:
+                api.pause()  # every request hangs until resumed
+                sink.publish(routes(True, T1))
+                await asyncio.sleep(0.3)
+                assert (sink.state()["inFlight"], sink.state()["queued"]) == (2, 4)
+                # Published again: one entry per object (the two in flight are queued
+                # again, to be written once more at their newest), not one per publish.
+                sink.publish(routes(False, T2))
+                assert sink.state()["queued"] == 6
+                sink.publish(routes(False, T2))
+                assert sink.state()["queued"] == 6
+                api.resume()
+                await sink.wait_idle()
+                for name in names:
+                    route = api.get(GW, "httproutes", name, namespace="default")
+                    [entry] = route["status"]["parents"]
+                    assert entry["conditions"][0]["status"] == "False", name
+                # The two caught in flight were written twice (old, then new); the four
+                # queued ones once, at their newest.
+                assert len(patches(api)) == 8
+            finally:
+                api.resume()
+                await sink.close()
+                await client.close()
+
+        run(scenario())
