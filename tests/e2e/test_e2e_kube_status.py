@@ -42,6 +42,32 @@ LEASE_NS = "gatewayd-system"
 LEASE_NAME = "gatewayd-status"
 
 
+def _parent(gateway: str, controller: str) -> dict[str, Any]:
+    return {
+        "parentRef": {
+            "group": GW_GROUP,
+            "kind": "Gateway",
+            "namespace": "default",
+            "name": gateway,
+        },
+        "controllerName": controller,
+        "conditions": [
+            {
+                "type": "Accepted",
+                "status": "True",
+                "reason": "Accepted",
+                "message": "accepted",
+                "observedGeneration": 1,
+                "lastTransitionTime": "2026-01-01T00:00:00Z",
+            }
+        ],
+    }
+
+
+STALE_OURS = _parent("gone", "gatewayd.dev/gateway-controller")
+FOREIGN = _parent("theirs", "example.net/other-controller")
+
+
 class Replica:
     def __init__(self, workdir: Path, name: str, kubeconfig: Path, pool: str) -> None:
         self.name = name
@@ -132,6 +158,11 @@ def test_two_replicas_serve_one_writes_status_and_a_killed_leader_is_replaced(
             gateway("gw", [listener("http", port)], address=None),
             http_route("r", [rule(backends=[backend_ref("echo")])]),
             *echo.manifests(),
+            # Detached while no gatewayd ran: our entry must go, the other stays.
+            {
+                **http_route("stale", [rule(backends=[backend_ref("echo")])], parent="gone"),
+                "status": {"parents": [STALE_OURS, FOREIGN]},
+            },
         ]:
             api.create(doc)
         kubeconfig = api.write_kubeconfig(tmp_path / "kubeconfig")
@@ -175,6 +206,15 @@ def test_two_replicas_serve_one_writes_status_and_a_killed_leader_is_replaced(
                 "Accepted": "True",
                 "ResolvedRefs": "True",
             }
+            api.wait_for(
+                lambda: (
+                    api.get(GW_GROUP, "httproutes", "stale", namespace="default")["status"][
+                        "parents"
+                    ]
+                    == [FOREIGN]
+                ),
+                10.0,
+            )
             cls = api.get(GW_GROUP, "gatewayclasses", "gatewayd")
             assert {"name": "HTTPRoute"} in cls["status"]["supportedFeatures"]
             # The follower computed its own (shown on its /status) and wrote nothing.

@@ -28,7 +28,7 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Final
 
@@ -109,6 +109,7 @@ class KubernetesStatusSink:
         request_timeout: float = 10.0,
         resources: Mapping[str, Resource] | None = None,
         version_of: Callable[[str], str | None] | None = None,
+        claimed: Callable[[], Iterable[Key]] | None = None,
         rng: Callable[[], float] = random.random,
     ) -> None:
         if max_in_flight < 1 or attempts < 1:
@@ -124,6 +125,10 @@ class KubernetesStatusSink:
         # The version the cluster serves of a kind (discovery; None: not served), asked
         # at each write so a CRD upgraded meanwhile is written at its new version.
         self.version_of = version_of
+        # Routes and policies whose live status (the source's cache) holds an entry of
+        # ours: those we no longer compute anything for get it removed, even when it
+        # was written before this process started or while another replica led.
+        self.claimed = claimed
         self._rng = rng
         self._active = active
         self._closed = False
@@ -166,6 +171,7 @@ class KubernetesStatusSink:
                 fresh[key] = replace(before, status={shared.field: []})
                 self._tombstones.add(key)
         self._latest = fresh
+        self._adopt_claimed()
         for key, st in fresh.items():
             if self._synced.get(key) != _timeless(st.status):
                 self._enqueue(key)
@@ -188,6 +194,7 @@ class KubernetesStatusSink:
         if active:
             # What another leader wrote meanwhile is unknown: read and compare everything.
             self._synced.clear()
+            self._adopt_claimed()
             for key in self._latest:
                 self._enqueue(key)
         else:
@@ -200,6 +207,24 @@ class KubernetesStatusSink:
             self._workers.clear()
             self._in_flight.clear()
             self._idle.set()
+
+    def _adopt_claimed(self) -> None:
+        if self.claimed is None:
+            return
+        for key in self.claimed():
+            kind, namespace, name = key
+            shared = SHARED_LISTS.get(kind)
+            if shared is None or key in self._latest:
+                continue
+            self._latest[key] = ObjectStatus(
+                api_version=f"{GATEWAY_GROUP}/v1",
+                kind=kind,
+                namespace=namespace,
+                name=name,
+                generation=0,  # no conditions of ours are written: only removed
+                status={shared.field: []},
+            )
+            self._tombstones.add(key)
 
     async def wait_idle(self) -> None:
         """Until nothing is queued or being synced (tests, and a graceful stop)."""
