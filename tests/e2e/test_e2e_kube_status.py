@@ -4,7 +4,7 @@ gets no PATCH.
 
 The replicas take Gateway addresses from different pools (they share the machine), so
 each one's status is told apart by the address it reports.  Lease timings are scaled
-down by the flags (3 s lease, 2 s renew deadline, 0.5 s retry); the defaults are
+down by the flags (4 s lease, 3 s renew deadline, 0.5 s retry); the defaults are
 client-go's 15/10/2."""
 
 from __future__ import annotations
@@ -89,9 +89,9 @@ class Replica:
                 "--leader-election-id",
                 name,
                 "--leader-election-lease-duration",
-                "3",
+                "4",
                 "--leader-election-renew-deadline",
-                "2",
+                "3",
                 "--leader-election-retry-period",
                 "0.5",
             ),
@@ -241,7 +241,7 @@ def test_two_replicas_serve_one_writes_status_and_a_killed_leader_is_replaced(
             api.wait_for(lambda: any(follower_addr in b for b in gateway_patches(api)), 30.0)
             took = time.monotonic() - killed_at
             assert took < 30.0
-            print(f"takeover after SIGKILL: {took:.2f}s (lease 3 s, retry 0.5 s)")
+            print(f"takeover after SIGKILL: {took:.2f}s (lease 4 s, retry 0.5 s)")
             assert follower.is_leader()
             lease = api.get("coordination.k8s.io", "leases", LEASE_NAME, namespace=LEASE_NS)
             assert lease["spec"]["holderIdentity"] == follower.name
