@@ -590,6 +590,7 @@ class ApiServerDouble:
         self._log: deque[Request] = deque(maxlen=log_size)
         self._watches: set[_Watch] = set()
         self._unavailable: str | None = None
+        self._streaming: set[int] = set()  # ids of requests answered by a watch stream
         self.errors: list[str] = []  # unexpected exceptions in the double (should stay empty)
         self._paused: asyncio.Event | None = None
 
@@ -659,7 +660,13 @@ class ApiServerDouble:
         app = web.Application(client_max_size=MAX_BODY, handler_args={"max_field_size": 16384})
         app.router.add_route("*", "/{tail:.*}", self._handle)
         self._runner = web.AppRunner(
-            app, access_log=None, handle_signals=False, shutdown_timeout=0.5
+            app,
+            access_log=None,
+            handle_signals=False,
+            shutdown_timeout=0.5,
+            # A watch whose client went away ends at once (its task is cancelled), so
+            # open_watches counts only connected watchers.
+            handler_cancellation=True,
         )
         await self._runner.setup()
         if self.tls:
@@ -1186,7 +1193,6 @@ class ApiServerDouble:
         verb = _METHOD_VERBS.get(request.method, request.method.lower())
         if verb == "get" and _go_bool(query.get("watch")):
             verb = "watch"
-        streamed = False
         body: Any = None
         status: int | None = None
         try:
@@ -1217,7 +1223,6 @@ class ApiServerDouble:
                 if not auth.startswith("Bearer ") or auth[7:] not in self.tokens:
                     raise ApiError(401, "Unauthorized", "Unauthorized")
             verb, response = await self._route(request, query, body, content_type)
-            streamed = verb == "watch"
             status = response.status
             return response
         except ApiError as err:
@@ -1230,7 +1235,9 @@ class ApiServerDouble:
             err = ApiError(500, "InternalError", f"apiserver double: {exc!r}")
             return web.json_response(err.status(), status=500)
         finally:
-            if not streamed:  # a watch is logged when its stream opens
+            if id(request) in self._streaming:  # a watch is logged when its stream opens
+                self._streaming.discard(id(request))
+            else:
                 self._record(_request_record(request, verb, query, body, status))
 
     async def _route(
@@ -1430,6 +1437,7 @@ class ApiServerDouble:
         try:
             await resp.prepare(request)
             self._record(_request_record(request, "watch", query, None, 200))
+            self._streaming.add(id(request))
             if expired:
                 err = _expired(f"too old resource version: {rv_q} ({self._compacted + 1})")
                 await resp.write(_line({"type": "ERROR", "object": err.status()}))
@@ -1482,6 +1490,14 @@ class ApiServerDouble:
             return resp
         except ConnectionResetError:
             # The client went away, or drop_watches() aborted the connection.
+            return resp
+        except Exception as exc:  # a bug of the double, after the 200 went out
+            with self._lock:
+                self.errors.append(repr(exc))
+            err = ApiError(500, "InternalError", f"apiserver double: {exc!r}")
+            with contextlib.suppress(Exception):
+                await resp.write(_line({"type": "ERROR", "object": err.status()}))
+                await resp.write_eof()
             return resp
         finally:
             with self._lock:

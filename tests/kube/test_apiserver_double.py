@@ -20,7 +20,15 @@ from typing import Any, TypeVar
 
 import aiohttp
 import pytest
-from kits.apiserver import GATEWAY_GROUP, ApiServerDouble
+from kits.apiserver import (
+    GATEWAY_GROUP,
+    ApiError,
+    ApiServerDouble,
+    field_matcher,
+    json_patch,
+    label_matcher,
+    merge_patch,
+)
 from kubernetes_asyncio import client, config, watch
 from kubernetes_asyncio.client.exceptions import ApiException
 
@@ -374,7 +382,7 @@ def test_a_dropped_watch_resumes_from_its_last_resource_version(
             apiserver.create(gateway("b"))  # happens while nobody watches
             with pytest.raises(aiohttp.ClientPayloadError):
                 await stream.__anext__()
-            assert apiserver.open_watches == 0
+            await apiserver.async_wait_for(lambda: apiserver.open_watches == 0)
             # Resume from the last version seen: the missed event is replayed.
             names = []
             w2 = watch.Watch()
@@ -805,3 +813,106 @@ def test_wait_for_sees_requests_from_another_thread(apiserver: ApiServerDouble) 
     assert got[0].body["metadata"]["name"] == "x" and got[0].status == 201
     with pytest.raises(TimeoutError):
         apiserver.wait_for(lambda: apiserver.requests(verb="delete"), 0.1)
+
+
+def test_a_closed_watch_is_forgotten_and_an_ended_one_is_resumed_by_the_library(
+    apiserver: ApiServerDouble,
+) -> None:
+    async def main() -> list[str]:
+        async with kube(apiserver) as ac:
+            co = client.CustomObjectsApi(ac)
+            rv = (await co.list_cluster_custom_object(GW, "v1", "gateways"))["metadata"][
+                "resourceVersion"
+            ]
+            w = watch.Watch()
+            stream = w.stream(
+                co.list_cluster_custom_object, GW, "v1", "gateways", resource_version=rv
+            )
+            apiserver.create(gateway("a"))
+            names = [(await stream.__anext__())["raw_object"]["metadata"]["name"]]
+            # The server ends the stream (as its watch timeout does): the library watches
+            # again from the last resourceVersion it saw, and misses nothing.
+            await asyncio.to_thread(apiserver.end_watches)
+            apiserver.create(gateway("b"))
+            names.append((await stream.__anext__())["raw_object"]["metadata"]["name"])
+            await w.close()
+            await apiserver.async_wait_for(lambda: apiserver.open_watches == 0)
+            return names
+
+    assert run(main()) == ["a", "b"]
+    watches = apiserver.requests(verb="watch")
+    assert len(watches) == 2
+    assert int(watches[1].query["resourceVersion"]) > int(watches[0].query["resourceVersion"])
+
+
+# ----------------------------------------------------------------------------- pure helpers
+
+
+def _labelled(**labels: str) -> dict[str, Any]:
+    return {"metadata": {"name": "n", "namespace": "ns", "labels": labels}}
+
+
+@pytest.mark.parametrize(
+    ("selector", "labels", "expected"),
+    [
+        ("app=web", {"app": "web"}, True),
+        ("app==web", {"app": "db"}, False),
+        ("app!=web", {}, True),
+        ("app", {"app": ""}, True),
+        ("!app", {"app": "x"}, False),
+        ("env in (prod, staging),tier notin (db)", {"env": "prod", "tier": "web"}, True),
+        ("env in (prod, staging),tier notin (db)", {"env": "prod", "tier": "db"}, False),
+        ("env in (prod)", {}, False),
+        ("", {"a": "b"}, True),
+    ],
+)
+def test_label_selectors_follow_the_api_grammar(
+    selector: str, labels: dict[str, str], expected: bool
+) -> None:
+    assert label_matcher(selector)(_labelled(**labels)) is expected
+
+
+def test_bad_selectors_are_400() -> None:
+    res = ApiServerDouble().resource(GW, "gateways", "v1")
+    for bad in ("a=b=c", "!a=b", "in (x)"):
+        with pytest.raises(ApiError) as info:
+            label_matcher(bad)
+        assert info.value.code == 400
+    with pytest.raises(ApiError) as info:
+        field_matcher("spec.gatewayClassName=x", res)
+    assert "field label not supported" in info.value.message
+    match = field_matcher("metadata.name=n,metadata.namespace!=other", res)
+    assert match(_labelled()) and not field_matcher("metadata.name=m", res)(_labelled())
+
+
+def test_merge_and_json_patches() -> None:
+    doc = {"spec": {"a": 1, "b": [1, 2], "c": {"d": 1}}, "status": {"x": 1}}
+    assert merge_patch(doc, {"spec": {"a": None, "b": [3], "c": {"e": 2}}}) == {
+        "spec": {"b": [3], "c": {"d": 1, "e": 2}},
+        "status": {"x": 1},
+    }
+    assert doc["spec"]["a"] == 1, "patches never change their input"
+    patched = json_patch(
+        doc,
+        [
+            {"op": "add", "path": "/spec/b/-", "value": 3},
+            {"op": "replace", "path": "/spec/a", "value": 2},
+            {"op": "remove", "path": "/status/x"},
+            {"op": "move", "from": "/spec/c", "path": "/spec/moved"},
+            {"op": "copy", "from": "/spec/a", "path": "/spec/a~1copy"},
+            {"op": "test", "path": "/spec/a", "value": 2},
+        ],
+    )
+    assert patched == {
+        "spec": {"a": 2, "b": [1, 2, 3], "moved": {"d": 1}, "a/copy": 2},
+        "status": {},
+    }
+    for ops, code in (
+        ({"op": "add"}, 400),
+        ([{"op": "remove", "path": "/nope"}], 422),
+        ([{"op": "test", "path": "/spec/a", "value": 9}], 422),
+        ([{"op": "frobnicate", "path": "/spec/a"}], 400),
+    ):
+        with pytest.raises(ApiError) as info:
+            json_patch(doc, ops)
+        assert info.value.code == code, ops
