@@ -57,12 +57,14 @@ class KubernetesSource:
         limits: KubeLimits | None = None,
         rediscover: float = 60.0,
         kinds: tuple[WatchedKind, ...] = KINDS,
+        watch: bool = True,
     ) -> None:
         self.kubeconfig = kubeconfig
         self.context = context
         self.limits = limits or KubeLimits()
         self.rediscover = rediscover
         self.kinds = kinds
+        self.watch = watch  # False: list every kind once (gatewayd check)
         self.client: KubeClient | None = None
         self.informers: dict[str, Informer] = {}
         self.versions: dict[str, str | None] = {}
@@ -100,7 +102,7 @@ class KubernetesSource:
                 wait = backoff.next()
                 log.warning("discovery failed: %s; retrying in %.1fs", exc, wait)
                 await asyncio.sleep(wait)
-        if self._discovery_task is None:
+        if self._discovery_task is None and self.watch:
             self._discovery_task = asyncio.get_running_loop().create_task(self._rediscover())
         await asyncio.gather(*(i.synced.wait() for i in self.informers.values()))
         self._on_change()  # the references of the first lists: fetch what they need
@@ -138,6 +140,7 @@ class KubernetesSource:
                 self._on_change,
                 limits=self.limits,
                 keep=self._keeper(wk) if wk.keep is Keep.REFERENCED else None,
+                watch=self.watch,
             )
             self.informers[wk.kind] = informer
             self._tasks[wk.kind] = asyncio.get_running_loop().create_task(informer.run())
