@@ -184,6 +184,8 @@ def test_client_go_timing_rules_and_defaults(
     ns_file = tmp_path / "namespace"
     ns_file.write_text("gateways\n")
     assert default_namespace(str(ns_file)) == "gateways"
+    monkeypatch.setenv("GATEWAYD_SERVICE_ACCOUNT_DIR", str(tmp_path))
+    assert default_namespace() == "gateways"  # where the in-cluster token is read too
     monkeypatch.setenv("POD_NAME", "gatewayd-x7k2p")
     assert default_identity() == "gatewayd-x7k2p"
     monkeypatch.delenv("POD_NAME")
