@@ -7,6 +7,7 @@ a second for a loaded test machine."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -142,7 +143,11 @@ def test_a_graceful_stop_releases_the_lease_for_a_quick_handover(tmp_path: Path)
     run(tmp_path, scenario)
 
 
-def test_a_leader_that_cannot_renew_stops_within_the_renew_deadline(tmp_path: Path) -> None:
+def test_a_leader_that_cannot_renew_stops_within_the_renew_deadline(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="gatewayd.leader")
+
     async def scenario(api: ApiServerDouble, client_a: Any, _client_b: Any) -> None:
         events: list[tuple[str, str]] = []
         a = elector(client_a, "replica-a", events)
@@ -162,6 +167,10 @@ def test_a_leader_that_cannot_renew_stops_within_the_renew_deadline(tmp_path: Pa
             assert b'gatewayd_leader{lease="gatewayd-system/gatewayd-status"} 0.0' in (
                 generate_latest(registry)
             )
+            logged = caplog.text
+            # Why, with the API server's own words, and that writing stopped.
+            assert "Lease gatewayd-system/gatewayd-status: HTTP 503 Service Unavailable: " in logged
+            assert "no longer the leader, status writes stop" in logged
             # The API server is back: it campaigns again, and leads again.
             api.set_unavailable(None)
             await until(lambda: a.is_leader, LEASE + TAKEOVER_AFTER_EXPIRY + 1.0)

@@ -36,12 +36,14 @@ from kubernetes_asyncio.client import ApiClient, CustomObjectsApi
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from gatewayd.routing.bindings import ObjectStatus
+from gatewayd.runtime.kube.apierror import api_error
 from gatewayd.runtime.kube.statuspatch import SHARED_LISTS, status_patch
 
 __all__ = [
     "DEFAULT_RESOURCES",
     "KubernetesStatusSink",
     "Resource",
+    "api_error",
 ]
 
 log = logging.getLogger("gatewayd.status")
@@ -350,7 +352,7 @@ class KubernetesStatusSink:
                     reason = "conflict (written meanwhile)"
                 else:
                     self.stats["errors"] += 1
-                    reason = f"HTTP {exc.status} {exc.reason}"
+                    reason = api_error(exc)
             except Exception as exc:
                 # Timeouts, refused connections (aiohttp.ClientError), a body that is not
                 # JSON: retried like a conflict; nothing may end the worker.
