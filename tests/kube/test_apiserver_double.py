@@ -13,6 +13,8 @@ import contextlib
 import io
 import json
 import ssl
+import subprocess
+import sys
 import threading
 from collections.abc import AsyncIterator, Awaitable, Coroutine
 from pathlib import Path
@@ -43,9 +45,13 @@ def run(coro: Coroutine[Any, Any, T], limit: float = 20.0) -> T:
 
 @contextlib.asynccontextmanager
 async def kube(
-    api: ApiServerDouble, *, token: str | None = None
+    api: ApiServerDouble, *, token: str | None = None, settle: bool = True
 ) -> AsyncIterator[client.ApiClient]:
-    """A real ApiClient configured from the double's kubeconfig (``token`` overrides)."""
+    """A real ApiClient configured from the double's kubeconfig (``token`` overrides).
+
+    On exit, waits until the double holds no connection (``settle=False`` skips that for
+    an inner client whose outer one still holds its own).
+    """
     conf = api.kubeconfig()
     if token is not None:
         conf["users"][0]["user"] = {"token": token} if token else {}
@@ -53,6 +59,8 @@ async def kube(
     await config.load_kube_config_from_dict(conf, client_configuration=cfg)
     async with client.ApiClient(cfg) as ac:
         yield ac
+    if settle:
+        await api.async_wait_disconnected()
 
 
 def gateway(name: str, ns: str = "default", **spec: Any) -> dict[str, Any]:
@@ -628,7 +636,7 @@ def test_lease_race_has_exactly_one_winner(apiserver: ApiServerDouble) -> None:
         )
 
     async def main() -> None:
-        async with kube(apiserver) as one, kube(apiserver) as two:
+        async with kube(apiserver) as one, kube(apiserver, settle=False) as two:
             apis = [client.CoordinationV1Api(one), client.CoordinationV1Api(two)]
             created = await asyncio.gather(
                 *(
@@ -916,3 +924,68 @@ def test_merge_and_json_patches() -> None:
         with pytest.raises(ApiError) as info:
             json_patch(doc, ops)
         assert info.value.code == code, ops
+
+
+CLIENT_SCRIPT = """
+import asyncio, json, sys
+from kubernetes_asyncio import client, config
+
+async def main():
+    cfg = client.Configuration()
+    await config.load_kube_config(config_file=sys.argv[1], client_configuration=cfg)
+    async with client.ApiClient(cfg) as ac:
+        co = client.CustomObjectsApi(ac)
+        listed = await co.list_cluster_custom_object("gateway.networking.k8s.io", "v1", "gateways")
+        await co.patch_namespaced_custom_object_status(
+            "gateway.networking.k8s.io", "v1", "default", "gateways", "gw",
+            {"status": {"conditions": [{"type": "Accepted", "status": "True"}]}},
+            _content_type="application/merge-patch+json",
+        )
+    print(json.dumps([i["metadata"]["name"] for i in listed["items"]]))
+
+asyncio.run(main())
+"""
+
+
+def test_a_subprocess_reaches_the_double_through_a_kubeconfig_file(
+    apiserver: ApiServerDouble, tmp_path: Path
+) -> None:
+    """What ``gatewayd run --kubernetes --kubeconfig PATH`` will do, in a child process."""
+    apiserver.create(gateway("gw"))
+    kubeconfig = apiserver.write_kubeconfig(tmp_path / "kubeconfig")
+    proc = subprocess.run(
+        [sys.executable, "-c", CLIENT_SCRIPT, str(kubeconfig)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == ["gw"]
+    obj = apiserver.wait_for_object(
+        GW, "gateways", "gw", lambda o: o.get("status"), namespace="default", within=5
+    )
+    assert obj["status"]["conditions"][0]["type"] == "Accepted"
+    assert obj["metadata"]["generation"] == 1
+
+
+def test_resource_version_match_needs_a_resource_version(apiserver: ApiServerDouble) -> None:
+    async def main() -> None:
+        async with kube(apiserver) as ac:
+            co = client.CustomObjectsApi(ac)
+            body = await expect_api_error(
+                co.list_cluster_custom_object(GW, "v1", "gateways", resource_version_match="Exact"),
+                422,
+            )
+            assert body["reason"] == "Invalid"
+            # NotOlderThan an old version is served from the current state.
+            apiserver.create(gateway("a"))
+            listed = await co.list_cluster_custom_object(
+                GW, "v1", "gateways", resource_version="1", resource_version_match="NotOlderThan"
+            )
+            assert [i["metadata"]["name"] for i in listed["items"]] == ["a"]
+            await expect_api_error(
+                co.list_cluster_custom_object(GW, "v1", "gateways", resource_version="999"), 504
+            )
+
+    run(main())
