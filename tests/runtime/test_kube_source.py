@@ -382,3 +382,82 @@ def test_a_crd_installed_later_is_discovered_and_watched(
             asyncio.run(scenario())
     assert caplog.text.count("TLSRoute: the cluster serves none of") == 1
     assert "watching TLSRoute gateway.networking.k8s.io/v1" in caplog.text
+
+
+def test_ready_waits_for_an_unavailable_api_server_with_backoff(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with ApiServerDouble() as api:
+        api.create(route("a"))
+        kubeconfig = api.write_kubeconfig(tmp_path / "kubeconfig")
+        api.set_unavailable("503")
+
+        async def scenario() -> None:
+            source = KubernetesSource(kubeconfig=str(kubeconfig), limits=FAST)
+            try:
+                sync = asyncio.get_running_loop().create_task(source.ready())
+                await until(lambda: len(api.requests(status=503)) >= 3)
+                assert not sync.done()
+                api.set_unavailable(None)
+                await asyncio.wait_for(sync, 10)
+                loaded = source.load(None, ConfigLimits())
+                assert [r.meta.name for r in loaded.config.http_routes] == ["a"]
+            finally:
+                await source.close()
+
+        with caplog.at_level(logging.WARNING, logger="gatewayd.kube"):
+            asyncio.run(scenario())
+    assert "discovery failed: HTTP 503" in caplog.text
+
+
+def test_a_crd_upgraded_to_a_preferred_version_then_removed(tmp_path: Path) -> None:
+    only_alpha = [f"{GW}/v1/tlsroutes", f"{GW}/v1alpha3/tlsroutes"]
+    with ApiServerDouble(omit=only_alpha) as api:
+        api.create(
+            {
+                "apiVersion": f"{GW}/v1alpha2",
+                "kind": "TLSRoute",
+                "metadata": {"name": "t", "namespace": "default"},
+                "spec": {
+                    "parentRefs": [{"name": "gw"}],
+                    "hostnames": ["t.example"],
+                    "rules": [{"backendRefs": [{"name": "svc", "port": 443}]}],
+                },
+            }
+        )
+        kubeconfig = api.write_kubeconfig(tmp_path / "kubeconfig")
+
+        def names(source: KubernetesSource) -> list[str]:
+            return [r.meta.name for r in source.load(None, ConfigLimits()).config.tls_routes]
+
+        async def scenario() -> None:
+            source = KubernetesSource(kubeconfig=str(kubeconfig), limits=FAST, rediscover=0.05)
+            try:
+                await asyncio.wait_for(source.ready(), 10)
+                assert source.versions["TLSRoute"] == "v1alpha2"
+                watching = asyncio.get_running_loop().create_task(source.run(lambda: None))
+                full = ApiServerDouble()
+                api.resources, api._by_path = full.resources, full._by_path
+                # While the v1 informer lists, the v1alpha2 cache keeps serving the route.
+                seen: list[list[str]] = []
+                for _ in range(500):
+                    seen.append(names(source))
+                    informer = source.informers["TLSRoute"]
+                    if informer.version == "v1" and informer.synced.is_set():
+                        break
+                    await asyncio.sleep(0.01)
+                assert all(s == ["t"] for s in seen), seen
+                await until(lambda: not source._retiring)
+                assert names(source) == ["t"]
+                # The CRD removed: the kind is dropped and read as empty.
+                gone = ApiServerDouble(
+                    omit=[f"{GW}/{v}/tlsroutes" for v in BY_KIND["TLSRoute"].versions]
+                )
+                api.resources, api._by_path = gone.resources, gone._by_path
+                await until(lambda: "TLSRoute" not in source.informers)
+                assert names(source) == []
+                watching.cancel()
+            finally:
+                await source.close()
+
+        asyncio.run(scenario())

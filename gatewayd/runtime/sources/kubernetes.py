@@ -74,6 +74,7 @@ class KubernetesSource:
         self._changed: Callable[[], None] | None = None
         self._referenced: frozenset[RefKey] = frozenset()
         self._missing_logged: set[str] = set()
+        self._retiring: dict[str, tuple[Informer, asyncio.Task[None]]] = {}
         # Changes seen, and how many the last ``load`` had seen: a change between the
         # first load and ``run`` is reported when ``run`` starts.
         self._changes = 0
@@ -116,9 +117,14 @@ class KubernetesSource:
             version = versions[wk.kind]
             current = self.informers.get(wk.kind)
             if current is not None and current.version != version:
-                self._tasks.pop(wk.kind).cancel()
+                task = self._tasks.pop(wk.kind)
                 del self.informers[wk.kind]
-                stopped.append(wk.kind)
+                if version is None:
+                    task.cancel()
+                    stopped.append(wk.kind)
+                else:
+                    # Another version now: the old cache serves until the new one listed.
+                    self._retiring[wk.kind] = (current, task)
             if version is None:
                 if wk.kind not in self._missing_logged:
                     self._missing_logged.add(wk.kind)
@@ -177,6 +183,11 @@ class KubernetesSource:
 
     def _on_change(self) -> None:
         self._changes += 1
+        for kind, (_, task) in list(self._retiring.items()):
+            successor = self.informers.get(kind)
+            if successor is None or successor.synced.is_set():
+                task.cancel()
+                del self._retiring[kind]
         referenced = frozenset(self._references())
         if referenced != self._referenced:
             self._referenced = referenced
@@ -219,6 +230,9 @@ class KubernetesSource:
     def _objects(self) -> Iterator[tuple[m.Source, Mapping[str, Any]]]:
         for wk in self.kinds:
             informer = self.informers.get(wk.kind)
+            if informer is not None and not informer.synced.is_set():
+                retiring = self._retiring.get(wk.kind)
+                informer = retiring[0] if retiring is not None else informer
             if informer is None:
                 continue
             api_version = wk.api_version(informer.version)
@@ -236,7 +250,11 @@ class KubernetesSource:
                 )
 
     async def close(self) -> None:
-        tasks: list[asyncio.Task[Any]] = [*self._tasks.values(), *self._fetches]
+        tasks: list[asyncio.Task[Any]] = [
+            *self._tasks.values(),
+            *self._fetches,
+            *(task for _, task in self._retiring.values()),
+        ]
         if self._discovery_task is not None:
             tasks.append(self._discovery_task)
         for task in tasks:
