@@ -77,6 +77,7 @@ def run(tmp_path: Path, scenario: Callable[[ApiServerDouble, Any, Any], Awaitabl
             finally:
                 await client_a.close()
                 await client_b.close()
+                await api.async_wait_disconnected()  # their TLS close_notify exchanges
 
         asyncio.run(asyncio.wait_for(main(), 60))
 

@@ -12,6 +12,7 @@ from kube_kit import (
     GW,
     OTHER,
     OURS,
+    close_client,
     gateway,
     gateway_class,
     http_route,
@@ -114,7 +115,7 @@ def test_statuses_are_patched_once_and_a_quiet_republish_sends_nothing(
                 assert sink.stats["errors"] == 0
             finally:
                 await sink.close()
-                await client.close()
+                await close_client(api, client)
 
         run(scenario())
 
@@ -149,7 +150,7 @@ def test_a_conflict_is_retried_after_reading_again(tmp_path: Path) -> None:
                 await sink.wait_idle()
             finally:
                 await sink.close()
-                await client.close()
+                await close_client(api, client)
             assert raced == ["r"]
             assert sink.stats["conflicts"] == 1
             route_patches = api.requests(verb="patch", path_contains="/httproutes/r/status")
@@ -185,7 +186,7 @@ def test_a_route_no_longer_attached_loses_our_entry_only(tmp_path: Path) -> None
                 assert api.requests() == []
             finally:
                 await sink.close()
-                await client.close()
+                await close_client(api, client)
 
         run(scenario())
 
@@ -217,7 +218,7 @@ def test_only_an_active_sink_writes_and_activation_resyncs_everything(tmp_path: 
                 assert patches(api) == [f"/apis/{GW}/v1/namespaces/default/httproutes/r/status"]
             finally:
                 await sink.close()
-                await client.close()
+                await close_client(api, client)
 
         run(scenario())
 
@@ -269,7 +270,7 @@ def test_an_object_that_is_gone_is_dropped_and_errors_are_retried_later(tmp_path
                 )
             finally:
                 await sink.close()
-                await client.close()
+                await close_client(api, client)
 
         run(scenario())
 
@@ -323,7 +324,7 @@ def test_an_unused_policy_is_read_once_and_a_tombstone_outlives_a_pause(tmp_path
                 assert route["status"]["parents"] == [FOREIGN]
             finally:
                 await sink.close()
-                await client.close()
+                await close_client(api, client)
 
         run(scenario())
 
@@ -374,6 +375,6 @@ def test_writes_are_bounded_in_flight_and_coalesced_per_object(tmp_path: Path) -
             finally:
                 api.resume()
                 await sink.close()
-                await client.close()
+                await close_client(api, client)
 
         run(scenario())

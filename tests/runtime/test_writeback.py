@@ -6,7 +6,16 @@ import asyncio
 from pathlib import Path
 
 from kits.apiserver import ApiServerDouble
-from kube_kit import GW, OURS, gateway, gateway_class, http_route, kube_client, statuses
+from kube_kit import (
+    GW,
+    OURS,
+    close_client,
+    gateway,
+    gateway_class,
+    http_route,
+    kube_client,
+    statuses,
+)
 from prometheus_client import CollectorRegistry, generate_latest
 
 from gatewayd.runtime.kube.election import LeaderElectionSettings
@@ -40,7 +49,7 @@ def test_without_leader_election_the_sink_writes_at_once(tmp_path: Path) -> None
                 assert wb.sink.stats["patches"] == 3
             finally:
                 await wb.close()
-                await client.close()
+                await close_client(api, client)
             # No Lease was ever asked for.
             assert not api.requests(path_contains="/leases")
             gw = api.get(GW, "gateways", "gw", namespace="default")
@@ -85,7 +94,7 @@ def test_with_leader_election_it_writes_once_it_leads_and_releases_on_close(
                 )
             finally:
                 await wb.close()
-                await client.close()
+                await close_client(api, client)
             lease = api.get("coordination.k8s.io", "leases", "gatewayd-status", namespace="edge")
             assert lease["spec"]["holderIdentity"] == ""
 
