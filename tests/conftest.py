@@ -8,6 +8,7 @@ tests/e2e keeps importing ``e2e_kit`` through its own conftest's directory.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from kits.apiserver import ApiServerDouble
@@ -22,3 +23,9 @@ def apiserver() -> Iterator[ApiServerDouble]:
     with ApiServerDouble() as double:
         yield double
     assert double.errors == [], "the API-server double failed internally"
+
+
+@pytest.fixture
+def apiserver_kubeconfig(apiserver: ApiServerDouble, tmp_path: Path) -> Path:
+    """A kubeconfig file for the ``apiserver`` double (``--kubeconfig PATH``)."""
+    return apiserver.write_kubeconfig(tmp_path / "kubeconfig")
