@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import math
+import socket
+import ssl
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -16,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from e2e_kit import (
     Child,
     Client,
@@ -35,6 +38,8 @@ from e2e_kit import (
     run_cli,
 )
 from kits.apiserver import ApiServerDouble
+
+from gatewayd.tls.certs import secret_manifest, self_signed
 
 pytestmark = pytest.mark.e2e
 
@@ -269,3 +274,47 @@ def test_in_cluster_configuration_from_env_and_token_files(
         assert daemon.status_of("HTTPRoute", "split")["parents"]
     finally:
         daemon.stop()
+
+
+def tls_secret(name: str, host: str) -> tuple[dict[str, Any], bytes]:
+    """A kubernetes.io/tls Secret with a fresh self-signed certificate, and its DER."""
+    cert, key = self_signed([host])
+    doc: dict[str, Any] = yaml.safe_load(secret_manifest(cert, key, name=name, namespace="default"))
+    return doc, ssl.PEM_cert_to_DER_cert(cert.decode("ascii"))
+
+
+def served_certificate(port: int, sni: str, address: str = "127.0.0.2") -> bytes | None:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE  # the test compares the DER it put in the Secret
+    try:
+        with (
+            socket.create_connection((address, port), timeout=2) as raw,
+            ctx.wrap_socket(raw, server_hostname=sni) as tls,
+        ):
+            return tls.getpeercert(binary_form=True)
+    except OSError:
+        return None
+
+
+def test_https_from_a_secret_and_its_rotation(env: Env) -> None:
+    port = free_port("127.0.0.2")  # a Gateway of its own has an address of its own
+    first, first_der = tls_secret("secure-cert", "secure.example")
+    https = listener("https", port, protocol="HTTPS", hostname="secure.example")
+    https["tls"] = {"certificateRefs": [{"name": "secure-cert"}]}
+    route = split_route("secure", 0, 1, host="secure.example")
+    route["spec"]["parentRefs"] = [{"name": "gw-tls"}]
+    create_all(env.api, [first, gateway("gw-tls", [https], address="127.0.0.2"), route])
+    served_within(
+        lambda: served_certificate(port, "secure.example") == first_der,
+        env.daemon,
+        "an HTTPS listener with a certificate from a Secret",
+    )
+    # The certificate rotated in the cluster: the new one is served.
+    second, second_der = tls_secret("secure-cert", "secure.example")
+    env.api.update(second)
+    served_within(
+        lambda: served_certificate(port, "secure.example") == second_der,
+        env.daemon,
+        "a rotated certificate",
+    )
