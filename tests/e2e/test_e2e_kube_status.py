@@ -232,7 +232,11 @@ def test_two_replicas_serve_one_writes_status_and_a_killed_leader_is_replaced(
             api.clear_requests()
             time.sleep(5.0)
             assert api.requests(verb="patch") == []
-            assert api.requests(verb="put", path_contains="/status") == []
+            assert api.requests(verb="update", path_contains="/status") == []
+            # Only the Lease is written meanwhile (its renewals).
+            assert {r.path.rsplit("/", 1)[0] for r in api.requests(verb="PUT")} <= {
+                f"/apis/coordination.k8s.io/v1/namespaces/{LEASE_NS}/leases"
+            }
 
             # SIGKILL the leader: no release; the follower takes over after expiry.
             killed_at = time.monotonic()
