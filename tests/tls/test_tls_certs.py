@@ -29,7 +29,12 @@ from gatewayd.tls.certs import (
 if TYPE_CHECKING:
     from conftest import PKI
 
-NOW = dt.datetime.now(dt.UTC)
+
+def now() -> dt.datetime:
+    """The current instant, read when used: a value taken at import is minutes old by
+    the time a long suite reaches these tests, older than a fresh certificate's
+    notBefore (now - 5 min)."""
+    return dt.datetime.now(dt.UTC)
 
 
 def _der(pem: bytes) -> bytes:
@@ -42,10 +47,10 @@ def _der(pem: bytes) -> bytes:
 @pytest.mark.parametrize("key_type", ["ec", "rsa", "ed25519"])
 def test_self_signed_loads_and_ssl_accepts_it(key_type: str) -> None:
     cert_pem, key_pem = self_signed(["www.example.com", "*.api.example.com"], key_type=key_type)
-    info = load_keypair(cert_pem, key_pem, now=NOW)
+    info = load_keypair(cert_pem, key_pem, now=now())
     assert info.dns_names == ("www.example.com", "*.api.example.com")
     assert info.fingerprint_sha256 == hashlib.sha256(_der(cert_pem)).hexdigest()
-    assert info.not_before <= NOW < info.not_after
+    assert info.not_before <= now() < info.not_after
     assert dt.timedelta(days=364) < info.not_after - info.not_before < dt.timedelta(days=366)
     # what load_keypair returns is what ssl wants
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -58,7 +63,7 @@ def test_self_signed_ip_hosts_go_to_ip_san() -> None:
     cert = x509.load_pem_x509_certificate(cert_pem)
     san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert [str(ip) for ip in san.get_values_for_type(x509.IPAddress)] == ["127.0.0.1"]
-    assert load_keypair(cert_pem, key_pem, now=NOW).dns_names == ("localhost",)
+    assert load_keypair(cert_pem, key_pem, now=now()).dns_names == ("localhost",)
 
 
 def test_self_signed_rejects_bad_arguments() -> None:
@@ -76,7 +81,7 @@ def test_ca_signed_chain_leaf_first(pki: PKI) -> None:
     inter = pki.ca("intermediate", parent=root)
     leaf = pki.leaf(inter, ["shop.example.com"])
     chain = leaf.cert_pem + inter.cert_pem + root.cert_pem
-    info = load_keypair(b"junk before\n" + chain, leaf.key_pem, now=NOW)
+    info = load_keypair(b"junk before\n" + chain, leaf.key_pem, now=now())
     assert info.pem_chain == chain  # normalised: the junk is gone, order kept
     assert info.pem_key.startswith(b"-----BEGIN PRIVATE KEY-----")  # PKCS#8
     assert info.dns_names == ("shop.example.com",)
@@ -86,7 +91,7 @@ def test_ca_signed_chain_leaf_first(pki: PKI) -> None:
 def test_cn_is_the_fallback_without_san(pki: PKI) -> None:
     root = pki.ca()
     leaf = pki.leaf(root, [], cn="Legacy.Example.com", san=False)
-    assert load_keypair(leaf.cert_pem, leaf.key_pem, now=NOW).dns_names == ("legacy.example.com",)
+    assert load_keypair(leaf.cert_pem, leaf.key_pem, now=now()).dns_names == ("legacy.example.com",)
 
 
 def test_expired(pki: PKI) -> None:
@@ -103,11 +108,11 @@ def test_expired(pki: PKI) -> None:
 
 
 def test_not_yet_valid() -> None:
-    future = NOW + dt.timedelta(days=10)
+    future = now() + dt.timedelta(days=10)
     cert_pem, key_pem = self_signed(["a.example"], now=future)
     day = (future - dt.timedelta(minutes=5)).strftime("%Y-%m-%d")
     with pytest.raises(InvalidCertificate, match=f"^certificate is not valid before {day}$"):
-        load_keypair(cert_pem, key_pem, now=NOW)
+        load_keypair(cert_pem, key_pem, now=now())
 
 
 def test_expired_intermediate_is_named(pki: PKI) -> None:
@@ -115,26 +120,26 @@ def test_expired_intermediate_is_named(pki: PKI) -> None:
     inter = pki.ca(
         "old intermediate",
         parent=root,
-        not_before=NOW - dt.timedelta(days=9),
-        not_after=NOW - dt.timedelta(days=2),
+        not_before=now() - dt.timedelta(days=9),
+        not_after=now() - dt.timedelta(days=2),
     )
     leaf = pki.leaf(inter)
     with pytest.raises(InvalidCertificate, match=r"certificate 2 in tls.crt \(CN=old interm"):
-        load_keypair(leaf.cert_pem + inter.cert_pem, leaf.key_pem, now=NOW)
+        load_keypair(leaf.cert_pem + inter.cert_pem, leaf.key_pem, now=now())
 
 
 def test_key_mismatch() -> None:
     cert_pem, _ = self_signed(["a.example"])
     _, other_key = self_signed(["a.example"])
     with pytest.raises(InvalidCertificate, match=r"^private key does not match the certificate$"):
-        load_keypair(cert_pem, other_key, now=NOW)
+        load_keypair(cert_pem, other_key, now=now())
 
 
 def test_wrong_chain_order_key_matches_a_later_cert(pki: PKI) -> None:
     root = pki.ca()
     leaf = pki.leaf(root)
     with pytest.raises(InvalidCertificate, match=r"out of order.*number 2; the leaf must"):
-        load_keypair(root.cert_pem + leaf.cert_pem, leaf.key_pem, now=NOW)
+        load_keypair(root.cert_pem + leaf.cert_pem, leaf.key_pem, now=now())
 
 
 def test_wrong_chain_order_intermediates_swapped(pki: PKI) -> None:
@@ -144,13 +149,13 @@ def test_wrong_chain_order_intermediates_swapped(pki: PKI) -> None:
     with pytest.raises(
         InvalidCertificate, match=r"certificate 1 \(CN=www.example.com\) is not issued by "
     ):
-        load_keypair(leaf.cert_pem + root.cert_pem + inter.cert_pem, leaf.key_pem, now=NOW)
+        load_keypair(leaf.cert_pem + root.cert_pem + inter.cert_pem, leaf.key_pem, now=now())
 
 
 def test_unrelated_second_certificate(pki: PKI) -> None:
     leaf = pki.leaf(pki.ca("one"))
     with pytest.raises(InvalidCertificate, match="not issued by certificate 2 \\(CN=two\\)"):
-        load_keypair(leaf.cert_pem + pki.ca("two").cert_pem, leaf.key_pem, now=NOW)
+        load_keypair(leaf.cert_pem + pki.ca("two").cert_pem, leaf.key_pem, now=now())
 
 
 @pytest.mark.parametrize(
@@ -172,18 +177,18 @@ def test_unrelated_second_certificate(pki: PKI) -> None:
 )
 def test_garbage_inputs(cert: bytes | None, key: bytes | None, message: str) -> None:
     with pytest.raises(InvalidCertificate, match=message):
-        load_keypair(cert, key, now=NOW)
+        load_keypair(cert, key, now=now())
 
 
 def test_garbage_keys() -> None:
     cert_pem, key_pem = self_signed(["a.example"])
     with pytest.raises(InvalidCertificate, match=r"^tls.key is not a PEM private key$"):
-        load_keypair(cert_pem, b"not a key", now=NOW)
+        load_keypair(cert_pem, b"not a key", now=now())
     with pytest.raises(InvalidCertificate, match=r"holds a certificate: are tls.crt and tls.key"):
-        load_keypair(cert_pem, cert_pem, now=NOW)
+        load_keypair(cert_pem, cert_pem, now=now())
     broken = b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n"
     with pytest.raises(InvalidCertificate, match=r"tls.key is not a usable private key"):
-        load_keypair(cert_pem, broken, now=NOW)
+        load_keypair(cert_pem, broken, now=now())
     key = serialization.load_pem_private_key(key_pem, None)
     encrypted = key.private_bytes(
         serialization.Encoding.PEM,
@@ -191,7 +196,7 @@ def test_garbage_keys() -> None:
         serialization.BestAvailableEncryption(b"secret"),
     )
     with pytest.raises(InvalidCertificate, match=r"tls.key is encrypted"):
-        load_keypair(cert_pem, encrypted, now=NOW)
+        load_keypair(cert_pem, encrypted, now=now())
 
 
 def test_weak_or_unsupported_keys(pki: PKI) -> None:
@@ -199,14 +204,14 @@ def test_weak_or_unsupported_keys(pki: PKI) -> None:
     weak = rsa.generate_private_key(public_exponent=65537, key_size=1024)
     leaf = pki.leaf(root, key=weak)
     with pytest.raises(InvalidCertificate, match=r"1024-bit RSA key; at least 2048"):
-        load_keypair(leaf.cert_pem, leaf.key_pem, now=NOW)
+        load_keypair(leaf.cert_pem, leaf.key_pem, now=now())
     dsa_key = dsa.generate_private_key(2048).private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
     with pytest.raises(InvalidCertificate, match=r"DSAPrivateKey key; RSA, EC or Ed25519"):
-        load_keypair(leaf.cert_pem, dsa_key, now=NOW)
+        load_keypair(leaf.cert_pem, dsa_key, now=now())
 
 
 def test_keypair_from_secret() -> None:
@@ -216,10 +221,10 @@ def test_keypair_from_secret() -> None:
         type="kubernetes.io/tls",
         data=(("tls.crt", cert_pem), ("tls.key", key_pem)),
     )
-    assert keypair_from_secret(secret, now=NOW).dns_names == ("a.example",)
+    assert keypair_from_secret(secret, now=now()).dns_names == ("a.example",)
     empty = Secret(meta=Meta(namespace="default", name="s"), data=(("tls.crt", cert_pem),))
     with pytest.raises(InvalidCertificate, match=r"Secret has no tls.key"):
-        keypair_from_secret(empty, now=NOW)
+        keypair_from_secret(empty, now=now())
 
 
 # --------------------------------------------------------------------------- CA bundles
@@ -266,8 +271,8 @@ def _info(*names: str) -> CertificateInfo:
         pem_chain=b"",
         pem_key=b"",
         dns_names=names,
-        not_before=NOW,
-        not_after=NOW,
+        not_before=now(),
+        not_after=now(),
         fingerprint_sha256="",
     )
 
@@ -335,5 +340,5 @@ def test_ec_key_in_sec1_and_pkcs8_forms_both_load(pki: PKI) -> None:
     assert isinstance(leaf.key, ec.EllipticCurvePrivateKey)
     sec1 = leaf.key_pem  # "BEGIN EC PRIVATE KEY"
     assert b"EC PRIVATE KEY" in sec1
-    info = load_keypair(leaf.cert_pem, sec1, now=NOW)
-    assert load_keypair(leaf.cert_pem, info.pem_key, now=NOW) == info
+    info = load_keypair(leaf.cert_pem, sec1, now=now())
+    assert load_keypair(leaf.cert_pem, info.pem_key, now=now()) == info

@@ -26,17 +26,22 @@ if TYPE_CHECKING:
 
     Handshake = Callable[[ssl.SSLContext, ssl.SSLContext, str | None], Outcome]
 
-NOW = dt.datetime.now(dt.UTC)
+
+def now() -> dt.datetime:
+    """The current instant, read when used: a value taken at import is minutes old by
+    the time a long suite reaches these tests, older than a fresh certificate's
+    notBefore (now - 5 min)."""
+    return dt.datetime.now(dt.UTC)
 
 
 def keypair(*hosts: str, key_type: str = "ec") -> CertificateInfo:
     cert, key = self_signed(hosts, key_type=key_type)
-    return load_keypair(cert, key, now=NOW)
+    return load_keypair(cert, key, now=now())
 
 
 def issued(leaf: Issued, *chain: Issued) -> CertificateInfo:
     pem = leaf.cert_pem + b"".join(c.cert_pem for c in chain)
-    return load_keypair(pem, leaf.key_pem, now=NOW)
+    return load_keypair(pem, leaf.key_pem, now=now())
 
 
 def trusting(*infos: CertificateInfo, alpn: tuple[str, ...] = ("http/1.1",)) -> ssl.SSLContext:
