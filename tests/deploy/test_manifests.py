@@ -49,10 +49,9 @@ from deploy_kit import (
 from gatewayd.cli import build_parser
 from gatewayd.proxy.admin import ENDPOINTS
 
-# The Kubernetes versions README "Deploying to Kubernetes" names: the oldest supported
-# and the newest the validator bundles.
-OLDEST_KUBERNETES = "1.29.0"
-KUBERNETES_VERSIONS = (OLDEST_KUBERNETES, kubernetes_validate.utils.latest_version())
+# The Kubernetes versions README "Deploying to Kubernetes" names (a newer
+# kubernetes-validate still validates against 1.37: it picks the newest schema not newer).
+KUBERNETES_VERSIONS = ("1.29.0", "1.37.0")
 CONTROLLER_NAME = "gatewayd.dev/gateway-controller"
 IMAGE = "gatewayd:demo"  # docker-compose.yml's image, built from Dockerfile
 NODE_LOCAL_CAPABILITIES = {"NET_ADMIN", "NET_RAW"}
