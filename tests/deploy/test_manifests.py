@@ -386,3 +386,27 @@ def test_gatewayd_answers_the_probes_and_the_scrape(tmp_path: Path) -> None:
         child.terminate()
         out, _ = child.communicate(timeout=30)
     assert child.returncode == 0, out.decode(errors="replace")
+
+
+def test_example_backends_run_gatewayd_echo_on_their_ports() -> None:
+    docs = load_docs(EXAMPLES / "echo.yaml")
+    deployments = [d for d in docs if d["kind"] == "Deployment"]
+    services = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Service"}
+    assert len(deployments) == 2
+    for dep in deployments:
+        c = container(dep)
+        assert c["image"] == IMAGE
+        args = build_parser().parse_args(c["args"])
+        assert args.command == "echo" and args.name == dep["metadata"]["name"]
+        assert args.namespace == dep["metadata"]["namespace"]
+        assert int(args.listen.rpartition(":")[2]) == ports(c)["http"]
+        assert args.listen.startswith("0.0.0.0:")  # reachable at the pod's address
+        # Its Service selects exactly its pods and reaches the named port.
+        svc = services[dep["metadata"]["name"]]
+        assert svc["spec"]["selector"] == dep["spec"]["template"]["metadata"]["labels"]
+        assert [p["targetPort"] for p in svc["spec"]["ports"]] == ["http"]
+    # "echo" (the mesh route's parent) selects both versions.
+    both = services["echo"]["spec"]["selector"]
+    assert all(
+        both.items() <= d["spec"]["template"]["metadata"]["labels"].items() for d in deployments
+    )
