@@ -398,7 +398,9 @@ async def _serve(daemon: Daemon, options: RunOptions) -> int:
             return 1
         await daemon.load(initial=True)
         changes = asyncio.Event()
-        tasks.append(loop.create_task(source.run(changes.set)))
+        watching = loop.create_task(source.run(changes.set))
+        watching.add_done_callback(_log_watch_end)
+        tasks.append(watching)
         tasks.append(loop.create_task(_reload_on_change(daemon, changes, source.settle)))
         waits = [loop.create_task(stop.wait())]
         if daemon.pool is not None:
@@ -421,6 +423,14 @@ async def _serve(daemon: Daemon, options: RunOptions) -> int:
         if daemon.tproxy is not None:
             await daemon.tproxy.close()  # stop diverting first, then drain
         await daemon.proxy.close(options.drain_timeout)
+
+
+def _log_watch_end(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error(
+            "watching the configuration source failed; no more reloads but SIGHUP's",
+            exc_info=task.exception(),
+        )
 
 
 async def _reload_on_change(daemon: Daemon, changes: asyncio.Event, settle: float) -> None:

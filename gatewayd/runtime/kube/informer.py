@@ -218,6 +218,7 @@ class Informer:
             self.kind.path(self.version), query, idle_seconds=self.limits.watch_timeout + 30
         )
         self.watches += 1
+        self.backoff.reset()  # the server answered: a later drop starts from 0.5 s again
         async with resp:
             buffer = bytearray()
             try:

@@ -72,6 +72,10 @@ class KubernetesSource:
         self._changed: Callable[[], None] | None = None
         self._referenced: frozenset[RefKey] = frozenset()
         self._missing_logged: set[str] = set()
+        # Changes seen, and how many the last ``load`` had seen: a change between the
+        # first load and ``run`` is reported when ``run`` starts.
+        self._changes = 0
+        self._loaded_changes = -1
 
     def describe(self) -> str:
         if self.client is None:
@@ -164,9 +168,12 @@ class KubernetesSource:
     # -- changes -------------------------------------------------------------------
     async def run(self, changed: Callable[[], None]) -> None:
         self._changed = changed
+        if self._changes != self._loaded_changes:
+            changed()
         await asyncio.Event().wait()
 
     def _on_change(self) -> None:
+        self._changes += 1
         referenced = frozenset(self._references())
         if referenced != self._referenced:
             self._referenced = referenced
@@ -202,12 +209,9 @@ class KubernetesSource:
     def load(self, previous: Generations | None, limits: ConfigLimits) -> LoadResult:
         if self.client is None:
             raise ConfigPathError("the Kubernetes source is not connected")
-        notices = [
-            f"{kind}: not served by the cluster, read as empty"
-            for kind, version in self.versions.items()
-            if version is None
-        ]
-        return load_objects(self._objects(), previous=previous, notices=notices)
+        self._loaded_changes = self._changes  # read before the caches: never too new
+        # Missing kinds are not repeated here: discovery logged each once.
+        return load_objects(self._objects(), previous=previous)
 
     def _objects(self) -> Iterator[tuple[m.Source, Mapping[str, Any]]]:
         for wk in self.kinds:
