@@ -1,0 +1,20 @@
+"""Suite-wide fixtures.
+
+pytest (prepend import mode, no __init__.py files) puts this directory on ``sys.path``,
+so test modules anywhere under tests/ can ``from kits.apiserver import ApiServerDouble``.
+tests/e2e keeps importing ``e2e_kit`` through its own conftest's directory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from kits.apiserver import ApiServerDouble
+
+
+@pytest.fixture
+def apiserver() -> Iterator[ApiServerDouble]:
+    """A started Kubernetes API-server double (HTTPS, bearer token), stopped afterwards."""
+    with ApiServerDouble() as double:
+        yield double
