@@ -8,7 +8,9 @@ kustomization using anything else fails the test instead of being half-read.
 from __future__ import annotations
 
 import copy
+import http.client
 import re
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -129,3 +131,34 @@ def run_help_flags() -> set[str]:
         check=True,
     )
     return set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", done.stdout))
+
+
+def with_option(args: list[str], name: str, value: str) -> list[str]:
+    """``args`` with ``--name``'s value replaced (or ``--name value`` added)."""
+    out = list(args)
+    for i, arg in enumerate(out):
+        if arg == name:
+            out[i + 1] = value
+            return out
+        if arg.startswith(name + "="):
+            out[i] = f"{name}={value}"
+            return out
+    return [*out, name, value]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def get(port: int, path: str) -> tuple[int, bytes]:
+    """(status, body) of a GET on 127.0.0.1:port; OSError when nothing answers."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+    try:
+        conn.request("GET", path)
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()

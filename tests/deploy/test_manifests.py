@@ -15,9 +15,7 @@
 
 from __future__ import annotations
 
-import http.client
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -38,6 +36,8 @@ from deploy_kit import (
     Doc,
     container,
     find,
+    free_port,
+    get,
     load_docs,
     option,
     referenced_files,
@@ -321,23 +321,6 @@ def test_north_south_deployment_and_service() -> None:
 
 
 # --------------------------------------------------------------------------- probes, live
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def get(port: int, path: str) -> tuple[int, bytes]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-    try:
-        conn.request("GET", path)
-        response = conn.getresponse()
-        return response.status, response.read()
-    finally:
-        conn.close()
 
 
 def test_gatewayd_answers_the_probes_and_the_scrape(tmp_path: Path) -> None:

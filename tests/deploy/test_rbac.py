@@ -2,18 +2,45 @@
 is allowed, and nothing else is (no write on any spec, Secrets read-only, Leases only in
 gatewayd's own namespace).
 
-The calls come from the code: the kinds ``gatewayd run --kubernetes`` lists and watches
-(``gatewayd/runtime/kube/kinds.py``: ``KINDS`` and ``VERBS``).  The status write-back
-and the leader election tables below are this test's, and say where in the code each
-call is made.
+Two ways of knowing the calls:
+- the code's table: the kinds ``gatewayd run --kubernetes`` lists and watches
+  (``gatewayd/runtime/kube/kinds.py``: ``KINDS`` and ``VERBS``); the status write-back
+  and leader-election tables below are this test's and say where in the code each call
+  is made;
+- the calls themselves: gatewayd runs with the north-south Deployment's arguments
+  against the API-server double, and every request it makes is authorized against the
+  rules as kube-apiserver would.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
 
 import pytest
-from deploy_kit import DEPLOY, OVERLAYS, Doc, container, find, render, workload
+import yaml
+from deploy_kit import (
+    DEPLOY,
+    EXAMPLES,
+    OVERLAYS,
+    Doc,
+    container,
+    find,
+    free_port,
+    get,
+    load_docs,
+    render,
+    with_option,
+    workload,
+)
+from kits.apiserver import ApiServerDouble
 
 from gatewayd.runtime.kube.kinds import GATEWAY_GROUP, KINDS, VERBS
 
@@ -150,3 +177,212 @@ def test_overlays_share_one_rbac() -> None:
     assert {workload(o)["spec"]["template"]["spec"]["serviceAccountName"] for o in OVERLAYS} == {
         "gatewayd"
     }
+
+
+# --------------------------------------------------------------------------- live calls
+#
+# The tables above say what the code should need; here gatewayd runs with the
+# north-south Deployment's own arguments against the API-server double
+# (tests/kits/apiserver.py) and every request it makes is checked against the rules,
+# the way kube-apiserver's authorizer would (RequestInfo: verb, group, resource,
+# subresource, namespace).
+
+
+@dataclass(frozen=True)
+class Attributes:
+    verb: str
+    group: str
+    resource: str  # with "/subresource"; "" for a non-resource URL
+    namespace: str
+    path: str
+
+
+def attributes(method: str, path: str, query: Mapping[str, str]) -> Attributes:
+    """What kube-apiserver's RequestInfo makes of a request."""
+    parts = [p for p in path.split("/") if p]
+    if parts[:1] == ["api"] and len(parts) > 2:
+        group, rest = "", parts[2:]
+    elif parts[:1] == ["apis"] and len(parts) > 3:
+        group, rest = parts[1], parts[3:]
+    else:  # /api, /api/v1, /apis, /apis/<group>[/<version>], /version: discovery
+        return Attributes(method.lower(), "", "", "", path)
+    namespace = ""
+    if rest[0] == "namespaces" and len(rest) > 2:
+        namespace, rest = rest[1], rest[2:]
+    resource = rest[0] + (f"/{rest[2]}" if len(rest) > 2 else "")
+    named = len(rest) > 1
+    if method == "GET":
+        verb = "get" if named else "watch" if query.get("watch") in ("true", "1") else "list"
+    else:
+        verb = {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}[method]
+    return Attributes(verb, group, resource, namespace, path)
+
+
+DISCOVERY = re.compile(r"/(api|apis|version)(/[^/]+){0,2}/?")  # system:discovery's URLs
+
+
+def allowed(a: Attributes, docs: list[Doc]) -> bool:
+    if not a.resource:
+        return a.verb == "get" and DISCOVERY.fullmatch(a.path) is not None
+    grant = (a.group, a.resource, a.verb)
+    if grant in grants(find(docs, "ClusterRole")["rules"]):
+        return True
+    role = find(docs, "Role")
+    return bool(a.namespace == role["metadata"]["namespace"] and grant in grants(role["rules"]))
+
+
+def test_the_request_attributes_are_read_as_the_api_server_reads_them() -> None:
+    cases = {
+        ("GET", "/apis", ""): ("get", "", ""),
+        ("GET", "/api/v1/pods", ""): ("list", "", "pods"),
+        ("GET", "/api/v1/pods", "1"): ("watch", "", "pods"),
+        ("GET", "/api/v1/namespaces/demo", ""): ("get", "", "namespaces"),
+        ("GET", "/api/v1/namespaces/demo/secrets/tls", ""): ("get", "", "secrets"),
+        ("PATCH", f"/apis/{GATEWAY_GROUP}/v1/namespaces/d/gateways/g/status", ""): (
+            "patch",
+            GATEWAY_GROUP,
+            "gateways/status",
+        ),
+        ("PUT", f"/apis/{GATEWAY_GROUP}/v1/gatewayclasses/c/status", ""): (
+            "update",
+            GATEWAY_GROUP,
+            "gatewayclasses/status",
+        ),
+        ("POST", "/apis/coordination.k8s.io/v1/namespaces/gatewayd-system/leases", ""): (
+            "create",
+            "coordination.k8s.io",
+            "leases",
+        ),
+    }
+    for (method, path, watch), expected in cases.items():
+        a = attributes(method, path, {"watch": watch} if watch else {})
+        assert (a.verb, a.group, a.resource) == expected, (method, path)
+    docs = render(DEPLOY / "north-south")
+    assert allowed(attributes("GET", "/apis/discovery.k8s.io/v1", {}), docs)
+    assert allowed(attributes("GET", "/api/v1/namespaces/demo/secrets/tls", {}), docs)
+    lease = "/apis/coordination.k8s.io/v1/namespaces/{}/leases"
+    assert allowed(attributes("POST", lease.format(NAMESPACE), {}), docs)
+    assert not allowed(attributes("POST", lease.format("kube-system"), {}), docs)
+    assert not allowed(attributes("PATCH", "/api/v1/namespaces/demo/secrets/tls", {}), docs)
+    gateway = f"/apis/{GATEWAY_GROUP}/v1/namespaces/demo/gateways/edge"
+    assert not allowed(attributes("PATCH", gateway, {}), docs)
+    assert allowed(attributes("PATCH", gateway + "/status", {}), docs)
+    assert not allowed(attributes("GET", "/metrics", {}), docs)
+
+
+@dataclass
+class LiveRun:
+    requests: list[Any]
+    output: str
+
+
+def cluster_objects() -> list[Doc]:
+    """What a user applies (base GatewayClass, the examples) as the API server stores
+    them; the example Deployments are not read by gatewayd."""
+    docs = [find(render(DEPLOY / "base"), "GatewayClass")]
+    docs += load_docs(EXAMPLES / "echo.yaml") + load_docs(EXAMPLES / "gateway.yaml")
+    return [d for d in docs if d["kind"] != "Deployment"]
+
+
+def wait(
+    condition: Callable[[], bool], within: float, what: str, output: Callable[[], str]
+) -> None:
+    deadline = time.monotonic() + within
+    while not condition():
+        assert time.monotonic() < deadline, f"not within {within}s: {what}\n{output()}"
+        time.sleep(0.1)
+
+
+@pytest.fixture(scope="module")
+def live_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveRun]:
+    tmp = tmp_path_factory.mktemp("live")
+    secret = subprocess.run(
+        [
+            *(sys.executable, "-m", "gatewayd", "cert", "--host", "echo.example"),
+            *("--namespace", "demo", "--name", "echo-tls"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    with ApiServerDouble() as api:
+        for doc in cluster_objects():
+            if doc["kind"] == "Gateway":
+                doc["spec"]["listeners"][0]["port"] = free_port()
+            api.create(doc)
+        api.create(yaml.safe_load(secret))  # not referenced yet: gatewayd keeps no data
+        kubeconfig = tmp / "kubeconfig"
+        api.write_kubeconfig(kubeconfig)
+        admin = free_port()
+        args = container(workload("north-south"))["args"]
+        args = with_option(args, "--admin-address", f"127.0.0.1:{admin}")
+        args = with_option(args, "--address-pool", "127.0.0.1/32")  # loopback only
+        args = with_option(args, "--workers", "1")
+        args = with_option(args, "--kubeconfig", str(kubeconfig))
+        env = dict(os.environ, POD_NAME="gatewayd-test-0", POD_NAMESPACE=NAMESPACE)
+        log = tmp / "gatewayd.log"
+        with log.open("wb") as out:
+            child = subprocess.Popen(
+                [sys.executable, "-m", "gatewayd", *args], stdout=out, stderr=out, env=env
+            )
+        output = log.read_text
+        try:
+
+            def ready() -> bool:
+                try:
+                    return get(admin, "/ready")[0] == 200
+                except OSError:
+                    return child.poll() is not None
+
+            wait(ready, 30, "/ready", output)
+            assert child.poll() is None, output()
+            # A Gateway starts to reference the Secret: its data is fetched now.
+            gw = api.get(GATEWAY_GROUP, "gateways", "edge", namespace="demo")
+            https = {
+                "name": "https",
+                "protocol": "HTTPS",
+                "port": free_port(),
+                "tls": {"mode": "Terminate", "certificateRefs": [{"name": "echo-tls"}]},
+                "allowedRoutes": {"namespaces": {"from": "Same"}},
+            }
+            listeners = [*gw["spec"]["listeners"], https]
+            api.patch(
+                GATEWAY_GROUP,
+                "gateways",
+                "edge",
+                {"spec": {"listeners": listeners}},
+                namespace="demo",
+            )
+
+            def https_programmed() -> bool:
+                code, body = get(admin, "/status")
+                for item in json.loads(body)["items"] if code == 200 else []:
+                    if item["kind"] == "Gateway":
+                        for listener in item["status"].get("listeners", []):
+                            conds = {c["type"]: c["status"] for c in listener["conditions"]}
+                            if listener["name"] == "https":
+                                return conds.get("Programmed") == "True"
+                return False
+
+            wait(https_programmed, 15, "the HTTPS listener with the Secret", output)
+        finally:
+            child.terminate()
+            child.wait(timeout=30)
+        yield LiveRun(requests=api.requests(), output=output())
+
+
+def test_every_call_of_gatewayd_run_kubernetes_is_allowed(live_run: LiveRun) -> None:
+    docs = render(DEPLOY / "north-south")
+    seen = [attributes(r.method, r.path, r.query) for r in live_run.requests]
+    denied = sorted({(a.verb, a.path) for a in seen if not allowed(a, docs)})
+    assert not denied, f"the RBAC of deploy/ would refuse: {denied}"
+    # The run was real: every kind listed and watched, and one Secret read by name.
+    calls = {(a.group, a.resource, a.verb) for a in seen if a.resource}
+    for k in KINDS:
+        assert {(k.group, k.plural, "list"), (k.group, k.plural, "watch")} <= calls, k.kind
+    assert ("", "secrets", "get") in calls, live_run.output
+    # Nothing but reads outside status subresources and Leases.
+    for group, resource, verb in calls:
+        if not (resource.endswith("/status") or resource == "leases"):
+            assert verb in READ_VERBS, (group, resource, verb)
