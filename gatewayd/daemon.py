@@ -15,7 +15,7 @@ from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry
+from prometheus_client import REGISTRY, CollectorRegistry
 
 from gatewayd.pipeline import Built, ConfigPipeline
 from gatewayd.proxy.admin import AdminState, start_admin
@@ -28,11 +28,15 @@ from gatewayd.routing.compiled import Snapshot
 from gatewayd.routing.load import ConfigLimits, ConfigPathError
 from gatewayd.routing.status import with_listener_failures
 from gatewayd.routing.table import SNITable
+from gatewayd.runtime.sinks import StatusSink
+from gatewayd.runtime.sinks.admin import AdminStatusSink
 from gatewayd.runtime.sources import SourceError
 from gatewayd.runtime.sources.files import FileSource
 from gatewayd.workers import WorkerPool
 
 if TYPE_CHECKING:
+    from gatewayd.runtime.kube.leader import LeaderElectionSettings
+    from gatewayd.runtime.kube.writeback import StatusWriteback
     from gatewayd.runtime.sources import ConfigSource
     from gatewayd.tproxy.rules import TproxySettings
     from gatewayd.tproxy.runtime import TproxyRuntime
@@ -53,6 +57,9 @@ class RunOptions:
     watch: bool = True
     tproxy: TproxySettings | None = None  # node-local TPROXY + GAMMA mode (--tproxy)
     workers: int = 1  # 1: serve in this process; N > 1: a supervisor and N workers
+    # Kubernetes mode: write status to the API server, the Lease holder only (None: the
+    # defaults, client-go's timings).  File mode ignores it.
+    leader_election: LeaderElectionSettings | None = None
 
 
 class Daemon:
@@ -79,7 +86,11 @@ class Daemon:
             self.pool = self.proxy = WorkerPool(options.workers, options.proxy)
         else:
             self.proxy = Proxy(self.holder, options.proxy, self.metrics)
-        self.statuses: tuple[ObjectStatus, ...] = ()
+        # Every serving configuration's statuses go to each sink: the admin /status
+        # always; the API server too in Kubernetes mode (``add_sink``).
+        self.admin_sink = AdminStatusSink()
+        self.sinks: list[StatusSink] = [self.admin_sink]
+        self.writeback: StatusWriteback | None = None  # Kubernetes mode
         self.last_error: str | None = None
         self.known_problems: frozenset[str] = frozenset()
         self.is_ready = False
@@ -99,8 +110,19 @@ class Daemon:
     def ready(self) -> bool:
         return self.is_ready
 
+    @property
+    def statuses(self) -> tuple[ObjectStatus, ...]:
+        """The statuses of the configuration serving now (what /status shows)."""
+        return self.admin_sink.statuses
+
+    def add_sink(self, sink: StatusSink) -> None:
+        """Another sink; it is given the serving statuses at once, then every change."""
+        self.sinks.append(sink)
+        if self.is_ready:
+            sink.publish(self.admin_sink.statuses)
+
     def status_items(self) -> list[dict[str, object]]:
-        return [s.as_item() for s in self.statuses]
+        return self.admin_sink.items()
 
     def _watch_expiry(self, snapshot: Snapshot) -> None:
         """Reload just after the first served certificate expires: the listener is then
@@ -136,6 +158,9 @@ class Daemon:
         }
         if self.pool is not None:
             state["workerPids"] = self.pool.pids()
+        if self.writeback is not None:
+            # Every replica shows what it computed (items) and who writes it (here).
+            state["statusWriteback"] = self.writeback.state()
         return state
 
     def config_dump(self) -> dict[str, object]:
@@ -158,7 +183,41 @@ class Daemon:
         total.copy_config(self.metrics)
         for exported in await pool.metrics_exports():
             total.absorb(exported)
+        if self.writeback is not None and self.writeback.metrics is not None:
+            registry.register(self.writeback.metrics)
         return render(registry)
+
+    # -- status write-back (Kubernetes mode) -------------------------------------------
+    def start_status_writeback(self) -> None:
+        """With a connected Kubernetes source: a sink writing status to the API server
+        while this replica holds the Lease.  Before the first load, so the first
+        statuses reach it."""
+        from gatewayd.runtime.kube.leader import LeaderElectionSettings
+        from gatewayd.runtime.kube.writeback import writeback_for
+
+        writeback = writeback_for(
+            self.source,
+            controller_name=self.options.controller_name,
+            election=self.options.leader_election or LeaderElectionSettings(),
+        )
+        if writeback is None:
+            return
+        self.writeback = writeback
+        self.add_sink(writeback.sink)
+        if writeback.metrics is not None and self.pool is None:
+            REGISTRY.register(writeback.metrics)  # gatewayd_leader beside ProxyMetrics
+        writeback.start()
+
+    async def stop_status_writeback(self) -> None:
+        """Stop writing and release the Lease (another replica takes over at once)."""
+        writeback, self.writeback = self.writeback, None
+        if writeback is None:
+            return
+        try:
+            await writeback.close()
+        finally:
+            if writeback.metrics is not None and self.pool is None:
+                REGISTRY.unregister(writeback.metrics)
 
     # -- config ----------------------------------------------------------------------
     async def load(self, *, initial: bool) -> bool:
@@ -290,7 +349,8 @@ class Daemon:
             resolution = with_listener_failures(resolution, listener_failures)
         self.pipeline.commit(built)
         self._watch_expiry(built.snapshot)
-        self.statuses = resolution.statuses
+        for sink in self.sinks:
+            sink.publish(resolution.statuses)
         self.last_error = None
         self.is_ready = True
         self.metrics.config_loaded(built.snapshot.generation, ok=True)
@@ -396,6 +456,7 @@ async def _serve(daemon: Daemon, options: RunOptions) -> int:
         except SourceError as exc:
             log.error("cannot read the configuration: %s", exc)
             return 1
+        daemon.start_status_writeback()
         await daemon.load(initial=True)
         changes = asyncio.Event()
         watching = loop.create_task(source.run(changes.set))
@@ -417,6 +478,8 @@ async def _serve(daemon: Daemon, options: RunOptions) -> int:
     finally:
         for task in tasks:
             task.cancel()
+        # Before the source closes its API client: releasing the Lease needs it.
+        await daemon.stop_status_writeback()
         await source.close()
         daemon.stop_expiry_watch()
         log.info("shutting down: draining for up to %.0fs", options.drain_timeout)
