@@ -4,9 +4,10 @@ gatewayd's own namespace).
 
 Two ways of knowing the calls:
 - the code's table: the kinds ``gatewayd run --kubernetes`` lists and watches
-  (``gatewayd/runtime/kube/kinds.py``: ``KINDS`` and ``VERBS``); the status write-back
-  and leader-election tables below are this test's and say where in the code each call
-  is made;
+  (``gatewayd/runtime/kube/kinds.py``: ``KINDS`` and ``VERBS``) and the kinds whose
+  status it writes (``gatewayd/runtime/sinks/kubernetes.py``: ``DEFAULT_RESOURCES``);
+  the verbs of the status writer and of the leader election are this test's tables,
+  naming the code that makes each call;
 - the calls themselves: gatewayd runs with the north-south Deployment's arguments
   against the API-server double, and every request it makes is authorized against the
   rules as kube-apiserver would.
@@ -43,15 +44,18 @@ from deploy_kit import (
 from kits.apiserver import ApiServerDouble
 
 from gatewayd.runtime.kube.kinds import GATEWAY_GROUP, KINDS, VERBS
+from gatewayd.runtime.sinks.kubernetes import DEFAULT_RESOURCES
 
 Grant = tuple[str, str, str]  # (apiGroup, resource, verb)
 
-# gatewayd/runtime/sinks/kubernetes.py (KubernetesStatusSink): GET the object's /status,
-# then PATCH it (JSON merge patch), for the kinds it reports on.
-STATUS_KINDS = ("GatewayClass", "Gateway", "HTTPRoute", "GRPCRoute", "TLSRoute", "BackendTLSPolicy")
+# gatewayd/runtime/sinks/kubernetes.py (KubernetesStatusSink): GET the object's /status
+# (get_*_custom_object_status), then PATCH it (patch_*_custom_object_status, JSON merge
+# patch), for the kinds of its DEFAULT_RESOURCES.
+STATUS_KINDS = tuple(DEFAULT_RESOURCES)
 STATUS_VERBS = ("get", "patch")
-# gatewayd/runtime/kube/leader.py (LeaderElector): read, create and replace one
-# coordination.k8s.io/v1 Lease in the pod's namespace.
+# gatewayd/runtime/kube/leader.py (LeaderElector): read_namespaced_lease,
+# create_namespaced_lease and replace_namespaced_lease of one coordination.k8s.io/v1
+# Lease in the pod's namespace.
 LEASE: Grant = ("coordination.k8s.io", "leases", "")
 LEASE_VERBS = ("get", "create", "update")
 READ_VERBS = {"get", "list", "watch"}
@@ -59,11 +63,10 @@ NAMESPACE = "gatewayd-system"
 
 
 def needed_cluster_wide() -> set[Grant]:
-    by_kind = {k.kind: k for k in KINDS}
     reads = {(k.group, k.plural, verb) for k in KINDS for verb in VERBS}
     status = {
-        (by_kind[kind].group, f"{by_kind[kind].plural}/status", verb)
-        for kind in STATUS_KINDS
+        (r.group, f"{r.plural}/status", verb)
+        for r in DEFAULT_RESOURCES.values()
         for verb in STATUS_VERBS
     }
     return reads | status
@@ -93,8 +96,14 @@ def docs(request: pytest.FixtureRequest) -> list[Doc]:
 def test_the_code_reads_what_this_test_expects() -> None:
     """The table of kinds is the one the code uses (a kind added there must be granted;
     this guards the status table too, which names kinds of that table)."""
-    kinds = {k.kind for k in KINDS}
-    assert set(STATUS_KINDS) <= kinds
+    kinds = {k.kind: k for k in KINDS}
+    assert set(STATUS_KINDS) <= set(kinds)
+    for kind, r in DEFAULT_RESOURCES.items():  # the writer and the reader agree
+        assert (r.group, r.plural, r.namespaced) == (
+            kinds[kind].group,
+            kinds[kind].plural,
+            kinds[kind].namespaced,
+        )
     assert set(VERBS) == READ_VERBS
     gateway_kinds = {k.kind for k in KINDS if k.group == GATEWAY_GROUP}
     # Every Gateway API kind gatewayd reads gets status, except ReferenceGrant (no status).
@@ -366,6 +375,16 @@ def live_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveRun]:
                 return False
 
             wait(https_programmed, 15, "the HTTPS listener with the Secret", output)
+
+            # The Lease holder writes status to the API server: wait for the Gateway's
+            # HTTPS listener there, and the route's parent (the last writes expected).
+            def written() -> bool:
+                gw = api.get(GATEWAY_GROUP, "gateways", "edge", namespace="demo")
+                names = {x["name"] for x in gw.get("status", {}).get("listeners", [])}
+                route = api.get(GATEWAY_GROUP, "httproutes", "echo-canary", namespace="demo")
+                return "https" in names and bool(route.get("status", {}).get("parents"))
+
+            wait(written, 30, "status written to the API server", output)
         finally:
             child.terminate()
             child.wait(timeout=30)
@@ -382,6 +401,12 @@ def test_every_call_of_gatewayd_run_kubernetes_is_allowed(live_run: LiveRun) -> 
     for k in KINDS:
         assert {(k.group, k.plural, "list"), (k.group, k.plural, "watch")} <= calls, k.kind
     assert ("", "secrets", "get") in calls, live_run.output
+    # Status written as the sink does it, and the Lease taken and released.
+    for resource in ("gatewayclasses/status", "gateways/status", "httproutes/status"):
+        assert (GATEWAY_GROUP, resource, "patch") in calls, resource
+    leases = {a.verb for a in seen if a.resource == "leases"}
+    assert {"get", "create", "update"} <= leases, leases
+    assert {a.namespace for a in seen if a.resource == "leases"} == {NAMESPACE}
     # Nothing but reads outside status subresources and Leases.
     for group, resource, verb in calls:
         if not (resource.endswith("/status") or resource == "leases"):
