@@ -206,9 +206,9 @@ def test_ports_probes_and_scrape_annotations_follow_the_args(overlay: str) -> No
     assert host in ("0.0.0.0", "::", "[::]"), host
     assert ports(c)["admin"] == port
     for probe, path in (("readinessProbe", "/ready"), ("livenessProbe", "/")):
-        get = c[probe]["httpGet"]
-        assert get["path"] == path and "host" not in get
-        assert ports(c).get(get["port"], get["port"]) == port
+        http_get = c[probe]["httpGet"]
+        assert http_get["path"] == path and "host" not in http_get
+        assert ports(c).get(http_get["port"], http_get["port"]) == port
     annotations = ds["spec"]["template"]["metadata"]["annotations"]
     assert annotations["prometheus.io/scrape"] == "true"
     assert int(annotations["prometheus.io/port"]) == port
