@@ -375,10 +375,10 @@ def _check_source_args(parser: argparse.ArgumentParser, args: argparse.Namespace
             parser.error("--no-leader-election is only used with --kubernetes")
 
 
-def _kube_source(args: argparse.Namespace) -> KubernetesSource:
+def _kube_source(args: argparse.Namespace, *, watch: bool = True) -> KubernetesSource:
     from gatewayd.runtime.sources.kubernetes import KubernetesSource
 
-    return KubernetesSource(kubeconfig=args.kubeconfig, context=args.context)
+    return KubernetesSource(kubeconfig=args.kubeconfig, context=args.context, watch=watch)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -393,7 +393,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         if args.kubernetes:
             return check_kubernetes(
-                _kube_source(args),
+                _kube_source(args, watch=False),
                 controller_name=args.controller_name,
                 address_pool=args.address_pool,
                 limits=_limits(args),

@@ -15,6 +15,10 @@ from kits.apiserver import ApiServerDouble
 
 @pytest.fixture
 def apiserver() -> Iterator[ApiServerDouble]:
-    """A started Kubernetes API-server double (HTTPS, bearer token), stopped afterwards."""
+    """A started Kubernetes API-server double (HTTPS, bearer token), stopped afterwards.
+
+    Teardown fails the test if the double itself hit an unexpected exception.
+    """
     with ApiServerDouble() as double:
         yield double
+    assert double.errors == [], "the API-server double failed internally"

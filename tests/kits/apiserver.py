@@ -18,7 +18,9 @@ Usage::
         api.wait_for(lambda: api.requests(verb="patch", path_contains="/status"))
         gw = api.get("gateway.networking.k8s.io", "gateways", "gw", namespace="default")
 
-The ``apiserver`` fixture of tests/conftest.py gives a started double per test.
+The ``apiserver`` fixture of tests/conftest.py gives a started double per test.  A test
+that runs kubernetes_asyncio in its own ``asyncio.run`` should ``await
+api.async_wait_disconnected()`` after closing its ApiClient (see that method).
 
 What it serves, as kube-apiserver does:
 
@@ -268,7 +270,9 @@ _LABEL_TERM = re.compile(
 
 def _split_terms(selector: str) -> list[str]:
     """Split on commas outside parentheses."""
-    terms, depth, cur = [], 0, []
+    terms: list[str] = []
+    cur: list[str] = []
+    depth = 0
     for ch in selector:
         if ch == "(":
             depth += 1
@@ -288,36 +292,41 @@ Matcher = Callable[[Obj], bool]
 
 def label_matcher(selector: str) -> Matcher:
     """A labelSelector as the API server parses it; raises ApiError 400 when invalid."""
-    checks: list[Matcher] = []
+    requirements: list[tuple[str, str, frozenset[str]]] = []  # (operator, key, values)
     for term in _split_terms(selector):
         m = _LABEL_TERM.match(term)
         if not m or (m["neg"] and (m["op"] or m["setop"])):
             raise ApiError(400, "BadRequest", f"unable to parse requirement: {term!r}")
-        key = m["key"]
         if m["op"]:
-            value, neq = m["value"], m["op"] == "!="
-            checks.append(lambda labels, k=key, v=value, n=neq: (labels.get(k) == v) != n)
+            op = "notin" if m["op"] == "!=" else "in"
+            requirements.append((op, m["key"], frozenset([m["value"]])))
         elif m["setop"]:
             values = frozenset(v.strip() for v in m["values"].split(",") if v.strip())
-            if m["setop"] == "in":
-                checks.append(lambda labels, k=key, vs=values: labels.get(k) in vs)
-            else:
-                checks.append(lambda labels, k=key, vs=values: labels.get(k) not in vs)
-        elif m["neg"]:
-            checks.append(lambda labels, k=key: k not in labels)
+            requirements.append((m["setop"], m["key"], values))
         else:
-            checks.append(lambda labels, k=key: k in labels)
+            requirements.append(("!exists" if m["neg"] else "exists", m["key"], frozenset()))
 
     def match(obj: Obj) -> bool:
         labels = obj.get("metadata", {}).get("labels") or {}
-        return all(check(labels) for check in checks)
+        return all(_label_ok(op, key, values, labels) for op, key, values in requirements)
 
     return match
 
 
+def _label_ok(op: str, key: str, values: frozenset[str], labels: Mapping[str, str]) -> bool:
+    # "!=" and "notin" also match objects without the label, as on the real server.
+    if op == "exists":
+        return key in labels
+    if op == "!exists":
+        return key not in labels
+    if op == "in":
+        return labels.get(key) in values
+    return labels.get(key) not in values
+
+
 def field_matcher(selector: str, res: Resource) -> Matcher:
     """A fieldSelector on metadata.name / metadata.namespace (what CRDs support)."""
-    checks: list[Matcher] = []
+    requirements: list[tuple[str, str, bool]] = []  # (metadata field, value, negated)
     for term in _split_terms(selector):
         m = re.match(r"^\s*([A-Za-z.]+)\s*(==|=|!=)\s*(.*?)\s*$", term)
         if not m:
@@ -329,10 +338,13 @@ def field_matcher(selector: str, res: Resource) -> Matcher:
                 "BadRequest",
                 f'field label not supported: {path} for {res.kind} "{res.group_version}"',
             )
-        leaf = path.split(".")[1]
-        neq = op == "!="
-        checks.append(lambda obj, f=leaf, v=value, n=neq: (obj["metadata"].get(f, "") == v) != n)
-    return lambda obj: all(check(obj) for check in checks)
+        requirements.append((path.split(".")[1], value, op == "!="))
+
+    def match(obj: Obj) -> bool:
+        meta = obj["metadata"]
+        return all((meta.get(f, "") == v) != neg for f, v, neg in requirements)
+
+    return match
 
 
 # --------------------------------------------------------------------------- patches
@@ -590,6 +602,7 @@ class ApiServerDouble:
         self._log: deque[Request] = deque(maxlen=log_size)
         self._watches: set[_Watch] = set()
         self._unavailable: str | None = None
+        self._streaming: set[int] = set()  # ids of requests answered by a watch stream
         self.errors: list[str] = []  # unexpected exceptions in the double (should stay empty)
         self._paused: asyncio.Event | None = None
 
@@ -659,7 +672,13 @@ class ApiServerDouble:
         app = web.Application(client_max_size=MAX_BODY, handler_args={"max_field_size": 16384})
         app.router.add_route("*", "/{tail:.*}", self._handle)
         self._runner = web.AppRunner(
-            app, access_log=None, handle_signals=False, shutdown_timeout=0.5
+            app,
+            access_log=None,
+            handle_signals=False,
+            shutdown_timeout=0.5,
+            # A watch whose client went away ends at once (its task is cancelled), so
+            # open_watches counts only connected watchers.
+            handler_cancellation=True,
         )
         await self._runner.setup()
         if self.tls:
@@ -832,6 +851,32 @@ class ApiServerDouble:
                 if namespace is None or ns == namespace
             ]
 
+    def wait_for_object(
+        self,
+        group: str,
+        plural: str,
+        name: str,
+        condition: Callable[[Obj], Any],
+        *,
+        namespace: str = "",
+        within: float = 5.0,
+    ) -> Obj:
+        """Block until the object exists and ``condition(obj)`` is truthy; returns it.
+
+        For example, until gatewayd has written a Gateway's status::
+
+            api.wait_for_object(GATEWAY_GROUP, "gateways", "gw", namespace="default",
+                                condition=lambda o: o.get("status", {}).get("conditions"))
+        """
+
+        def check() -> Obj | None:
+            obj = self.try_get(group, plural, name, namespace=namespace)
+            return obj if obj is not None and condition(obj) else None
+
+        found = self.wait_for(check, within)
+        assert found is not None
+        return found
+
     def expire_history(self) -> None:
         """Forget every past event: a watch from an older resourceVersion gets 410 Expired."""
         with self._lock:
@@ -863,6 +908,13 @@ class ApiServerDouble:
                 transport = w.response._payload_writer.transport
                 if transport is not None:
                     transport.abort()
+
+    @property
+    def open_connections(self) -> int:
+        """Client connections the server holds open (keep-alive ones included)."""
+        runner = self._runner
+        server = runner.server if runner is not None else None
+        return len(server.connections) if server is not None else 0
 
     @property
     def open_watches(self) -> int:
@@ -966,6 +1018,16 @@ class ApiServerDouble:
             if time.monotonic() >= deadline:
                 raise TimeoutError(f"condition not met within {within} s")
             await asyncio.sleep(0.02)
+
+    async def async_wait_disconnected(self, within: float = 5.0) -> None:
+        """Wait until no client connection is open (call before an in-test loop closes).
+
+        A kubernetes_asyncio watch stopped mid-stream closes its TLS connection
+        gracefully: the close_notify exchange still runs when ``ApiClient`` is closed. If
+        ``asyncio.run`` closes the loop first, the socket leaks (a ResourceWarning, an
+        error under filterwarnings=error). Waiting here lets the exchange finish.
+        """
+        await self.async_wait_for(lambda: self.open_connections == 0, within)
 
     def _record(self, req: Request) -> None:
         with self._changed:
@@ -1186,7 +1248,6 @@ class ApiServerDouble:
         verb = _METHOD_VERBS.get(request.method, request.method.lower())
         if verb == "get" and _go_bool(query.get("watch")):
             verb = "watch"
-        streamed = False
         body: Any = None
         status: int | None = None
         try:
@@ -1217,7 +1278,6 @@ class ApiServerDouble:
                 if not auth.startswith("Bearer ") or auth[7:] not in self.tokens:
                     raise ApiError(401, "Unauthorized", "Unauthorized")
             verb, response = await self._route(request, query, body, content_type)
-            streamed = verb == "watch"
             status = response.status
             return response
         except ApiError as err:
@@ -1227,10 +1287,12 @@ class ApiServerDouble:
             with self._lock:
                 self.errors.append(repr(exc))
             status = 500
-            err = ApiError(500, "InternalError", f"apiserver double: {exc!r}")
-            return web.json_response(err.status(), status=500)
+            failure = ApiError(500, "InternalError", f"apiserver double: {exc!r}")
+            return web.json_response(failure.status(), status=500)
         finally:
-            if not streamed:  # a watch is logged when its stream opens
+            if id(request) in self._streaming:  # a watch is logged when its stream opens
+                self._streaming.discard(id(request))
+            else:
                 self._record(_request_record(request, verb, query, body, status))
 
     async def _route(
@@ -1331,6 +1393,20 @@ class ApiServerDouble:
         matches = self._matcher(res, query)
         rv_q = query.get("resourceVersion", "")
         match_q = query.get("resourceVersionMatch", "")
+        if match_q and not rv_q:
+            raise ApiError(
+                422,
+                "Invalid",
+                "resourceVersionMatch: Forbidden: resourceVersionMatch is forbidden unless "
+                "resourceVersion is provided",
+            )
+        if match_q not in ("", "Exact", "NotOlderThan"):
+            raise ApiError(
+                422,
+                "Invalid",
+                f'resourceVersionMatch: Unsupported value: "{match_q}": supported values: '
+                '"Exact", "NotOlderThan"',
+            )
         with self._lock:
             current = self._rv
             if rv_q not in ("", "0"):
@@ -1430,13 +1506,14 @@ class ApiServerDouble:
         try:
             await resp.prepare(request)
             self._record(_request_record(request, "watch", query, None, 200))
+            self._streaming.add(id(request))
             if expired:
                 err = _expired(f"too old resource version: {rv_q} ({self._compacted + 1})")
                 await resp.write(_line({"type": "ERROR", "object": err.status()}))
                 await resp.write_eof()
                 return resp
-            for ev in first:
-                await resp.write(_line(ev))
+            for added in first:
+                await resp.write(_line(added))
             if initial_end:
                 await resp.write(_line(self._bookmark(res, cursor, initial_end=True)))
             deadline = None if timeout is None else time.monotonic() + timeout
@@ -1456,11 +1533,11 @@ class ApiServerDouble:
                             cursor = ev.rv
                             if ev.key != key or not wanted(ev.namespace):
                                 continue
-                            item = self._event_for(ev, matches)
-                            if item is not None:
-                                out.append({"type": item[0], "object": self._out(res, item[1])})
-                for item in out:
-                    await resp.write(_line(item))
+                            change = self._event_for(ev, matches)
+                            if change is not None:
+                                out.append({"type": change[0], "object": self._out(res, change[1])})
+                for line in out:
+                    await resp.write(_line(line))
                 if watch.ended:
                     break
                 now = time.monotonic()
@@ -1482,6 +1559,14 @@ class ApiServerDouble:
             return resp
         except ConnectionResetError:
             # The client went away, or drop_watches() aborted the connection.
+            return resp
+        except Exception as exc:  # a bug of the double, after the 200 went out
+            with self._lock:
+                self.errors.append(repr(exc))
+            err = ApiError(500, "InternalError", f"apiserver double: {exc!r}")
+            with contextlib.suppress(Exception):
+                await resp.write(_line({"type": "ERROR", "object": err.status()}))
+                await resp.write_eof()
             return resp
         finally:
             with self._lock:

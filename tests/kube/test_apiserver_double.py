@@ -13,6 +13,8 @@ import contextlib
 import io
 import json
 import ssl
+import subprocess
+import sys
 import threading
 from collections.abc import AsyncIterator, Awaitable, Coroutine
 from pathlib import Path
@@ -20,7 +22,15 @@ from typing import Any, TypeVar
 
 import aiohttp
 import pytest
-from kits.apiserver import GATEWAY_GROUP, ApiServerDouble
+from kits.apiserver import (
+    GATEWAY_GROUP,
+    ApiError,
+    ApiServerDouble,
+    field_matcher,
+    json_patch,
+    label_matcher,
+    merge_patch,
+)
 from kubernetes_asyncio import client, config, watch
 from kubernetes_asyncio.client.exceptions import ApiException
 
@@ -35,9 +45,13 @@ def run(coro: Coroutine[Any, Any, T], limit: float = 20.0) -> T:
 
 @contextlib.asynccontextmanager
 async def kube(
-    api: ApiServerDouble, *, token: str | None = None
+    api: ApiServerDouble, *, token: str | None = None, settle: bool = True
 ) -> AsyncIterator[client.ApiClient]:
-    """A real ApiClient configured from the double's kubeconfig (``token`` overrides)."""
+    """A real ApiClient configured from the double's kubeconfig (``token`` overrides).
+
+    On exit, waits until the double holds no connection (``settle=False`` skips that for
+    an inner client whose outer one still holds its own).
+    """
     conf = api.kubeconfig()
     if token is not None:
         conf["users"][0]["user"] = {"token": token} if token else {}
@@ -45,6 +59,8 @@ async def kube(
     await config.load_kube_config_from_dict(conf, client_configuration=cfg)
     async with client.ApiClient(cfg) as ac:
         yield ac
+    if settle:
+        await api.async_wait_disconnected()
 
 
 def gateway(name: str, ns: str = "default", **spec: Any) -> dict[str, Any]:
@@ -374,7 +390,7 @@ def test_a_dropped_watch_resumes_from_its_last_resource_version(
             apiserver.create(gateway("b"))  # happens while nobody watches
             with pytest.raises(aiohttp.ClientPayloadError):
                 await stream.__anext__()
-            assert apiserver.open_watches == 0
+            await apiserver.async_wait_for(lambda: apiserver.open_watches == 0)
             # Resume from the last version seen: the missed event is replayed.
             names = []
             w2 = watch.Watch()
@@ -620,7 +636,7 @@ def test_lease_race_has_exactly_one_winner(apiserver: ApiServerDouble) -> None:
         )
 
     async def main() -> None:
-        async with kube(apiserver) as one, kube(apiserver) as two:
+        async with kube(apiserver) as one, kube(apiserver, settle=False) as two:
             apis = [client.CoordinationV1Api(one), client.CoordinationV1Api(two)]
             created = await asyncio.gather(
                 *(
@@ -805,3 +821,171 @@ def test_wait_for_sees_requests_from_another_thread(apiserver: ApiServerDouble) 
     assert got[0].body["metadata"]["name"] == "x" and got[0].status == 201
     with pytest.raises(TimeoutError):
         apiserver.wait_for(lambda: apiserver.requests(verb="delete"), 0.1)
+
+
+def test_a_closed_watch_is_forgotten_and_an_ended_one_is_resumed_by_the_library(
+    apiserver: ApiServerDouble,
+) -> None:
+    async def main() -> list[str]:
+        async with kube(apiserver) as ac:
+            co = client.CustomObjectsApi(ac)
+            rv = (await co.list_cluster_custom_object(GW, "v1", "gateways"))["metadata"][
+                "resourceVersion"
+            ]
+            w = watch.Watch()
+            stream = w.stream(
+                co.list_cluster_custom_object, GW, "v1", "gateways", resource_version=rv
+            )
+            apiserver.create(gateway("a"))
+            names = [(await stream.__anext__())["raw_object"]["metadata"]["name"]]
+            # The server ends the stream (as its watch timeout does): the library watches
+            # again from the last resourceVersion it saw, and misses nothing.
+            await asyncio.to_thread(apiserver.end_watches)
+            apiserver.create(gateway("b"))
+            names.append((await stream.__anext__())["raw_object"]["metadata"]["name"])
+            await w.close()
+            await apiserver.async_wait_for(lambda: apiserver.open_watches == 0)
+            return names
+
+    assert run(main()) == ["a", "b"]
+    watches = apiserver.requests(verb="watch")
+    assert len(watches) == 2
+    assert int(watches[1].query["resourceVersion"]) > int(watches[0].query["resourceVersion"])
+
+
+# ----------------------------------------------------------------------------- pure helpers
+
+
+def _labelled(**labels: str) -> dict[str, Any]:
+    return {"metadata": {"name": "n", "namespace": "ns", "labels": labels}}
+
+
+@pytest.mark.parametrize(
+    ("selector", "labels", "expected"),
+    [
+        ("app=web", {"app": "web"}, True),
+        ("app==web", {"app": "db"}, False),
+        ("app!=web", {}, True),
+        ("app", {"app": ""}, True),
+        ("!app", {"app": "x"}, False),
+        ("env in (prod, staging),tier notin (db)", {"env": "prod", "tier": "web"}, True),
+        ("env in (prod, staging),tier notin (db)", {"env": "prod", "tier": "db"}, False),
+        ("env in (prod)", {}, False),
+        ("", {"a": "b"}, True),
+    ],
+)
+def test_label_selectors_follow_the_api_grammar(
+    selector: str, labels: dict[str, str], expected: bool
+) -> None:
+    assert label_matcher(selector)(_labelled(**labels)) is expected
+
+
+def test_bad_selectors_are_400() -> None:
+    res = ApiServerDouble().resource(GW, "gateways", "v1")
+    for bad in ("a=b=c", "!a=b", "in (x)"):
+        with pytest.raises(ApiError) as info:
+            label_matcher(bad)
+        assert info.value.code == 400
+    with pytest.raises(ApiError) as info:
+        field_matcher("spec.gatewayClassName=x", res)
+    assert "field label not supported" in info.value.message
+    match = field_matcher("metadata.name=n,metadata.namespace!=other", res)
+    assert match(_labelled()) and not field_matcher("metadata.name=m", res)(_labelled())
+
+
+def test_merge_and_json_patches() -> None:
+    doc = {"spec": {"a": 1, "b": [1, 2], "c": {"d": 1}}, "status": {"x": 1}}
+    assert merge_patch(doc, {"spec": {"a": None, "b": [3], "c": {"e": 2}}}) == {
+        "spec": {"b": [3], "c": {"d": 1, "e": 2}},
+        "status": {"x": 1},
+    }
+    assert doc["spec"]["a"] == 1, "patches never change their input"
+    patched = json_patch(
+        doc,
+        [
+            {"op": "add", "path": "/spec/b/-", "value": 3},
+            {"op": "replace", "path": "/spec/a", "value": 2},
+            {"op": "remove", "path": "/status/x"},
+            {"op": "move", "from": "/spec/c", "path": "/spec/moved"},
+            {"op": "copy", "from": "/spec/a", "path": "/spec/a~1copy"},
+            {"op": "test", "path": "/spec/a", "value": 2},
+        ],
+    )
+    assert patched == {
+        "spec": {"a": 2, "b": [1, 2, 3], "moved": {"d": 1}, "a/copy": 2},
+        "status": {},
+    }
+    for ops, code in (
+        ({"op": "add"}, 400),
+        ([{"op": "remove", "path": "/nope"}], 422),
+        ([{"op": "test", "path": "/spec/a", "value": 9}], 422),
+        ([{"op": "frobnicate", "path": "/spec/a"}], 400),
+    ):
+        with pytest.raises(ApiError) as info:
+            json_patch(doc, ops)
+        assert info.value.code == code, ops
+
+
+CLIENT_SCRIPT = """
+import asyncio, json, sys
+from kubernetes_asyncio import client, config
+
+async def main():
+    cfg = client.Configuration()
+    await config.load_kube_config(config_file=sys.argv[1], client_configuration=cfg)
+    async with client.ApiClient(cfg) as ac:
+        co = client.CustomObjectsApi(ac)
+        listed = await co.list_cluster_custom_object("gateway.networking.k8s.io", "v1", "gateways")
+        await co.patch_namespaced_custom_object_status(
+            "gateway.networking.k8s.io", "v1", "default", "gateways", "gw",
+            {"status": {"conditions": [{"type": "Accepted", "status": "True"}]}},
+            _content_type="application/merge-patch+json",
+        )
+    print(json.dumps([i["metadata"]["name"] for i in listed["items"]]))
+
+asyncio.run(main())
+"""
+
+
+def test_a_subprocess_reaches_the_double_through_a_kubeconfig_file(
+    apiserver: ApiServerDouble, tmp_path: Path
+) -> None:
+    """What ``gatewayd run --kubernetes --kubeconfig PATH`` will do, in a child process."""
+    apiserver.create(gateway("gw"))
+    kubeconfig = apiserver.write_kubeconfig(tmp_path / "kubeconfig")
+    proc = subprocess.run(
+        [sys.executable, "-c", CLIENT_SCRIPT, str(kubeconfig)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == ["gw"]
+    obj = apiserver.wait_for_object(
+        GW, "gateways", "gw", lambda o: o.get("status"), namespace="default", within=5
+    )
+    assert obj["status"]["conditions"][0]["type"] == "Accepted"
+    assert obj["metadata"]["generation"] == 1
+
+
+def test_resource_version_match_needs_a_resource_version(apiserver: ApiServerDouble) -> None:
+    async def main() -> None:
+        async with kube(apiserver) as ac:
+            co = client.CustomObjectsApi(ac)
+            body = await expect_api_error(
+                co.list_cluster_custom_object(GW, "v1", "gateways", resource_version_match="Exact"),
+                422,
+            )
+            assert body["reason"] == "Invalid"
+            # NotOlderThan an old version is served from the current state.
+            apiserver.create(gateway("a"))
+            listed = await co.list_cluster_custom_object(
+                GW, "v1", "gateways", resource_version="1", resource_version_match="NotOlderThan"
+            )
+            assert [i["metadata"]["name"] for i in listed["items"]] == ["a"]
+            await expect_api_error(
+                co.list_cluster_custom_object(GW, "v1", "gateways", resource_version="999"), 504
+            )
+
+    run(main())

@@ -9,6 +9,7 @@ every minute (bound tokens rotate).  Requests go through the generated client's
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 from dataclasses import dataclass
@@ -151,6 +152,10 @@ class KubeClient:
 
     async def close(self) -> None:
         await self.api.close()
+        # The connector closes its sockets with ``transport.close()``, which completes on
+        # a later loop iteration (TLS: after close_notify); give it those iterations so
+        # no transport is left half-closed when the loop stops.
+        await asyncio.sleep(0.05)
 
 
 async def _read_bounded(resp: aiohttp.ClientResponse, max_bytes: int) -> bytes:

@@ -85,8 +85,10 @@ class Informer:
         *,
         limits: KubeLimits,
         keep: Callable[[Obj], bool] | None = None,
+        watch: bool = True,
     ) -> None:
         self.client = client
+        self.watch = watch  # False: list once and stop (gatewayd check)
         self.kind = kind
         self.version = version
         self.on_change = on_change
@@ -152,13 +154,15 @@ class Informer:
 
     # -- list and watch ----------------------------------------------------------------
     async def run(self) -> None:
-        """List and watch until cancelled."""
+        """List and watch until cancelled (``watch`` False: until listed once)."""
         need_list = True
         while True:
             try:
                 if need_list:
                     await self._list()
                     need_list = False
+                if not self.watch:
+                    return
                 await self._watch()
             except Gone:
                 log.info(
@@ -175,6 +179,11 @@ class Informer:
                     need_list = True  # an event was lost: only a relist is complete
                 wait = self.backoff.next()
                 log.warning("%s %s: %s; retrying in %.1fs", self.kind.kind, self.version, exc, wait)
+                await asyncio.sleep(wait)
+            except Exception:  # a bug must not stop the informer for good
+                wait = self.backoff.next()
+                log.exception("%s %s: relisting in %.1fs", self.kind.kind, self.version, wait)
+                need_list = True
                 await asyncio.sleep(wait)
 
     async def _list(self) -> None:
@@ -226,12 +235,13 @@ class Informer:
                     buffer += chunk
                     while True:
                         end = buffer.find(b"\n")
-                        if end < 0:
+                        if end < 0 or end > self.limits.max_event_bytes:
                             break
                         line = bytes(buffer[:end])
                         del buffer[: end + 1]
                         if line.strip():
                             self._event(line)
+                    # (A chunk is what one socket read returned: at most 64 KiB or so.)
                     if len(buffer) > self.limits.max_event_bytes:
                         raise TooLarge(
                             f"a watch event over {self.limits.max_event_bytes} bytes: refused"

@@ -57,12 +57,14 @@ class KubernetesSource:
         limits: KubeLimits | None = None,
         rediscover: float = 60.0,
         kinds: tuple[WatchedKind, ...] = KINDS,
+        watch: bool = True,
     ) -> None:
         self.kubeconfig = kubeconfig
         self.context = context
         self.limits = limits or KubeLimits()
         self.rediscover = rediscover
         self.kinds = kinds
+        self.watch = watch  # False: list every kind once (gatewayd check)
         self.client: KubeClient | None = None
         self.informers: dict[str, Informer] = {}
         self.versions: dict[str, str | None] = {}
@@ -72,6 +74,7 @@ class KubernetesSource:
         self._changed: Callable[[], None] | None = None
         self._referenced: frozenset[RefKey] = frozenset()
         self._missing_logged: set[str] = set()
+        self._retiring: dict[str, tuple[Informer, asyncio.Task[None]]] = {}
         # Changes seen, and how many the last ``load`` had seen: a change between the
         # first load and ``run`` is reported when ``run`` starts.
         self._changes = 0
@@ -100,7 +103,7 @@ class KubernetesSource:
                 wait = backoff.next()
                 log.warning("discovery failed: %s; retrying in %.1fs", exc, wait)
                 await asyncio.sleep(wait)
-        if self._discovery_task is None:
+        if self._discovery_task is None and self.watch:
             self._discovery_task = asyncio.get_running_loop().create_task(self._rediscover())
         await asyncio.gather(*(i.synced.wait() for i in self.informers.values()))
         self._on_change()  # the references of the first lists: fetch what they need
@@ -114,9 +117,14 @@ class KubernetesSource:
             version = versions[wk.kind]
             current = self.informers.get(wk.kind)
             if current is not None and current.version != version:
-                self._tasks.pop(wk.kind).cancel()
+                task = self._tasks.pop(wk.kind)
                 del self.informers[wk.kind]
-                stopped.append(wk.kind)
+                if version is None:
+                    task.cancel()
+                    stopped.append(wk.kind)
+                else:
+                    # Another version now: the old cache serves until the new one listed.
+                    self._retiring[wk.kind] = (current, task)
             if version is None:
                 if wk.kind not in self._missing_logged:
                     self._missing_logged.add(wk.kind)
@@ -138,6 +146,7 @@ class KubernetesSource:
                 self._on_change,
                 limits=self.limits,
                 keep=self._keeper(wk) if wk.keep is Keep.REFERENCED else None,
+                watch=self.watch,
             )
             self.informers[wk.kind] = informer
             self._tasks[wk.kind] = asyncio.get_running_loop().create_task(informer.run())
@@ -174,6 +183,11 @@ class KubernetesSource:
 
     def _on_change(self) -> None:
         self._changes += 1
+        for kind, (_, task) in list(self._retiring.items()):
+            successor = self.informers.get(kind)
+            if successor is None or successor.synced.is_set():
+                task.cancel()
+                del self._retiring[kind]
         referenced = frozenset(self._references())
         if referenced != self._referenced:
             self._referenced = referenced
@@ -216,6 +230,9 @@ class KubernetesSource:
     def _objects(self) -> Iterator[tuple[m.Source, Mapping[str, Any]]]:
         for wk in self.kinds:
             informer = self.informers.get(wk.kind)
+            if informer is not None and not informer.synced.is_set():
+                retiring = self._retiring.get(wk.kind)
+                informer = retiring[0] if retiring is not None else informer
             if informer is None:
                 continue
             api_version = wk.api_version(informer.version)
@@ -233,7 +250,11 @@ class KubernetesSource:
                 )
 
     async def close(self) -> None:
-        tasks: list[asyncio.Task[Any]] = [*self._tasks.values(), *self._fetches]
+        tasks: list[asyncio.Task[Any]] = [
+            *self._tasks.values(),
+            *self._fetches,
+            *(task for _, task in self._retiring.values()),
+        ]
         if self._discovery_task is not None:
             tasks.append(self._discovery_task)
         for task in tasks:
