@@ -4,7 +4,7 @@ gets no PATCH.
 
 The replicas take Gateway addresses from different pools (they share the machine), so
 each one's status is told apart by the address it reports.  Lease timings are scaled
-down by the flags (3 s lease, 2 s renew deadline, 0.5 s retry); the defaults are
+down by the flags (4 s lease, 3 s renew deadline, 0.5 s retry); the defaults are
 client-go's 15/10/2."""
 
 from __future__ import annotations
@@ -42,6 +42,32 @@ LEASE_NS = "gatewayd-system"
 LEASE_NAME = "gatewayd-status"
 
 
+def _parent(gateway: str, controller: str) -> dict[str, Any]:
+    return {
+        "parentRef": {
+            "group": GW_GROUP,
+            "kind": "Gateway",
+            "namespace": "default",
+            "name": gateway,
+        },
+        "controllerName": controller,
+        "conditions": [
+            {
+                "type": "Accepted",
+                "status": "True",
+                "reason": "Accepted",
+                "message": "accepted",
+                "observedGeneration": 1,
+                "lastTransitionTime": "2026-01-01T00:00:00Z",
+            }
+        ],
+    }
+
+
+STALE_OURS = _parent("gone", "gatewayd.dev/gateway-controller")
+FOREIGN = _parent("theirs", "example.net/other-controller")
+
+
 class Replica:
     def __init__(self, workdir: Path, name: str, kubeconfig: Path, pool: str) -> None:
         self.name = name
@@ -63,9 +89,9 @@ class Replica:
                 "--leader-election-id",
                 name,
                 "--leader-election-lease-duration",
-                "3",
+                "4",
                 "--leader-election-renew-deadline",
-                "2",
+                "3",
                 "--leader-election-retry-period",
                 "0.5",
             ),
@@ -132,6 +158,11 @@ def test_two_replicas_serve_one_writes_status_and_a_killed_leader_is_replaced(
             gateway("gw", [listener("http", port)], address=None),
             http_route("r", [rule(backends=[backend_ref("echo")])]),
             *echo.manifests(),
+            # Detached while no gatewayd ran: our entry must go, the other stays.
+            {
+                **http_route("stale", [rule(backends=[backend_ref("echo")])], parent="gone"),
+                "status": {"parents": [STALE_OURS, FOREIGN]},
+            },
         ]:
             api.create(doc)
         kubeconfig = api.write_kubeconfig(tmp_path / "kubeconfig")
@@ -175,6 +206,15 @@ def test_two_replicas_serve_one_writes_status_and_a_killed_leader_is_replaced(
                 "Accepted": "True",
                 "ResolvedRefs": "True",
             }
+            api.wait_for(
+                lambda: (
+                    api.get(GW_GROUP, "httproutes", "stale", namespace="default")["status"][
+                        "parents"
+                    ]
+                    == [FOREIGN]
+                ),
+                10.0,
+            )
             cls = api.get(GW_GROUP, "gatewayclasses", "gatewayd")
             assert {"name": "HTTPRoute"} in cls["status"]["supportedFeatures"]
             # The follower computed its own (shown on its /status) and wrote nothing.
@@ -201,7 +241,7 @@ def test_two_replicas_serve_one_writes_status_and_a_killed_leader_is_replaced(
             api.wait_for(lambda: any(follower_addr in b for b in gateway_patches(api)), 30.0)
             took = time.monotonic() - killed_at
             assert took < 30.0
-            print(f"takeover after SIGKILL: {took:.2f}s (lease 3 s, retry 0.5 s)")
+            print(f"takeover after SIGKILL: {took:.2f}s (lease 4 s, retry 0.5 s)")
             assert follower.is_leader()
             lease = api.get("coordination.k8s.io", "leases", LEASE_NAME, namespace=LEASE_NS)
             assert lease["spec"]["holderIdentity"] == follower.name

@@ -26,6 +26,13 @@ async def kube_client(api: ApiServerDouble, directory: Path) -> ApiClient:
     return ApiClient(configuration=configuration)
 
 
+async def close_client(api: ApiServerDouble, client: ApiClient) -> None:
+    """Close ``client`` and wait until the double saw its connections go (their TLS
+    close_notify exchange must finish before the test's event loop closes)."""
+    await client.close()
+    await api.async_wait_disconnected()
+
+
 def gateway_class(name: str, controller: str) -> dict[str, Any]:
     return {
         "apiVersion": f"{GW}/v1",

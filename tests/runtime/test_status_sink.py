@@ -12,6 +12,7 @@ from kube_kit import (
     GW,
     OTHER,
     OURS,
+    close_client,
     gateway,
     gateway_class,
     http_route,
@@ -20,6 +21,7 @@ from kube_kit import (
     statuses,
 )
 
+from gatewayd.routing.bindings import ObjectStatus
 from gatewayd.runtime.sinks.kubernetes import KubernetesStatusSink
 
 T0 = "2026-01-01T00:00:00Z"
@@ -113,7 +115,7 @@ def test_statuses_are_patched_once_and_a_quiet_republish_sends_nothing(
                 assert sink.stats["errors"] == 0
             finally:
                 await sink.close()
-                await client.close()
+                await close_client(api, client)
 
         run(scenario())
 
@@ -148,7 +150,7 @@ def test_a_conflict_is_retried_after_reading_again(tmp_path: Path) -> None:
                 await sink.wait_idle()
             finally:
                 await sink.close()
-                await client.close()
+                await close_client(api, client)
             assert raced == ["r"]
             assert sink.stats["conflicts"] == 1
             route_patches = api.requests(verb="patch", path_contains="/httproutes/r/status")
@@ -184,7 +186,7 @@ def test_a_route_no_longer_attached_loses_our_entry_only(tmp_path: Path) -> None
                 assert api.requests() == []
             finally:
                 await sink.close()
-                await client.close()
+                await close_client(api, client)
 
         run(scenario())
 
@@ -216,7 +218,7 @@ def test_only_an_active_sink_writes_and_activation_resyncs_everything(tmp_path: 
                 assert patches(api) == [f"/apis/{GW}/v1/namespaces/default/httproutes/r/status"]
             finally:
                 await sink.close()
-                await client.close()
+                await close_client(api, client)
 
         run(scenario())
 
@@ -268,6 +270,111 @@ def test_an_object_that_is_gone_is_dropped_and_errors_are_retried_later(tmp_path
                 )
             finally:
                 await sink.close()
-                await client.close()
+                await close_client(api, client)
+
+        run(scenario())
+
+
+def test_an_unused_policy_is_read_once_and_a_tombstone_outlives_a_pause(tmp_path: Path) -> None:
+    """A BackendTLSPolicy none of our Gateways uses (``ancestors: []``) is read once and
+    never written; a route detached while this replica does not lead still loses our
+    entry when it leads again, however many builds came in between."""
+    with ApiServerDouble() as api:
+        seed(api)
+        api.create(
+            {
+                "apiVersion": f"{GW}/v1",
+                "kind": "BackendTLSPolicy",
+                "metadata": {"name": "p", "namespace": "default"},
+                "spec": {
+                    "targetRefs": [{"group": "", "kind": "Service", "name": "svc"}],
+                    "validation": {"hostname": "svc.example", "wellKnownCACertificates": "System"},
+                },
+            }
+        )
+        policy = ObjectStatus(
+            api_version=f"{GW}/v1",
+            kind="BackendTLSPolicy",
+            namespace="default",
+            name="p",
+            generation=1,
+            status={"ancestors": []},
+        )
+
+        async def scenario() -> None:
+            client = await kube_client(api, tmp_path)
+            sink = KubernetesStatusSink(client, controller_name=OURS, active=True)
+            try:
+                sink.publish([*statuses(T1), policy])
+                await sink.wait_idle()
+                assert len(api.requests(verb="get", path_contains="/backendtlspolicies/p")) == 1
+                assert not api.requests(verb="patch", path_contains="/backendtlspolicies/p")
+                assert "status" not in api.get(GW, "backendtlspolicies", "p", namespace="default")
+                api.clear_requests()
+                sink.publish([*statuses(T2), policy])
+                await sink.wait_idle()
+                assert api.requests() == []
+
+                sink.set_active(False)
+                sink.publish([*statuses(T2, with_route=False), policy])
+                sink.publish([*statuses(T2, with_route=False), policy])
+                sink.set_active(True)
+                await sink.wait_idle()
+                route = api.get(GW, "httproutes", "r", namespace="default")
+                assert route["status"]["parents"] == [FOREIGN]
+            finally:
+                await sink.close()
+                await close_client(api, client)
+
+        run(scenario())
+
+
+def test_writes_are_bounded_in_flight_and_coalesced_per_object(tmp_path: Path) -> None:
+    with ApiServerDouble() as api:
+        seed(api)
+        names = [f"r{i}" for i in range(6)]
+        for name in names:
+            api.create(http_route(name, ["gw"]))
+
+        def routes(ok: bool, now: str) -> list[ObjectStatus]:
+            return [
+                ObjectStatus(
+                    api_version=f"{GW}/v1",
+                    kind="HTTPRoute",
+                    namespace="default",
+                    name=name,
+                    generation=1,
+                    status={"parents": [route_parent("gw", OURS, ok, now)]},
+                )
+                for name in names
+            ]
+
+        async def scenario() -> None:
+            client = await kube_client(api, tmp_path)
+            sink = KubernetesStatusSink(client, controller_name=OURS, active=True, max_in_flight=2)
+            try:
+                api.pause()  # every request hangs until resumed
+                sink.publish(routes(True, T1))
+                await asyncio.sleep(0.3)
+                assert (sink.state()["inFlight"], sink.state()["queued"]) == (2, 4)
+                # Published again: one entry per object (the two in flight are queued
+                # again, to be written once more at their newest), not one per publish.
+                sink.publish(routes(False, T2))
+                assert sink.state()["queued"] == 6
+                sink.publish(routes(False, T2))
+                assert sink.state()["queued"] == 6
+                api.resume()
+                await sink.wait_idle()
+                for name in names:
+                    route = api.get(GW, "httproutes", name, namespace="default")
+                    [entry] = route["status"]["parents"]
+                    assert entry["conditions"][0]["status"] == "False", name
+                # The two caught in flight were written twice (old, then new); the four
+                # queued ones once, at their newest.
+                assert len(patches(api)) == 8
+            finally:
+                api.resume()
+                await sink.close()
+                await close_client(api, client)
 
         run(scenario())

@@ -32,12 +32,17 @@ JITTER_FACTOR: Final = 1.2
 
 DEFAULT_LEASE_NAME: Final = "gatewayd-status"
 DEFAULT_LEASE_NAMESPACE: Final = "gatewayd-system"
-SERVICE_ACCOUNT_NAMESPACE: Final = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+# The service account's directory, as the in-cluster client configuration reads it
+# (runtime/kube/client.py; GATEWAYD_SERVICE_ACCOUNT_DIR overrides it there and here).
+SERVICE_ACCOUNT_DIR: Final = "/var/run/secrets/kubernetes.io/serviceaccount"
 
 
-def default_namespace(path: str = SERVICE_ACCOUNT_NAMESPACE) -> str:
-    """The pod's own namespace (its service account's namespace file), else
+def default_namespace(path: str | None = None) -> str:
+    """The pod's own namespace (its service account's ``namespace`` file), else
     ``gatewayd-system``."""
+    if path is None:
+        base = os.environ.get("GATEWAYD_SERVICE_ACCOUNT_DIR", SERVICE_ACCOUNT_DIR)
+        path = os.path.join(base, "namespace")
     try:
         namespace = Path(path).read_text(encoding="utf-8").strip()
     except OSError:

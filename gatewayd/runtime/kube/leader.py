@@ -40,6 +40,7 @@ from kubernetes_asyncio.client.exceptions import ApiException
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from gatewayd.runtime.kube.apierror import api_error
 from gatewayd.runtime.kube.election import (
     DEFAULT_LEASE_NAME,
     DEFAULT_LEASE_NAMESPACE,
@@ -218,7 +219,7 @@ class LeaderElector:
         except ApiException as exc:
             if exc.status != 409:
                 log.info(
-                    "leader election: Lease %s/%s: HTTP %s", self.namespace, self.name, exc.status
+                    "leader election: Lease %s/%s: %s", self.namespace, self.name, api_error(exc)
                 )
             return False
         except TimeoutError:

@@ -8,7 +8,7 @@ the start.  ``state()`` is shown in /status (``config.statusWriteback``) and
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 from kubernetes_asyncio.client import ApiClient
@@ -20,10 +20,12 @@ from gatewayd.runtime.kube.leader import (
     default_identity,
     default_namespace,
 )
+from gatewayd.runtime.kube.statuspatch import SHARED_LISTS
 from gatewayd.runtime.sinks.kubernetes import KubernetesStatusSink
 
 if TYPE_CHECKING:
     from gatewayd.runtime.sources import ConfigSource
+    from gatewayd.runtime.sources.kubernetes import KubernetesSource
 
 __all__ = ["StatusWriteback", "writeback_for"]
 
@@ -36,12 +38,14 @@ class StatusWriteback:
         controller_name: str,
         election: LeaderElectionSettings,
         version_of: Callable[[str], str | None] | None = None,
+        claimed: Callable[[], Iterable[tuple[str, str, str]]] | None = None,
     ) -> None:
         self.sink = KubernetesStatusSink(
             api_client,
             controller_name=controller_name,
             active=not election.enabled,
             version_of=version_of,
+            claimed=claimed,
         )
         self.elector: LeaderElector | None = None
         self.metrics: LeaderMetrics | None = None
@@ -94,4 +98,26 @@ def writeback_for(
         election=election,
         # Read at each write: rediscovery replaces ``versions`` when a CRD changes.
         version_of=lambda kind: kube.versions.get(kind),
+        claimed=lambda: claimed_by(kube, controller_name),
     )
+
+
+def claimed_by(source: KubernetesSource, controller_name: str) -> list[tuple[str, str, str]]:
+    """(kind, namespace, name) of the cached routes and policies whose status holds an
+    entry written by ``controller_name``."""
+    out: list[tuple[str, str, str]] = []
+    for kind, shared in SHARED_LISTS.items():
+        informer = source.informers.get(kind)
+        if informer is None:
+            continue
+        for obj in informer.items():
+            status = obj.get("status")
+            entries = status.get(shared.field) if isinstance(status, dict) else None
+            if not isinstance(entries, list):
+                continue
+            if any(
+                isinstance(e, dict) and e.get("controllerName") == controller_name for e in entries
+            ):
+                meta = obj.get("metadata") or {}
+                out.append((kind, str(meta.get("namespace") or ""), str(meta.get("name") or "")))
+    return out

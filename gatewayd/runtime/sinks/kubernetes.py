@@ -28,7 +28,7 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Final
 
@@ -36,12 +36,14 @@ from kubernetes_asyncio.client import ApiClient, CustomObjectsApi
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from gatewayd.routing.bindings import ObjectStatus
+from gatewayd.runtime.kube.apierror import api_error
 from gatewayd.runtime.kube.statuspatch import SHARED_LISTS, status_patch
 
 __all__ = [
     "DEFAULT_RESOURCES",
     "KubernetesStatusSink",
     "Resource",
+    "api_error",
 ]
 
 log = logging.getLogger("gatewayd.status")
@@ -109,6 +111,7 @@ class KubernetesStatusSink:
         request_timeout: float = 10.0,
         resources: Mapping[str, Resource] | None = None,
         version_of: Callable[[str], str | None] | None = None,
+        claimed: Callable[[], Iterable[Key]] | None = None,
         rng: Callable[[], float] = random.random,
     ) -> None:
         if max_in_flight < 1 or attempts < 1:
@@ -124,6 +127,10 @@ class KubernetesStatusSink:
         # The version the cluster serves of a kind (discovery; None: not served), asked
         # at each write so a CRD upgraded meanwhile is written at its new version.
         self.version_of = version_of
+        # Routes and policies whose live status (the source's cache) holds an entry of
+        # ours: those we no longer compute anything for get it removed, even when it
+        # was written before this process started or while another replica led.
+        self.claimed = claimed
         self._rng = rng
         self._active = active
         self._closed = False
@@ -131,6 +138,8 @@ class KubernetesStatusSink:
         self._latest: dict[Key, ObjectStatus] = {}
         # What the API server holds for each object, as far as we know (timeless form).
         self._synced: dict[Key, object] = {}
+        # Objects whose status we no longer compute but which still hold our entries.
+        self._tombstones: set[Key] = set()
         self._pending: dict[Key, None] = {}  # insertion-ordered set
         self._in_flight: set[Key] = set()
         self._retries: dict[Key, asyncio.TimerHandle] = {}
@@ -151,14 +160,20 @@ class KubernetesStatusSink:
     # -- the seam ---------------------------------------------------------------------
     def publish(self, statuses: Sequence[ObjectStatus]) -> None:
         fresh = {_key(st): st for st in statuses}
+        self._tombstones -= fresh.keys()  # computed again: a status like any other
         for key, before in self._latest.items():
-            if key in fresh or not _has_entries(before):
+            if key in fresh:
                 continue
-            # A route or policy we reported on and no longer compute anything for: our
-            # entries come out of its list (a tombstone: the same object, no entries).
-            shared = SHARED_LISTS[before.kind]
-            fresh[key] = replace(before, status={shared.field: []})
+            if key in self._tombstones:
+                fresh[key] = before  # our entries are not out yet
+            elif _has_entries(before):
+                # A route or policy we reported on and no longer compute anything for:
+                # our entries come out of its list (a tombstone: the object, no entries).
+                shared = SHARED_LISTS[before.kind]
+                fresh[key] = replace(before, status={shared.field: []})
+                self._tombstones.add(key)
         self._latest = fresh
+        self._adopt_claimed()
         for key, st in fresh.items():
             if self._synced.get(key) != _timeless(st.status):
                 self._enqueue(key)
@@ -181,6 +196,7 @@ class KubernetesStatusSink:
         if active:
             # What another leader wrote meanwhile is unknown: read and compare everything.
             self._synced.clear()
+            self._adopt_claimed()
             for key in self._latest:
                 self._enqueue(key)
         else:
@@ -193,6 +209,24 @@ class KubernetesStatusSink:
             self._workers.clear()
             self._in_flight.clear()
             self._idle.set()
+
+    def _adopt_claimed(self) -> None:
+        if self.claimed is None:
+            return
+        for key in self.claimed():
+            kind, namespace, name = key
+            shared = SHARED_LISTS.get(kind)
+            if shared is None or key in self._latest:
+                continue
+            self._latest[key] = ObjectStatus(
+                api_version=f"{GATEWAY_GROUP}/v1",
+                kind=kind,
+                namespace=namespace,
+                name=name,
+                generation=0,  # no conditions of ours are written: only removed
+                status={shared.field: []},
+            )
+            self._tombstones.add(key)
 
     async def wait_idle(self) -> None:
         """Until nothing is queued or being synced (tests, and a graceful stop)."""
@@ -318,7 +352,7 @@ class KubernetesStatusSink:
                     reason = "conflict (written meanwhile)"
                 else:
                     self.stats["errors"] += 1
-                    reason = f"HTTP {exc.status} {exc.reason}"
+                    reason = api_error(exc)
             except Exception as exc:
                 # Timeouts, refused connections (aiohttp.ClientError), a body that is not
                 # JSON: retried like a conflict; nothing may end the worker.
@@ -352,12 +386,11 @@ class KubernetesStatusSink:
         return None if version is None else replace(resource, version=version)
 
     def _forget_tombstone(self, key: Key, st: ObjectStatus | None) -> None:
-        if st is not None and self._latest.get(key) is st and not _has_entries(st):
-            shared = SHARED_LISTS.get(st.kind)
-            if shared is not None:
-                # Our entries are out; nothing more to say about this object.
-                del self._latest[key]
-                self._synced.pop(key, None)
+        if key in self._tombstones and st is not None and self._latest.get(key) is st:
+            # Our entries are out; nothing more to say about this object.
+            self._tombstones.discard(key)
+            del self._latest[key]
+            self._synced.pop(key, None)
 
     async def _get(self, r: Resource, namespace: str, name: str) -> Mapping[str, object]:
         self.stats["gets"] += 1
