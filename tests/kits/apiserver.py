@@ -40,9 +40,10 @@ What it serves, as kube-apiserver does:
 * list (all namespaces or one) with ``metadata.resourceVersion``; ``labelSelector``
   (=, ==, !=, in, notin, exists, !exists) and ``fieldSelector`` (``metadata.name``,
   ``metadata.namespace``, = == !=); ``limit``/``continue`` (pages of the current state,
-  not of a snapshot); ``resourceVersionMatch=Exact`` older than the history -> HTTP 410
-  Expired, a ``resourceVersion`` newer than the store -> 504 "Too large resource
-  version".
+  not of a snapshot); ``resourceVersionMatch=Exact`` at any version but the newest ->
+  HTTP 410 Expired (the double keeps no snapshots; the real server also serves versions
+  still in its history), a ``resourceVersion`` newer than the store -> 504 "Too large
+  resource version" at once (the real server first waits up to 3 s).
 * watch (``watch=true|1``): newline-delimited JSON events over a chunked response.
   Without ``resourceVersion`` (or with ``"0"``) a synthetic ADDED per matching object
   comes first (``sendInitialEvents=true`` ends it with a BOOKMARK annotated
@@ -60,19 +61,32 @@ What it serves, as kube-apiserver does:
   ``application/json-patch+json`` (a JSON array; an object body is 400 BadRequest as on
   the real server, which is what kubernetes_asyncio's CustomObjectsApi sends for a dict
   body unless the caller passes ``_content_type="application/merge-patch+json"``),
-  DELETE (with ``preconditions``).  Server-side apply is 415.  The main resource ignores
-  ``.status``; ``/status`` (PUT, PATCH) changes only ``.status``.  Errors carry a
-  ``Status`` body with the real reason (NotFound, AlreadyExists, Conflict, Invalid,
-  BadRequest, Unauthorized, Expired, ServiceUnavailable).
+  DELETE (with ``preconditions``), DELETE on a collection (with selectors).
+  Server-side apply is 415.  The main resource ignores ``.status``; ``/status`` (PUT,
+  PATCH) changes only ``.status``.  Errors carry a ``Status`` body with the real reason
+  (NotFound, AlreadyExists, Conflict, Invalid, BadRequest, Unauthorized, Expired,
+  ServiceUnavailable).  Namespaces are not enforced: an object may live in a namespace
+  that has no Namespace object.
 
-Test controls (safe from any thread): :meth:`create`, :meth:`update`, :meth:`patch`,
-:meth:`patch_status`, :meth:`delete`, :meth:`get`, :meth:`list_objects`;
-:meth:`expire_history` (the next watch from an older resourceVersion gets 410),
-:meth:`drop_watches` (abort every open watch connection), :meth:`end_watches` (end them
-cleanly), :meth:`set_unavailable` ("503" answers 503 ServiceUnavailable, "refuse"
-closes the listening socket, ``None`` serves again on the same port), :meth:`pause` /
-:meth:`resume` (requests hang until resumed); :meth:`requests` and :meth:`wait_for` /
-:meth:`async_wait_for` over a log of every request.
+Test controls (safe from any thread; none may be called on the double's own loop):
+
+* objects: :meth:`create` (keeps ``.status``), :meth:`update`, :meth:`patch`,
+  :meth:`patch_status`, :meth:`delete`, :meth:`get`, :meth:`try_get`,
+  :meth:`list_objects`, :attr:`resource_version`;
+* watches: :meth:`expire_history` (the next watch from an older resourceVersion gets
+  410), :meth:`drop_watches` (abort every open watch connection), :meth:`end_watches`
+  (end them cleanly), :attr:`open_watches`, :attr:`open_connections`;
+* failures: :meth:`set_unavailable` ("503" answers 503 ServiceUnavailable, "refuse"
+  closes the listening socket and cuts connections on their next request, ``None``
+  serves again on the same port), :meth:`pause` / :meth:`resume` (requests hang until
+  resumed); ``tokens`` is the set of accepted bearer tokens (edit it to rotate);
+* observing: :meth:`requests` (the log, filtered by verb, method, path, status, time),
+  :meth:`wait_for` / :meth:`async_wait_for` (a condition re-checked at every request and
+  change), :meth:`wait_for_object`, :meth:`async_wait_disconnected`; ``errors`` lists
+  the double's own unexpected exceptions (the ``apiserver`` fixture asserts it empty).
+
+``stop()`` then ``start()`` restarts the server on the same port with the same CA and
+the same objects (an API-server restart as a client sees it).
 
 Bounds: request bodies at most 3 MiB (the real server's limit), the event history
 ``history_size`` events, the request log ``log_size`` entries, at most ``max_watches``
@@ -449,7 +463,9 @@ class Request:
     """One request as the double saw it."""
 
     method: str  # HTTP method: GET, POST, PUT, PATCH, DELETE
-    verb: str  # Kubernetes verb: get, list, watch, create, update, patch, delete, discovery
+    # Kubernetes verb: get, list, watch, create, update, patch, delete, deletecollection,
+    # or discovery
+    verb: str
     path: str
     query: dict[str, str]
     body: Any  # parsed JSON, or None
@@ -575,6 +591,8 @@ class ApiServerDouble:
         bookmark_interval: float = 1.0,
         max_watches: int = 256,
     ) -> None:
+        if history_size < 1 or log_size < 1:
+            raise ValueError("history_size and log_size must be at least 1")
         omitted = set(omit)
 
         def kept(r: Resource) -> bool:
@@ -623,7 +641,7 @@ class ApiServerDouble:
         return f"{'https' if self.tls else 'http'}://{LOCALHOST}:{self.port}"
 
     def start(self) -> ApiServerDouble:
-        if self.tls:
+        if self.tls and not self.ca_pem:  # a restart keeps the CA clients already trust
             self.ca_pem, self._cert_pem, self._key_pem = _make_pki([LOCALHOST, "localhost"])
         loop = asyncio.new_event_loop()
         self._loop = loop
@@ -712,8 +730,17 @@ class ApiServerDouble:
         if self._paused is not None:
             self._paused.set()
         if self._runner is not None:
+            # Cut every connection, as a stopped server does: a graceful TLS close would
+            # still be waiting for the client's close_notify when this loop closes, and
+            # leak its socket.
+            server = self._runner.server
+            for handler in list(server.connections) if server is not None else []:
+                if handler.transport is not None:
+                    handler.transport.abort()
             await self._runner.cleanup()
             self._runner = None
+            for _ in range(3):  # let the aborted transports run connection_lost
+                await asyncio.sleep(0)
 
     def _on_loop(self, fn: Callable[[], Any]) -> None:
         """Run ``fn`` on the server loop and wait for it (from any other thread)."""
@@ -801,55 +828,72 @@ class ApiServerDouble:
             return self._rv
 
     def create(self, obj: Obj) -> Obj:
-        """Create ``obj`` (status kept, unlike an HTTP create); returns the stored copy."""
+        """Create ``obj`` (status kept, unlike an HTTP create); returns the stored copy.
+
+        Here and below, a namespaced object without a namespace is in "default", and
+        returned objects carry the ``apiVersion`` of the resource's first served version.
+        """
         res = self._resource_of(obj)
-        ns = obj.get("metadata", {}).get("namespace", "default" if res.namespaced else "")
-        return self._create(res, ns, obj, keep_status=True)
+        ns = obj.get("metadata", {}).get("namespace")
+        return self._out(res, self._create(res, self._ns(res, ns), obj, keep_status=True))
 
     def update(self, obj: Obj) -> Obj:
         """Replace ``obj`` (spec and status) without a resourceVersion check."""
         res = self._resource_of(obj)
         meta = obj.get("metadata", {})
-        ns = meta.get("namespace", "default" if res.namespaced else "")
         body = copy.deepcopy(obj)
         body["metadata"].pop("resourceVersion", None)
-        return self._update(res, ns, meta["name"], body, part="all")
+        ns = self._ns(res, meta.get("namespace"))
+        return self._out(res, self._update(res, ns, meta["name"], body, part="all"))
 
-    def patch(self, group: str, plural: str, name: str, patch: Obj, *, namespace: str = "") -> Obj:
+    def patch(
+        self, group: str, plural: str, name: str, patch: Obj, *, namespace: str | None = None
+    ) -> Obj:
         """Merge-patch an object (all of it, status included)."""
         res = self.resource(group, plural)
+        ns = self._ns(res, namespace)
         with self._lock:
-            cur = self._get(res, namespace, name)
-            return self._update(res, namespace, name, merge_patch(cur, patch), part="all")
+            new = merge_patch(self._get(res, ns, name), patch)
+            return self._out(res, self._update(res, ns, name, new, part="all"))
 
     def patch_status(
-        self, group: str, plural: str, name: str, status: Obj, *, namespace: str = ""
+        self, group: str, plural: str, name: str, status: Obj, *, namespace: str | None = None
     ) -> Obj:
         """Merge-patch ``.status`` of an object."""
         return self.patch(group, plural, name, {"status": status}, namespace=namespace)
 
-    def delete(self, group: str, plural: str, name: str, *, namespace: str = "") -> Obj:
-        return self._delete(self.resource(group, plural), namespace, name, None)
+    def delete(self, group: str, plural: str, name: str, *, namespace: str | None = None) -> Obj:
+        res = self.resource(group, plural)
+        return self._out(res, self._delete(res, self._ns(res, namespace), name, None))
 
-    def get(self, group: str, plural: str, name: str, *, namespace: str = "") -> Obj:
+    def get(self, group: str, plural: str, name: str, *, namespace: str | None = None) -> Obj:
         res = self.resource(group, plural)
         with self._lock:
-            return copy.deepcopy(self._get(res, namespace, name))
+            return self._out(res, copy.deepcopy(self._get(res, self._ns(res, namespace), name)))
 
-    def try_get(self, group: str, plural: str, name: str, *, namespace: str = "") -> Obj | None:
+    def try_get(
+        self, group: str, plural: str, name: str, *, namespace: str | None = None
+    ) -> Obj | None:
         try:
             return self.get(group, plural, name, namespace=namespace)
         except ApiError:
             return None
 
     def list_objects(self, group: str, plural: str, *, namespace: str | None = None) -> list[Obj]:
+        """Every stored object of a resource (in all namespaces unless one is given)."""
+        res = self.resource(group, plural)
         with self._lock:
-            objs = self._objects.get((group, plural), {})
             return [
-                copy.deepcopy(o)
-                for (ns, _), o in sorted(objs.items())
+                self._out(res, copy.deepcopy(o))
+                for (ns, _), o in sorted(self._bucket(res).items())
                 if namespace is None or ns == namespace
             ]
+
+    @staticmethod
+    def _ns(res: Resource, namespace: str | None) -> str:
+        if not res.namespaced:
+            return ""
+        return "default" if namespace is None else namespace
 
     def wait_for_object(
         self,
@@ -858,7 +902,7 @@ class ApiServerDouble:
         name: str,
         condition: Callable[[Obj], Any],
         *,
-        namespace: str = "",
+        namespace: str | None = None,
         within: float = 5.0,
     ) -> Obj:
         """Block until the object exists and ``condition(obj)`` is truthy; returns it.
@@ -968,14 +1012,15 @@ class ApiServerDouble:
     ) -> list[Request]:
         """Logged requests that match every given filter.
 
-        ``verb`` matches the Kubernetes verb or the HTTP method, case-insensitive
-        ("patch" and "PATCH" are the same; "list" and "watch" are GETs, and so is "get").
+        ``verb`` in capitals is an HTTP method ("PATCH", "GET": list, watch, get and
+        discovery alike); in lower case a Kubernetes verb ("get", "list", "watch",
+        "create", "update", "patch", "delete", "deletecollection", "discovery").
         """
         with self._lock:
             log = list(self._log)
         out = []
         for r in log:
-            if verb is not None and verb.lower() not in (r.verb, r.method.lower()):
+            if verb is not None and verb != (r.method if verb.isupper() else r.verb):
                 continue
             if method is not None and r.method != method.upper():
                 continue
@@ -1245,9 +1290,7 @@ class ApiServerDouble:
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         query = dict(request.query)
-        verb = _METHOD_VERBS.get(request.method, request.method.lower())
-        if verb == "get" and _go_bool(query.get("watch")):
-            verb = "watch"
+        verb = _guess_verb(request.method, request.path, query)  # for requests that fail
         body: Any = None
         status: int | None = None
         try:
@@ -1336,6 +1379,22 @@ class ApiServerDouble:
                     raise NO_RESOURCE
                 obj = self._create(res, ns_key, body, keep_status=False)
                 return "create", web.json_response(self._out(res, obj), status=201)
+            if method == "DELETE":
+                matches = self._matcher(res, query)
+                with self._lock:
+                    doomed = [
+                        key
+                        for key, o in sorted(self._bucket(res).items())
+                        if (ns is None or key[0] == ns) and matches(o)
+                    ]
+                    gone = [self._out(res, self._delete(res, *key, None)) for key in doomed]
+                    listed = {
+                        "apiVersion": res.group_version,
+                        "kind": f"{res.kind}List",
+                        "metadata": {"resourceVersion": str(self._rv)},
+                        "items": gone,
+                    }
+                return "deletecollection", web.json_response(listed)
             raise ApiError(405, "MethodNotAllowed", f"{method} is not supported on a collection")
         part = "status" if sub == "status" else "main"
         if method == "GET":
@@ -1474,6 +1533,13 @@ class ApiServerDouble:
         rv_q = query.get("resourceVersion", "")
         bookmarks = _go_bool(query.get("allowWatchBookmarks"))
         initial_end = _go_bool(query.get("sendInitialEvents"))
+        if initial_end and (not bookmarks or query.get("resourceVersionMatch") != "NotOlderThan"):
+            raise ApiError(
+                422,
+                "Invalid",
+                "sendInitialEvents: Forbidden: sendInitialEvents requires "
+                "allowWatchBookmarks=true and resourceVersionMatch=NotOlderThan",
+            )
         timeout = float(query["timeoutSeconds"]) if query.get("timeoutSeconds") else None
         key = (res.group, res.plural)
 
@@ -1485,7 +1551,8 @@ class ApiServerDouble:
         with self._lock:
             if len(self._watches) >= self.max_watches:
                 raise ApiError(429, "TooManyRequests", "too many open watches")
-            if rv_q in ("", "0"):
+            if rv_q in ("", "0") or initial_end:
+                # The current state as synthetic ADDED events, then changes after it.
                 cursor = self._rv
                 first = [
                     {"type": "ADDED", "object": self._out(res, copy.deepcopy(o))}
@@ -1661,6 +1728,29 @@ class ApiServerDouble:
             "groupVersion": served[0].group_version,
             "resources": resources,
         }
+
+
+def _guess_verb(method: str, path: str, query: Mapping[str, str]) -> str:
+    """The Kubernetes verb of a request, from its method and path alone."""
+    parts = [p for p in path.split("/") if p]
+    if parts and parts[0] == "api":
+        rest = parts[2:]
+    elif parts and parts[0] == "apis":
+        rest = parts[3:]
+    else:
+        rest = []
+    if not rest:
+        return "discovery" if method == "GET" else method.lower()
+    if len(rest) >= 3 and rest[0] == "namespaces" and rest[2] not in ("status", "finalize"):
+        rest = rest[2:]
+    collection = len(rest) == 1
+    if method == "GET":
+        if _go_bool(query.get("watch")):
+            return "watch"
+        return "list" if collection else "get"
+    if method == "DELETE" and collection:
+        return "deletecollection"
+    return _METHOD_VERBS.get(method, method.lower())
 
 
 def _request_record(

@@ -176,7 +176,9 @@ def test_requests_without_the_token_get_401(apiserver: ApiServerDouble) -> None:
 
     run(main())
     refused = apiserver.requests(status=401)
-    assert len(refused) == 2 and all(r.verb == "get" for r in refused)
+    assert len(refused) == 2 and all(r.verb == "list" for r in refused)
+    assert len(apiserver.requests(verb="list")) == 3
+    assert len(apiserver.requests(verb="GET")) == 3 and apiserver.requests(verb="get") == []
 
 
 def test_kubeconfig_file_and_in_cluster_files_are_accepted_by_the_loaders(
@@ -989,3 +991,93 @@ def test_resource_version_match_needs_a_resource_version(apiserver: ApiServerDou
             )
 
     run(main())
+
+
+def test_delete_collection_and_a_restart_on_the_same_port() -> None:
+    with ApiServerDouble() as api:
+        for i, app in enumerate(("a", "a", "b")):
+            api.create(
+                {
+                    "apiVersion": "v1",
+                    "kind": "ConfigMap",
+                    "metadata": {"name": f"c{i}", "namespace": "default", "labels": {"app": app}},
+                }
+            )
+
+        async def main() -> list[str]:
+            async with kube(api) as ac:
+                core = client.CoreV1Api(ac)
+                await core.delete_collection_namespaced_config_map(
+                    "default", label_selector="app=a"
+                )
+                names = [
+                    c.metadata.name
+                    for c in (await core.list_namespaced_config_map("default")).items
+                ]
+                port = api.port
+                await asyncio.to_thread(api.stop)
+                with pytest.raises(aiohttp.ClientError):
+                    await core.list_namespaced_config_map("default")
+                await asyncio.to_thread(api.start)
+                assert api.port == port
+                # The same kubeconfig (CA, token) works after the restart; objects remain.
+                after = await core.list_namespaced_config_map("default")
+                assert [c.metadata.name for c in after.items] == names
+                return names
+
+        assert run(main()) == ["c2"]
+        assert [r.status for r in api.requests(verb="deletecollection")] == [200]
+
+
+def test_send_initial_events_ends_the_initial_state_with_a_bookmark(
+    apiserver: ApiServerDouble,
+) -> None:
+    apiserver.create({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c0"}})
+
+    async def main() -> list[tuple[str, Any]]:
+        async with kube(apiserver) as ac:
+            core = client.CoreV1Api(ac)
+            await expect_api_error(
+                core.list_namespaced_config_map("default", watch=True, send_initial_events=True),
+                422,
+            )
+            out: list[tuple[str, Any]] = []
+            w = watch.Watch()
+            async for ev in w.stream(
+                core.list_namespaced_config_map,
+                "default",
+                send_initial_events=True,
+                resource_version_match="NotOlderThan",
+                allow_watch_bookmarks=True,
+                timeout_seconds=2,
+            ):
+                meta = ev["raw_object"]["metadata"]
+                out.append((ev["type"], meta.get("name") or meta.get("annotations")))
+                if ev["type"] == "BOOKMARK":
+                    w.stop()
+            await w.close()
+            return out
+
+    assert run(main()) == [
+        ("ADDED", "c0"),
+        ("BOOKMARK", {"k8s.io/initial-events-end": "true"}),
+    ]
+
+
+def test_test_side_controls_default_the_namespace_and_name_the_api_version(
+    apiserver: ApiServerDouble,
+) -> None:
+    made = apiserver.create(
+        {"apiVersion": f"{GW}/v1beta1", "kind": "HTTPRoute", "metadata": {"name": "r"}}
+    )
+    assert made["metadata"]["namespace"] == "default"
+    got = apiserver.get(GW, "httproutes", "r")
+    assert got["apiVersion"] == f"{GW}/v1" and got["kind"] == "HTTPRoute"
+    apiserver.patch_status(GW, "httproutes", "r", {"parents": []})
+    assert apiserver.get(GW, "httproutes", "r")["metadata"]["generation"] == 1
+    assert [o["metadata"]["name"] for o in apiserver.list_objects(GW, "httproutes")] == ["r"]
+    assert apiserver.list_objects(GW, "httproutes", namespace="other") == []
+    apiserver.delete(GW, "httproutes", "r")
+    assert apiserver.try_get(GW, "httproutes", "r") is None
+    with pytest.raises(ValueError):
+        ApiServerDouble(history_size=0)
