@@ -1,8 +1,8 @@
 """The one-way configuration flow: source -> model -> status -> compiled snapshot.
 
 The pipeline keeps what must survive a reload (object generations, Gateway addresses,
-the snapshot generation) and nothing else.  It runs off the hot path; the data plane only
-ever sees the ``Snapshot`` it returns.
+the statuses' condition times, the snapshot generation) and nothing else.  It runs off
+the hot path; the data plane only ever sees the ``Snapshot`` it returns.
 """
 
 from __future__ import annotations
@@ -11,12 +11,13 @@ import datetime
 import errno
 import socket
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from gatewayd.routing.compile.compiler import compile_snapshot
 from gatewayd.routing.config.load import ConfigLimits, LoadResult
-from gatewayd.routing.control.bindings import Resolution
+from gatewayd.routing.control.bindings import ObjectStatus, Resolution
+from gatewayd.routing.control.conditions import keep_transition_times
 from gatewayd.routing.control.resolve import resolve
 from gatewayd.routing.snapshot.compiled import Snapshot
 
@@ -72,6 +73,8 @@ class ConfigPipeline:
         self.address_pool = address_pool
         self._generations: Mapping[tuple[str, str, str], tuple[str, int]] | None = None
         self._addresses: Mapping[tuple[str, str], str] | None = None
+        # (kind, namespace, name) -> the serving status: its conditions' times carry over.
+        self._statuses: Mapping[tuple[str, str, str], Mapping[str, object]] = {}
         self.snapshot_generation = 0
 
     def build(self) -> Built:
@@ -89,6 +92,7 @@ class ConfigPipeline:
             is_local_address=is_local_address,
             now=utc_now(),
         )
+        resolution = replace(resolution, statuses=self._keep_times(resolution.statuses))
         snapshot = compile_snapshot(resolution, generation=self.snapshot_generation + 1)
         return Built(load=loaded, resolution=resolution, snapshot=snapshot)
 
@@ -96,4 +100,21 @@ class ConfigPipeline:
         """Remember a build that is now serving (its generations and addresses)."""
         self._generations = built.load.generations
         self._addresses = built.resolution.gateway_addresses
+        self._statuses = {
+            (s.kind, s.namespace, s.name): s.status for s in built.resolution.statuses
+        }
         self.snapshot_generation = built.snapshot.generation
+
+    def _keep_times(self, statuses: tuple[ObjectStatus, ...]) -> tuple[ObjectStatus, ...]:
+        """``statuses`` with the serving statuses' ``lastTransitionTime`` on every condition
+        whose status did not change (metav1.Condition): a reload re-resolves everything
+        at a new ``now``, and only a transition may show a new time."""
+        if not self._statuses:
+            return statuses
+        kept: list[ObjectStatus] = []
+        for status in statuses:
+            before = self._statuses.get((status.kind, status.namespace, status.name))
+            if before is not None:
+                status = replace(status, status=keep_transition_times(status.status, before))
+            kept.append(status)
+        return tuple(kept)

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from gatewayd.routing.control.bindings import ObjectStatus
+from gatewayd.routing.control.conditions import keep_condition_times
 
 __all__ = [
     "SHARED_LISTS",
@@ -82,24 +83,6 @@ def _dicts(value: object) -> list[Mapping[str, object]]:
     return [item for item in value if isinstance(item, Mapping)]
 
 
-def _keep_transition_times(computed: object, live: object) -> object:
-    """``computed`` conditions (a list), each with the live lastTransitionTime when the
-    live condition of its type has the same status."""
-    live_by_type = {c.get("type"): c for c in _dicts(live)}
-    out: list[object] = []
-    for cond in _dicts(computed):
-        c = dict(cond)
-        before = live_by_type.get(c.get("type"))
-        if (
-            before is not None
-            and before.get("status") == c.get("status")
-            and isinstance(before.get("lastTransitionTime"), str)
-        ):
-            c["lastTransitionTime"] = before["lastTransitionTime"]
-        out.append(c)
-    return out
-
-
 def _with_times(
     entry: Mapping[str, object], live: Mapping[str, object] | None
 ) -> dict[str, object]:
@@ -107,8 +90,8 @@ def _with_times(
     ``conditions`` keep the live transition times."""
     out = dict(entry)
     if "conditions" in out:
-        out["conditions"] = _keep_transition_times(
-            out["conditions"], None if live is None else live.get("conditions")
+        out["conditions"] = keep_condition_times(
+            _dicts(out["conditions"]), None if live is None else live.get("conditions")
         )
     return out
 
@@ -180,7 +163,7 @@ def desired_status(
     for name in owned:
         value = copy.deepcopy(ours.status.get(name))
         if name == "conditions":
-            value = _keep_transition_times(value, live_status.get("conditions"))
+            value = keep_condition_times(_dicts(value), live_status.get("conditions"))
         elif name == "listeners":
             live_listeners = {ls.get("name"): ls for ls in _dicts(live_status.get("listeners"))}
             value = [_with_times(ls, live_listeners.get(ls.get("name"))) for ls in _dicts(value)]
