@@ -49,6 +49,7 @@ from gatewayd.routing.config.validate.policies import (
     parse_backend_tls_policy,
     parse_reference_grant,
 )
+from gatewayd.routing.config.validate.rejected import rejected_object
 from gatewayd.routing.config.validate.routes import (
     parse_grpc_route,
     parse_http_route,
@@ -422,6 +423,7 @@ class _Loading:
         self.seen: dict[GenerationKey, m.Source] = {}
         self.generations: dict[GenerationKey, tuple[str, int]] = {}
         self.objects: dict[m.Kind, list[object]] = {k: [] for k in m.Kind}
+        self.rejected: list[m.RejectedObject] = []
 
     def problem(
         self,
@@ -561,10 +563,16 @@ class _Loading:
         ) or reader.Obj.empty("", issues)
         digest = spec_digest(doc.data)
         generation = self._generation(key, digest, meta_read.generation)
-        obj = info.parse(meta_read.meta(generation=generation, source=source), doc, version)
+        meta = meta_read.meta(generation=generation, source=source)
+        obj = info.parse(meta, doc, version)
         if issues.items:
             for path, message in issues.items:
                 self.problem(source, message, path=reader.join(prefix, path), **who)
+            # Kept for its own status (control.rejected): "an invalid object is reported
+            # in its own status and skipped; the rest keeps serving" (issue 13).
+            record = rejected_object(info.kind, meta, data, issues.items, admitted=self.admitted)
+            if record is not None:
+                self.rejected.append(record)
             # A rejected update keeps the generation it had (the API server would not
             # have stored it), so fixing it later counts as one change.
             if key in self.previous:
@@ -610,6 +618,7 @@ class _Loading:
             config_maps=of(m.Kind.CONFIG_MAP, m.ConfigMap),
             pods=of(m.Kind.POD, m.Pod),
             backend_tls_policies=of(m.Kind.BACKEND_TLS_POLICY, m.BackendTLSPolicy),
+            rejected=tuple(self.rejected),
         )
         return _with_implied_namespaces(config)
 
