@@ -279,8 +279,19 @@ def test_an_invalid_gateway_of_ours_is_not_accepted_and_serves_nothing() -> None
     assert status_of(res, "Gateway", "foreign-bad") is None
     # Nothing is bound for it; the valid Gateway beside it is.
     assert {b.gateway_name for b in res.listeners} == {"gw"}
-    # A route naming the rejected Gateway: it exists, so no "not found" problem.
+    # A route naming the rejected Gateway: it exists, so no "not found" problem, and the
+    # route is told it has no listener to attach to (its references still resolve).
     assert not [p for p in res.problems if "not found" in p.message], res.problems
+    to_bad = status_of(res, "HTTPRoute", "to-bad")
+    assert to_bad is not None
+    [parent] = to_bad.status["parents"]  # type: ignore[misc]
+    conds = conditions(parent)
+    assert (conds["Accepted"]["status"], conds["Accepted"]["reason"]) == (
+        "False",
+        "NoMatchingParent",
+    )
+    assert "default/bad is invalid" in conds["Accepted"]["message"]
+    assert conds["ResolvedRefs"]["status"] == "True"
 
 
 def test_a_gateway_whose_class_cannot_be_read_is_not_reported() -> None:

@@ -132,6 +132,7 @@ def resolve(
         check_refs=resolve_route_refs,
         check_values=route_value_problem,
     )
+    refused_gateways = rejected_gateways(config, ours_classes)
     for route in routes:
         parents = route_parents(
             route,
@@ -143,6 +144,7 @@ def resolve(
             problems,
             resolver,
             backends,
+            refused_gateways,
         )
         parents.extend(mesh.parents.get(route_id(route), ()))
         if parents:
@@ -177,7 +179,7 @@ def resolve(
         rejected_statuses(
             config,
             ours_classes=ours_classes,
-            gateway_keys=states.keys() | rejected_gateways(config, ours_classes),
+            gateway_keys=states.keys() | refused_gateways,
             grants=grants,
             policy_gateways=policy_gateways,
             controller_name=controller_name,
