@@ -371,3 +371,25 @@ def test_check_lists_a_rejected_route_like_any_other() -> None:
     assert rejected
     row = next(line for line in text.splitlines() if line.startswith("HTTPRoute default/bad"))
     assert row.split()[-3:] == ["False(UnsupportedValue)", "-", "-"], text
+
+
+def test_one_status_per_object_when_a_file_defines_a_name_twice() -> None:
+    # Invalid metadata is not remembered as a definition, so the valid one after loads
+    # too: the valid definition owns the status.
+    bad = route("dup", path="no-slash", generation=0)
+    loaded, res = resolved([gateway_class(), gateway(), service(), bad, route("dup")])
+    assert loaded.config.rejected == ()
+    st = status_of(res, "HTTPRoute", "dup")
+    assert st is not None
+    [parent] = st.status["parents"]  # type: ignore[misc]
+    assert conditions(parent)["Accepted"]["status"] == "True"
+    # A refused first definition owns the name; the later one is "already defined".
+    loaded, res = resolved(
+        [gateway_class(), gateway(), service(), route("dup", path="x"), route("dup")]
+    )
+    assert [r.meta.name for r in loaded.config.rejected] == ["dup"]
+    assert any("already defined" in p.message for p in loaded.problems)
+    st = status_of(res, "HTTPRoute", "dup")
+    assert st is not None
+    [parent] = st.status["parents"]  # type: ignore[misc]
+    assert conditions(parent)["Accepted"]["reason"] == "UnsupportedValue"

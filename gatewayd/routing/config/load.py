@@ -49,7 +49,7 @@ from gatewayd.routing.config.validate.policies import (
     parse_backend_tls_policy,
     parse_reference_grant,
 )
-from gatewayd.routing.config.validate.rejected import rejected_object
+from gatewayd.routing.config.validate.rejected import STATUS_KINDS, rejected_object
 from gatewayd.routing.config.validate.routes import (
     parse_grpc_route,
     parse_http_route,
@@ -598,6 +598,24 @@ class _Loading:
             for label, count in self.skipped.items()
         )
 
+    def _rejected(self) -> tuple[m.RejectedObject, ...]:
+        """One record per object.  A later definition of a name is refused before it is
+        read ("already defined"), but one whose metadata was invalid is not remembered:
+        a valid definition, or else the first refused one, owns the object's status."""
+        taken: set[GenerationKey] = set()
+        for kind in STATUS_KINDS:
+            for obj in self.objects[kind]:
+                meta = getattr(obj, "meta", None)
+                if isinstance(meta, m.Meta):
+                    taken.add((kind.value, meta.namespace, meta.name))
+        out: list[m.RejectedObject] = []
+        for record in self.rejected:
+            key = (record.kind.value, record.meta.namespace, record.meta.name)
+            if key not in taken:
+                taken.add(key)
+                out.append(record)
+        return tuple(out)
+
     def config(self) -> m.Config:
         objs = self.objects
 
@@ -618,7 +636,7 @@ class _Loading:
             config_maps=of(m.Kind.CONFIG_MAP, m.ConfigMap),
             pods=of(m.Kind.POD, m.Pod),
             backend_tls_policies=of(m.Kind.BACKEND_TLS_POLICY, m.BackendTLSPolicy),
-            rejected=tuple(self.rejected),
+            rejected=self._rejected(),
         )
         return _with_implied_namespaces(config)
 
