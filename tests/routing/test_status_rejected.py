@@ -12,7 +12,12 @@ from gatewayd.checkcli import format_check
 from gatewayd.routing.compile.compiler import compile_snapshot
 from gatewayd.routing.config import model as m
 from gatewayd.routing.config.load import LoadResult, load_documents, load_objects
-from gatewayd.routing.config.validate.rejected import MAX_MESSAGE_CHARS, MAX_MESSAGES
+from gatewayd.routing.config.validate.rejected import (
+    MAX_MESSAGE_CHARS,
+    MAX_MESSAGES,
+    MAX_PARENT_REFS,
+    rejected_object,
+)
 from gatewayd.routing.control.bindings import ObjectStatus, Resolution
 from gatewayd.routing.control.resolve import resolve
 
@@ -393,3 +398,16 @@ def test_one_status_per_object_when_a_file_defines_a_name_twice() -> None:
     assert st is not None
     [parent] = st.status["parents"]  # type: ignore[misc]
     assert conditions(parent)["Accepted"]["reason"] == "UnsupportedValue"
+
+
+def test_the_record_of_a_refused_object_is_bounded() -> None:
+    data = route("bad", parents=[{"name": f"gw{i}"} for i in range(1000)])
+    issues = [("spec.rules", "x" * 100_000)] * 1000
+    record = rejected_object(
+        m.Kind.HTTP_ROUTE, m.Meta(namespace="default", name="bad"), data, issues, admitted=True
+    )
+    assert record is not None
+    assert len(record.parent_refs) == MAX_PARENT_REFS
+    assert len(record.messages) == MAX_MESSAGES and record.more == 1000 - MAX_MESSAGES
+    assert all(len(msg) == MAX_MESSAGE_CHARS for msg in record.messages)
+    assert record.messages[0].startswith("spec.rules: xxx") and record.messages[0].endswith("...")
