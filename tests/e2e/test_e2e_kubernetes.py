@@ -224,6 +224,31 @@ def test_an_invalid_object_is_skipped_and_the_rest_serves(env: Env) -> None:
     assert status_code(env.port, "bad.example") == 404
     out = env.daemon.output()
     assert "k8s:HTTPRoute/default/bad-path:0: HTTPRoute default/bad-path" in out
+    # The object validation refused is reported in its own status: PATCHed to the API
+    # server (this replica leads), Accepted False with validation's message.  (Waited
+    # for first: the statuses are published just after the new table serves.)
+    written = env.api.wait_for_object(
+        GW,
+        "httproutes",
+        "bad-path",
+        lambda o: o.get("status", {}).get("parents"),
+        namespace="default",
+    )
+    [written_parent] = written["status"]["parents"]
+    assert written_parent["parentRef"]["name"] == "gw"
+    assert written_parent["controllerName"] == "gatewayd.dev/gateway-controller"
+    [cond] = written_parent["conditions"]
+    assert (cond["type"], cond["status"], cond["reason"]) == (
+        "Accepted",
+        "False",
+        "UnsupportedValue",
+    )
+    assert cond["observedGeneration"] == written["metadata"]["generation"]
+    assert "spec.rules[0].matches[0].path.value" in cond["message"], cond
+    assert env.api.requests(verb="patch", path_contains="/httproutes/bad-path/status")
+    # The same on every replica's /status.
+    [admin_parent] = env.daemon.status_of("HTTPRoute", "bad-path")["parents"]
+    assert admin_parent["conditions"][0]["message"] == cond["message"]
     parent = env.daemon.status_of("HTTPRoute", "bad-regex")["parents"][0]
     accepted = {c["type"]: c for c in parent["conditions"]}["Accepted"]
     assert (accepted["status"], accepted["reason"]) == ("False", "UnsupportedValue")

@@ -67,6 +67,12 @@ def env(module_echoes, module_gatewayd) -> Env:  # type: ignore[no-untyped-def]
             hostnames=["broken.example"],
         ),
         http_route("on-pooled", [rule(backends=[backend_ref("echo-v1")])], parent="pooled"),
+        # Refused by validation (a PathPrefix starts with "/"): reported, never served.
+        http_route(
+            "invalid",
+            [rule(matches=[match("no-slash")], backends=[backend_ref("echo-v1")])],
+            hostnames=["invalid.example"],
+        ),
     ]
     daemon = module_gatewayd(docs, args=["--address-pool", str(POOL_NET)])
     return Env(daemon, port, pooled_port)
@@ -112,6 +118,16 @@ def test_route_parent_status(env: Env) -> None:
     assert parent["controllerName"] == "gatewayd.dev/gateway-controller"
     assert_condition(parent, "Accepted", "True")
     assert_condition(parent, "ResolvedRefs", "True")
+
+
+def test_an_invalid_route_is_reported_in_its_own_status_and_not_served(env: Env) -> None:
+    [parent] = env.daemon.status_of("HTTPRoute", "invalid")["parents"]
+    assert parent["parentRef"]["name"] == "gw"
+    assert_condition(parent, "Accepted", "False", "UnsupportedValue")
+    [accepted] = [c for c in parent["conditions"] if c["type"] == "Accepted"]
+    assert "spec.rules[0].matches[0].path.value" in accepted["message"], accepted
+    # Not attached (attachedRoutes counts good and broken only) and not served.
+    assert request(env.port, "/", host="invalid.example").status == 404
 
 
 def test_missing_backend_reported_and_answered_500(env: Env) -> None:
@@ -245,6 +261,9 @@ def test_check_invalid_directory(tmp_path: Path) -> None:
     pattern = re.escape(str(bad)) + r":1: HTTPRoute default/bad-route: spec\.rules\S*: \S"
     relative = r"\S*bad\.yaml:1: HTTPRoute default/bad-route: spec\.rules\S*: \S"
     assert re.search(pattern, out) or re.search(relative, out), out
+    # The table lists the refused route like any other object, not accepted.
+    row = re.search(r"^HTTPRoute default/bad-route -> default/web +(\S+)", proc.stdout, re.M)
+    assert row is not None and row.group(1) == "False(UnsupportedValue)", proc.stdout
 
 
 def test_check_missing_path_fails(tmp_path: Path) -> None:

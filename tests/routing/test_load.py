@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -333,7 +334,12 @@ def test_wrong_types_never_raise(kind: str, spec: object) -> None:
     # safe_dump keeps the integer key of one case an integer in the YAML.
     result = load_text(yaml.safe_dump(doc))
     assert result.problems, "every one of these specs is invalid"
-    assert result.config == m.Config()
+    # Nothing loads; a kind whose status gatewayd writes is kept as rejected, alone.
+    assert replace(result.config, rejected=()) == m.Config()
+    reported = kind in ("Gateway", "HTTPRoute", "GRPCRoute", "TLSRoute")
+    assert [(r.kind.value, r.meta.name) for r in result.config.rejected] == (
+        [(kind, "x")] if reported else []
+    )
     for p in result.problems:
         assert p.source == m.Source(file="f.yaml", index=0)
         assert p.kind == kind and p.name == "x" and p.message

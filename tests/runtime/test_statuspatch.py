@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import copy
 
+import yaml
+
+from gatewayd.routing.config.load import load_documents
 from gatewayd.routing.control.bindings import ObjectStatus
 from gatewayd.routing.control.conditions import condition
+from gatewayd.routing.control.resolve import resolve
 from gatewayd.runtime.kube.statuspatch import status_patch
 
 OURS = "gatewayd.dev/gateway-controller"
@@ -294,3 +298,43 @@ def test_gateway_class_status_with_supported_features() -> None:
     assert body is not None
     assert body["status"] == dict(ours.status)
     assert status_patch(ours, merge(live, body), controller_name=OURS) is None  # type: ignore[arg-type]
+
+
+def test_a_refused_gateway_is_written_not_accepted_without_listeners_or_addresses() -> None:
+    docs = [
+        {
+            "apiVersion": "gateway.networking.k8s.io/v1",
+            "kind": "GatewayClass",
+            "metadata": {"name": "gatewayd"},
+            "spec": {"controllerName": OURS},
+        },
+        {
+            "apiVersion": "gateway.networking.k8s.io/v1",
+            "kind": "Gateway",
+            "metadata": {"name": "gw", "namespace": "default", "generation": 2},
+            "spec": {
+                "gatewayClassName": "gatewayd",
+                "listeners": [{"name": "http", "port": 0, "protocol": "HTTP"}],
+            },
+        },
+    ]
+    loaded = load_documents([("f.yaml", yaml.safe_dump_all(docs))])
+    res = resolve(loaded.config, controller_name=OURS, now=T1)
+    [ours] = [s for s in res.statuses if s.kind == "Gateway"]
+    # The live object still says what the valid generation 1 was.
+    live = live_obj(gateway_status(T0).status, gen=2)
+    live["kind"] = "Gateway"
+    patch = status_patch(ours, live, controller_name=OURS)
+    assert patch is not None
+    status = patch["status"]
+    assert isinstance(status, dict)
+    assert status["addresses"] is None  # removed: nothing is bound
+    assert status["listeners"] == []
+    conds = {c["type"]: c for c in status["conditions"]}
+    assert [(c["status"], c["reason"]) for c in conds.values()] == [("False", "Invalid")] * 2
+    assert all(
+        c["observedGeneration"] == 2 and c["lastTransitionTime"] == T1 for c in conds.values()
+    )
+    after = merge(live, patch)
+    assert isinstance(after, dict)
+    assert status_patch(ours, after, controller_name=OURS) is None  # written once

@@ -49,6 +49,7 @@ from gatewayd.routing.config.validate.policies import (
     parse_backend_tls_policy,
     parse_reference_grant,
 )
+from gatewayd.routing.config.validate.rejected import STATUS_KINDS, rejected_object
 from gatewayd.routing.config.validate.routes import (
     parse_grpc_route,
     parse_http_route,
@@ -422,6 +423,7 @@ class _Loading:
         self.seen: dict[GenerationKey, m.Source] = {}
         self.generations: dict[GenerationKey, tuple[str, int]] = {}
         self.objects: dict[m.Kind, list[object]] = {k: [] for k in m.Kind}
+        self.rejected: list[m.RejectedObject] = []
 
     def problem(
         self,
@@ -561,10 +563,16 @@ class _Loading:
         ) or reader.Obj.empty("", issues)
         digest = spec_digest(doc.data)
         generation = self._generation(key, digest, meta_read.generation)
-        obj = info.parse(meta_read.meta(generation=generation, source=source), doc, version)
+        meta = meta_read.meta(generation=generation, source=source)
+        obj = info.parse(meta, doc, version)
         if issues.items:
             for path, message in issues.items:
                 self.problem(source, message, path=reader.join(prefix, path), **who)
+            # Kept for its own status (control.rejected): "an invalid object is reported
+            # in its own status and skipped; the rest keeps serving" (issue 13).
+            record = rejected_object(info.kind, meta, data, issues.items, admitted=self.admitted)
+            if record is not None:
+                self.rejected.append(record)
             # A rejected update keeps the generation it had (the API server would not
             # have stored it), so fixing it later counts as one change.
             if key in self.previous:
@@ -590,6 +598,24 @@ class _Loading:
             for label, count in self.skipped.items()
         )
 
+    def _rejected(self) -> tuple[m.RejectedObject, ...]:
+        """One record per object.  A later definition of a name is refused before it is
+        read ("already defined"), but one whose metadata was invalid is not remembered:
+        a valid definition, or else the first refused one, owns the object's status."""
+        taken: set[GenerationKey] = set()
+        for kind in STATUS_KINDS:
+            for obj in self.objects[kind]:
+                meta = getattr(obj, "meta", None)
+                if isinstance(meta, m.Meta):
+                    taken.add((kind.value, meta.namespace, meta.name))
+        out: list[m.RejectedObject] = []
+        for record in self.rejected:
+            key = (record.kind.value, record.meta.namespace, record.meta.name)
+            if key not in taken:
+                taken.add(key)
+                out.append(record)
+        return tuple(out)
+
     def config(self) -> m.Config:
         objs = self.objects
 
@@ -610,6 +636,7 @@ class _Loading:
             config_maps=of(m.Kind.CONFIG_MAP, m.ConfigMap),
             pods=of(m.Kind.POD, m.Pod),
             backend_tls_policies=of(m.Kind.BACKEND_TLS_POLICY, m.BackendTLSPolicy),
+            rejected=self._rejected(),
         )
         return _with_implied_namespaces(config)
 

@@ -595,6 +595,25 @@ class Pod:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class RejectedObject:
+    """An object of a kind whose status gatewayd writes, refused by validation.
+
+    What the API server would hold of it and the control stage needs to report it in
+    its own status (issue 13: "an invalid object is reported in its own status and
+    skipped; the rest keeps serving"): who it is, and the references that could still
+    be read, each of them valid on its own.  Nothing of it is ever served.
+    """
+
+    kind: Kind  # GATEWAY, HTTP_ROUTE, GRPC_ROUTE, TLS_ROUTE or BACKEND_TLS_POLICY
+    meta: Meta
+    messages: tuple[str, ...]  # "field.path: message", in reading order (bounded)
+    more: int = 0  # messages left out of ``messages``
+    parent_refs: tuple[ParentReference, ...] = ()  # routes
+    gateway_class_name: str | None = None  # a Gateway; None when it cannot be read
+    target_refs: tuple[PolicyTargetReference, ...] = ()  # a BackendTLSPolicy
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Config:
     """Everything that was loaded and passed validation, in file order."""
 
@@ -611,6 +630,8 @@ class Config:
     config_maps: tuple[ConfigMap, ...] = ()
     pods: tuple[Pod, ...] = ()
     backend_tls_policies: tuple[BackendTLSPolicy, ...] = ()
+    # Objects refused by validation whose own status reports it (never served).
+    rejected: tuple[RejectedObject, ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

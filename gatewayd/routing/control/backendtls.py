@@ -178,7 +178,7 @@ def applies_to(route: Route, listener: Listener) -> bool:
     return tls_mode(listener) is TLSModeType.TERMINATE
 
 
-def _route_services(route: Route) -> Iterator[ServiceKey]:
+def route_services(route: Route) -> Iterator[ServiceKey]:
     """Every Service a route sends traffic to (backendRefs and mirrors).  The caller
     passes only routes the policies apply to (``applies_to``)."""
     ns = route.meta.namespace
@@ -299,7 +299,7 @@ def _status(
     gen = meta.generation
     ancestors: list[dict[str, object]] = []
     for gw, routes in gateways:
-        used = {key for route in routes for key in _route_services(route)} & p.services
+        used = {key for route in routes for key in route_services(route)} & p.services
         if not used:
             continue
         problems = [p.target_problems[k] for k in sorted(used) if k in p.target_problems]

@@ -43,6 +43,7 @@ from gatewayd.routing.control.gateways import (
 from gatewayd.routing.control.listeners import Refs, evaluate_listeners
 from gatewayd.routing.control.mesh import resolve_mesh
 from gatewayd.routing.control.refgrant import ReferenceGrants
+from gatewayd.routing.control.rejected import rejected_gateways, rejected_statuses
 from gatewayd.routing.control.routes import (
     resolve_route_refs,
     route_id,
@@ -101,6 +102,11 @@ def resolve(
             )
     gateways.sort(key=lambda g: (g.meta.creation_timestamp, g.meta.namespace, g.meta.name))
     all_gateway_keys = {(g.meta.namespace, g.meta.name) for g in config.gateways}
+    # A rejected Gateway exists (its own status says why it serves nothing): a route
+    # naming it gets no "not found" problem.
+    all_gateway_keys.update(
+        (r.meta.namespace, r.meta.name) for r in config.rejected if r.kind == "Gateway"
+    )
 
     outcomes = allocate(
         gateways, pool=address_pool, previous=previous_addresses or {}, is_local=is_local
@@ -126,6 +132,7 @@ def resolve(
         check_refs=resolve_route_refs,
         check_values=route_value_problem,
     )
+    refused_gateways = rejected_gateways(config, ours_classes)
     for route in routes:
         parents = route_parents(
             route,
@@ -137,6 +144,7 @@ def resolve(
             problems,
             resolver,
             backends,
+            refused_gateways,
         )
         parents.extend(mesh.parents.get(route_id(route), ()))
         if parents:
@@ -154,24 +162,30 @@ def resolve(
 
     # BackendTLSPolicy: status per Gateway using a target, TLS settings per Service port.
     # Only routes whose backends a policy applies to (not TLSRoutes in Passthrough mode).
+    policy_gateways = [
+        (
+            gs.gateway,
+            [a.route for s in gs.listeners for a in s.routes if applies_to(a.route, s.listener)],
+        )
+        for gs in states.values()
+    ]
     policies = resolve_backend_tls(
-        config,
-        [
-            (
-                gs.gateway,
-                [
-                    a.route
-                    for s in gs.listeners
-                    for a in s.routes
-                    if applies_to(a.route, s.listener)
-                ],
-            )
-            for gs in states.values()
-        ],
-        controller_name=controller_name,
-        now=now,
+        config, policy_gateways, controller_name=controller_name, now=now
     )
     statuses.extend(policies.statuses)
+
+    # Objects validation refused: reported in their own status, never served.
+    statuses.extend(
+        rejected_statuses(
+            config,
+            ours_classes=ours_classes,
+            gateway_keys=states.keys() | refused_gateways,
+            grants=grants,
+            policy_gateways=policy_gateways,
+            controller_name=controller_name,
+            now=now,
+        )
+    )
 
     bindings: list[ListenerBinding] = []
     gateway_addresses: dict[tuple[str, str], str] = {}

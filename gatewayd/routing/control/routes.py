@@ -8,7 +8,7 @@ Pure module: no I/O, no clock (the caller passes ``now``).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Set
 from typing import Final
 
 from gatewayd.routing.config.model import (
@@ -282,7 +282,9 @@ def route_parents(
     problems: list[Problem],
     resolver: BackendResolver,
     backends: dict[BackendKey, BackendTarget],
+    rejected_gateways: Set[tuple[str, str]] = frozenset(),
 ) -> list[dict[str, object]]:
+    """``rejected_gateways``: our Gateways that validation refused (control.rejected)."""
     kind_name = route_kind_name(route)
     route_kind = RouteGroupKind(group=GATEWAY_GROUP, kind=kind_name)
     meta: Meta = route.meta
@@ -300,7 +302,7 @@ def route_parents(
             continue
         gw_ns = ref.namespace or ns
         gs = states.get((gw_ns, ref.name))
-        if gs is None:
+        if gs is None and (gw_ns, ref.name) not in rejected_gateways:
             if (gw_ns, ref.name) not in all_gateway_keys:
                 problems.append(
                     Problem(
@@ -318,7 +320,15 @@ def route_parents(
             continue
         if resolved is None:
             resolved = resolve_route_refs(route, resolver, backends)
-        accepted = attach_route(route, route_kind, ref, gs, labels, value_problem)
+        if gs is None:
+            # Our Gateway exists but validation refused it, so it has no listener to
+            # attach to: "there are no matching Parents" (RouteReasonNoMatchingParent).
+            accepted = failed(
+                NO_MATCHING_PARENT,
+                f"Gateway {gw_ns}/{ref.name} is invalid and has no listeners (see its status)",
+            )
+        else:
+            accepted = attach_route(route, route_kind, ref, gs, labels, value_problem)
         gen = meta.generation
         parents.append(
             {

@@ -40,19 +40,20 @@ ABSOLUTE_URI = Syntax(
 )
 
 
+def parse_policy_target_ref(o: Obj) -> m.PolicyTargetReference:
+    return m.PolicyTargetReference(
+        group=read_group(o, "", required=True),
+        kind=read_kind(o, "", required=True),
+        name=read_ref_name(o),
+        section_name=o.str_("sectionName", min_len=1, max_len=253, syntax=SECTION_NAME),
+    )
+
+
 def _parse_target_refs(spec: Obj) -> tuple[m.PolicyTargetReference, ...]:
     objs = spec.objs(
         "targetRefs", POLICY_TARGET_REF_FIELDS, required=True, min_items=1, max_items=16
     )
-    refs = tuple(
-        m.PolicyTargetReference(
-            group=read_group(o, "", required=True),
-            kind=read_kind(o, "", required=True),
-            name=read_ref_name(o),
-            section_name=o.str_("sectionName", min_len=1, max_len=253, syntax=SECTION_NAME),
-        )
-        for o in objs
-    )
+    refs = tuple(parse_policy_target_ref(o) for o in objs)
     path = spec.at("targetRefs")
     # CEL: "sectionName must be specified when targetRefs includes 2 or more references
     # to the same target" and "sectionName must be unique when targetRefs includes 2 or
