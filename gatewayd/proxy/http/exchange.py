@@ -80,9 +80,6 @@ log = logging.getLogger("gatewayd.proxy.server")
 MAX_REPLAY: Final = 64 * 1024
 MIRROR_TIMEOUT: Final = 10.0
 
-# Backends spoken to over HTTP/2 (Service appProtocol, Gateway API
-# HTTPRouteBackendProtocolH2C); the HTTP/2 client codec and pool serve them.
-H2_APP_PROTOCOLS: Final = frozenset({"kubernetes.io/h2c"})
 
 _PROTOCOLS: Final = {HTTP_11: "HTTP/1.1", HTTP_10: "HTTP/1.0", HTTP_2: "HTTP/2"}
 
@@ -487,7 +484,7 @@ class Exchange:
             return
         if backend.request_headers is not None:
             apply_header_ops(fwd, backend.request_headers)
-        if backend.app_protocol in H2_APP_PROTOCOLS:
+        if backend.http2:
             # The hop-by-hop policy is the upstream codec's: RFC 9113 8.2.2 lets one
             # connection-specific field into HTTP/2, "TE ... MUST NOT contain any value
             # other than trailers" (gRPC servers require it).  Only requests to such
