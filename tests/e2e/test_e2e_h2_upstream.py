@@ -35,7 +35,7 @@ from e2e_kit import (
     rule,
 )
 from grpc_kit import GrpcBackend, channel, grpc_route, raw_grpc_call, unary
-from h2_kit import H2Backend
+from h2_backend_kit import H2Backend
 from test_e2e_h2c import H2cClient
 
 from gatewayd.tls.certs import self_signed
