@@ -421,9 +421,8 @@ def attach_route(
             rival = next(
                 (
                     a.route
-                    for a in s.routes
-                    if route_kind_name(a.route) == other_kind
-                    and _hostnames_overlap(a.hostnames, effective)
+                    for a in s.by_kind.get(other_kind, ())
+                    if _hostnames_overlap(a.hostnames, effective)
                 ),
                 None,
             )
@@ -435,7 +434,10 @@ def attach_route(
                 continue
         attached += 1
         s.route_ids.add(rid)
-        s.routes.append(AttachedRoute(route=route, hostnames=effective))
+        ar = AttachedRoute(route=route, hostnames=effective)
+        s.routes.append(ar)
+        if other_kind is not None:
+            s.by_kind.setdefault(route_kind.kind, []).append(ar)
     if not attached:
         # The spec names no reason; the listeners do not allow this route next to the
         # older one of the other kind.
