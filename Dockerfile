@@ -7,6 +7,12 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
+# nft(8): node-local mode (`run --tproxy`, deploy/node-local) applies its nftables ruleset
+# with it; policy routing goes over netlink from Python, so iproute2 is not needed.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends nftables \
+    && rm -rf /var/lib/apt/lists/*
+
 # Only what `pip install .` needs (see .dockerignore); every dependency ships wheels for
 # CPython 3.11 on x86_64 and aarch64, so no compiler is installed.
 WORKDIR /build

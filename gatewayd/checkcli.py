@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterable, Mapping, Sequence
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from gatewayd.pipeline import ConfigPipeline
 from gatewayd.routing.config.load import ConfigLimits, ConfigPathError
 from gatewayd.routing.control.bindings import ObjectStatus
+
+if TYPE_CHECKING:
+    from gatewayd.runtime.sources import ConfigSource
+    from gatewayd.runtime.sources.kubernetes import KubernetesSource
 
 CONDITION_TYPES = ("Accepted", "Programmed", "ResolvedRefs")
 
@@ -72,7 +76,7 @@ def format_check(statuses: Sequence[ObjectStatus]) -> tuple[str, bool]:
 
 
 def check_main(
-    paths: Sequence[str],
+    paths: Sequence[str] | ConfigSource,
     *,
     controller_name: str,
     address_pool: str,
@@ -98,3 +102,45 @@ def check_main(
         for problem in problems:
             print(str(problem), file=out)
     return 1 if problems or rejected else 0
+
+
+# How long ``check --kubernetes`` waits for the API server to answer every list.
+KUBE_SYNC_TIMEOUT = 30.0
+
+
+def check_kubernetes(
+    source: KubernetesSource,
+    *,
+    controller_name: str,
+    address_pool: str,
+    out: TextIO | None = None,
+    limits: ConfigLimits | None = None,
+) -> int:
+    """``check --kubernetes``: list every kind once, then check as for files."""
+    import asyncio
+
+    from gatewayd.runtime.kube.client import KubeConfigError
+
+    out = out or sys.stdout
+
+    async def sync() -> None:
+        try:
+            async with asyncio.timeout(KUBE_SYNC_TIMEOUT):
+                await source.ready()
+        finally:
+            await source.close()
+
+    try:
+        asyncio.run(sync())
+    except KubeConfigError as exc:
+        print(f"error: {exc}", file=out)
+        return 1
+    except TimeoutError:
+        print(
+            f"error: {source.describe()}: no complete list within {KUBE_SYNC_TIMEOUT:.0f}s",
+            file=out,
+        )
+        return 1
+    return check_main(
+        source, controller_name=controller_name, address_pool=address_pool, out=out, limits=limits
+    )

@@ -7,10 +7,22 @@ import asyncio
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from gatewayd.pipeline import DEFAULT_ADDRESS_POOL, DEFAULT_CONTROLLER
 from gatewayd.proxy.pathnorm import EscapedSlashes, PathPolicy
 from gatewayd.routing.config.load import MIB, ConfigLimits
+from gatewayd.runtime.kube.election import (
+    DEFAULT_LEASE_NAME,
+    JITTER_FACTOR,
+    LEASE_DURATION,
+    RENEW_DEADLINE,
+    RETRY_PERIOD,
+    LeaderElectionSettings,
+)
+
+if TYPE_CHECKING:
+    from gatewayd.runtime.sources.kubernetes import KubernetesSource
 
 _UNITS = {"": 1, "k": 1000, "ki": 1024, "m": 1000**2, "mi": MIB, "g": 1000**3, "gi": 1024 * MIB}
 
@@ -25,12 +37,28 @@ def _byte_size(text: str) -> int:
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument(
         "--config",
         action="append",
-        required=True,
         metavar="PATH",
         help="YAML file or directory (read recursively); repeatable",
+    )
+    source.add_argument(
+        "--kubernetes",
+        action="store_true",
+        help="read the Gateway API objects of a cluster (list and watch the API server); "
+        "in-cluster configuration unless --kubeconfig is given",
+    )
+    p.add_argument(
+        "--kubeconfig",
+        metavar="PATH",
+        help="with --kubernetes: the kubeconfig file (default: in-cluster service account)",
+    )
+    p.add_argument(
+        "--context",
+        metavar="NAME",
+        help="with --kubernetes: the kubeconfig context (default: its current-context)",
     )
     p.add_argument("--controller-name", default=DEFAULT_CONTROLLER)
     p.add_argument(
@@ -82,6 +110,76 @@ def _at_least(minimum: float, kind: type[int] | type[float]) -> Callable[[str], 
         return value
 
     return parse
+
+
+def _add_leader_election_args(run: argparse.ArgumentParser) -> None:
+    """--kubernetes: which replica writes status (README, "Status write-back and leader
+    election").  Timings default to client-go's; tests scale them down."""
+    group = run.add_argument_group(
+        "status write-back (--kubernetes): only the holder of a Lease writes status"
+    )
+    group.add_argument(
+        "--leader-election-namespace",
+        metavar="NAMESPACE",
+        help="namespace of the Lease (default: the pod's, from its service account, "
+        "else gatewayd-system)",
+    )
+    group.add_argument(
+        "--leader-election-name",
+        metavar="NAME",
+        default=None,
+        help="name of the Lease (default gatewayd-status)",
+    )
+    group.add_argument(
+        "--leader-election-id",
+        metavar="ID",
+        help="this replica's identity in the Lease (default: $POD_NAME, else hostname_pid)",
+    )
+    group.add_argument(
+        "--no-leader-election",
+        action="store_true",
+        help="write status without a Lease (a single replica only)",
+    )
+    for flag, default, what in (
+        ("lease-duration", LEASE_DURATION, "a Lease not renewed this long is taken over"),
+        (
+            "renew-deadline",
+            RENEW_DEADLINE,
+            "the leader stops writing when it cannot renew this long",
+        ),
+        ("retry-period", RETRY_PERIOD, "between attempts to acquire or renew"),
+    ):
+        group.add_argument(
+            f"--leader-election-{flag}",
+            type=_at_least(0.1, float),
+            default=None,
+            metavar="SECONDS",
+            help=f"{what} (default {default:g}, client-go's)",
+        )
+
+
+def _leader_election(
+    parser: argparse.ArgumentParser, args: argparse.Namespace
+) -> LeaderElectionSettings:
+    def pick(value: float | None, default: float) -> float:
+        return default if value is None else value
+
+    settings = LeaderElectionSettings(
+        enabled=not args.no_leader_election,
+        namespace=args.leader_election_namespace,
+        name=args.leader_election_name or DEFAULT_LEASE_NAME,
+        identity=args.leader_election_id,
+        lease_duration=pick(args.leader_election_lease_duration, LEASE_DURATION),
+        renew_deadline=pick(args.leader_election_renew_deadline, RENEW_DEADLINE),
+        retry_period=pick(args.leader_election_retry_period, RETRY_PERIOD),
+    )
+    # client-go's rules: the leader gives up before anybody may take over, and retries
+    # at least once before it gives up.
+    if not settings.lease_duration > settings.renew_deadline:
+        parser.error("--leader-election-lease-duration must exceed the renew deadline")
+    if not settings.renew_deadline > JITTER_FACTOR * settings.retry_period:
+        parser.error("--leader-election-renew-deadline must exceed 1.2 x the retry period")
+    return settings
 
 
 def _add_edge_args(run: argparse.ArgumentParser) -> None:
@@ -150,6 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--xff-trusted-hops", type=int, default=0, metavar="N")
     run.add_argument("--access-log", choices=("text", "json", "off"), default="text")
     run.add_argument("--drain-timeout", type=float, default=15.0, metavar="SECONDS")
+    _add_leader_election_args(run)
     run.add_argument(
         "--workers",
         type=_at_least(1, int),
@@ -261,13 +360,44 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def _check_source_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """--kubeconfig and --context only with --kubernetes (exit 2, like argparse)."""
+    if args.command not in ("run", "check") or args.kubernetes:
+        return
+    for flag in ("kubeconfig", "context"):
+        if getattr(args, flag) is not None:
+            parser.error(f"--{flag} is only used with --kubernetes")
     if args.command == "run":
-        return _run(args)
-    if args.command == "check":
-        from gatewayd.checkcli import check_main
+        for name, value in vars(args).items():
+            if name.startswith("leader_election_") and value is not None:
+                parser.error(f"--{name.replace('_', '-')} is only used with --kubernetes")
+        if args.no_leader_election:
+            parser.error("--no-leader-election is only used with --kubernetes")
 
+
+def _kube_source(args: argparse.Namespace, *, watch: bool = True) -> KubernetesSource:
+    from gatewayd.runtime.sources.kubernetes import KubernetesSource
+
+    return KubernetesSource(kubeconfig=args.kubeconfig, context=args.context, watch=watch)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _check_source_args(parser, args)
+    if args.command == "run":
+        election = _leader_election(parser, args) if args.kubernetes else None
+        return _run(args, election)
+    if args.command == "check":
+        from gatewayd.checkcli import check_kubernetes, check_main
+
+        if args.kubernetes:
+            return check_kubernetes(
+                _kube_source(args, watch=False),
+                controller_name=args.controller_name,
+                address_pool=args.address_pool,
+                limits=_limits(args),
+            )
         return check_main(
             args.config,
             controller_name=args.controller_name,
@@ -296,7 +426,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 2
 
 
-def _run(args: argparse.Namespace) -> int:
+def _run(args: argparse.Namespace, election: LeaderElectionSettings | None = None) -> int:
     import uvloop
 
     from gatewayd.daemon import RunOptions, configure_logging, run
@@ -312,6 +442,10 @@ def _run(args: argparse.Namespace) -> int:
         if args.tproxy_dry_run:
             from gatewayd.tproxy.runtime import dry_run
 
+            if args.kubernetes:
+                print("gatewayd: --tproxy-dry-run reads --config files only", file=sys.stderr)
+                return 2
+
             return dry_run(
                 args.config,
                 controller_name=args.controller_name,
@@ -323,7 +457,8 @@ def _run(args: argparse.Namespace) -> int:
             logging.getLogger("gatewayd").warning("--tproxy runs one worker: --workers ignored")
             args.workers = 1
     options = RunOptions(
-        config=args.config,
+        config=args.config or [],
+        source=_kube_source(args) if args.kubernetes else None,
         admin_address=args.admin_address,
         address_pool=args.address_pool,
         controller_name=args.controller_name,
@@ -331,6 +466,7 @@ def _run(args: argparse.Namespace) -> int:
         drain_timeout=args.drain_timeout,
         watch=args.watch,
         tproxy=tproxy,
+        leader_election=election,
         workers=1 if tproxy is not None else (args.workers or default_workers()),
         proxy=ProxyOptions(
             xff_trusted_hops=args.xff_trusted_hops,

@@ -15,7 +15,7 @@ from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry
+from prometheus_client import REGISTRY, CollectorRegistry
 
 from gatewayd.pipeline import Built, ConfigPipeline
 from gatewayd.proxy.admin import AdminState, start_admin
@@ -28,10 +28,16 @@ from gatewayd.routing.control.gateways import with_listener_failures
 from gatewayd.routing.snapshot.addresses import host_port
 from gatewayd.routing.snapshot.compiled import Snapshot
 from gatewayd.routing.snapshot.table import SNITable
-from gatewayd.watch import config_signature, watch_config
+from gatewayd.runtime.sinks import StatusSink
+from gatewayd.runtime.sinks.admin import AdminStatusSink
+from gatewayd.runtime.sources import SourceError
+from gatewayd.runtime.sources.files import FileSource
 from gatewayd.workers import WorkerPool
 
 if TYPE_CHECKING:
+    from gatewayd.runtime.kube.leader import LeaderElectionSettings
+    from gatewayd.runtime.kube.writeback import StatusWriteback
+    from gatewayd.runtime.sources import ConfigSource
     from gatewayd.tproxy.rules import TproxySettings
     from gatewayd.tproxy.runtime import TproxyRuntime
 
@@ -40,7 +46,8 @@ log = logging.getLogger("gatewayd")
 
 @dataclass(slots=True, kw_only=True)
 class RunOptions:
-    config: list[str]
+    config: list[str] = field(default_factory=list)  # --config paths (file mode)
+    source: ConfigSource | None = None  # another source (--kubernetes); None: the files
     admin_address: str = "127.0.0.1:9901"
     address_pool: str = "127.0.10.0/24"
     controller_name: str = "gatewayd.dev/gateway-controller"
@@ -50,6 +57,9 @@ class RunOptions:
     watch: bool = True
     tproxy: TproxySettings | None = None  # node-local TPROXY + GAMMA mode (--tproxy)
     workers: int = 1  # 1: serve in this process; N > 1: a supervisor and N workers
+    # Kubernetes mode: write status to the API server, the Lease holder only (None: the
+    # defaults, client-go's timings).  File mode ignores it.
+    leader_election: LeaderElectionSettings | None = None
 
 
 class Daemon:
@@ -57,8 +67,11 @@ class Daemon:
 
     def __init__(self, options: RunOptions) -> None:
         self.options = options
+        self.source: ConfigSource = options.source or FileSource(
+            options.config, watch=options.watch
+        )
         self.pipeline = ConfigPipeline(
-            options.config,
+            self.source,
             controller_name=options.controller_name,
             address_pool=options.address_pool,
             limits=options.limits,
@@ -73,7 +86,11 @@ class Daemon:
             self.pool = self.proxy = WorkerPool(options.workers, options.proxy)
         else:
             self.proxy = Proxy(self.holder, options.proxy, self.metrics)
-        self.statuses: tuple[ObjectStatus, ...] = ()
+        # Every serving configuration's statuses go to each sink: the admin /status
+        # always; the API server too in Kubernetes mode (``add_sink``).
+        self.admin_sink = AdminStatusSink()
+        self.sinks: list[StatusSink] = [self.admin_sink]
+        self.writeback: StatusWriteback | None = None  # Kubernetes mode
         self.last_error: str | None = None
         self.known_problems: frozenset[str] = frozenset()
         self.is_ready = False
@@ -93,8 +110,19 @@ class Daemon:
     def ready(self) -> bool:
         return self.is_ready
 
+    @property
+    def statuses(self) -> tuple[ObjectStatus, ...]:
+        """The statuses of the configuration serving now (what /status shows)."""
+        return self.admin_sink.statuses
+
+    def add_sink(self, sink: StatusSink) -> None:
+        """Another sink; it is given the serving statuses at once, then every change."""
+        self.sinks.append(sink)
+        if self.is_ready:
+            sink.publish(self.admin_sink.statuses)
+
     def status_items(self) -> list[dict[str, object]]:
-        return [s.as_item() for s in self.statuses]
+        return self.admin_sink.items()
 
     def _watch_expiry(self, snapshot: Snapshot) -> None:
         """Reload just after the first served certificate expires: the listener is then
@@ -130,6 +158,9 @@ class Daemon:
         }
         if self.pool is not None:
             state["workerPids"] = self.pool.pids()
+        if self.writeback is not None:
+            # Every replica shows what it computed (items) and who writes it (here).
+            state["statusWriteback"] = self.writeback.state()
         return state
 
     def config_dump(self) -> dict[str, object]:
@@ -152,7 +183,41 @@ class Daemon:
         total.copy_config(self.metrics)
         for exported in await pool.metrics_exports():
             total.absorb(exported)
+        if self.writeback is not None and self.writeback.metrics is not None:
+            registry.register(self.writeback.metrics)
         return render(registry)
+
+    # -- status write-back (Kubernetes mode) -------------------------------------------
+    def start_status_writeback(self) -> None:
+        """With a connected Kubernetes source: a sink writing status to the API server
+        while this replica holds the Lease.  Before the first load, so the first
+        statuses reach it."""
+        from gatewayd.runtime.kube.leader import LeaderElectionSettings
+        from gatewayd.runtime.kube.writeback import writeback_for
+
+        writeback = writeback_for(
+            self.source,
+            controller_name=self.options.controller_name,
+            election=self.options.leader_election or LeaderElectionSettings(),
+        )
+        if writeback is None:
+            return
+        self.writeback = writeback
+        self.add_sink(writeback.sink)
+        if writeback.metrics is not None and self.pool is None:
+            REGISTRY.register(writeback.metrics)  # gatewayd_leader beside ProxyMetrics
+        writeback.start()
+
+    async def stop_status_writeback(self) -> None:
+        """Stop writing and release the Lease (another replica takes over at once)."""
+        writeback, self.writeback = self.writeback, None
+        if writeback is None:
+            return
+        try:
+            await writeback.close()
+        finally:
+            if writeback.metrics is not None and self.pool is None:
+                REGISTRY.unregister(writeback.metrics)
 
     # -- config ----------------------------------------------------------------------
     async def load(self, *, initial: bool) -> bool:
@@ -168,9 +233,11 @@ class Daemon:
                 return self._reject(f"internal error while building config: {exc}", initial=initial)
             # A reload that brings a new problem (broken YAML, an invalid edit) keeps the
             # last good snapshot: serving the valid rest could silently drop routes.
-            # Problems the serving config already had do not block later edits.
+            # Problems the serving config already had do not block later edits.  A source
+            # whose objects were admitted elsewhere (an API server) skips each invalid
+            # object instead: it is reported in its own status, the rest serves.
             fresh = problems - self.known_problems
-            if fresh and not initial:
+            if fresh and not initial and not self.source.skips_invalid:
                 return self._reject(
                     f"{len(fresh)} new problem(s) in the configuration; "
                     "keeping the last good configuration: " + "; ".join(sorted(fresh)),
@@ -282,7 +349,8 @@ class Daemon:
             resolution = with_listener_failures(resolution, listener_failures)
         self.pipeline.commit(built)
         self._watch_expiry(built.snapshot)
-        self.statuses = resolution.statuses
+        for sink in self.sinks:
+            sink.publish(resolution.statuses)
         self.last_error = None
         self.is_ready = True
         self.metrics.config_loaded(built.snapshot.generation, ok=True)
@@ -357,29 +425,44 @@ async def _serve(daemon: Daemon, options: RunOptions) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     reloads: set[asyncio.Task[bool]] = set()
-    watcher: asyncio.Task[None] | None = None
+    tasks: list[asyncio.Task[None]] = []
+    source = daemon.source
     try:
         if daemon.pool is not None:
             await daemon.pool.start()
-        # The files' signature before the first load: an edit made while it builds (or
-        # before the watcher's first poll) is then a change the watcher reloads.
-        signature = None
-        if options.watch:
-            signature = await loop.run_in_executor(None, config_signature, options.config)
-        await daemon.load(initial=True)
 
         def on_hup() -> None:
             task = loop.create_task(daemon.load(initial=False))
             reloads.add(task)
             task.add_done_callback(reloads.discard)
 
-        if options.watch:
-            watcher = loop.create_task(
-                watch_config(options.config, lambda: daemon.load(initial=False), initial=signature)
-            )
         loop.add_signal_handler(signal.SIGTERM, stop.set)
         loop.add_signal_handler(signal.SIGINT, stop.set)
         loop.add_signal_handler(signal.SIGHUP, on_hup)
+        log.info("configuration source: %s", source.describe())
+        # Files are ready at once; an API server once every kind is listed (SIGTERM
+        # meanwhile stops, with nothing served yet).
+        sync = loop.create_task(source.ready())
+        stopping = loop.create_task(stop.wait())
+        try:
+            await asyncio.wait([sync, stopping], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+        if not sync.done():
+            sync.cancel()
+            return 0
+        try:
+            sync.result()
+        except SourceError as exc:
+            log.error("cannot read the configuration: %s", exc)
+            return 1
+        daemon.start_status_writeback()
+        await daemon.load(initial=True)
+        changes = asyncio.Event()
+        watching = loop.create_task(source.run(changes.set))
+        watching.add_done_callback(_log_watch_end)
+        tasks.append(watching)
+        tasks.append(loop.create_task(_reload_on_change(daemon, changes, source.settle)))
         waits = [loop.create_task(stop.wait())]
         if daemon.pool is not None:
             waits.append(loop.create_task(daemon.pool.fatal.wait()))
@@ -393,13 +476,35 @@ async def _serve(daemon: Daemon, options: RunOptions) -> int:
             return 1
         return 0
     finally:
-        if watcher is not None:
-            watcher.cancel()
+        for task in tasks:
+            task.cancel()
+        # Before the source closes its API client: releasing the Lease needs it.
+        await daemon.stop_status_writeback()
+        await source.close()
         daemon.stop_expiry_watch()
         log.info("shutting down: draining for up to %.0fs", options.drain_timeout)
         if daemon.tproxy is not None:
             await daemon.tproxy.close()  # stop diverting first, then drain
         await daemon.proxy.close(options.drain_timeout)
+
+
+def _log_watch_end(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error(
+            "watching the configuration source failed; no more reloads but SIGHUP's",
+            exc_info=task.exception(),
+        )
+
+
+async def _reload_on_change(daemon: Daemon, changes: asyncio.Event, settle: float) -> None:
+    """Reload after each change the source reports: changes that arrive during the
+    ``settle`` seconds after the first one, or while a reload runs, make one reload."""
+    while True:
+        await changes.wait()
+        if settle > 0:
+            await asyncio.sleep(settle)
+        changes.clear()
+        await daemon.load(initial=False)
 
 
 def configure_logging() -> None:

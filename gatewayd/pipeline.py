@@ -1,8 +1,8 @@
-"""The one-way configuration flow: files -> model -> status -> compiled snapshot.
+"""The one-way configuration flow: source -> model -> status -> compiled snapshot.
 
 The pipeline keeps what must survive a reload (object generations, Gateway addresses,
-the snapshot generation) and nothing else.  It runs off the hot path; the data plane only
-ever sees the ``Snapshot`` it returns.
+the statuses' condition times, the snapshot generation) and nothing else.  It runs off
+the hot path; the data plane only ever sees the ``Snapshot`` it returns.
 """
 
 from __future__ import annotations
@@ -11,13 +11,18 @@ import datetime
 import errno
 import socket
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 from gatewayd.routing.compile.compiler import compile_snapshot
-from gatewayd.routing.config.load import ConfigLimits, LoadResult, load_paths
-from gatewayd.routing.control.bindings import Resolution
+from gatewayd.routing.config.load import ConfigLimits, LoadResult
+from gatewayd.routing.control.bindings import ObjectStatus, Resolution
+from gatewayd.routing.control.conditions import keep_transition_times
 from gatewayd.routing.control.resolve import resolve
 from gatewayd.routing.snapshot.compiled import Snapshot
+
+if TYPE_CHECKING:
+    from gatewayd.runtime.sources import ConfigSource
 
 DEFAULT_CONTROLLER = "gatewayd.dev/gateway-controller"
 DEFAULT_ADDRESS_POOL = "127.0.10.0/24"
@@ -46,30 +51,39 @@ class Built:
 
 
 class ConfigPipeline:
-    """Builds snapshots from the config paths; remembers generations and addresses."""
+    """Builds snapshots from a ``ConfigSource`` (or config paths: a ``FileSource``);
+    remembers generations and addresses."""
 
     def __init__(
         self,
-        paths: Sequence[str],
+        source: ConfigSource | Sequence[str],
         *,
         controller_name: str = DEFAULT_CONTROLLER,
         address_pool: str = DEFAULT_ADDRESS_POOL,
         limits: ConfigLimits | None = None,
     ) -> None:
-        self.paths = list(paths)
+        if isinstance(source, (list, tuple)):
+            from gatewayd.runtime.sources.files import FileSource
+
+            source = FileSource(source)
+        assert not isinstance(source, Sequence)
+        self.source: ConfigSource = source
         self.limits = limits or ConfigLimits()
         self.controller_name = controller_name
         self.address_pool = address_pool
         self._generations: Mapping[tuple[str, str, str], tuple[str, int]] | None = None
         self._addresses: Mapping[tuple[str, str], str] | None = None
+        # (kind, namespace, name) -> the serving status: its conditions' times carry over.
+        self._statuses: Mapping[tuple[str, str, str], Mapping[str, object]] = {}
         self.snapshot_generation = 0
 
     def build(self) -> Built:
-        """Load, resolve and compile.  Raises ConfigPathError for unreadable paths.
+        """Load, resolve and compile.  Raises ConfigPathError when the source cannot be
+        read at all.
 
         Reads ``commit``'s state and nothing else of the pipeline, so the daemon runs it
         on a thread while one reload at a time commits on the event loop."""
-        loaded = load_paths(self.paths, previous=self._generations, limits=self.limits)
+        loaded = self.source.load(self._generations, self.limits)
         resolution = resolve(
             loaded.config,
             controller_name=self.controller_name,
@@ -78,6 +92,7 @@ class ConfigPipeline:
             is_local_address=is_local_address,
             now=utc_now(),
         )
+        resolution = replace(resolution, statuses=self._keep_times(resolution.statuses))
         snapshot = compile_snapshot(resolution, generation=self.snapshot_generation + 1)
         return Built(load=loaded, resolution=resolution, snapshot=snapshot)
 
@@ -85,4 +100,21 @@ class ConfigPipeline:
         """Remember a build that is now serving (its generations and addresses)."""
         self._generations = built.load.generations
         self._addresses = built.resolution.gateway_addresses
+        self._statuses = {
+            (s.kind, s.namespace, s.name): s.status for s in built.resolution.statuses
+        }
         self.snapshot_generation = built.snapshot.generation
+
+    def _keep_times(self, statuses: tuple[ObjectStatus, ...]) -> tuple[ObjectStatus, ...]:
+        """``statuses`` with the serving statuses' ``lastTransitionTime`` on every condition
+        whose status did not change (metav1.Condition): a reload re-resolves everything
+        at a new ``now``, and only a transition may show a new time."""
+        if not self._statuses:
+            return statuses
+        kept: list[ObjectStatus] = []
+        for status in statuses:
+            before = self._statuses.get((status.kind, status.namespace, status.name))
+            if before is not None:
+                status = replace(status, status=keep_transition_times(status.status, before))
+            kept.append(status)
+        return tuple(kept)

@@ -319,12 +319,30 @@ def status_main(argv: Sequence[str]) -> int:
             f"{config['lastReloadError']}",
             file=sys.stderr,
         )
+    note = _writeback_note(config.get("statusWriteback"))
+    if note:
+        print(note, file=sys.stderr)
     if args.output == "json":
         selected = [it for it in items if what == "all" or it.get("kind") == SECTIONS[what]]
         print(json.dumps({"items": selected}, indent=2))
     else:
         sys.stdout.write(format_status_table(items, what))
     return 0
+
+
+def _writeback_note(state: object) -> str | None:
+    """Kubernetes mode: say when this replica's statuses are not the ones written to the
+    API server (another replica holds the Lease)."""
+    if not isinstance(state, dict):
+        return None
+    election = state.get("leaderElection")
+    if not isinstance(election, dict) or election.get("leader", True):
+        return None
+    holder = election.get("holder") or "nobody"
+    return (
+        f"this replica does not write status (Lease {election.get('lease')} is held by "
+        f"{holder}); the API server shows the leader's"
+    )
 
 
 if __name__ == "__main__":

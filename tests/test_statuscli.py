@@ -431,3 +431,36 @@ def test_status_main_reports_a_refused_reload(capsys: pytest.CaptureFixture[str]
         "last reload refused (generation 7 still serving): "
         "routes.yaml:2: HTTPRoute default/web: spec.rules: boom\n"
     )
+
+
+@pytest.mark.parametrize(
+    ("election", "note"),
+    [
+        (
+            {"lease": "gatewayd-system/gatewayd-status", "holder": "pod-b", "leader": False},
+            "this replica does not write status (Lease gatewayd-system/gatewayd-status is "
+            "held by pod-b); the API server shows the leader's\n",
+        ),
+        ({"lease": "gatewayd-system/gatewayd-status", "holder": "pod-a", "leader": True}, ""),
+        ({"enabled": False, "leader": True}, ""),
+    ],
+)
+def test_status_main_says_when_another_replica_writes_status(
+    election: dict[str, object], note: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    state = AdminState(
+        ready=lambda: True,
+        status_items=lambda: SAMPLE,
+        config_dump=dict,
+        config_state=lambda: {
+            "generation": 3,
+            "lastReloadError": None,
+            "statusWriteback": {"leaderElection": election, "sink": {}},
+        },
+    )
+    with admin_in_thread(state) as server:
+        rc = status_main(["gateways", "--admin-address", server.address])
+    out, err = capsys.readouterr()
+    assert rc == 0
+    assert out == format_status_table(SAMPLE, "gateways")
+    assert err == note

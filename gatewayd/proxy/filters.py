@@ -1,7 +1,7 @@
 """HTTPRoute filters on the request path: header modifiers, redirects, URL rewrites, CORS.
 
 Headers on the hot path are ``list[tuple[bytes, bytes]]`` with lower-case names.  The
-compiled filter objects (``gatewayd.routing.compiled``) hold ``str``; each one is turned
+compiled filter objects (``gatewayd.routing.snapshot.rules``) hold ``str``; each one is turned
 into bytes once and cached by object identity (see ``_IdentityCache``), never per
 request.
 

@@ -1,6 +1,6 @@
 """Client SSLContexts for BackendTLSPolicy backends, built lazily in the serving process.
 
-The compiled snapshot carries only plain data (``routing.bindings.BackendTLS``: PEM
+The compiled snapshot carries only plain data (``routing.snapshot.backends.BackendTLS``: PEM
 bytes, hostname, subjectAltNames) because it is pickled to the worker processes and an
 ``ssl.SSLContext`` does not pickle.  Each process builds one context per distinct
 ``BackendTLS.key`` the first time a request needs it and keeps it across snapshots (a

@@ -29,7 +29,7 @@ import stat
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TypeAlias, TypeVar
+from typing import Any, TypeAlias, TypeVar
 
 import yaml
 
@@ -414,8 +414,9 @@ def spec_digest(doc: Mapping[str, object]) -> str:
 class _Loading:
     """The state of one ``load_documents`` call."""
 
-    def __init__(self, previous: Generations | None) -> None:
+    def __init__(self, previous: Generations | None, *, admitted: bool = False) -> None:
         self.previous: Generations = previous or {}
+        self.admitted = admitted  # objects an API server admitted: unknown fields ignored
         self.problems: list[m.Problem] = []
         self.skipped: dict[str, int] = {}
         self.seen: dict[GenerationKey, m.Source] = {}
@@ -523,7 +524,7 @@ class _Loading:
             self.skipped[label] = self.skipped.get(label, 0) + 1
             return
 
-        issues = reader.Issues()
+        issues = reader.Issues(ignore_unknown_fields=self.admitted)
         meta_read = reader.read_meta(
             data.get("metadata"),
             "metadata",
@@ -728,6 +729,30 @@ def load_documents(
         config=state.config(),
         problems=tuple(state.problems),
         notices=state.notices(),
+        generations=dict(state.generations),
+    )
+
+
+def load_objects(
+    objects: Iterable[tuple[m.Source, Mapping[Any, object]]],
+    *,
+    previous: Generations | None = None,
+    notices: Iterable[str] = (),
+) -> LoadResult:
+    """Load objects an API server returned, each with the ``Source`` that names it (for
+    Kubernetes, ``k8s:Kind/namespace/name``).  Pure, never raises on input.
+
+    The same checks as ``load_documents`` but for two: no YAML (nothing to bound: the
+    caller bounded what it read), and a field gatewayd does not know is ignored, since
+    the cluster's schema admitted it.  ``notices`` are the caller's (e.g. missing CRDs).
+    """
+    state = _Loading(previous, admitted=True)
+    for source, data in objects:
+        state.read_object(data, source, "")
+    return LoadResult(
+        config=state.config(),
+        problems=tuple(state.problems),
+        notices=(*notices, *state.notices()),
         generations=dict(state.generations),
     )
 

@@ -12,7 +12,7 @@ Pure module: no I/O, no clock (the caller passes ``now``).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -114,7 +114,9 @@ def _entry_key(entry: Mapping[str, object]) -> str | None:
     return repr(parts) if parts else None
 
 
-def _keep_conditions(new: list[object], old: object) -> list[object]:
+def keep_condition_times(new: Sequence[object], old: object) -> list[object]:
+    """``new`` conditions, each with ``old``'s ``lastTransitionTime`` when ``old`` holds a
+    condition of the same type and status."""
     before = {
         (c.get("type"), c.get("status")): c.get("lastTransitionTime")
         for c in dicts(old)
@@ -148,7 +150,7 @@ def keep_transition_times(
     for key, value in new.items():
         previous = old.get(key)
         if key == "conditions" and isinstance(value, list):
-            out[key] = _keep_conditions(value, previous)
+            out[key] = keep_condition_times(value, previous)
         elif isinstance(value, list) and isinstance(previous, list):
             earlier: dict[str, dict[str, object]] = {}
             for entry in dicts(previous):

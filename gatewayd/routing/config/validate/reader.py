@@ -150,10 +150,14 @@ def parse_duration(text: str) -> float | None:
 class Issues:
     """What is wrong with one object: ``(field path, message)`` pairs, in reading order."""
 
-    __slots__ = ("items",)
+    __slots__ = ("ignore_unknown_fields", "items")
 
-    def __init__(self) -> None:
+    def __init__(self, *, ignore_unknown_fields: bool = False) -> None:
         self.items: list[tuple[str, str]] = []
+        # Objects the API server admitted were checked against the cluster's CRD schema,
+        # which may be newer than gatewayd's: a field gatewayd does not know is ignored
+        # there, as an older controller would (Kubernetes mode), and refused in files.
+        self.ignore_unknown_fields = ignore_unknown_fields
 
     def add(self, path: str, message: str) -> None:
         self.items.append((path, message))
@@ -289,7 +293,8 @@ class Obj:
             if not isinstance(key, str):
                 issues.add(path, f"field names must be strings, got {describe(key)}")
             elif allowed is not None and key not in allowed:
-                issues.add(path, unknown_field_message(key, allowed))
+                if not issues.ignore_unknown_fields:
+                    issues.add(path, unknown_field_message(key, allowed))
             else:
                 data[key] = item
         return cls(data, path, issues)

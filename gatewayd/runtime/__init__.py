@@ -1,0 +1,1 @@
+"""Wiring that runs gatewayd: config sources, status sinks, Kubernetes client."""

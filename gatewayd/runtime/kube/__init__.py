@@ -1,0 +1,1 @@
+"""The Kubernetes API client side: configuration, discovery, informers, leases, status."""
