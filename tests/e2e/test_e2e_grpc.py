@@ -205,6 +205,17 @@ def test_header_modifiers(env: Env) -> None:
     assert "x-backend" not in meta
 
 
+def test_named_rule_is_accepted_and_served(env: Env) -> None:
+    """GRPCRouteNamedRule: a rule with a name is accepted and serves (the "modifiers"
+    route's only rule is named "mod-rule")."""
+    parent = env.daemon.status_of("GRPCRoute", "modifiers")["parents"][0]
+    conds = {c["type"]: c["status"] for c in parent["conditions"]}
+    assert conds == {"Accepted": "True", "ResolvedRefs": "True"}, conds
+    with channel(env.port, "modifiers.example") as ch:
+        answer, _ = unary(ch, "/pkg.Named/Unary")
+    assert answer["backend"] == "grpc-v1"
+
+
 def test_weights_90_10(env: Env) -> None:
     counts = {"grpc-v1": 0, "grpc-v2": 0}
     with channel(env.port, "weights.example") as ch:
