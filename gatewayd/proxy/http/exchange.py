@@ -39,6 +39,13 @@ from gatewayd.proxy.filters import (
     rewrite_path,
 )
 from gatewayd.proxy.forwarded import add_forwarding_headers, strip_hop_by_hop
+from gatewayd.proxy.grpc import (
+    DEADLINE_EXCEEDED,
+    grpc_status_for,
+    is_grpc,
+    parse_grpc_timeout,
+    trailers_only,
+)
 from gatewayd.proxy.http.codec import (
     HTTP_2,
     HTTP_10,
@@ -53,6 +60,7 @@ from gatewayd.proxy.http.codec import (
     te_for_h2,
 )
 from gatewayd.proxy.http.h1_client import endpoint_key
+from gatewayd.proxy.http.h2_client import StreamRefused
 from gatewayd.proxy.localreply import (
     DNS_RESOLUTION_FAILURE,
     DOWNSTREAM_PROTOCOL_ERROR,
@@ -80,9 +88,6 @@ log = logging.getLogger("gatewayd.proxy.server")
 MAX_REPLAY: Final = 64 * 1024
 MIRROR_TIMEOUT: Final = 10.0
 
-# Backends spoken to over HTTP/2 (Service appProtocol, Gateway API
-# HTTPRouteBackendProtocolH2C); the HTTP/2 client codec and pool serve them.
-H2_APP_PROTOCOLS: Final = frozenset({"kubernetes.io/h2c"})
 
 _PROTOCOLS: Final = {HTTP_11: "HTTP/1.1", HTTP_10: "HTTP/1.0", HTTP_2: "HTTP/2"}
 
@@ -119,6 +124,12 @@ ERRORS_BY_STATUS: Final = {
     500: LR_INTERNAL,
 }
 _ERRORS_BY_STATUS = ERRORS_BY_STATUS
+
+
+def _upstream_status_kind(status: int) -> ReplyKind:
+    """A GRPCRoute backend's non-200 answer, as a local reply (no flag: the backend
+    answered)."""
+    return ReplyKind("", "", status, b"upstream answered HTTP %d" % status)
 
 
 def _header(headers: Headers, name: bytes) -> bytes | None:
@@ -487,7 +498,7 @@ class Exchange:
             return
         if backend.request_headers is not None:
             apply_header_ops(fwd, backend.request_headers)
-        if backend.app_protocol in H2_APP_PROTOCOLS:
+        if backend.http2:
             # The hop-by-hop policy is the upstream codec's: RFC 9113 8.2.2 lets one
             # connection-specific field into HTTP/2, "TE ... MUST NOT contain any value
             # other than trailers" (gRPC servers require it).  Only requests to such
@@ -508,6 +519,15 @@ class Exchange:
 
         loop = conn.loop
         timeout = rule.request_timeout
+        if rule.route_kind == "GRPCRoute":
+            # grpc-timeout bounds the call from its start, like Envoy's
+            # max_grpc_timeout: the smaller of it and the route timeout applies.
+            gt = _header(headers, b"grpc-timeout")
+            grpc_wait = parse_grpc_timeout(gt) if gt is not None else None
+            if grpc_wait is not None:
+                limit = timeout if timeout else proxy.options.route_timeout
+                if not limit or grpc_wait < limit:
+                    timeout = grpc_wait or 1e-9  # "0n" is already due
         if timeout:
             self.timer_total = loop.call_later(timeout, self._on_timeout)
         elif timeout is None and not self.upgrade:
@@ -547,7 +567,8 @@ class Exchange:
         self.attempt += 1
         proxy = self.conn.proxy
         if not fresh:
-            up = proxy.pool.acquire(endpoint_key(ep.address, ep.port, backend.tls))
+            key = endpoint_key(ep.address, ep.port, backend.tls)
+            up = proxy.pool.acquire_h2(key) if backend.http2 else proxy.pool.acquire(key)
             if up is not None:
                 self._attach(up, True)
                 return
@@ -560,9 +581,15 @@ class Exchange:
         backend = self.backend
         assert backend is not None
         try:
-            up = await proxy.pool.connect(
-                ep.address, ep.port, backend.name, backend.tls, resolve=backend.fqdn
-            )
+            up: ClientStream
+            if backend.http2:
+                up = await proxy.pool.connect_h2(
+                    ep.address, ep.port, backend.name, backend.tls, resolve=backend.fqdn
+                )
+            else:
+                up = await proxy.pool.connect(
+                    ep.address, ep.port, backend.name, backend.tls, resolve=backend.fqdn
+                )
         except (OSError, TimeoutError) as exc:
             if attempt != self.attempt or self.finished:
                 return
@@ -595,7 +622,7 @@ class Exchange:
             self._attach(up, False)
         except Exception:
             log.exception("request handling failed")
-            up.abort()
+            up.reset()
             if not self.finished:
                 self._local(500, LR_INTERNAL, close=True)
 
@@ -684,7 +711,20 @@ class Exchange:
                 self.retry_handle = None
             if self.response_started:
                 self.flags = "UT"
-                self._abort_downstream()
+                rule = self.rule
+                if (
+                    rule is not None
+                    and rule.route_kind == "GRPCRoute"
+                    and self.head.version == HTTP_2
+                ):
+                    # A gRPC response under way ends with trailers carrying the
+                    # status, which the client reads as DEADLINE_EXCEEDED (a reset
+                    # would read as CANCELLED or INTERNAL).
+                    self.stream.send_end(_DEADLINE_TRAILERS)
+                    self.response_done = True
+                    self._finish()
+                else:
+                    self._abort_downstream()
             else:
                 self._local(504, LR_TIMEOUT)
         except Exception:
@@ -758,6 +798,14 @@ class Exchange:
         if retry is not None and status in retry.codes and self._can_retry():
             self._drop_upstream()
             self._schedule_retry()
+            return
+        if status != 200 and rule.route_kind == "GRPCRoute":
+            # A gRPC backend answers errors with HTTP 200 and grpc-status; any other
+            # status (an HTTP/1.x server, a proxy in between) becomes the gRPC status of
+            # the spec's HTTP-to-gRPC table, in a trailers-only reply.
+            self.upstream_ms = (self.conn.loop.time() - self.try_start) * 1000.0
+            self._drop_upstream()
+            self._local(status, _upstream_status_kind(status))
             return
         self.status = status
         self.upstream_ms = (self.conn.loop.time() - self.try_start) * 1000.0
@@ -841,9 +889,16 @@ class Exchange:
             self.flags = LR_UPSTREAM_PROTOCOL.flag if broken else "UC"
             self._abort_downstream()
             return
-        if not got_bytes and self.reused and not self.reuse_retried and self.replay is not None:
+        if (
+            not got_bytes
+            and (self.reused or isinstance(exc, StreamRefused))
+            and not self.reuse_retried
+            and self.replay is not None
+        ):
             # A pooled connection the backend had closed (the race every keep-alive
-            # client has): try once more on a new connection, as Envoy does.
+            # client has), or an HTTP/2 stream the backend never processed
+            # (REFUSED_STREAM, above its GOAWAY's last stream id: RFC 9113 8.7 "the
+            # request can be retried"): try once more on a new connection, as Envoy does.
             self.reuse_retried = True
             self._replay_pending()
             self._try(True)
@@ -912,6 +967,16 @@ class Exchange:
             return
         rid = self.request_id
         headers = [(b"x-request-id", rid), *extra] if rid else extra
+        if is_grpc(_header(self.headers, b"content-type")):
+            # A gRPC client reads grpc-status, not the HTTP status: a trailers-only
+            # reply (HTTP 200, grpc-status, grpc-message), as Envoy answers gRPC
+            # requests locally.  Only local replies pay this header scan.
+            code = DEADLINE_EXCEEDED if kind is LR_TIMEOUT else grpc_status_for(status)
+            message = body.decode("latin-1") or kind.reason or f"HTTP status {status}"
+            grpc_fields = trailers_only(code, message)
+            headers = [(b"x-request-id", rid), *grpc_fields] if rid else grpc_fields
+            status = 200
+            body = b""
         self.status = status
         self.flags = flag
         self.reason = reason
@@ -1035,14 +1100,34 @@ class Exchange:
             body_length=len(body),
             end_stream=not body,
         )
+        h2head: RequestHead | None = None
         conn = self.conn
         proxy = conn.proxy
         for backend in mirrors:
             ep = backend.next_endpoint()
             if ep is None:
                 continue
-            mirror = Mirror(proxy, conn.loop, mhead, body)
-            up = proxy.pool.acquire(endpoint_key(ep.address, ep.port, backend.tls))
+            mh = mhead
+            if backend.http2:
+                if h2head is None:
+                    # As for the main request: "te: trailers" reaches an HTTP/2
+                    # backend when the client sent it (gRPC servers require it).
+                    te = _header(self.headers, b"te")
+                    h2fields = list(fields)
+                    if te is not None and te_for_h2(te) is not None:
+                        h2fields.append((b"te", b"trailers"))
+                    h2head = RequestHead(
+                        head.method,
+                        head.target,
+                        h2fields,
+                        authority=head.authority,
+                        body_length=len(body),
+                        end_stream=not body,
+                    )
+                mh = h2head
+            mirror = Mirror(proxy, conn.loop, mh, body)
+            key = endpoint_key(ep.address, ep.port, backend.tls)
+            up = proxy.pool.acquire_h2(key) if backend.http2 else proxy.pool.acquire(key)
             if up is not None:
                 mirror.send(up)
                 continue
@@ -1052,6 +1137,7 @@ class Exchange:
 
 
 _FRAMING: Final = frozenset((b"content-length", b"transfer-encoding"))
+_DEADLINE_TRAILERS: Final = trailers_only(DEADLINE_EXCEEDED, "upstream request timeout")[1:]
 
 
 class Mirror:
@@ -1073,10 +1159,17 @@ class Mirror:
         self.timer: asyncio.TimerHandle | None = None
 
     async def connect(self, ep: EndpointAddress, backend: CompiledBackend) -> None:
+        pool = self.proxy.pool
         try:
-            up = await self.proxy.pool.connect(
-                ep.address, ep.port, backend.name, backend.tls, resolve=backend.fqdn
-            )
+            up: ClientStream
+            if backend.http2:
+                up = await pool.connect_h2(
+                    ep.address, ep.port, backend.name, backend.tls, resolve=backend.fqdn
+                )
+            else:
+                up = await pool.connect(
+                    ep.address, ep.port, backend.name, backend.tls, resolve=backend.fqdn
+                )
         except (OSError, TimeoutError) as exc:
             log.debug("mirror to %s:%d failed: %s", ep.address, ep.port, exc)
             return
