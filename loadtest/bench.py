@@ -763,7 +763,8 @@ def h2load_result(summary: H2loadSummary, log_lines: list[str], body_len: int) -
     so the DATA bytes must be ``body_len`` per answer for the run to be clean."""
     p50, p99, _ = parse_h2load_log(log_lines)
     bodies = summary.data_bytes // body_len if body_len else summary.status_2xx
-    errors = summary.failed + (summary.done - summary.status_2xx)
+    # h2load's "succeeded" are the streams that completed, whatever their status.
+    errors = summary.failed + max(0, summary.succeeded - summary.status_2xx)
     errors += max(0, summary.status_2xx - bodies)
     return WrkResult(
         rps=summary.rps,
