@@ -317,10 +317,10 @@ def test_tls_terminate_listener_carries_tls_routes() -> None:
 @pytest.mark.parametrize(
     ("protocol", "kinds", "supported", "resolved"),
     [
-        ("HTTP", [], ["HTTPRoute"], ("True", "ResolvedRefs")),
-        # No HTTP/2 yet, so no GRPCRoute (attach.UNSERVED_KINDS).
-        ("HTTP", ["GRPCRoute"], [], ("False", "InvalidRouteKinds")),
-        ("HTTP", ["HTTPRoute", "GRPCRoute"], ["HTTPRoute"], ("False", "InvalidRouteKinds")),
+        ("HTTP", [], ["HTTPRoute", "GRPCRoute"], ("True", "ResolvedRefs")),
+        # HTTP/2 is served, so GRPCRoute attaches to HTTP listeners.
+        ("HTTP", ["GRPCRoute"], ["GRPCRoute"], ("True", "ResolvedRefs")),
+        ("HTTP", ["HTTPRoute", "GRPCRoute"], ["HTTPRoute", "GRPCRoute"], ("True", "ResolvedRefs")),
         ("HTTP", ["HTTPRoute"], ["HTTPRoute"], ("True", "ResolvedRefs")),
         ("HTTP", ["InvalidRoute", "HTTPRoute"], ["HTTPRoute"], ("False", "InvalidRouteKinds")),
         ("HTTP", ["InvalidRoute"], [], ("False", "InvalidRouteKinds")),

@@ -333,11 +333,8 @@ def test_route_kinds_per_listener_protocol() -> None:
     assert _accepted(res, "tls-on-https", kind="TLSRoute") == ("False", "NotAllowedByListeners")
     assert _accepted(res, "tls-on-tls", kind="TLSRoute") == ("True", "Accepted")
     assert _accepted(res, "http-on-tls") == ("False", "NotAllowedByListeners")
-    # No HTTP/2 yet: no listener carries GRPCRoutes (attach.UNSERVED_KINDS).
-    assert _accepted(res, "grpc", kind="GRPCRoute") == ("False", "NotAllowedByListeners")
-    grpc_parent = status_of(res, "GRPCRoute", "grpc")["parents"][0]
-    accepted = next(c for c in grpc_parent["conditions"] if c["type"] == "Accepted")
-    assert "GRPCRoute needs HTTP/2" in accepted["message"]
+    # HTTP/2 is served (h2c and ALPN h2): HTTPS listeners carry GRPCRoutes.
+    assert _accepted(res, "grpc", kind="GRPCRoute") == ("True", "Accepted")
     tls_binding = next(b for b in res.listeners if b.gateway_name == "tls-only")
     assert tls_binding.tls_mode == "Passthrough"
     assert [ar.hostnames for ar in tls_binding.routes] == [("tls.example.com",)]

@@ -107,7 +107,6 @@ def test_app_protocol_from_service_port_then_slice_port() -> None:
 @pytest.mark.parametrize(
     ("app_protocol", "why"),
     [
-        ("kubernetes.io/h2c", "HTTP/1.1"),
         ("kubernetes.io/ws", "WebSocket upgrades"),
         ("kubernetes.io/wss", "WebSocket upgrades"),
     ],
@@ -125,6 +124,14 @@ def test_unserved_app_protocols_are_unsupported_protocol_for_http_routes(
         "s1", ports=[EndpointPort(name="http", port=3000, app_protocol=app_protocol)]
     )
     assert target(service(), es).invalid == "UnsupportedProtocol"
+
+
+def test_h2c_backends_are_served() -> None:
+    """The upstream HTTP/2 pool speaks h2c: appProtocol kubernetes.io/h2c resolves."""
+    svc = service(ports=[ServicePort(name="http", port=8080, app_protocol="kubernetes.io/h2c")])
+    t = target(svc)
+    assert t.invalid is None
+    assert t.app_protocol == "kubernetes.io/h2c"
 
 
 def test_invalid_references() -> None:

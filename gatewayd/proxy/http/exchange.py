@@ -80,9 +80,6 @@ log = logging.getLogger("gatewayd.proxy.server")
 MAX_REPLAY: Final = 64 * 1024
 MIRROR_TIMEOUT: Final = 10.0
 
-# Backends spoken to over HTTP/2 (Service appProtocol, Gateway API
-# HTTPRouteBackendProtocolH2C); the HTTP/2 client codec and pool serve them.
-H2_APP_PROTOCOLS: Final = frozenset({"kubernetes.io/h2c"})
 
 _PROTOCOLS: Final = {HTTP_11: "HTTP/1.1", HTTP_10: "HTTP/1.0", HTTP_2: "HTTP/2"}
 
@@ -487,7 +484,7 @@ class Exchange:
             return
         if backend.request_headers is not None:
             apply_header_ops(fwd, backend.request_headers)
-        if backend.app_protocol in H2_APP_PROTOCOLS:
+        if backend.http2:
             # The hop-by-hop policy is the upstream codec's: RFC 9113 8.2.2 lets one
             # connection-specific field into HTTP/2, "TE ... MUST NOT contain any value
             # other than trailers" (gRPC servers require it).  Only requests to such
@@ -547,7 +544,8 @@ class Exchange:
         self.attempt += 1
         proxy = self.conn.proxy
         if not fresh:
-            up = proxy.pool.acquire(endpoint_key(ep.address, ep.port, backend.tls))
+            key = endpoint_key(ep.address, ep.port, backend.tls)
+            up = proxy.pool.acquire_h2(key) if backend.http2 else proxy.pool.acquire(key)
             if up is not None:
                 self._attach(up, True)
                 return
@@ -560,9 +558,15 @@ class Exchange:
         backend = self.backend
         assert backend is not None
         try:
-            up = await proxy.pool.connect(
-                ep.address, ep.port, backend.name, backend.tls, resolve=backend.fqdn
-            )
+            up: ClientStream
+            if backend.http2:
+                up = await proxy.pool.connect_h2(
+                    ep.address, ep.port, backend.name, backend.tls, resolve=backend.fqdn
+                )
+            else:
+                up = await proxy.pool.connect(
+                    ep.address, ep.port, backend.name, backend.tls, resolve=backend.fqdn
+                )
         except (OSError, TimeoutError) as exc:
             if attempt != self.attempt or self.finished:
                 return
@@ -595,7 +599,7 @@ class Exchange:
             self._attach(up, False)
         except Exception:
             log.exception("request handling failed")
-            up.abort()
+            up.reset()
             if not self.finished:
                 self._local(500, LR_INTERNAL, close=True)
 
@@ -1035,14 +1039,34 @@ class Exchange:
             body_length=len(body),
             end_stream=not body,
         )
+        h2head: RequestHead | None = None
         conn = self.conn
         proxy = conn.proxy
         for backend in mirrors:
             ep = backend.next_endpoint()
             if ep is None:
                 continue
-            mirror = Mirror(proxy, conn.loop, mhead, body)
-            up = proxy.pool.acquire(endpoint_key(ep.address, ep.port, backend.tls))
+            mh = mhead
+            if backend.http2:
+                if h2head is None:
+                    # As for the main request: "te: trailers" reaches an HTTP/2
+                    # backend when the client sent it (gRPC servers require it).
+                    te = _header(self.headers, b"te")
+                    h2fields = list(fields)
+                    if te is not None and te_for_h2(te) is not None:
+                        h2fields.append((b"te", b"trailers"))
+                    h2head = RequestHead(
+                        head.method,
+                        head.target,
+                        h2fields,
+                        authority=head.authority,
+                        body_length=len(body),
+                        end_stream=not body,
+                    )
+                mh = h2head
+            mirror = Mirror(proxy, conn.loop, mh, body)
+            key = endpoint_key(ep.address, ep.port, backend.tls)
+            up = proxy.pool.acquire_h2(key) if backend.http2 else proxy.pool.acquire(key)
             if up is not None:
                 mirror.send(up)
                 continue
@@ -1073,10 +1097,17 @@ class Mirror:
         self.timer: asyncio.TimerHandle | None = None
 
     async def connect(self, ep: EndpointAddress, backend: CompiledBackend) -> None:
+        pool = self.proxy.pool
         try:
-            up = await self.proxy.pool.connect(
-                ep.address, ep.port, backend.name, backend.tls, resolve=backend.fqdn
-            )
+            up: ClientStream
+            if backend.http2:
+                up = await pool.connect_h2(
+                    ep.address, ep.port, backend.name, backend.tls, resolve=backend.fqdn
+                )
+            else:
+                up = await pool.connect(
+                    ep.address, ep.port, backend.name, backend.tls, resolve=backend.fqdn
+                )
         except (OSError, TimeoutError) as exc:
             log.debug("mirror to %s:%d failed: %s", ep.address, ep.port, exc)
             return

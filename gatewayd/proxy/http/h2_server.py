@@ -736,8 +736,11 @@ class H2ServerConnection:
         if not stream.remote_ended:
             # RFC 9113 8.1: a server may answer before the request is complete, then
             # "request that the client abort transmission of a request without error
-            # by sending a RST_STREAM with an error code of NO_ERROR".
-            self.h2.reset_stream(stream.stream_id, _NO_ERROR)
+            # by sending a RST_STREAM with an error code of NO_ERROR".  h2 may have
+            # read the request's END_STREAM already (same read, events not yet
+            # delivered): the stream is closed there and needs no reset.
+            with contextlib.suppress(h2.exceptions.StreamClosedError):
+                self.h2.reset_stream(stream.stream_id, _NO_ERROR)
         elif stream.inq or stream.end_queued:
             return  # the exchange has not taken the whole request yet
         del self.streams[stream.stream_id]

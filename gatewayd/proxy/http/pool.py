@@ -11,18 +11,27 @@ backend), with a bounded idle count per endpoint, and a connection is only reuse
 nothing at all arrived on it while idle (``UpstreamConnection.has_stale_input``: one
 poll(2) per reuse).
 
-HTTP/2 plugs in next to it with the same three calls: ``acquire`` opens a new stream
-on a pooled connection that has room under the peer's SETTINGS_MAX_CONCURRENT_STREAMS,
-``release`` is a no-op (the stream ended with its response), and the exchange picks
-the pool by the backend's protocol (``appProtocol: kubernetes.io/h2c``, GRPCRoute).
-The endpoint key, the resolver, the backend TLS contexts and the retain/sweep/close
-life cycle are shared.
+HTTP/2 (``acquire_h2`` / ``connect_h2``): a stream of a multiplexed connection
+(``h2_client.H2ClientConnection``).  ``acquire_h2`` opens a new stream on a pooled
+connection that has room under the backend's SETTINGS_MAX_CONCURRENT_STREAMS;
+``connect_h2`` first waits for a connection being opened to the same endpoint (its
+SETTINGS tell how many streams it takes), then opens another connection when every
+one is full, as Envoy's HTTP/2 pool does, bounded by ``MAX_H2_CONNECTIONS_PER_ENDPOINT``
+(beyond it the request fails as an overflow: 503).  ``release`` of an HTTP/2 stream is
+a no-op (the stream ended with its response).  The exchange picks the calls once per
+request by ``CompiledBackend.http2`` (``appProtocol: kubernetes.io/h2c``, every GRPCRoute
+backend).  The endpoint key, the resolver, the backend TLS contexts (ALPN ``h2`` for
+HTTP/2) and the retain/sweep/close life cycle are shared; the metrics are the same
+(``upstream_cx_active`` counts HTTP/2 connections too).
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
+import contextlib
+from typing import TYPE_CHECKING, Any
+
+import h2.events
 
 from gatewayd.proxy.http.h1_client import (
     MAX_HEADER_BYTES,
@@ -31,6 +40,7 @@ from gatewayd.proxy.http.h1_client import (
     UpstreamConnection,
     endpoint_key,
 )
+from gatewayd.proxy.http.h2_client import H2ClientConnection, H2ClientStream
 from gatewayd.proxy.resolver import Resolver
 from gatewayd.tls.backend import BackendContexts
 
@@ -39,6 +49,45 @@ if TYPE_CHECKING:
     from gatewayd.routing.snapshot.backends import BackendTLS
 
 MAX_IDLE_PER_ENDPOINT = 64
+# HTTP/2 connections per endpoint (Envoy's circuit breaker max_connections default is
+# 1024 per cluster); a request that finds them all full and this many open fails with
+# 503 instead of opening more.
+MAX_H2_CONNECTIONS_PER_ENDPOINT = 1024
+# ALPN offered to HTTP/2 backends under a BackendTLSPolicy (RFC 9113 3.2).
+H2_ALPN = ("h2",)
+
+
+class PooledH2Connection(H2ClientConnection):
+    """An upstream HTTP/2 connection owned by the pool: counted in the metrics, and
+    ``ready`` once the backend's first SETTINGS arrived (so ``can_open`` knows its
+    SETTINGS_MAX_CONCURRENT_STREAMS before streams are opened on it)."""
+
+    def __init__(self, pool: UpstreamPool, key: EndpointKey, label: str, scheme: bytes) -> None:
+        loop = asyncio.get_running_loop()
+        super().__init__(clock=loop.time, scheme=scheme)
+        self.pool = pool
+        self.key = key
+        self.label = label
+        self.retired = False
+        self.ready: asyncio.Future[None] = loop.create_future()
+
+    def connection_made(self, transport: Any) -> None:
+        super().connection_made(transport)
+        self.pool.opened_h2(self)
+
+    def _event(self, event: h2.events.Event) -> H2ClientStream | None:
+        if isinstance(event, h2.events.RemoteSettingsChanged) and not self.ready.done():
+            self.ready.set_result(None)
+        return super()._event(event)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if not self.ready.done():
+            self.ready.set_exception(
+                exc if isinstance(exc, OSError) else ConnectionResetError("closed before SETTINGS")
+            )
+            self.ready.exception()  # retrieved: nobody may be waiting
+        super().connection_lost(exc)
+        self.pool.forget_h2(self)
 
 
 class UpstreamPool:
@@ -49,6 +98,8 @@ class UpstreamPool:
         "connect_timeout",
         "conns",
         "contexts",
+        "h2_conns",
+        "h2_opening",
         "idle",
         "mark",
         "max_header_bytes",
@@ -77,6 +128,10 @@ class UpstreamPool:
         self.metrics = metrics
         self.idle: dict[EndpointKey, list[UpstreamConnection]] = {}
         self.conns: set[UpstreamConnection] = set()
+        # HTTP/2: every open connection per endpoint (idle or busy: all are shared),
+        # and the connects under way (waited for before opening another).
+        self.h2_conns: dict[EndpointKey, list[PooledH2Connection]] = {}
+        self.h2_opening: dict[EndpointKey, list[asyncio.Future[None]]] = {}
         self._closed = False
         # SO_MARK for every upstream socket (node-local TPROXY mode): the diversion
         # rules skip this mark, so the proxy's own connections are never diverted back.
@@ -157,8 +212,141 @@ class UpstreamPool:
             )
         return proto
 
-    def release(self, conn: UpstreamConnection, now: float) -> None:
-        """Return a connection whose response was read completely."""
+    # ------------------------------------------------------------------ HTTP/2
+
+    def acquire_h2(self, key: EndpointKey) -> H2ClientStream | None:
+        """A new stream on a pooled HTTP/2 connection to ``key`` with room, or None."""
+        for conn in self.h2_conns.get(key, ()):
+            if not conn.retired and conn.ready.done() and conn.can_open():
+                return conn.open_stream()
+        return None
+
+    async def connect_h2(
+        self,
+        host: str,
+        port: int,
+        label: str,
+        tls: BackendTLS | None = None,
+        *,
+        resolve: bool = False,
+    ) -> H2ClientStream:
+        """A stream to the endpoint: on a connection being opened (waited for), else on
+        a new connection.  Raises OSError or TimeoutError (the connect timeout bounds
+        the wait, the lookup, the handshake and the backend's SETTINGS)."""
+        key = endpoint_key(host, port, tls)
+        async with asyncio.timeout(self.connect_timeout):
+            for fut in list(self.h2_opening.get(key, ())):
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(fut)
+                stream = self.acquire_h2(key)
+                if stream is not None:
+                    return stream
+            if len(self.h2_conns.get(key, ())) >= MAX_H2_CONNECTIONS_PER_ENDPOINT:
+                raise ConnectionRefusedError(
+                    f"{MAX_H2_CONNECTIONS_PER_ENDPOINT} HTTP/2 connections to {host}:{port} "
+                    "are full"
+                )
+            opening = asyncio.get_running_loop().create_future()
+            waiting = self.h2_opening.setdefault(key, [])
+            waiting.append(opening)
+            try:
+                conn = await self._open_h2(key, host, port, label, tls, resolve)
+                try:
+                    await conn.ready
+                except BaseException:
+                    if conn.transport is not None:
+                        conn.transport.abort()
+                    raise
+            finally:
+                waiting.remove(opening)
+                if not waiting:
+                    self.h2_opening.pop(key, None)
+                if not opening.done():
+                    opening.set_result(None)
+        if not conn.can_open():
+            raise ConnectionRefusedError(f"HTTP/2 backend {host}:{port} takes no streams")
+        return conn.open_stream()
+
+    async def _open_h2(
+        self,
+        key: EndpointKey,
+        host: str,
+        port: int,
+        label: str,
+        tls: BackendTLS | None,
+        resolve: bool,
+    ) -> PooledH2Connection:
+        ssl_args: dict[str, object] = {}
+        scheme = b"http"
+        if tls is not None:
+            ssl_args = {
+                "ssl": self.contexts.get(tls, alpn=H2_ALPN),
+                "server_hostname": tls.hostname,
+            }
+            scheme = b"https"
+        loop = asyncio.get_running_loop()
+        addresses = [host]
+        if resolve:
+            addresses = [sa[0] for _f, sa in await self.resolver.resolve(host, port)]
+        last: OSError | None = None
+        for address in addresses:
+            try:
+                if self.mark is not None:
+                    from gatewayd.tproxy.sockets import connect_marked
+
+                    sock = await connect_marked(address, port, self.mark)
+                    transport, proto = await loop.create_connection(
+                        lambda: PooledH2Connection(self, key, label, scheme), sock=sock, **ssl_args
+                    )
+                else:
+                    transport, proto = await loop.create_connection(
+                        lambda: PooledH2Connection(self, key, label, scheme),
+                        address,
+                        port,
+                        **ssl_args,
+                    )
+            except OSError as exc:  # next address, as create_connection does
+                last = exc
+                continue
+            if tls is not None:
+                ssl_obj = transport.get_extra_info("ssl_object")
+                if ssl_obj is None or ssl_obj.selected_alpn_protocol() != "h2":
+                    # RFC 9113 3.2: HTTP/2 over TLS is negotiated with ALPN "h2"; a
+                    # backend that did not select it does not speak HTTP/2 here.
+                    transport.abort()
+                    raise ConnectionRefusedError(f"backend {host}:{port} did not negotiate ALPN h2")
+            return proto
+        assert last is not None
+        raise last
+
+    def opened_h2(self, conn: PooledH2Connection) -> None:
+        self.h2_conns.setdefault(conn.key, []).append(conn)
+        if self.metrics is not None:
+            self.metrics.upstream_cx(conn.label, 1)
+
+    def forget_h2(self, conn: PooledH2Connection) -> None:
+        conns = self.h2_conns.get(conn.key)
+        if conns is not None and conn in conns:
+            conns.remove(conn)
+            if not conns:
+                del self.h2_conns[conn.key]
+            if self.metrics is not None:
+                self.metrics.upstream_cx(conn.label, -1)
+
+    def h2_count(self, key: EndpointKey | None = None) -> int:
+        if key is not None:
+            return len(self.h2_conns.get(key, ()))
+        return sum(len(c) for c in self.h2_conns.values())
+
+    # ------------------------------------------------------------------ both
+
+    def release(self, conn: UpstreamConnection | H2ClientStream, now: float) -> None:
+        """Return a connection whose response was read completely (an HTTP/2 stream
+        has nothing to give back: it ended with its response)."""
+        if conn.http2:
+            conn.close()  # a no-op once ended; a stream never started gives back its slot
+            return
+        assert isinstance(conn, UpstreamConnection)
         conn.handler = None
         if conn.closed:
             return
@@ -202,6 +390,14 @@ class UpstreamPool:
         for conn in self.conns:
             if (conn.key[0], conn.key[1]) not in endpoints:
                 conn.retired = True
+        for key, h2conns in list(self.h2_conns.items()):
+            if (key[0], key[1]) in endpoints:
+                continue
+            for h2conn in list(h2conns):
+                h2conn.retired = True  # no new streams; closed once idle (sweep)
+                if not h2conn.streams and not h2conn.reserved:
+                    h2conn.close()
+                    closed += 1
         return closed
 
     def sweep(self, now: float, max_idle_time: float) -> None:
@@ -211,6 +407,14 @@ class UpstreamPool:
             # Oldest at the bottom of the LIFO stack.
             while stack and stack[0].idle_since < limit:
                 stack.pop(0).close()
+        # HTTP/2: a connection without streams for the idle time closes with GOAWAY
+        # (NO_ERROR); a retired one as soon as its last stream ended.
+        for h2conns in list(self.h2_conns.values()):
+            for conn in list(h2conns):
+                if conn.streams or conn.reserved:
+                    continue
+                if conn.retired or conn.idle_since < limit:
+                    conn.close()
 
     def idle_count(self, key: EndpointKey | None = None) -> int:
         if key is not None:
@@ -218,9 +422,15 @@ class UpstreamPool:
         return sum(len(s) for s in self.idle.values())
 
     def buffered_bytes(self) -> int:
-        return sum(
+        h1 = sum(
             c.transport.get_write_buffer_size()
             for c in self.conns
+            if c.transport is not None and not c.closed
+        )
+        return h1 + sum(
+            c.transport.get_write_buffer_size()
+            for conns in self.h2_conns.values()
+            for c in conns
             if c.transport is not None and not c.closed
         )
 
@@ -232,3 +442,6 @@ class UpstreamPool:
                 stack.pop().close()
         for conn in list(self.conns):
             conn.abort()
+        for h2conns in list(self.h2_conns.values()):
+            for h2conn in list(h2conns):
+                h2conn.close()

@@ -48,6 +48,7 @@ from gatewayd.routing.snapshot.backends import BackendTLS, ClientCertificate
 from gatewayd.routing.snapshot.candidates import Candidate
 from gatewayd.routing.snapshot.compiled import ListenerPort, Snapshot
 from gatewayd.routing.snapshot.rules import (
+    H2_APP_PROTOCOLS,
     CompiledBackend,
     CompiledRule,
     Cors,
@@ -413,6 +414,9 @@ class _Compiler:
         """``backend_tls``: a BackendTLSPolicy may apply to the rule's backends (False
         for TLSRoutes of Passthrough listeners)."""
         ns = meta.namespace
+        # "Implementations supporting GRPCRoute ... MUST support HTTP/2" and gRPC is
+        # only carried by HTTP/2: a GRPCRoute's backends are reached over HTTP/2.
+        grpc = kind == "GRPCRoute"
         request_headers: list[HTTPHeaderFilter] = []
         response_headers: list[HTTPHeaderFilter] = []
         redirect: Redirect | None = None
@@ -439,7 +443,7 @@ class _Compiler:
                 rewrite = Rewrite(hostname=w.hostname, path=_path_modifier(w.path))
             elif f.type is FilterType.REQUEST_MIRROR and f.request_mirror is not None:
                 m = f.request_mirror
-                target = self._mirror_backend(m.backend_ref, ns, client)
+                target = self._mirror_backend(m.backend_ref, ns, client, grpc=grpc)
                 if target is not None:
                     mirrors.append(Mirror(backend=target, fraction=_mirror_fraction(m)))
             elif f.type is FilterType.CORS and f.cors is not None:
@@ -462,7 +466,7 @@ class _Compiler:
             # "If weight is set to 0, no traffic should be forwarded for this entry."
             if ref.weight <= 0:
                 continue
-            backends.append(self._backend(ref, ns, client, tls_allowed=backend_tls))
+            backends.append(self._backend(ref, ns, client, tls_allowed=backend_tls, grpc=grpc))
             total += ref.weight
             cumulative.append(total)
 
@@ -537,6 +541,7 @@ class _Compiler:
         client: ClientCertificate | None = None,
         *,
         tls_allowed: bool = True,
+        grpc: bool = False,
     ) -> CompiledBackend:
         key = BackendKey.of(ref.ref, route_namespace)
         target = self.backends.get(key)
@@ -573,6 +578,7 @@ class _Compiler:
             endpoints=target.endpoints,
             invalid_status=invalid_status,
             app_protocol=target.app_protocol,
+            http2=grpc or target.app_protocol in H2_APP_PROTOCOLS,
             fqdn=target.fqdn,
             request_headers=request_ops,
             response_headers=response_ops,
@@ -584,6 +590,8 @@ class _Compiler:
         ref: BackendObjectReference,
         route_namespace: str,
         client: ClientCertificate | None = None,
+        *,
+        grpc: bool = False,
     ) -> CompiledBackend | None:
         """A mirror target, or None when it cannot be used: "If the referent cannot be
         found, this BackendRef is invalid and must be dropped from the Gateway."  The
@@ -599,6 +607,7 @@ class _Compiler:
             name=target.name,
             endpoints=target.endpoints,
             app_protocol=target.app_protocol,
+            http2=grpc or target.app_protocol in H2_APP_PROTOCOLS,
             fqdn=target.fqdn,
             tls=tls,
         )

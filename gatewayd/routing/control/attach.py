@@ -36,25 +36,18 @@ TLS_ROUTE = RouteGroupKind(group=GATEWAY_GROUP, kind="TLSRoute")
 # TLSRoute in both modes ("Core: The listener CAN be of type Passthrough / Extended:
 # The listener CAN be of type Terminate", TLSRouteSpec).
 #
-# No GRPCRoute until the data plane speaks HTTP/2.  "GRPCRoute falls under extended
-# support ... an implementation not supporting this route type need not follow the
-# requirement unless explicitly indicated", and the requirement is: "Implementations supporting
-# `GRPCRoute` with the `HTTP` `ProtocolType` MUST support HTTP/2 over cleartext TCP
-# (h2c ...) without an initial upgrade from HTTP/1.1" and the same over ALPN for HTTPS
-# (GRPCRoute).  Leaving it out of supportedKinds makes a GRPCRoute parent report
-# Accepted False NotAllowedByListeners and a listener whose allowedRoutes.kinds names
-# it report ResolvedRefs False InvalidRouteKinds, instead of claiming routes that could
-# only fail.
+# GRPCRoute on HTTP and HTTPS listeners: "Implementations supporting `GRPCRoute` with
+# the `HTTP` `ProtocolType` MUST support HTTP/2 over cleartext TCP (h2c ...) without an
+# initial upgrade from HTTP/1.1" and over TLS with ALPN for HTTPS (GRPCRoute); both are
+# served (h2c prior knowledge, ALPN h2), and backends are reached over HTTP/2.
 KINDS_BY_PROTOCOL: Mapping[str, tuple[RouteGroupKind, ...]] = {
-    ProtocolType.HTTP.value: (HTTP_ROUTE,),
-    ProtocolType.HTTPS.value: (HTTP_ROUTE,),
+    ProtocolType.HTTP.value: (HTTP_ROUTE, GRPC_ROUTE),
+    ProtocolType.HTTPS.value: (HTTP_ROUTE, GRPC_ROUTE),
     ProtocolType.TLS.value: (TLS_ROUTE,),
 }
 
 # Why a route kind is missing from KINDS_BY_PROTOCOL, for status messages.
-UNSERVED_KINDS: Mapping[RouteGroupKind, str] = {
-    GRPC_ROUTE: "GRPCRoute needs HTTP/2, which gatewayd does not serve yet",
-}
+UNSERVED_KINDS: Mapping[RouteGroupKind, str] = {}
 
 
 def supported_kinds(

@@ -42,9 +42,9 @@ from gatewayd.routing.control.conditions import (
 from gatewayd.routing.control.refgrant import ReferenceGrants, RefFrom, RefTo
 from gatewayd.routing.snapshot.backends import EndpointAddress
 
-# appProtocols the data plane cannot speak to a backend, per route kind.  The upstream
-# side is HTTP/1.1 only, so an HTTPRoute backend that asks for cleartext HTTP/2 is
-# refused, and so is one that asks for WebSocket (KEP-3726 "kubernetes.io/ws" and
+# appProtocols the data plane cannot speak to a backend, per route kind.  Cleartext
+# HTTP/2 ("kubernetes.io/h2c") is served by the upstream HTTP/2 pool; an HTTPRoute
+# backend that asks for WebSocket is refused (KEP-3726 "kubernetes.io/ws" and
 # "kubernetes.io/wss"): the proxy does not forward an Upgrade, so the client would get
 # a plain response instead of 101 Switching Protocols.  "If a Route is not able to send
 # traffic to the backend using the specified protocol then the backend is considered
@@ -52,7 +52,6 @@ from gatewayd.routing.snapshot.backends import EndpointAddress
 # "UnsupportedProtocol" reason." (BackendRef)
 UNSUPPORTED_APP_PROTOCOLS: Mapping[str, Mapping[str, str]] = {
     "HTTPRoute": {
-        "kubernetes.io/h2c": "gatewayd speaks HTTP/1.1 to backends",
         "kubernetes.io/ws": "gatewayd does not forward WebSocket upgrades yet",
         "kubernetes.io/wss": "gatewayd does not forward WebSocket upgrades yet",
     },

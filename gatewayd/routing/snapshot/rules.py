@@ -69,6 +69,11 @@ class Cors:
 # --------------------------------------------------------------------------- backends
 
 
+# Service appProtocols spoken as cleartext HTTP/2 with prior knowledge (KEP-3726;
+# conformance HTTPRouteBackendProtocolH2C).
+H2_APP_PROTOCOLS: frozenset[str] = frozenset({"kubernetes.io/h2c"})
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class CompiledBackend:
     """One backendRef of a rule, resolved to endpoints.
@@ -81,6 +86,10 @@ class CompiledBackend:
     endpoints: tuple[EndpointAddress, ...] = ()
     invalid_status: int | None = None
     app_protocol: str | None = None
+    # Spoken to over HTTP/2 (h2c, or TLS with ALPN h2 under a BackendTLSPolicy): every
+    # GRPCRoute backend and appProtocol kubernetes.io/h2c.  Decided here, once, so the
+    # request path branches on one attribute.
+    http2: bool = False
     fqdn: bool = False
     request_headers: HeaderOps | None = None  # backendRef-level filters
     response_headers: HeaderOps | None = None
