@@ -81,6 +81,8 @@ T_P99_ADDED_MS = 1.0
 T_MBPS_VS_NGINX = 0.50
 T_IDLE_RSS_MB = 200.0
 T_LOOKUP_US = 20.0
+# "HTTP/1.1 rows no worse than before": within the noise of one interleaved run.
+T_VS_BASELINE = 0.95
 NOISY_OTHER_PCT = 5.0  # other processes' share of the target's core that spoils a p99
 
 # HTTP/2 and gRPC rows (h2load).  A gRPC unary call is a POST of one length-prefixed
@@ -238,7 +240,9 @@ class Processes:
         self.workdir = workdir
         self.procs: list[Proc] = []
 
-    def start(self, name: str, argv: list[str], cpus: set[int] | None = None) -> Proc:
+    def start(
+        self, name: str, argv: list[str], cpus: set[int] | None = None, cwd: Path = ROOT
+    ) -> Proc:
         log_path = self.workdir / f"{name}.log"
         with open(log_path, "wb") as out:
             popen = subprocess.Popen(
@@ -246,7 +250,7 @@ class Processes:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
-                cwd=ROOT,
+                cwd=cwd,
                 start_new_session=True,  # its own process group: stopped with its children
             )
         proc = Proc(name, popen, log_path)
@@ -1318,6 +1322,18 @@ def checks(
         below=False,
         detail=f"{fmt(r and r * 100, '.0f', '%')} of nginx (h2c downstream, HTTP/1.1 upstream)",
     )
+    base = summary.get("gatewayd1-base")
+    if base is not None:
+        for attr, what in (("rps", "req/s"), ("mb_s_64k", "64 KiB MB/s")):
+            r = ratio(g.get(attr), base.get(attr))
+            check(
+                f"HTTP/1.1: gatewayd 1 worker {what} >= {T_VS_BASELINE:.0%} of the baseline",
+                r,
+                T_VS_BASELINE,
+                below=False,
+                detail=f"{fmt(r and r * 100, '.0f', '%')} of the baseline's "
+                f"{fmt(base.get(attr), ',.0f')}",
+            )
     r = ratio(g.get("rps"), nv.get("rps"))
     check(
         "gatewayd 1 worker req/s >= 3x naive aiohttp",
@@ -1381,6 +1397,34 @@ def checks(
     return out
 
 
+def export_gatewayd(ref: str, tree: Path) -> Path:
+    """``gatewayd/`` of commit ``ref`` in ``tree`` (``git archive``), checked to be the
+    package ``python -m gatewayd`` imports when run from ``tree``."""
+    tree.mkdir()
+    archive = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", "--format=tar", ref, "gatewayd"],
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    if archive.returncode != 0:
+        raise RuntimeError(f"git archive {ref}: {archive.stderr.decode(errors='replace')}")
+    subprocess.run(["tar", "-x", "-C", str(tree)], input=archive.stdout, check=True)
+    # The current directory comes first on sys.path with -m: check that it wins over
+    # this checkout's (editable) install.
+    where = subprocess.run(
+        [PYTHON, "-c", "import gatewayd; print(gatewayd.__file__)"],
+        capture_output=True,
+        text=True,
+        cwd=tree,
+        timeout=60,
+        check=False,
+    ).stdout.strip()
+    if not where.startswith(str(tree)):
+        raise RuntimeError(f"the baseline imports gatewayd from {where!r}, not {tree}")
+    return tree
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -1402,12 +1446,12 @@ def raise_nofile(want: int) -> int:
     return new
 
 
-def gatewayd_run_help(cmd: list[str]) -> str:
+def gatewayd_run_help(cmd: list[str], cwd: Path = ROOT) -> str:
     done = subprocess.run(
         [*cmd, "run", "--help"],
         capture_output=True,
         text=True,
-        cwd=ROOT,
+        cwd=cwd,
         timeout=60,
         check=False,
     )
@@ -1538,11 +1582,17 @@ class Bench:
             urls={"h2": h2, "grpc": h2},
         )
 
-    def start_gatewayd(self, key: str, workers: int | None) -> Target:
+    def start_gatewayd(
+        self, key: str, workers: int | None, tree: Path | None = None, label: str = ""
+    ) -> Target:
+        """gatewayd on a generated config; ``tree``: the package exported from an older
+        commit (``--baseline``), run from that directory so its ``gatewayd`` is imported."""
         port, admin, grpc_port = free_port(), free_port(), free_port()
         config = gatewayd_config(self.tmp, port, self.bport, grpc_port, self.bh2port)
+        cmd = [PYTHON, "-m", "gatewayd"] if tree is not None else self.gatewayd_cmd
+        run_help = gatewayd_run_help(cmd, tree or ROOT) if tree is not None else self.run_help
         argv = [
-            *self.gatewayd_cmd, "run",
+            *cmd, "run",
             "--config", str(config),
             "--admin-address", f"127.0.0.1:{admin}",
             "--access-log", "off",
@@ -1550,11 +1600,11 @@ class Bench:
             "--max-connections", str(self.args.idle_conns + 10000),
             "--idle-timeout", "600",
         ]  # fmt: skip
-        if "--no-watch" in self.run_help:
+        if "--no-watch" in run_help:
             argv.append("--no-watch")
-        if workers is not None:
+        if workers is not None and "--workers" in run_help:
             argv += ["--workers", str(workers)]
-        proc = self.procs.start(key, argv)
+        proc = self.procs.start(key, argv, cwd=tree or ROOT)
 
         def ready() -> bool:
             self.procs.check_alive(proc)
@@ -1562,9 +1612,9 @@ class Bench:
 
         wait_until(ready, 30, f"{key} /ready")
         if workers is None or workers == 1:
-            label, placement = "gatewayd 1 worker", "split"
+            label, placement = label or "gatewayd 1 worker", "split"
         else:
-            label, placement = f"gatewayd all workers ({workers})", "all"
+            label, placement = label or f"gatewayd all workers ({workers})", "all"
         url = f"http://127.0.0.1:{port}"
         # h2c shares the HTTP listener (prior knowledge); gRPC has a listener of its own.
         urls = {"h2": url, "grpc": f"http://127.0.0.1:{grpc_port}"}
@@ -1607,12 +1657,30 @@ class Bench:
                 )
         if "naive" in wanted:
             rows["naive"] = self.start_naive()
+        if self.args.baseline:
+            rows["gatewayd1-base"] = self.start_or_note(
+                "gatewayd1-base",
+                f"gatewayd 1 worker @{self.args.baseline}",
+                self.start_baseline,
+            )
         for proto, kind in (("h2", "h2small"), ("grpc", "grpc")):
             for base in ("direct", "nginx", "gatewayd1"):
                 key = f"{proto}-{base}"
                 if key in wanted:
                     rows[key] = self.derive(rows[base], key, proto, kind)
-        return [rows[k] for k in wanted if k in rows]
+        order = [*wanted, "gatewayd1-base"]
+        if "gatewayd1" in order:  # the baseline row next to the row it is compared with
+            order.insert(order.index("gatewayd1") + 1, order.pop())
+        return [rows[k] for k in order if k in rows]
+
+    def start_baseline(self) -> Target:
+        """gatewayd 1 worker from the commit ``--baseline`` (``git archive`` of gatewayd/,
+        run with this venv's packages) for the "no worse than before" check."""
+        ref = self.args.baseline
+        tree = export_gatewayd(ref, self.tmp / "baseline")
+        return self.start_gatewayd(
+            "gatewayd1-base", 1, tree=tree, label=f"gatewayd 1 worker @{ref}"
+        )
 
     def derive(self, base: Target, key: str, proto: str, kind: str) -> Target:
         """The row of another listener of ``base``'s process, measured with h2load."""
@@ -1905,6 +1973,12 @@ def main(argv: list[str] | None = None) -> int:
         metavar="CMD",
         help="command that runs gatewayd (default: this python -m gatewayd)",
     )
+    ap.add_argument(
+        "--baseline",
+        metavar="REF",
+        help="also measure gatewayd 1 worker from this git commit (HTTP/1.1 rows), e.g. the "
+        "tree before a change",
+    )
     ap.add_argument("--output", type=Path, help="JSON path (loadtest/results/bench-DATE.json)")
     args = ap.parse_args(argv)
     wanted = [t.strip() for t in args.targets.split(",") if t.strip()]
@@ -1918,6 +1992,7 @@ def main(argv: list[str] | None = None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="gatewayd-bench-"))
     bench = Bench(args, tmp)
     counted = [w for w in wanted if w != "gatewayd-all" or bench.has_workers]
+    counted += ["gatewayd1-base"] if args.baseline else []
     n = len(counted)
     runs_per_round = sum(1 if w.startswith(("h2-", "grpc-")) else len(KINDS) for w in counted)
     expected = (

@@ -334,3 +334,22 @@ def test_bench_config_with_the_grpc_listener_is_valid(tmp_path: Path) -> None:
     # Accepted once gatewayd serves GRPCRoutes; its backend (an h2c Service) resolves now.
     grpc_route = rows["GRPCRoute bench/bench"]
     assert grpc_route[3] == "bench/bench/grpc" and grpc_route[-1] == "True", out
+
+
+def test_baseline_tree_is_the_gatewayd_its_runs_import(tmp_path: Path) -> None:
+    """--baseline REF runs gatewayd/ of an older commit: the export must be what
+    `python -m gatewayd` imports from there, not this checkout's editable install."""
+    bench = _load("bench")
+    tree = bench.export_gatewayd("HEAD", tmp_path / "base")
+    assert (tree / "gatewayd" / "__main__.py").is_file()
+    out = subprocess.run(
+        [sys.executable, "-m", "gatewayd", "run", "--help"],
+        cwd=tree,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    assert "--config" in out
+    with pytest.raises(RuntimeError, match="git archive no-such-ref"):
+        bench.export_gatewayd("no-such-ref", tmp_path / "other")
