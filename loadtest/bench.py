@@ -356,6 +356,11 @@ def nginx_backend_conf(tmp: Path, port: int, h2_port: int = 0) -> Path:
             internal;
             root {www};
             default_type application/grpc;
+            # The head of a gRPC server's answer, not a file's: no validators, no ranges.
+            etag off;
+            max_ranges 0;
+            add_header Last-Modified "";
+            add_header X-Seen-Bench $http_x_bench always;  # add_header here stops inheritance
             add_trailer grpc-status 0 always;
             add_trailer grpc-message "" always;
         }}
@@ -1814,18 +1819,20 @@ class Bench:
         return out
 
     def profile(self, t: Target) -> dict[str, Any]:
-        """py-spy record (raw collapsed stacks) on gatewayd during one wrk run."""
+        """py-spy record (raw collapsed stacks) on gatewayd during one run of the row's
+        first kind (wrk /small at 64 connections, or its h2load run)."""
         spy = Path(PYTHON).parent / "py-spy"
         if not spy.exists():
             return {"note": "py-spy not installed (.venv/bin/pip install py-spy)"}
         pid = self.worker_pids(t)[0]
         raw = self.tmp / "profile.txt"
+        raw.unlink(missing_ok=True)
         dur = max(3, int(self.args.duration))
-        log(f"profile: py-spy record on pid {pid} for {dur}s under wrk (64 conns, /small)")
+        log(f"profile: py-spy record on pid {pid} for {dur}s under {t.key} {t.kinds[0]}")
         argv = [str(spy), "record", "-p", str(pid), "-d", str(dur), "-r", "200", "-f", "raw"]
         spy_proc = self.procs.start("py-spy", [*argv, "-o", str(raw)])
         time.sleep(1.0)  # py-spy attaching: it has no readiness signal to wait on
-        result = self.measure(t, "small64", dur)
+        result = self.measure(t, t.kinds[0], dur)
         with contextlib.suppress(subprocess.TimeoutExpired):
             spy_proc.popen.wait(timeout=30)
         if not raw.exists():
@@ -1840,10 +1847,11 @@ class Bench:
                 leaf = re.sub(r":\d+\)$", ")", stack.split(";")[-1])
                 selfs[leaf] = selfs.get(leaf, 0) + int(count)
         RESULTS.mkdir(parents=True, exist_ok=True)
-        kept = RESULTS / "profile-gatewayd1.txt"
+        kept = RESULTS / f"profile-{t.key}.txt"
         shutil.copy(raw, kept)
         top = sorted(selfs.items(), key=lambda kv: -kv[1])[:20]
         return {
+            "label": f"{t.label} ({t.key}, {t.kinds[0]})",
             "samples": total,
             "rps_while_profiled": result.rps,
             "collapsed_stacks": str(kept.relative_to(ROOT)),
@@ -1929,17 +1937,18 @@ def print_report(
             print("  " + line)
     elif lookup:
         print(f"route lookup: n/a ({lookup.get('note')})")
-    if profile.get("top"):
+    for prof in profile.values():
         print()
+        if not prof.get("top"):
+            print(f"profile: {prof.get('note')}")
+            continue
         print(
-            f"py-spy on gatewayd 1 worker under wrk (64 conns, /small): self time, "
-            f"{profile['samples']} samples, {profile['rps_while_profiled']:,.0f} req/s while "
-            f"sampled; stacks in {profile['collapsed_stacks']}"
+            f"py-spy on {prof['label']}: self time, {prof['samples']} samples, "
+            f"{prof['rps_while_profiled']:,.0f} req/s while sampled; stacks in "
+            f"{prof['collapsed_stacks']}"
         )
-        for row in profile["top"]:
+        for row in prof["top"]:
             print(f"  {row['self_pct']:5.1f}%  {row['frame']}")
-    elif profile:
-        print(f"profile: {profile.get('note')}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1966,7 +1975,9 @@ def main(argv: list[str] | None = None) -> int:
         help="h2load concurrent streams per connection (-m, 4: 64 in flight like wrk's 64)",
     )
     ap.add_argument(
-        "--profile", action="store_true", help="py-spy on gatewayd 1 worker under one extra run"
+        "--profile",
+        action="store_true",
+        help="py-spy on gatewayd 1 worker under one extra run of each of its rows",
     )
     ap.add_argument(
         "--gatewayd",
@@ -2001,7 +2012,7 @@ def main(argv: list[str] | None = None) -> int:
         + args.rounds * runs_per_round * (args.duration + 0.3)
         + (30 * 3 if args.idle_conns else 0)
         + (0 if args.no_lookup else 10)
-        + (args.duration + 5 if args.profile else 0)
+        + (3 * (max(3, args.duration) + 5) if args.profile else 0)
     )
     log(
         f"{n} targets, {runs_per_round} wrk/h2load runs x {args.rounds} rounds x "
@@ -2032,11 +2043,15 @@ def main(argv: list[str] | None = None) -> int:
             if t.available:
                 bench.verify_or_drop(t)
         live = [t for t in targets if t.available]
-        log("targets answer /small and /64k; the backend sees each proxy's X-Bench")
+        log(
+            "targets answer (HTTP/1.1: /small and /64k; h2c: /small; gRPC: a grpcio call); "
+            "the backend sees each proxy's X-Bench"
+        )
         bench.rounds(live)
-        g1 = next((t for t in live if t.key == "gatewayd1"), None)
-        if args.profile and g1 is not None:
-            profile = bench.profile(g1)
+        if args.profile:
+            for t in live:
+                if t.key in ("gatewayd1", "h2-gatewayd1", "grpc-gatewayd1"):
+                    profile[t.key] = bench.profile(t)
         if args.idle_conns:
             idle = bench.idle(live)
         if not args.no_lookup:
