@@ -23,7 +23,15 @@ from e2e_kit import (
     header_filter,
     listener,
 )
-from grpc_kit import GrpcBackend, channel, failure, grpc_route, method_match, unary
+from grpc_kit import (
+    GrpcBackend,
+    channel,
+    failure,
+    grpc_route,
+    method_match,
+    raw_grpc_call,
+    unary,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -98,7 +106,9 @@ def env(grpc_backends: dict[str, GrpcBackend], module_gatewayd) -> Env:  # type:
                 {
                     "name": "mod-rule",
                     "filters": [
-                        header_filter(set=(("x-set", "s"),), add=(("x-add", "a"),), remove=("x-gone",)),
+                        header_filter(
+                            set=(("x-set", "s"),), add=(("x-add", "a"),), remove=("x-gone",)
+                        ),
                         header_filter(
                             "ResponseHeaderModifier", set=(("x-resp", "r"),), remove=("x-backend",)
                         ),
@@ -272,3 +282,71 @@ def test_large_messages_both_ways(env: Env) -> None:
     with channel(env.port, "exact.example") as ch:
         answer, _ = unary(ch, "/pkg.Exact/Unary", big)
     assert len(answer["body"]) == len(big)
+
+
+def test_no_route_is_a_trailers_only_unimplemented(env: Env) -> None:
+    """gRPC over HTTP/2: "Trailers-Only is permitted for calls that produce an immediate
+    error": HTTP 200, content-type application/grpc, grpc-status in the one HEADERS
+    frame that ends the stream."""
+    a = raw_grpc_call(env.port, "/pkg.Exact/Missing", authority="exact.example")
+    assert a.headers[":status"] == "200"
+    assert a.headers["content-type"] == "application/grpc"
+    assert a.headers["grpc-status"] == "12"  # UNIMPLEMENTED
+    assert a.headers["grpc-message"]
+    assert a.headers_ended and a.ended and not a.data and not a.trailers
+
+
+def test_no_backend_is_a_trailers_only_unavailable(env: Env) -> None:
+    a = raw_grpc_call(env.port, "/pkg.Down/Unary", authority="down.example")
+    assert (a.headers[":status"], a.headers["grpc-status"]) == ("200", "14")
+    assert a.headers_ended
+
+
+def test_grpc_timeout_shorter_than_the_backend_is_deadline_exceeded(env: Env) -> None:
+    """grpc-timeout bounds the call at the proxy (the raw client has no deadline of its
+    own): the backend sleeps 3 s, the proxy answers DEADLINE_EXCEEDED after ~300 ms."""
+    a = raw_grpc_call(
+        env.port,
+        "/pkg.Streams/Sleep",
+        authority="exact.example",
+        headers=(("grpc-timeout", "300m"),),
+        message=b"3",
+    )
+    assert (a.headers[":status"], a.headers["grpc-status"]) == ("200", "4")
+    assert 0.25 <= a.elapsed < 2.5, a.elapsed
+
+
+def test_grpcio_deadline_through_the_proxy(env: Env) -> None:
+    with channel(env.port, "exact.example") as ch:
+        err = failure(ch, "/pkg.Streams/Sleep", b"3", timeout=0.4)
+    assert err.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+def test_grpc_timeout_longer_than_the_call_is_no_limit(env: Env) -> None:
+    a = raw_grpc_call(
+        env.port,
+        "/pkg.Streams/Sleep",
+        authority="exact.example",
+        headers=(("grpc-timeout", "5S"),),
+        message=b"0.2",
+    )
+    assert a.headers[":status"] == "200"
+    assert a.trailers["grpc-status"] == "0"
+    assert a.data  # the answer message
+
+
+def test_grpc_timeout_during_a_stream_ends_it_with_deadline_exceeded(env: Env) -> None:
+    """The response has started (a first message went through): the proxy ends the
+    stream with grpc-status 4 in trailers rather than resetting it."""
+    a = raw_grpc_call(
+        env.port,
+        "/pkg.Streams/SlowStream",
+        authority="exact.example",
+        headers=(("grpc-timeout", "400m"),),
+        message=b"3",
+    )
+    assert a.headers[":status"] == "200" and not a.headers_ended
+    assert b"first" in a.data and b"second" not in a.data
+    assert a.trailers["grpc-status"] == "4"
+    assert a.ended and a.reset is None
+    assert a.elapsed < 2.5, a.elapsed

@@ -1,10 +1,12 @@
 """Status never claims what the data plane does not serve (issue 11, "Also").
 
-Through ``gatewayd run``: a GRPCRoute (no HTTP/2 yet), an HTTPRoute rule with
+Through ``gatewayd run``: an HTTPRoute rule with
 ``sessionPersistence``, a backend whose Service port declares ``kubernetes.io/ws`` and
 an HTTPS listener with ``tls.options`` are each reported with the condition the spec
 names for an unsupported value, with a message saying why, and the traffic they would
-have claimed is not served as if they worked.  The rest of the Gateway serves.
+have claimed is not served as if they worked.  The rest of the Gateway serves.  (A
+GRPCRoute was refused here until HTTP/2 was served; it now attaches, which this module
+checks too; tests/e2e/test_e2e_grpc.py serves it.)
 """
 
 from __future__ import annotations
@@ -104,33 +106,20 @@ def test_the_rest_serves(env: Env) -> None:
     assert_condition(gw, "Programmed", "True", "Programmed")
 
 
-def test_grpcroute_is_not_allowed_until_http2_exists(env: Env) -> None:
+def test_grpcroute_attaches_now_that_http2_is_served(env: Env) -> None:
     parent = env.daemon.status_of("GRPCRoute", "grpc")["parents"][0]
-    assert_condition(parent, "Accepted", "False", "NotAllowedByListeners")
-    assert "GRPCRoute needs HTTP/2" in _message(parent, "Accepted")
-    # Nothing routes gRPC: the request is not forwarded as if the route worked.
-    r = request(
-        env.port,
-        "/pkg.Svc/Get",
-        method="POST",
-        host="grpc.example",
-        headers={"content-type": "application/grpc", "te": "trailers"},
-        body=b"\x00\x00\x00\x00\x00",
-    )
-    assert r.status == 404
+    assert_condition(parent, "Accepted", "True", "Accepted")
     listeners = {ls["name"]: ls for ls in env.daemon.status_of("Gateway", "gw")["listeners"]}
-    # No listener lists GRPCRoute among its supportedKinds ...
-    for ls in listeners.values():
-        assert "GRPCRoute" not in [k["kind"] for k in ls["supportedKinds"]], ls
-    # ... and one that asks for it alone has an unresolvable kind.
+    for name in ("http", "https"):
+        kinds = [k["kind"] for k in listeners[name]["supportedKinds"]]
+        assert kinds == ["HTTPRoute", "GRPCRoute"], (name, kinds)
     grpc_only = listeners["grpc-only"]
-    assert grpc_only["supportedKinds"] == []
-    assert_condition(grpc_only, "ResolvedRefs", "False", "InvalidRouteKinds")
-    assert "HTTP/2" in _message(grpc_only, "ResolvedRefs")
-    # The GatewayClass claims neither GRPCRoute nor session persistence.
+    assert [k["kind"] for k in grpc_only["supportedKinds"]] == ["GRPCRoute"]
+    assert_condition(grpc_only, "ResolvedRefs", "True", "ResolvedRefs")
+    # The GatewayClass claims GRPCRoute, and still no session persistence.
     gc = env.daemon.status_of("GatewayClass", "gatewayd", namespace=None)
     features = {f["name"] for f in gc["supportedFeatures"]}
-    assert "GRPCRoute" not in features
+    assert {"GRPCRoute", "GRPCRouteNamedRouteRule", "HTTPRouteBackendProtocolH2C"} <= features
     assert not {f for f in features if "SessionPersistence" in f}
 
 

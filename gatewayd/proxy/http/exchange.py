@@ -39,6 +39,13 @@ from gatewayd.proxy.filters import (
     rewrite_path,
 )
 from gatewayd.proxy.forwarded import add_forwarding_headers, strip_hop_by_hop
+from gatewayd.proxy.grpc import (
+    DEADLINE_EXCEEDED,
+    grpc_status_for,
+    is_grpc,
+    parse_grpc_timeout,
+    trailers_only,
+)
 from gatewayd.proxy.http.codec import (
     HTTP_2,
     HTTP_10,
@@ -116,6 +123,12 @@ ERRORS_BY_STATUS: Final = {
     500: LR_INTERNAL,
 }
 _ERRORS_BY_STATUS = ERRORS_BY_STATUS
+
+
+def _upstream_status_kind(status: int) -> ReplyKind:
+    """A GRPCRoute backend's non-200 answer, as a local reply (no flag: the backend
+    answered)."""
+    return ReplyKind("", "", status, b"upstream answered HTTP %d" % status)
 
 
 def _header(headers: Headers, name: bytes) -> bytes | None:
@@ -505,6 +518,15 @@ class Exchange:
 
         loop = conn.loop
         timeout = rule.request_timeout
+        if rule.route_kind == "GRPCRoute":
+            # grpc-timeout bounds the call from its start, like Envoy's
+            # max_grpc_timeout: the smaller of it and the route timeout applies.
+            gt = _header(headers, b"grpc-timeout")
+            grpc_wait = parse_grpc_timeout(gt) if gt is not None else None
+            if grpc_wait is not None:
+                limit = timeout if timeout else proxy.options.route_timeout
+                if not limit or grpc_wait < limit:
+                    timeout = grpc_wait or 1e-9  # "0n" is already due
         if timeout:
             self.timer_total = loop.call_later(timeout, self._on_timeout)
         elif timeout is None and not self.upgrade:
@@ -688,7 +710,20 @@ class Exchange:
                 self.retry_handle = None
             if self.response_started:
                 self.flags = "UT"
-                self._abort_downstream()
+                rule = self.rule
+                if (
+                    rule is not None
+                    and rule.route_kind == "GRPCRoute"
+                    and self.head.version == HTTP_2
+                ):
+                    # A gRPC response under way ends with trailers carrying the
+                    # status, which the client reads as DEADLINE_EXCEEDED (a reset
+                    # would read as CANCELLED or INTERNAL).
+                    self.stream.send_end(_DEADLINE_TRAILERS)
+                    self.response_done = True
+                    self._finish()
+                else:
+                    self._abort_downstream()
             else:
                 self._local(504, LR_TIMEOUT)
         except Exception:
@@ -762,6 +797,14 @@ class Exchange:
         if retry is not None and status in retry.codes and self._can_retry():
             self._drop_upstream()
             self._schedule_retry()
+            return
+        if status != 200 and rule.route_kind == "GRPCRoute":
+            # A gRPC backend answers errors with HTTP 200 and grpc-status; any other
+            # status (an HTTP/1.x server, a proxy in between) becomes the gRPC status of
+            # the spec's HTTP-to-gRPC table, in a trailers-only reply.
+            self.upstream_ms = (self.conn.loop.time() - self.try_start) * 1000.0
+            self._drop_upstream()
+            self._local(status, _upstream_status_kind(status))
             return
         self.status = status
         self.upstream_ms = (self.conn.loop.time() - self.try_start) * 1000.0
@@ -916,6 +959,16 @@ class Exchange:
             return
         rid = self.request_id
         headers = [(b"x-request-id", rid), *extra] if rid else extra
+        if is_grpc(_header(self.headers, b"content-type")):
+            # A gRPC client reads grpc-status, not the HTTP status: a trailers-only
+            # reply (HTTP 200, grpc-status, grpc-message), as Envoy answers gRPC
+            # requests locally.  Only local replies pay this header scan.
+            code = DEADLINE_EXCEEDED if kind is LR_TIMEOUT else grpc_status_for(status)
+            message = body.decode("latin-1") or kind.reason or f"HTTP status {status}"
+            grpc_fields = trailers_only(code, message)
+            headers = [(b"x-request-id", rid), *grpc_fields] if rid else grpc_fields
+            status = 200
+            body = b""
         self.status = status
         self.flags = flag
         self.reason = reason
@@ -1076,6 +1129,7 @@ class Exchange:
 
 
 _FRAMING: Final = frozenset((b"content-length", b"transfer-encoding"))
+_DEADLINE_TRAILERS: Final = trailers_only(DEADLINE_EXCEEDED, "upstream request timeout")[1:]
 
 
 class Mirror:

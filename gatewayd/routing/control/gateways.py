@@ -43,7 +43,9 @@ from gatewayd.routing.snapshot.backends import ClientCertificate
 # Conformance feature names (pkg/features) this implementation claims on its
 # GatewayClasses, sorted as "It MUST be sorted in ascending alphabetical order by the
 # Name key." (GatewayClassStatus.SupportedFeatures).  Only what the data plane serves
-# today: no GRPCRoute (needs HTTP/2), listener isolation or retries until the
+# today, each with its end-to-end test: GRPCRoute and GRPCRouteNamedRouteRule
+# (tests/e2e/test_e2e_grpc.py, grpcio through h2c), HTTPRouteBackendProtocolH2C
+# (tests/e2e/test_e2e_h2_upstream.py); no listener isolation or retries until the
 # compiler/proxy confirm them.
 SUPPORTED_FEATURES: tuple[str, ...] = tuple(
     sorted(
@@ -59,10 +61,13 @@ SUPPORTED_FEATURES: tuple[str, ...] = tuple(
             "GatewayHTTPSListenerDetectMisdirectedRequests",
             "GatewayPort8080",
             "GatewayStaticAddresses",
+            "GRPCRoute",
+            "GRPCRouteNamedRouteRule",
             "HTTPRoute",
             "HTTPRoute303RedirectStatusCode",
             "HTTPRoute307RedirectStatusCode",
             "HTTPRoute308RedirectStatusCode",
+            "HTTPRouteBackendProtocolH2C",
             "HTTPRouteBackendRequestHeaderModification",
             "HTTPRouteBackendTimeout",
             "HTTPRouteCORS",
