@@ -230,7 +230,19 @@ def test_h2load_result_counts_answers_without_their_body_as_errors() -> None:
     assert r.transfer_mb_s == pytest.approx(3.808323)
     # Trailers-only answers (a gRPC error is a 200 without a message) are errors too.
     s.data_bytes = frame * 21000
-    assert bench.h2load_result(s, log, frame).errors == 5 + 270
+    r = bench.h2load_result(s, log, frame, connections=16)
+    assert r.errors == 5 + 270
+    assert r.error_detail == {
+        "failed": 5,
+        "non_2xx": 0,
+        "short_bodies": 270,
+        "short_bodies_seen": 270,
+    }
+    # One answer per connection may straddle h2load's phase boundary without its bytes.
+    s.data_bytes = frame * (21270 - 16)
+    assert bench.h2load_result(s, log, frame, connections=16).errors == 5
+    s.data_bytes = frame * (21270 - 17)
+    assert bench.h2load_result(s, log, frame, connections=16).errors == 5 + 17
 
 
 def test_h2load_command_line_for_a_grpc_call(tmp_path: Path) -> None:
