@@ -148,6 +148,21 @@ def test_http1_client_to_h2c_backend(env: Env) -> None:
     assert reply.header("x-backend") == "h2-plain"
 
 
+def test_te_trailers_reaches_the_h2_backend(env: Env) -> None:
+    """RFC 9113 8.2.2: "TE ... MUST NOT contain any value other than trailers": of
+    "gzip, trailers" the backend gets "trailers"; the fields Connection names do not
+    cross."""
+    reply = request(
+        env.port,
+        "/te",
+        host="h2c.example",
+        headers=[("TE", "gzip, trailers"), ("Connection", "keep-alive, x-hop"), ("X-Hop", "1")],
+    )
+    headers = reply.json()["headers"]
+    assert headers["te"] == "trailers"
+    assert "x-hop" not in headers and "connection" not in headers
+
+
 def test_http2_client_to_h2c_backend(env: Env) -> None:
     client = H2cClient(env.port)
     try:

@@ -143,8 +143,13 @@ def test_escaped_slashes_redirect_to_the_unescaped_path(
 
 def test_grpc_is_refused_instead_of_redirected(env: Env) -> None:
     # Envoy: with UNESCAPE_AND_REDIRECT "gRPC requests will be rejected" (no redirects).
+    # The rejection is a gRPC reply: HTTP 200, grpc-status 13 (INTERNAL, the gRPC
+    # table's status for HTTP 400), trailers-only.
     reply = request(env.port, "/admin%2F", headers={"Content-Type": "application/grpc"})
-    assert reply.status == 400
+    assert reply.status == 200
+    assert reply.header("grpc-status") == "13"
+    assert reply.header("content-type") == "application/grpc"
+    assert reply.header("location") is None
 
 
 @pytest.mark.parametrize("bad", ["/%zz", "/admin%4", "/%"])

@@ -413,3 +413,83 @@ def test_route_resolved_refs_is_reported_on_every_parent() -> None:
     assert cond(p, "Accepted") == ("True", "Accepted")
     assert cond(p, "ResolvedRefs") == ("False", "BackendNotFound")
     assert "ghost" in p["conditions"][1]["message"]
+
+
+def _grpc(name: str, hostnames: tuple[str, ...] = (), created: str = "") -> GRPCRoute:
+    return GRPCRoute(
+        meta=Meta(namespace="default", name=name, creation_timestamp=created),
+        parent_refs=(parent(),),
+        hostnames=hostnames,
+        rules=(GRPCRouteRule(),),
+    )
+
+
+@pytest.mark.parametrize(
+    ("http_created", "grpc_created", "http_hosts", "grpc_hosts", "http_ok", "grpc_ok"),
+    [
+        # Shared hostname: the older route is accepted, the younger refused.
+        (
+            "2024-01-01T00:00:00Z",
+            "2024-02-01T00:00:00Z",
+            ["a.example"],
+            ("a.example",),
+            True,
+            False,
+        ),
+        (
+            "2024-02-01T00:00:00Z",
+            "2024-01-01T00:00:00Z",
+            ["a.example"],
+            ("a.example",),
+            False,
+            True,
+        ),
+        # A wildcard intersecting a precise name is a shared hostname too.
+        (
+            "2024-01-01T00:00:00Z",
+            "2024-02-01T00:00:00Z",
+            ["*.example"],
+            ("a.example",),
+            True,
+            False,
+        ),
+        # No hostnames on either: both match every host.
+        ("2024-01-01T00:00:00Z", "2024-02-01T00:00:00Z", [], (), True, False),
+        # Disjoint hostnames: both accepted.
+        ("2024-01-01T00:00:00Z", "2024-02-01T00:00:00Z", ["a.example"], ("b.example",), True, True),
+    ],
+)
+def test_http_and_grpc_routes_sharing_a_hostname(
+    http_created: str,
+    grpc_created: str,
+    http_hosts: list[str],
+    grpc_hosts: tuple[str, ...],
+    http_ok: bool,
+    grpc_ok: bool,
+) -> None:
+    """GRPCRouteSpec.Hostnames: "the implementation MUST accept exactly one of these two
+    routes ... The oldest Route based on creation timestamp"."""
+    res = resolve(
+        config(
+            gateway("gw", listener()),
+            http_route("web", hostnames=http_hosts, creation_timestamp=http_created),
+            _grpc("rpc", grpc_hosts, grpc_created),
+        )
+    )
+    expect = {True: ("True", "Accepted"), False: ("False", "NotAllowedByListeners")}
+    assert _accepted(res, "web") == expect[http_ok]
+    assert _accepted(res, "rpc", kind="GRPCRoute") == expect[grpc_ok]
+    refused = "rpc" if not grpc_ok else "web" if not http_ok else None
+    if refused is not None:
+        kind = "GRPCRoute" if refused == "rpc" else "HTTPRoute"
+        msg = next(
+            c["message"]
+            for c in parent_status(res, refused, "default", kind)["conditions"]
+            if c["type"] == "Accepted"
+        )
+        assert "is older and shares a hostname" in msg
+    (binding,) = [b for b in res.listeners if b.gateway_name == "gw"]
+    kinds = sorted(type(a.route).__name__ for a in binding.routes)
+    assert kinds == sorted(
+        [*(["HTTPRoute"] if http_ok else []), *(["GRPCRoute"] if grpc_ok else [])]
+    )

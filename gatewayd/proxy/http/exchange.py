@@ -60,6 +60,7 @@ from gatewayd.proxy.http.codec import (
     te_for_h2,
 )
 from gatewayd.proxy.http.h1_client import endpoint_key
+from gatewayd.proxy.http.h2_client import StreamRefused
 from gatewayd.proxy.localreply import (
     DNS_RESOLUTION_FAILURE,
     DOWNSTREAM_PROTOCOL_ERROR,
@@ -888,9 +889,16 @@ class Exchange:
             self.flags = LR_UPSTREAM_PROTOCOL.flag if broken else "UC"
             self._abort_downstream()
             return
-        if not got_bytes and self.reused and not self.reuse_retried and self.replay is not None:
+        if (
+            not got_bytes
+            and (self.reused or isinstance(exc, StreamRefused))
+            and not self.reuse_retried
+            and self.replay is not None
+        ):
             # A pooled connection the backend had closed (the race every keep-alive
-            # client has): try once more on a new connection, as Envoy does.
+            # client has), or an HTTP/2 stream the backend never processed
+            # (REFUSED_STREAM, above its GOAWAY's last stream id: RFC 9113 8.7 "the
+            # request can be retried"): try once more on a new connection, as Envoy does.
             self.reuse_retried = True
             self._replay_pending()
             self._try(True)

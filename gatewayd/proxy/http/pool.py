@@ -53,6 +53,9 @@ MAX_IDLE_PER_ENDPOINT = 64
 # 1024 per cluster); a request that finds them all full and this many open fails with
 # 503 instead of opening more.
 MAX_H2_CONNECTIONS_PER_ENDPOINT = 1024
+# Rounds of "wait for a connection being opened, else open one" a request makes before
+# giving up (each bounded by the connect timeout as a whole).
+H2_CONNECT_ROUNDS = 4
 # ALPN offered to HTTP/2 backends under a BackendTLSPolicy (RFC 9113 3.2).
 H2_ALPN = ("h2",)
 
@@ -235,37 +238,54 @@ class UpstreamPool:
         the wait, the lookup, the handshake and the backend's SETTINGS)."""
         key = endpoint_key(host, port, tls)
         async with asyncio.timeout(self.connect_timeout):
-            for fut in list(self.h2_opening.get(key, ())):
-                with contextlib.suppress(Exception):
-                    await asyncio.shield(fut)
-                stream = self.acquire_h2(key)
+            # A connection becomes usable when its SETTINGS arrive; by the time this
+            # task runs again, requests that found it in the pool may have taken its
+            # streams (a backend allowing one stream): then try again, a few rounds.
+            for _ in range(H2_CONNECT_ROUNDS):
+                stream = await self._h2_round(key, host, port, label, tls, resolve)
                 if stream is not None:
                     return stream
-            if len(self.h2_conns.get(key, ())) >= MAX_H2_CONNECTIONS_PER_ENDPOINT:
-                raise ConnectionRefusedError(
-                    f"{MAX_H2_CONNECTIONS_PER_ENDPOINT} HTTP/2 connections to {host}:{port} "
-                    "are full"
-                )
-            opening = asyncio.get_running_loop().create_future()
-            waiting = self.h2_opening.setdefault(key, [])
-            waiting.append(opening)
+        raise ConnectionRefusedError(f"no HTTP/2 stream to {host}:{port} became free")
+
+    async def _h2_round(
+        self,
+        key: EndpointKey,
+        host: str,
+        port: int,
+        label: str,
+        tls: BackendTLS | None,
+        resolve: bool,
+    ) -> H2ClientStream | None:
+        for fut in list(self.h2_opening.get(key, ())):
+            with contextlib.suppress(Exception):
+                await asyncio.shield(fut)
+            stream = self.acquire_h2(key)
+            if stream is not None:
+                return stream
+        if len(self.h2_conns.get(key, ())) >= MAX_H2_CONNECTIONS_PER_ENDPOINT:
+            raise ConnectionRefusedError(
+                f"{MAX_H2_CONNECTIONS_PER_ENDPOINT} HTTP/2 connections to {host}:{port} are full"
+            )
+        opening = asyncio.get_running_loop().create_future()
+        waiting = self.h2_opening.setdefault(key, [])
+        waiting.append(opening)
+        try:
+            conn = await self._open_h2(key, host, port, label, tls, resolve)
             try:
-                conn = await self._open_h2(key, host, port, label, tls, resolve)
-                try:
-                    await conn.ready
-                except BaseException:
-                    if conn.transport is not None:
-                        conn.transport.abort()
-                    raise
-            finally:
-                waiting.remove(opening)
-                if not waiting:
-                    self.h2_opening.pop(key, None)
-                if not opening.done():
-                    opening.set_result(None)
-        if not conn.can_open():
-            raise ConnectionRefusedError(f"HTTP/2 backend {host}:{port} takes no streams")
-        return conn.open_stream()
+                await conn.ready
+            except BaseException:
+                if conn.transport is not None:
+                    conn.transport.abort()
+                raise
+        finally:
+            waiting.remove(opening)
+            if not waiting:
+                self.h2_opening.pop(key, None)
+            if not opening.done():
+                opening.set_result(None)
+        if conn.can_open():
+            return conn.open_stream()
+        return self.acquire_h2(key)
 
     async def _open_h2(
         self,

@@ -102,6 +102,9 @@ class ListenerState:
     )
     routes: list[AttachedRoute] = field(default_factory=list)
     route_ids: set[tuple[str, str, str]] = field(default_factory=set)
+    # The attached HTTPRoutes and GRPCRoutes by kind, for the hostname conflict between
+    # the two kinds (routes.attach_route) without a scan of every attached route.
+    by_kind: dict[str, list[AttachedRoute]] = field(default_factory=dict)
 
     @property
     def name(self) -> str:

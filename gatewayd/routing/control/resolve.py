@@ -126,8 +126,12 @@ def resolve(
         check_refs=resolve_route_refs,
         check_values=route_value_problem,
     )
-    for route in routes:
-        parents = route_parents(
+    # Attached oldest first (then "{namespace}/{name}"), so that an HTTPRoute and a
+    # GRPCRoute sharing a hostname on a listener keep the older one (attach_route);
+    # statuses are still reported in the configuration's order.
+    attached: dict[tuple[str, str, str], list[dict[str, object]]] = {}
+    for route in sorted(routes, key=route_order):
+        attached[route_id(route)] = route_parents(
             route,
             states,
             all_gateway_keys,
@@ -138,6 +142,8 @@ def resolve(
             resolver,
             backends,
         )
+    for route in routes:
+        parents = attached[route_id(route)]
         parents.extend(mesh.parents.get(route_id(route), ()))
         if parents:
             kind = route_kind_name(route)

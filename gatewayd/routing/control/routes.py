@@ -27,7 +27,7 @@ from gatewayd.routing.config.model import (
     RouteGroupKind,
     TLSRoute,
 )
-from gatewayd.routing.control import attach
+from gatewayd.routing.control import attach, hostnames
 from gatewayd.routing.control.backendrefs import BackendResolver
 from gatewayd.routing.control.bindings import AttachedRoute, BackendKey, BackendTarget
 from gatewayd.routing.control.conditions import (
@@ -403,9 +403,56 @@ def attach_route(
     # for Listeners, even if the Accepted condition of an individual Listener is set to
     # "False"." (ListenerStatus.AttachedRoutes)
     rid = route_id(route)
+    other_kind = _HTTP_GRPC_OTHER.get(route_kind.kind)
+    conflicts: list[str] = []
+    attached = 0
     for s, effective in admitted:
         if rid in s.route_ids:
+            attached += 1
             continue
+        if other_kind is not None:
+            # "If a Route (A) of type HTTPRoute or GRPCRoute is attached to a Listener
+            # and that listener already has another Route (B) of the other type
+            # attached and the intersection of the hostnames of A and B is non-empty,
+            # then the implementation MUST accept exactly one of these two routes,
+            # determined by ... The oldest Route based on creation timestamp ... first
+            # in alphabetical order by "{namespace}/{name}"" (GRPCRouteSpec.Hostnames).
+            # Routes are attached oldest first (resolve), so the one found is older.
+            rival = next(
+                (
+                    a.route
+                    for a in s.by_kind.get(other_kind, ())
+                    if _hostnames_overlap(a.hostnames, effective)
+                ),
+                None,
+            )
+            if rival is not None:
+                conflicts.append(
+                    f"listener {s.name!r}: {other_kind} {rival.meta.namespace}/"
+                    f"{rival.meta.name} is older and shares a hostname"
+                )
+                continue
+        attached += 1
         s.route_ids.add(rid)
-        s.routes.append(AttachedRoute(route=route, hostnames=effective))
+        ar = AttachedRoute(route=route, hostnames=effective)
+        s.routes.append(ar)
+        if other_kind is not None:
+            s.by_kind.setdefault(route_kind.kind, []).append(ar)
+    if not attached:
+        # The spec names no reason; the listeners do not allow this route next to the
+        # older one of the other kind.
+        return failed(
+            NOT_ALLOWED_BY_LISTENERS,
+            f"{route_kind.kind} not accepted by Gateway {gw_name}: " + "; ".join(conflicts),
+        )
     return passed(ACCEPTED, f"Route is accepted by Gateway {gw_name}")
+
+
+_HTTP_GRPC_OTHER: Final = {"HTTPRoute": "GRPCRoute", "GRPCRoute": "HTTPRoute"}
+
+
+def _hostnames_overlap(a: tuple[str, ...], b: tuple[str, ...]) -> bool:
+    """Effective hostnames (``()``: any host) of two routes on one listener intersect."""
+    if not a or not b:
+        return True
+    return any(hostnames.intersect_pair(x, y) is not None for x in a for y in b)
