@@ -9,7 +9,13 @@ One run starts, on loopback only, with every process's files in one temporary di
   proxy buffers), adding ``X-Bench: 1``;
 - gatewayd with one worker (and with every worker if ``gatewayd run`` has ``--workers``):
   a generated Gateway/HTTPRoute whose RequestHeaderModifier adds ``X-Bench: 1``;
-- ``loadtest/naive_proxy.py`` (aiohttp server + one ClientSession), adding ``X-Bench: 1``.
+- ``loadtest/naive_proxy.py`` (aiohttp server + one ClientSession), adding ``X-Bench: 1``;
+- HTTP/2 and gRPC rows, measured with h2load over cleartext HTTP/2 (prior knowledge):
+  the backend's h2c listener (``/small``, and a unary gRPC answer to ``GRPC_PATH``), the
+  nginx proxy's h2c listener (HTTP/1.1 keep-alive upstream; ``grpc_pass`` for gRPC) and
+  gatewayd's (h2c on its HTTP listener; a GRPCRoute on a second listener);
+- with ``--baseline REF``, gatewayd 1 worker from an older commit, for "no worse than
+  before".
 
 wrk then measures, in ``--rounds`` interleaved rounds (each round visits every target
 once, so a slow drift of the machine spreads over all of them), for each target: the
