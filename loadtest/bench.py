@@ -9,7 +9,13 @@ One run starts, on loopback only, with every process's files in one temporary di
   proxy buffers), adding ``X-Bench: 1``;
 - gatewayd with one worker (and with every worker if ``gatewayd run`` has ``--workers``):
   a generated Gateway/HTTPRoute whose RequestHeaderModifier adds ``X-Bench: 1``;
-- ``loadtest/naive_proxy.py`` (aiohttp server + one ClientSession), adding ``X-Bench: 1``.
+- ``loadtest/naive_proxy.py`` (aiohttp server + one ClientSession), adding ``X-Bench: 1``;
+- HTTP/2 and gRPC rows, measured with h2load over cleartext HTTP/2 (prior knowledge):
+  the backend's h2c listener (``/small``, and a unary gRPC answer to ``GRPC_PATH``), the
+  nginx proxy's h2c listener (HTTP/1.1 keep-alive upstream; ``grpc_pass`` for gRPC) and
+  gatewayd's (h2c on its HTTP listener; a GRPCRoute on a second listener);
+- with ``--baseline REF``, gatewayd 1 worker from an older commit, for "no worse than
+  before".
 
 wrk then measures, in ``--rounds`` interleaved rounds (each round visits every target
 once, so a slow drift of the machine spreads over all of them), for each target: the
@@ -81,7 +87,25 @@ T_P99_ADDED_MS = 1.0
 T_MBPS_VS_NGINX = 0.50
 T_IDLE_RSS_MB = 200.0
 T_LOOKUP_US = 20.0
+# "HTTP/1.1 rows no worse than before": within the noise of one interleaved run.
+T_VS_BASELINE = 0.95
 NOISY_OTHER_PCT = 5.0  # other processes' share of the target's core that spoils a p99
+
+# HTTP/2 and gRPC rows (h2load).  A gRPC unary call is a POST of one length-prefixed
+# message (1 flag byte, 4 bytes of length, the bytes) with content-type application/grpc
+# and te: trailers; the answer is one such message and a grpc-status trailer.
+GRPC_SERVICE = "gatewayd.bench.Bench"
+GRPC_METHOD = "Call"
+GRPC_PATH = f"/{GRPC_SERVICE}/{GRPC_METHOD}"
+GRPC_REQUEST = b"ping"
+GRPC_REPLY = SMALL_BODY  # the backend's answer: the same 13 bytes as /small
+GRPC_HEADERS = ("content-type: application/grpc", "te: trailers")
+
+
+def grpc_frame(message: bytes) -> bytes:
+    """One uncompressed gRPC message as it travels in DATA frames."""
+    return b"\x00" + len(message).to_bytes(4, "big") + message
+
 
 IDLE_REQUEST = b"GET /small HTTP/1.1\r\nHost: bench\r\n\r\n"
 IDLE_STEP_TIMEOUT = 120.0  # seconds to open (or re-use) all idle connections
@@ -222,7 +246,9 @@ class Processes:
         self.workdir = workdir
         self.procs: list[Proc] = []
 
-    def start(self, name: str, argv: list[str], cpus: set[int] | None = None) -> Proc:
+    def start(
+        self, name: str, argv: list[str], cpus: set[int] | None = None, cwd: Path = ROOT
+    ) -> Proc:
         log_path = self.workdir / f"{name}.log"
         with open(log_path, "wb") as out:
             popen = subprocess.Popen(
@@ -230,7 +256,7 @@ class Processes:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
-                cwd=ROOT,
+                cwd=cwd,
                 start_new_session=True,  # its own process group: stopped with its children
             )
         proc = Proc(name, popen, log_path)
@@ -304,12 +330,47 @@ events {{ worker_connections {nofile - 256}; }}
     )
 
 
-def nginx_backend_conf(tmp: Path, port: int) -> Path:
+def nginx_backend_conf(tmp: Path, port: int, h2_port: int = 0) -> Path:
+    """The backend: HTTP/1.1 on ``port``; with ``h2_port``, also h2c there (prior knowledge).
+
+    On the h2c port it serves the same ``/small`` (the HTTP/2 "direct" row) and answers
+    the gRPC method ``GRPC_PATH`` like a unary gRPC server: ``application/grpc``, one
+    length-prefixed message (a file: nginx's config strings cannot hold its zero bytes)
+    and the trailers ``grpc-status: 0``, ``grpc-message``.  nginx serves no file to a
+    POST, so the method's location answers 405 and ``error_page 405 =200`` turns that
+    into the file, served as to a GET (the request body is read and dropped).  A real
+    grpcio client checks this answer before anything is measured.
+    """
     www = tmp / "www"
     www.mkdir(exist_ok=True)
     (www / "64k").write_bytes(bytes(range(256)) * (BIG_SIZE // 256))
+    (www / "grpc-reply").write_bytes(grpc_frame(GRPC_REPLY))
     top, http = nginx_common(tmp, "backend")
     body = SMALL_BODY.decode().replace("\n", "\\n")
+    locations = f"""
+        # Echo the proxies' added request header back so each proxy is checked.
+        add_header X-Seen-Bench $http_x_bench always;
+        location = /small {{ default_type text/plain; return 200 "{body}"; }}
+        location = /64k {{ root {www}; default_type application/octet-stream; }}"""
+    h2 = ""
+    if h2_port:
+        h2 = f"""
+    server {{
+        listen 127.0.0.1:{h2_port} http2 backlog=4096;{locations}
+        location = {GRPC_PATH} {{ error_page 405 =200 /grpc-reply; return 405; }}
+        location = /grpc-reply {{
+            internal;
+            root {www};
+            default_type application/grpc;
+            # The head of a gRPC server's answer, not a file's: no validators, no ranges.
+            etag off;
+            max_ranges 0;
+            add_header Last-Modified "";
+            add_header X-Seen-Bench $http_x_bench always;  # add_header here stops inheritance
+            add_trailer grpc-status 0 always;
+            add_trailer grpc-message "" always;
+        }}
+    }}"""
     conf = tmp / "backend.conf"
     conf.write_text(
         top
@@ -318,33 +379,26 @@ def nginx_backend_conf(tmp: Path, port: int) -> Path:
     sendfile on;
     tcp_nopush on;
     server {{
-        listen 127.0.0.1:{port} backlog=4096;
-        # Echo the proxies' added request header back so each proxy is checked.
-        add_header X-Seen-Bench $http_x_bench always;
-        location = /small {{ default_type text/plain; return 200 "{body}"; }}
-        location = /64k {{ root {www}; default_type application/octet-stream; }}
-    }}
+        listen 127.0.0.1:{port} backlog=4096;{locations}
+    }}{h2}
 }}
 """
     )
     return conf
 
 
-def nginx_proxy_conf(tmp: Path, port: int, backend_port: int) -> Path:
+def nginx_proxy_conf(
+    tmp: Path, port: int, backend_port: int, h2_port: int = 0, backend_h2_port: int = 0
+) -> Path:
+    """nginx as the reference proxy: HTTP/1.1 on ``port``; with ``h2_port``, h2c there.
+
+    Both listeners proxy to the backend's HTTP/1.1 port over kept-alive HTTP/1.1
+    connections (as gatewayd does), so the HTTP/2 row differs from the HTTP/1.1 one only
+    by its downstream protocol.  On the h2c listener ``GRPC_PATH`` goes to the backend's
+    h2c port with ``grpc_pass`` (nginx's gRPC proxy: HTTP/2 upstream, kept alive).
+    """
     top, http = nginx_common(tmp, "nginxproxy")
-    conf = tmp / "nginxproxy.conf"
-    conf.write_text(
-        top
-        + f"""http {{
-{http}
-    upstream backend {{
-        server 127.0.0.1:{backend_port};
-        keepalive 64;
-        keepalive_requests 10000000;
-    }}
-    server {{
-        listen 127.0.0.1:{port} backlog=4096;
-        location / {{
+    location = f"""
             proxy_pass http://backend;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
@@ -355,96 +409,187 @@ def nginx_proxy_conf(tmp: Path, port: int, backend_port: int) -> Path:
             proxy_buffers 8 64k;
             proxy_busy_buffers_size 128k;
             proxy_set_header Host $host;
-            proxy_set_header {ADDED_HEADER[0]} "{ADDED_HEADER[1]}";
+            proxy_set_header {ADDED_HEADER[0]} "{ADDED_HEADER[1]}";"""
+    h2 = ""
+    if h2_port:
+        grpc = ""
+        if backend_h2_port:
+            grpc = f"""
+        location = {GRPC_PATH} {{
+            grpc_pass grpc://grpcbackend;
+            grpc_set_header {ADDED_HEADER[0]} "{ADDED_HEADER[1]}";
+        }}"""
+        h2 = f"""
+    server {{
+        listen 127.0.0.1:{h2_port} http2 backlog=4096;
+        location / {{{location}
+        }}{grpc}
+    }}"""
+    upstreams = f"""
+    upstream backend {{
+        server 127.0.0.1:{backend_port};
+        keepalive 64;
+        keepalive_requests 10000000;
+    }}"""
+    if h2_port and backend_h2_port:
+        upstreams += f"""
+    upstream grpcbackend {{
+        server 127.0.0.1:{backend_h2_port};
+        keepalive 64;
+        keepalive_requests 10000000;
+    }}"""
+    conf = tmp / "nginxproxy.conf"
+    conf.write_text(
+        top
+        + f"""http {{
+{http}{upstreams}
+    server {{
+        listen 127.0.0.1:{port} backlog=4096;
+        location / {{{location}
         }}
-    }}
+    }}{h2}
 }}
 """
     )
     return conf
 
 
-def gatewayd_config(tmp: Path, port: int, backend_port: int) -> Path:
+def gatewayd_config(
+    tmp: Path, port: int, backend_port: int, grpc_port: int = 0, backend_h2_port: int = 0
+) -> Path:
+    """gatewayd's configuration: a Gateway whose HTTP listener ``http`` on ``port`` carries
+    an HTTPRoute to the backend's HTTP/1.1 port (HTTP/1.1 and h2c downstream alike).
+
+    With ``grpc_port``, a second HTTP listener ``grpc`` carries a GRPCRoute matching the
+    bench method (Exact service and method) to the backend's h2c port (a Service port with
+    ``appProtocol: kubernetes.io/h2c``).  A listener of its own: Gateway API does not let
+    an HTTPRoute and a GRPCRoute share a listener's hostname.  Both routes add X-Bench.
+    """
     cfg = tmp / "gatewayd-config"
     cfg.mkdir(exist_ok=True)
-    (cfg / "bench.yaml").write_text(
-        textwrap.dedent(
-            f"""\
-            apiVersion: gateway.networking.k8s.io/v1
-            kind: GatewayClass
-            metadata:
-              name: bench
-            spec:
-              controllerName: gatewayd.dev/gateway-controller
-            ---
-            apiVersion: gateway.networking.k8s.io/v1
-            kind: Gateway
-            metadata:
-              name: bench
-              namespace: bench
-            spec:
-              gatewayClassName: bench
-              addresses:
-                - type: IPAddress
-                  value: 127.0.0.1
-              listeners:
-                - name: http
-                  protocol: HTTP
-                  port: {port}
-            ---
-            apiVersion: v1
-            kind: Service
-            metadata:
-              name: nginx
-              namespace: bench
-            spec:
-              ports:
-                - name: http
+    grpc_listener = ""
+    if grpc_port:
+        grpc_listener = f"""
+            - name: grpc
+              protocol: HTTP
+              port: {grpc_port}"""
+    docs = [
+        f"""\
+        apiVersion: gateway.networking.k8s.io/v1
+        kind: GatewayClass
+        metadata:
+          name: bench
+        spec:
+          controllerName: gatewayd.dev/gateway-controller
+        ---
+        apiVersion: gateway.networking.k8s.io/v1
+        kind: Gateway
+        metadata:
+          name: bench
+          namespace: bench
+        spec:
+          gatewayClassName: bench
+          addresses:
+            - type: IPAddress
+              value: 127.0.0.1
+          listeners:
+            - name: http
+              protocol: HTTP
+              port: {port}{grpc_listener}
+        """,
+        _service_yaml("nginx", backend_port, ""),
+        f"""\
+        apiVersion: gateway.networking.k8s.io/v1
+        kind: HTTPRoute
+        metadata:
+          name: bench
+          namespace: bench
+        spec:
+          parentRefs:
+            - name: bench
+              sectionName: http
+          rules:
+            - matches:
+                - path:
+                    type: PathPrefix
+                    value: /
+              filters:
+                - type: RequestHeaderModifier
+                  requestHeaderModifier:
+                    add:
+                      - name: {ADDED_HEADER[0]}
+                        value: "{ADDED_HEADER[1]}"
+              backendRefs:
+                - name: nginx
                   port: 80
-                  targetPort: {backend_port}
-            ---
-            apiVersion: discovery.k8s.io/v1
-            kind: EndpointSlice
-            metadata:
-              name: nginx-1
-              namespace: bench
-              labels:
-                kubernetes.io/service-name: nginx
-            addressType: IPv4
-            ports:
-              - name: http
-                port: {backend_port}
-            endpoints:
-              - addresses: ["127.0.0.1"]
-                conditions:
-                  ready: true
-            ---
-            apiVersion: gateway.networking.k8s.io/v1
-            kind: HTTPRoute
-            metadata:
-              name: bench
-              namespace: bench
-            spec:
-              parentRefs:
-                - name: bench
-              rules:
-                - matches:
-                    - path:
-                        type: PathPrefix
-                        value: /
-                  filters:
-                    - type: RequestHeaderModifier
-                      requestHeaderModifier:
-                        add:
-                          - name: {ADDED_HEADER[0]}
-                            value: "{ADDED_HEADER[1]}"
-                  backendRefs:
-                    - name: nginx
-                      port: 80
-            """
-        )
-    )
+        """,
+    ]
+    if grpc_port:
+        docs += [
+            _service_yaml("grpc", backend_h2_port, "kubernetes.io/h2c"),
+            f"""\
+        apiVersion: gateway.networking.k8s.io/v1
+        kind: GRPCRoute
+        metadata:
+          name: bench
+          namespace: bench
+        spec:
+          parentRefs:
+            - name: bench
+              sectionName: grpc
+          rules:
+            - matches:
+                - method:
+                    type: Exact
+                    service: {GRPC_SERVICE}
+                    method: {GRPC_METHOD}
+              filters:
+                - type: RequestHeaderModifier
+                  requestHeaderModifier:
+                    add:
+                      - name: {ADDED_HEADER[0]}
+                        value: "{ADDED_HEADER[1]}"
+              backendRefs:
+                - name: grpc
+                  port: 80
+        """,
+        ]
+    (cfg / "bench.yaml").write_text("---\n".join(textwrap.dedent(d) for d in docs))
     return cfg
+
+
+def _service_yaml(name: str, target_port: int, app_protocol: str) -> str:
+    """A Service and its EndpointSlice: port 80 -> 127.0.0.1:``target_port``."""
+    proto = f"\n              appProtocol: {app_protocol}" if app_protocol else ""
+    slice_proto = f"\n            appProtocol: {app_protocol}" if app_protocol else ""
+    return f"""\
+        apiVersion: v1
+        kind: Service
+        metadata:
+          name: {name}
+          namespace: bench
+        spec:
+          ports:
+            - name: http
+              port: 80
+              targetPort: {target_port}{proto}
+        ---
+        apiVersion: discovery.k8s.io/v1
+        kind: EndpointSlice
+        metadata:
+          name: {name}-1
+          namespace: bench
+          labels:
+            kubernetes.io/service-name: {name}
+        addressType: IPv4
+        ports:
+          - name: http
+            port: {target_port}{slice_proto}
+        endpoints:
+          - addresses: ["127.0.0.1"]
+            conditions:
+              ready: true
+        """
 
 
 # --------------------------------------------------------------------------- wrk
@@ -467,6 +612,8 @@ class WrkResult:
     # Busy share of the load core(s) (wrk and, for proxies, the backend): near 100 means
     # the load side, not the target, was the limit.
     load_cpu_pct: float | None = None
+    # h2load rows: what ``errors`` is made of (failed streams, non-2xx, short bodies).
+    error_detail: dict[str, int] | None = None
 
 
 _TIME_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3, "h": 3600e3}
@@ -515,23 +662,207 @@ def run_wrk(
     argv = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration:g}s", "--latency", url]
     if cpus is not None:
         argv = ["taskset", "-c", ",".join(map(str, sorted(cpus))), *argv]
-    cpu0, t0 = cpu_times(sut_pids), time.monotonic()
-    core0, load0 = core_ticks(sut_cpus), core_ticks(load_cpus)
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 30, check=False)
-    cpu1, t1 = cpu_times(sut_pids), time.monotonic()
-    core1, load1 = core_ticks(sut_cpus), core_ticks(load_cpus)
+    with _cpu_meter(sut_pids, sut_cpus, load_cpus) as meter:
+        done = subprocess.run(
+            argv, capture_output=True, text=True, timeout=duration + 30, check=False
+        )
     if done.returncode != 0:
         raise RuntimeError(f"wrk failed ({done.returncode}): {done.stderr}{done.stdout}")
     result = parse_wrk(done.stdout)
-    result.sut_cpu_pct = 100.0 * (sum(cpu1) - sum(cpu0)) / (t1 - t0)
-    result.sut_sys_pct = 100.0 * (cpu1[1] - cpu0[1]) / (t1 - t0)
-    if result.sut_cpu_pct > 1:
-        result.rps_per_core = result.rps * 100.0 / result.sut_cpu_pct
-    if sut_cpus and core1[1] > core0[1]:
-        busy_pct = 100.0 * len(sut_cpus) * (core1[0] - core0[0]) / (core1[1] - core0[1])
-        result.other_cpu_pct = max(0.0, busy_pct - result.sut_cpu_pct)
-    if load_cpus and load1[1] > load0[1]:
-        result.load_cpu_pct = 100.0 * (load1[0] - load0[0]) / (load1[1] - load0[1])
+    meter.fill(result)
+    return result
+
+
+class _CpuMeter:
+    """CPU used by the target's processes, its core(s) and the load core(s) over a run."""
+
+    def __init__(self, sut_pids: list[int], sut_cpus: set[int] | None, load_cpus: set[int] | None):
+        self.sut_pids, self.sut_cpus, self.load_cpus = sut_pids, sut_cpus, load_cpus
+        self.cpu0, self.t0 = cpu_times(sut_pids), time.monotonic()
+        self.core0, self.load0 = core_ticks(sut_cpus), core_ticks(load_cpus)
+        self.cpu1, self.t1 = self.cpu0, self.t0
+        self.core1, self.load1 = self.core0, self.load0
+
+    def stop(self) -> None:
+        self.cpu1, self.t1 = cpu_times(self.sut_pids), time.monotonic()
+        self.core1, self.load1 = core_ticks(self.sut_cpus), core_ticks(self.load_cpus)
+
+    def fill(self, result: WrkResult) -> None:
+        wall = max(self.t1 - self.t0, 1e-9)
+        result.sut_cpu_pct = 100.0 * (sum(self.cpu1) - sum(self.cpu0)) / wall
+        result.sut_sys_pct = 100.0 * (self.cpu1[1] - self.cpu0[1]) / wall
+        if result.sut_cpu_pct > 1:
+            result.rps_per_core = result.rps * 100.0 / result.sut_cpu_pct
+        core0, core1, load0, load1 = self.core0, self.core1, self.load0, self.load1
+        if self.sut_cpus and core1[1] > core0[1]:
+            busy = 100.0 * len(self.sut_cpus) * (core1[0] - core0[0]) / (core1[1] - core0[1])
+            result.other_cpu_pct = max(0.0, busy - result.sut_cpu_pct)
+        if self.load_cpus and load1[1] > load0[1]:
+            result.load_cpu_pct = 100.0 * (load1[0] - load0[0]) / (load1[1] - load0[1])
+
+
+@contextlib.contextmanager
+def _cpu_meter(
+    sut_pids: list[int], sut_cpus: set[int] | None, load_cpus: set[int] | None
+) -> Iterator[_CpuMeter]:
+    meter = _CpuMeter(sut_pids, sut_cpus, load_cpus)
+    yield meter
+    meter.stop()
+
+
+# --------------------------------------------------------------------------- h2load
+
+
+def _size_bytes(text: str) -> int:
+    m = re.fullmatch(r"([\d.]+)(B|KB|MB|GB|TB)", text)
+    if not m:
+        raise ValueError(f"h2load size {text!r}")
+    return int(float(m.group(1)) * _SIZE_UNITS[m.group(2)])
+
+
+@dataclass
+class H2loadSummary:
+    """h2load's end-of-run summary (its latency figures are mean/sd only: see parse_h2load_log)."""
+
+    seconds: float
+    rps: float
+    done: int
+    succeeded: int
+    failed: int  # failed includes errored and timed out
+    status_2xx: int
+    traffic_bytes: int
+    data_bytes: int  # DATA frame payload: response bodies (gRPC: framed messages)
+
+
+def parse_h2load(out: str) -> H2loadSummary:
+    def find(pattern: str) -> re.Match[str]:
+        m = re.search(pattern, out, re.M)
+        if not m:
+            raise RuntimeError(f"unexpected h2load output (no {pattern!r}):\n{out}")
+        return m
+
+    fin = find(r"^finished in ([\d.]+)(us|ms|s|m|h), ([\d.]+) req/s")
+    req = find(
+        r"^requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, "
+        r"(\d+) failed, (\d+) errored, (\d+) timeout"
+    )
+    codes = find(r"^status codes: (\d+) 2xx")
+    traffic = find(r"^traffic: \S+ \((\d+)\) total, .* (\S+) \((\d+)\) data")
+    return H2loadSummary(
+        seconds=_ms(fin.group(1) + fin.group(2)) / 1e3,
+        rps=float(fin.group(3)),
+        done=int(req.group(3)),
+        succeeded=int(req.group(4)),
+        failed=int(req.group(5)),
+        status_2xx=int(codes.group(1)),
+        traffic_bytes=int(traffic.group(1)),
+        data_bytes=int(traffic.group(3)),
+    )
+
+
+def parse_h2load_log(lines: Iterator[str] | list[str]) -> tuple[float, float, int]:
+    """(p50 ms, p99 ms, count) of h2load's ``--log-file``: one request per line, tab-
+    separated: start (µs since the epoch), status, µs until the end of the response."""
+    durations = sorted(int(line.split("\t")[2]) for line in lines if line.strip())
+    if not durations:
+        raise RuntimeError("h2load's log holds no request")
+
+    def pct(q: float) -> float:
+        return durations[min(len(durations) - 1, int(q * len(durations)))] / 1e3
+
+    return pct(0.50), pct(0.99), len(durations)
+
+
+def h2load_result(
+    summary: H2loadSummary, log_lines: list[str], body_len: int, connections: int = 0
+) -> WrkResult:
+    """A WrkResult from h2load's summary and log.  ``errors`` counts failed requests,
+    non-2xx answers and 2xx answers that lack their body: h2load counts a 200 as a
+    success whatever it holds, and a gRPC error is a 200 with no message (trailers only),
+    so the DATA bytes must be ``body_len`` per answer for the run to be clean.
+
+    h2load counts bytes and statuses only inside its measuring phase, each when it sees
+    them, so an answer whose DATA came just before the phase began and its end just
+    after is a 2xx without its bytes (seen: exactly 1 in some runs of the nginx rows).
+    Up to one such answer per connection is tolerated; a failing gRPC backend gives
+    thousands."""
+    p50, p99, _ = parse_h2load_log(log_lines)
+    bodies = summary.data_bytes // body_len if body_len else summary.status_2xx
+    short = max(0, summary.status_2xx - bodies)
+    detail = {
+        "failed": summary.failed,
+        # h2load's "succeeded" are the streams that completed, whatever their status.
+        "non_2xx": max(0, summary.succeeded - summary.status_2xx),
+        "short_bodies": short if short > connections else 0,
+    }
+    errors = sum(detail.values())
+    detail["short_bodies_seen"] = short
+    return WrkResult(
+        rps=summary.rps,
+        p50_ms=p50,
+        p99_ms=p99,
+        transfer_mb_s=summary.traffic_bytes / max(summary.seconds, 1e-9) / 1e6,
+        requests=summary.done,
+        errors=errors,
+        error_detail=detail,
+    )
+
+
+def h2load_argv(
+    url: str,
+    *,
+    connections: int,
+    streams: int,
+    duration: float,
+    threads: int,
+    log_file: Path,
+    data_file: Path | None = None,
+    headers: tuple[str, ...] = (),
+) -> list[str]:
+    """h2load over cleartext HTTP/2 with prior knowledge (its default for http:// URLs)."""
+    argv = [
+        "h2load",
+        f"-t{threads}",
+        f"-c{connections}",
+        f"-m{streams}",
+        f"-D{duration:g}",
+        f"--log-file={log_file}",
+    ]
+    for h in headers:
+        argv += ["-H", h]
+    if data_file is not None:
+        argv += ["-d", str(data_file)]  # a POST with this file as its body
+    return [*argv, url]
+
+
+def run_h2load(
+    argv: list[str],
+    *,
+    log_file: Path,
+    body_len: int,
+    connections: int,
+    duration: float,
+    cpus: set[int] | None,
+    sut_pids: list[int],
+    sut_cpus: set[int] | None,
+    load_cpus: set[int] | None,
+) -> WrkResult:
+    if cpus is not None:
+        argv = ["taskset", "-c", ",".join(map(str, sorted(cpus))), *argv]
+    log_file.unlink(missing_ok=True)
+    with _cpu_meter(sut_pids, sut_cpus, load_cpus) as meter:
+        done = subprocess.run(
+            argv, capture_output=True, text=True, timeout=duration + 30, check=False
+        )
+    if done.returncode != 0:
+        raise RuntimeError(f"h2load failed ({done.returncode}): {done.stderr}{done.stdout}")
+    summary = parse_h2load(done.stdout)
+    if summary.done == 0:
+        raise RuntimeError(f"h2load: no request completed:\n{done.stdout}")
+    with open(log_file) as f:
+        result = h2load_result(summary, f.readlines(), body_len, connections)
+    log_file.unlink(missing_ok=True)
+    meter.fill(result)
     return result
 
 
@@ -550,17 +881,116 @@ class Target:
     proxied: bool = True
     note: str = ""  # why it is not available
     runs: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    # What is measured: wrk KINDS (HTTP/1.1) or one of H2_KINDS (h2load).
+    kinds: tuple[str, ...] = ("small64", "small8", "big64")
+    # Other listeners of the same process: "h2" (h2c, HTTP routes), "grpc" (h2c, gRPC).
+    urls: dict[str, str] = field(default_factory=dict)
 
     @property
     def available(self) -> bool:
         return bool(self.url)
 
+    @property
+    def protocol(self) -> str:
+        """Which table the row belongs to: "h1", "h2" or "grpc"."""
+        return H2_KINDS[self.kinds[0]].protocol if self.kinds[0] in H2_KINDS else "h1"
+
 
 def verify(target: Target) -> None:
     try:
-        _verify(target)
+        if target.protocol == "grpc":
+            verify_grpc(target)
+        elif target.protocol == "h2":
+            verify_h2(target)
+        else:
+            _verify(target)
     except OSError as exc:
         raise RuntimeError(f"{target.label} ({target.url}): {exc!r}") from exc
+
+
+def h2c_request(
+    url: str, path: str, timeout: float = 5.0
+) -> tuple[dict[str, str], bytes, dict[str, str]]:
+    """One GET over cleartext HTTP/2 with prior knowledge (the h2 package, one socket):
+    (response headers, body, trailers)."""
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    conn.initiate_connection()
+    sid = conn.get_next_available_stream_id()
+    conn.send_headers(
+        sid,
+        [(":method", "GET"), (":scheme", "http"), (":authority", "bench"), (":path", path)],
+        end_stream=True,
+    )
+    headers: dict[str, str] = {}
+    trailers: dict[str, str] = {}
+    body = bytearray()
+    deadline = time.monotonic() + timeout
+    with socket.create_connection((host, int(port)), timeout=timeout) as sock:
+        sock.sendall(conn.data_to_send())
+        while True:
+            sock.settimeout(max(0.01, deadline - time.monotonic()))
+            data = sock.recv(65536)
+            if not data:
+                raise RuntimeError(f"h2c {url}{path}: connection closed before the answer")
+            for ev in conn.receive_data(data):
+                if isinstance(ev, h2.events.ResponseReceived) and ev.stream_id == sid:
+                    headers = {_s(k): _s(v) for k, v in ev.headers}
+                elif isinstance(ev, h2.events.TrailersReceived) and ev.stream_id == sid:
+                    trailers = {_s(k): _s(v) for k, v in ev.headers}
+                elif isinstance(ev, h2.events.DataReceived) and ev.stream_id == sid:
+                    body += ev.data
+                    if len(body) > 4 * BIG_SIZE:
+                        raise RuntimeError(f"h2c {url}{path}: answer over {4 * BIG_SIZE} bytes")
+                    conn.acknowledge_received_data(ev.flow_controlled_length, sid)
+                elif isinstance(ev, h2.events.StreamReset) and ev.stream_id == sid:
+                    raise RuntimeError(f"h2c {url}{path}: stream reset ({ev.error_code!r})")
+                elif isinstance(ev, h2.events.StreamEnded) and ev.stream_id == sid:
+                    return headers, bytes(body), trailers
+            sock.sendall(conn.data_to_send())
+
+
+def _s(v: str | bytes) -> str:
+    return v.decode() if isinstance(v, bytes) else v
+
+
+def verify_h2(target: Target) -> None:
+    headers, body, _ = h2c_request(target.url, "/small")
+    if headers.get(":status") != "200" or body != SMALL_BODY:
+        raise RuntimeError(
+            f"{target.label}: h2c GET /small -> {headers.get(':status')} {body[:200]!r}"
+        )
+    if target.proxied and headers.get("x-seen-bench") != ADDED_HEADER[1]:
+        raise RuntimeError(f"{target.label}: the backend did not see X-Bench: {headers}")
+
+
+def grpc_call(url: str, timeout: float = 5.0) -> tuple[str, bytes, dict[str, str], str]:
+    """One unary call of the bench method with the real grpcio client (raw bytes, no
+    codegen): (status code name, reply, initial metadata, details)."""
+    try:
+        import grpc
+    except ImportError as exc:
+        raise RuntimeError("grpcio is not installed (the dev extra has it)") from exc
+    with grpc.insecure_channel(url.removeprefix("http://")) as channel:
+        call = channel.unary_unary(GRPC_PATH)
+        try:
+            reply, info = call.with_call(GRPC_REQUEST, timeout=timeout)
+        except grpc.RpcError as exc:
+            return exc.code().name, b"", {}, str(exc.details())
+        meta = {k: str(v) for k, v in info.initial_metadata()}
+        return info.code().name, reply, meta, ""
+
+
+def verify_grpc(target: Target) -> None:
+    code, reply, meta, details = grpc_call(target.url)
+    if code != "OK" or reply != GRPC_REPLY:
+        raise RuntimeError(f"{target.label}: gRPC {GRPC_PATH} -> {code} {details!r} {reply!r}")
+    if target.proxied and meta.get("x-seen-bench") != ADDED_HEADER[1]:
+        raise RuntimeError(f"{target.label}: the backend did not see X-Bench: {meta}")
 
 
 def _verify(target: Target) -> None:
@@ -745,15 +1175,16 @@ def summarise(target: Target) -> dict[str, Any]:
     def med(kind: str, attr: str) -> float | None:
         return median([r[attr] for r in target.runs.get(kind, []) if r.get(attr) is not None])
 
+    main = target.kinds[0]  # small64 (wrk), h2small or grpc (h2load)
     return {
-        "rps": med("small64", "rps"),
-        "p50_ms": med("small64", "p50_ms"),
-        "p99_ms": med("small64", "p99_ms"),
-        "cpu_pct": med("small64", "sut_cpu_pct"),
-        "rps_per_core": med("small64", "rps_per_core"),
-        "other_cpu_pct": med("small64", "other_cpu_pct"),
-        "sys_pct": med("small64", "sut_sys_pct"),
-        "load_cpu_pct": med("small64", "load_cpu_pct"),
+        "rps": med(main, "rps"),
+        "p50_ms": med(main, "p50_ms"),
+        "p99_ms": med(main, "p99_ms"),
+        "cpu_pct": med(main, "sut_cpu_pct"),
+        "rps_per_core": med(main, "rps_per_core"),
+        "other_cpu_pct": med(main, "other_cpu_pct"),
+        "sys_pct": med(main, "sut_sys_pct"),
+        "load_cpu_pct": med(main, "load_cpu_pct"),
         "p99_8conn_ms": med("small8", "p99_ms"),
         "p99_8conn_best_ms": min(
             (r["p99_ms"] for r in target.runs.get("small8", [])), default=None
@@ -789,6 +1220,8 @@ def print_main_table(targets: list[Target], summary: dict[str, dict[str, Any]]) 
     ]
     rows: list[list[str]] = []
     for t in targets:
+        if t.protocol != "h1":
+            continue
         if not t.available:
             rows.append([t.label, f"n/a ({t.note})", *[""] * (len(cols) - 2)])
             continue
@@ -811,6 +1244,51 @@ def print_main_table(targets: list[Target], summary: dict[str, dict[str, Any]]) 
             ]
         )
     print_table(cols, rows)
+
+
+def print_h2_table(
+    protocol: str, targets: list[Target], summary: dict[str, dict[str, Any]]
+) -> None:
+    """The HTTP/2 ("h2") or gRPC ("grpc") rows: one h2load run per round each."""
+    nginx = summary.get(f"{protocol}-nginx", {}).get("rps")
+    direct = summary.get(f"{protocol}-direct", {}).get("rps")
+    cols = [
+        "target",
+        "req/s",
+        "p50",
+        "p99",
+        "vs nginx",
+        "vs direct",
+        "cpu%",
+        "req/s/core",
+        "other%",
+        "load%",
+    ]
+    rows: list[list[str]] = []
+    for t in targets:
+        if t.protocol != protocol:
+            continue
+        if not t.available:
+            rows.append([t.label, f"n/a ({t.note})", *[""] * (len(cols) - 2)])
+            continue
+        s = summary[t.key]
+        label = t.label + (f" (!{s['errors']} errors)" if s["errors"] else "")
+        rows.append(
+            [
+                label,
+                fmt(s["rps"], ",.0f"),
+                fmt(s["p50_ms"], ".3f", "ms"),
+                fmt(s["p99_ms"], ".3f", "ms"),
+                fmt(ratio(s["rps"], nginx), ".2f", "x"),
+                fmt(ratio(s["rps"], direct), ".2f", "x"),
+                fmt(s["cpu_pct"], ".0f"),
+                fmt(s["rps_per_core"], ",.0f"),
+                fmt(s["other_cpu_pct"], ".0f"),
+                fmt(s["load_cpu_pct"], ".0f"),
+            ]
+        )
+    if rows:
+        print_table(cols, rows)
 
 
 def print_table(cols: list[str], rows: list[list[str]]) -> None:
@@ -864,6 +1342,27 @@ def checks(
         below=False,
         detail=f"{fmt(r and r * 100, '.0f', '%')} of nginx",
     )
+    g2, n2 = summary.get("h2-gatewayd1", {}), summary.get("h2-nginx", {})
+    r = ratio(g2.get("rps"), n2.get("rps"))
+    check(
+        "HTTP/2: gatewayd 1 worker req/s >= 35% of nginx",
+        r,
+        T_RPS_VS_NGINX,
+        below=False,
+        detail=f"{fmt(r and r * 100, '.0f', '%')} of nginx (h2c downstream, HTTP/1.1 upstream)",
+    )
+    base = summary.get("gatewayd1-base")
+    if base is not None:
+        for attr, what in (("rps", "req/s"), ("mb_s_64k", "64 KiB MB/s")):
+            r = ratio(g.get(attr), base.get(attr))
+            check(
+                f"HTTP/1.1: gatewayd 1 worker {what} >= {T_VS_BASELINE:.0%} of the baseline",
+                r,
+                T_VS_BASELINE,
+                below=False,
+                detail=f"{fmt(r and r * 100, '.0f', '%')} of the baseline's "
+                f"{fmt(base.get(attr), ',.0f')}",
+            )
     r = ratio(g.get("rps"), nv.get("rps"))
     check(
         "gatewayd 1 worker req/s >= 3x naive aiohttp",
@@ -927,15 +1426,44 @@ def checks(
     return out
 
 
+def export_gatewayd(ref: str, tree: Path) -> Path:
+    """``gatewayd/`` of commit ``ref`` in ``tree`` (``git archive``), checked to be the
+    package ``python -m gatewayd`` imports when run from ``tree``."""
+    tree.mkdir()
+    archive = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", "--format=tar", ref, "gatewayd"],
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    if archive.returncode != 0:
+        raise RuntimeError(f"git archive {ref}: {archive.stderr.decode(errors='replace')}")
+    subprocess.run(["tar", "-x", "-C", str(tree)], input=archive.stdout, check=True)
+    # The current directory comes first on sys.path with -m: check that it wins over
+    # this checkout's (editable) install.
+    where = subprocess.run(
+        [PYTHON, "-c", "import gatewayd; print(gatewayd.__file__)"],
+        capture_output=True,
+        text=True,
+        cwd=tree,
+        timeout=60,
+        check=False,
+    ).stdout.strip()
+    if not where.startswith(str(tree)):
+        raise RuntimeError(f"the baseline imports gatewayd from {where!r}, not {tree}")
+    return tree
+
+
 # --------------------------------------------------------------------------- main
 
 
-def require_tools() -> None:
-    missing = [t for t in ("nginx", "wrk") if shutil.which(t) is None]
+def require_tools(h2: bool) -> None:
+    missing = [t for t in ("nginx", "wrk", *(["h2load"] if h2 else [])) if shutil.which(t) is None]
     if missing:
         sys.exit(
             f"bench: {' and '.join(missing)} not found. `make bench` installs them with apt-get "
-            "(packages nginx-light or nginx, and wrk); or run: apt-get install -y nginx-light wrk"
+            "(packages nginx-light or nginx, wrk, and nghttp2-client for h2load); or run: "
+            "apt-get install -y nginx-light wrk nghttp2-client"
         )
 
 
@@ -947,19 +1475,49 @@ def raise_nofile(want: int) -> int:
     return new
 
 
-def gatewayd_run_help(cmd: list[str]) -> str:
+def gatewayd_run_help(cmd: list[str], cwd: Path = ROOT) -> str:
     done = subprocess.run(
         [*cmd, "run", "--help"],
         capture_output=True,
         text=True,
-        cwd=ROOT,
+        cwd=cwd,
         timeout=60,
         check=False,
     )
     return done.stdout
 
 
+ALL_TARGETS = (
+    "direct",
+    "nginx",
+    "gatewayd1",
+    "gatewayd-all",
+    "naive",
+    "h2-direct",
+    "h2-nginx",
+    "h2-gatewayd1",
+    "grpc-direct",
+    "grpc-nginx",
+    "grpc-gatewayd1",
+)
 KINDS = {"small64": ("/small", 64), "small8": ("/small", 8), "big64": ("/64k", 64)}
+
+
+@dataclass(frozen=True)
+class H2Kind:
+    """One h2load measurement: the path, the request and the body each answer must hold."""
+
+    protocol: str  # "h2" or "grpc"
+    path: str
+    body_len: int  # bytes of DATA per answer (checked: a 200 without them is an error)
+    headers: tuple[str, ...] = ()
+    grpc: bool = False  # POST the framed GRPC_REQUEST
+
+
+H2_KINDS = {
+    "h2small": H2Kind("h2", "/small", len(SMALL_BODY)),
+    "grpc": H2Kind("grpc", GRPC_PATH, len(grpc_frame(GRPC_REPLY)), GRPC_HEADERS, grpc=True),
+}
 
 
 class Bench:
@@ -978,6 +1536,7 @@ class Bench:
         self.has_workers = "--workers" in self.run_help
         self.backend: Proc | None = None
         self.bport = 0
+        self.bh2port = 0  # the backend's h2c port (HTTP/2 and gRPC "direct" rows)
 
     # ---- processes of a target
 
@@ -1012,15 +1571,18 @@ class Bench:
     # ---- starting targets
 
     def start_backend(self) -> Target:
-        self.bport = free_port()
-        conf = nginx_backend_conf(self.tmp, self.bport)
-        self.backend = self.start_nginx("backend", conf, self.bport)
+        self.bport, self.bh2port = free_port(), free_port()
+        conf = nginx_backend_conf(self.tmp, self.bport, self.bh2port)
+        backend = self.backend = self.start_nginx("backend", conf, self.bport)
+        wait_until(lambda: self.listening(backend, self.bh2port), 10, "backend h2c")
+        h2 = f"http://127.0.0.1:{self.bh2port}"
         return Target(
             "direct",
             "direct (wrk -> nginx backend)",
             f"http://127.0.0.1:{self.bport}",
             placement="direct",
             proxied=False,
+            urls={"h2": h2, "grpc": h2},
         )
 
     def start_nginx(self, name: str, conf: Path, port: int) -> Proc:
@@ -1036,26 +1598,42 @@ class Bench:
         return port_open(port)
 
     def start_nginx_proxy(self) -> Target:
-        port = free_port()
-        proc = self.start_nginx("nginxproxy", nginx_proxy_conf(self.tmp, port, self.bport), port)
-        return Target("nginx", "nginx proxy (1 worker)", f"http://127.0.0.1:{port}", proc=proc)
+        port, h2port = free_port(), free_port()
+        conf = nginx_proxy_conf(self.tmp, port, self.bport, h2port, self.bh2port)
+        proc = self.start_nginx("nginxproxy", conf, port)
+        wait_until(lambda: self.listening(proc, h2port), 10, "nginx proxy h2c")
+        h2 = f"http://127.0.0.1:{h2port}"
+        return Target(
+            "nginx",
+            "nginx proxy (1 worker)",
+            f"http://127.0.0.1:{port}",
+            proc=proc,
+            urls={"h2": h2, "grpc": h2},
+        )
 
-    def start_gatewayd(self, key: str, workers: int | None) -> Target:
-        port, admin = free_port(), free_port()
+    def start_gatewayd(
+        self, key: str, workers: int | None, tree: Path | None = None, label: str = ""
+    ) -> Target:
+        """gatewayd on a generated config; ``tree``: the package exported from an older
+        commit (``--baseline``), run from that directory so its ``gatewayd`` is imported."""
+        port, admin, grpc_port = free_port(), free_port(), free_port()
+        config = gatewayd_config(self.tmp, port, self.bport, grpc_port, self.bh2port)
+        cmd = [PYTHON, "-m", "gatewayd"] if tree is not None else self.gatewayd_cmd
+        run_help = gatewayd_run_help(cmd, tree or ROOT) if tree is not None else self.run_help
         argv = [
-            *self.gatewayd_cmd, "run",
-            "--config", str(gatewayd_config(self.tmp, port, self.bport)),
+            *cmd, "run",
+            "--config", str(config),
             "--admin-address", f"127.0.0.1:{admin}",
             "--access-log", "off",
             # The idle-connection test holds --idle-conns connections at once.
             "--max-connections", str(self.args.idle_conns + 10000),
             "--idle-timeout", "600",
         ]  # fmt: skip
-        if "--no-watch" in self.run_help:
+        if "--no-watch" in run_help:
             argv.append("--no-watch")
-        if workers is not None:
+        if workers is not None and "--workers" in run_help:
             argv += ["--workers", str(workers)]
-        proc = self.procs.start(key, argv)
+        proc = self.procs.start(key, argv, cwd=tree or ROOT)
 
         def ready() -> bool:
             self.procs.check_alive(proc)
@@ -1063,10 +1641,13 @@ class Bench:
 
         wait_until(ready, 30, f"{key} /ready")
         if workers is None or workers == 1:
-            label, placement = "gatewayd 1 worker", "split"
+            label, placement = label or "gatewayd 1 worker", "split"
         else:
-            label, placement = f"gatewayd all workers ({workers})", "all"
-        return Target(key, label, f"http://127.0.0.1:{port}", proc=proc, placement=placement)
+            label, placement = label or f"gatewayd all workers ({workers})", "all"
+        url = f"http://127.0.0.1:{port}"
+        # h2c shares the HTTP listener (prior knowledge); gRPC has a listener of its own.
+        urls = {"h2": url, "grpc": f"http://127.0.0.1:{grpc_port}"}
+        return Target(key, label, url, proc=proc, placement=placement, urls=urls)
 
     def start_naive(self) -> Target:
         port = free_port()
@@ -1080,35 +1661,73 @@ class Bench:
         return Target("naive", "naive aiohttp proxy", f"http://127.0.0.1:{port}", proc=proc)
 
     def start_targets(self, wanted: list[str]) -> list[Target]:
-        targets = [self.start_backend()]
-        if "nginx" in wanted:
-            targets.append(self.start_nginx_proxy())
-        if "gatewayd1" in wanted:
-            targets.append(
-                self.start_or_note(
-                    "gatewayd1",
-                    "gatewayd 1 worker",
-                    lambda: self.start_gatewayd("gatewayd1", 1 if self.has_workers else None),
-                )
+        """Start what the wanted rows need; rows of one process share it (the HTTP/2 and
+        gRPC rows of nginx and gatewayd 1 worker are other listeners of the same process)."""
+        direct = self.start_backend()
+        rows: dict[str, Target] = {"direct": direct}
+        if {"nginx", "h2-nginx", "grpc-nginx"} & set(wanted):
+            rows["nginx"] = self.start_nginx_proxy()
+        if {"gatewayd1", "h2-gatewayd1", "grpc-gatewayd1"} & set(wanted):
+            rows["gatewayd1"] = self.start_or_note(
+                "gatewayd1",
+                "gatewayd 1 worker",
+                lambda: self.start_gatewayd("gatewayd1", 1 if self.has_workers else None),
             )
         if "gatewayd-all" in wanted:
             if self.has_workers:
-                targets.append(
-                    self.start_or_note(
-                        "gatewayd-all",
-                        "gatewayd all workers",
-                        lambda: self.start_gatewayd("gatewayd-all", self.ncpu),
-                    )
+                rows["gatewayd-all"] = self.start_or_note(
+                    "gatewayd-all",
+                    "gatewayd all workers",
+                    lambda: self.start_gatewayd("gatewayd-all", self.ncpu),
                 )
             else:
-                targets.append(
-                    Target("gatewayd-all", "gatewayd all workers", note="no --workers yet")
+                rows["gatewayd-all"] = Target(
+                    "gatewayd-all", "gatewayd all workers", note="no --workers yet"
                 )
         if "naive" in wanted:
-            targets.append(self.start_naive())
-        if "direct" not in wanted:
-            targets = targets[1:]
-        return targets
+            rows["naive"] = self.start_naive()
+        if self.args.baseline:
+            rows["gatewayd1-base"] = self.start_or_note(
+                "gatewayd1-base",
+                f"gatewayd 1 worker @{self.args.baseline}",
+                self.start_baseline,
+            )
+        for proto, kind in (("h2", "h2small"), ("grpc", "grpc")):
+            for base in ("direct", "nginx", "gatewayd1"):
+                key = f"{proto}-{base}"
+                if key in wanted:
+                    rows[key] = self.derive(rows[base], key, proto, kind)
+        order = [*wanted, "gatewayd1-base"]
+        if "gatewayd1" in order:  # the baseline row next to the row it is compared with
+            order.insert(order.index("gatewayd1") + 1, order.pop())
+        return [rows[k] for k in order if k in rows]
+
+    def start_baseline(self) -> Target:
+        """gatewayd 1 worker from the commit ``--baseline`` (``git archive`` of gatewayd/,
+        run with this venv's packages) for the "no worse than before" check."""
+        ref = self.args.baseline
+        tree = export_gatewayd(ref, self.tmp / "baseline")
+        return self.start_gatewayd(
+            "gatewayd1-base", 1, tree=tree, label=f"gatewayd 1 worker @{ref}"
+        )
+
+    def derive(self, base: Target, key: str, proto: str, kind: str) -> Target:
+        """The row of another listener of ``base``'s process, measured with h2load."""
+        label = {
+            "direct": "direct (h2load -> nginx backend)",
+            "nginx": "nginx proxy (1 worker)",
+            "gatewayd1": "gatewayd 1 worker",
+        }[base.key]
+        return Target(
+            key,
+            label,
+            base.urls.get(proto, "") if base.available else "",
+            proc=base.proc,
+            placement=base.placement,
+            proxied=base.proxied,
+            note=base.note,
+            kinds=(kind,),
+        )
 
     def start_or_note(self, key: str, label: str, start: Callable[[], Target]) -> Target:
         """A target that fails to start becomes an n/a row instead of ending the bench."""
@@ -1128,7 +1747,12 @@ class Bench:
                 print(
                     f"--- last lines of {t.proc.name}'s output:\n{t.proc.tail(40)}", file=sys.stderr
                 )
-            t.note = f"failed the check: {str(exc).splitlines()[0][len(t.label) :].strip(' :')}"
+            reason = str(exc).splitlines()[0][len(t.label) :].strip(" :")
+            t.note = f"failed the check: {reason}"
+            if t.key == "grpc-gatewayd1":
+                # The probe is the answer: a gatewayd that does not serve GRPCRoutes yet
+                # (or not this one) answers the call with an error status.
+                t.note = f"skipped: GRPCRoute not served (probe: {reason})"
             t.url = ""
 
     # ---- measuring
@@ -1139,6 +1763,8 @@ class Bench:
         self.procs.check_alive(self.sut_proc(t))
         wrk_cpus = self.place(t)
         sut_cpus = SUT_CPUS if wrk_cpus is not None else None
+        if kind in H2_KINDS:
+            return self.measure_h2(t, H2_KINDS[kind], duration, wrk_cpus, sut_cpus)
         path, conns = KINDS[kind]
         return run_wrk(
             t.url + path,
@@ -1151,21 +1777,57 @@ class Bench:
             load_cpus=wrk_cpus,
         )
 
+    def measure_h2(
+        self,
+        t: Target,
+        kind: H2Kind,
+        duration: float,
+        load_cpus: set[int] | None,
+        sut_cpus: set[int] | None,
+    ) -> WrkResult:
+        data = None
+        if kind.grpc:
+            data = self.tmp / "grpc-request"
+            data.write_bytes(grpc_frame(GRPC_REQUEST))
+        log_file = self.tmp / "h2load.log"
+        argv = h2load_argv(
+            t.url + kind.path,
+            connections=self.args.h2_conns,
+            streams=self.args.h2_streams,
+            duration=duration,
+            threads=self.args.threads,
+            log_file=log_file,
+            data_file=data,
+            headers=kind.headers,
+        )
+        return run_h2load(
+            argv,
+            log_file=log_file,
+            body_len=kind.body_len,
+            connections=self.args.h2_conns,
+            duration=duration,
+            cpus=load_cpus,
+            sut_pids=self.cpu_pids(t),
+            sut_cpus=sut_cpus,
+            load_cpus=load_cpus,
+        )
+
     def rounds(self, live: list[Target]) -> None:
         warm = min(2.0, self.args.duration)
         for t in live:
-            self.measure(t, "small64", warm)
+            self.measure(t, t.kinds[0], warm)
         log(f"warmed up ({warm:g}s each)")
         for rnd in range(self.args.rounds):
             for t in live:
-                for kind in KINDS:
+                for kind in t.kinds:
                     r = self.measure(t, kind, self.args.duration)
                     t.runs.setdefault(kind, []).append(asdict(r))
                     log(
-                        f"round {rnd + 1}/{self.args.rounds} {t.key:<12} {kind:<7} "
+                        f"round {rnd + 1}/{self.args.rounds} {t.key:<14} {kind:<7} "
                         f"{r.rps:>9,.0f} req/s p50 {r.p50_ms:.3f}ms p99 {r.p99_ms:.3f}ms "
                         f"{r.transfer_mb_s:,.1f} MB/s cpu {r.sut_cpu_pct:.0f}%"
                         + (f" ERRORS {r.errors}" if r.errors else "")
+                        + (f" {r.error_detail}" if r.errors and r.error_detail else "")
                     )
 
     def idle(self, live: list[Target]) -> dict[str, Any]:
@@ -1183,18 +1845,20 @@ class Bench:
         return out
 
     def profile(self, t: Target) -> dict[str, Any]:
-        """py-spy record (raw collapsed stacks) on gatewayd during one wrk run."""
+        """py-spy record (raw collapsed stacks) on gatewayd during one run of the row's
+        first kind (wrk /small at 64 connections, or its h2load run)."""
         spy = Path(PYTHON).parent / "py-spy"
         if not spy.exists():
             return {"note": "py-spy not installed (.venv/bin/pip install py-spy)"}
         pid = self.worker_pids(t)[0]
         raw = self.tmp / "profile.txt"
+        raw.unlink(missing_ok=True)
         dur = max(3, int(self.args.duration))
-        log(f"profile: py-spy record on pid {pid} for {dur}s under wrk (64 conns, /small)")
+        log(f"profile: py-spy record on pid {pid} for {dur}s under {t.key} {t.kinds[0]}")
         argv = [str(spy), "record", "-p", str(pid), "-d", str(dur), "-r", "200", "-f", "raw"]
         spy_proc = self.procs.start("py-spy", [*argv, "-o", str(raw)])
         time.sleep(1.0)  # py-spy attaching: it has no readiness signal to wait on
-        result = self.measure(t, "small64", dur)
+        result = self.measure(t, t.kinds[0], dur)
         with contextlib.suppress(subprocess.TimeoutExpired):
             spy_proc.popen.wait(timeout=30)
         if not raw.exists():
@@ -1209,10 +1873,11 @@ class Bench:
                 leaf = re.sub(r":\d+\)$", ")", stack.split(";")[-1])
                 selfs[leaf] = selfs.get(leaf, 0) + int(count)
         RESULTS.mkdir(parents=True, exist_ok=True)
-        kept = RESULTS / "profile-gatewayd1.txt"
+        kept = RESULTS / f"profile-{t.key}.txt"
         shutil.copy(raw, kept)
         top = sorted(selfs.items(), key=lambda kv: -kv[1])[:20]
         return {
+            "label": f"{t.label} ({t.key}, {t.kinds[0]})",
             "samples": total,
             "rps_while_profiled": result.rps,
             "collapsed_stacks": str(kept.relative_to(ROOT)),
@@ -1242,6 +1907,22 @@ def print_report(
     )
     print_main_table(targets, summary)
     print()
+    streams = f"{args.h2_conns} connections x {args.h2_streams} streams"
+    if any(t.protocol == "h2" for t in targets):
+        print(
+            f"HTTP/2 downstream (h2load, h2c prior knowledge, {streams}, GET /small; "
+            "proxies reach the backend over kept-alive HTTP/1.1):"
+        )
+        print_h2_table("h2", targets, summary)
+        print()
+    if any(t.protocol == "grpc" for t in targets):
+        print(
+            f"gRPC unary (h2load, {streams}, POST {GRPC_PATH}, {len(GRPC_REQUEST)}-byte "
+            f"message, answered with {len(GRPC_REPLY)} bytes and grpc-status 0; proxies "
+            "reach the backend over HTTP/2: nginx grpc_pass, gatewayd GRPCRoute):"
+        )
+        print_h2_table("grpc", targets, summary)
+        print()
     for v in verdicts:
         print(f"{v['verdict']:<5}  {v['check']}: {v['detail']}")
     print()
@@ -1282,17 +1963,18 @@ def print_report(
             print("  " + line)
     elif lookup:
         print(f"route lookup: n/a ({lookup.get('note')})")
-    if profile.get("top"):
+    for prof in profile.values():
         print()
+        if not prof.get("top"):
+            print(f"profile: {prof.get('note')}")
+            continue
         print(
-            f"py-spy on gatewayd 1 worker under wrk (64 conns, /small): self time, "
-            f"{profile['samples']} samples, {profile['rps_while_profiled']:,.0f} req/s while "
-            f"sampled; stacks in {profile['collapsed_stacks']}"
+            f"py-spy on {prof['label']}: self time, {prof['samples']} samples, "
+            f"{prof['rps_while_profiled']:,.0f} req/s while sampled; stacks in "
+            f"{prof['collapsed_stacks']}"
         )
-        for row in profile["top"]:
+        for row in prof["top"]:
             print(f"  {row['self_pct']:5.1f}%  {row['frame']}")
-    elif profile:
-        print(f"profile: {profile.get('note')}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1306,37 +1988,61 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-lookup", action="store_true", help="skip bench_lookup.py")
     ap.add_argument(
         "--targets",
-        default="direct,nginx,gatewayd1,gatewayd-all,naive",
-        help="comma-separated subset of direct,nginx,gatewayd1,gatewayd-all,naive",
+        default=",".join(ALL_TARGETS),
+        help=f"comma-separated subset of {','.join(ALL_TARGETS)}",
     )
     ap.add_argument(
-        "--profile", action="store_true", help="py-spy on gatewayd 1 worker under one extra run"
+        "--h2-conns", type=int, default=16, help="h2load connections (HTTP/2 and gRPC rows, 16)"
+    )
+    ap.add_argument(
+        "--h2-streams",
+        type=int,
+        default=4,
+        help="h2load concurrent streams per connection (-m, 4: 64 in flight like wrk's 64)",
+    )
+    ap.add_argument(
+        "--profile",
+        action="store_true",
+        help="py-spy on gatewayd 1 worker under one extra run of each of its rows",
     )
     ap.add_argument(
         "--gatewayd",
         metavar="CMD",
         help="command that runs gatewayd (default: this python -m gatewayd)",
     )
+    ap.add_argument(
+        "--baseline",
+        metavar="REF",
+        help="also measure gatewayd 1 worker from this git commit (HTTP/1.1 rows), e.g. the "
+        "tree before a change",
+    )
     ap.add_argument("--output", type=Path, help="JSON path (loadtest/results/bench-DATE.json)")
     args = ap.parse_args(argv)
-    require_tools()
     wanted = [t.strip() for t in args.targets.split(",") if t.strip()]
+    unknown = sorted(set(wanted) - set(ALL_TARGETS))
+    if unknown:
+        ap.error(f"unknown targets {unknown}: choose among {','.join(ALL_TARGETS)}")
+    require_tools(h2=any(w.startswith(("h2-", "grpc-")) for w in wanted))
     nofile = raise_nofile(args.idle_conns + 4096)
 
     started = datetime.datetime.now(datetime.UTC)
     tmp = Path(tempfile.mkdtemp(prefix="gatewayd-bench-"))
     bench = Bench(args, tmp)
-    n = len([w for w in wanted if w != "gatewayd-all" or bench.has_workers])
+    counted = [w for w in wanted if w != "gatewayd-all" or bench.has_workers]
+    counted += ["gatewayd1-base"] if args.baseline else []
+    n = len(counted)
+    runs_per_round = sum(1 if w.startswith(("h2-", "grpc-")) else len(KINDS) for w in counted)
     expected = (
         15
         + n * min(2.0, args.duration)
-        + args.rounds * n * len(KINDS) * (args.duration + 0.3)
+        + args.rounds * runs_per_round * (args.duration + 0.3)
         + (30 * 3 if args.idle_conns else 0)
         + (0 if args.no_lookup else 10)
-        + (args.duration + 5 if args.profile else 0)
+        + (3 * (max(3, args.duration) + 5) if args.profile else 0)
     )
     log(
-        f"{n} targets x {len(KINDS)} wrk runs x {args.rounds} rounds x {args.duration:g}s: "
+        f"{n} targets, {runs_per_round} wrk/h2load runs x {args.rounds} rounds x "
+        f"{args.duration:g}s: "
         f"expect about {expected / 60:.1f} min in all (every step has a time limit)"
     )
     load_before = os.getloadavg()
@@ -1363,11 +2069,15 @@ def main(argv: list[str] | None = None) -> int:
             if t.available:
                 bench.verify_or_drop(t)
         live = [t for t in targets if t.available]
-        log("targets answer /small and /64k; the backend sees each proxy's X-Bench")
+        log(
+            "targets answer (HTTP/1.1: /small and /64k; h2c: /small; gRPC: a grpcio call); "
+            "the backend sees each proxy's X-Bench"
+        )
         bench.rounds(live)
-        g1 = next((t for t in live if t.key == "gatewayd1"), None)
-        if args.profile and g1 is not None:
-            profile = bench.profile(g1)
+        if args.profile:
+            for t in live:
+                if t.key in ("gatewayd1", "h2-gatewayd1", "grpc-gatewayd1"):
+                    profile[t.key] = bench.profile(t)
         if args.idle_conns:
             idle = bench.idle(live)
         if not args.no_lookup:
@@ -1393,6 +2103,7 @@ def main(argv: list[str] | None = None) -> int:
         "duration_s": args.duration,
         "rounds": args.rounds,
         "wrk_threads": args.threads,
+        "h2load": {"connections": args.h2_conns, "streams_per_connection": args.h2_streams},
         "placement": (
             f"target on CPUs {sorted(SUT_CPUS)}; wrk and backend on CPUs {sorted(LOAD_CPUS)}"
             if bench.pinned

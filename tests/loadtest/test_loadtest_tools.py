@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -162,3 +164,204 @@ def test_lookup_benchmark_reports_10_and_1000_routes() -> None:
         # "<table>  <requests>  <µs per lookup>  (<compile ms>)": a positive figure.
         figure = float(line.split()[-2])
         assert figure > 0, line
+
+
+# --------------------------------------------------------------------------- HTTP/2 and gRPC rows
+
+H2LOAD_OUTPUT = """\
+starting benchmark...
+spawning thread #0: 2 total client(s). Timing-based test with 0s of warm-up time and 1s of \
+main duration for measurements.
+Warm-up phase is over for thread #0.
+Main benchmark duration is started for thread #0.
+Main benchmark duration is over for thread #0. Stopping all clients.
+Stopped all clients for thread #0
+
+finished in 1.00s, 21275.00 req/s, 3.63MB/s
+requests: 21275 total, 21279 started, 21275 done, 21270 succeeded, 5 failed, 5 errored, 0 timeout
+status codes: 21270 2xx, 0 3xx, 0 4xx, 0 5xx
+traffic: 3.63MB (3808323) total, 2.21MB (2318975) headers (space savings 40.11%), \
+373.97KB (382860) data
+                     min         max         mean         sd        +/- sd
+time for request:       58us      5.41ms       170us       202us    98.58%
+time for connect:      379us       411us       395us        22us   100.00%
+time to 1st byte:     1.25ms      1.60ms      1.43ms       245us   100.00%
+req/s           :   10632.25    10637.60    10634.93        3.78   100.00%
+"""
+
+
+def test_parse_h2load_reads_the_summary() -> None:
+    bench = _load("bench")
+    s = bench.parse_h2load(H2LOAD_OUTPUT)
+    assert s.seconds == pytest.approx(1.0)
+    assert s.rps == pytest.approx(21275.0)
+    assert (s.done, s.succeeded, s.failed, s.status_2xx) == (21275, 21270, 5, 21270)
+    assert s.traffic_bytes == 3808323
+    assert s.data_bytes == 382860
+
+
+def test_parse_h2load_refuses_unexpected_output() -> None:
+    bench = _load("bench")
+    with pytest.raises(RuntimeError, match="unexpected h2load output"):
+        bench.parse_h2load("connect to 127.0.0.1:1 failed\n")
+
+
+def test_h2load_log_gives_the_percentiles() -> None:
+    bench = _load("bench")
+    # start µs, status, µs to the end of the response: 1..1000 µs in a shuffled order.
+    lines = [f"1796223444517525\t200\t{(i * 7919) % 1000 + 1}\n" for i in range(1000)]
+    p50, p99, count = bench.parse_h2load_log([*lines, "\n"])
+    assert count == 1000
+    assert p50 == pytest.approx(0.501)  # ms
+    assert p99 == pytest.approx(0.991)
+    with pytest.raises(RuntimeError, match="no request"):
+        bench.parse_h2load_log([])
+
+
+def test_h2load_result_counts_answers_without_their_body_as_errors() -> None:
+    bench = _load("bench")
+    s = bench.parse_h2load(H2LOAD_OUTPUT)
+    log = ["1\t200\t100\n", "2\t200\t300\n"]
+    frame = len(bench.grpc_frame(bench.GRPC_REPLY))
+    assert frame == 5 + 13
+    # 382,860 bytes of DATA are 21,270 gRPC answers of 18 bytes: only the 5 failures count.
+    r = bench.h2load_result(s, log, frame)
+    assert (r.rps, r.requests, r.errors) == (21275.0, 21275, 5)
+    assert r.transfer_mb_s == pytest.approx(3.808323)
+    # Trailers-only answers (a gRPC error is a 200 without a message) are errors too.
+    s.data_bytes = frame * 21000
+    r = bench.h2load_result(s, log, frame, connections=16)
+    assert r.errors == 5 + 270
+    assert r.error_detail == {
+        "failed": 5,
+        "non_2xx": 0,
+        "short_bodies": 270,
+        "short_bodies_seen": 270,
+    }
+    # One answer per connection may straddle h2load's phase boundary without its bytes.
+    s.data_bytes = frame * (21270 - 16)
+    assert bench.h2load_result(s, log, frame, connections=16).errors == 5
+    s.data_bytes = frame * (21270 - 17)
+    assert bench.h2load_result(s, log, frame, connections=16).errors == 5 + 17
+
+
+def test_h2load_command_line_for_a_grpc_call(tmp_path: Path) -> None:
+    bench = _load("bench")
+    kind = bench.H2_KINDS["grpc"]
+    argv = bench.h2load_argv(
+        "http://127.0.0.1:9" + kind.path,
+        connections=16,
+        streams=4,
+        duration=2.0,
+        threads=1,
+        log_file=tmp_path / "log",
+        data_file=tmp_path / "req",
+        headers=kind.headers,
+    )
+    assert argv[0] == "h2load"
+    assert {"-t1", "-c16", "-m4", "-D2", f"--log-file={tmp_path / 'log'}"} <= set(argv)
+    assert argv[argv.index("-d") + 1] == str(tmp_path / "req")
+    headers = [argv[i + 1] for i, a in enumerate(argv) if a == "-H"]
+    assert headers == ["content-type: application/grpc", "te: trailers"]
+    assert argv[-1] == "http://127.0.0.1:9/gatewayd.bench.Bench/Call"
+    assert bench.grpc_frame(b"ping") == b"\x00\x00\x00\x00\x04ping"
+
+
+def test_nginx_configs_render_the_h2c_listeners() -> None:
+    bench = _load("bench")
+    tmp = Path(tempfile.mkdtemp(prefix="bench-test-"))
+    try:
+        backend = bench.nginx_backend_conf(tmp, 1001, 1002).read_text()
+        assert "listen 127.0.0.1:1001 backlog=4096;" in backend
+        assert "listen 127.0.0.1:1002 http2 backlog=4096;" in backend
+        assert f"location = {bench.GRPC_PATH} " in backend
+        assert "add_trailer grpc-status 0 always;" in backend
+        assert (tmp / "www" / "grpc-reply").read_bytes() == bench.grpc_frame(bench.GRPC_REPLY)
+        proxy = bench.nginx_proxy_conf(tmp, 1003, 1001, 1004, 1002).read_text()
+        assert "listen 127.0.0.1:1004 http2 backlog=4096;" in proxy
+        assert "grpc_pass grpc://grpcbackend;" in proxy
+        assert "server 127.0.0.1:1002;" in proxy  # the gRPC upstream is the backend's h2c
+        # Both listeners reach the backend over kept-alive HTTP/1.1: one location, twice.
+        assert proxy.count("proxy_pass http://backend;") == 2
+        assert proxy.count('proxy_set_header Connection "";') == 2
+        # Without h2 ports the HTTP/1.1-only configurations are what they were.
+        assert "http2" not in bench.nginx_backend_conf(tmp, 1001).read_text()
+        assert "http2" not in bench.nginx_proxy_conf(tmp, 1003, 1001).read_text()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@pytest.mark.skipif(shutil.which("nginx") is None, reason="nginx is installed by make bench")
+def test_nginx_h2c_backend_and_proxy_answer_h2_and_grpc(
+    spawn: list[subprocess.Popen[bytes]],
+) -> None:
+    """The rendered configs really serve: an h2c GET and a grpcio unary call, direct and
+    through the nginx proxy (which must add X-Bench on both)."""
+    bench = _load("bench")
+    tmp = Path(tempfile.mkdtemp(prefix="bench-test-"))  # readable by nginx's workers
+    try:
+        bport, bh2, pport, ph2 = (_free_port() for _ in range(4))
+        for conf, port in (
+            (bench.nginx_backend_conf(tmp, bport, bh2), bh2),
+            (bench.nginx_proxy_conf(tmp, pport, bport, ph2, bh2), ph2),
+        ):
+            proc = subprocess.Popen(
+                ["nginx", "-p", str(tmp), "-e", str(tmp / "error.log"), "-c", str(conf)],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+            spawn.append(proc)
+            _wait_port(port, proc)
+        for port, proxied in ((bh2, False), (ph2, True)):
+            t = bench.Target("t", "t", f"http://127.0.0.1:{port}", proxied=proxied)
+            headers, body, _ = bench.h2c_request(t.url, "/small")
+            assert (headers[":status"], body) == ("200", bench.SMALL_BODY)
+            assert headers.get("x-seen-bench") == ("1" if proxied else None)
+            code, reply, meta, _ = bench.grpc_call(t.url)
+            # grpcio accepts only an application/grpc answer with a grpc-status trailer.
+            assert (code, reply) == ("OK", bench.GRPC_REPLY)
+            assert meta.get("x-seen-bench") == ("1" if proxied else None)
+            bench.verify_h2(t)
+            bench.verify_grpc(t)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def test_bench_config_with_the_grpc_listener_is_valid(tmp_path: Path) -> None:
+    bench = _load("bench")
+    cfg = bench.gatewayd_config(tmp_path, _free_port(), _free_port(), _free_port(), _free_port())
+    out = subprocess.run(
+        [sys.executable, "-m", "gatewayd", "check", "--config", str(cfg)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    ).stdout
+    rows = {line.split()[0] + " " + line.split()[1]: line.split() for line in out.splitlines()[1:]}
+    assert rows["listener http"][2:] == ["True", "True", "True"], out
+    assert rows["listener grpc"][2:] == ["True", "True", "True"], out
+    # "HTTPRoute bench/bench -> bench/bench/http  True  -  True"
+    assert rows["HTTPRoute bench/bench"][3:5] == ["bench/bench/http", "True"], out
+    # Accepted once gatewayd serves GRPCRoutes; its backend (an h2c Service) resolves now.
+    grpc_route = rows["GRPCRoute bench/bench"]
+    assert grpc_route[3] == "bench/bench/grpc" and grpc_route[-1] == "True", out
+
+
+def test_baseline_tree_is_the_gatewayd_its_runs_import(tmp_path: Path) -> None:
+    """--baseline REF runs gatewayd/ of an older commit: the export must be what
+    `python -m gatewayd` imports from there, not this checkout's editable install."""
+    bench = _load("bench")
+    tree = bench.export_gatewayd("HEAD", tmp_path / "base")
+    assert (tree / "gatewayd" / "__main__.py").is_file()
+    out = subprocess.run(
+        [sys.executable, "-m", "gatewayd", "run", "--help"],
+        cwd=tree,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    assert "--config" in out
+    with pytest.raises(RuntimeError, match="git archive no-such-ref"):
+        bench.export_gatewayd("no-such-ref", tmp_path / "other")
