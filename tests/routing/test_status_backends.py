@@ -108,8 +108,7 @@ def test_app_protocol_from_service_port_then_slice_port() -> None:
     ("app_protocol", "why"),
     [
         ("kubernetes.io/h2c", "HTTP/1.1"),
-        ("kubernetes.io/ws", "WebSocket upgrades"),
-        ("kubernetes.io/wss", "WebSocket upgrades"),
+        ("kubernetes.io/wss", "WebSocket over TLS"),
     ],
 )
 def test_unserved_app_protocols_are_unsupported_protocol_for_http_routes(
@@ -125,6 +124,14 @@ def test_unserved_app_protocols_are_unsupported_protocol_for_http_routes(
         "s1", ports=[EndpointPort(name="http", port=3000, app_protocol=app_protocol)]
     )
     assert target(service(), es).invalid == "UnsupportedProtocol"
+
+
+def test_websocket_backends_are_served() -> None:
+    # HTTPRouteBackendProtocolWebSocket: the Upgrade is forwarded (proxy/http/upgrade.py).
+    svc = service(ports=[ServicePort(name="http", port=8080, app_protocol="kubernetes.io/ws")])
+    t = target(svc)
+    assert t.invalid is None
+    assert t.app_protocol == "kubernetes.io/ws"
 
 
 def test_invalid_references() -> None:

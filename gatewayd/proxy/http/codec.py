@@ -296,6 +296,15 @@ class ServerStream(Protocol):
         """Bytes queued towards the client for this stream (idle-timeout progress)."""
         ...
 
+    def send_tunnel_head(self, head: ResponseHead) -> None:
+        """The backend accepted a WebSocket upgrade (its 101): HTTP/1.1 writes
+        ``101 Switching Protocols`` with ``head.headers`` as given (no framing fields,
+        no keep-alive: the connection is the tunnel's); HTTP/2 answers the extended
+        CONNECT with ``:status 200`` (RFC 8441 5) and keeps the stream open.  From
+        then on ``send_data`` carries raw tunnel bytes and ``send_end`` closes the
+        direction towards the client (FIN, END_STREAM); the client's bytes arrive with
+        ``on_data`` and the end of its direction with ``on_tunnel_eof``."""
+
 
 class StreamCallbacks(Protocol):
     """What a server codec calls on the exchange of one stream."""
@@ -324,6 +333,10 @@ class StreamCallbacks(Protocol):
 
     def on_write_resume(self) -> None: ...
 
+    def on_tunnel_eof(self) -> None:
+        """After ``send_tunnel_head``: the client closed its direction of the tunnel
+        (HTTP/1.1 FIN; HTTP/2 END_STREAM comes as ``on_end``)."""
+
 
 # The server codec creates one exchange per request, when its head is complete.
 ExchangeFactory = Callable[[ServerStream, RequestHead], StreamCallbacks]
@@ -338,6 +351,12 @@ class ClientCallbacks(Protocol):
     def on_response_head(self, stream: ClientStream, head: ResponseHead) -> None: ...
 
     def on_response_data(self, data: bytes) -> None: ...
+
+    def on_upgrade(self, stream: ClientStream, head: ResponseHead) -> None:
+        """The backend answered ``101 Switching Protocols`` (HTTP/1.1): from now on
+        ``on_response_data`` carries raw tunnel bytes, ``send_data`` writes raw bytes,
+        and the backend closing its side is ``on_response_end`` (never reusable).  A
+        101 nobody asked for is the backend's protocol error: reset the stream."""
 
     def on_response_end(
         self, stream: ClientStream, trailers: Headers | None, reusable: bool

@@ -190,6 +190,18 @@ class H2ServerStream:
         self.no_body = no_body
         self.response_started = True
 
+    def send_tunnel_head(self, head: ResponseHead) -> None:
+        # RFC 8441 5: the extended CONNECT succeeded, ":status 200"; the WebSocket
+        # handshake fields of HTTP/1.1 are not used ("Sec-WebSocket-Accept ... not
+        # used"), and connection-specific ones never cross into HTTP/2.
+        fields: Headers = [(b":status", b"200")]
+        fields += [
+            f for f in to_h2_fields(head.headers, request=False) if f[0] != b"sec-websocket-accept"
+        ]
+        self.head_pending = fields
+        self.no_body = False
+        self.response_started = True
+
     def send_data(self, data: bytes) -> None:
         if not self.no_body and not self.response_ended:
             self.out += data
@@ -279,8 +291,12 @@ class H2ServerConnection:
         clock: Callable[[], float],
         limits: H2Limits = EDGE_H2_LIMITS,
         on_lost: Callable[[BaseException | None], None] | None = None,
+        tunnel_factory: ExchangeFactory | None = None,
     ) -> None:
         self.conn = conn
+        # Extended CONNECT (RFC 8441, ``:protocol``) streams: their exchange
+        # (``upgrade.UpgradeExchange``); None: ``factory`` serves them too.
+        self.tunnel_factory = tunnel_factory
         # Told when the transport is gone (the HTTP/1.1 connection that handed this one
         # over keeps the proxy's connection count).
         self.on_lost = on_lost
@@ -297,6 +313,10 @@ class H2ServerConnection:
                 h2.settings.SettingCodes.HEADER_TABLE_SIZE: limits.header_table_size,
                 h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: limits.max_header_list_bytes,
                 h2.settings.SettingCodes.MAX_FRAME_SIZE: limits.max_frame_size,
+                # RFC 8441 3: "a server MAY send this setting to signal that it
+                # supports the extended CONNECT method"; h2 4.x then accepts
+                # :protocol on CONNECT (and checks :scheme and :path are there).
+                h2.settings.SettingCodes.ENABLE_CONNECT_PROTOCOL: 1,
             },
         )
         self.h2.decoder.max_header_list_size = limits.max_header_list_bytes
@@ -586,7 +606,10 @@ class H2ServerConnection:
             end_stream=ended,
             protocol=protocol,
         )
-        callbacks = self.factory(stream, head)
+        factory = self.factory
+        if protocol is not None and self.tunnel_factory is not None:
+            factory = self.tunnel_factory
+        callbacks = factory(stream, head)
         stream.callbacks = callbacks
         if self.write_paused:
             stream.out_paused = True

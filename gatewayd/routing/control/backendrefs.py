@@ -44,17 +44,16 @@ from gatewayd.routing.snapshot.backends import EndpointAddress
 
 # appProtocols the data plane cannot speak to a backend, per route kind.  The upstream
 # side is HTTP/1.1 only, so an HTTPRoute backend that asks for cleartext HTTP/2 is
-# refused, and so is one that asks for WebSocket (KEP-3726 "kubernetes.io/ws" and
-# "kubernetes.io/wss"): the proxy does not forward an Upgrade, so the client would get
-# a plain response instead of 101 Switching Protocols.  "If a Route is not able to send
+# refused.  WebSocket over cleartext (KEP-3726 "kubernetes.io/ws") is served: the
+# handshake's Upgrade is forwarded and the 101 opens a tunnel (proxy/http/upgrade.py);
+# "kubernetes.io/wss" (WebSocket over TLS) is not yet.  "If a Route is not able to send
 # traffic to the backend using the specified protocol then the backend is considered
 # invalid. Implementations MUST set the "ResolvedRefs" condition to "False" with the
 # "UnsupportedProtocol" reason." (BackendRef)
 UNSUPPORTED_APP_PROTOCOLS: Mapping[str, Mapping[str, str]] = {
     "HTTPRoute": {
         "kubernetes.io/h2c": "gatewayd speaks HTTP/1.1 to backends",
-        "kubernetes.io/ws": "gatewayd does not forward WebSocket upgrades yet",
-        "kubernetes.io/wss": "gatewayd does not forward WebSocket upgrades yet",
+        "kubernetes.io/wss": "gatewayd does not speak WebSocket over TLS to backends yet",
     },
 }
 
