@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import socket
 import time
 from collections.abc import Iterator
@@ -189,7 +191,29 @@ def test_fifty_concurrent_tunnels(env: Env) -> None:
         async with aiohttp.ClientSession(connector=conn) as s:
             await asyncio.gather(*(one(s, i) for i in range(50)))
 
+    opened = metric(env.daemon, "gatewayd_upstream_tunnels_total")
     run(main())
+    assert metric(env.daemon, "gatewayd_upstream_tunnels_total") >= opened + 50
+    # Every tunnel closed: none left open, no upstream connection of theirs pooled.
+    for _ in deadline_loop(10.0):
+        if metric(env.daemon, "gatewayd_upstream_tunnels_active") == 0:
+            break
+    else:
+        raise AssertionError(env.daemon.metrics())
+    assert metric(env.daemon, "gatewayd_upstream_cx_active", backend="default/plain:80") == 0
+
+
+def test_handshake_head_obeys_the_header_limits(env: Env) -> None:
+    with socket.create_connection((LOCALHOST, env.port), timeout=10) as sock:
+        many = b"".join(b"X-F%d: v\r\n" % i for i in range(150))  # over 100 fields
+        sock.sendall(
+            b"GET /echo HTTP/1.1\r\nHost: ws.example\r\nConnection: Upgrade\r\n"
+            b"Upgrade: websocket\r\n" + many + b"\r\n"
+        )
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    assert data.startswith(b"HTTP/1.1 431")
 
 
 def test_backend_close_reaches_the_client(env: Env) -> None:
@@ -396,3 +420,38 @@ def test_rfc8441_non_websocket_protocol_is_refused(env: Env) -> None:
             if status is not None:
                 break
         assert status == b"501"
+
+
+def test_shutdown_closes_tunnels_after_the_drain_timeout(
+    ws_backend: WebSocketBackend,
+    gatewayd,  # type: ignore[no-untyped-def]
+) -> None:
+    port = free_port()
+    docs = [
+        gateway_class(),
+        gateway("gw", [listener("http", port)]),
+        *manifests_ws_service("plain", ws_backend.port, None),
+        http_route("plain", [rule(backends=[backend_ref("plain")])]),
+    ]
+    daemon = gatewayd(docs, args=["--drain-timeout", "1"])
+
+    async def main() -> float:
+        async with (
+            aiohttp.ClientSession() as s,
+            s.ws_connect(f"http://{LOCALHOST}:{port}/echo") as ws,
+        ):
+            await ws.send_str("before")
+            assert await ws.receive_str(timeout=10) == "before"
+            t0 = time.monotonic()
+            os.kill(daemon.pid, signal.SIGTERM)
+            await asyncio.sleep(0.3)
+            # Draining: the open tunnel still works ...
+            await ws.send_str("during")
+            assert await ws.receive_str(timeout=10) == "during"
+            # ... until the drain timeout closes it.
+            msg = await ws.receive(timeout=10)
+            assert msg.type in (aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR), msg
+            return time.monotonic() - t0
+
+    elapsed = run(main())
+    assert 0.8 <= elapsed < 5.0, elapsed

@@ -218,6 +218,7 @@ class UpgradeExchange(Exchange):
         metrics = self.conn.proxy.metrics
         if metrics is not None:
             metrics.upstream_request(backend.name, rule.route_id, 101, loop.time() - self.try_start)
+            metrics.tunnel(backend.name, 1)
         pending = self.pending
         if pending:
             self.pending = []
@@ -228,6 +229,13 @@ class UpgradeExchange(Exchange):
         if self.down_eof:
             half_close(conn)
         stream.flush()
+
+    def _record(self) -> None:
+        # Once, when the exchange ends: for a tunnel, when it closes.
+        metrics = self.conn.proxy.metrics
+        if self.tunnel and metrics is not None and self.backend is not None:
+            metrics.tunnel(self.backend.name, -1)
+        super()._record()
 
     def on_data(self, data: bytes) -> None:
         n = len(data)
