@@ -27,6 +27,7 @@ import pytest
 from e2e_kit import (
     LOCALHOST,
     Gatewayd,
+    MemorySampler,
     backend_ref,
     deadline_loop,
     free_port,
@@ -39,6 +40,7 @@ from e2e_kit import (
     rule,
 )
 from ws_kit import (
+    HANDSHAKE,
     OP_BINARY,
     OP_CLOSE,
     OP_TEXT,
@@ -46,6 +48,7 @@ from ws_kit import (
     client_frame,
     manifests_ws_service,
     parse_frames,
+    unmasked_client_frame,
 )
 
 pytestmark = pytest.mark.e2e
@@ -201,6 +204,71 @@ def test_fifty_concurrent_tunnels(env: Env) -> None:
     else:
         raise AssertionError(env.daemon.metrics())
     assert metric(env.daemon, "gatewayd_upstream_cx_active", backend="default/plain:80") == 0
+
+
+def _open_raw(env: Env, path: str) -> tuple[socket.socket, bytes]:
+    """A tunnel over a raw socket with a small receive buffer: (socket, bytes read
+    after the 101 head)."""
+    sock = socket.create_connection((LOCALHOST, env.port), timeout=10)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+    sock.sendall(HANDSHAKE.format(path=path).encode())
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(65536)
+    head, rest = data.split(b"\r\n\r\n", 1)
+    assert head.startswith(b"HTTP/1.1 101"), head
+    return sock, rest
+
+
+FLOOD_MIB = 48
+
+
+def test_a_client_that_does_not_read_stops_the_backend(env: Env) -> None:
+    daemon = env.daemon
+    sock, got = _open_raw(env, f"/flood?mib={FLOOD_MIB}")
+    with sock, MemorySampler(daemon) as sampler:
+        time.sleep(1.0)  # not reading (under --stream-idle-timeout)
+        received = len(got)
+        while chunk := sock.recv(1 << 20):
+            received += len(chunk)
+    assert received >= FLOOD_MIB << 20  # everything arrived, once read
+    assert sampler.peak_growth_kb() < 16 * 1024, "gatewayd buffered the flood"
+
+
+def test_a_backend_that_does_not_read_stops_the_client(env: Env) -> None:
+    daemon = env.daemon
+    n = len(env.backend.sunk)
+    frame = unmasked_client_frame(b"u" * 65536)
+    total = FLOOD_MIB * 16
+    sock, _ = _open_raw(env, "/sink?wait=1.0")
+    with sock, MemorySampler(daemon) as sampler:
+        sock.setblocking(False)
+        sent_frames = 0
+        pending = memoryview(frame)
+        t0 = time.monotonic()
+        while sent_frames < total:
+            try:
+                k = sock.send(pending)
+            except BlockingIOError:
+                time.sleep(0.005)
+                continue
+            pending = pending[k:]
+            if not pending:
+                sent_frames += 1
+                pending = memoryview(frame)
+            if time.monotonic() - t0 > 30:
+                raise AssertionError("upload did not finish")
+        sock.setblocking(True)
+        sock.sendall(client_frame(OP_CLOSE, b"\x03\xe8"))
+        for _ in deadline_loop(10.0):
+            if len(env.backend.sunk) > n:
+                break
+        else:
+            raise AssertionError("the backend never saw the end")
+    assert env.backend.sunk[n] == total * 65536
+    # What the sockets hold is the kernel's (loopback buffers grow to several MiB per
+    # socket); gatewayd itself held about a write buffer.
+    assert sampler.peak_growth_kb() < 16 * 1024, "gatewayd buffered the upload"
 
 
 def test_handshake_head_obeys_the_header_limits(env: Env) -> None:

@@ -6,7 +6,9 @@ Paths of the backend:
 - ``/headers``: first a JSON text message with the handshake's request headers, then echo;
 - ``/close``: close at once with code 4001;
 - ``/watch``: echo, and record how the client's side ended (``closes``);
-- ``/refuse``: a plain ``403`` (no upgrade).
+- ``/refuse``: a plain ``403`` (no upgrade);
+- ``/flood?mib=N``: N MiB as 64 KiB binary messages, as fast as the tunnel takes them;
+- ``/sink?wait=S``: read nothing for S seconds, then count what arrives (``sunk``).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ class WebSocketBackend:
         self.port = 0
         self.closes: list[str] = []  # how /watch tunnels ended, as seen by the backend
         self.closed = threading.Event()
+        self.sunk: list[int] = []  # bytes /sink received, per tunnel
         self._runner: web.AppRunner | None = None
         ready = threading.Event()
         self.thread = threading.Thread(target=self._run, args=(ready,), daemon=True)
@@ -48,6 +51,8 @@ class WebSocketBackend:
         app.router.add_get("/close", self._close)
         app.router.add_get("/watch", self._watch)
         app.router.add_get("/refuse", self._refuse)
+        app.router.add_get("/flood", self._flood)
+        app.router.add_get("/sink", self._sink)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -97,6 +102,26 @@ class WebSocketBackend:
         self.closed.set()
         return ws
 
+    async def _flood(self, request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        chunk = b"f" * 65536
+        for _ in range(int(request.query["mib"]) * 16):
+            await ws.send_bytes(chunk)  # waits while the tunnel is full
+        await ws.close()
+        return ws
+
+    async def _sink(self, request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse(max_msg_size=1 << 20)
+        await ws.prepare(request)
+        await asyncio.sleep(float(request.query["wait"]))
+        total = 0
+        async for msg in ws:
+            if msg.type == WSMsgType.BINARY:
+                total += len(msg.data)
+        self.sunk.append(total)
+        return ws
+
     async def _refuse(self, request: web.Request) -> web.Response:
         return web.Response(status=403, text="no websocket here")
 
@@ -132,6 +157,26 @@ def client_frame(opcode: int, payload: bytes) -> bytes:
     mask = os.urandom(4)
     masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
     return head + mask + masked
+
+
+def unmasked_client_frame(payload: bytes) -> bytes:
+    """A final binary frame with the all-zero mask key (valid, and the payload needs no
+    XOR: fast for megabytes)."""
+    n = len(payload)
+    if n < 126:
+        head = bytes([0x82, 0x80 | n])
+    elif n < 65536:
+        head = bytes([0x82, 0x80 | 126]) + struct.pack("!H", n)
+    else:
+        head = bytes([0x82, 0x80 | 127]) + struct.pack("!Q", n)
+    return head + b"\x00\x00\x00\x00" + payload
+
+
+HANDSHAKE = (
+    "GET {path} HTTP/1.1\r\nHost: ws.example\r\nConnection: Upgrade\r\n"
+    "Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"
+    "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+)
 
 
 def parse_frames(buf: bytearray) -> list[tuple[int, bytes]]:
