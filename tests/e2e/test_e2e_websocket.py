@@ -10,6 +10,7 @@ a route whose backend Service port says ``appProtocol: kubernetes.io/ws``, diall
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -523,3 +524,48 @@ def test_shutdown_closes_tunnels_after_the_drain_timeout(
 
     elapsed = run(main())
     assert 0.8 <= elapsed < 5.0, elapsed
+
+
+def test_rfc8441_stream_window_is_the_backpressure(env: Env) -> None:
+    sock, conn, sid = _h2_connect(env, "/flood?mib=16")
+    unacked = 0  # DATA received and not acknowledged: what the window let through
+    total = 0
+    ended = False
+
+    def take(data: bytes, ack: bool) -> None:
+        nonlocal unacked, total, ended
+        for ev in conn.receive_data(data):
+            if isinstance(ev, h2.events.DataReceived) and ev.stream_id == sid:
+                total += len(ev.data)
+                unacked += ev.flow_controlled_length
+            elif isinstance(ev, h2.events.StreamEnded):
+                ended = True
+            elif isinstance(ev, h2.events.StreamReset) and not (ended and ev.error_code == 0):
+                # After our END_STREAM, RST_STREAM(NO_ERROR) says "stop sending" (RFC
+                # 9113 8.1): the backend closed the tunnel.  Any other reset is a failure.
+                raise AssertionError(f"stream reset: {ev}")
+        if ack and unacked:
+            conn.acknowledge_received_data(unacked, sid)
+            unacked = 0
+        sock.sendall(conn.data_to_send())
+
+    with sock, MemorySampler(env.daemon) as sampler:
+        # Read without acknowledging for a second: the stream window (64 KiB) closes
+        # and gatewayd stops reading the backend.
+        sock.settimeout(0.2)
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 1.0:
+            with contextlib.suppress(TimeoutError):
+                take(sock.recv(1 << 20), ack=False)
+        assert 0 < total <= 64 * 1024
+        sock.settimeout(10)
+        take(b"", ack=True)
+        for _ in deadline_loop(30.0, 0.0):
+            data = sock.recv(1 << 20)
+            if not data:
+                break
+            take(data, ack=True)
+            if ended:
+                break
+    assert ended and total >= 16 << 20
+    assert sampler.peak_growth_kb() < 16 * 1024, "gatewayd buffered past the window"

@@ -103,7 +103,8 @@ class WebSocketBackend:
         return ws
 
     async def _flood(self, request: web.Request) -> web.WebSocketResponse:
-        ws = web.WebSocketResponse()
+        # Its closing handshake waits 0.5 s at most for the client's answer.
+        ws = web.WebSocketResponse(timeout=0.5)
         await ws.prepare(request)
         chunk = b"f" * 65536
         for _ in range(int(request.query["mib"]) * 16):

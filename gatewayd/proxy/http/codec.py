@@ -22,7 +22,7 @@ Direction of calls
 Downstream::
 
     codec ──(head complete)──> ExchangeFactory(stream, head) -> StreamCallbacks
-    codec ──on_start / on_data / on_end / on_reset / on_write_pause/resume──> exchange
+    codec ──on_start / on_data / on_end / on_reset / on_down_write_pause/resume──> exchange
     exchange ──send_head / send_data / send_end / flush / local_reply / reset
               / send_continue / read_disable / read_enable──> ServerStream (codec)
 
@@ -65,8 +65,9 @@ Rules every codec keeps
   stop and restart delivery of *this* stream's data; the reasons are a bit mask and the
   calls are idempotent.  HTTP/1.1 maps them to pausing the transport (one stream at a
   time); HTTP/2 withholds WINDOW_UPDATE for the stream only.  A stream whose outgoing
-  buffer passes its high-water mark calls ``on_write_pause`` on its callbacks, and
-  ``on_write_resume`` below the low-water mark, so the exchange read-disables the other
+  buffer passes its high-water mark calls ``on_down_write_pause`` (server side) or
+  ``on_write_pause`` (client side) on its callbacks, and the ``resume`` twin below the
+  low-water mark, so the exchange read-disables the other
   side.
 - **Nothing raises into the exchange** for an expected failure: a broken peer is
   ``on_reset`` / ``on_stream_lost``.  A callback that raises is a bug: the codec logs it
@@ -328,10 +329,12 @@ class StreamCallbacks(Protocol):
         trailer section over the limits): answer ``status`` and close, or reset when
         the response has started."""
 
-    def on_write_pause(self) -> None:
+    # Named apart from ``ClientCallbacks.on_write_pause`` (the backend is slow): one
+    # exchange object is both, and the two mean opposite directions.
+    def on_down_write_pause(self) -> None:
         """The client is slow: stop reading the upstream response."""
 
-    def on_write_resume(self) -> None: ...
+    def on_down_write_resume(self) -> None: ...
 
     def on_tunnel_eof(self) -> None:
         """After ``send_tunnel_head``: the client closed its direction of the tunnel

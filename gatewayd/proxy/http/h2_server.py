@@ -6,7 +6,7 @@ transport it is given and reads the time from the clock it is given, so tests dr
 with a transport double and an `h2` client connection as the peer.  Each request is
 one `H2ServerStream`, the ``codec.ServerStream`` the exchange drives; the exchange
 gets the codec's callbacks (``on_start`` / ``on_data`` / ``on_end`` / ``on_reset`` /
-``on_write_pause`` / ``on_write_resume``).
+``on_down_write_pause`` / ``on_down_write_resume``).
 
 Flow control per stream (issue 12): request body bytes are acknowledged
 (``acknowledge_received_data``, which sends WINDOW_UPDATE) only when the exchange has
@@ -17,7 +17,7 @@ connection window (1 MiB): h2 acknowledges both windows together, as Envoy's
 (A consequence: 16 streams stalled at a full 64 KiB window stall the connection.)
 
 Response bytes wait in the stream while the peer's window is shut; past
-``stream_write_high_water`` the stream calls ``on_write_pause`` so the exchange stops
+``stream_write_high_water`` the stream calls ``on_down_write_pause`` so the exchange stops
 reading its upstream.  A stream stalled on a zero window for ``stream_idle_timeout`` is
 reset, a connection without streams for ``idle_timeout`` gets GOAWAY and is closed
 (`tick`).
@@ -398,7 +398,7 @@ class H2ServerConnection:
         for stream in list(self.streams.values()):
             if stream.callbacks is not None and not stream.out_paused:
                 stream.out_paused = True
-                stream.callbacks.on_write_pause()
+                stream.callbacks.on_down_write_pause()
 
     def resume_writing(self) -> None:
         self.write_paused = False
@@ -410,7 +410,7 @@ class H2ServerConnection:
                 and len(stream.out) <= self.limits.stream_write_high_water // 2
             ):
                 stream.out_paused = False
-                stream.callbacks.on_write_resume()
+                stream.callbacks.on_down_write_resume()
 
     # ------------------------------------------------------------------ timers
     def tick(self, now: float) -> None:
@@ -613,7 +613,7 @@ class H2ServerConnection:
         stream.callbacks = callbacks
         if self.write_paused:
             stream.out_paused = True
-            callbacks.on_write_pause()
+            callbacks.on_down_write_pause()
         callbacks.on_start()
 
     def deliver_queued(self, stream: H2ServerStream) -> None:
@@ -735,7 +735,7 @@ class H2ServerConnection:
             if not stream.out_paused and len(stream.out) > self.limits.stream_write_high_water:
                 stream.out_paused = True
                 if stream.callbacks is not None:
-                    stream.callbacks.on_write_pause()
+                    stream.callbacks.on_down_write_pause()
         else:
             stream.stalled_since = -1.0
         if (
@@ -745,7 +745,7 @@ class H2ServerConnection:
         ):
             stream.out_paused = False
             if stream.callbacks is not None:
-                stream.callbacks.on_write_resume()
+                stream.callbacks.on_down_write_resume()
 
     def _response_done(self, stream: H2ServerStream) -> None:
         stream.response_ended = True
