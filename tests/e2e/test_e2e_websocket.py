@@ -15,16 +15,19 @@ import json
 import os
 import signal
 import socket
+import ssl
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import aiohttp
+import aiohttp.abc
 import h2.config
 import h2.connection
 import h2.events
 import h2.settings
 import pytest
+import yaml
 from e2e_kit import (
     LOCALHOST,
     Gatewayd,
@@ -51,6 +54,8 @@ from ws_kit import (
     parse_frames,
     unmasked_client_frame,
 )
+
+from gatewayd.tls.certs import secret_manifest, self_signed
 
 pytestmark = pytest.mark.e2e
 
@@ -489,6 +494,68 @@ def test_rfc8441_non_websocket_protocol_is_refused(env: Env) -> None:
             if status is not None:
                 break
         assert status == b"501"
+
+
+def test_websocket_over_an_https_listener(
+    ws_backend: WebSocketBackend,
+    gatewayd,  # type: ignore[no-untyped-def]
+    tmp_path,  # type: ignore[no-untyped-def]
+) -> None:
+    port = free_port()
+    cert, key = self_signed(["secure.example"])
+    (tmp_path / "ca.pem").write_bytes(cert)
+    https = {
+        "name": "https",
+        "port": port,
+        "protocol": "HTTPS",
+        "hostname": "secure.example",
+        "tls": {"certificateRefs": [{"name": "secure"}]},
+    }
+    docs = [
+        gateway_class(),
+        gateway("gw", [https]),
+        yaml.safe_load(secret_manifest(cert, key, name="secure", namespace="default")),
+        *manifests_ws_service("wsapp", ws_backend.port, "kubernetes.io/ws"),
+        http_route("wss", [rule(backends=[backend_ref("wsapp")])]),
+    ]
+    gatewayd(docs)
+    ctx = ssl.create_default_context(cafile=str(tmp_path / "ca.pem"))
+    ctx.set_alpn_protocols(["http/1.1"])
+
+    async def main() -> None:
+        conn = aiohttp.TCPConnector(ssl=ctx, resolver=_Localhost())
+        async with (
+            aiohttp.ClientSession(connector=conn) as s,
+            s.ws_connect(f"https://secure.example:{port}/headers") as ws,
+        ):
+            seen = json.loads(await ws.receive_str(timeout=10))
+            assert seen["x-forwarded-proto"] == "https"
+            await ws.send_bytes(b"\x00" * 100_000)
+            assert await ws.receive_bytes(timeout=10) == b"\x00" * 100_000
+        # aiohttp's documented wait for the TLS transports to finish closing before the
+        # loop ends (else they are collected unclosed).
+        await asyncio.sleep(0.25)
+
+    run(main())
+
+
+class _Localhost(aiohttp.abc.AbstractResolver):
+    """secure.example -> 127.0.0.1 (SNI and certificate checks use the name)."""
+
+    async def resolve(self, host: str, port: int = 0, family: int = socket.AF_INET):  # type: ignore[no-untyped-def,override]
+        return [
+            {
+                "hostname": host,
+                "host": LOCALHOST,
+                "port": port,
+                "family": socket.AF_INET,
+                "proto": 0,
+                "flags": socket.AI_NUMERICHOST,
+            }
+        ]
+
+    async def close(self) -> None:
+        pass
 
 
 def test_shutdown_closes_tunnels_after_the_drain_timeout(
