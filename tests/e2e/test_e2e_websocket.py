@@ -558,6 +558,78 @@ class _Localhost(aiohttp.abc.AbstractResolver):
         pass
 
 
+def test_wss_backend_under_a_backend_tls_policy(
+    gatewayd,  # type: ignore[no-untyped-def]
+    tmp_path,  # type: ignore[no-untyped-def]
+) -> None:
+    cert, key = self_signed(["ws.backend.example"])
+    (tmp_path / "tls.crt").write_bytes(cert)
+    (tmp_path / "tls.key").write_bytes(key)
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(tmp_path / "tls.crt", tmp_path / "tls.key")
+    backend = WebSocketBackend(ssl_context=ctx)
+    try:
+        port = free_port()
+        docs = [
+            gateway_class(),
+            gateway("gw", [listener("http", port)]),
+            *manifests_ws_service("secure-ws", backend.port, "kubernetes.io/wss"),
+            *manifests_ws_service("bare-wss", backend.port, "kubernetes.io/wss"),
+            {
+                "apiVersion": "v1",
+                "kind": "ConfigMap",
+                "metadata": {"name": "ca", "namespace": "default"},
+                "data": {"ca.crt": cert.decode()},
+            },
+            {
+                "apiVersion": "gateway.networking.k8s.io/v1",
+                "kind": "BackendTLSPolicy",
+                "metadata": {"name": "secure-ws", "namespace": "default"},
+                "spec": {
+                    "targetRefs": [{"group": "", "kind": "Service", "name": "secure-ws"}],
+                    "validation": {
+                        "hostname": "ws.backend.example",
+                        "caCertificateRefs": [{"group": "", "kind": "ConfigMap", "name": "ca"}],
+                    },
+                },
+            },
+            http_route(
+                "secure", [rule(backends=[backend_ref("secure-ws")])], hostnames=["wss.example"]
+            ),
+            http_route(
+                "bare", [rule(backends=[backend_ref("bare-wss")])], hostnames=["bare.example"]
+            ),
+        ]
+        daemon = gatewayd(docs)
+
+        def resolved(route: str) -> dict[str, str]:
+            parent = daemon.status_of("HTTPRoute", route)["parents"][0]
+            return {c["type"]: c for c in parent["conditions"]}["ResolvedRefs"]
+
+        assert resolved("secure")["status"] == "True"
+        bare = resolved("bare")
+        assert (bare["status"], bare["reason"]) == ("False", "UnsupportedProtocol")
+        assert "BackendTLSPolicy" in bare["message"]
+
+        async def main() -> None:
+            async with (
+                aiohttp.ClientSession() as s,
+                s.ws_connect(
+                    f"http://{LOCALHOST}:{port}/headers", headers={"Host": "wss.example"}
+                ) as ws,
+            ):
+                seen = json.loads(await ws.receive_str(timeout=10))
+                assert seen["upgrade"].lower() == "websocket"
+                await ws.send_str("over TLS")
+                assert await ws.receive_str(timeout=10) == "over TLS"
+                await ws.send_bytes(b"z" * 300_000)
+                assert await ws.receive_bytes(timeout=10) == b"z" * 300_000
+
+        run(main())
+    finally:
+        backend.close()
+
+
 def test_shutdown_closes_tunnels_after_the_drain_timeout(
     ws_backend: WebSocketBackend,
     gatewayd,  # type: ignore[no-untyped-def]

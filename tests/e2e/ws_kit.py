@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import ssl
 import struct
 import threading
 from typing import Any
@@ -24,7 +25,8 @@ from aiohttp import WSMsgType, web
 
 
 class WebSocketBackend:
-    def __init__(self) -> None:
+    def __init__(self, ssl_context: ssl.SSLContext | None = None) -> None:
+        self.ssl_context = ssl_context  # TLS (wss) when given
         self.loop = asyncio.new_event_loop()
         self.port = 0
         self.closes: list[str] = []  # how /watch tunnels ended, as seen by the backend
@@ -55,7 +57,7 @@ class WebSocketBackend:
         app.router.add_get("/sink", self._sink)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=self.ssl_context)
         await site.start()
         server = site._server
         assert server is not None

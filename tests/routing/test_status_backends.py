@@ -8,11 +8,15 @@ from status_builders import backend, config, endpoint_slice, gateway, http_route
 
 from gatewayd.routing.config.model import (
     BackendObjectReference,
+    BackendTLSPolicy,
+    BackendTLSPolicyValidation,
     Endpoint,
     EndpointPort,
     FilterType,
     HTTPRequestMirrorFilter,
     HTTPRouteFilter,
+    Meta,
+    PolicyTargetReference,
     ServicePort,
 )
 from gatewayd.routing.control.bindings import BackendKey, BackendTarget
@@ -132,6 +136,19 @@ def test_websocket_backends_are_served() -> None:
     t = target(svc)
     assert t.invalid is None
     assert t.app_protocol == "kubernetes.io/ws"
+
+
+def test_wss_backends_are_served_under_a_backend_tls_policy() -> None:
+    svc = service(ports=[ServicePort(name="http", port=8080, app_protocol="kubernetes.io/wss")])
+    assert target(svc).invalid == "UnsupportedProtocol"
+    assert "BackendTLSPolicy" in target(svc).message
+    policy = BackendTLSPolicy(
+        meta=Meta(namespace="default", name="p"),
+        target_refs=(PolicyTargetReference(group="", kind="Service", name="svc"),),
+        validation=BackendTLSPolicyValidation(hostname="backend.example"),
+    )
+    t = target(svc, policy)
+    assert t.invalid is None and t.app_protocol == "kubernetes.io/wss"
 
 
 def test_invalid_references() -> None:
