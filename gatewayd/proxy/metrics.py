@@ -97,6 +97,8 @@ class ProxyMetrics(Collector):
         self._route_rq: dict[tuple[str, int], int] = {}
         self._us_time: dict[str, _Histogram] = {}
         self._us_cx: dict[str, int] = {}
+        self._tunnels: dict[str, int] = {}  # open WebSocket tunnels per backend
+        self._tunnels_total: dict[str, int] = {}
         self._us_fail: dict[str, int] = {}
         self._local: dict[str, int] = {}
         self._generation = 0
@@ -153,6 +155,14 @@ class ProxyMetrics(Collector):
         cx = self._us_cx
         cx[backend] = cx.get(backend, 0) + delta
 
+    def tunnel(self, backend: str, delta: int) -> None:
+        """+1 when a WebSocket upgrade to ``backend`` opens a tunnel, -1 when it ends."""
+        t = self._tunnels
+        t[backend] = t.get(backend, 0) + delta
+        if delta > 0:
+            total = self._tunnels_total
+            total[backend] = total.get(backend, 0) + delta
+
     def tls_handshake_error(self, listener: str, reason: str) -> None:
         """A TLS handshake on ``listener`` failed; ``reason`` is a short word
         (no_sni, unknown_sni, bad_client_cert, protocol, timeout, ...)."""
@@ -187,6 +197,8 @@ class ProxyMetrics(Collector):
         "_us_rq",
         "_route_rq",
         "_us_cx",
+        "_tunnels",
+        "_tunnels_total",
         "_us_fail",
         "_local",
         "_tls_err",
@@ -291,6 +303,18 @@ class ProxyMetrics(Collector):
             "Open upstream connections.",
             "backend",
             self._us_cx,
+        )
+        yield _gauge(
+            "gatewayd_upstream_tunnels_active",
+            "Open WebSocket tunnels (upgraded connections).",
+            "backend",
+            self._tunnels,
+        )
+        yield _counter(
+            "gatewayd_upstream_tunnels",
+            "WebSocket tunnels opened (backend answered 101).",
+            ("backend",),
+            {(k,): v for k, v in list(self._tunnels_total.items())},
         )
         yield _counter(
             "gatewayd_upstream_cx_connect_fail",

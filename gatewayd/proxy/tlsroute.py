@@ -822,6 +822,13 @@ class TLSServerLayer(asyncio.Protocol):
         for chunk in chunks:
             self.write(chunk)
 
+    def set_protocol(self, protocol: asyncio.Protocol) -> None:
+        """A new protocol for the plaintext (a WebSocket tunnel, HTTP/2 after ALPN)."""
+        self.app = protocol
+
+    def get_protocol(self) -> asyncio.Protocol | None:
+        return self.app
+
     def can_write_eof(self) -> bool:
         return False
 

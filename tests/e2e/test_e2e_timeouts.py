@@ -146,9 +146,9 @@ def test_a_rules_timeouts_request_overrides_the_route_timeout(env: Env) -> None:
 
 
 def test_upgrade_requests_are_exempt_from_the_route_timeout(env: Env) -> None:
-    # WebSocket is not forwarded yet (Upgrade is hop-by-hop: the backend gets a plain
-    # request and the connection closes after it), but an upgrade request is already a
-    # long-lived stream for the timeouts: the route timeout does not apply to it.
+    # A WebSocket handshake is a long-lived stream for the timeouts: the route timeout
+    # does not apply to it, even when the backend (here the echo, which does not speak
+    # WebSocket) answers it with a plain response, relayed as it is.
     upgrade = [("Connection", "Upgrade"), ("Upgrade", "websocket")]
     reply = request(env.port, "/?delay_ms=800", host="echo.example", headers=upgrade)
     assert reply.status == 200

@@ -1,7 +1,7 @@
 """Status never claims what the data plane does not serve (issue 11, "Also").
 
 Through ``gatewayd run``: an HTTPRoute rule with
-``sessionPersistence``, a backend whose Service port declares ``kubernetes.io/ws`` and
+``sessionPersistence``, a backend whose Service port declares ``kubernetes.io/wss`` and
 an HTTPS listener with ``tls.options`` are each reported with the condition the spec
 names for an unsupported value, with a message saying why, and the traffic they would
 have claimed is not served as if they worked.  The rest of the Gateway serves.  (A
@@ -68,9 +68,9 @@ def env(module_echoes, module_gatewayd) -> Env:  # type: ignore[no-untyped-def]
             "options": {"example.com/min-tls-version": "1.3"},
         },
     }
-    # A Service whose port says WebSocket, backed by the echo.
+    # A Service whose port says WebSocket over TLS, backed by the (cleartext) echo.
     ws_service, ws_slice = echo.manifests("chat")
-    ws_service["spec"]["ports"][0]["appProtocol"] = "kubernetes.io/ws"
+    ws_service["spec"]["ports"][0]["appProtocol"] = "kubernetes.io/wss"
     sticky = http_route(
         "sticky", [rule(backends=[backend_ref("echo")])], hostnames=["sticky.example"]
     )
@@ -138,8 +138,8 @@ def test_websocket_backend_is_unsupported_protocol(env: Env) -> None:
     assert_condition(parent, "Accepted", "True", "Accepted")
     assert_condition(parent, "ResolvedRefs", "False", "UnsupportedProtocol")
     message = _message(parent, "ResolvedRefs")
-    assert "kubernetes.io/ws" in message
-    assert "WebSocket" in message
+    assert "kubernetes.io/wss" in message
+    assert "WebSocket over TLS" in message
     # "500 status codes MUST be returned for requests that would have otherwise been
     # routed to an invalid backend" -- not a 200 that silently dropped the upgrade.
     r = request(

@@ -151,8 +151,8 @@ def test_route_timeout_starts_when_the_request_is_complete() -> None:
 
 
 def test_upgrade_requests_are_exempt_from_the_route_timeout() -> None:
-    """Upgrade is not forwarded yet (the request is served as plain HTTP and the
-    connection closed), but an upgrade request already skips the route timeout."""
+    """A WebSocket handshake skips the route timeout (the backend here answers it
+    without switching protocols: relayed as a plain response)."""
 
     async def main() -> None:
         port = await delayed_proxy(route_timeout=0.2)

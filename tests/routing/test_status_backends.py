@@ -8,11 +8,15 @@ from status_builders import backend, config, endpoint_slice, gateway, http_route
 
 from gatewayd.routing.config.model import (
     BackendObjectReference,
+    BackendTLSPolicy,
+    BackendTLSPolicyValidation,
     Endpoint,
     EndpointPort,
     FilterType,
     HTTPRequestMirrorFilter,
     HTTPRouteFilter,
+    Meta,
+    PolicyTargetReference,
     ServicePort,
 )
 from gatewayd.routing.control.bindings import BackendKey, BackendTarget
@@ -107,8 +111,7 @@ def test_app_protocol_from_service_port_then_slice_port() -> None:
 @pytest.mark.parametrize(
     ("app_protocol", "why"),
     [
-        ("kubernetes.io/ws", "WebSocket upgrades"),
-        ("kubernetes.io/wss", "WebSocket upgrades"),
+        ("kubernetes.io/wss", "WebSocket over TLS"),
     ],
 )
 def test_unserved_app_protocols_are_unsupported_protocol_for_http_routes(
@@ -132,6 +135,27 @@ def test_h2c_backends_are_served() -> None:
     t = target(svc)
     assert t.invalid is None
     assert t.app_protocol == "kubernetes.io/h2c"
+
+
+def test_websocket_backends_are_served() -> None:
+    # HTTPRouteBackendProtocolWebSocket: the Upgrade is forwarded (proxy/http/upgrade.py).
+    svc = service(ports=[ServicePort(name="http", port=8080, app_protocol="kubernetes.io/ws")])
+    t = target(svc)
+    assert t.invalid is None
+    assert t.app_protocol == "kubernetes.io/ws"
+
+
+def test_wss_backends_are_served_under_a_backend_tls_policy() -> None:
+    svc = service(ports=[ServicePort(name="http", port=8080, app_protocol="kubernetes.io/wss")])
+    assert target(svc).invalid == "UnsupportedProtocol"
+    assert "BackendTLSPolicy" in target(svc).message
+    policy = BackendTLSPolicy(
+        meta=Meta(namespace="default", name="p"),
+        target_refs=(PolicyTargetReference(group="", kind="Service", name="svc"),),
+        validation=BackendTLSPolicyValidation(hostname="backend.example"),
+    )
+    t = target(svc, policy)
+    assert t.invalid is None and t.app_protocol == "kubernetes.io/wss"
 
 
 def test_invalid_references() -> None:

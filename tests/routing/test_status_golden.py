@@ -158,7 +158,8 @@ def route_problems() -> Config:
 
 def unserved_features() -> Config:
     """Features the data plane does not serve yet, each reported instead of claimed:
-    GRPCRoute (no HTTP/2), sessionPersistence, WebSocket backends, listener tls.options."""
+    GRPCRoute (no HTTP/2), sessionPersistence, WebSocket-over-TLS backends, listener
+    tls.options."""
     sticky = http_route("sticky", parent("gw"), backends=[backend()])
     sticky = replace(
         sticky,
@@ -181,7 +182,7 @@ def unserved_features() -> Config:
         sticky,
         http_route("chat", parent("gw", section="http"), backends=[backend("ws", 8080)]),
         service(),
-        service("ws", ports=[ServicePort(name="ws", port=8080, app_protocol="kubernetes.io/ws")]),
+        service("ws", ports=[ServicePort(name="ws", port=8080, app_protocol="kubernetes.io/wss")]),
         endpoint_slice("svc-1", endpoints=[Endpoint(addresses=("10.0.0.1",))]),
     )
 

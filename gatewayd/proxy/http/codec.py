@@ -22,7 +22,7 @@ Direction of calls
 Downstream::
 
     codec ──(head complete)──> ExchangeFactory(stream, head) -> StreamCallbacks
-    codec ──on_start / on_data / on_end / on_reset / on_write_pause/resume──> exchange
+    codec ──on_start / on_data / on_end / on_reset / on_down_write_pause/resume──> exchange
     exchange ──send_head / send_data / send_end / flush / local_reply / reset
               / send_continue / read_disable / read_enable──> ServerStream (codec)
 
@@ -65,8 +65,9 @@ Rules every codec keeps
   stop and restart delivery of *this* stream's data; the reasons are a bit mask and the
   calls are idempotent.  HTTP/1.1 maps them to pausing the transport (one stream at a
   time); HTTP/2 withholds WINDOW_UPDATE for the stream only.  A stream whose outgoing
-  buffer passes its high-water mark calls ``on_write_pause`` on its callbacks, and
-  ``on_write_resume`` below the low-water mark, so the exchange read-disables the other
+  buffer passes its high-water mark calls ``on_down_write_pause`` (server side) or
+  ``on_write_pause`` (client side) on its callbacks, and the ``resume`` twin below the
+  low-water mark, so the exchange read-disables the other
   side.
 - **Nothing raises into the exchange** for an expected failure: a broken peer is
   ``on_reset`` / ``on_stream_lost``.  A callback that raises is a bug: the codec logs it
@@ -296,6 +297,15 @@ class ServerStream(Protocol):
         """Bytes queued towards the client for this stream (idle-timeout progress)."""
         ...
 
+    def send_tunnel_head(self, head: ResponseHead) -> None:
+        """The backend accepted a WebSocket upgrade (its 101): HTTP/1.1 writes
+        ``101 Switching Protocols`` with ``head.headers`` as given (no framing fields,
+        no keep-alive: the connection is the tunnel's); HTTP/2 answers the extended
+        CONNECT with ``:status 200`` (RFC 8441 5) and keeps the stream open.  From
+        then on ``send_data`` carries raw tunnel bytes and ``send_end`` closes the
+        direction towards the client (FIN, END_STREAM); the client's bytes arrive with
+        ``on_data`` and the end of its direction with ``on_tunnel_eof``."""
+
 
 class StreamCallbacks(Protocol):
     """What a server codec calls on the exchange of one stream."""
@@ -319,10 +329,16 @@ class StreamCallbacks(Protocol):
         trailer section over the limits): answer ``status`` and close, or reset when
         the response has started."""
 
-    def on_write_pause(self) -> None:
+    # Named apart from ``ClientCallbacks.on_write_pause`` (the backend is slow): one
+    # exchange object is both, and the two mean opposite directions.
+    def on_down_write_pause(self) -> None:
         """The client is slow: stop reading the upstream response."""
 
-    def on_write_resume(self) -> None: ...
+    def on_down_write_resume(self) -> None: ...
+
+    def on_tunnel_eof(self) -> None:
+        """After ``send_tunnel_head``: the client closed its direction of the tunnel
+        (HTTP/1.1 FIN; HTTP/2 END_STREAM comes as ``on_end``)."""
 
 
 # The server codec creates one exchange per request, when its head is complete.
@@ -338,6 +354,12 @@ class ClientCallbacks(Protocol):
     def on_response_head(self, stream: ClientStream, head: ResponseHead) -> None: ...
 
     def on_response_data(self, data: bytes) -> None: ...
+
+    def on_upgrade(self, stream: ClientStream, head: ResponseHead) -> None:
+        """The backend answered ``101 Switching Protocols`` (HTTP/1.1): from now on
+        ``on_response_data`` carries raw tunnel bytes, ``send_data`` writes raw bytes,
+        and the backend closing its side is ``on_response_end`` (never reusable).  A
+        101 nobody asked for is the backend's protocol error: reset the stream."""
 
     def on_response_end(
         self, stream: ClientStream, trailers: Headers | None, reusable: bool

@@ -840,6 +840,16 @@ class Exchange:
         self.bytes_sent += len(data)
         self.stream.send_data(data)
 
+    def on_upgrade(self, conn: ClientStream, head: ResponseHead) -> None:
+        """A 101 to a request that asked for no upgrade (``upgrade.py`` serves those
+        that did): the backend's protocol error, answered 502 (flag UPE)."""
+        if conn is self.upstream and not self.finished:
+            self.on_stream_lost(conn, UpstreamProtocolError("unexpected 101"), True)
+        conn.reset()
+
+    def on_tunnel_eof(self) -> None:
+        pass  # only an UpgradeExchange has a tunnel
+
     def on_flush(self) -> None:
         self.stream.flush()
 
@@ -1204,6 +1214,9 @@ class Mirror:
 
     def on_response_data(self, data: bytes) -> None:
         pass
+
+    def on_upgrade(self, stream: ClientStream, head: ResponseHead) -> None:
+        self.on_fatal()  # a copy never asks to switch protocols
 
     def on_response_end(
         self, stream: ClientStream, trailers: Headers | None, reusable: bool

@@ -154,6 +154,7 @@ class UpstreamConnection(asyncio.Protocol):
         "reuses",
         "trailers",
         "transport",
+        "tunnel",
     )
 
     def __init__(self, pool: UpstreamPool, key: EndpointKey, label: str) -> None:
@@ -187,6 +188,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._head_request = False
         self._skip_complete = False
         self.fd = -1
+        self.tunnel = False  # switched protocols (101): raw bytes, never pooled again
         # Response head accounting: bytes fed since the parser last produced a final
         # head or body bytes (what it may be holding: a head, interim responses, a
         # trailer section), and the header bytes and fields of the current message.
@@ -394,6 +396,15 @@ class UpstreamConnection(asyncio.Protocol):
         try:
             self.parser.feed_data(data)
         except Exception as exc:
+            if self.tunnel and isinstance(exc, httptools.HttpParserUpgrade):
+                # The 101 ended the HTTP/1.1 part: what followed it in this read is
+                # the tunnel's first bytes (the transport's protocol is _UpTunnel).
+                tail = data[exc.args[0] :] if exc.args else b""
+                if tail and self.handler is h:
+                    self._tunnel.data_received(tail)
+                elif self.handler is h:
+                    h.on_flush()
+                return
             cause = exc.__context__ if exc.__context__ is not None else exc
             if not isinstance(exc, httptools.HttpParserError) or (
                 isinstance(exc, httptools.HttpParserCallbackError)
@@ -492,10 +503,11 @@ class UpstreamConnection(asyncio.Protocol):
         status = self.parser.get_status_code()
         if status < 200:
             # Interim responses (100 Continue, 103 Early Hints) are consumed here; the
-            # proxy answers the client's Expect itself (see server.py).  101 never
-            # happens: Upgrade is hop-by-hop and never forwarded.
+            # proxy answers the client's Expect itself (see server.py).  101 is the
+            # end of HTTP/1.1 on this connection (a WebSocket handshake, upgrade.py).
             if status == 101:
-                raise UpstreamProtocolError("unexpected 101 Switching Protocols")
+                self._switch(h)
+                return
             self.headers = []
             self.has_length = False
             self.body_length = None
@@ -521,6 +533,37 @@ class UpstreamConnection(asyncio.Protocol):
             # parser for the next response.
             self.parser_dirty = True
             self._finish(h)
+
+    def _switch(self, h: ClientCallbacks) -> None:
+        """``101 Switching Protocols``: the transport's bytes are the tunnel's from
+        here on (``_UpTunnel``); the handler decides whether it asked for it."""
+        if not any(n == b"upgrade" for n, _ in self.headers):
+            # RFC 9110 15.2.2: "The server MUST generate an Upgrade header field in the
+            # response that indicates which protocol(s) will be in use".
+            raise UpstreamProtocolError("101 without Upgrade")
+        self.tunnel = True
+        self.head_done = True
+        self._skip_complete = True
+        self.transport.set_protocol(_UpTunnel(self))
+        rh = self.resp_head
+        rh.status = 101
+        rh.headers = self.headers
+        rh.body_length = None
+        rh.end_stream = False
+        h.on_upgrade(self, rh)
+
+    @property
+    def _tunnel(self) -> _UpTunnel:
+        return cast(_UpTunnel, self.transport.get_protocol())
+
+    def half_close(self) -> None:
+        """The client closed its direction of the tunnel: a FIN to the backend."""
+        if self.closed:
+            return
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        else:
+            self.close()
 
     def on_body(self, body: bytes) -> None:
         h = self.handler
@@ -549,3 +592,57 @@ class UpstreamConnection(asyncio.Protocol):
         self.handler = None
         self.done_in_feed = True
         self._done_for = h
+
+
+class _UpTunnel(asyncio.Protocol):
+    """The backend transport's protocol after a 101: bytes go to the handler as they
+    are; the backend's FIN or close ends the tunnel (never reusable)."""
+
+    __slots__ = ("conn",)
+
+    def __init__(self, conn: UpstreamConnection) -> None:
+        self.conn = conn
+
+    def data_received(self, data: bytes) -> None:
+        h = self.conn.handler
+        if h is None:
+            return
+        try:
+            h.on_response_data(data)
+            h.on_flush()
+        except Exception:
+            log.exception("upstream %s:%d: tunnel relay failed", *self.conn.key[:2])
+            self.conn.abort()
+            h.on_fatal()
+
+    def eof_received(self) -> bool | None:
+        self._end(None)
+        return None  # the backend is done: close
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        conn = self.conn
+        conn.closed = True
+        conn.pool.forget(conn)
+        self._end(exc)
+
+    def _end(self, exc: Exception | None) -> None:
+        conn = self.conn
+        h = conn.handler
+        if h is None:
+            return
+        conn.handler = None
+        try:
+            if exc is None:
+                h.on_response_end(conn, None, False)
+            else:
+                h.on_stream_lost(conn, exc, True)
+            h.on_flush()
+        except Exception:
+            log.exception("upstream %s:%d: tunnel close failed", *conn.key[:2])
+            h.on_fatal()
+
+    def pause_writing(self) -> None:
+        self.conn.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.conn.resume_writing()

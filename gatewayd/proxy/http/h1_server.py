@@ -47,6 +47,7 @@ from gatewayd.proxy.http.exchange import ERRORS_BY_STATUS, LR_BAD, Exchange
 from gatewayd.proxy.http.h1_client import WRITE_HIGH, WRITE_LOW
 from gatewayd.proxy.http.h2_limits import is_h2_preface
 from gatewayd.proxy.http.h2_server import H2ServerConnection
+from gatewayd.proxy.http.upgrade import UpgradeExchange, is_websocket
 from gatewayd.proxy.localreply import local_reply, status_line
 
 if TYPE_CHECKING:
@@ -107,6 +108,47 @@ def _upgrade_token(headers: Headers) -> bytes:
     return b""
 
 
+class _DownTunnel(asyncio.Protocol):
+    """The client transport's protocol after a WebSocket handshake: bytes go to the
+    exchange (held until the backend's 101, then relayed), the rest is the
+    connection's.  Swapped in so that the HTTP/1.1 read path has no tunnel test."""
+
+    __slots__ = ("conn", "ex")
+
+    def __init__(self, conn: HttpConnection, ex: Exchange) -> None:
+        self.conn = conn
+        self.ex = ex
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.ex.on_data(data)
+        except Exception:
+            log.exception("tunnel relay failed")
+            self.conn.abort()
+
+    def eof_received(self) -> bool | None:
+        ex = self.ex
+        if ex.finished:
+            return None
+        try:
+            ex.on_tunnel_eof()
+        except Exception:
+            log.exception("tunnel half-close failed")
+            return None
+        # Half-close: the backend still talks.  TLS has no half-close (the loop's TLS
+        # transport closes itself whatever is returned).
+        return True if self.conn.sni is None else None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.conn.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self.conn.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.conn.resume_writing()
+
+
 class HttpConnection(asyncio.Protocol):
     """One client connection: parses requests and serves them in order.  It is the
     ``ServerStream`` of its active exchange (one at a time) and the
@@ -150,12 +192,16 @@ class HttpConnection(asyncio.Protocol):
         "stopped",
         "trailers",
         "transport",
+        "tunnel",
+        "upgrade_ex",
         "write_paused",
     )
 
     # ``codec.ExchangeFactory``: what serves each request (a class attribute, so that a
     # codec test can plug in a recorder; as cheap as a global lookup).
     new_exchange: Callable[[HttpConnection, RequestHead], Exchange] = Exchange
+    # The exchange of a WebSocket handshake (``upgrade.py``).
+    new_upgrade: Callable[[HttpConnection, RequestHead], Exchange] = UpgradeExchange
 
     def __init__(self, proxy: Proxy, key: ListenKey, label: str) -> None:
         self.proxy = proxy
@@ -207,6 +253,10 @@ class HttpConnection(asyncio.Protocol):
         # plain connection are checked against the preface (None: not sniffing).
         self.sniff: bytes | None = None
         self.h2: H2ServerConnection | None = None  # the codec this connection became
+        # A WebSocket handshake on this connection (the last request HTTP/1.1 can
+        # parse on it), and the transport's protocol once its bytes are tunnel bytes.
+        self.upgrade_ex: Exchange | None = None
+        self.tunnel: _DownTunnel | None = None
 
     # ------------------------------------------------------------------ transport
 
@@ -378,6 +428,7 @@ class HttpConnection(asyncio.Protocol):
             type(self).new_exchange,  # type: ignore[arg-type]
             clock=self.loop.time,
             on_lost=self.connection_lost,
+            tunnel_factory=type(self).new_upgrade,  # type: ignore[arg-type]
         )
         self.h2 = h2
         h2.adopt(self.transport, buf)
@@ -396,6 +447,9 @@ class HttpConnection(asyncio.Protocol):
             if self.read_mask or self.stopped or self.closed:
                 if not self.stopped:
                     self.backlog = bytes(view[pos:])
+                elif self.tunnel is not None:
+                    # Read along with a WebSocket handshake: the tunnel's first bytes.
+                    self.tunnel.data_received(bytes(view[pos:]))
                 return
             end = pos + FEED_SLICE
             self._parse(view[pos:end])
@@ -410,13 +464,21 @@ class HttpConnection(asyncio.Protocol):
     def _parse(self, data: bytes | memoryview) -> None:
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            # The request asked to switch protocols (or was CONNECT); Upgrade is not
-            # forwarded, so the request is served as plain HTTP and the connection
-            # closed after it (what follows it is not HTTP/1.1 we could parse).
+        except httptools.HttpParserUpgrade as exc:
+            # The request asked to switch protocols (or was CONNECT): nothing after it
+            # is HTTP/1.1 we could parse.  A WebSocket handshake goes to its exchange
+            # (upgrade.py), with every later byte; any other upgrade is served as a
+            # plain request (Upgrade is hop-by-hop) and the connection closed after it.
             self.stopped = True
             self.closing = True
-            if self.active is None and not self.queue:
+            ex = self.upgrade_ex
+            if ex is not None and not ex.finished and not self.closed:
+                tunnel = self.tunnel = _DownTunnel(self, ex)
+                self.transport.set_protocol(tunnel)
+                tail = data[exc.args[0] :] if exc.args else b""
+                if tail:
+                    tunnel.data_received(bytes(tail))
+            elif self.active is None and not self.queue:
                 self._close_after_flush()
         except httptools.HttpParserError as exc:
             cause = exc.__context__
@@ -501,11 +563,22 @@ class HttpConnection(asyncio.Protocol):
             head.end_stream = True
         elif head.body_length == 0:
             head.end_stream = True
-        if p.should_upgrade() and method != b"CONNECT":
-            head.protocol = _upgrade_token(head.headers)
+        factory = self.new_exchange
+        # Only WebSocket is upgraded (Envoy's default upgrade_configs); any other token
+        # (h2c included) is served as a plain request.
+        if (
+            p.should_upgrade()
+            and method != b"CONNECT"
+            and head.end_stream
+            and is_websocket(_upgrade_token(head.headers))
+        ):
+            head.protocol = b"websocket"
+            factory = self.new_upgrade
         if head.authority is None and version != "1.0":
             raise _Reject(400, "missing Host")
-        ex = self.new_exchange(self, head)
+        ex = factory(self, head)
+        if head.protocol is not None:
+            self.upgrade_ex = ex
         self.cur = ex
         self.head_fed = 0
         self.deadline_kind = D_NONE
@@ -590,6 +663,18 @@ class HttpConnection(asyncio.Protocol):
         self.resp_keep = keep
         parts = [status_line(status)]
         for n, v in out:
+            parts += (n, b": ", v, b"\r\n")
+        parts.append(b"\r\n")
+        self.out.append(b"".join(parts))
+
+    def send_tunnel_head(self, head: ResponseHead) -> None:
+        """``101 Switching Protocols`` with the fields as given (upgrade.py adds
+        ``connection: upgrade`` and ``upgrade: websocket``); the body that follows is
+        the tunnel's raw bytes and the connection ends with it."""
+        self.resp_mode = F_LENGTH
+        self.resp_keep = False
+        parts = [status_line(101)]
+        for n, v in head.headers:
             parts += (n, b": ", v, b"\r\n")
         parts.append(b"\r\n")
         self.out.append(b"".join(parts))

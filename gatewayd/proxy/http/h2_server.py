@@ -6,7 +6,7 @@ transport it is given and reads the time from the clock it is given, so tests dr
 with a transport double and an `h2` client connection as the peer.  Each request is
 one `H2ServerStream`, the ``codec.ServerStream`` the exchange drives; the exchange
 gets the codec's callbacks (``on_start`` / ``on_data`` / ``on_end`` / ``on_reset`` /
-``on_write_pause`` / ``on_write_resume``).
+``on_down_write_pause`` / ``on_down_write_resume``).
 
 Flow control per stream (issue 12): request body bytes are acknowledged
 (``acknowledge_received_data``, which sends WINDOW_UPDATE) only when the exchange has
@@ -17,7 +17,7 @@ connection window (1 MiB): h2 acknowledges both windows together, as Envoy's
 (A consequence: 16 streams stalled at a full 64 KiB window stall the connection.)
 
 Response bytes wait in the stream while the peer's window is shut; past
-``stream_write_high_water`` the stream calls ``on_write_pause`` so the exchange stops
+``stream_write_high_water`` the stream calls ``on_down_write_pause`` so the exchange stops
 reading its upstream.  A stream stalled on a zero window for ``stream_idle_timeout`` is
 reset, a connection without streams for ``idle_timeout`` gets GOAWAY and is closed
 (`tick`).
@@ -190,6 +190,18 @@ class H2ServerStream:
         self.no_body = no_body
         self.response_started = True
 
+    def send_tunnel_head(self, head: ResponseHead) -> None:
+        # RFC 8441 5: the extended CONNECT succeeded, ":status 200"; the WebSocket
+        # handshake fields of HTTP/1.1 are not used ("Sec-WebSocket-Accept ... not
+        # used"), and connection-specific ones never cross into HTTP/2.
+        fields: Headers = [(b":status", b"200")]
+        fields += [
+            f for f in to_h2_fields(head.headers, request=False) if f[0] != b"sec-websocket-accept"
+        ]
+        self.head_pending = fields
+        self.no_body = False
+        self.response_started = True
+
     def send_data(self, data: bytes) -> None:
         if not self.no_body and not self.response_ended:
             self.out += data
@@ -279,8 +291,12 @@ class H2ServerConnection:
         clock: Callable[[], float],
         limits: H2Limits = EDGE_H2_LIMITS,
         on_lost: Callable[[BaseException | None], None] | None = None,
+        tunnel_factory: ExchangeFactory | None = None,
     ) -> None:
         self.conn = conn
+        # Extended CONNECT (RFC 8441, ``:protocol``) streams: their exchange
+        # (``upgrade.UpgradeExchange``); None: ``factory`` serves them too.
+        self.tunnel_factory = tunnel_factory
         # Told when the transport is gone (the HTTP/1.1 connection that handed this one
         # over keeps the proxy's connection count).
         self.on_lost = on_lost
@@ -297,6 +313,10 @@ class H2ServerConnection:
                 h2.settings.SettingCodes.HEADER_TABLE_SIZE: limits.header_table_size,
                 h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: limits.max_header_list_bytes,
                 h2.settings.SettingCodes.MAX_FRAME_SIZE: limits.max_frame_size,
+                # RFC 8441 3: "a server MAY send this setting to signal that it
+                # supports the extended CONNECT method"; h2 4.x then accepts
+                # :protocol on CONNECT (and checks :scheme and :path are there).
+                h2.settings.SettingCodes.ENABLE_CONNECT_PROTOCOL: 1,
             },
         )
         self.h2.decoder.max_header_list_size = limits.max_header_list_bytes
@@ -378,7 +398,7 @@ class H2ServerConnection:
         for stream in list(self.streams.values()):
             if stream.callbacks is not None and not stream.out_paused:
                 stream.out_paused = True
-                stream.callbacks.on_write_pause()
+                stream.callbacks.on_down_write_pause()
 
     def resume_writing(self) -> None:
         self.write_paused = False
@@ -390,7 +410,7 @@ class H2ServerConnection:
                 and len(stream.out) <= self.limits.stream_write_high_water // 2
             ):
                 stream.out_paused = False
-                stream.callbacks.on_write_resume()
+                stream.callbacks.on_down_write_resume()
 
     # ------------------------------------------------------------------ timers
     def tick(self, now: float) -> None:
@@ -586,11 +606,14 @@ class H2ServerConnection:
             end_stream=ended,
             protocol=protocol,
         )
-        callbacks = self.factory(stream, head)
+        factory = self.factory
+        if protocol is not None and self.tunnel_factory is not None:
+            factory = self.tunnel_factory
+        callbacks = factory(stream, head)
         stream.callbacks = callbacks
         if self.write_paused:
             stream.out_paused = True
-            callbacks.on_write_pause()
+            callbacks.on_down_write_pause()
         callbacks.on_start()
 
     def deliver_queued(self, stream: H2ServerStream) -> None:
@@ -712,7 +735,7 @@ class H2ServerConnection:
             if not stream.out_paused and len(stream.out) > self.limits.stream_write_high_water:
                 stream.out_paused = True
                 if stream.callbacks is not None:
-                    stream.callbacks.on_write_pause()
+                    stream.callbacks.on_down_write_pause()
         else:
             stream.stalled_since = -1.0
         if (
@@ -722,7 +745,7 @@ class H2ServerConnection:
         ):
             stream.out_paused = False
             if stream.callbacks is not None:
-                stream.callbacks.on_write_resume()
+                stream.callbacks.on_down_write_resume()
 
     def _response_done(self, stream: H2ServerStream) -> None:
         stream.response_ended = True

@@ -22,6 +22,7 @@ Pure module: no I/O.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from typing import Final
 
 from gatewayd.routing.config.model import (
     CORE_GROUP,
@@ -43,32 +44,40 @@ from gatewayd.routing.control.refgrant import ReferenceGrants, RefFrom, RefTo
 from gatewayd.routing.snapshot.backends import EndpointAddress
 
 # appProtocols the data plane cannot speak to a backend, per route kind.  Cleartext
-# HTTP/2 ("kubernetes.io/h2c") is served by the upstream HTTP/2 pool; an HTTPRoute
-# backend that asks for WebSocket is refused (KEP-3726 "kubernetes.io/ws" and
-# "kubernetes.io/wss"): the proxy does not forward an Upgrade, so the client would get
-# a plain response instead of 101 Switching Protocols.  "If a Route is not able to send
+# HTTP/2 ("kubernetes.io/h2c") is served by the upstream HTTP/2 pool.  WebSocket over
+# cleartext (KEP-3726 "kubernetes.io/ws") is served: the handshake's Upgrade is
+# forwarded and the 101 opens a tunnel (proxy/http/upgrade.py); "kubernetes.io/wss"
+# (WebSocket over TLS) is served when a BackendTLSPolicy targets the Service (its TLS
+# settings are the only ones gatewayd has for a backend), else refused
+# (``WSS_WITHOUT_POLICY``).  "If a Route is not able to send
 # traffic to the backend using the specified protocol then the backend is considered
 # invalid. Implementations MUST set the "ResolvedRefs" condition to "False" with the
 # "UnsupportedProtocol" reason." (BackendRef)
 UNSUPPORTED_APP_PROTOCOLS: Mapping[str, Mapping[str, str]] = {
-    "HTTPRoute": {
-        "kubernetes.io/ws": "gatewayd does not forward WebSocket upgrades yet",
-        "kubernetes.io/wss": "gatewayd does not forward WebSocket upgrades yet",
-    },
+    "HTTPRoute": {},
 }
+WSS: Final = "kubernetes.io/wss"
+WSS_WITHOUT_POLICY: Final = (
+    "WebSocket over TLS needs a BackendTLSPolicy targeting the Service, for the TLS "
+    "settings to reach it with"
+)
 
 
 class BackendResolver:
     """Resolves BackendObjectReferences against the loaded Services and EndpointSlices."""
 
-    __slots__ = ("_grants", "_services", "_slices")
+    __slots__ = ("_grants", "_services", "_slices", "_tls_services")
 
     def __init__(
         self,
         services: Iterable[Service],
         endpoint_slices: Iterable[EndpointSlice],
         grants: ReferenceGrants,
+        *,
+        tls_services: frozenset[tuple[str, str]] = frozenset(),
     ) -> None:
+        # (namespace, name) of the Services a BackendTLSPolicy targets.
+        self._tls_services = tls_services
         self._services = {(s.meta.namespace, s.meta.name): s for s in services}
         slices: dict[tuple[str, str], list[EndpointSlice]] = {}
         for es in endpoint_slices:
@@ -135,6 +144,13 @@ class BackendResolver:
             if app_protocol is not None
             else None
         )
+        if (
+            why is None
+            and app_protocol == WSS
+            and route_kind == "HTTPRoute"
+            and (key.namespace, key.name) not in self._tls_services
+        ):
+            why = WSS_WITHOUT_POLICY
         if why is not None:
             return invalid(
                 UNSUPPORTED_PROTOCOL,

@@ -68,6 +68,7 @@ SUPPORTED_FEATURES: tuple[str, ...] = tuple(
             "HTTPRoute307RedirectStatusCode",
             "HTTPRoute308RedirectStatusCode",
             "HTTPRouteBackendProtocolH2C",
+            "HTTPRouteBackendProtocolWebSocket",
             "HTTPRouteBackendRequestHeaderModification",
             "HTTPRouteBackendTimeout",
             "HTTPRouteCORS",

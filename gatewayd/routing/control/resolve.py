@@ -120,7 +120,16 @@ def resolve(
 
     # Routes.
     namespace_labels = {ns.meta.name: ns.meta.label_map() for ns in config.namespaces}
-    resolver = BackendResolver(config.services, config.endpoint_slices, grants)
+    # Services some BackendTLSPolicy targets: kubernetes.io/wss backends need one.
+    tls_services = frozenset(
+        (p.meta.namespace, t.name)
+        for p in config.backend_tls_policies
+        for t in p.target_refs
+        if t.kind == "Service" and not t.group
+    )
+    resolver = BackendResolver(
+        config.services, config.endpoint_slices, grants, tls_services=tls_services
+    )
     backends: dict[BackendKey, BackendTarget] = {}
     routes: list[Route] = [*config.http_routes, *config.grpc_routes, *config.tls_routes]
     # GAMMA: Service parentRefs (control/mesh.py) -- their status.parents join the Gateway ones.

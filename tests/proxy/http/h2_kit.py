@@ -103,11 +103,14 @@ class Recorder:
     def on_reset(self) -> None:
         self.events.append(("reset", None))
 
-    def on_write_pause(self) -> None:
+    def on_down_write_pause(self) -> None:
         self.events.append(("write_pause", None))
 
-    def on_write_resume(self) -> None:
+    def on_down_write_resume(self) -> None:
         self.events.append(("write_resume", None))
+
+    def on_tunnel_eof(self) -> None:
+        self.events.append(("tunnel_eof", None))
 
     def names(self) -> list[str]:
         return [e[0] for e in self.events]

@@ -38,6 +38,9 @@ class Recorder:
     def on_response_data(self, data: bytes) -> None:
         self.body += data
 
+    def on_upgrade(self, stream: ClientStream, head: ResponseHead) -> None:
+        self.events.append(("upgrade", head.status))
+
     def on_response_end(
         self, stream: ClientStream, trailers: Headers | None, reusable: bool
     ) -> None:
@@ -232,10 +235,48 @@ def test_malformed_response_is_a_protocol_error() -> None:
     client(test)
 
 
-def test_unexpected_101_is_refused() -> None:
+def test_101_without_upgrade_is_refused() -> None:
     def test(conn: UpstreamConnection, t: TransportDouble, rec: Recorder) -> None:
-        conn.data_received(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\n\r\n")
+        conn.data_received(b"HTTP/1.1 101 Switching Protocols\r\n\r\nraw")
+        # RFC 9110 15.2.2: a 101 names the protocol in Upgrade.
         assert rec.events[0] == ("lost", UpstreamProtocolError, False)
+        assert t.aborted and t.protocol is None
+
+    client(test)
+
+
+def test_101_turns_the_connection_into_a_tunnel() -> None:
+    def test(conn: UpstreamConnection, t: TransportDouble, rec: Recorder) -> None:
+        conn.send_head(
+            RequestHead(
+                b"GET",
+                b"/chat",
+                [(b"host", b"a"), (b"connection", b"upgrade"), (b"upgrade", b"websocket")],
+                body_length=0,
+                end_stream=True,
+            )
+        )
+        t.take()
+        conn.data_received(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\n\r\n\x81\x02hi"
+        )
+        assert rec.events[0] == ("upgrade", 101)
+        assert rec.head is None  # not a response head: on_upgrade only
+        # What followed the 101 in the same read is the tunnel's first bytes.
+        assert rec.body == b"\x81\x02hi"
+        tunnel = t.protocol
+        assert tunnel is not None and conn.tunnel
+        tunnel.data_received(b"\x81\x01!")
+        assert rec.body == b"\x81\x02hi\x81\x01!"
+        # Raw both ways: no chunk framing on what we send.
+        conn.send_data(b"\x81\x85mask!")
+        assert t.take() == b"\x81\x85mask!"
+        conn.half_close()
+        assert t.eof_written and not t.closed
+        # The backend's FIN ends the tunnel, never reusable.
+        assert tunnel.eof_received() is None
+        assert rec.events[-2:] == [("end", False), ("flush",)]
 
     client(test)
 

@@ -42,6 +42,7 @@ class Recorder:
         self.events: list[tuple[object, ...]] = []
         self.body = b""
         self.trailers: Headers | None = None
+        self.finished = False
         RECORDED.append(self)
 
     def on_start(self) -> None:
@@ -56,6 +57,9 @@ class Recorder:
 
     def on_reset(self) -> None:
         self.events.append(("reset",))
+
+    def on_tunnel_eof(self) -> None:
+        self.events.append(("tunnel_eof",))
 
     def on_error(self, status: int) -> None:
         self.events.append(("error", status))
@@ -73,8 +77,13 @@ class Recorder:
 RECORDED: list[Recorder] = []
 
 
+class UpgradeRecorder(Recorder):
+    """Stands for upgrade.UpgradeExchange (a WebSocket handshake)."""
+
+
 class RecordingConnection(HttpConnection):
     new_exchange = Recorder  # type: ignore[assignment]
+    new_upgrade = UpgradeRecorder  # type: ignore[assignment]
 
 
 async def _serve_async(
@@ -367,5 +376,91 @@ def test_client_gone_resets_the_active_exchange() -> None:
         conn.data_received(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
         conn.connection_lost(None)
         assert RECORDED[0].events[-1] == ("reset",)
+
+    serve(test)
+
+
+# --------------------------------------------------------------------------- upgrades
+
+WS_HEAD = (
+    b"GET /chat HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+)
+
+
+def test_websocket_handshake_then_raw_bytes_both_ways() -> None:
+    def test(conn: HttpConnection, t: TransportDouble) -> None:
+        conn.data_received(WS_HEAD + b"early")
+        [ex] = RECORDED
+        assert type(ex) is UpgradeRecorder
+        assert ex.head.protocol == b"websocket"
+        assert ex.events == [("start",), ("end",)]
+        # Bytes after the head are the tunnel's, given to the exchange (which holds
+        # them until the backend's 101); the transport's protocol is the tunnel now.
+        assert ex.body == b"early"
+        tunnel = t.protocol
+        assert tunnel is not None
+        conn.send_tunnel_head(
+            ResponseHead(101, [(b"upgrade", b"websocket"), (b"connection", b"upgrade")])
+        )
+        conn.flush()
+        assert t.take() == (
+            b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\n"
+        )
+        tunnel.data_received(b"\x81\x82abcd\x00\x00")
+        assert ex.body == b"early\x81\x82abcd\x00\x00"
+        conn.send_data(b"\x81\x02hi")  # no chunk framing in a tunnel
+        conn.flush()
+        assert t.take() == b"\x81\x02hi"
+        # The client's FIN is a half-close passed on; the connection stays writable.
+        assert tunnel.eof_received() is True
+        assert ex.events[-1] == ("tunnel_eof",)
+        conn.send_data(b"last")
+        conn.send_end()
+        conn.flush()
+        conn.done()
+        assert t.take() == b"last"
+        assert t.eof_written  # closed after the tunnel, never kept alive
+
+    serve(test)
+
+
+def test_websocket_head_and_tunnel_in_one_big_read() -> None:
+    def test(conn: HttpConnection, t: TransportDouble) -> None:
+        tail = b"x" * (FEED_SLICE * 3)
+        conn.data_received(WS_HEAD + tail)
+        [ex] = RECORDED
+        assert ex.body == tail  # every byte after the head, across the parse slices
+
+    serve(test)
+
+
+def test_other_upgrade_tokens_are_plain_requests() -> None:
+    def test(conn: HttpConnection, t: TransportDouble) -> None:
+        conn.data_received(
+            b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: h2c\r\n"
+            b"Connection: Upgrade, HTTP2-Settings\r\n"
+            b"HTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\n\r\n"
+            b"ignored"
+        )
+        [ex] = RECORDED
+        assert type(ex) is Recorder
+        assert ex.head.protocol is None
+        assert t.protocol is None and ex.body == b""
+        respond(conn)
+        out = t.take()
+        assert out.startswith(b"HTTP/1.1 200") and b"connection: close" in out
+
+    serve(test)
+
+
+def test_websocket_upgrade_with_a_body_is_not_upgraded() -> None:
+    def test(conn: HttpConnection, t: TransportDouble) -> None:
+        conn.data_received(
+            b"POST / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Content-Length: 2\r\n\r\nok"
+        )
+        [ex] = RECORDED
+        assert type(ex) is Recorder and ex.head.protocol is None
 
     serve(test)

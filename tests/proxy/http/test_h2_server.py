@@ -545,3 +545,73 @@ def test_done_after_the_response_lets_it_finish_through_the_window() -> None:
     assert len(body) == 100_000
     assert rig.server.streams == {}
     assert "reset" not in ex.names()
+
+
+# --------------------------------------------------------------------------- RFC 8441
+
+
+def test_extended_connect_is_advertised_and_becomes_a_tunnel() -> None:
+    rig = ServerRig(respond=False)
+    # RFC 8441 3: SETTINGS_ENABLE_CONNECT_PROTOCOL = 1 in our SETTINGS.
+    assert rig.client.remote_settings.enable_connect_protocol == 1
+    sid = rig.request(
+        b"/chat",
+        method=b"CONNECT",
+        extra=[(b":protocol", b"websocket"), (b"sec-websocket-version", b"13")],
+        end=False,
+    )
+    rig.pump()
+    ex = rig.exchanges[0]
+    head = ex.head
+    assert (head.method, head.protocol, head.target, head.scheme) == (
+        b"CONNECT",
+        b"websocket",
+        b"/chat",
+        b"https",
+    )
+    assert head.end_stream is False and head.body_length is None
+    assert ex.names() == ["start"]
+    # The backend's 101 -> ":status 200", handshake-only fields dropped, stream open.
+    ex.stream.send_tunnel_head(
+        ResponseHead(
+            101,
+            [
+                (b"upgrade", b"websocket"),
+                (b"connection", b"upgrade"),
+                (b"sec-websocket-accept", b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo="),
+                (b"x-b", b"1"),
+            ],
+        )
+    )
+    ex.stream.send_data(b"\x81\x02hi")
+    ex.stream.flush()
+    got = responses(rig.pump())[sid]
+    assert got["status"] == 200
+    assert got["headers"][1:] == [(b"x-b", b"1")]
+    assert got["body"] == b"\x81\x02hi" and not got["ended"]
+    # Client bytes both ways as DATA; END_STREAM closes the client's direction.
+    rig.send_body(sid, b"\x81\x82abcdxx", end=True)
+    rig.pump()
+    assert bytes(ex.body) == b"\x81\x82abcdxx"
+    assert ex.names()[-1] == "end"
+    ex.stream.send_end(None)
+    ex.stream.done()
+    got = responses(rig.pump())[sid]
+    assert got["ended"]
+    assert rig.server.streams == {}
+
+
+def test_extended_connect_goes_to_the_tunnel_factory() -> None:
+    rig = ServerRig(respond=False)
+    tunnels: list[RequestHead] = []
+
+    def tunnel(stream: ServerStream, head: RequestHead) -> StreamCallbacks:
+        tunnels.append(head)
+        return rig._factory(stream, head)
+
+    rig.server.tunnel_factory = tunnel
+    rig.request(b"/", end=True)
+    rig.request(b"/chat", method=b"CONNECT", extra=[(b":protocol", b"websocket")], end=False)
+    rig.pump()
+    assert [h.method for h in tunnels] == [b"CONNECT"]
+    assert len(rig.exchanges) == 2

@@ -63,11 +63,14 @@ class Echo:
     def on_reset(self) -> None:
         pass
 
-    def on_write_pause(self) -> None:
+    def on_down_write_pause(self) -> None:
         self.stream.read_disable(RD_UPSTREAM)
 
-    def on_write_resume(self) -> None:
+    def on_down_write_resume(self) -> None:
         self.stream.read_enable(RD_UPSTREAM)
+
+    def on_tunnel_eof(self) -> None:
+        pass
 
 
 class Caller:

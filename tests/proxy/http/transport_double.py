@@ -22,6 +22,7 @@ class TransportDouble:
         self.buffered = 0  # what get_write_buffer_size reports
         self.limits: tuple[int, int] | None = None
         self.extra: dict[str, Any] = {"peername": peer}
+        self.protocol: Any = None  # what set_protocol installed (a tunnel)
 
     # asyncio.Transport, the parts the codecs use
     def write(self, data: bytes) -> None:
@@ -55,6 +56,12 @@ class TransportDouble:
 
     def write_eof(self) -> None:
         self.eof_written = True
+
+    def set_protocol(self, protocol: Any) -> None:
+        self.protocol = protocol
+
+    def get_protocol(self) -> Any:
+        return self.protocol
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         return self.extra.get(name, default)
