@@ -27,7 +27,8 @@ import logging
 import random
 import socket
 import time
-from typing import TYPE_CHECKING, Final
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Final
 
 import httptools
 
@@ -38,7 +39,12 @@ from gatewayd.proxy.filters import (
     redirect_location,
     rewrite_path,
 )
-from gatewayd.proxy.forwarded import add_forwarding_headers, strip_hop_by_hop
+from gatewayd.proxy.forwarded import (
+    HOP_BY_HOP,
+    HOP_BY_HOP_AND_EXPECT,
+    forward_request_headers,
+    strip_hop_by_hop,
+)
 from gatewayd.proxy.http.codec import (
     HTTP_2,
     HTTP_10,
@@ -126,6 +132,51 @@ def _header(headers: Headers, name: bytes) -> bytes | None:
         if n == name:
             return v
     return None
+
+
+class HeaderView(Mapping[str, str]):
+    """The request fields as the route table reads them (``str`` name -> value, repeated
+    fields joined with ","), built on the first read: most tables match on host and
+    path alone, and building the dict cost ~0.7 us per request of six fields
+    (bench_h1_inproc)."""
+
+    __slots__ = ("_map", "_raw")
+
+    def __init__(self, headers: Headers) -> None:
+        self._raw = headers
+        self._map: dict[str, str] | None = None
+
+    def _build(self) -> dict[str, str]:
+        m: dict[str, str] = {}
+        for n, v in self._raw:
+            k = n.decode("latin-1")
+            s = v.decode("latin-1")
+            if k in m:
+                m[k] = m[k] + "," + s
+            else:
+                m[k] = s
+        self._map = m
+        return m
+
+    def __getitem__(self, key: str) -> str:
+        m = self._map
+        return (m if m is not None else self._build())[key]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        m = self._map
+        return (m if m is not None else self._build()).get(key, default)
+
+    def __contains__(self, key: object) -> bool:
+        m = self._map
+        return key in (m if m is not None else self._build())
+
+    def __iter__(self) -> Iterator[str]:
+        m = self._map
+        return iter(m if m is not None else self._build())
+
+    def __len__(self) -> int:
+        m = self._map
+        return len(m if m is not None else self._build())
 
 
 def _host_only(host: bytes) -> str:
@@ -385,15 +436,7 @@ class Exchange:
         method = self.method.decode("latin-1")
         path = path_b.decode("latin-1")
         query = query_b.decode("latin-1")
-        hmap: dict[str, str] = {}
-        for n, v in headers:
-            k = n.decode("latin-1")
-            s = v.decode("latin-1")
-            if k in hmap:
-                hmap[k] = hmap[k] + "," + s
-            else:
-                hmap[k] = s
-        hit = lp.table.lookup(host, method, path, query, hmap)
+        hit = lp.table.lookup(host, method, path, query, HeaderView(headers))
         if hit is None:
             self._local(404, LR_NO_ROUTE)
             return
@@ -433,19 +476,18 @@ class Exchange:
             return
 
         # RFC 9110 7.6.1: hop-by-hop fields (Connection and the fields it names,
-        # Keep-Alive, TE, Transfer-Encoding, Upgrade, ...) are not forwarded.
-        fwd = strip_hop_by_hop(headers)
-        if head.expect_continue:
-            # Answered here (send_continue), never forwarded.
-            fwd = [h for h in fwd if h[0] != b"expect"]
+        # Keep-Alive, TE, Transfer-Encoding, Upgrade, ...) are not forwarded; the
+        # forwarding headers are set in the same walk over the fields.
         options = proxy.options
-        self.request_id = add_forwarding_headers(
-            fwd,
+        fwd, self.request_id = forward_request_headers(
+            headers,
             peer_ip=conn.peer_ip,
             scheme=conn.scheme,
             trusted_hops=options.xff_trusted_hops,
             preserve_request_id=options.preserve_request_id,
             client_cert=conn.client_cert,
+            # ``Expect: 100-continue`` is answered here (send_continue), never forwarded.
+            drop=HOP_BY_HOP_AND_EXPECT if head.expect_continue else HOP_BY_HOP,
         )
         if rule.request_headers is not None:
             apply_header_ops(fwd, rule.request_headers)
