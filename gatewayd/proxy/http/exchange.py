@@ -865,6 +865,7 @@ class Exchange:
             self._finish()
         else:
             # Keep reading (and dropping) the rest of the request body, then go on.
+            self.stream.flush()
             self._drop_pending()
 
     def on_stream_lost(
