@@ -355,3 +355,37 @@ def forward_request_headers(
         request_id = new_request_id()
     append((_REQUEST_ID, request_id))
     return out, request_id
+
+
+def strip_hop_by_hop_set(headers: Headers, name: bytes, value: bytes) -> Headers:
+    """``strip_hop_by_hop`` and then the first ``name`` field set to ``value`` (appended
+    when there is none), in one walk: a response's fields with its request id (``name``
+    must be in ``_PROTECTED``, so ``Connection`` cannot remove it).  A new list."""
+    out: Headers = []
+    append = out.append
+    connection: list[bytes] | None = None
+    found = False
+    for h in headers:
+        n = h[0]
+        if n in HOP_BY_HOP:
+            if n == b"connection":
+                if connection is None:
+                    connection = []
+                connection.append(h[1])
+        elif n == name and not found:
+            found = True
+            append((n, value))
+        else:
+            append(h)
+    if connection is not None:
+        nominated = {
+            t
+            for v in connection
+            for token in v.split(b",")
+            if (t := token.strip().lower()) and t not in _PROTECTED
+        }
+        if nominated:
+            out = [h for h in out if h[0] not in nominated]
+    if not found:
+        out.append((name, value))
+    return out

@@ -15,6 +15,7 @@ from gatewayd.proxy.forwarded import (
     forward_request_headers,
     new_request_id,
     strip_hop_by_hop,
+    strip_hop_by_hop_set,
 )
 
 Headers = list[tuple[bytes, bytes]]
@@ -454,3 +455,20 @@ def test_new_request_id_is_a_version_4_uuid() -> None:
         assert u.version == 4
         assert u.variant == uuid.RFC_4122
         assert str(u).encode("ascii") == rid
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    headers=st.lists(st.tuples(st.sampled_from(_NAMES), st.sampled_from(_VALUES)), max_size=10)
+)
+def test_strip_hop_by_hop_set_is_strip_then_set(headers: Headers) -> None:
+    received = list(headers)
+    two = strip_hop_by_hop(headers)
+    for i, (n, _) in enumerate(two):
+        if n == b"x-request-id":
+            two[i] = (n, b"rid")
+            break
+    else:
+        two.append((b"x-request-id", b"rid"))
+    assert strip_hop_by_hop_set(headers, b"x-request-id", b"rid") == two
+    assert headers == received
