@@ -180,6 +180,33 @@ class HeaderView(Mapping[str, str]):
         return len(m if m is not None else self._build())
 
 
+# Host field values seen lately -> ``_host_only`` of them: a keep-alive client sends
+# the same Host on every request, and the dict hit costs ~0.05 us against ~0.3 us.
+# Bounded (the values are the client's): at most HOST_CACHE_SIZE values of at most
+# HOST_CACHE_LEN bytes, emptied when full.
+HOST_CACHE_SIZE: Final = 1024
+HOST_CACHE_LEN: Final = 255
+_host_cache: dict[bytes, str] = {}
+
+# Method tokens as ``str`` for the route table, without a decode per request.
+_METHODS: Final = {
+    m.encode("ascii"): m
+    for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH")
+}
+
+
+def _host_key(host: bytes) -> str:
+    """``_host_only`` through the bounded cache."""
+    h = _host_cache.get(host)
+    if h is None:
+        h = _host_only(host)
+        if len(host) <= HOST_CACHE_LEN:
+            if len(_host_cache) >= HOST_CACHE_SIZE:
+                _host_cache.clear()
+            _host_cache[host] = h
+    return h
+
+
 def _host_only(host: bytes) -> str:
     """Host header value -> lower-case host without port (IPv6 literals keep brackets)."""
     if host[:1] == b"[":
@@ -418,7 +445,7 @@ class Exchange:
                 self._local(307, LR_PATH_REDIRECT, extra=[(b"location", location)])
                 return
             path_b = norm_b
-        host = _host_only(host_b) if host_b else ""
+        host = _host_key(host_b) if host_b else ""
         self.host = host
         sni = conn.sni
         if sni is not None:
@@ -434,7 +461,7 @@ class Exchange:
             ):
                 self._local(421, LR_MISDIRECTED)
                 return
-        method = self.method.decode("latin-1")
+        method = _METHODS.get(self.method) or self.method.decode("latin-1")
         path = path_b.decode("latin-1")
         query = query_b.decode("latin-1")
         hit = lp.table.lookup(host, method, path, query, HeaderView(headers))
@@ -520,7 +547,13 @@ class Exchange:
                 # filters belong to the main backend).
                 self.mirror_head = RequestHead(self.method, target, list(fwd))
 
-        backend = rule.pick_backend(random.random())
+        backends = rule.backends
+        if len(backends) == 1 and rule.total_weight > 0:
+            # One backendRef (the common case): what pick_backend returns, without a
+            # random draw and a call (~0.25 us).
+            backend: CompiledBackend | None = backends[0]
+        else:
+            backend = rule.pick_backend(random.random())
         if backend is None:
             self._local(500, LR_DIRECT)
             return
@@ -855,9 +888,9 @@ class Exchange:
         self.upstream = None
         self._cancel_try_timer()
         proxy = self.conn.proxy
-        loop = self.conn.loop
+        now = self.conn.loop.time()
         if reusable and self.request_complete:
-            proxy.pool.release(conn, loop.time())
+            proxy.pool.release(conn, now)
         else:
             # The backend answered before reading the whole request body: the
             # connection is in an unknown state.
@@ -868,7 +901,7 @@ class Exchange:
                 self.backend.name,
                 rule.route_id if rule is not None else "",
                 self.status,
-                loop.time() - self.try_start,
+                now - self.try_start,
             )
         self.stream.send_end(trailers)
         self.response_done = True
