@@ -886,7 +886,8 @@ class Exchange:
             conn.close()
             return
         self.upstream = None
-        self._cancel_try_timer()
+        if self.timer_try is not None:
+            self._cancel_try_timer()
         proxy = self.conn.proxy
         now = self.conn.loop.time()
         if reusable and self.request_complete:
@@ -1033,18 +1034,28 @@ class Exchange:
         self.finished = True
         stream = self.stream
         stream.flush()
-        for t in (self.timer_total, self.timer_try, self.retry_handle):
-            if t is not None:
-                t.cancel()
-        self.timer_total = self.timer_try = self.retry_handle = None
+        # Most requests arm no timer and hold no body: tested before any work (each
+        # skipped step is a call or an allocation less per request).
+        if (
+            self.timer_total is not None
+            or self.timer_try is not None
+            or self.retry_handle is not None
+        ):
+            for t in (self.timer_total, self.timer_try, self.retry_handle):
+                if t is not None:
+                    t.cancel()
+            self.timer_total = self.timer_try = self.retry_handle = None
         if self.upstream is not None:
             self.upstream.reset()
             self.upstream = None
-        self._drop_pending()
+        if self.pending or self.pending_size:
+            self._drop_pending()
         if self.mirrors and not self.request_complete:
             self._fire_mirrors()
         stream.read_enable(RD_UPSTREAM)
-        self._record()
+        proxy = self.conn.proxy
+        if proxy.access is not None or proxy.metrics is not None:
+            self._record()
         stream.done(close)
 
     def on_reset(self) -> None:
