@@ -671,17 +671,6 @@ class HttpConnection(asyncio.Protocol):
 
     # ------------------------------------------------------------------ sequencing
 
-    def exchange_done(self, ex: Exchange, keep: bool) -> None:
-        if self.active is ex:
-            self.active = None
-        if self.closed:
-            return
-        if not keep:
-            self.queue.clear()
-            self._close_after_flush()
-            return
-        self._dispatch()
-
     def _dispatch(self) -> None:
         if self.dispatching:
             return
