@@ -55,14 +55,18 @@ _reseed()
 # Forked workers must not hand out the same sequence of ids.
 os.register_at_fork(after_in_child=_reseed)
 
-_UUID4_MASK = ~((0xF000 << 64) | (0xC000 << 48)) & ((1 << 128) - 1)
-_UUID4_BITS = (0x4000 << 64) | (0x8000 << 48)  # version 4, RFC 4122 variant
-
-
 def new_request_id() -> bytes:
-    """A random RFC 4122 version 4 UUID in its canonical 36-character form."""
-    h = ((_getrandbits(128) & _UUID4_MASK) | _UUID4_BITS).to_bytes(16, "big").hex()
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}".encode("ascii")
+    """A random RFC 4122 version 4 UUID in its canonical 36-character form: 122 random
+    bits, the version nibble 4 and the variant bits 10 written by the format itself
+    (one bytes formatting: ~0.15 us less than masking 128 bits and slicing hex)."""
+    n = _getrandbits(122)
+    return b"%08x-%04x-4%03x-%04x-%012x" % (
+        n >> 90,
+        (n >> 74) & 0xFFFF,
+        (n >> 62) & 0xFFF,
+        ((n >> 48) & 0x3FFF) | 0x8000,
+        n & 0xFFFFFFFFFFFF,
+    )
 
 
 _VISIBLE = bytes(range(0x21, 0x7F))
@@ -267,3 +271,121 @@ def strip_hop_by_hop(headers: Headers) -> Headers:
         drop = HOP_BY_HOP | nominated
         return [h for h in headers if h[0] not in drop]
     return [h for h in headers if h[0] not in HOP_BY_HOP]
+
+
+# --------------------------------------------------------------------------- one pass
+
+# What ``forward_request_headers`` drops when the client's ``Expect: 100-continue`` is
+# answered by the proxy (never forwarded).
+HOP_BY_HOP_AND_EXPECT: frozenset[bytes] = HOP_BY_HOP | {b"expect"}
+
+
+def forward_request_headers(
+    headers: Headers,
+    *,
+    peer_ip: str,
+    scheme: bytes,
+    trusted_hops: int,
+    preserve_request_id: bool = False,
+    client_cert: bytes | None = None,
+    drop: frozenset[bytes] = HOP_BY_HOP,
+) -> tuple[Headers, bytes]:
+    """``strip_hop_by_hop`` then ``add_forwarding_headers`` in one walk over the request
+    fields: the forwarded list (a new one; ``headers`` is left as received) and the
+    request id.  ``drop``: the hop-by-hop set (``HOP_BY_HOP_AND_EXPECT`` when the proxy
+    answers ``Expect`` itself); it must contain ``connection``.
+
+    The same result as the two functions one after the other (a test holds them to
+    it); one pass instead of four over the fields saves ~0.6 us per request of six
+    fields (bench_h1_inproc)."""
+    out: Headers = []
+    append = out.append
+    xff: list[bytes] | None = None
+    xfp: bytes | None = None
+    request_id: bytes | None = None
+    connection: list[bytes] | None = None
+    for h in headers:
+        name = h[0]
+        if name in drop:
+            if name == b"connection":
+                if connection is None:
+                    connection = []
+                connection.append(h[1])
+        # A slice compare, not startswith(): ~100 ns less per request of 6 headers.
+        elif name in _OWNED or name[:8] == _ENVOY_PREFIX:
+            if name == _XFF:
+                if xff is None:
+                    xff = []
+                if h[1]:
+                    xff.append(h[1])
+            elif name == _REQUEST_ID:
+                if request_id is None:
+                    request_id = h[1]
+            elif name == _XFP and xfp is None:
+                xfp = h[1]
+        else:
+            append(h)
+    if connection is not None:
+        nominated = {
+            t
+            for value in connection
+            for token in value.split(b",")
+            if (t := token.strip().lower()) and t not in _PROTECTED
+        }
+        if nominated:
+            out = [h for h in out if h[0] not in nominated]
+            append = out.append
+    peer = peer_ip.encode("ascii")
+    if xff:
+        append((_XFF, b", ".join(xff) + b", " + peer))
+    else:
+        append((_XFF, peer))
+    external = peer
+    if trusted_hops > 0 and xff:
+        external = _trusted_client(xff, trusted_hops) or peer
+    append((_EXTERNAL, external))
+    if trusted_hops > 0 and xfp is not None:
+        proto = xfp.strip().lower()
+        append((_XFP, proto if proto in (b"http", b"https") else scheme))
+    else:
+        append((_XFP, scheme))
+    if client_cert is not None:
+        append((_XFCC, client_cert))
+    if not preserve_request_id or request_id is None or not _valid_request_id(request_id):
+        request_id = new_request_id()
+    append((_REQUEST_ID, request_id))
+    return out, request_id
+
+
+def strip_hop_by_hop_set(headers: Headers, name: bytes, value: bytes) -> Headers:
+    """``strip_hop_by_hop`` and then the first ``name`` field set to ``value`` (appended
+    when there is none), in one walk: a response's fields with its request id (``name``
+    must be in ``_PROTECTED``, so ``Connection`` cannot remove it).  A new list."""
+    out: Headers = []
+    append = out.append
+    connection: list[bytes] | None = None
+    found = False
+    for h in headers:
+        n = h[0]
+        if n in HOP_BY_HOP:
+            if n == b"connection":
+                if connection is None:
+                    connection = []
+                connection.append(h[1])
+        elif n == name and not found:
+            found = True
+            append((n, value))
+        else:
+            append(h)
+    if connection is not None:
+        nominated = {
+            t
+            for v in connection
+            for token in v.split(b",")
+            if (t := token.strip().lower()) and t not in _PROTECTED
+        }
+        if nominated:
+            out = [h for h in out if h[0] not in nominated]
+    if not found:
+        out.append((name, value))
+    return out

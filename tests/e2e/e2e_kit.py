@@ -700,6 +700,34 @@ def reference_grant(
     }
 
 
+def ca_config_map(name: str, ca_pem: bytes, namespace: str = "default") -> Doc:
+    """A ConfigMap holding a CA bundle under ``ca.crt`` (BackendTLSPolicy validation)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": name, "namespace": namespace},
+        "data": {"ca.crt": ca_pem.decode()},
+    }
+
+
+def backend_tls_policy(
+    name: str, service: str, *, hostname: str, ca: str, namespace: str = "default"
+) -> Doc:
+    """A BackendTLSPolicy on ``service``: verify against ConfigMap ``ca`` and ``hostname``."""
+    return {
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "BackendTLSPolicy",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "targetRefs": [{"group": "", "kind": "Service", "name": service}],
+            "validation": {
+                "hostname": hostname,
+                "caCertificateRefs": [{"group": "", "kind": "ConfigMap", "name": ca}],
+            },
+        },
+    }
+
+
 def header_filter(
     kind: str = "RequestHeaderModifier",
     *,

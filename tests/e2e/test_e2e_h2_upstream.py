@@ -25,6 +25,8 @@ from e2e_kit import (
     Gatewayd,
     backend_manifests,
     backend_ref,
+    backend_tls_policy,
+    ca_config_map,
     free_port,
     gateway,
     gateway_class,
@@ -82,26 +84,8 @@ def env(backends, module_gatewayd) -> Env:  # type: ignore[no-untyped-def]
         *h2c_backend_manifests("h2-plain", plain.port),
         *h2c_backend_manifests("h2-one", one.port),
         *backend_manifests("grpc-tls", tls_grpc.port, port_name="grpc"),
-        {
-            "apiVersion": "v1",
-            "kind": "ConfigMap",
-            "metadata": {"name": "grpc-tls-ca", "namespace": "default"},
-            "data": {"ca.crt": ca.decode()},
-        },
-        {
-            "apiVersion": "gateway.networking.k8s.io/v1",
-            "kind": "BackendTLSPolicy",
-            "metadata": {"name": "grpc-tls", "namespace": "default"},
-            "spec": {
-                "targetRefs": [{"group": "", "kind": "Service", "name": "grpc-tls"}],
-                "validation": {
-                    "hostname": TLS_HOST,
-                    "caCertificateRefs": [
-                        {"group": "", "kind": "ConfigMap", "name": "grpc-tls-ca"}
-                    ],
-                },
-            },
-        },
+        ca_config_map("grpc-tls-ca", ca),
+        backend_tls_policy("grpc-tls", "grpc-tls", hostname=TLS_HOST, ca="grpc-tls-ca"),
         http_route("plain", [rule(backends=[backend_ref("h2-plain")])], hostnames=["h2c.example"]),
         http_route("one", [rule(backends=[backend_ref("h2-one")])], hostnames=["one.example"]),
         grpc_route(

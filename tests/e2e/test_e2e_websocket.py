@@ -33,6 +33,8 @@ from e2e_kit import (
     Gatewayd,
     MemorySampler,
     backend_ref,
+    backend_tls_policy,
+    ca_config_map,
     deadline_loop,
     free_port,
     gateway,
@@ -575,24 +577,8 @@ def test_wss_backend_under_a_backend_tls_policy(
             gateway("gw", [listener("http", port)]),
             *manifests_ws_service("secure-ws", backend.port, "kubernetes.io/wss"),
             *manifests_ws_service("bare-wss", backend.port, "kubernetes.io/wss"),
-            {
-                "apiVersion": "v1",
-                "kind": "ConfigMap",
-                "metadata": {"name": "ca", "namespace": "default"},
-                "data": {"ca.crt": cert.decode()},
-            },
-            {
-                "apiVersion": "gateway.networking.k8s.io/v1",
-                "kind": "BackendTLSPolicy",
-                "metadata": {"name": "secure-ws", "namespace": "default"},
-                "spec": {
-                    "targetRefs": [{"group": "", "kind": "Service", "name": "secure-ws"}],
-                    "validation": {
-                        "hostname": "ws.backend.example",
-                        "caCertificateRefs": [{"group": "", "kind": "ConfigMap", "name": "ca"}],
-                    },
-                },
-            },
+            ca_config_map("ca", cert),
+            backend_tls_policy("secure-ws", "secure-ws", hostname="ws.backend.example", ca="ca"),
             http_route(
                 "secure", [rule(backends=[backend_ref("secure-ws")])], hostnames=["wss.example"]
             ),

@@ -4,13 +4,18 @@ import os
 import uuid
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gatewayd.proxy.forwarded import (
     HOP_BY_HOP,
+    HOP_BY_HOP_AND_EXPECT,
     add_forwarding_headers,
     client_cert_details,
+    forward_request_headers,
     new_request_id,
     strip_hop_by_hop,
+    strip_hop_by_hop_set,
 )
 
 Headers = list[tuple[bytes, bytes]]
@@ -371,3 +376,99 @@ def test_strip_hop_by_hop_returns_a_new_list_and_leaves_the_input_alone() -> Non
     out = strip_hop_by_hop(with_hop)
     assert out == [(b"host", b"a")]
     assert with_hop == [(b"host", b"a"), (b"connection", b"x-custom"), (b"x-custom", b"1")]
+
+
+# --------------------------------------------------------------------------- one pass
+
+_NAMES = [
+    b"host",
+    b"accept",
+    b"connection",
+    b"keep-alive",
+    b"te",
+    b"upgrade",
+    b"expect",
+    b"x-forwarded-for",
+    b"x-forwarded-proto",
+    b"x-request-id",
+    b"x-envoy-retry-on",
+    b"x-envoy-internal",
+    b"x-forwarded-client-cert",
+    b"content-length",
+    b"x-custom",
+]
+_VALUES = [
+    b"",
+    b"a",
+    b"203.0.113.7",
+    b"198.51.100.1, 203.0.113.7",
+    b"https",
+    b"HTTP",
+    b"x-custom, accept",
+    b"close, x-forwarded-for, content-length",
+    b"keep-alive , X-Custom",
+    b"my-id-1",
+    b"id with space",
+]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    headers=st.lists(st.tuples(st.sampled_from(_NAMES), st.sampled_from(_VALUES)), max_size=10),
+    hops=st.integers(min_value=0, max_value=3),
+    preserve=st.booleans(),
+    cert=st.sampled_from([None, b"Hash=ab"]),
+    expect=st.booleans(),
+)
+def test_forward_request_headers_is_strip_then_add(
+    headers: Headers, hops: int, preserve: bool, cert: bytes | None, expect: bool
+) -> None:
+    """The one-pass function gives what the two-step path gives (request id aside, which
+    is new on each call unless preserved)."""
+    received = list(headers)
+    two = strip_hop_by_hop(headers)
+    if expect:
+        two = [h for h in two if h[0] != b"expect"]
+    rid_two = forward(two, hops=hops, preserve=preserve, cert=cert)
+    one, rid_one = forward_request_headers(
+        headers,
+        peer_ip="192.0.2.5",
+        scheme=b"http",
+        trusted_hops=hops,
+        preserve_request_id=preserve,
+        client_cert=cert,
+        drop=HOP_BY_HOP_AND_EXPECT if expect else HOP_BY_HOP,
+    )
+    assert headers == received  # the input is left as received
+    assert one[:-1] == two[:-1]
+    assert one[-1][0] == two[-1][0] == b"x-request-id"
+    assert one[-1][1] == rid_one
+    if preserve and rid_two == rid_one:
+        assert rid_one in {v for _, v in received}
+    assert len(rid_one) == 36 or rid_one in {v for _, v in received}
+
+
+def test_new_request_id_is_a_version_4_uuid() -> None:
+    for _ in range(2000):
+        rid = new_request_id()
+        u = uuid.UUID(rid.decode("ascii"))
+        assert u.version == 4
+        assert u.variant == uuid.RFC_4122
+        assert str(u).encode("ascii") == rid
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    headers=st.lists(st.tuples(st.sampled_from(_NAMES), st.sampled_from(_VALUES)), max_size=10)
+)
+def test_strip_hop_by_hop_set_is_strip_then_set(headers: Headers) -> None:
+    received = list(headers)
+    two = strip_hop_by_hop(headers)
+    for i, (n, _) in enumerate(two):
+        if n == b"x-request-id":
+            two[i] = (n, b"rid")
+            break
+    else:
+        two.append((b"x-request-id", b"rid"))
+    assert strip_hop_by_hop_set(headers, b"x-request-id", b"rid") == two
+    assert headers == received

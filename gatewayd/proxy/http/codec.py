@@ -375,7 +375,9 @@ class ClientCallbacks(Protocol):
         reused connection the backend had closed)."""
 
     def on_flush(self) -> None:
-        """End of one read from the upstream: write what was relayed."""
+        """End of one read from the upstream: write what was relayed.  A codec may
+        leave it out after ``on_response_end`` (the HTTP/1.1 client does): the
+        callbacks write what they relayed when the response ends."""
 
     def on_write_pause(self) -> None:
         """The upstream is slow to read our request: stop reading the client."""

@@ -27,7 +27,8 @@ import logging
 import random
 import socket
 import time
-from typing import TYPE_CHECKING, Final
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Final
 
 import httptools
 
@@ -38,7 +39,13 @@ from gatewayd.proxy.filters import (
     redirect_location,
     rewrite_path,
 )
-from gatewayd.proxy.forwarded import add_forwarding_headers, strip_hop_by_hop
+from gatewayd.proxy.forwarded import (
+    HOP_BY_HOP,
+    HOP_BY_HOP_AND_EXPECT,
+    forward_request_headers,
+    strip_hop_by_hop,
+    strip_hop_by_hop_set,
+)
 from gatewayd.proxy.grpc import (
     DEADLINE_EXCEEDED,
     grpc_status_for,
@@ -137,6 +144,78 @@ def _header(headers: Headers, name: bytes) -> bytes | None:
         if n == name:
             return v
     return None
+
+
+class HeaderView(Mapping[str, str]):
+    """The request fields as the route table reads them (``str`` name -> value, repeated
+    fields joined with ","), built on the first read: most tables match on host and
+    path alone, and building the dict cost ~0.7 us per request of six fields
+    (bench_h1_inproc)."""
+
+    __slots__ = ("_map", "_raw")
+
+    def __init__(self, headers: Headers) -> None:
+        self._raw = headers
+        self._map: dict[str, str] | None = None
+
+    def _build(self) -> dict[str, str]:
+        m: dict[str, str] = {}
+        for n, v in self._raw:
+            k = n.decode("latin-1")
+            s = v.decode("latin-1")
+            if k in m:
+                m[k] = m[k] + "," + s
+            else:
+                m[k] = s
+        self._map = m
+        return m
+
+    def __getitem__(self, key: str) -> str:
+        m = self._map
+        return (m if m is not None else self._build())[key]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        m = self._map
+        return (m if m is not None else self._build()).get(key, default)
+
+    def __contains__(self, key: object) -> bool:
+        m = self._map
+        return key in (m if m is not None else self._build())
+
+    def __iter__(self) -> Iterator[str]:
+        m = self._map
+        return iter(m if m is not None else self._build())
+
+    def __len__(self) -> int:
+        m = self._map
+        return len(m if m is not None else self._build())
+
+
+# Host field values seen lately -> ``_host_only`` of them: a keep-alive client sends
+# the same Host on every request, and the dict hit costs ~0.05 us against ~0.3 us.
+# Bounded (the values are the client's): at most HOST_CACHE_SIZE values of at most
+# HOST_CACHE_LEN bytes, emptied when full.
+HOST_CACHE_SIZE: Final = 1024
+HOST_CACHE_LEN: Final = 255
+_host_cache: dict[bytes, str] = {}
+
+# Method tokens as ``str`` for the route table, without a decode per request.
+_METHODS: Final = {
+    m.encode("ascii"): m
+    for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH")
+}
+
+
+def _host_key(host: bytes) -> str:
+    """``_host_only`` through the bounded cache."""
+    h = _host_cache.get(host)
+    if h is None:
+        h = _host_only(host)
+        if len(host) <= HOST_CACHE_LEN:
+            if len(_host_cache) >= HOST_CACHE_SIZE:
+                _host_cache.clear()
+            _host_cache[host] = h
+    return h
 
 
 def _host_only(host: bytes) -> str:
@@ -377,7 +456,7 @@ class Exchange:
                 self._local(307, LR_PATH_REDIRECT, extra=[(b"location", location)])
                 return
             path_b = norm_b
-        host = _host_only(host_b) if host_b else ""
+        host = _host_key(host_b) if host_b else ""
         self.host = host
         sni = conn.sni
         if sni is not None:
@@ -393,18 +472,10 @@ class Exchange:
             ):
                 self._local(421, LR_MISDIRECTED)
                 return
-        method = self.method.decode("latin-1")
+        method = _METHODS.get(self.method) or self.method.decode("latin-1")
         path = path_b.decode("latin-1")
         query = query_b.decode("latin-1")
-        hmap: dict[str, str] = {}
-        for n, v in headers:
-            k = n.decode("latin-1")
-            s = v.decode("latin-1")
-            if k in hmap:
-                hmap[k] = hmap[k] + "," + s
-            else:
-                hmap[k] = s
-        hit = lp.table.lookup(host, method, path, query, hmap)
+        hit = lp.table.lookup(host, method, path, query, HeaderView(headers))
         if hit is None:
             self._local(404, LR_NO_ROUTE)
             return
@@ -444,19 +515,18 @@ class Exchange:
             return
 
         # RFC 9110 7.6.1: hop-by-hop fields (Connection and the fields it names,
-        # Keep-Alive, TE, Transfer-Encoding, Upgrade, ...) are not forwarded.
-        fwd = strip_hop_by_hop(headers)
-        if head.expect_continue:
-            # Answered here (send_continue), never forwarded.
-            fwd = [h for h in fwd if h[0] != b"expect"]
+        # Keep-Alive, TE, Transfer-Encoding, Upgrade, ...) are not forwarded; the
+        # forwarding headers are set in the same walk over the fields.
         options = proxy.options
-        self.request_id = add_forwarding_headers(
-            fwd,
+        fwd, self.request_id = forward_request_headers(
+            headers,
             peer_ip=conn.peer_ip,
             scheme=conn.scheme,
             trusted_hops=options.xff_trusted_hops,
             preserve_request_id=options.preserve_request_id,
             client_cert=conn.client_cert,
+            # ``Expect: 100-continue`` is answered here (send_continue), never forwarded.
+            drop=HOP_BY_HOP_AND_EXPECT if head.expect_continue else HOP_BY_HOP,
         )
         if rule.request_headers is not None:
             apply_header_ops(fwd, rule.request_headers)
@@ -488,7 +558,13 @@ class Exchange:
                 # filters belong to the main backend).
                 self.mirror_head = RequestHead(self.method, target, list(fwd))
 
-        backend = rule.pick_backend(random.random())
+        backends = rule.backends
+        if len(backends) == 1 and rule.total_weight > 0:
+            # One backendRef (the common case): what pick_backend returns, without a
+            # random draw and a call (~0.25 us).
+            backend: CompiledBackend | None = backends[0]
+        else:
+            backend = rule.pick_backend(random.random())
         if backend is None:
             self._local(500, LR_DIRECT)
             return
@@ -811,23 +887,33 @@ class Exchange:
         self.upstream_ms = (self.conn.loop.time() - self.try_start) * 1000.0
         backend = self.backend
         assert backend is not None
-        out = strip_hop_by_hop(head.headers)
-        if rule.response_headers is not None:
-            apply_header_ops(out, rule.response_headers)
-        if backend.response_headers is not None:
-            apply_header_ops(out, backend.response_headers)
-        if rule.cors is not None:
-            origin = _header(self.headers, b"origin")
-            if origin is not None:
-                out += cors_response_headers(rule.cors, origin)
         rid = self.request_id
-        if rid is not None:
-            for i, (n, _) in enumerate(out):
-                if n == b"x-request-id":
-                    out[i] = (n, rid)
-                    break
-            else:
-                out.append((b"x-request-id", rid))
+        if (
+            rid is not None
+            and rule.response_headers is None
+            and backend.response_headers is None
+            and rule.cors is None
+        ):
+            # No response filters: hop-by-hop removed and the request id set in one
+            # walk over the fields (~0.3 us less per response, bench_h1_inproc).
+            out = strip_hop_by_hop_set(head.headers, b"x-request-id", rid)
+        else:
+            out = strip_hop_by_hop(head.headers)
+            if rule.response_headers is not None:
+                apply_header_ops(out, rule.response_headers)
+            if backend.response_headers is not None:
+                apply_header_ops(out, backend.response_headers)
+            if rule.cors is not None:
+                origin = _header(self.headers, b"origin")
+                if origin is not None:
+                    out += cors_response_headers(rule.cors, origin)
+            if rid is not None:
+                for i, (n, _) in enumerate(out):
+                    if n == b"x-request-id":
+                        out[i] = (n, rid)
+                        break
+                else:
+                    out.append((b"x-request-id", rid))
         # The downstream codec frames the body (and answers HEAD, 204 and 304
         # without one).
         head.headers = out
@@ -858,11 +944,12 @@ class Exchange:
             conn.close()
             return
         self.upstream = None
-        self._cancel_try_timer()
+        if self.timer_try is not None:
+            self._cancel_try_timer()
         proxy = self.conn.proxy
-        loop = self.conn.loop
+        now = self.conn.loop.time()
         if reusable and self.request_complete:
-            proxy.pool.release(conn, loop.time())
+            proxy.pool.release(conn, now)
         else:
             # The backend answered before reading the whole request body: the
             # connection is in an unknown state.
@@ -873,7 +960,7 @@ class Exchange:
                 self.backend.name,
                 rule.route_id if rule is not None else "",
                 self.status,
-                loop.time() - self.try_start,
+                now - self.try_start,
             )
         self.stream.send_end(trailers)
         self.response_done = True
@@ -881,6 +968,7 @@ class Exchange:
             self._finish()
         else:
             # Keep reading (and dropping) the rest of the request body, then go on.
+            self.stream.flush()
             self._drop_pending()
 
     def on_stream_lost(
@@ -1021,18 +1109,28 @@ class Exchange:
         self.finished = True
         stream = self.stream
         stream.flush()
-        for t in (self.timer_total, self.timer_try, self.retry_handle):
-            if t is not None:
-                t.cancel()
-        self.timer_total = self.timer_try = self.retry_handle = None
+        # Most requests arm no timer and hold no body: tested before any work (each
+        # skipped step is a call or an allocation less per request).
+        if (
+            self.timer_total is not None
+            or self.timer_try is not None
+            or self.retry_handle is not None
+        ):
+            for t in (self.timer_total, self.timer_try, self.retry_handle):
+                if t is not None:
+                    t.cancel()
+            self.timer_total = self.timer_try = self.retry_handle = None
         if self.upstream is not None:
             self.upstream.reset()
             self.upstream = None
-        self._drop_pending()
+        if self.pending or self.pending_size:
+            self._drop_pending()
         if self.mirrors and not self.request_complete:
             self._fire_mirrors()
         stream.read_enable(RD_UPSTREAM)
-        self._record()
+        proxy = self.conn.proxy
+        if proxy.access is not None or proxy.metrics is not None:
+            self._record()
         stream.done(close)
 
     def on_reset(self) -> None:

@@ -160,6 +160,7 @@ class HttpConnection(asyncio.Protocol):
         "client_cert",
         "closed",
         "closing",
+        "conn",
         "cur",
         "cur_head",
         "deadline",
@@ -205,6 +206,9 @@ class HttpConnection(asyncio.Protocol):
 
     def __init__(self, proxy: Proxy, key: ListenKey, label: str) -> None:
         self.proxy = proxy
+        # ``ServerStream.conn``: one stream at a time, so the stream is the connection
+        # (an attribute, not a property: read once per request, a call less).
+        self.conn = self
         self.key = key
         self.label = label
         self.loop = asyncio.get_running_loop()
@@ -584,7 +588,14 @@ class HttpConnection(asyncio.Protocol):
         self.deadline_kind = D_NONE
         self.deadline = 0.0
         if self.active is None and not self.queue:
-            self._start(ex)
+            # ``_start`` inlined: the common case (no pipelining), a call less.
+            self.active = ex
+            self.resp_mode = F_LENGTH
+            self.resp_keep = False
+            self.sent_100 = False
+            if self.write_paused:
+                ex.on_down_write_pause()
+            ex.on_start()
         else:
             self.queue.append(ex)
             if len(self.queue) >= MAX_QUEUED:
@@ -604,10 +615,6 @@ class HttpConnection(asyncio.Protocol):
             ex.on_end(trailers)
 
     # ------------------------------------------------------------------ ServerStream
-
-    @property
-    def conn(self) -> HttpConnection:
-        return self
 
     def _start(self, ex: Exchange) -> None:
         """``ex`` becomes the active exchange: fresh response state, then route it."""
@@ -635,12 +642,18 @@ class HttpConnection(asyncio.Protocol):
     def send_head(self, head: ResponseHead, request_method: bytes) -> None:
         ex = self.active
         assert ex is not None
-        version = ex.head.version
+        req = ex.head
+        version = req.version
         status = head.status
         out = head.headers
+        # ``_keep_after_response`` inlined (once per response, a call less).
+        keep = (
+            req.keep_alive
+            and not self.closing
+            and not (req.expect_continue and not self.sent_100 and self.cur is ex)
+        )
         # RFC 9110 9.3.2 / 15.3.5 / 15.4.5: no content in responses to HEAD, in 204
         # and in 304 whatever the framing fields say.
-        keep = self._keep_after_response()
         if (
             head.body_length is not None
             or request_method == b"HEAD"
@@ -726,25 +739,22 @@ class HttpConnection(asyncio.Protocol):
         self.abort()
 
     def done(self, close: bool = False) -> None:
-        ex = self.active
-        if ex is not None:
-            self.exchange_done(ex, self.resp_keep and not close)
+        # ``exchange_done`` inlined: once per request, a call less.
+        if self.active is None:
+            return
+        self.active = None
+        if self.closed:
+            return
+        if close or not self.resp_keep:
+            self.queue.clear()
+            self._close_after_flush()
+            return
+        self._dispatch()
 
     def write_buffer_size(self) -> int:
         return 0 if self.closed else self.transport.get_write_buffer_size()
 
     # ------------------------------------------------------------------ sequencing
-
-    def exchange_done(self, ex: Exchange, keep: bool) -> None:
-        if self.active is ex:
-            self.active = None
-        if self.closed:
-            return
-        if not keep:
-            self.queue.clear()
-            self._close_after_flush()
-            return
-        self._dispatch()
 
     def _dispatch(self) -> None:
         if self.dispatching:

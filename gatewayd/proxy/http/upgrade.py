@@ -40,7 +40,6 @@ from gatewayd.proxy.filters import apply_header_ops, cors_response_headers
 from gatewayd.proxy.forwarded import strip_hop_by_hop
 from gatewayd.proxy.http.codec import RD_UPSTREAM, ClientStream, Headers, RequestHead, ResponseHead
 from gatewayd.proxy.http.exchange import (
-    H2_APP_PROTOCOLS,
     LR_UPSTREAM_PROTOCOL,
     Exchange,
     _header,
@@ -107,7 +106,7 @@ class UpgradeExchange(Exchange):
         head.body_length = 0
         head.end_stream = True
         head.transfer_codings = None
-        if self.backend.app_protocol in H2_APP_PROTOCOLS:
+        if self.backend.http2:
             # An HTTP/2 backend would need RFC 8441 on the upstream side too: not done.
             # The HTTP/1.1 client gets a plain answer; an extended CONNECT gets none.
             return head
@@ -132,7 +131,7 @@ class UpgradeExchange(Exchange):
         if rule.backend_request_timeout:
             self.timer_try = conn.loop.call_later(rule.backend_request_timeout, self._on_timeout)
         head = self._prepare()
-        if self.extended and self.backend.app_protocol in H2_APP_PROTOCOLS:
+        if self.extended and self.backend.http2:
             self._local(501, LR_UPGRADE_UNSUPPORTED)
             return
         # The handshake has no body; bytes the client sent early wait for the 101.
@@ -176,11 +175,7 @@ class UpgradeExchange(Exchange):
         if conn is not self.upstream or self.finished:
             conn.reset()
             return
-        if (
-            not self.prepared
-            or self.backend is None
-            or (self.backend.app_protocol in H2_APP_PROTOCOLS)
-        ):
+        if not self.prepared or self.backend is None or self.backend.http2:
             super().on_upgrade(conn, head)  # nobody asked that backend to switch
             return
         self.tunnel = True
