@@ -102,6 +102,44 @@ def wait_generation_above(daemon: Gatewayd, previous: int, timeout: float) -> fl
     raise AssertionError(f"no new configuration generation within {timeout}s\n" + daemon.output())
 
 
+def served_weights(daemon: Gatewayd) -> tuple[int, int] | None:
+    """The (echo-v1, echo-v2) weights of the canary rule in the serving snapshot
+    (/config_dump: what the workers acknowledged), or None while it has neither."""
+    code, body = daemon.admin_get("/config_dump")
+    assert code == 200, body
+    found: dict[str, int] = {}
+    stack: list[object] = [json.loads(body)]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            for backend in (
+                item.get("backends", ()) if isinstance(item.get("backends"), list) else ()
+            ):
+                name = str(backend.get("name", ""))
+                for wanted in ("echo-v1", "echo-v2"):
+                    if wanted in name:
+                        found[wanted] = int(backend["weight"])
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    if not found:
+        return None
+    # A weight-0 backendRef may be left out of the compiled rule.
+    return found.get("echo-v1", 0), found.get("echo-v2", 0)
+
+
+def wait_weights(daemon: Gatewayd, w1: int, w2: int, timeout: float) -> float:
+    """Seconds until the serving snapshot splits w1:w2.  (A new generation alone is not
+    enough: the watcher also sees a file that SIGHUP already loaded and reloads it once
+    more, and that late reload of the previous weights can be the one a wait sees.)"""
+    start = time.monotonic()
+    for _ in deadline_loop(timeout, interval=0.02):
+        served = served_weights(daemon)
+        if served is not None and served[0] * w2 == served[1] * w1:
+            return time.monotonic() - start
+    raise AssertionError(f"weights {w1}/{w2} not served within {timeout}s\n" + daemon.output())
+
+
 def write_atomically(path: Path, text: str) -> None:
     """What kubectl-style tools and editors that save by rename do."""
     tmp = path.with_name(path.name + ".tmp")
@@ -186,11 +224,12 @@ def test_canary_rewrites_under_load_lose_no_request(echoes, gatewayd) -> None:  
                     write_atomically(daemon.config, text)
                 else:
                     daemon.config.write_text(text)
-                watch_latency.append(wait_generation_above(daemon, before, 5.0))
+                watch_latency.append(wait_weights(daemon, w1, w2, 5.0))
             else:
                 daemon.config.write_text(text)
                 daemon.child.proc.send_signal(signal.SIGHUP)
                 wait_generation_above(daemon, before, 5.0)
+                wait_weights(daemon, w1, w2, 5.0)
             share, n = observed_share(port, SAMPLE)
             sampled += n
             expected = w1 / (w1 + w2)
