@@ -138,3 +138,86 @@ class Candidate:
         }
         out.update(self.summary)
         return out
+
+
+# --------------------------------------------------------------------------- explain
+
+# What each position of a ``PrecedenceKey`` means, by route kind (``compile.precedence``
+# builds the keys; ``snapshot.explain`` names the first position where two keys differ).
+HTTP_KEY_CRITERIA: tuple[str, ...] = (
+    "route kind (HTTPRoute before GRPCRoute)",
+    "path match type (Exact, then RegularExpression, then PathPrefix)",
+    "path length (more characters wins)",
+    "method match",
+    "number of header matches",
+    "number of query param matches",
+    "route creation time (oldest wins)",
+    'route "{namespace}/{name}" (alphabetical)',
+    "rule order within the route",
+    "match order within the rule",
+)
+GRPC_KEY_CRITERIA: tuple[str, ...] = (
+    "route kind (HTTPRoute before GRPCRoute)",
+    "characters in the service match",
+    "characters in the method match",
+    "number of header matches",
+    "(unused)",
+    "(unused)",
+    "route creation time (oldest wins)",
+    'route "{namespace}/{name}" (alphabetical)',
+    "rule order within the route",
+    "match order within the rule",
+)
+
+
+def path_holds(c: Candidate, path: str) -> bool:
+    """The path test of ``c`` as ``RouteTable.lookup`` applies it: the exact list of the
+    path, the element-wise prefix lists ("/a/b" holds "/a/b", "/a/b/..." and not
+    "/a/bc"; the root prefix "" holds every path), or a full regex match."""
+    kind = c.path_kind
+    if kind == PATH_EXACT:
+        return path == c.path
+    if kind == PATH_PREFIX:
+        p = c.path
+        return not p or path == p or path.startswith(p + "/")
+    return c.regex.fullmatch(path)
+
+
+def _value_failure(kind: str, conds: tuple[ValueCondition, ...], values: Mapping[str, str]) -> str:
+    """Why ``values_hold(conds, values)`` is False, naming the first condition that fails."""
+    for name, exact, rx in conds:
+        got = values.get(name)
+        if got is None:
+            return f"{kind} {name!r} is absent"
+        if rx is None:
+            if got != exact:
+                return f"{kind} {name!r} is {got!r}, not {exact!r} (Exact, case-sensitive)"
+        elif not rx.fullmatch(got):
+            return (
+                f"{kind} {name!r} is {got!r}, which RegularExpression {rx.pattern!r} does not match"
+            )
+    return ""
+
+
+def first_failure(
+    c: Candidate,
+    path: str,
+    method: str,
+    headers: Mapping[str, str],
+    params: Mapping[str, str],
+) -> tuple[str, str] | None:
+    """None when every condition of ``c`` holds, else (matcher, why) for the first that
+    does not, tested in the order ``RouteTable.lookup`` tests them: path, method,
+    headers, query params.  Off the request path (``gatewayd explain``); the tests hold
+    it to ``lookup``'s answer."""
+    if not path_holds(c, path):
+        kinds = {PATH_EXACT: "Exact", PATH_PREFIX: "PathPrefix", PATH_REGEX: "RegularExpression"}
+        shown = c.path if c.path_kind != PATH_PREFIX else (c.path or "/")
+        return "path", f"{kinds[c.path_kind]} {shown!r} does not match {path!r}"
+    if c.method is not None and c.method != method:
+        return "method", f"method is {method}, not {c.method}"
+    if c.headers and not values_hold(c.headers, headers):
+        return "header", _value_failure("header", c.headers, headers)
+    if c.query and not values_hold(c.query, params):
+        return "queryParam", _value_failure("query param", c.query, params)
+    return None

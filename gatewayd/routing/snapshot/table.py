@@ -320,6 +320,10 @@ class HTTPRouteTable:
     def listeners(self) -> tuple[ListenerRoutes, ...]:
         return self._listener_list
 
+    def listener_for(self, host: str) -> ListenerRoutes | None:
+        """The listener ``lookup`` selects for ``host`` (``gatewayd explain``)."""
+        return self._listeners.select(host)
+
     def to_json(self) -> object:
         rules: dict[str, CompiledRule] = {}
         listeners: list[dict[str, object]] = []
