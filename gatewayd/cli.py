@@ -1,4 +1,4 @@
-"""Command line: wiring only.  `gatewayd run | check | status | echo`."""
+"""Command line: wiring only.  `gatewayd run | check | status | explain | cert | echo`."""
 
 from __future__ import annotations
 
@@ -348,6 +348,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     status.add_argument("--admin-address", default="127.0.0.1:9901", metavar="HOST:PORT")
 
+    explain = sub.add_parser(
+        "explain",
+        help="why a request goes where it goes (listener, rule, filters, backends)",
+        description="Explain how a request is routed, against a running daemon's snapshot "
+        "(admin POST /explain) or --config files.  Exit 0 routed, 1 not routed, 2 usage.",
+    )
+    from gatewayd.explaincli import add_arguments as add_explain_arguments
+
+    add_explain_arguments(explain)
+
     cert = sub.add_parser("cert", help="write a self-signed certificate as a Secret manifest")
     from gatewayd.tls.cli_cert import add_cert_arguments
 
@@ -408,6 +418,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from gatewayd.statuscli import status_main
 
         return status_main([args.what, "--admin-address", args.admin_address])
+    if args.command == "explain":
+        from gatewayd.explaincli import explain_main
+
+        return explain_main(args)
     if args.command == "cert":
         from gatewayd.tls.cli_cert import cert_main
 

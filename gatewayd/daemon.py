@@ -11,7 +11,7 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -169,6 +169,13 @@ class Daemon:
         if self.tproxy is not None:
             dump["tproxy"] = self.tproxy.to_json()
         return dump
+
+    def explain(self, fields: Mapping[str, object]) -> dict[str, object]:
+        """``POST /explain``: the request ``fields`` describe, against the serving
+        snapshot, read as the workers read requests (the same path policy)."""
+        from gatewayd.proxy.explain import explain_fields
+
+        return explain_fields(self.holder.current, fields, self.options.proxy.path)
 
     def render_metrics(self) -> tuple[bytes, str] | Awaitable[tuple[bytes, str]]:
         if self.pool is None:
@@ -398,6 +405,7 @@ async def run(options: RunOptions) -> int:
                 config_dump=daemon.config_dump,
                 metrics=daemon.render_metrics,
                 config_state=daemon.config_state,
+                explain=daemon.explain,
             ),
         )
     except OSError as exc:

@@ -13,6 +13,11 @@ Routes (GET and HEAD):
 - ``/config_dump``       the snapshot as JSON (``Snapshot.to_json()`` and whatever else
                          the daemon adds)
 - ``/stats/prometheus``  the Prometheus text exposition, with its own content type
+- ``POST /explain``      ``gatewayd explain``: why a request (JSON fields, see
+                         ``proxy/explain.py``) goes where it goes in the serving snapshot;
+                         ``application/json`` only (a cross-site form cannot send it
+                         without a CORS preflight, which this server never grants), body
+                         at most 64 KiB
 
 Anything else is 404.  A state callable that raises is answered 500 with
 ``{"error": "..."}`` and logged; the client never sees a traceback.
@@ -81,6 +86,9 @@ class AdminState:
     # ``{"generation": N, "lastReloadError": str | None, ...}``, shown beside the items of
     # /status so a refused reload is visible where operators look.
     config_state: Callable[[], Mapping[str, object]] | None = None
+    # ``POST /explain``: the explanation of the request the JSON fields describe against
+    # the serving snapshot; raises ValueError for fields that describe no request.
+    explain: Callable[[Mapping[str, object]], Mapping[str, object]] | None = None
 
 
 # (path, description) in index order.
@@ -90,7 +98,11 @@ ENDPOINTS: tuple[tuple[str, str], ...] = (
     ("/status", "Gateway API status of every object, as JSON {items: [...]}"),
     ("/config_dump", "the compiled snapshot being served, as JSON"),
     ("/stats/prometheus", "metrics in the Prometheus text exposition format"),
+    ("/explain", "POST: why a request is routed where it is (gatewayd explain)"),
 )
+
+# ``POST /explain`` body bound (the fields of one request; proxy/explain.py bounds each).
+MAX_EXPLAIN_BODY = 64 * 1024
 
 
 def json_default(obj: object) -> object:
@@ -162,6 +174,37 @@ class _Routes:
 
     async def config_dump(self, request: web.Request) -> web.Response:
         return await _json_off_loop(self.state.config_dump)
+
+    async def explain(self, request: web.Request) -> web.Response:
+        explain = self.state.explain
+        if explain is None:
+            return _json(404, {"error": "Not Found"})
+        if request.content_type != "application/json":
+            return _json(415, {"error": "Unsupported Media Type: send application/json"})
+        length = request.content_length
+        if length is not None and length > MAX_EXPLAIN_BODY:
+            return _json(413, {"error": f"Payload Too Large: at most {MAX_EXPLAIN_BODY} bytes"})
+        body = bytearray()
+        while True:  # bounded: stops past MAX_EXPLAIN_BODY
+            chunk = await request.content.read(MAX_EXPLAIN_BODY + 1 - len(body))
+            if not chunk:
+                break
+            body += chunk
+            if len(body) > MAX_EXPLAIN_BODY:
+                return _json(413, {"error": f"Payload Too Large: at most {MAX_EXPLAIN_BODY} bytes"})
+        try:
+            fields = json.loads(body)
+        except (ValueError, RecursionError):
+            return _json(400, {"error": "Bad Request: the body is not JSON"})
+        if not isinstance(fields, dict):
+            return _json(400, {"error": "Bad Request: a JSON object is expected"})
+        try:
+            # On a thread: a table of thousands of candidates takes milliseconds to
+            # trace, which the data plane sharing this loop should not wait for.
+            doc = await asyncio.get_running_loop().run_in_executor(None, explain, fields)
+        except ValueError as exc:
+            return _json(400, {"error": f"Bad Request: {exc}"})
+        return _json(200, doc)
 
     async def prometheus(self, request: web.Request) -> web.Response:
         result = self.state.metrics()
@@ -300,6 +343,7 @@ def make_app(state: AdminState, *, bound_host: str = "127.0.0.1") -> web.Applica
     app.router.add_get("/status", routes.status)
     app.router.add_get("/config_dump", routes.config_dump)
     app.router.add_get("/stats/prometheus", routes.prometheus)
+    app.router.add_post("/explain", routes.explain)
     return app
 
 
