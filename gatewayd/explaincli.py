@@ -126,7 +126,9 @@ def request_fields(args: argparse.Namespace) -> dict[str, object]:
         "target": target,
         "headers": headers,
         "tls": scheme in ("https", "tls"),
-        "sni": args.sni,
+        # As curl: the server name is the URL's host (none for an IP address), whatever
+        # Host header -H gives.
+        "sni": args.sni if args.sni is not None else ("" if _is_ip(host) else host),
         "maxCandidates": args.max_candidates,
     }
 
@@ -269,7 +271,7 @@ def render_text(doc: Mapping[str, Any], out: TextIO) -> None:
         head(f"TLS: server name {tls_doc.get('sni', req.get('sni')) or '(none)'}")
         for x in tls_doc.get("listeners", []):
             names = x.get("listener") or ", ".join(x.get("listeners", []))
-            mode = f" {x['mode']}" if x.get("mode") else ""
+            mode = f", {x['mode']}" if x.get("mode") else ""
             _w(out, f"   listener {names} (hostname {x['hostname']}{mode}): {x['verdict']}")
         for r in tls_doc.get("routes", []):
             why = f": {r['why']}" if r.get("why") else ""
@@ -299,19 +301,22 @@ def render_text(doc: Mapping[str, Any], out: TextIO) -> None:
                 _w(out, f"        {c['matcher']} failed: {c['why']}")
             elif c["result"] == "lost":
                 _w(out, f"        matched, but loses on {c['decidedBy']}")
+        if not rules.get("candidates"):
+            _w(out, "   (none: no route hostname of this listener matches the Host)")
         if rules.get("omitted"):
             _w(out, f"   ... {rules['omitted']} more not listed (--max-candidates)")
         _spec(out, rules.get("spec"))
         _spec(out, rules.get("tieSpec"))
     chosen = doc.get("chosen")
     rule = chosen.get("rule") if isinstance(chosen, Mapping) else None
-    if isinstance(rule, Mapping):
+    if isinstance(rule, Mapping) and not str(rule.get("route")).startswith("TLSRoute"):
         head("Filters, in the order applied")
         for f in rule.get("filters", []):
             _w(out, f"   {f['filter']}: {f['effect']}")
         if not rule.get("filters"):
             _w(out, "   (none)")
         _spec(out, rule.get("filtersSpec"))
+    if isinstance(rule, Mapping):
         head(f"Backends (total weight {rule.get('totalWeight')})")
         for b in rule.get("backends", []):
             eligible = "eligible" if b["eligible"] else "NOT eligible"
@@ -345,7 +350,8 @@ def render_text(doc: Mapping[str, Any], out: TextIO) -> None:
         _w(out, f"WARNING: the data plane's lookup chose {dp.get('routeId')}: report this bug")
 
 
-def explain_main(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
+def explain_main(args: argparse.Namespace, out: TextIO | None = None) -> int:
+    out = out if out is not None else sys.stdout
     try:
         if not 1 <= args.max_candidates <= 1000:
             raise UsageError("--max-candidates: 1..1000")

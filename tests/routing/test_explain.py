@@ -103,9 +103,10 @@ def test_listener_isolation_and_host_groups() -> None:
     assert "more specific" in listeners[("any",)]
     doc = explain(snap, _req("/y", host="other.test"))
     assert doc["chosen"]["routeId"] == "default/any/rule/0"
-    assert "does not match" in {
-        tuple(x["listeners"]): x["verdict"] for x in doc["listener"]["listeners"]
-    }[("wild",)]
+    assert (
+        "does not match"
+        in {tuple(x["listeners"]): x["verdict"] for x in doc["listener"]["listeners"]}[("wild",)]
+    )
 
 
 def test_port_choice_and_others() -> None:

@@ -231,7 +231,12 @@ def _explain_rules(
         rows.append(row)
     section["candidates"] = rows
     section["omitted"] = len(group.candidates) - len(rows)
-    section["spec"] = [SPEC["match-and"], SPEC["precedence-http"], SPEC["precedence-grpc"]]
+    kinds = {c.route_kind for c in group.candidates}
+    section["spec"] = [
+        SPEC["match-and"],
+        *([SPEC["precedence-http"]] if "HTTPRoute" in kinds else []),
+        *([SPEC["precedence-grpc"]] if "GRPCRoute" in kinds else []),
+    ]
     section["tieSpec"] = SPEC["ties"]
     return section, winner
 
@@ -353,6 +358,20 @@ def explain(snapshot: Snapshot, req: ExplainRequest, *, max_candidates: int = 10
             }
             return doc
         section, tls_chosen = _explain_sni(sni_table, req.sni)
+        if isinstance(table, HTTPRouteTable):
+            # HTTPS listeners sharing the port lost to the TLS listener the SNI chose.
+            rows = section["listeners"]
+            assert isinstance(rows, list)
+            tls_listener = _tls_listener_for(sni_table, req.sni)
+            sni_winner = tls_listener.hostname if tls_listener is not None else None
+            rows.extend(
+                {
+                    "listeners": list(lr.names),
+                    "hostname": _hn(lr.hostname),
+                    "verdict": _host_verdict(lr.hostname, req.sni, False, sni_winner),
+                }
+                for lr in table.listeners()
+            )
         doc["tls"] = section
         if not req.sni:
             # TLSRoutes match on SNI only: without it nothing can match (tlsroute.py).
@@ -386,6 +405,20 @@ def explain(snapshot: Snapshot, req: ExplainRequest, *, max_candidates: int = 10
         return doc
     if req.tls:
         tls_doc, by_sni = _http_listeners(table, req.sni)
+        if lp.tls_table is not None:
+            # TLS listeners sharing the port lost to the HTTPS listener the SNI chose.
+            sni_winner = by_sni.hostname if by_sni is not None else None
+            rows = tls_doc["listeners"]
+            assert isinstance(rows, list)
+            rows.extend(
+                {
+                    "listeners": [t.name],
+                    "hostname": _hn(t.hostname),
+                    "mode": t.mode,
+                    "verdict": _host_verdict(t.hostname, req.sni, False, sni_winner),
+                }
+                for t in lp.tls_table.listeners()
+            )
         tls_doc["spec"] = [SPEC["listener"], SPEC["misdirected"]]
         doc["tls"] = tls_doc
         # The data plane's test (exchange.py): the Host must select the listener the
@@ -428,7 +461,9 @@ def explain(snapshot: Snapshot, req: ExplainRequest, *, max_candidates: int = 10
     if hit is None:
         doc["outcome"] = {
             "status": 404,
-            "reason": "no rule of the chosen host group matches",
+            "reason": "no rule of the chosen host group matches"
+            if rules["candidates"]
+            else f"no route of listener {', '.join(listener.names)} accepts host {req.host!r}",
             "spec": SPEC["no-route"],
         }
         return doc
