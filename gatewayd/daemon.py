@@ -175,7 +175,9 @@ class Daemon:
         snapshot, read as the workers read requests (the same path policy)."""
         from gatewayd.proxy.explain import explain_fields
 
-        return explain_fields(self.holder.current, fields, self.options.proxy.path)
+        return explain_fields(
+            self.holder.current, fields, self.options.proxy.path, self.status_items()
+        )
 
     def render_metrics(self) -> tuple[bytes, str] | Awaitable[tuple[bytes, str]]:
         if self.pool is None:

@@ -192,7 +192,8 @@ def explain_via_config(args: argparse.Namespace, fields: Mapping[str, object]) -
     except ConfigPathError as exc:
         raise UsageError(str(exc)) from exc
     try:
-        return explain_fields(built.snapshot, fields)
+        items = [status.as_item() for status in built.resolution.statuses]
+        return explain_fields(built.snapshot, fields, status_items=items)
     except ExplainError as exc:
         raise UsageError(str(exc)) from exc
 
@@ -331,6 +332,12 @@ def render_text(doc: Mapping[str, Any], out: TextIO) -> None:
         if not rule.get("backends"):
             _w(out, "   (none)")
         _spec(out, rule.get("backendsSpec"))
+    missing = doc.get("notServed")
+    if missing:
+        head("Not served on this Gateway (from status)")
+        for m in missing:
+            message = f": {m['message']}" if m.get("message") else ""
+            _w(out, f"   {m['object']}: {m['condition']} False ({m['reason']}){message}")
     _w(out)
     outcome = doc.get("outcome") or {}
     status = outcome.get("status")

@@ -149,6 +149,15 @@ def _docs() -> list[dict[str, Any]]:
             },
             created="2024-06-01T00:00:00Z",
         ),
+        # Names a listener that does not exist: not attached, and explain says so.
+        _route(
+            "HTTPRoute",
+            "stray",
+            {
+                "parentRefs": [{"name": "gw", "sectionName": "nosuch"}],
+                "rules": [{"matches": [{"path": {"type": "PathPrefix", "value": "/stray"}}]}],
+            },
+        ),
         _route(
             "GRPCRoute",
             "greeter",
@@ -403,3 +412,16 @@ def test_as_a_subprocess(config: Path) -> None:
     )
     assert out.returncode == 0, out.stderr
     assert "Result: routed to HTTPRoute default/shop-old rule 0" in out.stdout
+
+
+def test_routes_not_attached_are_named(config: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, doc = _json(capsys, config, f"http://{ADDRESS}:{HTTP_PORT}/stray")
+    assert code == 1 and doc["outcome"]["status"] == 404
+    (stray,) = [m for m in doc["notServed"] if m["object"].startswith("HTTPRoute default/stray")]
+    assert stray["condition"] == "Accepted" and stray["reason"] == "NoMatchingParent"
+    code, out, _ = _run(capsys, f"http://{ADDRESS}:{HTTP_PORT}/stray", "--config", str(config))
+    assert "Not served on this Gateway (from status)" in out
+    assert (
+        "HTTPRoute default/stray -> Gateway default/gw (sectionName nosuch): "
+        "Accepted False (NoMatchingParent)" in out
+    )

@@ -20,7 +20,7 @@ the wire); ``sni`` null with ``tls``: the URL host unless it is an IP address.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Final
 
 from gatewayd.proxy.http.exchange import HeaderView, _host_only
@@ -164,10 +164,87 @@ def build_request(
     return req, reply
 
 
+_ROUTE_KINDS = ("HTTPRoute", "GRPCRoute", "TLSRoute")
+MAX_NOT_SERVED = 50
+
+
+def _false_conditions(status: object) -> list[Mapping[str, object]]:
+    if not isinstance(status, Mapping):
+        return []
+    raw = status.get("conditions")
+    if not isinstance(raw, list):
+        return []
+    return [
+        c
+        for c in raw
+        if isinstance(c, Mapping)
+        and c.get("status") == "False"
+        and c.get("type") in ("Accepted", "Programmed", "ResolvedRefs")
+    ]
+
+
+def not_served(
+    items: Sequence[Mapping[str, object]], gateway: str | None
+) -> list[dict[str, object]]:
+    """What the status says is not served on ``gateway`` ("namespace/name"; None: every
+    Gateway): its listeners, and the routes naming it as parent, whose Accepted,
+    Programmed or ResolvedRefs condition is False, with reason and message.  A route that
+    is not attached is the usual answer to "why does my route not match"."""
+    out: list[dict[str, object]] = []
+
+    def add(obj: str, cond: Mapping[str, object]) -> None:
+        out.append(
+            {
+                "object": obj,
+                "condition": cond.get("type"),
+                "reason": cond.get("reason"),
+                "message": cond.get("message", ""),
+            }
+        )
+
+    for item in items:
+        kind = item.get("kind")
+        meta = item.get("metadata")
+        status = item.get("status")
+        if not isinstance(meta, Mapping) or not isinstance(status, Mapping):
+            continue
+        ns, name = str(meta.get("namespace", "")), str(meta.get("name", ""))
+        if kind == "Gateway" and gateway in (None, f"{ns}/{name}"):
+            for cond in _false_conditions(status):
+                add(f"Gateway {ns}/{name}", cond)
+            listeners = status.get("listeners")
+            for listener in listeners if isinstance(listeners, list) else ():
+                if isinstance(listener, Mapping):
+                    for cond in _false_conditions(listener):
+                        add(f"Gateway {ns}/{name} listener {listener.get('name')}", cond)
+        elif kind in _ROUTE_KINDS:
+            parents = status.get("parents")
+            for parent in parents if isinstance(parents, list) else ():
+                if not isinstance(parent, Mapping):
+                    continue
+                ref = parent.get("parentRef")
+                if not isinstance(ref, Mapping) or ref.get("kind", "Gateway") != "Gateway":
+                    continue
+                target = f"{ref.get('namespace') or ns}/{ref.get('name')}"
+                if gateway not in (None, target):
+                    continue
+                section = f" (sectionName {ref['sectionName']})" if ref.get("sectionName") else ""
+                for cond in _false_conditions(parent):
+                    add(f"{kind} {ns}/{name} -> Gateway {target}{section}", cond)
+        if len(out) >= MAX_NOT_SERVED:
+            break
+    return out[:MAX_NOT_SERVED]
+
+
 def explain_fields(
-    snapshot: Snapshot, fields: Mapping[str, object], policy: PathPolicy = EDGE_PATH_POLICY
+    snapshot: Snapshot,
+    fields: Mapping[str, object],
+    policy: PathPolicy = EDGE_PATH_POLICY,
+    status_items: Sequence[Mapping[str, object]] = (),
 ) -> dict[str, object]:
-    """``snapshot.explain`` of the request the fields describe.  Raises ``ExplainError``."""
+    """``snapshot.explain`` of the request the fields describe, with what ``status_items``
+    (``ObjectStatus.as_item()`` dicts) say is not served on the Gateway of the chosen
+    port (or on every Gateway when no port is chosen).  Raises ``ExplainError``."""
     limit = fields.get("maxCandidates", DEFAULT_CANDIDATES)
     if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= MAX_CANDIDATES:
         raise ExplainError(f"maxCandidates: an integer 1..{MAX_CANDIDATES} is expected")
@@ -179,4 +256,9 @@ def explain_fields(
             "routed": False,
             "outcome": reply,
         }
-    return explain(snapshot, req, max_candidates=limit)
+    doc = explain(snapshot, req, max_candidates=limit)
+    port = doc.get("port")
+    chosen = port.get("chosen") if isinstance(port, Mapping) else None
+    gateway = chosen.get("gateway") if isinstance(chosen, Mapping) else None
+    doc["notServed"] = not_served(status_items, str(gateway) if gateway is not None else None)
+    return doc

@@ -83,6 +83,7 @@ def env(module_echoes, module_gatewayd) -> Env:  # type: ignore[no-untyped-def]
         _route("r-new", match("/dup"), created="2025-01-01T00:00:00Z"),
         _route("r-host", match("/"), hostnames=["a.wild.test"], section="wild"),
         _route("r-wild", match("/w"), hostnames=["*.wild.test"], section="wild"),
+        _route("r-stray", match("/stray"), section="nosuch"),  # not attached
     ]
     daemon = module_gatewayd(docs)
     return Env(daemon, port, f"{LOCALHOST}:{daemon.admin_port}")
@@ -172,6 +173,10 @@ def test_cli_against_the_daemon(env: Env) -> None:
     out = run_cli("explain", f"http://{LOCALHOST}:{env.port}/nothing", "--admin", env.admin)
     assert out.returncode == 1
     assert "Result: not routed: 404" in out.stdout
+    # A route that is not attached: the daemon's status says why.
+    out = run_cli("explain", f"http://{LOCALHOST}:{env.port}/stray", "--admin", env.admin)
+    assert out.returncode == 1
+    assert "HTTPRoute default/r-stray -> Gateway default/gw (sectionName nosuch): " in out.stdout
     # No listener on that port: exit 1.
     out = run_cli("explain", f"http://{LOCALHOST}:{free_port()}/", "--admin", env.admin)
     assert out.returncode == 1
