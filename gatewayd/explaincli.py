@@ -78,6 +78,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--address-pool", default=None, metavar="CIDR", help="with --config")
     p.add_argument("-o", "--output", choices=("text", "json"), default="text")
     p.add_argument(
+        "--no-spec", action="store_true", help="text: leave out the spec sentence of each step"
+    )
+    p.add_argument(
         "--max-candidates",
         type=int,
         default=100,
@@ -231,7 +234,13 @@ def _spec(out: TextIO, spec: object) -> None:
             _w(out, f"     spec: {s}")
 
 
-def render_text(doc: Mapping[str, Any], out: TextIO) -> None:
+def render_text(doc: Mapping[str, Any], out: TextIO, *, spec: bool = True) -> None:
+    """The explanation as numbered steps; ``spec``: with the spec sentence of each."""
+
+    def spec_lines(text: object) -> None:
+        if spec:
+            _spec(out, text)
+
     req = doc.get("request", {})
     tls = f", TLS SNI {req.get('sni') or '(none)'}" if req.get("tls") else ""
     query = f"?{req['query']}" if req.get("query") else ""
@@ -266,7 +275,7 @@ def render_text(doc: Mapping[str, Any], out: TextIO) -> None:
             )
         if port.get("problem"):
             _w(out, f"   {port['problem']}")
-        _spec(out, port.get("spec"))
+        spec_lines(port.get("spec"))
     tls_doc = doc.get("tls")
     if isinstance(tls_doc, Mapping):
         head(f"TLS: server name {tls_doc.get('sni', req.get('sni')) or '(none)'}")
@@ -280,19 +289,19 @@ def render_text(doc: Mapping[str, Any], out: TextIO) -> None:
                 out,
                 f"   [{r['result']}] {r['route']} hostnames {', '.join(r['hostnames'])}{why}",
             )
-        _spec(out, tls_doc.get("spec"))
+        spec_lines(tls_doc.get("spec"))
     listener = doc.get("listener")
     if isinstance(listener, Mapping):
         head(f"Listener, by Host {listener.get('by') or '(none)'}")
         for x in listener.get("listeners", []):
             _w(out, f"   {', '.join(x['listeners'])} (hostname {x['hostname']}): {x['verdict']}")
-        _spec(out, listener.get("spec"))
+        spec_lines(listener.get("spec"))
     rules = doc.get("rules")
     if isinstance(rules, Mapping):
         head("Route hostnames (host groups)")
         for g in rules.get("hostGroups", []):
             _w(out, f"   {g['hostname']} ({g['candidates']} matches): {g['verdict']}")
-        _spec(out, rules.get("hostSpec"))
+        spec_lines(rules.get("hostSpec"))
         head("Rule matches, in precedence order")
         for c in rules.get("candidates", []):
             name = f" ({c['ruleName']})" if c.get("ruleName") else ""
@@ -306,8 +315,8 @@ def render_text(doc: Mapping[str, Any], out: TextIO) -> None:
             _w(out, "   (none: no route hostname of this listener matches the Host)")
         if rules.get("omitted"):
             _w(out, f"   ... {rules['omitted']} more not listed (--max-candidates)")
-        _spec(out, rules.get("spec"))
-        _spec(out, rules.get("tieSpec"))
+        spec_lines(rules.get("spec"))
+        spec_lines(rules.get("tieSpec"))
     chosen = doc.get("chosen")
     rule = chosen.get("rule") if isinstance(chosen, Mapping) else None
     if isinstance(rule, Mapping) and not str(rule.get("route")).startswith("TLSRoute"):
@@ -316,7 +325,7 @@ def render_text(doc: Mapping[str, Any], out: TextIO) -> None:
             _w(out, f"   {f['filter']}: {f['effect']}")
         if not rule.get("filters"):
             _w(out, "   (none)")
-        _spec(out, rule.get("filtersSpec"))
+        spec_lines(rule.get("filtersSpec"))
     if isinstance(rule, Mapping):
         head(f"Backends (total weight {rule.get('totalWeight')})")
         for b in rule.get("backends", []):
@@ -331,7 +340,7 @@ def render_text(doc: Mapping[str, Any], out: TextIO) -> None:
                 _w(out, f"        {f}")
         if not rule.get("backends"):
             _w(out, "   (none)")
-        _spec(out, rule.get("backendsSpec"))
+        spec_lines(rule.get("backendsSpec"))
     missing = doc.get("notServed")
     if missing:
         head("Not served on this Gateway (from status)")
@@ -351,7 +360,7 @@ def render_text(doc: Mapping[str, Any], out: TextIO) -> None:
     else:
         _w(out, f"Result: not routed:{status_text} {outcome.get('reason')}")
     if outcome.get("spec"):
-        _spec(out, outcome["spec"])
+        spec_lines(outcome["spec"])
     dp = doc.get("dataPlane")
     if isinstance(dp, Mapping) and not dp.get("agrees"):
         _w(out, f"WARNING: the data plane's lookup chose {dp.get('routeId')}: report this bug")
@@ -380,7 +389,7 @@ def explain_main(args: argparse.Namespace, out: TextIO | None = None) -> int:
         json.dump(doc, out, indent=2)
         out.write("\n")
     else:
-        render_text(doc, out)
+        render_text(doc, out, spec=not args.no_spec)
     return EXIT_ROUTED if doc.get("routed") else EXIT_NOT_ROUTED
 
 

@@ -257,6 +257,11 @@ def test_precedence_conflict_filters_and_weights(
     assert "default/shop:80  weight 9 (90%)  eligible" in out
     assert "The oldest Route based on creation timestamp." in out
     assert "Result: routed to HTTPRoute default/shop-old rule 0 via listener http" in out
+    code, short, _ = _run(
+        capsys, f"http://{ADDRESS}:{HTTP_PORT}/shop/cart", "--config", str(config), "--no-spec"
+    )
+    assert code == 0 and "spec:" not in short and "spec:" in out
+    assert short.splitlines()[-1] == out.splitlines()[-1]
 
 
 def test_json_shape(config: Path, capsys: pytest.CaptureFixture[str]) -> None:
