@@ -16,10 +16,12 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
+import grpc
 import pytest
 from e2e_kit import (
     LOCALHOST,
     Gatewayd,
+    backend_manifests,
     backend_ref,
     free_port,
     gateway,
@@ -32,6 +34,7 @@ from e2e_kit import (
     rule,
     run_cli,
 )
+from grpc_kit import GrpcBackend, channel, grpc_route, method_match, unary
 
 pytestmark = pytest.mark.e2e
 
@@ -90,7 +93,11 @@ def env(module_echoes, module_gatewayd) -> Env:  # type: ignore[no-untyped-def]
 
 
 def _explain(env: Env, fields: dict[str, Any]) -> dict[str, Any]:
-    conn = http.client.HTTPConnection(LOCALHOST, env.daemon.admin_port, timeout=10)
+    return _explain_at(env.daemon.admin_port, fields)
+
+
+def _explain_at(admin_port: int, fields: dict[str, Any]) -> dict[str, Any]:
+    conn = http.client.HTTPConnection(LOCALHOST, admin_port, timeout=10)
     try:
         conn.request("POST", "/explain", json.dumps(fields), {"Content-Type": "application/json"})
         resp = conn.getresponse()
@@ -211,3 +218,76 @@ def test_admin_endpoint_bounds(env: Env) -> None:
     assert status == 400 and "more than 100" in doc["error"]
     status, doc = _post(env, b'{"port": 0}', {"Content-Type": "application/json"})
     assert status == 400 and "port" in doc["error"]
+
+
+# --------------------------------------------------------------------------- gRPC
+
+
+@pytest.fixture(scope="module")
+def grpc_backends() -> Any:
+    backends = {name: GrpcBackend(name) for name in ("g1", "g2", "g3")}
+    yield backends
+    for b in backends.values():
+        b.close()
+
+
+def test_grpc_calls_land_where_explain_says(grpc_backends, module_gatewayd) -> None:  # type: ignore[no-untyped-def]
+    port = free_port()
+    docs = [gateway_class(), gateway("gw", [listener("http", port)])]
+    for name, b in grpc_backends.items():
+        docs += backend_manifests(name, b.port, port_name="grpc")
+    docs.append(
+        grpc_route(
+            "svc",
+            [
+                {"matches": [method_match("pkg.Svc", "Unary")], "backendRefs": [backend_ref("g1")]},
+                {"matches": [method_match("pkg.Svc")], "backendRefs": [backend_ref("g2")]},
+                {"matches": [method_match(None, "Unary")], "backendRefs": [backend_ref("g3")]},
+                {
+                    "matches": [method_match("pkg.Other", headers=(("x-b", "1"),))],
+                    "backendRefs": [backend_ref("g1")],
+                },
+            ],
+        )
+    )
+    daemon = module_gatewayd(docs)
+    ch = channel(port)
+    checked = 0
+    try:
+        for path in ("/pkg.Svc/Unary", "/pkg.Svc/Other", "/pkg.Other/Unary", "/zzz.X/Unary",
+                     "/pkg.Other/Foo", "/pkg.Svcx/Foo"):  # fmt: skip
+            for metadata in ((), (("x-b", "1"),)):
+                try:
+                    answer, _ = unary(ch, path, b"", metadata=metadata)
+                    served: str | None = f"default/{answer['backend']}:80"
+                except grpc.RpcError:
+                    served = None
+                headers = [["content-type", "application/grpc"], ["te", "trailers"]]
+                headers += [[k, v] for k, v in metadata]
+                doc = _explain_at(
+                    daemon.admin_port,
+                    {"port": port, "host": f"{LOCALHOST}:{port}", "method": "POST",
+                     "target": path, "headers": headers},
+                )  # fmt: skip
+                case = f"{path} {metadata}"
+                assert doc["dataPlane"]["agrees"] is True, case
+                if served is None:
+                    assert doc["routed"] is False, case
+                else:
+                    backends = [b["name"] for b in doc["chosen"]["rule"]["backends"]]
+                    assert backends == [served], case
+                checked += 1
+    finally:
+        ch.close()
+    assert checked == 12
+    # The command, as a user runs it: the service+method rule wins over service-only.
+    out = run_cli(
+        "explain",
+        f"http://{LOCALHOST}:{port}/pkg.Svc/Unary",
+        "--grpc",
+        "--admin",
+        f"{LOCALHOST}:{daemon.admin_port}",
+    )
+    assert out.returncode == 0, out.stderr
+    assert "[chosen] GRPCRoute default/svc rule 0 match 0" in out.stdout
+    assert "matched, but loses on characters in the method match" in out.stdout

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from route_builders import (
     ADDRESS,
     EXACT,
+    HEXACT,
     HREGEX,
     REGEX,
     attach,
@@ -123,6 +124,11 @@ def test_port_choice_and_others() -> None:
     assert doc["ambiguous"] is True and doc["routed"] is False
     doc = explain(snap, _req("/", port=9999))
     assert doc["outcome"]["reason"] == f"no Gateway listens on {ADDRESS} port 9999"
+    # The address a user tries first is not the Gateway's: say which one is.
+    doc = explain(snap, _req("/", port=80, address="127.0.0.1"))
+    assert doc["outcome"]["reason"] == (
+        f"no Gateway listens on 127.0.0.1 port 80 (port 80 is served on {ADDRESS}: connect there)"
+    )
 
 
 def test_grpc_service_and_method() -> None:
@@ -202,9 +208,20 @@ def _route(draw: st.DrawFn, i: int) -> Any:
 
 
 @st.composite
+def _grpc_route(draw: st.DrawFn, i: int) -> Any:
+    service = draw(st.sampled_from([None, "a", "v1"]))
+    method = draw(st.sampled_from([None, "b", "v1"]))
+    kind = draw(st.sampled_from([HEXACT, HREGEX]))
+    hosts = draw(st.sampled_from([[], ["a.example.com"], ["*.example.com"]]))
+    m = gmatch(service, method, kind=kind, headers=draw(st.sampled_from([[], [("x-a", "1")]])))
+    return attach(grpc(f"g{i}", m, hostnames=hosts))
+
+
+@st.composite
 def _scenario(draw: st.DrawFn) -> tuple[list[Any], list[ExplainRequest]]:
     n = draw(st.integers(1, 6))
     routes = [draw(_route(i)) for i in range(n)]
+    routes += [draw(_grpc_route(i)) for i in range(draw(st.integers(0, 3)))]
     reqs = [
         _req(
             draw(_path()) + draw(st.sampled_from(["", "?q=1", "?q=2"])),

@@ -100,6 +100,9 @@ def _select_port(snapshot: Snapshot, req: ExplainRequest) -> tuple[ListenerPort 
         chosen = pick[0] if pick else None
         if chosen is None:
             problem = f"no Gateway listens on {req.address} port {req.port}"
+            if same:
+                served = ", ".join(sorted(lp.address for lp in same))
+                problem += f" (port {req.port} is served on {served}: connect there)"
     elif len(same) == 1:
         chosen = same[0]
     elif same:
