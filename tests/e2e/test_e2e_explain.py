@@ -211,6 +211,20 @@ def test_admin_endpoint_bounds(env: Env) -> None:
     # Bounded body, declared or not.
     big = json.dumps({"port": env.port, "target": "/" + "a" * 70_000}).encode()
     assert _post(env, big, {"Content-Type": "application/json"})[0] == 413
+    # Chunked (no Content-Length): cut off at the bound all the same.
+    conn = http.client.HTTPConnection(LOCALHOST, env.daemon.admin_port, timeout=10)
+    try:
+        chunks = iter([b'{"port": 1, "target": "/', b"a" * 40_000, b"a" * 40_000, b'"}'])
+        conn.request(
+            "POST",
+            "/explain",
+            chunks,
+            {"Content-Type": "application/json", "Transfer-Encoding": "chunked"},
+            encode_chunked=True,
+        )
+        assert conn.getresponse().status == 413
+    finally:
+        conn.close()
     status, doc = _post(env, b"{nope", {"Content-Type": "application/json"})
     assert status == 400 and "not JSON" in doc["error"]
     many = json.dumps({"port": env.port, "headers": [["x", "y"]] * 101}).encode()
