@@ -291,9 +291,7 @@ async def _readable(loop: asyncio.AbstractEventLoop, fd: int) -> None:
         loop.remove_reader(fd)
 
 
-async def read_proxy_header(
-    loop: asyncio.AbstractEventLoop, sock: socket.socket
-) -> ProxyHeader:
+async def read_proxy_header(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> ProxyHeader:
     """Read one header off a freshly accepted non-blocking socket, consuming exactly
     its bytes (never the client's data after it).  Only bytes that can only be header
     bytes are consumed before the end is known, so every wake-up makes progress (no

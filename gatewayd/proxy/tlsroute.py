@@ -456,11 +456,14 @@ class TLSRouteConnection(asyncio.Protocol):
         backend = self.backend
         if backend is not None and backend.proxy_protocol:
             # The Service asked for a PROXY header: it goes before the client's bytes.
-            first = upstream_header(
-                backend.proxy_protocol,
-                self.client_address or transport.get_extra_info("peername"),
-                transport.get_extra_info("sockname"),
-            ) + first
+            first = (
+                upstream_header(
+                    backend.proxy_protocol,
+                    self.client_address or transport.get_extra_info("peername"),
+                    transport.get_extra_info("sockname"),
+                )
+                + first
+            )
         splice.hand_over(transport, first)
         self._count(R_PASSTHROUGH)
         # Never re-encrypted: the backend gets the client's own TLS stream.
