@@ -175,12 +175,13 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
 def exchange(sock: socket.socket | ssl.SSLSocket, host: str) -> tuple[int, bytes]:
     """Send one GET (Connection: close) on ``sock``; (status, body), (0, b"") if the
     connection was closed without an answer."""
-    sock.sendall(f"GET /who HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
     data = b""
     try:
+        # A refused connection may be reset before the request is even sent.
+        sock.sendall(f"GET /who HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
         while chunk := sock.recv(65536):
             data += chunk
-    except (ConnectionResetError, ssl.SSLError):
+    except (ConnectionResetError, BrokenPipeError, ssl.SSLError):
         pass
     if not data:
         return 0, b""
