@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from gatewayd.pipeline import DEFAULT_ADDRESS_POOL, DEFAULT_CONTROLLER
 from gatewayd.proxy.pathnorm import EscapedSlashes, PathPolicy
+from gatewayd.proxy.proxyproto import Network, parse_networks
 from gatewayd.routing.config.load import MIB, ConfigLimits
 from gatewayd.runtime.kube.election import (
     DEFAULT_LEASE_NAME,
@@ -236,6 +237,21 @@ def _path_policy(args: argparse.Namespace) -> PathPolicy:
     )
 
 
+def _proxy_protocol_arg(text: str) -> tuple[int | None, tuple[Network, ...]]:
+    """``--proxy-protocol [PORT=]CIDRS``: (port or None for every port, networks)."""
+    port: int | None = None
+    cidrs = text
+    if "=" in text:
+        head, cidrs = text.split("=", 1)
+        if not head.isdigit() or not 1 <= int(head) <= 65535:
+            raise argparse.ArgumentTypeError(f"{head!r} is not a port (1-65535)")
+        port = int(head)
+    try:
+        return port, parse_networks(cidrs)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gatewayd", description="A Python Kubernetes Gateway API data plane."
@@ -257,6 +273,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="worker processes sharing each listener (default: one per CPU)",
     )
     run.add_argument("--max-connections", type=int, default=10000)
+    run.add_argument(
+        "--proxy-protocol",
+        type=_proxy_protocol_arg,
+        action="append",
+        default=[],
+        metavar="[PORT=]CIDRS",
+        help="read a PROXY protocol v1/v2 header on listener port PORT (every port without "
+        "PORT=) from the comma-separated trusted source CIDRS; repeatable (README, "
+        "'PROXY protocol')",
+    )
+    run.add_argument(
+        "--proxy-protocol-timeout",
+        type=_at_least(0.001, float),
+        default=15.0,
+        metavar="SECONDS",
+        help="close a connection whose PROXY header is not complete this long after "
+        "accept (default 15, Envoy's listener_filters_timeout)",
+    )
     run.add_argument("--idle-timeout", type=float, default=60.0, metavar="SECONDS")
     run.add_argument(
         "--tcp-idle-timeout",
@@ -497,6 +531,8 @@ def _run(args: argparse.Namespace, election: LeaderElectionSettings | None = Non
             preserve_request_id=args.preserve_request_id,
             path=_path_policy(args),
             xfcc_set=args.xfcc == "sanitize-set",
+            proxy_protocol=tuple(args.proxy_protocol),
+            proxy_protocol_timeout=args.proxy_protocol_timeout,
         ),
     )
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:

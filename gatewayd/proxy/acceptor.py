@@ -49,6 +49,14 @@ import time
 from collections.abc import Callable, MutableSequence
 from typing import Final
 
+from gatewayd.proxy.proxyproto import (
+    Network,
+    ProxyHeaderError,
+    peek_untrusted,
+    read_proxy_header,
+    trusted,
+)
+
 log = logging.getLogger("gatewayd.proxy.acceptor")
 
 # Connections accepted per wake-up.  Measured with 2 workers on 2 cores
@@ -135,7 +143,10 @@ class SharedAcceptor:
         "handshake_timeout",
         "load",
         "loop",
+        "on_refused",
         "paused",
+        "proxy_protocol",
+        "proxy_timeout",
         "sock",
         "ssl",
         "tasks",
@@ -152,6 +163,9 @@ class SharedAcceptor:
         handshake_timeout: float | None = None,
         balance: Balance | None = None,
         load: Callable[[], int] = int,
+        proxy_protocol: tuple[Network, ...] | None = None,
+        proxy_timeout: float = 15.0,
+        on_refused: Callable[[str, str], None] | None = None,
     ) -> None:
         self.loop = loop
         self.sock = sock
@@ -164,6 +178,12 @@ class SharedAcceptor:
         # ``load()``: this worker's open connections, for ``balance``.
         self.balance = balance
         self.load = load
+        # PROXY protocol (``proxy/proxyproto.py``): the sources trusted to send a
+        # header; None: the port does not read one.  ``on_refused(peer, reason)``
+        # reports a connection closed for its header.
+        self.proxy_protocol = proxy_protocol
+        self.proxy_timeout = proxy_timeout
+        self.on_refused = on_refused
         if balance is not None:
             balance.publish(load())
         sock.setblocking(False)
@@ -201,9 +221,19 @@ class SharedAcceptor:
         task.add_done_callback(self.tasks.discard)
 
     async def _connect(self, conn: socket.socket) -> None:
+        factory = self.factory
+        if self.proxy_protocol is not None:
+            try:
+                factory = await self._proxy_header(conn)
+            except asyncio.CancelledError:
+                conn.close()
+                raise
+            if factory is None:
+                conn.close()
+                return
         try:
             await self.loop.connect_accepted_socket(
-                self.factory,
+                factory,
                 conn,
                 ssl=self.ssl,
                 ssl_handshake_timeout=self.handshake_timeout,
@@ -221,6 +251,41 @@ class SharedAcceptor:
         except Exception:
             log.exception("serving an accepted connection failed")
             conn.close()
+
+    async def _proxy_header(self, conn: socket.socket) -> ProtocolFactory | None:
+        """The protocol factory for ``conn`` after its PROXY header (or, from an
+        untrusted source, after checking that it sent none); None: refuse it."""
+        networks = self.proxy_protocol
+        assert networks is not None
+        try:
+            peer = conn.getpeername()
+        except OSError:
+            return None  # gone already
+        peer_ip = str(peer[0])
+        conn.setblocking(False)
+        reason = ""
+        try:
+            if trusted(networks, peer_ip):
+                header = await asyncio.wait_for(
+                    read_proxy_header(self.loop, conn), self.proxy_timeout
+                )
+                source = header.source
+                if source is None:  # LOCAL or UNKNOWN: the peer speaks for itself
+                    return self.factory
+                return _with_client(self.factory, source)
+            if await asyncio.wait_for(peek_untrusted(self.loop, conn), self.proxy_timeout):
+                reason = "PROXY header from an untrusted source"
+            else:
+                return self.factory
+        except TimeoutError:
+            reason = "no PROXY header in time"
+        except ProxyHeaderError as exc:
+            reason = str(exc)
+        except OSError as exc:
+            reason = f"connection failed: {exc.strerror or exc}"
+        if self.on_refused is not None:
+            self.on_refused(peer_ip, reason)
+        return None
 
     def _pause(self, seconds: float) -> None:
         # Not watching the socket: it stays readable, so watching would spin.
@@ -241,6 +306,18 @@ class SharedAcceptor:
         else:
             self.loop.remove_reader(self.fd)
         self.sock.close()
+
+
+def _with_client(factory: ProtocolFactory, client: tuple[str, int]) -> ProtocolFactory:
+    """``factory`` whose protocols take ``client`` (a PROXY header's source) as the
+    client address instead of the socket's peer (``client_address``)."""
+
+    def make() -> asyncio.BaseProtocol:
+        protocol = factory()
+        protocol.client_address = client  # type: ignore[attr-defined]
+        return protocol
+
+    return make
 
 
 def _name(sock: socket.socket) -> str:

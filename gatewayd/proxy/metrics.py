@@ -105,6 +105,7 @@ class ProxyMetrics(Collector):
         self._reloads: dict[str, int] = {"success": 0, "failure": 0}
         self._tls_err: dict[tuple[str, str], int] = {}
         self._tls_cx: dict[tuple[str, str], int] = {}
+        self._pp_refused: dict[tuple[str, str], int] = {}
         (registry if registry is not None else REGISTRY).register(self)
 
     # ------------------------------------------------------------------ hot path
@@ -170,6 +171,13 @@ class ProxyMetrics(Collector):
         errs = self._tls_err
         errs[key] = errs.get(key, 0) + 1
 
+    def proxy_protocol_refused(self, listener: str, reason: str) -> None:
+        """A connection on ``listener`` closed for its PROXY protocol header
+        (``untrusted``, ``timeout``, ``invalid``)."""
+        key = (listener, reason)
+        refused = self._pp_refused
+        refused[key] = refused.get(key, 0) + 1
+
     def tls_route_cx(self, listener: str, result: str) -> None:
         """A connection of a TLS listener was spliced (``passthrough``/``terminate``)
         or closed (``no_sni``, ``no_route``, ``timeout``, ...); see proxy/tlsroute.py."""
@@ -203,6 +211,7 @@ class ProxyMetrics(Collector):
         "_local",
         "_tls_err",
         "_tls_cx",
+        "_pp_refused",
     )
 
     def export(self) -> dict[str, object]:
@@ -357,6 +366,13 @@ class ProxyMetrics(Collector):
             "Connections of TLS listeners (TLSRoute), by listener and outcome.",
             ("listener", "result"),
             {k: v for k, v in list(self._tls_cx.items())},
+        )
+        yield _counter(
+            "gatewayd_proxy_protocol_refused",
+            "Connections closed for their PROXY protocol header, by listener and reason "
+            "(untrusted: a header from a source not trusted to send one; timeout; invalid).",
+            ("listener", "reason"),
+            {k: v for k, v in list(self._pp_refused.items())},
         )
 
 

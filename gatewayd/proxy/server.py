@@ -32,6 +32,8 @@ from gatewayd.proxy.http.h1_server import D_IDLE, HttpConnection
 from gatewayd.proxy.http.pool import UpstreamPool
 from gatewayd.proxy.listeners import BACKLOG, ListeningSockets, NotHanded
 from gatewayd.proxy.pathnorm import EDGE_PATH_POLICY, PathPolicy
+from gatewayd.proxy.proxyproto import DEFAULT_TIMEOUT as DEFAULT_PROXY_TIMEOUT
+from gatewayd.proxy.proxyproto import Network
 from gatewayd.proxy.snapshot import SnapshotHolder
 from gatewayd.proxy.splice import Splice, close_idle
 from gatewayd.proxy.tlsroute import TLS_PROTOCOL, TLSRouteListener
@@ -82,6 +84,12 @@ class ProxyOptions:
     preserve_request_id: bool = False
     path: PathPolicy = EDGE_PATH_POLICY
     xfcc_set: bool = True  # XFCC from a verified client certificate (False: never sent)
+    # PROXY protocol (gatewayd run --proxy-protocol [PORT=]CIDRS): per listener port
+    # (None: every port), the sources trusted to send a header; a port not named reads
+    # none.  ``proxy_protocol_timeout``: how long a trusted source has to send it
+    # (Envoy's listener_filters_timeout, 15 s).
+    proxy_protocol: tuple[tuple[int | None, tuple[Network, ...]], ...] = ()
+    proxy_protocol_timeout: float = DEFAULT_PROXY_TIMEOUT
 
 
 def _is_https(lp: ListenerPort) -> bool:
@@ -207,7 +215,8 @@ class Proxy:
                 handshake_timeout = self.options.header_timeout if ssl_ctx else None
                 try:
                     server: _Server
-                    if self.sockets.shared:
+                    trust = self._proxy_trust(port)
+                    if self.sockets.shared or trust is not None:
                         # Workers share the socket: each takes one per wake-up, and
                         # they balance on open connections (``proxy/acceptor.py``).
                         server = SharedAcceptor(
@@ -217,8 +226,11 @@ class Proxy:
                             self.tasks,
                             ssl_context=ssl_ctx,
                             handshake_timeout=handshake_timeout,
-                            balance=self.balance,
+                            balance=self.balance if self.sockets.shared else None,
                             load=self.load,
+                            proxy_protocol=trust,
+                            proxy_timeout=self.options.proxy_protocol_timeout,
+                            on_refused=self._proxy_refused(label),
                         )
                     else:
                         server = await loop.create_server(
@@ -248,6 +260,43 @@ class Proxy:
         if removed or flipped:
             await asyncio.sleep(0)  # let the listening sockets close
         return failed
+
+    def _proxy_trust(self, port: int) -> tuple[Network, ...] | None:
+        """The sources trusted to send a PROXY header on ``port``; None: it reads none
+        (a port named in ``--proxy-protocol`` wins over the all-ports entry)."""
+        every: tuple[Network, ...] | None = None
+        for which, networks in self.options.proxy_protocol:
+            if which == port:
+                return networks
+            if which is None:
+                every = networks
+        return every
+
+    def _proxy_refused(self, label: str) -> Callable[[str, str], None]:
+        """Reports a connection refused for its PROXY header: a metric each, a log line
+        at most once a second per port (a flood must not flood the log)."""
+        state = {"next": 0.0, "quiet": 0}
+
+        def refused(peer: str, reason: str) -> None:
+            metrics = self.metrics
+            if metrics is not None:
+                kind = (
+                    "untrusted"
+                    if "untrusted" in reason
+                    else "timeout"
+                    if "in time" in reason
+                    else "invalid"
+                )
+                metrics.proxy_protocol_refused(label, kind)
+            now = time.monotonic()
+            if now < state["next"]:
+                state["quiet"] += 1
+                return
+            more = f" ({state['quiet']} more since the last line)" if state["quiet"] else ""
+            state["next"], state["quiet"] = now + 1.0, 0
+            log.warning("%s: connection from %s refused: %s%s", label, peer, reason, more)
+
+        return refused
 
     def _update_tls(self, key: ListenKey, lp: ListenerPort) -> PortTLS:
         """TLS termination of an HTTPS port: create or update its ``PortTLS`` (the

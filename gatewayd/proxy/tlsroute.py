@@ -52,6 +52,7 @@ from collections.abc import Callable, Coroutine, Iterable
 from typing import TYPE_CHECKING, Any, Final, cast
 
 from gatewayd.proxy.accesslog import sockaddr_text
+from gatewayd.proxy.proxyproto import upstream_header
 from gatewayd.proxy.splice import Splice
 from gatewayd.routing.snapshot.addresses import host_port
 from gatewayd.routing.snapshot.table import SNITable, TLSListener
@@ -282,6 +283,7 @@ class TLSRouteConnection(asyncio.Protocol):
 
     __slots__ = (
         "backend",
+        "client_address",
         "cluster",
         "counted",
         "hello",
@@ -319,6 +321,8 @@ class TLSRouteConnection(asyncio.Protocol):
         # For the access log line written when the connection ends.
         self.start = 0.0  # loop time at accept
         self.peer = ""
+        # The client a trusted PROXY protocol header named (proxy/proxyproto.py).
+        self.client_address: tuple[str, int] | None = None
         self.rx = 0  # bytes read before the hand-over (the ClientHello)
         self.sni = ""
         self.route = ""
@@ -338,8 +342,8 @@ class TLSRouteConnection(asyncio.Protocol):
         self.transport = t
         proxy = self.owner.proxy
         self.start = asyncio.get_running_loop().time()
-        if proxy.access is not None:
-            self.peer = sockaddr_text(t.get_extra_info("peername"))
+        if proxy.access is not None or self.client_address is not None:
+            self.peer = sockaddr_text(self.client_address or t.get_extra_info("peername"))
         if proxy.n_conns >= proxy.options.max_connections and not proxy.make_room():
             self.phase = P_CLOSED
             self._count(R_OVERLOAD)
@@ -448,7 +452,19 @@ class TLSRouteConnection(asyncio.Protocol):
         splice = self.splice = Splice(
             self.owner.splices, transport, on_done=self._finish, tag=self.key
         )
-        splice.hand_over(transport, self.hello.take())
+        first = self.hello.take()
+        backend = self.backend
+        if backend is not None and backend.proxy_protocol:
+            # The Service asked for a PROXY header: it goes before the client's bytes.
+            first = (
+                upstream_header(
+                    backend.proxy_protocol,
+                    self.client_address or transport.get_extra_info("peername"),
+                    transport.get_extra_info("sockname"),
+                )
+                + first
+            )
+        splice.hand_over(transport, first)
         self._count(R_PASSTHROUGH)
         # Never re-encrypted: the backend gets the client's own TLS stream.
         self.owner.spawn(
@@ -526,6 +542,7 @@ class TLSRouteConnection(asyncio.Protocol):
         self.phase = P_SPLICED
         self._finish()
         conn = self.owner.proxy.https_connection(self.key, self.label)
+        conn.client_address = self.client_address
         layer.app = conn
         conn.connection_made(layer)
 

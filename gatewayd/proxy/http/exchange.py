@@ -1161,7 +1161,11 @@ class Exchange:
             ep = self.endpoint
             rule = self.rule
             headers = self.headers
-            xff = _header(headers, b"x-forwarded-for")
+            # X-Forwarded-For as forwarded (Envoy logs the header after appending the
+            # client address to it): the incoming list, then the client.
+            xff_in = _header(headers, b"x-forwarded-for")
+            peer = self.conn.peer_ip
+            xff = f"{xff_in.decode('latin-1')}, {peer}" if xff_in else peer
             ua = _header(headers, b"user-agent")
             head = self.head
             access.log(
@@ -1175,7 +1179,7 @@ class Exchange:
                 bytes_sent=self.bytes_sent,
                 duration_ms=int(duration * 1000.0),
                 upstream_ms=int(self.upstream_ms) if self.upstream_ms >= 0 else None,
-                xff=xff.decode("latin-1") if xff is not None else "",
+                xff=xff,
                 user_agent=ua.decode("latin-1") if ua is not None else "",
                 request_id=self.request_id.decode("latin-1") if self.request_id else "",
                 authority=head.authority.decode("latin-1") if head.authority else "",

@@ -157,6 +157,7 @@ class HttpConnection(asyncio.Protocol):
     __slots__ = (
         "active",
         "backlog",
+        "client_address",
         "client_cert",
         "closed",
         "closing",
@@ -215,6 +216,9 @@ class HttpConnection(asyncio.Protocol):
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
         self.parser = httptools.HttpRequestParser(self)
         self.peer_ip = ""
+        # The client a trusted PROXY protocol header named (proxy/proxyproto.py), in
+        # place of the socket's peer; None: the peer is the client.
+        self.client_address: tuple[str, int] | None = None
         # Transparent (TPROXY) connections pick their ListenerPort from each request's
         # snapshot by original destination and client (proxy/transparent.py).
         self.port_for: Callable[[Snapshot], ListenerPort | None] | None = None
@@ -278,7 +282,7 @@ class HttpConnection(asyncio.Protocol):
         proxy.n_conns += 1
         proxy.conns.add(self)
         transport.set_write_buffer_limits(WRITE_HIGH, WRITE_LOW)
-        peer = transport.get_extra_info("peername")
+        peer = self.client_address or transport.get_extra_info("peername")
         self.peer_ip = peer[0] if peer else ""
         if self.sni is not None:
             # What the SNI callback chose (gatewayd.tls.terminate) for the 421 check.

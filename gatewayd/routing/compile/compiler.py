@@ -583,6 +583,7 @@ class _Compiler:
             request_headers=request_ops,
             response_headers=response_ops,
             tls=tls,
+            proxy_protocol=target.proxy_protocol,
         )
 
     def _mirror_backend(

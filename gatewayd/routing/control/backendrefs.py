@@ -57,6 +57,10 @@ UNSUPPORTED_APP_PROTOCOLS: Mapping[str, Mapping[str, str]] = {
     "HTTPRoute": {},
 }
 WSS: Final = "kubernetes.io/wss"
+# Service annotation: send a PROXY protocol header (v1 or v2) to the Service's endpoints
+# on connections of L4 routes (TLS passthrough, TCP).  HTTP routes never send one.
+UPSTREAM_PROXY_PROTOCOL: Final = "gatewayd.io/upstream-proxy-protocol"
+UPSTREAM_PROXY_VERSIONS: Final[Mapping[str, int]] = {"none": 0, "v1": 1, "v2": 2}
 WSS_WITHOUT_POLICY: Final = (
     "WebSocket over TLS needs a BackendTLSPolicy targeting the Service, for the TLS "
     "settings to reach it with"
@@ -157,8 +161,21 @@ class BackendResolver:
                 f"backendRef Service {key.namespace}/{key.name} port {key.port}: appProtocol "
                 f"{app_protocol!r} is not supported for {route_kind} backends ({why})",
             )
+        annotations = dict(service.meta.annotations)
+        proxy_value = annotations.get(UPSTREAM_PROXY_PROTOCOL)
+        proxy_protocol = UPSTREAM_PROXY_VERSIONS.get(proxy_value or "none")
+        if proxy_protocol is None:
+            return invalid(
+                UNSUPPORTED_PROTOCOL,
+                f"backendRef Service {key.namespace}/{key.name}: annotation "
+                f"{UPSTREAM_PROXY_PROTOCOL}={proxy_value!r} is not one of v1, v2, none",
+            )
         return key, BackendTarget(
-            name=name, endpoints=endpoints, app_protocol=app_protocol, fqdn=fqdn
+            name=name,
+            endpoints=endpoints,
+            app_protocol=app_protocol,
+            fqdn=fqdn,
+            proxy_protocol=proxy_protocol,
         )
 
     def _endpoints(

@@ -59,6 +59,9 @@ class BackendTarget:
     message: str = ""
     app_protocol: str | None = None
     fqdn: bool = False  # endpoints are DNS names resolved at connect time
+    # PROXY protocol version sent to the endpoints of L4 routes (TLS passthrough, TCP):
+    # 0 none, 1 or 2 (the Service's gatewayd.io/upstream-proxy-protocol annotation).
+    proxy_protocol: int = 0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

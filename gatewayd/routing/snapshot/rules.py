@@ -95,6 +95,9 @@ class CompiledBackend:
     response_headers: HeaderOps | None = None
     # BackendTLSPolicy (with the Gateway's client certificate): None speaks cleartext.
     tls: BackendTLS | None = None
+    # PROXY protocol header version sent first on L4 (TLS passthrough) connections to
+    # the endpoints: 0 none, 1 or 2 (Service annotation gatewayd.io/upstream-proxy-protocol).
+    proxy_protocol: int = 0
     # Round-robin cursor over endpoints: per process, advanced on the request path.
     _cursor: Iterator[EndpointAddress] = field(default=iter(()), repr=False, compare=False)
 
