@@ -112,6 +112,8 @@ class GatewayState:
         default_factory=lambda: passed(RESOLVED_REFS, "All references are resolved")
     )
     client_certificate: ClientCertificate | None = None  # spec.tls.backend, when usable
+    # status.attachedListenerSets; None when spec.allowedListeners allows none (left out).
+    attached_listener_sets: int | None = None
 
     @property
     def key(self) -> tuple[str, str]:
@@ -244,6 +246,8 @@ def gateway_status(gs: GatewayState, now: str) -> ObjectStatus:
         condition(RESOLVED_REFS, gs.resolved.ok, gs.resolved.reason, gs.resolved.message, gen, now),
     ]
     status["listeners"] = [listener_status(s, gen, now) for s in gs.listeners]
+    if gs.attached_listener_sets is not None:
+        status["attachedListenerSets"] = gs.attached_listener_sets
     return ObjectStatus(
         api_version=API_VERSION,
         kind="Gateway",
