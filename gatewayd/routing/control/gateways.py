@@ -45,7 +45,8 @@ from gatewayd.routing.snapshot.backends import ClientCertificate
 # Name key." (GatewayClassStatus.SupportedFeatures).  Only what the data plane serves
 # today, each with its end-to-end test: GRPCRoute and GRPCRouteNamedRouteRule
 # (tests/e2e/test_e2e_grpc.py, grpcio through h2c), HTTPRouteBackendProtocolH2C
-# (tests/e2e/test_e2e_h2_upstream.py); no listener isolation or retries until the
+# (tests/e2e/test_e2e_h2_upstream.py), ListenerSet (tests/e2e/test_e2e_listenersets.py,
+# the upstream ListenerSet* scenarios); no listener isolation or retries until the
 # compiler/proxy confirm them.
 SUPPORTED_FEATURES: tuple[str, ...] = tuple(
     sorted(
@@ -86,6 +87,7 @@ SUPPORTED_FEATURES: tuple[str, ...] = tuple(
             "HTTPRouteRequestTimeout",
             "HTTPRouteResponseHeaderModification",
             "HTTPRouteSchemeRedirect",
+            "ListenerSet",
             "Mesh",
             "MeshClusterIPMatching",
             "MeshConsumerRoute",
