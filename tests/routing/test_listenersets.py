@@ -275,3 +275,29 @@ def test_listener_set_of_another_controllers_gateway_gets_no_status() -> None:
     assert res.statuses == ()
     assert res.problems == ()
     assert res.listeners == ()
+
+
+def test_bind_failures_reach_the_listener_set_status() -> None:
+    from gatewayd.routing.control.gateways import with_listener_failures
+
+    cfg = config(
+        allowing(gateway("gw", listener("own", 80, hostname="own.test"))),
+        listener_set("ls", "gw", listener("x", 8080), listener("y", 80, hostname="y.test")),
+    )
+    res = resolve(cfg, now=NOW)
+    names = sorted(b.listener_name for b in res.listeners)
+    assert names == ["default/ls/x", "default/ls/y", "own"]
+    failed = with_listener_failures(res, {("default", "gw", "default/ls/x"): "address in use"})
+    assert [b.listener_name for b in failed.listeners if b.port == 8080] == []
+    (ls,) = [s.status for s in failed.statuses if s.kind == "ListenerSet"]
+    assert cond(listener_status(ls, "x"), "Programmed") == ("False", "Invalid")
+    assert cond(listener_status(ls, "y"), "Programmed") == ("True", "Programmed")
+    assert cond(ls, "Programmed") == ("True", "Programmed")  # "y" still serves
+    (gw,) = [s.status for s in failed.statuses if s.kind == "Gateway"]
+    assert cond(gw, "Programmed") == ("True", "Programmed")
+    every = with_listener_failures(
+        res,
+        {("default", "gw", f"default/ls/{n}"): "address in use" for n in ("x", "y")},
+    )
+    (ls,) = [s.status for s in every.statuses if s.kind == "ListenerSet"]
+    assert cond(ls, "Programmed") == ("False", "Invalid")

@@ -284,9 +284,13 @@ def with_listener_failures(
     )
     serving = {(b.gateway_namespace, b.gateway_name) for b in kept}
     affected = {(ns, name) for ns, name, _ in failures}
+    by_name = {name: message for (_, _, name), message in failures.items()}
     statuses: list[ObjectStatus] = []
     for st in resolution.statuses:
         key = (st.namespace, st.name)
+        if st.kind == "ListenerSet":
+            statuses.append(_listener_set_failures(st, by_name))
+            continue
         if st.kind != "Gateway" or key not in affected:
             statuses.append(st)
             continue
@@ -317,3 +321,32 @@ def with_listener_failures(
                 status.pop("addresses", None)
         statuses.append(replace(st, status=status))
     return replace(resolution, listeners=kept, statuses=tuple(statuses))
+
+
+def _listener_set_failures(st: ObjectStatus, by_name: Mapping[str, str]) -> ObjectStatus:
+    """``with_listener_failures`` for a ListenerSet's listeners, served under the name
+    "{namespace}/{name}/{listener}" (control.listenersets.listener_binding_name)."""
+    prefix = f"{st.namespace}/{st.name}/"
+    if not any(name.startswith(prefix) for name in by_name):
+        return st
+    status = copy.deepcopy(dict(st.status))
+    failed_here: list[str] = []
+    still_programmed = False
+    for ls in dicts(status.get("listeners")):
+        cond = find_condition(ls, PROGRAMMED)
+        if cond is None or cond.get("status") != "True":
+            continue
+        message = by_name.get(f"{prefix}{ls.get('name')}")
+        if message is None:
+            still_programmed = True
+            continue
+        failed_here.append(f"{ls.get('name')}: {message}")
+        cond.update(status="False", reason=INVALID, message=message)
+    top = find_condition(status, PROGRAMMED)
+    if failed_here and top is not None and top.get("status") == "True" and not still_programmed:
+        top.update(
+            status="False",
+            reason=INVALID,
+            message=f"no listener could be programmed: {'; '.join(failed_here)}",
+        )
+    return replace(st, status=status)
