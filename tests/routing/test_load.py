@@ -319,7 +319,15 @@ WEIRD_SPECS: list[object] = [
     {"rules": [{"retry": {"codes": "500"}}]},
     {"rules": [{"sessionPersistence": []}]},
 ]
-KINDS = ["GatewayClass", "Gateway", "HTTPRoute", "GRPCRoute", "TLSRoute", "ReferenceGrant"]
+KINDS = [
+    "GatewayClass",
+    "Gateway",
+    "HTTPRoute",
+    "GRPCRoute",
+    "TLSRoute",
+    "ReferenceGrant",
+    "ListenerSet",
+]
 
 
 @pytest.mark.parametrize("kind", KINDS)
