@@ -301,3 +301,45 @@ def test_bind_failures_reach_the_listener_set_status() -> None:
     )
     (ls,) = [s.status for s in every.statuses if s.kind == "ListenerSet"]
     assert cond(ls, "Programmed") == ("False", "Invalid")
+
+
+def test_an_invalid_listener_set_is_reported_in_its_own_status() -> None:
+    gateway_class = (
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: GatewayClass\n"
+        "metadata: {name: gatewayd}\nspec: {controllerName: gatewayd.dev/gateway-controller}\n"
+    )
+    route = """\
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: r, namespace: team}
+spec: {parentRefs: [{kind: ListenerSet, name: ls}]}
+"""
+    cfg, problems = load(
+        gateway_class,
+        GATEWAY % "{namespaces: {from: All}}",
+        LISTENER_SET
+        % (
+            "{parentRef: {name: gw, namespace: infra},"
+            " listeners: [{name: a, port: 0, protocol: HTTP}]}"
+        ),
+        route,
+    )
+    assert any("ListenerSet team/ls: spec.listeners[0].port" in p for p in problems), problems
+    assert cfg.listener_sets == ()
+    assert [r.kind for r in cfg.rejected] == [m.Kind.LISTENER_SET]
+    res = resolve(cfg, now=NOW)
+    st = {(s.kind, s.name): s.status for s in res.statuses}
+    ls = st[("ListenerSet", "ls")]
+    assert cond(ls, "Accepted") == ("False", "Invalid")
+    assert cond(ls, "Programmed") == ("False", "Invalid")
+    assert "spec.listeners[0].port" in ls["conditions"][0]["message"]
+    assert ls["listeners"] == []
+    # It exists: a route naming it gets no "not found" problem, and nothing attaches.
+    assert [str(p) for p in res.problems] == []
+    assert st[("Gateway", "gw")].get("attachedListenerSets") == 0
+
+
+def test_an_invalid_listener_set_of_another_gateway_gets_no_status() -> None:
+    cfg, _ = load(LISTENER_SET % "{parentRef: {name: elsewhere}, listeners: []}")
+    assert [r.kind for r in cfg.rejected] == [m.Kind.LISTENER_SET]
+    assert resolve(cfg, now=NOW).statuses == ()

@@ -642,7 +642,7 @@ class RejectedObject:
     meta: Meta
     messages: tuple[str, ...]  # "field.path: message", in reading order (bounded)
     more: int = 0  # messages left out of ``messages``
-    parent_refs: tuple[ParentReference, ...] = ()  # routes
+    parent_refs: tuple[ParentReference, ...] = ()  # routes; a ListenerSet's parentRef
     gateway_class_name: str | None = None  # a Gateway; None when it cannot be read
     target_refs: tuple[PolicyTargetReference, ...] = ()  # a BackendTLSPolicy
 

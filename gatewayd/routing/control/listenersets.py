@@ -233,7 +233,11 @@ def evaluate_listener_sets(
 
     Sets ``GatewayState.attached_listener_sets`` on Gateways that allow ListenerSets.
     """
-    out = ListenerSets(all_keys={(ls.meta.namespace, ls.meta.name) for ls in config.listener_sets})
+    out = ListenerSets(
+        all_keys={(ls.meta.namespace, ls.meta.name) for ls in config.listener_sets}
+        # A refused ListenerSet exists (its own status says why it serves nothing).
+        | {(r.meta.namespace, r.meta.name) for r in config.rejected if r.kind == "ListenerSet"}
+    )
     claims: dict[tuple[str, str], dict[int, list[_Claim]]] = {}
     for key, parent in gateways.items():
         if parent.gateway.allowed_listeners.namespaces_from != "None":

@@ -94,6 +94,8 @@ def rejected_statuses(
             status = _gateway(obj, ours_classes, now)
         elif obj.kind is Kind.BACKEND_TLS_POLICY:
             status = _policy(obj, policy_gateways, controller_name, now)
+        elif obj.kind is Kind.LISTENER_SET:
+            status = _listener_set(obj, gateway_keys, now)
         else:
             status = _route(obj, gateway_keys, services, grants, controller_name, now)
         if status is not None:
@@ -125,6 +127,28 @@ def _gateway(obj: RejectedObject, ours_classes: Set[str], now: str) -> dict[str,
             condition(PROGRAMMED, False, INVALID, message, gen, now),
         ],
         # No listener is served; an empty list also clears what a valid version reported.
+        "listeners": [],
+    }
+
+
+def _listener_set(
+    obj: RejectedObject, gateway_keys: Set[GatewayKey], now: str
+) -> dict[str, object] | None:
+    """A refused ListenerSet whose parentRef names one of our Gateways."""
+    if not obj.parent_refs:
+        return None  # whose it is cannot be read
+    ref = obj.parent_refs[0]
+    if (ref.namespace or obj.meta.namespace, ref.name) not in gateway_keys:
+        return None
+    gen = obj.meta.generation
+    message = rejected_message(obj)
+    # "Invalid: ... used with the "Programmed" and "Accepted" conditions when the
+    # ListenerSet is syntactically or semantically invalid." (ListenerSetReasonInvalid)
+    return {
+        "conditions": [
+            condition(ACCEPTED, False, INVALID, message, gen, now),
+            condition(PROGRAMMED, False, INVALID, message, gen, now),
+        ],
         "listeners": [],
     }
 
