@@ -343,3 +343,34 @@ def test_an_invalid_listener_set_of_another_gateway_gets_no_status() -> None:
     cfg, _ = load(LISTENER_SET % "{parentRef: {name: elsewhere}, listeners: []}")
     assert [r.kind for r in cfg.rejected] == [m.Kind.LISTENER_SET]
     assert resolve(cfg, now=NOW).statuses == ()
+
+
+def test_an_invalid_route_to_a_listener_set_is_reported_for_it() -> None:
+    gateway_class = (
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: GatewayClass\n"
+        "metadata: {name: gatewayd}\nspec: {controllerName: gatewayd.dev/gateway-controller}\n"
+    )
+    bad_route = """\
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: r, namespace: team}
+spec:
+  parentRefs: [{kind: ListenerSet, name: ls}, {kind: ListenerSet, name: unknown}]
+  rules: [{matches: [{path: {type: PathPrefix, value: no-slash}}]}]
+"""
+    cfg, _ = load(
+        gateway_class,
+        GATEWAY % "{namespaces: {from: All}}",
+        LISTENER_SET
+        % (
+            "{parentRef: {name: gw, namespace: infra},"
+            " listeners: [{name: a, port: 80, protocol: HTTP}]}"
+        ),
+        bad_route,
+    )
+    res = resolve(cfg, now=NOW)
+    (route,) = [s.status for s in res.statuses if s.kind == "HTTPRoute"]
+    (entry,) = route["parents"]
+    assert entry["parentRef"]["kind"] == "ListenerSet"
+    assert entry["parentRef"]["name"] == "ls"
+    assert cond(entry, "Accepted") == ("False", "UnsupportedValue")

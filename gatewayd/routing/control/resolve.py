@@ -225,6 +225,7 @@ def resolve(
             policy_gateways=policy_gateways,
             controller_name=controller_name,
             now=now,
+            listener_set_keys=listener_sets.states.keys(),
         )
     )
 
