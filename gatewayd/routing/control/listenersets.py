@@ -86,13 +86,11 @@ class ListenerSets:
 
     states: dict[tuple[str, str], ListenerSetState] = field(default_factory=dict)
     all_keys: set[tuple[str, str]] = field(default_factory=set)
+    # Gateway -> its merged ListenerSets, in precedence order.
+    merged: dict[tuple[str, str], list[ListenerSetState]] = field(default_factory=dict)
 
     def of_gateway(self, key: tuple[str, str]) -> list[ListenerSetState]:
-        return [
-            ls
-            for ls in self.states.values()
-            if ls.parent is not None and ls.parent.key == key and ls.merged
-        ]
+        return self.merged.get(key, [])
 
 
 def listener_set_order(ls: ListenerSet) -> tuple[str, str, str]:
@@ -141,26 +139,45 @@ def _claim(s: ListenerState, who: str) -> _Claim:
     )
 
 
-def _conflict(s: ListenerState, claims: list[_Claim]) -> Verdict | None:
-    mine = _claim(s, "")
-    port = s.listener.port
-    for c in claims:
-        if c.transport != mine.transport:
-            continue
-        if c.family != mine.family:
+class _Claims:
+    """The listeners holding ports of one merged Gateway, looked up in constant time
+    (a Gateway may take thousands of ListenerSets: no listener is compared with all)."""
+
+    __slots__ = ("families", "hosts")
+
+    def __init__(self) -> None:
+        # (port, transport) -> family -> the first listener of that family on the port
+        self.families: dict[tuple[int, str], dict[str, _Claim]] = {}
+        # (port, family, hostname) -> the first listener holding it
+        self.hosts: dict[tuple[int, str, str], _Claim] = {}
+
+    def add(self, s: ListenerState, who: str) -> None:
+        c = _claim(s, who)
+        port = s.listener.port
+        self.families.setdefault((port, c.transport), {}).setdefault(c.family, c)
+        self.hosts.setdefault((port, c.family, c.hostname), c)
+
+    def conflict(self, s: ListenerState) -> Verdict | None:
+        mine = _claim(s, "")
+        port = s.listener.port
+        families = self.families.get((port, mine.transport), {})
+        # At most a handful of families per port: HTTP, TLS, TCP, unknown protocols.
+        other = next((c for fam, c in families.items() if fam != mine.family), None)
+        if other is not None:
             return failed(
                 PROTOCOL_CONFLICT,
-                f"port {port} is already used by {c.who} ({c.protocol}), which comes first "
-                f"in listener precedence; {mine.protocol} cannot share it",
+                f"port {port} is already used by {other.who} ({other.protocol}), which comes "
+                f"first in listener precedence; {mine.protocol} cannot share it",
             )
-        if c.hostname == mine.hostname:
+        held = self.hosts.get((port, mine.family, mine.hostname))
+        if held is not None:
             shown = mine.hostname or "(any hostname)"
             return failed(
                 HOSTNAME_CONFLICT,
-                f"port {port} with hostname {shown} is already used by {c.who}, which "
+                f"port {port} with hostname {shown} is already used by {held.who}, which "
                 "comes first in listener precedence",
             )
-    return None
+        return None
 
 
 def _mark_conflicted(s: ListenerState, verdict: Verdict) -> None:
@@ -238,18 +255,17 @@ def evaluate_listener_sets(
         # A refused ListenerSet exists (its own status says why it serves nothing).
         | {(r.meta.namespace, r.meta.name) for r in config.rejected if r.kind == "ListenerSet"}
     )
-    claims: dict[tuple[str, str], dict[int, list[_Claim]]] = {}
+    claims: dict[tuple[str, str], _Claims] = {}
     for key, parent in gateways.items():
         if parent.gateway.allowed_listeners.namespaces_from != "None":
             parent.attached_listener_sets = 0
-        by_port: dict[int, list[_Claim]] = {}
+        held = claims[key] = _Claims()
         gw_name = f"Gateway {key[0]}/{key[1]}"
         for s in parent.listeners:
             # The parent's listeners come first; a conflicted one still holds its port
             # against the ListenerSets (it is the parent's own problem to fix).
             if s.accepted.ok or s.conflict is not None:
-                by_port.setdefault(s.listener.port, []).append(_claim(s, gw_name))
-        claims[key] = by_port
+                held.add(s, gw_name)
 
     for ls in sorted(config.listener_sets, key=listener_set_order):
         meta = ls.meta
@@ -299,17 +315,17 @@ def evaluate_listener_sets(
             continue
 
         listeners = evaluate_listeners(ls, refs)
-        by_port = claims[gw_key]
+        held = claims[gw_key]
         for s in listeners:
             if s.conflict is not None:
                 continue
-            verdict = _conflict(s, by_port.get(s.listener.port, []))
+            verdict = held.conflict(s)
             if verdict is not None:
                 _mark_conflicted(s, verdict)
         who = f"ListenerSet {meta.namespace}/{meta.name}"
         for s in listeners:
             if s.accepted.ok:
-                by_port.setdefault(s.listener.port, []).append(_claim(s, who))
+                held.add(s, who)
 
         invalid = [s for s in listeners if not s.programmable]
         listed = "; ".join(
@@ -345,6 +361,7 @@ def evaluate_listener_sets(
             merged=True,
         )
         out.states[state.key] = state
+        out.merged.setdefault(gw_key, []).append(state)
         # "A ListenerSet is successfully attached to a Gateway when ... The ListenerSet's
         # status has the condition "Accepted: true"" (GatewayStatus.AttachedListenerSets)
         if accepted.ok and gs.attached_listener_sets is not None:
