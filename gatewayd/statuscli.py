@@ -37,6 +37,7 @@ DEFAULT_ADMIN_ADDRESS = "127.0.0.1:9901"
 SECTIONS: dict[str, str] = {
     "gatewayclasses": "GatewayClass",
     "gateways": "Gateway",
+    "listenersets": "ListenerSet",
     "httproutes": "HTTPRoute",
     "grpcroutes": "GRPCRoute",
     "tlsroutes": "TLSRoute",
@@ -49,6 +50,8 @@ _ALIASES: dict[str, str] = {
     "gc": "gatewayclasses",
     "gateway": "gateways",
     "gtw": "gateways",
+    "listenerset": "listenersets",
+    "lset": "listenersets",
     "httproute": "httproutes",
     "grpcroute": "grpcroutes",
     "tlsroute": "tlsroutes",
@@ -154,6 +157,27 @@ def _gateways(items: list[Mapping[str, object]]) -> str:
     return _table(["NAMESPACE", "NAME", "ADDRESS", "PROGRAMMED", "LISTENERS"], rows)
 
 
+def _listenersets(items: list[Mapping[str, object]]) -> str:
+    rows = []
+    for item in items:
+        namespace, name = _meta(item)
+        status = _map(item.get("status"))
+        listeners = [
+            f"{_map(li).get('name')}:{_map(li).get('attachedRoutes', 0)}"
+            for li in _list(status.get("listeners"))
+        ]
+        rows.append(
+            [
+                _text(namespace),
+                name,
+                _condition(status.get("conditions"), "Accepted"),
+                _condition(status.get("conditions"), "Programmed"),
+                ",".join(listeners) or _NONE,
+            ]
+        )
+    return _table(["NAMESPACE", "NAME", "ACCEPTED", "PROGRAMMED", "LISTENERS"], rows)
+
+
 def _parent(ref: Mapping[str, object], route_namespace: str) -> str:
     # ParentReference: "When unspecified, this refers to the local namespace of the Route."
     text = f"{ref.get('namespace') or route_namespace}/{ref.get('name', '')}"
@@ -201,6 +225,7 @@ def _policies(items: list[Mapping[str, object]]) -> str:
 _FORMATTERS: dict[str, Callable[[list[Mapping[str, object]]], str]] = {
     "gatewayclasses": _gatewayclasses,
     "gateways": _gateways,
+    "listenersets": _listenersets,
     "httproutes": _routes,
     "grpcroutes": _routes,
     "tlsroutes": _routes,
@@ -294,7 +319,7 @@ def status_main(argv: Sequence[str]) -> int:
         "what",
         nargs="?",
         default="all",
-        help="gatewayclasses | gateways | httproutes | grpcroutes | tlsroutes | "
+        help="gatewayclasses | gateways | listenersets | httproutes | grpcroutes | tlsroutes | "
         "backendtlspolicies | all (default: all)",
     )
     parser.add_argument(

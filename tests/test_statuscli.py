@@ -307,6 +307,44 @@ def test_backend_tls_policies_table_has_a_row_per_ancestor() -> None:
     )
 
 
+LISTENER_SETS = """\
+apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {name: gatewayd}
+spec: {controllerName: gatewayd.dev/gateway-controller}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: gw}
+spec:
+  gatewayClassName: gatewayd
+  allowedListeners: {namespaces: {from: Same}}
+  listeners: [{name: own, port: 80, protocol: HTTP}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: ListenerSet
+metadata: {name: team}
+spec:
+  parentRef: {name: gw}
+  listeners: [{name: extra, port: 8080, protocol: HTTP}]
+"""
+
+
+def test_listener_sets_table() -> None:
+    """A ListenerSet row: Accepted, Programmed and its listeners with their routes."""
+    from gatewayd.routing.config.load import load_documents
+    from gatewayd.routing.control.resolve import resolve
+
+    loaded = load_documents([("ls.yaml", LISTENER_SETS)])
+    assert loaded.problems == ()
+    items = [st.as_item() for st in resolve(loaded.config).statuses]
+    table = format_status_table(items, "lset")
+    lines = table.splitlines()
+    assert lines[0].split() == ["NAMESPACE", "NAME", "ACCEPTED", "PROGRAMMED", "LISTENERS"]
+    assert lines[1].split() == ["default", "team", "True", "True", "extra:0"], table
+    assert "# listenersets\n" in format_status_table(items, "all")
+
+
 def test_what_aliases() -> None:
     assert normalize_what("Gateway") == "gateways"
     assert normalize_what("gtw") == "gateways"

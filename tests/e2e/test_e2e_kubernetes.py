@@ -346,3 +346,55 @@ def test_https_from_a_secret_and_its_rotation(env: Env) -> None:
         env.daemon,
         "a rotated certificate",
     )
+
+
+def test_listener_set_is_read_served_and_its_status_written(env: Env) -> None:
+    """A ListenerSet from the cluster adds a listener to a Gateway that allows it; its
+    status and the Gateway's attachedListenerSets are PATCHed back."""
+    port = free_port()
+    parent = gateway(
+        "ls-parent", [listener("own", port, hostname="own.example")], address="127.0.0.5"
+    )
+    parent["spec"]["allowedListeners"] = {"namespaces": {"from": "Same"}}
+    lset = {
+        "apiVersion": f"{GW}/v1",
+        "kind": "ListenerSet",
+        "metadata": {"name": "team", "namespace": "default"},
+        "spec": {
+            "parentRef": {"name": "ls-parent"},
+            "listeners": [
+                {"name": "extra", "port": port, "protocol": "HTTP", "hostname": "extra.example"}
+            ],
+        },
+    }
+    route = http_route("to-lset", [rule(backends=[backend_ref("echo-v2")])])
+    route["spec"]["parentRefs"] = [{"kind": "ListenerSet", "group": GW, "name": "team"}]
+    create_all(env.api, [parent, lset, route])
+
+    def served() -> bool:
+        try:
+            r = request(port, "/", host="extra.example", address="127.0.0.5")
+        except OSError:
+            return False
+        return r.status == 200 and r.echo()["pod"] == "echo-v2"
+
+    served_within(served, env.daemon, "a ListenerSet listener")
+    written = env.api.wait_for_object(
+        GW,
+        "listenersets",
+        "team",
+        lambda o: o.get("status", {}).get("conditions"),
+        namespace="default",
+    )
+    accepted = {c["type"]: c for c in written["status"]["conditions"]}["Accepted"]
+    assert (accepted["status"], accepted["reason"]) == ("True", "Accepted")
+    [entry] = written["status"]["listeners"]
+    assert (entry["name"], entry["attachedRoutes"]) == ("extra", 1)
+    gw = env.api.wait_for_object(
+        GW,
+        "gateways",
+        "ls-parent",
+        lambda o: o.get("status", {}).get("attachedListenerSets") == 1,
+        namespace="default",
+    )
+    assert gw["status"]["listeners"][0]["name"] == "own"

@@ -184,6 +184,7 @@ def _gateway_api() -> list[Resource]:
         "udproutes": ("UDPRoute", True, ()),
         "referencegrants": ("ReferenceGrant", True, ("refgrant",)),
         "backendtlspolicies": ("BackendTLSPolicy", True, ("btlspolicy",)),
+        "listenersets": ("ListenerSet", True, ("lset",)),
     }
     served = {
         "v1": list(kinds),

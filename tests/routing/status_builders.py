@@ -26,8 +26,10 @@ from gatewayd.routing.config.model import (
     HTTPRouteRule,
     LabelSelector,
     Listener,
+    ListenerSet,
     Meta,
     Namespace,
+    ParentGatewayReference,
     ParentReference,
     ReferenceGrant,
     ReferenceGrantFrom,
@@ -105,6 +107,21 @@ def gateway(
         addresses=tuple(
             a if isinstance(a, GatewayAddress) else GatewayAddress(value=a) for a in addresses
         ),
+    )
+
+
+def listener_set(
+    name: str,
+    parent_gateway: str,
+    *listeners: Listener,
+    namespace: str = "default",
+    parent_namespace: str | None = None,
+    **meta_kw: Any,
+) -> ListenerSet:
+    return ListenerSet(
+        meta=meta(name, namespace, **meta_kw),
+        parent_ref=ParentGatewayReference(name=parent_gateway, namespace=parent_namespace),
+        listeners=listeners,
     )
 
 
@@ -230,6 +247,7 @@ def config(*objects: object, classes: Sequence[GatewayClass] | None = None) -> C
         "ConfigMap": "config_maps",
         "Pod": "pods",
         "BackendTLSPolicy": "backend_tls_policies",
+        "ListenerSet": "listener_sets",
     }
     for obj in objects:
         buckets.setdefault(field_of[type(obj).__name__], []).append(obj)

@@ -49,6 +49,7 @@ def _extra_docs() -> list[dict[str, Any]]:
             "metadata": {"name": "fuzz", "namespace": "demo"},
             "spec": {
                 "gatewayClassName": "gatewayd",
+                "allowedListeners": {"namespaces": {"from": "Same"}},
                 "listeners": [
                     {"name": "http", "port": 8081, "protocol": "HTTP"},
                     {
@@ -212,6 +213,33 @@ def _extra_docs() -> list[dict[str, Any]]:
                     "caCertificateRefs": [{"group": "", "kind": "ConfigMap", "name": "fuzz-ca"}],
                     "hostname": "echo.example.com",
                 },
+            },
+        },
+        {
+            "apiVersion": GW,
+            "kind": "ListenerSet",
+            "metadata": {"name": "fuzz-ls", "namespace": "demo"},
+            "spec": {
+                "parentRef": {"name": "fuzz"},
+                "listeners": [
+                    {"name": "extra", "port": 8081, "protocol": "HTTP", "hostname": "ls.example"},
+                    {
+                        "name": "extra-tls",
+                        "port": 8444,
+                        "protocol": "HTTPS",
+                        "hostname": "ls.example.com",
+                        "tls": {"certificateRefs": [{"name": "fuzz-cert"}]},
+                    },
+                ],
+            },
+        },
+        {
+            "apiVersion": GW,
+            "kind": "HTTPRoute",
+            "metadata": {"name": "fuzz-ls-route", "namespace": "demo"},
+            "spec": {
+                "parentRefs": [{"kind": "ListenerSet", "name": "fuzz-ls", "sectionName": "extra"}],
+                "rules": [{"backendRefs": [{"name": "echo-v1", "port": 80}]}],
             },
         },
         {

@@ -319,7 +319,15 @@ WEIRD_SPECS: list[object] = [
     {"rules": [{"retry": {"codes": "500"}}]},
     {"rules": [{"sessionPersistence": []}]},
 ]
-KINDS = ["GatewayClass", "Gateway", "HTTPRoute", "GRPCRoute", "TLSRoute", "ReferenceGrant"]
+KINDS = [
+    "GatewayClass",
+    "Gateway",
+    "HTTPRoute",
+    "GRPCRoute",
+    "TLSRoute",
+    "ReferenceGrant",
+    "ListenerSet",
+]
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -336,7 +344,7 @@ def test_wrong_types_never_raise(kind: str, spec: object) -> None:
     assert result.problems, "every one of these specs is invalid"
     # Nothing loads; a kind whose status gatewayd writes is kept as rejected, alone.
     assert replace(result.config, rejected=()) == m.Config()
-    reported = kind in ("Gateway", "HTTPRoute", "GRPCRoute", "TLSRoute")
+    reported = kind in ("Gateway", "HTTPRoute", "GRPCRoute", "TLSRoute", "ListenerSet")
     assert [(r.kind.value, r.meta.name) for r in result.config.rejected] == (
         [(kind, "x")] if reported else []
     )

@@ -25,6 +25,7 @@ from status_builders import (
     grant,
     http_route,
     listener,
+    listener_set,
     namespace,
     parent,
     passthrough,
@@ -34,16 +35,19 @@ from status_builders import (
 )
 
 from gatewayd.routing.config.model import (
+    AllowedListeners,
     Config,
     Endpoint,
     FilterType,
     FromNamespaces,
+    Gateway,
     GatewayAddress,
     GRPCRoute,
     GRPCRouteRule,
     HTTPRouteFilter,
     LabelSelector,
     LabelSelectorRequirement,
+    ListenerSet,
     LocalObjectReference,
     Meta,
     SecretObjectReference,
@@ -208,6 +212,87 @@ def address_problems() -> Config:
     )
 
 
+def allowing(gw: Gateway, from_: str, selector: LabelSelector | None = None) -> Gateway:
+    return replace(gw, allowed_listeners=AllowedListeners(namespaces_from=from_, selector=selector))
+
+
+def listener_sets() -> Config:
+    """ListenerSets attached, refused and conflicting, and routes attaching to them."""
+    ts = "2024-01-01T00:00:0{}Z".format
+    lsets: list[ListenerSet] = [
+        listener_set(
+            "team-a",
+            "gw",
+            listener("a", 80, hostname="a.example.com"),
+            listener("a-tls", 443, "HTTPS", hostname="a.example.com", tls=terminate("cert")),
+            namespace="infra",
+            creation_timestamp=ts(1),
+        ),
+        # conflicts: with the Gateway's listener (hostname), then with team-a (protocol)
+        listener_set(
+            "team-b",
+            "gw",
+            listener("b", 80, hostname="edge.example.com"),
+            listener("b-tcp", 443, "TCP"),
+            listener("b-ok", 80, hostname="b.example.com"),
+            namespace="infra",
+            parent_namespace="infra",
+            creation_timestamp=ts(2),
+        ),
+        # selected by namespace label, but its certificate needs a ReferenceGrant
+        listener_set(
+            "team-c",
+            "gw",
+            listener(
+                "c",
+                8443,
+                "HTTPS",
+                hostname="c.example.com",
+                tls=terminate(SecretObjectReference(name="cert", namespace="infra")),
+            ),
+            namespace="shop",
+            parent_namespace="infra",
+            creation_timestamp=ts(3),
+        ),
+        listener_set(
+            "refused", "gw", listener("r", 80), namespace="blog", parent_namespace="infra"
+        ),
+        listener_set("closed", "closed", listener("x", 80), namespace="infra"),
+        listener_set("theirs", "theirs", listener("x", 80), namespace="infra"),
+        listener_set(
+            "orphan", "gone", listener("x", 80), namespace="infra", source=src("ls.yaml", 3)
+        ),
+    ]
+    return config(
+        namespace("infra", team="yes"),
+        namespace("shop", team="yes"),
+        namespace("blog"),
+        allowing(
+            gateway("gw", listener("edge", 80, hostname="edge.example.com"), namespace="infra"),
+            "Selector",
+            LabelSelector(match_labels=(("team", "yes"),)),
+        ),
+        gateway("closed", listener("edge", 9090), namespace="infra"),
+        gateway("theirs", class_name="other-class", namespace="infra"),
+        *lsets,
+        tls_secret("cert", "infra"),
+        http_route(
+            "to-a",
+            parent("team-a", "infra", section="a", kind="ListenerSet"),
+            namespace="infra",
+            backends=[backend()],
+        ),
+        http_route(
+            "to-refused",
+            parent("refused", "blog", kind="ListenerSet"),
+            parent("missing", "infra", kind="ListenerSet"),
+            namespace="infra",
+        ),
+        service(namespace="infra"),
+        endpoint_slice("svc-1", namespace="infra", endpoints=[Endpoint(addresses=("10.0.0.1",))]),
+    )
+
+
 def summary(res: Resolution) -> dict[str, object]:
     return {
         "statuses": [st.as_item() for st in res.statuses],
@@ -251,6 +336,7 @@ CASES: dict[str, Callable[[], Resolution]] = {
     "listener_problems": lambda: resolve(listener_problems(), now=NOW),
     "route_problems": lambda: resolve(route_problems(), now=NOW),
     "unserved_features": lambda: resolve(unserved_features(), now=NOW),
+    "listener_sets": lambda: resolve(listener_sets(), now=NOW),
     "address_problems": lambda: resolve(
         address_problems(),
         now=NOW,

@@ -282,6 +282,45 @@ def test_source_keeps_only_referenced_secret_data(tmp_path: Path) -> None:
         asyncio.run(scenario())
 
 
+def test_source_keeps_the_secret_data_a_listener_set_references(tmp_path: Path) -> None:
+    lset = {
+        "apiVersion": f"{GW}/v1",
+        "kind": "ListenerSet",
+        "metadata": {"name": "team", "namespace": "apps"},
+        "spec": {
+            "parentRef": {"name": "gw", "namespace": "default"},
+            "listeners": [
+                {
+                    "name": "https",
+                    "port": 8443,
+                    "protocol": "HTTPS",
+                    "tls": {"certificateRefs": [{"name": "team-cert"}]},
+                }
+            ],
+        },
+    }
+    with ApiServerDouble() as api:
+        api.create(secret("team-cert", namespace="apps"))
+        api.create(secret("other", namespace="apps"))
+        api.create(lset)
+        kubeconfig = api.write_kubeconfig(tmp_path / "kubeconfig")
+
+        async def scenario() -> None:
+            source = KubernetesSource(kubeconfig=str(kubeconfig), limits=FAST)
+            try:
+                await asyncio.wait_for(source.ready(), 10)
+                secrets = source.informers["Secret"]
+                assert "data" in (secrets.get(("apps", "team-cert")) or {})
+                assert "data" not in (secrets.get(("apps", "other")) or {})
+                loaded = source.load(None, ConfigLimits())
+                assert [ls.meta.name for ls in loaded.config.listener_sets] == ["team"]
+                assert [s.meta.name for s in loaded.config.secrets] == ["team-cert"]
+            finally:
+                await source.close()
+
+        asyncio.run(scenario())
+
+
 def test_source_names_objects_and_skips_an_invalid_one(tmp_path: Path) -> None:
     with ApiServerDouble() as api:
         api.create(route("good"))

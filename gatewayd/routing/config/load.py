@@ -45,6 +45,7 @@ from gatewayd.routing.config.validate.core import (
     parse_service,
 )
 from gatewayd.routing.config.validate.gateways import parse_gateway, parse_gateway_class
+from gatewayd.routing.config.validate.listenersets import parse_listener_set
 from gatewayd.routing.config.validate.policies import (
     parse_backend_tls_policy,
     parse_reference_grant,
@@ -173,6 +174,14 @@ _KINDS: dict[str, _KindInfo] = {
             namespaced=True,
             top_level=_SPEC_STATUS,
             parse=parse_backend_tls_policy,
+        ),
+        _KindInfo(
+            kind=m.Kind.LISTENER_SET,
+            group=_GW,
+            versions=("v1",),
+            namespaced=True,
+            top_level=_SPEC_STATUS,
+            parse=parse_listener_set,
         ),
         _KindInfo(
             kind=m.Kind.NAMESPACE,
@@ -636,6 +645,7 @@ class _Loading:
             config_maps=of(m.Kind.CONFIG_MAP, m.ConfigMap),
             pods=of(m.Kind.POD, m.Pod),
             backend_tls_policies=of(m.Kind.BACKEND_TLS_POLICY, m.BackendTLSPolicy),
+            listener_sets=of(m.Kind.LISTENER_SET, m.ListenerSet),
             rejected=self._rejected(),
         )
         return _with_implied_namespaces(config)
@@ -667,6 +677,14 @@ def _referenced_namespaces(config: m.Config) -> Iterator[tuple[str, m.Source]]:
                         yield ca.namespace or "", src
         if gw.backend_client_certificate_ref is not None:
             yield gw.backend_client_certificate_ref.namespace or "", src
+    for ls in config.listener_sets:
+        src = ls.meta.source
+        yield ls.meta.namespace, src
+        yield ls.parent_ref.namespace or "", src
+        for listener in ls.listeners:
+            if listener.tls is not None:
+                for cert in listener.tls.certificate_refs:
+                    yield cert.namespace or "", src
     routes: list[m.Route] = [*config.http_routes, *config.grpc_routes, *config.tls_routes]
     for route in routes:
         src = route.meta.source

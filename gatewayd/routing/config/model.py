@@ -31,6 +31,7 @@ class Kind(StrEnum):
     CONFIG_MAP = "ConfigMap"
     POD = "Pod"
     BACKEND_TLS_POLICY = "BackendTLSPolicy"
+    LISTENER_SET = "ListenerSet"
 
 
 class PathMatchType(StrEnum):
@@ -223,6 +224,18 @@ class GatewayAddress:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class AllowedListeners:
+    """spec.allowedListeners.namespaces: which ListenerSets may attach to the Gateway.
+
+    ``namespaces_from`` is None, Same, All or Selector; "The default value is to allow
+    no ListenerSets." (AllowedListeners.Namespaces)
+    """
+
+    namespaces_from: str = "None"
+    selector: LabelSelector | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Gateway:
     meta: Meta
     gateway_class_name: str
@@ -230,6 +243,27 @@ class Gateway:
     addresses: tuple[GatewayAddress, ...] = ()
     # spec.tls.backend.clientCertificateRef (the Gateway's client certificate upstream)
     backend_client_certificate_ref: SecretObjectReference | None = None
+    allowed_listeners: AllowedListeners = field(default_factory=AllowedListeners)
+
+
+# --------------------------------------------------------------------------- ListenerSet
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ParentGatewayReference:
+    group: str = GATEWAY_GROUP
+    kind: str = "Gateway"
+    name: str
+    namespace: str | None = None  # None: the ListenerSet's namespace
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ListenerSet:
+    """Listeners added to a parent Gateway that allows them (apis/v1 ListenerSet)."""
+
+    meta: Meta
+    parent_ref: ParentGatewayReference
+    listeners: tuple[Listener, ...]
 
 
 # --------------------------------------------------------------------------- HTTPRoute
@@ -608,7 +642,7 @@ class RejectedObject:
     meta: Meta
     messages: tuple[str, ...]  # "field.path: message", in reading order (bounded)
     more: int = 0  # messages left out of ``messages``
-    parent_refs: tuple[ParentReference, ...] = ()  # routes
+    parent_refs: tuple[ParentReference, ...] = ()  # routes; a ListenerSet's parentRef
     gateway_class_name: str | None = None  # a Gateway; None when it cannot be read
     target_refs: tuple[PolicyTargetReference, ...] = ()  # a BackendTLSPolicy
 
@@ -630,6 +664,7 @@ class Config:
     config_maps: tuple[ConfigMap, ...] = ()
     pods: tuple[Pod, ...] = ()
     backend_tls_policies: tuple[BackendTLSPolicy, ...] = ()
+    listener_sets: tuple[ListenerSet, ...] = ()
     # Objects refused by validation whose own status reports it (never served).
     rejected: tuple[RejectedObject, ...] = ()
 

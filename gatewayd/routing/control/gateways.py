@@ -45,7 +45,8 @@ from gatewayd.routing.snapshot.backends import ClientCertificate
 # Name key." (GatewayClassStatus.SupportedFeatures).  Only what the data plane serves
 # today, each with its end-to-end test: GRPCRoute and GRPCRouteNamedRouteRule
 # (tests/e2e/test_e2e_grpc.py, grpcio through h2c), HTTPRouteBackendProtocolH2C
-# (tests/e2e/test_e2e_h2_upstream.py); no listener isolation or retries until the
+# (tests/e2e/test_e2e_h2_upstream.py), ListenerSet (tests/e2e/test_e2e_listenersets.py,
+# the upstream ListenerSet* scenarios); no listener isolation or retries until the
 # compiler/proxy confirm them.
 SUPPORTED_FEATURES: tuple[str, ...] = tuple(
     sorted(
@@ -86,6 +87,7 @@ SUPPORTED_FEATURES: tuple[str, ...] = tuple(
             "HTTPRouteRequestTimeout",
             "HTTPRouteResponseHeaderModification",
             "HTTPRouteSchemeRedirect",
+            "ListenerSet",
             "Mesh",
             "MeshClusterIPMatching",
             "MeshConsumerRoute",
@@ -112,6 +114,8 @@ class GatewayState:
         default_factory=lambda: passed(RESOLVED_REFS, "All references are resolved")
     )
     client_certificate: ClientCertificate | None = None  # spec.tls.backend, when usable
+    # status.attachedListenerSets; None when spec.allowedListeners allows none (left out).
+    attached_listener_sets: int | None = None
 
     @property
     def key(self) -> tuple[str, str]:
@@ -244,6 +248,8 @@ def gateway_status(gs: GatewayState, now: str) -> ObjectStatus:
         condition(RESOLVED_REFS, gs.resolved.ok, gs.resolved.reason, gs.resolved.message, gen, now),
     ]
     status["listeners"] = [listener_status(s, gen, now) for s in gs.listeners]
+    if gs.attached_listener_sets is not None:
+        status["attachedListenerSets"] = gs.attached_listener_sets
     return ObjectStatus(
         api_version=API_VERSION,
         kind="Gateway",
@@ -278,9 +284,13 @@ def with_listener_failures(
     )
     serving = {(b.gateway_namespace, b.gateway_name) for b in kept}
     affected = {(ns, name) for ns, name, _ in failures}
+    by_name = {name: message for (_, _, name), message in failures.items()}
     statuses: list[ObjectStatus] = []
     for st in resolution.statuses:
         key = (st.namespace, st.name)
+        if st.kind == "ListenerSet":
+            statuses.append(_listener_set_failures(st, by_name))
+            continue
         if st.kind != "Gateway" or key not in affected:
             statuses.append(st)
             continue
@@ -311,3 +321,32 @@ def with_listener_failures(
                 status.pop("addresses", None)
         statuses.append(replace(st, status=status))
     return replace(resolution, listeners=kept, statuses=tuple(statuses))
+
+
+def _listener_set_failures(st: ObjectStatus, by_name: Mapping[str, str]) -> ObjectStatus:
+    """``with_listener_failures`` for a ListenerSet's listeners, served under the name
+    "{namespace}/{name}/{listener}" (control.listenersets.listener_binding_name)."""
+    prefix = f"{st.namespace}/{st.name}/"
+    if not any(name.startswith(prefix) for name in by_name):
+        return st
+    status = copy.deepcopy(dict(st.status))
+    failed_here: list[str] = []
+    still_programmed = False
+    for ls in dicts(status.get("listeners")):
+        cond = find_condition(ls, PROGRAMMED)
+        if cond is None or cond.get("status") != "True":
+            continue
+        message = by_name.get(f"{prefix}{ls.get('name')}")
+        if message is None:
+            still_programmed = True
+            continue
+        failed_here.append(f"{ls.get('name')}: {message}")
+        cond.update(status="False", reason=INVALID, message=message)
+    top = find_condition(status, PROGRAMMED)
+    if failed_here and top is not None and top.get("status") == "True" and not still_programmed:
+        top.update(
+            status="False",
+            reason=INVALID,
+            message=f"no listener could be programmed: {'; '.join(failed_here)}",
+        )
+    return replace(st, status=status)

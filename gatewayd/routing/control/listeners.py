@@ -19,6 +19,7 @@ from gatewayd.routing.config.model import (
     Config,
     Gateway,
     Listener,
+    ListenerSet,
     ProtocolType,
     RouteGroupKind,
     Secret,
@@ -126,15 +127,24 @@ class Refs:
         self.grants = grants
         self.now = now  # certificate validity is checked at this instant
 
-    def gateway_may_reference(self, gw: Gateway, group: str, kind: str, ns: str, name: str) -> bool:
+    def gateway_may_reference(
+        self, gw: Gateway | ListenerSet, group: str, kind: str, ns: str, name: str
+    ) -> bool:
+        # "ReferenceGrants applied to a Gateway are not inherited by child ListenerSets"
+        # (ListenerSet): a ListenerSet's references need a grant from kind ListenerSet.
         return self.grants.allows(
-            RefFrom(group=GATEWAY_GROUP, kind="Gateway", namespace=gw.meta.namespace),
+            RefFrom(group=GATEWAY_GROUP, kind=owner_kind(gw), namespace=gw.meta.namespace),
             RefTo(group=group, kind=kind, namespace=ns, name=name),
         )
 
 
+def owner_kind(owner: Gateway | ListenerSet) -> str:
+    """The kind of the object whose listeners (and references) these are."""
+    return "ListenerSet" if isinstance(owner, ListenerSet) else "Gateway"
+
+
 def secret_ref_problem(
-    gw: Gateway,
+    gw: Gateway | ListenerSet,
     ref: SecretObjectReference,
     refs: Refs,
     what: str,
@@ -157,7 +167,7 @@ def secret_ref_problem(
         return failed(
             REF_NOT_PERMITTED,
             f"{what}: Secret {ns}/{ref.name} is in another namespace and no ReferenceGrant "
-            f"in {ns!r} allows Gateways from {gw.meta.namespace!r} to reference it",
+            f"in {ns!r} allows {owner_kind(gw)}s from {gw.meta.namespace!r} to reference it",
         )
     secret: Secret | None = refs.secrets.get((ns, ref.name))
     if secret is None:
@@ -174,7 +184,9 @@ def secret_ref_problem(
     return None
 
 
-def check_certificates(gw: Gateway, state: ListenerState, refs: Refs) -> list[Verdict]:
+def check_certificates(
+    gw: Gateway | ListenerSet, state: ListenerState, refs: Refs
+) -> list[Verdict]:
     """Problems of a Terminate listener's certificateRefs; sets ``state.certificates``."""
     listener = state.listener
     mode = attach.tls_mode(listener)
@@ -221,7 +233,7 @@ def check_certificates(gw: Gateway, state: ListenerState, refs: Refs) -> list[Ve
 
 
 def check_ca_certificates(
-    gw: Gateway, state: ListenerState, refs: Refs
+    gw: Gateway | ListenerSet, state: ListenerState, refs: Refs
 ) -> tuple[list[Verdict], bool]:
     """Frontend client-certificate validation refs: (problems, none_valid)."""
     tls = state.listener.tls
@@ -296,7 +308,7 @@ def check_ca_certificates(
     return problems, none_valid
 
 
-def evaluate_listeners(gw: Gateway, refs: Refs) -> list[ListenerState]:
+def evaluate_listeners(gw: Gateway | ListenerSet, refs: Refs) -> list[ListenerState]:
     states: list[ListenerState] = []
     for listener in gw.listeners:
         kinds, invalid = attach.supported_kinds(listener)

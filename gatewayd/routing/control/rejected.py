@@ -80,11 +80,13 @@ def rejected_statuses(
     policy_gateways: Sequence[tuple[Gateway, Iterable[Route]]],
     controller_name: str,
     now: str,
+    listener_set_keys: Set[GatewayKey] = frozenset(),
 ) -> list[ObjectStatus]:
     """The status of every rejected object gatewayd reports on.
 
     ``gateway_keys``: our Gateways, valid or rejected; ``policy_gateways``: our valid
-    Gateways with the routes a BackendTLSPolicy would apply to (as for valid policies).
+    Gateways with the routes a BackendTLSPolicy would apply to (as for valid policies);
+    ``listener_set_keys``: the ListenerSets of our Gateways.
     """
     services = {(s.meta.namespace, s.meta.name) for s in config.services}
     out: list[ObjectStatus] = []
@@ -94,8 +96,11 @@ def rejected_statuses(
             status = _gateway(obj, ours_classes, now)
         elif obj.kind is Kind.BACKEND_TLS_POLICY:
             status = _policy(obj, policy_gateways, controller_name, now)
+        elif obj.kind is Kind.LISTENER_SET:
+            status = _listener_set(obj, gateway_keys, now)
         else:
-            status = _route(obj, gateway_keys, services, grants, controller_name, now)
+            parents = gateway_keys, listener_set_keys
+            status = _route(obj, parents, services, grants, controller_name, now)
         if status is not None:
             out.append(
                 ObjectStatus(
@@ -129,9 +134,31 @@ def _gateway(obj: RejectedObject, ours_classes: Set[str], now: str) -> dict[str,
     }
 
 
+def _listener_set(
+    obj: RejectedObject, gateway_keys: Set[GatewayKey], now: str
+) -> dict[str, object] | None:
+    """A refused ListenerSet whose parentRef names one of our Gateways."""
+    if not obj.parent_refs:
+        return None  # whose it is cannot be read
+    ref = obj.parent_refs[0]
+    if (ref.namespace or obj.meta.namespace, ref.name) not in gateway_keys:
+        return None
+    gen = obj.meta.generation
+    message = rejected_message(obj)
+    # "Invalid: ... used with the "Programmed" and "Accepted" conditions when the
+    # ListenerSet is syntactically or semantically invalid." (ListenerSetReasonInvalid)
+    return {
+        "conditions": [
+            condition(ACCEPTED, False, INVALID, message, gen, now),
+            condition(PROGRAMMED, False, INVALID, message, gen, now),
+        ],
+        "listeners": [],
+    }
+
+
 def _route(
     obj: RejectedObject,
-    gateway_keys: Set[GatewayKey],
+    parent_keys: tuple[Set[GatewayKey], Set[GatewayKey]],
     services: Set[tuple[str, str]],
     grants: ReferenceGrants,
     controller_name: str,
@@ -141,12 +168,15 @@ def _route(
     gen = obj.meta.generation
     message = rejected_message(obj)
     parents: list[dict[str, object]] = []
+    gateway_keys, listener_set_keys = parent_keys
     for ref in obj.parent_refs:
         target = (ref.namespace or ns, ref.name)
         if ref.group == GATEWAY_GROUP and ref.kind == "Gateway":
             # "Implementations of this API can only populate Route status for the
             # Gateways/parent resources they are responsible for." (RouteStatus.Parents)
             ours = target in gateway_keys
+        elif ref.group == GATEWAY_GROUP and ref.kind == "ListenerSet":
+            ours = target in listener_set_keys
         elif is_service_parent(ref):
             # A mesh parent, as control.mesh reports it: a Service that exists, in the
             # route's namespace or one whose ReferenceGrant lets the route attach (no

@@ -40,7 +40,12 @@ from gatewayd.routing.control.gateways import (
     gateway_conditions,
     gateway_status,
 )
-from gatewayd.routing.control.listeners import Refs, evaluate_listeners
+from gatewayd.routing.control.listeners import ListenerState, Refs, evaluate_listeners
+from gatewayd.routing.control.listenersets import (
+    evaluate_listener_sets,
+    listener_binding_name,
+    listener_set_status,
+)
 from gatewayd.routing.control.mesh import resolve_mesh
 from gatewayd.routing.control.refgrant import ReferenceGrants
 from gatewayd.routing.control.rejected import rejected_gateways, rejected_statuses
@@ -142,6 +147,16 @@ def resolve(
         check_values=route_value_problem,
     )
     refused_gateways = rejected_gateways(config, ours_classes)
+    # ListenerSets: their listeners join their parent Gateway's (control/listenersets.py).
+    listener_sets = evaluate_listener_sets(
+        config,
+        states,
+        refs,
+        namespace_labels,
+        all_gateway_keys=all_gateway_keys,
+        rejected_gateways=refused_gateways,
+        problems=problems,
+    )
     # Attached oldest first (then "{namespace}/{name}"), so that an HTTPRoute and a
     # GRPCRoute sharing a hostname on a listener keep the older one (attach_route);
     # statuses are still reported in the configuration's order.
@@ -158,6 +173,7 @@ def resolve(
             resolver,
             backends,
             refused_gateways,
+            listener_sets,
         )
     for route in routes:
         parents = attached[route_id(route)]
@@ -177,10 +193,20 @@ def resolve(
 
     # BackendTLSPolicy: status per Gateway using a target, TLS settings per Service port.
     # Only routes whose backends a policy applies to (not TLSRoutes in Passthrough mode).
+    def merged_listeners(key: tuple[str, str]) -> list[ListenerState]:
+        """A Gateway's listeners, then those of its attached ListenerSets."""
+        own = states[key].listeners
+        return [*own, *(s for ls in listener_sets.of_gateway(key) for s in ls.listeners)]
+
     policy_gateways = [
         (
             gs.gateway,
-            [a.route for s in gs.listeners for a in s.routes if applies_to(a.route, s.listener)],
+            [
+                a.route
+                for s in merged_listeners(gs.key)
+                for a in s.routes
+                if applies_to(a.route, s.listener)
+            ],
         )
         for gs in states.values()
     ]
@@ -199,6 +225,7 @@ def resolve(
             policy_gateways=policy_gateways,
             controller_name=controller_name,
             now=now,
+            listener_set_keys=listener_sets.states.keys(),
         )
     )
 
@@ -212,7 +239,15 @@ def resolve(
             gateway_addresses[gs.key] = gs.address.pool_address
         if not gs.programmed.ok:
             continue
-        for s in gs.listeners:
+        served = [(s.name, s) for s in gs.listeners]
+        for lss in listener_sets.of_gateway(gs.key):
+            for s in lss.listeners:
+                s.routes.sort(key=lambda ar: route_order(ar.route))
+            if lss.programmed.ok:
+                served.extend(
+                    (listener_binding_name(lss.listener_set, s.name), s) for s in lss.listeners
+                )
+        for name, s in served:
             if not s.programmable:
                 continue
             mode = attach.tls_mode(s.listener)
@@ -220,7 +255,7 @@ def resolve(
                 ListenerBinding(
                     gateway_namespace=gs.gateway.meta.namespace,
                     gateway_name=gs.gateway.meta.name,
-                    listener_name=s.name,
+                    listener_name=name,
                     address=address,
                     port=s.listener.port,
                     protocol=s.listener.protocol,
@@ -233,6 +268,7 @@ def resolve(
                 )
                 for address in gs.address.addresses
             )
+    statuses.extend(listener_set_status(lss, now) for lss in listener_sets.states.values())
     bindings.sort(key=lambda b: (b.gateway_namespace, b.gateway_name))
     statuses.sort(key=lambda st: (st.kind, st.namespace, st.name))
     return Resolution(

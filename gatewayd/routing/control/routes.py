@@ -45,7 +45,8 @@ from gatewayd.routing.control.conditions import (
     passed,
 )
 from gatewayd.routing.control.gateways import GatewayState
-from gatewayd.routing.control.listeners import ListenerState
+from gatewayd.routing.control.listeners import ListenerState, owner_kind
+from gatewayd.routing.control.listenersets import ListenerSets, ListenerSetState
 from gatewayd.routing.snapshot.regex import regex_problem
 
 # Filter types a GRPCRoute may carry ("+kubebuilder:validation:Enum=ResponseHeaderModifier;
@@ -283,8 +284,10 @@ def route_parents(
     resolver: BackendResolver,
     backends: dict[BackendKey, BackendTarget],
     rejected_gateways: Set[tuple[str, str]] = frozenset(),
+    listener_sets: ListenerSets | None = None,
 ) -> list[dict[str, object]]:
-    """``rejected_gateways``: our Gateways that validation refused (control.rejected)."""
+    """``rejected_gateways``: our Gateways that validation refused (control.rejected);
+    ``listener_sets``: the ListenerSets of our Gateways (control.listenersets)."""
     kind_name = route_kind_name(route)
     route_kind = RouteGroupKind(group=GATEWAY_GROUP, kind=kind_name)
     meta: Meta = route.meta
@@ -294,6 +297,37 @@ def route_parents(
     resolved: Verdict | None = None
     parents: list[dict[str, object]] = []
     for index, ref in enumerate(route.parent_refs):
+        if ref.group == GATEWAY_GROUP and ref.kind == "ListenerSet":
+            ls_key = (ref.namespace or ns, ref.name)
+            lss = listener_sets.states.get(ls_key) if listener_sets is not None else None
+            if lss is None:
+                if listener_sets is None or ls_key not in listener_sets.all_keys:
+                    problems.append(
+                        Problem(
+                            source=meta.source,
+                            kind=kind_name,
+                            namespace=ns,
+                            name=meta.name,
+                            field=f"spec.parentRefs[{index}]",
+                            message=f"ListenerSet {ls_key[0]}/{ls_key[1]} not found",
+                        )
+                    )
+                # A ListenerSet of another controller's Gateway: not ours to report.
+                continue
+            if resolved is None:
+                resolved = resolve_route_refs(route, resolver, backends)
+            if lss.merged:
+                accepted = attach_route(route, route_kind, ref, lss, labels, value_problem)
+            else:
+                # Its listeners are not part of any Gateway: "there are no matching
+                # Parents" (RouteReasonNoMatchingParent).
+                accepted = failed(
+                    NO_MATCHING_PARENT,
+                    f"ListenerSet {ls_key[0]}/{ls_key[1]} is not attached to its Gateway: "
+                    f"{lss.accepted.message}",
+                )
+            parents.append(_parent_entry(ref, ns, controller_name, accepted, resolved, meta, now))
+            continue
         if ref.group != GATEWAY_GROUP or ref.kind != "Gateway":
             # Service parents (GAMMA, the mesh profile) and other parent kinds are out of
             # scope for now: "Note that parent references that cannot be resolved by an
@@ -345,17 +379,41 @@ def route_parents(
     return parents
 
 
+def _parent_entry(
+    ref: ParentReference,
+    ns: str,
+    controller_name: str,
+    accepted: Verdict,
+    resolved: Verdict,
+    meta: Meta,
+    now: str,
+) -> dict[str, object]:
+    gen = meta.generation
+    return {
+        "parentRef": parent_ref_json(ref, ns),
+        "controllerName": controller_name,
+        "conditions": [
+            condition(ACCEPTED, accepted.ok, accepted.reason, accepted.message, gen, now),
+            condition(RESOLVED_REFS, resolved.ok, resolved.reason, resolved.message, gen, now),
+        ],
+    }
+
+
 def attach_route(
     route: Route,
     route_kind: RouteGroupKind,
     ref: ParentReference,
-    gs: GatewayState,
+    gs: GatewayState | ListenerSetState,
     labels: Mapping[str, str],
     value_problem: Verdict | None,
 ) -> Verdict:
-    """Attach ``route`` to the listeners ``ref`` selects; the Accepted verdict."""
-    gw = gs.gateway
-    gw_name = f"{gw.meta.namespace}/{gw.meta.name}"
+    """Attach ``route`` to the listeners ``ref`` selects; the Accepted verdict.
+
+    ``gs`` is a Gateway or a ListenerSet: a parentRef selects only that object's own
+    listeners (a ListenerSet's "allowedRoutes" Same namespace is the ListenerSet's).
+    """
+    gw = gs.gateway if isinstance(gs, GatewayState) else gs.listener_set
+    gw_name = f"{owner_kind(gw)} {gw.meta.namespace}/{gw.meta.name}"
     selected = [s for s in gs.listeners if attach.listener_selected(ref, s.listener)]
     if not selected:
         narrowing = []
@@ -367,7 +425,7 @@ def attach_route(
         # and/or SectionName that does not match any Listeners in the Gateway."
         return failed(
             NO_MATCHING_PARENT,
-            f"Gateway {gw_name} has no listener matching {' and '.join(narrowing)}",
+            f"{gw_name} has no listener matching {' and '.join(narrowing)}",
         )
     if value_problem is not None:
         return value_problem
@@ -391,20 +449,20 @@ def attach_route(
         if closest == attach.NO_HOSTNAME:
             return failed(
                 NO_MATCHING_LISTENER_HOSTNAME,
-                f"no listener of Gateway {gw_name} has a hostname matching the route's "
+                f"no listener of {gw_name} has a hostname matching the route's "
                 f"hostnames {list(route.hostnames)}",
             )
         # Conformance (TLSRouteInvalidNoMatchingListener, HTTPRouteDisallowedKind) expects
         # NotAllowedByListeners for a route kind the listeners do not carry, although
         # TLSRouteSpec.Hostnames says "UnsupportedValue"; the conformance test wins.
         if closest == attach.NOT_ALLOWED_KIND:
-            message = f"no listener of Gateway {gw_name} accepts {route_kind.kind}s"
+            message = f"no listener of {gw_name} accepts {route_kind.kind}s"
             unserved = attach.UNSERVED_KINDS.get(route_kind)
             if unserved is not None:
                 message = f"{message}: {unserved}"
         else:
             message = (
-                f"no listener of Gateway {gw_name} allows {route_kind.kind}s from namespace "
+                f"no listener of {gw_name} allows {route_kind.kind}s from namespace "
                 f"{route.meta.namespace!r}"
             )
         return failed(NOT_ALLOWED_BY_LISTENERS, message)
@@ -453,9 +511,9 @@ def attach_route(
         # older one of the other kind.
         return failed(
             NOT_ALLOWED_BY_LISTENERS,
-            f"{route_kind.kind} not accepted by Gateway {gw_name}: " + "; ".join(conflicts),
+            f"{route_kind.kind} not accepted by {gw_name}: " + "; ".join(conflicts),
         )
-    return passed(ACCEPTED, f"Route is accepted by Gateway {gw_name}")
+    return passed(ACCEPTED, f"Route is accepted by {gw_name}")
 
 
 _HTTP_GRPC_OTHER: Final = {"HTTPRoute": "GRPCRoute", "GRPCRoute": "HTTPRoute"}

@@ -115,6 +115,14 @@ KINDS: tuple[WatchedKind, ...] = (
         crd=True,
     ),
     WatchedKind(
+        kind="ListenerSet",
+        group=GATEWAY_GROUP,
+        versions=("v1",),
+        plural="listenersets",
+        namespaced=True,
+        crd=True,
+    ),
+    WatchedKind(
         kind="Namespace", group="", versions=("v1",), plural="namespaces", namespaced=False
     ),
     WatchedKind(kind="Service", group="", versions=("v1",), plural="services", namespaced=True),

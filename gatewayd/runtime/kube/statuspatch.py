@@ -19,6 +19,8 @@ Ownership, per kind:
   controller, so we own ``conditions``, ``supportedFeatures`` / ``addresses`` and
   ``listeners``; a field we own but no longer compute is removed (``null``), every other
   status field is left alone.
+* ListenerSet (whose parent Gateway is ours): ``conditions`` and ``listeners``, like a
+  Gateway's.
 * HTTPRoute, GRPCRoute, TLSRoute: ``status.parents[]``; "Implementations of this API can
   only populate Route status for the Gateways/parent resources they are responsible
   for." (RouteStatus.Parents)  Entries whose ``controllerName`` is ours are replaced by
@@ -73,7 +75,8 @@ SHARED_LISTS: Final[Mapping[str, SharedList]] = {
 # Status fields the owning controller writes, per kind of object we own outright.
 OWNED_FIELDS: Final[Mapping[str, tuple[str, ...]]] = {
     "GatewayClass": ("conditions", "supportedFeatures"),
-    "Gateway": ("addresses", "conditions", "listeners"),
+    "Gateway": ("addresses", "conditions", "listeners", "attachedListenerSets"),
+    "ListenerSet": ("conditions", "listeners"),
 }
 
 

@@ -211,7 +211,7 @@ class KubernetesSource:
         task.add_done_callback(self._fetches.discard)
 
     def _references(self) -> Iterator[RefKey]:
-        for kind in ("Gateway", "BackendTLSPolicy"):
+        for kind in ("Gateway", "ListenerSet", "BackendTLSPolicy"):
             informer = self.informers.get(kind)
             if informer is None:
                 continue

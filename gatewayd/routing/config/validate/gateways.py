@@ -149,7 +149,9 @@ def parse_listener(o: Obj) -> m.Listener:
     )
 
 
-def _check_listeners(spec: Obj, listeners: Sequence[m.Listener], objs: Sequence[Obj]) -> None:
+def check_listeners(
+    spec: Obj, listeners: Sequence[m.Listener], objs: Sequence[Obj], *, owner: str = "Gateway"
+) -> None:
     seen_names: set[str] = set()
     seen_combo: set[tuple[int, str, str | None]] = set()
     for listener, o in zip(listeners, objs, strict=True):
@@ -175,7 +177,7 @@ def _check_listeners(spec: Obj, listeners: Sequence[m.Listener], objs: Sequence[
             o.add(
                 "name",
                 f"duplicate listener name {show(listener.name)}; "
-                "listener names must be unique within the Gateway",
+                f"listener names must be unique within the {owner}",
             )
         seen_names.add(listener.name)
         # CEL: "Combination of port, protocol and hostname must be unique for each
@@ -254,7 +256,7 @@ def parse_gateway(meta: m.Meta, doc: Obj, version: str) -> m.Gateway:
     spec = read_spec(doc, GATEWAY_SPEC_FIELDS)
     objs = spec.objs("listeners", LISTENER_FIELDS, required=True, min_items=1, max_items=64)
     listeners = [parse_listener(o) for o in objs]
-    _check_listeners(spec, listeners, objs)
+    check_listeners(spec, listeners, objs)
     tls = spec.sub("tls", GATEWAY_TLS_FIELDS)
     default_fv, per_port_fv = _gateway_frontend(tls)
     if default_fv is not None or per_port_fv:
@@ -269,8 +271,7 @@ def parse_gateway(meta: m.Meta, doc: Obj, version: str) -> m.Gateway:
     client_cert = _client_cert_ref(tls, "backend") if tls is not None else None
     if client_cert is None:
         client_cert = _client_cert_ref(spec, "backendTLS")
-    for key in ("infrastructure", "allowedListeners"):
-        spec.sub(key, None)  # admitted, not used by gatewayd
+    spec.sub("infrastructure", None)  # admitted, not used by gatewayd
     spec.str_("defaultScope", choices=("All", "None"))
     return m.Gateway(
         meta=meta,
@@ -279,6 +280,25 @@ def parse_gateway(meta: m.Meta, doc: Obj, version: str) -> m.Gateway:
         listeners=tuple(listeners),
         addresses=_parse_addresses(spec),
         backend_client_certificate_ref=client_cert,
+        allowed_listeners=parse_allowed_listeners(spec),
+    )
+
+
+ALLOWED_LISTENERS_FIELDS = ("namespaces",)
+LISTENER_NAMESPACES_FIELDS = ("from", "selector")
+LISTENER_NAMESPACES_FROM = ("All", "Selector", "Same", "None")
+
+
+def parse_allowed_listeners(spec: Obj) -> m.AllowedListeners:
+    """spec.allowedListeners; "The default value is to allow no ListenerSets."."""
+    allowed = spec.sub("allowedListeners", ALLOWED_LISTENERS_FIELDS)
+    ns = allowed.sub("namespaces", LISTENER_NAMESPACES_FIELDS) if allowed is not None else None
+    if ns is None:
+        return m.AllowedListeners()
+    sel = ns.sub("selector", SELECTOR_FIELDS)
+    return m.AllowedListeners(
+        namespaces_from=ns.str_("from", choices=LISTENER_NAMESPACES_FROM) or "None",
+        selector=parse_label_selector(sel) if sel is not None else None,
     )
 
 

@@ -35,6 +35,7 @@ STATUS_KINDS: Final = frozenset(
         m.Kind.GRPC_ROUTE,
         m.Kind.TLS_ROUTE,
         m.Kind.BACKEND_TLS_POLICY,
+        m.Kind.LISTENER_SET,
     }
 )
 ROUTE_KINDS: Final = frozenset({m.Kind.HTTP_ROUTE, m.Kind.GRPC_ROUTE, m.Kind.TLS_ROUTE})
@@ -87,6 +88,20 @@ def _target_refs(
     return tuple(out)
 
 
+def _listener_set_parent(
+    spec: Mapping[object, object], *, admitted: bool
+) -> tuple[m.ParentReference, ...]:
+    """A ListenerSet's spec.parentRef (a Gateway), when it can be read on its own."""
+    issues = Issues(ignore_unknown_fields=admitted)
+    o = Obj.of(
+        spec.get("parentRef"), "spec.parentRef", issues, ("group", "kind", "name", "namespace")
+    )
+    if o is None:
+        return ()
+    ref = parse_parent_ref(o)
+    return (ref,) if not issues.items else ()
+
+
 def _gateway_class_name(spec: Mapping[object, object]) -> str | None:
     issues = Issues(ignore_unknown_fields=True)
     o = Obj.of(spec, "spec", issues, None)
@@ -123,7 +138,13 @@ def rejected_object(
         meta=meta,
         messages=messages,
         more=max(0, len(issues) - MAX_MESSAGES),
-        parent_refs=_parent_refs(spec, admitted=admitted) if kind in ROUTE_KINDS else (),
+        parent_refs=(
+            _parent_refs(spec, admitted=admitted)
+            if kind in ROUTE_KINDS
+            else _listener_set_parent(spec, admitted=admitted)
+            if kind is m.Kind.LISTENER_SET
+            else ()
+        ),
         gateway_class_name=_gateway_class_name(spec) if kind is m.Kind.GATEWAY else None,
         target_refs=(
             _target_refs(spec, admitted=admitted) if kind is m.Kind.BACKEND_TLS_POLICY else ()
