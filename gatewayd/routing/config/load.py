@@ -55,6 +55,7 @@ from gatewayd.routing.config.validate.routes import (
     parse_http_route,
     parse_tls_route,
 )
+from gatewayd.routing.config.yamlfast import fast_documents
 
 GenerationKey: TypeAlias = tuple[str, str, str]  # (kind, namespace, name)
 Generations: TypeAlias = Mapping[GenerationKey, tuple[str, int]]  # -> (spec digest, generation)
@@ -270,6 +271,15 @@ _Loader.yaml_implicit_resolvers = {
 }
 
 
+class _PlainResolver(yaml.resolver.Resolver):
+    """``_Loader``'s scalar resolution, for ``yamlfast``."""
+
+    yaml_implicit_resolvers = _Loader.yaml_implicit_resolvers
+
+
+_RESOLVER = _PlainResolver()
+
+
 class _NodeBudget:
     """The YAML nodes one load may still compose, shared by all its files."""
 
@@ -352,12 +362,12 @@ class _BoundedLoader(_Budgeted, _Loader):
 
 
 if yaml.__with_libyaml__:
-    from yaml.cyaml import CParser
+    CParser: Any = getattr(yaml, "CParser")  # noqa: B009 (not in PyYAML's type stubs)
 
-    class _FastBoundedLoader(  # type: ignore[misc]
+    class _FastBoundedLoader(
         _Budgeted,
         yaml.composer.Composer,
-        CParser,
+        CParser,  # type: ignore[misc]
         yaml.constructor.SafeConstructor,
         yaml.resolver.Resolver,
     ):
@@ -385,6 +395,15 @@ def _yaml_documents(
     filename: str, text: str, budget: _NodeBudget
 ) -> Iterator[tuple[int, object | None, m.Problem | None]]:
     """(document index, data, problem); a parse error ends the file's documents."""
+    start = budget.left
+    try:
+        fast = fast_documents(text, _RESOLVER, budget.charge)
+    except Exception:
+        fast = None  # an error: the node-graph loader reports it, at the same place
+    if fast is not None:
+        yield from ((i, data, None) for i, data in enumerate(fast))
+        return
+    budget.left = start
     index = 0
     loader: Any = None
     before = budget.left
@@ -393,7 +412,7 @@ def _yaml_documents(
         loader = _LOADER(text, budget)
         while True:
             before = budget.left
-            if not loader.check_data():  # type: ignore[no-untyped-call]
+            if not loader.check_data():
                 break
             yield index, loader.get_data(), None
             index += 1
