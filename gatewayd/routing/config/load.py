@@ -362,7 +362,7 @@ class _BoundedLoader(_Budgeted, _Loader):
 
 
 if yaml.__with_libyaml__:
-    CParser: Any = getattr(yaml, "CParser")  # noqa: B009 (not in PyYAML's type stubs)
+    CParser: Any = getattr(yaml.cyaml, "CParser")  # noqa: B009 (not in the type stubs)
 
     class _FastBoundedLoader(
         _Budgeted,

@@ -25,7 +25,9 @@ import yaml
 from yaml.constructor import SafeConstructor
 
 # libyaml's parser (None where PyYAML was built without it: the node-graph loader reads).
-CParser: Any = getattr(yaml, "CParser", None)
+CParser: Any = None
+if yaml.__with_libyaml__:
+    CParser = yaml.cyaml.CParser
 
 _STR: Final = "tag:yaml.org,2002:str"
 _MAP: Final = "tag:yaml.org,2002:map"
