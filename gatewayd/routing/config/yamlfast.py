@@ -27,7 +27,7 @@ from yaml.constructor import SafeConstructor
 # libyaml's parser (None where PyYAML was built without it: the node-graph loader reads).
 CParser: Any = None
 if yaml.__with_libyaml__:
-    CParser = yaml.cyaml.CParser
+    CParser = yaml.cyaml.CParser  # type: ignore[attr-defined]
 
 _STR: Final = "tag:yaml.org,2002:str"
 _MAP: Final = "tag:yaml.org,2002:map"
@@ -36,6 +36,9 @@ _NULL: Final = "tag:yaml.org,2002:null"
 _BOOL: Final = "tag:yaml.org,2002:bool"
 _INT: Final = "tag:yaml.org,2002:int"
 _FLOAT: Final = "tag:yaml.org,2002:float"
+
+
+_RESOLVE_CACHE: Final = 4096
 
 
 class Unusual(Exception):
@@ -82,7 +85,20 @@ def _documents(
     resolver: yaml.resolver.BaseResolver,
     charge: Callable[[int, Any], None],
 ) -> list[object]:
-    resolve = resolver.resolve
+    resolve_tag = resolver.resolve
+    # Resolution depends on the value and its style only: the same few values (kinds,
+    # apiVersions, match types) repeat in every object.  Bounded: cleared when full.
+    resolved: dict[tuple[str, tuple[bool, bool]], str] = {}
+
+    def resolve(value: str, implicit: tuple[bool, bool]) -> str:
+        key = (value, implicit)
+        tag = resolved.get(key)
+        if tag is None:
+            if len(resolved) >= _RESOLVE_CACHE:
+                resolved.clear()
+            tag = resolved[key] = resolve_tag(yaml.ScalarNode, value, implicit)  # type: ignore[no-untyped-call]
+        return tag
+
     docs: list[object] = []
     get_event = parser.get_event
     scalar_event = yaml.ScalarEvent
@@ -107,7 +123,7 @@ def _documents(
                 charge(1, event.start_mark)
                 tag = event.tag
                 if tag is None or tag == "!":
-                    tag = resolve(yaml.ScalarNode, event.value, event.implicit)  # type: ignore[no-untyped-call]
+                    tag = resolve(event.value, event.implicit)
                 if tag == _STR:
                     value: object = event.value
                 elif tag == _NULL:
