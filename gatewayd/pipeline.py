@@ -7,10 +7,12 @@ the hot path; the data plane only ever sees the ``Snapshot`` it returns.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import errno
+import gc
 import socket
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
@@ -41,6 +43,23 @@ def is_local_address(address: str) -> bool:
 
 def utc_now() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@contextlib.contextmanager
+def _cycle_collection_paused() -> Iterator[None]:
+    """Python's cyclic garbage collector paused while a build runs.
+
+    A build allocates hundreds of thousands of objects that live on (10,000 HTTPRoutes:
+    about 500,000), and each allocation burst triggers collections that walk all of them
+    again: a third of the build's CPU time.  Reference counting still frees everything
+    that is not a cycle; the collector runs again when the build is done."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -83,6 +102,10 @@ class ConfigPipeline:
 
         Reads ``commit``'s state and nothing else of the pipeline, so the daemon runs it
         on a thread while one reload at a time commits on the event loop."""
+        with _cycle_collection_paused():
+            return self._build()
+
+    def _build(self) -> Built:
         loaded = self.source.load(self._generations, self.limits)
         resolution = resolve(
             loaded.config,

@@ -19,6 +19,7 @@ Pure module: no I/O.
 from __future__ import annotations
 
 import difflib
+import functools
 import json
 import re
 from collections.abc import Collection, Mapping, Sequence
@@ -375,7 +376,7 @@ class Obj:
         required: bool = False,
         allowed: Sequence[E] | None = None,
     ) -> E | None:
-        choices = [str(c.value) for c in (allowed if allowed is not None else list(cls))]
+        choices = [str(c.value) for c in allowed] if allowed is not None else _enum_values(cls)
         text = self.str_(key, required=required, choices=choices)
         return None if text is None else cls(text)
 
@@ -580,3 +581,9 @@ def read_meta(
 def read_spec(doc: Obj, allowed: Collection[str]) -> Obj:
     spec = doc.sub("spec", allowed, required=True)
     return spec if spec is not None else Obj.empty(doc.at("spec"), doc.issues)
+
+
+@functools.cache
+def _enum_values(cls: type[Enum]) -> list[str]:
+    """The values of an enum, as ``enum_`` offers them (computed once per enum)."""
+    return [str(c.value) for c in cls]
