@@ -45,6 +45,7 @@ from gatewayd.routing.config.validate.core import (
     parse_service,
 )
 from gatewayd.routing.config.validate.gateways import parse_gateway, parse_gateway_class
+from gatewayd.routing.config.validate.l4routes import parse_tcp_route, parse_udp_route
 from gatewayd.routing.config.validate.policies import (
     parse_backend_tls_policy,
     parse_reference_grant,
@@ -157,6 +158,24 @@ _KINDS: dict[str, _KindInfo] = {
             namespaced=True,
             top_level=_SPEC_STATUS,
             parse=parse_tls_route,
+        ),
+        # TCPRoute and UDPRoute exist at v1alpha2 only (the experimental channel; the
+        # version the upstream conformance suite uses).
+        _KindInfo(
+            kind=m.Kind.TCP_ROUTE,
+            group=_GW,
+            versions=("v1alpha2",),
+            namespaced=True,
+            top_level=_SPEC_STATUS,
+            parse=parse_tcp_route,
+        ),
+        _KindInfo(
+            kind=m.Kind.UDP_ROUTE,
+            group=_GW,
+            versions=("v1alpha2",),
+            namespaced=True,
+            top_level=_SPEC_STATUS,
+            parse=parse_udp_route,
         ),
         _KindInfo(
             kind=m.Kind.REFERENCE_GRANT,
@@ -628,6 +647,8 @@ class _Loading:
             http_routes=of(m.Kind.HTTP_ROUTE, m.HTTPRoute),
             grpc_routes=of(m.Kind.GRPC_ROUTE, m.GRPCRoute),
             tls_routes=of(m.Kind.TLS_ROUTE, m.TLSRoute),
+            tcp_routes=of(m.Kind.TCP_ROUTE, m.TCPRoute),
+            udp_routes=of(m.Kind.UDP_ROUTE, m.UDPRoute),
             reference_grants=of(m.Kind.REFERENCE_GRANT, m.ReferenceGrant),
             namespaces=of(m.Kind.NAMESPACE, m.Namespace),
             services=of(m.Kind.SERVICE, m.Service),
@@ -667,7 +688,7 @@ def _referenced_namespaces(config: m.Config) -> Iterator[tuple[str, m.Source]]:
                         yield ca.namespace or "", src
         if gw.backend_client_certificate_ref is not None:
             yield gw.backend_client_certificate_ref.namespace or "", src
-    routes: list[m.Route] = [*config.http_routes, *config.grpc_routes, *config.tls_routes]
+    routes: list[m.Route] = config.routes()
     for route in routes:
         src = route.meta.source
         yield route.meta.namespace, src
@@ -699,7 +720,7 @@ def _route_backend_refs(route: m.Route) -> Iterator[m.BackendObjectReference]:
                 yield f.request_mirror.backend_ref
 
     for rule in route.rules:
-        if not isinstance(rule, m.TLSRouteRule):
+        if not isinstance(rule, m.PLAIN_RULES):
             yield from mirrors(rule.filters)
         for backend in rule.backend_refs:
             yield backend.ref

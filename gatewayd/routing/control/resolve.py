@@ -53,6 +53,10 @@ from gatewayd.routing.control.routes import (
     route_value_problem,
 )
 
+# TCPRoute and UDPRoute exist at v1alpha2 only.
+L4_API_VERSION = "gateway.networking.k8s.io/v1alpha2"
+L4_KINDS = frozenset({"TCPRoute", "UDPRoute"})
+
 # --------------------------------------------------------------------------- resolve
 
 
@@ -131,7 +135,7 @@ def resolve(
         config.services, config.endpoint_slices, grants, tls_services=tls_services
     )
     backends: dict[BackendKey, BackendTarget] = {}
-    routes: list[Route] = [*config.http_routes, *config.grpc_routes, *config.tls_routes]
+    routes: list[Route] = config.routes()
     # GAMMA: Service parentRefs (control/mesh.py) -- their status.parents join the Gateway ones.
     mesh = resolve_mesh(
         config,
@@ -166,7 +170,8 @@ def resolve(
             kind = route_kind_name(route)
             statuses.append(
                 ObjectStatus(
-                    api_version=API_VERSION,
+                    # TCPRoute and UDPRoute exist at v1alpha2 only.
+                    api_version=L4_API_VERSION if kind in L4_KINDS else API_VERSION,
                     kind=kind,
                     namespace=route.meta.namespace,
                     name=route.meta.name,

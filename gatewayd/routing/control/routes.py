@@ -25,7 +25,9 @@ from gatewayd.routing.config.model import (
     Problem,
     Route,
     RouteGroupKind,
+    TCPRoute,
     TLSRoute,
+    UDPRoute,
 )
 from gatewayd.routing.control import attach, hostnames
 from gatewayd.routing.control.backendrefs import BackendResolver
@@ -68,6 +70,10 @@ def route_kind_name(route: Route) -> str:
         return "HTTPRoute"
     if isinstance(route, GRPCRoute):
         return "GRPCRoute"
+    if isinstance(route, TCPRoute):
+        return "TCPRoute"
+    if isinstance(route, UDPRoute):
+        return "UDPRoute"
     return "TLSRoute"
 
 
@@ -196,9 +202,10 @@ def route_backend_refs(
         for k, f in enumerate(fs):
             out.append((f"{where}.filters[{k}]", None, f))
 
-    if isinstance(route, TLSRoute):
-        for i, tls_rule in enumerate(route.rules):
-            for j, br in enumerate(tls_rule.backend_refs):
+    if isinstance(route, TLSRoute | TCPRoute | UDPRoute):
+        plain: list[tuple[BackendRef, ...]] = [r.backend_refs for r in route.rules]
+        for i, backend_refs in enumerate(plain):
+            for j, br in enumerate(backend_refs):
                 out.append((f"rules[{i}].backendRefs[{j}]", br, None))
         return out
     rules: list[tuple[tuple[HTTPRouteFilter, ...], tuple[BackendRef, ...]]] = [
@@ -414,11 +421,27 @@ def attach_route(
     # "False"." (ListenerStatus.AttachedRoutes)
     rid = route_id(route)
     other_kind = _HTTP_GRPC_OTHER.get(route_kind.kind)
+    single = route_kind.kind in _L4_KINDS
     conflicts: list[str] = []
     attached = 0
     for s, effective in admitted:
         if rid in s.route_ids:
             attached += 1
+            continue
+        if single and s.by_kind.get(route_kind.kind):
+            # A TCPRoute or UDPRoute matches every connection of its listener, so only
+            # one can be served there: "matching precedence MUST be determined in order
+            # of the following criteria: ... The oldest Route based on creation
+            # timestamp. ... The Route appearing first in alphabetical order by
+            # "{namespace}/{name}"" (AllowedRoutes).  Routes are attached oldest first
+            # (resolve), so the one found wins; this one is not attached there, and its
+            # status says so rather than claim traffic it never gets.
+            winner = s.by_kind[route_kind.kind][0].route
+            conflicts.append(
+                f"listener {s.name!r} already carries {route_kind.kind} "
+                f"{winner.meta.namespace}/{winner.meta.name} (older); one {route_kind.kind} "
+                "per listener"
+            )
             continue
         if other_kind is not None:
             # "If a Route (A) of type HTTPRoute or GRPCRoute is attached to a Listener
@@ -446,7 +469,7 @@ def attach_route(
         s.route_ids.add(rid)
         ar = AttachedRoute(route=route, hostnames=effective)
         s.routes.append(ar)
-        if other_kind is not None:
+        if other_kind is not None or single:
             s.by_kind.setdefault(route_kind.kind, []).append(ar)
     if not attached:
         # The spec names no reason; the listeners do not allow this route next to the
@@ -459,6 +482,7 @@ def attach_route(
 
 
 _HTTP_GRPC_OTHER: Final = {"HTTPRoute": "GRPCRoute", "GRPCRoute": "HTTPRoute"}
+_L4_KINDS: Final = frozenset({"TCPRoute", "UDPRoute"})
 
 
 def _hostnames_overlap(a: tuple[str, ...], b: tuple[str, ...]) -> bool:
