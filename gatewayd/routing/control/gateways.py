@@ -45,8 +45,9 @@ from gatewayd.routing.snapshot.backends import ClientCertificate
 # Name key." (GatewayClassStatus.SupportedFeatures).  Only what the data plane serves
 # today, each with its end-to-end test: GRPCRoute and GRPCRouteNamedRouteRule
 # (tests/e2e/test_e2e_grpc.py, grpcio through h2c), HTTPRouteBackendProtocolH2C
-# (tests/e2e/test_e2e_h2_upstream.py); no listener isolation or retries until the
-# compiler/proxy confirm them.
+# (tests/e2e/test_e2e_h2_upstream.py); TCPRoute and UDPRoute (tests/e2e/
+# test_e2e_tcproute.py, test_e2e_udproute.py); no listener isolation or retries until
+# the compiler/proxy confirm them.
 SUPPORTED_FEATURES: tuple[str, ...] = tuple(
     sorted(
         (
@@ -90,9 +91,11 @@ SUPPORTED_FEATURES: tuple[str, ...] = tuple(
             "MeshClusterIPMatching",
             "MeshConsumerRoute",
             "ReferenceGrant",
+            "TCPRoute",
             "TLSRoute",
             "TLSRouteModeMixed",
             "TLSRouteModeTerminate",
+            "UDPRoute",
         )
     )
 )
