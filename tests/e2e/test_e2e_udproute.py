@@ -123,7 +123,7 @@ def test_idle_expiry_table_bound_and_size_bound(
                 break
         else:
             raise AssertionError("UDP flows did not expire\n" + daemon.output()[-2000:])
-        c1_addr = "127.0.0.1:%d" % c1.getsockname()[1]
+        c1_addr = f"127.0.0.1:{c1.getsockname()[1]}"
         for _ in deadline_loop(5.0):
             lines = [ln for ln in daemon.output().splitlines() if c1_addr in ln]
             if lines:
