@@ -370,7 +370,16 @@ def build_parser() -> argparse.ArgumentParser:
         "what",
         nargs="?",
         default="all",
-        choices=("all", "gatewayclasses", "gateways", "httproutes", "grpcroutes", "tlsroutes"),
+        choices=(
+            "all",
+            "gatewayclasses",
+            "gateways",
+            "httproutes",
+            "grpcroutes",
+            "tlsroutes",
+            "tcproutes",
+            "udproutes",
+        ),
     )
     status.add_argument("--admin-address", default="127.0.0.1:9901", metavar="HOST:PORT")
 

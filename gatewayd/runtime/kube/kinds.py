@@ -98,6 +98,23 @@ KINDS: tuple[WatchedKind, ...] = (
         namespaced=True,
         crd=True,
     ),
+    # TCPRoute and UDPRoute: experimental channel CRDs, at v1alpha2 only.
+    WatchedKind(
+        kind="TCPRoute",
+        group=GATEWAY_GROUP,
+        versions=("v1alpha2",),
+        plural="tcproutes",
+        namespaced=True,
+        crd=True,
+    ),
+    WatchedKind(
+        kind="UDPRoute",
+        group=GATEWAY_GROUP,
+        versions=("v1alpha2",),
+        plural="udproutes",
+        namespaced=True,
+        crd=True,
+    ),
     WatchedKind(
         kind="ReferenceGrant",
         group=GATEWAY_GROUP,

@@ -19,9 +19,9 @@ Ownership, per kind:
   controller, so we own ``conditions``, ``supportedFeatures`` / ``addresses`` and
   ``listeners``; a field we own but no longer compute is removed (``null``), every other
   status field is left alone.
-* HTTPRoute, GRPCRoute, TLSRoute: ``status.parents[]``; "Implementations of this API can
-  only populate Route status for the Gateways/parent resources they are responsible
-  for." (RouteStatus.Parents)  Entries whose ``controllerName`` is ours are replaced by
+* HTTPRoute, GRPCRoute, TLSRoute, TCPRoute, UDPRoute: ``status.parents[]``;
+  "Implementations of this API can only populate Route status for the Gateways/parent
+  resources they are responsible for." (RouteStatus.Parents)  Entries whose ``controllerName`` is ours are replaced by
   the computed ones; the others are kept, in their order, before ours.
 * BackendTLSPolicy: ``status.ancestors[]`` the same way (PolicyAncestorStatus).
 
@@ -67,6 +67,8 @@ SHARED_LISTS: Final[Mapping[str, SharedList]] = {
     "HTTPRoute": PARENTS,
     "GRPCRoute": PARENTS,
     "TLSRoute": PARENTS,
+    "TCPRoute": PARENTS,
+    "UDPRoute": PARENTS,
     "BackendTLSPolicy": ANCESTORS,
 }
 
