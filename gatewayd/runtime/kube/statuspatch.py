@@ -21,8 +21,9 @@ Ownership, per kind:
   status field is left alone.
 * HTTPRoute, GRPCRoute, TLSRoute, TCPRoute, UDPRoute: ``status.parents[]``;
   "Implementations of this API can only populate Route status for the Gateways/parent
-  resources they are responsible for." (RouteStatus.Parents)  Entries whose ``controllerName`` is ours are replaced by
-  the computed ones; the others are kept, in their order, before ours.
+  resources they are responsible for." (RouteStatus.Parents)  Entries whose
+  ``controllerName`` is ours are replaced by the computed ones; the others are kept, in
+  their order, before ours.
 * BackendTLSPolicy: ``status.ancestors[]`` the same way (PolicyAncestorStatus).
 
 ``lastTransitionTime`` "is the last time the condition transitioned from one status to
