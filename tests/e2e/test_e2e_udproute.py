@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 from e2e_kit import LOCALHOST, Gatewayd, deadline_loop, gateway, gateway_class, listener
-from l4_kit import UDPBackend, free_udp_port, l4_backend, l4_route, udp_ask
+from l4_kit import TCPBackend, UDPBackend, free_udp_port, l4_backend, l4_route, udp_ask
 
 pytestmark = pytest.mark.e2e
 
@@ -142,3 +142,37 @@ def test_idle_expiry_table_bound_and_size_bound(
         for sock in (c1, c2, c3):
             sock.close()
         daemon.stop()
+
+
+def test_tcp_and_udp_with_several_workers(
+    tmp_path_factory: pytest.TempPathFactory, backends: dict[str, UDPBackend]
+) -> None:
+    """With --workers 2 the workers splice TCP connections and the daemon process
+    serves the UDP flows; both on the same port number."""
+    tcp_backend = TCPBackend("t")
+    port = free_udp_port()
+    with socket.socket() as probe:  # the same number must be free for TCP too
+        probe.bind((LOCALHOST, port))
+    docs = [
+        gateway_class(),
+        gateway(
+            "gw",
+            [listener("dns", port, protocol="UDP"), listener("dns-tcp", port, protocol="TCP")],
+        ),
+        *l4_backend("udp-a", backends["a"].port, protocol="UDP"),
+        *l4_backend("tcp-t", tcp_backend.port),
+        l4_route("UDPRoute", "dns", [("udp-a", None)]),
+        l4_route("TCPRoute", "dns-tcp", [("tcp-t", None)]),
+    ]
+    daemon = Gatewayd(tmp_path_factory.mktemp("l4workers"), docs, args=("--workers", "2"))
+    try:
+        for i in range(4):
+            with socket.create_connection((LOCALHOST, port), timeout=5) as sock:
+                sock.settimeout(5)
+                assert sock.recv(2) == b"t\n"
+            with client(port) as sock:
+                assert udp_ask(sock, f"q{i}".encode()) == f"a:q{i}".encode()
+        assert tcp_backend.accepted == 4
+    finally:
+        daemon.stop()
+        tcp_backend.close()
