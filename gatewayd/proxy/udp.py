@@ -38,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import socket
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -90,7 +91,21 @@ def _buffered(transport: asyncio.DatagramTransport) -> int:
 
 
 async def _bind(loop: asyncio.AbstractEventLoop, listener: UDPListener, key: ListenKey) -> None:
-    await loop.create_datagram_endpoint(lambda: listener, local_addr=key)
+    """Bind ``key`` ourselves (a failed bind leaves no transport behind), without
+    SO_REUSEPORT: a second process on the port fails here, as TCP ports do
+    (proxy/listeners.py), instead of taking part of the flows."""
+    address, port = key
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind((address, port))
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    await loop.create_datagram_endpoint(lambda: listener, sock=sock)
 
 
 class _Upstream(asyncio.DatagramProtocol):
@@ -353,14 +368,15 @@ class UDPPlane:
         loop = asyncio.get_running_loop()
         failed: dict[ListenKey, str] = {}
         wanted = snapshot.udp_ports
-        for key in [k for k in self.listeners if k not in wanted]:
+        removed = [k for k in self.listeners if k not in wanted]
+        for key in removed:
             self.listeners.pop(key).close("listener_removed")
+        if removed:
+            await asyncio.sleep(0)  # the sockets close on the next loop iteration
         for key in sorted(set(wanted) - self.listeners.keys()):
             lp: ListenerPort = wanted[key]
             listener = UDPListener(self, key)
             try:
-                # No SO_REUSEPORT: a second process on the port fails here (as TCP
-                # ports do, proxy/listeners.py) instead of taking part of the flows.
                 await _bind(loop, listener, key)
             except OSError as exc:
                 failed[key] = f"cannot bind UDP {host_port(*key)}: {exc.strerror or exc}"
