@@ -247,3 +247,14 @@ def test_only_v1alpha2_is_read() -> None:
     doc["apiVersion"] = f"{GW}/v1"
     _, problems = load(doc)
     assert any("v1alpha2" in p for p in problems), problems
+
+
+def test_invalid_route_is_reported_in_its_own_status() -> None:
+    bad = route("UDPRoute", "bad", rules=[])
+    config, problems = load(gateway(lst("u", 53, "UDP")), *svc("svc", protocol="UDP"), bad)
+    assert problems
+    res = resolve(config)
+    [st] = [s for s in res.statuses if s.kind == "UDPRoute"]
+    assert st.api_version == f"{GW}/v1alpha2"
+    [parent] = st.status["parents"]
+    assert conds(parent)["Accepted"] == ("False", "UnsupportedValue")

@@ -33,7 +33,7 @@ from gatewayd.routing.control.bindings import (
     ObjectStatus,
     Resolution,
 )
-from gatewayd.routing.control.conditions import API_VERSION
+from gatewayd.routing.control.conditions import status_api_version
 from gatewayd.routing.control.gateways import (
     GatewayState,
     gateway_class_status,
@@ -52,10 +52,6 @@ from gatewayd.routing.control.routes import (
     route_parents,
     route_value_problem,
 )
-
-# TCPRoute and UDPRoute exist at v1alpha2 only.
-L4_API_VERSION = "gateway.networking.k8s.io/v1alpha2"
-L4_KINDS = frozenset({"TCPRoute", "UDPRoute"})
 
 # --------------------------------------------------------------------------- resolve
 
@@ -170,8 +166,7 @@ def resolve(
             kind = route_kind_name(route)
             statuses.append(
                 ObjectStatus(
-                    # TCPRoute and UDPRoute exist at v1alpha2 only.
-                    api_version=L4_API_VERSION if kind in L4_KINDS else API_VERSION,
+                    api_version=status_api_version(kind),
                     kind=kind,
                     namespace=route.meta.namespace,
                     name=route.meta.name,
