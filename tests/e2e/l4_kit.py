@@ -14,8 +14,6 @@ from typing import Any
 
 from e2e_kit import LOCALHOST, Doc
 
-ALPHA2 = "gateway.networking.k8s.io/v1alpha2"
-
 
 def free_udp_port(host: str = LOCALHOST) -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
@@ -186,6 +184,7 @@ def l4_route(
     port: int | None = None,
     namespace: str = "default",
     created: str | None = None,
+    version: str = "v1alpha2",
 ) -> Doc:
     """A TCPRoute or UDPRoute; ``backends``: (service, weight[, namespace])."""
     parent: dict[str, Any] = {"name": gateway}
@@ -205,7 +204,7 @@ def l4_route(
     if created is not None:
         meta["creationTimestamp"] = created
     return {
-        "apiVersion": ALPHA2,
+        "apiVersion": f"gateway.networking.k8s.io/{version}",
         "kind": kind,
         "metadata": meta,
         "spec": {"parentRefs": [parent], "rules": [{"backendRefs": refs}]},

@@ -40,6 +40,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
         "b": TCPBackend("b"),
         "stream": TCPBackend("stream", mode="stream", stream_bytes=STREAM_BYTES),
         "other": TCPBackend("other"),
+        "late": TCPBackend("late"),
     }
     ports = {name: free_port() for name in ("echo", "weights", "stream", "xns")}
     docs = [
@@ -48,13 +49,18 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
         *l4_backend("svc-a", backends["a"].port),
         *l4_backend("svc-b", backends["b"].port),
         *l4_backend("svc-stream", backends["stream"].port),
+        *l4_backend("svc-late", backends["late"].port),
         {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "other"}},
         *l4_backend("svc-other", backends["other"].port, namespace="other"),
         l4_route("TCPRoute", "echo", [("svc-a", None)], section="echo", created=T0),
-        # Younger than "echo" on the same listener: not attached (one TCPRoute per
-        # listener, the oldest wins).
-        l4_route("TCPRoute", "late", [("svc-b", None)], section="echo", created=T1),
-        l4_route("TCPRoute", "weights", [("svc-a", 3), ("svc-b", 1)], section="weights"),
+        # Younger than "echo" on the same listener: accepted and counted, but the
+        # listener's connections go to the oldest (conformance
+        # TCPRouteMultipleRoutesAttachment).
+        l4_route("TCPRoute", "late", [("svc-late", None)], section="echo", created=T1),
+        # gateway.networking.k8s.io/v1 (Gateway API v1.6) and v1alpha2 alike.
+        l4_route(
+            "TCPRoute", "weights", [("svc-a", 3), ("svc-b", 1)], section="weights", version="v1"
+        ),
         # The listener's port as the parentRef's narrowing (ParentReference.Port).
         l4_route("TCPRoute", "stream", [("svc-stream", None)], port=ports["stream"]),
         # A backend in another namespace without a ReferenceGrant.
@@ -184,7 +190,7 @@ def test_status(setup: Setup) -> None:
         "ResolvedRefs": ("True", "ResolvedRefs"),
     }
     late = conditions(d.status_of("TCPRoute", "late")["parents"][0])
-    assert late["Accepted"] == ("False", "NotAllowedByListeners")
+    assert late["Accepted"] == ("True", "Accepted")
     stream = conditions(d.status_of("TCPRoute", "stream")["parents"][0])
     assert stream["Accepted"] == ("True", "Accepted")
     xns = conditions(d.status_of("TCPRoute", "xns")["parents"][0])
@@ -192,7 +198,9 @@ def test_status(setup: Setup) -> None:
     assert xns["ResolvedRefs"] == ("False", "RefNotPermitted")
     gw = d.status_of("Gateway", "gw")
     by_name = {ls["name"]: ls for ls in gw["listeners"]}
-    assert by_name["echo"]["attachedRoutes"] == 1
+    assert by_name["echo"]["attachedRoutes"] == 2
+    # Only the oldest route is served: the younger one's backend never got a connection.
+    assert setup.backends["late"].accepted == 0
     assert by_name["echo"]["supportedKinds"] == [
         {"group": "gateway.networking.k8s.io", "kind": "TCPRoute"}
     ]

@@ -121,8 +121,9 @@ def test_tcp_and_udp_listeners_carry_their_route_kinds() -> None:
             "Accepted": ("True", "Accepted"),
             "ResolvedRefs": ("True", "ResolvedRefs"),
         }
+    # Reported as v1 (the storage version since Gateway API v1.6), like TLSRoute.
     assert {st.api_version for st in res.statuses if st.kind in ("TCPRoute", "UDPRoute")} == {
-        f"{GW}/v1alpha2"
+        f"{GW}/v1"
     }
     snap = compile_snapshot(res, generation=1)
     tcp = snap.ports[("127.0.0.1", 9000)]
@@ -147,11 +148,14 @@ def test_oldest_route_wins_the_listener() -> None:
     )
     [old] = status(res, "TCPRoute", "old")["parents"]
     [young] = status(res, "TCPRoute", "young")["parents"]
+    # Conformance TCPRouteMultipleRoutesAttachment: both Accepted, both counted, only
+    # the oldest served; the younger one's message says where the traffic goes.
     assert conds(old)["Accepted"] == ("True", "Accepted")
-    assert conds(young)["Accepted"] == ("False", "NotAllowedByListeners")
-    assert "default/old" in young["conditions"][0]["message"]
+    assert conds(young)["Accepted"] == ("True", "Accepted")
+    assert "older TCPRoute default/old" in young["conditions"][0]["message"]
+    assert "older" not in old["conditions"][0]["message"]
     gw = status(res, "Gateway", "gw")
-    assert gw["listeners"][0]["attachedRoutes"] == 1
+    assert gw["listeners"][0]["attachedRoutes"] == 2
     table = compile_snapshot(res, generation=1).ports[("127.0.0.1", 9000)].table
     assert isinstance(table, L4Table) and table.hit is not None
     assert table.hit.rule.route_name == "old"
@@ -242,9 +246,19 @@ def test_validation(spec: Doc, problem: str) -> None:
         assert any(f"{kind} default/r: {problem}" in p for p in problems), problems
 
 
-def test_only_v1alpha2_is_read() -> None:
-    doc = route("TCPRoute", "r")
-    doc["apiVersion"] = f"{GW}/v1"
+def test_v1_allows_one_rule_v1alpha2_sixteen() -> None:
+    rules = [{"backendRefs": [{"name": "svc", "port": 80}]}] * 2
+    for kind in ("TCPRoute", "UDPRoute"):
+        doc = route(kind, "r", rules=rules)
+        config, problems = load(doc)
+        assert problems == ()
+        assert len([*config.tcp_routes, *config.udp_routes][0].rules) == 2
+        doc["apiVersion"] = f"{GW}/v1"
+        _, problems = load(doc)
+        assert any(f"{kind} default/r: spec.rules" in p for p in problems), problems
+        doc["spec"]["rules"] = rules[:1]
+        assert load(doc)[1] == ()
+    doc["apiVersion"] = f"{GW}/v1alpha3"
     _, problems = load(doc)
     assert any("v1alpha2" in p for p in problems), problems
 
@@ -255,6 +269,6 @@ def test_invalid_route_is_reported_in_its_own_status() -> None:
     assert problems
     res = resolve(config)
     [st] = [s for s in res.statuses if s.kind == "UDPRoute"]
-    assert st.api_version == f"{GW}/v1alpha2"
+    assert st.api_version == f"{GW}/v1"
     [parent] = st.status["parents"]
     assert conds(parent)["Accepted"] == ("False", "UnsupportedValue")

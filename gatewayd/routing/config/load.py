@@ -159,12 +159,12 @@ _KINDS: dict[str, _KindInfo] = {
             top_level=_SPEC_STATUS,
             parse=parse_tls_route,
         ),
-        # TCPRoute and UDPRoute exist at v1alpha2 only (the experimental channel; the
-        # version the upstream conformance suite uses).
+        # TCPRoute and UDPRoute: v1 since Gateway API v1.6 (the version the upstream
+        # conformance suite uses), v1alpha2 in the experimental channel before.
         _KindInfo(
             kind=m.Kind.TCP_ROUTE,
             group=_GW,
-            versions=("v1alpha2",),
+            versions=("v1", "v1alpha2"),
             namespaced=True,
             top_level=_SPEC_STATUS,
             parse=parse_tcp_route,
@@ -172,7 +172,7 @@ _KINDS: dict[str, _KindInfo] = {
         _KindInfo(
             kind=m.Kind.UDP_ROUTE,
             group=_GW,
-            versions=("v1alpha2",),
+            versions=("v1", "v1alpha2"),
             namespaced=True,
             top_level=_SPEC_STATUS,
             parse=parse_udp_route,

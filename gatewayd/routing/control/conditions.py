@@ -17,13 +17,6 @@ from dataclasses import dataclass
 from typing import Final
 
 API_VERSION: Final = "gateway.networking.k8s.io/v1"
-# TCPRoute and UDPRoute exist at v1alpha2 only.
-V1ALPHA2_KINDS: Final = frozenset({"TCPRoute", "UDPRoute"})
-
-
-def status_api_version(kind: str) -> str:
-    """The apiVersion a status of ``kind`` is reported under."""
-    return "gateway.networking.k8s.io/v1alpha2" if kind in V1ALPHA2_KINDS else API_VERSION
 
 
 # Condition types and reasons (apis/v1/*_types.go).

@@ -38,7 +38,8 @@ from gatewayd.routing.control.listeners import ListenerState, Refs, secret_ref_p
 from gatewayd.routing.snapshot.backends import ClientCertificate
 
 # TLSRoute is served as gateway.networking.k8s.io/v1 since Gateway API v1.5 (standard
-# channel); v1alpha2/v1alpha3 manifests are the same object, reported as v1.
+# channel); v1alpha2/v1alpha3 manifests are the same object, reported as v1.  TCPRoute
+# and UDPRoute the same since v1.6 (v1alpha2 before).
 
 # Conformance feature names (pkg/features) this implementation claims on its
 # GatewayClasses, sorted as "It MUST be sorted in ascending alphabetical order by the

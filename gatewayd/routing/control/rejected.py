@@ -38,11 +38,11 @@ from gatewayd.routing.control.backendtls import MAX_ANCESTORS, route_services
 from gatewayd.routing.control.bindings import ObjectStatus
 from gatewayd.routing.control.conditions import (
     ACCEPTED,
+    API_VERSION,
     INVALID,
     PROGRAMMED,
     UNSUPPORTED_VALUE,
     condition,
-    status_api_version,
 )
 from gatewayd.routing.control.mesh import SERVICE_KIND, is_service_parent
 from gatewayd.routing.control.refgrant import ReferenceGrants, RefFrom, RefTo
@@ -99,7 +99,7 @@ def rejected_statuses(
         if status is not None:
             out.append(
                 ObjectStatus(
-                    api_version=status_api_version(obj.kind.value),
+                    api_version=API_VERSION,
                     kind=obj.kind.value,
                     namespace=obj.meta.namespace,
                     name=obj.meta.name,

@@ -33,7 +33,7 @@ from gatewayd.routing.control.bindings import (
     ObjectStatus,
     Resolution,
 )
-from gatewayd.routing.control.conditions import status_api_version
+from gatewayd.routing.control.conditions import API_VERSION
 from gatewayd.routing.control.gateways import (
     GatewayState,
     gateway_class_status,
@@ -166,7 +166,7 @@ def resolve(
             kind = route_kind_name(route)
             statuses.append(
                 ObjectStatus(
-                    api_version=status_api_version(kind),
+                    api_version=API_VERSION,
                     kind=kind,
                     namespace=route.meta.namespace,
                     name=route.meta.name,

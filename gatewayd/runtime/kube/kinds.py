@@ -98,11 +98,11 @@ KINDS: tuple[WatchedKind, ...] = (
         namespaced=True,
         crd=True,
     ),
-    # TCPRoute and UDPRoute: experimental channel CRDs, at v1alpha2 only.
+    # TCPRoute and UDPRoute: v1 since Gateway API v1.6, v1alpha2 (experimental) before.
     WatchedKind(
         kind="TCPRoute",
         group=GATEWAY_GROUP,
-        versions=("v1alpha2",),
+        versions=("v1", "v1alpha2"),
         plural="tcproutes",
         namespaced=True,
         crd=True,
@@ -110,7 +110,7 @@ KINDS: tuple[WatchedKind, ...] = (
     WatchedKind(
         kind="UDPRoute",
         group=GATEWAY_GROUP,
-        versions=("v1alpha2",),
+        versions=("v1", "v1alpha2"),
         plural="udproutes",
         namespaced=True,
         crd=True,
