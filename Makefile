@@ -45,11 +45,12 @@ clean:
 
 .PHONY: bench locust
 
-## bench: wrk and h2load: gatewayd vs nginx, direct and a naive aiohttp proxy; HTTP/1.1, HTTP/2, gRPC (BENCH_ARGS="--duration 3")
+## bench: wrk and h2load: gatewayd vs nginx, direct and a naive aiohttp proxy; HTTP/1.1, HTTP/2, gRPC; TCP splice vs haproxy (BENCH_ARGS="--duration 3")
 bench: $(STAMP)
 	command -v nginx >/dev/null || (apt-get update && apt-get install -y nginx-light || apt-get install -y nginx)
 	command -v wrk >/dev/null || (apt-get update && apt-get install -y wrk)
 	command -v h2load >/dev/null || (apt-get update && apt-get install -y nghttp2-client)
+	command -v haproxy >/dev/null || (apt-get update && apt-get install -y haproxy)
 	$(BIN)/python loadtest/bench.py $(BENCH_ARGS)
 
 ## locust: locust scenarios against the demo setup (echo backends + gatewayd on examples/)

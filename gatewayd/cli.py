@@ -297,7 +297,33 @@ def build_parser() -> argparse.ArgumentParser:
         type=_at_least(0, float),
         default=3600.0,
         metavar="SECONDS",
-        help="close L4 splices (TLSRoute, node-local pass-through) idle this long (0: never)",
+        help="close L4 splices (TLSRoute, TCPRoute, node-local pass-through) idle this long "
+        "(0: never)",
+    )
+    # UDPRoute flows (README, "TCPRoute and UDPRoute").
+    run.add_argument(
+        "--udp-idle-timeout",
+        type=_at_least(0, float),
+        default=60.0,
+        metavar="SECONDS",
+        help="end a UDP client flow with no datagram either way this long (default 60, "
+        "Envoy's udp_proxy idle_timeout; 0: never)",
+    )
+    run.add_argument(
+        "--udp-max-flows",
+        type=_at_least(1, int),
+        default=10000,
+        metavar="N",
+        help="most UDP client flows per listener; when full, datagrams of new clients are "
+        "dropped (default 10000)",
+    )
+    run.add_argument(
+        "--udp-max-datagram",
+        type=_at_least(1, int),
+        default=1500,
+        metavar="BYTES",
+        help="larger UDP datagrams are dropped, either way (default 1500, Envoy's "
+        "max_rx_datagram_size)",
     )
     # Request timeouts, Envoy's edge defaults (ProxyOptions says what each one measures).
     run.add_argument(
@@ -386,6 +412,8 @@ def build_parser() -> argparse.ArgumentParser:
             "httproutes",
             "grpcroutes",
             "tlsroutes",
+            "tcproutes",
+            "udproutes",
         ),
     )
     status.add_argument("--admin-address", default="127.0.0.1:9901", metavar="HOST:PORT")
@@ -487,6 +515,7 @@ def _run(args: argparse.Namespace, election: LeaderElectionSettings | None = Non
 
     from gatewayd.daemon import RunOptions, configure_logging, run
     from gatewayd.proxy.server import ProxyOptions
+    from gatewayd.proxy.udp import UDPOptions
     from gatewayd.workers import default_workers
 
     configure_logging()
@@ -524,6 +553,12 @@ def _run(args: argparse.Namespace, election: LeaderElectionSettings | None = Non
         tproxy=tproxy,
         leader_election=election,
         workers=1 if tproxy is not None else (args.workers or default_workers()),
+        udp=UDPOptions(
+            idle_timeout=args.udp_idle_timeout,
+            max_flows=int(args.udp_max_flows),
+            max_datagram=int(args.udp_max_datagram),
+            access_log=None if args.access_log == "off" else args.access_log,
+        ),
         proxy=ProxyOptions(
             xff_trusted_hops=args.xff_trusted_hops,
             access_log=None if args.access_log == "off" else args.access_log,

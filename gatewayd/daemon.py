@@ -21,6 +21,7 @@ from gatewayd.proxy.admin import AdminState, start_admin
 from gatewayd.proxy.metrics import ProxyMetrics, render
 from gatewayd.proxy.server import Proxy, ProxyOptions
 from gatewayd.proxy.snapshot import SnapshotHolder
+from gatewayd.proxy.udp import UDPOptions, UDPPlane
 from gatewayd.routing.config.load import ConfigLimits, ConfigPathError
 from gatewayd.routing.control.bindings import ObjectStatus, Resolution
 from gatewayd.routing.control.gateways import with_listener_failures
@@ -52,6 +53,8 @@ class RunOptions:
     controller_name: str = "gatewayd.dev/gateway-controller"
     limits: ConfigLimits = field(default_factory=ConfigLimits)  # bounds on reading config
     proxy: ProxyOptions = field(default_factory=ProxyOptions)
+    # UDP listeners (UDPRoute): served in this process whatever ``workers`` is.
+    udp: UDPOptions = field(default_factory=UDPOptions)
     drain_timeout: float = 15.0
     watch: bool = True
     tproxy: TproxySettings | None = None  # node-local TPROXY + GAMMA mode (--tproxy)
@@ -85,6 +88,9 @@ class Daemon:
             self.pool = self.proxy = WorkerPool(options.workers, options.proxy)
         else:
             self.proxy = Proxy(self.holder, options.proxy, self.metrics)
+        # UDP listeners live here, with one or several workers: each client flow must stay
+        # in one process (proxy/udp.py).
+        self.udp = UDPPlane(options.udp, self.metrics)
         # Every serving configuration's statuses go to each sink: the admin /status
         # always; the API server too in Kubernetes mode (``add_sink``).
         self.admin_sink = AdminStatusSink()
@@ -326,6 +332,7 @@ class Daemon:
 
     async def _apply(self, built: Built) -> None:
         failures = await self.proxy.apply(built.snapshot)
+        udp_failures = await self.udp.apply(built.snapshot)
         if self.pool is not None:
             # The workers serve it; the supervisor keeps it for /config_dump and /status.
             self.holder.swap(built.snapshot)
@@ -335,10 +342,14 @@ class Daemon:
             except Exception as exc:  # the previous ruleset stays; serving goes on
                 log.error("tproxy: installing the diversion rules failed: %s", exc)
         resolution: Resolution = built.resolution
-        if failures:
+        if failures or udp_failures:
             listener_failures: dict[tuple[str, str, str], str] = {}
-            for (address, port), reason in failures.items():
-                lp = built.snapshot.ports.get((address, port))
+            both = [(built.snapshot.ports, failures), (built.snapshot.udp_ports, udp_failures)]
+            for (address, port), reason, lp in (
+                (key, reason, ports.get(key))
+                for ports, failed in both
+                for key, reason in failed.items()
+            ):
                 if lp is None:
                     continue
                 for name in lp.listener_names:
@@ -362,7 +373,7 @@ class Daemon:
         log.info(
             "config generation %d serving %d listener socket(s)",
             built.snapshot.generation,
-            len(self.proxy.bound()),
+            len(self.proxy.bound()) + len(self.udp.bound()),
         )
 
 
@@ -490,6 +501,7 @@ async def _serve(daemon: Daemon, options: RunOptions) -> int:
         if daemon.tproxy is not None:
             await daemon.tproxy.close()  # stop diverting first, then drain
         await daemon.proxy.close(options.drain_timeout)
+        await daemon.udp.close()
 
 
 def _log_watch_end(task: asyncio.Task[None]) -> None:

@@ -41,6 +41,8 @@ SECTIONS: dict[str, str] = {
     "httproutes": "HTTPRoute",
     "grpcroutes": "GRPCRoute",
     "tlsroutes": "TLSRoute",
+    "tcproutes": "TCPRoute",
+    "udproutes": "UDPRoute",
     "backendtlspolicies": "BackendTLSPolicy",
 }
 
@@ -55,6 +57,8 @@ _ALIASES: dict[str, str] = {
     "httproute": "httproutes",
     "grpcroute": "grpcroutes",
     "tlsroute": "tlsroutes",
+    "tcproute": "tcproutes",
+    "udproute": "udproutes",
     "backendtlspolicy": "backendtlspolicies",
     "btlspolicy": "backendtlspolicies",
 }

@@ -1987,6 +1987,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--no-lookup", action="store_true", help="skip bench_lookup.py")
     ap.add_argument(
+        "--tcp-mib",
+        type=int,
+        default=256,
+        help="TCP splice row (loadtest/bench_tcp.py): MiB per run, 0 skips it (256)",
+    )
+    ap.add_argument(
         "--targets",
         default=",".join(ALL_TARGETS),
         help=f"comma-separated subset of {','.join(ALL_TARGETS)}",
@@ -2063,6 +2069,7 @@ def main(argv: list[str] | None = None) -> int:
     idle: dict[str, Any] = {}
     lookup: dict[str, Any] = {}
     profile: dict[str, Any] = {}
+    tcp: dict[str, Any] = {}
     try:
         targets = bench.start_targets(wanted)
         for t in targets:
@@ -2083,6 +2090,11 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_lookup:
             log("route lookup micro-benchmark (loadtest/bench_lookup.py)")
             lookup = lookup_bench()
+        if args.tcp_mib > 0:
+            import bench_tcp  # loadtest/ is this script's directory
+
+            log("TCP splice row: gatewayd (TCPRoute), direct, haproxy (loadtest/bench_tcp.py)")
+            tcp = bench_tcp.run(args.tcp_mib, 8, bench.gatewayd_cmd, log=log)
     except BaseException:
         for p in bench.procs.procs:
             if p.tail():
@@ -2095,6 +2107,10 @@ def main(argv: list[str] | None = None) -> int:
     summary = {t.key: summarise(t) for t in targets if t.available}
     verdicts = checks(summary, idle, lookup)
     print_report(args, targets, summary, verdicts, idle, lookup, profile)
+    if tcp:
+        import bench_tcp
+
+        bench_tcp.print_table(tcp, args.tcp_mib, 8)
 
     RESULTS.mkdir(parents=True, exist_ok=True)
     out_path = args.output or RESULTS / f"bench-{started.strftime('%Y%m%dT%H%M%SZ')}.json"
@@ -2126,6 +2142,7 @@ def main(argv: list[str] | None = None) -> int:
         "idle": idle,
         "lookup": lookup,
         "profile": profile,
+        "tcp_splice": tcp,
     }
     out_path.write_text(json.dumps(result, indent=2) + "\n")
     print(f"\nresults: {out_path}")

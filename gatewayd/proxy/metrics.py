@@ -19,6 +19,11 @@ Series (``gatewayd_`` prefix; Envoy stat in brackets):
 - ``tls_route_cx_total{listener,result}`` (tcp.*.downstream_cx_total with
   tls_inspector's sni_found / sni_not_found): connections of TLS listeners (TLSRoute) by
   outcome: passthrough, terminate, or why they were closed without reaching a backend
+- ``tcp_route_cx_total{listener,result}`` (tcp.*.downstream_cx_total): connections of
+  TCP listeners (TCPRoute): spliced, or why they were closed (proxy/tcproute.py)
+- ``udp_flows_total{listener}``, ``udp_flows_active{listener}`` (udp.*.downstream_sess_*):
+  UDPRoute client flows; ``udp_datagrams_total{listener,direction}`` (rx from clients,
+  tx to them) and ``udp_dropped_total{listener,reason}`` (proxy/udp.py)
 
 The hot path only bumps plain ints in dicts (a few hundred ns per request); the
 prometheus families are built from them when the registry is scraped.  prometheus
@@ -106,6 +111,11 @@ class ProxyMetrics(Collector):
         self._tls_err: dict[tuple[str, str], int] = {}
         self._tls_cx: dict[tuple[str, str], int] = {}
         self._pp_refused: dict[tuple[str, str], int] = {}
+        self._tcp_cx: dict[tuple[str, str], int] = {}
+        self._udp_flows: dict[str, int] = {}
+        self._udp_flows_total: dict[str, int] = {}
+        self._udp_dgrams: dict[tuple[str, str], int] = {}
+        self._udp_drops: dict[tuple[str, str], int] = {}
         (registry if registry is not None else REGISTRY).register(self)
 
     # ------------------------------------------------------------------ hot path
@@ -185,6 +195,32 @@ class ProxyMetrics(Collector):
         cx = self._tls_cx
         cx[key] = cx.get(key, 0) + 1
 
+    def tcp_route_cx(self, listener: str, result: str) -> None:
+        """A connection of a TCP listener was spliced or closed; see proxy/tcproute.py."""
+        key = (listener, result)
+        cx = self._tcp_cx
+        cx[key] = cx.get(key, 0) + 1
+
+    def udp_flow(self, listener: str, delta: int) -> None:
+        """+1 when a UDP client flow opens, -1 when it ends."""
+        flows = self._udp_flows
+        flows[listener] = flows.get(listener, 0) + delta
+        if delta > 0:
+            total = self._udp_flows_total
+            total[listener] = total.get(listener, 0) + delta
+
+    def udp_datagram(self, listener: str, direction: str) -> None:
+        """A datagram forwarded: ``rx`` (client to backend) or ``tx`` (back)."""
+        key = (listener, direction)
+        d = self._udp_dgrams
+        d[key] = d.get(key, 0) + 1
+
+    def udp_dropped(self, listener: str, reason: str) -> None:
+        """A datagram not forwarded (too_big, table_full, no_route, ...)."""
+        key = (listener, reason)
+        d = self._udp_drops
+        d[key] = d.get(key, 0) + 1
+
     def copy_config(self, other: ProxyMetrics) -> None:
         """Take ``other``'s generation and reload results (the supervisor's, when the
         workers' counters are summed)."""
@@ -212,6 +248,11 @@ class ProxyMetrics(Collector):
         "_tls_err",
         "_tls_cx",
         "_pp_refused",
+        "_tcp_cx",
+        "_udp_flows",
+        "_udp_flows_total",
+        "_udp_dgrams",
+        "_udp_drops",
     )
 
     def export(self) -> dict[str, object]:
@@ -373,6 +414,36 @@ class ProxyMetrics(Collector):
             "(untrusted: a header from a source not trusted to send one; timeout; invalid).",
             ("listener", "reason"),
             {k: v for k, v in list(self._pp_refused.items())},
+        )
+        yield _counter(
+            "gatewayd_tcp_route_cx",
+            "Connections of TCP listeners (TCPRoute), by listener and outcome.",
+            ("listener", "result"),
+            {k: v for k, v in list(self._tcp_cx.items())},
+        )
+        yield _counter(
+            "gatewayd_udp_flows",
+            "UDP client flows opened (UDPRoute), by listener.",
+            ("listener",),
+            {(k,): v for k, v in list(self._udp_flows_total.items())},
+        )
+        yield _gauge(
+            "gatewayd_udp_flows_active",
+            "Open UDP client flows.",
+            "listener",
+            self._udp_flows,
+        )
+        yield _counter(
+            "gatewayd_udp_datagrams",
+            "UDP datagrams forwarded, by listener and direction (rx: from clients).",
+            ("listener", "direction"),
+            {k: v for k, v in list(self._udp_dgrams.items())},
+        )
+        yield _counter(
+            "gatewayd_udp_dropped",
+            "UDP datagrams dropped, by listener and reason.",
+            ("listener", "reason"),
+            {k: v for k, v in list(self._udp_drops.items())},
         )
 
 

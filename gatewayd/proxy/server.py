@@ -36,6 +36,7 @@ from gatewayd.proxy.proxyproto import DEFAULT_TIMEOUT as DEFAULT_PROXY_TIMEOUT
 from gatewayd.proxy.proxyproto import Network
 from gatewayd.proxy.snapshot import SnapshotHolder
 from gatewayd.proxy.splice import Splice, close_idle
+from gatewayd.proxy.tcproute import TCP_PROTOCOL, TCPRouteListener
 from gatewayd.proxy.tlsroute import TLS_PROTOCOL, TLSRouteListener
 from gatewayd.routing.snapshot.addresses import host_port
 from gatewayd.routing.snapshot.compiled import ListenerPort, Snapshot
@@ -147,9 +148,11 @@ class Proxy:
         self.servers: dict[ListenKey, _Server] = {}
         # Connections of ports whose listeners are all protocol TLS (TLSRoute).
         self.tls_routes = TLSRouteListener(self)
+        # Connections of TCP listeners (TCPRoute).
+        self.tcp_routes = TCPRouteListener(self)
         # Every set of open L4 splices this process owns, for the idle sweep: the TLS
-        # listeners' and, in node-local mode, the transparent listener's.
-        self.splice_sets: list[set[Splice]] = [self.tls_routes.splices]
+        # and TCP listeners' and, in node-local mode, the transparent listener's.
+        self.splice_sets: list[set[Splice]] = [self.tls_routes.splices, self.tcp_routes.splices]
         # HTTPS ports: TLS termination state, updated in place on every snapshot.
         self.terminators: dict[ListenKey, PortTLS] = {}
         # Ports whose socket was created with the loop's TLS (``_native_tls``).
@@ -321,6 +324,7 @@ class Proxy:
                 if c.key == key:
                     c.shutdown()
             self.tls_routes.shutdown_port(key)
+            self.tcp_routes.shutdown_port(key)
 
     def _factory(self, key: ListenKey, label: str, *, tls: bool) -> Callable[[], asyncio.Protocol]:
         if not tls:
@@ -330,6 +334,8 @@ class Proxy:
                 # connection (one dict lookup), so a port turning from HTTP to TLS keeps
                 # its socket.
                 lp = self.holder.current.ports.get(key)
+                if lp is not None and lp.protocol == TCP_PROTOCOL:
+                    return self.tcp_routes.connection(key, label)
                 if lp is not None and (lp.protocol == TLS_PROTOCOL or lp.tls_table is not None):
                     # protocol TLS (TLSRoute), alone or next to HTTPS listeners: ClientHello,
                     # SNI, then passthrough, terminate, or HTTPS (``https_connection``).
@@ -363,6 +369,7 @@ class Proxy:
         """Bytes the proxy holds right now (write buffers and held bodies); for tests
         and debugging, not the hot path."""
         total = self.pool.buffered_bytes() + self.tls_routes.buffered_bytes()
+        total += self.tcp_routes.buffered_bytes()
         for c in self.conns:
             total += c.held
             if not c.closed:
@@ -384,7 +391,7 @@ class Proxy:
         for c in list(self.conns):
             c.shutdown()
         self.tls_routes.stop_accepting()
-        if (self.conns or self.tls_routes.busy()) and drain_timeout > 0:
+        if (self.conns or self.tls_routes.busy() or self.tcp_routes.busy()) and drain_timeout > 0:
             self._drained = asyncio.Event()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(drain_timeout):
@@ -392,6 +399,7 @@ class Proxy:
         for c in list(self.conns):
             c.abort()
         await self.tls_routes.close()
+        await self.tcp_routes.close()
         self.pool.close()
         for task in list(self.tasks):
             task.cancel()
@@ -405,7 +413,12 @@ class Proxy:
         await asyncio.sleep(0)
 
     def connection_gone(self) -> None:
-        if self._drained is not None and not self.conns and not self.tls_routes.busy():
+        if (
+            self._drained is not None
+            and not self.conns
+            and not self.tls_routes.busy()
+            and not self.tcp_routes.busy()
+        ):
             self._drained.set()
 
     def make_room(self) -> bool:

@@ -365,3 +365,30 @@ def test_baseline_tree_is_the_gatewayd_its_runs_import(tmp_path: Path) -> None:
     assert "--config" in out
     with pytest.raises(RuntimeError, match="git archive no-such-ref"):
         bench.export_gatewayd("no-such-ref", tmp_path / "other")
+
+
+def test_tcp_bench_config_is_valid_for_gatewayd(tmp_path: Path) -> None:
+    bench_tcp = _load("bench_tcp")
+    cfg = bench_tcp.gatewayd_config(tmp_path, _free_port(), _free_port())
+    out = subprocess.run(
+        [sys.executable, "-m", "gatewayd", "check", "--config", str(cfg)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "TCPRoute" in out.stdout
+
+
+def test_tcp_bench_moves_every_byte_through_each_target() -> None:
+    bench_tcp = _load("bench_tcp")
+    results = bench_tcp.run(mib=4, parallel=2, log=lambda _msg: None)
+    for name in ("direct", "gatewayd"):
+        for run in ("single", "parallel"):
+            assert results[name][run]["errors"] == [], results
+            assert results[name][run]["mb_s"] > 0
+    if shutil.which("haproxy"):
+        assert results["haproxy"]["single"]["mb_s"] > 0
+    else:
+        assert "not installed" in results["haproxy"]["note"]

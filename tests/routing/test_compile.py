@@ -96,13 +96,19 @@ def test_generation_is_passed_through_and_empty_resolution_compiles() -> None:
     assert dict(snap.ports) == {}
 
 
-def test_tls_only_port_gets_sni_table_and_other_protocols_are_skipped() -> None:
+def test_tls_only_port_gets_sni_table_and_l4_ports_their_own_tables() -> None:
     snap = snapshot(
         binding(name="tls", port=443, protocol="TLS"),
         binding(name="tcp", port=9000, protocol="TCP"),
+        binding(name="udp", port=9000, protocol="UDP"),
+        binding(name="other", port=9001, protocol="SCTP"),
     )
-    assert set(snap.ports) == {(ADDRESS, 443)}
+    assert set(snap.ports) == {(ADDRESS, 443), (ADDRESS, 9000)}
     assert isinstance(snap.ports[(ADDRESS, 443)].table, SNITable)
+    # UDP port 9000 is another port than TCP port 9000.
+    assert set(snap.udp_ports) == {(ADDRESS, 9000)}
+    assert snap.ports[(ADDRESS, 9000)].protocol == "TCP"
+    assert snap.udp_ports[(ADDRESS, 9000)].protocol == "UDP"
 
 
 def test_route_attached_to_two_listeners_shares_compiled_rules() -> None:

@@ -131,7 +131,9 @@ def test_statuses_are_sorted_by_kind_namespace_name() -> None:
 
 
 def test_unsupported_protocol_next_to_a_valid_listener() -> None:
-    res = resolve(config(gateway("gw", listener("http", 80), listener("tcp", 9000, "TCP"))))
+    res = resolve(
+        config(gateway("gw", listener("http", 80), listener("tcp", 9000, "example.com/SCTP")))
+    )
     gw = status_of(res, "Gateway", "gw")
     assert cond(gw, "Accepted") == ("True", "ListenersNotValid")
     assert cond(gw, "Programmed") == ("True", "Programmed")
@@ -143,7 +145,7 @@ def test_unsupported_protocol_next_to_a_valid_listener() -> None:
 
 
 def test_only_unsupported_protocols_gateway_not_accepted() -> None:
-    res = resolve(config(gateway("gw", listener("udp", 53, "UDP"))))
+    res = resolve(config(gateway("gw", listener("udp", 53, "example.com/QUIC"))))
     gw = status_of(res, "Gateway", "gw")
     assert cond(gw, "Accepted") == ("False", "ListenersNotValid")
     assert cond(gw, "Programmed") == ("False", "Invalid")
@@ -206,7 +208,16 @@ def test_only_unsupported_protocols_gateway_not_accepted() -> None:
             "HostnameConflict",
         ),
         # an unsupported protocol does not conflict with anything
-        ([listener("a", 80), listener("b", 80, "TCP")], set(), ""),
+        ([listener("a", 80), listener("b", 80, "example.com/SCTP")], set(), ""),
+        # TCP cannot share a port with HTTP; two TCP listeners cannot share one either
+        ([listener("a", 80), listener("b", 80, "TCP")], {"a", "b"}, "ProtocolConflict"),
+        (
+            [listener("a", 90, "TCP"), listener("b", 90, "TCP", hostname="x.example.com")],
+            {"a", "b"},
+            "ProtocolConflict",
+        ),
+        # UDP port 80 is another port than TCP port 80
+        ([listener("a", 80), listener("b", 80, "UDP")], set(), ""),
     ],
 )
 def test_listener_conflicts(listeners: list[Any], conflicted: set[str], reason: str) -> None:
@@ -550,7 +561,9 @@ def test_with_listener_failures() -> None:
 
 
 def test_listener_failure_does_not_override_an_earlier_reason() -> None:
-    res = resolve(config(gateway("gw", listener("ok", 80), listener("tcp", 81, "TCP"))))
+    res = resolve(
+        config(gateway("gw", listener("ok", 80), listener("tcp", 81, "example.com/SCTP")))
+    )
     out = with_listener_failures(res, {("default", "gw", "tcp"): "cannot bind"})
     tcp = listener_status(out, "gw", "tcp")
     assert cond(tcp, "Programmed") == ("False", "Invalid")

@@ -74,7 +74,7 @@ def listener_problems() -> Config:
         gateway(
             "edge",
             listener("http", 80),
-            listener("tcp", 9000, "TCP"),
+            listener("sctp", 9000, "example.com/SCTP"),
             listener("clash-http", 8443, "HTTP"),
             listener("clash-https", 8443, "HTTPS", tls=terminate("cert")),
             listener("dup-a", 8080, hostname="dup.example.com"),

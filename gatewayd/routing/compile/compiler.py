@@ -34,8 +34,10 @@ from gatewayd.routing.config.model import (
     PathModifierType,
     Route,
     SessionPersistence,
+    TCPRoute,
     TLSModeType,
     TLSRoute,
+    UDPRoute,
 )
 from gatewayd.routing.control.bindings import (
     AttachedRoute,
@@ -47,6 +49,7 @@ from gatewayd.routing.control.bindings import (
 from gatewayd.routing.snapshot.backends import BackendTLS, ClientCertificate
 from gatewayd.routing.snapshot.candidates import Candidate
 from gatewayd.routing.snapshot.compiled import ListenerPort, Snapshot
+from gatewayd.routing.snapshot.l4 import L4Table
 from gatewayd.routing.snapshot.rules import (
     H2_APP_PROTOCOLS,
     CompiledBackend,
@@ -93,6 +96,7 @@ DEFAULT_SESSION_NAME = "gatewayd-session"
 
 HTTP_PROTOCOLS = frozenset({"HTTP", "HTTPS"})
 TLS_PROTOCOL = "TLS"
+L4_PROTOCOLS = frozenset({"TCP", "UDP"})
 
 
 def compile_snapshot(resolution: Resolution, *, generation: int) -> Snapshot:
@@ -108,13 +112,18 @@ def compile_snapshot(resolution: Resolution, *, generation: int) -> Snapshot:
         resolution.backends, resolution.backend_tls, resolution.client_certificates
     )
     by_port: dict[tuple[str, int], list[ListenerBinding]] = {}
+    udp_by_port: dict[tuple[str, int], list[ListenerBinding]] = {}
     for binding in resolution.listeners:
-        by_port.setdefault((binding.address, binding.port), []).append(binding)
+        into = udp_by_port if binding.protocol == "UDP" else by_port
+        into.setdefault((binding.address, binding.port), []).append(binding)
     ports: dict[tuple[str, int], ListenerPort] = {}
     for key, bindings in by_port.items():
         port = compiler.listener_port(bindings)
         if port is not None:
             ports[key] = port
+    udp_ports: dict[tuple[str, int], ListenerPort] = {}
+    for key, bindings in udp_by_port.items():
+        udp_ports[key] = compiler.l4_port(bindings[0])
     # GAMMA: mesh routes get their own compiler (their backends resolve apart).
     mesh = None
     targets = list(resolution.backends.values())
@@ -123,7 +132,9 @@ def compile_snapshot(resolution: Resolution, *, generation: int) -> Snapshot:
         mesh = compile_mesh(resolution.mesh, mesh_compiler.candidates)
         targets += resolution.mesh.backends.values()
     endpoints = frozenset((e.address, e.port) for t in targets for e in t.endpoints)
-    return Snapshot(generation=generation, ports=ports, mesh=mesh, endpoints=endpoints)
+    return Snapshot(
+        generation=generation, ports=ports, mesh=mesh, endpoints=endpoints, udp_ports=udp_ports
+    )
 
 
 def _lower(hostname: str | None) -> str | None:
@@ -136,6 +147,10 @@ def _route_kind(route: Route) -> str:
         return "HTTPRoute"
     if isinstance(route, GRPCRoute):
         return "GRPCRoute"
+    if isinstance(route, TCPRoute):
+        return "TCPRoute"
+    if isinstance(route, UDPRoute):
+        return "UDPRoute"
     return "TLSRoute"
 
 
@@ -171,7 +186,44 @@ class _Compiler:
 
     # ----------------------------------------------------------------- ports
 
+    def l4_port(self, binding: ListenerBinding) -> ListenerPort:
+        """A TCP or UDP listener: its one route, the oldest attached (the status
+        computation attaches no other, ``control.routes.attach_route``)."""
+        hit: RouteHit | None = None
+        for attached in binding.routes:
+            route = attached.route
+            if isinstance(route, TCPRoute | UDPRoute):
+                rule = route.rules[0] if route.rules else None
+                compiled = self._rule(
+                    kind=_route_kind(route),
+                    meta=route.meta,
+                    index=0,
+                    name=rule.name if rule is not None else None,
+                    filters=(),
+                    backend_refs=rule.backend_refs if rule is not None else (),
+                    timeouts=None,
+                    retry=None,
+                    session=None,
+                    # Opaque bytes: no BackendTLSPolicy applies (control.backendtls).
+                    backend_tls=False,
+                )
+                hit = RouteHit(rule=compiled, listener_name=binding.listener_name)
+                break
+        return ListenerPort(
+            address=binding.address,
+            port=binding.port,
+            protocol=binding.protocol,
+            gateway_namespace=binding.gateway_namespace,
+            gateway_name=binding.gateway_name,
+            listener_names=(binding.listener_name,),
+            table=L4Table(listener_name=binding.listener_name, hit=hit),
+        )
+
     def listener_port(self, bindings: Sequence[ListenerBinding]) -> ListenerPort | None:
+        tcp = [b for b in bindings if b.protocol == "TCP"]
+        if tcp:
+            # A TCP listener shares its port with no other (ProtocolConflict otherwise).
+            return self.l4_port(tcp[0])
         http = [b for b in bindings if b.protocol in HTTP_PROTOCOLS]
         first = bindings[0]
         table: RouteTable
@@ -223,7 +275,7 @@ class _Compiler:
         groups: dict[str | None, list[Candidate]] = {}
         for attached in _unique_routes(binding.routes):
             route = attached.route
-            if isinstance(route, TLSRoute):
+            if isinstance(route, TLSRoute | TCPRoute | UDPRoute):
                 continue  # not served on an HTTP listener
             candidates = self._candidates(
                 route, binding.listener_name, (binding.gateway_namespace, binding.gateway_name)

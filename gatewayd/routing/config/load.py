@@ -45,6 +45,7 @@ from gatewayd.routing.config.validate.core import (
     parse_service,
 )
 from gatewayd.routing.config.validate.gateways import parse_gateway, parse_gateway_class
+from gatewayd.routing.config.validate.l4routes import parse_tcp_route, parse_udp_route
 from gatewayd.routing.config.validate.listenersets import parse_listener_set
 from gatewayd.routing.config.validate.policies import (
     parse_backend_tls_policy,
@@ -159,6 +160,24 @@ _KINDS: dict[str, _KindInfo] = {
             namespaced=True,
             top_level=_SPEC_STATUS,
             parse=parse_tls_route,
+        ),
+        # TCPRoute and UDPRoute: v1 since Gateway API v1.6 (the version the upstream
+        # conformance suite uses), v1alpha2 in the experimental channel before.
+        _KindInfo(
+            kind=m.Kind.TCP_ROUTE,
+            group=_GW,
+            versions=("v1", "v1alpha2"),
+            namespaced=True,
+            top_level=_SPEC_STATUS,
+            parse=parse_tcp_route,
+        ),
+        _KindInfo(
+            kind=m.Kind.UDP_ROUTE,
+            group=_GW,
+            versions=("v1", "v1alpha2"),
+            namespaced=True,
+            top_level=_SPEC_STATUS,
+            parse=parse_udp_route,
         ),
         _KindInfo(
             kind=m.Kind.REFERENCE_GRANT,
@@ -694,6 +713,8 @@ class _Loading:
             http_routes=of(m.Kind.HTTP_ROUTE, m.HTTPRoute),
             grpc_routes=of(m.Kind.GRPC_ROUTE, m.GRPCRoute),
             tls_routes=of(m.Kind.TLS_ROUTE, m.TLSRoute),
+            tcp_routes=of(m.Kind.TCP_ROUTE, m.TCPRoute),
+            udp_routes=of(m.Kind.UDP_ROUTE, m.UDPRoute),
             reference_grants=of(m.Kind.REFERENCE_GRANT, m.ReferenceGrant),
             namespaces=of(m.Kind.NAMESPACE, m.Namespace),
             services=of(m.Kind.SERVICE, m.Service),
@@ -742,7 +763,7 @@ def _referenced_namespaces(config: m.Config) -> Iterator[tuple[str, m.Source]]:
             if listener.tls is not None:
                 for cert in listener.tls.certificate_refs:
                     yield cert.namespace or "", src
-    routes: list[m.Route] = [*config.http_routes, *config.grpc_routes, *config.tls_routes]
+    routes: list[m.Route] = config.routes()
     for route in routes:
         src = route.meta.source
         yield route.meta.namespace, src
@@ -774,7 +795,7 @@ def _route_backend_refs(route: m.Route) -> Iterator[m.BackendObjectReference]:
                 yield f.request_mirror.backend_ref
 
     for rule in route.rules:
-        if not isinstance(rule, m.TLSRouteRule):
+        if not isinstance(rule, m.PLAIN_RULES):
             yield from mirrors(rule.filters)
         for backend in rule.backend_refs:
             yield backend.ref

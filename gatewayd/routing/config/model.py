@@ -23,6 +23,8 @@ class Kind(StrEnum):
     HTTP_ROUTE = "HTTPRoute"
     GRPC_ROUTE = "GRPCRoute"
     TLS_ROUTE = "TLSRoute"
+    TCP_ROUTE = "TCPRoute"
+    UDP_ROUTE = "UDPRoute"
     REFERENCE_GRANT = "ReferenceGrant"
     NAMESPACE = "Namespace"
     SERVICE = "Service"
@@ -469,7 +471,53 @@ class TLSRoute:
     rules: tuple[TLSRouteRule, ...] = ()
 
 
-Route = HTTPRoute | GRPCRoute | TLSRoute
+# --------------------------------------------------------------------------- TCPRoute, UDPRoute
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TCPRouteRule:
+    name: str | None = None
+    backend_refs: tuple[BackendRef, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TCPRoute:
+    """gateway.networking.k8s.io/v1alpha2 TCPRoute: every connection of a TCP listener."""
+
+    meta: Meta
+    parent_refs: tuple[ParentReference, ...] = ()
+    rules: tuple[TCPRouteRule, ...] = ()
+
+    @property
+    def hostnames(self) -> tuple[str, ...]:
+        # No hostnames in the spec: L4 routes match every connection of the listener.
+        return ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UDPRouteRule:
+    name: str | None = None
+    backend_refs: tuple[BackendRef, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UDPRoute:
+    """gateway.networking.k8s.io/v1alpha2 UDPRoute: every datagram of a UDP listener."""
+
+    meta: Meta
+    parent_refs: tuple[ParentReference, ...] = ()
+    rules: tuple[UDPRouteRule, ...] = ()
+
+    @property
+    def hostnames(self) -> tuple[str, ...]:
+        return ()
+
+
+L4Route = TCPRoute | UDPRoute
+# Rules without filters (nothing but backendRefs).
+PLAIN_RULES = (TLSRouteRule, TCPRouteRule, UDPRouteRule)
+
+Route = HTTPRoute | GRPCRoute | TLSRoute | TCPRoute | UDPRoute
 
 
 # --------------------------------------------------------------------------- ReferenceGrant
@@ -656,6 +704,8 @@ class Config:
     http_routes: tuple[HTTPRoute, ...] = ()
     grpc_routes: tuple[GRPCRoute, ...] = ()
     tls_routes: tuple[TLSRoute, ...] = ()
+    tcp_routes: tuple[TCPRoute, ...] = ()
+    udp_routes: tuple[UDPRoute, ...] = ()
     reference_grants: tuple[ReferenceGrant, ...] = ()
     namespaces: tuple[Namespace, ...] = ()  # declared and implied (referenced) namespaces
     services: tuple[Service, ...] = ()
@@ -667,6 +717,16 @@ class Config:
     listener_sets: tuple[ListenerSet, ...] = ()
     # Objects refused by validation whose own status reports it (never served).
     rejected: tuple[RejectedObject, ...] = ()
+
+    def routes(self) -> list[Route]:
+        """Every route of every kind, in kind then file order."""
+        return [
+            *self.http_routes,
+            *self.grpc_routes,
+            *self.tls_routes,
+            *self.tcp_routes,
+            *self.udp_routes,
+        ]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

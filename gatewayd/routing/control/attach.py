@@ -30,6 +30,8 @@ from gatewayd.routing.control import hostnames
 HTTP_ROUTE = RouteGroupKind(group=GATEWAY_GROUP, kind="HTTPRoute")
 GRPC_ROUTE = RouteGroupKind(group=GATEWAY_GROUP, kind="GRPCRoute")
 TLS_ROUTE = RouteGroupKind(group=GATEWAY_GROUP, kind="TLSRoute")
+TCP_ROUTE = RouteGroupKind(group=GATEWAY_GROUP, kind="TCPRoute")
+UDP_ROUTE = RouteGroupKind(group=GATEWAY_GROUP, kind="UDPRoute")
 
 # The route kinds each supported listener protocol can carry, in the order reported in
 # ListenerStatus.supportedKinds when allowedRoutes.kinds is empty.  TLS listeners carry
@@ -44,6 +46,9 @@ KINDS_BY_PROTOCOL: Mapping[str, tuple[RouteGroupKind, ...]] = {
     ProtocolType.HTTP.value: (HTTP_ROUTE, GRPC_ROUTE),
     ProtocolType.HTTPS.value: (HTTP_ROUTE, GRPC_ROUTE),
     ProtocolType.TLS.value: (TLS_ROUTE,),
+    # TCP and UDP listeners (v1alpha2 TCPRoute / UDPRoute, proxy/tcproute.py, proxy/udp.py).
+    ProtocolType.TCP.value: (TCP_ROUTE,),
+    ProtocolType.UDP.value: (UDP_ROUTE,),
 }
 
 # Why a route kind is missing from KINDS_BY_PROTOCOL, for status messages.

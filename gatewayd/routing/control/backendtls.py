@@ -27,18 +27,22 @@ from typing import Final
 from gatewayd.routing.config.model import (
     CORE_GROUP,
     GATEWAY_GROUP,
+    PLAIN_RULES,
     BackendTLSPolicy,
     Config,
     ConfigMap,
     Gateway,
     GRPCRouteRule,
     HTTPRouteRule,
+    L4Route,
     Listener,
     Route,
     Service,
+    TCPRouteRule,
     TLSModeType,
     TLSRoute,
     TLSRouteRule,
+    UDPRouteRule,
 )
 from gatewayd.routing.control.attach import tls_mode
 from gatewayd.routing.control.bindings import ObjectStatus
@@ -173,6 +177,10 @@ def applies_to(route: Route, listener: Listener) -> bool:
     ``listener``: always for HTTPRoutes and GRPCRoutes; for a TLSRoute only when the
     listener terminates TLS (the default mode) and so re-encrypts, never in Passthrough
     mode, where the backend gets the client's own TLS stream."""
+    if isinstance(route, L4Route):
+        # TCPRoute and UDPRoute carry opaque bytes: gatewayd never originates TLS for
+        # them (README, "TCPRoute and UDPRoute").
+        return False
     if not isinstance(route, TLSRoute):
         return True
     return tls_mode(listener) is TLSModeType.TERMINATE
@@ -182,10 +190,12 @@ def route_services(route: Route) -> Iterator[ServiceKey]:
     """Every Service a route sends traffic to (backendRefs and mirrors).  The caller
     passes only routes the policies apply to (``applies_to``)."""
     ns = route.meta.namespace
-    rules: Sequence[HTTPRouteRule | GRPCRouteRule | TLSRouteRule] = route.rules
+    rules: Sequence[HTTPRouteRule | GRPCRouteRule | TLSRouteRule | TCPRouteRule | UDPRouteRule] = (
+        route.rules
+    )
     for rule in rules:
         refs = [br.ref for br in rule.backend_refs]
-        if not isinstance(rule, TLSRouteRule):  # a TLSRoute has no filters, no mirrors
+        if not isinstance(rule, PLAIN_RULES):  # TLS/TCP/UDP routes: no filters, no mirrors
             filters = [*rule.filters, *(f for br in rule.backend_refs for f in br.filters)]
             refs += [f.request_mirror.backend_ref for f in filters if f.request_mirror]
         for ref in refs:

@@ -18,6 +18,7 @@ from typing import Final
 
 API_VERSION: Final = "gateway.networking.k8s.io/v1"
 
+
 # Condition types and reasons (apis/v1/*_types.go).
 ACCEPTED: Final = "Accepted"
 PROGRAMMED: Final = "Programmed"

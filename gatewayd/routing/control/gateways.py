@@ -38,7 +38,8 @@ from gatewayd.routing.control.listeners import ListenerState, Refs, secret_ref_p
 from gatewayd.routing.snapshot.backends import ClientCertificate
 
 # TLSRoute is served as gateway.networking.k8s.io/v1 since Gateway API v1.5 (standard
-# channel); v1alpha2/v1alpha3 manifests are the same object, reported as v1.
+# channel); v1alpha2/v1alpha3 manifests are the same object, reported as v1.  TCPRoute
+# and UDPRoute the same since v1.6 (v1alpha2 before).
 
 # Conformance feature names (pkg/features) this implementation claims on its
 # GatewayClasses, sorted as "It MUST be sorted in ascending alphabetical order by the
@@ -46,8 +47,9 @@ from gatewayd.routing.snapshot.backends import ClientCertificate
 # today, each with its end-to-end test: GRPCRoute and GRPCRouteNamedRouteRule
 # (tests/e2e/test_e2e_grpc.py, grpcio through h2c), HTTPRouteBackendProtocolH2C
 # (tests/e2e/test_e2e_h2_upstream.py), ListenerSet (tests/e2e/test_e2e_listenersets.py,
-# the upstream ListenerSet* scenarios); no listener isolation or retries until the
-# compiler/proxy confirm them.
+# the upstream ListenerSet* scenarios); TCPRoute and UDPRoute (tests/e2e/
+# test_e2e_tcproute.py, test_e2e_udproute.py); no listener isolation or retries until
+# the compiler/proxy confirm them.
 SUPPORTED_FEATURES: tuple[str, ...] = tuple(
     sorted(
         (
@@ -92,9 +94,11 @@ SUPPORTED_FEATURES: tuple[str, ...] = tuple(
             "MeshClusterIPMatching",
             "MeshConsumerRoute",
             "ReferenceGrant",
+            "TCPRoute",
             "TLSRoute",
             "TLSRouteModeMixed",
             "TLSRouteModeTerminate",
+            "UDPRoute",
         )
     )
 )

@@ -61,7 +61,12 @@ SUPPORTED_PROTOCOLS: Final = (
     ProtocolType.HTTP.value,
     ProtocolType.HTTPS.value,
     ProtocolType.TLS.value,
+    ProtocolType.TCP.value,
+    ProtocolType.UDP.value,
 )
+# Listeners whose protocol has nothing to tell two of them apart on one port (no Host,
+# no SNI): a second one on the same port is a conflict whatever its hostname.
+L4_PROTOCOLS: Final = frozenset({ProtocolType.TCP.value, ProtocolType.UDP.value})
 
 
 # --------------------------------------------------------------------------- listeners
@@ -79,7 +84,14 @@ def keypair_from_secret(secret: Secret, *, now: dt.datetime) -> CertificateInfo:
 
 def protocol_family(protocol: str) -> str:
     """Listeners of one family can share a port: TLS-based ones are told apart by SNI."""
+    if protocol in L4_PROTOCOLS:
+        return protocol
     return "HTTP" if protocol == ProtocolType.HTTP.value else "TLS"
+
+
+def transport(protocol: str) -> str:
+    """The port space a listener binds in: UDP listeners never conflict with TCP ones."""
+    return "udp" if protocol == ProtocolType.UDP.value else "tcp"
 
 
 @dataclass(slots=True)
@@ -330,11 +342,22 @@ def evaluate_listeners(gw: Gateway | ListenerSet, refs: Refs) -> list[ListenerSt
     # condition in the Listener Status to "True"." and "The implementation MUST NOT pick
     # one conflicting Listener as the winner. ALL indistinct Listeners must not be
     # accepted for processing." (GatewaySpec.Listeners)
-    by_port: dict[int, list[ListenerState]] = {}
+    by_port: dict[tuple[str, int], list[ListenerState]] = {}
     for s in supported:
-        by_port.setdefault(s.listener.port, []).append(s)
-    for port, group in by_port.items():
+        by_port.setdefault((transport(s.listener.protocol), s.listener.port), []).append(s)
+    for (_, port), group in by_port.items():
         families = {protocol_family(s.listener.protocol) for s in group}
+        if len(families) == 1 and len(group) > 1 and group[0].listener.protocol in L4_PROTOCOLS:
+            # "TCP: The Listener Hostname field is ignored." (Listener.Hostname; UDP the
+            # same), so two such listeners on one port are never distinct.
+            names = ", ".join(s.name for s in group)
+            for s in group:
+                s.conflict = failed(
+                    PROTOCOL_CONFLICT,
+                    f"listeners {names} are all {group[0].listener.protocol} on port {port}; "
+                    "nothing tells their connections apart",
+                )
+            continue
         if len(families) > 1:
             # Cleartext HTTP and TLS cannot be told apart on one socket.
             names = ", ".join(f"{s.name} ({s.listener.protocol})" for s in group)

@@ -55,7 +55,9 @@ from gatewayd.routing.config.model import (
     Route,
     Service,
     ServicePort,
+    TCPRoute,
     TLSRoute,
+    UDPRoute,
 )
 from gatewayd.routing.control.backendrefs import BackendResolver
 from gatewayd.routing.control.bindings import (
@@ -162,7 +164,7 @@ def resolve_mesh(
     verdicts: dict[tuple[RouteId, int], tuple[bool, str, str]] = {}
     attachments: list[_Attachment] = []
     refs_of: dict[RouteId, Verdict] = {}
-    routes: list[Route] = [*config.http_routes, *config.grpc_routes, *config.tls_routes]
+    routes: list[Route] = config.routes()
 
     for route in routes:
         kind = route_kind_name(route)
@@ -197,6 +199,17 @@ def resolve_mesh(
                     False,
                     UNSUPPORTED_VALUE,
                     "TLSRoutes cannot attach to a Service in this mesh (HTTP only)",
+                )
+                continue
+            if isinstance(route, TCPRoute | UDPRoute):
+                # GAMMA (GEP-1426) defines Service parents for HTTPRoute and GRPCRoute;
+                # TCPRoute and UDPRoute on a Service are outside the mesh profile this
+                # node-local mode implements, so the parent is refused, not ignored.
+                verdicts[(rid, index)] = (
+                    False,
+                    UNSUPPORTED_VALUE,
+                    f"{kind}s cannot attach to a Service: gatewayd's mesh (GAMMA) carries "
+                    "HTTPRoutes only; attach the route to a Gateway TCP/UDP listener",
                 )
                 continue
             if isinstance(route, GRPCRoute):

@@ -136,7 +136,7 @@ def resolve(
         config.services, config.endpoint_slices, grants, tls_services=tls_services
     )
     backends: dict[BackendKey, BackendTarget] = {}
-    routes: list[Route] = [*config.http_routes, *config.grpc_routes, *config.tls_routes]
+    routes: list[Route] = config.routes()
     # GAMMA: Service parentRefs (control/mesh.py) -- their status.parents join the Gateway ones.
     mesh = resolve_mesh(
         config,

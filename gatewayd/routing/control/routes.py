@@ -25,7 +25,9 @@ from gatewayd.routing.config.model import (
     Problem,
     Route,
     RouteGroupKind,
+    TCPRoute,
     TLSRoute,
+    UDPRoute,
 )
 from gatewayd.routing.control import attach, hostnames
 from gatewayd.routing.control.backendrefs import BackendResolver
@@ -69,6 +71,10 @@ def route_kind_name(route: Route) -> str:
         return "HTTPRoute"
     if isinstance(route, GRPCRoute):
         return "GRPCRoute"
+    if isinstance(route, TCPRoute):
+        return "TCPRoute"
+    if isinstance(route, UDPRoute):
+        return "UDPRoute"
     return "TLSRoute"
 
 
@@ -197,9 +203,10 @@ def route_backend_refs(
         for k, f in enumerate(fs):
             out.append((f"{where}.filters[{k}]", None, f))
 
-    if isinstance(route, TLSRoute):
-        for i, tls_rule in enumerate(route.rules):
-            for j, br in enumerate(tls_rule.backend_refs):
+    if isinstance(route, TLSRoute | TCPRoute | UDPRoute):
+        plain: list[tuple[BackendRef, ...]] = [r.backend_refs for r in route.rules]
+        for i, backend_refs in enumerate(plain):
+            for j, br in enumerate(backend_refs):
                 out.append((f"rules[{i}].backendRefs[{j}]", br, None))
         return out
     rules: list[tuple[tuple[HTTPRouteFilter, ...], tuple[BackendRef, ...]]] = [
@@ -472,12 +479,31 @@ def attach_route(
     # "False"." (ListenerStatus.AttachedRoutes)
     rid = route_id(route)
     other_kind = _HTTP_GRPC_OTHER.get(route_kind.kind)
+    single = route_kind.kind in _L4_KINDS
     conflicts: list[str] = []
+    served_elsewhere: list[str] = []
     attached = 0
     for s, effective in admitted:
         if rid in s.route_ids:
             attached += 1
             continue
+        if single and s.by_kind.get(route_kind.kind):
+            # A TCPRoute or UDPRoute matches every connection of its listener, so only
+            # one can be served there: "matching precedence MUST be determined in order
+            # of the following criteria: ... The oldest Route based on creation
+            # timestamp. ... The Route appearing first in alphabetical order by
+            # "{namespace}/{name}"" (AllowedRoutes).  Routes are attached oldest first
+            # (resolve) and the compiler serves the first.  Conformance
+            # (TCPRouteMultipleRoutesAttachment, UDPRouteMultipleRoutesAttachment)
+            # expects the younger route Accepted too and counted in attachedRoutes
+            # ("Gateway listener should report 2 attached Routes"); its message says
+            # which route gets the traffic.
+            winner = s.by_kind[route_kind.kind][0].route
+            served_elsewhere.append(
+                f"listener {s.name!r} sends its traffic to the older {route_kind.kind} "
+                f"{winner.meta.namespace}/{winner.meta.name} (one {route_kind.kind} per "
+                "listener is served)"
+            )
         if other_kind is not None:
             # "If a Route (A) of type HTTPRoute or GRPCRoute is attached to a Listener
             # and that listener already has another Route (B) of the other type
@@ -504,7 +530,7 @@ def attach_route(
         s.route_ids.add(rid)
         ar = AttachedRoute(route=route, hostnames=effective)
         s.routes.append(ar)
-        if other_kind is not None:
+        if other_kind is not None or single:
             s.by_kind.setdefault(route_kind.kind, []).append(ar)
     if not attached:
         # The spec names no reason; the listeners do not allow this route next to the
@@ -513,10 +539,13 @@ def attach_route(
             NOT_ALLOWED_BY_LISTENERS,
             f"{route_kind.kind} not accepted by {gw_name}: " + "; ".join(conflicts),
         )
+    if served_elsewhere:
+        return passed(ACCEPTED, f"Route is accepted by {gw_name}; " + "; ".join(served_elsewhere))
     return passed(ACCEPTED, f"Route is accepted by {gw_name}")
 
 
 _HTTP_GRPC_OTHER: Final = {"HTTPRoute": "GRPCRoute", "GRPCRoute": "HTTPRoute"}
+_L4_KINDS: Final = frozenset({"TCPRoute", "UDPRoute"})
 
 
 def _hostnames_overlap(a: tuple[str, ...], b: tuple[str, ...]) -> bool:

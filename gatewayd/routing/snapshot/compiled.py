@@ -27,7 +27,7 @@ class ListenerPort:
 
     address: str
     port: int
-    protocol: str  # HTTP | HTTPS | TLS
+    protocol: str  # HTTP | HTTPS | TLS | TCP | UDP
     gateway_namespace: str
     gateway_name: str
     listener_names: tuple[str, ...]
@@ -111,6 +111,9 @@ class Snapshot:
     # Every (address, port) a backend of this snapshot may connect to; the upstream pool
     # drains connections to any other.  None (a hand-built snapshot): keep them all.
     endpoints: frozenset[tuple[str, int]] | None = None
+    # UDP listeners (UDPRoute), apart from ``ports``: a UDP port number is another port
+    # than the TCP one of the same number (DNS listens on both).
+    udp_ports: Mapping[tuple[str, int], ListenerPort] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -126,7 +129,7 @@ class Snapshot:
                     "routes": lp.table.to_json(),
                     **({"tlsRoutes": lp.tls_table.to_json()} if lp.tls_table is not None else {}),
                 }
-                for lp in self.ports.values()
+                for lp in [*self.ports.values(), *self.udp_ports.values()]
             ],
             **({"mesh": self.mesh.to_json()} if self.mesh is not None else {}),
         }

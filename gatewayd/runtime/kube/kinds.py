@@ -98,6 +98,23 @@ KINDS: tuple[WatchedKind, ...] = (
         namespaced=True,
         crd=True,
     ),
+    # TCPRoute and UDPRoute: v1 since Gateway API v1.6, v1alpha2 (experimental) before.
+    WatchedKind(
+        kind="TCPRoute",
+        group=GATEWAY_GROUP,
+        versions=("v1", "v1alpha2"),
+        plural="tcproutes",
+        namespaced=True,
+        crd=True,
+    ),
+    WatchedKind(
+        kind="UDPRoute",
+        group=GATEWAY_GROUP,
+        versions=("v1", "v1alpha2"),
+        plural="udproutes",
+        namespaced=True,
+        crd=True,
+    ),
     WatchedKind(
         kind="ReferenceGrant",
         group=GATEWAY_GROUP,

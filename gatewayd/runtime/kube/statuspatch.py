@@ -21,10 +21,11 @@ Ownership, per kind:
   status field is left alone.
 * ListenerSet (whose parent Gateway is ours): ``conditions`` and ``listeners``, like a
   Gateway's.
-* HTTPRoute, GRPCRoute, TLSRoute: ``status.parents[]``; "Implementations of this API can
-  only populate Route status for the Gateways/parent resources they are responsible
-  for." (RouteStatus.Parents)  Entries whose ``controllerName`` is ours are replaced by
-  the computed ones; the others are kept, in their order, before ours.
+* HTTPRoute, GRPCRoute, TLSRoute, TCPRoute, UDPRoute: ``status.parents[]``;
+  "Implementations of this API can only populate Route status for the Gateways/parent
+  resources they are responsible for." (RouteStatus.Parents)  Entries whose
+  ``controllerName`` is ours are replaced by the computed ones; the others are kept, in
+  their order, before ours.
 * BackendTLSPolicy: ``status.ancestors[]`` the same way (PolicyAncestorStatus).
 
 ``lastTransitionTime`` "is the last time the condition transitioned from one status to
@@ -69,6 +70,8 @@ SHARED_LISTS: Final[Mapping[str, SharedList]] = {
     "HTTPRoute": PARENTS,
     "GRPCRoute": PARENTS,
     "TLSRoute": PARENTS,
+    "TCPRoute": PARENTS,
+    "UDPRoute": PARENTS,
     "BackendTLSPolicy": ANCESTORS,
 }
 

@@ -71,6 +71,8 @@ DEFAULT_RESOURCES: Final[Mapping[str, Resource]] = {
     "HTTPRoute": Resource(GATEWAY_GROUP, "v1", "httproutes"),
     "GRPCRoute": Resource(GATEWAY_GROUP, "v1", "grpcroutes"),
     "TLSRoute": Resource(GATEWAY_GROUP, "v1", "tlsroutes"),
+    "TCPRoute": Resource(GATEWAY_GROUP, "v1", "tcproutes"),
+    "UDPRoute": Resource(GATEWAY_GROUP, "v1", "udproutes"),
     "BackendTLSPolicy": Resource(GATEWAY_GROUP, "v1", "backendtlspolicies"),
     "ListenerSet": Resource(GATEWAY_GROUP, "v1", "listenersets"),
 }

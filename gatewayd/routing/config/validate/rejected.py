@@ -34,11 +34,15 @@ STATUS_KINDS: Final = frozenset(
         m.Kind.HTTP_ROUTE,
         m.Kind.GRPC_ROUTE,
         m.Kind.TLS_ROUTE,
+        m.Kind.TCP_ROUTE,
+        m.Kind.UDP_ROUTE,
         m.Kind.BACKEND_TLS_POLICY,
         m.Kind.LISTENER_SET,
     }
 )
-ROUTE_KINDS: Final = frozenset({m.Kind.HTTP_ROUTE, m.Kind.GRPC_ROUTE, m.Kind.TLS_ROUTE})
+ROUTE_KINDS: Final = frozenset(
+    {m.Kind.HTTP_ROUTE, m.Kind.GRPC_ROUTE, m.Kind.TLS_ROUTE, m.Kind.TCP_ROUTE, m.Kind.UDP_ROUTE}
+)
 
 MAX_PARENT_REFS: Final = 32  # "+kubebuilder:validation:MaxItems=32" (CommonRouteSpec)
 MAX_TARGET_REFS: Final = 16  # "+kubebuilder:validation:MaxItems=16" (BackendTLSPolicySpec)
