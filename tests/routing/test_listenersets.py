@@ -178,7 +178,7 @@ def test_same_creation_time_orders_by_namespace_then_name() -> None:
 
 
 def test_parent_not_accepted_and_not_programmed() -> None:
-    refused = allowing(gateway("bad", listener("t", 9000, "TCP")))
+    refused = allowing(gateway("bad", listener("t", 9000, "example.com/SCTP")))
     cfg = config(refused, listener_set("ls", "bad", listener("x", 80)))
     st = statuses(cfg)
     assert cond(st[("ListenerSet", "default", "ls")], "Accepted") == ("False", "ParentNotAccepted")

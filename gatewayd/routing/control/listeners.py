@@ -361,7 +361,16 @@ def evaluate_listeners(gw: Gateway | ListenerSet, refs: Refs) -> list[ListenerSt
         if len(families) > 1:
             # Cleartext HTTP and TLS cannot be told apart on one socket.
             names = ", ".join(f"{s.name} ({s.listener.protocol})" for s in group)
-            for s in group:
+            losers = group
+            if isinstance(gw, ListenerSet):
+                # A ListenerSet's listeners follow listener precedence, as they do
+                # against the Gateway's and other ListenerSets' (the upstream
+                # ListenerSetProtocolConflict scenario keeps the HTTP listeners of a set
+                # that also holds a TCP one on their port): the first protocol family
+                # listed on the port keeps it.
+                first = protocol_family(group[0].listener.protocol)
+                losers = [s for s in group if protocol_family(s.listener.protocol) != first]
+            for s in losers:
                 s.conflict = failed(
                     PROTOCOL_CONFLICT,
                     f"port {port} is shared by listeners of incompatible protocols: {names}",
