@@ -248,6 +248,7 @@ def check_main(
                 built.resolution.statuses,
                 controller_name=controller_name,
                 bind_failures={},
+                name_others=False,  # the warning above names them
             ).replace("no listener is served", "nothing would be served", 1)
         )
     if errors:

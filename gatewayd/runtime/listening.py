@@ -99,8 +99,10 @@ def not_served_reason(
     *,
     controller_name: str,
     bind_failures: Mapping[ListenKey, str],
+    name_others: bool = True,
 ) -> str:
-    """Why a loaded configuration serves no listener, in one line."""
+    """Why a loaded configuration serves no listener, in one line (``name_others``: with
+    the GatewayClasses of other controllers, for a caller that does not list them)."""
     parts: list[str] = []
     ours = [s for s in statuses if s.kind == "Gateway"]
     if not config.gateway_classes:
@@ -109,10 +111,8 @@ def not_served_reason(
         others = ", ".join(
             f"{gc.meta.name} ({gc.controller_name})" for gc in config.gateway_classes
         )
-        parts.append(
-            f"no GatewayClass with controllerName {controller_name}; "
-            f"GatewayClasses of other controllers: {others}"
-        )
+        named = f"; GatewayClasses of other controllers: {others}" if name_others else ""
+        parts.append(f"no GatewayClass with controllerName {controller_name}{named}")
     elif not ours:
         parts.append("no Gateway of a GatewayClass of this controller")
     for status in ours:
