@@ -66,7 +66,7 @@ def listening_lines(
     """One line per listener of every bound (address, port) of ``snapshot``."""
     by_name = {(g.meta.namespace, g.meta.name): g for g in gateways}
     skip = set(failed)
-    lines = []
+    lines: list[str] = []
     for key in sorted(snapshot.ports, key=lambda k: (k[0], k[1])):
         if key in skip:
             continue
