@@ -485,6 +485,7 @@ async def _serve(daemon: Daemon, options: RunOptions) -> int:
         loop.add_signal_handler(signal.SIGINT, stop.set)
         loop.add_signal_handler(signal.SIGHUP, on_hup)
         log.info("configuration source: %s", source.describe())
+        daemon.not_ready = f"no configuration loaded yet (reading {source.describe()})"
         # Files are ready at once; an API server once every kind is listed (SIGTERM
         # meanwhile stops, with nothing served yet).
         sync = loop.create_task(source.ready())
