@@ -72,14 +72,19 @@ def listening_lines(
             continue
         lp = snapshot.ports[key]
         gateway = by_name.get((lp.gateway_namespace, lp.gateway_name))
-        scheme = _SCHEMES.get(lp.protocol, lp.protocol.lower())
         note = _pool_note(gateway, lp.address, address_pool)
-        url = f"{scheme}://{host_port(lp.address, lp.port)}"
-        lines.extend(
-            f"listening: gateway {lp.gateway_namespace}/{lp.gateway_name} listener "
-            f"{name} {lp.protocol} on {url}{note}"
-            for name in lp.listener_names
-        )
+        where = host_port(lp.address, lp.port)
+        # An HTTPS port that TLS listeners share: those are TLS, chosen by SNI.
+        tls_names: set[str] = set()
+        if lp.tls_table is not None and lp.protocol != "TLS":
+            tls_names = {t.name for t in lp.tls_table.listeners()}
+        for name in lp.listener_names:
+            protocol = "TLS" if name in tls_names else lp.protocol
+            url = f"{_SCHEMES.get(protocol, protocol.lower())}://{where}"
+            lines.append(
+                f"listening: gateway {lp.gateway_namespace}/{lp.gateway_name} listener "
+                f"{name} {protocol} on {url}{note}"
+            )
     return lines
 
 
