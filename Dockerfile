@@ -15,10 +15,12 @@ RUN apt-get update \
 
 # Only what `pip install .` needs (see .dockerignore); every dependency ships wheels for
 # CPython 3.11 on x86_64 and aarch64, so no compiler is installed.
+# constraints.txt pins every runtime dependency (`make constraints` regenerates it; the
+# tests run on the same pins, `make` installs with it too).
 WORKDIR /build
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md constraints.txt ./
 COPY gatewayd ./gatewayd
-RUN pip install . && rm -rf /build
+RUN pip install -c constraints.txt . && rm -rf /build
 
 # An unprivileged user: listener ports must be above 1023 (the demo uses 8080).
 RUN useradd --system --uid 10001 --user-group --create-home --home-dir /home/gatewayd \
@@ -37,6 +39,8 @@ HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 \
     CMD ["python", "-c", "import urllib.request as u; u.build_opener(u.ProxyHandler({})).open('http://127.0.0.1:9901/ready', timeout=2)"]
 
 ENTRYPOINT ["gatewayd"]
-# The configuration is mounted at /etc/gatewayd; the admin server must listen on every
-# address of the container to be published.
-CMD ["run", "--config", "/etc/gatewayd", "--admin-address", "0.0.0.0:9901"]
+# The configuration is mounted at /etc/gatewayd.  The admin server and a Gateway without
+# spec.addresses listen on every address of the container (--address-pool 0.0.0.0/32),
+# so `docker run -p 8080:8080` reaches a listener on port 8080; a Gateway that names its
+# spec.addresses keeps them.
+CMD ["run", "--config", "/etc/gatewayd", "--admin-address", "0.0.0.0:9901", "--address-pool", "0.0.0.0/32"]

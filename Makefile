@@ -6,10 +6,15 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: demo test lint bench-lookup clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
+
+## constraints: re-pin constraints.txt (the image's runtime dependencies) to this venv's versions
+.PHONY: constraints
+constraints: $(STAMP)
+	$(BIN)/python tools/pin_constraints.py > constraints.txt
 
 ## demo: two echo backends and gatewayd on examples/ (Ctrl-C stops everything)
 demo: $(STAMP)
@@ -32,8 +37,9 @@ ensure-locust: $(STAMP)
 test: $(STAMP) ensure-netns-tools ensure-locust
 	$(BIN)/python -m pytest -q
 
+## lint: ruff check (gatewayd, tests, loadtest, tools) and mypy --strict on pyproject's [tool.mypy] files
 lint: $(STAMP)
-	$(BIN)/ruff check gatewayd tests loadtest
+	$(BIN)/ruff check gatewayd tests loadtest tools
 	$(BIN)/mypy
 
 ## bench-lookup: route lookup cost at 10 and 1,000 routes

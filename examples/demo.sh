@@ -23,7 +23,8 @@ Try, in another terminal:
   curl -s http://127.0.0.1:9901/status | python3 -m json.tool
   curl -s http://127.0.0.1:9901/stats/prometheus | grep gatewayd_downstream
   .venv/bin/gatewayd status all
-Ctrl-C stops gatewayd and the backends.
+Ctrl-C stops gatewayd and the backends. gatewayd's log below names each listener and
+the address to use ("listening: gateway demo/edge listener http HTTP on http://...").
 
 TXT
 "$BIN/gatewayd" run --config examples/ --admin-address 127.0.0.1:9901

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
@@ -252,10 +253,21 @@ def _proxy_protocol_arg(text: str) -> tuple[int | None, tuple[Network, ...]]:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def package_version() -> str:
+    """The installed distribution's version (pyproject.toml's ``version``)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("gatewayd")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gatewayd", description="A Python Kubernetes Gateway API data plane."
     )
+    parser.add_argument("--version", action="version", version=f"gatewayd {package_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="serve the Gateways of the configuration")
@@ -400,23 +412,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(check)
 
     status = sub.add_parser("status", help="print the status of a running gatewayd")
-    status.add_argument(
-        "what",
-        nargs="?",
-        default="all",
-        choices=(
-            "all",
-            "gatewayclasses",
-            "gateways",
-            "listenersets",
-            "httproutes",
-            "grpcroutes",
-            "tlsroutes",
-            "tcproutes",
-            "udproutes",
-        ),
-    )
-    status.add_argument("--admin-address", default="127.0.0.1:9901", metavar="HOST:PORT")
+    from gatewayd.statuscli import add_status_arguments
+
+    add_status_arguments(status)
 
     explain = sub.add_parser(
         "explain",
@@ -441,9 +439,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _check_source_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """--kubeconfig and --context only with --kubernetes (exit 2, like argparse)."""
+    """--kubeconfig and --context only with --kubernetes, and every --config path must
+    exist (exit 2, like argparse): a typo is a usage error, not a daemon serving nothing."""
     if args.command not in ("run", "check") or args.kubernetes:
         return
+    for path in args.config or ():
+        if not os.path.exists(path):
+            parser.error(f"--config {path}: no such file or directory")
     for flag in ("kubeconfig", "context"):
         if getattr(args, flag) is not None:
             parser.error(f"--{flag} is only used with --kubernetes")
@@ -485,9 +487,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             limits=_limits(args),
         )
     if args.command == "status":
-        from gatewayd.statuscli import status_main
+        from gatewayd.statuscli import status_run
 
-        return status_main([args.what, "--admin-address", args.admin_address])
+        return status_run(args, parser)
     if args.command == "explain":
         from gatewayd.explaincli import explain_main
 

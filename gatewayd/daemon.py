@@ -28,6 +28,7 @@ from gatewayd.routing.control.gateways import with_listener_failures
 from gatewayd.routing.snapshot.addresses import host_port
 from gatewayd.routing.snapshot.compiled import Snapshot
 from gatewayd.routing.snapshot.table import SNITable
+from gatewayd.runtime.listening import listening_lines, not_served_reason
 from gatewayd.runtime.sinks import StatusSink
 from gatewayd.runtime.sinks.admin import AdminStatusSink
 from gatewayd.runtime.sources import SourceError
@@ -99,6 +100,10 @@ class Daemon:
         self.last_error: str | None = None
         self.known_problems: frozenset[str] = frozenset()
         self.is_ready = False
+        self.loaded = False  # a configuration was applied (it may serve no listener)
+        # Why /ready is 503 (a config loaded but serving no listener, or none loaded).
+        self.not_ready = "no configuration loaded yet"
+        self._listening: frozenset[str] = frozenset()  # the lines logged for the serving config
         self._reload_lock = asyncio.Lock()
         # A reload when the first served certificate expires, so status and serving
         # follow the certificate's validity as they would at a load (``_watch_expiry``).
@@ -115,6 +120,9 @@ class Daemon:
     def ready(self) -> bool:
         return self.is_ready
 
+    def not_ready_reason(self) -> str:
+        return self.not_ready
+
     @property
     def statuses(self) -> tuple[ObjectStatus, ...]:
         """The statuses of the configuration serving now (what /status shows)."""
@@ -123,7 +131,7 @@ class Daemon:
     def add_sink(self, sink: StatusSink) -> None:
         """Another sink; it is given the serving statuses at once, then every change."""
         self.sinks.append(sink)
-        if self.is_ready:
+        if self.loaded:
             sink.publish(self.admin_sink.statuses)
 
     def status_items(self) -> list[dict[str, object]]:
@@ -160,7 +168,10 @@ class Daemon:
         state: dict[str, object] = {
             "generation": self.holder.current.generation,
             "lastReloadError": self.last_error,
+            "controllerName": self.options.controller_name,
         }
+        if not self.is_ready:
+            state["notReady"] = self.not_ready
         if self.pool is not None:
             state["workerPids"] = self.pool.pids()
         if self.writeback is not None:
@@ -326,6 +337,8 @@ class Daemon:
 
     def _reject(self, message: str, *, initial: bool) -> bool:
         self.last_error = message
+        if not self.loaded:
+            self.not_ready = f"the configuration could not be loaded: {message}"
         log.error("%s", message)
         self.metrics.config_loaded(self.pipeline.snapshot_generation, ok=False)
         return False
@@ -342,6 +355,7 @@ class Daemon:
             except Exception as exc:  # the previous ruleset stays; serving goes on
                 log.error("tproxy: installing the diversion rules failed: %s", exc)
         resolution: Resolution = built.resolution
+        bind_failures = {**failures, **udp_failures}
         if failures or udp_failures:
             listener_failures: dict[tuple[str, str, str], str] = {}
             both = [(built.snapshot.ports, failures), (built.snapshot.udp_ports, udp_failures)]
@@ -368,13 +382,43 @@ class Daemon:
         for sink in self.sinks:
             sink.publish(resolution.statuses)
         self.last_error = None
-        self.is_ready = True
+        self.loaded = True
         self.metrics.config_loaded(built.snapshot.generation, ok=True)
+        self._report_serving(built, resolution, bind_failures)
+
+    def _report_serving(
+        self, built: Built, resolution: Resolution, bind_failures: dict[tuple[str, int], str]
+    ) -> None:
+        """Log each newly bound listener (where to send requests) and decide /ready: a
+        configuration that serves no listener is loaded but not ready, and says why."""
+        bound = len(self.proxy.bound()) + len(self.udp.bound())
+        lines = listening_lines(
+            built.snapshot,
+            built.load.config.gateways,
+            failed=bind_failures,
+            address_pool=self.options.address_pool,
+        )
+        for line in lines:
+            if line not in self._listening:
+                log.info("%s", line)
+        self._listening = frozenset(lines)
         log.info(
             "config generation %d serving %d listener socket(s)",
             built.snapshot.generation,
-            len(self.proxy.bound()) + len(self.udp.bound()),
+            bound,
         )
+        # Node-local mode serves its transparent listener whatever the Gateways are.
+        if bound or self.tproxy is not None:
+            self.is_ready = True
+            return
+        self.not_ready = not_served_reason(
+            built.load.config,
+            resolution.statuses,
+            controller_name=self.options.controller_name,
+            bind_failures=bind_failures,
+        )
+        self.is_ready = False
+        log.warning("%s (/ready answers 503)", self.not_ready)
 
 
 def first_certificate_expiry(snapshot: Snapshot) -> dt.datetime | None:
@@ -408,6 +452,7 @@ async def run(options: RunOptions) -> int:
             options.admin_address,
             AdminState(
                 ready=daemon.ready,
+                not_ready_reason=daemon.not_ready_reason,
                 status_items=daemon.status_items,
                 config_dump=daemon.config_dump,
                 metrics=daemon.render_metrics,
@@ -455,6 +500,7 @@ async def _serve(daemon: Daemon, options: RunOptions) -> int:
         loop.add_signal_handler(signal.SIGINT, stop.set)
         loop.add_signal_handler(signal.SIGHUP, on_hup)
         log.info("configuration source: %s", source.describe())
+        daemon.not_ready = f"no configuration loaded yet (reading {source.describe()})"
         # Files are ready at once; an API server once every kind is listed (SIGTERM
         # meanwhile stops, with nothing served yet).
         sync = loop.create_task(source.ready())

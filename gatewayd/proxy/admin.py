@@ -7,8 +7,9 @@ configuration and must not be reachable from outside the node unless asked for.
 Routes (GET and HEAD):
 
 - ``/``                  a plain-text index of these endpoints (like Envoy's admin page)
-- ``/ready``             200 ``LIVE`` once the config is loaded and every bindable
-                         listener is bound, else 503 ``INITIALIZING`` (Envoy's wording)
+- ``/ready``             200 ``LIVE`` once a config is loaded, every bindable listener
+                         is bound and at least one is served, else 503 ``INITIALIZING``
+                         (Envoy's wording) and a line saying why
 - ``/status``            ``{"items": [ObjectStatus.as_item(), ...], "config": {...}}``
 - ``/config_dump``       the snapshot as JSON (``Snapshot.to_json()`` and whatever else
                          the daemon adds)
@@ -89,12 +90,14 @@ class AdminState:
     # ``POST /explain``: the explanation of the request the JSON fields describe against
     # the serving snapshot; raises ValueError for fields that describe no request.
     explain: Callable[[Mapping[str, object]], Mapping[str, object]] | None = None
+    # Why ``ready()`` is False, one line for the body of a 503 /ready (None: no reason).
+    not_ready_reason: Callable[[], str] | None = None
 
 
 # (path, description) in index order.
 ENDPOINTS: tuple[tuple[str, str], ...] = (
     ("/", "this page"),
-    ("/ready", "200 LIVE when the config is loaded and every listener bound, else 503"),
+    ("/ready", "200 LIVE when a config is loaded and serves a listener, else 503 and why"),
     ("/status", "Gateway API status of every object, as JSON {items: [...]}"),
     ("/config_dump", "the compiled snapshot being served, as JSON"),
     ("/stats/prometheus", "metrics in the Prometheus text exposition format"),
@@ -161,7 +164,9 @@ class _Routes:
     async def ready(self, request: web.Request) -> web.Response:
         if self.state.ready():
             return web.Response(text="LIVE\n", content_type="text/plain")
-        return web.Response(status=503, text="INITIALIZING\n", content_type="text/plain")
+        why = self.state.not_ready_reason() if self.state.not_ready_reason else ""
+        text = f"INITIALIZING\n{why}\n" if why else "INITIALIZING\n"
+        return web.Response(status=503, text=text, content_type="text/plain")
 
     def _status_doc(self) -> dict[str, object]:
         doc: dict[str, object] = {"items": list(self.state.status_items())}

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import http.client
 import importlib.util
+import ipaddress
 import json
 import os
 import re
@@ -38,6 +39,9 @@ from e2e_kit import (
     run_cli,
     to_yaml,
 )
+
+from gatewayd.pipeline import ConfigPipeline
+from gatewayd.runtime.sources.files import FileSource
 
 pytestmark = pytest.mark.e2e
 
@@ -193,7 +197,9 @@ def test_dockerfile_non_root_healthcheck_entrypoint() -> None:
     assert default[0] == "run" == gw["command"][0]
     for name in ("--config", "--admin-address"):
         assert option(default, name) == option(gw["command"], name)
-    assert "pip install ." in " ".join(s.args for s in steps if s.keyword == "RUN")
+    assert "pip install -c constraints.txt ." in " ".join(
+        s.args for s in steps if s.keyword == "RUN"
+    )
 
 
 def healthcheck_argv() -> list[str]:
@@ -424,3 +430,104 @@ def test_locust_service_command_runs_headless(running: Running, tmp_path: Path) 
     assert "canary OK" in output, output[-4000:]
     # The HTTPS users ran too (locust's summary names each request by its path).
     assert "HTTPS /secure/locust" in output, output[-4000:]
+
+
+# --------------------------------------------------------------------------- the image alone
+
+
+def default_command() -> list[str]:
+    (cmd,) = (s for s in dockerfile() if s.keyword == "CMD")
+    return exec_form(cmd.args)
+
+
+def test_default_command_gives_gateways_every_address_of_the_container(tmp_path: Path) -> None:
+    """`docker run -p 8000:8000`: a Gateway without spec.addresses must listen on an
+    address the published port reaches, the unspecified one."""
+    pool = ipaddress.ip_network(option(default_command(), "--address-pool"))
+    assert pool.num_addresses == 1 and pool.network_address.is_unspecified
+    assert option(default_command(), "--admin-address").startswith("0.0.0.0:")
+    docs = [d for d in first_gateway_docs() if d["kind"] in ("GatewayClass", "Gateway")]
+    assert "addresses" not in docs[1]["spec"]
+    (tmp_path / "gateway.yaml").write_text(to_yaml(docs))
+    built = ConfigPipeline(FileSource([str(tmp_path)]), address_pool=str(pool)).build()
+    assert dict(built.resolution.gateway_addresses) == {("default", "first"): "0.0.0.0"}
+    assert {address for address, _port in built.snapshot.ports} == {"0.0.0.0"}
+
+
+def first_gateway_docs() -> list[Doc]:
+    """The README's "Your first Gateway" manifests (what its docker run line mounts)."""
+    text = (ROOT / "README.md").read_text()
+    start = text.index("\n## Your first Gateway\n")
+    block = re.search(r"```yaml\n(.*?)```", text[start:], re.S)
+    assert block is not None
+    return [d for d in yaml.safe_load_all(block.group(1)) if d]
+
+
+def test_default_command_line_serves_the_readme_gateway(tmp_path: Path) -> None:
+    """The image's command line as a subprocess, the README's docker run mount at
+    /etc/gatewayd; the container's every-address pool becomes loopback here."""
+    echo = Child(gatewayd_argv("echo", "--listen", "127.0.0.1:0"), "echo")
+    daemon = None
+    try:
+        line = echo.stdout.wait_for(lambda s: "listening on" in s, ECHO_READY_TIMEOUT)
+        found = re.search(r":(\d+)\s*$", line or "")
+        assert found is not None, echo.output()
+        echo_port, gw_port, admin_port = int(found.group(1)), free_port(), free_port()
+        docs = first_gateway_docs()
+        for doc in docs:
+            if doc["kind"] == "Gateway":
+                doc["spec"]["listeners"][0]["port"] = gw_port
+            elif doc["kind"] == "EndpointSlice":
+                doc["ports"] = [{"port": echo_port}]
+        root = tmp_path / "etc" / "gatewayd"
+        root.mkdir(parents=True)
+        (root / "gateway.yaml").write_text(to_yaml(docs))
+        argv = gatewayd_argv(*default_command())
+        argv[argv.index("--config") + 1] = str(root)
+        argv[argv.index("--admin-address") + 1] = f"127.0.0.1:{admin_port}"
+        argv[argv.index("--address-pool") + 1] = "127.0.0.1/32"
+        daemon = Child(argv, "gatewayd")
+        listening = daemon.stderr.wait_for(lambda s: "listening: gateway" in s, 20.0)
+        assert listening is not None, daemon.output()
+        assert f"on http://127.0.0.1:{gw_port}" in listening
+        reply = request(gw_port, "/hello")
+        assert reply.status == 200 and reply.echo()["path"] == "/hello"
+        assert run_healthcheck(admin_port).returncode == 0
+    finally:
+        if daemon is not None:
+            daemon.stop()
+        echo.stop()
+
+
+def test_image_dependencies_are_pinned() -> None:
+    """constraints.txt pins every runtime dependency, to the versions the tests run on
+    (make installs with it too)."""
+    sys.path.insert(0, str(ROOT / "tools"))
+    try:
+        from pin_constraints import runtime_closure
+    finally:
+        sys.path.remove(str(ROOT / "tools"))
+    pins = {}
+    for raw in (ROOT / "constraints.txt").read_text().splitlines():
+        line = raw.split("#")[0].strip()
+        if line:
+            name, sep, version = line.partition("==")
+            assert sep, f"not pinned: {line}"
+            pins[name] = version
+    assert pins == runtime_closure()
+    makefile = (ROOT / "Makefile").read_text()
+    assert "-c constraints.txt -e '.[dev]'" in makefile
+
+
+def test_compose_up_wait_means_every_service_healthy() -> None:
+    services = compose()["services"]
+    for name, svc in services.items():
+        test = svc.get("healthcheck", {}).get("test")
+        assert test and test[0] == "CMD", f"{name} has no healthcheck: up --wait cannot wait"
+    gw_probe = services["gatewayd"]["healthcheck"]["test"]
+    assert gw_probe[1:] == healthcheck_argv()  # the image's own HEALTHCHECK
+    assert all(
+        dep["condition"] == "service_healthy" for dep in services["locust"]["depends_on"].values()
+    )
+    readme = (ROOT / "README.md").read_text()
+    assert "docker compose up --build --wait" in readme

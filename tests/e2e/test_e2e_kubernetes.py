@@ -25,6 +25,7 @@ from e2e_kit import (
     Counter,
     EchoBackend,
     Gatewayd,
+    backend_manifests,
     backend_ref,
     free_port,
     gateway,
@@ -264,6 +265,8 @@ def test_check_kubernetes_lists_once_and_prints_the_status(tmp_path: Path) -> No
     with ApiServerDouble(omit=NO_GRPCROUTE) as api:
         create_all(api, [gateway_class(), gateway("gw", [listener("http", 8080)])])
         create_all(api, [split_route("split", 90, 10)])
+        # Its backends exist (check exits 1 on BackendNotFound: those requests would 500).
+        create_all(api, [*backend_manifests("echo-v1", 9999), *backend_manifests("echo-v2", 9999)])
         kubeconfig = api.write_kubeconfig(tmp_path / "kubeconfig", context="ctx")
         argv = ("check", "--kubernetes", "--kubeconfig", str(kubeconfig), "--context", "ctx")
         proc = run_cli(*argv)

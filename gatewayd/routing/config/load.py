@@ -21,6 +21,7 @@ so a reload that brings one keeps the last good configuration.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import os
@@ -96,6 +97,8 @@ class LoadResult:
     config: m.Config
     problems: tuple[m.Problem, ...]  # every error; an invalid object is rejected alone
     notices: tuple[str, ...]  # e.g. one line per skipped unknown kind
+    # One warning per skipped object (a kind gatewayd does not read), with its source.
+    skipped: tuple[m.Problem, ...] = ()
     # (kind, namespace, name) -> (spec digest, generation): pass back as ``previous``.
     generations: Mapping[GenerationKey, tuple[str, int]] = field(default_factory=dict)
 
@@ -256,6 +259,34 @@ _KINDS: dict[str, _KindInfo] = {
     )
 }
 _LIST_KINDS = frozenset({"List", *(f"{k}List" for k in _KINDS)})
+
+
+# Gateway API kinds gatewayd does not read (skipped with a warning, like any other kind):
+# a kind of a Gateway API group outside this set and _KINDS is a typo (an error).
+_OTHER_GATEWAY_API_KINDS = frozenset(
+    {
+        "TCPRoute",
+        "UDPRoute",
+        "BackendLBPolicy",
+        "BackendTrafficPolicy",
+        "XBackendTrafficPolicy",
+        "ListenerSet",
+        "XListenerSet",
+        "XMesh",
+    }
+)
+_GATEWAY_API_GROUPS = frozenset({_GW, "gateway.networking.x-k8s.io"})
+SKIPPED_NOTICE = "not a kind gatewayd reads"
+
+
+def _misspelt_gateway_kind(kind: str, group: str) -> str | None:
+    """The message for a kind that no Gateway API group has, else None."""
+    known = {k for k, info in _KINDS.items() if info.group == _GW} | _OTHER_GATEWAY_API_KINDS
+    if group not in _GATEWAY_API_GROUPS or kind in known or kind.removesuffix("List") in known:
+        return None
+    close = difflib.get_close_matches(kind, sorted(known), n=1, cutoff=0.6)
+    hint = f"; did you mean {close[0]}?" if close else ""
+    return f"{reader.show(kind)} is not a kind of the Gateway API ({group}){hint}"
 
 
 def _split_api_version(api_version: str) -> tuple[str, str]:
@@ -505,6 +536,7 @@ class _Loading:
         self.admitted = admitted  # objects an API server admitted: unknown fields ignored
         self.problems: list[m.Problem] = []
         self.skipped: dict[str, int] = {}
+        self.skipped_objects: list[m.Problem] = []
         self.seen: dict[GenerationKey, m.Source] = {}
         self.generations: dict[GenerationKey, tuple[str, int]] = {}
         self.objects: dict[m.Kind, list[object]] = {k: [] for k in m.Kind}
@@ -607,8 +639,28 @@ class _Loading:
         if info is None or (
             api_version not in info.api_versions() and _is_foreign_group(group, info)
         ):
+            misspelt = _misspelt_gateway_kind(kind, group) if info is None else None
+            if misspelt is not None:
+                self.problem(
+                    source,
+                    misspelt,
+                    kind=kind,
+                    namespace=_namespace_hint(data),
+                    name=name_hint,
+                    path=reader.join(prefix, "kind"),
+                )
+                return
             label = kind if info is None else f"{kind} ({api_version})"
             self.skipped[label] = self.skipped.get(label, 0) + 1
+            self.skipped_objects.append(
+                m.Problem(
+                    source=source,
+                    kind=kind if info is None else f"{kind} ({api_version})",
+                    namespace=_namespace_hint(data),
+                    name=name_hint,
+                    message=f"skipped: {SKIPPED_NOTICE}",
+                )
+            )
             return
 
         issues = reader.Issues(ignore_unknown_fields=self.admitted)
@@ -679,7 +731,7 @@ class _Loading:
 
     def notices(self) -> tuple[str, ...]:
         return tuple(
-            f"skipped {count} {label} object{'s' if count != 1 else ''}: not a kind gatewayd reads"
+            f"skipped {count} {label} object{'s' if count != 1 else ''}: {SKIPPED_NOTICE}"
             for label, count in self.skipped.items()
         )
 
@@ -727,6 +779,12 @@ class _Loading:
             rejected=self._rejected(),
         )
         return _with_implied_namespaces(config)
+
+
+def _namespace_hint(data: Mapping[object, object]) -> str:
+    md = data.get("metadata")
+    namespace = md.get("namespace") if isinstance(md, Mapping) else None
+    return namespace if isinstance(namespace, str) else ""
 
 
 def _name_hint(data: Mapping[object, object]) -> str:
@@ -852,6 +910,7 @@ def load_documents(
         config=state.config(),
         problems=tuple(state.problems),
         notices=state.notices(),
+        skipped=tuple(state.skipped_objects),
         generations=dict(state.generations),
     )
 
@@ -876,6 +935,7 @@ def load_objects(
         config=state.config(),
         problems=tuple(state.problems),
         notices=(*notices, *state.notices()),
+        skipped=tuple(state.skipped_objects),
         generations=dict(state.generations),
     )
 
