@@ -128,7 +128,7 @@ class BackendBalancer:
     from.  Kept on the backend (``CompiledBackend.lb``) and rebuilt when any ejection
     starts or ends (``epoch``)."""
 
-    __slots__ = ("avail", "by_key", "down", "epoch", "panic", "rr", "states")
+    __slots__ = ("avail", "by_key", "down", "epoch", "panic", "rr", "single", "states")
 
     def __init__(self, states: tuple[EndpointState, ...], epoch: int, panic_threshold: int) -> None:
         self.states = states
@@ -141,6 +141,10 @@ class BackendBalancer:
         self.panic = bool(states) and len(healthy) * 100 < panic_threshold * len(states)
         self.avail = states if self.panic or not healthy else healthy
         self.down = not healthy
+        # A backend with one endpoint sends every request there, ejected or not (panic):
+        # the request path takes it without a call (``single_endpoint``), whatever the
+        # epoch.
+        self.single = states[0] if len(states) == 1 else None
 
     def __reduce__(self) -> tuple[Callable[[], None], tuple[()]]:
         return (_none, ())
@@ -148,6 +152,13 @@ class BackendBalancer:
 
 def _none() -> None:
     return None
+
+
+def single_endpoint(backend: CompiledBackend) -> EndpointState | None:
+    """The endpoint of a one-endpoint backend whose view is built (the common case),
+    else None: then ask ``EndpointHealth.pick``.  Written out on the request path."""
+    bal: BackendBalancer | None = backend.lb
+    return bal.single if bal is not None else None
 
 
 class EndpointHealth:
