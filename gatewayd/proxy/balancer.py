@@ -142,8 +142,7 @@ class BackendBalancer:
         self.avail = states if self.panic or not healthy else healthy
         self.down = not healthy
         # A backend with one endpoint sends every request there, ejected or not (panic):
-        # the request path takes it without a call (``single_endpoint``), whatever the
-        # epoch.
+        # the request path takes it without a call, whatever the epoch.
         self.single = states[0] if len(states) == 1 else None
 
     def __reduce__(self) -> tuple[Callable[[], None], tuple[()]]:
@@ -152,13 +151,6 @@ class BackendBalancer:
 
 def _none() -> None:
     return None
-
-
-def single_endpoint(backend: CompiledBackend) -> EndpointState | None:
-    """The endpoint of a one-endpoint backend whose view is built (the common case),
-    else None: then ask ``EndpointHealth.pick``.  Written out on the request path."""
-    bal: BackendBalancer | None = backend.lb
-    return bal.single if bal is not None else None
 
 
 class EndpointHealth:
