@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import httptools
 
+from gatewayd.proxy.balancer import FLAG_EJECTED
 from gatewayd.proxy.filters import (
     apply_header_ops,
     cors_preflight,
@@ -83,6 +84,7 @@ from gatewayd.routing.snapshot.addresses import host_port
 from gatewayd.routing.snapshot.table import HTTPRouteTable
 
 if TYPE_CHECKING:
+    from gatewayd.proxy.balancer import EndpointState
     from gatewayd.proxy.server import Proxy
     from gatewayd.routing.snapshot.backends import EndpointAddress
     from gatewayd.routing.snapshot.compiled import ListenerPort
@@ -243,7 +245,9 @@ class Exchange:
         "conn",
         "deadline",
         "down_paused",
+        "ejected",
         "endpoint",
+        "ep_state",
         "finished",
         "flags",
         "head",
@@ -304,6 +308,11 @@ class Exchange:
         self.rule: CompiledRule | None = None
         self.backend: CompiledBackend | None = None
         self.endpoint: EndpointAddress | None = None
+        # The endpoint's balancing state while a try is in flight there (its
+        # ``active`` count includes this request), and whether a failure of this
+        # request ejected it (access log flag OE).
+        self.ep_state: EndpointState | None = None
+        self.ejected = False
         self.host = ""
         self.upstream: ClientStream | None = None
         self.upstream_head: RequestHead | None = None
@@ -564,7 +573,9 @@ class Exchange:
             # random draw and a call (~0.25 us).
             backend: CompiledBackend | None = backends[0]
         else:
-            backend = rule.pick_backend(random.random())
+            # Weighted, and a backendRef whose endpoints are all ejected (or that has
+            # none) gives its share to the others (balancer.py).
+            backend = proxy.health.choose_backend(rule, random.random(), self.start)
         if backend is None:
             self._local(500, LR_DIRECT)
             return
@@ -635,13 +646,32 @@ class Exchange:
             return
         backend = self.backend
         assert backend is not None
-        ep = self.endpoint if fresh else backend.next_endpoint()
+        proxy = self.conn.proxy
+        if fresh:
+            ep = self.endpoint
+        else:
+            prev = self.ep_state
+            if prev is not None:
+                prev.active -= 1  # the previous try's
+            # One endpoint (the common case): taken without a call, since health
+            # cannot change that choice (balancer.single_endpoint; ~0.25 us less per
+            # request, bench_h1_inproc).  Else the balancer picks, and a retry goes
+            # elsewhere when it can (the previous endpoint loses).
+            bal = backend.lb
+            st = bal.single if bal is not None else None
+            if st is None:
+                st = proxy.health.pick(backend, self.start, None, prev)
+            self.ep_state = st
+            if st is None:
+                self._local(503, LR_NO_HEALTHY)
+                return
+            st.active += 1
+            ep = st.endpoint
         if ep is None:
             self._local(503, LR_NO_HEALTHY)
             return
         self.endpoint = ep
         self.attempt += 1
-        proxy = self.conn.proxy
         if not fresh:
             key = endpoint_key(ep.address, ep.port, backend.tls)
             up = proxy.pool.acquire_h2(key) if backend.http2 else proxy.pool.acquire(key)
@@ -672,6 +702,10 @@ class Exchange:
             log.debug("connect to %s:%d failed: %s", ep.address, ep.port, exc)
             if proxy.metrics is not None:
                 proxy.metrics.upstream_connect_fail(backend.name)
+            if not isinstance(exc, socket.gaierror):
+                # A name that does not resolve is not the endpoint's fault (Envoy does
+                # not eject on DNS failures either).
+                self._outlier_failure()
             if self._can_retry():
                 self._schedule_retry()
             elif isinstance(exc, socket.gaierror):  # an FQDN endpoint's name did not resolve
@@ -729,6 +763,21 @@ class Exchange:
             up.read_disable(RD_UPSTREAM)
         if self.head.expect_continue and not complete:
             self.stream.send_continue()
+
+    def _outlier_failure(self) -> None:
+        """The try at ``ep_state`` failed (connect failure, reset, 502/503/504)."""
+        st = self.ep_state
+        backend = self.backend
+        if st is None or backend is None:
+            return
+        if self.conn.proxy.health.on_failure(st, backend, self.conn.loop.time()):
+            self.ejected = True
+            log.info(
+                "outlier detection: %s ejected from %s until +%.0fs",
+                host_port(st.address, st.port),
+                backend.name,
+                st.ejected_until - self.conn.loop.time(),
+            )
 
     def _can_retry(self) -> bool:
         return self.retries_left > 0 and self.replay is not None and not self.response_started
@@ -868,6 +917,12 @@ class Exchange:
         if conn is not self.upstream or self.finished:
             return
         status = head.status
+        st = self.ep_state
+        if st is not None:
+            if 502 <= status <= 504:
+                self._outlier_failure()
+            elif st.failures:
+                st.failures = 0  # outlier detection counts failures in a row
         rule = self.rule
         assert rule is not None
         retry = rule.retry
@@ -984,6 +1039,7 @@ class Exchange:
         broken = isinstance(exc, (UpstreamProtocolError, httptools.HttpParserError))
         if self.response_started:
             # Truncated response: the client has to see the failure.
+            self._outlier_failure()
             self.flags = LR_UPSTREAM_PROTOCOL.flag if broken else "UC"
             self._abort_downstream()
             return
@@ -1001,6 +1057,9 @@ class Exchange:
             self._replay_pending()
             self._try(True)
             return
+        # A reset (or an invalid response) before the response: a failure of the
+        # endpoint for outlier detection, retried or not.
+        self._outlier_failure()
         if self._can_retry():
             self._schedule_retry()
             return
@@ -1123,6 +1182,12 @@ class Exchange:
         if self.upstream is not None:
             self.upstream.reset()
             self.upstream = None
+        st = self.ep_state
+        if st is not None:
+            # The endpoint's in-flight count (least request) drops here, the one place
+            # every exchange passes (on_reset for the others).
+            self.ep_state = None
+            st.active -= 1
         if self.pending or self.pending_size:
             self._drop_pending()
         if self.mirrors and not self.request_complete:
@@ -1145,6 +1210,10 @@ class Exchange:
         if self.upstream is not None:
             self.upstream.reset()
             self.upstream = None
+        st = self.ep_state
+        if st is not None:
+            self.ep_state = None
+            st.active -= 1
         self.attempt += 1
         self._record()
 
@@ -1174,7 +1243,11 @@ class Exchange:
                 path=head.target.decode("latin-1"),
                 protocol=_PROTOCOLS.get(head.version, "HTTP/1.1"),
                 status=self.status,
-                flags=self.flags,
+                flags=(
+                    (f"{self.flags},{FLAG_EJECTED}" if self.flags else FLAG_EJECTED)
+                    if self.ejected
+                    else self.flags
+                ),
                 bytes_received=self.bytes_received,
                 bytes_sent=self.bytes_sent,
                 duration_ms=int(duration * 1000.0),
@@ -1215,10 +1288,13 @@ class Exchange:
         h2head: RequestHead | None = None
         conn = self.conn
         proxy = conn.proxy
+        health = proxy.health
+        now = conn.loop.time()
         for backend in mirrors:
-            ep = backend.next_endpoint()
-            if ep is None:
+            st = health.pick(backend, now)
+            if st is None:
                 continue
+            ep = st.endpoint
             mh = mhead
             if backend.http2:
                 if h2head is None:
