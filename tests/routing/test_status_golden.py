@@ -158,12 +158,16 @@ def route_problems() -> Config:
 
 def unserved_features() -> Config:
     """Features the data plane does not serve yet, each reported instead of claimed:
-    GRPCRoute (no HTTP/2), sessionPersistence, WebSocket-over-TLS backends, listener
-    tls.options."""
-    sticky = http_route("sticky", parent("gw"), backends=[backend()])
-    sticky = replace(
-        sticky,
-        rules=(replace(sticky.rules[0], session_persistence=SessionPersistence(type="Cookie")),),
+    sessionPersistence on a GRPCRoute (HTTPRoutes serve it), WebSocket-over-TLS
+    backends, listener tls.options."""
+    sticky = GRPCRoute(
+        meta=Meta(namespace="default", name="sticky"),
+        parent_refs=(parent("gw"),),
+        rules=(
+            GRPCRouteRule(
+                backend_refs=(backend(),), session_persistence=SessionPersistence(type="Cookie")
+            ),
+        ),
     )
     hardened = replace(terminate("cert"), options=(("example.com/min-tls-version", "1.3"),))
     return config(

@@ -68,6 +68,9 @@ from gatewayd.proxy.http.codec import (
 )
 from gatewayd.proxy.http.h1_client import endpoint_key
 from gatewayd.proxy.http.h2_client import StreamRefused
+from gatewayd.proxy.http.session import SessionUse
+from gatewayd.proxy.http.session import lookup as session_lookup
+from gatewayd.proxy.http.session import response_field as session_field
 from gatewayd.proxy.localreply import (
     DNS_RESOLUTION_FAILURE,
     DOWNSTREAM_PROTOCOL_ERROR,
@@ -271,6 +274,7 @@ class Exchange:
         "route_wait",
         "rule",
         "sending",
+        "session",
         "start",
         "status",
         "still_since",
@@ -304,6 +308,8 @@ class Exchange:
         self.rule: CompiledRule | None = None
         self.backend: CompiledBackend | None = None
         self.endpoint: EndpointAddress | None = None
+        # Session persistence of the chosen backend (rules with ``sticky`` only).
+        self.session: SessionUse | None = None
         self.host = ""
         self.upstream: ClientStream | None = None
         self.upstream_head: RequestHead | None = None
@@ -559,10 +565,14 @@ class Exchange:
                 self.mirror_head = RequestHead(self.method, target, list(fwd))
 
         backends = rule.backends
-        if len(backends) == 1 and rule.total_weight > 0:
+        if rule.sticky:
+            # Session persistence: a valid token names the backend and endpoint; else
+            # the normal pick, and the response carries a new token.
+            backend: CompiledBackend | None = self._session_backend(rule)
+        elif len(backends) == 1 and rule.total_weight > 0:
             # One backendRef (the common case): what pick_backend returns, without a
             # random draw and a call (~0.25 us).
-            backend: CompiledBackend | None = backends[0]
+            backend = backends[0]
         else:
             backend = rule.pick_backend(random.random())
         if backend is None:
@@ -626,6 +636,22 @@ class Exchange:
             self._fire_mirrors()
         self._try(False)
 
+    def _session_backend(self, rule: CompiledRule) -> CompiledBackend | None:
+        now_ms = int(time.time() * 1000)
+        use = session_lookup(self.conn.proxy.sessions, rule.backends, self.headers, now_ms)
+        if use is not None:
+            self.session = use
+            return use.backend
+        backends = rule.backends
+        backend = (
+            backends[0]
+            if len(backends) == 1 and rule.total_weight > 0
+            else rule.pick_backend(random.random())
+        )
+        if backend is not None and backend.session is not None:
+            self.session = SessionUse(backend.session)
+        return backend
+
     # ------------------------------------------------------------------ upstream tries
 
     def _try(self, fresh: bool) -> None:
@@ -635,7 +661,15 @@ class Exchange:
             return
         backend = self.backend
         assert backend is not None
-        ep = self.endpoint if fresh else backend.next_endpoint()
+        if fresh:
+            ep = self.endpoint
+        else:
+            session = self.session
+            ep = (
+                session.pinned
+                if session is not None and session.pinned is not None
+                else backend.next_endpoint()
+            )
         if ep is None:
             self._local(503, LR_NO_HEALTHY)
             return
@@ -672,6 +706,16 @@ class Exchange:
             log.debug("connect to %s:%d failed: %s", ep.address, ep.port, exc)
             if proxy.metrics is not None:
                 proxy.metrics.upstream_connect_fail(backend.name)
+            session = self.session
+            if session is not None and session.pinned is not None:
+                # The session's endpoint does not answer.  Data planes "SHOULD fall back
+                # to available backends when the original backend is no longer serving,
+                # reestablishing session persistence with a new backend" (GEP-1619):
+                # nothing of the request was sent, so one more pick is safe; the
+                # response carries the new token.
+                session.pinned = None
+                self._try(False)
+                return
             if self._can_retry():
                 self._schedule_retry()
             elif isinstance(exc, socket.gaierror):  # an FQDN endpoint's name did not resolve
@@ -914,6 +958,19 @@ class Exchange:
                         break
                 else:
                     out.append((b"x-request-id", rid))
+        session = self.session
+        if session is not None:
+            ep = self.endpoint
+            assert ep is not None
+            field = session_field(
+                self.conn.proxy.sessions,
+                session,
+                ep,
+                int(time.time() * 1000),
+                secure=self.conn.sni is not None,
+            )
+            if field is not None:
+                out.append(field)
         # The downstream codec frames the body (and answers HEAD, 204 and 304
         # without one).
         head.headers = out

@@ -11,6 +11,7 @@ Pure module: no I/O.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 
@@ -60,6 +61,7 @@ from gatewayd.routing.snapshot.rules import (
     Rewrite,
     RouteHit,
     RouteTable,
+    SessionPolicy,
     TerminateTLS,
 )
 from gatewayd.routing.snapshot.table import (
@@ -88,8 +90,10 @@ INVALID_BACKEND_STATUS = 500
 DEFAULT_RETRY_ATTEMPTS = 1
 DEFAULT_RETRY_BACKOFF = 0.025
 
-# SessionPersistence.sessionName is optional; the cookie/header needs some name.
-DEFAULT_SESSION_NAME = "gatewayd-session"
+# CookieConfig.Name: "If not specified, a unique cookie name SHOULD be generated."
+# gatewayd names it after what the session is bound to (the route rule, or the Service
+# of a BackendLBPolicy): this prefix and 8 hex digits of a SHA-256 of that scope.
+DEFAULT_SESSION_PREFIX = "gatewayd-session-"
 
 HTTP_PROTOCOLS = frozenset({"HTTP", "HTTPS"})
 TLS_PROTOCOL = "TLS"
@@ -105,7 +109,10 @@ def compile_snapshot(resolution: Resolution, *, generation: int) -> Snapshot:
     served (the status computation reports such conflicts).
     """
     compiler = _Compiler(
-        resolution.backends, resolution.backend_tls, resolution.client_certificates
+        resolution.backends,
+        resolution.backend_tls,
+        resolution.client_certificates,
+        resolution.backend_sessions,
     )
     by_port: dict[tuple[str, int], list[ListenerBinding]] = {}
     for binding in resolution.listeners:
@@ -160,10 +167,18 @@ class _Compiler:
         backends: Mapping[BackendKey, BackendTarget],
         backend_tls: Mapping[tuple[str, str, int], BackendTLS] | None = None,
         client_certificates: Mapping[tuple[str, str], ClientCertificate] | None = None,
+        backend_sessions: Mapping[tuple[str, str], tuple[str, SessionPersistence]] | None = None,
     ) -> None:
         self.backends = backends
         self.backend_tls = backend_tls or {}
         self.client_certificates = client_certificates or {}
+        # BackendLBPolicy sessions, compiled once per Service.
+        self.service_sessions: dict[tuple[str, str], SessionPolicy] = {
+            key: session_policy(
+                sp, scope=f"Service {key[0]}/{key[1]}", source=f"BackendLBPolicy {policy}"
+            )
+            for key, (policy, sp) in (backend_sessions or {}).items()
+        }
         # (id(route), Gateway) -> its compiled rules (a Gateway's client certificate goes
         # into its TLS backends); ``_keep`` pins the routes so ids stay unique.
         self._rules: dict[tuple[int, tuple[str, str] | None], tuple[CompiledRule, ...]] = {}
@@ -496,9 +511,14 @@ class _Compiler:
                 backoff=retry.backoff if retry.backoff is not None else DEFAULT_RETRY_BACKOFF,
             )
 
-        session_name: str | None = None
         if session is not None:
-            session_name = session.session_name or DEFAULT_SESSION_NAME
+            # "Session persistence configuration specified in a route rule SHALL
+            # override equivalent configuration in BackendTrafficPolicy" (GEP-1619,
+            # BackendLBPolicy before it): every backendRef of the rule gets the rule's.
+            rid = f"{ns}/{meta.name}/rule/{index}"
+            policy = session_policy(session, scope=f"{kind} {rid}", source=f"{kind} {rid}")
+            backends = [replace(b, session=policy) for b in backends]
+        sticky = any(b.session is not None and b.invalid_status is None for b in backends)
 
         return CompiledRule(
             route_kind=kind,
@@ -519,7 +539,7 @@ class _Compiler:
             request_timeout=request_timeout,
             backend_request_timeout=backend_timeout,
             retry=compiled_retry,
-            session_persistence=session_name,
+            sticky=sticky,
         )
 
     # ----------------------------------------------------------------- backends
@@ -583,6 +603,9 @@ class _Compiler:
             request_headers=request_ops,
             response_headers=response_ops,
             tls=tls,
+            session=self.service_sessions.get((key.namespace, key.name))
+            if key.group == "" and key.kind == "Service"
+            else None,
         )
 
     def _mirror_backend(
@@ -611,6 +634,29 @@ class _Compiler:
             fqdn=target.fqdn,
             tls=tls,
         )
+
+
+def session_policy(session: SessionPersistence, *, scope: str, source: str) -> SessionPolicy:
+    """The data plane's view of a ``sessionPersistence``: names and timeouts resolved."""
+    scope_b = scope.encode()
+    name = session.session_name
+    if not name:
+        name = DEFAULT_SESSION_PREFIX + hashlib.sha256(scope_b).hexdigest()[:8]
+    header = session.type == "Header"
+    return SessionPolicy(
+        name=name.lower() if header else name,
+        header=header,
+        scope=scope_b,
+        absolute_timeout=session.absolute_timeout,
+        idle_timeout=session.idle_timeout,
+        # "When set to "Permanent", AbsoluteTimeout indicates the cookie's lifetime via
+        # the Expires or Max-Age cookie attributes and is required." (CookieConfig)
+        permanent=session.cookie_lifetime_type == "Permanent"
+        and session.absolute_timeout is not None,
+        # "When not specified, implementations MUST default the cookie path to "/"."
+        cookie_path=session.cookie_path or "/",
+        source=source,
+    )
 
 
 def _key_name(key: BackendKey) -> str:

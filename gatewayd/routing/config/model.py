@@ -364,6 +364,7 @@ class SessionPersistence:
     absolute_timeout: float | None = None
     idle_timeout: float | None = None
     cookie_lifetime_type: str = "Session"  # Permanent | Session
+    cookie_path: str | None = None  # cookie.path (newer API); None: "/"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
