@@ -665,11 +665,7 @@ class Exchange:
             ep = self.endpoint
         else:
             session = self.session
-            ep = (
-                session.pinned
-                if session is not None and session.pinned is not None
-                else backend.next_endpoint()
-            )
+            ep = session.endpoint(backend) if session is not None else backend.next_endpoint()
         if ep is None:
             self._local(503, LR_NO_HEALTHY)
             return
@@ -707,13 +703,12 @@ class Exchange:
             if proxy.metrics is not None:
                 proxy.metrics.upstream_connect_fail(backend.name)
             session = self.session
-            if session is not None and session.pinned is not None:
+            if session is not None and session.move():
                 # The session's endpoint does not answer.  Data planes "SHOULD fall back
                 # to available backends when the original backend is no longer serving,
                 # reestablishing session persistence with a new backend" (GEP-1619):
-                # nothing of the request was sent, so one more pick is safe; the
-                # response carries the new token.
-                session.pinned = None
+                # nothing of the request was sent, so one more pick (another endpoint)
+                # is safe; the response carries the new token.
                 self._try(False)
                 return
             if self._can_retry():

@@ -1,0 +1,243 @@
+"""Session persistence through ``gatewayd run`` (issue 14): one Service with three
+endpoints (three ``gatewayd echo`` pods), counted by the echo's "pod" field.
+
+A request carrying the session cookie (or header) reaches the endpoint the session is
+pinned to; without it requests spread.  Timeouts expire the session, a reload and a
+restart (same ``--session-secret-file``) keep it, any worker honours it, and a killed
+endpoint moves it (a new token).
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from e2e_kit import (
+    Doc,
+    EchoBackend,
+    Gatewayd,
+    Reply,
+    assert_condition,
+    backend_ref,
+    deadline_loop,
+    endpoint_slice,
+    free_port,
+    gateway,
+    gateway_class,
+    http_route,
+    listener,
+    request,
+    rule,
+    service,
+    to_yaml,
+)
+
+pytestmark = pytest.mark.e2e
+
+SECRET = "c2Vzc2lvbiBzZWNyZXQgZm9yIHRoZSBlMmUgdGVzdHM="
+
+
+@dataclass
+class Env:
+    daemon: Gatewayd
+    port: int
+    docs: list[Doc]
+
+
+def app_manifests(backends: list[EchoBackend]) -> list[Doc]:
+    """Service "app" with one EndpointSlice per echo (each its own port)."""
+    docs: list[Doc] = [service("app", [("http", 80)])]
+    docs += [
+        endpoint_slice("app", [("http", b.port)], pod=b.name, slice_name=f"app-{b.name}")
+        for b in backends
+    ]
+    return docs
+
+
+def sticky_route(name: str, session: Doc) -> Doc:
+    route = http_route(name, [rule(backends=[backend_ref("app")])], hostnames=[f"{name}.example"])
+    route["spec"]["rules"][0]["sessionPersistence"] = session
+    return route
+
+
+def session_docs(backends: list[EchoBackend], port: int) -> list[Doc]:
+    return [
+        gateway_class(),
+        gateway("gw", [listener("http", port)]),
+        *app_manifests(backends),
+        http_route("plain", [rule(backends=[backend_ref("app")])], hostnames=["plain.example"]),
+        # The shape of Gateway API v1.2-1.4 (sessionName, cookieConfig).
+        sticky_route("cookie", {"type": "Cookie", "sessionName": "sid"}),
+        # The newer shape (header.name); the name the client must send back.
+        sticky_route("header", {"type": "Header", "header": {"name": "X-Session"}}),
+        sticky_route("short", {"absoluteTimeout": "1s"}),
+        sticky_route("idle", {"sessionName": "idle", "idleTimeout": "1s"}),
+        sticky_route(
+            "permanent",
+            {"absoluteTimeout": "1h", "cookieConfig": {"lifetimeType": "Permanent"}},
+        ),
+    ]
+
+
+@pytest.fixture(scope="module")
+def env(module_echoes, module_gatewayd) -> Env:  # type: ignore[no-untyped-def]
+    backends = module_echoes.start("pod-a", "pod-b", "pod-c")
+    port = free_port()
+    docs = session_docs(backends, port)
+    return Env(module_gatewayd(docs), port, docs)
+
+
+def cookie_of(reply: Reply) -> tuple[str, str, dict[str, str]]:
+    """(name, value, attributes) of the reply's one Set-Cookie."""
+    values = reply.header_all("set-cookie")
+    assert len(values) == 1, f"expected one Set-Cookie, got {values}"
+    first, *attrs = (p.strip() for p in values[0].split(";"))
+    name, _, value = first.partition("=")
+    parsed = {}
+    for a in attrs:
+        k, _, v = a.partition("=")
+        parsed[k.lower()] = v
+    return name, value, parsed
+
+
+def pods(port: int, host: str, n: int, headers: dict[str, str] | None = None) -> list[str]:
+    """The pods of ``n`` requests, each on a fresh connection."""
+    return [str(request(port, "/", host=host, headers=headers).echo()["pod"]) for _ in range(n)]
+
+
+def start_session(port: int, host: str) -> tuple[str, str, str]:
+    """(pod, cookie name, cookie value) of a first request without a session."""
+    r = request(port, "/", host=host)
+    name, value, _ = cookie_of(r)
+    return str(r.echo()["pod"]), name, value
+
+
+def test_routes_with_sessions_are_accepted(env: Env) -> None:
+    for name in ("cookie", "header", "short", "idle", "permanent"):
+        parent = env.daemon.status_of("HTTPRoute", name)["parents"][0]
+        assert_condition(parent, "Accepted", "True", "Accepted")
+        assert_condition(parent, "ResolvedRefs", "True", "ResolvedRefs")
+
+
+def test_without_a_session_requests_spread(env: Env) -> None:
+    seen = pods(env.port, "plain.example", 9)
+    assert set(seen) == {"pod-a", "pod-b", "pod-c"}, seen
+    r = request(env.port, "/", host="plain.example")
+    assert r.header("set-cookie") is None
+    # Sticky routes spread their first requests too (each starts its own session).
+    firsts = [start_session(env.port, "cookie.example")[0] for _ in range(6)]
+    assert len(set(firsts)) >= 2, firsts
+
+
+def test_cookie_session_sticks_to_one_endpoint(env: Env) -> None:
+    pod, name, value = start_session(env.port, "cookie.example")
+    assert name == "sid"
+    seen = pods(env.port, "cookie.example", 10, {"Cookie": f"other=1; {name}={value}"})
+    assert seen == [pod] * 10, seen
+    # A session cookie: no Expires or Max-Age; Path defaults to "/".
+    _, _, attrs = cookie_of(request(env.port, "/", host="cookie.example"))
+    assert "max-age" not in attrs and "expires" not in attrs, attrs
+    assert attrs["path"] == "/" and "httponly" in attrs, attrs
+    # Once established, the response does not set the cookie again.
+    r = request(env.port, "/", host="cookie.example", headers={"Cookie": f"{name}={value}"})
+    assert r.header("set-cookie") is None
+
+
+def test_tampered_or_foreign_cookie_is_a_new_session(env: Env) -> None:
+    _, name, value = start_session(env.port, "cookie.example")
+    forged = value[:-2] + ("AA" if value[-2:] != "AA" else "BB")
+    r = request(env.port, "/", host="cookie.example", headers={"Cookie": f"{name}={forged}"})
+    assert r.status == 200
+    assert cookie_of(r)[1] != forged  # refused: a fresh token
+    # A token of another rule (another scope) is not honoured either.
+    _, _, pvalue = start_session(env.port, "permanent.example")
+    r = request(env.port, "/", host="cookie.example", headers={"Cookie": f"sid={pvalue}"})
+    assert cookie_of(r)[0] == "sid" and cookie_of(r)[1] != pvalue
+
+
+def test_header_session_sticks(env: Env) -> None:
+    r = request(env.port, "/", host="header.example")
+    token = r.header("x-session")
+    assert token, r.headers
+    pod = str(r.echo()["pod"])
+    seen = pods(env.port, "header.example", 10, {"X-Session": token})
+    assert seen == [pod] * 10, seen
+
+
+def test_permanent_cookie_has_max_age(env: Env) -> None:
+    r = request(env.port, "/", host="permanent.example")
+    name, _, attrs = cookie_of(r)
+    assert name.startswith("gatewayd-session-"), name  # generated, unique per rule
+    assert attrs.get("max-age") in ("3600", "3599"), attrs
+
+
+def test_absolute_and_idle_timeouts_expire_the_session(env: Env) -> None:
+    pod, name, short = start_session(env.port, "short.example")
+    assert pods(env.port, "short.example", 3, {"Cookie": f"{name}={short}"}) == [pod] * 3
+    # Idle: every response refreshes the token; used within 1 s it stays alive past 1 s.
+    ipod, iname, first = start_session(env.port, "idle.example")
+    latest = first
+    for _ in range(4):
+        time.sleep(0.35)
+        r = request(env.port, "/", host="idle.example", headers={"Cookie": f"{iname}={latest}"})
+        assert r.echo()["pod"] == ipod
+        latest = cookie_of(r)[1]
+    # ~1.4 s after it was minted: the first idle token and the absolute one are dead
+    # (balanced again: spread over the pods), the refreshed one is alive.
+    assert len(set(pods(env.port, "idle.example", 6, {"Cookie": f"{iname}={first}"}))) >= 2
+    assert len(set(pods(env.port, "short.example", 6, {"Cookie": f"{name}={short}"}))) >= 2
+    r = request(env.port, "/", host="idle.example", headers={"Cookie": f"{iname}={latest}"})
+    assert r.echo()["pod"] == ipod
+
+
+def test_reload_keeps_the_session(env: Env) -> None:
+    pod, name, value = start_session(env.port, "cookie.example")
+    before = generation(env.daemon)
+    extra = http_route("extra", [rule(backends=[backend_ref("app")])], hostnames=["x.example"])
+    env.daemon.config.write_text(to_yaml([*env.docs, extra]))
+    env.daemon.child.proc.send_signal(signal.SIGHUP)
+    for _ in deadline_loop(5.0):
+        if (
+            generation(env.daemon) > before
+            and request(env.port, "/", host="x.example").status == 200
+        ):
+            break
+    else:
+        raise AssertionError("the reload was not served within 5 s\n" + env.daemon.output())
+    assert pods(env.port, "cookie.example", 5, {"Cookie": f"{name}={value}"}) == [pod] * 5
+
+
+def generation(daemon: Gatewayd) -> int:
+    code, body = daemon.admin_get("/status")
+    assert code == 200, body
+    value = json.loads(body)["config"]["generation"]
+    assert isinstance(value, int)
+    return value
+
+
+def test_restart_workers_and_killed_endpoint(echoes, gatewayd, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    backends = echoes.start("pod-a", "pod-b", "pod-c")
+    port = free_port()
+    secret = tmp_path / "session.secret"
+    secret.write_text(SECRET + "\n")
+    args = ["--workers", "2", "--session-secret-file", str(secret)]
+    docs = session_docs(backends, port)
+    daemon = gatewayd(docs, args=args)
+    pod, name, value = start_session(port, "cookie.example")
+    # Fresh connections land on either worker: both honour the token.
+    assert pods(port, "cookie.example", 10, {"Cookie": f"{name}={value}"}) == [pod] * 10
+    daemon.stop()
+    daemon = gatewayd(docs, args=args)
+    assert pods(port, "cookie.example", 5, {"Cookie": f"{name}={value}"}) == [pod] * 5
+    # The pinned endpoint dies (still in its EndpointSlice): the session moves.
+    next(b for b in backends if b.name == pod).child.stop()
+    r = request(port, "/", host="cookie.example", headers={"Cookie": f"{name}={value}"})
+    moved = str(r.echo()["pod"])
+    assert moved != pod
+    new_name, new_value, _ = cookie_of(r)
+    assert new_name == name and new_value != value
+    assert pods(port, "cookie.example", 5, {"Cookie": f"{name}={new_value}"}) == [moved] * 5
