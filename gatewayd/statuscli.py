@@ -41,6 +41,7 @@ SECTIONS: dict[str, str] = {
     "grpcroutes": "GRPCRoute",
     "tlsroutes": "TLSRoute",
     "backendtlspolicies": "BackendTLSPolicy",
+    "backendlbpolicies": "BackendLBPolicy",
 }
 
 # kubectl-style singular and short names
@@ -54,6 +55,8 @@ _ALIASES: dict[str, str] = {
     "tlsroute": "tlsroutes",
     "backendtlspolicy": "backendtlspolicies",
     "btlspolicy": "backendtlspolicies",
+    "backendlbpolicy": "backendlbpolicies",
+    "blbpolicy": "backendlbpolicies",
 }
 
 _NONE = "-"
@@ -205,6 +208,7 @@ _FORMATTERS: dict[str, Callable[[list[Mapping[str, object]]], str]] = {
     "grpcroutes": _routes,
     "tlsroutes": _routes,
     "backendtlspolicies": _policies,
+    "backendlbpolicies": _policies,
 }
 
 
@@ -295,7 +299,7 @@ def status_main(argv: Sequence[str]) -> int:
         nargs="?",
         default="all",
         help="gatewayclasses | gateways | httproutes | grpcroutes | tlsroutes | "
-        "backendtlspolicies | all (default: all)",
+        "backendtlspolicies | backendlbpolicies | all (default: all)",
     )
     parser.add_argument(
         "--admin-address",

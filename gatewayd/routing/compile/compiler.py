@@ -11,13 +11,13 @@ Pure module: no I/O.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 
 from gatewayd.routing.compile.match import InvalidMatch, compile_grpc_match, compile_http_match
 from gatewayd.routing.compile.mesh import compile_mesh
 from gatewayd.routing.compile.precedence import route_order
+from gatewayd.routing.compile.sessions import session_policy
 from gatewayd.routing.config.model import (
     BackendObjectReference,
     BackendRef,
@@ -90,10 +90,6 @@ INVALID_BACKEND_STATUS = 500
 DEFAULT_RETRY_ATTEMPTS = 1
 DEFAULT_RETRY_BACKOFF = 0.025
 
-# CookieConfig.Name: "If not specified, a unique cookie name SHOULD be generated."
-# gatewayd names it after what the session is bound to (the route rule, or the Service
-# of a BackendLBPolicy): this prefix and 8 hex digits of a SHA-256 of that scope.
-DEFAULT_SESSION_PREFIX = "gatewayd-session-"
 
 HTTP_PROTOCOLS = frozenset({"HTTP", "HTTPS"})
 TLS_PROTOCOL = "TLS"
@@ -481,7 +477,18 @@ class _Compiler:
             # "If weight is set to 0, no traffic should be forwarded for this entry."
             if ref.weight <= 0:
                 continue
-            backends.append(self._backend(ref, ns, client, tls_allowed=backend_tls, grpc=grpc))
+            backends.append(
+                self._backend(
+                    ref,
+                    ns,
+                    client,
+                    tls_allowed=backend_tls,
+                    grpc=grpc,
+                    # BackendLBPolicy sessions: HTTPRoutes only (GRPCRoutes refuse
+                    # sessionPersistence; TLSRoutes carry no HTTP).
+                    session_allowed=kind == "HTTPRoute",
+                )
+            )
             total += ref.weight
             cumulative.append(total)
 
@@ -562,6 +569,7 @@ class _Compiler:
         *,
         tls_allowed: bool = True,
         grpc: bool = False,
+        session_allowed: bool = False,
     ) -> CompiledBackend:
         key = BackendKey.of(ref.ref, route_namespace)
         target = self.backends.get(key)
@@ -604,7 +612,7 @@ class _Compiler:
             response_headers=response_ops,
             tls=tls,
             session=self.service_sessions.get((key.namespace, key.name))
-            if key.group == "" and key.kind == "Service"
+            if session_allowed and key.group == "" and key.kind == "Service"
             else None,
         )
 
@@ -634,29 +642,6 @@ class _Compiler:
             fqdn=target.fqdn,
             tls=tls,
         )
-
-
-def session_policy(session: SessionPersistence, *, scope: str, source: str) -> SessionPolicy:
-    """The data plane's view of a ``sessionPersistence``: names and timeouts resolved."""
-    scope_b = scope.encode()
-    name = session.session_name
-    if not name:
-        name = DEFAULT_SESSION_PREFIX + hashlib.sha256(scope_b).hexdigest()[:8]
-    header = session.type == "Header"
-    return SessionPolicy(
-        name=name.lower() if header else name,
-        header=header,
-        scope=scope_b,
-        absolute_timeout=session.absolute_timeout,
-        idle_timeout=session.idle_timeout,
-        # "When set to "Permanent", AbsoluteTimeout indicates the cookie's lifetime via
-        # the Expires or Max-Age cookie attributes and is required." (CookieConfig)
-        permanent=session.cookie_lifetime_type == "Permanent"
-        and session.absolute_timeout is not None,
-        # "When not specified, implementations MUST default the cookie path to "/"."
-        cookie_path=session.cookie_path or "/",
-        source=source,
-    )
 
 
 def _key_name(key: BackendKey) -> str:

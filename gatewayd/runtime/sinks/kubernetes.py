@@ -72,6 +72,7 @@ DEFAULT_RESOURCES: Final[Mapping[str, Resource]] = {
     "GRPCRoute": Resource(GATEWAY_GROUP, "v1", "grpcroutes"),
     "TLSRoute": Resource(GATEWAY_GROUP, "v1", "tlsroutes"),
     "BackendTLSPolicy": Resource(GATEWAY_GROUP, "v1", "backendtlspolicies"),
+    "BackendLBPolicy": Resource(GATEWAY_GROUP, "v1alpha2", "backendlbpolicies"),
 }
 
 Key = tuple[str, str, str]  # (kind, namespace, name)

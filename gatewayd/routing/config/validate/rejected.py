@@ -35,6 +35,7 @@ STATUS_KINDS: Final = frozenset(
         m.Kind.GRPC_ROUTE,
         m.Kind.TLS_ROUTE,
         m.Kind.BACKEND_TLS_POLICY,
+        m.Kind.BACKEND_LB_POLICY,
     }
 )
 ROUTE_KINDS: Final = frozenset({m.Kind.HTTP_ROUTE, m.Kind.GRPC_ROUTE, m.Kind.TLS_ROUTE})
@@ -126,6 +127,8 @@ def rejected_object(
         parent_refs=_parent_refs(spec, admitted=admitted) if kind in ROUTE_KINDS else (),
         gateway_class_name=_gateway_class_name(spec) if kind is m.Kind.GATEWAY else None,
         target_refs=(
-            _target_refs(spec, admitted=admitted) if kind is m.Kind.BACKEND_TLS_POLICY else ()
+            _target_refs(spec, admitted=admitted)
+            if kind in (m.Kind.BACKEND_TLS_POLICY, m.Kind.BACKEND_LB_POLICY)
+            else ()
         ),
     )
