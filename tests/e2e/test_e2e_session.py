@@ -48,19 +48,32 @@ class Env:
     docs: list[Doc]
 
 
-def app_manifests(backends: list[EchoBackend]) -> list[Doc]:
-    """Service "app" with one EndpointSlice per echo (each its own port)."""
-    docs: list[Doc] = [service("app", [("http", 80)])]
+def app_manifests(backends: list[EchoBackend], name: str = "app") -> list[Doc]:
+    """Service ``name`` with one EndpointSlice per echo (each its own port)."""
+    docs: list[Doc] = [service(name, [("http", 80)])]
     docs += [
-        endpoint_slice("app", [("http", b.port)], pod=b.name, slice_name=f"app-{b.name}")
+        endpoint_slice(name, [("http", b.port)], pod=b.name, slice_name=f"{name}-{b.name}")
         for b in backends
     ]
     return docs
 
 
-def sticky_route(name: str, session: Doc) -> Doc:
-    route = http_route(name, [rule(backends=[backend_ref("app")])], hostnames=[f"{name}.example"])
-    route["spec"]["rules"][0]["sessionPersistence"] = session
+def lb_policy(name: str, created: str, session: Doc, target: str = "lb-app") -> Doc:
+    return {
+        "apiVersion": "gateway.networking.k8s.io/v1alpha2",
+        "kind": "BackendLBPolicy",
+        "metadata": {"name": name, "namespace": "default", "creationTimestamp": created},
+        "spec": {
+            "targetRefs": [{"group": "", "kind": "Service", "name": target}],
+            "sessionPersistence": session,
+        },
+    }
+
+
+def sticky_route(name: str, session: Doc | None, service: str = "app") -> Doc:
+    route = http_route(name, [rule(backends=[backend_ref(service)])], hostnames=[f"{name}.example"])
+    if session is not None:
+        route["spec"]["rules"][0]["sessionPersistence"] = session
     return route
 
 
@@ -80,6 +93,14 @@ def session_docs(backends: list[EchoBackend], port: int) -> list[Doc]:
             "permanent",
             {"absoluteTimeout": "1h", "cookieConfig": {"lifetimeType": "Permanent"}},
         ),
+        # BackendLBPolicy: the older of two policies on Service "lb-app" wins; a rule's
+        # own sessionPersistence takes precedence over it.
+        *app_manifests(backends, "lb-app"),
+        sticky_route("lb", None, "lb-app"),
+        sticky_route("lb-rule", {"sessionName": "rule-sid"}, "lb-app"),
+        lb_policy("lb-old", "2024-01-01T00:00:00Z", {"sessionName": "lbsid"}),
+        lb_policy("lb-new", "2024-02-01T00:00:00Z", {"sessionName": "newer"}),
+        lb_policy("lb-missing", "2024-01-01T00:00:00Z", {"sessionName": "x"}, target="gone"),
     ]
 
 
@@ -241,3 +262,22 @@ def test_restart_workers_and_killed_endpoint(echoes, gatewayd, tmp_path: Path) -
     new_name, new_value, _ = cookie_of(r)
     assert new_name == name and new_value != value
     assert pods(port, "cookie.example", 5, {"Cookie": f"{name}={new_value}"}) == [moved] * 5
+
+
+def test_backend_lb_policy_sticks_every_route_to_its_service(env: Env) -> None:
+    pod, name, value = start_session(env.port, "lb.example")
+    assert name == "lbsid"  # the older policy's, not "newer"
+    assert pods(env.port, "lb.example", 10, {"Cookie": f"{name}={value}"}) == [pod] * 10
+    # The rule's own sessionPersistence takes precedence over the policy.
+    assert start_session(env.port, "lb-rule.example")[1] == "rule-sid"
+    # Status: one ancestor (the Gateway) per policy whose Service its HTTPRoutes use.
+    old = env.daemon.status_of("BackendLBPolicy", "lb-old")["ancestors"]
+    assert [a["ancestorRef"]["name"] for a in old] == ["gw"]
+    assert_condition(old[0], "Accepted", "True", "Accepted")
+    message = old[0]["conditions"][0]["message"]
+    assert "HTTPRoute default/lb-rule rule 0 takes precedence" in message, message
+    [new] = env.daemon.status_of("BackendLBPolicy", "lb-new")["ancestors"]
+    assert_condition(new, "Accepted", "False", "Conflicted")
+    assert "default/lb-old takes precedence" in new["conditions"][0]["message"]
+    # A policy whose target no route uses has no ancestor to report on.
+    assert env.daemon.status_of("BackendLBPolicy", "lb-missing")["ancestors"] == []
