@@ -230,6 +230,7 @@ def config(*objects: object, classes: Sequence[GatewayClass] | None = None) -> C
         "ConfigMap": "config_maps",
         "Pod": "pods",
         "BackendTLSPolicy": "backend_tls_policies",
+        "BackendLBPolicy": "backend_lb_policies",
     }
     for obj in objects:
         buckets.setdefault(field_of[type(obj).__name__], []).append(obj)

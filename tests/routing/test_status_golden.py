@@ -34,6 +34,7 @@ from status_builders import (
 )
 
 from gatewayd.routing.config.model import (
+    BackendLBPolicy,
     Config,
     Endpoint,
     FilterType,
@@ -46,6 +47,7 @@ from gatewayd.routing.config.model import (
     LabelSelectorRequirement,
     LocalObjectReference,
     Meta,
+    PolicyTargetReference,
     SecretObjectReference,
     ServicePort,
     SessionPersistence,
@@ -191,6 +193,45 @@ def unserved_features() -> Config:
     )
 
 
+def backend_lb_policies() -> Config:
+    """BackendLBPolicy: the older of two policies on a Service wins (the other is
+    Conflicted), a rule's own sessionPersistence is named as taking precedence, a missing
+    target is TargetNotFound, a non-Service target is ignored (said in the message)."""
+    overriding = http_route("own-session", parent("gw"), backends=[backend()])
+    overriding = replace(
+        overriding,
+        rules=(
+            replace(overriding.rules[0], session_persistence=SessionPersistence(session_name="r")),
+        ),
+    )
+
+    def lb(name: str, created: str, *targets: PolicyTargetReference) -> BackendLBPolicy:
+        return BackendLBPolicy(
+            meta=Meta(namespace="default", name=name, creation_timestamp=created),
+            target_refs=targets,
+            session_persistence=SessionPersistence(session_name=name),
+        )
+
+    svc = PolicyTargetReference(group="", kind="Service", name="svc")
+    return config(
+        gateway("gw", listener("http", 80)),
+        gateway("other", listener("http", 8080)),
+        http_route("plain", parent("gw"), backends=[backend()]),
+        overriding,
+        http_route("to-gone", parent("other"), backends=[backend("gone")]),
+        service(),
+        endpoint_slice("svc-1", endpoints=[Endpoint(addresses=("10.0.0.1",))]),
+        lb(
+            "older",
+            "2024-01-01T00:00:00Z",
+            svc,
+            PolicyTargetReference(group="multicluster.x-k8s.io", kind="ServiceImport", name="i"),
+        ),
+        lb("newer", "2024-02-01T00:00:00Z", svc),
+        lb("targets-gone", "2024-01-01T00:00:00Z", replace(svc, name="gone")),
+    )
+
+
 def address_problems() -> Config:
     """Static and pool addresses that cannot all be used."""
     return config(
@@ -248,6 +289,17 @@ def summary(res: Resolution) -> dict[str, object]:
         "gatewayAddresses": {
             f"{ns}/{name}": a for (ns, name), a in sorted(res.gateway_addresses.items())
         },
+        # BackendLBPolicy sessions per Service (only where some policy applies).
+        **(
+            {
+                "backendSessions": {
+                    f"{ns}/{name}": {"policy": policy, "sessionName": sp.session_name}
+                    for (ns, name), (policy, sp) in sorted(res.backend_sessions.items())
+                }
+            }
+            if res.backend_sessions
+            else {}
+        ),
     }
 
 
@@ -255,6 +307,7 @@ CASES: dict[str, Callable[[], Resolution]] = {
     "listener_problems": lambda: resolve(listener_problems(), now=NOW),
     "route_problems": lambda: resolve(route_problems(), now=NOW),
     "unserved_features": lambda: resolve(unserved_features(), now=NOW),
+    "backend_lb_policies": lambda: resolve(backend_lb_policies(), now=NOW),
     "address_problems": lambda: resolve(
         address_problems(),
         now=NOW,
