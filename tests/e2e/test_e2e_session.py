@@ -32,6 +32,7 @@ from e2e_kit import (
     listener,
     request,
     rule,
+    run_cli,
     service,
     to_yaml,
 )
@@ -281,3 +282,14 @@ def test_backend_lb_policy_sticks_every_route_to_its_service(env: Env) -> None:
     assert "default/lb-old takes precedence" in new["conditions"][0]["message"]
     # A policy whose target no route uses has no ancestor to report on.
     assert env.daemon.status_of("BackendLBPolicy", "lb-missing")["ancestors"] == []
+
+
+def test_a_short_or_missing_secret_file_is_refused(tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text(to_yaml([gateway_class()]))
+    short = tmp_path / "short"
+    short.write_text("too short")
+    for path, says in ((short, "needs at least 16 bytes"), (tmp_path / "nope", "No such file")):
+        done = run_cli("run", "--config", str(config), "--session-secret-file", str(path))
+        assert done.returncode != 0
+        assert f"--session-secret-file {path}: " in done.stderr and says in done.stderr, done.stderr
