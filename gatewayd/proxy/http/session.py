@@ -264,7 +264,12 @@ def response_field(
     """The ``set-cookie`` or session header to send with the response, or None when the
     client's token stays valid as it is (same endpoint, no idle timeout to refresh)."""
     policy = use.policy
-    same = use.pinned is not None and use.pinned is endpoint
+    pinned = use.pinned
+    # Compared by value: the endpoint may come from the balancer's per-process state,
+    # which outlives a snapshot (an equal endpoint of an older one).
+    same = (
+        pinned is not None and pinned.port == endpoint.port and pinned.address == endpoint.address
+    )
     if same and policy.idle_timeout is None:
         return None
     issued = use.issued_ms if same else now_ms
