@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from gatewayd.pipeline import DEFAULT_ADDRESS_POOL, DEFAULT_CONTROLLER
+from gatewayd.proxy.balancer import LB_POLICIES, LEAST_REQUEST, OutlierOptions
 from gatewayd.proxy.pathnorm import EscapedSlashes, PathPolicy
 from gatewayd.routing.config.load import MIB, ConfigLimits
 from gatewayd.runtime.kube.election import (
@@ -95,6 +96,17 @@ def _limits(args: argparse.Namespace) -> ConfigLimits:
         max_total_bytes=args.max_config_size,
         max_nodes=int(args.max_config_nodes),
     )
+
+
+def _percent(text: str) -> int:
+    """An argparse type: a whole percentage, 0 to 100."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if not 0 <= value <= 100:
+        raise argparse.ArgumentTypeError(f"must be 0 to 100, not {text}")
+    return value
 
 
 def _at_least(minimum: float, kind: type[int] | type[float]) -> Callable[[str], float]:
@@ -341,6 +353,43 @@ def build_parser() -> argparse.ArgumentParser:
         help="connecting to a backend endpoint (TCP and TLS): 503 UF after this "
         "(default 5, Envoy's connect_timeout)",
     )
+    # Endpoint balancing and outlier detection (README, "Endpoints and balancing").
+    run.add_argument(
+        "--lb-policy",
+        choices=LB_POLICIES,
+        default=LEAST_REQUEST,
+        help="endpoint choice within a backend: least-request (power of two choices over "
+        "requests in flight, Envoy's LEAST_REQUEST) or round-robin (default least-request)",
+    )
+    run.add_argument(
+        "--outlier-consecutive-5xx",
+        type=_at_least(0, int),
+        default=5,
+        metavar="N",
+        help="connect failures, resets and 502/503/504 answers in a row that eject an "
+        "endpoint (default 5, Envoy's consecutive_5xx; 0: outlier detection off)",
+    )
+    run.add_argument(
+        "--outlier-base-ejection-time",
+        type=_at_least(0.001, float),
+        default=30.0,
+        metavar="SECONDS",
+        help="first ejection of an endpoint; doubled on each repeat (default 30)",
+    )
+    run.add_argument(
+        "--outlier-max-ejection-time",
+        type=_at_least(0.001, float),
+        default=300.0,
+        metavar="SECONDS",
+        help="longest ejection (default 300)",
+    )
+    run.add_argument(
+        "--outlier-max-ejection-percent",
+        type=_percent,
+        default=50,
+        metavar="PERCENT",
+        help="most of one backend's endpoints ejected at once; one can always be (default 50)",
+    )
     run.add_argument(
         "--no-watch",
         dest="watch",
@@ -513,6 +562,13 @@ def _run(args: argparse.Namespace, election: LeaderElectionSettings | None = Non
                 {"session_secret": secret}
                 if (secret := _session_secret(args.session_secret_file)) is not None
                 else {}
+            ),
+            outlier=OutlierOptions(
+                lb_policy=args.lb_policy,
+                consecutive_5xx=int(args.outlier_consecutive_5xx),
+                base_ejection_time=args.outlier_base_ejection_time,
+                max_ejection_time=args.outlier_max_ejection_time,
+                max_ejection_percent=args.outlier_max_ejection_percent,
             ),
         ),
     )

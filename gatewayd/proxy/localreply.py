@@ -18,6 +18,9 @@ UT    upstream_timeout            504     the request or backend timeout expired
 UO    overflow                    503     a connection limit was reached
 DPE   downstream_protocol_error   400     the client sent an invalid request
 DC    downstream_disconnect       (none)  the client went away; only logged
+OE    (none)                      (none)  added to the flag of a request whose failure
+                                          ejected its endpoint (gatewayd's own flag;
+                                          balancer.py), e.g. "UF,OE"
 ====  ==========================  ======  ============================================
 """
 

@@ -10,6 +10,10 @@ Series (``gatewayd_`` prefix; Envoy stat in brackets):
 - ``route_upstream_rq_total{route,code}`` (vhost.*.route.*.upstream_rq_<code>)
 - ``upstream_rq_duration_seconds{backend}`` histogram (upstream_rq_time)
 - ``upstream_cx_active{backend}``, ``upstream_cx_connect_fail_total{backend}``
+- ``outlier_ejections_total{backend}`` (cluster.*.outlier_detection.ejections_enforced_total)
+  and ``outlier_ejected{backend}`` (outlier_detection.ejections_active): endpoints
+  ejected by passive health checking, and those ejected now (summed over workers: each
+  worker ejects on its own)
 - ``local_reply_total{reason}`` (see ``localreply`` for the reasons)
 - ``config_generation``, ``config_reload_total{result}`` (result: success | failure),
   ``config_reload_failures_total`` (reloads whose new config was refused; the last good
@@ -105,6 +109,8 @@ class ProxyMetrics(Collector):
         self._reloads: dict[str, int] = {"success": 0, "failure": 0}
         self._tls_err: dict[tuple[str, str], int] = {}
         self._tls_cx: dict[tuple[str, str], int] = {}
+        self._ejections: dict[str, int] = {}
+        self._ejected: dict[str, int] = {}
         (registry if registry is not None else REGISTRY).register(self)
 
     # ------------------------------------------------------------------ hot path
@@ -138,6 +144,15 @@ class ProxyMetrics(Collector):
     def upstream_connect_fail(self, backend: str) -> None:
         fails = self._us_fail
         fails[backend] = fails.get(backend, 0) + 1
+
+    def outlier_ejection(self, backend: str, delta: int) -> None:
+        """+1 when outlier detection ejects an endpoint of ``backend``, -1 when that
+        ejection ends (or the endpoint leaves the configuration)."""
+        ej = self._ejected
+        ej[backend] = ej.get(backend, 0) + delta
+        if delta > 0:
+            total = self._ejections
+            total[backend] = total.get(backend, 0) + delta
 
     def local_reply(self, reason: str) -> None:
         local = self._local
@@ -203,6 +218,8 @@ class ProxyMetrics(Collector):
         "_local",
         "_tls_err",
         "_tls_cx",
+        "_ejections",
+        "_ejected",
     )
 
     def export(self) -> dict[str, object]:
@@ -321,6 +338,18 @@ class ProxyMetrics(Collector):
             "Failed upstream connection attempts.",
             ("backend",),
             {(k,): v for k, v in list(self._us_fail.items())},
+        )
+        yield _counter(
+            "gatewayd_outlier_ejections",
+            "Endpoints ejected by outlier detection (passive health checking).",
+            ("backend",),
+            {(k,): v for k, v in list(self._ejections.items())},
+        )
+        yield _gauge(
+            "gatewayd_outlier_ejected",
+            "Endpoints ejected by outlier detection now (summed over workers).",
+            "backend",
+            self._ejected,
         )
         yield _counter(
             "gatewayd_local_reply",

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Final
 
 from gatewayd.proxy.acceptor import Balance, SharedAcceptor
 from gatewayd.proxy.accesslog import AccessLogger
+from gatewayd.proxy.balancer import DEFAULT_OUTLIER, EndpointHealth, OutlierOptions
 from gatewayd.proxy.http.exchange import Exchange
 from gatewayd.proxy.http.h1_server import D_IDLE, HttpConnection
 from gatewayd.proxy.http.pool import UpstreamPool
@@ -89,6 +90,8 @@ class ProxyOptions:
     # bytes drawn once by the supervisor (the options are handed to every worker, so
     # sessions survive reloads and cross workers, but not a restart).
     session_secret: bytes = field(default_factory=lambda: os.urandom(32), repr=False)
+    # Endpoint balancing and passive health (--lb-policy, --outlier-*; balancer.py).
+    outlier: OutlierOptions = DEFAULT_OUTLIER
 
 
 def _is_https(lp: ListenerPort) -> bool:
@@ -143,6 +146,8 @@ class Proxy:
             max_headers=options.max_headers,
             metrics=metrics,
         )
+        # Endpoint choice and outlier detection, per process (balancer.py).
+        self.health = EndpointHealth(options.outlier, metrics)
         # Per port: an asyncio server, or a SharedAcceptor on a socket the workers share.
         self.servers: dict[ListenKey, _Server] = {}
         # Connections of ports whose listeners are all protocol TLS (TLSRoute).
@@ -175,6 +180,7 @@ class Proxy:
         if snapshot.endpoints is not None:
             # Upstream connections to endpoints that left the configuration drain.
             self.pool.retain(snapshot.endpoints)
+            self.health.retain(snapshot.endpoints)
         loop = asyncio.get_running_loop()
         self._start_sweeper(loop)
         failed: dict[tuple[str, int], str] = {}
@@ -425,6 +431,9 @@ class Proxy:
         # What make_room found idle is stale by now, and would keep closed connections
         # alive.
         self._idle_reserve = []
+        # Ejections that ran out end here too (not only on the next pick), so the
+        # ejected-endpoints gauge falls for backends nobody sends to.
+        self.health.expire(now)
         try:
             for c in list(self.conns):
                 h2 = c.h2

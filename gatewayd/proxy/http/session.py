@@ -183,7 +183,7 @@ class SessionUse:
     """A request's session: the policy, the token it came with (if valid) and the
     endpoint it is pinned to (None once it must move)."""
 
-    __slots__ = ("backend", "failed", "issued_ms", "pinned", "policy")
+    __slots__ = ("backend", "issued_ms", "pinned", "policy")
 
     def __init__(
         self,
@@ -196,27 +196,12 @@ class SessionUse:
         self.backend = backend
         self.pinned = pinned
         self.issued_ms = issued_ms
-        self.failed: EndpointAddress | None = None  # the pinned endpoint that failed
-
-    def endpoint(self, backend: CompiledBackend) -> EndpointAddress | None:
-        """The pinned endpoint, else the backend's next one, never the endpoint the
-        session just failed on while the backend has another."""
-        if self.pinned is not None:
-            return self.pinned
-        ep = backend.next_endpoint()
-        failed = self.failed
-        if failed is not None:
-            for _ in range(len(backend.endpoints) - 1):
-                if ep is not failed:
-                    break
-                ep = backend.next_endpoint()
-        return ep
 
     def move(self) -> bool:
-        """The pinned endpoint does not answer: unpin (True), once per request."""
+        """The pinned endpoint does not answer: unpin (True), once per request.  The
+        next pick avoids the endpoint that failed (the balancer's ``avoid``)."""
         if self.pinned is None:
             return False
-        self.failed = self.pinned
         self.pinned = None
         return True
 

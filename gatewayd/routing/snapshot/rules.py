@@ -3,8 +3,8 @@ lookup returns and the ``RouteTable`` interface every table serves.
 
 Everything here is precomputed for the request path: header names are lower-cased,
 weights are cumulative, status lines are ready.  Nothing is mutated after compilation
-except the round-robin cursor of a backend (a plain iterator, private to each worker
-process).
+except the per-process balancing state of a backend (the round-robin cursor and
+``lb``, private to each worker process).
 
 Pure module: no I/O.
 """
@@ -14,7 +14,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from gatewayd.routing.snapshot.backends import BackendTLS, EndpointAddress
 
@@ -135,6 +135,9 @@ class CompiledBackend:
     session: SessionPolicy | None = None
     # Round-robin cursor over endpoints: per process, advanced on the request path.
     _cursor: Iterator[EndpointAddress] = field(default=iter(()), repr=False, compare=False)
+    # The data plane's per-process view of the endpoints (health, requests in flight),
+    # set on first use by ``gatewayd.proxy.balancer``; never pickled (it pickles as None).
+    lb: Any = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_cursor", itertools.cycle(self.endpoints))
