@@ -293,3 +293,21 @@ def test_a_short_or_missing_secret_file_is_refused(tmp_path: Path) -> None:
         done = run_cli("run", "--config", str(config), "--session-secret-file", str(path))
         assert done.returncode != 0
         assert f"--session-secret-file {path}: " in done.stderr and says in done.stderr, done.stderr
+
+
+def test_an_ejected_endpoint_moves_the_session(echoes, gatewayd) -> None:  # type: ignore[no-untyped-def]
+    """Outlier detection (balancer.py) ejects the pinned endpoint after 5 gateway errors
+    in a row: the next request with the session goes elsewhere and gets a new token."""
+    backends = echoes.start("pod-a", "pod-b", "pod-c")
+    port = free_port()
+    gatewayd(session_docs(backends, port))
+    pod, name, value = start_session(port, "cookie.example")
+    cookie = {"Cookie": f"{name}={value}"}
+    for _ in range(5):
+        r = request(port, "/?status=503", host="cookie.example", headers=cookie)
+        assert r.status == 503 and r.json()["pod"] == pod  # still pinned while it fails
+    r = request(port, "/", host="cookie.example", headers=cookie)
+    moved = str(r.echo()["pod"])
+    assert moved != pod
+    _, new_value, _ = cookie_of(r)
+    assert pods(port, "cookie.example", 5, {"Cookie": f"{name}={new_value}"}) == [moved] * 5
