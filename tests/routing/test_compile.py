@@ -393,6 +393,22 @@ def test_session_persistence_and_rule_name() -> None:
     assert not compiled(rule()).sticky
 
 
+def test_session_persistence_keeps_weight_zero_backends_for_pinned_sessions() -> None:
+    # "the persistence to a single backend MUST be maintained across services, even if
+    # the weight is set to 0" (GEP-1619): weight 0 gets no new request, but a session
+    # token may still name it.
+    r = compiled(
+        rule(
+            backends=[ref("a", weight=1), ref("zero", weight=0)],
+            session_persistence=SessionPersistence(session_name="sid"),
+        )
+    )
+    assert [b.name for b in r.backends] == ["default/a:8080"]
+    assert [b.name for b in r.session_backends] == ["default/a:8080", "default/zero:8080"]
+    assert all(b.session is not None for b in r.session_backends)
+    assert compiled(rule(backends=[ref("a"), ref("zero", weight=0)])).session_backends == ()
+
+
 def test_session_persistence_header_and_permanent() -> None:
     r = compiled(
         rule(session_persistence=SessionPersistence(type="Header", session_name="X-Session"))

@@ -657,7 +657,7 @@ class Exchange:
             return health.is_available(ep.address, ep.port, start)
 
         now_ms = int(time.time() * 1000)
-        use = session_lookup(proxy.sessions, rule.backends, self.headers, now_ms, available)
+        use = session_lookup(proxy.sessions, rule.session_backends, self.headers, now_ms, available)
         if use is not None:
             self.session = use
             return use.backend

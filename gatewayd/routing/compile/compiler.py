@@ -473,22 +473,25 @@ class _Compiler:
         backends: list[CompiledBackend] = []
         cumulative: list[int] = []
         total = 0
+        # weight 0: "no traffic should be forwarded for this entry" -- but for sessions
+        # already pinned there (GEP-1619: "the persistence to a single backend MUST be
+        # maintained across services, even if the weight is set to 0").
+        zero: list[CompiledBackend] = []
         for ref in backend_refs:
-            # "If weight is set to 0, no traffic should be forwarded for this entry."
-            if ref.weight <= 0:
-                continue
-            backends.append(
-                self._backend(
-                    ref,
-                    ns,
-                    client,
-                    tls_allowed=backend_tls,
-                    grpc=grpc,
-                    # BackendLBPolicy sessions: HTTPRoutes only (GRPCRoutes refuse
-                    # sessionPersistence; TLSRoutes carry no HTTP).
-                    session_allowed=kind == "HTTPRoute",
-                )
+            compiled = self._backend(
+                ref,
+                ns,
+                client,
+                tls_allowed=backend_tls,
+                grpc=grpc,
+                # BackendLBPolicy sessions: HTTPRoutes only (GRPCRoutes refuse
+                # sessionPersistence; TLSRoutes carry no HTTP).
+                session_allowed=kind == "HTTPRoute",
             )
+            if ref.weight <= 0:
+                zero.append(compiled)
+                continue
+            backends.append(compiled)
             total += ref.weight
             cumulative.append(total)
 
@@ -525,7 +528,10 @@ class _Compiler:
             rid = f"{ns}/{meta.name}/rule/{index}"
             policy = session_policy(session, scope=f"{kind} {rid}", source=f"{kind} {rid}")
             backends = [replace(b, session=policy) for b in backends]
-        sticky = any(b.session is not None and b.invalid_status is None for b in backends)
+            zero = [replace(b, session=policy) for b in zero]
+        session_backends = tuple(
+            b for b in (*backends, *zero) if b.session is not None and b.invalid_status is None
+        )
 
         return CompiledRule(
             route_kind=kind,
@@ -546,7 +552,8 @@ class _Compiler:
             request_timeout=request_timeout,
             backend_request_timeout=backend_timeout,
             retry=compiled_retry,
-            sticky=sticky,
+            sticky=bool(session_backends),
+            session_backends=session_backends,
         )
 
     # ----------------------------------------------------------------- backends

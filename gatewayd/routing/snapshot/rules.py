@@ -193,6 +193,8 @@ class CompiledRule:
     # Some backend has a ``session``: the request path looks for a session token
     # first (one attribute test for every other rule).
     sticky: bool = False
+    # The backends a session token may name: those with a session, weight 0 included.
+    session_backends: tuple[CompiledBackend, ...] = ()
     # "namespace/name/rule/N": the access log's route and the per-route metrics label,
     # computed once here rather than per request.
     route_id: str = ""
