@@ -40,7 +40,7 @@ import hashlib
 import hmac
 import struct
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 if TYPE_CHECKING:
     from gatewayd.routing.snapshot.backends import EndpointAddress
@@ -83,16 +83,29 @@ class SessionCodec:
         if len(secret) < 16:
             raise ValueError("the session secret must be at least 16 bytes")
         self._secret = secret
-        self._keys: dict[bytes, bytes] = {}
+        # scope -> the HMAC's inner and outer SHA-256 states after the padded key.
+        self._keys: dict[bytes, tuple[Any, Any]] = {}
 
-    def _key(self, scope: bytes) -> bytes:
-        key = self._keys.get(scope)
-        if key is None:
+    def _mac(self, scope: bytes, payload: bytes) -> bytes:
+        """HMAC-SHA256 (RFC 2104) of ``payload`` under the scope's key, truncated.
+        The keyed inner and outer hash states are kept per scope and copied: one
+        ``hmac.digest`` call costs ~2.5 times as much (OpenSSL 3 sets the key up on
+        every call; measured 8.3 against 3.2 us on the loaded test machine)."""
+        pads = self._keys.get(scope)
+        if pads is None:
             if len(self._keys) >= MAX_KEYS:
                 self._keys.clear()
-            key = hmac.new(self._secret, _KEY_LABEL + scope, hashlib.sha256).digest()
-            self._keys[scope] = key
-        return key
+            key = hmac.digest(self._secret, _KEY_LABEL + scope, "sha256").ljust(64, b"\0")
+            pads = (
+                hashlib.sha256(bytes(b ^ 0x36 for b in key)),
+                hashlib.sha256(bytes(b ^ 0x5C for b in key)),
+            )
+            self._keys[scope] = pads
+        inner = pads[0].copy()
+        inner.update(payload)
+        outer = pads[1].copy()
+        outer.update(inner.digest())
+        return outer.digest()[:MAC_BYTES]  # type: ignore[no-any-return]
 
     def encode(self, scope: bytes, address: str, port: int, issued_ms: int, used_ms: int) -> bytes:
         addr = address.encode("ascii")
@@ -100,7 +113,7 @@ class SessionCodec:
             _HEAD.pack(VERSION, issued_ms.to_bytes(6, "big"), used_ms.to_bytes(6, "big"), port)
             + addr
         )
-        mac = hmac.new(self._key(scope), payload, hashlib.sha256).digest()[:MAC_BYTES]
+        mac = self._mac(scope, payload)
         return base64.urlsafe_b64encode(payload + mac).rstrip(b"=")
 
     def decode(self, scope: bytes, value: bytes) -> Token | None:
@@ -114,7 +127,7 @@ class SessionCodec:
         if len(raw) <= _HEAD.size + MAC_BYTES or len(raw) > _HEAD.size + MAX_ADDRESS + MAC_BYTES:
             return None
         payload, mac = raw[:-MAC_BYTES], raw[-MAC_BYTES:]
-        want = hmac.new(self._key(scope), payload, hashlib.sha256).digest()[:MAC_BYTES]
+        want = self._mac(scope, payload)
         if not hmac.compare_digest(mac, want):
             return None
         version, issued, used, port = _HEAD.unpack_from(payload)

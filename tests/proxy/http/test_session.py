@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hmac
 
 import pytest
 from hypothesis import given
@@ -46,6 +47,13 @@ def test_round_trip_carries_endpoint_and_times() -> None:
     t = codec.decode(SCOPE, token)
     assert t is not None
     assert (t.address, t.port, t.issued_ms, t.used_ms) == ("fd00::3", 9090, NOW - 5000, NOW)
+
+
+def test_the_mac_is_hmac_sha256_under_the_derived_key() -> None:
+    token = SessionCodec(SECRET).encode(SCOPE, "10.0.0.1", 8080, NOW, NOW)
+    raw = base64.urlsafe_b64decode(token + b"=" * (-len(token) % 4))
+    key = hmac.digest(SECRET, b"gatewayd session key\0" + SCOPE, "sha256")
+    assert raw[-16:] == hmac.digest(key, raw[:-16], "sha256")[:16]
 
 
 def test_another_secret_or_scope_refuses_the_token() -> None:
