@@ -1029,7 +1029,7 @@ class Exchange:
                 session,
                 ep,
                 int(time.time() * 1000),
-                secure=self.conn.sni is not None,
+                secure=self.conn.scheme == b"https",
             )
             if field is not None:
                 out.append(field)
