@@ -11,12 +11,16 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
+import ssl
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import yaml
 from e2e_kit import (
+    LOCALHOST,
     Doc,
     EchoBackend,
     Gatewayd,
@@ -30,12 +34,15 @@ from e2e_kit import (
     gateway_class,
     http_route,
     listener,
+    read_response_head,
     request,
     rule,
     run_cli,
     service,
     to_yaml,
 )
+
+from gatewayd.tls.certs import secret_manifest, self_signed
 
 pytestmark = pytest.mark.e2e
 
@@ -47,6 +54,7 @@ class Env:
     daemon: Gatewayd
     port: int
     docs: list[Doc]
+    https_port: int
 
 
 def app_manifests(backends: list[EchoBackend], name: str = "app") -> list[Doc]:
@@ -78,10 +86,28 @@ def sticky_route(name: str, session: Doc | None, service: str = "app") -> Doc:
     return route
 
 
-def session_docs(backends: list[EchoBackend], port: int) -> list[Doc]:
+def session_docs(
+    backends: list[EchoBackend], port: int, https_port: int | None = None
+) -> list[Doc]:
+    listeners = [listener("http", port)]
+    extra: list[Doc] = []
+    if https_port is not None:
+        cert, key = self_signed(["cookie.example"])
+        listeners.append(
+            {
+                "name": "https",
+                "port": https_port,
+                "protocol": "HTTPS",
+                "tls": {"certificateRefs": [{"name": "cookie-cert"}]},
+            }
+        )
+        extra.append(
+            yaml.safe_load(secret_manifest(cert, key, name="cookie-cert", namespace="default"))
+        )
     return [
         gateway_class(),
-        gateway("gw", [listener("http", port)]),
+        gateway("gw", listeners),
+        *extra,
         *app_manifests(backends),
         http_route("plain", [rule(backends=[backend_ref("app")])], hostnames=["plain.example"]),
         # The shape of Gateway API v1.2-1.4 (sessionName, cookieConfig).
@@ -108,9 +134,12 @@ def session_docs(backends: list[EchoBackend], port: int) -> list[Doc]:
 @pytest.fixture(scope="module")
 def env(module_echoes, module_gatewayd) -> Env:  # type: ignore[no-untyped-def]
     backends = module_echoes.start("pod-a", "pod-b", "pod-c")
-    port = free_port()
-    docs = session_docs(backends, port)
-    return Env(module_gatewayd(docs), port, docs)
+    port, https_port = free_port(), free_port()
+    docs = session_docs(backends, port, https_port)
+    # Round robin: requests without a session spread over the three pods
+    # deterministically (least request, the default, draws at random).
+    daemon = module_gatewayd(docs, args=["--lb-policy", "round-robin"])
+    return Env(daemon, port, docs, https_port)
 
 
 def cookie_of(reply: Reply) -> tuple[str, str, dict[str, str]]:
@@ -179,6 +208,26 @@ def test_tampered_or_foreign_cookie_is_a_new_session(env: Env) -> None:
     _, _, pvalue = start_session(env.port, "permanent.example")
     r = request(env.port, "/", host="cookie.example", headers={"Cookie": f"sid={pvalue}"})
     assert cookie_of(r)[0] == "sid" and cookie_of(r)[1] != pvalue
+
+
+def test_https_session_cookie_is_secure(env: Env) -> None:
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    with (
+        socket.create_connection((LOCALHOST, env.https_port), timeout=5) as raw,
+        ctx.wrap_socket(raw, server_hostname="cookie.example") as tls,
+    ):
+        tls.sendall(b"GET / HTTP/1.1\r\nHost: cookie.example\r\nConnection: close\r\n\r\n")
+        head, _ = read_response_head(tls)
+    status, *fields = head.decode("latin-1").split("\r\n")
+    assert status.startswith("HTTP/1.1 200"), head
+    cookies = [f.split(":", 1)[1].strip() for f in fields if f.lower().startswith("set-cookie:")]
+    assert len(cookies) == 1 and cookies[0].startswith("sid="), cookies
+    assert cookies[0].endswith("; HttpOnly; SameSite=Strict; Secure"), cookies
+    # Over cleartext HTTP the same cookie has no Secure (the client would not send it).
+    _, _, attrs = cookie_of(request(env.port, "/", host="cookie.example"))
+    assert "secure" not in attrs and attrs.get("samesite") == "Strict", attrs
 
 
 def test_header_session_sticks(env: Env) -> None:
