@@ -98,6 +98,17 @@ def _limits(args: argparse.Namespace) -> ConfigLimits:
     )
 
 
+def outlier_options(args: argparse.Namespace) -> OutlierOptions:
+    """``gatewayd run``'s balancing and outlier detection flags."""
+    return OutlierOptions(
+        lb_policy=args.lb_policy,
+        consecutive_5xx=int(args.outlier_consecutive_5xx),
+        base_ejection_time=args.outlier_base_ejection_time,
+        max_ejection_time=args.outlier_max_ejection_time,
+        max_ejection_percent=args.outlier_max_ejection_percent,
+    )
+
+
 def _percent(text: str) -> int:
     """An argparse type: a whole percentage, 0 to 100."""
     try:
@@ -563,13 +574,7 @@ def _run(args: argparse.Namespace, election: LeaderElectionSettings | None = Non
                 if (secret := _session_secret(args.session_secret_file)) is not None
                 else {}
             ),
-            outlier=OutlierOptions(
-                lb_policy=args.lb_policy,
-                consecutive_5xx=int(args.outlier_consecutive_5xx),
-                base_ejection_time=args.outlier_base_ejection_time,
-                max_ejection_time=args.outlier_max_ejection_time,
-                max_ejection_percent=args.outlier_max_ejection_percent,
-            ),
+            outlier=outlier_options(args),
         ),
     )
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:

@@ -107,7 +107,9 @@ def test_killed_endpoint_stops_failing_within_5s_without_retries(echoes, gateway
     print(f"failures after the kill: {len(failures)}, the last at {failures[-1][0]:.3f}s")
 
 
-def test_share_of_a_down_backend_ref_goes_to_the_other(echoes, gatewayd) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("threshold", [5, 0])
+def test_share_of_a_down_backend_ref_goes_to_the_other(echoes, gatewayd, threshold: int) -> None:  # type: ignore[no-untyped-def]
+    """``threshold`` is --outlier-consecutive-5xx (5: the default; 0: detection off)."""
     (live,) = echoes.start("echo-live")
     dead = free_port()  # nothing listens there
     port = free_port()
@@ -131,19 +133,27 @@ def test_share_of_a_down_backend_ref_goes_to_the_other(echoes, gatewayd) -> None
             ],
         )
     )
-    gatewayd(docs)
+    args = [] if threshold == 5 else ["--outlier-consecutive-5xx", str(threshold)]
+    gatewayd(docs, args=args)
     statuses: list[int] = []
     with Client(port, allow_reconnect=True) as c:
-        for _ in range(200):
+        for _ in range(150):
             reply = c.request("/")
             statuses.append(reply.status)
             if reply.status == 200:
                 assert reply.echo()["pod"] == "echo-live"
-    # The dead endpoint fails (503 UF) until its fifth failure ejects it; the empty
-    # Service never answers 503: its share always went to the others.
+    assert set(statuses) <= {200, 503}, statuses
     failures = [i for i, s in enumerate(statuses) if s != 200]
-    assert len(failures) <= 5 and set(statuses) <= {200, 503}, statuses
-    assert all(s == 200 for s in statuses[max(failures, default=0) + 1 :])
+    if not threshold:
+        # No outlier detection: the dead backendRef keeps its share of 503s (half, once
+        # the empty one's share is split between the two), the empty one still gives its
+        # share away (no endpoint at all needs no detection).
+        assert 0.3 <= len(failures) / len(statuses) <= 0.7, statuses
+        return
+    # The dead endpoint fails (503 UF) until its ``threshold``-th failure ejects it; the
+    # empty Service never answers 503: its share always went to the others.
+    assert len(failures) == threshold, statuses
+    assert statuses[failures[-1] + 1 :] == [200] * (len(statuses) - failures[-1] - 1)
     assert statuses[-100:] == [200] * 100
 
 

@@ -1065,10 +1065,6 @@ class Exchange:
         self.upstream = None
         if self.timer_try is not None:
             self._cancel_try_timer()
-        st = self.ep_state
-        if st is not None:
-            self.ep_state = None
-            st.active -= 1
         proxy = self.conn.proxy
         now = self.conn.loop.time()
         if reusable and self.request_complete:
@@ -1252,6 +1248,8 @@ class Exchange:
             self.upstream = None
         st = self.ep_state
         if st is not None:
+            # The endpoint's in-flight count (least request) drops here, the one place
+            # every exchange passes (on_reset for the others).
             self.ep_state = None
             st.active -= 1
         if self.pending or self.pending_size:
