@@ -223,6 +223,13 @@ def _add_edge_args(run: argparse.ArgumentParser) -> None:
         "default) sends one built from a verified client certificate, sanitize never does",
     )
     run.add_argument(
+        "--session-secret-file",
+        metavar="PATH",
+        help="secret (16+ bytes) the session persistence tokens are authenticated with; "
+        "every replica and restart given the same file keeps the sessions (default: "
+        "random at each start)",
+    )
+    run.add_argument(
         "--no-path-normalization",
         dest="path_normalization",
         action="store_false",
@@ -249,6 +256,25 @@ def _add_edge_args(run: argparse.ArgumentParser) -> None:
         help="treat a '#fragment' in the request-target as part of the path or query "
         "(default: cut off before routing)",
     )
+
+
+def _session_secret(path: str | None) -> bytes | None:
+    """The session persistence secret (``--session-secret-file``): the file's bytes,
+    at least 16 of them (e.g. ``head -c 32 /dev/urandom``); None: a random one."""
+    if path is None:
+        return None
+    try:
+        with open(path, "rb") as f:
+            secret = f.read(4096)
+    except OSError as exc:
+        raise SystemExit(f"gatewayd: --session-secret-file {path}: {exc.strerror}") from None
+    secret = secret.strip()
+    if len(secret) < 16:
+        raise SystemExit(
+            f"gatewayd: --session-secret-file {path}: needs at least 16 bytes of secret, "
+            f"found {len(secret)} (try: head -c 32 /dev/urandom | base64 > {path})"
+        )
+    return secret
 
 
 def _path_policy(args: argparse.Namespace) -> PathPolicy:
@@ -638,6 +664,11 @@ def _run(args: argparse.Namespace, election: LeaderElectionSettings | None = Non
             xfcc_set=args.xfcc == "sanitize-set",
             proxy_protocol=tuple(args.proxy_protocol),
             proxy_protocol_timeout=args.proxy_protocol_timeout,
+            **(
+                {"session_secret": secret}
+                if (secret := _session_secret(args.session_secret_file)) is not None
+                else {}
+            ),
             outlier=outlier_options(args),
         ),
     )

@@ -46,6 +46,7 @@ SECTIONS: dict[str, str] = {
     "tcproutes": "TCPRoute",
     "udproutes": "UDPRoute",
     "backendtlspolicies": "BackendTLSPolicy",
+    "backendlbpolicies": "BackendLBPolicy",
 }
 
 # kubectl-style singular and short names
@@ -63,6 +64,8 @@ _ALIASES: dict[str, str] = {
     "udproute": "udproutes",
     "backendtlspolicy": "backendtlspolicies",
     "btlspolicy": "backendtlspolicies",
+    "backendlbpolicy": "backendlbpolicies",
+    "blbpolicy": "backendlbpolicies",
 }
 
 _NONE = "-"
@@ -274,6 +277,7 @@ _FORMATTERS: dict[str, Callable[[list[Mapping[str, object]], _Context], str]] = 
     "tcproutes": _routes,
     "udproutes": _routes,
     "backendtlspolicies": _policies,
+    "backendlbpolicies": _policies,
 }
 
 
@@ -455,7 +459,8 @@ def add_status_arguments(parser: argparse.ArgumentParser) -> None:
         nargs="?",
         default="all",
         help="gatewayclasses | gateways | listenersets | httproutes | grpcroutes | "
-        "tlsroutes | tcproutes | udproutes | backendtlspolicies | all (default: all); "
+        "tlsroutes | tcproutes | udproutes | backendtlspolicies | backendlbpolicies | all "
+        "(default: all); "
         "or describe KIND NAMESPACE/NAME",
     )
     parser.add_argument(

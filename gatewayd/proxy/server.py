@@ -19,10 +19,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import ssl
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
 from gatewayd.proxy.acceptor import Balance, SharedAcceptor
@@ -31,6 +32,7 @@ from gatewayd.proxy.balancer import DEFAULT_OUTLIER, EndpointHealth, OutlierOpti
 from gatewayd.proxy.http.exchange import Exchange
 from gatewayd.proxy.http.h1_server import D_IDLE, HttpConnection
 from gatewayd.proxy.http.pool import UpstreamPool
+from gatewayd.proxy.http.session import SessionCodec
 from gatewayd.proxy.listeners import BACKLOG, ListeningSockets, NotHanded
 from gatewayd.proxy.pathnorm import EDGE_PATH_POLICY, PathPolicy
 from gatewayd.proxy.proxyproto import DEFAULT_TIMEOUT as DEFAULT_PROXY_TIMEOUT
@@ -92,6 +94,11 @@ class ProxyOptions:
     # (Envoy's listener_filters_timeout, 15 s).
     proxy_protocol: tuple[tuple[int | None, tuple[Network, ...]], ...] = ()
     proxy_protocol_timeout: float = DEFAULT_PROXY_TIMEOUT
+    # Session persistence tokens are authenticated with keys derived from this secret
+    # (proxy/http/session.py): ``gatewayd run --session-secret-file``, else 32 random
+    # bytes drawn once by the supervisor (the options are handed to every worker, so
+    # sessions survive reloads and cross workers, but not a restart).
+    session_secret: bytes = field(default_factory=lambda: os.urandom(32), repr=False)
     # Endpoint balancing and passive health (--lb-policy, --outlier-*; balancer.py).
     outlier: OutlierOptions = DEFAULT_OUTLIER
 
@@ -140,6 +147,7 @@ class Proxy:
         self.access: AccessLogger | None = (
             AccessLogger(options.access_log) if options.access_log else None
         )
+        self.sessions = SessionCodec(options.session_secret)
         self.pool = UpstreamPool(
             connect_timeout=options.upstream_connect_timeout,
             # Response heads get the request heads' limits, as Envoy's defaults do.

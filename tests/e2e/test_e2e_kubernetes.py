@@ -401,3 +401,36 @@ def test_listener_set_is_read_served_and_its_status_written(env: Env) -> None:
         namespace="default",
     )
     assert gw["status"]["listeners"][0]["name"] == "own"
+
+
+def test_backend_lb_policy_from_the_cluster_sets_sessions_and_its_status(env: Env) -> None:
+    policy = {
+        "apiVersion": f"{GW}/v1alpha2",
+        "kind": "BackendLBPolicy",
+        "metadata": {"name": "sticky-v1", "namespace": "default"},
+        "spec": {
+            "targetRefs": [{"group": "", "kind": "Service", "name": "echo-v1"}],
+            "sessionPersistence": {"sessionName": "lb", "type": "Cookie"},
+        },
+    }
+    create_all(env.api, [policy, split_route("lb-route", 1, 0, host="lb.example")])
+
+    def cookie_set() -> bool:
+        r = request(env.port, "/", host="lb.example")
+        return r.status == 200 and (r.header("set-cookie") or "").startswith("lb=")
+
+    served_within(cookie_set, env.daemon, "the BackendLBPolicy's session cookie")
+    # Its status is PATCHed to the API server: an ancestor per Gateway whose HTTPRoutes
+    # use echo-v1 (earlier tests of this module add some), "gw" among them.
+    written = env.api.wait_for_object(
+        GW,
+        "backendlbpolicies",
+        "sticky-v1",
+        lambda o: o.get("status", {}).get("ancestors"),
+        namespace="default",
+    )
+    ancestors = {a["ancestorRef"]["name"]: a for a in written["status"]["ancestors"]}
+    [cond] = ancestors["gw"]["conditions"]
+    assert (cond["type"], cond["status"], cond["reason"]) == ("Accepted", "True", "Accepted")
+    env.api.delete(GW, "backendlbpolicies", "sticky-v1", namespace="default")
+    served_within(lambda: not cookie_set(), env.daemon, "the policy's removal")

@@ -31,7 +31,8 @@ What it serves, as kube-apiserver does:
   endpointslices, coordination.k8s.io/v1 leases and the Gateway API CRDs as the
   experimental channel of Gateway API v1.5/v1.6 installs them (v1 for every kind;
   v1beta1 for gatewayclasses, gateways, httproutes, referencegrants; v1alpha2 for
-  tlsroutes, tcproutes, udproutes; v1alpha3 for tlsroutes, backendtlspolicies).
+  tlsroutes, tcproutes, udproutes; v1alpha3 for tlsroutes, backendtlspolicies), plus
+  backendlbpolicies at v1alpha2 only (the experimental channel of v1.2-v1.3 had it).
   ``ApiServerDouble(omit=[...])`` leaves out a group, a group/version or a
   group/version/resource ("missing CRD" tests): discovery and every URL under it 404.
 * objects: one store per group and resource shared by all its versions (``apiVersion``
@@ -185,11 +186,12 @@ def _gateway_api() -> list[Resource]:
         "referencegrants": ("ReferenceGrant", True, ("refgrant",)),
         "backendtlspolicies": ("BackendTLSPolicy", True, ("btlspolicy",)),
         "listenersets": ("ListenerSet", True, ("lset",)),
+        "backendlbpolicies": ("BackendLBPolicy", True, ("blbpolicy",)),
     }
     served = {
-        "v1": list(kinds),
+        "v1": [k for k in kinds if k != "backendlbpolicies"],
         "v1beta1": ["gatewayclasses", "gateways", "httproutes", "referencegrants"],
-        "v1alpha2": ["tlsroutes", "tcproutes", "udproutes"],
+        "v1alpha2": ["tlsroutes", "tcproutes", "udproutes", "backendlbpolicies"],
         "v1alpha3": ["tlsroutes", "backendtlspolicies"],
     }
     out = []

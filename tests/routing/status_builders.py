@@ -248,6 +248,7 @@ def config(*objects: object, classes: Sequence[GatewayClass] | None = None) -> C
         "Pod": "pods",
         "BackendTLSPolicy": "backend_tls_policies",
         "ListenerSet": "listener_sets",
+        "BackendLBPolicy": "backend_lb_policies",
     }
     for obj in objects:
         buckets.setdefault(field_of[type(obj).__name__], []).append(obj)

@@ -379,10 +379,66 @@ def test_retry() -> None:
 
 def test_session_persistence_and_rule_name() -> None:
     r = compiled(rule(name="main", session_persistence=SessionPersistence(session_name="sid")))
-    assert (r.rule_name, r.session_persistence) == ("main", "sid")
+    assert r.rule_name == "main" and r.sticky
+    policy = r.backends[0].session
+    assert policy is not None
+    assert (policy.name, policy.header, policy.cookie_path, policy.permanent) == (
+        "sid",
+        False,
+        "/",
+        False,
+    )
+    # Bound to the rule: "Route rules referencing the same service MUST NOT share
+    # persistent sessions".
+    assert policy.scope == b"HTTPRoute default/r/rule/0"
     r = compiled(rule(session_persistence=SessionPersistence()))
-    assert r.session_persistence == "gatewayd-session"
+    # "If not specified, a unique cookie name SHOULD be generated": named after the rule.
+    name = r.backends[0].session.name  # type: ignore[union-attr]
+    assert name.startswith("gatewayd-session-") and len(name) == len("gatewayd-session-") + 8
     assert r.route_id == "default/r/rule/0"
+    assert not compiled(rule()).sticky
+
+
+def test_session_persistence_keeps_weight_zero_backends_for_pinned_sessions() -> None:
+    # "the persistence to a single backend MUST be maintained across services, even if
+    # the weight is set to 0" (GEP-1619): weight 0 gets no new request, but a session
+    # token may still name it.
+    r = compiled(
+        rule(
+            backends=[ref("a", weight=1), ref("zero", weight=0)],
+            session_persistence=SessionPersistence(session_name="sid"),
+        )
+    )
+    assert [b.name for b in r.backends] == ["default/a:8080"]
+    assert [b.name for b in r.session_backends] == ["default/a:8080", "default/zero:8080"]
+    assert all(b.session is not None for b in r.session_backends)
+    assert compiled(rule(backends=[ref("a"), ref("zero", weight=0)])).session_backends == ()
+
+
+def test_session_persistence_header_and_permanent() -> None:
+    r = compiled(
+        rule(session_persistence=SessionPersistence(type="Header", session_name="X-Session"))
+    )
+    policy = r.backends[0].session
+    assert policy is not None and policy.header and policy.name == "x-session"
+    r = compiled(
+        rule(
+            session_persistence=SessionPersistence(
+                cookie_lifetime_type="Permanent",
+                absolute_timeout=60.0,
+                idle_timeout=5.0,
+                cookie_path="/app",
+            )
+        )
+    )
+    policy = r.backends[0].session
+    assert policy is not None
+    assert (policy.permanent, policy.absolute_timeout, policy.idle_timeout, policy.cookie_path) == (
+        True,
+        60.0,
+        5.0,
+        "/app",
+    )
 
 
 def test_grpc_rule_compiles_like_http() -> None:

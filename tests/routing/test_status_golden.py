@@ -36,6 +36,7 @@ from status_builders import (
 
 from gatewayd.routing.config.model import (
     AllowedListeners,
+    BackendLBPolicy,
     Config,
     Endpoint,
     FilterType,
@@ -50,6 +51,7 @@ from gatewayd.routing.config.model import (
     ListenerSet,
     LocalObjectReference,
     Meta,
+    PolicyTargetReference,
     SecretObjectReference,
     ServicePort,
     SessionPersistence,
@@ -162,12 +164,16 @@ def route_problems() -> Config:
 
 def unserved_features() -> Config:
     """Features the data plane does not serve yet, each reported instead of claimed:
-    GRPCRoute (no HTTP/2), sessionPersistence, WebSocket-over-TLS backends, listener
-    tls.options."""
-    sticky = http_route("sticky", parent("gw"), backends=[backend()])
-    sticky = replace(
-        sticky,
-        rules=(replace(sticky.rules[0], session_persistence=SessionPersistence(type="Cookie")),),
+    sessionPersistence on a GRPCRoute (HTTPRoutes serve it), WebSocket-over-TLS
+    backends, listener tls.options."""
+    sticky = GRPCRoute(
+        meta=Meta(namespace="default", name="sticky"),
+        parent_refs=(parent("gw"),),
+        rules=(
+            GRPCRouteRule(
+                backend_refs=(backend(),), session_persistence=SessionPersistence(type="Cookie")
+            ),
+        ),
     )
     hardened = replace(terminate("cert"), options=(("example.com/min-tls-version", "1.3"),))
     return config(
@@ -188,6 +194,45 @@ def unserved_features() -> Config:
         service(),
         service("ws", ports=[ServicePort(name="ws", port=8080, app_protocol="kubernetes.io/wss")]),
         endpoint_slice("svc-1", endpoints=[Endpoint(addresses=("10.0.0.1",))]),
+    )
+
+
+def backend_lb_policies() -> Config:
+    """BackendLBPolicy: the older of two policies on a Service wins (the other is
+    Conflicted), a rule's own sessionPersistence is named as taking precedence, a missing
+    target is TargetNotFound, a non-Service target is ignored (said in the message)."""
+    overriding = http_route("own-session", parent("gw"), backends=[backend()])
+    overriding = replace(
+        overriding,
+        rules=(
+            replace(overriding.rules[0], session_persistence=SessionPersistence(session_name="r")),
+        ),
+    )
+
+    def lb(name: str, created: str, *targets: PolicyTargetReference) -> BackendLBPolicy:
+        return BackendLBPolicy(
+            meta=Meta(namespace="default", name=name, creation_timestamp=created),
+            target_refs=targets,
+            session_persistence=SessionPersistence(session_name=name),
+        )
+
+    svc = PolicyTargetReference(group="", kind="Service", name="svc")
+    return config(
+        gateway("gw", listener("http", 80)),
+        gateway("other", listener("http", 8080)),
+        http_route("plain", parent("gw"), backends=[backend()]),
+        overriding,
+        http_route("to-gone", parent("other"), backends=[backend("gone")]),
+        service(),
+        endpoint_slice("svc-1", endpoints=[Endpoint(addresses=("10.0.0.1",))]),
+        lb(
+            "older",
+            "2024-01-01T00:00:00Z",
+            svc,
+            PolicyTargetReference(group="multicluster.x-k8s.io", kind="ServiceImport", name="i"),
+        ),
+        lb("newer", "2024-02-01T00:00:00Z", svc),
+        lb("targets-gone", "2024-01-01T00:00:00Z", replace(svc, name="gone")),
     )
 
 
@@ -329,6 +374,17 @@ def summary(res: Resolution) -> dict[str, object]:
         "gatewayAddresses": {
             f"{ns}/{name}": a for (ns, name), a in sorted(res.gateway_addresses.items())
         },
+        # BackendLBPolicy sessions per Service (only where some policy applies).
+        **(
+            {
+                "backendSessions": {
+                    f"{ns}/{name}": {"policy": policy, "sessionName": sp.session_name}
+                    for (ns, name), (policy, sp) in sorted(res.backend_sessions.items())
+                }
+            }
+            if res.backend_sessions
+            else {}
+        ),
     }
 
 
@@ -337,6 +393,7 @@ CASES: dict[str, Callable[[], Resolution]] = {
     "route_problems": lambda: resolve(route_problems(), now=NOW),
     "unserved_features": lambda: resolve(unserved_features(), now=NOW),
     "listener_sets": lambda: resolve(listener_sets(), now=NOW),
+    "backend_lb_policies": lambda: resolve(backend_lb_policies(), now=NOW),
     "address_problems": lambda: resolve(
         address_problems(),
         now=NOW,

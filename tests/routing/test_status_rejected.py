@@ -349,6 +349,29 @@ def test_an_invalid_policy_no_route_of_ours_uses_has_no_status() -> None:
     assert status_of(res, "BackendTLSPolicy", "bad") is None
 
 
+def test_an_invalid_backend_lb_policy_gets_an_ancestor_entry_not_accepted() -> None:
+    bad = {
+        "apiVersion": "gateway.networking.k8s.io/v1alpha2",
+        "kind": "BackendLBPolicy",
+        "metadata": {"name": "bad"},
+        "spec": {
+            "targetRefs": [{"group": "", "kind": "Service", "name": "svc"}],
+            # CEL: AbsoluteTimeout must be specified when lifetimeType is Permanent.
+            "sessionPersistence": {"cookieConfig": {"lifetimeType": "Permanent"}},
+        },
+    }
+    _loaded, res = resolved([gateway_class(), gateway(), service("svc"), route("r"), bad])
+    st = status_of(res, "BackendLBPolicy", "bad")
+    assert st is not None
+    assert st.api_version == "gateway.networking.k8s.io/v1alpha2"
+    [ancestor] = st.status["ancestors"]  # type: ignore[misc]
+    assert ancestor["ancestorRef"]["name"] == "gw"
+    accepted = conditions(ancestor)["Accepted"]
+    assert (accepted["status"], accepted["reason"]) == ("False", "Invalid")
+    assert "spec.sessionPersistence.absoluteTimeout" in accepted["message"]
+    assert res.backend_sessions == {}
+
+
 # --------------------------------------------------------------------------- sources
 
 

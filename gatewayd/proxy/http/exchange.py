@@ -69,6 +69,9 @@ from gatewayd.proxy.http.codec import (
 )
 from gatewayd.proxy.http.h1_client import endpoint_key
 from gatewayd.proxy.http.h2_client import StreamRefused
+from gatewayd.proxy.http.session import SessionUse
+from gatewayd.proxy.http.session import lookup as session_lookup
+from gatewayd.proxy.http.session import response_field as session_field
 from gatewayd.proxy.localreply import (
     DNS_RESOLUTION_FAILURE,
     DOWNSTREAM_PROTOCOL_ERROR,
@@ -275,6 +278,7 @@ class Exchange:
         "route_wait",
         "rule",
         "sending",
+        "session",
         "start",
         "status",
         "still_since",
@@ -308,6 +312,8 @@ class Exchange:
         self.rule: CompiledRule | None = None
         self.backend: CompiledBackend | None = None
         self.endpoint: EndpointAddress | None = None
+        # Session persistence of the chosen backend (rules with ``sticky`` only).
+        self.session: SessionUse | None = None
         # The endpoint's balancing state while a try is in flight there (its
         # ``active`` count includes this request), and whether a failure of this
         # request ejected it (access log flag OE).
@@ -568,10 +574,14 @@ class Exchange:
                 self.mirror_head = RequestHead(self.method, target, list(fwd))
 
         backends = rule.backends
-        if len(backends) == 1 and rule.total_weight > 0:
+        if rule.sticky:
+            # Session persistence: a valid token names the backend and endpoint; else
+            # the normal pick, and the response carries a new token.
+            backend: CompiledBackend | None = self._session_backend(rule)
+        elif len(backends) == 1 and rule.total_weight > 0:
             # One backendRef (the common case): what pick_backend returns, without a
             # random draw and a call (~0.25 us).
-            backend: CompiledBackend | None = backends[0]
+            backend = backends[0]
         else:
             # Weighted, and a backendRef whose endpoints are all ejected (or that has
             # none) gives its share to the others (balancer.py).
@@ -637,6 +647,30 @@ class Exchange:
             self._fire_mirrors()
         self._try(False)
 
+    def _session_backend(self, rule: CompiledRule) -> CompiledBackend | None:
+        proxy = self.conn.proxy
+        health = proxy.health
+        start = self.start
+
+        def available(ep: EndpointAddress) -> bool:
+            # An ejected endpoint (outlier detection) moves the session.
+            return health.is_available(ep.address, ep.port, start)
+
+        now_ms = int(time.time() * 1000)
+        use = session_lookup(proxy.sessions, rule.session_backends, self.headers, now_ms, available)
+        if use is not None:
+            self.session = use
+            return use.backend
+        backends = rule.backends
+        backend = (
+            backends[0]
+            if len(backends) == 1 and rule.total_weight > 0
+            else health.choose_backend(rule, random.random(), start)
+        )
+        if backend is not None and backend.session is not None:
+            self.session = SessionUse(backend.session)
+        return backend
+
     # ------------------------------------------------------------------ upstream tries
 
     def _try(self, fresh: bool) -> None:
@@ -656,11 +690,19 @@ class Exchange:
             # One endpoint (the common case): taken without a call, since health
             # cannot change that choice (balancer.single_endpoint; ~0.25 us less per
             # request, bench_h1_inproc).  Else the balancer picks, and a retry goes
-            # elsewhere when it can (the previous endpoint loses).
+            # elsewhere when it can (the previous endpoint loses).  A session's pinned
+            # endpoint is preferred while it is not ejected.
             bal = backend.lb
             st = bal.single if bal is not None else None
             if st is None:
-                st = proxy.health.pick(backend, self.start, None, prev)
+                session = self.session
+                pinned = session.pinned if session is not None else None
+                st = proxy.health.pick(
+                    backend,
+                    self.start,
+                    (pinned.address, pinned.port) if pinned is not None else None,
+                    prev,
+                )
             self.ep_state = st
             if st is None:
                 self._local(503, LR_NO_HEALTHY)
@@ -706,6 +748,15 @@ class Exchange:
                 # A name that does not resolve is not the endpoint's fault (Envoy does
                 # not eject on DNS failures either).
                 self._outlier_failure()
+            session = self.session
+            if session is not None and session.move():
+                # The session's endpoint does not answer.  Data planes "SHOULD fall back
+                # to available backends when the original backend is no longer serving,
+                # reestablishing session persistence with a new backend" (GEP-1619):
+                # nothing of the request was sent, so one more pick (another endpoint)
+                # is safe; the response carries the new token.
+                self._try(False)
+                return
             if self._can_retry():
                 self._schedule_retry()
             elif isinstance(exc, socket.gaierror):  # an FQDN endpoint's name did not resolve
@@ -969,6 +1020,19 @@ class Exchange:
                         break
                 else:
                     out.append((b"x-request-id", rid))
+        session = self.session
+        if session is not None:
+            ep = self.endpoint
+            assert ep is not None
+            field = session_field(
+                self.conn.proxy.sessions,
+                session,
+                ep,
+                int(time.time() * 1000),
+                secure=self.conn.scheme == b"https",
+            )
+            if field is not None:
+                out.append(field)
         # The downstream codec frames the body (and answers HEAD, 204 and 304
         # without one).
         head.headers = out

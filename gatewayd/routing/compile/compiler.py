@@ -17,6 +17,7 @@ from dataclasses import replace
 from gatewayd.routing.compile.match import InvalidMatch, compile_grpc_match, compile_http_match
 from gatewayd.routing.compile.mesh import compile_mesh
 from gatewayd.routing.compile.precedence import route_order
+from gatewayd.routing.compile.sessions import session_policy
 from gatewayd.routing.config.model import (
     BackendObjectReference,
     BackendRef,
@@ -63,6 +64,7 @@ from gatewayd.routing.snapshot.rules import (
     Rewrite,
     RouteHit,
     RouteTable,
+    SessionPolicy,
     TerminateTLS,
 )
 from gatewayd.routing.snapshot.table import (
@@ -91,8 +93,6 @@ INVALID_BACKEND_STATUS = 500
 DEFAULT_RETRY_ATTEMPTS = 1
 DEFAULT_RETRY_BACKOFF = 0.025
 
-# SessionPersistence.sessionName is optional; the cookie/header needs some name.
-DEFAULT_SESSION_NAME = "gatewayd-session"
 
 HTTP_PROTOCOLS = frozenset({"HTTP", "HTTPS"})
 TLS_PROTOCOL = "TLS"
@@ -109,7 +109,10 @@ def compile_snapshot(resolution: Resolution, *, generation: int) -> Snapshot:
     served (the status computation reports such conflicts).
     """
     compiler = _Compiler(
-        resolution.backends, resolution.backend_tls, resolution.client_certificates
+        resolution.backends,
+        resolution.backend_tls,
+        resolution.client_certificates,
+        resolution.backend_sessions,
     )
     by_port: dict[tuple[str, int], list[ListenerBinding]] = {}
     udp_by_port: dict[tuple[str, int], list[ListenerBinding]] = {}
@@ -175,10 +178,18 @@ class _Compiler:
         backends: Mapping[BackendKey, BackendTarget],
         backend_tls: Mapping[tuple[str, str, int], BackendTLS] | None = None,
         client_certificates: Mapping[tuple[str, str], ClientCertificate] | None = None,
+        backend_sessions: Mapping[tuple[str, str], tuple[str, SessionPersistence]] | None = None,
     ) -> None:
         self.backends = backends
         self.backend_tls = backend_tls or {}
         self.client_certificates = client_certificates or {}
+        # BackendLBPolicy sessions, compiled once per Service.
+        self.service_sessions: dict[tuple[str, str], SessionPolicy] = {
+            key: session_policy(
+                sp, scope=f"Service {key[0]}/{key[1]}", source=f"BackendLBPolicy {policy}"
+            )
+            for key, (policy, sp) in (backend_sessions or {}).items()
+        }
         # (id(route), Gateway) -> its compiled rules (a Gateway's client certificate goes
         # into its TLS backends); ``_keep`` pins the routes so ids stay unique.
         self._rules: dict[tuple[int, tuple[str, str] | None], tuple[CompiledRule, ...]] = {}
@@ -514,11 +525,25 @@ class _Compiler:
         backends: list[CompiledBackend] = []
         cumulative: list[int] = []
         total = 0
+        # weight 0: "no traffic should be forwarded for this entry" -- but for sessions
+        # already pinned there (GEP-1619: "the persistence to a single backend MUST be
+        # maintained across services, even if the weight is set to 0").
+        zero: list[CompiledBackend] = []
         for ref in backend_refs:
-            # "If weight is set to 0, no traffic should be forwarded for this entry."
+            compiled = self._backend(
+                ref,
+                ns,
+                client,
+                tls_allowed=backend_tls,
+                grpc=grpc,
+                # BackendLBPolicy sessions: HTTPRoutes only (GRPCRoutes refuse
+                # sessionPersistence; TLSRoutes carry no HTTP).
+                session_allowed=kind == "HTTPRoute",
+            )
             if ref.weight <= 0:
+                zero.append(compiled)
                 continue
-            backends.append(self._backend(ref, ns, client, tls_allowed=backend_tls, grpc=grpc))
+            backends.append(compiled)
             total += ref.weight
             cumulative.append(total)
 
@@ -548,9 +573,17 @@ class _Compiler:
                 backoff=retry.backoff if retry.backoff is not None else DEFAULT_RETRY_BACKOFF,
             )
 
-        session_name: str | None = None
         if session is not None:
-            session_name = session.session_name or DEFAULT_SESSION_NAME
+            # "Session persistence configuration specified in a route rule SHALL
+            # override equivalent configuration in BackendTrafficPolicy" (GEP-1619,
+            # BackendLBPolicy before it): every backendRef of the rule gets the rule's.
+            rid = f"{ns}/{meta.name}/rule/{index}"
+            policy = session_policy(session, scope=f"{kind} {rid}", source=f"{kind} {rid}")
+            backends = [replace(b, session=policy) for b in backends]
+            zero = [replace(b, session=policy) for b in zero]
+        session_backends = tuple(
+            b for b in (*backends, *zero) if b.session is not None and b.invalid_status is None
+        )
 
         return CompiledRule(
             route_kind=kind,
@@ -571,7 +604,8 @@ class _Compiler:
             request_timeout=request_timeout,
             backend_request_timeout=backend_timeout,
             retry=compiled_retry,
-            session_persistence=session_name,
+            sticky=bool(session_backends),
+            session_backends=session_backends,
         )
 
     # ----------------------------------------------------------------- backends
@@ -594,6 +628,7 @@ class _Compiler:
         *,
         tls_allowed: bool = True,
         grpc: bool = False,
+        session_allowed: bool = False,
     ) -> CompiledBackend:
         key = BackendKey.of(ref.ref, route_namespace)
         target = self.backends.get(key)
@@ -636,6 +671,9 @@ class _Compiler:
             response_headers=response_ops,
             tls=tls,
             proxy_protocol=target.proxy_protocol,
+            session=self.service_sessions.get((key.namespace, key.name))
+            if session_allowed and key.group == "" and key.kind == "Service"
+            else None,
         )
 
     def _mirror_backend(

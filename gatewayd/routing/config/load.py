@@ -49,6 +49,7 @@ from gatewayd.routing.config.validate.gateways import parse_gateway, parse_gatew
 from gatewayd.routing.config.validate.l4routes import parse_tcp_route, parse_udp_route
 from gatewayd.routing.config.validate.listenersets import parse_listener_set
 from gatewayd.routing.config.validate.policies import (
+    parse_backend_lb_policy,
     parse_backend_tls_policy,
     parse_reference_grant,
 )
@@ -205,6 +206,16 @@ _KINDS: dict[str, _KindInfo] = {
             namespaced=True,
             top_level=_SPEC_STATUS,
             parse=parse_listener_set,
+        ),
+        _KindInfo(
+            # Experimental channel, Gateway API v1.2-v1.3 (GEP-1619; superseded upstream
+            # by BackendTrafficPolicy, which gatewayd does not read yet).
+            kind=m.Kind.BACKEND_LB_POLICY,
+            group=_GW,
+            versions=("v1alpha2",),
+            namespaced=True,
+            top_level=_SPEC_STATUS,
+            parse=parse_backend_lb_policy,
         ),
         _KindInfo(
             kind=m.Kind.NAMESPACE,
@@ -776,6 +787,7 @@ class _Loading:
             pods=of(m.Kind.POD, m.Pod),
             backend_tls_policies=of(m.Kind.BACKEND_TLS_POLICY, m.BackendTLSPolicy),
             listener_sets=of(m.Kind.LISTENER_SET, m.ListenerSet),
+            backend_lb_policies=of(m.Kind.BACKEND_LB_POLICY, m.BackendLBPolicy),
             rejected=self._rejected(),
         )
         return _with_implied_namespaces(config)
@@ -835,6 +847,8 @@ def _referenced_namespaces(config: m.Config) -> Iterator[tuple[str, m.Source]]:
             yield frm.namespace, grant.meta.source
     for policy in config.backend_tls_policies:
         yield policy.meta.namespace, policy.meta.source
+    for lb in config.backend_lb_policies:
+        yield lb.meta.namespace, lb.meta.source
     others: list[m.Service | m.EndpointSlice | m.Secret | m.ConfigMap | m.Pod] = [
         *config.services,
         *config.endpoint_slices,

@@ -34,6 +34,7 @@ class Kind(StrEnum):
     POD = "Pod"
     BACKEND_TLS_POLICY = "BackendTLSPolicy"
     LISTENER_SET = "ListenerSet"
+    BACKEND_LB_POLICY = "BackendLBPolicy"
 
 
 class PathMatchType(StrEnum):
@@ -400,6 +401,7 @@ class SessionPersistence:
     absolute_timeout: float | None = None
     idle_timeout: float | None = None
     cookie_lifetime_type: str = "Session"  # Permanent | Session
+    cookie_path: str | None = None  # cookie.path (newer API); None: "/"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -589,6 +591,16 @@ class BackendTLSPolicy:
     options: tuple[tuple[str, str], ...] = ()
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BackendLBPolicy:
+    """gateway.networking.k8s.io/v1alpha2 BackendLBPolicy (GEP-1619): load balancing
+    of the Services it targets, today session persistence only."""
+
+    meta: Meta
+    target_refs: tuple[PolicyTargetReference, ...]
+    session_persistence: SessionPersistence | None = None
+
+
 # --------------------------------------------------------------------------- core kinds
 
 
@@ -686,13 +698,13 @@ class RejectedObject:
     be read, each of them valid on its own.  Nothing of it is ever served.
     """
 
-    kind: Kind  # GATEWAY, HTTP_ROUTE, GRPC_ROUTE, TLS_ROUTE or BACKEND_TLS_POLICY
+    kind: Kind  # GATEWAY, HTTP_ROUTE, GRPC_ROUTE, TLS_ROUTE or a BACKEND_*_POLICY
     meta: Meta
     messages: tuple[str, ...]  # "field.path: message", in reading order (bounded)
     more: int = 0  # messages left out of ``messages``
     parent_refs: tuple[ParentReference, ...] = ()  # routes; a ListenerSet's parentRef
     gateway_class_name: str | None = None  # a Gateway; None when it cannot be read
-    target_refs: tuple[PolicyTargetReference, ...] = ()  # a BackendTLSPolicy
+    target_refs: tuple[PolicyTargetReference, ...] = ()  # a BackendTLSPolicy/LBPolicy
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -715,6 +727,7 @@ class Config:
     pods: tuple[Pod, ...] = ()
     backend_tls_policies: tuple[BackendTLSPolicy, ...] = ()
     listener_sets: tuple[ListenerSet, ...] = ()
+    backend_lb_policies: tuple[BackendLBPolicy, ...] = ()
     # Objects refused by validation whose own status reports it (never served).
     rejected: tuple[RejectedObject, ...] = ()
 

@@ -15,7 +15,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from gatewayd.routing.config.model import BackendObjectReference, Problem, Route
+from gatewayd.routing.config.model import (
+    BackendObjectReference,
+    Problem,
+    Route,
+    SessionPersistence,
+)
 from gatewayd.routing.snapshot.backends import BackendTLS, ClientCertificate, EndpointAddress
 
 if TYPE_CHECKING:
@@ -164,3 +169,8 @@ class Resolution:
     backend_tls: Mapping[tuple[str, str, int], BackendTLS] = field(default_factory=dict)
     # spec.tls.backend.clientCertificateRef of each Gateway whose reference resolved.
     client_certificates: Mapping[tuple[str, str], ClientCertificate] = field(default_factory=dict)
+    # BackendLBPolicy: (namespace, Service name) -> the accepted policy's name and its
+    # sessionPersistence (a route rule's own sessionPersistence takes precedence).
+    backend_sessions: Mapping[tuple[str, str], tuple[str, SessionPersistence]] = field(
+        default_factory=dict
+    )

@@ -9,8 +9,9 @@ serving."  Nothing of a rejected object is served or attaches anywhere (Gateways
   Service parents the same way), with Accepted False.
 * a Gateway of one of our GatewayClasses: Accepted False and Programmed False, no
   listeners.  Gateways of other controllers' classes are untouched.
-* a BackendTLSPolicy: one ``ancestors[]`` entry per Gateway of ours whose routes send
-  traffic to a targeted Service (the ancestors a valid policy gets), Accepted False.
+* a BackendTLSPolicy or BackendLBPolicy: one ``ancestors[]`` entry per Gateway of ours
+  whose routes send traffic to a targeted Service (the ancestors a valid policy gets),
+  Accepted False.
 
 ResolvedRefs is not reported: the references of a refused object were not resolved,
 and the condition would claim a check that never ran (it is not required: only
@@ -34,6 +35,7 @@ from gatewayd.routing.config.model import (
     RejectedObject,
     Route,
 )
+from gatewayd.routing.control.backendlb import LB_POLICY_API_VERSION, http_routes_of
 from gatewayd.routing.control.backendtls import MAX_ANCESTORS, route_services
 from gatewayd.routing.control.bindings import ObjectStatus
 from gatewayd.routing.control.conditions import (
@@ -98,13 +100,19 @@ def rejected_statuses(
             status = _policy(obj, policy_gateways, controller_name, now)
         elif obj.kind is Kind.LISTENER_SET:
             status = _listener_set(obj, gateway_keys, now)
+        elif obj.kind is Kind.BACKEND_LB_POLICY:
+            # Ancestors as for a valid BackendLBPolicy: Gateways of its HTTPRoutes.
+            lb_gateways = [(gw, http_routes_of(routes)) for gw, routes in policy_gateways]
+            status = _policy(obj, lb_gateways, controller_name, now)
         else:
             parents = gateway_keys, listener_set_keys
             status = _route(obj, parents, services, grants, controller_name, now)
         if status is not None:
             out.append(
                 ObjectStatus(
-                    api_version=API_VERSION,
+                    api_version=LB_POLICY_API_VERSION
+                    if obj.kind is Kind.BACKEND_LB_POLICY
+                    else API_VERSION,
                     kind=obj.kind.value,
                     namespace=obj.meta.namespace,
                     name=obj.meta.name,

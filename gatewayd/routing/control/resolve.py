@@ -24,6 +24,7 @@ from collections.abc import Callable, Mapping
 from gatewayd.routing.config.model import Config, Gateway, Problem, Route
 from gatewayd.routing.control import attach
 from gatewayd.routing.control.addressing import allocate
+from gatewayd.routing.control.backendlb import resolve_backend_lb
 from gatewayd.routing.control.backendrefs import BackendResolver
 from gatewayd.routing.control.backendtls import applies_to, resolve_backend_tls
 from gatewayd.routing.control.bindings import (
@@ -214,6 +215,12 @@ def resolve(
         config, policy_gateways, controller_name=controller_name, now=now
     )
     statuses.extend(policies.statuses)
+    # BackendLBPolicy: status per Gateway whose HTTPRoutes use a target, sessions per
+    # Service (a rule's own sessionPersistence takes precedence, in the compiler).
+    lb_policies = resolve_backend_lb(
+        config, policy_gateways, controller_name=controller_name, now=now
+    )
+    statuses.extend(lb_policies.statuses)
 
     # Objects validation refused: reported in their own status, never served.
     statuses.extend(
@@ -279,6 +286,7 @@ def resolve(
         gateway_addresses=gateway_addresses,
         mesh=mesh,
         backend_tls=policies.backend_tls,
+        backend_sessions=lb_policies.sessions,
         client_certificates={
             gs.key: gs.client_certificate
             for gs in states.values()

@@ -150,18 +150,18 @@ def route_value_problem(route: Route) -> Verdict | None:
         regex_verdict = route_regex_problem(route)
         if regex_verdict is not None:
             return regex_verdict
-        sessions = [r.session_persistence for r in route.rules]
-        for i, session in enumerate(sessions):
-            if session is not None:
-                # Session persistence ("Support: Extended") is not implemented: the data
-                # plane balances every request on its own.  Serving the rule without it
-                # would break the stickiness the route asks for while status claimed it,
-                # so the route is refused like a value the implementation does not
-                # recognise: "UnsupportedValue" (RouteReasonUnsupportedValue).
+    if isinstance(route, GRPCRoute):
+        for i, grpc_session_rule in enumerate(route.rules):
+            if grpc_session_rule.session_persistence is not None:
+                # HTTPRoutes are served with session persistence; GRPCRoutes are not
+                # yet (no end-to-end test through gRPC clients).  Serving the rule
+                # without it would break the stickiness the route asks for while status
+                # claimed it, so the route is refused like a value the implementation
+                # does not recognise: "UnsupportedValue" (RouteReasonUnsupportedValue).
                 return failed(
                     UNSUPPORTED_VALUE,
-                    f"rules[{i}].sessionPersistence: session persistence is not supported "
-                    "by gatewayd yet; remove the field to serve this route",
+                    f"rules[{i}].sessionPersistence: session persistence on GRPCRoutes is "
+                    "not supported by gatewayd yet; remove the field to serve this route",
                 )
     if isinstance(route, GRPCRoute):
         for i, grpc_rule in enumerate(route.rules):

@@ -69,6 +69,41 @@ class Cors:
 # --------------------------------------------------------------------------- backends
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SessionPolicy:
+    """Session persistence (GEP-1619) of a rule's backends: where the session token
+    travels and how long it lives.  The token itself (proxy/http/session.py) carries
+    the chosen endpoint, so no state is shared between workers, reloads or restarts.
+
+    ``scope`` is bound into the token's MAC: "Route rules referencing the same service
+    MUST NOT share persistent sessions" (a rule's scope is its route id; a
+    BackendLBPolicy's is the Service)."""
+
+    name: str  # cookie or header name
+    header: bool = False  # type Header (False: Cookie)
+    scope: bytes = b""
+    absolute_timeout: float | None = None  # seconds
+    idle_timeout: float | None = None
+    permanent: bool = False  # cookie lifetimeType Permanent: Max-Age = absoluteTimeout
+    cookie_path: str = "/"
+    source: str = ""  # "HTTPRoute ns/name rule N" or "BackendLBPolicy ns/name"
+
+    def to_json(self) -> dict[str, object]:
+        out: dict[str, object] = {
+            "type": "Header" if self.header else "Cookie",
+            "name": self.name,
+            "source": self.source,
+        }
+        if self.absolute_timeout is not None:
+            out["absoluteTimeout"] = self.absolute_timeout
+        if self.idle_timeout is not None:
+            out["idleTimeout"] = self.idle_timeout
+        if not self.header:
+            out["lifetimeType"] = "Permanent" if self.permanent else "Session"
+            out["path"] = self.cookie_path
+        return out
+
+
 # Service appProtocols spoken as cleartext HTTP/2 with prior knowledge (KEP-3726;
 # conformance HTTPRouteBackendProtocolH2C).
 H2_APP_PROTOCOLS: frozenset[str] = frozenset({"kubernetes.io/h2c"})
@@ -98,6 +133,9 @@ class CompiledBackend:
     # PROXY protocol header version sent first on L4 (TLS passthrough) connections to
     # the endpoints: 0 none, 1 or 2 (Service annotation gatewayd.io/upstream-proxy-protocol).
     proxy_protocol: int = 0
+    # Session persistence of this backendRef: the rule's, else a BackendLBPolicy's on
+    # the Service; None balances every request.
+    session: SessionPolicy | None = None
     # Round-robin cursor over endpoints: per process, advanced on the request path.
     _cursor: Iterator[EndpointAddress] = field(default=iter(()), repr=False, compare=False)
     # The data plane's per-process view of the endpoints (health, requests in flight),
@@ -155,7 +193,11 @@ class CompiledRule:
     request_timeout: float | None = None
     backend_request_timeout: float | None = None
     retry: Retry | None = None
-    session_persistence: str | None = None  # cookie/header name, kept for later
+    # Some backend has a ``session``: the request path looks for a session token
+    # first (one attribute test for every other rule).
+    sticky: bool = False
+    # The backends a session token may name: those with a session, weight 0 included.
+    session_backends: tuple[CompiledBackend, ...] = ()
     # "namespace/name/rule/N": the access log's route and the per-route metrics label,
     # computed once here rather than per request.
     route_id: str = ""

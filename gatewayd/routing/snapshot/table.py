@@ -539,6 +539,8 @@ def _backend_json(backend: CompiledBackend, weight: int) -> dict[str, object]:
         out["requestHeaders"] = _header_ops_json(backend.request_headers)
     if backend.response_headers is not None:
         out["responseHeaders"] = _header_ops_json(backend.response_headers)
+    if backend.session is not None:
+        out["sessionPersistence"] = backend.session.to_json()
     tls = backend.tls
     if tls is not None:
         # Never the PEM itself (the client key is a secret): what it is and where from.
@@ -618,6 +620,4 @@ def rule_to_json(rule: CompiledRule) -> dict[str, object]:
             "codes": sorted(rule.retry.codes),
             "backoff": rule.retry.backoff,
         }
-    if rule.session_persistence is not None:
-        out["sessionPersistence"] = rule.session_persistence
     return out

@@ -140,6 +140,15 @@ KINDS: tuple[WatchedKind, ...] = (
         crd=True,
     ),
     WatchedKind(
+        # Experimental channel of Gateway API v1.2-v1.3 only: a missing CRD is skipped.
+        kind="BackendLBPolicy",
+        group=GATEWAY_GROUP,
+        versions=("v1alpha2",),
+        plural="backendlbpolicies",
+        namespaced=True,
+        crd=True,
+    ),
+    WatchedKind(
         kind="Namespace", group="", versions=("v1",), plural="namespaces", namespaced=False
     ),
     WatchedKind(kind="Service", group="", versions=("v1",), plural="services", namespaced=True),

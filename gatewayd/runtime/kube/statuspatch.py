@@ -26,7 +26,8 @@ Ownership, per kind:
   resources they are responsible for." (RouteStatus.Parents)  Entries whose
   ``controllerName`` is ours are replaced by the computed ones; the others are kept, in
   their order, before ours.
-* BackendTLSPolicy: ``status.ancestors[]`` the same way (PolicyAncestorStatus).
+* BackendTLSPolicy, BackendLBPolicy: ``status.ancestors[]`` the same way
+  (PolicyAncestorStatus).
 
 ``lastTransitionTime`` "is the last time the condition transitioned from one status to
 another" (metav1.Condition): a computed condition whose ``status`` equals the live
@@ -73,6 +74,7 @@ SHARED_LISTS: Final[Mapping[str, SharedList]] = {
     "TCPRoute": PARENTS,
     "UDPRoute": PARENTS,
     "BackendTLSPolicy": ANCESTORS,
+    "BackendLBPolicy": ANCESTORS,
 }
 
 # Status fields the owning controller writes, per kind of object we own outright.

@@ -75,6 +75,7 @@ DEFAULT_RESOURCES: Final[Mapping[str, Resource]] = {
     "UDPRoute": Resource(GATEWAY_GROUP, "v1", "udproutes"),
     "BackendTLSPolicy": Resource(GATEWAY_GROUP, "v1", "backendtlspolicies"),
     "ListenerSet": Resource(GATEWAY_GROUP, "v1", "listenersets"),
+    "BackendLBPolicy": Resource(GATEWAY_GROUP, "v1alpha2", "backendlbpolicies"),
 }
 
 Key = tuple[str, str, str]  # (kind, namespace, name)

@@ -1,4 +1,4 @@
-"""BackendTLSPolicy and ReferenceGrant.
+"""BackendTLSPolicy, BackendLBPolicy and ReferenceGrant.
 
 Admission-style validation of one kind family (see ``reader`` for the rules and helpers).
 
@@ -20,6 +20,7 @@ from gatewayd.routing.config.validate.reader import (
     read_spec,
 )
 from gatewayd.routing.config.validate.refs import read_group, read_kind, read_ref_name
+from gatewayd.routing.config.validate.routes import SESSION_FIELDS, parse_session_persistence
 
 # --------------------------------------------------------------------------- BackendTLSPolicy
 
@@ -149,6 +150,37 @@ def parse_backend_tls_policy(meta: m.Meta, doc: Obj, version: str) -> m.BackendT
         if validation is not None
         else m.BackendTLSPolicyValidation(hostname=""),
         options=spec.str_map("options", max_props=16, value_max_len=4096),
+    )
+
+
+# --------------------------------------------------------------------------- BackendLBPolicy
+
+BACKEND_LB_POLICY_SPEC_FIELDS = ("targetRefs", "sessionPersistence")
+LOCAL_POLICY_TARGET_REF_FIELDS = ("group", "kind", "name")
+
+
+def parse_backend_lb_policy(meta: m.Meta, doc: Obj, version: str) -> m.BackendLBPolicy:
+    spec = read_spec(doc, BACKEND_LB_POLICY_SPEC_FIELDS)
+    objs = spec.objs(
+        "targetRefs", LOCAL_POLICY_TARGET_REF_FIELDS, required=True, min_items=1, max_items=16
+    )
+    refs: list[m.PolicyTargetReference] = []
+    for i, o in enumerate(objs):
+        ref = parse_policy_target_ref(o)
+        # "+listType=map +listMapKey=group +listMapKey=kind +listMapKey=name": each
+        # target at most once.
+        if any((r.group, r.kind, r.name) == (ref.group, ref.kind, ref.name) for r in refs):
+            spec.issues.add(
+                f"{spec.at('targetRefs')}[{i}]",
+                f"duplicate target {ref.kind} {ref.name}; each target may appear once",
+            )
+            continue
+        refs.append(ref)
+    session = spec.sub("sessionPersistence", SESSION_FIELDS)
+    return m.BackendLBPolicy(
+        meta=meta,
+        target_refs=tuple(refs),
+        session_persistence=parse_session_persistence(session) if session is not None else None,
     )
 
 

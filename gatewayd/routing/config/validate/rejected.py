@@ -38,6 +38,7 @@ STATUS_KINDS: Final = frozenset(
         m.Kind.UDP_ROUTE,
         m.Kind.BACKEND_TLS_POLICY,
         m.Kind.LISTENER_SET,
+        m.Kind.BACKEND_LB_POLICY,
     }
 )
 ROUTE_KINDS: Final = frozenset(
@@ -151,6 +152,8 @@ def rejected_object(
         ),
         gateway_class_name=_gateway_class_name(spec) if kind is m.Kind.GATEWAY else None,
         target_refs=(
-            _target_refs(spec, admitted=admitted) if kind is m.Kind.BACKEND_TLS_POLICY else ()
+            _target_refs(spec, admitted=admitted)
+            if kind in (m.Kind.BACKEND_TLS_POLICY, m.Kind.BACKEND_LB_POLICY)
+            else ()
         ),
     )

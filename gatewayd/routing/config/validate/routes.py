@@ -172,6 +172,7 @@ def parse_session_persistence(o: Obj) -> m.SessionPersistence:
     stype = o.str_("type", choices=("Cookie", "Header")) or "Cookie"
     session_name = o.str_("sessionName", max_len=128)
     lifetime: str | None = None
+    cookie_path: str | None = None
     config = o.sub("cookieConfig", ("lifetimeType",))
     if config is not None:
         lifetime = config.str_("lifetimeType", choices=("Permanent", "Session"))
@@ -191,7 +192,14 @@ def parse_session_persistence(o: Obj) -> m.SessionPersistence:
             cookie.str_("name", min_len=1, max_len=256, syntax=HEADER_NAME) or session_name
         )
         lifetime = cookie.str_("lifetimeType", choices=("Permanent", "Session")) or lifetime
-        cookie.str_("path", max_len=1024)
+        cookie_path = cookie.str_("path", max_len=1024)
+        if cookie_path is not None and (
+            not cookie_path.startswith("/") or any(c in cookie_path for c in ";\r\n\0")
+        ):
+            # RFC 6265 4.1.1: path-value is "<any CHAR except CTLs or ";">"; a cookie
+            # path that is not absolute never matches a request path.
+            cookie.add("path", "must start with '/' and contain no ';' or control characters")
+            cookie_path = None
     if header is not None:
         session_name = header.str_(
             "name", required=True, min_len=1, max_len=256, syntax=HEADER_NAME
@@ -206,6 +214,7 @@ def parse_session_persistence(o: Obj) -> m.SessionPersistence:
         absolute_timeout=absolute,
         idle_timeout=o.duration("idleTimeout"),
         cookie_lifetime_type=lifetime or "Session",
+        cookie_path=cookie_path,
     )
 
 
