@@ -30,6 +30,7 @@ from gatewayd.proxy.accesslog import AccessLogger
 from gatewayd.proxy.http.exchange import Exchange
 from gatewayd.proxy.http.h1_server import D_IDLE, HttpConnection
 from gatewayd.proxy.http.pool import UpstreamPool
+from gatewayd.proxy.http.retrybudget import RetryBudget
 from gatewayd.proxy.listeners import BACKLOG, ListeningSockets, NotHanded
 from gatewayd.proxy.pathnorm import EDGE_PATH_POLICY, PathPolicy
 from gatewayd.proxy.snapshot import SnapshotHolder
@@ -82,6 +83,10 @@ class ProxyOptions:
     preserve_request_id: bool = False
     path: PathPolicy = EDGE_PATH_POLICY
     xfcc_set: bool = True  # XFCC from a verified client certificate (False: never sent)
+    # Retry budget (retrybudget.py; --retry-budget-percent, --retry-budget-min-retries):
+    # Envoy's defaults, 20 % of the active requests of a backend, at least 3.
+    retry_budget_percent: float = 20.0
+    retry_budget_min: int = 3
 
 
 def _is_https(lp: ListenerPort) -> bool:
@@ -153,6 +158,7 @@ class Proxy:
         self._idle_reserve: list[HttpConnection] = []
         self.no_idle_until = 0.0
         self.tasks: set[asyncio.Task[None]] = set()
+        self.retry_budget = RetryBudget(options.retry_budget_percent, options.retry_budget_min)
         self._sweeper: asyncio.TimerHandle | None = None
         self._drained: asyncio.Event | None = None
         self._closed = False

@@ -45,8 +45,8 @@ from gatewayd.routing.snapshot.backends import ClientCertificate
 # Name key." (GatewayClassStatus.SupportedFeatures).  Only what the data plane serves
 # today, each with its end-to-end test: GRPCRoute and GRPCRouteNamedRouteRule
 # (tests/e2e/test_e2e_grpc.py, grpcio through h2c), HTTPRouteBackendProtocolH2C
-# (tests/e2e/test_e2e_h2_upstream.py); no listener isolation or retries until the
-# compiler/proxy confirm them.
+# (tests/e2e/test_e2e_h2_upstream.py), HTTPRouteRetry* (tests/e2e/test_e2e_retry.py);
+# no listener isolation until the compiler/proxy confirm it.
 SUPPORTED_FEATURES: tuple[str, ...] = tuple(
     sorted(
         (
@@ -85,6 +85,9 @@ SUPPORTED_FEATURES: tuple[str, ...] = tuple(
             "HTTPRouteRequestPercentageMirror",
             "HTTPRouteRequestTimeout",
             "HTTPRouteResponseHeaderModification",
+            "HTTPRouteRetry",
+            "HTTPRouteRetryBackendTimeout",
+            "HTTPRouteRetryConnectionError",
             "HTTPRouteSchemeRedirect",
             "Mesh",
             "MeshClusterIPMatching",
