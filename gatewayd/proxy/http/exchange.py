@@ -493,10 +493,10 @@ class Exchange:
             acrm = _header(headers, b"access-control-request-method")
             if origin is not None and acrm is not None:
                 acrh = _header(headers, b"access-control-request-headers") or b""
-                pre = cors_preflight(cors, origin, acrm, acrh)
-                if pre is not None:
-                    self._local(200, LR_CORS, extra=pre)
-                    return
+                # Answered here whatever the origin: a denied one gets the 200
+                # without CORS fields (HTTPRouteCORS, "non-matching origin").
+                self._local(200, LR_CORS, extra=cors_preflight(cors, origin, acrm, acrh))
+                return
 
         redirect = rule.redirect
         if redirect is not None:
