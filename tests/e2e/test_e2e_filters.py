@@ -216,6 +216,57 @@ def env(module_echoes, module_recorders, module_gatewayd) -> Env:  # type: ignor
             ],
             hostnames=["backendfilter.example"],
         ),
+        # HTTPRouteBackendRequestRedirect and HTTPRouteBackendURLRewrite: the filters
+        # sit on the backendRef, not on the rule.
+        http_route(
+            "backend-redirect",
+            [
+                rule(
+                    matches=[match("/full")],
+                    backends=[
+                        backend_ref(
+                            "echo-v1", filters=[redirect(path=full_path("/redirected-full"))]
+                        )
+                    ],
+                ),
+                rule(
+                    matches=[match("/prefix")],
+                    backends=[
+                        backend_ref(
+                            "echo-v1",
+                            filters=[redirect(path=prefix_path("/redirected-prefix"))],
+                        )
+                    ],
+                ),
+            ],
+            hostnames=["backendredirect.example"],
+        ),
+        http_route(
+            "backend-rewrite",
+            [
+                rule(
+                    matches=[match("/full")],
+                    backends=[
+                        backend_ref("echo-v1", filters=[rewrite(path=full_path("/rewritten-full"))])
+                    ],
+                ),
+                rule(
+                    matches=[match("/prefix")],
+                    backends=[
+                        backend_ref(
+                            "echo-v1",
+                            filters=[
+                                rewrite(
+                                    path=prefix_path("/rewritten-prefix"),
+                                    hostname="rewritten.example",
+                                )
+                            ],
+                        )
+                    ],
+                ),
+            ],
+            hostnames=["backendrewrite.example"],
+        ),
     ]
     return Env(module_gatewayd(docs + routes), port, mirror)
 
@@ -422,3 +473,21 @@ def test_backend_ref_level_filters(env: Env) -> None:
     doc = r.echo()
     assert echo_header(doc, "x-backend") == ["echo-v1"]
     assert r.header("x-from-backend") == "yes"
+
+
+def test_backend_ref_request_redirect(env: Env) -> None:
+    base = f"http://backendredirect.example:{env.port}"
+    r = request(env.port, "/full/original", host="backendredirect.example")
+    assert (r.status, r.header("location")) == (302, f"{base}/redirected-full")
+    r = request(env.port, "/prefix/original?q=1", host="backendredirect.example")
+    assert (r.status, r.header("location")) == (302, f"{base}/redirected-prefix/original?q=1")
+    assert b'"pod"' not in r.body  # answered by gatewayd
+
+
+def test_backend_ref_url_rewrite(env: Env) -> None:
+    doc = request(env.port, "/full/original", host="backendrewrite.example").echo()
+    assert doc["path"] == "/rewritten-full"
+    assert doc["host"].startswith("backendrewrite.example")
+    doc = request(env.port, "/prefix/original?q=1", host="backendrewrite.example").echo()
+    assert doc["path"] == "/rewritten-prefix/original?q=1"
+    assert doc["host"] == "rewritten.example"

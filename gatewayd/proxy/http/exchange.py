@@ -577,6 +577,13 @@ class Exchange:
         if backend.invalid_status is not None:
             self._local(backend.invalid_status, LR_INVALID)
             return
+        if backend.redirect is not None or backend.rewrite is not None:
+            # backendRef-level RequestRedirect / URLRewrite (HTTPRouteBackendRequestRedirect,
+            # HTTPRouteBackendURLRewrite); only rules with such filters pay this test's
+            # branch.
+            target = self._backend_filters(backend, fwd, target, path, query, host, hit.prefix)
+            if not target:
+                return
         if backend.request_headers is not None:
             apply_header_ops(fwd, backend.request_headers)
         if backend.http2:
@@ -632,6 +639,53 @@ class Exchange:
         if self.request_complete and self.mirrors:
             self._fire_mirrors()
         self._try(False)
+
+    def _backend_filters(
+        self,
+        backend: CompiledBackend,
+        fwd: list[tuple[bytes, bytes]],
+        target: bytes,
+        path: str,
+        query: str,
+        host: str,
+        prefix: str | None,
+    ) -> bytes:
+        """The request target after the backendRef's URLRewrite (``fwd``'s Host
+        rewritten in place), or b"" when its RequestRedirect answered the request."""
+        redirect = backend.redirect
+        if redirect is not None:
+            lp = self.port
+            assert lp is not None
+            location = redirect_location(
+                redirect,
+                scheme="http" if self.conn.sni is None else "https",
+                host=host,
+                port=lp.port,
+                path=path,
+                query=query,
+                prefix=prefix,
+            )
+            self.mirrors = None  # the request is answered here, not forwarded
+            self._local(
+                redirect.status_code,
+                LR_REDIRECT,
+                extra=[(b"location", location.encode("latin-1"))],
+            )
+            return b""
+        rewrite = backend.rewrite
+        assert rewrite is not None
+        if rewrite.path is not None:
+            path_b = rewrite_path(rewrite.path, path, prefix).encode("latin-1")
+            target = path_b + b"?" + query.encode("latin-1") if query else path_b
+        if rewrite.hostname is not None:
+            new_host = rewrite.hostname.encode("latin-1")
+            for i, (n, _) in enumerate(fwd):
+                if n == b"host":
+                    fwd[i] = (b"host", new_host)
+                    break
+            else:
+                fwd.append((b"host", new_host))
+        return target
 
     # ------------------------------------------------------------------ upstream tries
 

@@ -93,6 +93,8 @@ class CompiledBackend:
     fqdn: bool = False
     request_headers: HeaderOps | None = None  # backendRef-level filters
     response_headers: HeaderOps | None = None
+    redirect: Redirect | None = None  # backendRef-level RequestRedirect
+    rewrite: Rewrite | None = None  # backendRef-level URLRewrite
     # BackendTLSPolicy (with the Gateway's client certificate): None speaks cleartext.
     tls: BackendTLS | None = None
     # Round-robin cursor over endpoints: per process, advanced on the request path.
