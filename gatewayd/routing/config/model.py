@@ -230,6 +230,9 @@ class Gateway:
     addresses: tuple[GatewayAddress, ...] = ()
     # spec.tls.backend.clientCertificateRef (the Gateway's client certificate upstream)
     backend_client_certificate_ref: SecretObjectReference | None = None
+    # spec.infrastructure.parametersRef as "group/Kind name" (gatewayd reads no
+    # parameters object: any reference makes the Gateway Accepted False).
+    infrastructure_parameters_ref: str | None = None
 
 
 # --------------------------------------------------------------------------- HTTPRoute
