@@ -48,8 +48,9 @@ from gatewayd.routing.snapshot.backends import ClientCertificate
 # Name key." (GatewayClassStatus.SupportedFeatures).  Only what the data plane serves
 # today, each with its end-to-end test: GRPCRoute and GRPCRouteNamedRouteRule
 # (tests/e2e/test_e2e_grpc.py, grpcio through h2c), HTTPRouteBackendProtocolH2C
-# (tests/e2e/test_e2e_h2_upstream.py), HTTPRouteRetry* (tests/e2e/test_e2e_retry.py);
-# no listener isolation until the compiler/proxy confirm it.
+# (tests/e2e/test_e2e_h2_upstream.py), HTTPRouteRetry* (tests/e2e/test_e2e_retry.py),
+# GatewayHTTPListenerIsolation and HTTPRouteDestinationPortMatching
+# (tests/e2e/test_e2e_isolation.py).
 SUPPORTED_FEATURES: tuple[str, ...] = tuple(
     sorted(
         (
@@ -60,6 +61,7 @@ SUPPORTED_FEATURES: tuple[str, ...] = tuple(
             "GatewayBackendClientCertificate",
             "GatewayFrontendClientCertificateValidation",
             "GatewayFrontendClientCertificateValidationInsecureFallback",
+            "GatewayHTTPListenerIsolation",
             "GatewayHTTPSAndTLSPassthroughSamePort",
             "GatewayHTTPSListenerDetectMisdirectedRequests",
             "GatewayPort8080",
@@ -77,6 +79,7 @@ SUPPORTED_FEATURES: tuple[str, ...] = tuple(
             "HTTPRouteBackendTimeout",
             "HTTPRouteBackendURLRewrite",
             "HTTPRouteCORS",
+            "HTTPRouteDestinationPortMatching",
             "HTTPRouteHostRewrite",
             "HTTPRouteMethodMatching",
             "HTTPRouteNamedRouteRule",
