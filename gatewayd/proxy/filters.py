@@ -322,9 +322,7 @@ def _origin_headers(c: _CompiledCors, origin: bytes, out: Headers) -> None:
         out.append(_ACAC)
 
 
-def cors_preflight(
-    cors: Cors, origin: bytes, method: bytes, request_headers: bytes
-) -> Headers:
+def cors_preflight(cors: Cors, origin: bytes, method: bytes, request_headers: bytes) -> Headers:
     """Headers of gatewayd's answer to a CORS preflight (OPTIONS with Origin and
     Access-Control-Request-Method): none when Origin is not allowed, and the preflight
     is answered all the same (never forwarded).

@@ -203,6 +203,7 @@ class _Compiler:
                 certificates=b.certificates,
                 client_ca_pem=b.client_ca_pem,
                 client_auth=b.client_auth,
+                tls_options=b.tls_options,
             )
             for b in served
             if b.protocol == "HTTPS" and b.tls_mode == "Terminate" and b.certificates
@@ -266,6 +267,7 @@ class _Compiler:
             certificates=binding.certificates,
             client_ca_pem=binding.client_ca_pem,
             client_auth=binding.client_auth,
+            tls_options=binding.tls_options,
             routes=tuple(routes),
         )
 

@@ -205,6 +205,17 @@ class RouteTable(Protocol):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class TLSOptions:
+    """A listener's ``tls.options`` gatewayd implements (control/tlsoptions.py): the
+    protocol versions and the TLS 1.2 cipher suites offered.  Defaults: TLS 1.2 to 1.3,
+    ``TLS12_CIPHERS`` of gatewayd/tls/context.py."""
+
+    min_version: str = "1.2"  # "1.2" | "1.3"
+    max_version: str = "1.3"
+    ciphers: tuple[str, ...] = ()  # OpenSSL names of TLS 1.2 suites; () : the default
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class TerminateTLS:
     """TLS termination of one HTTPS listener, as PEM: each serving process builds its
     ``ssl.SSLContext`` from this (contexts do not pickle; snapshots must)."""
@@ -214,3 +225,4 @@ class TerminateTLS:
     certificates: tuple[CertificateInfo, ...]  # checked key pairs, certificateRefs order
     client_ca_pem: bytes | None = None  # frontend validation CA bundle
     client_auth: str = "none"  # none | require | optional
+    tls_options: TLSOptions | None = None  # the same on every listener of the port

@@ -51,6 +51,7 @@ from gatewayd.routing.snapshot.rules import (
     Redirect,
     Rewrite,
     RouteHit,
+    TLSOptions,
 )
 
 if TYPE_CHECKING:
@@ -371,6 +372,7 @@ class TLSListener:
     # Terminate: frontend validation (client certificates), as for HTTPS listeners.
     client_ca_pem: bytes | None = None
     client_auth: str = "none"  # none | require | optional
+    tls_options: TLSOptions | None = None  # Terminate: versions and ciphers
     routes: tuple[SNIRoute, ...] = ()
 
 
