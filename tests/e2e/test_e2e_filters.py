@@ -267,6 +267,30 @@ def env(module_echoes, module_recorders, module_gatewayd) -> Env:  # type: ignor
             ],
             hostnames=["backendrewrite.example"],
         ),
+        # RequestMirror on a backendRef: copies only of the requests sent to it.
+        http_route(
+            "backend-mirror",
+            [
+                rule(
+                    backends=[
+                        backend_ref(
+                            "echo-v1",
+                            weight=1,
+                            filters=[
+                                {
+                                    "type": "RequestMirror",
+                                    "requestMirror": {"backendRef": {"name": "mirror", "port": 80}},
+                                }
+                            ],
+                        ),
+                        backend_ref(
+                            "echo-v1", weight=1, filters=[rewrite(path=full_path("/plain"))]
+                        ),
+                    ]
+                )
+            ],
+            hostnames=["backendmirror.example"],
+        ),
     ]
     return Env(module_gatewayd(docs + routes), port, mirror)
 
@@ -491,3 +515,18 @@ def test_backend_ref_url_rewrite(env: Env) -> None:
     doc = request(env.port, "/prefix/original?q=1", host="backendrewrite.example").echo()
     assert doc["path"] == "/rewritten-prefix/original?q=1"
     assert doc["host"] == "rewritten.example"
+
+
+def test_backend_ref_request_mirror_copies_only_its_share(env: Env) -> None:
+    seen: dict[str, int] = {}
+    for i in range(40):
+        doc = request(env.port, f"/bm/{i}", host="backendmirror.example").echo()
+        mirrored = doc["path"] != "/plain"  # the other backendRef rewrites the path
+        seen[f"/bm/{i}"] = mirrored
+    copies = {p for p, m in seen.items() if m}
+    assert 0 < len(copies) < 40, seen  # weights 1:1 over 40 requests
+    for path in copies:
+        assert env.mirror.wait_for(lambda rec, p=path: rec.path == p, timeout=5) is not None, path
+    _, recorded = env.mirror.snapshot()
+    got = {rec.path for rec in recorded if rec.path.startswith("/bm/")}
+    assert got == copies  # never a copy of a request the other backendRef served

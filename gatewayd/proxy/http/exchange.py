@@ -577,10 +577,10 @@ class Exchange:
         if backend.invalid_status is not None:
             self._local(backend.invalid_status, LR_INVALID)
             return
-        if backend.redirect is not None or backend.rewrite is not None:
-            # backendRef-level RequestRedirect / URLRewrite (HTTPRouteBackendRequestRedirect,
-            # HTTPRouteBackendURLRewrite); only rules with such filters pay this test's
-            # branch.
+        if backend.request_filters:
+            # backendRef-level RequestRedirect, URLRewrite, RequestMirror
+            # (HTTPRouteBackendRequestRedirect, HTTPRouteBackendURLRewrite): one
+            # attribute test for the requests of other backends.
             target = self._backend_filters(backend, fwd, target, path, query, host, hit.prefix)
             if not target:
                 return
@@ -651,7 +651,8 @@ class Exchange:
         prefix: str | None,
     ) -> bytes:
         """The request target after the backendRef's URLRewrite (``fwd``'s Host
-        rewritten in place), or b"" when its RequestRedirect answered the request."""
+        rewritten in place), or b"" when its RequestRedirect answered the request; its
+        RequestMirror copies join the rule's."""
         redirect = backend.redirect
         if redirect is not None:
             lp = self.port
@@ -672,8 +673,16 @@ class Exchange:
                 extra=[(b"location", location.encode("latin-1"))],
             )
             return b""
+        if backend.mirrors:
+            rnd = random.random
+            chosen = [m.backend for m in backend.mirrors if m.fraction >= 1.0 or rnd() < m.fraction]
+            if chosen:
+                self.mirrors = (self.mirrors or []) + chosen
+                if self.mirror_head is None:
+                    self.mirror_head = RequestHead(self.method, target, list(fwd))
         rewrite = backend.rewrite
-        assert rewrite is not None
+        if rewrite is None:
+            return target
         if rewrite.path is not None:
             path_b = rewrite_path(rewrite.path, path, prefix).encode("latin-1")
             target = path_b + b"?" + query.encode("latin-1") if query else path_b

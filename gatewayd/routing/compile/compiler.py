@@ -543,6 +543,7 @@ class _Compiler:
         response: list[HTTPHeaderFilter] = []
         redirect: Redirect | None = None
         rewrite: Rewrite | None = None
+        mirrors: list[Mirror] = []
         extension_ref = False
         for f in ref.filters:
             if f.type is FilterType.REQUEST_HEADER_MODIFIER and f.request_header_modifier:
@@ -557,6 +558,15 @@ class _Compiler:
                 # HTTPRouteBackendURLRewrite: the rewrite applies to requests sent to
                 # this backendRef only.
                 rewrite = _rewrite(f)
+            elif f.type is FilterType.REQUEST_MIRROR and f.request_mirror is not None:
+                # "executed if and only if the request is being forwarded to the
+                # backend defined here" (HTTPBackendRef.Filters).
+                m = f.request_mirror
+                target_mirror = self._mirror_backend(
+                    m.backend_ref, route_namespace, client, grpc=grpc
+                )
+                if target_mirror is not None:
+                    mirrors.append(Mirror(backend=target_mirror, fraction=_mirror_fraction(m)))
             elif f.type is FilterType.EXTENSION_REF:
                 extension_ref = True
         request_ops = _header_ops(request)
@@ -572,6 +582,7 @@ class _Compiler:
                 response_headers=response_ops,
                 redirect=redirect,
                 rewrite=rewrite,
+                mirrors=tuple(mirrors),
             )
         tls = self._tls(key, client) if tls_allowed else None
         invalid_status = EXTENSION_REF_STATUS if extension_ref else None
@@ -590,6 +601,7 @@ class _Compiler:
             response_headers=response_ops,
             redirect=redirect,
             rewrite=rewrite,
+            mirrors=tuple(mirrors),
             tls=tls,
         )
 

@@ -95,13 +95,21 @@ class CompiledBackend:
     response_headers: HeaderOps | None = None
     redirect: Redirect | None = None  # backendRef-level RequestRedirect
     rewrite: Rewrite | None = None  # backendRef-level URLRewrite
+    mirrors: tuple[Mirror, ...] = ()  # backendRef-level RequestMirror
     # BackendTLSPolicy (with the Gateway's client certificate): None speaks cleartext.
     tls: BackendTLS | None = None
     # Round-robin cursor over endpoints: per process, advanced on the request path.
     _cursor: Iterator[EndpointAddress] = field(default=iter(()), repr=False, compare=False)
+    # Any of redirect, rewrite, mirrors: the request path tests this one attribute.
+    request_filters: bool = field(default=False, init=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_cursor", itertools.cycle(self.endpoints))
+        object.__setattr__(
+            self,
+            "request_filters",
+            self.redirect is not None or self.rewrite is not None or bool(self.mirrors),
+        )
 
     def next_endpoint(self) -> EndpointAddress | None:
         """Round robin over ready endpoints; None when there is none (answer 503)."""

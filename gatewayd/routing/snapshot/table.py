@@ -565,6 +565,11 @@ def _backend_json(backend: CompiledBackend, weight: int) -> dict[str, object]:
         out["redirect"] = _redirect_json(backend.redirect)
     if backend.rewrite is not None:
         out["rewrite"] = _rewrite_json(backend.rewrite)
+    if backend.mirrors:
+        out["mirrors"] = [
+            {"backend": _backend_json(m.backend, 1), "fraction": m.fraction}
+            for m in backend.mirrors
+        ]
     tls = backend.tls
     if tls is not None:
         # Never the PEM itself (the client key is a secret): what it is and where from.
