@@ -40,6 +40,7 @@ from e2e_kit import (
     request,
     rule,
 )
+from test_e2e_h2c import H2cClient
 
 pytestmark = pytest.mark.e2e
 
@@ -69,8 +70,7 @@ class FlakyBackend:
                 self._serve()
 
             def _serve(self) -> None:
-                length = int(self.headers.get("content-length") or 0)
-                body = self.rfile.read(length) if length else b""
+                body = self._body()
                 query = parse_qs(urlsplit(self.path).query)
                 rid = query.get("uuid", [""])[0]
                 succeed_after = int(query.get("succeedAfter", ["0"])[0])
@@ -98,6 +98,22 @@ class FlakyBackend:
                         self.connection.close()
                     return
                 self._answer(200, b"ok after %d tries, body %d bytes" % (n + 1, len(body)))
+
+            def _body(self) -> bytes:
+                if "chunked" not in (self.headers.get("transfer-encoding") or "").lower():
+                    length = int(self.headers.get("content-length") or 0)
+                    return self.rfile.read(length) if length else b""
+                # A body gatewayd re-chunked (an HTTP/2 client sent no length): at most
+                # 1,000 chunks of at most 1 MiB each.
+                out = bytearray()
+                for _ in range(1000):
+                    size = int(self.rfile.readline(1024).split(b";")[0].strip() or b"0", 16)
+                    if size == 0 or size > 1 << 20:
+                        self.rfile.readline(1024)  # the empty trailer section
+                        break
+                    out += self.rfile.read(size)
+                    self.rfile.readline(3)
+                return bytes(out)
 
             def _answer(self, code: int, payload: bytes) -> None:
                 self.send_response(code)
@@ -327,6 +343,33 @@ def test_retry_metrics(env: Env) -> None:
     assert any(
         v >= 1 for labels, v in samples if labels.get("backend", "").startswith("default/flaky")
     )
+
+
+def test_retries_for_http2_clients(env: Env) -> None:
+    """The retry logic is the exchange's, whatever the client speaks: streams of one
+    HTTP/2 connection are retried independently (one with a body)."""
+    client = H2cClient(env.port)
+    try:
+        ids = {}
+        for i, (code, after) in enumerate((("500", "2"), ("502", "1"), ("500", "4"))):
+            rid = str(uuid.uuid4())
+            path = "/retry/code-500-attempts-3" if code == "500" else "/retry/code-all-attempts-2"
+            query = urlencode({"responseCode": code, "succeedAfter": after, "uuid": rid})
+            body = b"b" * 1000 if i == 0 else b""
+            sid = client.send(
+                f"{path}?{query}",
+                method="POST" if body else "GET",
+                authority="retry.example",
+                body=body,
+            )
+            ids[sid] = (rid, after)
+        answers = client.wait(list(ids))
+    finally:
+        client.close()
+    got = [(answers[sid].status, env.backend.tries_of(rid)) for sid, (rid, _) in ids.items()]
+    assert got == [(200, 2), (200, 1), (500, 4)], got
+    first = next(iter(ids))
+    assert answers[first].body.endswith(b"body 1000 bytes"), answers[first]
 
 
 # --------------------------------------------------------------------------- retry budget
