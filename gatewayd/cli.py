@@ -403,6 +403,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="end a request with no bytes moving either way this long: 408, or a reset once "
         "the response has started (default 300, Envoy's; 0: never)",
     )
+    # Retry budget (README, "Retries"): Envoy's retry_budget defaults.
+    run.add_argument(
+        "--retry-budget-percent",
+        type=_at_least(0, float),
+        default=20.0,
+        metavar="PERCENT",
+        help="most requests of a backend retrying at once, as a share of its active "
+        "requests (default 20, Envoy's budget_percent)",
+    )
+    run.add_argument(
+        "--retry-budget-min-retries",
+        type=_at_least(0, int),
+        default=3,
+        metavar="N",
+        help="retries always allowed at once per backend, whatever the share (default 3, "
+        "Envoy's min_retry_concurrency)",
+    )
     # Request head limits and the other edge timeouts (README, "Security and limits").
     run.add_argument(
         "--max-header-bytes",
@@ -670,6 +687,8 @@ def _run(args: argparse.Namespace, election: LeaderElectionSettings | None = Non
                 else {}
             ),
             outlier=outlier_options(args),
+            retry_budget_percent=args.retry_budget_percent,
+            retry_budget_min=int(args.retry_budget_min_retries),
         ),
     )
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:

@@ -322,11 +322,10 @@ def _origin_headers(c: _CompiledCors, origin: bytes, out: Headers) -> None:
         out.append(_ACAC)
 
 
-def cors_preflight(
-    cors: Cors, origin: bytes, method: bytes, request_headers: bytes
-) -> Headers | None:
-    """Headers of the answer to a CORS preflight (OPTIONS with Origin and
-    Access-Control-Request-Method), or None when Origin is not allowed.
+def cors_preflight(cors: Cors, origin: bytes, method: bytes, request_headers: bytes) -> Headers:
+    """Headers of gatewayd's answer to a CORS preflight (OPTIONS with Origin and
+    Access-Control-Request-Method): none when Origin is not allowed, and the preflight
+    is answered all the same (never forwarded).
 
     "The status code of a successful response to a "preflight" request is always an OK
     status (i.e., 204 or 200)"; for a denied origin "the gateway returns 204/200 response
@@ -335,7 +334,7 @@ def cors_preflight(
     """
     c = _cors_cache.get(cors)
     if not origin or not c.allows(origin):
-        return None
+        return []
     out: Headers = []
     _origin_headers(c, origin, out)
     # "If the `Access-Control-Request-Method` header is not present in the request, the

@@ -16,6 +16,8 @@ UC    upstream_reset              502     the upstream closed/reset before a res
 UPE   upstream_protocol_error     502     the upstream sent an invalid response
 UT    upstream_timeout            504     the request or backend timeout expired
 UO    overflow                    503     a connection limit was reached
+URX   retry_limit_exceeded        503     the rule's retries ran out and the last try
+                                          was reset before a response
 DPE   downstream_protocol_error   400     the client sent an invalid request
 DC    downstream_disconnect       (none)  the client went away; only logged
 OE    (none)                      (none)  added to the flag of a request whose failure
@@ -94,6 +96,16 @@ UPSTREAM_PROTOCOL_ERROR = ReplyKind(
 )
 UPSTREAM_TIMEOUT = ReplyKind("UT", "upstream_timeout", 504, b"upstream request timeout")
 OVERFLOW = ReplyKind("UO", "overflow", 503, b"upstream connection limit reached")
+# A rule with ``retry`` whose last try was reset before a response: Envoy's flag URX
+# (UpstreamRetryLimitExceeded) and its 503, which the Gateway API retry conformance
+# scenario (HTTPRouteRetryConnectionError) expects ("500 or 503").
+RETRY_LIMIT_EXCEEDED = ReplyKind(
+    "URX",
+    "retry_limit_exceeded",
+    503,
+    b"upstream connect error or disconnect/reset before headers. retried and the latest "
+    b"reset reason: connection termination",
+)
 DOWNSTREAM_PROTOCOL_ERROR = ReplyKind("DPE", "downstream_protocol_error", 400, b"Bad Request")
 DOWNSTREAM_DISCONNECT = ReplyKind("DC", "downstream_disconnect", 0, b"")
 
@@ -107,6 +119,7 @@ REPLY_KINDS: tuple[ReplyKind, ...] = (
     UPSTREAM_PROTOCOL_ERROR,
     UPSTREAM_TIMEOUT,
     OVERFLOW,
+    RETRY_LIMIT_EXCEEDED,
     DOWNSTREAM_PROTOCOL_ERROR,
     DOWNSTREAM_DISCONNECT,
 )

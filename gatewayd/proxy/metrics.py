@@ -14,6 +14,9 @@ Series (``gatewayd_`` prefix; Envoy stat in brackets):
   and ``outlier_ejected{backend}`` (outlier_detection.ejections_active): endpoints
   ejected by passive health checking, and those ejected now (summed over workers: each
   worker ejects on its own)
+- ``upstream_rq_retry_total{backend}`` (cluster.*.upstream_rq_retry) and
+  ``upstream_rq_retry_overflow_total{backend}`` (upstream_rq_retry_overflow): retries
+  sent, and retries the retry budget refused
 - ``local_reply_total{reason}`` (see ``localreply`` for the reasons)
 - ``config_generation``, ``config_reload_total{result}`` (result: success | failure),
   ``config_reload_failures_total`` (reloads whose new config was refused; the last good
@@ -109,6 +112,7 @@ class ProxyMetrics(Collector):
         self._tunnels: dict[str, int] = {}  # open WebSocket tunnels per backend
         self._tunnels_total: dict[str, int] = {}
         self._us_fail: dict[str, int] = {}
+        self._retry: dict[tuple[str, str], int] = {}  # (backend, "retry" | "overflow")
         self._local: dict[str, int] = {}
         self._generation = 0
         self._reloads: dict[str, int] = {"success": 0, "failure": 0}
@@ -164,6 +168,12 @@ class ProxyMetrics(Collector):
         if delta > 0:
             total = self._ejections
             total[backend] = total.get(backend, 0) + delta
+    def upstream_retry(self, backend: str, result: str) -> None:
+        """A retry to ``backend`` was sent (``retry``) or refused by the retry budget
+        (``overflow``)."""
+        key = (backend, result)
+        retry = self._retry
+        retry[key] = retry.get(key, 0) + 1
 
     def local_reply(self, reason: str) -> None:
         local = self._local
@@ -259,6 +269,7 @@ class ProxyMetrics(Collector):
         "_tunnels",
         "_tunnels_total",
         "_us_fail",
+        "_retry",
         "_local",
         "_tls_err",
         "_tls_cx",
@@ -388,6 +399,19 @@ class ProxyMetrics(Collector):
             "Failed upstream connection attempts.",
             ("backend",),
             {(k,): v for k, v in list(self._us_fail.items())},
+        )
+        retries = list(self._retry.items())
+        yield _counter(
+            "gatewayd_upstream_rq_retry",
+            "Retries sent to a backend (HTTPRoute retry).",
+            ("backend",),
+            {(b,): n for (b, r), n in retries if r == "retry"},
+        )
+        yield _counter(
+            "gatewayd_upstream_rq_retry_overflow",
+            "Retries not sent because the retry budget was spent.",
+            ("backend",),
+            {(b,): n for (b, r), n in retries if r == "overflow"},
         )
         yield _counter(
             "gatewayd_outlier_ejections",

@@ -32,6 +32,7 @@ from gatewayd.proxy.balancer import DEFAULT_OUTLIER, EndpointHealth, OutlierOpti
 from gatewayd.proxy.http.exchange import Exchange
 from gatewayd.proxy.http.h1_server import D_IDLE, HttpConnection
 from gatewayd.proxy.http.pool import UpstreamPool
+from gatewayd.proxy.http.retrybudget import RetryBudget
 from gatewayd.proxy.http.session import SessionCodec
 from gatewayd.proxy.listeners import BACKLOG, ListeningSockets, NotHanded
 from gatewayd.proxy.pathnorm import EDGE_PATH_POLICY, PathPolicy
@@ -101,6 +102,10 @@ class ProxyOptions:
     session_secret: bytes = field(default_factory=lambda: os.urandom(32), repr=False)
     # Endpoint balancing and passive health (--lb-policy, --outlier-*; balancer.py).
     outlier: OutlierOptions = DEFAULT_OUTLIER
+    # Retry budget (retrybudget.py; --retry-budget-percent, --retry-budget-min-retries):
+    # Envoy's defaults, 20 % of the active requests of a backend, at least 3.
+    retry_budget_percent: float = 20.0
+    retry_budget_min: int = 3
 
 
 def _is_https(lp: ListenerPort) -> bool:
@@ -177,6 +182,7 @@ class Proxy:
         self._idle_reserve: list[HttpConnection] = []
         self.no_idle_until = 0.0
         self.tasks: set[asyncio.Task[None]] = set()
+        self.retry_budget = RetryBudget(options.retry_budget_percent, options.retry_budget_min)
         self._sweeper: asyncio.TimerHandle | None = None
         self._drained: asyncio.Event | None = None
         self._closed = False

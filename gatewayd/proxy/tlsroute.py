@@ -70,7 +70,7 @@ if TYPE_CHECKING:
     from gatewayd.proxy.server import Proxy
     from gatewayd.routing.snapshot.backends import BackendTLS
     from gatewayd.routing.snapshot.compiled import ListenerPort, Snapshot
-    from gatewayd.routing.snapshot.rules import CompiledBackend
+    from gatewayd.routing.snapshot.rules import CompiledBackend, TLSOptions
     from gatewayd.routing.snapshot.table import SNIMatch
     from gatewayd.tls.certs import CertificateInfo
 
@@ -131,11 +131,16 @@ P_CLOSED: Final = 3
 
 # What a Terminate listener's context is made of: its key pairs and frontend validation
 # (client CA bundle, client_auth).  Listeners with equal keys share one context.
-ContextKey = tuple[tuple["CertificateInfo", ...], bytes | None, str]
+ContextKey = tuple[tuple["CertificateInfo", ...], bytes | None, str, "TLSOptions | None"]
 
 
 def context_key(listener: TLSListener) -> ContextKey:
-    return (listener.certificates, listener.client_ca_pem, listener.client_auth)
+    return (
+        listener.certificates,
+        listener.client_ca_pem,
+        listener.client_auth,
+        listener.tls_options,
+    )
 
 
 class TLSContexts:
@@ -186,7 +191,7 @@ def _build_context(key: ContextKey, who: str) -> ssl.SSLContext | None:
     """A server context presenting every pair (e.g. RSA and ECDSA, which OpenSSL keeps
     side by side) and asking for client certificates as frontend validation says; None,
     and one error line, when it cannot be built."""
-    certs, client_ca_pem, client_auth = key
+    certs, client_ca_pem, client_auth, options = key
     if not certs:
         log.error(
             "%s: Terminate mode without a usable certificate (see the listener's status); "
@@ -197,7 +202,11 @@ def _build_context(key: ContextKey, who: str) -> ssl.SSLContext | None:
     try:
         # No ALPN: the decrypted bytes are spliced, not parsed as HTTP.
         ctx = server_context(
-            certs[0], alpn=(), client_ca_pem=client_ca_pem, client_auth=client_auth
+            certs[0],
+            alpn=(),
+            client_ca_pem=client_ca_pem,
+            client_auth=client_auth,
+            options=options,
         )
         for info in certs[1:]:
             load_chain_from_memory(ctx, info)

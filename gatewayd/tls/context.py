@@ -16,9 +16,12 @@ import socket
 import ssl
 import tempfile
 from collections.abc import Iterator, Sequence
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from gatewayd.tls.certs import CertificateInfo, dns_name_matches
+
+if TYPE_CHECKING:
+    from gatewayd.routing.snapshot.rules import TLSOptions
 
 __all__ = [
     "CLIENT_AUTH_MODES",
@@ -50,10 +53,21 @@ CLIENT_AUTH_MODES: Final = {
 }
 
 
-def _modern(ctx: ssl.SSLContext) -> None:
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.maximum_version = ssl.TLSVersion.TLSv1_3
-    ctx.set_ciphers(TLS12_CIPHERS)
+_VERSIONS: Final = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
+
+
+def _modern(ctx: ssl.SSLContext, options: TLSOptions | None = None) -> None:
+    """TLS 1.2 to 1.3 and the AEAD suites, or what a listener's ``tls.options`` narrowed
+    them to (routing/control/tlsoptions.py checked the values)."""
+    if options is None:
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx.maximum_version = ssl.TLSVersion.TLSv1_3
+        ctx.set_ciphers(TLS12_CIPHERS)
+    else:
+        # The maximum first: a minimum above the current maximum is refused by OpenSSL.
+        ctx.maximum_version = _VERSIONS[options.max_version]
+        ctx.minimum_version = _VERSIONS[options.min_version]
+        ctx.set_ciphers(":".join(options.ciphers) if options.ciphers else TLS12_CIPHERS)
     # Renegotiation is a DoS vector and nothing we serve needs it.
     ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
 
@@ -67,6 +81,7 @@ def server_context(
     alpn: Sequence[str] = ("http/1.1",),
     client_ca_pem: bytes | None = None,
     client_auth: str = "none",
+    options: TLSOptions | None = None,
 ) -> ssl.SSLContext:
     """A listener context: TLS 1.2/1.3, AEAD suites, ALPN, optional client certificates.
 
@@ -79,7 +94,7 @@ def server_context(
             f"client_auth {client_auth!r}: expected one of {', '.join(CLIENT_AUTH_MODES)}"
         )
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    _modern(ctx)
+    _modern(ctx, options)
     load_chain_from_memory(ctx, cert)
     if alpn:
         ctx.set_alpn_protocols(list(alpn))

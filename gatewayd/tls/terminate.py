@@ -32,7 +32,7 @@ from gatewayd.tls.certs import dns_name_matches
 from gatewayd.tls.context import _modern, server_context
 
 if TYPE_CHECKING:
-    from gatewayd.routing.snapshot.rules import TerminateTLS
+    from gatewayd.routing.snapshot.rules import TerminateTLS, TLSOptions
     from gatewayd.tls.certs import CertificateInfo
 
 __all__ = ["ALPN", "PortTLS", "TerminatedSSLObject", "handshake_reason"]
@@ -192,7 +192,7 @@ _EMPTY: Final = _Table(())
 
 # (chain, key, client CA, client auth): contexts are reused across reloads while their
 # material is unchanged (building one costs a key parse; it also keeps sessions valid).
-_ContextKey = tuple[bytes, bytes, bytes | None, str]
+_ContextKey = tuple[bytes, bytes, bytes | None, str, "TLSOptions | None"]
 
 
 class PortTLS:
@@ -222,11 +222,20 @@ class PortTLS:
         contexts: dict[_ContextKey, ssl.SSLContext] = {}
         entries: list[tuple[str | None, _Listener]] = []
         modes: set[str] = set()
+        # tls.options are per port (the control plane refuses listeners of one port that
+        # differ): the base context's versions and suites are the ones negotiated.
+        _modern(self.base, listeners[0].tls_options if listeners else None)
         for lt in listeners:
             pairs: list[tuple[CertificateInfo, ssl.SSLContext]] = []
             try:
                 for info in lt.certificates:
-                    key = (info.pem_chain, info.pem_key, lt.client_ca_pem, lt.client_auth)
+                    key = (
+                        info.pem_chain,
+                        info.pem_key,
+                        lt.client_ca_pem,
+                        lt.client_auth,
+                        lt.tls_options,
+                    )
                     ctx = contexts.get(key) or self._contexts.get(key)
                     if ctx is None:
                         ctx = server_context(
@@ -234,6 +243,7 @@ class PortTLS:
                             alpn=ALPN,
                             client_ca_pem=lt.client_ca_pem,
                             client_auth=lt.client_auth,
+                            options=lt.tls_options,
                         )
                     contexts[key] = ctx
                     pairs.append((info, ctx))

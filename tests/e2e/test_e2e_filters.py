@@ -216,6 +216,81 @@ def env(module_echoes, module_recorders, module_gatewayd) -> Env:  # type: ignor
             ],
             hostnames=["backendfilter.example"],
         ),
+        # HTTPRouteBackendRequestRedirect and HTTPRouteBackendURLRewrite: the filters
+        # sit on the backendRef, not on the rule.
+        http_route(
+            "backend-redirect",
+            [
+                rule(
+                    matches=[match("/full")],
+                    backends=[
+                        backend_ref(
+                            "echo-v1", filters=[redirect(path=full_path("/redirected-full"))]
+                        )
+                    ],
+                ),
+                rule(
+                    matches=[match("/prefix")],
+                    backends=[
+                        backend_ref(
+                            "echo-v1",
+                            filters=[redirect(path=prefix_path("/redirected-prefix"))],
+                        )
+                    ],
+                ),
+            ],
+            hostnames=["backendredirect.example"],
+        ),
+        http_route(
+            "backend-rewrite",
+            [
+                rule(
+                    matches=[match("/full")],
+                    backends=[
+                        backend_ref("echo-v1", filters=[rewrite(path=full_path("/rewritten-full"))])
+                    ],
+                ),
+                rule(
+                    matches=[match("/prefix")],
+                    backends=[
+                        backend_ref(
+                            "echo-v1",
+                            filters=[
+                                rewrite(
+                                    path=prefix_path("/rewritten-prefix"),
+                                    hostname="rewritten.example",
+                                )
+                            ],
+                        )
+                    ],
+                ),
+            ],
+            hostnames=["backendrewrite.example"],
+        ),
+        # RequestMirror on a backendRef: copies only of the requests sent to it.
+        http_route(
+            "backend-mirror",
+            [
+                rule(
+                    backends=[
+                        backend_ref(
+                            "echo-v1",
+                            weight=1,
+                            filters=[
+                                {
+                                    "type": "RequestMirror",
+                                    "requestMirror": {"backendRef": {"name": "mirror", "port": 80}},
+                                }
+                            ],
+                        ),
+                        backend_ref(
+                            "echo-v1", weight=1, filters=[rewrite(path=full_path("/plain"))]
+                        ),
+                    ]
+                )
+            ],
+            hostnames=["backendmirror.example"],
+        ),
     ]
     return Env(module_gatewayd(docs + routes), port, mirror)
 
@@ -395,7 +470,11 @@ def test_cors_preflight_unknown_origin_gets_no_cors_headers(env: Env) -> None:
         host="cors.example",
         headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "PUT"},
     )
-    assert r.header("access-control-allow-origin") is None
+    # HTTPRouteCORS "non-matching origin": answered by gatewayd (200), not forwarded to
+    # the backend, without any CORS field.
+    assert r.status == 200, r
+    assert b'"pod"' not in r.body
+    assert not [k for k, _ in r.headers if k.lower().startswith("access-control-")], r.headers
 
 
 def test_cors_simple_request(env: Env) -> None:
@@ -418,3 +497,36 @@ def test_backend_ref_level_filters(env: Env) -> None:
     doc = r.echo()
     assert echo_header(doc, "x-backend") == ["echo-v1"]
     assert r.header("x-from-backend") == "yes"
+
+
+def test_backend_ref_request_redirect(env: Env) -> None:
+    base = f"http://backendredirect.example:{env.port}"
+    r = request(env.port, "/full/original", host="backendredirect.example")
+    assert (r.status, r.header("location")) == (302, f"{base}/redirected-full")
+    r = request(env.port, "/prefix/original?q=1", host="backendredirect.example")
+    assert (r.status, r.header("location")) == (302, f"{base}/redirected-prefix/original?q=1")
+    assert b'"pod"' not in r.body  # answered by gatewayd
+
+
+def test_backend_ref_url_rewrite(env: Env) -> None:
+    doc = request(env.port, "/full/original", host="backendrewrite.example").echo()
+    assert doc["path"] == "/rewritten-full"
+    assert doc["host"].startswith("backendrewrite.example")
+    doc = request(env.port, "/prefix/original?q=1", host="backendrewrite.example").echo()
+    assert doc["path"] == "/rewritten-prefix/original?q=1"
+    assert doc["host"] == "rewritten.example"
+
+
+def test_backend_ref_request_mirror_copies_only_its_share(env: Env) -> None:
+    seen: dict[str, int] = {}
+    for i in range(40):
+        doc = request(env.port, f"/bm/{i}", host="backendmirror.example").echo()
+        mirrored = doc["path"] != "/plain"  # the other backendRef rewrites the path
+        seen[f"/bm/{i}"] = mirrored
+    copies = {p for p, m in seen.items() if m}
+    assert 0 < len(copies) < 40, seen  # weights 1:1 over 40 requests
+    for path in copies:
+        assert env.mirror.wait_for(lambda rec, p=path: rec.path == p, timeout=5) is not None, path
+    _, recorded = env.mirror.snapshot()
+    got = {rec.path for rec in recorded if rec.path.startswith("/bm/")}
+    assert got == copies  # never a copy of a request the other backendRef served

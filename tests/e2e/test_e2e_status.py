@@ -46,15 +46,22 @@ class Env:
     daemon: Gatewayd
     port: int
     pooled_port: int
+    params_port: int
 
 
 @pytest.fixture(scope="module")
 def env(module_echoes, module_gatewayd) -> Env:  # type: ignore[no-untyped-def]
     (echo,) = module_echoes.start("echo-v1")
-    port, pooled_port = free_port(), free_port()
+    port, pooled_port, params_port = free_port(), free_port(), free_port()
+    params = gateway("params", [listener("http", params_port)])
+    # A parametersRef to a kind gatewayd does not know (GatewayInvalidParametersRef).
+    params["spec"]["infrastructure"] = {
+        "parametersRef": {"group": "invalid.io", "kind": "InvalidParameters", "name": "invalid"}
+    }
     docs = [
         gateway_class(),
         gateway("gw", [listener("http", port)]),
+        params,
         gateway("pooled", [listener("http", pooled_port)], address=None),
         *echo.manifests(),
         http_route("good", [rule(backends=[backend_ref("echo-v1")])], hostnames=["good.example"]),
@@ -75,7 +82,7 @@ def env(module_echoes, module_gatewayd) -> Env:  # type: ignore[no-untyped-def]
         ),
     ]
     daemon = module_gatewayd(docs, args=["--address-pool", str(POOL_NET)])
-    return Env(daemon, port, pooled_port)
+    return Env(daemon, port, pooled_port, params_port)
 
 
 # --------------------------------------------------------------------------- /status
@@ -107,6 +114,16 @@ def test_gateway_programmed_with_attached_routes(env: Env) -> None:
     assert_condition(listeners["http"], "Accepted", "True")
     addresses = [a["value"] for a in status.get("addresses", [])]
     assert addresses == [LOCALHOST], status
+
+
+def test_gateway_with_a_parameters_ref_is_not_accepted_nor_served(env: Env) -> None:
+    status = env.daemon.status_of("Gateway", "params")
+    assert_condition(status, "Accepted", "False", "InvalidParameters")
+    assert "invalid.io/InvalidParameters invalid" in conditions(status)["Accepted"]["message"]
+    assert_condition(status, "Programmed", "False", "Invalid")
+    assert "addresses" not in status
+    with pytest.raises(OSError):
+        request(env.params_port, "/", host="any.example", timeout=2.0)
 
 
 def test_route_parent_status(env: Env) -> None:

@@ -172,7 +172,9 @@ def test_listener_tls_options_are_unsupported_value(env: Env) -> None:
     listeners = {ls["name"]: ls for ls in env.daemon.status_of("Gateway", "gw")["listeners"]}
     https = listeners["https"]
     assert_condition(https, "Accepted", "False", "UnsupportedValue")
-    assert "tls.options example.com/min-tls-version" in _message(https, "Accepted")
+    assert "example.com/min-tls-version: not a key gatewayd implements" in _message(
+        https, "Accepted"
+    )
     assert_condition(https, "Programmed", "False", "Invalid")
     gw = env.daemon.status_of("Gateway", "gw")
     assert_condition(gw, "Accepted", "True", "ListenersNotValid")

@@ -267,7 +267,7 @@ def test_cors_preflight_wildcard_origin_allowed(origin: bytes) -> None:
     ],
 )
 def test_cors_preflight_origin_denied(origin: bytes) -> None:
-    assert cors_preflight(CORS, origin, b"GET", b"x-header-1") is None
+    assert cors_preflight(CORS, origin, b"GET", b"x-header-1") == []
     assert cors_response_headers(CORS, origin) == []
 
 

@@ -196,9 +196,9 @@ def test_contexts_are_built_once_and_forgotten_when_unused(
 def test_two_certificates_of_different_key_types_share_a_context() -> None:
     rsa_cert, rsa_key = self_signed(["term.example.com"], key_type="rsa")
     rsa = load_keypair(rsa_cert, rsa_key, now=dt.datetime.now(dt.UTC))
-    ctx = tlsroute._build_context(((GW_CERT, rsa), None, "none"), "test")
+    ctx = tlsroute._build_context(((GW_CERT, rsa), None, "none", None), "test")
     assert isinstance(ctx, ssl.SSLContext)
-    assert tlsroute._build_context(((), None, "none"), "test") is None
+    assert tlsroute._build_context(((), None, "none", None), "test") is None
 
 
 # --------------------------------------------------------------------------- bounds

@@ -36,6 +36,7 @@ from gatewayd.routing.config.model import (
     GatewayTLSConfig,
     GRPCRoute,
     GRPCRouteRule,
+    HTTPCORSFilter,
     HTTPRequestRedirectFilter,
     HTTPRouteFilter,
     HTTPURLRewriteFilter,
@@ -480,6 +481,20 @@ def test_redirect_with_rewrite_is_incompatible_filters() -> None:
     assert listener_status(res, "gw", "http")["attachedRoutes"] == 0
 
 
+def test_redirect_with_rewrite_on_a_backend_ref_is_incompatible_filters() -> None:
+    filters = (
+        HTTPRouteFilter(
+            type=FilterType.REQUEST_REDIRECT, request_redirect=HTTPRequestRedirectFilter()
+        ),
+        HTTPRouteFilter(type=FilterType.URL_REWRITE, url_rewrite=HTTPURLRewriteFilter()),
+    )
+    br = BackendRef(ref=BackendObjectReference(name="svc", port=8080), filters=filters)
+    res = resolve(config(gateway("gw"), http_route("r", backends=[br]), service("svc")))
+    p = parent_status(res, "r")
+    assert cond(p, "Accepted") == ("False", "IncompatibleFilters")
+    assert "backendRefs[0].filters" in p["conditions"][0]["message"]
+
+
 def test_grpc_route_with_http_only_filter_is_unsupported_value() -> None:
     redirect = HTTPRouteFilter(
         type=FilterType.REQUEST_REDIRECT, request_redirect=HTTPRequestRedirectFilter()
@@ -590,3 +605,12 @@ def test_controller_name_parameter() -> None:
     res2 = resolve(config(gateway("gw"), classes=[gateway_class(controller="example.com/ctl")]))
     assert not has_status(res2, "Gateway", "gw")
     assert CONTROLLER != "example.com/ctl"
+
+
+def test_cors_on_a_backend_ref_is_unsupported_value() -> None:
+    cors = HTTPRouteFilter(type=FilterType.CORS, cors=HTTPCORSFilter())
+    br = BackendRef(ref=BackendObjectReference(name="svc", port=8080), filters=(cors,))
+    res = resolve(config(gateway("gw"), http_route("r", backends=[br]), service("svc")))
+    p = parent_status(res, "r")
+    assert cond(p, "Accepted") == ("False", "UnsupportedValue")
+    assert "backendRefs[0].filters[0]: CORS" in p["conditions"][0]["message"]

@@ -200,6 +200,17 @@ def test_https_listener_sharing_a_port_with_tls_sets_xfcc(setup: Setup) -> None:
         raise AssertionError("the shared port did not read the ClientHello itself")
 
 
+def test_insecure_fallback_sets_the_gateway_condition(setup: Setup) -> None:
+    # "This condition is true when the Gateway FrontendValidationModeType is configured
+    # to allow insecure fallback behavior" (InsecureFrontendValidationMode).
+    status = setup.daemon.status_of("Gateway", "gw")
+    conds = {c["type"]: c for c in status["conditions"]}
+    cond = conds["InsecureFrontendValidationMode"]
+    assert (cond["status"], cond["reason"]) == ("True", "ConfigurationChanged"), cond
+    assert str(setup.ports["fallback"]) in cond["message"]
+    assert str(setup.ports["mtls"]) not in cond["message"]
+
+
 def test_listener_without_client_validation_removes_xfcc(setup: Setup) -> None:
     assert _forwarded_xfcc(setup, "tls", None) is None
 

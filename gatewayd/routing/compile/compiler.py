@@ -266,6 +266,7 @@ class _Compiler:
                 certificates=b.certificates,
                 client_ca_pem=b.client_ca_pem,
                 client_auth=b.client_auth,
+                tls_options=b.tls_options,
             )
             for b in served
             if b.protocol == "HTTPS" and b.tls_mode == "Terminate" and b.certificates
@@ -329,6 +330,7 @@ class _Compiler:
             certificates=binding.certificates,
             client_ca_pem=binding.client_ca_pem,
             client_auth=binding.client_auth,
+            tls_options=binding.tls_options,
             routes=tuple(routes),
         )
 
@@ -493,17 +495,9 @@ class _Compiler:
             elif f.type is FilterType.RESPONSE_HEADER_MODIFIER and f.response_header_modifier:
                 response_headers.append(f.response_header_modifier)
             elif f.type is FilterType.REQUEST_REDIRECT and f.request_redirect is not None:
-                r = f.request_redirect
-                redirect = Redirect(
-                    scheme=r.scheme,
-                    hostname=r.hostname,
-                    port=r.port,
-                    path=_path_modifier(r.path),
-                    status_code=r.status_code,
-                )
+                redirect = _redirect(f)
             elif f.type is FilterType.URL_REWRITE and f.url_rewrite is not None:
-                w = f.url_rewrite
-                rewrite = Rewrite(hostname=w.hostname, path=_path_modifier(w.path))
+                rewrite = _rewrite(f)
             elif f.type is FilterType.REQUEST_MIRROR and f.request_mirror is not None:
                 m = f.request_mirror
                 target = self._mirror_backend(m.backend_ref, ns, client, grpc=grpc)
@@ -634,12 +628,32 @@ class _Compiler:
         target = self.backends.get(key)
         request: list[HTTPHeaderFilter] = []
         response: list[HTTPHeaderFilter] = []
+        redirect: Redirect | None = None
+        rewrite: Rewrite | None = None
+        mirrors: list[Mirror] = []
         extension_ref = False
         for f in ref.filters:
             if f.type is FilterType.REQUEST_HEADER_MODIFIER and f.request_header_modifier:
                 request.append(f.request_header_modifier)
             elif f.type is FilterType.RESPONSE_HEADER_MODIFIER and f.response_header_modifier:
                 response.append(f.response_header_modifier)
+            elif f.type is FilterType.REQUEST_REDIRECT and f.request_redirect is not None:
+                # HTTPRouteBackendRequestRedirect: requests sent to this backendRef are
+                # answered with the redirect instead.
+                redirect = _redirect(f)
+            elif f.type is FilterType.URL_REWRITE and f.url_rewrite is not None:
+                # HTTPRouteBackendURLRewrite: the rewrite applies to requests sent to
+                # this backendRef only.
+                rewrite = _rewrite(f)
+            elif f.type is FilterType.REQUEST_MIRROR and f.request_mirror is not None:
+                # "executed if and only if the request is being forwarded to the
+                # backend defined here" (HTTPBackendRef.Filters).
+                m = f.request_mirror
+                target_mirror = self._mirror_backend(
+                    m.backend_ref, route_namespace, client, grpc=grpc
+                )
+                if target_mirror is not None:
+                    mirrors.append(Mirror(backend=target_mirror, fraction=_mirror_fraction(m)))
             elif f.type is FilterType.EXTENSION_REF:
                 extension_ref = True
         request_ops = _header_ops(request)
@@ -653,6 +667,9 @@ class _Compiler:
                 invalid_status=INVALID_BACKEND_STATUS,
                 request_headers=request_ops,
                 response_headers=response_ops,
+                redirect=redirect,
+                rewrite=rewrite,
+                mirrors=tuple(mirrors),
             )
         tls = self._tls(key, client) if tls_allowed else None
         invalid_status = EXTENSION_REF_STATUS if extension_ref else None
@@ -669,6 +686,9 @@ class _Compiler:
             fqdn=target.fqdn,
             request_headers=request_ops,
             response_headers=response_ops,
+            redirect=redirect,
+            rewrite=rewrite,
+            mirrors=tuple(mirrors),
             tls=tls,
             proxy_protocol=target.proxy_protocol,
             session=self.service_sessions.get((key.namespace, key.name))
@@ -724,6 +744,24 @@ def _header_ops(filters: Sequence[HTTPHeaderFilter]) -> HeaderOps | None:
     if not (set_ or add or remove):
         return None
     return HeaderOps(set=tuple(set_), add=tuple(add), remove=tuple(remove))
+
+
+def _redirect(f: HTTPRouteFilter) -> Redirect:
+    r = f.request_redirect
+    assert r is not None
+    return Redirect(
+        scheme=r.scheme,
+        hostname=r.hostname,
+        port=r.port,
+        path=_path_modifier(r.path),
+        status_code=r.status_code,
+    )
+
+
+def _rewrite(f: HTTPRouteFilter) -> Rewrite:
+    w = f.url_rewrite
+    assert w is not None
+    return Rewrite(hostname=w.hostname, path=_path_modifier(w.path))
 
 
 def _path_modifier(path: HTTPPathModifier | None) -> PathModifier | None:

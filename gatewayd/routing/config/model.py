@@ -247,6 +247,9 @@ class Gateway:
     # spec.tls.backend.clientCertificateRef (the Gateway's client certificate upstream)
     backend_client_certificate_ref: SecretObjectReference | None = None
     allowed_listeners: AllowedListeners = field(default_factory=AllowedListeners)
+    # spec.infrastructure.parametersRef as "group/Kind name" (gatewayd reads no
+    # parameters object: any reference makes the Gateway Accepted False).
+    infrastructure_parameters_ref: str | None = None
 
 
 # --------------------------------------------------------------------------- ListenerSet

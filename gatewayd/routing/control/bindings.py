@@ -22,6 +22,7 @@ from gatewayd.routing.config.model import (
     SessionPersistence,
 )
 from gatewayd.routing.snapshot.backends import BackendTLS, ClientCertificate, EndpointAddress
+from gatewayd.routing.snapshot.rules import TLSOptions
 
 if TYPE_CHECKING:
     from gatewayd.tls.certs import CertificateInfo
@@ -98,6 +99,7 @@ class ListenerBinding:
     certificates: tuple[CertificateInfo, ...] = ()
     client_ca_pem: bytes | None = None
     client_auth: str = "none"  # none | require | optional
+    tls_options: TLSOptions | None = None  # listener tls.options gatewayd implements
     routes: tuple[AttachedRoute, ...] = ()
 
 

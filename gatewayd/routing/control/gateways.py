@@ -17,9 +17,12 @@ from gatewayd.routing.control.conditions import (
     ADDRESS_NOT_ASSIGNED,
     ADDRESS_NOT_USABLE,
     API_VERSION,
+    CONFIGURATION_CHANGED,
     CONFLICTED,
+    INSECURE_FRONTEND_VALIDATION_MODE,
     INVALID,
     INVALID_CLIENT_CERTIFICATE_REF,
+    INVALID_PARAMETERS,
     LISTENERS_NOT_RESOLVED,
     LISTENERS_NOT_VALID,
     NO_CONFLICTS,
@@ -47,9 +50,10 @@ from gatewayd.routing.snapshot.backends import ClientCertificate
 # today, each with its end-to-end test: GRPCRoute and GRPCRouteNamedRouteRule
 # (tests/e2e/test_e2e_grpc.py, grpcio through h2c), HTTPRouteBackendProtocolH2C
 # (tests/e2e/test_e2e_h2_upstream.py), ListenerSet (tests/e2e/test_e2e_listenersets.py,
-# the upstream ListenerSet* scenarios); TCPRoute and UDPRoute (tests/e2e/
-# test_e2e_tcproute.py, test_e2e_udproute.py); no listener isolation or retries until
-# the compiler/proxy confirm them.
+# the upstream ListenerSet* scenarios), TCPRoute and UDPRoute (tests/e2e/
+# test_e2e_tcproute.py, test_e2e_udproute.py), HTTPRouteRetry* (tests/e2e/
+# test_e2e_retry.py), GatewayHTTPListenerIsolation and HTTPRouteDestinationPortMatching
+# (tests/e2e/test_e2e_isolation.py).
 SUPPORTED_FEATURES: tuple[str, ...] = tuple(
     sorted(
         (
@@ -60,6 +64,7 @@ SUPPORTED_FEATURES: tuple[str, ...] = tuple(
             "GatewayBackendClientCertificate",
             "GatewayFrontendClientCertificateValidation",
             "GatewayFrontendClientCertificateValidationInsecureFallback",
+            "GatewayHTTPListenerIsolation",
             "GatewayHTTPSAndTLSPassthroughSamePort",
             "GatewayHTTPSListenerDetectMisdirectedRequests",
             "GatewayPort8080",
@@ -72,9 +77,12 @@ SUPPORTED_FEATURES: tuple[str, ...] = tuple(
             "HTTPRoute308RedirectStatusCode",
             "HTTPRouteBackendProtocolH2C",
             "HTTPRouteBackendProtocolWebSocket",
+            "HTTPRouteBackendRequestRedirect",
             "HTTPRouteBackendRequestHeaderModification",
             "HTTPRouteBackendTimeout",
+            "HTTPRouteBackendURLRewrite",
             "HTTPRouteCORS",
+            "HTTPRouteDestinationPortMatching",
             "HTTPRouteHostRewrite",
             "HTTPRouteMethodMatching",
             "HTTPRouteNamedRouteRule",
@@ -88,6 +96,9 @@ SUPPORTED_FEATURES: tuple[str, ...] = tuple(
             "HTTPRouteRequestPercentageMirror",
             "HTTPRouteRequestTimeout",
             "HTTPRouteResponseHeaderModification",
+            "HTTPRouteRetry",
+            "HTTPRouteRetryBackendTimeout",
+            "HTTPRouteRetryConnectionError",
             "HTTPRouteSchemeRedirect",
             "ListenerSet",
             "Mesh",
@@ -129,7 +140,17 @@ class GatewayState:
 def gateway_conditions(gs: GatewayState, refs: Refs) -> None:
     gw = gs.gateway
     not_accepted = [s for s in gs.listeners if not s.accepted.ok]
-    if gs.address.unsupported is not None:
+    if gw.infrastructure_parameters_ref is not None:
+        # "If the referent cannot be found, refers to an unsupported kind, or when the
+        # data within that resource is malformed, the Gateway SHOULD be rejected with
+        # the "Accepted" status condition set to "False" and an "InvalidParameters"
+        # reason." (GatewayInfrastructure.ParametersRef)  gatewayd supports no kind.
+        gs.accepted = failed(
+            INVALID_PARAMETERS,
+            f"spec.infrastructure.parametersRef {gw.infrastructure_parameters_ref}: gatewayd "
+            "supports no parameters kind; remove the reference to serve this Gateway",
+        )
+    elif gs.address.unsupported is not None:
         # "the Gateway could not be accepted because an address that was provided is a
         # type which is not supported by the implementation." (UnsupportedAddress)
         gs.accepted = failed(UNSUPPORTED_ADDRESS, gs.address.unsupported)
@@ -236,6 +257,18 @@ def listener_status(s: ListenerState, gen: int, now: str) -> dict[str, object]:
     }
 
 
+def insecure_fallback_ports(gs: GatewayState) -> list[int]:
+    """Ports whose frontend validation (spec.tls.frontend default or perPort, or a
+    listener's own) is AllowInsecureFallback."""
+    ports: set[int] = set()
+    for s in gs.listeners:
+        tls = s.listener.tls
+        fv = tls.frontend_validation if tls is not None else None
+        if fv is not None and fv.mode == "AllowInsecureFallback":
+            ports.add(s.listener.port)
+    return sorted(ports)
+
+
 def gateway_status(gs: GatewayState, now: str) -> ObjectStatus:
     gw = gs.gateway
     gen = gw.meta.generation
@@ -244,13 +277,31 @@ def gateway_status(gs: GatewayState, now: str) -> ObjectStatus:
     # (GatewayStatus.Addresses) -- only a programmed Gateway binds anything.
     if gs.programmed.ok and gs.address.addresses:
         status["addresses"] = [{"type": "IPAddress", "value": a} for a in gs.address.addresses]
-    status["conditions"] = [
+    conditions = [
         condition(ACCEPTED, gs.accepted.ok, gs.accepted.reason, gs.accepted.message, gen, now),
         condition(
             PROGRAMMED, gs.programmed.ok, gs.programmed.reason, gs.programmed.message, gen, now
         ),
         condition(RESOLVED_REFS, gs.resolved.ok, gs.resolved.reason, gs.resolved.message, gen, now),
     ]
+    status["conditions"] = conditions
+    insecure = insecure_fallback_ports(gs)
+    if insecure:
+        # "This condition is true when the Gateway FrontendValidationModeType is
+        # configured to allow insecure fallback behavior ... removed as soon as
+        # FrontendValidationModeType is changed back to `AllowValidOnly`."
+        ports = ", ".join(str(p) for p in insecure)
+        conditions.append(
+            condition(
+                INSECURE_FRONTEND_VALIDATION_MODE,
+                True,
+                CONFIGURATION_CHANGED,
+                f"client certificate validation mode AllowInsecureFallback on port {ports}: "
+                "clients without a valid certificate are served",
+                gen,
+                now,
+            )
+        )
     status["listeners"] = [listener_status(s, gen, now) for s in gs.listeners]
     if gs.attached_listener_sets is not None:
         status["attachedListenerSets"] = gs.attached_listener_sets

@@ -48,6 +48,8 @@ from gatewayd.routing.control.conditions import (
     passed,
 )
 from gatewayd.routing.control.refgrant import ReferenceGrants, RefFrom, RefTo
+from gatewayd.routing.control.tlsoptions import describe, parse_tls_options
+from gatewayd.routing.snapshot.rules import TLSOptions
 from gatewayd.tls.certs import (
     TLS_CERT_KEY,
     TLS_PRIVATE_KEY_KEY,
@@ -110,6 +112,7 @@ class ListenerState:
     certificates: tuple[CertificateInfo, ...] = ()
     client_ca_pem: bytes | None = None
     client_auth: str = "none"  # none | require | optional (gatewayd.tls.context)
+    tls_options: TLSOptions | None = None  # tls.options (control/tlsoptions.py)
     programmed: Verdict = field(
         default_factory=lambda: passed(PROGRAMMED, "Listener is programmed")
     )
@@ -397,19 +400,24 @@ def evaluate_listeners(gw: Gateway | ListenerSet, refs: Refs) -> list[ListenerSt
         if s.conflict is not None:
             s.accepted = failed(s.conflict.reason, s.conflict.message)
         elif s.accepted.ok and s.listener.tls is not None and s.listener.tls.options:
-            # "Options are a list of key/value pairs to enable extended TLS configuration
-            # for each implementation ... Support: Implementation-specific"
-            # (GatewayTLSConfig.Options): gatewayd implements none.  Serving the listener
-            # without them could weaken TLS the user hardened (a minimum version, a
-            # cipher list), so it is refused: "UnsupportedValue ... the Listener uses a
-            # value for a field that is not supported by the implementation"
-            # (ListenerReasonUnsupportedValue).
-            keys = ", ".join(sorted(k for k, _ in s.listener.tls.options))
-            s.accepted = failed(
-                UNSUPPORTED_VALUE,
-                f"tls.options {keys}: gatewayd supports no TLS options yet; "
-                "remove them to serve this listener",
-            )
+            # tls.options (control/tlsoptions.py): the keys gatewayd implements are
+            # applied; any other key or value refuses the listener, since serving it
+            # without could weaken TLS the user hardened: "UnsupportedValue ... the
+            # Listener uses a value for a field that is not supported by the
+            # implementation" (ListenerReasonUnsupportedValue).
+            if _terminates(s.listener):
+                options, option_problems = parse_tls_options(s.listener.tls.options)
+            else:
+                options, option_problems = None, ["a Passthrough listener terminates no TLS"]
+            if option_problems:
+                s.accepted = failed(
+                    UNSUPPORTED_VALUE,
+                    f"tls.options: {'; '.join(option_problems)}; fix or remove them to "
+                    "serve this listener",
+                )
+            else:
+                s.tls_options = options
+    _port_tls_option_conflicts(states)
 
     for s in supported:
         problems = check_certificates(gw, s, refs)
@@ -446,3 +454,31 @@ def evaluate_listeners(gw: Gateway | ListenerSet, refs: Refs) -> list[ListenerSt
         elif not s.kinds:
             s.programmed = failed(INVALID, "listener supports no route kind")
     return states
+
+
+def _terminates(listener: Listener) -> bool:
+    """Whether gatewayd terminates TLS for the listener (HTTPS, TLS Terminate)."""
+    if listener.protocol not in ("HTTPS", "TLS"):
+        return False
+    mode = listener.tls.mode if listener.tls is not None else TLSModeType.TERMINATE
+    return mode == TLSModeType.TERMINATE
+
+
+def _port_tls_option_conflicts(states: list[ListenerState]) -> None:
+    """TLS versions and suites are chosen before the server name picks a listener: every
+    listener terminating TLS on a port must carry the same tls.options as the first
+    one; the others are refused (UnsupportedValue), naming it."""
+    first: dict[int, ListenerState] = {}
+    for s in states:
+        if not s.accepted.ok or not _terminates(s.listener):
+            continue
+        port = s.listener.port
+        ref = first.setdefault(port, s)
+        if ref is s or ref.tls_options == s.tls_options:
+            continue
+        s.accepted = failed(
+            UNSUPPORTED_VALUE,
+            f"tls.options ({describe(s.tls_options)}) differ from listener {ref.name}'s "
+            f"({describe(ref.tls_options)}) on port {port}: TLS versions and cipher suites "
+            "apply to the whole port; give every listener of the port the same tls.options",
+        )

@@ -271,6 +271,7 @@ def resolve(
                     certificates=s.certificates,
                     client_ca_pem=s.client_ca_pem,
                     client_auth=s.client_auth,
+                    tls_options=s.tls_options,
                     routes=tuple(s.routes),
                 )
                 for address in gs.address.addresses

@@ -181,15 +181,30 @@ def route_value_problem(route: Route) -> Verdict | None:
                         )
     if isinstance(route, HTTPRoute):
         for i, http_rule in enumerate(route.rules):
-            types = {f.type for f in http_rule.filters}
-            if FilterType.REQUEST_REDIRECT in types and FilterType.URL_REWRITE in types:
-                # "IncompatibleFilters: ... when there are incompatible filters present on
-                # a route rule (for example if the URLRewrite and RequestRedirect are both
-                # present on an HTTPRoute)."
-                return failed(
-                    INCOMPATIBLE_FILTERS,
-                    f"rules[{i}].filters: RequestRedirect and URLRewrite cannot be combined",
-                )
+            lists = [(f"rules[{i}].filters", http_rule.filters)] + [
+                (f"rules[{i}].backendRefs[{j}].filters", br.filters)
+                for j, br in enumerate(http_rule.backend_refs)
+            ]
+            for j, br in enumerate(http_rule.backend_refs):
+                for k, f in enumerate(br.filters):
+                    if f.type is FilterType.CORS:
+                        # Answered before a backendRef is picked, a preflight cannot
+                        # depend on one: refused rather than ignored.
+                        return failed(
+                            UNSUPPORTED_VALUE,
+                            f"rules[{i}].backendRefs[{j}].filters[{k}]: CORS on a backendRef "
+                            "is not supported by gatewayd; put the filter on the rule",
+                        )
+            for where, filters in lists:
+                types = {f.type for f in filters}
+                if FilterType.REQUEST_REDIRECT in types and FilterType.URL_REWRITE in types:
+                    # "IncompatibleFilters: ... when there are incompatible filters present
+                    # on a route rule (for example if the URLRewrite and RequestRedirect
+                    # are both present on an HTTPRoute)."  The same holds on a backendRef.
+                    return failed(
+                        INCOMPATIBLE_FILTERS,
+                        f"{where}: RequestRedirect and URLRewrite cannot be combined",
+                    )
     return None
 
 

@@ -128,6 +128,9 @@ class CompiledBackend:
     fqdn: bool = False
     request_headers: HeaderOps | None = None  # backendRef-level filters
     response_headers: HeaderOps | None = None
+    redirect: Redirect | None = None  # backendRef-level RequestRedirect
+    rewrite: Rewrite | None = None  # backendRef-level URLRewrite
+    mirrors: tuple[Mirror, ...] = ()  # backendRef-level RequestMirror
     # BackendTLSPolicy (with the Gateway's client certificate): None speaks cleartext.
     tls: BackendTLS | None = None
     # PROXY protocol header version sent first on L4 (TLS passthrough) connections to
@@ -141,9 +144,16 @@ class CompiledBackend:
     # The data plane's per-process view of the endpoints (health, requests in flight),
     # set on first use by ``gatewayd.proxy.balancer``; never pickled (it pickles as None).
     lb: Any = field(default=None, repr=False, compare=False)
+    # Any of redirect, rewrite, mirrors: the request path tests this one attribute.
+    request_filters: bool = field(default=False, init=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_cursor", itertools.cycle(self.endpoints))
+        object.__setattr__(
+            self,
+            "request_filters",
+            self.redirect is not None or self.rewrite is not None or bool(self.mirrors),
+        )
 
     def next_endpoint(self) -> EndpointAddress | None:
         """Round robin over ready endpoints; None when there is none (answer 503)."""
@@ -251,6 +261,17 @@ class RouteTable(Protocol):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class TLSOptions:
+    """A listener's ``tls.options`` gatewayd implements (control/tlsoptions.py): the
+    protocol versions and the TLS 1.2 cipher suites offered.  Defaults: TLS 1.2 to 1.3,
+    ``TLS12_CIPHERS`` of gatewayd/tls/context.py."""
+
+    min_version: str = "1.2"  # "1.2" | "1.3"
+    max_version: str = "1.3"
+    ciphers: tuple[str, ...] = ()  # OpenSSL names of TLS 1.2 suites; () : the default
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class TerminateTLS:
     """TLS termination of one HTTPS listener, as PEM: each serving process builds its
     ``ssl.SSLContext`` from this (contexts do not pickle; snapshots must)."""
@@ -260,3 +281,4 @@ class TerminateTLS:
     certificates: tuple[CertificateInfo, ...]  # checked key pairs, certificateRefs order
     client_ca_pem: bytes | None = None  # frontend validation CA bundle
     client_auth: str = "none"  # none | require | optional
+    tls_options: TLSOptions | None = None  # the same on every listener of the port

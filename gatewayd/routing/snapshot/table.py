@@ -44,7 +44,15 @@ from gatewayd.routing.snapshot.candidates import (
 )
 from gatewayd.routing.snapshot.hostnames import hostname_rank, is_wildcard
 from gatewayd.routing.snapshot.regex import RegexError, RegexSet
-from gatewayd.routing.snapshot.rules import CompiledBackend, CompiledRule, HeaderOps, RouteHit
+from gatewayd.routing.snapshot.rules import (
+    CompiledBackend,
+    CompiledRule,
+    HeaderOps,
+    Redirect,
+    Rewrite,
+    RouteHit,
+    TLSOptions,
+)
 
 if TYPE_CHECKING:
     from gatewayd.tls.certs import CertificateInfo
@@ -368,6 +376,7 @@ class TLSListener:
     # Terminate: frontend validation (client certificates), as for HTTPS listeners.
     client_ca_pem: bytes | None = None
     client_auth: str = "none"  # none | require | optional
+    tls_options: TLSOptions | None = None  # Terminate: versions and ciphers
     routes: tuple[SNIRoute, ...] = ()
 
 
@@ -523,6 +532,23 @@ def _header_ops_json(ops: HeaderOps | None) -> dict[str, object] | None:
     }
 
 
+def _redirect_json(r: Redirect) -> dict[str, object]:
+    return {
+        "scheme": r.scheme,
+        "hostname": r.hostname,
+        "port": r.port,
+        "path": None if r.path is None else {"type": r.path.type, "value": r.path.value},
+        "statusCode": r.status_code,
+    }
+
+
+def _rewrite_json(w: Rewrite) -> dict[str, object]:
+    return {
+        "hostname": w.hostname,
+        "path": None if w.path is None else {"type": w.path.type, "value": w.path.value},
+    }
+
+
 def _backend_json(backend: CompiledBackend, weight: int) -> dict[str, object]:
     out: dict[str, object] = {
         "name": backend.name,
@@ -541,6 +567,15 @@ def _backend_json(backend: CompiledBackend, weight: int) -> dict[str, object]:
         out["responseHeaders"] = _header_ops_json(backend.response_headers)
     if backend.session is not None:
         out["sessionPersistence"] = backend.session.to_json()
+    if backend.redirect is not None:
+        out["redirect"] = _redirect_json(backend.redirect)
+    if backend.rewrite is not None:
+        out["rewrite"] = _rewrite_json(backend.rewrite)
+    if backend.mirrors:
+        out["mirrors"] = [
+            {"backend": _backend_json(m.backend, 1), "fraction": m.fraction}
+            for m in backend.mirrors
+        ]
     tls = backend.tls
     if tls is not None:
         # Never the PEM itself (the client key is a secret): what it is and where from.
@@ -572,20 +607,9 @@ def rule_to_json(rule: CompiledRule) -> dict[str, object]:
     if rule.response_headers is not None:
         filters["responseHeaders"] = _header_ops_json(rule.response_headers)
     if rule.redirect is not None:
-        r = rule.redirect
-        filters["redirect"] = {
-            "scheme": r.scheme,
-            "hostname": r.hostname,
-            "port": r.port,
-            "path": None if r.path is None else {"type": r.path.type, "value": r.path.value},
-            "statusCode": r.status_code,
-        }
+        filters["redirect"] = _redirect_json(rule.redirect)
     if rule.rewrite is not None:
-        w = rule.rewrite
-        filters["rewrite"] = {
-            "hostname": w.hostname,
-            "path": None if w.path is None else {"type": w.path.type, "value": w.path.value},
-        }
+        filters["rewrite"] = _rewrite_json(rule.rewrite)
     if rule.mirrors:
         filters["mirrors"] = [
             {"backend": _backend_json(m.backend, 1), "fraction": m.fraction} for m in rule.mirrors

@@ -271,7 +271,19 @@ def parse_gateway(meta: m.Meta, doc: Obj, version: str) -> m.Gateway:
     client_cert = _client_cert_ref(tls, "backend") if tls is not None else None
     if client_cert is None:
         client_cert = _client_cert_ref(spec, "backendTLS")
-    spec.sub("infrastructure", None)  # admitted, not used by gatewayd
+    parameters_ref = None
+    infra = spec.sub("infrastructure", INFRASTRUCTURE_FIELDS)
+    if infra is not None:
+        # labels and annotations are for resources an implementation creates for the
+        # Gateway; gatewayd creates none.
+        infra.sub("labels", None)
+        infra.sub("annotations", None)
+        params = infra.sub("parametersRef", LOCAL_PARAMETERS_REF_FIELDS)
+        if params is not None:
+            group = read_group(params, "", required=True)
+            kind = read_kind(params, "", required=True)
+            name = read_ref_name(params)
+            parameters_ref = f"{group or 'core'}/{kind} {name}"
     spec.str_("defaultScope", choices=("All", "None"))
     return m.Gateway(
         meta=meta,
@@ -280,6 +292,7 @@ def parse_gateway(meta: m.Meta, doc: Obj, version: str) -> m.Gateway:
         listeners=tuple(listeners),
         addresses=_parse_addresses(spec),
         backend_client_certificate_ref=client_cert,
+        infrastructure_parameters_ref=parameters_ref,
         allowed_listeners=parse_allowed_listeners(spec),
     )
 
@@ -300,6 +313,10 @@ def parse_allowed_listeners(spec: Obj) -> m.AllowedListeners:
         namespaces_from=ns.str_("from", choices=LISTENER_NAMESPACES_FROM) or "None",
         selector=parse_label_selector(sel) if sel is not None else None,
     )
+
+
+INFRASTRUCTURE_FIELDS = ("labels", "annotations", "parametersRef")
+LOCAL_PARAMETERS_REF_FIELDS = ("group", "kind", "name")
 
 
 # --------------------------------------------------------------------------- GatewayClass
