@@ -36,16 +36,17 @@ SCALE_STEP_TIMEOUT = 300.0  # seconds for one start-up or one reload
 LOOP_MAX_REQUESTS = 200_000  # the request loop during a reload stops at this count...
 LOOP_MAX_SECONDS = SCALE_STEP_TIMEOUT + 30  # ... or after this long, whichever first
 SCALE_HOST = "r0.scale.test"
+ROUTES_PER_FILE = 1000
 
 
 # --------------------------------------------------------------------------- manifests
 
 
-def write_routes(cfg: Path, count: int, port: int, backend_port: int, first: int = 0) -> Path:
+def write_routes(cfg: Path, count: int, port: int, backend_port: int, first: int = 0) -> None:
     """A GatewayClass, a Gateway with one HTTP listener on ``port``, the echo Service and
     ``count`` HTTPRoutes ``r{first}``..., each with hostname ``r{i}.scale.test``, a
     PathPrefix ``/`` rule and a RequestHeaderModifier, to the echo backend.  Written
-    as ``base.yaml`` and ``routes-{first}.yaml``; ``first`` > 0 adds routes only."""
+    as ``base.yaml`` and ``routes-NNNNNN.yaml`` files; ``first`` > 0 adds routes only."""
     cfg.mkdir(parents=True, exist_ok=True)
     if first == 0:
         head = textwrap.dedent(
@@ -105,9 +106,12 @@ def write_routes(cfg: Path, count: int, port: int, backend_port: int, first: int
                   port: 80
         """
     )
-    path = cfg / f"routes-{first}.yaml"
-    path.write_text("---\n".join(route.format(i=i) for i in range(first, first + count)))
-    return path
+    # Files of ROUTES_PER_FILE routes: each stays under gatewayd's 4 MiB per-file limit
+    # (--max-config-file-size; 10,000 routes in one file are ~5 MB and are refused).
+    for start in range(first, first + count, ROUTES_PER_FILE):
+        end = min(first + count, start + ROUTES_PER_FILE)
+        text = "---\n".join(route.format(i=i) for i in range(start, end))
+        (cfg / f"routes-{start:06d}.yaml").write_text(text)
 
 
 # --------------------------------------------------------------------------- request loop
@@ -213,10 +217,18 @@ def one_scale(procs: B.Processes, tmp: Path, count: int, echo_port: int) -> dict
     B.wait_until(ready, SCALE_STEP_TIMEOUT, f"gatewayd /ready with {count:,} HTTPRoutes")
     startup_s = time.monotonic() - t0
     rss_ready = _rss_mb(proc.pid)
-    status, _, _ = B.http_get(f"http://127.0.0.1:{port}/", timeout=5)
+    req = B.urllib.request.Request(f"http://127.0.0.1:{port}/", headers={"Host": SCALE_HOST})
+    try:
+        with B._OPENER.open(req, timeout=10) as resp:
+            status = int(resp.status)
+    except B.urllib.error.HTTPError as exc:
+        status = exc.code
     generation = _metric(admin, "gatewayd_config_generation")
-    if status == 0 or generation is None:
-        raise RuntimeError(f"gatewayd with {count} routes: no answer or no generation")
+    if status != 200 or generation is None:
+        raise RuntimeError(
+            f"gatewayd with {count:,} HTTPRoutes: GET / for {SCALE_HOST} answered {status} "
+            f"(generation {generation}): the routes were not all loaded:\n{proc.tail()}"
+        )
 
     loop = RequestLoop(port)
     loop.start()

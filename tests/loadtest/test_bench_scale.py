@@ -85,3 +85,13 @@ def test_request_loop_counts_answers_and_failures_and_stops(tmp_path: Path) -> N
     time.sleep(0.2)
     failed = loop.stop()
     assert failed.requests > 0 and failed.errors == failed.requests
+
+
+def test_ten_thousand_routes_fit_the_per_file_limit(tmp_path: Path) -> None:
+    bench_scale.write_routes(tmp_path, 10_000, 8080, 9000)
+    files = sorted(tmp_path.glob("routes-*.yaml"))
+    assert len(files) == 10
+    # gatewayd's default --max-config-file-size is 4 MiB; all of it under the 16 MiB total.
+    assert max(f.stat().st_size for f in files) < 4 * 1024 * 1024
+    assert sum(f.stat().st_size for f in tmp_path.iterdir()) < 16 * 1024 * 1024
+    assert sum(f.read_text().count("kind: HTTPRoute") for f in files) == 10_000
