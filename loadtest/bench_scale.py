@@ -357,6 +357,9 @@ def workers_scale(bench: Any, cores: list[int]) -> dict[str, Any]:
         t = bench.start_gatewayd(f"gatewayd-w{workers}", workers, label=f"{workers} workers")
         B.verify(t)
         runs: list[B.WrkResult] = []
+        # The supervisor's CPU while the workers serve: it should stay near 0 (it holds
+        # the admin endpoint and the config; no request passes through it).
+        sup0, sup_t0 = sum(B.cpu_times([t.proc.pid])), time.monotonic()
         for rnd in range(max(1, args.rounds)):
             B.pin(t.proc.pid, sut)
             assert bench.backend is not None
@@ -374,19 +377,20 @@ def workers_scale(bench: Any, cores: list[int]) -> dict[str, Any]:
             runs.append(r)
             B.log(
                 f"workers {workers} round {rnd + 1}: {r.rps:,.0f} req/s, "
-                f"cpu {r.sut_cpu_pct:.0f}%, load {r.load_cpu_pct or 0:.0f}%"
+                f"cpu {r.sut_cpu_pct:.0f}%, load {B.fmt(r.load_cpu_pct, '.0f', '%')}"
             )
-        supervisor = B.cpu_times([t.proc.pid]) if workers > 1 else None
+        sup_pct = 100 * (sum(B.cpu_times([t.proc.pid])) - sup0) / (time.monotonic() - sup_t0)
         rows.append(
             {
                 "workers": workers,
                 "rps": statistics.median(r.rps for r in runs),
                 "cpu_pct": statistics.median(r.sut_cpu_pct or 0.0 for r in runs),
                 "rps_per_core": statistics.median(r.rps_per_core or 0.0 for r in runs),
-                "other_cpu_pct": statistics.median(r.other_cpu_pct or 0.0 for r in runs),
-                "load_cpu_pct": statistics.median(r.load_cpu_pct or 0.0 for r in runs),
+                "other_cpu_pct": _median(r.other_cpu_pct for r in runs),
+                "load_cpu_pct": _median(r.load_cpu_pct for r in runs),
                 "errors": sum(r.errors for r in runs),
-                "supervisor_cpu_s": None if supervisor is None else round(sum(supervisor), 2),
+                # --workers 1 is one process: its "supervisor" is the worker itself.
+                "supervisor_cpu_pct": round(sup_pct, 1) if workers > 1 else None,
             }
         )
         proc = t.proc
@@ -400,6 +404,11 @@ def workers_scale(bench: Any, cores: list[int]) -> dict[str, Any]:
     return {"cores": cores, "load_cpus": sorted(load) if load else "unpinned", "rows": rows}
 
 
+def _median(values: Any) -> float | None:
+    kept = [v for v in values if v is not None]
+    return statistics.median(kept) if kept else None
+
+
 def print_workers(res: dict[str, Any]) -> None:
     if "error" in res:
         print(f"workers: n/a ({res['error']})")
@@ -407,9 +416,12 @@ def print_workers(res: dict[str, Any]) -> None:
     print(
         f"workers (gatewayd --workers N pinned to CPUs {res['cores']}, wrk and the backend "
         f"on {res['load_cpus']}; 13-byte body, 64 connections;\n  efficiency: req/s / "
-        "(N x req/s of 1 worker); load%: near 100 means wrk and the backend were the limit):"
+        "(N x req/s of 1 worker); load%: near 100 means wrk and the backend were the limit;\n"
+        "  other%: CPU of the listed cores not used by gatewayd (with the load unpinned, "
+        "wrk and the backend are in it)):"
     )
-    cols = ["workers", "req/s", "cpu%", "req/s/core", "efficiency", "other%", "load%"]
+    cols = ["workers", "req/s", "cpu%", "req/s/core", "efficiency", "supervisor%"]
+    cols += ["other%", "load%"]
     out = [
         [
             str(r["workers"]) + (f" (!{r['errors']} errors)" if r["errors"] else ""),
@@ -417,8 +429,9 @@ def print_workers(res: dict[str, Any]) -> None:
             f"{r['cpu_pct']:.0f}",
             f"{r['rps_per_core']:,.0f}",
             B.fmt(r["efficiency"], ".2f"),
-            f"{r['other_cpu_pct']:.0f}",
-            f"{r['load_cpu_pct']:.0f}",
+            B.fmt(r["supervisor_cpu_pct"], ".1f"),
+            B.fmt(r["other_cpu_pct"], ".0f"),
+            B.fmt(r["load_cpu_pct"], ".0f"),
         ]
         for r in res["rows"]
     ]
