@@ -2138,18 +2138,19 @@ def main(argv: list[str] | None = None) -> int:
         + (sum(5 + 3 * c / 1000 for c in route_counts) if scale_on else 0)
         + (len(cores) * (5 + max(1, args.rounds) * (args.duration + 1)) if workers_on else 0)
     )
-    log(
-        f"{n} targets, {runs_per_round} wrk/h2load runs x {args.rounds} rounds x "
-        f"{args.duration:g}s: "
-        f"expect about {expected / 60:.1f} min in all (every step has a time limit)"
+    what = (
+        f"{n} targets, {runs_per_round} wrk/h2load runs x {args.rounds} rounds x {args.duration:g}s"
+        if measured
+        else f"--only {args.only}"
     )
+    log(f"{what}: expect about {expected / 60:.1f} min in all (every step has a time limit)")
     load_before = os.getloadavg()
     if load_before[0] > 0.5:
         log(
             f"warning: the machine is busy before the bench starts (load average "
             f"{load_before[0]:.2f}): other processes compete for both CPUs, expect noise"
         )
-    if bench.pinned:
+    if bench.pinned and args.only != "config-scale":
         log(
             f"placement: target on CPU {sorted(SUT_CPUS)}; wrk and the backend on CPU "
             f"{sorted(LOAD_CPUS)} (direct: the backend on CPU {sorted(SUT_CPUS)})"
@@ -2215,6 +2216,11 @@ def main(argv: list[str] | None = None) -> int:
     if scale:
         print()
         bench_scale.print_config_scale(scale)
+        if not measured:  # the full report printed these checks with the others
+            verdicts = [v for v in checks({}, {}, {}, scale) if "HTTPRoutes" in v["check"]]
+            print()
+            for v in verdicts:
+                print(f"{v['verdict']:<5}  {v['check']}: {v['detail']}")
 
     RESULTS.mkdir(parents=True, exist_ok=True)
     out_path = args.output or RESULTS / f"bench-{started.strftime('%Y%m%dT%H%M%SZ')}.json"
