@@ -8,6 +8,7 @@ a chunked and a close-delimited response.  Every read and loop here is bounded.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import socket
 import subprocess
@@ -220,3 +221,84 @@ def test_a_request_head_over_the_bound_is_refused(proxied: tuple[Backend, int]) 
             answer += data
     assert answer.startswith(b"HTTP/1.1 431 "), answer[:100]
     assert backend.requests == []
+
+
+def _rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
+def test_a_slow_client_pauses_the_backend_instead_of_filling_memory(tmp_path: Path) -> None:
+    """Flow control: 64 MiB from the backend to a client that does not read stays in the
+    kernel's socket buffers and the backend's send, not in the proxy's memory."""
+    size = 64 * 1024 * 1024
+    backend = socket.create_server(("127.0.0.1", 0))
+    backend.settimeout(20)
+    sent = threading.Event()
+
+    def serve() -> None:
+        with contextlib.suppress(OSError):
+            conn, _ = backend.accept()
+            with conn:
+                conn.settimeout(30)
+                head = b""
+                for _ in range(100):
+                    if b"\r\n\r\n" in head:
+                        break
+                    head += conn.recv(65536)
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size)
+                chunk = b"x" * (1 << 20)
+                for _ in range(size // len(chunk)):
+                    conn.sendall(chunk)  # blocks while the proxy has paused reading
+                sent.set()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    port = _free_port()
+    with open(tmp_path / "proxy.log", "wb") as out:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                str(PROXY),
+                "--listen",
+                f"127.0.0.1:{port}",
+                "--upstream",
+                f"127.0.0.1:{backend.getsockname()[1]}",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            assert proc.poll() is None
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+        before = _rss_kib(proc.pid)
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as client:
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+            client.sendall(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
+            time.sleep(1.5)  # the client reads nothing meanwhile
+            held = _rss_kib(proc.pid) - before
+            assert not sent.is_set(), "the whole body went through a client that read nothing"
+            assert held < 16 * 1024, f"the proxy holds {held} KiB for a client that reads nothing"
+            got = 0
+            for _ in range(100_000):
+                data = client.recv(1 << 20)
+                if not data:
+                    break
+                got += len(data)
+                if got >= size:  # head + body: the body's last byte has come
+                    break
+            assert got >= size
+        assert sent.wait(10)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        backend.close()
