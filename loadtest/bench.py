@@ -1535,6 +1535,7 @@ ALL_TARGETS = (
     "gatewayd1",
     "gatewayd-all",
     "ceiling",
+    "ceiling-asyncio",
     "naive",
     "h2-direct",
     "h2-nginx",
@@ -1543,6 +1544,8 @@ ALL_TARGETS = (
     "grpc-nginx",
     "grpc-gatewayd1",
 )
+# Not measured unless named in --targets: what uvloop adds to the ceiling.
+DEFAULT_TARGETS = tuple(t for t in ALL_TARGETS if t != "ceiling-asyncio")
 KINDS = {"small64": ("/small", 64), "small8": ("/small", 8), "big64": ("/64k", 64)}
 
 
@@ -1703,9 +1706,9 @@ class Bench:
         wait_until(lambda: self.listening(proc, port), 20, "naive proxy")
         return Target("naive", "naive aiohttp proxy", f"http://127.0.0.1:{port}", proc=proc)
 
-    def start_ceiling(self) -> Target:
+    def start_ceiling(self, plain_asyncio: bool = False) -> Target:
         """loadtest/ceiling_proxy.py: the smallest uvloop + httptools proxy doing the
-        same wire work (the "Python ceiling" row)."""
+        same wire work (the "Python ceiling" row); on asyncio's own loop if asked."""
         port = free_port()
         argv = [
             PYTHON, str(ROOT / "loadtest" / "ceiling_proxy.py"),
@@ -1713,10 +1716,13 @@ class Bench:
             "--upstream", f"127.0.0.1:{self.bport}",
             "--set-header", f"{ADDED_HEADER[0]}: {ADDED_HEADER[1]}",
         ]  # fmt: skip
-        proc = self.procs.start("ceiling", argv)
-        wait_until(lambda: self.listening(proc, port), 20, "Python-ceiling proxy")
-        label = "Python ceiling (uvloop + httptools)"
-        return Target("ceiling", label, f"http://127.0.0.1:{port}", proc=proc)
+        key, label = "ceiling", "Python ceiling (uvloop + httptools)"
+        if plain_asyncio:
+            argv.append("--asyncio")
+            key, label = "ceiling-asyncio", "Python ceiling on plain asyncio"
+        proc = self.procs.start(key, argv)
+        wait_until(lambda: self.listening(proc, port), 20, label)
+        return Target(key, label, f"http://127.0.0.1:{port}", proc=proc)
 
     def start_targets(self, wanted: list[str]) -> list[Target]:
         """Start what the wanted rows need; rows of one process share it (the HTTP/2 and
@@ -1744,6 +1750,8 @@ class Bench:
                 )
         if "ceiling" in wanted:
             rows["ceiling"] = self.start_ceiling()
+        if "ceiling-asyncio" in wanted:
+            rows["ceiling-asyncio"] = self.start_ceiling(plain_asyncio=True)
         if "naive" in wanted:
             rows["naive"] = self.start_naive()
         if self.args.baseline:
@@ -2052,8 +2060,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-lookup", action="store_true", help="skip bench_lookup.py")
     ap.add_argument(
         "--targets",
-        default=",".join(ALL_TARGETS),
-        help=f"comma-separated subset of {','.join(ALL_TARGETS)}",
+        default=",".join(DEFAULT_TARGETS),
+        help=f"comma-separated subset of {','.join(ALL_TARGETS)} (all but ceiling-asyncio)",
     )
     ap.add_argument(
         "--h2-conns", type=int, default=16, help="h2load connections (HTTP/2 and gRPC rows, 16)"
