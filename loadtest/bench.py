@@ -1440,17 +1440,17 @@ def checks(
     )
     big = max((r for r in scale or [] if "error" not in r), key=lambda r: r["routes"], default=None)
     if big is not None:
-        n = f"{big['routes']:,}"
+        size = f"{big['routes']:,}"
         for key, what in (("startup_s", "start-up to /ready"), ("reload_s", "reload")):
             check(
-                f"{n} HTTPRoutes: {what} <= {T_SCALE_S:g} s",
+                f"{size} HTTPRoutes: {what} <= {T_SCALE_S:g} s",
                 big[key],
                 T_SCALE_S + 1e-9,
                 below=True,
                 detail=f"{big[key]:.2f} s",
             )
         check(
-            f"{n} HTTPRoutes: no request slower than {T_RELOAD_STALL_MS:g} ms during a reload",
+            f"{size} HTTPRoutes: no request slower than {T_RELOAD_STALL_MS:g} ms during a reload",
             big["longest_request_ms"],
             T_RELOAD_STALL_MS + 1e-9,
             below=True,

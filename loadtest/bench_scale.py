@@ -26,6 +26,8 @@ import subprocess
 import textwrap
 import threading
 import time
+import urllib.error
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -217,11 +219,11 @@ def one_scale(procs: B.Processes, tmp: Path, count: int, echo_port: int) -> dict
     B.wait_until(ready, SCALE_STEP_TIMEOUT, f"gatewayd /ready with {count:,} HTTPRoutes")
     startup_s = time.monotonic() - t0
     rss_ready = _rss_mb(proc.pid)
-    req = B.urllib.request.Request(f"http://127.0.0.1:{port}/", headers={"Host": SCALE_HOST})
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/", headers={"Host": SCALE_HOST})
     try:
         with B._OPENER.open(req, timeout=10) as resp:
             status = int(resp.status)
-    except B.urllib.error.HTTPError as exc:
+    except urllib.error.HTTPError as exc:
         status = exc.code
     generation = _metric(admin, "gatewayd_config_generation")
     if status != 200 or generation is None:

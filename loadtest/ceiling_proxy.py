@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+from typing import cast
 
 import httptools
 
@@ -58,8 +59,8 @@ class Upstream(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses: no isinstance check.
-        self.transport = transport  # type: ignore[assignment]
-        self.transport.set_write_buffer_limits(HIGH_WATER, LOW_WATER)
+        t = self.transport = cast(asyncio.Transport, transport)
+        t.set_write_buffer_limits(HIGH_WATER, LOW_WATER)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.keep_alive = False
@@ -172,9 +173,9 @@ class Downstream(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses: no isinstance check.
-        self.transport = transport  # type: ignore[assignment]
-        self.transport.set_write_buffer_limits(HIGH_WATER, LOW_WATER)
-        peer = self.transport.get_extra_info("peername")
+        t = self.transport = cast(asyncio.Transport, transport)
+        t.set_write_buffer_limits(HIGH_WATER, LOW_WATER)
+        peer = t.get_extra_info("peername")
         self.peer = peer[0].encode() if peer else b"unknown"
 
     def connection_lost(self, exc: Exception | None) -> None:
