@@ -59,6 +59,18 @@ bench: $(STAMP)
 	command -v haproxy >/dev/null || (apt-get update && apt-get install -y haproxy)
 	$(BIN)/python loadtest/bench.py $(BENCH_ARGS)
 
+.PHONY: bench-scale bench-idle
+
+## bench-scale: config-scale rows alone: start-up, reload, RSS at 10 / 1,000 / 10,000 HTTPRoutes (BENCH_ARGS="--routes 10,1000")
+bench-scale: $(STAMP)
+	$(BIN)/python loadtest/bench.py --only config-scale $(BENCH_ARGS)
+
+## bench-idle: RSS of gatewayd --workers 1 holding 10,000 idle keep-alive connections
+bench-idle: $(STAMP)
+	command -v nginx >/dev/null || (apt-get update && apt-get install -y nginx-light || apt-get install -y nginx)
+	command -v wrk >/dev/null || (apt-get update && apt-get install -y wrk)
+	$(BIN)/python loadtest/bench.py --only idle $(BENCH_ARGS)
+
 ## locust: locust scenarios against the demo setup (echo backends + gatewayd on examples/)
 locust: $(STAMP) ensure-locust
 	BIN=$(BIN) bash loadtest/run_locust.sh

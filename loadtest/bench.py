@@ -70,6 +70,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+# loadtest/bench_scale.py imports this module as ``bench``: the same module when this
+# file runs as the script, not a second copy.
+sys.modules.setdefault("bench", sys.modules[__name__])
+if str(Path(__file__).resolve().parent) not in sys.path:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_scale  # noqa: E402  (after the alias it imports)
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "loadtest" / "results"
 PYTHON = sys.executable
@@ -85,7 +92,10 @@ T_RPS_VS_NGINX = 0.35
 T_RPS_VS_NAIVE = 3.0
 T_P99_ADDED_MS = 1.0
 T_MBPS_VS_NGINX = 0.50
-T_IDLE_RSS_MB = 200.0
+T_IDLE_RSS_MB = 80.0  # issue 17 (it was 200 MB before)
+T_RPS_VS_CEILING = 0.65  # issue 17: gatewayd 1 worker against the Python ceiling
+T_SCALE_S = 2.0  # issue 17: start-up and reload at 10,000 HTTPRoutes
+T_RELOAD_STALL_MS = 100.0  # issue 17: the longest request during a reload
 T_LOOKUP_US = 20.0
 # "HTTP/1.1 rows no worse than before": within the noise of one interleaved run.
 T_VS_BASELINE = 0.95
@@ -1317,7 +1327,10 @@ def print_table(cols: list[str], rows: list[list[str]]) -> None:
 
 
 def checks(
-    summary: dict[str, dict[str, Any]], idle: dict[str, Any], lookup: dict[str, Any]
+    summary: dict[str, dict[str, Any]],
+    idle: dict[str, Any],
+    lookup: dict[str, Any],
+    scale: list[dict[str, Any]] | None = None,
 ) -> list[dict[str, Any]]:
     g = summary.get("gatewayd1", {})
     n = summary.get("nginx", {})
@@ -1363,6 +1376,16 @@ def checks(
                 detail=f"{fmt(r and r * 100, '.0f', '%')} of the baseline's "
                 f"{fmt(base.get(attr), ',.0f')}",
             )
+    c = summary.get("ceiling", {})
+    r = ratio(g.get("rps"), c.get("rps"))
+    check(
+        f"gatewayd 1 worker req/s >= {T_RPS_VS_CEILING:.0%} of the Python ceiling",
+        r,
+        T_RPS_VS_CEILING,
+        below=False,
+        detail=f"{fmt(r and r * 100, '.0f', '%')} of the ceiling's {fmt(c.get('rps'), ',.0f')} "
+        f"req/s; per core used {fmt(ratio(g.get('rps_per_core'), c.get('rps_per_core')), '.0%')}",
+    )
     r = ratio(g.get("rps"), nv.get("rps"))
     check(
         "gatewayd 1 worker req/s >= 3x naive aiohttp",
@@ -1409,12 +1432,31 @@ def checks(
     gi = idle.get("gatewayd1", {})
     held = gi.get("rss_held_mb") if gi.get("connections") else None
     check(
-        f"{idle.get('count', 10000):,} idle conns RSS < 200 MB",
+        f"{idle.get('count', 10000):,} idle conns RSS <= {T_IDLE_RSS_MB:.0f} MB",
         held,
         T_IDLE_RSS_MB,
         below=True,
         detail=f"{fmt(held, '.1f', ' MB')} with {gi.get('connections', 0):,} connections",
     )
+    big = max((r for r in scale or [] if "error" not in r), key=lambda r: r["routes"], default=None)
+    if big is not None:
+        size = f"{big['routes']:,}"
+        for key, what in (("startup_s", "start-up to /ready"), ("reload_s", "reload")):
+            check(
+                f"{size} HTTPRoutes: {what} <= {T_SCALE_S:g} s",
+                big[key],
+                T_SCALE_S + 1e-9,
+                below=True,
+                detail=f"{big[key]:.2f} s",
+            )
+        check(
+            f"{size} HTTPRoutes: no request slower than {T_RELOAD_STALL_MS:g} ms during a reload",
+            big["longest_request_ms"],
+            T_RELOAD_STALL_MS + 1e-9,
+            below=True,
+            detail=f"longest {big['longest_request_ms']:,.0f} ms of {big['loop_requests']:,} "
+            f"requests ({big['loop_errors']} errors)",
+        )
     us = lookup.get("us_at_1000")
     check(
         "route lookup at 1,000 routes < 20 µs",
@@ -1492,6 +1534,8 @@ ALL_TARGETS = (
     "nginx",
     "gatewayd1",
     "gatewayd-all",
+    "ceiling",
+    "ceiling-asyncio",
     "naive",
     "h2-direct",
     "h2-nginx",
@@ -1500,6 +1544,8 @@ ALL_TARGETS = (
     "grpc-nginx",
     "grpc-gatewayd1",
 )
+# Not measured unless named in --targets: what uvloop adds to the ceiling.
+DEFAULT_TARGETS = tuple(t for t in ALL_TARGETS if t != "ceiling-asyncio")
 KINDS = {"small64": ("/small", 64), "small8": ("/small", 8), "big64": ("/64k", 64)}
 
 
@@ -1660,6 +1706,24 @@ class Bench:
         wait_until(lambda: self.listening(proc, port), 20, "naive proxy")
         return Target("naive", "naive aiohttp proxy", f"http://127.0.0.1:{port}", proc=proc)
 
+    def start_ceiling(self, plain_asyncio: bool = False) -> Target:
+        """loadtest/ceiling_proxy.py: the smallest uvloop + httptools proxy doing the
+        same wire work (the "Python ceiling" row); on asyncio's own loop if asked."""
+        port = free_port()
+        argv = [
+            PYTHON, str(ROOT / "loadtest" / "ceiling_proxy.py"),
+            "--listen", f"127.0.0.1:{port}",
+            "--upstream", f"127.0.0.1:{self.bport}",
+            "--set-header", f"{ADDED_HEADER[0]}: {ADDED_HEADER[1]}",
+        ]  # fmt: skip
+        key, label = "ceiling", "Python ceiling (uvloop + httptools)"
+        if plain_asyncio:
+            argv.append("--asyncio")
+            key, label = "ceiling-asyncio", "Python ceiling on plain asyncio"
+        proc = self.procs.start(key, argv)
+        wait_until(lambda: self.listening(proc, port), 20, label)
+        return Target(key, label, f"http://127.0.0.1:{port}", proc=proc)
+
     def start_targets(self, wanted: list[str]) -> list[Target]:
         """Start what the wanted rows need; rows of one process share it (the HTTP/2 and
         gRPC rows of nginx and gatewayd 1 worker are other listeners of the same process)."""
@@ -1684,6 +1748,10 @@ class Bench:
                 rows["gatewayd-all"] = Target(
                     "gatewayd-all", "gatewayd all workers", note="no --workers yet"
                 )
+        if "ceiling" in wanted:
+            rows["ceiling"] = self.start_ceiling()
+        if "ceiling-asyncio" in wanted:
+            rows["ceiling-asyncio"] = self.start_ceiling(plain_asyncio=True)
         if "naive" in wanted:
             rows["naive"] = self.start_naive()
         if self.args.baseline:
@@ -1885,6 +1953,40 @@ class Bench:
         }
 
 
+def print_idle(idle: dict[str, Any]) -> None:
+    rows = []
+    labels = {
+        "gatewayd1": "gatewayd 1 worker",
+        "nginx": "nginx proxy worker",
+        "naive": "naive aiohttp",
+    }
+    for key, label in labels.items():
+        i = idle.get(key)
+        if not i:
+            continue
+        if "error" in i:
+            rows.append([label, f"n/a (error: {i['error']})", "", "", "", ""])
+            continue
+        rows.append(
+            [
+                label,
+                f"{i['connections']:,}",
+                f"{i['still_answering']:,}",
+                f"{i['rss_before_mb']:.1f} MB",
+                f"{i['rss_held_mb']:.1f} MB",
+                f"{i['rss_per_conn_kb']:.1f} KB",
+            ]
+        )
+    if rows:
+        print(
+            "idle keep-alive connections: each sent one request and is then held open; "
+            "'answering': answered a second request afterwards; RSS from /proc/PID/status"
+        )
+        cols = ["process", "idle conns", "answering", "RSS before", "RSS held", "per conn"]
+        print_table(cols, rows)
+        print()
+
+
 def print_report(
     args: argparse.Namespace,
     targets: list[Target],
@@ -1926,37 +2028,7 @@ def print_report(
     for v in verdicts:
         print(f"{v['verdict']:<5}  {v['check']}: {v['detail']}")
     print()
-    rows = []
-    labels = {
-        "gatewayd1": "gatewayd 1 worker",
-        "nginx": "nginx proxy worker",
-        "naive": "naive aiohttp",
-    }
-    for key, label in labels.items():
-        i = idle.get(key)
-        if not i:
-            continue
-        if "error" in i:
-            rows.append([label, f"n/a (error: {i['error']})", "", "", "", ""])
-            continue
-        rows.append(
-            [
-                label,
-                f"{i['connections']:,}",
-                f"{i['still_answering']:,}",
-                f"{i['rss_before_mb']:.1f} MB",
-                f"{i['rss_held_mb']:.1f} MB",
-                f"{i['rss_per_conn_kb']:.1f} KB",
-            ]
-        )
-    if rows:
-        print(
-            "idle keep-alive connections: each sent one request and is then held open; "
-            "'answering': answered a second request afterwards; RSS from /proc/PID/status"
-        )
-        cols = ["process", "idle conns", "answering", "RSS before", "RSS held", "per conn"]
-        print_table(cols, rows)
-        print()
+    print_idle(idle)
     if lookup.get("output"):
         print("route lookup (loadtest/bench_lookup.py):")
         for line in lookup["output"]:
@@ -1994,8 +2066,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument(
         "--targets",
-        default=",".join(ALL_TARGETS),
-        help=f"comma-separated subset of {','.join(ALL_TARGETS)}",
+        default=",".join(DEFAULT_TARGETS),
+        help=f"comma-separated subset of {','.join(ALL_TARGETS)} (all but ceiling-asyncio)",
     )
     ap.add_argument(
         "--h2-conns", type=int, default=16, help="h2load connections (HTTP/2 and gRPC rows, 16)"
@@ -2022,14 +2094,44 @@ def main(argv: list[str] | None = None) -> int:
         help="also measure gatewayd 1 worker from this git commit (HTTP/1.1 rows), e.g. the "
         "tree before a change",
     )
+    ap.add_argument(
+        "--routes",
+        default="10,1000,10000",
+        help="HTTPRoute counts of the config-scale rows (10,1000,10000)",
+    )
+    ap.add_argument("--no-config-scale", action="store_true", help="skip the config-scale rows")
+    ap.add_argument(
+        "--cores",
+        metavar="LIST",
+        help="also the workers table: gatewayd --workers 1..N pinned to these CPUs "
+        "(e.g. 0-1 or 2-5), wrk and the backend on the others",
+    )
+    ap.add_argument(
+        "--only",
+        choices=("config-scale", "workers", "idle"),
+        help="run one part alone: the config-scale rows (no nginx or wrk needed), the "
+        "workers table (needs --cores), or the idle-connection RSS of gatewayd 1 worker",
+    )
     ap.add_argument("--output", type=Path, help="JSON path (loadtest/results/bench-DATE.json)")
     args = ap.parse_args(argv)
     wanted = [t.strip() for t in args.targets.split(",") if t.strip()]
     unknown = sorted(set(wanted) - set(ALL_TARGETS))
     if unknown:
         ap.error(f"unknown targets {unknown}: choose among {','.join(ALL_TARGETS)}")
-    require_tools(h2=any(w.startswith(("h2-", "grpc-")) for w in wanted))
+    try:
+        cores = bench_scale.parse_cores(args.cores) if args.cores else []
+        route_counts = [int(n) for n in args.routes.split(",") if n.strip()]
+    except ValueError as exc:
+        ap.error(str(exc))
+    if args.only == "workers" and not cores:
+        ap.error("--only workers needs --cores")
+    if args.only:
+        wanted = ["gatewayd1"] if args.only == "idle" else []
+    if args.only != "config-scale":
+        require_tools(h2=any(w.startswith(("h2-", "grpc-")) for w in wanted))
     nofile = raise_nofile(args.idle_conns + 4096)
+    scale_on = args.only == "config-scale" or (not args.only and not args.no_config_scale)
+    workers_on = bool(cores) and args.only in (None, "workers")
 
     started = datetime.datetime.now(datetime.UTC)
     tmp = Path(tempfile.mkdtemp(prefix="gatewayd-bench-"))
@@ -2038,26 +2140,31 @@ def main(argv: list[str] | None = None) -> int:
     counted += ["gatewayd1-base"] if args.baseline else []
     n = len(counted)
     runs_per_round = sum(1 if w.startswith(("h2-", "grpc-")) else len(KINDS) for w in counted)
+    measured = not args.only
     expected = (
         15
-        + n * min(2.0, args.duration)
-        + args.rounds * runs_per_round * (args.duration + 0.3)
-        + (30 * 3 if args.idle_conns else 0)
-        + (0 if args.no_lookup else 10)
-        + (3 * (max(3, args.duration) + 5) if args.profile else 0)
+        + (n * min(2.0, args.duration) if measured else 0)
+        + (args.rounds * runs_per_round * (args.duration + 0.3) if measured else 0)
+        + (30 * 3 if args.idle_conns and args.only in (None, "idle") else 0)
+        + (0 if args.no_lookup or not measured else 10)
+        + (3 * (max(3, args.duration) + 5) if args.profile and measured else 0)
+        # Start-up and reload were ~1.1 s per 1,000 HTTPRoutes each (issue 17), + spawns.
+        + (sum(5 + 3 * c / 1000 for c in route_counts) if scale_on else 0)
+        + (len(cores) * (5 + max(1, args.rounds) * (args.duration + 1)) if workers_on else 0)
     )
-    log(
-        f"{n} targets, {runs_per_round} wrk/h2load runs x {args.rounds} rounds x "
-        f"{args.duration:g}s: "
-        f"expect about {expected / 60:.1f} min in all (every step has a time limit)"
+    what = (
+        f"{n} targets, {runs_per_round} wrk/h2load runs x {args.rounds} rounds x {args.duration:g}s"
+        if measured
+        else f"--only {args.only}"
     )
+    log(f"{what}: expect about {expected / 60:.1f} min in all (every step has a time limit)")
     load_before = os.getloadavg()
     if load_before[0] > 0.5:
         log(
             f"warning: the machine is busy before the bench starts (load average "
             f"{load_before[0]:.2f}): other processes compete for both CPUs, expect noise"
         )
-    if bench.pinned:
+    if bench.pinned and args.only != "config-scale":
         log(
             f"placement: target on CPU {sorted(SUT_CPUS)}; wrk and the backend on CPU "
             f"{sorted(LOAD_CPUS)} (direct: the backend on CPU {sorted(SUT_CPUS)})"
@@ -2070,31 +2177,44 @@ def main(argv: list[str] | None = None) -> int:
     lookup: dict[str, Any] = {}
     profile: dict[str, Any] = {}
     tcp: dict[str, Any] = {}
+    scale: list[dict[str, Any]] = []
+    workers: dict[str, Any] = {}
     try:
-        targets = bench.start_targets(wanted)
+        targets = bench.start_targets(wanted) if wanted or workers_on else []
         for t in targets:
             if t.available:
                 bench.verify_or_drop(t)
         live = [t for t in targets if t.available]
-        log(
-            "targets answer (HTTP/1.1: /small and /64k; h2c: /small; gRPC: a grpcio call); "
-            "the backend sees each proxy's X-Bench"
-        )
-        bench.rounds(live)
+        if live:
+            log(
+                "targets answer (HTTP/1.1: /small and /64k; h2c: /small; gRPC: a grpcio call); "
+                "the backend sees each proxy's X-Bench"
+            )
+        if measured:
+            bench.rounds(live)
         if args.profile:
             for t in live:
                 if t.key in ("gatewayd1", "h2-gatewayd1", "grpc-gatewayd1"):
                     profile[t.key] = bench.profile(t)
-        if args.idle_conns:
+        if args.idle_conns and args.only in (None, "idle"):
             idle = bench.idle(live)
-        if not args.no_lookup:
+        if not args.no_lookup and measured:
             log("route lookup micro-benchmark (loadtest/bench_lookup.py)")
             lookup = lookup_bench()
-        if args.tcp_mib > 0:
+        if args.tcp_mib > 0 and not args.only:
             import bench_tcp  # loadtest/ is this script's directory
 
             log("TCP splice row: gatewayd (TCPRoute), direct, haproxy (loadtest/bench_tcp.py)")
             tcp = bench_tcp.run(args.tcp_mib, 8, bench.gatewayd_cmd, log=log)
+
+        if workers_on:
+            try:
+                workers = bench_scale.workers_scale(bench, cores)
+            except RuntimeError as exc:
+                log(f"workers table failed: {exc}")
+                workers = {"error": str(exc).splitlines()[0]}
+        if scale_on:
+            scale = bench_scale.config_scale(tmp, route_counts)
     except BaseException:
         for p in bench.procs.procs:
             if p.tail():
@@ -2105,12 +2225,27 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(tmp, ignore_errors=True)
 
     summary = {t.key: summarise(t) for t in targets if t.available}
-    verdicts = checks(summary, idle, lookup)
-    print_report(args, targets, summary, verdicts, idle, lookup, profile)
+    verdicts = checks(summary, idle, lookup, scale) if measured else []
+    if measured:
+        print_report(args, targets, summary, verdicts, idle, lookup, profile)
+    elif idle:
+        print()
+        print_idle(idle)
     if tcp:
         import bench_tcp
 
         bench_tcp.print_table(tcp, args.tcp_mib, 8)
+    if workers:
+        print()
+        bench_scale.print_workers(workers)
+    if scale:
+        print()
+        bench_scale.print_config_scale(scale)
+        if not measured:  # the full report printed these checks with the others
+            verdicts = [v for v in checks({}, {}, {}, scale) if "HTTPRoutes" in v["check"]]
+            print()
+            for v in verdicts:
+                print(f"{v['verdict']:<5}  {v['check']}: {v['detail']}")
 
     RESULTS.mkdir(parents=True, exist_ok=True)
     out_path = args.output or RESULTS / f"bench-{started.strftime('%Y%m%dT%H%M%SZ')}.json"
@@ -2143,6 +2278,8 @@ def main(argv: list[str] | None = None) -> int:
         "lookup": lookup,
         "profile": profile,
         "tcp_splice": tcp,
+        "config_scale": scale,
+        "workers": workers,
     }
     out_path.write_text(json.dumps(result, indent=2) + "\n")
     print(f"\nresults: {out_path}")
