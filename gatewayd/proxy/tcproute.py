@@ -29,6 +29,7 @@ from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any, Final, cast
 
 from gatewayd.proxy.accesslog import sockaddr_text
+from gatewayd.proxy.proxyproto import upstream_header
 from gatewayd.proxy.splice import Splice
 from gatewayd.routing.snapshot.addresses import host_port
 from gatewayd.routing.snapshot.l4 import L4Table
@@ -103,6 +104,7 @@ class TCPRouteConnection(asyncio.Protocol):
 
     __slots__ = (
         "backend",
+        "client_address",
         "cluster",
         "counted",
         "key",
@@ -125,6 +127,8 @@ class TCPRouteConnection(asyncio.Protocol):
         self.upstream_counted = False
         self.start = 0.0
         self.peer = ""
+        # The client a trusted PROXY protocol header named (proxy/proxyproto.py).
+        self.client_address: tuple[str, int] | None = None
         self.route = ""
         self.cluster = ""
         self.upstream_host = ""
@@ -135,8 +139,8 @@ class TCPRouteConnection(asyncio.Protocol):
         t = cast(asyncio.Transport, transport)
         proxy = self.owner.proxy
         self.start = asyncio.get_running_loop().time()
-        if proxy.access is not None:
-            self.peer = sockaddr_text(t.get_extra_info("peername"))
+        if proxy.access is not None or self.client_address is not None:
+            self.peer = sockaddr_text(self.client_address or t.get_extra_info("peername"))
         if proxy.n_conns >= proxy.options.max_connections and not proxy.make_room():
             self._refuse(t, R_OVERLOAD, "at --max-connections")
             return
@@ -168,7 +172,15 @@ class TCPRouteConnection(asyncio.Protocol):
             metrics.downstream_cx(self.label, 1)
             metrics.tcp_route_cx(self.label, R_SPLICED)
         splice = self.splice = Splice(self.owner.splices, t, on_done=self._finish, tag=self.key)
-        splice.hand_over(t)
+        first = b""
+        if backend.proxy_protocol:
+            # The Service asked for a PROXY header: it goes before the client's bytes.
+            first = upstream_header(
+                backend.proxy_protocol,
+                self.client_address or t.get_extra_info("peername"),
+                t.get_extra_info("sockname"),
+            )
+        splice.hand_over(t, first)
         self.owner.spawn(
             self._connect(splice, endpoint.address, endpoint.port), f"tcp splice {self.label}"
         )

@@ -8,7 +8,9 @@ One daemon, one Gateway on 127.0.0.1 with:
 - ``secure`` (HTTPS): the header comes before the TLS handshake;
 - ``pass-v1``/``pass-v2`` (TLS Passthrough): TLSRoutes to Services annotated
   ``gatewayd.io/upstream-proxy-protocol``: the backend gets a header naming the client,
-  then the client's ClientHello untouched.
+  then the client's ClientHello untouched;
+- ``tcp`` (TCP, TCPRoute): a trusted balancer's header in, the Service's header out,
+  naming the balancer's client.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from e2e_kit import (
     rule,
     to_yaml,
 )
+from l4_kit import l4_backend, l4_route
 from tls_e2e_kit import client_hello_bytes, make_cert, tls_listener, tls_route
 
 pytestmark = pytest.mark.e2e
@@ -107,12 +110,14 @@ class Env:
         (self.echo,) = echoes.start("echo")
         self.cap_v1 = Capture()
         self.cap_v2 = Capture()
+        self.cap_tcp = Capture()
         self.cert = make_cert("secure.example.com")
         self.trusted = free_port()
         self.untrusted = free_port()
         self.secure = free_port()
         self.pass_v1 = free_port()
         self.pass_v2 = free_port()
+        self.tcp = free_port()
         self.daemon: Gatewayd | None = None
 
     def docs(self) -> str:
@@ -126,6 +131,7 @@ class Env:
                 https,
                 tls_listener("pass-v1", self.pass_v1, mode="Passthrough"),
                 tls_listener("pass-v2", self.pass_v2, mode="Passthrough"),
+                listener("tcp", self.tcp, protocol="TCP"),
             ],
         )
         services: list[dict[str, Any]] = []
@@ -133,6 +139,9 @@ class Env:
             docs = backend_manifests(name, cap.port, service_port=443, port_name="tls")
             docs[0]["metadata"]["annotations"] = {"gatewayd.io/upstream-proxy-protocol": version}
             services += docs
+        tcp_docs = l4_backend("cap-tcp", self.cap_tcp.port)
+        tcp_docs[0]["metadata"]["annotations"] = {"gatewayd.io/upstream-proxy-protocol": "v2"}
+        services += tcp_docs
         docs = [
             gateway_class(),
             gw,
@@ -141,6 +150,7 @@ class Env:
             http_route("web", [rule(backends=[backend_ref("echo")])]),
             tls_route("p1", ["pass.example.com"], [("cap-v1", 1)], section="pass-v1"),
             tls_route("p2", ["pass.example.com"], [("cap-v2", 1)], section="pass-v2"),
+            l4_route("TCPRoute", "db", [("cap-tcp", None)], section="tcp"),
         ]
         return to_yaml(docs) + "---\n" + self.cert.secret_yaml("cert")
 
@@ -152,6 +162,8 @@ class Env:
             f"{self.secure}=127.0.0.1",
             "--proxy-protocol",
             f"{self.untrusted}=192.0.2.0/24",
+            "--proxy-protocol",
+            f"{self.tcp}=127.0.0.1",
             "--proxy-protocol-timeout",
             "0.5",
         )
@@ -169,6 +181,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
             e.daemon.stop()
         e.cap_v1.close()
         e.cap_v2.close()
+        e.cap_tcp.close()
         echoes.close()
 
 
@@ -321,3 +334,17 @@ def test_flag_is_checked(tmp_path: Path) -> None:
         result = run_cli("run", "--config", str(tmp_path), "--proxy-protocol", bad)
         assert result.returncode == 2
         assert "--proxy-protocol" in result.stderr
+
+
+def test_tcp_route_passes_the_balancers_client_on(env: Env) -> None:
+    """A balancer's header in (v1), the Service's header out (v2) naming that client."""
+    with socket.create_connection((LOCALHOST, env.tcp), timeout=5) as s:
+        s.sendall(v1(sport=4242, dport=5432) + b"SELECT 1;")
+        s.settimeout(3)
+        with contextlib.suppress(OSError):
+            s.recv(10)
+    first = env.cap_tcp.wait(1)[0]
+    assert first.startswith(V2_SIG + b"\x21\x11\x00\x0c")
+    assert socket.inet_ntoa(first[16:20]) == CLIENT
+    assert struct.unpack("!H", first[24:26])[0] == 4242
+    assert first[28:] == b"SELECT 1;"
