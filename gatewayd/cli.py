@@ -247,6 +247,20 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--admin-address", default="127.0.0.1:9901", metavar="HOST:PORT")
     run.add_argument("--xff-trusted-hops", type=int, default=0, metavar="N")
     run.add_argument("--access-log", choices=("text", "json", "off"), default="text")
+    run.add_argument(
+        "--no-trace-context",
+        dest="trace_context",
+        action="store_false",
+        help="forward traceparent/tracestate as received instead of continuing (or "
+        "starting) the W3C trace with gatewayd's hop (default: continue)",
+    )
+    run.add_argument(
+        "--otlp-endpoint",
+        metavar="URL",
+        default=None,
+        help="export one span per request over OTLP/HTTP protobuf to URL (a base URL gets "
+        "/v1/traces); needs pip install 'gatewayd[otel]' (default: off)",
+    )
     run.add_argument("--drain-timeout", type=float, default=15.0, metavar="SECONDS")
     _add_leader_election_args(run)
     run.add_argument(
@@ -456,6 +470,13 @@ def _run(args: argparse.Namespace, election: LeaderElectionSettings | None = Non
             # The transparent listener and the kernel rules belong to one process.
             logging.getLogger("gatewayd").warning("--tproxy runs one worker: --workers ignored")
             args.workers = 1
+    if args.otlp_endpoint:
+        from gatewayd.proxy.spans import endpoint_problem
+
+        problem = endpoint_problem(args.otlp_endpoint)
+        if problem is not None:
+            print(f"gatewayd: --otlp-endpoint: {problem}", file=sys.stderr)
+            return 2
     options = RunOptions(
         config=args.config or [],
         source=_kube_source(args) if args.kubernetes else None,
@@ -483,6 +504,8 @@ def _run(args: argparse.Namespace, election: LeaderElectionSettings | None = Non
             preserve_request_id=args.preserve_request_id,
             path=_path_policy(args),
             xfcc_set=args.xfcc == "sanitize-set",
+            trace_context=args.trace_context,
+            otlp_endpoint=args.otlp_endpoint,
         ),
     )
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
