@@ -15,8 +15,8 @@ X-Request-Id, to the backend's own lines.
 JSON: one object per line with snake_case keys (start_time, method, path, protocol,
 response_code, response_flags, bytes_received, bytes_sent, duration,
 upstream_service_time, x_forwarded_for, user_agent, request_id, authority,
-upstream_host, route_name, and trace_id with Trace Context); numbers are JSON numbers (like Envoy's typed JSON),
-an unknown upstream service time is null.
+upstream_host, route_name, and trace_id with Trace Context); numbers are JSON
+numbers (like Envoy's typed JSON), an unknown upstream service time is null.
 
 L4 connections (TLS listener connections, node-local pass-through splices) get one line
 when the connection ends, as Envoy's tcp_proxy writes them: the default format with
