@@ -97,6 +97,17 @@ def _limits(args: argparse.Namespace) -> ConfigLimits:
     )
 
 
+def _ratio(text: str) -> float:
+    """An argparse type: a number from 0 to 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be from 0 to 1, not {text}")
+    return value
+
+
 def _at_least(minimum: float, kind: type[int] | type[float]) -> Callable[[str], float]:
     """An argparse type: a number of ``kind`` no smaller than ``minimum``."""
 
@@ -260,6 +271,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="export one span per request over OTLP/HTTP protobuf to URL (a base URL gets "
         "/v1/traces); needs pip install 'gatewayd[otel]' (default: off)",
+    )
+    run.add_argument(
+        "--trace-sample-ratio",
+        type=_ratio,
+        default=1.0,
+        metavar="R",
+        help="with --otlp-endpoint: the share (0-1) of the traces gatewayd starts that are "
+        "sampled and exported; a caller's sampled flag is followed as is (default: 1)",
     )
     run.add_argument("--drain-timeout", type=float, default=15.0, metavar="SECONDS")
     _add_leader_election_args(run)
@@ -506,6 +525,7 @@ def _run(args: argparse.Namespace, election: LeaderElectionSettings | None = Non
             xfcc_set=args.xfcc == "sanitize-set",
             trace_context=args.trace_context,
             otlp_endpoint=args.otlp_endpoint,
+            trace_sample=args.trace_sample_ratio,
         ),
     )
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:

@@ -21,6 +21,7 @@ from functools import lru_cache
 from cryptography import x509
 
 from gatewayd.proxy.tracecontext import (
+    NOT_SAMPLED,
     TRACEPARENT,
     TRACESTATE,
     parse_traceparent,
@@ -302,6 +303,7 @@ def forward_request_headers(
     client_cert: bytes | None = None,
     drop: frozenset[bytes] = HOP_BY_HOP,
     trace_flags: bytes | None = None,
+    trace_sample: float = 1.0,
 ) -> tuple[Headers, bytes, bytes | None, bytes]:
     """``strip_hop_by_hop`` then ``add_forwarding_headers`` in one walk over the request
     fields: the forwarded list (a new one; ``headers`` is left as received) and the
@@ -317,7 +319,8 @@ def forward_request_headers(
     ``traceparent`` keeps a valid incoming trace id and flags with a new parent id
     (gatewayd's span); without a valid one, a new trace starts, its id the request id's
     hex digits when gatewayd made the request id (one id to search for in both logs and
-    traces).  Returns ``(fields, request_id, traceparent sent or None, incoming parent
+    traces), sampled (when ``trace_flags`` is "01") with probability ``trace_sample``.
+    Returns ``(fields, request_id, traceparent sent or None, incoming parent
     id or b"")``; with ``trace_flags`` None both trace headers pass as received."""
     out: Headers = []
     append = out.append
@@ -403,6 +406,8 @@ def forward_request_headers(
         return out, request_id, tp, parent_in
     # A new trace; its id the request id's hex digits when gatewayd made that id.
     trace_id = request_id.replace(b"-", b"") if made else b"%032x" % (_getrandbits(128) or 1)
+    if trace_sample < 1.0 and _rng.random() >= trace_sample:
+        trace_flags = NOT_SAMPLED
     tp = traceparent(trace_id, span_id, trace_flags)
     append((TRACEPARENT, tp))
     return out, request_id, tp, b""

@@ -88,6 +88,9 @@ class ProxyOptions:
     # forwards both as received) and OTLP/HTTP span export (--otlp-endpoint; None: off).
     trace_context: bool = True
     otlp_endpoint: str | None = None
+    # The share of the traces gatewayd starts that are sampled (exported) when spans
+    # are exported (--trace-sample-ratio); a caller's sampled flag is always followed.
+    trace_sample: float = 1.0
 
 
 def _is_https(lp: ListenerPort) -> bool:

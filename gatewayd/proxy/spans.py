@@ -7,20 +7,25 @@ Off by default (``gatewayd run --otlp-endpoint URL`` turns it on); the SDK is th
 The span is gatewayd's hop of the W3C trace (``tracecontext.py``): its span id is the
 parent id the backend received in ``traceparent``, its parent the caller's span (when
 the request came with a valid ``traceparent``).  Sampling follows the caller's sampled
-flag; a trace gatewayd starts is sampled.  On the request path a span is one
-``ReadableSpan`` handed to the processor's bounded queue (``MAX_QUEUE`` spans, the
-overflow dropped as the SDK does); encoding and sending run in the processor's thread,
-in batches.
+flag; a trace gatewayd starts is sampled.  On the request path a span is one tuple
+in a bounded queue (``MAX_QUEUE`` spans, the overflow dropped as the SDK does); a
+thread of this module builds the SDK's spans from it and hands them to the batch span
+processor, whose own thread encodes and sends them in batches.
 """
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
+from collections import deque
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 if TYPE_CHECKING:
     from gatewayd.proxy.http.exchange import Exchange
+
+log = logging.getLogger(__name__)
 
 MAX_QUEUE = 2048  # spans waiting for export, per process (the SDK's default)
 BATCH = 512  # spans per OTLP request (the SDK's default)
@@ -85,58 +90,108 @@ class SpanExport:
         self._scope = InstrumentationScope("gatewayd", VERSION)
         self._ok = Status(StatusCode.UNSET)
         self._error = Status(StatusCode.ERROR)
+        self._pending: deque[tuple[Any, ...]] = deque()
+        self.dropped = 0  # spans not queued: MAX_QUEUE were waiting
+        self._stop = False
+        self._wake = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="gatewayd-spans", daemon=True)
+        self._thread.start()
 
     def export(self, ex: Exchange, duration: float) -> None:
-        """Queue the span of a finished exchange (its ``traceparent`` is set)."""
+        """Queue the span of a finished exchange (its ``traceparent`` is set).
+
+        Request path: one tuple appended to a deque (thread-safe without a lock).  The
+        ``ReadableSpan`` is built in this exporter's thread: building it here cost ~8 us
+        a request (its attributes are copied and checked), measured in
+        bench_h1_inproc."""
         tp = ex.traceparent
         if tp is None or tp[53:55] != b"01":
             return  # the caller did not sample this trace: nothing is recorded
+        pending = self._pending
+        if len(pending) >= MAX_QUEUE:
+            self.dropped += 1
+            return
+        rule = ex.rule
+        ep = ex.endpoint
+        pending.append(
+            (
+                tp,
+                ex.trace_parent,
+                time.time_ns(),
+                duration,
+                ex.status,
+                ex.method,
+                ex.head.target,
+                ex.host,
+                ex.listener,
+                rule.route_id if rule is not None else "",
+                ex.request_id,
+                ex.flags,
+                (ep.address, ep.port) if ep is not None else None,
+            )
+        )
+        if len(pending) >= BATCH:
+            self._wake.set()
+
+    def _run(self) -> None:
+        pending = self._pending
+        while True:
+            self._wake.wait(DELAY_MS / 1000)
+            self._wake.clear()
+            stopping = self._stop
+            while pending:
+                try:
+                    self._processor.on_end(self._span(pending.popleft()))
+                except Exception:  # a span never stops the others
+                    log.exception("span export failed")
+            if stopping:
+                return
+
+    def _span(self, record: tuple[Any, ...]) -> Any:
+        (tp, parent_id, end, duration, status, method_b, target, host, listener, route,
+         request_id, flags, upstream) = record  # fmt: skip
         trace_id = int(tp[3:35], 16)
         context = self._context(trace_id, int(tp[36:52], 16), False, self._sampled)
         parent = None
-        if ex.trace_parent:
-            parent = self._context(trace_id, int(ex.trace_parent, 16), True, self._sampled)
-        end = time.time_ns()
-        status = ex.status
-        rule = ex.rule
-        head = ex.head
+        if parent_id:
+            parent = self._context(trace_id, int(parent_id, 16), True, self._sampled)
+        method = method_b.decode("latin-1")
         attributes: dict[str, Any] = {
-            "http.request.method": ex.method.decode("latin-1"),
-            "url.path": head.target.decode("latin-1"),
+            "http.request.method": method,
+            "url.path": target.decode("latin-1"),
             "http.response.status_code": status,
-            "server.address": ex.host,
-            "gatewayd.listener": ex.listener,
+            "server.address": host,
+            "gatewayd.listener": listener,
         }
-        if rule is not None:
-            attributes["gatewayd.route"] = rule.route_id
-        if ex.request_id is not None:
-            attributes["http.request.header.x-request-id"] = ex.request_id.decode("latin-1")
-        if ex.flags:
-            attributes["gatewayd.response_flags"] = ex.flags
-        ep = ex.endpoint
-        if ep is not None:
-            attributes["server.upstream.address"] = ep.address
-            attributes["server.upstream.port"] = ep.port
-        self._processor.on_end(
-            self._readable(
-                name=f"{attributes['http.request.method']} {attributes['gatewayd.route']}"
-                if rule is not None
-                else attributes["http.request.method"],
-                context=context,
-                parent=parent,
-                resource=self._resource,
-                attributes=attributes,
-                kind=self._server,
-                # "Span Status MUST be left unset if HTTP status code was in the 1xx, 2xx
-                # or 3xx ranges, unless there was another error"; a server sets Error for
-                # 5xx (and 0: no response) but not 4xx (OpenTelemetry HTTP conventions).
-                status=self._error if status >= 500 or status == 0 else self._ok,
-                start_time=end - int(duration * 1e9),
-                end_time=end,
-                instrumentation_scope=self._scope,
-            )
+        if route:
+            attributes["gatewayd.route"] = route
+        if request_id is not None:
+            attributes["http.request.header.x-request-id"] = request_id.decode("latin-1")
+        if flags:
+            attributes["gatewayd.response_flags"] = flags
+        if upstream is not None:
+            attributes["server.upstream.address"] = upstream[0]
+            attributes["server.upstream.port"] = upstream[1]
+        return self._readable(
+            name=f"{method} {route}" if route else method,
+            context=context,
+            parent=parent,
+            resource=self._resource,
+            attributes=attributes,
+            kind=self._server,
+            # "Span Status MUST be left unset if HTTP status code was in the 1xx, 2xx or
+            # 3xx ranges, unless there was another error"; a server sets Error for 5xx
+            # (and 0: no response) but not 4xx (OpenTelemetry HTTP conventions).
+            status=self._error if status >= 500 or status == 0 else self._ok,
+            start_time=end - int(duration * 1e9),
+            end_time=end,
+            instrumentation_scope=self._scope,
         )
 
     def shutdown(self) -> None:
-        """Send what is queued (bounded by the exporter's timeout) and stop the thread."""
+        """Build and send what is queued (bounded by the exporter's timeout), then stop
+        both threads."""
+        self._stop = True
+        self._wake.set()
+        self._thread.join()
         self._processor.shutdown()

@@ -399,3 +399,9 @@ def test_workers_sum_and_the_dashboard_with_worker_processes(echoes, gatewayd) -
     assert workers == {"0", "1"}
     assert prometheus_samples(text, "gatewayd_downstream_rq_active") == [({}, 0.0)]
     check_dashboard(names)
+
+
+def test_trace_sample_ratio_must_be_a_share(tmp_path: Path) -> None:
+    done = run_cli("run", "--config", str(tmp_path), "--trace-sample-ratio", "1.5")
+    assert done.returncode == 2
+    assert "--trace-sample-ratio" in done.stderr and "from 0 to 1" in done.stderr

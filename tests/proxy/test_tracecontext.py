@@ -19,7 +19,9 @@ VALID = b"00-" + TRACE + b"-" + PARENT + b"-01"
 SHAPE = re.compile(rb"^00-[0-9a-f]{32}-[0-9a-f]{16}-0[01]$")
 
 
-def forward(headers: Headers, *, flags: bytes = b"00", preserve: bool = False) -> tuple:
+def forward(
+    headers: Headers, *, flags: bytes = b"00", preserve: bool = False, sample: float = 1.0
+) -> tuple:
     return forward_request_headers(
         headers,
         peer_ip="192.0.2.5",
@@ -27,6 +29,7 @@ def forward(headers: Headers, *, flags: bytes = b"00", preserve: bool = False) -
         trusted_hops=0,
         preserve_request_id=preserve,
         trace_flags=flags,
+        trace_sample=sample,
     )
 
 
@@ -145,3 +148,15 @@ def test_without_trace_flags_both_headers_pass_unchanged() -> None:
     assert tp is None and parent == b""
     assert values(out, b"traceparent") == [b"garbage"]
     assert values(out, b"tracestate") == [b"a=1"]
+
+
+def test_new_traces_are_sampled_at_the_ratio() -> None:
+    flags = [forward([], flags=b"01", sample=0.25)[2][-2:] for _ in range(4000)]
+    share = flags.count(b"01") / len(flags)
+    assert 0.18 < share < 0.32, share  # binomial, n=4000: ~10 standard deviations wide
+    assert all(forward([], flags=b"01", sample=0.0)[2].endswith(b"-00") for _ in range(50))
+
+
+def test_a_callers_sampled_flag_is_followed_whatever_the_ratio() -> None:
+    for _ in range(50):
+        assert forward([(b"traceparent", VALID)], flags=b"01", sample=0.0)[2].endswith(b"-01")

@@ -537,6 +537,7 @@ class Exchange:
             # ``Expect: 100-continue`` is answered here (send_continue), never forwarded.
             drop=HOP_BY_HOP_AND_EXPECT if head.expect_continue else HOP_BY_HOP,
             trace_flags=proxy.trace_flags,
+            trace_sample=options.trace_sample,
         )
         if rule.request_headers is not None:
             apply_header_ops(fwd, rule.request_headers)
