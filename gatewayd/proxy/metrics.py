@@ -1,24 +1,33 @@
 """Prometheus metrics of the proxy, with the meaning of Envoy's HTTP statistics.
 
-Series (``gatewayd_`` prefix; Envoy stat in brackets):
+Series (``gatewayd_`` prefix; Envoy stat in brackets).  ``listener`` is the Gateway
+listener, "namespace/gateway/listener"; where no listener was chosen yet (connection
+series, requests no route matched) the listeners sharing the socket, comma-separated.
+``route`` is "namespace/name", ``rule`` the rule index:
 
-- ``downstream_rq_total{listener,code_class}`` (http.*.downstream_rq_2xx ...) and
-  ``downstream_rq_code_total{listener,code}`` (http.*.downstream_rq_<code>)
-- ``downstream_rq_duration_seconds{listener}`` histogram (downstream_rq_time)
+- ``downstream_rq_total{listener,route,rule,code}`` (http.*.downstream_rq_<code>)
+- ``downstream_rq_duration_seconds{listener,route,rule}`` histogram (downstream_rq_time),
+  buckets from 0.1 ms
+- ``downstream_rq_active`` (downstream_rq_active): routed, not yet answered
 - ``downstream_cx_total{listener}``, ``downstream_cx_active{listener}``
 - ``upstream_rq_total{backend,code}`` (cluster.*.upstream_rq_<code>)
 - ``route_upstream_rq_total{route,code}`` (vhost.*.route.*.upstream_rq_<code>)
 - ``upstream_rq_duration_seconds{backend}`` histogram (upstream_rq_time)
 - ``upstream_cx_active{backend}``, ``upstream_cx_connect_fail_total{backend}``
 - ``local_reply_total{reason}`` (see ``localreply`` for the reasons)
-- ``config_generation``, ``config_reload_total{result}`` (result: success | failure),
-  ``config_reload_failures_total`` (reloads whose new config was refused; the last good
-  snapshot kept serving)
+- ``config_generation``, ``config_reload_total{result}`` (result: success | failure, a
+  refused reload whose last good snapshot kept serving)
 - ``tls_handshake_error_total{listener,reason}`` (listener.*.ssl.connection_error,
   ssl.fail_verify_*): TLS handshakes that failed, by short reason
 - ``tls_route_cx_total{listener,result}`` (tcp.*.downstream_cx_total with
   tls_inspector's sni_found / sni_not_found): connections of TLS listeners (TLSRoute) by
   outcome: passthrough, terminate, or why they were closed without reaching a backend
+- ``build_info{version,python}``; with workers, ``worker_process_*{worker}``
+  (``WorkerProcesses``)
+
+Renamed: ``downstream_rq_code_total`` became ``downstream_rq_total{code}`` (the old
+``downstream_rq_total{code_class}`` counted the same requests again), and
+``config_reload_failures_total`` went (``config_reload_total{result="failure"}``).
 
 The hot path only bumps plain ints in dicts (a few hundred ns per request); the
 prometheus families are built from them when the registry is scraped.  prometheus
