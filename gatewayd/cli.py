@@ -122,6 +122,17 @@ def _percent(text: str) -> int:
     return value
 
 
+def _ratio(text: str) -> float:
+    """An argparse type: a number from 0 to 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be from 0 to 1, not {text}")
+    return value
+
+
 def _at_least(minimum: float, kind: type[int] | type[float]) -> Callable[[str], float]:
     """An argparse type: a number of ``kind`` no smaller than ``minimum``."""
 
@@ -324,6 +335,28 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--admin-address", default="127.0.0.1:9901", metavar="HOST:PORT")
     run.add_argument("--xff-trusted-hops", type=int, default=0, metavar="N")
     run.add_argument("--access-log", choices=("text", "json", "off"), default="text")
+    run.add_argument(
+        "--no-trace-context",
+        dest="trace_context",
+        action="store_false",
+        help="forward traceparent/tracestate as received instead of continuing (or "
+        "starting) the W3C trace with gatewayd's hop (default: continue)",
+    )
+    run.add_argument(
+        "--otlp-endpoint",
+        metavar="URL",
+        default=None,
+        help="export one span per request over OTLP/HTTP protobuf to URL (a base URL gets "
+        "/v1/traces); needs pip install 'gatewayd[otel]' (default: off)",
+    )
+    run.add_argument(
+        "--trace-sample-ratio",
+        type=_ratio,
+        default=1.0,
+        metavar="R",
+        help="with --otlp-endpoint: the share (0-1) of the traces gatewayd starts that are "
+        "sampled and exported; a caller's sampled flag is followed as is (default: 1)",
+    )
     run.add_argument("--drain-timeout", type=float, default=15.0, metavar="SECONDS")
     _add_leader_election_args(run)
     run.add_argument(
@@ -646,6 +679,13 @@ def _run(args: argparse.Namespace, election: LeaderElectionSettings | None = Non
             # The transparent listener and the kernel rules belong to one process.
             logging.getLogger("gatewayd").warning("--tproxy runs one worker: --workers ignored")
             args.workers = 1
+    if args.otlp_endpoint:
+        from gatewayd.proxy.spans import endpoint_problem
+
+        problem = endpoint_problem(args.otlp_endpoint)
+        if problem is not None:
+            print(f"gatewayd: --otlp-endpoint: {problem}", file=sys.stderr)
+            return 2
     options = RunOptions(
         config=args.config or [],
         source=_kube_source(args) if args.kubernetes else None,
@@ -689,6 +729,9 @@ def _run(args: argparse.Namespace, election: LeaderElectionSettings | None = Non
             outlier=outlier_options(args),
             retry_budget_percent=args.retry_budget_percent,
             retry_budget_min=int(args.retry_budget_min_retries),
+            trace_context=args.trace_context,
+            otlp_endpoint=args.otlp_endpoint,
+            trace_sample=args.trace_sample_ratio,
         ),
     )
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:

@@ -14,11 +14,16 @@ from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from prometheus_client import REGISTRY, CollectorRegistry
+from prometheus_client import (
+    REGISTRY,
+    CollectorRegistry,
+    PlatformCollector,
+    ProcessCollector,
+)
 
 from gatewayd.pipeline import Built, ConfigPipeline
 from gatewayd.proxy.admin import AdminState, start_admin
-from gatewayd.proxy.metrics import ProxyMetrics, render
+from gatewayd.proxy.metrics import ProxyMetrics, WorkerProcesses, render
 from gatewayd.proxy.server import Proxy, ProxyOptions
 from gatewayd.proxy.snapshot import SnapshotHolder
 from gatewayd.proxy.udp import UDPOptions, UDPPlane
@@ -203,6 +208,11 @@ class Daemon:
     async def _render_pool_metrics(self, pool: WorkerPool) -> tuple[bytes, str]:
         # The sum of every worker's counters plus the supervisor's own (config reloads).
         registry = CollectorRegistry()
+        # The supervisor's process and Python (as the default registry has them in one
+        # process), and each worker's process.
+        ProcessCollector(registry=registry)
+        PlatformCollector(registry=registry)
+        registry.register(WorkerProcesses(pool.pids()))
         total = ProxyMetrics(registry)
         total.absorb(self.metrics.export())
         total.copy_config(self.metrics)
@@ -383,6 +393,7 @@ class Daemon:
             sink.publish(resolution.statuses)
         self.last_error = None
         self.loaded = True
+        self.metrics.name_ports(built.snapshot.ports.values())
         self.metrics.config_loaded(built.snapshot.generation, ok=True)
         self._report_serving(built, resolution, bind_failures)
 

@@ -109,7 +109,9 @@ class OneRoute:
         return []
 
 
-async def measure(requests: int, rounds: int) -> float:
+async def measure(
+    requests: int, rounds: int, with_metrics: bool = False, tracing: dict[str, Any] | None = None
+) -> float:
     be = CompiledBackend(name="be", endpoints=(EndpointAddress(address=LOCAL, port=9),))
     rule = CompiledRule(
         route_kind="HTTPRoute",
@@ -132,7 +134,14 @@ async def measure(requests: int, rounds: int) -> float:
     )
     holder = SnapshotHolder()
     holder.swap(Snapshot(generation=1, ports={(LOCAL, 1): port}))
-    proxy = Proxy(holder, ProxyOptions(access_log=None))
+    metrics = None
+    if with_metrics:
+        from prometheus_client import CollectorRegistry
+
+        from gatewayd.proxy.metrics import ProxyMetrics
+
+        metrics = ProxyMetrics(registry=CollectorRegistry())
+    proxy = Proxy(holder, ProxyOptions(access_log=None, **(tracing or {})), metrics)
     conn = HttpConnection(proxy, (LOCAL, 1), "bench")
     down = MemoryTransport()
     conn.connection_made(down)  # type: ignore[arg-type]
@@ -155,12 +164,34 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--requests", type=int, default=200, help="requests per round")
     ap.add_argument("--rounds", type=int, default=800, help="rounds (the minimum is kept)")
+    ap.add_argument(
+        "--metrics", action="store_true", help="count in a ProxyMetrics, as `gatewayd run` does"
+    )
+    ap.add_argument(
+        "--no-trace-context", action="store_true", help="as gatewayd run --no-trace-context"
+    )
+    ap.add_argument("--otlp", metavar="URL", help="export spans to URL (--otlp-endpoint)")
     args = ap.parse_args()
+    tracing: dict[str, Any] = {}
+    if args.no_trace_context:
+        tracing["trace_context"] = False
+    if args.otlp:
+        tracing["otlp_endpoint"] = args.otlp
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        us = runner.run(measure(args.requests, args.rounds))
+        us = runner.run(measure(args.requests, args.rounds, args.metrics, tracing))
+        if args.otlp:
+            # What the batch processor still holds is sent before the loop closes.
+            runner.run(asyncio.sleep(0))
     import gatewayd.proxy.server as server
 
-    print(f"{us:.2f} us per request (min over {args.rounds} rounds), {server.__file__}")
+    what = ", ".join(
+        [
+            "with metrics" if args.metrics else "no metrics",
+            *(["no trace context"] if args.no_trace_context else []),
+            *([f"spans to {args.otlp}"] if args.otlp else []),
+        ]
+    )
+    print(f"{us:.2f} us per request (min over {args.rounds} rounds, {what}), {server.__file__}")
 
 
 if __name__ == "__main__":

@@ -5,13 +5,18 @@ Text (Envoy's default format string)::
     [%START_TIME%] "%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%"
     %RESPONSE_CODE% %RESPONSE_FLAGS% %BYTES_RECEIVED% %BYTES_SENT% %DURATION%
     %RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)% "%REQ(X-FORWARDED-FOR)%" "%REQ(USER-AGENT)%"
-    "%REQ(X-REQUEST-ID)%" "%REQ(:AUTHORITY)%" "%UPSTREAM_HOST%"
+    "%REQ(X-REQUEST-ID)%" "%REQ(:AUTHORITY)%" "%UPSTREAM_HOST%" %TRACE_ID%
+
+then, when gatewayd sends W3C Trace Context (the default; ``--no-trace-context`` drops
+the field), one field of its own: the trace id sent upstream in ``traceparent`` (32
+hex digits; ``-`` when none was sent), so a log line leads to its trace and, with
+X-Request-Id, to the backend's own lines.
 
 JSON: one object per line with snake_case keys (start_time, method, path, protocol,
 response_code, response_flags, bytes_received, bytes_sent, duration,
 upstream_service_time, x_forwarded_for, user_agent, request_id, authority,
-upstream_host, route_name); numbers are JSON numbers (like Envoy's typed JSON),
-an unknown upstream service time is null.
+upstream_host, route_name, and trace_id with Trace Context); numbers are JSON
+numbers (like Envoy's typed JSON), an unknown upstream service time is null.
 
 L4 connections (TLS listener connections, node-local pass-through splices) get one line
 when the connection ends, as Envoy's tcp_proxy writes them: the default format with
@@ -64,12 +69,15 @@ class AccessLogger:
     request for more than about two seconds).
     """
 
-    __slots__ = ("_json_format", "_last_flush", "_sec", "_sec_text", "_stream")
+    __slots__ = ("_json_format", "_last_flush", "_sec", "_sec_text", "_stream", "_trace_ids")
 
-    def __init__(self, fmt: str, stream: TextIO | None = None) -> None:
+    def __init__(self, fmt: str, stream: TextIO | None = None, *, trace_ids: bool = False) -> None:
         if fmt not in ("text", "json"):
             raise ValueError(f"access log format must be 'text' or 'json', not {fmt!r}")
         self._json_format = fmt == "json"
+        # The trace id field (text: one more field at the end; JSON: "trace_id"), on
+        # every line when the proxy sends traceparent, so the columns never shift.
+        self._trace_ids = trace_ids
         self._stream = stream if stream is not None else sys.stdout
         self._last_flush = _monotonic()
         self._sec = -1
@@ -104,6 +112,7 @@ class AccessLogger:
         authority: str,
         upstream_host: str,
         route: str,
+        trace_id: str = "",
     ) -> None:
         """Log one request.  ``start_time``: wall clock (time.time()) at the first byte;
         ``path``: the original path (before any URLRewrite, like
@@ -122,7 +131,8 @@ class AccessLogger:
                 f'"duration":{int(duration_ms)},"upstream_service_time":{up},'
                 f'"x_forwarded_for":{_q(xff or "-")},"user_agent":{_q(user_agent or "-")},'
                 f'"request_id":{_q(request_id or "-")},"authority":{_q(authority or "-")},'
-                f'"upstream_host":{_q(upstream_host or "-")},"route_name":{_q(route or "-")}}}\n'
+                f'"upstream_host":{_q(upstream_host or "-")},"route_name":{_q(route or "-")}'
+                + (f',"trace_id":"{trace_id or "-"}"}}\n' if self._trace_ids else "}\n")
             )
         else:
             line = (
@@ -132,6 +142,8 @@ class AccessLogger:
                 f'"{xff or "-"}" "{user_agent or "-"}" "{request_id or "-"}" '
                 f'"{authority or "-"}" "{upstream_host or "-"}"'
             )
+            if self._trace_ids:
+                line += f" {trace_id or '-'}"
             if not line.isprintable():
                 line = line.translate(_ESCAPES)
             line += "\n"

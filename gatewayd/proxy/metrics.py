@@ -1,10 +1,14 @@
 """Prometheus metrics of the proxy, with the meaning of Envoy's HTTP statistics.
 
-Series (``gatewayd_`` prefix; Envoy stat in brackets):
+Series (``gatewayd_`` prefix; Envoy stat in brackets).  ``listener`` is the Gateway
+listener, "namespace/gateway/listener"; where no listener was chosen yet (connection
+series, requests no route matched) the listeners sharing the socket, comma-separated.
+``route`` is "namespace/name", ``rule`` the rule index:
 
-- ``downstream_rq_total{listener,code_class}`` (http.*.downstream_rq_2xx ...) and
-  ``downstream_rq_code_total{listener,code}`` (http.*.downstream_rq_<code>)
-- ``downstream_rq_duration_seconds{listener}`` histogram (downstream_rq_time)
+- ``downstream_rq_total{listener,route,rule,code}`` (http.*.downstream_rq_<code>)
+- ``downstream_rq_duration_seconds{listener,route,rule}`` histogram (downstream_rq_time),
+  buckets from 0.1 ms
+- ``downstream_rq_active`` (downstream_rq_active): routed, not yet answered
 - ``downstream_cx_total{listener}``, ``downstream_cx_active{listener}``
 - ``upstream_rq_total{backend,code}`` (cluster.*.upstream_rq_<code>)
 - ``route_upstream_rq_total{route,code}`` (vhost.*.route.*.upstream_rq_<code>)
@@ -18,9 +22,8 @@ Series (``gatewayd_`` prefix; Envoy stat in brackets):
   ``upstream_rq_retry_overflow_total{backend}`` (upstream_rq_retry_overflow): retries
   sent, and retries the retry budget refused
 - ``local_reply_total{reason}`` (see ``localreply`` for the reasons)
-- ``config_generation``, ``config_reload_total{result}`` (result: success | failure),
-  ``config_reload_failures_total`` (reloads whose new config was refused; the last good
-  snapshot kept serving)
+- ``config_generation``, ``config_reload_total{result}`` (result: success | failure, a
+  refused reload whose last good snapshot kept serving)
 - ``tls_handshake_error_total{listener,reason}`` (listener.*.ssl.connection_error,
   ssl.fail_verify_*): TLS handshakes that failed, by short reason
 - ``tls_route_cx_total{listener,result}`` (tcp.*.downstream_cx_total with
@@ -31,6 +34,12 @@ Series (``gatewayd_`` prefix; Envoy stat in brackets):
 - ``udp_flows_total{listener}``, ``udp_flows_active{listener}`` (udp.*.downstream_sess_*):
   UDPRoute client flows; ``udp_datagrams_total{listener,direction}`` (rx from clients,
   tx to them) and ``udp_dropped_total{listener,reason}`` (proxy/udp.py)
+- ``build_info{version,python}``; with workers, ``worker_process_*{worker}``
+  (``WorkerProcesses``)
+
+Renamed: ``downstream_rq_code_total`` became ``downstream_rq_total{code}`` (the old
+``downstream_rq_total{code_class}`` counted the same requests again), and
+``config_reload_failures_total`` went (``config_reload_total{result="failure"}``).
 
 The hot path only bumps plain ints in dicts (a few hundred ns per request); the
 prometheus families are built from them when the registry is scraped.  prometheus
@@ -42,10 +51,19 @@ from the event loop thread; a scrape from another thread only reads snapshots
 
 from __future__ import annotations
 
+import platform
 from bisect import bisect_left
-from collections.abc import Iterable, Iterator
+from collections.abc import Hashable, Iterable, Iterator
+from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING, TypeVar
 
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -54,8 +72,24 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-# Request durations from 0.5 ms to 60 s: proxy overhead to slow backends.
+from gatewayd.routing.snapshot.addresses import host_port
+
+if TYPE_CHECKING:
+    from gatewayd.routing.snapshot.compiled import ListenerPort
+
+K = TypeVar("K", bound=Hashable)
+
+try:
+    VERSION = version("gatewayd")
+except PackageNotFoundError:  # run from a source tree that was never installed
+    VERSION = "unknown"
+
+# Request durations from 0.1 ms to 60 s: a proxied small request on loopback takes
+# 0.1-0.5 ms, so three buckets below 1 ms tell the proxy's overhead apart; the rest
+# follow Prometheus' 1-2.5-5 steps up to slow backends.
 BUCKETS: tuple[float, ...] = (
+    0.0001,
+    0.00025,
     0.0005,
     0.001,
     0.0025,
@@ -73,7 +107,7 @@ BUCKETS: tuple[float, ...] = (
     30.0,
     60.0,
 )
-_LE = (*(repr(float(b)) for b in BUCKETS), "+Inf")  # le="0.0005" ... "60.0"
+_LE = (*(repr(float(b)) for b in BUCKETS), "+Inf")  # le="0.0001" ... "60.0"
 
 
 class _Histogram:
@@ -92,8 +126,32 @@ class _Histogram:
         return out
 
 
-def _code_class(status: int) -> str:
-    return f"{status // 100}xx"  # 0 (no response sent) -> "0xx"
+class _Requests(_Histogram):
+    """The requests of one (Gateway listener, route rule): counts by status code and
+    their durations.  Allocated on a key's first request and kept; a request then costs
+    a dict lookup, two list/dict increments and a float add."""
+
+    __slots__ = ("codes",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.codes: dict[int, int] = {}
+
+
+# A request's slot key: (Gateway namespace, Gateway name, listener name, route id).  The
+# listener name is "" for a request no route matched (the port's listeners are named at
+# scrape time) and the route id "" as well.
+RequestKey = tuple[str, str, str, str]
+
+
+def _joined(port: ListenerPort) -> str:
+    return ",".join(port.listener_names)
+
+
+def _route_labels(route_id: str) -> tuple[str, str]:
+    """("namespace/name", rule) of a route id "namespace/name/rule/N" (or ".../rule/<name>")."""
+    head, sep, rule = route_id.rpartition("/rule/")
+    return (head, rule) if sep else (route_id, "")
 
 
 class ProxyMetrics(Collector):
@@ -101,8 +159,8 @@ class ProxyMetrics(Collector):
     prometheus ``REGISTRY``)."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
-        self._ds_rq: dict[tuple[str, int], int] = {}
-        self._ds_time: dict[str, _Histogram] = {}
+        self._rq: dict[RequestKey, _Requests] = {}
+        self.rq_active = 0  # requests routed and not yet answered (all listeners)
         self._ds_cx: dict[str, int] = {}
         self._ds_cx_total: dict[str, int] = {}
         self._us_rq: dict[tuple[str, int], int] = {}
@@ -126,20 +184,39 @@ class ProxyMetrics(Collector):
         self._udp_drops: dict[tuple[str, str], int] = {}
         self._ejections: dict[str, int] = {}
         self._ejected: dict[str, int] = {}
+        # Connection-level series are counted under the socket's address (the hot path
+        # has it at hand) and named in Gateway API words at scrape time: address label
+        # -> "namespace/gateway/listener[,listener...]" (``name_ports``).
+        self._port_names: dict[str, str] = {}
         (registry if registry is not None else REGISTRY).register(self)
 
     # ------------------------------------------------------------------ hot path
 
-    def downstream_request(self, listener: str, status: int, duration_s: float) -> None:
-        """A request answered (or abandoned: status 0) on ``listener``."""
-        key = (listener, status)
-        rq = self._ds_rq
-        rq[key] = rq.get(key, 0) + 1
-        hist = self._ds_time.get(listener)
-        if hist is None:
-            hist = self._ds_time[listener] = _Histogram()
-        hist.counts[bisect_left(BUCKETS, duration_s)] += 1
-        hist.total += duration_s
+    def request(
+        self,
+        port: ListenerPort | None,
+        listener: str,
+        route_id: str,
+        status: int,
+        duration_s: float,
+    ) -> None:
+        """A request answered (or abandoned: status 0) on Gateway listener ``listener``
+        of ``port`` (``""``: no route matched), routed by ``route_id`` (``""``: none)."""
+        if port is None:
+            key: RequestKey = ("", "", listener, route_id)
+        elif not listener:
+            # No route matched, so no listener was chosen: the listeners sharing the
+            # port, comma-separated (only requests answered locally take this branch).
+            key = (port.gateway_namespace, port.gateway_name, _joined(port), route_id)
+        else:
+            key = (port.gateway_namespace, port.gateway_name, listener, route_id)
+        slot = self._rq.get(key)
+        if slot is None:
+            slot = self._rq[key] = _Requests()
+        codes = slot.codes
+        codes[status] = codes.get(status, 0) + 1
+        slot.counts[bisect_left(BUCKETS, duration_s)] += 1
+        slot.total += duration_s
 
     def upstream_request(self, backend: str, route: str, status: int, duration_s: float) -> None:
         """An upstream response (its status) received from ``backend`` for a request
@@ -247,20 +324,30 @@ class ProxyMetrics(Collector):
         d[key] = d.get(key, 0) + 1
 
     def copy_config(self, other: ProxyMetrics) -> None:
-        """Take ``other``'s generation and reload results (the supervisor's, when the
-        workers' counters are summed)."""
+        """Take ``other``'s generation, reload results and port names (the
+        supervisor's, when the workers' counters are summed)."""
         self._generation = other._generation
         self._reloads = dict(other._reloads)
+        self._port_names = dict(other._port_names)
 
     def config_loaded(self, generation: int, ok: bool) -> None:
         """After each configuration (re)load; ``generation`` is the serving one."""
         self._generation = generation
         self._reloads["success" if ok else "failure"] += 1
 
+    def name_ports(self, ports: Iterable[ListenerPort]) -> None:
+        """Name the sockets of a serving snapshot in Gateway API words, for the
+        connection-level series (counted under the socket's address).  A port that left
+        the configuration keeps its last name: its counters still exist."""
+        names = self._port_names
+        for lp in ports:
+            name = f"{lp.gateway_namespace}/{lp.gateway_name}/{_joined(lp)}"
+            names[host_port(lp.address, lp.port)] = name
+            names[f"{lp.address}:{lp.port}"] = name  # PortTLS's label
+
     # ------------------------------------------------------------------ workers
 
     _SUMMED = (
-        "_ds_rq",
         "_ds_cx",
         "_ds_cx_total",
         "_us_rq",
@@ -286,29 +373,43 @@ class ProxyMetrics(Collector):
     def export(self) -> dict[str, object]:
         """Plain copies of the counters (picklable), for a supervisor to sum."""
         out: dict[str, object] = {name: dict(getattr(self, name)) for name in self._SUMMED}
-        out["_ds_time"] = {k: (list(h.counts), h.total) for k, h in self._ds_time.items()}
-        out["_us_time"] = {k: (list(h.counts), h.total) for k, h in self._us_time.items()}
+        out["_rq"] = {
+            k: (dict(r.codes), list(r.counts), r.total) for k, r in list(self._rq.items())
+        }
+        out["_us_time"] = {k: (list(h.counts), h.total) for k, h in list(self._us_time.items())}
+        out["rq_active"] = self.rq_active
         return out
 
     def absorb(self, exported: dict[str, object]) -> None:
         """Add another process's ``export()`` into these counters (gauges sum too:
-        open connections of all workers)."""
+        open connections and requests in flight of all workers)."""
         for name in self._SUMMED:
             mine: dict[object, int] = getattr(self, name)
             theirs = exported.get(name)
             if isinstance(theirs, dict):
                 for key, n in theirs.items():
                     mine[key] = mine.get(key, 0) + n
-        for name in ("_ds_time", "_us_time"):
-            hists: dict[str, _Histogram] = getattr(self, name)
-            theirs = exported.get(name)
-            if isinstance(theirs, dict):
-                for key, (counts, total) in theirs.items():
-                    hist = hists.get(key)
-                    if hist is None:
-                        hist = hists[key] = _Histogram()
-                    hist.counts = [a + b for a, b in zip(hist.counts, counts, strict=True)]
-                    hist.total += total
+        rq = exported.get("_rq")
+        if isinstance(rq, dict):
+            for key, (codes, counts, total) in rq.items():
+                slot = self._rq.get(key)
+                if slot is None:
+                    slot = self._rq[key] = _Requests()
+                for code, n in codes.items():
+                    slot.codes[code] = slot.codes.get(code, 0) + n
+                slot.counts = [a + b for a, b in zip(slot.counts, counts, strict=True)]
+                slot.total += total
+        us_time = exported.get("_us_time")
+        if isinstance(us_time, dict):
+            for key, (counts, total) in us_time.items():
+                hist = self._us_time.get(key)
+                if hist is None:
+                    hist = self._us_time[key] = _Histogram()
+                hist.counts = [a + b for a, b in zip(hist.counts, counts, strict=True)]
+                hist.total += total
+        active = exported.get("rq_active")
+        if isinstance(active, int):
+            self.rq_active += active
 
     # ------------------------------------------------------------------ collection
 
@@ -319,44 +420,47 @@ class ProxyMetrics(Collector):
     def collect(self) -> Iterable[Metric]:
         return list(self._families())
 
+    def _port(self, label: str) -> str:
+        return self._port_names.get(label, label)
+
     def _families(self) -> Iterator[Metric]:
-        ds_rq = list(self._ds_rq.items())
-        by_class: dict[tuple[str, str], int] = {}
+        yield _build_info()
         by_code = CounterMetricFamily(
-            "gatewayd_downstream_rq_code",
-            "Downstream requests by response status code.",
-            labels=("listener", "code"),
-        )
-        for (listener, status), n in sorted(ds_rq):
-            by_code.add_metric((listener, str(status)), n)
-            cls_key = (listener, _code_class(status))
-            by_class[cls_key] = by_class.get(cls_key, 0) + n
-        ds_class = CounterMetricFamily(
             "gatewayd_downstream_rq",
-            "Downstream requests by response status class.",
-            labels=("listener", "code_class"),
+            "Downstream requests by Gateway listener, route rule and response status code "
+            "(0: no response was sent).",
+            labels=("listener", "route", "rule", "code"),
         )
-        for (listener, code_class), n in sorted(by_class.items()):
-            ds_class.add_metric((listener, code_class), n)
-        yield ds_class
-        yield by_code
-        yield _histogram(
+        durations = HistogramMetricFamily(
             "gatewayd_downstream_rq_duration_seconds",
             "Time from the first byte of a request to the last byte of its response.",
-            "listener",
-            self._ds_time,
+            labels=("listener", "route", "rule"),
         )
+        for (ns, gateway, listener, route_id), slot in sorted(list(self._rq.items())):
+            name = f"{ns}/{gateway}/{listener}" if ns or gateway else listener
+            route, rule = _route_labels(route_id)
+            for code, n in sorted(list(slot.codes.items())):
+                by_code.add_metric((name, route, rule, str(code)), n)
+            durations.add_metric((name, route, rule), slot.cumulative(), slot.total)
+        yield by_code
+        yield durations
+        yield GaugeMetricFamily(
+            "gatewayd_downstream_rq_active",
+            "Requests being served: routed and not yet answered (WebSocket tunnels included).",
+            value=self.rq_active,
+        )
+        port = self._port
         yield _gauge(
             "gatewayd_downstream_cx_active",
-            "Open downstream connections.",
+            "Open downstream connections, by the Gateway listeners of their socket.",
             "listener",
-            self._ds_cx,
+            _summed((port(k), v) for k, v in list(self._ds_cx.items())),
         )
         yield _counter(
             "gatewayd_downstream_cx",
-            "Accepted downstream connections.",
+            "Accepted downstream connections, by the Gateway listeners of their socket.",
             ("listener",),
-            {(k,): v for k, v in list(self._ds_cx_total.items())},
+            _summed(((port(k),), v) for k, v in list(self._ds_cx_total.items())),
         )
         yield _counter(
             "gatewayd_upstream_rq",
@@ -438,28 +542,23 @@ class ProxyMetrics(Collector):
         )
         yield _counter(
             "gatewayd_config_reload",
-            "Configuration loads by result.",
+            "Configuration loads by result (failure: the new configuration was refused "
+            "and the last good snapshot kept serving).",
             ("result",),
             {(k,): v for k, v in list(self._reloads.items())},
         )
         yield _counter(
-            "gatewayd_config_reload_failures",
-            "Reloads refused because the new configuration had errors; the last good "
-            "snapshot kept serving.",
-            (),
-            {(): self._reloads["failure"]},
-        )
-        yield _counter(
             "gatewayd_tls_handshake_error",
-            "Failed downstream TLS handshakes, by listener and reason.",
+            "Failed downstream TLS handshakes, by the Gateway listeners of the socket and reason.",
             ("listener", "reason"),
-            {k: v for k, v in list(self._tls_err.items())},
+            _summed(((port(k[0]), k[1]), v) for k, v in list(self._tls_err.items())),
         )
         yield _counter(
             "gatewayd_tls_route_cx",
-            "Connections of TLS listeners (TLSRoute), by listener and outcome.",
+            "Connections of TLS listeners (TLSRoute), by the Gateway listeners of the "
+            "socket and outcome.",
             ("listener", "result"),
-            {k: v for k, v in list(self._tls_cx.items())},
+            _summed(((port(k[0]), k[1]), v) for k, v in list(self._tls_cx.items())),
         )
         yield _counter(
             "gatewayd_proxy_protocol_refused",
@@ -500,6 +599,41 @@ class ProxyMetrics(Collector):
         )
 
 
+class WorkerProcesses(Collector):
+    """prometheus-client's process collector read for each worker process
+    (``/proc/<pid>``), as ``gatewayd_worker_process_*{worker="N"}``: with ``--workers``
+    the supervisor's own ``process_*`` say nothing of where the requests are served."""
+
+    def __init__(self, pids: list[int]) -> None:
+        self._pids = pids
+
+    def collect(self) -> Iterable[Metric]:
+        merged: dict[str, Metric] = {}
+        for index, pid in enumerate(self._pids):
+            reader = ProcessCollector(
+                namespace="gatewayd_worker", pid=lambda p=pid: p, registry=None
+            )
+            for family in reader.collect():
+                out = merged.get(family.name)
+                if out is None:
+                    out = merged[family.name] = Metric(
+                        family.name, family.documentation, family.type
+                    )
+                for sample in family.samples:
+                    out.add_sample(sample.name, {"worker": str(index)}, sample.value)
+        return list(merged.values())
+
+
+def _build_info() -> GaugeMetricFamily:
+    family = GaugeMetricFamily(
+        "gatewayd_build_info",
+        "Always 1: the running gatewayd's version and Python.",
+        labels=("version", "python"),
+    )
+    family.add_metric((VERSION, platform.python_version()), 1)
+    return family
+
+
 def _counter(
     name: str, doc: str, labels: tuple[str, ...], values: dict[tuple[str, ...], int]
 ) -> CounterMetricFamily:
@@ -507,6 +641,15 @@ def _counter(
     for key, n in sorted(values.items()):
         family.add_metric(key, n)
     return family
+
+
+def _summed(values: Iterable[tuple[K, int]]) -> dict[K, int]:
+    """Counts by key, summed: two sockets (a Gateway's IPv4 and IPv6 addresses) can
+    carry the same listener names."""
+    out: dict[K, int] = {}
+    for k, v in values:
+        out[k] = out.get(k, 0) + v
+    return out
 
 
 def _gauge(name: str, doc: str, label: str, values: dict[str, int]) -> GaugeMetricFamily:

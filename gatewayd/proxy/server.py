@@ -42,12 +42,14 @@ from gatewayd.proxy.snapshot import SnapshotHolder
 from gatewayd.proxy.splice import Splice, close_idle
 from gatewayd.proxy.tcproute import TCP_PROTOCOL, TCPRouteListener
 from gatewayd.proxy.tlsroute import TLS_PROTOCOL, TLSRouteListener
+from gatewayd.proxy.tracecontext import NOT_SAMPLED, SAMPLED
 from gatewayd.routing.snapshot.addresses import host_port
 from gatewayd.routing.snapshot.compiled import ListenerPort, Snapshot
 from gatewayd.tls.terminate import PortTLS
 
 if TYPE_CHECKING:
     from gatewayd.proxy.metrics import ProxyMetrics
+    from gatewayd.proxy.spans import SpanExport
 
 log = logging.getLogger("gatewayd.proxy.server")
 
@@ -106,6 +108,13 @@ class ProxyOptions:
     # Envoy's defaults, 20 % of the active requests of a backend, at least 3.
     retry_budget_percent: float = 20.0
     retry_budget_min: int = 3
+    # W3C Trace Context to the backends (traceparent/tracestate; --no-trace-context
+    # forwards both as received) and OTLP/HTTP span export (--otlp-endpoint; None: off).
+    trace_context: bool = True
+    otlp_endpoint: str | None = None
+    # The share of the traces gatewayd starts that are sampled (exported) when spans
+    # are exported (--trace-sample-ratio); a caller's sampled flag is always followed.
+    trace_sample: float = 1.0
 
 
 def _is_https(lp: ListenerPort) -> bool:
@@ -150,9 +159,22 @@ class Proxy:
         self.options = options
         self.metrics = metrics
         self.access: AccessLogger | None = (
-            AccessLogger(options.access_log) if options.access_log else None
+            AccessLogger(options.access_log, trace_ids=options.trace_context)
+            if options.access_log
+            else None
         )
         self.sessions = SessionCodec(options.session_secret)
+        # One span per request over OTLP when asked for (proxy/spans.py; the SDK is
+        # imported only then); the flags of the traces this proxy starts: sampled when
+        # it records spans.  None: traceparent and tracestate pass as received.
+        self.spans: SpanExport | None = None
+        self.trace_flags: bytes | None = None
+        if options.otlp_endpoint:
+            from gatewayd.proxy.spans import SpanExport
+
+            self.spans = SpanExport(options.otlp_endpoint)
+        if options.trace_context:
+            self.trace_flags = SAMPLED if self.spans is not None else NOT_SAMPLED
         self.pool = UpstreamPool(
             connect_timeout=options.upstream_connect_timeout,
             # Response heads get the request heads' limits, as Envoy's defaults do.
@@ -430,6 +452,10 @@ class Proxy:
             self._sweeper = None
         if self.access is not None:
             self.access.flush()
+        if self.spans is not None:
+            # The last batch is sent (or times out) in a thread, not on the loop.
+            await asyncio.get_running_loop().run_in_executor(None, self.spans.shutdown)
+            self.spans = None
         await asyncio.sleep(0)
 
     def connection_gone(self) -> None:

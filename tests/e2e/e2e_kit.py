@@ -865,6 +865,16 @@ class Gatewayd:
         assert code == 200, f"/stats/prometheus answered {code}: {body}"
         return body
 
+    def listener_label(self, port: int) -> str:
+        """The ``listener`` label of the connection series of the socket on ``port``:
+        "namespace/gateway/listener[,listener...]", the Gateway listeners sharing it."""
+        code, body = self.admin_get("/config_dump")
+        assert code == 200, f"/config_dump answered {code}: {body}"
+        for lp in json.loads(body)["listeners"]:
+            if lp["port"] == port:
+                return f"{lp['gateway']}/{','.join(lp['listeners'])}"
+        raise AssertionError(f"no listener port {port} in /config_dump")
+
     # -- memory ----------------------------------------------------------------------
     def memory_kb(self) -> tuple[int, int]:
         """(VmRSS, VmHWM) in kB summed over the daemon and its descendants."""

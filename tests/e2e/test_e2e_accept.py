@@ -216,7 +216,7 @@ def test_failed_tls_handshakes_are_still_counted_and_quiet_with_workers(  # type
     ):
         tls.sendall(b"GET /still HTTP/1.1\r\nHost: spread.test\r\n\r\n")
         assert read_response_head(tls)[0].startswith(b"HTTP/1.1 200 ")
-    label = f"{LOCALHOST}:{port}"
+    label = daemon.listener_label(port)
     errors: dict[str, float] = {}
     for _ in deadline_loop(10.0, 0.1):
         samples = prometheus_samples(daemon.metrics(), "gatewayd_tls_handshake_error_total")

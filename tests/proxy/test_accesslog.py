@@ -257,3 +257,26 @@ def test_host_port_brackets_ipv6() -> None:
     assert accesslog.sockaddr_text(("10.0.0.1", 443)) == "10.0.0.1:443"
     assert accesslog.sockaddr_text(("::1", 443, 0, 0)) == "[::1]:443"
     assert accesslog.sockaddr_text(None) == ""
+
+
+def test_trace_id_field_with_trace_context() -> None:
+    trace = "0af7651916cd43dd8448eb211c80319c"
+    out = io.StringIO()
+    logger = AccessLogger("text", out, trace_ids=True)
+    logger.log(**entry(trace_id=trace))
+    logger.log(**entry())  # none sent (a request answered before routing): "-"
+    first, second = out.getvalue().splitlines()
+    assert first.endswith(f'"10.0.2.1:80" {trace}')
+    assert second.endswith('"10.0.2.1:80" -')
+    out = io.StringIO()
+    logger = AccessLogger("json", out, trace_ids=True)
+    logger.log(**entry(trace_id=trace))
+    logger.log(**entry())
+    first_doc, second_doc = (json.loads(line) for line in out.getvalue().splitlines())
+    assert first_doc["trace_id"] == trace and second_doc["trace_id"] == "-"
+
+
+def test_no_trace_id_field_without_trace_context() -> None:
+    out = io.StringIO()
+    AccessLogger("json", out).log(**entry(trace_id="0af7651916cd43dd8448eb211c80319c"))
+    assert "trace_id" not in json.loads(out.getvalue())

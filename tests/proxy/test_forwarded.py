@@ -430,7 +430,7 @@ def test_forward_request_headers_is_strip_then_add(
     if expect:
         two = [h for h in two if h[0] != b"expect"]
     rid_two = forward(two, hops=hops, preserve=preserve, cert=cert)
-    one, rid_one = forward_request_headers(
+    one, rid_one, tp, parent = forward_request_headers(
         headers,
         peer_ip="192.0.2.5",
         scheme=b"http",
@@ -446,6 +446,7 @@ def test_forward_request_headers_is_strip_then_add(
     if preserve and rid_two == rid_one:
         assert rid_one in {v for _, v in received}
     assert len(rid_one) == 36 or rid_one in {v for _, v in received}
+    assert tp is None and parent == b""  # trace_flags None: no Trace Context work
 
 
 def test_new_request_id_is_a_version_4_uuid() -> None:

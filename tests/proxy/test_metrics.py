@@ -1,10 +1,17 @@
 from __future__ import annotations
 
+import os
+import pickle
+import platform
+from importlib.metadata import version
+
 import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from gatewayd.proxy.metrics import ProxyMetrics, render
+from gatewayd.proxy.metrics import ProxyMetrics, WorkerProcesses, render
+from gatewayd.routing.snapshot.compiled import ListenerPort
+from gatewayd.routing.snapshot.table import HTTPRouteTable
 
 
 def samples(registry: CollectorRegistry) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -22,37 +29,141 @@ def reg() -> CollectorRegistry:
     return CollectorRegistry()
 
 
-def test_downstream_requests_by_class_and_code(reg: CollectorRegistry) -> None:
+def port(*names: str, address: str = "127.0.0.1", number: int = 8080) -> ListenerPort:
+    return ListenerPort(
+        address=address,
+        port=number,
+        protocol="HTTP",
+        gateway_namespace="infra",
+        gateway_name="gw",
+        listener_names=names,
+        table=HTTPRouteTable([]),
+    )
+
+
+def test_downstream_requests_by_listener_route_rule_and_code(reg: CollectorRegistry) -> None:
     m = ProxyMetrics(reg)
-    m.downstream_request("gw/http", 200, 0.002)
-    m.downstream_request("gw/http", 204, 0.004)
-    m.downstream_request("gw/http", 503, 0.3)
-    m.downstream_request("gw/other", 404, 0.0001)
+    p = port("http", "admin")
+    m.request(p, "http", "apps/web/rule/0", 200, 0.002)
+    m.request(p, "http", "apps/web/rule/0", 200, 0.003)
+    m.request(p, "http", "apps/web/rule/1", 503, 0.3)
+    m.request(p, "admin", "apps/ops/rule/login", 204, 0.0001)
+    m.request(p, "", "", 404, 0.00005)  # no route matched: the port's listeners
     got = samples(reg)
     rq = "gatewayd_downstream_rq_total"
-    assert got[(rq, (("code_class", "2xx"), ("listener", "gw/http")))] == 2
-    assert got[(rq, (("code_class", "5xx"), ("listener", "gw/http")))] == 1
-    assert got[(rq, (("code_class", "4xx"), ("listener", "gw/other")))] == 1
-    code = "gatewayd_downstream_rq_code_total"
-    assert got[(code, (("code", "204"), ("listener", "gw/http")))] == 1
-    assert got[(code, (("code", "503"), ("listener", "gw/http")))] == 1
+
+    def key(
+        listener: str, route: str, rule: str, code: str
+    ) -> tuple[str, tuple[tuple[str, str], ...]]:
+        labels = {"listener": listener, "route": route, "rule": rule, "code": code}
+        return (rq, tuple(sorted(labels.items())))
+
+    assert got[key("infra/gw/http", "apps/web", "0", "200")] == 2
+    assert got[key("infra/gw/http", "apps/web", "1", "503")] == 1
+    assert got[key("infra/gw/admin", "apps/ops", "login", "204")] == 1
+    assert got[key("infra/gw/http,admin", "", "", "404")] == 1
+    assert sum(v for (name, _), v in got.items() if name == rq) == 5
+    # The two series that counted the same requests twice are gone.
+    assert not any(name.startswith("gatewayd_downstream_rq_code") for name, _ in got)
+    assert not any("code_class" in dict(labels) for _, labels in got)
 
 
-def test_downstream_duration_histogram(reg: CollectorRegistry) -> None:
+def test_downstream_duration_histogram_has_sub_millisecond_buckets(reg: CollectorRegistry) -> None:
     m = ProxyMetrics(reg)
-    for d in (0.0004, 0.002, 0.002, 0.3, 100.0):
-        m.downstream_request("l", 200, d)
+    p = port("l")
+    for d in (0.00008, 0.0002, 0.0004, 0.002, 0.002, 0.3, 100.0):
+        m.request(p, "l", "ns/r/rule/0", 200, d)
     got = samples(reg)
     h = "gatewayd_downstream_rq_duration_seconds"
-    lab = ("listener", "l")
-    assert got[(h + "_bucket", (("le", "0.0005"), lab))] == 1
-    assert got[(h + "_bucket", (("le", "0.0025"), lab))] == 3
-    assert got[(h + "_bucket", (("le", "0.25"), lab))] == 3
-    assert got[(h + "_bucket", (("le", "0.5"), lab))] == 4
-    assert got[(h + "_bucket", (("le", "60.0"), lab))] == 4
-    assert got[(h + "_bucket", (("le", "+Inf"), lab))] == 5
-    assert got[(h + "_count", (lab,))] == 5
-    assert got[(h + "_sum", (lab,))] == pytest.approx(100.3044)
+    labs = (("listener", "infra/gw/l"), ("route", "ns/r"), ("rule", "0"))
+
+    def bucket(le: str) -> float:
+        return got[(h + "_bucket", tuple(sorted((("le", le), *labs))))]
+
+    assert bucket("0.0001") == 1
+    assert bucket("0.00025") == 2
+    assert bucket("0.0005") == 3
+    assert bucket("0.001") == 3
+    assert bucket("0.0025") == 5
+    assert bucket("0.25") == 5
+    assert bucket("0.5") == 6
+    assert bucket("60.0") == 6
+    assert bucket("+Inf") == 7
+    assert got[(h + "_count", labs)] == 7
+    assert got[(h + "_sum", labs)] == pytest.approx(100.30468)
+
+
+def test_requests_in_flight_and_build_info(reg: CollectorRegistry) -> None:
+    m = ProxyMetrics(reg)
+    m.rq_active += 3
+    m.rq_active -= 1
+    got = samples(reg)
+    assert got[("gatewayd_downstream_rq_active", ())] == 2
+    info = [labels for name, labels in got if name == "gatewayd_build_info"]
+    assert len(info) == 1
+    labels = dict(info[0])
+    assert labels["version"] == version("gatewayd")
+    assert labels["python"] == platform.python_version()
+    assert got[("gatewayd_build_info", info[0])] == 1
+
+
+def test_connection_series_are_named_by_gateway_listeners(reg: CollectorRegistry) -> None:
+    m = ProxyMetrics(reg)
+    m.downstream_cx("127.0.0.1:8080", 1)
+    m.downstream_cx("[::1]:8080", 1)
+    m.downstream_cx("127.0.0.1:9090", 1)
+    m.tls_handshake_error("127.0.0.1:8080", "no_sni")
+    m.name_ports([port("http", "https"), port("http", "https", address="::1")])
+    got = samples(reg)
+    # One Gateway's IPv4 and IPv6 sockets carry the same listeners: one summed series.
+    assert got[("gatewayd_downstream_cx_active", (("listener", "infra/gw/http,https"),))] == 2
+    assert got[("gatewayd_downstream_cx_total", (("listener", "infra/gw/http,https"),))] == 2
+    # A socket no snapshot named keeps its address.
+    assert got[("gatewayd_downstream_cx_active", (("listener", "127.0.0.1:9090"),))] == 1
+    err = (("listener", "infra/gw/http,https"), ("reason", "no_sni"))
+    assert got[("gatewayd_tls_handshake_error_total", err)] == 1
+
+
+def test_workers_exports_sum_in_the_supervisor(reg: CollectorRegistry) -> None:
+    workers = [ProxyMetrics(CollectorRegistry()) for _ in range(2)]
+    p = port("http")
+    for i, w in enumerate(workers):
+        w.request(p, "http", "ns/r/rule/0", 200, 0.0002 * (i + 1))
+        w.request(p, "http", "ns/r/rule/0", 502, 0.01)
+        w.rq_active += i + 1
+        w.downstream_cx("127.0.0.1:8080", 1)
+        w.upstream_request("ns/svc:80", "ns/r/rule/0", 200, 0.001)
+    supervisor = ProxyMetrics(CollectorRegistry())
+    supervisor.name_ports([p])
+    supervisor.config_loaded(7, ok=True)
+    total = ProxyMetrics(reg)
+    total.copy_config(supervisor)
+    for w in workers:
+        # What crosses the pipe from a worker is pickled.
+        total.absorb(pickle.loads(pickle.dumps(w.export())))
+    got = samples(reg)
+    labs = (("listener", "infra/gw/http"), ("route", "ns/r"), ("rule", "0"))
+    assert got[("gatewayd_downstream_rq_total", tuple(sorted((*labs, ("code", "200")))))] == 2
+    assert got[("gatewayd_downstream_rq_total", tuple(sorted((*labs, ("code", "502")))))] == 2
+    h = "gatewayd_downstream_rq_duration_seconds"
+    assert got[(h + "_bucket", tuple(sorted((("le", "0.00025"), *labs))))] == 1
+    assert got[(h + "_bucket", tuple(sorted((("le", "0.0005"), *labs))))] == 2
+    assert got[(h + "_count", labs)] == 4
+    assert got[("gatewayd_downstream_rq_active", ())] == 3
+    assert got[("gatewayd_downstream_cx_active", (("listener", "infra/gw/http"),))] == 2
+    assert got[("gatewayd_config_generation", ())] == 7
+    b = ("backend", "ns/svc:80")
+    assert got[("gatewayd_upstream_rq_total", (b, ("code", "200")))] == 2
+
+
+def test_worker_process_series_read_each_pid(reg: CollectorRegistry) -> None:
+    me = os.getpid()
+    reg.register(WorkerProcesses([me, me]))
+    got = samples(reg)
+    for worker in ("0", "1"):
+        rss = got[("gatewayd_worker_process_resident_memory_bytes", (("worker", worker),))]
+        assert rss > 1_000_000
+        assert got[("gatewayd_worker_process_cpu_seconds_total", (("worker", worker),))] > 0
 
 
 def test_upstream_series(reg: CollectorRegistry) -> None:
@@ -97,6 +208,8 @@ def test_connections_local_replies_and_config(reg: CollectorRegistry) -> None:
     assert got[("gatewayd_config_generation", ())] == 4
     assert got[("gatewayd_config_reload_total", (("result", "success"),))] == 2
     assert got[("gatewayd_config_reload_total", (("result", "failure"),))] == 1
+    # config_reload_failures_total counted the same as result="failure": removed.
+    assert not any(name.startswith("gatewayd_config_reload_failures") for name, _ in got)
 
 
 def test_fresh_metrics_render_help_and_zero_values(reg: CollectorRegistry) -> None:

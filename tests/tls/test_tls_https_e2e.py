@@ -155,7 +155,7 @@ def refused(port: int, sni: str | None, ctx: ssl.SSLContext) -> BaseException:
 
 def handshake_errors(daemon: Gatewayd, port: int) -> dict[str, float]:
     samples = prometheus_samples(daemon.metrics(), "gatewayd_tls_handshake_error_total")
-    label = f"{LOCALHOST}:{port}"
+    label = daemon.listener_label(port)
     return {s["reason"]: v for s, v in samples if s.get("listener") == label}
 
 

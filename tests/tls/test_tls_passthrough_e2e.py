@@ -325,8 +325,8 @@ def test_metrics_count_tls_listener_connections(env: Env) -> None:
         labels["listener"]: value
         for labels, value in prometheus_samples(text, "gatewayd_downstream_cx_total")
     }
-    assert accepted.get(f"{LOCALHOST}:{env.pass_port}", 0) >= 1
-    assert accepted.get(f"{LOCALHOST}:{env.term_port}", 0) >= 1
+    assert accepted.get(env.daemon.listener_label(env.pass_port), 0) >= 1
+    assert accepted.get(env.daemon.listener_label(env.term_port), 0) >= 1
 
 
 def test_status_reports_tls_routes_accepted(env: Env) -> None:

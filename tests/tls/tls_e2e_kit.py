@@ -361,5 +361,5 @@ def listening_inodes(port: int) -> set[str]:
 def tls_route_results(daemon: Gatewayd, port: int) -> dict[str, float]:
     """``gatewayd_tls_route_cx_total`` of the listener port, by result."""
     samples = prometheus_samples(daemon.metrics(), "gatewayd_tls_route_cx_total")
-    label = f"{LOCALHOST}:{port}"
+    label = daemon.listener_label(port)
     return {s["result"]: v for s, v in samples if s.get("listener") == label}

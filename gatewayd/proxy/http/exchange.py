@@ -259,6 +259,7 @@ class Exchange:
         "head",
         "headers",
         "host",
+        "listener",
         "method",
         "mirror_head",
         "mirrors",
@@ -288,6 +289,8 @@ class Exchange:
         "stream",
         "timer_total",
         "timer_try",
+        "trace_parent",
+        "traceparent",
         "try_start",
         "upgrade",
         "upstream",
@@ -340,6 +343,9 @@ class Exchange:
         self.mirrors: list[CompiledBackend] | None = None
         self.mirror_head: RequestHead | None = None
         self.request_id: bytes | None = None
+        self.listener = ""  # the Gateway listener the route was found through
+        self.traceparent: bytes | None = None  # sent upstream (W3C Trace Context)
+        self.trace_parent = b""  # the incoming traceparent's parent id, if valid
         self.response_started = False
         self.response_done = False
         self.status = 0
@@ -417,6 +423,8 @@ class Exchange:
         conn = self.conn
         proxy = conn.proxy
         self.start = conn.loop.time()
+        if proxy.metrics is not None:
+            proxy.metrics.rq_active += 1  # _record takes it back
         snapshot = proxy.holder.current
         port_for = conn.port_for
         lp = port_for(snapshot) if port_for is not None else snapshot.ports.get(conn.key)
@@ -501,6 +509,7 @@ class Exchange:
             return
         rule = hit.rule
         self.rule = rule
+        self.listener = hit.listener_name
 
         cors = rule.cors
         if cors is not None and self.method == b"OPTIONS":
@@ -538,7 +547,7 @@ class Exchange:
         # Keep-Alive, TE, Transfer-Encoding, Upgrade, ...) are not forwarded; the
         # forwarding headers are set in the same walk over the fields.
         options = proxy.options
-        fwd, self.request_id = forward_request_headers(
+        fwd, self.request_id, self.traceparent, self.trace_parent = forward_request_headers(
             headers,
             peer_ip=conn.peer_ip,
             scheme=conn.scheme,
@@ -547,6 +556,8 @@ class Exchange:
             client_cert=conn.client_cert,
             # ``Expect: 100-continue`` is answered here (send_continue), never forwarded.
             drop=HOP_BY_HOP_AND_EXPECT if head.expect_continue else HOP_BY_HOP,
+            trace_flags=proxy.trace_flags,
+            trace_sample=options.trace_sample,
         )
         if rule.request_headers is not None:
             apply_header_ops(fwd, rule.request_headers)
@@ -1423,12 +1434,24 @@ class Exchange:
         metrics = proxy.metrics
         if access is None and metrics is None:
             return
-        duration = self.conn.loop.time() - self.start if self.start else 0.0
+        start = self.start
+        duration = self.conn.loop.time() - start if start else 0.0
+        rule = self.rule
         if metrics is not None:
-            metrics.downstream_request(self.conn.label, self.status, duration)
+            if start:
+                metrics.rq_active -= 1
+            metrics.request(
+                self.port,
+                self.listener,
+                rule.route_id if rule is not None else "",
+                self.status,
+                duration,
+            )
+        tp = self.traceparent
+        if tp is not None and proxy.spans is not None:
+            proxy.spans.export(self, duration)
         if access is not None:
             ep = self.endpoint
-            rule = self.rule
             headers = self.headers
             # X-Forwarded-For as forwarded (Envoy logs the header after appending the
             # client address to it): the incoming list, then the client.
@@ -1458,6 +1481,7 @@ class Exchange:
                 authority=head.authority.decode("latin-1") if head.authority else "",
                 upstream_host=host_port(ep.address, ep.port) if ep is not None else "",
                 route=rule.route_id if rule is not None else "",
+                trace_id=tp[3:35].decode("ascii") if tp is not None else "",
             )
 
     # ------------------------------------------------------------------ mirrors

@@ -814,7 +814,7 @@ class HttpConnection(asyncio.Protocol):
         proxy = self.proxy
         if proxy.metrics is not None:
             proxy.metrics.local_reply(kind.reason)
-            proxy.metrics.downstream_request(self.label, status, 0.0)
+            proxy.metrics.request(proxy.holder.current.ports.get(self.key), "", "", status, 0.0)
         if proxy.access is not None:
             # The request could not be parsed: log what there is (Envoy does the same
             # with flag DPE).
