@@ -52,7 +52,12 @@ from gatewayd.proxy.http.h2_limits import (
     H2Limits,
     Violation,
 )
-from gatewayd.proxy.http.h2_server import BoundedH2Connection, Transport, clamp_encoder_table
+from gatewayd.proxy.http.h2_server import (
+    BoundedH2Connection,
+    Transport,
+    clamp_encoder_table,
+    h2_config,
+)
 
 log = logging.getLogger("gatewayd.h2")
 
@@ -185,8 +190,7 @@ class H2ClientConnection:
         self.clock = clock
         self.scheme = scheme
         self.limits = limits
-        config = h2.config.H2Configuration(client_side=True, header_encoding=None)
-        self.h2 = BoundedH2Connection(config=config)
+        self.h2 = BoundedH2Connection(config=h2_config(client_side=True))
         self.h2.local_settings = h2.settings.Settings(
             client=True,
             initial_values={

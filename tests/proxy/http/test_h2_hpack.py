@@ -1,0 +1,168 @@
+"""The caching HPACK coders agree with the plain ``hpack`` ones, call for call, whatever
+the table does between calls; their caches stay bounded; limits hold on cached paths."""
+
+from __future__ import annotations
+
+import hpack
+import pytest
+from h2_kit import ServerRig, responses
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gatewayd.proxy.http.codec import ResponseHead
+from gatewayd.proxy.http.h2_fields import to_h2_fields
+from gatewayd.proxy.http.h2_hpack import (
+    CACHE_ENTRIES,
+    CACHE_MAX_BLOCK,
+    CachingDecoder,
+    CachingEncoder,
+)
+
+# A few names and values so that lists repeat, hit the table, and evict (big values).
+_names = st.sampled_from([b"x-a", b"x-b", b"content-type", b"date", b"cookie"])
+_values = st.one_of(
+    st.sampled_from([b"1", b"22", b"text/plain", b"v" * 300]),
+    st.binary(min_size=0, max_size=40).map(lambda b: b.hex().encode()),
+)
+_field = st.tuples(_names, _values)
+_lists = st.lists(st.lists(_field, min_size=1, max_size=6), min_size=1, max_size=8)
+# A session: header lists, each used 1-3 times in a row (repeats are what the cache
+# serves), with table-size changes sprinkled in.
+_session = st.lists(
+    st.tuples(st.integers(0, 7), st.integers(1, 3), st.sampled_from([None, 0, 256, 4096])),
+    min_size=1,
+    max_size=25,
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(lists=_lists, session=_session)
+def test_encoder_gives_the_plain_encoders_bytes(lists, session) -> None:  # type: ignore[no-untyped-def]
+    plain, cached = hpack.Encoder(), CachingEncoder()
+    reader = hpack.Decoder()
+    for index, times, resize in session:
+        if resize is not None:
+            plain.header_table_size = resize
+            cached.header_table_size = resize
+        fields = lists[index % len(lists)]
+        for _ in range(times):
+            block = cached.encode(fields)
+            assert block == plain.encode(fields)
+            assert reader.decode(block, raw=True) == fields
+
+
+@settings(max_examples=60, deadline=None)
+@given(lists=_lists, session=_session)
+def test_decoder_gives_the_plain_decoders_fields(lists, session) -> None:  # type: ignore[no-untyped-def]
+    writer = hpack.Encoder()
+    plain, cached = hpack.Decoder(), CachingDecoder()
+    for index, times, resize in session:
+        if resize is not None:
+            writer.header_table_size = resize
+        fields = lists[index % len(lists)]
+        for _ in range(times):
+            block = writer.encode(fields)
+            assert cached.decode(block, raw=True) == plain.decode(block, raw=True) == fields
+
+
+def test_a_repeated_block_hits_and_a_replayed_block_follows_the_table() -> None:
+    """The same bytes mean other fields once the table has changed: the client replays
+    a block of dynamic-table references after an insertion moved the indexes."""
+    dec = CachingDecoder()
+    ref = hpack.Decoder()
+    first = hpack.Encoder()
+    b1 = first.encode([(b"x-a", b"1")])  # literal with indexing
+    b2 = first.encode([(b"x-a", b"1")])  # indexed 62
+    for block in (b1, b2):
+        assert dec.decode(block, raw=True) == ref.decode(block, raw=True)
+    assert dec.decode(b2, raw=True) == [(b"x-a", b"1")]
+    assert dec.hits == 1
+    b3 = first.encode([(b"x-b", b"2")])  # an insertion: 62 is x-b now, 63 x-a
+    assert dec.decode(b3, raw=True) == ref.decode(b3, raw=True)
+    # b2 replayed: index 62 now names x-b; a stale cache would answer x-a.
+    assert dec.decode(b2, raw=True) == ref.decode(b2, raw=True) == [(b"x-b", b"2")]
+
+
+def test_caches_are_bounded() -> None:
+    enc, dec = CachingEncoder(), CachingDecoder()
+    writer = hpack.Encoder()
+    # Static-table-only fields: no insertion, every call cacheable.
+    for i in range(CACHE_ENTRIES * 5):
+        fields = [(b":status", b"200")] * (1 + i % 40)
+        enc.encode(fields)
+        dec.decode(writer.encode(fields), raw=True)
+        assert len(enc._cache) <= CACHE_ENTRIES
+        assert len(dec._cache) <= CACHE_ENTRIES
+    big = [(b":status", b"200")] * (CACHE_MAX_BLOCK + 1)
+    block = writer.encode(big)
+    assert len(block) > CACHE_MAX_BLOCK
+    dec._cache.clear()
+    enc._cache.clear()
+    dec.decode(block, raw=True)
+    enc.encode(big)
+    assert dec._cache == {}
+    assert enc._cache == {}
+
+
+def test_the_header_list_bound_holds_for_a_repeated_block() -> None:
+    """An HPACK bomb: a small block of references to one big table entry.  Refused the
+    first time, refused again (a refusal is never cached)."""
+    writer = hpack.Encoder()
+    dec = CachingDecoder(max_header_list_size=8 * 1024)
+    entry = [(b"x-big", b"v" * 3000)]
+    dec.decode(writer.encode(entry), raw=True)  # inserted into the table
+    bomb = writer.encode(entry * 10)  # 10 one-byte references: 30 KiB decoded
+    assert len(bomb) < 20
+    for _ in range(3):
+        with pytest.raises(hpack.OversizedHeaderListError):
+            dec.decode(bomb, raw=True)
+    assert dec._cache == {}
+
+
+def test_to_h2_fields_trims_values_and_never_indexes_credentials() -> None:
+    fields = to_h2_fields(
+        [
+            (b"Authorization", b"Bearer t "),
+            (b"cookie", b"a=1"),
+            (b"cookie", b"session=" + b"x" * 40),
+            (b"x-a", b"\t v \t"),
+        ],
+        request=True,
+    )
+    assert fields == [
+        (b"authorization", b"Bearer t"),
+        (b"cookie", b"a=1"),
+        (b"cookie", b"session=" + b"x" * 40),
+        (b"x-a", b"v"),
+    ]
+    kinds = [isinstance(f, hpack.NeverIndexedHeaderTuple) for f in fields]
+    assert kinds == [True, True, False, False]
+    # Never-indexed fields stay out of the table on the wire too.
+    enc = CachingEncoder()
+    enc.encode(fields)
+    names = [n for n, _ in enc.header_table.dynamic_entries]
+    assert b"authorization" not in names
+    assert b"x-a" in names
+
+
+def test_a_connection_serves_repeated_requests_from_its_caches() -> None:
+    rig = ServerRig(respond=False)
+    got = {}
+    for _ in range(4):
+        sid = rig.request(b"/same", extra=[(b"user-agent", b"t")])
+        rig.pump()
+        stream = rig.exchanges[-1].stream
+        stream.send_head(
+            ResponseHead(200, [(b"content-type", b"text/plain ")], body_length=2),
+            b"GET",
+        )
+        stream.send_data(b"ok")
+        stream.send_end(None)
+        got[sid] = responses(rig.pump())[sid]
+    for answer in got.values():
+        assert answer["status"] == 200
+        assert answer["body"] == b"ok"
+        assert (b"content-type", b"text/plain") in answer["headers"]
+    assert [e.head.target for e in rig.exchanges] == [b"/same"] * 4
+    assert rig.server.h2.decoder.hits >= 2
+    assert rig.server.h2.encoder.hits >= 2
