@@ -57,7 +57,7 @@ from gatewayd.proxy.http.codec import (
     StreamCallbacks,
 )
 from gatewayd.proxy.http.h2_fields import content_length, join_cookies, to_h2_fields
-from gatewayd.proxy.http.h2_hpack import CachingDecoder, CachingEncoder
+from gatewayd.proxy.http.h2_hpack import CachingDecoder, StaticEncoder
 from gatewayd.proxy.http.h2_limits import (
     EDGE_H2_LIMITS,
     FrameScanner,
@@ -86,7 +86,7 @@ class BoundedH2Connection(h2.connection.H2Connection):
         super().__init__(config=config)
         # HPACK coders that skip the work for header blocks repeated against the same
         # table (h2_hpack: a third of the CPU of small HTTP/2 exchanges went to hpack).
-        self.encoder = CachingEncoder()
+        self.encoder = StaticEncoder()  # type: ignore[assignment]
         self.decoder = CachingDecoder()
 
 

@@ -1,5 +1,6 @@
-"""The caching HPACK coders agree with the plain ``hpack`` ones, call for call, whatever
-the table does between calls; their caches stay bounded; limits hold on cached paths."""
+"""The HPACK coders of the HTTP/2 codecs: the caching decoder agrees with ``hpack``'s
+call for call whatever the table does; the static encoder's blocks decode to their
+fields with an empty table; caches stay bounded; limits hold on cached paths."""
 
 from __future__ import annotations
 
@@ -9,13 +10,16 @@ from h2_kit import ServerRig, responses
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gatewayd.proxy.http import h2_hpack
 from gatewayd.proxy.http.codec import ResponseHead
 from gatewayd.proxy.http.h2_fields import to_h2_fields
 from gatewayd.proxy.http.h2_hpack import (
     CACHE_ENTRIES,
     CACHE_MAX_BLOCK,
+    FIELD_CACHE_ENTRIES,
+    FIELD_CACHE_MAX_BYTES,
     CachingDecoder,
-    CachingEncoder,
+    StaticEncoder,
 )
 
 # A few names and values so that lists repeat, hit the table, and evict (big values).
@@ -37,18 +41,34 @@ _session = st.lists(
 
 @settings(max_examples=60, deadline=None)
 @given(lists=_lists, session=_session)
-def test_encoder_gives_the_plain_encoders_bytes(lists, session) -> None:  # type: ignore[no-untyped-def]
-    plain, cached = hpack.Encoder(), CachingEncoder()
+def test_encoder_blocks_decode_to_their_fields_and_leave_the_table_empty(lists, session) -> None:  # type: ignore[no-untyped-def]
+    enc = StaticEncoder()
     reader = hpack.Decoder()
     for index, times, resize in session:
         if resize is not None:
-            plain.header_table_size = resize
-            cached.header_table_size = resize
+            enc.header_table_size = resize  # the peer's SETTINGS_HEADER_TABLE_SIZE
+            reader.max_allowed_table_size = resize
         fields = lists[index % len(lists)]
         for _ in range(times):
-            block = cached.encode(fields)
-            assert block == plain.encode(fields)
+            block = enc.encode(fields)
             assert reader.decode(block, raw=True) == fields
+            assert list(reader.header_table.dynamic_entries) == []
+            assert reader.header_table.maxsize == 0
+
+
+def test_encoder_announces_an_empty_table_first_and_after_each_settings_change() -> None:
+    enc = StaticEncoder()
+    fields = [(b":status", b"200"), (b"x-a", b"1")]
+    first = enc.encode(fields)
+    again = enc.encode(fields)
+    assert first == b"\x20" + again  # RFC 7541 6.3: size update to 0, then the fields
+    enc.header_table_size = 0
+    assert enc.encode(fields) == first
+    assert enc.encode(fields) == again
+    # Known representations: :status 200 is static index 8; x-a a literal without
+    # indexing with a new name (RFC 7541 6.2.2).
+    assert again[:1] == b"\x88"
+    assert again[1:2] == b"\x00"
 
 
 @settings(max_examples=60, deadline=None)
@@ -84,24 +104,30 @@ def test_a_repeated_block_hits_and_a_replayed_block_follows_the_table() -> None:
 
 
 def test_caches_are_bounded() -> None:
-    enc, dec = CachingEncoder(), CachingDecoder()
+    dec = CachingDecoder()
     writer = hpack.Encoder()
     # Static-table-only fields: no insertion, every call cacheable.
     for i in range(CACHE_ENTRIES * 5):
         fields = [(b":status", b"200")] * (1 + i % 40)
-        enc.encode(fields)
         dec.decode(writer.encode(fields), raw=True)
-        assert len(enc._cache) <= CACHE_ENTRIES
         assert len(dec._cache) <= CACHE_ENTRIES
     big = [(b":status", b"200")] * (CACHE_MAX_BLOCK + 1)
     block = writer.encode(big)
     assert len(block) > CACHE_MAX_BLOCK
     dec._cache.clear()
-    enc._cache.clear()
-    dec.decode(block, raw=True)
-    enc.encode(big)
+    assert dec.decode(block, raw=True) == big
     assert dec._cache == {}
-    assert enc._cache == {}
+    # The encoder's field cache (process-wide).
+    enc = StaticEncoder()
+    for i in range(FIELD_CACHE_ENTRIES + 10):
+        enc.encode([(b"x-n", b"%d" % i)])
+        assert len(h2_hpack._plain_fields) <= FIELD_CACHE_ENTRIES
+    h2_hpack._plain_fields.clear()
+    long_value = b"v" * FIELD_CACHE_MAX_BYTES
+    assert hpack.Decoder().decode(enc.encode([(b"x-long", long_value)]), raw=True) == [
+        (b"x-long", long_value)
+    ]
+    assert h2_hpack._plain_fields == {}
 
 
 def test_the_header_list_bound_holds_for_a_repeated_block() -> None:
@@ -137,12 +163,11 @@ def test_to_h2_fields_trims_values_and_never_indexes_credentials() -> None:
     ]
     kinds = [isinstance(f, hpack.NeverIndexedHeaderTuple) for f in fields]
     assert kinds == [True, True, False, False]
-    # Never-indexed fields stay out of the table on the wire too.
-    enc = CachingEncoder()
-    enc.encode(fields)
-    names = [n for n, _ in enc.header_table.dynamic_entries]
-    assert b"authorization" not in names
-    assert b"x-a" in names
+    # On the wire they are "never indexed" literals (RFC 7541 6.2.3), which an
+    # intermediary must forward as such.
+    decoded = hpack.Decoder().decode(StaticEncoder().encode(fields), raw=True)
+    assert decoded == fields
+    assert [isinstance(f, hpack.NeverIndexedHeaderTuple) for f in decoded] == kinds
 
 
 def test_a_connection_serves_repeated_requests_from_its_caches() -> None:
@@ -165,4 +190,4 @@ def test_a_connection_serves_repeated_requests_from_its_caches() -> None:
         assert (b"content-type", b"text/plain") in answer["headers"]
     assert [e.head.target for e in rig.exchanges] == [b"/same"] * 4
     assert rig.server.h2.decoder.hits >= 2
-    assert rig.server.h2.encoder.hits >= 2
+    assert list(rig.client.decoder.header_table.dynamic_entries) == []
