@@ -42,6 +42,7 @@ from gatewayd.proxy.http.codec import (
     UpstreamHeadersTooLarge,
     UpstreamProtocolError,
 )
+from gatewayd.proxy.http.h2_conn import BoundedH2Connection, h2_config
 from gatewayd.proxy.http.h2_fields import content_length, to_h2_fields
 from gatewayd.proxy.http.h2_limits import (
     CANCEL,
@@ -52,12 +53,7 @@ from gatewayd.proxy.http.h2_limits import (
     H2Limits,
     Violation,
 )
-from gatewayd.proxy.http.h2_server import (
-    BoundedH2Connection,
-    Transport,
-    clamp_encoder_table,
-    h2_config,
-)
+from gatewayd.proxy.http.h2_server import Transport, clamp_encoder_table
 
 log = logging.getLogger("gatewayd.h2")
 

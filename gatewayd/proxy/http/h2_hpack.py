@@ -27,7 +27,7 @@ from typing import Any
 from hpack import Decoder, NeverIndexedHeaderTuple
 from hpack.huffman import HuffmanEncoder
 from hpack.huffman_constants import REQUEST_CODES, REQUEST_CODES_LENGTH
-from hpack.table import HeaderTable
+from hpack.table import HeaderTable, table_entry_size
 
 CACHE_ENTRIES = 8
 CACHE_MAX_BLOCK = 512
@@ -42,16 +42,21 @@ class CountedTable(HeaderTable):
         self.gen = 0
 
     def add(self, name: bytes, value: bytes) -> None:
-        self.gen += 1
+        # An entry larger than the table empties it (RFC 7541 4.4): with the table
+        # already empty nothing changes.  nginx sends "literal with incremental
+        # indexing" fields against a table of size 0: they must not end the cache.
+        if self._current_size or table_entry_size(name, value) <= self._maxsize:
+            self.gen += 1
         super().add(name, value)
 
-    @property  # type: ignore[override]
+    @property
     def maxsize(self) -> int:
         return self._maxsize
 
     @maxsize.setter
     def maxsize(self, newmax: int) -> None:
-        self.gen += 1
+        if newmax != self._maxsize or self._current_size > newmax:
+            self.gen += 1
         HeaderTable.maxsize.fset(self, newmax)  # type: ignore[attr-defined]
 
 
@@ -81,11 +86,12 @@ class CachingDecoder(Decoder):
                 if hit is not None:
                     self.hits += 1
                     return list(hit)
-        headers = super().decode(data, raw)
+        headers = list(super().decode(data, raw))
         if cacheable and table.gen == gen and len(headers) <= CACHE_MAX_FIELDS:  # type: ignore[attr-defined]
             if len(self._cache) >= CACHE_ENTRIES:
                 self._cache.clear()
-            self._cache[bytes(data)] = list(headers)
+            self._cache[bytes(data)] = headers
+            return list(headers)
         return headers
 
 

@@ -39,7 +39,6 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
-import h2.config
 import h2.connection
 import h2.events
 import h2.exceptions
@@ -56,8 +55,8 @@ from gatewayd.proxy.http.codec import (
     ServerStream,
     StreamCallbacks,
 )
+from gatewayd.proxy.http.h2_conn import BoundedH2Connection, h2_config
 from gatewayd.proxy.http.h2_fields import content_length, join_cookies, to_h2_fields
-from gatewayd.proxy.http.h2_hpack import CachingDecoder, StaticEncoder
 from gatewayd.proxy.http.h2_limits import (
     EDGE_H2_LIMITS,
     FrameScanner,
@@ -73,40 +72,6 @@ _INTERNAL_ERROR = 0x2
 _REFUSED_STREAM = 0x7
 _NO_ERROR = 0x0
 _DATE = date_header  # b"date: ...\r\n"
-
-
-class BoundedH2Connection(h2.connection.H2Connection):
-    """h2 remembers how up to 65,536 closed streams ended (to tell a late frame from a
-    protocol error): about 6 MiB on a long-lived connection.  4,096 is plenty for
-    frames in flight; a frame for a stream forgotten earlier is a connection error."""
-
-    MAX_CLOSED_STREAMS = 4096
-
-    def __init__(self, config: h2.config.H2Configuration) -> None:
-        super().__init__(config=config)
-        # HPACK coders that skip the work for header blocks repeated against the same
-        # table (h2_hpack: a third of the CPU of small HTTP/2 exchanges went to hpack).
-        self.encoder = StaticEncoder()  # type: ignore[assignment]
-        self.decoder = CachingDecoder()
-
-
-def h2_config(*, client_side: bool) -> h2.config.H2Configuration:
-    """h2's configuration for both codecs.
-
-    Inbound fields are validated by h2 (client or backend bytes: a trust boundary).
-    Outbound fields are not re-validated nor re-normalized by h2: they come from
-    ``h2_fields.to_h2_fields`` (lower-case names, connection-specific fields dropped,
-    ``te`` only as "trailers", values trimmed, credentials never indexed) after an
-    HTTP/1.1 parser or an h2 inbound validation or a validated configuration, and h2's
-    second pass over each field cost about a tenth of an HTTP/2 exchange.  It also lets
-    h2 hand our list itself to the encoder, which is what the encoder cache keys on.
-    """
-    return h2.config.H2Configuration(
-        client_side=client_side,
-        header_encoding=None,
-        validate_outbound_headers=False,
-        normalize_outbound_headers=False,
-    )
 
 
 def clamp_encoder_table(conn: h2.connection.H2Connection, limits: H2Limits) -> None:

@@ -191,3 +191,63 @@ def test_a_connection_serves_repeated_requests_from_its_caches() -> None:
     assert [e.head.target for e in rig.exchanges] == [b"/same"] * 4
     assert rig.server.h2.decoder.hits >= 2
     assert list(rig.client.decoder.header_table.dynamic_entries) == []
+
+
+def test_indexing_literals_against_an_empty_table_keep_the_cache() -> None:
+    """nginx: a size update to 0, then "literal with incremental indexing" fields, which
+    empty an empty table (RFC 7541 4.4): the same block decodes from the cache."""
+    writer = hpack.Encoder()
+    writer.header_table_size = 0
+    dec, ref = CachingDecoder(), hpack.Decoder()
+    first = writer.encode([(b"server", b"nginx"), (b"x-a", b"1")])
+    block = writer.encode([(b"server", b"nginx"), (b"x-a", b"1")])
+    assert first[:1] == b"\x20" and first[1:] == block
+    for b in (first, block, block, block):
+        assert dec.decode(b, raw=True) == ref.decode(b, raw=True)
+    assert dec.hits == 2
+
+
+def test_a_response_head_over_one_frame_goes_out_in_continuation_frames() -> None:
+    rig = ServerRig(respond=False)
+    sid = rig.request(b"/big")
+    rig.pump()
+    stream = rig.exchanges[0].stream
+    big = b"x" * 40_000  # > 2 frames of 16 KiB, incompressible enough
+    stream.send_head(ResponseHead(200, [(b"x-big", big)], body_length=2), b"GET")
+    stream.send_data(b"ok")
+    stream.send_end([(b"x-t", b"1")])
+    frames = bytes(rig.transport.out)
+    got = responses(rig.pump())[sid]
+    assert (b"x-big", big) in got["headers"]
+    assert got["body"] == b"ok"
+    assert got["trailers"] == [(b"x-t", b"1")]
+    assert got["ended"]
+    # HEADERS then two CONTINUATION frames, END_HEADERS only on the last.
+    types = []
+    pos = 0
+    while pos + 9 <= len(frames):
+        length = int.from_bytes(frames[pos : pos + 3], "big")
+        types.append((frames[pos + 3], frames[pos + 4]))
+        pos += 9 + length
+    headers_at = types.index((0x1, 0x0))
+    assert types[headers_at + 1 : headers_at + 3] == [(0x9, 0x0), (0x9, 0x4)]
+
+
+def test_headers_on_a_stream_the_client_reset_raise_as_in_h2() -> None:
+    import h2.errors
+    import h2.exceptions
+
+    rig = ServerRig(respond=False)
+    sid = rig.request(b"/gone")
+    rig.pump()
+    rig.client.reset_stream(sid, h2.errors.ErrorCodes.CANCEL)
+    rig.pump()
+    assert rig.exchanges[0].names()[-1] == "reset"
+    with pytest.raises(h2.exceptions.StreamClosedError):
+        rig.server.h2.send_headers(sid, [(b":status", b"200")], end_stream=True)
+    with pytest.raises(h2.exceptions.ProtocolError):
+        # Trailers (a second HEADERS) must end the stream.
+        sid2 = rig.request(b"/t")
+        rig.pump()
+        rig.server.h2.send_headers(sid2, [(b":status", b"200")])
+        rig.server.h2.send_headers(sid2, [(b"x-t", b"1")])
