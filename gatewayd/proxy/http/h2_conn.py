@@ -127,3 +127,39 @@ class BoundedH2Connection(h2.connection.H2Connection):
         self._data_to_send += header_frames(
             stream_id, block, end_stream, self.max_outbound_frame_size
         )
+
+    def send_data(
+        self,
+        stream_id: int,
+        data: bytes | memoryview,
+        end_stream: bool = False,
+        pad_length: Any = None,
+    ) -> None:
+        """h2's ``send_data`` (same checks, transitions and window accounting) writing
+        one DATA frame by hand instead of through frame objects; padding takes h2's
+        path."""
+        if pad_length is not None:
+            super().send_data(stream_id, data, end_stream, pad_length)
+            return
+        size = len(data)
+        stream = self._get_stream_by_id(stream_id)
+        window = min(self.outbound_flow_control_window, stream.outbound_flow_control_window)
+        if size > 0 and size > window:
+            raise h2.exceptions.FlowControlError(
+                f"Cannot send {size} bytes, flow control window is {window}"
+            )
+        if size > self.max_outbound_frame_size:
+            raise h2.exceptions.FrameTooLargeError(
+                f"Cannot send frame size {size}, max frame size is {self.max_outbound_frame_size}"
+            )
+        self.state_machine.process_input(ConnectionInputs.SEND_DATA)
+        machine = stream.state_machine
+        machine.process_input(StreamInputs.SEND_DATA)
+        if end_stream:
+            machine.process_input(StreamInputs.SEND_END_STREAM)
+        stream.outbound_flow_control_window -= size
+        self.outbound_flow_control_window -= size
+        # RFC 9113 6.1: DATA, flag END_STREAM (0x1).
+        head = size.to_bytes(3, "big") + (b"\x00\x01" if end_stream else b"\x00\x00")
+        self._data_to_send += head + stream_id.to_bytes(4, "big")
+        self._data_to_send += data

@@ -251,3 +251,30 @@ def test_headers_on_a_stream_the_client_reset_raise_as_in_h2() -> None:
         rig.pump()
         rig.server.h2.send_headers(sid2, [(b":status", b"200")])
         rig.server.h2.send_headers(sid2, [(b"x-t", b"1")])
+
+
+def test_data_frames_spend_both_windows_like_h2() -> None:
+    rig = ServerRig(respond=False)
+    sid = rig.request(b"/w")
+    rig.pump()
+    h2c = rig.server.h2
+    conn_before = h2c.outbound_flow_control_window
+    stream_before = h2c.local_flow_control_window(sid)
+    stream = rig.exchanges[0].stream
+    stream.send_head(ResponseHead(200, [], body_length=1000), b"GET")
+    stream.send_data(b"a" * 1000)
+    stream.send_end(None)
+    assert h2c.outbound_flow_control_window == conn_before - 1000
+    assert stream_before == 65535
+    got = responses(rig.pump())[sid]
+    assert got["body"] == b"a" * 1000
+    assert got["ended"]
+    import h2.exceptions
+
+    sid2 = rig.request(b"/w2")
+    rig.pump()
+    h2c.send_headers(sid2, [(b":status", b"200")])
+    with pytest.raises(h2.exceptions.FlowControlError):
+        h2c.send_data(sid2, b"x" * 16384 * 5)
+    with pytest.raises(h2.exceptions.FrameTooLargeError):
+        h2c.send_data(sid2, b"x" * 16385)
