@@ -71,7 +71,9 @@ class BoundedH2Connection(h2.connection.H2Connection):
         super().__init__(config=config)
         # h2_hpack: a third of the CPU of small HTTP/2 exchanges went to hpack.
         self.encoder = StaticEncoder()  # type: ignore[assignment]
-        self.decoder = CachingDecoder()
+        plain = self.decoder
+        self.decoder = CachingDecoder(max_header_list_size=plain.max_header_list_size)
+        self.decoder.max_allowed_table_size = plain.max_allowed_table_size
 
     def send_headers(
         self,

@@ -278,3 +278,17 @@ def test_data_frames_spend_both_windows_like_h2() -> None:
         h2c.send_data(sid2, b"x" * 16384 * 5)
     with pytest.raises(h2.exceptions.FrameTooLargeError):
         h2c.send_data(sid2, b"x" * 16385)
+
+
+def test_the_connection_coders_keep_h2s_decoder_bounds() -> None:
+    import h2.connection
+
+    from gatewayd.proxy.http.h2_conn import BoundedH2Connection, h2_config
+
+    for client in (True, False):
+        conn = BoundedH2Connection(h2_config(client_side=client))
+        plain = h2.connection.H2Connection(h2_config(client_side=client))
+        assert isinstance(conn.decoder, CachingDecoder)
+        assert isinstance(conn.encoder, StaticEncoder)
+        assert conn.decoder.max_header_list_size == plain.decoder.max_header_list_size
+        assert conn.decoder.max_allowed_table_size == plain.decoder.max_allowed_table_size
