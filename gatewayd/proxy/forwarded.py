@@ -55,7 +55,6 @@ _reseed()
 # Forked workers must not hand out the same sequence of ids.
 os.register_at_fork(after_in_child=_reseed)
 
-
 def new_request_id() -> bytes:
     """A random RFC 4122 version 4 UUID in its canonical 36-character form: 122 random
     bits, the version nibble 4 and the variant bits 10 written by the format itself

@@ -458,7 +458,9 @@ def test_new_request_id_is_a_version_4_uuid() -> None:
 
 
 @settings(max_examples=300, deadline=None)
-@given(headers=st.lists(st.tuples(st.sampled_from(_NAMES), st.sampled_from(_VALUES)), max_size=10))
+@given(
+    headers=st.lists(st.tuples(st.sampled_from(_NAMES), st.sampled_from(_VALUES)), max_size=10)
+)
 def test_strip_hop_by_hop_set_is_strip_then_set(headers: Headers) -> None:
     received = list(headers)
     two = strip_hop_by_hop(headers)
