@@ -42,6 +42,7 @@ from gatewayd.proxy.http.codec import (
     UpstreamHeadersTooLarge,
     UpstreamProtocolError,
 )
+from gatewayd.proxy.http.h2_conn import BoundedH2Connection, h2_config
 from gatewayd.proxy.http.h2_fields import content_length, to_h2_fields
 from gatewayd.proxy.http.h2_limits import (
     CANCEL,
@@ -52,7 +53,7 @@ from gatewayd.proxy.http.h2_limits import (
     H2Limits,
     Violation,
 )
-from gatewayd.proxy.http.h2_server import BoundedH2Connection, Transport, clamp_encoder_table
+from gatewayd.proxy.http.h2_server import Transport, clamp_encoder_table
 
 log = logging.getLogger("gatewayd.h2")
 
@@ -185,8 +186,7 @@ class H2ClientConnection:
         self.clock = clock
         self.scheme = scheme
         self.limits = limits
-        config = h2.config.H2Configuration(client_side=True, header_encoding=None)
-        self.h2 = BoundedH2Connection(config=config)
+        self.h2 = BoundedH2Connection(config=h2_config(client_side=True))
         self.h2.local_settings = h2.settings.Settings(
             client=True,
             initial_values={

@@ -17,12 +17,21 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from hpack import NeverIndexedHeaderTuple
+
 from gatewayd.proxy.http.codec import Headers, te_for_h2
 
 # RFC 9113 8.2.2 names these; ``host`` is carried as ``:authority`` instead.
 CONNECTION_SPECIFIC = frozenset(
     {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"}
 )
+# Credentials stay out of HPACK's dynamic table (RFC 7541 7.1.3: "an encoder might
+# choose not to index values for header fields that are considered to be highly
+# valuable or sensitive to recovery"), as h2's own normalization and nghttp2 do:
+# authorization fields, and cookies too short to resist guessing.
+NEVER_INDEXED = frozenset({b"authorization", b"proxy-authorization"})
+_SHORT_COOKIE = 20
+_OWS = b" \t"
 
 
 def join_cookies(headers: Headers) -> Headers:
@@ -66,7 +75,13 @@ def to_h2_fields(headers: Iterable[tuple[bytes, bytes]], *, request: bool) -> He
             if te is not None:
                 out.append((b"te", te))
             continue
-        out.append((lname, value))
+        # RFC 9113 8.2.1: "A field value MUST NOT start or end with an ASCII whitespace
+        # character"; an HTTP/1.1 peer's optional whitespace is not part of it.
+        value = value.strip(_OWS)
+        if lname in NEVER_INDEXED or (lname == b"cookie" and len(value) < _SHORT_COOKIE):
+            out.append(NeverIndexedHeaderTuple(lname, value))
+        else:
+            out.append((lname, value))
     return out
 
 

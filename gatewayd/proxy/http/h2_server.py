@@ -39,7 +39,6 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
-import h2.config
 import h2.connection
 import h2.events
 import h2.exceptions
@@ -56,6 +55,7 @@ from gatewayd.proxy.http.codec import (
     ServerStream,
     StreamCallbacks,
 )
+from gatewayd.proxy.http.h2_conn import BoundedH2Connection, h2_config
 from gatewayd.proxy.http.h2_fields import content_length, join_cookies, to_h2_fields
 from gatewayd.proxy.http.h2_limits import (
     EDGE_H2_LIMITS,
@@ -72,14 +72,6 @@ _INTERNAL_ERROR = 0x2
 _REFUSED_STREAM = 0x7
 _NO_ERROR = 0x0
 _DATE = date_header  # b"date: ...\r\n"
-
-
-class BoundedH2Connection(h2.connection.H2Connection):
-    """h2 remembers how up to 65,536 closed streams ended (to tell a late frame from a
-    protocol error): about 6 MiB on a long-lived connection.  4,096 is plenty for
-    frames in flight; a frame for a stream forgotten earlier is a connection error."""
-
-    MAX_CLOSED_STREAMS = 4096
 
 
 def clamp_encoder_table(conn: h2.connection.H2Connection, limits: H2Limits) -> None:
@@ -303,8 +295,7 @@ class H2ServerConnection:
         self.factory = factory
         self.clock = clock
         self.limits = limits
-        config = h2.config.H2Configuration(client_side=False, header_encoding=None)
-        self.h2 = BoundedH2Connection(config=config)
+        self.h2 = BoundedH2Connection(config=h2_config(client_side=False))
         self.h2.local_settings = h2.settings.Settings(
             client=False,
             initial_values={
