@@ -128,7 +128,7 @@ def test_unknown_kinds_get_one_notice_per_kind() -> None:
     ] + [
         {
             "apiVersion": "gateway.networking.k8s.io/v1alpha2",
-            "kind": "BackendLBPolicy",
+            "kind": "BackendTrafficPolicy",
             "metadata": {"name": "t"},
         },
         # Another project's kind that happens to be called Service: not ours, skipped.
@@ -138,7 +138,7 @@ def test_unknown_kinds_get_one_notice_per_kind() -> None:
     assert result.problems == ()
     assert result.notices == (
         "skipped 3 Deployment objects: not a kind gatewayd reads",
-        "skipped 1 BackendLBPolicy object: not a kind gatewayd reads",
+        "skipped 1 BackendTrafficPolicy object: not a kind gatewayd reads",
         "skipped 1 Service (serving.knative.dev/v1) object: not a kind gatewayd reads",
     )
 
