@@ -111,8 +111,20 @@ class OneRoute:
         return []
 
 
+def response(body_size: int) -> bytes:
+    """The backend's answer: the 13-byte body of the small-request rows, or ``body_size``
+    bytes (the 64 KiB row) in one piece, as one read of a fast backend delivers it."""
+    if not body_size:
+        return RESPONSE
+    return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % body_size + b"x" * body_size
+
+
 async def measure(
-    requests: int, rounds: int, access_log: str = "off", log_to: TextIO | None = None
+    requests: int,
+    rounds: int,
+    access_log: str = "off",
+    log_to: TextIO | None = None,
+    body_size: int = 0,
 ) -> float:
     be = CompiledBackend(name="be", endpoints=(EndpointAddress(address=LOCAL, port=9),))
     rule = CompiledRule(
@@ -146,15 +158,18 @@ async def measure(
     up = UpstreamConnection(proxy.pool, endpoint_key(LOCAL, 9, None), "be")
     up.connection_made(MemoryTransport())  # type: ignore[arg-type]
     proxy.pool.release(up, 0.0)
+    answer = response(body_size)
     best = float("inf")
     for _ in range(rounds):
         before = down.written
         t = time.perf_counter()
         for _ in range(requests):
             conn.data_received(REQUEST)
-            up.data_received(RESPONSE)
+            up.data_received(answer)
         best = min(best, time.perf_counter() - t)
-        assert down.written - before >= requests * len(RESPONSE), "responses went missing"
+        assert down.written - before >= requests * (body_size or len(RESPONSE)), (
+            "responses went missing"
+        )
     return best / requests * 1e6
 
 
@@ -164,18 +179,23 @@ def main() -> None:
     ap.add_argument(
         "--access-log", choices=("off", "text", "json"), default="off", help="access log format"
     )
+    ap.add_argument(
+        "--body-size", type=int, default=0, help="response body bytes (0: the 13-byte one)"
+    )
     ap.add_argument("--rounds", type=int, default=800, help="rounds (the minimum is kept)")
     args = ap.parse_args()
     with (
         open(os.devnull, "w") as devnull,
         asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner,
     ):
-        us = runner.run(measure(args.requests, args.rounds, args.access_log, devnull))
+        us = runner.run(
+            measure(args.requests, args.rounds, args.access_log, devnull, args.body_size)
+        )
     import gatewayd.proxy.server as server
 
     print(
         f"{us:.2f} us per request (min over {args.rounds} rounds, access log "
-        f"{args.access_log}), {server.__file__}"
+        f"{args.access_log}, body {args.body_size or 13} B), {server.__file__}"
     )
 
 
