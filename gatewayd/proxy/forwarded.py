@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import os
-import random
 from functools import lru_cache
 
 from cryptography import x509
@@ -41,14 +40,29 @@ _OWNED = frozenset((_XFF, _XFP, _EXTERNAL, _INTERNAL, _REQUEST_ID, _XFCC))
 
 # --------------------------------------------------------------------------- request id
 
-# A request id only has to be unique, not secret, so a Mersenne Twister seeded from the
-# OS is enough and ~4x cheaper than uuid.uuid4() (which reads os.urandom every call).
-_rng = random.Random()
-_getrandbits = _rng.getrandbits
+# A request id only has to be unique, not secret (Envoy's x-request-id is a UUID4, and
+# nothing here samples or hashes on it): a random 74-bit prefix per process, drawn from
+# the OS at start, in each forked worker and when the counter wraps, and a 48-bit
+# counter starting at a random value in the last group.  The canonical UUID4 form, the
+# version nibble 4 and the variant bits 10 stay; one bytes formatting of one number
+# instead of 122 random bits cut into five: 1.1 -> 0.3 us an id (timeit), ~0.5 us a
+# request in bench_h1_inproc.  The ids of one process are sequential, hence guessable:
+# none is ever trusted as a secret.
+_ID_LAST = (1 << 48) - 1
+_id_prefix = b""
+_id_next = 0
 
 
 def _reseed() -> None:
-    _rng.seed(int.from_bytes(os.urandom(32), "big"))
+    global _id_prefix, _id_next
+    n = int.from_bytes(os.urandom(16), "big")
+    _id_prefix = b"%08x-%04x-4%03x-%04x-" % (
+        n >> 96,
+        (n >> 80) & 0xFFFF,
+        (n >> 68) & 0xFFF,
+        ((n >> 54) & 0x3FFF) | 0x8000,
+    )
+    _id_next = n & _ID_LAST
 
 
 _reseed()
@@ -57,17 +71,14 @@ os.register_at_fork(after_in_child=_reseed)
 
 
 def new_request_id() -> bytes:
-    """A random RFC 4122 version 4 UUID in its canonical 36-character form: 122 random
-    bits, the version nibble 4 and the variant bits 10 written by the format itself
-    (one bytes formatting: ~0.15 us less than masking 128 bits and slicing hex)."""
-    n = _getrandbits(122)
-    return b"%08x-%04x-4%03x-%04x-%012x" % (
-        n >> 90,
-        (n >> 74) & 0xFFFF,
-        (n >> 62) & 0xFFF,
-        ((n >> 48) & 0x3FFF) | 0x8000,
-        n & 0xFFFFFFFFFFFF,
-    )
+    """A unique id in the canonical 36-character form of an RFC 4122 version 4 UUID."""
+    global _id_next
+    n = _id_next
+    if n >= _ID_LAST:
+        _reseed()  # 2^48 ids under one prefix at most, then a fresh random prefix
+        n = _id_next
+    _id_next = n + 1
+    return _id_prefix + b"%012x" % n
 
 
 _VISIBLE = bytes(range(0x21, 0x7F))

@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gatewayd.proxy import forwarded
 from gatewayd.proxy.forwarded import (
     HOP_BY_HOP,
     HOP_BY_HOP_AND_EXPECT,
@@ -470,3 +471,16 @@ def test_strip_hop_by_hop_set_is_strip_then_set(headers: Headers) -> None:
         two.append((b"x-request-id", b"rid"))
     assert strip_hop_by_hop_set(headers, b"x-request-id", b"rid") == two
     assert headers == received
+
+
+def test_request_id_counter_wrap_draws_a_new_prefix(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The last group counts; at its end a fresh random prefix starts a new sequence, so
+    # no id repeats within a process.
+    monkeypatch.setattr(forwarded, "_id_next", forwarded._ID_LAST - 1)
+    last = new_request_id()
+    assert last.endswith(b"-fffffffffffe")
+    after = new_request_id()
+    assert after[:24] != last[:24]
+    u = uuid.UUID(after.decode("ascii"))
+    assert u.version == 4 and u.variant == uuid.RFC_4122
+    assert new_request_id() != after
