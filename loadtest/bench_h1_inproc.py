@@ -21,12 +21,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TextIO
 
 import uvloop
 
+from gatewayd.proxy.accesslog import AccessLogger
 from gatewayd.proxy.server import HttpConnection, Proxy, ProxyOptions
 from gatewayd.proxy.snapshot import SnapshotHolder
 
@@ -109,8 +111,22 @@ class OneRoute:
         return []
 
 
+def response(body_size: int) -> bytes:
+    """The backend's answer: the 13-byte body of the small-request rows, or ``body_size``
+    bytes (the 64 KiB row) in one piece, as one read of a fast backend delivers it."""
+    if not body_size:
+        return RESPONSE
+    return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % body_size + b"x" * body_size
+
+
 async def measure(
-    requests: int, rounds: int, with_metrics: bool = False, tracing: dict[str, Any] | None = None
+    requests: int,
+    rounds: int,
+    access_log: str = "off",
+    log_to: TextIO | None = None,
+    body_size: int = 0,
+    with_metrics: bool = False,
+    tracing: dict[str, Any] | None = None,
 ) -> float:
     be = CompiledBackend(name="be", endpoints=(EndpointAddress(address=LOCAL, port=9),))
     rule = CompiledRule(
@@ -142,27 +158,39 @@ async def measure(
 
         metrics = ProxyMetrics(registry=CollectorRegistry())
     proxy = Proxy(holder, ProxyOptions(access_log=None, **(tracing or {})), metrics)
+    if access_log != "off":
+        # The access log's own work (a record, then its line), written to /dev/null.
+        proxy.access = AccessLogger(access_log, log_to)
     conn = HttpConnection(proxy, (LOCAL, 1), "bench")
     down = MemoryTransport()
     conn.connection_made(down)  # type: ignore[arg-type]
     up = UpstreamConnection(proxy.pool, endpoint_key(LOCAL, 9, None), "be")
     up.connection_made(MemoryTransport())  # type: ignore[arg-type]
     proxy.pool.release(up, 0.0)
+    answer = response(body_size)
     best = float("inf")
     for _ in range(rounds):
         before = down.written
         t = time.perf_counter()
         for _ in range(requests):
             conn.data_received(REQUEST)
-            up.data_received(RESPONSE)
+            up.data_received(answer)
         best = min(best, time.perf_counter() - t)
-        assert down.written - before >= requests * len(RESPONSE), "responses went missing"
+        assert down.written - before >= requests * (body_size or len(RESPONSE)), (
+            "responses went missing"
+        )
     return best / requests * 1e6
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--requests", type=int, default=200, help="requests per round")
+    ap.add_argument(
+        "--access-log", choices=("off", "text", "json"), default="off", help="access log format"
+    )
+    ap.add_argument(
+        "--body-size", type=int, default=0, help="response body bytes (0: the 13-byte one)"
+    )
     ap.add_argument("--rounds", type=int, default=800, help="rounds (the minimum is kept)")
     ap.add_argument(
         "--metrics", action="store_true", help="count in a ProxyMetrics, as `gatewayd run` does"
@@ -177,8 +205,21 @@ def main() -> None:
         tracing["trace_context"] = False
     if args.otlp:
         tracing["otlp_endpoint"] = args.otlp
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        us = runner.run(measure(args.requests, args.rounds, args.metrics, tracing))
+    with (
+        open(os.devnull, "w") as devnull,
+        asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner,
+    ):
+        us = runner.run(
+            measure(
+                args.requests,
+                args.rounds,
+                args.access_log,
+                devnull,
+                args.body_size,
+                args.metrics,
+                tracing,
+            )
+        )
         if args.otlp:
             # What the batch processor still holds is sent before the loop closes.
             runner.run(asyncio.sleep(0))
@@ -189,6 +230,8 @@ def main() -> None:
             "with metrics" if args.metrics else "no metrics",
             *(["no trace context"] if args.no_trace_context else []),
             *([f"spans to {args.otlp}"] if args.otlp else []),
+            f"access log {args.access_log}",
+            f"body {args.body_size or 13} B",
         ]
     )
     print(f"{us:.2f} us per request (min over {args.rounds} rounds, {what}), {server.__file__}")

@@ -1460,28 +1460,28 @@ class Exchange:
             xff = f"{xff_in.decode('latin-1')}, {peer}" if xff_in else peer
             ua = _header(headers, b"user-agent")
             head = self.head
-            access.log(
-                start_time=time.time() - duration,
-                method=self.method.decode("latin-1"),
-                path=head.target.decode("latin-1"),
-                protocol=_PROTOCOLS.get(head.version, "HTTP/1.1"),
-                status=self.status,
-                flags=(
-                    (f"{self.flags},{FLAG_EJECTED}" if self.flags else FLAG_EJECTED)
-                    if self.ejected
-                    else self.flags
-                ),
-                bytes_received=self.bytes_received,
-                bytes_sent=self.bytes_sent,
-                duration_ms=int(duration * 1000.0),
-                upstream_ms=int(self.upstream_ms) if self.upstream_ms >= 0 else None,
-                xff=xff,
-                user_agent=ua.decode("latin-1") if ua is not None else "",
-                request_id=self.request_id.decode("latin-1") if self.request_id else "",
-                authority=head.authority.decode("latin-1") if head.authority else "",
-                upstream_host=host_port(ep.address, ep.port) if ep is not None else "",
-                route=rule.route_id if rule is not None else "",
-                trace_id=tp[3:35].decode("ascii") if tp is not None else "",
+            rid = self.request_id
+            authority = head.authority
+            flags = self.flags
+            # Positional (AccessLogger.http): the keyword form costs ~0.5 us more.
+            access.http(
+                time.time() - duration,
+                self.method.decode("latin-1"),
+                head.target.decode("latin-1"),
+                _PROTOCOLS.get(head.version, "HTTP/1.1"),
+                self.status,
+                (f"{flags},{FLAG_EJECTED}" if flags else FLAG_EJECTED) if self.ejected else flags,
+                self.bytes_received,
+                self.bytes_sent,
+                int(duration * 1000.0),
+                int(self.upstream_ms) if self.upstream_ms >= 0 else None,
+                xff,
+                ua.decode("latin-1") if ua is not None else "",
+                rid.decode("latin-1") if rid else "",
+                authority.decode("latin-1") if authority else "",
+                host_port(ep.address, ep.port) if ep is not None else "",
+                rule.route_id if rule is not None else "",
+                tp[3:35].decode("ascii") if tp is not None else "",
             )
 
     # ------------------------------------------------------------------ mirrors
