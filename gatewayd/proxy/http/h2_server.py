@@ -296,6 +296,7 @@ class H2ServerConnection:
         self.clock = clock
         self.limits = limits
         self.h2 = BoundedH2Connection(config=h2_config(client_side=False))
+        self.h2.fast_inbound = True  # h2_inbound: requests' HEADERS frames read by us
         self.h2.local_settings = h2.settings.Settings(
             client=False,
             initial_values={
