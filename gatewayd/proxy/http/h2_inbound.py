@@ -40,7 +40,9 @@ FLAG_PRIORITY = 0x20
 HEADERS = 0x1
 
 
-def split_frames(data: bytes | bytearray, pos: int = 0) -> tuple[list[tuple[int, int, int, int, int]], int]:
+def split_frames(
+    data: bytes | bytearray, pos: int = 0
+) -> tuple[list[tuple[int, int, int, int, int]], int]:
     """The complete frames in ``data`` from ``pos``: (start, type, flags, stream id,
     payload length) each, and the offset just past the last complete frame (the rest
     is a partial frame).  The reserved bit of the stream id is ignored (RFC 9113 4.1:

@@ -397,7 +397,9 @@ class UpstreamPool:
             or conn.retired
             or (
                 idle >= self.max_idle
-                and (idle >= self.open_count.get(conn.key, 0) - idle or idle >= self.max_idle_ceiling)
+                and (
+                    idle >= self.open_count.get(conn.key, 0) - idle or idle >= self.max_idle_ceiling
+                )
             )
         ):
             conn.close()
