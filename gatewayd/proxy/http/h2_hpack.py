@@ -154,7 +154,10 @@ _never_fields: dict[tuple[bytes, bytes], bytes] = {}
 # only pushed useful entries out of the field cache (emptied every 4,096 responses), and
 # Huffman-coding them cost two encodes a response for about 7 bytes saved.  Encoded as
 # a literal without indexing, the name's bytes prepared once, the value as is.
-_UNIQUE_NAMES: dict[bytes, bytes] = {b"x-request-id": b"\x00" + _string(b"x-request-id")}
+# ``traceparent`` (W3C Trace Context, a new span id per request) likewise.
+_UNIQUE_NAMES: dict[bytes, bytes] = {
+    name: b"\x00" + _string(name) for name in (b"x-request-id", b"traceparent")
+}
 
 
 class StaticEncoder:

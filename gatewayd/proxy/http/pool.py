@@ -76,7 +76,7 @@ class PooledH2Connection(H2ClientConnection):
 
     def __init__(self, pool: UpstreamPool, key: EndpointKey, label: str, scheme: bytes) -> None:
         loop = asyncio.get_running_loop()
-        super().__init__(clock=loop.time, scheme=scheme)
+        super().__init__(clock=loop.time, scheme=scheme, defer=loop.call_soon)
         self.pool = pool
         self.key = key
         self.label = label
