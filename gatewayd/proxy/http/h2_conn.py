@@ -111,7 +111,7 @@ class BoundedH2Connection(h2.connection.H2Connection):
         # Server side: HEADERS frames opening a stream take `_fast_headers`.
         self.fast_inbound = False
 
-    def _begin_new_stream(self, stream_id: int, allowed_ids: AllowedStreamIDs) -> Any:
+    def _begin_new_stream(self, stream_id: int, allowed_ids: AllowedStreamIDs) -> CachedStream:
         """h2's, creating a `CachedStream`: same id rules, windows and bookkeeping."""
         outbound = self._stream_id_is_outbound(stream_id)
         highest = self.highest_outbound_stream_id if outbound else self.highest_inbound_stream_id
@@ -186,8 +186,9 @@ class BoundedH2Connection(h2.connection.H2Connection):
         length, validation (remembered), the events."""
         headers = list(_decode_headers(self.decoder, block))
         events: list[Any] = self.state_machine.process_input(ConnectionInputs.RECV_HEADERS)
-        stream = self._begin_new_stream(stream_id, AllowedStreamIDs.ODD)
-        return events + stream.receive_headers(headers, end_stream, None)[1]
+        stream: CachedStream = self._begin_new_stream(stream_id, AllowedStreamIDs.ODD)
+        _frames, stream_events = stream.receive_headers(headers, end_stream, None)
+        return events + list(stream_events)
 
     def send_headers(
         self,
