@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import os
 import sys
@@ -12,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from gatewayd.pipeline import DEFAULT_ADDRESS_POOL, DEFAULT_CONTROLLER
 from gatewayd.proxy.balancer import LB_POLICIES, LEAST_REQUEST, OutlierOptions
+from gatewayd.proxy.http.h2_limits import EDGE_H2_LIMITS
 from gatewayd.proxy.pathnorm import EscapedSlashes, PathPolicy
 from gatewayd.proxy.proxyproto import Network, parse_networks
 from gatewayd.routing.config.load import MIB, ConfigLimits
@@ -37,6 +39,22 @@ def _byte_size(text: str) -> int:
     if not number.isdigit() or unit not in _UNITS:
         raise argparse.ArgumentTypeError(f"not a size such as 4MiB: {text!r}")
     return int(number) * _UNITS[unit]
+
+
+# RFC 9113 6.5.2 / 6.9.1: flow-control windows are at most 2^31-1; Envoy's HTTP/2
+# protocol options take 65535 (the protocol's initial window) as their minimum.
+_H2_WINDOW_MIN = 65535
+_H2_WINDOW_MAX = 2**31 - 1
+
+
+def _h2_window(text: str) -> int:
+    """An argparse type: an HTTP/2 flow-control window, a size from 64KiB-1 to 2GiB-1."""
+    value = _byte_size(text)
+    if not _H2_WINDOW_MIN <= value <= _H2_WINDOW_MAX:
+        raise argparse.ArgumentTypeError(
+            f"must be from {_H2_WINDOW_MIN} to {_H2_WINDOW_MAX} bytes, not {text}"
+        )
+    return value
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -470,6 +488,31 @@ def build_parser() -> argparse.ArgumentParser:
         help="most header fields in a request (431) or upstream response (502) (default "
         "100, Envoy's max_headers_count)",
     )
+    # Downstream HTTP/2 limits (README, "HTTP/2 limits"): Envoy's edge defaults.
+    run.add_argument(
+        "--h2-max-concurrent-streams",
+        type=_at_least(1, int),
+        default=100,
+        metavar="N",
+        help="most streams an HTTP/2 client may have open on one connection "
+        "(SETTINGS_MAX_CONCURRENT_STREAMS; default 100, Envoy's edge value)",
+    )
+    run.add_argument(
+        "--h2-initial-stream-window",
+        type=_h2_window,
+        default=64 * 1024,
+        metavar="SIZE",
+        help="HTTP/2 request body bytes a client may send on one stream before gatewayd "
+        "reads them (SETTINGS_INITIAL_WINDOW_SIZE; default 64KiB, Envoy's edge value)",
+    )
+    run.add_argument(
+        "--h2-initial-connection-window",
+        type=_h2_window,
+        default=1024 * 1024,
+        metavar="SIZE",
+        help="HTTP/2 request body bytes a client may send on one connection, all streams "
+        "together, before gatewayd reads them (default 1MiB, Envoy's edge value)",
+    )
     run.add_argument(
         "--request-headers-timeout",
         type=_at_least(0.001, float),
@@ -714,6 +757,12 @@ def _run(args: argparse.Namespace, election: LeaderElectionSettings | None = Non
             stream_idle_timeout=args.stream_idle_timeout,
             max_header_bytes=args.max_header_bytes,
             max_headers=int(args.max_headers),
+            h2=dataclasses.replace(
+                EDGE_H2_LIMITS,
+                max_concurrent_streams=int(args.h2_max_concurrent_streams),
+                initial_stream_window=args.h2_initial_stream_window,
+                connection_window=args.h2_initial_connection_window,
+            ),
             header_timeout=args.request_headers_timeout,
             upstream_connect_timeout=args.upstream_connect_timeout,
             preserve_request_id=args.preserve_request_id,

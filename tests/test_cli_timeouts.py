@@ -60,6 +60,33 @@ def test_head_limits_and_edge_timeouts_reach_proxy_options() -> None:
     assert (ns.request_headers_timeout, ns.upstream_connect_timeout) == (2.5, 1.0)
 
 
+def test_h2_limit_defaults_are_envoys_edge_values() -> None:
+    from gatewayd.proxy.http.h2_limits import EDGE_H2_LIMITS
+
+    ns = parse()
+    assert (
+        ns.h2_max_concurrent_streams,
+        ns.h2_initial_stream_window,
+        ns.h2_initial_connection_window,
+    ) == (100, 64 * 1024, 1024 * 1024)
+    assert ProxyOptions().h2 == EDGE_H2_LIMITS
+    assert (
+        EDGE_H2_LIMITS.max_concurrent_streams,
+        EDGE_H2_LIMITS.initial_stream_window,
+        EDGE_H2_LIMITS.connection_window,
+    ) == (100, 64 * 1024, 1024 * 1024)
+    ns = parse(
+        "--h2-max-concurrent-streams", "10",
+        "--h2-initial-stream-window", "1MiB",
+        "--h2-initial-connection-window", "2147483647",
+    )  # fmt: skip
+    assert (
+        ns.h2_max_concurrent_streams,
+        ns.h2_initial_stream_window,
+        ns.h2_initial_connection_window,
+    ) == (10, 1024 * 1024, 2**31 - 1)
+
+
 @pytest.mark.parametrize(
     ("flag", "value"),
     [
@@ -67,6 +94,11 @@ def test_head_limits_and_edge_timeouts_reach_proxy_options() -> None:
         ("--upstream-connect-timeout", "0"),
         ("--max-headers", "0"),
         ("--max-header-bytes", "lots"),
+        ("--h2-max-concurrent-streams", "0"),
+        ("--h2-initial-stream-window", "65534"),  # under the protocol's initial 65535
+        ("--h2-initial-stream-window", "2GiB"),  # over 2^31-1 (RFC 9113 6.9.1)
+        ("--h2-initial-connection-window", "1KiB"),
+        ("--h2-initial-connection-window", "lots"),
     ],
 )
 def test_limits_that_cannot_be_off_are_usage_errors(flag: str, value: str) -> None:

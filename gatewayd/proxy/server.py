@@ -31,6 +31,7 @@ from gatewayd.proxy.accesslog import AccessLogger
 from gatewayd.proxy.balancer import DEFAULT_OUTLIER, EndpointHealth, OutlierOptions
 from gatewayd.proxy.http.exchange import Exchange
 from gatewayd.proxy.http.h1_server import D_IDLE, HttpConnection
+from gatewayd.proxy.http.h2_limits import EDGE_H2_LIMITS, H2Limits
 from gatewayd.proxy.http.pool import UpstreamPool
 from gatewayd.proxy.http.retrybudget import RetryBudget
 from gatewayd.proxy.http.session import SessionCodec
@@ -75,6 +76,10 @@ class ProxyOptions:
     # HTTP listeners also serve cleartext HTTP/2 with prior knowledge (the connection
     # preface is detected on the first bytes), as Envoy's codec_type AUTO does.
     h2c: bool = True
+    # Downstream HTTP/2 limits (h2_limits.H2Limits, Envoy's edge defaults: 100 streams,
+    # 64 KiB stream window, 1 MiB connection window); --h2-max-concurrent-streams,
+    # --h2-initial-stream-window, --h2-initial-connection-window.
+    h2: H2Limits = EDGE_H2_LIMITS
     max_headers: int = 100
     # Envoy's edge defaults.  Route timeout (Envoy's route ``timeout``, 15 s): from the
     # end of the request to the end of the upstream response, for rules without

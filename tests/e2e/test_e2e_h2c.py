@@ -44,7 +44,16 @@ class Answer:
 class H2cClient:
     """A prior-knowledge HTTP/2 client on a blocking socket (bounded reads)."""
 
-    def __init__(self, port: int, tls: ssl.SSLContext | None = None, sni: str = "") -> None:
+    def __init__(
+        self,
+        port: int,
+        tls: ssl.SSLContext | None = None,
+        sni: str = "",
+        *,
+        streams: int = 100,
+        stream_window: int = 64 * 1024,
+        connection_window: int = 1024 * 1024,
+    ) -> None:
         raw = socket.create_connection((LOCALHOST, port), timeout=10)
         self.sock: socket.socket = raw
         if tls is not None:
@@ -57,16 +66,20 @@ class H2cClient:
         self.conn.initiate_connection()
         self.sock.sendall(self.conn.data_to_send())
         self.goaway: h2.events.ConnectionTerminated | None = None
-        # The server's preface: its SETTINGS and the 1 MiB connection window.
+        # The server's preface: its SETTINGS and the connection window (1 MiB default).
         for _ in range(100):
-            if self.conn.outbound_flow_control_window > 65535:
+            if (
+                self.conn.outbound_flow_control_window == connection_window
+                and self.conn.remote_settings.initial_window_size == stream_window
+            ):
                 break
             data = self.sock.recv(65536)
             assert data, "gatewayd closed the connection"
             self.conn.receive_data(data)
             self.sock.sendall(self.conn.data_to_send())
-        assert self.conn.remote_settings.max_concurrent_streams == 100
-        assert self.conn.outbound_flow_control_window == 1024 * 1024
+        assert self.conn.remote_settings.max_concurrent_streams == streams
+        assert self.conn.remote_settings.initial_window_size == stream_window
+        assert self.conn.outbound_flow_control_window == connection_window
 
     def close(self) -> None:
         self.sock.close()
@@ -219,3 +232,34 @@ def test_https_listener_serves_h2_after_alpn(env: Env) -> None:
         doc = json.loads(answers[sid].body)
         assert doc["path"] == f"/tls{i}"
         assert doc["headers"]["X-Forwarded-Proto"] == ["https"]
+
+
+def test_h2_limit_flags_are_advertised(gatewayd, module_echoes) -> None:  # type: ignore[no-untyped-def]
+    """--h2-max-concurrent-streams, --h2-initial-stream-window and
+    --h2-initial-connection-window reach the client's SETTINGS and windows (checked by
+    H2cClient), and a body the larger stream window allows goes through."""
+    (backend,) = module_echoes.start("h2c-flags")
+    port = free_port()
+    docs = [
+        gateway_class(),
+        gateway("gw", [listener("http", port)]),
+        *backend.manifests(),
+        http_route("r", [rule(backends=[backend_ref("h2c-flags")])], hostnames=["h2c.example"]),
+    ]
+    gatewayd(
+        docs,
+        args=[
+            "--h2-max-concurrent-streams", "2",
+            "--h2-initial-stream-window", "128KiB",
+            "--h2-initial-connection-window", "4MiB",
+        ],
+    )  # fmt: skip
+    c = H2cClient(port, streams=2, stream_window=128 * 1024, connection_window=4 * 1024 * 1024)
+    try:
+        # A 100 KiB body fits the 128 KiB stream window (the default 64 KiB would not).
+        sid = c.send("/big", method="POST", body=b"x" * (100 * 1024))
+        answer = c.wait([sid])[sid]
+        assert answer.status == 200
+        assert json.loads(answer.body)["body_bytes"] == 100 * 1024
+    finally:
+        c.close()

@@ -1326,6 +1326,53 @@ def test_idle_pool_is_bounded_per_endpoint() -> None:
     run(main())
 
 
+@pytest.mark.parametrize(("ceiling", "kept"), [(1024, 3), (2, 2)])
+def test_idle_limit_follows_demand_within_its_ceiling(ceiling: int, kept: int) -> None:
+    """Six requests in flight with a floor of 2 idle connections: released together,
+    idle ones are kept while fewer than the busy ones (3 of 6), within the ceiling; the
+    next three concurrent requests then open no new upstream connection."""
+
+    async def main() -> None:
+        gate = asyncio.Event()
+        arrived = 0
+        all_in = asyncio.Event()
+        n = 6
+
+        async def handler(req: Req, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+            nonlocal arrived
+            arrived += 1
+            if arrived == n:
+                all_in.set()
+            await gate.wait()
+            w.write(response(200, b"ok"))
+
+        be = await start_backend(handler)
+        proxy, port, _ = await start_proxy({"/": hit(rule(backend("b", be.port)))})
+        proxy.pool.max_idle = 2
+        proxy.pool.max_idle_ceiling = ceiling
+        key = (LOCAL, be.port, "")
+        clients = [await Client.open(port) for _ in range(n)]
+        for c in clients:
+            await c.send(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n")
+        await all_in.wait()
+        gate.set()
+        for c in clients:
+            assert (await read_response(c.reader)).status == 200
+        assert be.connections == n
+        assert proxy.pool.idle_count(key) == kept
+        assert proxy.pool.open_count[key] == kept
+        # As many requests in flight as idle connections kept: all reuse one.
+        rounds = await asyncio.gather(*(c.get("/") for c in clients[:kept]))
+        assert [r.status for r in rounds] == [200] * kept
+        assert be.connections == n
+        for c in clients:
+            c.close()
+        await proxy.close()
+        await be.stop()
+
+    run(main())
+
+
 def test_error_after_pipelined_request_is_answered_in_order() -> None:
     async def main() -> None:
         be = await start_backend()

@@ -435,6 +435,8 @@ class HttpConnection(asyncio.Protocol):
             self,
             type(self).new_exchange,  # type: ignore[arg-type]
             clock=self.loop.time,
+            limits=self.proxy.options.h2,
+            defer=self.loop.call_soon,
             on_lost=self.connection_lost,
             tunnel_factory=type(self).new_upgrade,  # type: ignore[arg-type]
         )

@@ -143,7 +143,7 @@ class H2ClientStream:
             return
         self.out += data
         self._conn.push(self)
-        self._conn.flush_out()
+        self._conn.flush_soon()
 
     def send_end(self, trailers: Headers | None = None) -> None:
         if self.closed or self.out_end:
@@ -152,7 +152,7 @@ class H2ClientStream:
         if trailers:
             self.trailers_out = to_h2_fields(trailers, request=False)
         self._conn.push(self)
-        self._conn.flush_out()
+        self._conn.flush_soon()
 
     def reset(self) -> None:
         self._conn.reset_stream(self, CANCEL)
@@ -182,8 +182,14 @@ class H2ClientConnection:
         clock: Callable[[], float],
         scheme: bytes = b"http",
         limits: H2Limits = EDGE_H2_LIMITS,
+        defer: Callable[[Callable[[], None]], object] | None = None,
     ) -> None:
         self.clock = clock
+        # A request's HEADERS, DATA and end (and the requests of other streams started
+        # in the same turn of the event loop) leave in one write (``defer``: the loop's
+        # ``call_soon``); a unary gRPC call made three.  None: every flush writes now.
+        self.defer = defer
+        self._flush_scheduled = False
         self.scheme = scheme
         self.limits = limits
         self.h2 = BoundedH2Connection(config=h2_config(client_side=True))
@@ -349,7 +355,7 @@ class H2ClientConnection:
             stream.local_ended = True
         else:
             self.push(stream)
-        self.flush_out()
+        self.flush_soon()
 
     def push(self, stream: H2ClientStream) -> None:
         if stream.closed or stream.local_ended or not stream.stream_id:
@@ -584,6 +590,18 @@ class H2ClientConnection:
         for stream in list(self.streams.values()):
             self._lose(stream, exc, reset=False)
         self.streams.clear()
+
+    def flush_soon(self) -> None:
+        """`flush_out` now, or once at the end of this turn of the loop (``defer``)."""
+        if self.defer is None:
+            self.flush_out()
+        elif not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.defer(self._deferred_flush)
+
+    def _deferred_flush(self) -> None:
+        self._flush_scheduled = False
+        self.flush_out()
 
     def flush_out(self) -> None:
         data = self.h2.data_to_send()

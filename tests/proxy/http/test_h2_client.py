@@ -3,6 +3,8 @@ a transport double carries the bytes."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 from h2.settings import SettingCodes
 from h2_kit import ClientRig, Upstream
@@ -361,3 +363,30 @@ def test_close_ends_an_open_stream_without_error_and_is_a_no_op_after_the_end() 
     assert rig.requests[open_stream.stream_id]["reset"] == 0  # NO_ERROR
     assert rig.requests[done_stream.stream_id]["reset"] is None
     assert up.names() == ["head", "end"]
+
+
+def test_a_request_head_body_and_end_leave_in_one_write_per_loop_turn() -> None:
+    from h2_kit import Upstream
+
+    from gatewayd.proxy.http.codec import RequestHead
+
+    rig = ClientRig()
+    pending: list[Callable[[], None]] = []
+    rig.codec.defer = pending.append
+    writes = rig.transport.writes
+    streams = []
+    for path in (b"/a", b"/b"):
+        stream = rig.codec.open_stream()
+        stream.bind(Upstream(), False)
+        stream.send_head(RequestHead(b"POST", path, [(b"host", b"b")], authority=b"b"), (), False)
+        stream.send_data(b"body")
+        stream.send_end(None)
+        streams.append(stream)
+    assert rig.transport.writes == writes  # nothing written yet
+    assert len(pending) == 1  # one flush scheduled for both requests
+    pending.pop()()
+    assert rig.transport.writes == writes + 1
+    rig.pump()
+    for stream in streams:
+        got = rig.requests[stream.stream_id]
+        assert got["body"] == b"body" and got["ended"]

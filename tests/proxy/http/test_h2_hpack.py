@@ -23,7 +23,7 @@ from gatewayd.proxy.http.h2_hpack import (
 )
 
 # A few names and values so that lists repeat, hit the table, and evict (big values).
-_names = st.sampled_from([b"x-a", b"x-b", b"content-type", b"date", b"cookie"])
+_names = st.sampled_from([b"x-a", b"x-b", b"content-type", b"date", b"cookie", b"x-request-id"])
 _values = st.one_of(
     st.sampled_from([b"1", b"22", b"text/plain", b"v" * 300]),
     st.binary(min_size=0, max_size=40).map(lambda b: b.hex().encode()),
@@ -54,6 +54,19 @@ def test_encoder_blocks_decode_to_their_fields_and_leave_the_table_empty(lists, 
             assert reader.decode(block, raw=True) == fields
             assert list(reader.header_table.dynamic_entries) == []
             assert reader.header_table.maxsize == 0
+
+
+def test_request_ids_are_plain_literals_kept_out_of_the_field_cache() -> None:
+    enc = StaticEncoder()
+    reader = hpack.Decoder()
+    h2_hpack._plain_fields.clear()
+    for value in (b"", b"0f3c" * 9, b"v" * 200, b"\xff" * 130):
+        fields = [(b"x-request-id", value), (b"content-type", b"text/plain")]
+        block = enc.encode(fields)
+        assert reader.decode(block, raw=True) == fields
+        assert value in block  # not Huffman-coded
+    assert all(name != b"x-request-id" for name, _ in h2_hpack._plain_fields)
+    assert list(reader.header_table.dynamic_entries) == []
 
 
 def test_encoder_announces_an_empty_table_first_and_after_each_settings_change() -> None:

@@ -3,6 +3,8 @@ a transport double carries the bytes, a fake clock drives the timeouts."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import h2.events
 import h2.settings
 import pytest
@@ -615,3 +617,31 @@ def test_extended_connect_goes_to_the_tunnel_factory() -> None:
     rig.pump()
     assert [h.method for h in tunnels] == [b"CONNECT"]
     assert len(rig.exchanges) == 2
+
+
+def test_responses_finished_in_one_loop_turn_go_out_in_one_write() -> None:
+    rig = ServerRig(respond=False)
+    pending: list[Callable[[], None]] = []
+    rig.server.defer = pending.append
+    sids = [rig.request(b"/a"), rig.request(b"/b")]
+    rig.pump()
+    writes = rig.transport.writes
+    for ex in rig.exchanges:
+        ex.stream.send_head(ResponseHead(200, [], body_length=2), b"GET")
+        ex.stream.send_data(b"ok")
+        ex.stream.send_end(None)
+    # Nothing written yet; one callback scheduled for both streams.
+    assert rig.transport.writes == writes
+    assert len(pending) == 1
+    pending.pop()()
+    assert rig.transport.writes == writes + 1
+    events = rig.client.receive_data(rig.read_back())
+    ended = {e.stream_id for e in events if isinstance(e, h2.events.StreamEnded)}
+    assert ended == set(sids)
+    # The next flush schedules again.
+    rig.request(b"/c")
+    rig.pump()
+    ex = rig.exchanges[-1]
+    ex.stream.send_head(ResponseHead(204, []), b"GET")
+    ex.stream.send_end(None)
+    assert len(pending) == 1
