@@ -227,6 +227,12 @@ class Daemon:
         """With a connected Kubernetes source: a sink writing status to the API server
         while this replica holds the Lease.  Before the first load, so the first
         statuses reach it."""
+        # A source read from files never writes back; the module of the Kubernetes
+        # source is imported only by --kubernetes, so its absence says so without
+        # importing the Kubernetes client (about 40 MB of RSS) into a file-mode daemon.
+        kube = sys.modules.get("gatewayd.runtime.sources.kubernetes")
+        if kube is None or not isinstance(self.source, kube.KubernetesSource):
+            return
         from gatewayd.runtime.kube.leader import LeaderElectionSettings
         from gatewayd.runtime.kube.writeback import writeback_for
 

@@ -18,8 +18,6 @@ import os
 import random
 from functools import lru_cache
 
-from cryptography import x509
-
 from gatewayd.proxy.tracecontext import (
     NOT_SAMPLED,
     TRACEPARENT,
@@ -215,6 +213,10 @@ def client_cert_details(der: bytes) -> bytes:
     alternative name, in certificate order (the fields Envoy Gateway's ``SanitizeSet``
     adds).  Computed once per connection, not per request.  A certificate that OpenSSL
     verified but ``cryptography`` cannot parse still gets its Hash."""
+    # Imported here: only a listener verifying client certificates loads cryptography
+    # (about 8 MB of RSS a plain HTTP gateway does without).
+    from cryptography import x509
+
     parts = [f"Hash={hashlib.sha256(der).hexdigest()}"]
     try:
         cert = x509.load_der_x509_certificate(der)

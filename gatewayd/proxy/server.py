@@ -563,6 +563,10 @@ class Proxy:
                     except Exception:
                         log.exception("request deadline handling failed")
                         c.abort()
+                elif c.deadline_kind == D_IDLE:
+                    # An idle keep-alive connection gives back its parser until the
+                    # next request (10,000 idle connections: about 10 MB).
+                    c.release_idle()
             self.pool.sweep(now, self.options.idle_timeout)
             for splices in self.splice_sets:
                 if splices:

@@ -18,14 +18,16 @@ import ipaddress
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
-import yaml
-from cryptography import x509
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+# ``cryptography`` is imported by the functions that parse or build certificates, not
+# here: a daemon without TLS listeners or BackendTLSPolicies never loads it (about 8 MB
+# of RSS), and routing imports this module for its names and ``dns_name_matches``.
+if TYPE_CHECKING:
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+
+    PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
 
 __all__ = [
     "CA_BUNDLE_KEY",
@@ -48,8 +50,6 @@ CA_BUNDLE_KEY: Final = "ca.crt"  # the key BackendTLSPolicy / frontend validatio
 # OpenSSL 3's default security level (2) refuses RSA keys under 2048 bits with an opaque
 # "ee key too small"; say it in words instead.
 _MIN_RSA_BITS: Final = 2048
-
-PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +80,8 @@ def load_keypair(
     an unencrypted RSA (>= 2048 bits), EC or Ed25519 key matching the leaf; every
     certificate is valid at ``now``; each certificate is issued by the next one.
     """
+    from cryptography.hazmat.primitives import hashes, serialization
+
     if not cert_pem or not cert_pem.strip():
         raise InvalidCertificate(f"Secret has no {TLS_CERT_KEY}")
     if not key_pem or not key_pem.strip():
@@ -140,6 +142,8 @@ def load_ca_bundle(pem: bytes | str) -> bytes:
     At least one certificate must be usable as a trust anchor: a CA (basicConstraints
     CA:TRUE) or a self-signed certificate (pinning a backend's own certificate).
     """
+    from cryptography.hazmat.primitives import serialization
+
     raw = pem.encode("utf-8", "replace") if isinstance(pem, str) else pem
     if not raw.strip():
         raise InvalidCertificate("CA bundle is empty")
@@ -200,6 +204,11 @@ def self_signed(
     ``ed25519``.  Validity starts five minutes before ``now`` (clock skew) and lasts
     ``days``.
     """
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
     if not hosts:
         raise ValueError("at least one host is needed")
     if days < 1:
@@ -260,6 +269,8 @@ _DNS_LABEL: Final = re.compile(_LABEL_RE)
 
 def secret_manifest(cert_pem: bytes, key_pem: bytes, *, name: str, namespace: str) -> str:
     """A ``kubernetes.io/tls`` Secret manifest (YAML) holding the pair, base64-encoded."""
+    import yaml
+
     if len(name) > 253 or not _DNS_SUBDOMAIN.fullmatch(name):
         raise ValueError(
             f"Secret name {name!r} is not a valid DNS subdomain (lower-case letters, digits, "
@@ -287,6 +298,8 @@ def secret_manifest(cert_pem: bytes, key_pem: bytes, *, name: str, namespace: st
 
 
 def _load_certificates(pem: bytes, what: str) -> list[x509.Certificate]:
+    from cryptography import x509
+
     if b"-----BEGIN CERTIFICATE-----" not in pem:
         hint = ""
         if b"PRIVATE KEY-----" in pem:
@@ -304,6 +317,10 @@ def _load_certificates(pem: bytes, what: str) -> list[x509.Certificate]:
 
 
 def _load_private_key(pem: bytes) -> PrivateKey:
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+
     what = TLS_PRIVATE_KEY_KEY
     if b"-----BEGIN" not in pem or b"PRIVATE KEY-----" not in pem:
         hint = ""
@@ -334,6 +351,8 @@ def _load_private_key(pem: bytes) -> PrivateKey:
 
 
 def _spki(public_key: object) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
     public_bytes = getattr(public_key, "public_bytes", None)
     if public_bytes is None:  # pragma: no cover - every cryptography key type has it
         return b""
@@ -342,6 +361,8 @@ def _spki(public_key: object) -> bytes:
 
 
 def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+    from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+
     try:
         cert.verify_directly_issued_by(issuer)
     except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
@@ -350,6 +371,8 @@ def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
 
 
 def _is_ca(cert: x509.Certificate) -> bool:
+    from cryptography import x509
+
     try:
         bc = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
     except x509.ExtensionNotFound:
@@ -362,6 +385,9 @@ def _self_signed(cert: x509.Certificate) -> bool:
 
 
 def _dns_names(cert: x509.Certificate) -> tuple[str, ...]:
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
     try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
@@ -378,6 +404,8 @@ def _dns_names(cert: x509.Certificate) -> tuple[str, ...]:
 
 
 def _name(cert: x509.Certificate) -> str:
+    from cryptography.x509.oid import NameOID
+
     cns = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
     if cns:
         value = cns[0].value
@@ -399,6 +427,8 @@ def _day(when: dt.datetime) -> str:
 
 
 def _san(hosts: Sequence[str]) -> list[x509.GeneralName]:
+    from cryptography import x509
+
     out: list[x509.GeneralName] = []
     for host in hosts:
         try:
@@ -409,6 +439,8 @@ def _san(hosts: Sequence[str]) -> list[x509.GeneralName]:
 
 
 def _new_key(key_type: str) -> PrivateKey:
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+
     if key_type == "ec":
         return ec.generate_private_key(ec.SECP256R1())
     if key_type == "rsa":
