@@ -31,6 +31,14 @@ from typing import TYPE_CHECKING, Any, Final, cast
 from gatewayd.proxy.accesslog import sockaddr_text
 from gatewayd.proxy.proxyproto import upstream_header
 from gatewayd.proxy.splice import Splice
+from gatewayd.proxy.tlsroute import (
+    FLAGS,
+    R_CONNECT_FAIL,
+    R_INVALID_BACKEND,
+    R_NO_ENDPOINT,
+    R_NO_ROUTE,
+    R_OVERLOAD,
+)
 from gatewayd.routing.snapshot.addresses import host_port
 from gatewayd.routing.snapshot.l4 import L4Table
 
@@ -44,21 +52,10 @@ ListenKey = tuple[str, int]
 
 TCP_PROTOCOL: Final = "TCP"
 
-# What became of a connection: the ``result`` label of gatewayd_tcp_route_cx_total.
+# What became of a connection (the ``result`` label of gatewayd_tcp_route_cx_total) and
+# Envoy's %RESPONSE_FLAGS% of one closed before its splice: TLS listeners' results and
+# flags (tlsroute.py), which name the same outcomes, plus ``spliced``.
 R_SPLICED: Final = "spliced"
-R_NO_ROUTE: Final = "no_route"
-R_INVALID_BACKEND: Final = "invalid_backend"
-R_NO_ENDPOINT: Final = "no_healthy_upstream"
-R_CONNECT_FAIL: Final = "upstream_connect_failure"
-R_OVERLOAD: Final = "overload"
-
-# Envoy's %RESPONSE_FLAGS% of a connection closed before its splice.
-FLAGS: Final = {
-    R_NO_ROUTE: "NR",
-    R_INVALID_BACKEND: "NC",
-    R_NO_ENDPOINT: "UH",
-    R_OVERLOAD: "UO",
-}
 
 
 class TCPRouteListener:

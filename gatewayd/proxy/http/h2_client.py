@@ -240,10 +240,7 @@ class H2ClientConnection:
     # ------------------------------------------------------------- asyncio.Protocol
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
-        self.h2.initiate_connection()
-        extra = self.limits.connection_window - 65535
-        if extra > 0:
-            self.h2.increment_flow_control_window(extra)
+        self.h2.open(self.limits.connection_window)
         self.flush_out()
 
     def data_received(self, data: bytes) -> None:

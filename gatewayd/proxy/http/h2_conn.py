@@ -111,6 +111,14 @@ class BoundedH2Connection(h2.connection.H2Connection):
         # Server side: HEADERS frames opening a stream take `_fast_headers`.
         self.fast_inbound = False
 
+    def open(self, connection_window: int) -> None:
+        """Our preface (SETTINGS), then a WINDOW_UPDATE raising the connection window
+        from RFC 9113's initial 65,535 to ``connection_window`` (either side)."""
+        self.initiate_connection()
+        extra = connection_window - 65535
+        if extra > 0:
+            self.increment_flow_control_window(extra)
+
     def _begin_new_stream(self, stream_id: int, allowed_ids: AllowedStreamIDs) -> CachedStream:
         """h2's, creating a `CachedStream`: same id rules, windows and bookkeeping."""
         outbound = self._stream_id_is_outbound(stream_id)
