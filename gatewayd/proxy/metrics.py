@@ -245,6 +245,7 @@ class ProxyMetrics(Collector):
         if delta > 0:
             total = self._ejections
             total[backend] = total.get(backend, 0) + delta
+
     def upstream_retry(self, backend: str, result: str) -> None:
         """A retry to ``backend`` was sent (``retry``) or refused by the retry budget
         (``overflow``)."""

@@ -153,6 +153,9 @@ def _header(headers: Headers, name: bytes) -> bytes | None:
     return None
 
 
+_perf = time.perf_counter  # module-level: one global lookup on the request path
+
+
 class HeaderView(Mapping[str, str]):
     """The request fields as the route table reads them (``str`` name -> value, repeated
     fields joined with ","), built on the first read: most tables match on host and
@@ -287,6 +290,7 @@ class Exchange:
         "status",
         "still_since",
         "stream",
+        "t0",
         "timer_total",
         "timer_try",
         "trace_parent",
@@ -314,6 +318,9 @@ class Exchange:
         self.replay: list[bytes] | None = []
         self.replay_size = 0
         self.start = 0.0
+        # perf_counter at routing: request durations (metrics, spans, access log).  The
+        # loop's clock (``start``, deadlines) moves in whole milliseconds under uvloop.
+        self.t0 = 0.0
         self.port: ListenerPort | None = None
         self.rule: CompiledRule | None = None
         self.backend: CompiledBackend | None = None
@@ -423,6 +430,7 @@ class Exchange:
         conn = self.conn
         proxy = conn.proxy
         self.start = conn.loop.time()
+        self.t0 = _perf()
         if proxy.metrics is not None:
             proxy.metrics.rq_active += 1  # _record takes it back
         snapshot = proxy.holder.current
@@ -1435,7 +1443,7 @@ class Exchange:
         if access is None and metrics is None:
             return
         start = self.start
-        duration = self.conn.loop.time() - start if start else 0.0
+        duration = _perf() - self.t0 if start else 0.0
         rule = self.rule
         if metrics is not None:
             if start:

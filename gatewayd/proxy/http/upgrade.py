@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import base64
 import os
+import time
 from typing import TYPE_CHECKING, Final
 
 from gatewayd.proxy.filters import apply_header_ops, cors_response_headers
@@ -92,6 +93,7 @@ class UpgradeExchange(Exchange):
         protocol = self.head.protocol
         if protocol is None or not is_websocket(protocol):
             self.start = self.conn.loop.time()
+            self.t0 = time.perf_counter()
             self._local(501, LR_UPGRADE_UNSUPPORTED)
             return
         super().on_start()
