@@ -307,6 +307,32 @@ def forward_request_headers(
     trace_flags: bytes | None = None,
     trace_sample: float = 1.0,
 ) -> tuple[Headers, bytes, bytes | None, bytes]:
+    """``forward_fields`` with its arguments named (the request path calls that one
+    positionally: nine keyword arguments cost ~0.3 us a call)."""
+    return forward_fields(
+        headers,
+        peer_ip,
+        scheme,
+        client_cert,
+        drop,
+        trusted_hops,
+        preserve_request_id,
+        trace_flags,
+        trace_sample,
+    )
+
+
+def forward_fields(
+    headers: Headers,
+    peer_ip: str,
+    scheme: bytes,
+    client_cert: bytes | None,
+    drop: frozenset[bytes],
+    trusted_hops: int,
+    preserve_request_id: bool,
+    trace_flags: bytes | None,
+    trace_sample: float,
+) -> tuple[Headers, bytes, bytes | None, bytes]:
     """``strip_hop_by_hop`` then ``add_forwarding_headers`` in one walk over the request
     fields: the forwarded list (a new one; ``headers`` is left as received) and the
     request id.  ``drop``: the hop-by-hop set (``HOP_BY_HOP_AND_EXPECT`` when the proxy

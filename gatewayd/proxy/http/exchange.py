@@ -43,7 +43,7 @@ from gatewayd.proxy.filters import (
 from gatewayd.proxy.forwarded import (
     HOP_BY_HOP,
     HOP_BY_HOP_AND_EXPECT,
-    forward_request_headers,
+    forward_fields,
     strip_hop_by_hop,
     strip_hop_by_hop_set,
 )
@@ -518,6 +518,9 @@ class Exchange:
         rule = hit.rule
         self.rule = rule
         self.listener = hit.listener_name
+        if rule.plain and head.authority is not None:
+            self._forward_plain(rule, path_b, query_b)
+            return
 
         cors = rule.cors
         if cors is not None and self.method == b"OPTIONS":
@@ -555,17 +558,17 @@ class Exchange:
         # Keep-Alive, TE, Transfer-Encoding, Upgrade, ...) are not forwarded; the
         # forwarding headers are set in the same walk over the fields.
         options = proxy.options
-        fwd, self.request_id, self.traceparent, self.trace_parent = forward_request_headers(
+        fwd, self.request_id, self.traceparent, self.trace_parent = forward_fields(
             headers,
-            peer_ip=conn.peer_ip,
-            scheme=conn.scheme,
-            trusted_hops=options.xff_trusted_hops,
-            preserve_request_id=options.preserve_request_id,
-            client_cert=conn.client_cert,
+            conn.peer_ip,
+            conn.scheme,
+            conn.client_cert,
             # ``Expect: 100-continue`` is answered here (send_continue), never forwarded.
-            drop=HOP_BY_HOP_AND_EXPECT if head.expect_continue else HOP_BY_HOP,
-            trace_flags=proxy.trace_flags,
-            trace_sample=options.trace_sample,
+            HOP_BY_HOP_AND_EXPECT if head.expect_continue else HOP_BY_HOP,
+            options.xff_trusted_hops,
+            options.preserve_request_id,
+            proxy.trace_flags,
+            options.trace_sample,
         )
         if rule.request_headers is not None:
             apply_header_ops(fwd, rule.request_headers)
@@ -679,6 +682,68 @@ class Exchange:
         if self.request_complete and self.mirrors:
             self._fire_mirrors()
         self._try(False)
+
+    def _forward_plain(self, rule: CompiledRule, path_b: bytes, query_b: bytes) -> None:
+        """The lean lane of ``_route`` for a ``rule.plain`` rule (routing/snapshot/
+        rules.py: one HTTP/1.1 backendRef, no filter but RequestHeaderModifier, no
+        retry, mirror, session or timeouts) and a request with a Host: what the general
+        path does for such a request, without the tests and calls of what the rule
+        does not have.  The pooled try is ``_try`` inlined for a backend with one
+        endpoint; anything else goes through ``_try``."""
+        conn = self.conn
+        proxy = conn.proxy
+        head = self.head
+        options = proxy.options
+        fwd, self.request_id, self.traceparent, self.trace_parent = forward_fields(
+            self.headers,
+            conn.peer_ip,
+            conn.scheme,
+            conn.client_cert,
+            HOP_BY_HOP_AND_EXPECT if head.expect_continue else HOP_BY_HOP,
+            options.xff_trusted_hops,
+            options.preserve_request_id,
+            proxy.trace_flags,
+            options.trace_sample,
+        )
+        ops = rule.request_headers
+        if ops is not None:
+            apply_header_ops(fwd, ops)
+        backend = rule.backends[0]
+        self.backend = backend
+        self.upstream_head = RequestHead(
+            self.method,
+            path_b + b"?" + query_b if query_b else path_b,
+            fwd,
+            body_length=head.body_length,
+            end_stream=head.end_stream,
+            transfer_codings=head.transfer_codings,
+        )
+        if not self.upgrade:
+            # No ``timeouts``: Envoy's default route timeout (see ``_route``).
+            wait = options.route_timeout
+            if wait:
+                self.route_wait = wait
+                if self.request_complete:
+                    self.deadline = self.start + wait
+        bal = backend.lb
+        st = bal.single if bal is not None else None
+        if st is None:
+            self._try(False)  # the balancer picks (several endpoints, first request)
+            return
+        self.ep_state = st
+        st.active += 1
+        ep = st.endpoint
+        self.endpoint = ep
+        self.attempt = 1
+        tls = backend.tls
+        # ``endpoint_key`` inlined.
+        up = proxy.pool.acquire((ep.address, ep.port, tls.key if tls is not None else ""))
+        if up is not None:
+            self._attach(up, True)
+            return
+        task = conn.loop.create_task(self._connect(ep, 1))
+        proxy.tasks.add(task)
+        task.add_done_callback(proxy.tasks.discard)
 
     def _session_backend(self, rule: CompiledRule) -> CompiledBackend | None:
         proxy = self.conn.proxy

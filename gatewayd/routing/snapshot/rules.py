@@ -211,11 +211,39 @@ class CompiledRule:
     # "namespace/name/rule/N": the access log's route and the per-route metrics label,
     # computed once here rather than per request.
     route_id: str = ""
+    # The request path's lean lane (proxy/http/exchange.py ``_forward_plain``): an
+    # HTTPRoute rule whose requests only need the forwarding headers, the rule's
+    # RequestHeaderModifier and one HTTP/1.1 backendRef without filters: no CORS,
+    # redirect, direct reply, rewrite, mirror, session, retry or timeouts.  Decided
+    # here once, so a request of such a rule skips the other tests.
+    plain: bool = field(default=False, init=False, compare=False)
 
     def __post_init__(self) -> None:
         if not self.route_id:
             rid = f"{self.route_namespace}/{self.route_name}/rule/{self.rule_index}"
             object.__setattr__(self, "route_id", rid)
+        backends = self.backends
+        one = backends[0] if len(backends) == 1 else None
+        object.__setattr__(
+            self,
+            "plain",
+            self.route_kind == "HTTPRoute"
+            and one is not None
+            and self.total_weight > 0
+            and one.invalid_status is None
+            and not one.http2
+            and not one.request_filters
+            and one.request_headers is None
+            and self.cors is None
+            and self.redirect is None
+            and self.direct_status is None
+            and self.rewrite is None
+            and not self.mirrors
+            and not self.sticky
+            and self.retry is None
+            and self.request_timeout is None
+            and self.backend_request_timeout is None,
+        )
 
     def pick_backend(self, r: float) -> CompiledBackend | None:
         """Weighted choice; ``r`` is uniform in [0, 1).  None when no backend is left."""

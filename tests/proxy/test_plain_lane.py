@@ -1,0 +1,181 @@
+"""The request path's lean lane (``Exchange._forward_plain``): which rules take it
+(``CompiledRule.plain``) and that a request forwarded through it reaches the backend
+exactly as through the general path."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Any
+
+import pytest
+from loop_kit import run
+from test_server import (
+    Client,
+    Req,
+    backend,
+    hit,
+    rule,
+    start_backend,
+    start_proxy,
+)
+
+from gatewayd.proxy.balancer import ROUND_ROBIN, OutlierOptions
+from gatewayd.routing.snapshot.rules import (
+    Cors,
+    HeaderOps,
+    Mirror,
+    PathModifier,
+    Redirect,
+    Retry,
+    Rewrite,
+)
+
+ADD = HeaderOps(add=(("x-bench", "1"),), set=(("x-set", "s"),), remove=("x-drop",))
+
+
+def test_plain_rules() -> None:
+    be = backend("b", 1)
+    assert rule(be).plain
+    assert rule(be, request_headers=ADD).plain
+    # Response-side filters leave the request path as it is.
+    assert rule(be, response_headers=ADD).plain
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"route_kind": "GRPCRoute"},
+        {"cors": Cors(allow_origins=("*",))},
+        {"redirect": Redirect(status_code=302)},
+        {"direct_status": 500},
+        {"rewrite": Rewrite(path=PathModifier(type="ReplaceFullPath", value="/x"))},
+        {"mirrors": (Mirror(backend=backend("m", 2)),)},
+        {"sticky": True},
+        {"retry": Retry(attempts=1)},
+        {"request_timeout": 5.0},
+        {"request_timeout": 0.0},
+        {"backend_request_timeout": 1.0},
+        {"total_weight": 0},
+    ],
+)
+def test_rules_that_need_the_general_path(change: dict[str, Any]) -> None:
+    assert not dataclasses.replace(rule(backend("b", 1)), **change).plain
+
+
+@pytest.mark.parametrize(
+    "backend_kw",
+    [
+        {"invalid_status": 500},
+        {"http2": True},
+        {"request_headers": ADD},
+        {"rewrite": Rewrite(hostname="h")},
+        {"redirect": Redirect(status_code=302)},
+        {"mirrors": (Mirror(backend=backend("m", 2)),)},
+    ],
+)
+def test_backends_that_need_the_general_path(backend_kw: dict[str, Any]) -> None:
+    assert not rule(backend("b", 1, **backend_kw)).plain
+    # Two backendRefs: a weighted pick.
+    assert not rule(backend("a", 1), backend("b", 2)).plain
+
+
+REQUEST_FIELDS = (
+    "x-forwarded-for: 10.0.0.1\r\n"
+    "x-forwarded-for: 10.0.0.2\r\n"
+    "x-request-id: client-chosen\r\n"
+    "x-envoy-retry-on: 5xx\r\n"
+    "x-forwarded-proto: https\r\n"
+    "traceparent: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01\r\n"
+    "tracestate: a=1\r\n"
+    "connection: keep-alive, x-hop\r\n"
+    "keep-alive: timeout=5\r\n"
+    "x-hop: 1\r\n"
+    "te: trailers\r\n"
+    "x-drop: 1\r\n"
+    "x-set: old\r\n"
+    "user-agent: t\r\n"
+)
+
+_SPAN = re.compile(r"^(00-[0-9a-f]{32}-)[0-9a-f]{16}(-0[01])$")
+
+
+def _seen(req: Req) -> list[tuple[str, str]]:
+    """The request as the backend saw it, its per-request random parts blanked: the
+    request id and traceparent's parent id (the trace id and flags are kept)."""
+    out = []
+    for n, v in req.headers:
+        if n == "x-request-id":
+            assert re.fullmatch(r"[0-9a-f-]{36}", v)
+            v = "<id>"
+        elif n == "traceparent":
+            m = _SPAN.match(v)
+            assert m is not None, v
+            v = m.group(1) + "<span>" + m.group(2)
+        out.append((n, v))
+    return out
+
+
+def test_plain_and_general_path_forward_the_same_request() -> None:
+    async def main() -> None:
+        be = await start_backend()
+        plain = rule(backend("b", be.port), request_headers=ADD)
+        # The same rule with a route timeout of its own: the general path.
+        general = dataclasses.replace(plain, request_timeout=30.0)
+        assert plain.plain and not general.plain
+        proxy, port, _ = await start_proxy({"/plain": hit(plain), "/general": hit(general)})
+        c = await Client.open(port)
+        for path in ("/plain", "/general"):
+            resp = await c.get(path + "/x?q=1", extra=REQUEST_FIELDS)
+            assert resp.status == 200
+            assert resp.header("x-request-id") == be.requests[-1].header("x-request-id")
+            # A body with a Content-Length, and Expect: 100-continue answered here.
+            body = b"0123456789"
+            await c.send(
+                f"POST {path}/y HTTP/1.1\r\nhost: example.com\r\ncontent-length: 10\r\n"
+                f"expect: 100-continue\r\n{REQUEST_FIELDS}\r\n".encode()
+            )
+            assert (await c.reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 100 ")
+            await c.send(body)
+            resp = await c.reader.readuntil(b"\r\n\r\n")
+            assert resp.startswith(b"HTTP/1.1 200 ")
+            length = int(re.search(rb"content-length: (\d+)", resp, re.I).group(1))  # type: ignore[union-attr]
+            await c.reader.readexactly(length)
+            assert be.requests[-1].body == body
+        p_get, p_post, g_get, g_post = be.requests
+        assert (p_get.target, g_get.target) == ("/plain/x?q=1", "/general/x?q=1")
+        assert _seen(p_get) == _seen(g_get)
+        assert _seen(p_post) == _seen(g_post)
+        fields = dict(_seen(p_get))
+        assert fields["x-forwarded-for"] == "10.0.0.1, 10.0.0.2, 127.0.0.1"
+        assert fields["x-forwarded-proto"] == "http"
+        assert fields["x-bench"] == "1" and fields["x-set"] == "s"
+        for gone in ("x-drop", "x-hop", "keep-alive", "te", "connection", "x-envoy-retry-on"):
+            assert gone not in fields
+        assert "expect" not in dict(_seen(p_post))
+        c.close()
+        await proxy.close()
+        await be.stop()
+
+    run(main())
+
+
+def test_plain_rule_with_several_endpoints_is_balanced() -> None:
+    async def main() -> None:
+        one, two = await start_backend(), await start_backend()
+        r = rule(backend("b", one.port, two.port))
+        assert r.plain
+        proxy, port, _ = await start_proxy(
+            {"/": hit(r)}, outlier=OutlierOptions(lb_policy=ROUND_ROBIN)
+        )
+        c = await Client.open(port)
+        for i in range(4):
+            resp = await c.get(f"/n{i}")
+            assert resp.status == 200 and resp.body == f"GET /n{i} 0".encode()
+        assert len(one.requests) == len(two.requests) == 2
+        c.close()
+        await proxy.close()
+        await one.stop()
+        await two.stop()
+
+    run(main())
