@@ -104,6 +104,39 @@ def test_parse_wrk_refuses_unexpected_output() -> None:
         bench.parse_wrk("unable to connect to 127.0.0.1:8000 Connection refused\n")
 
 
+def test_small_request_checks_say_the_issue_targets() -> None:
+    """Issue 17's small-request lines: 50% of nginx and 65% of the ceiling with the log
+    off, 45% of nginx with the default text access log (the ``gatewayd1-log`` row)."""
+    bench = _load("bench")
+    assert "gatewayd1-log" in bench.DEFAULT_TARGETS
+    summary = {
+        "nginx": {"rps": 60000.0},
+        "ceiling": {"rps": 40000.0, "rps_per_core": 40000.0},
+        "gatewayd1": {"rps": 30000.0, "rps_per_core": 30000.0},
+        "gatewayd1-log": {"rps": 26000.0},
+    }
+    lines = {c["check"]: c for c in bench.checks(summary, {}, {})}
+    off = lines["gatewayd 1 worker req/s >= 50% of nginx (access log off)"]
+    assert (off["value"], off["verdict"]) == (0.5, "PASS")
+    ceiling = lines["gatewayd 1 worker req/s >= 65% of the Python ceiling"]
+    assert (ceiling["value"], ceiling["verdict"]) == (0.75, "PASS")
+    logged = lines["gatewayd 1 worker, default text access log, req/s >= 45% of nginx"]
+    assert logged["verdict"] == "MISS" and logged["value"] == pytest.approx(26000 / 60000)
+    assert "the log costs 13% of the log-off req/s" in logged["detail"]
+    summary["gatewayd1-log"] = {"rps": 27000.0}
+    lines = {c["check"]: c for c in bench.checks(summary, {}, {})}
+    assert (
+        lines["gatewayd 1 worker, default text access log, req/s >= 45% of nginx"]["verdict"]
+        == "PASS"
+    )
+    del summary["gatewayd1-log"]
+    lines = {c["check"]: c for c in bench.checks(summary, {}, {})}
+    assert (
+        lines["gatewayd 1 worker, default text access log, req/s >= 45% of nginx"]["verdict"]
+        == "n/a"
+    )
+
+
 def test_bench_config_is_valid_for_gatewayd(tmp_path: Path) -> None:
     bench = _load("bench")
     cfg = bench.gatewayd_config(tmp_path, _free_port(), _free_port())
