@@ -168,6 +168,37 @@ class RequestHead:
         self.transfer_codings = transfer_codings
 
 
+_new_head = RequestHead.__new__
+
+
+def request_head(
+    method: bytes,
+    target: bytes,
+    headers: Headers,
+    body_length: int | None,
+    end_stream: bool,
+    transfer_codings: bytes | None,
+) -> RequestHead:
+    """``RequestHead(method, target, headers, body_length=..., end_stream=...,
+    transfer_codings=...)`` with every other attribute at its default, for the request
+    path: positional, and no ``__init__`` call (0.25 against 0.70 us with the keywords;
+    a test holds the two to the same attributes)."""
+    h = _new_head(RequestHead)
+    h.method = method
+    h.target = target
+    h.headers = headers
+    h.authority = None
+    h.scheme = None
+    h.version = HTTP_11
+    h.body_length = body_length
+    h.end_stream = end_stream
+    h.expect_continue = False
+    h.protocol = None
+    h.keep_alive = True
+    h.transfer_codings = transfer_codings
+    return h
+
+
 class ResponseHead:
     """A final response head (interim 1xx responses never reach the exchange)."""
 

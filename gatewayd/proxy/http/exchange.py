@@ -65,6 +65,7 @@ from gatewayd.proxy.http.codec import (
     ResponseHead,
     ServerStream,
     UpstreamProtocolError,
+    request_head,
     te_for_h2,
 )
 from gatewayd.proxy.http.h1_client import endpoint_key
@@ -399,11 +400,12 @@ class Exchange:
         self.req_trailers = trailers
         if self.finished:
             return
-        if self.route_wait:
+        if self.route_wait and not self.head.end_stream:
             # Envoy's route timeout is "the amount of time that Envoy will wait for the
             # upstream to respond with a complete response.  This timeout does not
             # start until the entire downstream request stream has been received": a
-            # long upload is not cut.
+            # long upload is not cut.  (A request without a body was complete when it
+            # was routed, which armed the deadline then.)
             self.deadline = self.conn.loop.time() + self.route_wait
         if self.mirrors:
             self._fire_mirrors()
@@ -639,13 +641,13 @@ class Exchange:
                 fwd.append((b"te", b"trailers"))
         # The client codec frames the body: a known length passes through, anything
         # else is re-chunked as it arrives (with the codings the client applied).
-        self.upstream_head = RequestHead(
+        self.upstream_head = request_head(
             self.method,
             target,
             fwd,
-            body_length=head.body_length,
-            end_stream=head.end_stream,
-            transfer_codings=head.transfer_codings,
+            head.body_length,
+            head.end_stream,
+            head.transfer_codings,
         )
 
         loop = conn.loop
@@ -710,13 +712,13 @@ class Exchange:
             apply_header_ops(fwd, ops)
         backend = rule.backends[0]
         self.backend = backend
-        self.upstream_head = RequestHead(
+        self.upstream_head = request_head(
             self.method,
             path_b + b"?" + query_b if query_b else path_b,
             fwd,
-            body_length=head.body_length,
-            end_stream=head.end_stream,
-            transfer_codings=head.transfer_codings,
+            head.body_length,
+            head.end_stream,
+            head.transfer_codings,
         )
         if not self.upgrade:
             # No ``timeouts``: Envoy's default route timeout (see ``_route``).

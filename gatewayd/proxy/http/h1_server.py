@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Final, cast
 import httptools
 
 from gatewayd.proxy.forwarded import client_cert_details
-from gatewayd.proxy.http.codec import Headers, RequestHead, ResponseHead
+from gatewayd.proxy.http.codec import Headers, RequestHead, ResponseHead, request_head
 from gatewayd.proxy.http.exchange import ERRORS_BY_STATUS, LR_BAD, Exchange
 from gatewayd.proxy.http.h1_client import WRITE_HIGH, WRITE_LOW
 from gatewayd.proxy.http.h2_limits import is_h2_preface
@@ -536,7 +536,7 @@ class HttpConnection(asyncio.Protocol):
                     self._protocol_error(431)
 
     def on_message_begin(self) -> None:
-        self.cur_head = RequestHead(b"", b"", [])
+        self.cur_head = request_head(b"", b"", [], None, False, None)
         self.trailers = None
         self.head_size = 0
         self.head_fed = 0

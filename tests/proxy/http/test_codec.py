@@ -37,3 +37,27 @@ def test_heads_default_to_a_bodiless_http11_message() -> None:
     assert h.authority is None and h.scheme is None and h.protocol is None
     r = ResponseHead(204, [], end_stream=True)
     assert r.status == 204 and r.body_length is None and r.end_stream
+
+
+def test_request_head_is_the_keyword_constructor() -> None:
+    from gatewayd.proxy.http.codec import request_head
+
+    for args in (
+        (b"", b"", [], None, False, None),
+        (b"POST", b"/p?q", [(b"host", b"h")], None, False, b"gzip, chunked"),
+        (b"GET", b"/", [], 0, True, None),
+    ):
+        method, target, headers, body_length, end_stream, codings = args
+        fast = request_head(method, target, headers, body_length, end_stream, codings)
+        slow = RequestHead(
+            method,
+            target,
+            headers,
+            body_length=body_length,
+            end_stream=end_stream,
+            transfer_codings=codings,
+        )
+        assert fast.headers is headers
+        assert {a: getattr(fast, a) for a in RequestHead.__slots__} == {
+            a: getattr(slow, a) for a in RequestHead.__slots__
+        }
