@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import uuid
 
 import pytest
 from hypothesis import given, settings
@@ -93,6 +94,15 @@ def test_a_trace_starts_when_none_came_with_the_request_id_as_its_id() -> None:
     # Each request is a new trace and a new span.
     _, _, tp2, _ = forward([(b"host", b"a")])
     assert tp2[3:35] != tp[3:35] and tp2[36:52] != tp[36:52]
+
+
+def test_a_request_id_made_with_its_trace_is_a_version_4_uuid() -> None:
+    for _ in range(500):
+        _, rid, tp, _ = forward([(b"host", b"a")])
+        u = uuid.UUID(rid.decode("ascii"))
+        assert str(u).encode() == rid
+        assert (u.version, u.variant) == (4, uuid.RFC_4122)
+        assert tp[3:35] == u.hex.encode()
 
 
 def test_a_started_trace_is_sampled_when_spans_are_recorded() -> None:
