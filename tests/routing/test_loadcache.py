@@ -1,0 +1,155 @@
+"""``LoadCache``: a reload reuses what the previous load made of each unchanged file,
+and gives exactly what a load without the cache gives (objects, problems, generations)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from gatewayd.pipeline import ConfigPipeline
+from gatewayd.routing.config.load import ConfigLimits, LoadResult, load_documents
+from gatewayd.routing.config.loadcache import LoadCache
+
+ROUTE = """\
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata:
+  name: {name}
+  namespace: ns
+spec:
+  parentRefs: [{{name: gw}}]
+  hostnames: ["{host}"]
+"""
+
+BASE = """\
+apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {name: gc}
+spec: {controllerName: gatewayd.dev/gateway-controller}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: gw, namespace: ns}
+spec:
+  gatewayClassName: gc
+  listeners: [{name: http, protocol: HTTP, port: 8080}]
+"""
+
+
+def routes(*names: str, host: str = "a.example") -> str:
+    return "---\n".join(ROUTE.format(name=n, host=host) for n in names)
+
+
+def same(cached: LoadResult, plain: LoadResult) -> None:
+    """The cached load gives what a load without a cache gives."""
+    assert cached.config == plain.config
+    assert cached.problems == plain.problems
+    assert cached.notices == plain.notices
+    assert cached.skipped == plain.skipped
+    assert cached.generations == plain.generations
+
+
+def both(
+    files: list[tuple[str, str]], cache: LoadCache, previous: LoadResult | None = None, **kw: object
+) -> LoadResult:
+    prev = previous.generations if previous is not None else None
+    cached = load_documents(files, previous=prev, cache=cache, **kw)  # type: ignore[arg-type]
+    same(cached, load_documents(files, previous=prev, **kw))  # type: ignore[arg-type]
+    return cached
+
+
+def test_an_unchanged_file_is_reused_and_a_changed_one_read_again() -> None:
+    cache = LoadCache()
+    files = [("base.yaml", BASE), ("a.yaml", routes("r1", "r2")), ("b.yaml", routes("r3"))]
+    first = both(files, cache)
+    assert (cache.hits, cache.misses, len(cache)) == (0, 3, 3)
+    files[2] = ("b.yaml", routes("r3", host="b.example"))
+    second = both(files, cache, first)
+    assert (cache.hits, cache.misses) == (2, 1)
+    # The unchanged file's objects are the very same values; the changed one is new.
+    assert second.config.http_routes[0] is first.config.http_routes[0]
+    assert second.config.http_routes[1] is first.config.http_routes[1]
+    r3 = second.config.http_routes[2]
+    assert r3 is not first.config.http_routes[2]
+    assert r3.hostnames == ("b.example",)
+    assert r3.meta.generation == 2  # its spec changed
+    assert second.config.http_routes[0].meta.generation == 1
+
+
+def test_a_file_with_a_problem_is_read_every_time() -> None:
+    cache = LoadCache()
+    bad = routes("r1") + "---\nkind: HTTPRoute\napiVersion: gateway.networking.k8s.io/v1\n"
+    files = [("base.yaml", BASE), ("a.yaml", bad)]
+    first = both(files, cache)
+    assert first.problems
+    assert len(cache) == 1  # base.yaml only
+    both(files, cache, first)
+    assert (cache.hits, cache.misses) == (1, 1)
+
+
+def test_an_object_defined_earlier_makes_the_cached_file_read_again() -> None:
+    cache = LoadCache()
+    files = [("a.yaml", routes("r1")), ("b.yaml", routes("r2"))]
+    first = both(files, cache)
+    # r2 now also in a.yaml, read first: b.yaml's r2 is a later definition.
+    files[0] = ("a.yaml", routes("r1", "r2", host="x.example"))
+    second = both(files, cache, first)
+    assert cache.hits == 0
+    assert any("already defined" in str(p) for p in second.problems)
+
+
+def test_the_node_budget_is_charged_for_a_cached_file() -> None:
+    cache = LoadCache()
+    files = [("a.yaml", routes("r1", "r2")), ("b.yaml", routes("r3"))]
+    first = both(files, cache)
+    # A budget the cached files no longer fit in: the same problem as without a cache.
+    small = ConfigLimits(max_nodes=30)
+    second = both(files, cache, first, limits=small)
+    assert any("YAML nodes" in str(p) for p in second.problems)
+    assert cache.hits < 2
+
+
+def test_a_generation_written_elsewhere_makes_the_file_read_again() -> None:
+    cache = LoadCache()
+    files = [("a.yaml", routes("r1"))]
+    first = both(files, cache)
+    # The previous load saw r1 with another spec: reading it now moves its generation.
+    moved = {k: ("another digest", 4) for k in first.generations}
+    cached = load_documents(files, previous=moved, cache=cache)
+    same(cached, load_documents(files, previous=moved))
+    assert cache.hits == 0
+    assert cached.config.http_routes[0].meta.generation == 5
+
+
+def test_files_that_went_away_are_forgotten() -> None:
+    cache = LoadCache()
+    first = both([("a.yaml", routes("r1")), ("b.yaml", routes("r2"))], cache)
+    both([("a.yaml", routes("r1"))], cache, first)
+    assert len(cache) == 1
+
+
+def test_the_pipeline_keeps_the_last_good_config_and_reuses_unchanged_files(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "base.yaml").write_text(BASE)
+    (tmp_path / "a.yaml").write_text(routes("r1", "r2"))
+    (tmp_path / "b.yaml").write_text(routes("r3"))
+    pipeline = ConfigPipeline([str(tmp_path)])
+    good = pipeline.build()
+    pipeline.commit(good)
+    cache = pipeline.source.cache  # type: ignore[attr-defined]
+    # A bad edit: reported, and the file is not remembered.
+    (tmp_path / "b.yaml").write_text(routes("r3") + "  bogus: [\n")
+    bad = pipeline.build()
+    assert bad.load.problems
+    assert (cache.hits, cache.misses) == (2, 1)
+    # Not committed (the daemon keeps serving ``good``); fixed, the build serves as before.
+    (tmp_path / "b.yaml").write_text(routes("r3"))
+    fixed = pipeline.build()
+    assert not fixed.load.problems
+    assert (cache.hits, cache.misses) == (2, 1)
+    assert fixed.load.config == good.load.config
+    assert fixed.resolution.statuses == good.resolution.statuses
+    dumps = [b.snapshot.to_json() for b in (good, fixed)]
+    for dump in dumps:
+        dump.pop("generation", None)
+    assert dumps[0] == dumps[1]
