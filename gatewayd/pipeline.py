@@ -7,16 +7,14 @@ the hot path; the data plane only ever sees the ``Snapshot`` it returns.
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import errno
-import gc
 import socket
-import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
+from gatewayd.collector import BuiltOutOfCollections, collection_paused
 from gatewayd.routing.compile.compiler import compile_snapshot
 from gatewayd.routing.config.load import ConfigLimits, LoadResult
 from gatewayd.routing.control.bindings import ObjectStatus, Resolution
@@ -44,66 +42,6 @@ def is_local_address(address: str) -> bool:
 
 def utc_now() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-@contextlib.contextmanager
-def _cycle_collection_paused() -> Iterator[None]:
-    """Python's cyclic garbage collector paused while a build runs.
-
-    A build allocates hundreds of thousands of objects that live on (10,000 HTTPRoutes:
-    about 500,000), and each allocation burst triggers collections that walk all of them
-    again: a third of the build's CPU time.  Reference counting still frees everything
-    that is not a cycle; the collector runs again when the build is done."""
-    was = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was:
-            gc.enable()
-
-
-# At most this often (seconds) a build ends with a full collection of everything, the
-# serving configuration included (``ConfigPipeline(freeze=True)``).
-FULL_COLLECTION_INTERVAL = 600.0
-
-
-class BuiltOutOfCollections:
-    """Keeps each build out of the cyclic collector's walks (``gc.freeze``).
-
-    A build leaves some 200,000 long-lived objects (10,000 HTTPRoutes), and the
-    collections that follow it walk them all with the GIL held: young ones on the first
-    allocations, a full one soon after; 120-190 ms each on a busy core, three per reload,
-    which every request in flight waits for.  The configuration holds no reference
-    cycles (reference counting frees a replaced one), so collecting never finds anything
-    in it: ``end`` freezes everything alive while the collector is still paused.
-
-    Freezing takes what else is alive too: the connections open at that moment.  Once
-    closed, their reference cycles (about a dozen objects each) stay in the frozen set.
-    To bound that, a build ends with a full collection first (``gc.unfreeze``,
-    ``gc.collect``: one pause like those above) when none ran for
-    ``FULL_COLLECTION_INTERVAL`` seconds (the first build, at start-up, serves no
-    connection yet: it only freezes).  The leak is then at most the connections open at
-    the reloads of ten minutes."""
-
-    __slots__ = ("interval", "last_full", "full_collections")
-
-    def __init__(self, interval: float = FULL_COLLECTION_INTERVAL) -> None:
-        self.interval = interval
-        self.last_full: float | None = None
-        self.full_collections = 0
-
-    def end(self) -> None:
-        """At the end of a build, the collector paused."""
-        now = time.monotonic()
-        if self.last_full is None:
-            self.last_full = now  # the first build: no connection yet, nothing to reclaim
-        elif now - self.last_full >= self.interval:
-            gc.unfreeze()
-            gc.collect()
-            self.last_full = now
-            self.full_collections += 1
-        gc.freeze()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -151,7 +89,7 @@ class ConfigPipeline:
 
         Reads ``commit``'s state and nothing else of the pipeline, so the daemon runs it
         on a thread while one reload at a time commits on the event loop."""
-        with _cycle_collection_paused():
+        with collection_paused():
             built = self._build()
             if self.frozen is not None:
                 self.frozen.end()

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from gatewayd.pipeline import BuiltOutOfCollections, ConfigPipeline
+from gatewayd.collector import BuiltOutOfCollections
+from gatewayd.pipeline import ConfigPipeline
 
 CONFIG = """\
 apiVersion: gateway.networking.k8s.io/v1
