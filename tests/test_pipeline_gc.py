@@ -85,3 +85,28 @@ def test_frozen_cyclic_garbage_is_reclaimed_once_the_interval_passed() -> None:
     policy.end()  # the interval passed: unfreeze, collect, freeze
     assert alive() is None
     assert policy.full_collections == 1
+
+
+def test_a_worker_unpickles_a_snapshot_frozen_and_restores_the_thread_settings(
+    tmp_path: Path,
+) -> None:
+    import pickle
+    import sys
+
+    from gatewayd.workers import ProtocolError, _unpickle_snapshot
+
+    (tmp_path / "c.yaml").write_text(CONFIG)
+    built = ConfigPipeline([str(tmp_path)]).build()
+    data = pickle.dumps(built.snapshot, pickle.HIGHEST_PROTOCOL)
+    interval = sys.getswitchinterval()
+    policy = BuiltOutOfCollections()
+    snapshot = _unpickle_snapshot(data, policy)
+    assert snapshot.to_json() == built.snapshot.to_json()
+    assert id(snapshot) not in {id(o) for o in gc.get_objects()}  # frozen
+    assert gc.isenabled()
+    assert sys.getswitchinterval() == interval
+    # Anything but a pickled snapshot is refused (the worker answers with the error).
+    with pytest.raises(ProtocolError, match="not a snapshot"):
+        _unpickle_snapshot(pickle.dumps(("apply", 1)), policy)
+    assert gc.isenabled()
+    assert sys.getswitchinterval() == interval
