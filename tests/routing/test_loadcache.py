@@ -6,8 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from gatewayd.pipeline import ConfigPipeline
-from gatewayd.routing.config.load import ConfigLimits, LoadResult, load_documents
-from gatewayd.routing.config.loadcache import LoadCache
+from gatewayd.routing.config.load import ConfigLimits, LoadResult, load_documents, load_objects
+from gatewayd.routing.config.loadcache import LoadCache, ObjectCache
+from gatewayd.routing.config.model import Source
 
 ROUTE = """\
 apiVersion: gateway.networking.k8s.io/v1
@@ -153,3 +154,51 @@ def test_the_pipeline_keeps_the_last_good_config_and_reuses_unchanged_files(
     for dump in dumps:
         dump.pop("generation", None)
     assert dumps[0] == dumps[1]
+
+
+# --------------------------------------------------------------------------- API objects
+
+
+def api_route(name: str, host: str = "a.example", generation: int = 1) -> dict[str, object]:
+    return {
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "HTTPRoute",
+        "metadata": {"name": name, "namespace": "ns", "generation": generation},
+        "spec": {"parentRefs": [{"name": "gw"}], "hostnames": [host]},
+    }
+
+
+def api_both(
+    objects: list[dict[str, object]], cache: ObjectCache, previous: LoadResult | None = None
+) -> LoadResult:
+    pairs = [
+        (Source(file=f"k8s:HTTPRoute/ns/{o['metadata']['name']}", index=0), o) for o in objects
+    ]  # type: ignore[index]
+    prev = previous.generations if previous is not None else None
+    cached = load_objects(pairs, previous=prev, cache=cache)
+    same(cached, load_objects(pairs, previous=prev))
+    return cached
+
+
+def test_an_unchanged_api_object_is_reused_and_a_changed_one_read_again() -> None:
+    cache = ObjectCache()
+    first = api_both([api_route("r1"), api_route("r2")], cache)
+    assert (cache.hits, cache.misses, len(cache)) == (0, 2, 2)
+    second = api_both([api_route("r1"), api_route("r2", "b.example", generation=2)], cache, first)
+    assert (cache.hits, cache.misses) == (1, 1)
+    assert second.config.http_routes[0] is first.config.http_routes[0]
+    assert second.config.http_routes[1].hostnames == ("b.example",)
+    assert second.config.http_routes[1].meta.generation == 2
+
+
+def test_an_invalid_api_object_is_read_every_time_and_gone_ones_forgotten() -> None:
+    cache = ObjectCache()
+    bad = api_route("r2")
+    bad["spec"] = {"parentRefs": "not a list"}
+    first = api_both([api_route("r1"), bad], cache)
+    assert first.problems
+    assert len(cache) == 1
+    api_both([api_route("r1"), bad], cache, first)
+    assert (cache.hits, cache.misses) == (1, 1)
+    api_both([bad], cache, first)
+    assert len(cache) == 0

@@ -35,7 +35,7 @@ from typing import Any, TypeAlias, TypeVar
 import yaml
 
 from gatewayd.routing.config import model as m
-from gatewayd.routing.config.loadcache import CachedFile, CachedObject, LoadCache
+from gatewayd.routing.config.loadcache import CachedFile, CachedObject, LoadCache, ObjectCache
 from gatewayd.routing.config.validate import reader
 from gatewayd.routing.config.validate.core import (
     NAMESPACE_NAME_LABEL,
@@ -600,22 +600,33 @@ class _Loading:
         object is already defined by an earlier file, or a generation moved."""
         if budget.left < entry.nodes:
             return False
-        for record in entry.objects:
-            if record is None:
-                continue
-            if record.key[2] and record.key in self.seen:
-                return False
-            if self._generation(record.key, record.digest, record.given) != record.generation:
-                return False
+        if not all(r is None or self._reusable(r) for r in entry.objects):
+            return False
         budget.left -= entry.nodes
         for index, record in enumerate(entry.objects):
-            if record is None:
-                continue
-            if record.key[2]:
-                self.seen[record.key] = m.Source(file=filename, index=index)
-            self.generations[record.key] = (record.digest, record.generation)
-            self.objects[record.kind].append(record.obj)
+            if record is not None:
+                self._add(record, m.Source(file=filename, index=index))
         return True
+
+    def reuse_object(self, source: m.Source, record: CachedObject) -> bool:
+        """``reuse`` for one object an API server returned (``ObjectCache``)."""
+        if not self._reusable(record):
+            return False
+        self._add(record, source)
+        return True
+
+    def _reusable(self, record: CachedObject) -> bool:
+        """Reading the object again would give ``record``: not already defined, and the
+        same generation against this load's previous generations."""
+        if record.key[2] and record.key in self.seen:
+            return False
+        return self._generation(record.key, record.digest, record.given) == record.generation
+
+    def _add(self, record: CachedObject, source: m.Source) -> None:
+        if record.key[2]:
+            self.seen[record.key] = source
+        self.generations[record.key] = (record.digest, record.generation)
+        self.objects[record.kind].append(record.obj)
 
     def list_document(self, data: Mapping[object, object], source: m.Source) -> None:
         items = data.get("items")
@@ -990,6 +1001,7 @@ def load_objects(
     *,
     previous: Generations | None = None,
     notices: Iterable[str] = (),
+    cache: ObjectCache | None = None,
 ) -> LoadResult:
     """Load objects an API server returned, each with the ``Source`` that names it (for
     Kubernetes, ``k8s:Kind/namespace/name``).  Pure, never raises on input.
@@ -997,10 +1009,28 @@ def load_objects(
     The same checks as ``load_documents`` but for two: no YAML (nothing to bound: the
     caller bounded what it read), and a field gatewayd does not know is ignored, since
     the cluster's schema admitted it.  ``notices`` are the caller's (e.g. missing CRDs).
+    ``cache``: what the previous load made of each object, reused for an object whose
+    content is the same (``loadcache.py``).
     """
     state = _Loading(previous, admitted=True)
+    if cache is not None:
+        cache.begin()
     for source, data in objects:
-        state.read_object(data, source, "")
+        if cache is None:
+            state.read_object(data, source, "")
+            continue
+        content = cache.content(data)
+        hit = cache.get(source, content)
+        if hit is not None and state.reuse_object(source, hit):
+            cache.hits += 1
+            cache.keep(source, content, hit)
+            continue
+        cache.misses += 1
+        record = state.read_object(data, source, "")
+        if record is not None:
+            cache.keep(source, content, record)
+    if cache is not None:
+        cache.end()
     return LoadResult(
         config=state.config(),
         problems=tuple(state.problems),

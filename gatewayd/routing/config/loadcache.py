@@ -15,11 +15,18 @@ are charged again), no object already defined by an earlier file, and the same
 ``metadata.generation`` against the previous load's generations; otherwise the file is
 read again.  The objects are frozen model values, so sharing them between loads is safe.
 
+``ObjectCache`` does the same for objects an API server returned, per object: keyed by
+its ``Source`` (``k8s:Kind/namespace/name``) and its whole content as canonical JSON
+(its metadata, spec and status included: anything else would be a guess at what the
+reader reads), so an EndpointSlice change re-reads that EndpointSlice only.
+
 Pure module: no I/O.
 """
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from gatewayd.routing.config import model as m
@@ -76,3 +83,47 @@ class LoadCache:
 
     def __len__(self) -> int:
         return len(self._files)
+
+
+class ObjectCache:
+    """Object ``Source`` -> (its content as canonical JSON, what reading it gave), for the
+    objects of the last load only; only objects read without any problem."""
+
+    __slots__ = ("_next", "_objects", "hits", "misses")
+
+    def __init__(self) -> None:
+        self._objects: dict[m.Source, tuple[str, CachedObject]] = {}
+        self._next: dict[m.Source, tuple[str, CachedObject]] = {}
+        self.hits = 0
+        self.misses = 0
+
+    @staticmethod
+    def content(data: Mapping[object, object]) -> str | None:
+        """The object's content as canonical JSON; None when it is not JSON data (then
+        it is read every time)."""
+        try:
+            return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        except (TypeError, ValueError, RecursionError):
+            return None
+
+    def begin(self) -> None:
+        self._next = {}
+        self.hits = self.misses = 0
+
+    def get(self, source: m.Source, content: str | None) -> CachedObject | None:
+        if content is None:
+            return None
+        entry = self._objects.get(source)
+        if entry is None or entry[0] != content:
+            return None
+        return entry[1]
+
+    def keep(self, source: m.Source, content: str | None, record: CachedObject) -> None:
+        if content is not None:
+            self._next[source] = (content, record)
+
+    def end(self) -> None:
+        self._objects, self._next = self._next, {}
+
+    def __len__(self) -> int:
+        return len(self._objects)
