@@ -202,3 +202,20 @@ def test_an_invalid_api_object_is_read_every_time_and_gone_ones_forgotten() -> N
     assert (cache.hits, cache.misses) == (1, 1)
     api_both([bad], cache, first)
     assert len(cache) == 0
+
+
+def test_an_api_object_is_known_by_uid_and_resource_version_when_it_has_them() -> None:
+    cache = ObjectCache()
+    route = api_route("r1")
+    route["metadata"] = {**route["metadata"], "uid": "u-1", "resourceVersion": "7"}  # type: ignore[dict-item]
+    first = api_both([route], cache)
+    # A write is a new resourceVersion: read again.
+    changed = api_route("r1", "b.example", generation=2)
+    changed["metadata"] = {**changed["metadata"], "uid": "u-1", "resourceVersion": "8"}  # type: ignore[dict-item]
+    second = api_both([changed], cache, first)
+    assert (cache.hits, cache.misses) == (0, 1)
+    assert second.config.http_routes[0].hostnames == ("b.example",)
+    # The same version again: taken as it is.
+    third = api_both([changed], cache, second)
+    assert (cache.hits, cache.misses) == (1, 0)
+    assert third.config.http_routes[0] is second.config.http_routes[0]

@@ -16,9 +16,10 @@ are charged again), no object already defined by an earlier file, and the same
 read again.  The objects are frozen model values, so sharing them between loads is safe.
 
 ``ObjectCache`` does the same for objects an API server returned, per object: keyed by
-its ``Source`` (``k8s:Kind/namespace/name``) and its whole content as canonical JSON
-(its metadata, spec and status included: anything else would be a guess at what the
-reader reads), so an EndpointSlice change re-reads that EndpointSlice only.
+its ``Source`` (``k8s:Kind/namespace/name``) and its ``uid`` and ``resourceVersion``
+(which every write of the object changes, its status's included), or, without those,
+its whole content as canonical JSON; so an EndpointSlice change re-reads that
+EndpointSlice only.
 
 Pure module: no I/O.
 """
@@ -99,8 +100,16 @@ class ObjectCache:
 
     @staticmethod
     def content(data: Mapping[object, object]) -> str | None:
-        """The object's content as canonical JSON; None when it is not JSON data (then
-        it is read every time)."""
+        """What identifies the object's content: its ``metadata.uid`` and
+        ``resourceVersion`` when it has both (the API server gives every write of an
+        object a new resourceVersion, and canonical JSON would cost half the first
+        load's time); else its canonical JSON; None when it is not JSON data (then it is
+        read every time)."""
+        md = data.get("metadata")
+        if isinstance(md, Mapping):
+            uid, version = md.get("uid"), md.get("resourceVersion")
+            if isinstance(uid, str) and uid and isinstance(version, str) and version:
+                return f"{uid}@{version}"
         try:
             return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
         except (TypeError, ValueError, RecursionError):
