@@ -219,3 +219,7 @@ def test_an_api_object_is_known_by_uid_and_resource_version_when_it_has_them() -
     third = api_both([changed], cache, second)
     assert (cache.hits, cache.misses) == (1, 0)
     assert third.config.http_routes[0] is second.config.http_routes[0]
+    # The same stored object served at another API version: read again.
+    older = {**changed, "apiVersion": "gateway.networking.k8s.io/v1beta1"}
+    api_both([older], cache, third)
+    assert (cache.hits, cache.misses) == (0, 1)

@@ -16,8 +16,9 @@ are charged again), no object already defined by an earlier file, and the same
 read again.  The objects are frozen model values, so sharing them between loads is safe.
 
 ``ObjectCache`` does the same for objects an API server returned, per object: keyed by
-its ``Source`` (``k8s:Kind/namespace/name``) and its ``uid`` and ``resourceVersion``
-(which every write of the object changes, its status's included), or, without those,
+its ``Source`` (``k8s:Kind/namespace/name``), its ``apiVersion`` and kind, and its
+``uid`` and ``resourceVersion`` (which every write of the object changes, its status's
+included), or, without those,
 its whole content as canonical JSON; so an EndpointSlice change re-reads that
 EndpointSlice only.
 
@@ -109,7 +110,9 @@ class ObjectCache:
         if isinstance(md, Mapping):
             uid, version = md.get("uid"), md.get("resourceVersion")
             if isinstance(uid, str) and uid and isinstance(version, str) and version:
-                return f"{uid}@{version}"
+                # The same stored object read at another API version (a kind whose
+                # served version changed) is read again: the version is part of it.
+                return f"{data.get('apiVersion')!r} {data.get('kind')!r} {uid}@{version}"
         try:
             return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
         except (TypeError, ValueError, RecursionError):
