@@ -6,8 +6,8 @@ changes one file of many.  A ``LoadCache`` remembers, per file name, the text re
 the objects it gave: when a later load reads the same text for that name, the objects
 are taken as they are instead of parsing and validating the file again.
 
-Only a *clean* file is remembered: every document one object (or empty), read by the
-fast YAML path, with no problem, no skipped kind and no rejected object.  A file with
+Only a *clean* file is remembered: every document one object (or empty), with no
+problem, no skipped kind and no rejected object.  A file with
 anything to report is read again each time, so every problem and status is produced
 by the same code as without a cache.  An entry is used only when everything the
 objects depend on is the same: the text, the YAML node budget left (each file's nodes
@@ -18,9 +18,8 @@ read again.  The objects are frozen model values, so sharing them between loads 
 ``ObjectCache`` does the same for objects an API server returned, per object: keyed by
 its ``Source`` (``k8s:Kind/namespace/name``), its ``apiVersion`` and kind, and its
 ``uid`` and ``resourceVersion`` (which every write of the object changes, its status's
-included), or, without those,
-its whole content as canonical JSON; so an EndpointSlice change re-reads that
-EndpointSlice only.
+included), or, without those, its whole content as canonical JSON; so an EndpointSlice
+change re-reads that EndpointSlice only.
 
 Pure module: no I/O.
 """
