@@ -83,6 +83,7 @@ class Daemon:
             controller_name=options.controller_name,
             address_pool=options.address_pool,
             limits=options.limits,
+            freeze=True,  # each build kept out of the collector's walks (pipeline.py)
         )
         self.metrics = ProxyMetrics()
         self.holder = SnapshotHolder(Snapshot(generation=0))
@@ -346,9 +347,7 @@ class Daemon:
                 log.error("config: %s", problem)
             return built, frozenset(str(p) for p in built.load.problems)
         finally:
-            # One full collection follows soon, as after any large allocation.  (Freezing
-            # the build would spare it, but everything alive would be frozen with it, and
-            # a connection open now is cyclic garbage once closed: it would leak.)
+            # The build was frozen (``BuiltOutOfCollections``): no collection walks it.
             sys.setswitchinterval(interval)
 
     def _reject(self, message: str, *, initial: bool) -> bool:

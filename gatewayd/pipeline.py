@@ -7,15 +7,14 @@ the hot path; the data plane only ever sees the ``Snapshot`` it returns.
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import errno
-import gc
 import socket
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
+from gatewayd.collector import BuiltOutOfCollections, collection_paused
 from gatewayd.routing.compile.compiler import compile_snapshot
 from gatewayd.routing.config.load import ConfigLimits, LoadResult
 from gatewayd.routing.control.bindings import ObjectStatus, Resolution
@@ -45,23 +44,6 @@ def utc_now() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-@contextlib.contextmanager
-def _cycle_collection_paused() -> Iterator[None]:
-    """Python's cyclic garbage collector paused while a build runs.
-
-    A build allocates hundreds of thousands of objects that live on (10,000 HTTPRoutes:
-    about 500,000), and each allocation burst triggers collections that walk all of them
-    again: a third of the build's CPU time.  Reference counting still frees everything
-    that is not a cycle; the collector runs again when the build is done."""
-    was = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was:
-            gc.enable()
-
-
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Built:
     load: LoadResult
@@ -80,7 +62,11 @@ class ConfigPipeline:
         controller_name: str = DEFAULT_CONTROLLER,
         address_pool: str = DEFAULT_ADDRESS_POOL,
         limits: ConfigLimits | None = None,
+        freeze: bool = False,
     ) -> None:
+        """``freeze``: keep each build out of the collector's walks
+        (``BuiltOutOfCollections``): for a daemon, which builds a few times; not for a
+        test suite or a one-shot command."""
         if isinstance(source, (list, tuple)):
             from gatewayd.runtime.sources.files import FileSource
 
@@ -95,6 +81,7 @@ class ConfigPipeline:
         # (kind, namespace, name) -> the serving status: its conditions' times carry over.
         self._statuses: Mapping[tuple[str, str, str], Mapping[str, object]] = {}
         self.snapshot_generation = 0
+        self.frozen = BuiltOutOfCollections() if freeze else None
 
     def build(self) -> Built:
         """Load, resolve and compile.  Raises ConfigPathError when the source cannot be
@@ -102,8 +89,11 @@ class ConfigPipeline:
 
         Reads ``commit``'s state and nothing else of the pipeline, so the daemon runs it
         on a thread while one reload at a time commits on the event loop."""
-        with _cycle_collection_paused():
-            return self._build()
+        with collection_paused():
+            built = self._build()
+            if self.frozen is not None:
+                self.frozen.end()
+            return built
 
     def _build(self) -> Built:
         loaded = self.source.load(self._generations, self.limits)

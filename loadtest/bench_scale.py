@@ -196,6 +196,11 @@ def _rss_mb(pid: int, key: str = "VmRSS") -> float:
     return sum(B.rss_kib(p, key) for p in B.process_tree(pid)) / 1024
 
 
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of ``pid`` and its children (a supervisor's workers)."""
+    return sum(B.cpu_times(B.process_tree(pid)))
+
+
 def one_scale(procs: B.Processes, tmp: Path, count: int, echo_port: int) -> dict[str, Any]:
     """Start-up, reload and RSS of gatewayd --workers 1 on ``count`` HTTPRoutes."""
     cfg = tmp / f"scale-{count}"
@@ -218,6 +223,8 @@ def one_scale(procs: B.Processes, tmp: Path, count: int, echo_port: int) -> dict
 
     B.wait_until(ready, SCALE_STEP_TIMEOUT, f"gatewayd /ready with {count:,} HTTPRoutes")
     startup_s = time.monotonic() - t0
+    # CPU seconds too: on a shared machine wall time measures the neighbours as well.
+    startup_cpu = _cpu_s(proc.pid)
     rss_ready = _rss_mb(proc.pid)
     req = urllib.request.Request(f"http://127.0.0.1:{port}/", headers={"Host": SCALE_HOST})
     try:
@@ -236,6 +243,7 @@ def one_scale(procs: B.Processes, tmp: Path, count: int, echo_port: int) -> dict
     loop.start()
     time.sleep(0.5)  # requests before the reload: the loop's baseline
     write_routes(cfg, 1, port, echo_port, first=count)  # one more HTTPRoute
+    cpu1 = _cpu_s(proc.pid)
     t1 = time.monotonic()
     os.kill(proc.pid, signal.SIGHUP)
 
@@ -247,6 +255,7 @@ def one_scale(procs: B.Processes, tmp: Path, count: int, echo_port: int) -> dict
     try:
         B.wait_until(reloaded, SCALE_STEP_TIMEOUT, f"the reload with {count:,} HTTPRoutes")
         reload_s = time.monotonic() - t1
+        reload_cpu = _cpu_s(proc.pid) - cpu1  # serving the loop's requests included
         time.sleep(0.3)  # a few requests on the new snapshot
     finally:
         result = loop.stop()
@@ -254,6 +263,8 @@ def one_scale(procs: B.Processes, tmp: Path, count: int, echo_port: int) -> dict
         "routes": count,
         "startup_s": round(startup_s, 3),
         "reload_s": round(reload_s, 3),
+        "startup_cpu_s": round(startup_cpu, 2),
+        "reload_cpu_s": round(reload_cpu, 2),
         "rss_ready_mb": round(rss_ready, 1),
         "rss_after_reload_mb": round(_rss_mb(proc.pid), 1),
         "rss_peak_mb": round(_rss_mb(proc.pid, "VmHWM"), 1),
@@ -300,7 +311,9 @@ def print_config_scale(rows: list[dict[str, Any]]) -> None:
     cols = [
         "HTTPRoutes",
         "start-up",
+        "(CPU)",
         "reload",
+        "(CPU)",
         "RSS ready",
         "RSS after",
         "longest req",
@@ -316,7 +329,9 @@ def print_config_scale(rows: list[dict[str, Any]]) -> None:
             [
                 f"{r['routes']:,}",
                 f"{r['startup_s']:.2f} s",
+                f"{r['startup_cpu_s']:.2f} s",
                 f"{r['reload_s']:.2f} s",
+                f"{r['reload_cpu_s']:.2f} s",
                 f"{r['rss_ready_mb']:.0f} MB",
                 f"{r['rss_after_reload_mb']:.0f} MB",
                 f"{r['longest_request_ms']:,.0f} ms",

@@ -177,13 +177,16 @@ def serve_many_routes_and_reload(
         reload_sent = time.monotonic()
         daemon.child.proc.send_signal(signal.SIGHUP)
         wait_status(daemon, port, "/added", 200, 60.0)
+        # The supervisor logs once every worker answered.  Until then a worker may still
+        # be unpickling the new snapshot, serving the old one meanwhile (off its loop).
+        line = daemon.child.stderr.wait_for(
+            lambda s: "config generation 2 serving" in s, timeout=60
+        )
+        assert line is not None and line.endswith("serving 1 listener socket(s)"), daemon.output()
         reloaded_after = time.monotonic() - reload_sent
         for c in clients.values():
             assert c.request("/added").status == 200
             assert c.request(f"/r{routes - 1}").status == 200
-    # The supervisor logs once every worker answered.
-    line = daemon.child.stderr.wait_for(lambda s: "config generation 2 serving" in s, timeout=10)
-    assert line is not None and line.endswith("serving 1 listener socket(s)"), daemon.output()
     assert worker_pids(daemon) == pids
     assert daemon.admin_get("/ready")[0] == 200
     assert_no_protocol_trouble(daemon)

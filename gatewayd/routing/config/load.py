@@ -35,6 +35,7 @@ from typing import Any, TypeAlias, TypeVar
 import yaml
 
 from gatewayd.routing.config import model as m
+from gatewayd.routing.config.loadcache import CachedFile, CachedObject, LoadCache, ObjectCache
 from gatewayd.routing.config.validate import reader
 from gatewayd.routing.config.validate.core import (
     NAMESPACE_NAME_LABEL,
@@ -574,21 +575,58 @@ class _Loading:
             )
         )
 
-    def document(self, data: object, source: m.Source) -> None:
+    def document(self, data: object, source: m.Source) -> tuple[bool, CachedObject | None]:
+        """Read one document: (clean, the object it gave).  Clean: an empty document or
+        one object read without any problem, notice or rejection (``LoadCache``)."""
         if data is None:
-            return  # an empty document
+            return True, None  # an empty document
         if not isinstance(data, Mapping):
             self.problem(
                 source,
                 "a document must be a mapping with apiVersion and kind, got "
                 f"{reader.describe(data)}",
             )
-            return
+            return False, None
         kind = data.get("kind")
         if isinstance(kind, str) and kind in _LIST_KINDS:
             self.list_document(data, source)
-            return
-        self.read_object(data, source, "")
+            return False, None
+        record = self.read_object(data, source, "")
+        return record is not None, record
+
+    def reuse(self, filename: str, entry: CachedFile, budget: _NodeBudget) -> bool:
+        """Add the objects of a cached clean file as reading it would; False (nothing
+        added) when reading it could give anything else: the budget is short, an
+        object is already defined by an earlier file, or a generation moved."""
+        if budget.left < entry.nodes:
+            return False
+        if not all(r is None or self._reusable(r) for r in entry.objects):
+            return False
+        budget.left -= entry.nodes
+        for index, record in enumerate(entry.objects):
+            if record is not None:
+                self._add(record, m.Source(file=filename, index=index))
+        return True
+
+    def reuse_object(self, source: m.Source, record: CachedObject) -> bool:
+        """``reuse`` for one object an API server returned (``ObjectCache``)."""
+        if not self._reusable(record):
+            return False
+        self._add(record, source)
+        return True
+
+    def _reusable(self, record: CachedObject) -> bool:
+        """Reading the object again would give ``record``: not already defined, and the
+        same generation against this load's previous generations."""
+        if record.key[2] and record.key in self.seen:
+            return False
+        return self._generation(record.key, record.digest, record.given) == record.generation
+
+    def _add(self, record: CachedObject, source: m.Source) -> None:
+        if record.key[2]:
+            self.seen[record.key] = source
+        self.generations[record.key] = (record.digest, record.generation)
+        self.objects[record.kind].append(record.obj)
 
     def list_document(self, data: Mapping[object, object], source: m.Source) -> None:
         items = data.get("items")
@@ -615,15 +653,21 @@ class _Loading:
             else:
                 self.read_object(item, source, prefix)
 
-    def read_object(self, data: Mapping[object, object], source: m.Source, prefix: str) -> None:
+    def read_object(
+        self, data: Mapping[object, object], source: m.Source, prefix: str
+    ) -> CachedObject | None:
+        """Read one object; what it added when it was read without any problem."""
         try:
-            self._object(data, source, prefix)
+            return self._object(data, source, prefix)
         except Exception as exc:
             self.problem(
                 source, f"could not read this object: {type(exc).__name__}: {exc}", path=prefix
             )
+            return None
 
-    def _object(self, data: Mapping[object, object], source: m.Source, prefix: str) -> None:
+    def _object(
+        self, data: Mapping[object, object], source: m.Source, prefix: str
+    ) -> CachedObject | None:
         kind, api_version = data.get("kind"), data.get("apiVersion")
         name_hint = _name_hint(data)
         if not isinstance(kind, str) or not kind:
@@ -634,7 +678,7 @@ class _Loading:
                 name=name_hint,
                 path=reader.join(prefix, "kind"),
             )
-            return
+            return None
         if not isinstance(api_version, str) or not api_version:
             got = "" if api_version is None else f", got {reader.describe(api_version)}"
             self.problem(
@@ -644,7 +688,7 @@ class _Loading:
                 name=name_hint,
                 path=reader.join(prefix, "apiVersion"),
             )
-            return
+            return None
         group, version = _split_api_version(api_version)
         info = _KINDS.get(kind)
         if info is None or (
@@ -660,7 +704,7 @@ class _Loading:
                     name=name_hint,
                     path=reader.join(prefix, "kind"),
                 )
-                return
+                return None
             label = kind if info is None else f"{kind} ({api_version})"
             self.skipped[label] = self.skipped.get(label, 0) + 1
             self.skipped_objects.append(
@@ -672,7 +716,7 @@ class _Loading:
                     message=f"skipped: {SKIPPED_NOTICE}",
                 )
             )
-            return
+            return None
 
         issues = reader.Issues(ignore_unknown_fields=self.admitted)
         meta_read = reader.read_meta(
@@ -692,7 +736,7 @@ class _Loading:
                 path=reader.join(prefix, "apiVersion"),
                 **who,
             )
-            return
+            return None
         key: GenerationKey = (kind, meta_read.namespace, meta_read.name)
         if meta_read.name and not issues.items:
             first = self.seen.get(key)
@@ -703,7 +747,7 @@ class _Loading:
                     path=prefix,
                     **who,
                 )
-                return
+                return None
             self.seen[key] = source
 
         doc = reader.Obj.of(
@@ -725,9 +769,10 @@ class _Loading:
             # have stored it), so fixing it later counts as one change.
             if key in self.previous:
                 self.generations[key] = self.previous[key]
-            return
+            return None
         self.generations[key] = (digest, generation)
         self.objects[info.kind].append(obj)
+        return CachedObject(info.kind, key, digest, meta_read.generation, generation, obj)
 
     def _generation(self, key: GenerationKey, digest: str, given: int | None) -> int:
         if given is not None:
@@ -907,19 +952,41 @@ def load_documents(
     previous: Generations | None = None,
     limits: ConfigLimits | None = None,
     problems: Iterable[m.Problem] = (),
+    cache: LoadCache | None = None,
 ) -> LoadResult:
     """Load ``(filename, YAML text)`` pairs.  Pure: no file I/O, never raises on input.
 
-    ``problems`` are reported first (those ``read_config_files`` found)."""
+    ``problems`` are reported first (those ``read_config_files`` found).  ``cache``:
+    what the previous load made of each file, reused for a file whose text is the same
+    (``loadcache.py``); this load's clean files replace its contents."""
     state = _Loading(previous)
     state.problems.extend(problems)
     budget = _NodeBudget((limits or ConfigLimits()).max_nodes)
+    if cache is not None:
+        cache.begin()
     for filename, text in docs:
+        if cache is not None:
+            entry = cache.get(filename, text)
+            if entry is not None and state.reuse(filename, entry, budget):
+                cache.hits += 1
+                cache.keep(filename, entry)
+                continue
+            cache.misses += 1
+        before = budget.left
+        clean = True
+        records: list[CachedObject | None] = []
         for index, data, problem in _yaml_documents(filename, text, budget):
             if problem is not None:
                 state.problems.append(problem)
+                clean = False
                 continue
-            state.document(data, m.Source(file=filename, index=index))
+            ok, record = state.document(data, m.Source(file=filename, index=index))
+            clean = clean and ok
+            records.append(record)
+        if cache is not None and clean:
+            cache.keep(filename, CachedFile(text, before - budget.left, tuple(records)))
+    if cache is not None:
+        cache.end()
     return LoadResult(
         config=state.config(),
         problems=tuple(state.problems),
@@ -934,6 +1001,7 @@ def load_objects(
     *,
     previous: Generations | None = None,
     notices: Iterable[str] = (),
+    cache: ObjectCache | None = None,
 ) -> LoadResult:
     """Load objects an API server returned, each with the ``Source`` that names it (for
     Kubernetes, ``k8s:Kind/namespace/name``).  Pure, never raises on input.
@@ -941,10 +1009,28 @@ def load_objects(
     The same checks as ``load_documents`` but for two: no YAML (nothing to bound: the
     caller bounded what it read), and a field gatewayd does not know is ignored, since
     the cluster's schema admitted it.  ``notices`` are the caller's (e.g. missing CRDs).
+    ``cache``: what the previous load made of each object, reused for an object whose
+    content is the same (``loadcache.py``).
     """
     state = _Loading(previous, admitted=True)
+    if cache is not None:
+        cache.begin()
     for source, data in objects:
-        state.read_object(data, source, "")
+        if cache is None:
+            state.read_object(data, source, "")
+            continue
+        content = cache.content(data)
+        hit = cache.get(source, content)
+        if hit is not None and state.reuse_object(source, hit):
+            cache.hits += 1
+            cache.keep(source, content, hit)
+            continue
+        cache.misses += 1
+        record = state.read_object(data, source, "")
+        if record is not None:
+            cache.keep(source, content, record)
+    if cache is not None:
+        cache.end()
     return LoadResult(
         config=state.config(),
         problems=tuple(state.problems),
@@ -1085,7 +1171,10 @@ def load_paths(
     *,
     previous: Generations | None = None,
     limits: ConfigLimits | None = None,
+    cache: LoadCache | None = None,
 ) -> LoadResult:
     """``read_config_files`` then ``load_documents``; raises ConfigPathError only."""
     read = read_config_files(paths, limits)
-    return load_documents(read.files, previous=previous, limits=limits, problems=read.problems)
+    return load_documents(
+        read.files, previous=previous, limits=limits, problems=read.problems, cache=cache
+    )

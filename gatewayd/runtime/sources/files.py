@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import Callable, Sequence
 
 from gatewayd.routing.config.load import ConfigLimits, Generations, LoadResult, load_paths
+from gatewayd.routing.config.loadcache import LoadCache
 from gatewayd.watch import Signature, config_signature, watch_config
 
 
@@ -19,12 +20,15 @@ class FileSource:
         self.paths = list(paths)
         self.watch = watch
         self._signature: Signature | None = None
+        # What the last load made of each file: a reload reads and validates only the
+        # files whose text changed (builds run one at a time: ``Daemon.load``).
+        self.cache = LoadCache()
 
     def describe(self) -> str:
         return "files " + " ".join(self.paths)
 
     def load(self, previous: Generations | None, limits: ConfigLimits) -> LoadResult:
-        return load_paths(self.paths, previous=previous, limits=limits)
+        return load_paths(self.paths, previous=previous, limits=limits, cache=self.cache)
 
     async def ready(self) -> None:
         # The files' signature before the first load: an edit made while it builds (or

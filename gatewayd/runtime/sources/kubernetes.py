@@ -35,6 +35,7 @@ from gatewayd.routing.config.load import (
     LoadResult,
     load_objects,
 )
+from gatewayd.routing.config.loadcache import ObjectCache
 from gatewayd.runtime.kube.client import ApiError, KubeClient, KubeConfigError, TooLarge, connect
 from gatewayd.runtime.kube.discovery import discover
 from gatewayd.runtime.kube.informer import Backoff, Informer, Key, KubeLimits, Obj
@@ -78,6 +79,9 @@ class KubernetesSource:
         # Changes seen, and how many the last ``load`` had seen: a change between the
         # first load and ``run`` is reported when ``run`` starts.
         self._changes = 0
+        # What the last load made of each object: a reload reads again only the objects
+        # whose content changed (builds run one at a time: ``Daemon.load``).
+        self.cache = ObjectCache()
         self._loaded_changes = -1
 
     def describe(self) -> str:
@@ -225,7 +229,7 @@ class KubernetesSource:
             raise ConfigPathError("the Kubernetes source is not connected")
         self._loaded_changes = self._changes  # read before the caches: never too new
         # Missing kinds are not repeated here: discovery logged each once.
-        return load_objects(self._objects(), previous=previous)
+        return load_objects(self._objects(), previous=previous, cache=self.cache)
 
     def _objects(self) -> Iterator[tuple[m.Source, Mapping[str, Any]]]:
         for wk in self.kinds:
