@@ -31,6 +31,9 @@ def collection_paused() -> Iterator[None]:
 # At most this often (seconds) a build ends with a full collection of everything, the
 # serving configuration included (``ConfigPipeline(freeze=True)``).
 FULL_COLLECTION_INTERVAL = 600.0
+# ... or sooner, once the frozen set has grown to this many times its size after the
+# last full collection.
+FROZEN_GROWTH_LIMIT = 2
 
 
 class BuiltOutOfCollections:
@@ -49,24 +52,37 @@ class BuiltOutOfCollections:
     To bound that, a build ends with a full collection first (``gc.unfreeze``,
     ``gc.collect``: one pause like those above) when none ran for
     ``FULL_COLLECTION_INTERVAL`` seconds (the first build, at start-up, serves no
-    connection yet: it only freezes).  The leak is then at most the connections open at
-    the reloads of ten minutes."""
+    connection yet: it only freezes), or sooner when the frozen set has grown to
+    ``FROZEN_GROWTH_LIMIT`` times its size after the last full collection (frequent
+    reloads with many short connections, as EndpointSlice churn in Kubernetes mode
+    brings).  What connections leave frozen is thus at most about the size of one
+    build plus what was alive then, however often the configuration changes."""
 
-    __slots__ = ("full_collections", "interval", "last_full")
+    __slots__ = ("baseline", "full_collections", "interval", "last_full")
 
     def __init__(self, interval: float = FULL_COLLECTION_INTERVAL) -> None:
         self.interval = interval
         self.last_full: float | None = None
         self.full_collections = 0
+        # gc.get_freeze_count() right after the last full collection (or the first build).
+        self.baseline = 0
 
     def end(self) -> None:
         """At the end of a build, the collector paused."""
         now = time.monotonic()
         if self.last_full is None:
             self.last_full = now  # the first build: no connection yet, nothing to reclaim
-        elif now - self.last_full >= self.interval:
+        elif (
+            now - self.last_full >= self.interval
+            or gc.get_freeze_count() > FROZEN_GROWTH_LIMIT * self.baseline
+        ):
             gc.unfreeze()
             gc.collect()
             self.last_full = now
             self.full_collections += 1
+            gc.freeze()
+            self.baseline = gc.get_freeze_count()
+            return
         gc.freeze()
+        if not self.baseline:
+            self.baseline = gc.get_freeze_count()

@@ -87,6 +87,29 @@ def test_frozen_cyclic_garbage_is_reclaimed_once_the_interval_passed() -> None:
     assert policy.full_collections == 1
 
 
+def test_frozen_cyclic_garbage_is_reclaimed_once_the_frozen_set_doubled() -> None:
+    """Frequent reloads with many short connections: the frozen set may not grow
+    without bound until the interval passes."""
+    policy = BuiltOutOfCollections(interval=3600.0)
+    policy.end()  # the first build
+    base = gc.get_freeze_count()
+    assert policy.baseline == base
+    cycles = [_Cycle() for _ in range(base // 4 + 1)]  # a quarter more: under the limit
+    alive = weakref.ref(cycles[0])
+    policy.end()
+    del cycles
+    gc.collect()
+    assert alive() is not None and policy.full_collections == 0
+    cycles = [_Cycle() for _ in range(base + 1)]  # now the frozen set doubles
+    alive_too = weakref.ref(cycles[0])
+    policy.end()
+    del cycles
+    policy.end()  # over twice the baseline: unfreeze, collect, freeze
+    assert alive() is None and alive_too() is None
+    assert policy.full_collections == 1
+    assert policy.baseline == gc.get_freeze_count() < 2 * base
+
+
 def test_a_worker_unpickles_a_snapshot_frozen_and_restores_the_thread_settings(
     tmp_path: Path,
 ) -> None:
