@@ -42,7 +42,8 @@ from gatewayd.proxy.http.codec import (
     UpstreamHeadersTooLarge,
     UpstreamProtocolError,
 )
-from gatewayd.proxy.http.h2_conn import BoundedH2Connection, h2_config
+from gatewayd.proxy.http.h2_client_conn import ClientH2Connection
+from gatewayd.proxy.http.h2_conn import h2_config
 from gatewayd.proxy.http.h2_fields import content_length, to_h2_fields
 from gatewayd.proxy.http.h2_limits import (
     CANCEL,
@@ -192,7 +193,7 @@ class H2ClientConnection:
         self._flush_scheduled = False
         self.scheme = scheme
         self.limits = limits
-        self.h2 = BoundedH2Connection(config=h2_config(client_side=True))
+        self.h2 = ClientH2Connection(config=h2_config(client_side=True))
         self.h2.local_settings = h2.settings.Settings(
             client=True,
             initial_values={
@@ -520,6 +521,7 @@ class H2ClientConnection:
             # The response ended before our request did: the backend needs no more.
             with contextlib.suppress(h2.exceptions.ProtocolError):
                 self.h2.reset_stream(stream.stream_id, NO_ERROR)
+        self.h2.forget(stream.stream_id)
         if not self.streams:
             self.idle_since = self.clock()
         reusable = not self.closed and self.goaway_last < 0
@@ -547,6 +549,7 @@ class H2ClientConnection:
         if self.streams.pop(stream.stream_id, None) is not None:
             with contextlib.suppress(h2.exceptions.ProtocolError):
                 self.h2.reset_stream(stream.stream_id, code)
+            self.h2.forget(stream.stream_id)
             self.flush_out()
         if not self.streams:
             self.idle_since = self.clock()
@@ -558,6 +561,7 @@ class H2ClientConnection:
             self.reset_stream(stream, CANCEL)
         stream.closed = True
         self.streams.pop(stream.stream_id, None)
+        self.h2.forget(stream.stream_id)
         if not self.streams:
             self.idle_since = self.clock()
         if stream.callbacks is not None:
