@@ -47,9 +47,9 @@ from gatewayd.proxy.http.h2_conn import h2_config
 from gatewayd.proxy.http.h2_fields import content_length, to_h2_fields
 from gatewayd.proxy.http.h2_limits import (
     CANCEL,
-    EDGE_H2_LIMITS,
     NO_ERROR,
     REFUSED_STREAM,
+    UPSTREAM_H2_LIMITS,
     FrameScanner,
     H2Limits,
     Violation,
@@ -182,7 +182,7 @@ class H2ClientConnection:
         *,
         clock: Callable[[], float],
         scheme: bytes = b"http",
-        limits: H2Limits = EDGE_H2_LIMITS,
+        limits: H2Limits = UPSTREAM_H2_LIMITS,
         defer: Callable[[Callable[[], None]], object] | None = None,
     ) -> None:
         self.clock = clock
@@ -222,11 +222,14 @@ class H2ClientConnection:
     # ---------------------------------------------------------------- the pool's side
     def can_open(self) -> bool:
         """Another stream fits: open, no GOAWAY from the backend, and under its
-        SETTINGS_MAX_CONCURRENT_STREAMS (RFC 9113 5.1.2)."""
+        SETTINGS_MAX_CONCURRENT_STREAMS (RFC 9113 5.1.2) and our own cap
+        (``limits.max_concurrent_streams``, --upstream-h2-max-concurrent-streams)."""
         if self.closed or self.goaway_last >= 0 or self.transport is None:
             return False
         in_use = len(self.streams) + self.reserved
-        return in_use < self.h2.remote_settings.max_concurrent_streams
+        return in_use < min(
+            self.h2.remote_settings.max_concurrent_streams, self.limits.max_concurrent_streams
+        )
 
     def open_stream(self) -> H2ClientStream:
         """A new stream to bind an exchange to (its id is taken at ``send_head``); it
