@@ -42,7 +42,7 @@ from gatewayd.proxy.http.codec import (
     UpstreamHeadersTooLarge,
     UpstreamProtocolError,
 )
-from gatewayd.proxy.http.h2_client_conn import ClientH2Connection
+from gatewayd.proxy.http.h2_client_conn import ClientH2Connection, ResponseScanner
 from gatewayd.proxy.http.h2_conn import h2_config
 from gatewayd.proxy.http.h2_fields import content_length, to_h2_fields
 from gatewayd.proxy.http.h2_limits import (
@@ -206,7 +206,7 @@ class H2ClientConnection:
         )
         self.h2.decoder.max_header_list_size = limits.max_header_list_bytes
         self.h2.decoder.max_allowed_table_size = limits.header_table_size
-        self.inbound = FrameScanner(limits, inbound=True, strip_goaway=True)
+        self.inbound = ResponseScanner(limits, inbound=True, strip_goaway=True)
         self.outbound = FrameScanner(limits, inbound=False, preface=True)  # our preface
         self.inbound.sent = self.outbound
         self.streams: dict[int, H2ClientStream] = {}

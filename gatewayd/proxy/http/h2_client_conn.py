@@ -39,6 +39,7 @@ from h2.stream import StreamInputs, StreamState
 
 from gatewayd.proxy.http.h2_conn import BoundedH2Connection
 from gatewayd.proxy.http.h2_inbound import split_frames
+from gatewayd.proxy.http.h2_limits import FrameScanner
 
 # RFC 9113 6.1, 6.2: frame types and flags.
 _DATA = 0x0
@@ -140,3 +141,68 @@ class ClientH2Connection(BoundedH2Connection):
         if stream is not None and stream.closed:
             del self.streams[stream_id]
             self._closed_streams[stream_id] = stream.closed_by
+
+
+class ResponseScanner(FrameScanner):
+    """The inbound ``FrameScanner`` of an upstream connection (``strip_goaway``), with a
+    quick pass for the reads a response is made of.
+
+    The scanner walked each frame through ``_frame`` and, to strip GOAWAY frames,
+    rebuilt every read from slices: 2.5 µs a frame, 4% of a gRPC call.  A read that
+    starts and ends on frame boundaries and holds only DATA frames (unpadded, with a
+    payload or END_STREAM) and HEADERS frames carrying a whole block (END_HEADERS),
+    each within the frame-size and header-block bounds, changes the scanner's state in
+    a known way (DATA counted, the empty-frame run reset, each HEADERS on an odd
+    stream counted) and holds no GOAWAY to strip: that state is set here and the read
+    returned as is.  Any other read, or while the transport is paused, takes
+    ``FrameScanner.scan`` unchanged; so every budget and every violation is the
+    scanner's own (`tests/proxy/http/test_h2_client_conn.py` compares both).
+    """
+
+    __slots__ = ()
+
+    def scan(self, data: bytes, now: float) -> bytes:
+        if (
+            not data
+            or self._head
+            or self._skip
+            or self._goaway is not None
+            or self._preface_left
+            or self.paused
+            or self._block_bytes >= 0
+        ):
+            return super().scan(data, now)
+        limits = self._limits
+        max_data = limits.max_frame_size
+        max_block = min(max_data, limits.max_header_block_bytes)
+        end = len(data)
+        pos = 0
+        data_frames = 0
+        headers_odd = 0
+        while pos < end:
+            if pos + 9 > end:
+                return super().scan(data, now)
+            length = (data[pos] << 16) | (data[pos + 1] << 8) | data[pos + 2]
+            ftype = data[pos + 3]
+            flags = data[pos + 4]
+            if ftype == _DATA:
+                if length > max_data or flags & _PADDED or not (length or flags & _END_STREAM):
+                    return super().scan(data, now)
+                data_frames += 1
+            elif ftype == _HEADERS and flags & _END_HEADERS and length <= max_block:
+                headers_odd += data[pos + 8] & 1
+            else:
+                return super().scan(data, now)
+            pos += 9 + length
+        if pos != end:
+            return super().scan(data, now)
+        # What `FrameScanner._frame` does for these frames: the flood window moves on,
+        # DATA frames and HEADERS on odd streams are counted, the empty run ends.
+        if now - self._flood_start >= limits.flood_window:
+            self._flood_start = now
+            self._settings = 0
+            self._pings = 0
+        self.data_frames += data_frames
+        self.streams_opened += headers_odd
+        self._empty_run = 0
+        return data
