@@ -42,7 +42,11 @@ from gatewayd.proxy.http.codec import (
     UpstreamHeadersTooLarge,
     UpstreamProtocolError,
 )
-from gatewayd.proxy.http.h2_client_conn import ClientH2Connection, ResponseScanner
+from gatewayd.proxy.http.h2_client_conn import (
+    ClientH2Connection,
+    RequestScanner,
+    ResponseScanner,
+)
 from gatewayd.proxy.http.h2_conn import h2_config
 from gatewayd.proxy.http.h2_fields import content_length, to_h2_fields
 from gatewayd.proxy.http.h2_limits import (
@@ -50,7 +54,6 @@ from gatewayd.proxy.http.h2_limits import (
     NO_ERROR,
     REFUSED_STREAM,
     UPSTREAM_H2_LIMITS,
-    FrameScanner,
     H2Limits,
     Violation,
 )
@@ -207,7 +210,7 @@ class H2ClientConnection:
         self.h2.decoder.max_header_list_size = limits.max_header_list_bytes
         self.h2.decoder.max_allowed_table_size = limits.header_table_size
         self.inbound = ResponseScanner(limits, inbound=True, strip_goaway=True)
-        self.outbound = FrameScanner(limits, inbound=False, preface=True)  # our preface
+        self.outbound = RequestScanner(limits, inbound=False, preface=True)  # our preface
         self.inbound.sent = self.outbound
         self.streams: dict[int, H2ClientStream] = {}
         self.reserved = 0  # streams handed out by open_stream, head not sent yet

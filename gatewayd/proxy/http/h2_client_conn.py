@@ -44,6 +44,7 @@ from gatewayd.proxy.http.h2_limits import FrameScanner
 # RFC 9113 6.1, 6.2: frame types and flags.
 _DATA = 0x0
 _HEADERS = 0x1
+_RST_STREAM = 0x3
 _END_STREAM = 0x1
 _END_HEADERS = 0x4
 _PADDED = 0x8
@@ -205,4 +206,37 @@ class ResponseScanner(FrameScanner):
         self.data_frames += data_frames
         self.streams_opened += headers_odd
         self._empty_run = 0
+        return data
+
+
+class RequestScanner(FrameScanner):
+    """The outbound ``FrameScanner`` of an upstream connection, with a quick pass.
+
+    Outbound, the scanner only counts: DATA frames (the inbound WINDOW_UPDATE budget),
+    RST_STREAM frames, and while the transport is paused the frames queued.  Our own
+    writes are whole frames; while the transport is not paused and the scanner is at a
+    frame boundary, the counts are taken here in one loop over the frame headers
+    (`FrameScanner.scan` cost 2 µs a request write); otherwise ``FrameScanner.scan``.
+    """
+
+    __slots__ = ()
+
+    def scan(self, data: bytes, now: float) -> bytes:
+        if not data or self._head or self._skip or self._preface_left or self.paused:
+            return super().scan(data, now)
+        end = len(data)
+        pos = 0
+        data_frames = 0
+        resets = 0
+        while pos + 9 <= end:
+            ftype = data[pos + 3]
+            if ftype == _DATA:
+                data_frames += 1
+            elif ftype == _RST_STREAM:
+                resets += 1
+            pos += 9 + ((data[pos] << 16) | (data[pos + 1] << 8) | data[pos + 2])
+        if pos != end:
+            return super().scan(data, now)
+        self.data_frames += data_frames
+        self.rst_streams += resets
         return data

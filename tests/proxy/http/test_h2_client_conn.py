@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from gatewayd.proxy.http.codec import RequestHead
 from gatewayd.proxy.http.h2_client import H2ClientConnection
-from gatewayd.proxy.http.h2_client_conn import ResponseScanner, fast_frame
+from gatewayd.proxy.http.h2_client_conn import RequestScanner, ResponseScanner, fast_frame
 from gatewayd.proxy.http.h2_conn import SWEEP_STREAMS
 from gatewayd.proxy.http.h2_limits import FrameScanner, H2Limits, Violation
 
@@ -28,6 +28,7 @@ def frame(ftype: int, flags: int, sid: int, payload: bytes) -> bytes:
     )
 
 
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 SETTINGS = frame(0x4, 0, 0, b"")
 SETTINGS_ACK = frame(0x4, 0x1, 0, b"")
 PING = frame(0x6, 0, 0, b"12345678")
@@ -449,3 +450,29 @@ def test_random_reads_scan_the_same(names: list[str], cuts: list[int], step: flo
         reads.append((stream[start:p], step * i))
         start = p
     same_scan(reads, H2Limits(max_header_block_bytes=4096))
+
+
+_OUT_STATE = ("_head", "_skip", "_preface_left", "data_frames", "rst_streams", "frames_paused")
+
+
+@given(
+    st.lists(st.sampled_from(sorted(_SCAN_FRAMES)), max_size=12),
+    st.lists(st.integers(min_value=0, max_value=200), max_size=3),
+    st.lists(st.booleans(), min_size=4, max_size=4),
+)
+@settings(max_examples=150, deadline=None)
+def test_request_writes_are_counted_the_same(
+    names: list[str], cuts: list[int], paused: list[bool]
+) -> None:
+    stream = PREFACE + b"".join(_SCAN_FRAMES[n] for n in names)
+    points = sorted({min(c, len(stream)) for c in cuts})
+    ours = RequestScanner(H2Limits(), inbound=False, preface=True)
+    theirs = FrameScanner(H2Limits(), inbound=False, preface=True)
+    start = 0
+    for i, p in enumerate([*points, len(stream)]):
+        for scanner in (ours, theirs):
+            scanner.writes_paused(paused[i])
+            assert scanner.scan(stream[start:p], 0.0) == stream[start:p]
+        start = p
+        assert [getattr(ours, n) for n in _OUT_STATE] == [getattr(theirs, n) for n in _OUT_STATE]
+        assert ours.control_frames_paused == theirs.control_frames_paused
