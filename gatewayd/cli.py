@@ -13,7 +13,13 @@ from typing import TYPE_CHECKING
 
 from gatewayd.pipeline import DEFAULT_ADDRESS_POOL, DEFAULT_CONTROLLER
 from gatewayd.proxy.balancer import LB_POLICIES, LEAST_REQUEST, OutlierOptions
-from gatewayd.proxy.http.h2_limits import EDGE_H2_LIMITS
+from gatewayd.proxy.http.h2_limits import (
+    EDGE_H2_LIMITS,
+    MAX_HPACK_TABLE_SIZE,
+    UPSTREAM_H2_LIMITS,
+    H2Limits,
+    with_header_limits,
+)
 from gatewayd.proxy.pathnorm import EscapedSlashes, PathPolicy
 from gatewayd.proxy.proxyproto import Network, parse_networks
 from gatewayd.routing.config.load import MIB, ConfigLimits
@@ -55,6 +61,48 @@ def _h2_window(text: str) -> int:
             f"must be from {_H2_WINDOW_MIN} to {_H2_WINDOW_MAX} bytes, not {text}"
         )
     return value
+
+
+def _hpack_table(text: str) -> int:
+    """An argparse type: an HPACK dynamic table size, 0 to 64KiB (memory per
+    connection)."""
+    value = _byte_size(text)
+    if value > MAX_HPACK_TABLE_SIZE:
+        raise argparse.ArgumentTypeError(
+            f"must be at most {MAX_HPACK_TABLE_SIZE} bytes (64KiB), not {text}"
+        )
+    return value
+
+
+def h2_limits(args: argparse.Namespace) -> H2Limits:
+    """Downstream HTTP/2 limits from ``gatewayd run``'s flags."""
+    return with_header_limits(
+        dataclasses.replace(
+            EDGE_H2_LIMITS,
+            max_concurrent_streams=int(args.h2_max_concurrent_streams),
+            initial_stream_window=args.h2_initial_stream_window,
+            connection_window=args.h2_initial_connection_window,
+        ),
+        list_bytes=args.max_header_bytes,
+        count=int(args.max_headers),
+        table_size=args.h2_hpack_table_size,
+    )
+
+
+def upstream_h2_limits(args: argparse.Namespace) -> H2Limits:
+    """Upstream HTTP/2 limits from ``gatewayd run``'s flags: the header limits and
+    HPACK table as downstream's."""
+    return with_header_limits(
+        dataclasses.replace(
+            UPSTREAM_H2_LIMITS,
+            max_concurrent_streams=int(args.upstream_h2_max_concurrent_streams),
+            initial_stream_window=args.upstream_h2_initial_stream_window,
+            connection_window=args.upstream_h2_initial_connection_window,
+        ),
+        list_bytes=args.max_header_bytes,
+        count=int(args.max_headers),
+        table_size=args.h2_hpack_table_size,
+    )
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -478,15 +526,17 @@ def build_parser() -> argparse.ArgumentParser:
         default=60 * 1024,
         metavar="SIZE",
         help="largest request head (and upstream response head): 431 for requests, 502 for "
-        "responses (default 60KiB, Envoy's max_request_headers_kb)",
+        "responses; over HTTP/2 the decoded header list (+32 bytes a field, "
+        "SETTINGS_MAX_HEADER_LIST_SIZE), both hops (default 60KiB, Envoy's "
+        "max_request_headers_kb)",
     )
     run.add_argument(
         "--max-headers",
         type=_at_least(1, int),
         default=100,
         metavar="N",
-        help="most header fields in a request (431) or upstream response (502) (default "
-        "100, Envoy's max_headers_count)",
+        help="most header fields in a request (431) or upstream response (502), HTTP/1.1 "
+        "and HTTP/2 (default 100, Envoy's max_headers_count)",
     )
     # Downstream HTTP/2 limits (README, "HTTP/2 limits"): Envoy's edge defaults.
     run.add_argument(
@@ -512,6 +562,63 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SIZE",
         help="HTTP/2 request body bytes a client may send on one connection, all streams "
         "together, before gatewayd reads them (default 1MiB, Envoy's edge value)",
+    )
+    run.add_argument(
+        "--h2-hpack-table-size",
+        type=_hpack_table,
+        default=4096,
+        metavar="SIZE",
+        help="HPACK dynamic table an HTTP/2 client or backend may use for the headers it "
+        "sends gatewayd (SETTINGS_HEADER_TABLE_SIZE; memory per connection; 0 to 64KiB; "
+        "default 4KiB, the protocol's and Envoy's)",
+    )
+    # Upstream HTTP/2 limits (README, "HTTP/2 limits"): h2c and gRPC backends.
+    run.add_argument(
+        "--upstream-h2-max-concurrent-streams",
+        type=_at_least(1, int),
+        default=2**31 - 1,
+        metavar="N",
+        help="most streams gatewayd opens on one backend HTTP/2 connection, never more "
+        "than the backend's SETTINGS_MAX_CONCURRENT_STREAMS (default 2147483647: the "
+        "backend's value alone, Envoy's cluster default)",
+    )
+    run.add_argument(
+        "--upstream-h2-initial-stream-window",
+        type=_h2_window,
+        default=64 * 1024,
+        metavar="SIZE",
+        help="HTTP/2 response body bytes a backend may send on one stream before gatewayd "
+        "takes them (SETTINGS_INITIAL_WINDOW_SIZE; default 64KiB)",
+    )
+    run.add_argument(
+        "--upstream-h2-initial-connection-window",
+        type=_h2_window,
+        default=1024 * 1024,
+        metavar="SIZE",
+        help="the same for all streams of a backend connection together (default 1MiB)",
+    )
+    run.add_argument(
+        "--upstream-h2-max-connections",
+        type=_at_least(1, int),
+        default=1024,
+        metavar="N",
+        help="HTTP/2 connections per backend endpoint; a request finding them all full "
+        "gets 503 (default 1024, Envoy's circuit breaker max_connections)",
+    )
+    run.add_argument(
+        "--upstream-idle-floor",
+        type=_at_least(0, int),
+        default=64,
+        metavar="N",
+        help="idle HTTP/1.1 connections an endpoint keeps whatever the demand (default 64)",
+    )
+    run.add_argument(
+        "--upstream-idle-ceiling",
+        type=_at_least(0, int),
+        default=1024,
+        metavar="N",
+        help="idle HTTP/1.1 connections an endpoint keeps at most; between the floor and "
+        "this, as many as are busy (default 1024, Envoy's max_connections)",
     )
     run.add_argument(
         "--request-headers-timeout",
@@ -757,12 +864,11 @@ def _run(args: argparse.Namespace, election: LeaderElectionSettings | None = Non
             stream_idle_timeout=args.stream_idle_timeout,
             max_header_bytes=args.max_header_bytes,
             max_headers=int(args.max_headers),
-            h2=dataclasses.replace(
-                EDGE_H2_LIMITS,
-                max_concurrent_streams=int(args.h2_max_concurrent_streams),
-                initial_stream_window=args.h2_initial_stream_window,
-                connection_window=args.h2_initial_connection_window,
-            ),
+            h2=h2_limits(args),
+            upstream_h2=upstream_h2_limits(args),
+            upstream_h2_max_connections=int(args.upstream_h2_max_connections),
+            upstream_idle_floor=int(args.upstream_idle_floor),
+            upstream_idle_ceiling=int(args.upstream_idle_ceiling),
             header_timeout=args.request_headers_timeout,
             upstream_connect_timeout=args.upstream_connect_timeout,
             preserve_request_id=args.preserve_request_id,

@@ -105,3 +105,66 @@ def test_limits_that_cannot_be_off_are_usage_errors(flag: str, value: str) -> No
     with pytest.raises(SystemExit) as exc:
         parse(flag, value)
     assert exc.value.code == 2
+
+
+def test_h2_header_limits_and_upstream_flags_reach_the_limits() -> None:
+    from gatewayd.cli import h2_limits, upstream_h2_limits
+    from gatewayd.proxy.http.h2_limits import EDGE_H2_LIMITS, UPSTREAM_H2_LIMITS
+
+    ns = parse()
+    # Defaults: the limits the codecs had before the flags (Envoy's edge values; the
+    # upstream stream count is the backend's SETTINGS alone).
+    assert h2_limits(ns) == EDGE_H2_LIMITS
+    assert upstream_h2_limits(ns) == UPSTREAM_H2_LIMITS
+    assert UPSTREAM_H2_LIMITS.max_concurrent_streams == 2**31 - 1
+    assert (ns.upstream_h2_max_connections, ns.upstream_idle_floor, ns.upstream_idle_ceiling) == (
+        1024,
+        64,
+        1024,
+    )
+    assert (
+        ProxyOptions().upstream_h2_max_connections,
+        ProxyOptions().upstream_idle_floor,
+        ProxyOptions().upstream_idle_ceiling,
+    ) == (1024, 64, 1024)
+    ns = parse(
+        "--max-header-bytes", "8KiB",
+        "--max-headers", "20",
+        "--h2-hpack-table-size", "0",
+        "--upstream-h2-max-concurrent-streams", "7",
+        "--upstream-h2-initial-stream-window", "256KiB",
+        "--upstream-h2-initial-connection-window", "8MiB",
+    )  # fmt: skip
+    down, up = h2_limits(ns), upstream_h2_limits(ns)
+    for limits in (down, up):
+        assert (limits.max_header_list_bytes, limits.max_headers, limits.header_table_size) == (
+            8192,
+            20,
+            0,
+        )
+        assert limits.max_header_block_bytes == 8192 + 4096
+    assert down.max_concurrent_streams == 100
+    assert (up.max_concurrent_streams, up.initial_stream_window, up.connection_window) == (
+        7,
+        256 * 1024,
+        8 * 1024 * 1024,
+    )
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [
+        ("--h2-hpack-table-size", "65KiB"),
+        ("--h2-hpack-table-size", "lots"),
+        ("--upstream-h2-max-concurrent-streams", "0"),
+        ("--upstream-h2-initial-stream-window", "1KiB"),
+        ("--upstream-h2-initial-connection-window", "2GiB"),
+        ("--upstream-h2-max-connections", "0"),
+        ("--upstream-idle-floor", "-1"),
+        ("--upstream-idle-ceiling", "-1"),
+    ],
+)
+def test_h2_limit_flags_out_of_range_are_usage_errors(flag: str, value: str) -> None:
+    with pytest.raises(SystemExit) as exc:
+        parse(flag, value)
+    assert exc.value.code == 2

@@ -31,8 +31,13 @@ from gatewayd.proxy.accesslog import AccessLogger
 from gatewayd.proxy.balancer import DEFAULT_OUTLIER, EndpointHealth, OutlierOptions
 from gatewayd.proxy.http.exchange import Exchange
 from gatewayd.proxy.http.h1_server import D_IDLE, HttpConnection
-from gatewayd.proxy.http.h2_limits import EDGE_H2_LIMITS, H2Limits
-from gatewayd.proxy.http.pool import UpstreamPool
+from gatewayd.proxy.http.h2_limits import EDGE_H2_LIMITS, UPSTREAM_H2_LIMITS, H2Limits
+from gatewayd.proxy.http.pool import (
+    MAX_H2_CONNECTIONS_PER_ENDPOINT,
+    MAX_IDLE_CEILING,
+    MAX_IDLE_PER_ENDPOINT,
+    UpstreamPool,
+)
 from gatewayd.proxy.http.retrybudget import RetryBudget
 from gatewayd.proxy.http.session import SessionCodec
 from gatewayd.proxy.listeners import BACKLOG, ListeningSockets, NotHanded
@@ -80,6 +85,15 @@ class ProxyOptions:
     # 64 KiB stream window, 1 MiB connection window); --h2-max-concurrent-streams,
     # --h2-initial-stream-window, --h2-initial-connection-window.
     h2: H2Limits = EDGE_H2_LIMITS
+    # Upstream HTTP/2 connections (h2_limits.UPSTREAM_H2_LIMITS: streams per connection
+    # as the backend's SETTINGS allow, 64 KiB stream and 1 MiB connection windows, the
+    # header limits of --max-header-bytes/--max-headers); --upstream-h2-* flags.
+    upstream_h2: H2Limits = UPSTREAM_H2_LIMITS
+    upstream_h2_max_connections: int = MAX_H2_CONNECTIONS_PER_ENDPOINT
+    # Idle HTTP/1.1 connections per endpoint kept at least / at most (pool.py);
+    # --upstream-idle-floor, --upstream-idle-ceiling.
+    upstream_idle_floor: int = MAX_IDLE_PER_ENDPOINT
+    upstream_idle_ceiling: int = MAX_IDLE_CEILING
     max_headers: int = 100
     # Envoy's edge defaults.  Route timeout (Envoy's route ``timeout``, 15 s): from the
     # end of the request to the end of the upstream response, for rules without
@@ -186,6 +200,10 @@ class Proxy:
             max_header_bytes=options.max_header_bytes,
             max_headers=options.max_headers,
             metrics=metrics,
+            h2_limits=options.upstream_h2,
+            h2_max_connections=options.upstream_h2_max_connections,
+            max_idle_per_endpoint=options.upstream_idle_floor,
+            max_idle_ceiling=options.upstream_idle_ceiling,
         )
         # Endpoint choice and outlier detection, per process (balancer.py).
         self.health = EndpointHealth(options.outlier, metrics)

@@ -6,7 +6,13 @@ Every request is answered with JSON ``{"backend", "method", "path", "authority",
 
 - ``/status/<n>``: status n (same JSON body);
 - ``/delay/<seconds>``: the answer comes after that long (other streams go on);
-- a request with ``x-want-status: <n>``: status n.
+- a request with ``x-want-status: <n>``: status n;
+- ``/fields/<n>``: n extra response header fields;
+- ``/hostile/<kind>``: hand-written hostile bytes instead of an answer (`HOSTILE`).
+
+``settings`` holds the client's SETTINGS (initial window, header table size, header
+list size) and ``connection_window`` its connection window, as the last connection
+announced them.
 
 ``max_concurrent_streams`` is announced in SETTINGS; ``peak`` is the most streams
 that were open at once on any one connection (the test checks the proxy kept under
@@ -30,6 +36,49 @@ LOCALHOST = "127.0.0.1"
 MAX_BODY = 1 << 20  # bytes of request body kept per stream (bounded)
 
 
+def _frame(ftype: int, flags: int, sid: int, payload: bytes) -> bytes:
+    return (
+        len(payload).to_bytes(3, "big") + bytes((ftype, flags)) + sid.to_bytes(4, "big") + payload
+    )
+
+
+def _hpack_int(value: int, prefix: int, first: int) -> bytes:
+    limit = (1 << prefix) - 1
+    if value < limit:
+        return bytes((first | value,))
+    out = bytearray((first | limit,))
+    value -= limit
+    while value >= 128:
+        out.append((value & 127) | 128)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _literal(name: bytes, value: bytes) -> bytes:
+    """RFC 7541 6.2.2: a literal field without indexing, new name, no Huffman."""
+    return b"\x00" + _hpack_int(len(name), 7, 0) + name + _hpack_int(len(value), 7, 0) + value
+
+
+# Hostile answers (stream id -> bytes): what a broken or malicious backend may send.
+HOSTILE = {
+    # HPACK that does not decode (an index far past the tables).
+    "hpack-garbage": lambda sid: _frame(0x1, 0x5, sid, b"\xff\xff\xff\xff\xff"),
+    # A header list whose one field is 8,000 bytes decoded (an HPACK bomb's payload).
+    "big-list": lambda sid: _frame(0x1, 0x5, sid, b"\x88" + _literal(b"x-big", b"v" * 8000)),
+    # DATA before the response head.
+    "data-first": lambda sid: _frame(0x0, 0x1, sid, b"early"),
+    # A frame header announcing 1 MiB (over SETTINGS_MAX_FRAME_SIZE).
+    "huge-frame": lambda sid: (1 << 20).to_bytes(3, "big") + b"\x00\x00" + sid.to_bytes(4, "big"),
+    # A header block that never ends: CONTINUATION frames past the block bound.
+    "continuation-flood": lambda sid: (
+        _frame(0x1, 0x0, sid, b"\x88") + _frame(0x9, 0x0, sid, b"\x00" * 16384) * 8
+    ),
+    # PINGs past the flood budget.
+    "ping-flood": lambda sid: _frame(0x6, 0x0, 0, b"12345678") * 200,
+}
+
+
 class H2Backend:
     def __init__(
         self,
@@ -44,6 +93,8 @@ class H2Backend:
         self.peak = 0
         self.connections = 0
         self.requests = 0
+        self.settings: dict[str, int] = {}
+        self.connection_window = 0
         self.lock = threading.Lock()
         self.loop = asyncio.new_event_loop()
         started = threading.Event()
@@ -106,6 +157,13 @@ class H2Backend:
                 status = int(st["headers"]["x-want-status"])
             if path.startswith("/delay/"):
                 await asyncio.sleep(float(path.split("/")[2]))
+            if path.startswith("/hostile/"):
+                streams.pop(sid, None)
+                writer.write(HOSTILE[path.split("/")[2]](sid))
+                return
+            extra = []
+            if path.startswith("/fields/"):
+                extra = [(b"x-f%d" % i, b"v") for i in range(int(path.split("/")[2]))]
             body = json.dumps(
                 {
                     "backend": self.name,
@@ -126,6 +184,7 @@ class H2Backend:
                         (b"content-type", b"application/json"),
                         (b"content-length", b"%d" % len(body)),
                         (b"x-backend", self.name.encode()),
+                        *extra,
                     ],
                 )
                 # Small answers: within the default windows.
@@ -146,7 +205,15 @@ class H2Backend:
                     flush()
                     break
                 for ev in events:
+                    if isinstance(ev, h2.events.RemoteSettingsChanged):
+                        remote = conn.remote_settings
+                        self.settings = {
+                            "initial_window_size": remote.initial_window_size,
+                            "header_table_size": remote.header_table_size,
+                            "max_header_list_size": remote.max_header_list_size or 0,
+                        }
                     if isinstance(ev, h2.events.RequestReceived):
+                        self.connection_window = conn.outbound_flow_control_window
                         fields = {bytes(k).decode(): bytes(v).decode() for k, v in ev.headers or ()}
                         sid = ev.stream_id or 0
                         streams[sid] = {

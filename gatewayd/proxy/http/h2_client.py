@@ -42,14 +42,18 @@ from gatewayd.proxy.http.codec import (
     UpstreamHeadersTooLarge,
     UpstreamProtocolError,
 )
-from gatewayd.proxy.http.h2_conn import BoundedH2Connection, h2_config
+from gatewayd.proxy.http.h2_client_conn import (
+    ClientH2Connection,
+    RequestScanner,
+    ResponseScanner,
+)
+from gatewayd.proxy.http.h2_conn import h2_config
 from gatewayd.proxy.http.h2_fields import content_length, to_h2_fields
 from gatewayd.proxy.http.h2_limits import (
     CANCEL,
-    EDGE_H2_LIMITS,
     NO_ERROR,
     REFUSED_STREAM,
-    FrameScanner,
+    UPSTREAM_H2_LIMITS,
     H2Limits,
     Violation,
 )
@@ -181,7 +185,7 @@ class H2ClientConnection:
         *,
         clock: Callable[[], float],
         scheme: bytes = b"http",
-        limits: H2Limits = EDGE_H2_LIMITS,
+        limits: H2Limits = UPSTREAM_H2_LIMITS,
         defer: Callable[[Callable[[], None]], object] | None = None,
     ) -> None:
         self.clock = clock
@@ -192,7 +196,7 @@ class H2ClientConnection:
         self._flush_scheduled = False
         self.scheme = scheme
         self.limits = limits
-        self.h2 = BoundedH2Connection(config=h2_config(client_side=True))
+        self.h2 = ClientH2Connection(config=h2_config(client_side=True))
         self.h2.local_settings = h2.settings.Settings(
             client=True,
             initial_values={
@@ -205,8 +209,8 @@ class H2ClientConnection:
         )
         self.h2.decoder.max_header_list_size = limits.max_header_list_bytes
         self.h2.decoder.max_allowed_table_size = limits.header_table_size
-        self.inbound = FrameScanner(limits, inbound=True, strip_goaway=True)
-        self.outbound = FrameScanner(limits, inbound=False, preface=True)  # our preface
+        self.inbound = ResponseScanner(limits, inbound=True, strip_goaway=True)
+        self.outbound = RequestScanner(limits, inbound=False, preface=True)  # our preface
         self.inbound.sent = self.outbound
         self.streams: dict[int, H2ClientStream] = {}
         self.reserved = 0  # streams handed out by open_stream, head not sent yet
@@ -221,11 +225,14 @@ class H2ClientConnection:
     # ---------------------------------------------------------------- the pool's side
     def can_open(self) -> bool:
         """Another stream fits: open, no GOAWAY from the backend, and under its
-        SETTINGS_MAX_CONCURRENT_STREAMS (RFC 9113 5.1.2)."""
+        SETTINGS_MAX_CONCURRENT_STREAMS (RFC 9113 5.1.2) and our own cap
+        (``limits.max_concurrent_streams``, --upstream-h2-max-concurrent-streams)."""
         if self.closed or self.goaway_last >= 0 or self.transport is None:
             return False
         in_use = len(self.streams) + self.reserved
-        return in_use < self.h2.remote_settings.max_concurrent_streams
+        return in_use < min(
+            self.h2.remote_settings.max_concurrent_streams, self.limits.max_concurrent_streams
+        )
 
     def open_stream(self) -> H2ClientStream:
         """A new stream to bind an exchange to (its id is taken at ``send_head``); it
@@ -520,6 +527,7 @@ class H2ClientConnection:
             # The response ended before our request did: the backend needs no more.
             with contextlib.suppress(h2.exceptions.ProtocolError):
                 self.h2.reset_stream(stream.stream_id, NO_ERROR)
+        self.h2.forget(stream.stream_id)
         if not self.streams:
             self.idle_since = self.clock()
         reusable = not self.closed and self.goaway_last < 0
@@ -547,6 +555,7 @@ class H2ClientConnection:
         if self.streams.pop(stream.stream_id, None) is not None:
             with contextlib.suppress(h2.exceptions.ProtocolError):
                 self.h2.reset_stream(stream.stream_id, code)
+            self.h2.forget(stream.stream_id)
             self.flush_out()
         if not self.streams:
             self.idle_since = self.clock()
@@ -558,6 +567,7 @@ class H2ClientConnection:
             self.reset_stream(stream, CANCEL)
         stream.closed = True
         self.streams.pop(stream.stream_id, None)
+        self.h2.forget(stream.stream_id)
         if not self.streams:
             self.idle_since = self.clock()
         if stream.callbacks is not None:

@@ -32,7 +32,7 @@ a fake clock.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 # RFC 9113 7 error codes used here.
 NO_ERROR = 0x0
@@ -77,6 +77,9 @@ class H2Limits:
     request headers 60 KiB / 100 headers (gatewayd's HTTP/1.1 limits too).
     """
 
+    # Downstream: SETTINGS_MAX_CONCURRENT_STREAMS we announce.  Upstream: the most
+    # streams we open on one backend connection, and never more than the backend's own
+    # SETTINGS_MAX_CONCURRENT_STREAMS (UPSTREAM_H2_LIMITS: the backend's value alone).
     max_concurrent_streams: int = 100
     initial_stream_window: int = 64 * 1024
     connection_window: int = 1024 * 1024
@@ -125,6 +128,34 @@ class H2Limits:
 
 
 EDGE_H2_LIMITS = H2Limits()
+
+# The encoded header block bound over the decoded one: padding (up to 255 bytes a
+# frame) and table-size updates; a literal is never longer encoded than decoded (plus a
+# few bytes of lengths, less than the 32 bytes RFC 9113 6.5.2 counts per field).
+HEADER_BLOCK_SLACK = 4 * 1024
+# Largest HPACK dynamic table we let a peer use (--h2-hpack-table-size): the table is
+# held per connection, so its size is memory per connection.
+MAX_HPACK_TABLE_SIZE = 64 * 1024
+
+# Upstream HTTP/2 connections (h2_client): the same limits, except that the number of
+# streams on a connection is the backend's SETTINGS_MAX_CONCURRENT_STREAMS alone (as
+# Envoy's cluster default, 2^31-1) unless --upstream-h2-max-concurrent-streams caps it.
+UPSTREAM_H2_LIMITS = H2Limits(max_concurrent_streams=2**31 - 1)
+
+
+def with_header_limits(
+    limits: H2Limits, *, list_bytes: int, count: int, table_size: int
+) -> H2Limits:
+    """``limits`` with another header list bound (decoded bytes, RFC 9113 6.5.2: name +
+    value + 32 per field), field count and HPACK table size; the encoded block bound
+    follows the decoded one (`HEADER_BLOCK_SLACK`)."""
+    return replace(
+        limits,
+        max_header_list_bytes=list_bytes,
+        max_headers=count,
+        header_table_size=table_size,
+        max_header_block_bytes=list_bytes + HEADER_BLOCK_SLACK,
+    )
 
 
 class Violation(Exception):

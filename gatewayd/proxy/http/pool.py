@@ -12,17 +12,17 @@ nothing at all arrived on it while idle (``UpstreamConnection.has_stale_input``:
 poll(2) per reuse).
 
 HTTP/2 (``acquire_h2`` / ``connect_h2``): a stream of a multiplexed connection
-(``h2_client.H2ClientConnection``).  ``acquire_h2`` opens a new stream on a pooled
+(``h2_client.H2ClientConnection``). ``acquire_h2`` opens a new stream on a pooled
 connection that has room under the backend's SETTINGS_MAX_CONCURRENT_STREAMS;
 ``connect_h2`` first waits for a connection being opened to the same endpoint (its
-SETTINGS tell how many streams it takes), then opens another connection when every
-one is full, as Envoy's HTTP/2 pool does, bounded by ``MAX_H2_CONNECTIONS_PER_ENDPOINT``
-(beyond it the request fails as an overflow: 503).  ``release`` of an HTTP/2 stream is
-a no-op (the stream ended with its response).  The exchange picks the calls once per
-request by ``CompiledBackend.http2`` (``appProtocol: kubernetes.io/h2c``, every GRPCRoute
-backend).  The endpoint key, the resolver, the backend TLS contexts (ALPN ``h2`` for
-HTTP/2) and the retain/sweep/close life cycle are shared; the metrics are the same
-(``upstream_cx_active`` counts HTTP/2 connections too).
+SETTINGS tell how many streams it takes), then opens another connection when every one
+is full, as Envoy's HTTP/2 pool does, bounded by ``MAX_H2_CONNECTIONS_PER_ENDPOINT``
+(--upstream-h2-max-connections; beyond it the request fails as an overflow: 503).
+``release`` of an HTTP/2 stream is a no-op (the stream ended with its response). The
+exchange picks the calls once per request by ``CompiledBackend.http2`` (``appProtocol:
+kubernetes.io/h2c``, every GRPCRoute backend). The endpoint key, the resolver, the
+backend TLS contexts (ALPN ``h2`` for HTTP/2) and the retain/sweep/close life cycle are
+shared; the metrics are the same (``upstream_cx_active`` counts HTTP/2 connections too).
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ from gatewayd.proxy.http.h1_client import (
     endpoint_key,
 )
 from gatewayd.proxy.http.h2_client import H2ClientConnection, H2ClientStream
+from gatewayd.proxy.http.h2_limits import UPSTREAM_H2_LIMITS, H2Limits
 from gatewayd.proxy.resolver import Resolver
 from gatewayd.tls.backend import BackendContexts
 
@@ -76,7 +77,9 @@ class PooledH2Connection(H2ClientConnection):
 
     def __init__(self, pool: UpstreamPool, key: EndpointKey, label: str, scheme: bytes) -> None:
         loop = asyncio.get_running_loop()
-        super().__init__(clock=loop.time, scheme=scheme, defer=loop.call_soon)
+        super().__init__(
+            clock=loop.time, scheme=scheme, defer=loop.call_soon, limits=pool.h2_limits
+        )
         self.pool = pool
         self.key = key
         self.label = label
@@ -111,6 +114,8 @@ class UpstreamPool:
         "conns",
         "contexts",
         "h2_conns",
+        "h2_limits",
+        "h2_max_connections",
         "h2_opening",
         "idle",
         "mark",
@@ -133,6 +138,8 @@ class UpstreamPool:
         max_headers: int = MAX_HEADERS,
         metrics: ProxyMetrics | None = None,
         resolver: Resolver | None = None,
+        h2_limits: H2Limits = UPSTREAM_H2_LIMITS,
+        h2_max_connections: int = MAX_H2_CONNECTIONS_PER_ENDPOINT,
     ) -> None:
         self.connect_timeout = connect_timeout
         # Response head limits (bytes of names and values, field lines), per response.
@@ -150,6 +157,10 @@ class UpstreamPool:
         # and the connects under way (waited for before opening another).
         self.h2_conns: dict[EndpointKey, list[PooledH2Connection]] = {}
         self.h2_opening: dict[EndpointKey, list[asyncio.Future[None]]] = {}
+        # Limits of every HTTP/2 connection to a backend (--upstream-h2-* flags, header
+        # limits as downstream's) and how many of them an endpoint may have.
+        self.h2_limits = h2_limits
+        self.h2_max_connections = h2_max_connections
         self._closed = False
         # SO_MARK for every upstream socket (node-local TPROXY mode): the diversion
         # rules skip this mark, so the proxy's own connections are never diverted back.
@@ -277,9 +288,9 @@ class UpstreamPool:
             stream = self.acquire_h2(key)
             if stream is not None:
                 return stream
-        if len(self.h2_conns.get(key, ())) >= MAX_H2_CONNECTIONS_PER_ENDPOINT:
+        if len(self.h2_conns.get(key, ())) >= self.h2_max_connections:
             raise ConnectionRefusedError(
-                f"{MAX_H2_CONNECTIONS_PER_ENDPOINT} HTTP/2 connections to {host}:{port} are full"
+                f"{self.h2_max_connections} HTTP/2 connections to {host}:{port} are full"
             )
         opening = asyncio.get_running_loop().create_future()
         waiting = self.h2_opening.setdefault(key, [])

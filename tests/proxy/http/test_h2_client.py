@@ -390,3 +390,42 @@ def test_a_request_head_body_and_end_leave_in_one_write_per_loop_turn() -> None:
     for stream in streams:
         got = rig.requests[stream.stream_id]
         assert got["body"] == b"body" and got["ended"]
+
+
+def test_our_stream_cap_applies_under_the_backends_limit() -> None:
+    from dataclasses import replace
+
+    from gatewayd.proxy.http.h2_limits import UPSTREAM_H2_LIMITS
+
+    rig = ClientRig(limits=replace(UPSTREAM_H2_LIMITS, max_concurrent_streams=1))
+    assert rig.codec.h2.remote_settings.max_concurrent_streams > 1
+    a, up_a = rig.send()
+    assert not rig.codec.can_open()
+    rig.respond(a.stream_id)
+    assert up_a.names() == ["head", "end"]
+    assert rig.codec.can_open()
+    # The backend's lower limit wins over ours.
+    rig = ClientRig(
+        limits=replace(UPSTREAM_H2_LIMITS, max_concurrent_streams=5),
+        settings={SettingCodes.MAX_CONCURRENT_STREAMS: 1},
+    )
+    rig.send()
+    assert not rig.codec.can_open()
+
+
+def test_the_windows_and_table_we_announce_to_the_backend_follow_the_limits() -> None:
+    from dataclasses import replace
+
+    from gatewayd.proxy.http.h2_limits import UPSTREAM_H2_LIMITS
+
+    limits = replace(
+        UPSTREAM_H2_LIMITS,
+        initial_stream_window=256 * 1024,
+        connection_window=4 * 1024 * 1024,
+        header_table_size=0,
+    )
+    rig = ClientRig(limits=limits)
+    remote = rig.backend.remote_settings
+    assert remote.initial_window_size == 256 * 1024
+    assert remote.header_table_size == 0
+    assert rig.backend.outbound_flow_control_window == 4 * 1024 * 1024
