@@ -94,6 +94,11 @@ F_EOF: Final = 2  # close-delimited (HTTP/1.0 client, unknown length)
 CONTINUE_100: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
+class _Stopped(Exception):
+    """Raised inside a parser callback when the connection stopped serving requests
+    while the parser was still walking the same read: the rest is dropped."""
+
+
 class _Reject(Exception):
     """Raised inside a parser callback to stop parsing and answer ``status``."""
 
@@ -521,6 +526,8 @@ class HttpConnection(asyncio.Protocol):
                 self._close_after_flush()
         except httptools.HttpParserError as exc:
             cause = exc.__context__
+            if isinstance(cause, _Stopped):
+                return
             if isinstance(cause, _Reject):
                 self._protocol_error(cause.status)
             elif isinstance(exc, httptools.HttpParserCallbackError):
@@ -539,6 +546,13 @@ class HttpConnection(asyncio.Protocol):
                     self._protocol_error(431)
 
     def on_message_begin(self) -> None:
+        if self.stopped:
+            # A response that closes the connection went out while this read was being
+            # parsed (a local reply with ``connection: close``, answered within the
+            # callbacks of the request before): RFC 9112 9.6, no later request on
+            # this connection is served, and nothing is written after the close began
+            # (which failed the write and reset the connection under the reply).
+            raise _Stopped
         self.cur_head = RequestHead(b"", b"", [])
         self.trailers = None
         self.head_size = 0
@@ -829,6 +843,11 @@ class HttpConnection(asyncio.Protocol):
 
     def _protocol_error(self, status: int) -> None:
         """Stop parsing; answer ``status`` once the requests before it are answered."""
+        if self.lingering or self.closed:
+            # The connection is already closing after its last response: the bytes
+            # that failed to parse are dropped like any others read now.
+            self.stopped = True
+            return
         self.stopped = True
         cur = self.cur
         self.cur = None
