@@ -302,6 +302,8 @@ def strip_hop_by_hop(headers: Headers) -> Headers:
 # What ``forward_request_headers`` drops when the client's ``Expect: 100-continue`` is
 # answered by the proxy (never forwarded).
 HOP_BY_HOP_AND_EXPECT: frozenset[bytes] = HOP_BY_HOP | {b"expect"}
+_PROTECTED_OR_HOP = _PROTECTED | HOP_BY_HOP
+_KEEP_ALIVE_ONLY = [b"keep-alive"]  # a Connection field that names nothing to remove
 
 
 _TRACE_HEADERS = frozenset((TRACEPARENT, TRACESTATE))
@@ -476,12 +478,15 @@ def strip_hop_by_hop_set(headers: Headers, name: bytes, value: bytes) -> Headers
             append((n, value))
         else:
             append(h)
-    if connection is not None:
+    if connection is not None and connection != _KEEP_ALIVE_ONLY:
+        # Options naming hop-by-hop fields (nginx's "keep-alive") are gone already:
+        # skipped here, the usual response needs no second walk (~0.4 us less), and
+        # nginx's lone "Connection: keep-alive" not even split (~0.2 us less).
         nominated = {
             t
             for v in connection
             for token in v.split(b",")
-            if (t := token.strip().lower()) and t not in _PROTECTED
+            if (t := token.strip().lower()) and t not in _PROTECTED_OR_HOP
         }
         if nominated:
             out = [h for h in out if h[0] not in nominated]

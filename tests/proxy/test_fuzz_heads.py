@@ -131,12 +131,16 @@ class Harness:
     errors: Errors
 
 
+# Every request head the backend received, in order.
+BACKEND_HEADS: list[bytes] = []
+
+
 async def _backend(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     """Answers 200 once a request head is in, then closes."""
     with contextlib.suppress(
         ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError
     ):
-        await reader.readuntil(b"\r\n\r\n")
+        BACKEND_HEADS.append(await reader.readuntil(b"\r\n\r\n"))
         writer.write(
             b"HTTP/1.1 200 OK\r\nx-fuzz-backend: 1\r\ncontent-length: 2\r\n"
             b"connection: close\r\n\r\nok"
@@ -282,3 +286,44 @@ def test_mutated_request_heads_never_crash_the_connection_handler(
 
     harness.runner.run(one())
     assert harness.errors.records == [], (harness.errors.records, data)
+
+
+# A request answered with a closing local reply while the rest of the same read is
+# still being parsed, then more bytes in that read: a valid request (which must not
+# reach the backend: RFC 9112 9.6) or bytes that fail to parse (which must not be
+# answered after the close began).  Both once wrote after the write side was shut,
+# failing the transport: a reset under the 400 (seen under load, when the client read
+# after the reset arrived), an error logged, and the second request proxied.
+AFTER_CLOSE = (
+    b"GET http://[bad HTTP/1.1\r\nHost: x\r\n\r\nGET /b HTTP/1.1\r\nHost: y\r\n\r\n",
+    b"GET http://[bad HTTP/1.1\r\nHost: x\r\n\r\n\x00garbage\r\n\r\n",
+)
+
+
+@pytest.mark.parametrize("data", AFTER_CLOSE, ids=("request", "garbage"))
+def test_bytes_after_a_closing_local_reply_in_the_same_read_are_dropped(
+    harness: Harness, data: bytes
+) -> None:
+    harness.errors.records.clear()
+    BACKEND_HEADS.clear()
+
+    async def one() -> None:
+        async with asyncio.timeout(EXAMPLE_TIMEOUT):
+            reader, writer = await asyncio.open_connection(LOCAL, harness.port)
+            writer.write(data)
+            # Everything the proxy sends, up to its FIN; a reset raises here.
+            got = await reader.read(1 << 16)
+            rest = got
+            while rest:
+                rest = await reader.read(1 << 16)
+                got += rest
+            writer.close()
+            head, _, body = got.partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 400 "), got
+            assert b"\r\nconnection: close" in head, got
+            assert body == b"Bad Request", got  # one reply, nothing after it
+            await _settled(harness.proxy)
+
+    harness.runner.run(one())
+    assert harness.errors.records == []
+    assert BACKEND_HEADS == []

@@ -70,6 +70,9 @@ FEED_SLICE: Final = 16 * 1024
 # Lingering close: after the last response, how long unread client bytes are drained
 # (so closing does not reset the connection under a response the client has not read).
 LINGER: Final = 2.0
+# Response head serialization: b"name: value" per field, then the lines joined.
+_FIELD_JOIN: Final = b": ".join
+_CRLF_JOIN: Final = b"\r\n".join
 
 # Reasons for pausing the reading of a client connection (bit mask).  The first two
 # are the codec's read_disable reasons (codec.RD_UPSTREAM, codec.RD_HELD).
@@ -89,6 +92,11 @@ F_CHUNKED: Final = 1
 F_EOF: Final = 2  # close-delimited (HTTP/1.0 client, unknown length)
 
 CONTINUE_100: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+class _Stopped(Exception):
+    """Raised inside a parser callback when the connection stopped serving requests
+    while the parser was still walking the same read: the rest is dropped."""
 
 
 class _Reject(Exception):
@@ -521,6 +529,8 @@ class HttpConnection(asyncio.Protocol):
                 self._close_after_flush()
         except httptools.HttpParserError as exc:
             cause = exc.__context__
+            if isinstance(cause, _Stopped):
+                return
             if isinstance(cause, _Reject):
                 self._protocol_error(cause.status)
             elif isinstance(exc, httptools.HttpParserCallbackError):
@@ -539,6 +549,13 @@ class HttpConnection(asyncio.Protocol):
                     self._protocol_error(431)
 
     def on_message_begin(self) -> None:
+        if self.stopped:
+            # A response that closes the connection went out while this read was being
+            # parsed (a local reply with ``connection: close``, answered within the
+            # callbacks of the request before): RFC 9112 9.6, no later request on
+            # this connection is served, and nothing is written after the close began
+            # (which failed the write and reset the connection under the reply).
+            raise _Stopped
         self.cur_head = request_head(b"", b"", [], None, False, None)
         self.trailers = None
         self.head_size = 0
@@ -710,11 +727,14 @@ class HttpConnection(asyncio.Protocol):
         elif version != "1.1":
             out.append((b"connection", b"keep-alive"))
         self.resp_keep = keep
-        parts = [status_line(status)]
-        for n, v in out:
-            parts += (n, b": ", v, b"\r\n")
-        parts.append(b"\r\n")
-        self.out.append(b"".join(parts))
+        # Field lines joined by C loops (map over bytes.join), no Python loop: ~0.2 us
+        # less per response of nine fields.  Without fields (a 204 or 304 with none,
+        # no request id) the head is the status line and the empty line.
+        self.out.append(
+            b"".join((status_line(status), _CRLF_JOIN(map(_FIELD_JOIN, out)), b"\r\n\r\n"))
+            if out
+            else status_line(status) + b"\r\n"
+        )
 
     def send_tunnel_head(self, head: ResponseHead) -> None:
         """``101 Switching Protocols`` with the fields as given (upgrade.py adds
@@ -825,6 +845,11 @@ class HttpConnection(asyncio.Protocol):
 
     def _protocol_error(self, status: int) -> None:
         """Stop parsing; answer ``status`` once the requests before it are answered."""
+        if self.lingering or self.closed:
+            # The connection is already closing after its last response: the bytes
+            # that failed to parse are dropped like any others read now.
+            self.stopped = True
+            return
         self.stopped = True
         cur = self.cur
         self.cur = None

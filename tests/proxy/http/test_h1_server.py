@@ -194,6 +194,27 @@ def test_chunked_response_with_trailers() -> None:
     serve(test)
 
 
+def test_response_heads_with_and_without_fields() -> None:
+    def test(conn: HttpConnection, t: TransportDouble) -> None:
+        conn.data_received(b"GET /a HTTP/1.1\r\nHost: a\r\n\r\n")
+        # No field at all (a 204 with none, no request id): status line, empty line.
+        conn.send_head(ResponseHead(204, [], body_length=0), b"GET")
+        conn.send_end()
+        conn.flush()
+        conn.done()
+        assert t.take() == b"HTTP/1.1 204 No Content\r\n\r\n"
+        conn.data_received(b"GET /b HTTP/1.1\r\nHost: a\r\n\r\n")
+        fields = [(b"server", b"s"), (b"content-length", b"2"), (b"x-e", b"")]
+        conn.send_head(ResponseHead(200, fields, body_length=2), b"GET")
+        conn.send_data(b"ok")
+        conn.send_end()
+        conn.flush()
+        conn.done()
+        assert t.take() == (b"HTTP/1.1 200 OK\r\nserver: s\r\ncontent-length: 2\r\nx-e: \r\n\r\nok")
+
+    serve(test)
+
+
 def test_http10_client_gets_a_close_delimited_body() -> None:
     def test(conn: HttpConnection, t: TransportDouble) -> None:
         conn.data_received(b"GET / HTTP/1.0\r\n\r\n")
