@@ -32,6 +32,8 @@ import h2.connection
 import h2.events
 import h2.settings
 
+from gatewayd.proxy.http.h2_hpack import _integer  # RFC 7541 5.1 integers
+
 LOCALHOST = "127.0.0.1"
 MAX_BODY = 1 << 20  # bytes of request body kept per stream (bounded)
 
@@ -42,22 +44,9 @@ def _frame(ftype: int, flags: int, sid: int, payload: bytes) -> bytes:
     )
 
 
-def _hpack_int(value: int, prefix: int, first: int) -> bytes:
-    limit = (1 << prefix) - 1
-    if value < limit:
-        return bytes((first | value,))
-    out = bytearray((first | limit,))
-    value -= limit
-    while value >= 128:
-        out.append((value & 127) | 128)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
 def _literal(name: bytes, value: bytes) -> bytes:
     """RFC 7541 6.2.2: a literal field without indexing, new name, no Huffman."""
-    return b"\x00" + _hpack_int(len(name), 7, 0) + name + _hpack_int(len(value), 7, 0) + value
+    return b"\x00" + _integer(len(name), 7, 0) + name + _integer(len(value), 7, 0) + value
 
 
 # Hostile answers (stream id -> bytes): what a broken or malicious backend may send.

@@ -559,19 +559,7 @@ class Exchange:
         # RFC 9110 7.6.1: hop-by-hop fields (Connection and the fields it names,
         # Keep-Alive, TE, Transfer-Encoding, Upgrade, ...) are not forwarded; the
         # forwarding headers are set in the same walk over the fields.
-        options = proxy.options
-        fwd, self.request_id, self.traceparent, self.trace_parent = forward_fields(
-            headers,
-            conn.peer_ip,
-            conn.scheme,
-            conn.client_cert,
-            # ``Expect: 100-continue`` is answered here (send_continue), never forwarded.
-            HOP_BY_HOP_AND_EXPECT if head.expect_continue else HOP_BY_HOP,
-            options.xff_trusted_hops,
-            options.preserve_request_id,
-            proxy.trace_flags,
-            options.trace_sample,
-        )
+        fwd = self._forward_fields()
         if rule.request_headers is not None:
             apply_header_ops(fwd, rule.request_headers)
         rewrite = rule.rewrite
@@ -685,6 +673,27 @@ class Exchange:
             self._fire_mirrors()
         self._try(False)
 
+    def _forward_fields(self) -> Headers:
+        """The request's fields as forwarded: hop-by-hop fields dropped, the forwarding
+        fields (X-Forwarded-For, X-Envoy-External-Address, X-Forwarded-Proto,
+        X-Request-Id, traceparent) set in the same walk; the ids kept for the log."""
+        conn = self.conn
+        proxy = conn.proxy
+        options = proxy.options
+        fwd, self.request_id, self.traceparent, self.trace_parent = forward_fields(
+            self.headers,
+            conn.peer_ip,
+            conn.scheme,
+            conn.client_cert,
+            # ``Expect: 100-continue`` is answered here (send_continue), never forwarded.
+            HOP_BY_HOP_AND_EXPECT if self.head.expect_continue else HOP_BY_HOP,
+            options.xff_trusted_hops,
+            options.preserve_request_id,
+            proxy.trace_flags,
+            options.trace_sample,
+        )
+        return fwd
+
     def _forward_plain(self, rule: CompiledRule, path_b: bytes, query_b: bytes) -> None:
         """The lean lane of ``_route`` for a ``rule.plain`` rule (routing/snapshot/
         rules.py: one HTTP/1.1 backendRef, no filter but RequestHeaderModifier, no
@@ -696,17 +705,7 @@ class Exchange:
         proxy = conn.proxy
         head = self.head
         options = proxy.options
-        fwd, self.request_id, self.traceparent, self.trace_parent = forward_fields(
-            self.headers,
-            conn.peer_ip,
-            conn.scheme,
-            conn.client_cert,
-            HOP_BY_HOP_AND_EXPECT if head.expect_continue else HOP_BY_HOP,
-            options.xff_trusted_hops,
-            options.preserve_request_id,
-            proxy.trace_flags,
-            options.trace_sample,
-        )
+        fwd = self._forward_fields()
         ops = rule.request_headers
         if ops is not None:
             apply_header_ops(fwd, ops)
