@@ -687,6 +687,18 @@ class H2ServerConnection:
                 log.warning("HTTP/2 stream %d: response body before its head", sid)
                 self.reset_stream(stream, _INTERNAL_ERROR, notify=True)
             return
+        if (
+            stream.head_pending is not None
+            and stream.out_end
+            and stream.remote_ended
+            and not stream.trailers_out
+            and h2c.send_response(sid, stream.head_pending, bytes(stream.out))
+        ):
+            # The common case in one go (`BoundedH2Connection.send_response`): a whole
+            # response to a whole request, within the windows and one DATA frame.
+            stream.head_pending = None
+            self._response_done(stream)
+            return
         try:
             if stream.head_pending is not None:
                 fields = stream.head_pending
