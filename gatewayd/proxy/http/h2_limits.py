@@ -374,6 +374,37 @@ class FrameScanner:
             self.control_frames_paused = 0
             self.frames_paused = 0
 
+    def scan_outbound(self, data: bytes) -> None:
+        """`scan` for the frames we send while the peer reads (not ``paused``): only
+        DATA and RST_STREAM are counted then, so whole frames are stepped over by their
+        length, with no copies nor per-frame calls (the server's responses went
+        through `scan` frame by frame).  A partial frame, a frame already begun, a
+        paused transport or GOAWAY stripping take `scan`."""
+        if (
+            self.paused
+            or self._skip
+            or self._head
+            or self._preface_left
+            or self.strip_goaway
+            or self._inbound
+        ):
+            self.scan(data, 0.0)
+            return
+        pos = 0
+        end = len(data)
+        while pos + 9 <= end:
+            nxt = pos + 9 + ((data[pos] << 16) | (data[pos + 1] << 8) | data[pos + 2])
+            if nxt > end:
+                break
+            ftype = data[pos + 3]
+            if ftype == DATA:
+                self.data_frames += 1
+            elif ftype == RST_STREAM:
+                self.rst_streams += 1
+            pos = nxt
+        if pos < end:
+            self.scan(data[pos:], 0.0)
+
     def check_outbound(self) -> None:
         """Outbound: frames queued while the peer does not read stay within budget."""
         limits = self._limits

@@ -851,7 +851,7 @@ class H2ServerConnection:
         if self.transport is None or self.closed:
             return
         try:
-            self.outbound.scan(data, 0.0)
+            self.outbound.scan_outbound(data)
             self.outbound.check_outbound()
         except Violation as v:
             self.fail(v.error_code, v.reason)
