@@ -239,7 +239,9 @@ class BoundedH2Connection(h2.connection.H2Connection):
         request.headers = stream._process_received_headers(headers, _REQUEST_FLAGS, None)
         return events
 
-    def send_response(self, stream_id: int, headers: list[Any], body: bytes) -> bool:
+    def send_response(
+        self, stream_id: int, headers: list[Any], body: bytes, encoded: list[bytes] | None = None
+    ) -> bool:
         """Server side: a whole response (HEADERS, and DATA when ``body``, ending the
         stream) to a request whose stream is half-closed (remote), when it fits the
         windows and one frame; False (nothing done) otherwise, for h2's path.
@@ -248,7 +250,9 @@ class BoundedH2Connection(h2.connection.H2Connection):
         (HALF_CLOSED_REMOTE, SEND_HEADERS) ``response_sent``, SEND_DATA, then
         SEND_END_STREAM -> CLOSED closed by SEND_END_STREAM, both windows less the
         body; and the closed stream moves to h2's closed streams now rather than at
-        h2's next count of open streams (``_open_streams`` does exactly that)."""
+        h2's next count of open streams (``_open_streams`` does exactly that).
+        ``encoded``: the fields' bytes (``h2_hpack.plain_field``) when the caller has
+        them, else the encoder encodes ``headers``."""
         stream = self.streams.get(stream_id)
         if stream is None or self.state_machine.state is not _SERVER_OPEN:
             return False
@@ -264,7 +268,10 @@ class BoundedH2Connection(h2.connection.H2Connection):
             or _informational(headers)
         ):
             return False
-        block = self.encoder.encode(headers)
+        if encoded is not None:
+            block = self.encoder.join(encoded)
+        else:
+            block = self.encoder.encode(headers)
         machine.headers_sent = True
         machine.state = StreamState.CLOSED
         machine.stream_closed_by = StreamClosedBy.SEND_END_STREAM
