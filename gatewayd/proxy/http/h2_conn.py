@@ -11,7 +11,7 @@ and flow control, is h2's own.  Validated header lists are remembered on both si
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import h2.config
 import h2.connection
@@ -34,7 +34,6 @@ from gatewayd.proxy.http.h2_inbound import (
     fast_headers,
     split_frames,
 )
-
 
 # h2's validation flags of a request's header block on the server side
 # (``H2Stream._build_hdr_validation_flags`` after ``request_received``).
@@ -125,6 +124,9 @@ class BoundedH2Connection(h2.connection.H2Connection):
         self.validated = ValidatedFields()
         # Server side: HEADERS frames opening a stream take `_fast_headers`.
         self.fast_inbound = False
+        # Server side: whole responses may take `send_response` (tests turn it off to
+        # compare with h2's own path).
+        self.fast_outbound = True
 
     def open(self, connection_window: int) -> None:
         """Our preface (SETTINGS), then a WINDOW_UPDATE raising the connection window
@@ -254,7 +256,7 @@ class BoundedH2Connection(h2.connection.H2Connection):
         ``encoded``: the fields' bytes (``h2_hpack.plain_field``) when the caller has
         them, else the encoder encodes ``headers``."""
         stream = self.streams.get(stream_id)
-        if stream is None or self.state_machine.state is not _SERVER_OPEN:
+        if stream is None or not self.fast_outbound or self.state_machine.state is not _SERVER_OPEN:
             return False
         machine = stream.state_machine
         size = len(body)
@@ -269,7 +271,7 @@ class BoundedH2Connection(h2.connection.H2Connection):
         ):
             return False
         if encoded is not None:
-            block = self.encoder.join(encoded)
+            block = cast(StaticEncoder, self.encoder).join(encoded)
         else:
             block = self.encoder.encode(headers)
         machine.headers_sent = True

@@ -169,7 +169,7 @@ def response_fields(
         if hit is not _DROPPED:
             fields.append(hit[0])
             encoded.append(hit[1])
-    if length:
+    if length and body_length is not None:
         cl = (b"content-length", b"%d" % body_length)
         fields.append(cl)
         encoded.append(plain_field(*cl))
@@ -778,9 +778,7 @@ class H2ServerConnection:
             and stream.out_end
             and stream.remote_ended
             and not stream.trailers_out
-            and h2c.send_response(
-                sid, stream.head_pending, bytes(stream.out), stream.head_encoded
-            )
+            and h2c.send_response(sid, stream.head_pending, bytes(stream.out), stream.head_encoded)
         ):
             # The common case in one go (`BoundedH2Connection.send_response`): a whole
             # response to a whole request, within the windows and one DATA frame.
