@@ -441,7 +441,7 @@ class H2ServerConnection:
             return
         now = self.clock()
         try:
-            data = self.inbound.scan(data, now)
+            data = self.inbound.scan_inbound(data, now)
             events = self.h2.receive_data(data)
         except Violation as v:
             self.fail(v.error_code, v.reason)

@@ -6,7 +6,8 @@ against the general path it replaces, without sockets:
 - ``BoundedH2Connection.send_response``: a whole response written by hand, against
   h2's ``send_headers`` / ``send_data`` / end (same bytes, same h2 state after, the
   same answers to frames that follow on the closed stream);
-- ``FrameScanner.scan_outbound``: against ``scan``, the same counts whatever the cuts.
+- ``FrameScanner.scan_outbound`` and ``scan_inbound``: against ``scan``, the same
+  counts, bytes and verdicts whatever the cuts.
 """
 
 from __future__ import annotations
@@ -28,7 +29,14 @@ from gatewayd.proxy.http.codec import ResponseHead
 from gatewayd.proxy.http.h2_conn import BoundedH2Connection, h2_config
 from gatewayd.proxy.http.h2_fields import to_h2_fields
 from gatewayd.proxy.http.h2_hpack import StaticEncoder
-from gatewayd.proxy.http.h2_limits import EDGE_H2_LIMITS, FrameScanner
+from gatewayd.proxy.http.h2_limits import (
+    EDGE_H2_LIMITS,
+    GOAWAY,
+    PREFACE,
+    FrameScanner,
+    H2Limits,
+    Violation,
+)
 from gatewayd.proxy.http.h2_server import (
     RESPONSE_FIELD_ENTRIES,
     RESPONSE_FIELD_MAX_BYTES,
@@ -240,8 +248,6 @@ def test_send_response_respects_the_peers_windows() -> None:
 def test_many_answered_streams_never_count_against_max_concurrent() -> None:
     # The open-stream count is skipped below the limit; answered streams are closed
     # and forgotten at once, so 50 sequential requests pass a limit of 2.
-    from gatewayd.proxy.http.h2_limits import H2Limits
-
     rig = ServerRig(H2Limits(max_concurrent_streams=2))
     for i in range(50):
         rig.request(b"/%d" % i)
@@ -285,3 +291,70 @@ def test_scan_outbound_counts_as_scan(
         general.control_frames_paused,
     )
     assert quick.data_frames == sum(1 for t, _ in frames if t == 0x0)
+
+
+# ---------------------------------------------------------------- scan_inbound
+
+_INBOUND_LIMITS = H2Limits(
+    max_settings_per_window=3,
+    max_pings_per_window=3,
+    max_consecutive_empty_frames=2,
+    max_priority_frames_per_stream=1,
+    max_header_block_bytes=64,
+)
+
+
+def _run_inbound(chunks: list[bytes], quick: bool) -> tuple[object, ...]:
+    scanner = FrameScanner(_INBOUND_LIMITS, inbound=True, preface=True, strip_goaway=True)
+    sent = FrameScanner(_INBOUND_LIMITS, inbound=False)
+    scanner.sent = sent
+    out = b""
+    verdict = None
+    try:
+        for chunk in chunks:
+            out += scanner.scan_inbound(chunk, 0.0) if quick else scanner.scan(chunk, 0.0)
+    except Violation as v:
+        verdict = (v.error_code, v.reason)
+    return (
+        out,
+        verdict,
+        scanner.goaways,
+        scanner.data_frames,
+        scanner.rst_streams,
+        scanner.streams_opened,
+        scanner._settings,
+        scanner._pings,
+        scanner._empty_run,
+        scanner._block_bytes,
+    )
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from([0x0, 0x1, 0x2, 0x3, 0x4, 0x6, GOAWAY, 0x8, 0x9]),
+            st.sampled_from([0x0, 0x1, 0x4, 0x5, 0x8, 0x9, 0x20]),
+            st.integers(min_value=0, max_value=7),
+            st.binary(max_size=40),
+        ),
+        max_size=16,
+    ),
+    st.lists(st.integers(min_value=0, max_value=700), max_size=4),
+)
+@settings(max_examples=300, deadline=None)
+def test_scan_inbound_agrees_with_scan(
+    frames: list[tuple[int, int, int, bytes]], cuts: list[int]
+) -> None:
+    data = PREFACE + b"".join(
+        len(p).to_bytes(3, "big") + bytes((t, f)) + s.to_bytes(4, "big") + p
+        for t, f, s, p in frames
+    )
+    bounds = sorted({min(c, len(data)) for c in cuts} | {0, len(data)})
+    chunks = [data[a:b] for a, b in itertools.pairwise(bounds)]
+    assert _run_inbound(chunks, True) == _run_inbound(chunks, False)
+
+
+def test_scan_inbound_returns_the_bytes_themselves_without_goaway() -> None:
+    scanner = FrameScanner(_INBOUND_LIMITS, inbound=True, strip_goaway=True)
+    data = _frame(0x1, b"\x82", 1) + _frame(0x8, b"\x00\x00\x00\x01", 0)
+    assert scanner.scan_inbound(data, 0.0) is data
