@@ -639,10 +639,12 @@ class H2ServerConnection:
         scheme: bytes | None = None
         protocol: bytes | None = None
         fields: Headers = []
-        for name, value in event.headers or ():
-            n = bytes(name)
-            v = bytes(value)
+        # Names and values are bytes (``h2_config``: no header encoding); h2's
+        # validation put the pseudo-headers first (RFC 9113 8.3).
+        for field in event.headers or ():
+            n = field[0]
             if n[:1] == b":":
+                v = field[1]
                 if n == b":method":
                     method = v
                 elif n == b":path":
@@ -654,7 +656,7 @@ class H2ServerConnection:
                 elif n == b":protocol":
                     protocol = v
             else:
-                fields.append((n, v))
+                fields.append((n, field[1]))
         stream = H2ServerStream(self, sid, method)
         stream.remote_ended = bool(event.stream_ended)
         self.streams[sid] = stream
