@@ -24,7 +24,6 @@ from h2.utilities import (
     HeaderValidationFlags,
     authority_from_headers,
     extract_method_header,
-    is_informational_response,
 )
 
 from gatewayd.proxy.http.h2_hpack import CachingDecoder, StaticEncoder
@@ -223,9 +222,12 @@ class BoundedH2Connection(h2.connection.H2Connection):
         else:
             events = self.state_machine.process_input(ConnectionInputs.RECV_HEADERS)
         stream: CachedStream = self._begin_new_stream(stream_id, AllowedStreamIDs.ODD)
-        if is_informational_response(headers):
-            _frames, stream_events = stream.receive_headers(headers, end_stream, None)
-            return events + list(stream_events)
+        for name, _value in headers:  # pseudo-headers come first
+            if name[:1] != b":":
+                break
+            if name == b":status":  # h2 decides (``is_informational_response``)
+                _frames, stream_events = stream.receive_headers(headers, end_stream, None)
+                return events + list(stream_events)
         machine = stream.state_machine
         machine.client = False
         machine.headers_received = True

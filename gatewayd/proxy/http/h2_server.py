@@ -117,13 +117,14 @@ def _status_bytes(status: int) -> bytes:
 # and a strip, then a second look-up; most response fields repeat (the backend's
 # ``server``, ``content-type``, ``etag`` ...).  Bounded: fields up to
 # RESPONSE_FIELD_MAX_BYTES, at most RESPONSE_FIELD_ENTRIES (emptied when full); values
-# new on every response (``content-length`` replaced, ``x-request-id``, ``traceparent``)
-# are not kept.
+# new on every response (``x-request-id``, ``traceparent``) are not kept; the
+# ``content-length`` the codec writes is kept by length (as many entries at most).
 RESPONSE_FIELD_ENTRIES = 1024
 RESPONSE_FIELD_MAX_BYTES = 256
 _DROPPED: tuple[tuple[bytes, bytes], bytes] = ((b"", b""), b"")
 _response_fields: dict[tuple[bytes, bytes], tuple[tuple[bytes, bytes], bytes]] = {}
 _status_fields: dict[int, tuple[tuple[bytes, bytes], bytes]] = {}
+_length_fields: dict[int, tuple[tuple[bytes, bytes], bytes]] = {}  # by body length
 
 
 def response_fields(
@@ -170,9 +171,15 @@ def response_fields(
             fields.append(hit[0])
             encoded.append(hit[1])
     if length and body_length is not None:
-        cl = (b"content-length", b"%d" % body_length)
-        fields.append(cl)
-        encoded.append(plain_field(*cl))
+        hit = _length_fields.get(body_length)
+        if hit is None:
+            cl = (b"content-length", b"%d" % body_length)
+            hit = (cl, plain_field(*cl))
+            if len(_length_fields) >= RESPONSE_FIELD_ENTRIES:
+                _length_fields.clear()
+            _length_fields[body_length] = hit
+        fields.append(hit[0])
+        encoded.append(hit[1])
     return fields, encoded
 
 

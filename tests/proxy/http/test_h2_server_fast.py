@@ -103,8 +103,9 @@ def test_response_fields_agree_with_the_general_path(
 
 def test_the_response_field_cache_is_bounded() -> None:
     for i in range(3 * RESPONSE_FIELD_ENTRIES):
-        response_fields(200, [(b"x-n", b"%d" % i)], None)
+        response_fields(200, [(b"x-n", b"%d" % i)], i)
         assert len(h2_server._response_fields) <= RESPONSE_FIELD_ENTRIES
+        assert len(h2_server._length_fields) <= RESPONSE_FIELD_ENTRIES
     # Long fields and values new on every response are never kept.
     h2_server._response_fields.clear()
     long_value = b"v" * RESPONSE_FIELD_MAX_BYTES
