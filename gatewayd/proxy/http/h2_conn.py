@@ -4,9 +4,11 @@
 the HPACK coders of ``h2_hpack``, and a quicker ``send_headers`` for the fields the
 codecs build (``h2_fields.to_h2_fields``).  Inbound, on the server side
 (``fast_inbound``), a HEADERS frame opening a new stream is read by our own code
-(``h2_inbound``) with h2's transitions, decoder and validation; every other frame,
-and flow control, is h2's own.  Validated header lists are remembered on both sides
-(``h2_inbound.ValidatedFields``).
+(``h2_inbound``) with h2's decoder and validation and its transitions set directly;
+every other frame, and flow control, is h2's own.  Outbound, on the server side, a
+whole response to an ended request may be written in one go (``send_response``) with
+h2's state set as its own send path would.  Validated header lists are remembered on
+both sides (``h2_inbound.ValidatedFields``).
 """
 
 from __future__ import annotations
