@@ -143,7 +143,10 @@ def response_fields(
     length = body_length is not None and status >= 200 and status not in (204, 304)
     cache = _response_fields
     for field in headers:
-        hit = cache.get(field)
+        try:
+            hit = cache.get(field)
+        except TypeError:  # not a tuple of bytes: `to_h2_fields` copes
+            return None
         if hit is None:
             name, value = field
             lname = name.lower()

@@ -101,6 +101,12 @@ def test_response_fields_agree_with_the_general_path(
         assert hpack.Decoder().decode(b"".join(encoded), raw=True) == want
 
 
+def test_unhashable_fields_take_the_general_path() -> None:
+    headers = [[b"x-a", b"1"], (b"x-b", bytearray(b"2"))]
+    assert response_fields(200, headers, None) is None  # type: ignore[arg-type]
+    assert response_fields(200, [(b"x-b", bytearray(b"2"))], None) is None  # type: ignore[list-item]
+
+
 def test_the_response_field_cache_is_bounded() -> None:
     for i in range(3 * RESPONSE_FIELD_ENTRIES):
         response_fields(200, [(b"x-n", b"%d" % i)], i)
