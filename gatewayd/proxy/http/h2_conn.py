@@ -4,22 +4,29 @@
 the HPACK coders of ``h2_hpack``, and a quicker ``send_headers`` for the fields the
 codecs build (``h2_fields.to_h2_fields``).  Inbound, on the server side
 (``fast_inbound``), a HEADERS frame opening a new stream is read by our own code
-(``h2_inbound``) with h2's transitions, decoder and validation; every other frame,
-and flow control, is h2's own.  Validated header lists are remembered on both sides
-(``h2_inbound.ValidatedFields``).
+(``h2_inbound``) with h2's decoder and validation and its transitions set directly;
+every other frame, and flow control, is h2's own.  Outbound, on the server side, a
+whole response to an ended request may be written in one go (``send_response``) with
+h2's state set as its own send path would.  Validated header lists are remembered on
+both sides (``h2_inbound.ValidatedFields``).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import h2.config
 import h2.connection
 import h2.exceptions
 import h2.stream
-from h2.connection import AllowedStreamIDs, ConnectionInputs, _decode_headers
-from h2.stream import StreamInputs
-from h2.utilities import authority_from_headers, extract_method_header
+from h2.connection import AllowedStreamIDs, ConnectionInputs, ConnectionState, _decode_headers
+from h2.events import RequestReceived, StreamEnded
+from h2.stream import StreamClosedBy, StreamInputs, StreamState
+from h2.utilities import (
+    HeaderValidationFlags,
+    authority_from_headers,
+    extract_method_header,
+)
 
 from gatewayd.proxy.http.h2_hpack import CachingDecoder, StaticEncoder
 from gatewayd.proxy.http.h2_inbound import (
@@ -31,6 +38,13 @@ from gatewayd.proxy.http.h2_inbound import (
 
 # h2's streams a connection holds before send_headers counts (and sweeps) them.
 SWEEP_STREAMS = 256
+# h2's validation flags of a request's header block on the server side
+# (``H2Stream._build_hdr_validation_flags`` after ``request_received``).
+_REQUEST_FLAGS = HeaderValidationFlags(
+    is_client=False, is_trailer=False, is_response_header=False, is_push_promise=False
+)
+_SERVER_OPEN = ConnectionState.SERVER_OPEN
+_HALF_CLOSED_REMOTE = StreamState.HALF_CLOSED_REMOTE
 
 
 def _informational(headers: list[Any]) -> bool:
@@ -113,6 +127,9 @@ class BoundedH2Connection(h2.connection.H2Connection):
         self.validated = ValidatedFields()
         # Server side: HEADERS frames opening a stream take `_fast_headers`.
         self.fast_inbound = False
+        # Server side: whole responses may take `send_response` (tests turn it off to
+        # compare with h2's own path).
+        self.fast_outbound = True
 
     def open(self, connection_window: int) -> None:
         """Our preface (SETTINGS), then a WINDOW_UPDATE raising the connection window
@@ -174,9 +191,11 @@ class BoundedH2Connection(h2.connection.H2Connection):
                 slow_from = start
                 if buf._data or buf._headers_buffer:
                     break  # h2 is inside a header block: the rest is its own
-            if (
-                self.open_inbound_streams + 1 > self.local_settings.max_concurrent_streams
-                or sid <= self.highest_inbound_stream_id
+            if sid <= self.highest_inbound_stream_id or (
+                # h2's count walks every stream it keeps (open or not yet forgotten),
+                # so it is at most their number: counted only when that could be over.
+                len(self.streams) >= self.local_settings.max_concurrent_streams
+                and self.open_inbound_streams + 1 > self.local_settings.max_concurrent_streams
             ):
                 continue  # h2 refuses it its own way
             slow_from = start + 9 + length
@@ -194,12 +213,90 @@ class BoundedH2Connection(h2.connection.H2Connection):
     def _fast_headers(self, stream_id: int, block: bytes, end_stream: bool) -> list[Any]:
         """h2's ``_receive_headers_frame`` and ``H2Stream.receive_headers`` for a
         request opening a stream: decode, connection and stream transitions, content
-        length, validation (remembered), the events."""
+        length, validation (remembered), the events.  The transitions h2 would look up
+        in its tables are set directly (each lookup hashes two Enums in Python, a tenth
+        of the inbound cost): connection SERVER_OPEN stays SERVER_OPEN; the stream goes
+        IDLE -> OPEN (``request_received``) and, with END_STREAM, -> HALF_CLOSED_REMOTE
+        (``stream_half_closed``).  A block whose pseudo-headers carry ``:status`` takes
+        h2's path (it refuses it)."""
         headers = list(_decode_headers(self.decoder, block))
-        events: list[Any] = self.state_machine.process_input(ConnectionInputs.RECV_HEADERS)
+        events: list[Any]
+        if self.state_machine.state is _SERVER_OPEN:
+            events = []  # (SERVER_OPEN, RECV_HEADERS) -> SERVER_OPEN, no event
+        else:
+            events = self.state_machine.process_input(ConnectionInputs.RECV_HEADERS)
         stream: CachedStream = self._begin_new_stream(stream_id, AllowedStreamIDs.ODD)
-        _frames, stream_events = stream.receive_headers(headers, end_stream, None)
-        return events + list(stream_events)
+        for name, _value in headers:  # pseudo-headers come first
+            if name[:1] != b":":
+                break
+            if name == b":status":  # h2 decides (``is_informational_response``)
+                _frames, stream_events = stream.receive_headers(headers, end_stream, None)
+                return events + list(stream_events)
+        machine = stream.state_machine
+        machine.client = False
+        machine.headers_received = True
+        machine.state = StreamState.OPEN
+        request = RequestReceived(stream_id=stream_id)
+        events.append(request)
+        if end_stream:
+            machine.state = _HALF_CLOSED_REMOTE
+            ended = StreamEnded(stream_id=stream_id)
+            request.stream_ended = ended
+            events.append(ended)
+        stream._initialize_content_length(headers)
+        request.headers = stream._process_received_headers(headers, _REQUEST_FLAGS, None)
+        return events
+
+    def send_response(
+        self, stream_id: int, headers: list[Any], body: bytes, encoded: list[bytes] | None = None
+    ) -> bool:
+        """Server side: a whole response (HEADERS, and DATA when ``body``, ending the
+        stream) to a request whose stream is half-closed (remote), when it fits the
+        windows and one frame; False (nothing done) otherwise, for h2's path.
+
+        The same effects as ``send_headers`` + ``send_data`` + END_STREAM through h2:
+        (HALF_CLOSED_REMOTE, SEND_HEADERS) ``response_sent``, SEND_DATA, then
+        SEND_END_STREAM -> CLOSED closed by SEND_END_STREAM, both windows less the
+        body; and the closed stream moves to h2's closed streams now rather than at
+        h2's next count of open streams (``_open_streams`` does exactly that).
+        ``encoded``: the fields' bytes (``h2_hpack.plain_field``) when the caller has
+        them, else the encoder encodes ``headers``."""
+        stream = self.streams.get(stream_id)
+        if stream is None or not self.fast_outbound or self.state_machine.state is not _SERVER_OPEN:
+            return False
+        machine = stream.state_machine
+        size = len(body)
+        if (
+            machine.state is not _HALF_CLOSED_REMOTE
+            or machine.headers_sent
+            or machine.client is not False
+            or size > self.max_outbound_frame_size
+            or size > self.outbound_flow_control_window
+            or size > stream.outbound_flow_control_window
+            or _informational(headers)
+        ):
+            return False
+        if encoded is not None:
+            block = cast(StaticEncoder, self.encoder).join(encoded)
+        else:
+            block = self.encoder.encode(headers)
+        machine.headers_sent = True
+        machine.state = StreamState.CLOSED
+        machine.stream_closed_by = StreamClosedBy.SEND_END_STREAM
+        max_frame = self.max_outbound_frame_size
+        if size:
+            stream.outbound_flow_control_window -= size
+            self.outbound_flow_control_window -= size
+            self._data_to_send += header_frames(stream_id, block, False, max_frame)
+            # RFC 9113 6.1: DATA, flag END_STREAM (0x1).
+            head = size.to_bytes(3, "big") + b"\x00\x01" + stream_id.to_bytes(4, "big")
+            self._data_to_send += head
+            self._data_to_send += body
+        else:
+            self._data_to_send += header_frames(stream_id, block, True, max_frame)
+        del self.streams[stream_id]
+        self._closed_streams[stream_id] = StreamClosedBy.SEND_END_STREAM
+        return True
 
     def send_headers(
         self,

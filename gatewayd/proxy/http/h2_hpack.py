@@ -160,6 +160,18 @@ _UNIQUE_NAMES: dict[bytes, bytes] = {
 }
 
 
+UNIQUE_NAMES = frozenset(_UNIQUE_NAMES)
+
+
+def plain_field(name: bytes, value: bytes) -> bytes:
+    """The bytes `StaticEncoder.encode` writes for the plain (not never-indexed) field
+    (name, value), uncached: for callers that keep encoded fields of their own."""
+    unique = _UNIQUE_NAMES.get(name)
+    if unique is not None:
+        return unique + _integer(len(value), 7, 0) + value
+    return encode_field(name, value, False)
+
+
 class StaticEncoder:
     """An HPACK encoder that never inserts into its dynamic table (size 0).
 
@@ -190,6 +202,14 @@ class StaticEncoder:
     def header_table_size(self, value: int) -> None:
         self._max = value
         self._announce = True
+
+    def join(self, encoded: list[bytes]) -> bytes:
+        """A block of fields encoded already (`plain_field`), with the table size
+        update when one is due."""
+        if self._announce:
+            self._announce = False
+            return b"\x20" + b"".join(encoded)
+        return b"".join(encoded)
 
     def encode(self, headers: Iterable[Any], huffman: bool = True) -> bytes:
         parts: list[bytes] = []

@@ -405,6 +405,63 @@ class FrameScanner:
             self.control_frames_paused = 0
             self.frames_paused = 0
 
+    def scan_inbound(self, data: bytes, now: float) -> bytes:
+        """`scan` of what the peer sent, the same checks frame by frame (`_frame`), with
+        whole frames read in place: the bytes come back as they are unless a GOAWAY is
+        stripped.  A frame begun in an earlier read, the preface, a partial frame at
+        the end or a GOAWAY take `scan` from there (the server's requests went through
+        its per-frame copies and joins)."""
+        if self._skip or self._head or self._preface_left or self._goaway is not None:
+            return self.scan(data, now)
+        pos = 0
+        end = len(data)
+        while pos + 9 <= end:
+            length = (data[pos] << 16) | (data[pos + 1] << 8) | data[pos + 2]
+            nxt = pos + 9 + length
+            if nxt > end or data[pos + 3] == GOAWAY:
+                break
+            self._frame(data[pos : pos + 9], now)
+            if self._pad_probe:  # padded DATA: 1 pad-length byte + data + padding
+                self._pad_probe = False
+                self._empty_data(length - 1 - data[pos + 9] <= 0, now)
+            self._skip = 0
+            pos = nxt
+        if pos == end:
+            return data
+        rest = self.scan(data[pos:], now)
+        return data[:pos] + rest if pos else rest
+
+    def scan_outbound(self, data: bytes) -> None:
+        """`scan` for the frames we send while the peer reads (not ``paused``): only
+        DATA and RST_STREAM are counted then, so whole frames are stepped over by their
+        length, with no copies nor per-frame calls (the server's responses went
+        through `scan` frame by frame).  A partial frame, a frame already begun, a
+        paused transport or GOAWAY stripping take `scan`."""
+        if (
+            self.paused
+            or self._skip
+            or self._head
+            or self._preface_left
+            or self.strip_goaway
+            or self._inbound
+        ):
+            self.scan(data, 0.0)
+            return
+        pos = 0
+        end = len(data)
+        while pos + 9 <= end:
+            nxt = pos + 9 + ((data[pos] << 16) | (data[pos + 1] << 8) | data[pos + 2])
+            if nxt > end:
+                break
+            ftype = data[pos + 3]
+            if ftype == DATA:
+                self.data_frames += 1
+            elif ftype == RST_STREAM:
+                self.rst_streams += 1
+            pos = nxt
+        if pos < end:
+            self.scan(data[pos:], 0.0)
+
     def check_outbound(self) -> None:
         """Outbound: frames queued while the peer does not read stay within budget."""
         limits = self._limits

@@ -56,7 +56,15 @@ from gatewayd.proxy.http.codec import (
     StreamCallbacks,
 )
 from gatewayd.proxy.http.h2_conn import BoundedH2Connection, h2_config
-from gatewayd.proxy.http.h2_fields import content_length, join_cookies, to_h2_fields
+from gatewayd.proxy.http.h2_fields import (
+    _OWS,
+    CONNECTION_SPECIFIC,
+    NEVER_INDEXED,
+    content_length,
+    join_cookies,
+    to_h2_fields,
+)
+from gatewayd.proxy.http.h2_hpack import UNIQUE_NAMES, plain_field
 from gatewayd.proxy.http.h2_limits import (
     EDGE_H2_LIMITS,
     FrameScanner,
@@ -103,6 +111,81 @@ def _status_bytes(status: int) -> bytes:
     return b"%d" % status
 
 
+# Response fields as they go out (issue 12): (name, value) as the exchange gives it ->
+# (the HTTP/2 field, its HPACK bytes), or _DROPPED.  `to_h2_fields` then
+# `StaticEncoder.encode` did the same per field with a lower-casing, four set look-ups
+# and a strip, then a second look-up; most response fields repeat (the backend's
+# ``server``, ``content-type``, ``etag`` ...).  Bounded: fields up to
+# RESPONSE_FIELD_MAX_BYTES, at most RESPONSE_FIELD_ENTRIES (emptied when full); values
+# new on every response (``x-request-id``, ``traceparent``) are not kept; the
+# ``content-length`` the codec writes is kept by length (as many entries at most).
+RESPONSE_FIELD_ENTRIES = 1024
+RESPONSE_FIELD_MAX_BYTES = 256
+_DROPPED: tuple[tuple[bytes, bytes], bytes] = ((b"", b""), b"")
+_response_fields: dict[tuple[bytes, bytes], tuple[tuple[bytes, bytes], bytes]] = {}
+_status_fields: dict[int, tuple[tuple[bytes, bytes], bytes]] = {}
+_length_fields: dict[int, tuple[tuple[bytes, bytes], bytes]] = {}  # by body length
+
+
+def response_fields(
+    status: int, headers: Sequence[tuple[bytes, bytes]], body_length: int | None
+) -> tuple[Headers, list[bytes]] | None:
+    """The HTTP/2 fields of a response head (``:status``, then what `to_h2_fields`
+    keeps, ``content-length`` from ``body_length`` when it has one) and their HPACK
+    bytes; None for a head with fields that take `to_h2_fields`' own path
+    (``connection`` naming others, credentials, cookies)."""
+    hit = _status_fields.get(status)
+    if hit is None:
+        status_field = (b":status", _status_bytes(status))
+        hit = _status_fields[status] = (status_field, plain_field(*status_field))
+    fields: Headers = [hit[0]]
+    encoded = [hit[1]]
+    length = body_length is not None and status >= 200 and status not in (204, 304)
+    cache = _response_fields
+    for field in headers:
+        try:
+            hit = cache.get(field)
+        except TypeError:  # not a tuple of bytes: `to_h2_fields` copes
+            return None
+        if hit is None:
+            name, value = field
+            lname = name.lower()
+            if lname == b"connection" or lname in NEVER_INDEXED or lname == b"cookie":
+                return None
+            if lname in CONNECTION_SPECIFIC or lname == b"host" or lname == b"te":
+                hit = _DROPPED  # te: responses carry none (RFC 9113 8.2.2)
+            elif lname == b"content-length" and length:
+                continue
+            else:
+                out = (lname, value.strip(_OWS))
+                hit = (out, plain_field(lname, out[1]))
+                if (
+                    lname in UNIQUE_NAMES
+                    or lname == b"content-length"
+                    or len(lname) + len(value) > RESPONSE_FIELD_MAX_BYTES
+                ):
+                    fields.append(out)
+                    encoded.append(hit[1])
+                    continue
+            if len(cache) >= RESPONSE_FIELD_ENTRIES:
+                cache.clear()
+            cache[field] = hit
+        if hit is not _DROPPED:
+            fields.append(hit[0])
+            encoded.append(hit[1])
+    if length and body_length is not None:
+        hit = _length_fields.get(body_length)
+        if hit is None:
+            cl = (b"content-length", b"%d" % body_length)
+            hit = (cl, plain_field(*cl))
+            if len(_length_fields) >= RESPONSE_FIELD_ENTRIES:
+                _length_fields.clear()
+            _length_fields[body_length] = hit
+        fields.append(hit[0])
+        encoded.append(hit[1])
+    return fields, encoded
+
+
 class H2ServerStream:
     """One HTTP/2 request/response: the ``codec.ServerStream`` of an exchange."""
 
@@ -111,6 +194,7 @@ class H2ServerStream:
         "callbacks",
         "end_queued",
         "exch_held",
+        "head_encoded",
         "head_pending",
         "held",
         "inq",
@@ -146,6 +230,7 @@ class H2ServerStream:
         self.exch_held = 0  # body bytes the exchange holds (hold / release_held)
         self.unacked = 0  # delivered bytes whose window waits for release_held
         self.head_pending: Headers | None = None  # response head not yet given to h2
+        self.head_encoded: list[bytes] | None = None  # its HPACK bytes, when known
         self.no_body = False
         self.out = bytearray()  # response body waiting for flush / the peer's window
         self.out_end = False  # send_end called
@@ -172,6 +257,14 @@ class H2ServerStream:
 
     def send_head(self, head: ResponseHead, request_method: bytes) -> None:
         status = head.status
+        fast = response_fields(status, head.headers, head.body_length)
+        if fast is not None:
+            self.head_pending, self.head_encoded = fast
+            self.no_body = (
+                request_method == b"HEAD" or status < 200 or status == 204 or status == 304
+            )
+            self.response_started = True
+            return
         fields: Headers = [(b":status", _status_bytes(status))]
         fields += to_h2_fields(head.headers, request=False)
         no_body = request_method == b"HEAD" or status < 200 or status == 204 or status == 304
@@ -179,6 +272,7 @@ class H2ServerStream:
             fields = [f for f in fields if f[0] != b"content-length"]
             fields.append((b"content-length", b"%d" % head.body_length))
         self.head_pending = fields
+        self.head_encoded = None
         self.no_body = no_body
         self.response_started = True
 
@@ -191,6 +285,7 @@ class H2ServerStream:
             f for f in to_h2_fields(head.headers, request=False) if f[0] != b"sec-websocket-accept"
         ]
         self.head_pending = fields
+        self.head_encoded = None
         self.no_body = False
         self.response_started = True
 
@@ -245,6 +340,7 @@ class H2ServerStream:
             fields.append((b"content-length", b"%d" % len(body)))
         fields += to_h2_fields(headers, request=False)
         self.head_pending = fields
+        self.head_encoded = None
         self.no_body = no_body
         self.response_started = True
         sent = 0
@@ -355,7 +451,7 @@ class H2ServerConnection:
             return
         now = self.clock()
         try:
-            data = self.inbound.scan(data, now)
+            data = self.inbound.scan_inbound(data, now)
             events = self.h2.receive_data(data)
         except Violation as v:
             self.fail(v.error_code, v.reason)
@@ -553,10 +649,12 @@ class H2ServerConnection:
         scheme: bytes | None = None
         protocol: bytes | None = None
         fields: Headers = []
-        for name, value in event.headers or ():
-            n = bytes(name)
-            v = bytes(value)
+        # Names and values are bytes (``h2_config``: no header encoding); h2's
+        # validation put the pseudo-headers first (RFC 9113 8.3).
+        for field in event.headers or ():
+            n = field[0]
             if n[:1] == b":":
+                v = field[1]
                 if n == b":method":
                     method = v
                 elif n == b":path":
@@ -568,7 +666,7 @@ class H2ServerConnection:
                 elif n == b":protocol":
                     protocol = v
             else:
-                fields.append((n, v))
+                fields.append((n, field[1]))
         stream = H2ServerStream(self, sid, method)
         stream.remote_ended = bool(event.stream_ended)
         self.streams[sid] = stream
@@ -687,10 +785,22 @@ class H2ServerConnection:
                 log.warning("HTTP/2 stream %d: response body before its head", sid)
                 self.reset_stream(stream, _INTERNAL_ERROR, notify=True)
             return
+        if (
+            stream.head_pending is not None
+            and stream.out_end
+            and stream.remote_ended
+            and not stream.trailers_out
+            and h2c.send_response(sid, stream.head_pending, bytes(stream.out), stream.head_encoded)
+        ):
+            # The common case in one go (`BoundedH2Connection.send_response`): a whole
+            # response to a whole request, within the windows and one DATA frame.
+            stream.head_pending = stream.head_encoded = None
+            self._response_done(stream)
+            return
         try:
             if stream.head_pending is not None:
                 fields = stream.head_pending
-                stream.head_pending = None
+                stream.head_pending = stream.head_encoded = None
                 end = stream.out_end and not stream.out and not stream.trailers_out
                 h2c.send_headers(sid, fields, end_stream=end)
                 if end:
@@ -839,7 +949,7 @@ class H2ServerConnection:
         if self.transport is None or self.closed:
             return
         try:
-            self.outbound.scan(data, 0.0)
+            self.outbound.scan_outbound(data)
             self.outbound.check_outbound()
         except Violation as v:
             self.fail(v.error_code, v.reason)

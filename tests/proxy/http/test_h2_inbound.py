@@ -1,7 +1,8 @@
-"""Our own reading of request HEADERS frames (h2_inbound, BoundedH2Connection) against
-h2's: the same bytes, valid and hostile, fed to a server codec with the fast path and
-to one without it must produce the same bytes out, the same requests, the same
-verdict.  No sockets: the codec with a transport double and a fake clock (h2_kit)."""
+"""Our own reading of request HEADERS frames (h2_inbound, BoundedH2Connection) and our
+own sending of whole responses (``send_response``) against h2's: the same bytes, valid
+and hostile, fed to a server codec with the fast paths and to one without them must
+produce the same bytes out, the same requests, the same verdict.  No sockets: the codec
+with a transport double and a fake clock (h2_kit)."""
 
 from __future__ import annotations
 
@@ -71,6 +72,7 @@ def _fresh(rig: ServerRig, fast: bool) -> ServerRig:
         FakeDownstream(), rig._factory, clock=rig.clock, limits=rig.server.limits
     )
     rig.server.h2.fast_inbound = fast
+    rig.server.h2.fast_outbound = fast  # send_response against h2's send path too
     rig.server.connection_made(rig.transport)
     rig.transport.take()
     return rig
@@ -236,6 +238,8 @@ def test_trailers_on_an_open_stream_go_to_h2() -> None:
         [*REQ, (b":path", b"/again")],  # a pseudo-header twice
         [REQ[0], (b"x-early", b"1"), *REQ[1:]],  # pseudo-header after a field
         [*REQ, (b":status", b"200")],  # a response pseudo-header in a request
+        [(b":status", b"100"), *REQ],  # reads as informational: h2's path refuses it
+        [REQ[0], (b":status", b"103"), *REQ[1:]],  # the same, :status among the others
     ],
 )
 def test_invalid_request_fields_get_the_same_verdict_even_after_a_valid_request(
@@ -295,7 +299,9 @@ def test_headers_after_a_connection_error_are_not_read() -> None:
 
 @given(
     st.lists(
-        st.sampled_from(["req", "req_open", "data_end", "ping", "settings", "wu", "rst", "junk"]),
+        st.sampled_from(
+            ["req", "req_open", "data_end", "ping", "settings", "wu", "wu_stream", "rst", "junk"]
+        ),
         max_size=12,
     ),
     st.integers(min_value=1, max_value=60),
@@ -320,6 +326,8 @@ def test_random_frame_sequences_and_cuts_match_h2(kinds: list[str], cut: int) ->
             parts.append(SETTINGS)
         elif kind == "wu":
             parts.append(frame(0x8, 0, 0, (100).to_bytes(4, "big")))
+        elif kind == "wu_stream":  # on the last stream, answered (closed) or not
+            parts.append(frame(0x8, 0, max(1, sid - 2), (100).to_bytes(4, "big")))
         elif kind == "rst":
             parts.append(frame(0x3, 0, max(1, sid - 2), (8).to_bytes(4, "big")))
         else:
