@@ -106,9 +106,16 @@ class H2Backend:
     def close(self) -> None:
         async def stop() -> None:
             self.server.close()
-            for task in asyncio.all_tasks():
-                if task is not asyncio.current_task():
-                    task.cancel()
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            # The connections' ``finally`` closes their writers; a transport's close
+            # completes on a later loop turn, which must come before the loop stops,
+            # else the transport is left open until the collector finds it (a
+            # ResourceWarning in whatever test runs then).
+            await asyncio.gather(*tasks, return_exceptions=True)
+            for _ in range(3):
+                await asyncio.sleep(0)
 
         asyncio.run_coroutine_threadsafe(stop(), self.loop).result(5)
         self.loop.call_soon_threadsafe(self.loop.stop)
