@@ -358,6 +358,17 @@ class Obj:
         value = self._get(key, required)
         if value is None:
             return None
+        if type(value) is str:
+            # The common case, a valid string, without building the field's path.
+            if choices is not None:
+                if value in choices:
+                    return value
+            elif (
+                len(value) >= min_len
+                and (max_len is None or len(value) <= max_len)
+                and (syntax is None or syntax.regex.fullmatch(value))
+            ):
+                return value
         return check_str(
             value,
             self.at(key),
