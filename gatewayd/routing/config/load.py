@@ -123,6 +123,7 @@ class _KindInfo:
 
 
 _SPEC_STATUS = frozenset({"spec", "status"})
+_OBJECT_FIELDS = frozenset({"apiVersion", "kind", "metadata"})  # besides top_level
 _KINDS: dict[str, _KindInfo] = {
     info.kind.value: info
     for info in (
@@ -750,9 +751,9 @@ class _Loading:
                 return None
             self.seen[key] = source
 
-        doc = reader.Obj.of(
-            data, "", issues, {"apiVersion", "kind", "metadata", *info.top_level}
-        ) or reader.Obj.empty("", issues)
+        doc = reader.Obj.of(data, "", issues, _OBJECT_FIELDS | info.top_level) or reader.Obj.empty(
+            "", issues
+        )
         digest = spec_digest(doc.data)
         generation = self._generation(key, digest, meta_read.generation)
         meta = meta_read.meta(generation=generation, source=source)

@@ -101,21 +101,21 @@ def route_regex_problem(route: HTTPRoute | GRPCRoute) -> Verdict | None:
     match, so the route is refused with RE2's reason: "UnsupportedValue" (the dialect is
     implementation-specific, PathMatchRegularExpression).
     """
-    found: list[tuple[str, str]] = []  # (field path, pattern)
+    # (field path, pattern); a match's path is built only when it holds a regex.
+    found: list[tuple[str, str]] = []
     regex = HeaderMatchType.REGULAR_EXPRESSION
     if isinstance(route, HTTPRoute):
         for i, http_rule in enumerate(route.rules):
             for j, http_match in enumerate(http_rule.matches):
-                where = f"rules[{i}].matches[{j}]"
                 if http_match.path.type is PathMatchType.REGULAR_EXPRESSION:
-                    found.append((f"{where}.path.value", http_match.path.value))
+                    found.append((f"rules[{i}].matches[{j}].path.value", http_match.path.value))
                 found.extend(
-                    (f"{where}.headers[{k}].value", h.value)
+                    (f"rules[{i}].matches[{j}].headers[{k}].value", h.value)
                     for k, h in enumerate(http_match.headers)
                     if h.type is regex
                 )
                 found.extend(
-                    (f"{where}.queryParams[{k}].value", q.value)
+                    (f"rules[{i}].matches[{j}].queryParams[{k}].value", q.value)
                     for k, q in enumerate(http_match.query_params)
                     if q.type is regex
                 )
@@ -181,10 +181,6 @@ def route_value_problem(route: Route) -> Verdict | None:
                         )
     if isinstance(route, HTTPRoute):
         for i, http_rule in enumerate(route.rules):
-            lists = [(f"rules[{i}].filters", http_rule.filters)] + [
-                (f"rules[{i}].backendRefs[{j}].filters", br.filters)
-                for j, br in enumerate(http_rule.backend_refs)
-            ]
             for j, br in enumerate(http_rule.backend_refs):
                 for k, f in enumerate(br.filters):
                     if f.type is FilterType.CORS:
@@ -195,12 +191,21 @@ def route_value_problem(route: Route) -> Verdict | None:
                             f"rules[{i}].backendRefs[{j}].filters[{k}]: CORS on a backendRef "
                             "is not supported by gatewayd; put the filter on the rule",
                         )
-            for where, filters in lists:
+            # The rule's filters, then each backendRef's (index j - 1).
+            lists = (http_rule.filters, *(br.filters for br in http_rule.backend_refs))
+            for j, filters in enumerate(lists):
+                if len(filters) < 2:
+                    continue  # one filter cannot be incompatible with itself
                 types = {f.type for f in filters}
                 if FilterType.REQUEST_REDIRECT in types and FilterType.URL_REWRITE in types:
                     # "IncompatibleFilters: ... when there are incompatible filters present
                     # on a route rule (for example if the URLRewrite and RequestRedirect
                     # are both present on an HTTPRoute)."  The same holds on a backendRef.
+                    where = (
+                        f"rules[{i}].filters"
+                        if j == 0
+                        else f"rules[{i}].backendRefs[{j - 1}].filters"
+                    )
                     return failed(
                         INCOMPATIBLE_FILTERS,
                         f"{where}: RequestRedirect and URLRewrite cannot be combined",

@@ -7,6 +7,7 @@ Pure module: no I/O.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Collection, Sequence
 
 from gatewayd.routing.config import model as m
@@ -207,8 +208,18 @@ def parse_cors(o: Obj) -> m.HTTPCORSFilter:
     )
 
 
+@functools.cache
+def _filter_shape(
+    allowed: tuple[m.FilterType, ...],
+) -> tuple[tuple[str, ...], tuple[str, ...], dict[m.FilterType, str]]:
+    """For the filter types a route kind allows: the field names of a filter, the type
+    names and each type's field (computed once per route kind: a few constants)."""
+    field_names = ("type", *(_FILTER_FIELD[t] for t in allowed))
+    return field_names, tuple(str(t.value) for t in allowed), {t: _FILTER_FIELD[t] for t in allowed}
+
+
 def parse_filter(o: Obj, allowed: Sequence[m.FilterType]) -> m.HTTPRouteFilter:
-    names = [str(t.value) for t in allowed]
+    _, names, fields = _filter_shape(tuple(allowed))
     type_text = o.str_("type", required=True)
     ftype: m.FilterType | None = None
     if type_text is not None:
@@ -216,7 +227,6 @@ def parse_filter(o: Obj, allowed: Sequence[m.FilterType]) -> m.HTTPRouteFilter:
             ftype = m.FilterType(type_text)
         else:
             o.add("type", f"unsupported filter type {show(type_text)}; allowed: {', '.join(names)}")
-    fields = {t: _FILTER_FIELD[t] for t in allowed}
     for t, field_name in fields.items():
         # CEL: "filter.<field> must be nil if the filter.type is not <Type>" and
         # "filter.<field> must be specified for <Type> filter.type".
@@ -251,7 +261,9 @@ def parse_filter(o: Obj, allowed: Sequence[m.FilterType]) -> m.HTTPRouteFilter:
 
 
 def parse_filters(o: Obj, allowed: Sequence[m.FilterType]) -> tuple[m.HTTPRouteFilter, ...]:
-    field_names = ("type", *(_FILTER_FIELD[t] for t in allowed))
+    if o.data.get("filters") is None:
+        return ()  # absent (or null): nothing to read or check
+    field_names = _filter_shape(tuple(allowed))[0]
     filters = tuple(parse_filter(f, allowed) for f in o.objs("filters", field_names, max_items=16))
     path = o.at("filters")
     types = [f.type for f in filters]
