@@ -138,10 +138,8 @@ def response_fields(
     if hit is None:
         status_field = (b":status", _status_bytes(status))
         hit = _status_fields[status] = (status_field, plain_field(*status_field))
-    fields: Headers = [hit[0]]
-    encoded = [hit[1]]
-    add_field = fields.append
-    add_bytes = encoded.append
+    hits = [hit]  # (field, its bytes): split in two at the end
+    add = hits.append
     length = body_length is not None and status >= 200 and status not in (204, 304)
     cache = _response_fields
     for field in headers:
@@ -151,6 +149,10 @@ def response_fields(
             return None
         if hit is None:
             name, value = field
+            if name in UNIQUE_NAMES:  # x-request-id, new on every response: not kept
+                value = value.strip(_OWS)
+                add(((name, value), plain_field(name, value)))
+                continue
             lname = name.lower()
             if lname == b"connection" or lname in NEVER_INDEXED or lname == b"cookie":
                 return None
@@ -166,15 +168,13 @@ def response_fields(
                     or lname == b"content-length"
                     or len(lname) + len(value) > RESPONSE_FIELD_MAX_BYTES
                 ):
-                    add_field(out)
-                    add_bytes(hit[1])
+                    add(hit)
                     continue
             if len(cache) >= RESPONSE_FIELD_ENTRIES:
                 cache.clear()
             cache[field] = hit
         if hit is not _DROPPED:
-            add_field(hit[0])
-            add_bytes(hit[1])
+            add(hit)
     if length and body_length is not None:
         hit = _length_fields.get(body_length)
         if hit is None:
@@ -183,9 +183,8 @@ def response_fields(
             if len(_length_fields) >= RESPONSE_FIELD_ENTRIES:
                 _length_fields.clear()
             _length_fields[body_length] = hit
-        add_field(hit[0])
-        add_bytes(hit[1])
-    return fields, encoded
+        add(hit)
+    return [h[0] for h in hits], [h[1] for h in hits]
 
 
 class H2ServerStream:
