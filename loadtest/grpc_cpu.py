@@ -101,8 +101,11 @@ def main() -> int:
     ap.add_argument("--conns", type=int, default=16)
     ap.add_argument("--streams", type=int, default=4)
     ap.add_argument("--profile", type=Path, help="py-spy collapsed stacks (last tree, round)")
-    ap.add_argument("--small", action="store_true",
-                    help="HTTP/2 GET /small (h2c down, HTTP/1.1 up) instead of gRPC calls")
+    ap.add_argument(
+        "--small",
+        action="store_true",
+        help="HTTP/2 GET /small (h2c down, HTTP/1.1 up) instead of gRPC calls",
+    )
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="grpc-cpu-") as t:
         tmp = Path(t)
