@@ -1,4 +1,5 @@
-"""CPU seconds of gatewayd per 100,000 gRPC unary calls, trees alternated (issue 12).
+"""CPU seconds of gatewayd per 100,000 gRPC unary calls (or, with ``--small``, HTTP/2 GET
+/small requests), trees alternated (issue 12).
 
 Wall-clock rates are unreliable on a shared machine; CPU time per call is not (much).
 Starts the bench's nginx backend (h2c, the gRPC method), then for each round and each
@@ -36,6 +37,7 @@ def measure(
     conns: int,
     streams: int,
     profile: Path | None = None,
+    small: bool = False,
 ) -> float:
     port, admin, grpc_port = bench.free_port(), bench.free_port(), bench.free_port()
     config = bench.gatewayd_config(tmp, port, bport, grpc_port, bh2port)
@@ -52,12 +54,16 @@ def measure(
             30,
             "gatewayd /ready",
         )
-        body = tmp / "grpc-request"
-        body.write_bytes(bench.grpc_frame(bench.GRPC_REQUEST))
-        url = f"http://127.0.0.1:{grpc_port}{bench.GRPC_PATH}"
-        h2load = ["h2load", f"-c{conns}", f"-m{streams}", "-d", str(body)]
-        for h in bench.GRPC_HEADERS:
-            h2load += ["-H", h]
+        if small:  # HTTP/2 GET /small on the HTTP listener (h2c), HTTP/1.1 upstream
+            url = f"http://127.0.0.1:{port}/small"
+            h2load = ["h2load", f"-c{conns}", f"-m{streams}"]
+        else:
+            body = tmp / "grpc-request"
+            body.write_bytes(bench.grpc_frame(bench.GRPC_REQUEST))
+            url = f"http://127.0.0.1:{grpc_port}{bench.GRPC_PATH}"
+            h2load = ["h2load", f"-c{conns}", f"-m{streams}", "-d", str(body)]
+            for h in bench.GRPC_HEADERS:
+                h2load += ["-H", h]
         # Warm-up: connections, caches.
         subprocess.run([*h2load, "-n", str(max(calls // 20, 1000)), url], check=True,
                        capture_output=True, timeout=300)  # fmt: skip
@@ -95,6 +101,11 @@ def main() -> int:
     ap.add_argument("--conns", type=int, default=16)
     ap.add_argument("--streams", type=int, default=4)
     ap.add_argument("--profile", type=Path, help="py-spy collapsed stacks (last tree, round)")
+    ap.add_argument(
+        "--small",
+        action="store_true",
+        help="HTTP/2 GET /small (h2c down, HTTP/1.1 up) instead of gRPC calls",
+    )
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="grpc-cpu-") as t:
         tmp = Path(t)
@@ -108,7 +119,7 @@ def main() -> int:
                 for tree in args.tree:
                     cpu = measure(
                         tree, tmp, bport, bh2port, args.calls, args.conns, args.streams,
-                        args.profile if tree == args.tree[-1] else None,
+                        args.profile if tree == args.tree[-1] else None, args.small,
                     )  # fmt: skip
                     results[tree].append(cpu)
                     print(f"round {r + 1} {tree}: {cpu:.2f} CPU s / 100k calls", flush=True)

@@ -21,6 +21,7 @@ import h2.exceptions
 import h2.stream
 from h2.connection import AllowedStreamIDs, ConnectionInputs, ConnectionState, _decode_headers
 from h2.events import RequestReceived, StreamEnded
+from h2.settings import SettingCodes
 from h2.stream import StreamClosedBy, StreamInputs, StreamState
 from h2.utilities import (
     HeaderValidationFlags,
@@ -45,6 +46,7 @@ _REQUEST_FLAGS = HeaderValidationFlags(
 )
 _SERVER_OPEN = ConnectionState.SERVER_OPEN
 _HALF_CLOSED_REMOTE = StreamState.HALF_CLOSED_REMOTE
+_INITIAL_WINDOW_SIZE = SettingCodes.INITIAL_WINDOW_SIZE
 
 
 def _informational(headers: list[Any]) -> bool:
@@ -162,6 +164,22 @@ class BoundedH2Connection(h2.connection.H2Connection):
             self.highest_inbound_stream_id = stream_id
         return s
 
+    def _open_client_stream(self, stream_id: int) -> CachedStream:
+        """`_begin_new_stream` for a stream `fast_headers` let through (a client's odd
+        id above every id seen, on the server side): the same stream, windows and
+        bookkeeping, without the checks it passed nor the property look-ups."""
+        s = CachedStream(
+            stream_id,
+            config=self.config,
+            inbound_window_size=self.local_settings[_INITIAL_WINDOW_SIZE],
+            outbound_window_size=self.remote_settings[_INITIAL_WINDOW_SIZE],
+        )
+        s.validated = self.validated
+        s.max_outbound_frame_size = self.max_outbound_frame_size
+        self.streams[stream_id] = s
+        self.highest_inbound_stream_id = stream_id
+        return s
+
     def receive_data(self, data: Any) -> list[Any]:
         """h2's ``receive_data``, except that on the server side a complete HEADERS
         frame opening a new stream is read here (`h2_inbound`): no frame objects, no
@@ -225,7 +243,7 @@ class BoundedH2Connection(h2.connection.H2Connection):
             events = []  # (SERVER_OPEN, RECV_HEADERS) -> SERVER_OPEN, no event
         else:
             events = self.state_machine.process_input(ConnectionInputs.RECV_HEADERS)
-        stream: CachedStream = self._begin_new_stream(stream_id, AllowedStreamIDs.ODD)
+        stream = self._open_client_stream(stream_id)
         for name, _value in headers:  # pseudo-headers come first
             if name[:1] != b":":
                 break

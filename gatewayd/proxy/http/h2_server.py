@@ -138,8 +138,8 @@ def response_fields(
     if hit is None:
         status_field = (b":status", _status_bytes(status))
         hit = _status_fields[status] = (status_field, plain_field(*status_field))
-    fields: Headers = [hit[0]]
-    encoded = [hit[1]]
+    hits = [hit]  # (field, its bytes): split in two at the end
+    add = hits.append
     length = body_length is not None and status >= 200 and status not in (204, 304)
     cache = _response_fields
     for field in headers:
@@ -149,6 +149,10 @@ def response_fields(
             return None
         if hit is None:
             name, value = field
+            if name in UNIQUE_NAMES:  # x-request-id, new on every response: not kept
+                value = value.strip(_OWS)
+                add(((name, value), plain_field(name, value)))
+                continue
             lname = name.lower()
             if lname == b"connection" or lname in NEVER_INDEXED or lname == b"cookie":
                 return None
@@ -164,15 +168,13 @@ def response_fields(
                     or lname == b"content-length"
                     or len(lname) + len(value) > RESPONSE_FIELD_MAX_BYTES
                 ):
-                    fields.append(out)
-                    encoded.append(hit[1])
+                    add(hit)
                     continue
             if len(cache) >= RESPONSE_FIELD_ENTRIES:
                 cache.clear()
             cache[field] = hit
         if hit is not _DROPPED:
-            fields.append(hit[0])
-            encoded.append(hit[1])
+            add(hit)
     if length and body_length is not None:
         hit = _length_fields.get(body_length)
         if hit is None:
@@ -181,9 +183,8 @@ def response_fields(
             if len(_length_fields) >= RESPONSE_FIELD_ENTRIES:
                 _length_fields.clear()
             _length_fields[body_length] = hit
-        fields.append(hit[0])
-        encoded.append(hit[1])
-    return fields, encoded
+        add(hit)
+    return [h[0] for h in hits], [h[1] for h in hits]
 
 
 class H2ServerStream:
@@ -561,7 +562,19 @@ class H2ServerConnection:
 
     # --------------------------------------------------------------- internals
     def _event(self, event: h2.events.Event, now: float) -> None:
-        if isinstance(event, h2.events.DataReceived):
+        # The events of every request first: its HEADERS, its end.
+        if isinstance(event, h2.events.RequestReceived):
+            self._request(event, now)
+        elif isinstance(event, h2.events.StreamEnded):
+            stream = self.streams.get(event.stream_id)
+            if stream is not None and stream.callbacks is not None:
+                stream.remote_ended = True
+                if stream.read_off or stream.inq:
+                    stream.end_queued = True
+                else:
+                    stream.callbacks.on_end(stream.trailers_in)
+                self._maybe_done(stream, now)
+        elif isinstance(event, h2.events.DataReceived):
             stream = self.streams.get(event.stream_id)
             data = event.data or b""
             fcl = event.flow_controlled_length or 0
@@ -575,8 +588,6 @@ class H2ServerConnection:
                 stream.held += fcl
             else:
                 self._deliver(stream, stream.callbacks, data, fcl)
-        elif isinstance(event, h2.events.RequestReceived):
-            self._request(event, now)
         elif isinstance(event, h2.events.TrailersReceived):
             stream = self.streams.get(event.stream_id)
             if stream is not None:
@@ -585,15 +596,6 @@ class H2ServerConnection:
                     self.reset_stream(stream, _INTERNAL_ERROR, notify=True, provoked=True)
                     return
                 stream.trailers_in = trailers
-        elif isinstance(event, h2.events.StreamEnded):
-            stream = self.streams.get(event.stream_id)
-            if stream is not None and stream.callbacks is not None:
-                stream.remote_ended = True
-                if stream.read_off or stream.inq:
-                    stream.end_queued = True
-                else:
-                    stream.callbacks.on_end(stream.trailers_in)
-                self._maybe_done(stream, now)
         elif isinstance(event, h2.events.StreamReset):
             stream = self.streams.pop(event.stream_id, None)
             if stream is not None:
@@ -648,9 +650,13 @@ class H2ServerConnection:
         authority: bytes | None = None
         scheme: bytes | None = None
         protocol: bytes | None = None
+        host: bytes | None = None
+        cookies = 0
         fields: Headers = []
+        add = fields.append
         # Names and values are bytes (``h2_config``: no header encoding); h2's
-        # validation put the pseudo-headers first (RFC 9113 8.3).
+        # validation put the pseudo-headers first (RFC 9113 8.3).  The first ``host``
+        # and the number of ``cookie`` fields are noted on the way (no second walk).
         for field in event.headers or ():
             n = field[0]
             if n[:1] == b":":
@@ -665,8 +671,13 @@ class H2ServerConnection:
                     scheme = v
                 elif n == b":protocol":
                     protocol = v
-            else:
-                fields.append((n, field[1]))
+                continue
+            if n == b"host":
+                if host is None:
+                    host = field[1]
+            elif n == b"cookie":
+                cookies += 1
+            add((n, field[1]))
         stream = H2ServerStream(self, sid, method)
         stream.remote_ended = bool(event.stream_ended)
         self.streams[sid] = stream
@@ -676,18 +687,16 @@ class H2ServerConnection:
             stream.local_reply(431, (), b"request header fields too large", close=False)
             return
         if authority is None:
-            for n, v in fields:
-                if n == b"host":
-                    authority = v
-                    break
-        elif not any(n == b"host" for n, _ in fields):
+            authority = host
+        elif host is None:
             # RFC 9113 8.3.1: "An intermediary that forwards a request over HTTP/1.1
             # MUST construct a Host header field if one is not present in a request by
             # copying the value of the :authority pseudo-header field."  Done here, so
             # the exchange (host matching, forwarding) sees what an HTTP/1.1 client
             # sends; the HTTP/2 client codec turns it back into :authority.
             fields.insert(0, (b"host", authority))
-        fields = join_cookies(fields)
+        if cookies > 1:
+            fields = join_cookies(fields)
         ended = bool(event.stream_ended)
         body_length = 0 if ended else content_length(fields)
         head = RequestHead(

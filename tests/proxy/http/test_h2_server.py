@@ -102,6 +102,53 @@ def test_cookies_are_joined_and_host_stands_in_for_a_missing_authority() -> None
     assert (b"accept", b"*/*") in head.headers
 
 
+def test_a_host_beside_authority_is_kept_and_a_single_cookie_stays_as_it_is() -> None:
+    rig = ServerRig()
+    sid = rig.client.get_next_available_stream_id()
+    rig.client.send_headers(
+        sid,
+        [
+            (b":method", b"GET"),
+            (b":scheme", b"http"),
+            (b":authority", b"a.example"),
+            (b":path", b"/"),
+            (b"cookie", b"a=1"),
+            (b"host", b"a.example"),
+        ],
+        end_stream=True,
+    )
+    rig.pump()
+    head = rig.exchanges[0].head
+    # A Host is there already: none is added from :authority (RFC 9113 8.3.1 asks for
+    # one only when it is missing); one cookie is passed as it came.
+    assert head.authority == b"a.example"
+    assert [v for n, v in head.headers if n == b"host"] == [b"a.example"]
+    assert [v for n, v in head.headers if n == b"cookie"] == [b"a=1"]
+    assert len(head.headers) == 2
+
+
+def test_without_authority_a_later_host_is_the_authority_and_is_not_repeated() -> None:
+    rig = ServerRig()
+    sid = rig.client.get_next_available_stream_id()
+    rig.client.send_headers(
+        sid,
+        [
+            (b":method", b"GET"),
+            (b":scheme", b"http"),
+            (b":path", b"/"),
+            (b"accept", b"*/*"),
+            (b"user-agent", b"t"),
+            (b"host", b"h.example"),
+        ],
+        end_stream=True,
+    )
+    rig.pump()
+    head = rig.exchanges[0].head
+    assert head.authority == b"h.example"
+    assert [v for n, v in head.headers if n == b"host"] == [b"h.example"]
+    assert len(head.headers) == 3
+
+
 def test_a_read_disabled_stream_withholds_its_window_and_the_others_go_on() -> None:
     rig = ServerRig(respond=False)
     a = rig.request(b"/a", method=b"POST", end=False)
