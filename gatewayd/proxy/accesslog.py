@@ -36,9 +36,12 @@ the string ``"-"``" (Envoy access log docs).
 
 from __future__ import annotations
 
+import atexit
 import codecs
+import contextlib
 import sys
 import time
+import weakref
 from collections.abc import Callable
 from json.encoder import encode_basestring
 from typing import TYPE_CHECKING, BinaryIO, TextIO
@@ -91,6 +94,13 @@ def _ascii(text: str) -> bytes:
     return text.encode("ascii") if text.isascii() else b"\xff"
 
 
+def _flush_at_exit(ref: weakref.ref[AccessLogger]) -> None:
+    logger = ref()
+    if logger is not None and logger._buf and not logger._stream.closed:
+        with contextlib.suppress(OSError, ValueError):  # the file is gone
+            logger.flush()
+
+
 def sockaddr_text(sockaddr: object) -> str:
     """``host:port`` of a socket address (``[v6]:port`` for IPv6), ``""`` without one."""
     if isinstance(sockaddr, tuple) and len(sockaddr) >= 2:
@@ -111,6 +121,7 @@ class AccessLogger:
     """
 
     __slots__ = (
+        "__weakref__",
         "_binary",
         "_buf",
         "_encoding",
@@ -157,6 +168,10 @@ class AccessLogger:
                 name = ""
             if name in _ASCII_SUPERSETS:
                 self._binary = buffer
+                # Lines still waiting when the interpreter exits without flush() (a
+                # line logged after the proxy's last flush) are written, as the text
+                # stream's own buffer would have been.
+                atexit.register(_flush_at_exit, weakref.ref(self))
         self._buf = bytearray()
         # "host:port" of the endpoints seen (by identity: a snapshot's endpoints live
         # as long as the snapshot), and the route names as bytes; both bounded.
@@ -274,7 +289,7 @@ class AccessLogger:
             up = b"null" if json_format else b"-"
         else:
             up = b"%d" % upstream_ms
-        args = (
+        args: tuple[bytes | int, ...] = (
             self._ms_b,
             method or b"-",
             path or b"-",

@@ -6,6 +6,9 @@ from __future__ import annotations
 import io
 import itertools
 import json
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -221,3 +224,25 @@ def test_endpoint_and_route_caches_are_bounded() -> None:
     assert [(d["upstream_host"], d["route_name"]) for d in docs] == [
         (f"10.1.{i // 256}.{i % 256}:80", f"default/r{i}/rule/0") for i in range(5000)
     ]
+
+
+def test_lines_waiting_at_interpreter_exit_are_written(tmp_path: Path) -> None:
+    """A line logged after the proxy's last flush() still reaches the file when the
+    process exits, as it did from the text stream's own buffer."""
+    out = tmp_path / "access.log"
+    code = (
+        "import sys\n"
+        "from gatewayd.proxy.accesslog import AccessLogger\n"
+        "logger = AccessLogger('text', open(sys.argv[1], 'w'))\n"
+        "logger.log_l4(start_time=1460751420.31, flags='', bytes_received=1,\n"
+        "    bytes_sent=2, duration_ms=3, downstream='10.0.35.28:51514', sni='',\n"
+        "    upstream_host='', upstream_cluster='', route='', details='')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(out)], capture_output=True, timeout=60, check=False
+    )
+    assert done.returncode == 0 and done.stderr == b""
+    assert out.read_bytes() == (
+        b'[2016-04-15T20:17:00.310Z] "- - -" 0 - 1 2 3 - "-" "-" "-" "-" "-" '
+        b'10.0.35.28:51514 "-" "-" "-" "-"\n'
+    )
