@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from gatewayd.proxy import accesslog
-from gatewayd.proxy.accesslog import BUFFER_BYTES, AccessLogger
+from gatewayd.proxy.accesslog import BUFFER_BYTES, PENDING_LINES, AccessLogger
 from gatewayd.routing.snapshot.backends import EndpointAddress
 
 START = 1460751420.310
@@ -153,12 +153,18 @@ def test_lines_wait_in_memory_until_a_second_or_a_full_buffer(
     size = len(line.getvalue())
     call_http(logger, request())
     assert written(stream) == b""  # no write on the request path
-    # A full buffer goes out in one write of whole lines.
-    n = BUFFER_BYTES // size + 1
-    for _ in range(n - 1):
+    # Lines are formatted PENDING_LINES at a time; a full buffer goes out in one
+    # write of whole lines.
+    n = 1
+    for _ in range(2 * BUFFER_BYTES // size):
+        if written(stream):
+            break
         call_http(logger, request())
+        n += 1
     out = written(stream)
-    assert len(out) == n * size and out.endswith(b"\n")
+    assert BUFFER_BYTES <= len(out) < BUFFER_BYTES + PENDING_LINES * size
+    assert len(out) % size == 0 and out.endswith(b"\n")
+    assert n % PENDING_LINES == 0 and len(out) == n * size
     call_http(logger, request())
     assert len(written(stream)) == n * size
     # A line a second after the last flush writes what waits.
