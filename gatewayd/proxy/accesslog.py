@@ -257,8 +257,10 @@ class AccessLogger:
         """``log()`` for the request path, with positional arguments (sixteen keyword
         arguments cost about 0.5 us a call more): start_time, method, path, protocol
         (bytes), status, flags (str), bytes_received, bytes_sent, duration_ms,
-        upstream_ms, xff, user_agent, request_id, authority (bytes), the endpoint
-        (EndpointAddress or None), route (str), trace_id (bytes).
+        upstream_ms, the request's fields as received (X-Forwarded-For and User-Agent
+        are read from them), the client's address (str), request_id, authority
+        (bytes), the endpoint (EndpointAddress or None), route (str), the traceparent
+        sent upstream (bytes or None).  The fields must not change afterwards.
 
         To a stream with a binary buffer the call only keeps its arguments (the request
         fields' own bytes): ``PENDING_LINES`` of them are formatted together, in a loop
@@ -308,18 +310,31 @@ class AccessLogger:
         bytes_sent: int,
         duration_ms: int,
         upstream_ms: int | None,
-        xff: bytes,
-        user_agent: bytes,
+        headers: list[tuple[bytes, bytes]],
+        peer_ip: str,
         request_id: bytes,
         authority: bytes,
         endpoint: EndpointAddress | None,
         route: str,
-        trace_id: bytes = b"",
+        traceparent: bytes | None = None,
         /,
     ) -> bytes | str:
         """One request's line: bytes when it is plain ASCII with nothing to escape
         (formatted from the request's own bytes, no decode), else the text
         formatting's str."""
+        # X-Forwarded-For as forwarded (Envoy logs the header after appending the
+        # client address to it): the first incoming one, then the client.
+        xff_in = user_agent = None
+        for name, value in headers:
+            if name == b"user-agent":
+                if user_agent is None:
+                    user_agent = value
+            elif name == b"x-forwarded-for" and xff_in is None:
+                xff_in = value
+        peer = peer_ip.encode("ascii")
+        xff = xff_in + b", " + peer if xff_in else peer
+        user_agent = user_agent or b""
+        trace_id = traceparent[3:35] if traceparent is not None else b""
         ms = round(start_time * 1_000_000) // 1000
         if ms != self._ms:
             self._start_time(start_time)

@@ -34,24 +34,54 @@ def request(**overrides: Any) -> dict[str, Any]:
         "bytes_sent": 0,
         "duration_ms": 226,
         "upstream_ms": 100,
-        "xff": b"10.0.35.28",
+        "xff_in": b"",  # no X-Forwarded-For received
+        "peer": "10.0.35.28",
         "user_agent": b"nsq2http",
         "request_id": b"cc21d9b0-cf5c-432b-8c7e-98aeb7988cd2",
         "authority": b"locations",
         "endpoint": EP,
         "route": "default/locations/rule/0",
-        "trace_id": TRACE,
+        "traceparent": b"00-" + TRACE + b"-00f067aa0ba902b7-01",
     }
     fields.update(overrides)
     return fields
 
 
+def fields(r: dict[str, Any]) -> list[tuple[bytes, bytes]]:
+    """The request's fields as received: User-Agent and X-Forwarded-For among others
+    (a second of each, which the log does not read)."""
+    out = [(b"host", b"locations"), (b"accept", b"*/*")]
+    if r["xff_in"]:
+        out += [(b"x-forwarded-for", r["xff_in"]), (b"x-forwarded-for", b"192.0.2.9")]
+    return [*out, (b"user-agent", r["user_agent"]), (b"user-agent", b"second")]
+
+
 def call_http(logger: AccessLogger, r: dict[str, Any]) -> None:
-    logger.http(*r.values())
+    logger.http(
+        r["start_time"],
+        r["method"],
+        r["path"],
+        r["protocol"],
+        r["status"],
+        r["flags"],
+        r["bytes_received"],
+        r["bytes_sent"],
+        r["duration_ms"],
+        r["upstream_ms"],
+        fields(r),
+        r["peer"],
+        r["request_id"],
+        r["authority"],
+        r["endpoint"],
+        r["route"],
+        r["traceparent"],
+    )
 
 
 def call_log(logger: AccessLogger, r: dict[str, Any]) -> None:
     ep = r["endpoint"]
+    xff_in = r["xff_in"].decode("latin-1")
+    tp = r["traceparent"]
     logger.log(
         start_time=r["start_time"],
         method=r["method"].decode("latin-1"),
@@ -63,13 +93,13 @@ def call_log(logger: AccessLogger, r: dict[str, Any]) -> None:
         bytes_sent=r["bytes_sent"],
         duration_ms=r["duration_ms"],
         upstream_ms=r["upstream_ms"],
-        xff=r["xff"].decode("latin-1"),
+        xff=f"{xff_in}, {r['peer']}" if xff_in else r["peer"],
         user_agent=r["user_agent"].decode("latin-1"),
         request_id=r["request_id"].decode("latin-1"),
         authority=r["authority"].decode("latin-1"),
         upstream_host="" if ep is None else accesslog.sockaddr_text((ep.address, ep.port)),
         route=r["route"],
-        trace_id=r["trace_id"].decode("latin-1"),
+        trace_id="" if tp is None else tp[3:35].decode("ascii"),
     )
 
 
@@ -98,11 +128,11 @@ ODD_VALUES = [
 ]
 ODD_CASES = [
     request(),
-    request(upstream_ms=None, flags="UF", endpoint=None, route="", trace_id=b""),
-    request(endpoint=EndpointAddress(address="fd00::1", port=8080), status=503),
+    request(upstream_ms=None, flags="UF", endpoint=None, route="", traceparent=None),
+    request(endpoint=EndpointAddress(address="fd00::1", port=8080), status=503, peer="::1"),
     request(route="default/caf\u00e9/rule/0"),
     *(request(user_agent=v) for v in ODD_VALUES),
-    *(request(xff=v, authority=v) for v in ODD_VALUES),
+    *(request(xff_in=v, authority=v) for v in ODD_VALUES),
     *(request(path=v, method=v, request_id=v) for v in ODD_VALUES),
 ]
 

@@ -1525,20 +1525,12 @@ class Exchange:
         if tp is not None and proxy.spans is not None:
             proxy.spans.export(self, duration)
         if access is not None:
-            # X-Forwarded-For as forwarded (Envoy logs the header after appending the
-            # client address to it): the first incoming one, then the client.  One walk
-            # finds it and User-Agent.
-            xff_in = ua = None
-            for name, value in self.headers:
-                if name == b"user-agent":
-                    if ua is None:
-                        ua = value
-                elif name == b"x-forwarded-for" and xff_in is None:
-                    xff_in = value
-            peer = self.conn.peer_ip.encode("ascii")
             head = self.head
             flags = self.flags
-            # Positional (AccessLogger.http): the keyword form costs ~0.5 us more.
+            # Positional (AccessLogger.http): the keyword form costs ~0.5 us more.  The
+            # fields as received (never changed: forwarding copies them) and the
+            # client's address, for X-Forwarded-For and User-Agent, read when the line
+            # is formatted.
             access.http(
                 time.time() - duration,
                 self.method,
@@ -1550,13 +1542,13 @@ class Exchange:
                 self.bytes_sent,
                 int(duration * 1000.0),
                 int(self.upstream_ms) if self.upstream_ms >= 0 else None,
-                xff_in + b", " + peer if xff_in else peer,
-                ua or b"",
+                self.headers,
+                self.conn.peer_ip,
                 self.request_id or b"",
                 head.authority or b"",
                 self.endpoint,
                 rule.route_id if rule is not None else "",
-                tp[3:35] if tp is not None else b"",
+                tp,
             )
 
     # ------------------------------------------------------------------ mirrors
