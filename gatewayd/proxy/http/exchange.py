@@ -103,7 +103,7 @@ MAX_REPLAY: Final = 64 * 1024
 MIRROR_TIMEOUT: Final = 10.0
 
 
-_PROTOCOLS: Final = {HTTP_11: "HTTP/1.1", HTTP_10: "HTTP/1.0", HTTP_2: "HTTP/2"}
+_PROTOCOLS_B: Final = {HTTP_11: b"HTTP/1.1", HTTP_10: b"HTTP/1.0", HTTP_2: b"HTTP/2"}
 
 # Local replies.  Flags and metric reasons follow localreply's table (Envoy's response
 # flags); the status is chosen by the caller.
@@ -1525,37 +1525,30 @@ class Exchange:
         if tp is not None and proxy.spans is not None:
             proxy.spans.export(self, duration)
         if access is not None:
-            ep = self.endpoint
-            headers = self.headers
-            # X-Forwarded-For as forwarded (Envoy logs the header after appending the
-            # client address to it): the incoming list, then the client.
-            xff_in = _header(headers, b"x-forwarded-for")
-            peer = self.conn.peer_ip
-            xff = f"{xff_in.decode('latin-1')}, {peer}" if xff_in else peer
-            ua = _header(headers, b"user-agent")
             head = self.head
-            rid = self.request_id
-            authority = head.authority
             flags = self.flags
-            # Positional (AccessLogger.http): the keyword form costs ~0.5 us more.
+            # Positional (AccessLogger.http): the keyword form costs ~0.5 us more.  The
+            # fields as received (never changed: forwarding copies them) and the
+            # client's address, for X-Forwarded-For and User-Agent, read when the line
+            # is formatted.
             access.http(
                 time.time() - duration,
-                self.method.decode("latin-1"),
-                head.target.decode("latin-1"),
-                _PROTOCOLS.get(head.version, "HTTP/1.1"),
+                self.method,
+                head.target,
+                _PROTOCOLS_B.get(head.version, b"HTTP/1.1"),
                 self.status,
                 (f"{flags},{FLAG_EJECTED}" if flags else FLAG_EJECTED) if self.ejected else flags,
                 self.bytes_received,
                 self.bytes_sent,
                 int(duration * 1000.0),
                 int(self.upstream_ms) if self.upstream_ms >= 0 else None,
-                xff,
-                ua.decode("latin-1") if ua is not None else "",
-                rid.decode("latin-1") if rid else "",
-                authority.decode("latin-1") if authority else "",
-                host_port(ep.address, ep.port) if ep is not None else "",
+                self.headers,
+                self.conn.peer_ip,
+                self.request_id or b"",
+                head.authority or b"",
+                self.endpoint,
                 rule.route_id if rule is not None else "",
-                tp[3:35].decode("ascii") if tp is not None else "",
+                tp,
             )
 
     # ------------------------------------------------------------------ mirrors

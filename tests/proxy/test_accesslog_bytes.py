@@ -1,0 +1,284 @@
+"""The request path's access log lines (``AccessLogger.http``: the request's bytes,
+formatted as bytes and written in batches) against the text formatting (``log``)."""
+
+from __future__ import annotations
+
+import io
+import itertools
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gatewayd.proxy import accesslog
+from gatewayd.proxy.accesslog import BUFFER_BYTES, PENDING_LINES, AccessLogger
+from gatewayd.routing.snapshot.backends import EndpointAddress
+
+START = 1460751420.310
+EP = EndpointAddress(address="10.0.2.1", port=80)
+TRACE = b"0af7651916cd43dd8448eb211c80319c"
+
+
+def request(**overrides: Any) -> dict[str, Any]:
+    fields: dict[str, Any] = {
+        "start_time": START,
+        "method": b"POST",
+        "path": b"/api/v1/locations",
+        "protocol": b"HTTP/1.1",
+        "status": 204,
+        "flags": "",
+        "bytes_received": 154,
+        "bytes_sent": 0,
+        "duration_ms": 226,
+        "upstream_ms": 100,
+        "xff_in": b"",  # no X-Forwarded-For received
+        "peer": "10.0.35.28",
+        "user_agent": b"nsq2http",
+        "request_id": b"cc21d9b0-cf5c-432b-8c7e-98aeb7988cd2",
+        "authority": b"locations",
+        "endpoint": EP,
+        "route": "default/locations/rule/0",
+        "traceparent": b"00-" + TRACE + b"-00f067aa0ba902b7-01",
+    }
+    fields.update(overrides)
+    return fields
+
+
+def fields(r: dict[str, Any]) -> list[tuple[bytes, bytes]]:
+    """The request's fields as received: User-Agent and X-Forwarded-For among others
+    (a second of each, which the log does not read)."""
+    out = [(b"host", b"locations"), (b"accept", b"*/*")]
+    if r["xff_in"]:
+        out += [(b"x-forwarded-for", r["xff_in"]), (b"x-forwarded-for", b"192.0.2.9")]
+    return [*out, (b"user-agent", r["user_agent"]), (b"user-agent", b"second")]
+
+
+def call_http(logger: AccessLogger, r: dict[str, Any]) -> None:
+    logger.http(
+        r["start_time"],
+        r["method"],
+        r["path"],
+        r["protocol"],
+        r["status"],
+        r["flags"],
+        r["bytes_received"],
+        r["bytes_sent"],
+        r["duration_ms"],
+        r["upstream_ms"],
+        fields(r),
+        r["peer"],
+        r["request_id"],
+        r["authority"],
+        r["endpoint"],
+        r["route"],
+        r["traceparent"],
+    )
+
+
+def call_log(logger: AccessLogger, r: dict[str, Any]) -> None:
+    ep = r["endpoint"]
+    xff_in = r["xff_in"].decode("latin-1")
+    tp = r["traceparent"]
+    logger.log(
+        start_time=r["start_time"],
+        method=r["method"].decode("latin-1"),
+        path=r["path"].decode("latin-1"),
+        protocol=r["protocol"].decode("latin-1"),
+        status=r["status"],
+        flags=r["flags"],
+        bytes_received=r["bytes_received"],
+        bytes_sent=r["bytes_sent"],
+        duration_ms=r["duration_ms"],
+        upstream_ms=r["upstream_ms"],
+        xff=f"{xff_in}, {r['peer']}" if xff_in else r["peer"],
+        user_agent=r["user_agent"].decode("latin-1"),
+        request_id=r["request_id"].decode("latin-1"),
+        authority=r["authority"].decode("latin-1"),
+        upstream_host="" if ep is None else accesslog.sockaddr_text((ep.address, ep.port)),
+        route=r["route"],
+        trace_id="" if tp is None else tp[3:35].decode("ascii"),
+    )
+
+
+def file_stream() -> io.TextIOWrapper:
+    """Like stdout or an opened file: text over a binary buffer, UTF-8."""
+    return io.TextIOWrapper(io.BytesIO(), encoding="utf-8")
+
+
+def written(stream: io.TextIOWrapper) -> bytes:
+    buffer = stream.buffer
+    assert isinstance(buffer, io.BytesIO)
+    return buffer.getvalue()
+
+
+# Values that take each way through the bytes formatting: plain ASCII, the empty
+# value, controls, DEL, quotes, backslashes, latin-1 and UTF-8 bytes.
+ODD_VALUES = [
+    b"plain",
+    b"",
+    b"evil\n[fake] line\x1b",
+    b"del\x7f",
+    b'quo"te',
+    b"back\\slash",
+    b"caf\xe9 \xa0nbsp \x85nel",
+    "caf\u00e9 \u2603".encode(),
+]
+ODD_CASES = [
+    request(),
+    request(upstream_ms=None, flags="UF", endpoint=None, route="", traceparent=None),
+    request(endpoint=EndpointAddress(address="fd00::1", port=8080), status=503, peer="::1"),
+    request(route="default/caf\u00e9/rule/0"),
+    *(request(user_agent=v) for v in ODD_VALUES),
+    *(request(xff_in=v, authority=v) for v in ODD_VALUES),
+    *(request(path=v, method=v, request_id=v) for v in ODD_VALUES),
+]
+
+
+@pytest.mark.parametrize(
+    ("fmt", "trace_ids"), list(itertools.product(("text", "json"), (False, True)))
+)
+def test_bytes_lines_equal_text_lines(fmt: str, trace_ids: bool) -> None:
+    """Byte for byte the line the text formatting writes, to a file and to a text-only
+    stream, for every kind of value (escaping of controls, JSON escaping, latin-1)."""
+    new_file, old_file = file_stream(), file_stream()
+    new_text, old_text = io.StringIO(), io.StringIO()
+    loggers = [
+        AccessLogger(fmt, s, trace_ids=trace_ids) for s in (new_file, old_file, new_text, old_text)
+    ]
+    for case in ODD_CASES:
+        call_http(loggers[0], case)
+        call_log(loggers[1], case)
+        call_http(loggers[2], case)
+        call_log(loggers[3], case)
+    for logger in loggers:
+        logger.flush()
+    assert written(new_file) == written(old_file)
+    assert new_text.getvalue() == old_text.getvalue()
+    assert written(new_file) == old_text.getvalue().encode()
+    lines = old_text.getvalue().split("\n")[:-1]  # str.splitlines splits at \x85 too
+    assert len(lines) == len(ODD_CASES)
+    if fmt == "json":
+        docs = [json.loads(line) for line in lines]
+        assert docs[len(ODD_CASES) - len(ODD_VALUES) * 3 + 2]["user_agent"] == (
+            "evil\n[fake] line\x1b"
+        )
+        assert docs[2]["upstream_host"] == "[fd00::1]:8080"
+    else:
+        assert '"evil\\x0a[fake] line\\x1b"' in lines[len(ODD_CASES) - len(ODD_VALUES) * 3 + 2]
+        assert '"[fd00::1]:8080"' in lines[2]
+
+
+def test_lines_wait_in_memory_until_a_second_or_a_full_buffer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = [100.0]
+    monkeypatch.setattr(accesslog, "_monotonic", lambda: clock[0])
+    stream = file_stream()
+    logger = AccessLogger("text", stream)
+    line = io.StringIO()
+    call_log(AccessLogger("text", line), request())
+    size = len(line.getvalue())
+    call_http(logger, request())
+    assert written(stream) == b""  # no write on the request path
+    # Lines are formatted PENDING_LINES at a time; a full buffer goes out in one
+    # write of whole lines.
+    n = 1
+    for _ in range(2 * BUFFER_BYTES // size):
+        if written(stream):
+            break
+        call_http(logger, request())
+        n += 1
+    out = written(stream)
+    assert BUFFER_BYTES <= len(out) < BUFFER_BYTES + PENDING_LINES * size
+    assert len(out) % size == 0 and out.endswith(b"\n")
+    assert n % PENDING_LINES == 0 and len(out) == n * size
+    call_http(logger, request())
+    assert len(written(stream)) == n * size
+    # A line a second after the last flush writes what waits.
+    clock[0] = 101.0
+    call_http(logger, request())
+    assert len(written(stream)) == (n + 2) * size
+    call_http(logger, request())
+    # The periodic sweep: nothing within the second, then everything.
+    logger.flush_due()
+    assert len(written(stream)) == (n + 2) * size
+    clock[0] = 102.0
+    logger.flush_due()
+    assert len(written(stream)) == (n + 3) * size
+    call_http(logger, request())
+    logger.flush()  # shutdown
+    assert written(stream) == line.getvalue().encode() * (n + 4)
+
+
+def test_lines_keep_their_order_and_other_text_never_splits_one() -> None:
+    """HTTP and L4 lines (text formatting, non-ASCII) share one buffer, in order; text
+    written to the stream by anything else while lines wait goes out before them."""
+    stream = file_stream()
+    logger = AccessLogger("text", stream)
+    call_http(logger, request(status=200))
+    stream.write("between\n")
+    call_http(logger, request(status=201))
+    logger.log_l4(
+        start_time=START,
+        flags="",
+        bytes_received=1,
+        bytes_sent=2,
+        duration_ms=3,
+        downstream="10.0.35.28:51514",
+        sni="caf\u00e9",
+        upstream_host="",
+        upstream_cluster="",
+        route="",
+        details="",
+    )
+    logger.flush()
+    lines = written(stream).decode().splitlines()
+    assert [line.split('" ')[1][:3] if line.startswith("[") else line for line in lines] == [
+        "between",
+        "200",
+        "201",
+        "0 -",
+    ]
+    assert '"caf\u00e9"' in lines[3]
+
+
+def test_endpoint_and_route_caches_are_bounded() -> None:
+    stream = file_stream()
+    logger = AccessLogger("json", stream)
+    endpoints = [
+        EndpointAddress(address=f"10.1.{i // 256}.{i % 256}", port=80) for i in range(5000)
+    ]
+    for i, ep in enumerate(endpoints):
+        call_http(logger, request(endpoint=ep, route=f"default/r{i}/rule/0"))
+    assert len(logger._endpoints) <= 4096 and len(logger._routes) <= 4096
+    logger.flush()
+    docs = [json.loads(line) for line in written(stream).decode().splitlines()]
+    assert len(docs) == 5000
+    assert [(d["upstream_host"], d["route_name"]) for d in docs] == [
+        (f"10.1.{i // 256}.{i % 256}:80", f"default/r{i}/rule/0") for i in range(5000)
+    ]
+
+
+def test_lines_waiting_at_interpreter_exit_are_written(tmp_path: Path) -> None:
+    """A line logged after the proxy's last flush() still reaches the file when the
+    process exits, as it did from the text stream's own buffer."""
+    out = tmp_path / "access.log"
+    code = (
+        "import sys\n"
+        "from gatewayd.proxy.accesslog import AccessLogger\n"
+        "logger = AccessLogger('text', open(sys.argv[1], 'w'))\n"
+        "logger.log_l4(start_time=1460751420.31, flags='', bytes_received=1,\n"
+        "    bytes_sent=2, duration_ms=3, downstream='10.0.35.28:51514', sni='',\n"
+        "    upstream_host='', upstream_cluster='', route='', details='')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(out)], capture_output=True, timeout=60, check=False
+    )
+    assert done.returncode == 0 and done.stderr == b""
+    assert out.read_bytes() == (
+        b'[2016-04-15T20:17:00.310Z] "- - -" 0 - 1 2 3 - "-" "-" "-" "-" "-" '
+        b'10.0.35.28:51514 "-" "-" "-" "-"\n'
+    )
