@@ -285,14 +285,7 @@ class AccessLogger:
         try:
             for entry in pending:
                 line = fmt(*entry)
-                if isinstance(line, str):
-                    buf += (
-                        line.encode("ascii")
-                        if line.isascii()
-                        else line.encode(self._encoding, self._errors)
-                    )
-                else:
-                    buf += line
+                buf += line if isinstance(line, bytes) else self._encode(line)
         finally:
             pending.clear()
         if len(buf) >= BUFFER_BYTES:
@@ -511,16 +504,16 @@ class AccessLogger:
             if self._pending:
                 self._format_pending()  # in order
             buf = self._buf
-            buf += (
-                line.encode("ascii")
-                if line.isascii()
-                else line.encode(self._encoding, self._errors)
-            )
+            buf += self._encode(line)
             if len(buf) >= BUFFER_BYTES:
                 self._drain()
         now = _monotonic()
         if now - self._last_flush >= 1.0:
             self.flush()
+
+    def _encode(self, line: str) -> bytes:
+        """A text line (an escaped or L4 line) in the stream's encoding."""
+        return line.encode("ascii") if line.isascii() else line.encode(self._encoding, self._errors)
 
     def _drain(self) -> None:
         """The waiting lines to the stream's buffer, in one write."""
