@@ -76,28 +76,42 @@ def _hpack_table(text: str) -> int:
 
 def h2_limits(args: argparse.Namespace) -> H2Limits:
     """Downstream HTTP/2 limits from ``gatewayd run``'s flags."""
-    return with_header_limits(
-        dataclasses.replace(
-            EDGE_H2_LIMITS,
-            max_concurrent_streams=int(args.h2_max_concurrent_streams),
-            initial_stream_window=args.h2_initial_stream_window,
-            connection_window=args.h2_initial_connection_window,
-        ),
-        list_bytes=args.max_header_bytes,
-        count=int(args.max_headers),
-        table_size=args.h2_hpack_table_size,
+    return _h2_limits(
+        args,
+        EDGE_H2_LIMITS,
+        args.h2_max_concurrent_streams,
+        args.h2_initial_stream_window,
+        args.h2_initial_connection_window,
     )
 
 
 def upstream_h2_limits(args: argparse.Namespace) -> H2Limits:
     """Upstream HTTP/2 limits from ``gatewayd run``'s flags: the header limits and
     HPACK table as downstream's."""
+    return _h2_limits(
+        args,
+        UPSTREAM_H2_LIMITS,
+        args.upstream_h2_max_concurrent_streams,
+        args.upstream_h2_initial_stream_window,
+        args.upstream_h2_initial_connection_window,
+    )
+
+
+def _h2_limits(
+    args: argparse.Namespace,
+    base: H2Limits,
+    streams: int,
+    stream_window: int,
+    connection_window: int,
+) -> H2Limits:
+    """``base`` with one hop's streams and windows, and the header limits and HPACK
+    table both hops share."""
     return with_header_limits(
         dataclasses.replace(
-            UPSTREAM_H2_LIMITS,
-            max_concurrent_streams=int(args.upstream_h2_max_concurrent_streams),
-            initial_stream_window=args.upstream_h2_initial_stream_window,
-            connection_window=args.upstream_h2_initial_connection_window,
+            base,
+            max_concurrent_streams=int(streams),
+            initial_stream_window=stream_window,
+            connection_window=connection_window,
         ),
         list_bytes=args.max_header_bytes,
         count=int(args.max_headers),
