@@ -202,7 +202,8 @@ def test_a_connection_serves_repeated_requests_from_its_caches() -> None:
         assert answer["body"] == b"ok"
         assert (b"content-type", b"text/plain") in answer["headers"]
     assert [e.head.target for e in rig.exchanges] == [b"/same"] * 4
-    assert rig.server.h2.decoder.hits >= 2
+    # The connection's known request blocks answer before the decoder's cache does.
+    assert rig.server.h2.decoder.hits + rig.server.h2.known_hits >= 2
     assert list(rig.client.decoder.header_table.dynamic_entries) == []
 
 

@@ -224,6 +224,85 @@ def test_trailers_on_an_open_stream_go_to_h2() -> None:
     assert not closed
 
 
+# ------------------------------------------------------- known request blocks
+
+# Static-table references only (RFC 7541 Appendix A): :method GET, :scheme http,
+# :path /, :authority "a" (a literal without indexing): the dynamic table is untouched.
+BASE = b"\x82\x86\x84\x01\x01a"
+ADD_1 = b"\x40\x03x-a\x011"  # literal with incremental indexing: x-a: 1 at index 62
+ADD_2 = b"\x40\x03x-a\x012"  # x-a: 2 at index 62, x-a: 1 moves to 63
+REF_62 = b"\xbe"  # indexed field 62: the newest entry
+REF_63 = b"\xbf"
+
+
+def _x_a(heads: list[tuple[object, ...]]) -> list[bytes]:
+    return [v for h in heads for n, v in h[2] if n == b"x-a"]  # type: ignore[attr-defined]
+
+
+def test_a_known_block_is_read_again_once_the_table_changed() -> None:
+    # The same bytes (BASE + REF_62) mean x-a: 1, then x-a: 2 after ADD_2.  Within one
+    # read (stream 3's block is only remembered when its request is handled, after a
+    # later block of the read changed the table) and across reads.
+    reads = [
+        PREFACE + SETTINGS,
+        frame(0x1, 0x5, 1, BASE + ADD_1)
+        + frame(0x1, 0x5, 3, BASE + REF_62)
+        + frame(0x1, 0x5, 5, BASE + ADD_2)
+        + frame(0x1, 0x5, 7, BASE + REF_63),
+        frame(0x1, 0x5, 9, BASE + REF_62),
+        frame(0x1, 0x5, 11, BASE + REF_62),
+        frame(0x1, 0x5, 13, BASE + ADD_1) + frame(0x1, 0x5, 15, BASE + REF_62),
+    ]
+    _, goaways, heads, closed, _ = same(reads)
+    assert not goaways and not closed
+    assert _x_a(heads) == [b"1", b"1", b"2", b"1", b"2", b"2", b"1", b"1"]
+    rig = _fresh(ServerRig(), True)
+    for data in reads:
+        rig.send_raw(data)
+    assert rig.server.h2.known_hits == 1  # stream 11 only
+
+
+def test_known_blocks_keep_the_content_length_check() -> None:
+    # Requests with content-length 4 (the first block indexes its fields, the second
+    # is remembered), then the known block with 5 bytes of body: h2's content-length
+    # check (RFC 9113 8.1.1) still sees the length of a known block.
+    peer = Peer()
+    post = [(b":method", b"POST"), *REQ[1:], (b"content-length", b"4")]
+    reads = [
+        PREFACE + SETTINGS,
+        peer.headers(1, post, flags=0x4) + frame(0x0, 0x1, 1, b"body"),
+        peer.headers(3, post, flags=0x4) + frame(0x0, 0x1, 3, b"body"),
+        peer.headers(5, post, flags=0x4),
+        frame(0x0, 0x1, 5, b"body!"),
+    ]
+    _, goaways, heads, closed, _ = same(reads)
+    assert [h[3] for h in heads[:2]] == [["start", "data", "end"]] * 2
+    assert heads[2][3] == ["start", "reset"]
+    assert closed and goaways == [(5, 0x1)]  # h2: a connection error, PROTOCOL_ERROR
+    rig = _fresh(ServerRig(), True)
+    for data in reads:
+        rig.send_raw(data)
+    assert rig.server.h2.known_hits == 1
+
+
+def test_known_blocks_are_bounded() -> None:
+    from gatewayd.proxy.http.h2_conn import KNOWN_ENTRIES, KNOWN_MAX_BLOCK
+
+    rig = _fresh(ServerRig(), True)
+    rig.send_raw(PREFACE + SETTINGS)
+    for i in range(3 * KNOWN_ENTRIES):
+        # A literal without indexing: a new block each time, the table untouched.
+        rig.send_raw(frame(0x1, 0x5, 2 * i + 1, BASE + b"\x00\x03x-n\x02%02d" % i))
+        assert len(rig.server.h2._known) <= KNOWN_ENTRIES
+    long_value = b"v" * KNOWN_MAX_BLOCK
+    rest = len(long_value) - 127  # RFC 7541 5.1: a 7-bit prefix, then 7 bits a byte
+    big = BASE + b"\x00\x03x-n\x7f" + bytes([rest % 128 + 128, rest >> 7]) + long_value
+    sid = 6 * KNOWN_ENTRIES + 1
+    rig.send_raw(frame(0x1, 0x5, sid, big))
+    assert big not in rig.server.h2._known
+    assert len(rig.exchanges) == 3 * KNOWN_ENTRIES + 1
+
+
 # ----------------------------------------------- fast path == h2, hostile inputs
 
 
