@@ -40,6 +40,9 @@ from gatewayd.proxy.http.h2_limits import (
 from gatewayd.proxy.http.h2_server import (
     RESPONSE_FIELD_ENTRIES,
     RESPONSE_FIELD_MAX_BYTES,
+    RESPONSE_HEAD_ENTRIES,
+    RESPONSE_HEAD_MAX_BYTES,
+    RESPONSE_HEAD_MAX_FIELDS,
     response_fields,
 )
 
@@ -118,6 +121,27 @@ def test_the_response_field_cache_is_bounded() -> None:
     response_fields(200, [(b"x-long", long_value), (b"x-request-id", b"abc")], 5)
     response_fields(200, [(b"content-length", b"7")], None)
     assert h2_server._response_fields == {}
+
+
+def test_whole_heads_are_kept_less_their_request_id_and_bounded() -> None:
+    h2_server._response_heads.clear()
+    head = [(b"server", b"up"), (b"date", b"now"), (b"x-request-id", b"1")]
+    first = response_fields(200, head, 5)
+    second = response_fields(200, [*head[:2], (b"x-request-id", b" 2 ")], 5)
+    assert len(h2_server._response_heads) == 1  # one head, whatever the request id
+    assert first is not None and second is not None
+    want = general(200, head[:2], 5)
+    assert second[0] == [*want[:-1], (b"x-request-id", b"2"), want[-1]]
+    assert b"".join(second[1]) == StaticEncoder().encode(second[0])[1:]
+    for i in range(3 * RESPONSE_HEAD_ENTRIES):
+        response_fields(200, [(b"x-n", b"%d" % i)], None)
+        assert len(h2_server._response_heads) <= RESPONSE_HEAD_ENTRIES
+    # Heads with many fields or many bytes are not kept.
+    h2_server._response_heads.clear()
+    response_fields(200, [(b"x-%d" % i, b"1") for i in range(RESPONSE_HEAD_MAX_FIELDS + 1)], 1)
+    # "~" has a 13-bit Huffman code: the values go out as they are.
+    response_fields(200, [(b"x-a", b"~" * 200)] * (RESPONSE_HEAD_MAX_BYTES // 200 + 1), 1)
+    assert h2_server._response_heads == {}
 
 
 def test_a_response_through_the_codec_reads_back_as_sent() -> None:
