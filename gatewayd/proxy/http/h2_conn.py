@@ -13,6 +13,7 @@ both sides (``h2_inbound.ValidatedFields``).
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -34,9 +35,9 @@ from h2.windows import WindowManager
 from gatewayd.proxy.http.h2_hpack import CachingDecoder, StaticEncoder
 from gatewayd.proxy.http.h2_inbound import (
     FLAG_END_STREAM,
+    HEADERS,
     ValidatedFields,
     fast_headers,
-    split_frames,
 )
 
 # h2's streams a connection holds before send_headers counts (and sweeps) them.
@@ -53,6 +54,9 @@ _REQUEST_FLAGS = HeaderValidationFlags(
 )
 _SERVER_OPEN = ConnectionState.SERVER_OPEN
 _OPEN = StreamState.OPEN
+_CLOSED = StreamState.CLOSED
+_BY_SEND_END_STREAM = StreamClosedBy.SEND_END_STREAM
+_odict_set = OrderedDict.__setitem__
 _HALF_CLOSED_REMOTE = StreamState.HALF_CLOSED_REMOTE
 _INITIAL_WINDOW_SIZE = SettingCodes.INITIAL_WINDOW_SIZE
 
@@ -262,31 +266,42 @@ class BoundedH2Connection(h2.connection.H2Connection):
             or not data
         ):
             return super().receive_data(data)
-        frames, _done = split_frames(data)
         events: list[Any] = []
         slow_from = 0
         max_frame = self.max_inbound_frame_size
-        for start, ftype, flags, sid, length in frames:
-            if not fast_headers(ftype, flags, sid, self.highest_inbound_stream_id) or (
-                length > max_frame
-            ):
+        max_streams = self.local_settings.max_concurrent_streams
+        # `split_frames`' walk, without its list of tuples (a frame at a time here).
+        end = len(data)
+        nxt = 0
+        while nxt + 9 <= end:
+            start = nxt
+            length = (data[start] << 16) | (data[start + 1] << 8) | data[start + 2]
+            nxt = start + 9 + length
+            if nxt > end:
+                break
+            ftype = data[start + 3]
+            if ftype != HEADERS or length > max_frame:
+                continue
+            flags = data[start + 4]
+            sid = int.from_bytes(data[start + 5 : start + 9], "big") & 0x7FFFFFFF
+            if not fast_headers(ftype, flags, sid, self.highest_inbound_stream_id):
                 continue
             if start > slow_from:
                 events += super().receive_data(data[slow_from:start])
                 slow_from = start
                 if buf._data or buf._headers_buffer:
                     break  # h2 is inside a header block: the rest is its own
+                max_streams = self.local_settings.max_concurrent_streams  # a SETTINGS ACK
             if sid <= self.highest_inbound_stream_id or (
                 # h2's count walks every stream it keeps (open or not yet forgotten),
                 # so it is at most their number: counted only when that could be over.
-                len(self.streams) >= self.local_settings.max_concurrent_streams
-                and self.open_inbound_streams + 1 > self.local_settings.max_concurrent_streams
+                len(self.streams) >= max_streams and self.open_inbound_streams + 1 > max_streams
             ):
                 continue  # h2 refuses it its own way
-            slow_from = start + 9 + length
+            slow_from = nxt
             try:
                 events += self._fast_headers(
-                    sid, data[start + 9 : slow_from], bool(flags & FLAG_END_STREAM)
+                    sid, data[start + 9 : nxt], bool(flags & FLAG_END_STREAM)
                 )
             except h2.exceptions.ProtocolError as e:
                 self._terminate_connection(e.error_code)
@@ -389,21 +404,31 @@ class BoundedH2Connection(h2.connection.H2Connection):
         else:
             block = self.encoder.encode(headers)
         machine.headers_sent = True
-        machine.state = StreamState.CLOSED
-        machine.stream_closed_by = StreamClosedBy.SEND_END_STREAM
-        max_frame = self.max_outbound_frame_size
+        machine.state = _CLOSED
+        machine.stream_closed_by = _BY_SEND_END_STREAM
+        out = self._data_to_send
+        sid = stream_id.to_bytes(4, "big")
+        n = len(block)
+        if n > self.max_outbound_frame_size:  # CONTINUATION frames
+            out += header_frames(stream_id, block, not size, self.max_outbound_frame_size)
+        else:  # RFC 9113 6.2: HEADERS, END_HEADERS (0x4), END_STREAM (0x1) without body
+            out += n.to_bytes(3, "big")
+            out += b"\x01\x04" + sid if size else b"\x01\x05" + sid
+            out += block
         if size:
             stream.outbound_flow_control_window -= size
             self.outbound_flow_control_window -= size
-            self._data_to_send += header_frames(stream_id, block, False, max_frame)
             # RFC 9113 6.1: DATA, flag END_STREAM (0x1).
-            head = size.to_bytes(3, "big") + b"\x00\x01" + stream_id.to_bytes(4, "big")
-            self._data_to_send += head
-            self._data_to_send += body
-        else:
-            self._data_to_send += header_frames(stream_id, block, True, max_frame)
+            out += size.to_bytes(3, "big")
+            out += b"\x00\x01" + sid
+            out += body
         del self.streams[stream_id]
-        self._closed_streams[stream_id] = StreamClosedBy.SEND_END_STREAM
+        # h2's SizeLimitDict.__setitem__ is a Python call and a second one for its
+        # bound; the same insertion and bound inline.
+        closed = self._closed_streams
+        _odict_set(closed, stream_id, _BY_SEND_END_STREAM)
+        if len(closed) > self.MAX_CLOSED_STREAMS:
+            closed.popitem(last=False)  # type: ignore[call-arg]
         return True
 
     def send_headers(

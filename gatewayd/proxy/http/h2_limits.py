@@ -415,16 +415,37 @@ class FrameScanner:
             return self.scan(data, now)
         pos = 0
         end = len(data)
+        limits = self._limits
+        # A whole header block in one HEADERS frame (a request, mostly) within the
+        # frame and block bounds: `_frame`'s work for it inline, without the slice
+        # and the call (0.4 us a request).
+        block_max = min(limits.max_frame_size, limits.max_header_block_bytes)
         while pos + 9 <= end:
             length = (data[pos] << 16) | (data[pos + 1] << 8) | data[pos + 2]
             nxt = pos + 9 + length
-            if nxt > end or data[pos + 3] == GOAWAY:
+            ftype = data[pos + 3]
+            if nxt > end or ftype == GOAWAY:
                 break
-            self._frame(data[pos : pos + 9], now)
-            if self._pad_probe:  # padded DATA: 1 pad-length byte + data + padding
-                self._pad_probe = False
-                self._empty_data(length - 1 - data[pos + 9] <= 0, now)
-            self._skip = 0
+            if (
+                ftype == HEADERS
+                and data[pos + 4] & FLAG_END_HEADERS
+                and length <= block_max
+                and not self.paused
+            ):
+                if now - self._flood_start >= limits.flood_window:
+                    self._flood_start = now
+                    self._settings = 0
+                    self._pings = 0
+                self._empty_run = 0
+                if data[pos + 8] & 1:  # the stream id's low bit: a client's stream
+                    self.streams_opened += 1
+                self._block_bytes = -1
+            else:
+                self._frame(data[pos : pos + 9], now)
+                if self._pad_probe:  # padded DATA: 1 pad-length byte + data + padding
+                    self._pad_probe = False
+                    self._empty_data(length - 1 - data[pos + 9] <= 0, now)
+                self._skip = 0
             pos = nxt
         if pos == end:
             return data
