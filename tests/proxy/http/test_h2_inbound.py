@@ -303,6 +303,44 @@ def test_known_blocks_are_bounded() -> None:
     assert len(rig.exchanges) == 3 * KNOWN_ENTRIES + 1
 
 
+# ------------------------------------------------------------------ DATA frames
+
+
+def _post(peer: Peer, sid: int) -> bytes:
+    return peer.headers(sid, [(b":method", b"POST"), *REQ[1:]], flags=0x4)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        # Bodies in several frames, ending with an empty END_STREAM frame.
+        lambda p: _post(p, 1) + frame(0x0, 0, 1, b"a" * 100) + frame(0x0, 0x1, 1, b""),
+        # Over the stream's window (64 KiB): FLOW_CONTROL_ERROR.
+        lambda p: _post(p, 1) + frame(0x0, 0, 1, b"x" * 16384) * 4 + frame(0x0, 0, 1, b"y"),
+        # DATA after the request ended (STREAM_CLOSED), and on a stream never opened.
+        lambda p: p.headers(1, REQ) + frame(0x0, 0x1, 1, b"late"),
+        lambda p: frame(0x0, 0x1, 7, b"nobody"),
+        # Padded DATA: h2 reads it.
+        lambda p: _post(p, 1) + frame(0x0, 0x9, 1, b"\x02ab\x00\x00"),
+        # Interleaved streams.
+        lambda p: (
+            _post(p, 1)
+            + _post(p, 3)
+            + frame(0x0, 0, 3, b"3")
+            + frame(0x0, 0, 1, b"1")
+            + frame(0x0, 0x1, 3, b"3")
+            + frame(0x0, 0x1, 1, b"1")
+        ),
+    ],
+)
+def test_data_frames_match_h2(make: object) -> None:
+    assert callable(make)
+    data = PREFACE + SETTINGS + make(Peer())
+    same([data])
+    for cut in range(len(PREFACE), len(data), max(11, len(data) // 100)):
+        same([data[:cut], data[cut:]])
+
+
 # ----------------------------------------------- fast path == h2, hostile inputs
 
 
