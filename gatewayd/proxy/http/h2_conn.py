@@ -424,7 +424,12 @@ class BoundedH2Connection(h2.connection.H2Connection):
         return events
 
     def send_response(
-        self, stream_id: int, headers: list[Any], body: bytes, encoded: list[bytes] | None = None
+        self,
+        stream_id: int,
+        headers: list[Any],
+        body: bytes,
+        encoded: list[bytes] | None = None,
+        trailers: list[Any] | None = None,
     ) -> bool:
         """Server side: a whole response (HEADERS, and DATA when ``body``, ending the
         stream) to a request whose stream is half-closed (remote), when it fits the
@@ -436,7 +441,9 @@ class BoundedH2Connection(h2.connection.H2Connection):
         body; and the closed stream moves to h2's closed streams now rather than at
         h2's next count of open streams (``_open_streams`` does exactly that).
         ``encoded``: the fields' bytes (``h2_hpack.plain_field``) when the caller has
-        them, else the encoder encodes ``headers``."""
+        them, else the encoder encodes ``headers``.  ``trailers`` (a gRPC answer's):
+        a last HEADERS frame carries them and the end of the stream, as h2's
+        ``send_headers`` of trailers (``response_sent`` again: trailers sent)."""
         stream = self.streams.get(stream_id)
         if stream is None or not self.fast_outbound or self.state_machine.state is not _SERVER_OPEN:
             return False
@@ -456,25 +463,32 @@ class BoundedH2Connection(h2.connection.H2Connection):
             block = cast(StaticEncoder, self.encoder).join(encoded)
         else:
             block = self.encoder.encode(headers)
+        last = None if trailers is None else self.encoder.encode(trailers)
         machine.headers_sent = True
+        if last is not None:
+            machine.trailers_sent = True
         machine.state = _CLOSED
         machine.stream_closed_by = _BY_SEND_END_STREAM
         out = self._data_to_send
         sid = stream_id.to_bytes(4, "big")
         n = len(block)
-        if n > self.max_outbound_frame_size:  # CONTINUATION frames
-            out += header_frames(stream_id, block, not size, self.max_outbound_frame_size)
-        else:  # RFC 9113 6.2: HEADERS, END_HEADERS (0x4), END_STREAM (0x1) without body
+        max_frame = self.max_outbound_frame_size
+        ends = not size and last is None  # the HEADERS frame ends the stream
+        if n > max_frame:  # CONTINUATION frames
+            out += header_frames(stream_id, block, ends, max_frame)
+        else:  # RFC 9113 6.2: HEADERS, END_HEADERS (0x4), END_STREAM (0x1)
             out += n.to_bytes(3, "big")
-            out += b"\x01\x04" + sid if size else b"\x01\x05" + sid
+            out += b"\x01\x05" + sid if ends else b"\x01\x04" + sid
             out += block
         if size:
             stream.outbound_flow_control_window -= size
             self.outbound_flow_control_window -= size
-            # RFC 9113 6.1: DATA, flag END_STREAM (0x1).
+            # RFC 9113 6.1: DATA, flag END_STREAM (0x1) unless trailers follow.
             out += size.to_bytes(3, "big")
-            out += b"\x00\x01" + sid
+            out += b"\x00\x01" + sid if last is None else b"\x00\x00" + sid
             out += body
+        if last is not None:
+            out += header_frames(stream_id, last, True, max_frame)
         del self.streams[stream_id]
         # h2's SizeLimitDict.__setitem__ is a Python call and a second one for its
         # bound; the same insertion and bound inline.

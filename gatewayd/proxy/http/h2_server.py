@@ -935,12 +935,18 @@ class H2ServerConnection:
             stream.head_pending is not None
             and stream.out_end
             and stream.remote_ended
-            and not stream.trailers_out
-            and h2c.send_response(sid, stream.head_pending, bytes(stream.out), stream.head_encoded)
+            and h2c.send_response(
+                sid,
+                stream.head_pending,
+                bytes(stream.out),
+                stream.head_encoded,
+                stream.trailers_out or None,
+            )
         ):
             # The common case in one go (`BoundedH2Connection.send_response`): a whole
-            # response to a whole request, within the windows and one DATA frame.
-            stream.head_pending = stream.head_encoded = None
+            # response to a whole request, within the windows and one DATA frame, its
+            # trailers (gRPC) in a last HEADERS frame.
+            stream.head_pending = stream.head_encoded = stream.trailers_out = None
             self._response_done(stream)
             return
         try:

@@ -199,13 +199,20 @@ REQUEST = [(b":method", b"GET"), (b":scheme", b"http"), (b":authority", b"a"), (
 RESPONSE = [(b":status", b"200"), (b"content-length", b"5")]
 
 
-def _respond(server: BoundedH2Connection, sid: int, body: bytes) -> None:
+def _respond(
+    server: BoundedH2Connection,
+    sid: int,
+    body: bytes,
+    trailers: list[tuple[bytes, bytes]] | None = None,
+) -> None:
     fields = [(b":status", b"200"), (b"content-length", b"%d" % len(body))]
-    if server.send_response(sid, fields, body):
+    if server.send_response(sid, fields, body, trailers=trailers):
         return
-    server.send_headers(sid, fields, end_stream=not body)
+    server.send_headers(sid, fields, end_stream=not body and not trailers)
     if body:
-        server.send_data(sid, body, end_stream=True)
+        server.send_data(sid, body, end_stream=not trailers)
+    if trailers:
+        server.send_headers(sid, trailers, end_stream=True)
 
 
 def _state(server: BoundedH2Connection) -> tuple[object, ...]:
@@ -225,10 +232,17 @@ def test_send_response_leaves_h2_as_its_own_path_does() -> None:
     for fast in (True, False):
         server, client = _pair(fast)
         clients.append(client)
-        for sid, body in ((1, b"hello"), (3, b""), (5, b"x" * 100)):
+        grpc = [(b"grpc-status", b"0"), (b"grpc-message", b"")]
+        for sid, body, trailers in (
+            (1, b"hello", None),
+            (3, b"", None),
+            (5, b"x" * 100, None),
+            (7, b"\x00\x00\x00\x00\x02hi", grpc),  # a gRPC answer: trailers end it
+            (9, b"", grpc),  # trailers only
+        ):
             client.send_headers(sid, REQUEST, end_stream=True)
             server.receive_data(client.data_to_send())
-            _respond(server, sid, body)
+            _respond(server, sid, body, trailers)
         out = server.data_to_send()
         state = _state(server)
         # Frames on the closed streams afterwards: WINDOW_UPDATE, RST_STREAM, DATA,
@@ -247,8 +261,16 @@ def test_send_response_leaves_h2_as_its_own_path_does() -> None:
         results.append((out, state, after))
     assert results[0] == results[1]
     events = clients[0].receive_data(results[0][0])
-    assert [e.stream_id for e in events if isinstance(e, h2.events.ResponseReceived)] == [1, 3, 5]
-    assert [e.stream_id for e in events if isinstance(e, h2.events.StreamEnded)] == [1, 3, 5]
+    assert [e.stream_id for e in events if isinstance(e, h2.events.ResponseReceived)] == [
+        1,
+        3,
+        5,
+        7,
+        9,
+    ]
+    assert [e.stream_id for e in events if isinstance(e, h2.events.StreamEnded)] == [1, 3, 5, 7, 9]
+    trailers = [e for e in events if isinstance(e, h2.events.TrailersReceived)]
+    assert [(e.stream_id, e.headers) for e in trailers] == [(7, grpc), (9, grpc)]
 
 
 def test_send_response_declines_what_it_does_not_cover() -> None:
