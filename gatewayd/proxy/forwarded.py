@@ -16,6 +16,7 @@ import hashlib
 import ipaddress
 import os
 import random
+from binascii import hexlify as _hexlify
 from functools import lru_cache
 
 from gatewayd.proxy.tracecontext import (
@@ -87,6 +88,29 @@ def _new_request_and_trace_id() -> tuple[bytes, bytes]:
     ``replace``."""
     h = b"%032x" % ((_getrandbits(128) & _UUID_CLEAR) | _UUID_SET)
     return b"%s-%s-%s-%s-%s" % (h[:8], h[8:12], h[12:16], h[16:20], h[20:]), h
+
+
+# The same two masks above a 64-bit span id: one 192-bit draw for the request id, the
+# trace id and the span id of a trace gatewayd starts.
+_UUID_CLEAR_192 = ~(((0xF << 76) | (0x3 << 62)) << 64)
+_UUID_SET_192 = _UUID_SET << 64
+_ZERO_SPAN_HEX = b"0" * 16
+
+
+def _new_ids() -> tuple[bytes, bytes]:
+    """A new request id (``new_request_id``) and the ``traceparent`` body after its
+    version: ``<trace id>-<span id>-`` (the caller adds the flags), the trace id the
+    request id's hex digits.  One 192-bit draw hexlified at once, the pieces joined
+    without ``%`` formatting: 0.61 against 0.80 us for ``_new_request_and_trace_id``
+    plus the span id's draw and formatting (timeit)."""
+    h = _hexlify(((_getrandbits(192) & _UUID_CLEAR_192) | _UUID_SET_192).to_bytes(24, "big"))
+    span = h[32:]
+    while span == _ZERO_SPAN_HEX:  # all zeros is not a valid span id (W3C)
+        span = b"%016x" % _getrandbits(64)
+    return (
+        b"-".join((h[:8], h[8:12], h[12:16], h[16:20], h[20:32])),
+        b"".join((b"00-", h[:32], b"-", span, b"-")),
+    )
 
 
 _VISIBLE = bytes(range(0x21, 0x7F))
@@ -434,12 +458,23 @@ def forward_fields(
             request_id = new_request_id()
         append((_REQUEST_ID, request_id))
         return out, request_id, None, b""
-    made: bytes | None = None  # the hex digits of the request id gatewayd made
-    if not preserve_request_id or request_id is None or not _valid_request_id(request_id):
-        request_id, made = _new_request_and_trace_id()
-    append((_REQUEST_ID, request_id))
     # Two traceparent lines name two parents; neither can be trusted: a new trace.
     parsed = parse_traceparent(parents[0]) if parents is not None and len(parents) == 1 else None
+    new_id = not preserve_request_id or request_id is None or not _valid_request_id(request_id)
+    if parsed is None and new_id:
+        # The usual request: a new id and a new trace named after it, one draw.
+        request_id, tp = _new_ids()
+        append((_REQUEST_ID, request_id))
+        if trace_sample < 1.0 and _rng.random() >= trace_sample:
+            trace_flags = NOT_SAMPLED
+        tp += trace_flags
+        append((TRACEPARENT, tp))
+        return out, request_id, tp, b""
+    made: bytes | None = None  # the hex digits of the request id gatewayd made
+    if new_id:
+        request_id, made = _new_request_and_trace_id()
+    assert request_id is not None  # kept: preserved and valid
+    append((_REQUEST_ID, request_id))
     span_id = _getrandbits(64) or 1  # all zeros is invalid
     if parsed is not None:
         trace_id, parent_in, flags = parsed
@@ -456,6 +491,66 @@ def forward_fields(
     tp = b"00-%s-%016x-%s" % (trace_id, span_id, trace_flags)  # traceparent() inlined
     append((TRACEPARENT, tp))
     return out, request_id, tp, b""
+
+
+# The request fields ``forward_fields`` would drop, keep a copy of or replace (with the
+# ``x-envoy-`` prefix): a request without any of them (the server codec tells, see
+# ``RequestHead.forward_clean``) is forwarded by ``forward_clean`` without that walk.
+FORWARD_WALKED: frozenset[bytes] = HOP_BY_HOP_AND_EXPECT | _OWNED_TRACING
+ENVOY_PREFIX = _ENVOY_PREFIX
+
+# Client address -> (scheme, client_cert, the fields ``forward_fields`` appends for it
+# before the ids): a keep-alive client sends request after request from one address.
+# Bounded (TAILS_SIZE addresses, emptied when full); the scheme and certificate are
+# compared by identity (each connection holds its own objects: a mismatch only
+# rebuilds the entry).
+TAILS_SIZE = 1024
+_tails: dict[str, tuple[bytes, bytes | None, tuple[tuple[bytes, bytes], ...]]] = {}
+
+
+def _tail(
+    peer_ip: str, scheme: bytes, client_cert: bytes | None
+) -> tuple[bytes, bytes | None, tuple[tuple[bytes, bytes], ...]]:
+    peer = peer_ip.encode("ascii")
+    fields: tuple[tuple[bytes, bytes], ...] = ((_XFF, peer), (_EXTERNAL, peer), (_XFP, scheme))
+    if client_cert is not None:
+        fields += ((_XFCC, client_cert),)
+    entry = (scheme, client_cert, fields)
+    if len(_tails) >= TAILS_SIZE:
+        _tails.clear()
+    _tails[peer_ip] = entry
+    return entry
+
+
+def forward_clean(
+    headers: Headers,
+    peer_ip: str,
+    scheme: bytes,
+    client_cert: bytes | None,
+    trace_flags: bytes | None,
+    trace_sample: float,
+) -> tuple[Headers, bytes, bytes | None]:
+    """``forward_fields`` for request fields with none of ``FORWARD_WALKED`` and no
+    ``x-envoy-*`` (a test holds the two to the same fields): every field is kept, so
+    the forwarded list is a copy with the forwarding fields after it (no XFF or
+    X-Forwarded-Proto came, so trusted hops change nothing; no X-Request-Id came, so
+    the id is new; no traceparent came, so the trace is new).  Returns ``(fields,
+    request_id, traceparent sent or None)``.  The walk and the per-request fields
+    it skips: ~0.5 us of the 1.3 us ``forward_fields`` takes on three fields (timeit)."""
+    t = _tails.get(peer_ip)
+    if t is None or t[0] is not scheme or t[1] is not client_cert:
+        t = _tail(peer_ip, scheme, client_cert)
+    out = [*headers, *t[2]]
+    if trace_flags is None:
+        request_id = new_request_id()
+        out.append((_REQUEST_ID, request_id))
+        return out, request_id, None
+    request_id, tp = _new_ids()
+    if trace_sample < 1.0 and _rng.random() >= trace_sample:
+        trace_flags = NOT_SAMPLED
+    tp += trace_flags
+    out += ((_REQUEST_ID, request_id), (TRACEPARENT, tp))
+    return out, request_id, tp
 
 
 def strip_hop_by_hop_set(headers: Headers, name: bytes, value: bytes) -> Headers:

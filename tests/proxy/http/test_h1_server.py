@@ -485,3 +485,40 @@ def test_websocket_upgrade_with_a_body_is_not_upgraded() -> None:
         assert type(ex) is Recorder and ex.head.protocol is None
 
     serve(test)
+
+
+def test_forward_clean_says_whether_forwarding_must_walk_the_fields() -> None:
+    """``RequestHead.forward_clean``: True only when no field is one the forwarding
+    walk drops, keeps a copy of or replaces (forwarded.FORWARD_WALKED, x-envoy-*)."""
+    cases = [
+        (b"Host: a\r\nUser-Agent: u\r\nAccept: */*\r\nX-Custom: 1\r\n", True),
+        (b"Host: a\r\nContent-Length: 0\r\n", True),
+        (b"Host: a\r\nConnection: keep-alive\r\n", False),
+        (b"Host: a\r\nX-Forwarded-For: 192.0.2.1\r\n", False),
+        (b"Host: a\r\nX-Request-Id: r\r\n", False),
+        (b"Host: a\r\nTraceparent: t\r\n", False),
+        (b"Host: a\r\nTracestate: t\r\n", False),
+        (b"Host: a\r\nX-Envoy-Retry-On: 5xx\r\n", False),
+        (b"Host: a\r\nX-Envoy: 1\r\n", True),  # not the x-envoy- prefix
+        (b"Host: a\r\nExpect: 100-continue\r\nContent-Length: 1\r\n", False),
+        (b"Host: a\r\nTE: trailers\r\n", False),
+    ]
+    for fields, clean in cases:
+
+        def test(
+            conn: HttpConnection, t: TransportDouble, fields: bytes = fields, clean: bool = clean
+        ) -> None:
+            conn.data_received(b"GET / HTTP/1.1\r\n" + fields + b"\r\n")
+            [ex] = RECORDED
+            assert ex.head.forward_clean is clean, fields
+
+        serve(test)
+
+    # Chunked: transfer-encoding is hop-by-hop.
+    def chunked(conn: HttpConnection, t: TransportDouble) -> None:
+        conn.data_received(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n")
+        [ex] = RECORDED
+        assert not ex.head.forward_clean
+        assert ex.head.transfer_codings == b"chunked"
+
+    serve(chunked)
