@@ -211,6 +211,15 @@ HOST_CACHE_SIZE: Final = 1024
 HOST_CACHE_LEN: Final = 255
 _host_cache: dict[bytes, str] = {}
 
+# Origin-form request targets seen lately -> (path, query) as bytes and as ``str``, for
+# targets whose path needs no normalizing and that carry no fragment: a client asks for
+# the same few targets again and again, and the dict hit costs ~0.03 us against ~0.37
+# us for the split, the normalization scan and the two decodes (timeit).  Bounded like
+# the Host cache (the targets are the client's).
+TARGET_CACHE_SIZE: Final = 1024
+TARGET_CACHE_LEN: Final = 255
+_target_cache: dict[bytes, tuple[bytes, bytes, str, str]] = {}
+
 # Method tokens as ``str`` for the route table, without a decode per request.
 _METHODS: Final = {
     m.encode("ascii"): m
@@ -448,8 +457,13 @@ class Exchange:
         head = self.head
         url = head.target
         path_policy = proxy.options.path
+        path: str | None = None
         if url[:1] == b"/":
-            path_b, query_b = split_target(url, strip_fragment=path_policy.strip_fragment)
+            cached = _target_cache.get(url)
+            if cached is not None:
+                path_b, query_b, path, query = cached
+            else:
+                path_b, query_b = split_target(url, strip_fragment=path_policy.strip_fragment)
             host_b = head.authority
         elif url == b"*":
             path_b, query_b, host_b = b"*", b"", head.authority
@@ -475,7 +489,9 @@ class Exchange:
             else:
                 headers.append((b"host", host_b))
             head.authority = host_b
-        if path_policy.active and needs_normalizing(path_b) is not None:
+        if path is not None:
+            pass  # a target of the cache: already normal, its pieces decoded
+        elif path_policy.active and needs_normalizing(path_b) is not None:
             # Match and forward the path the backend will act on (pathnorm.py); a path
             # without "%", "//", "/." or "\\" costs one scan here (~0.15 us).
             try:
@@ -495,6 +511,16 @@ class Exchange:
                 self._local(307, LR_PATH_REDIRECT, extra=[(b"location", location)])
                 return
             path_b = norm_b
+        elif url[:1] == b"/" and len(url) <= TARGET_CACHE_LEN and b"#" not in url:
+            # Origin-form, nothing to normalize (or no normalizing) and no fragment: its
+            # pieces are the same under every path policy, so the next request for it
+            # takes them from the cache.  Without normalizing, the scan decides.
+            path = path_b.decode("latin-1")
+            query = query_b.decode("latin-1")
+            if path_policy.active or needs_normalizing(path_b) is None:
+                if len(_target_cache) >= TARGET_CACHE_SIZE:
+                    _target_cache.clear()
+                _target_cache[url] = (path_b, query_b, path, query)
         host = _host_key(host_b) if host_b else ""
         self.host = host
         sni = conn.sni
@@ -512,8 +538,9 @@ class Exchange:
                 self._local(421, LR_MISDIRECTED)
                 return
         method = _METHODS.get(self.method) or self.method.decode("latin-1")
-        path = path_b.decode("latin-1")
-        query = query_b.decode("latin-1")
+        if path is None:
+            path = path_b.decode("latin-1")
+            query = query_b.decode("latin-1")
         hit = lp.table.lookup(host, method, path, query, HeaderView(headers))
         if hit is None:
             self._local(404, LR_NO_ROUTE)
