@@ -193,15 +193,15 @@ class HttpConnection(asyncio.Protocol):
         "deadline",
         "deadline_kind",
         "dispatching",
+        "fields_left",
         "h2",
         "head_fed",
-        "head_size",
+        "head_left",
         "held",
         "key",
         "label",
         "lingering",
         "loop",
-        "n_headers",
         "out",
         "parse_error",
         "parser",
@@ -284,9 +284,11 @@ class HttpConnection(asyncio.Protocol):
         self.parse_error = 0
         self.deadline = 0.0
         self.deadline_kind = D_NONE
-        self.head_size = 0
+        # What the head being parsed may still take (bytes, fields): set from the
+        # limits when a request begins, so each field tests two locals, not the options.
+        self.head_left = 0
         self.head_fed = 0
-        self.n_headers = 0
+        self.fields_left = 0
         # Cleartext HTTP/2 with prior knowledge (RFC 9113 3.3): the first bytes of a
         # plain connection are checked against the preface (None: not sniffing).
         self.sniff: bytes | None = None
@@ -585,28 +587,28 @@ class HttpConnection(asyncio.Protocol):
         h.end_stream = h.expect_continue = False
         h.keep_alive = h.forward_clean = True
         self.trailers = None
-        self.head_size = 0
+        opts = self.proxy.options
+        self.head_left = opts.max_header_bytes
         self.head_fed = 0
-        self.n_headers = 0
+        self.fields_left = opts.max_headers
         if self.deadline_kind == D_IDLE:
-            self.deadline = self.loop.time() + self.proxy.options.header_timeout
+            self.deadline = self.loop.time() + opts.header_timeout
             self.deadline_kind = D_HEAD
 
     def on_url(self, url: bytes) -> None:
         head = self.cur_head
         assert head is not None
         head.target += url
-        self.head_size += len(url)
-        if self.head_size > self.proxy.options.max_header_bytes:
+        left = self.head_left = self.head_left - len(url)
+        if left < 0:
             raise _Reject(431, "request line too long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
         # Head and trailer fields share one budget (the limits bound a request's
         # fields, wherever they are).
-        self.n_headers += 1
-        self.head_size += len(name) + len(value) + 4
-        opts = self.proxy.options
-        if self.n_headers > opts.max_headers or self.head_size > opts.max_header_bytes:
+        left = self.head_left = self.head_left - len(name) - len(value) - 4
+        fields = self.fields_left = self.fields_left - 1
+        if left < 0 or fields < 0:
             raise _Reject(431, "request header fields too large")
         name = name.lower()
         head = self.cur_head
