@@ -156,6 +156,7 @@ def _header(headers: Headers, name: bytes) -> bytes | None:
 
 
 _perf = time.perf_counter  # module-level: one global lookup on the request path
+_new_head = RequestHead.__new__
 
 
 class HeaderView(Mapping[str, str]):
@@ -745,20 +746,35 @@ class Exchange:
         proxy = conn.proxy
         head = self.head
         options = proxy.options
-        fwd = self._forward_fields()
+        if head.forward_clean:
+            # ``_forward_fields``' clean lane inlined (a call less).
+            fwd, self.request_id, self.traceparent = forward_clean(
+                self.headers,
+                conn.peer_ip,
+                conn.scheme,
+                conn.client_cert,
+                proxy.trace_flags,
+                options.trace_sample,
+            )
+        else:
+            fwd = self._forward_fields()
         ops = rule.request_headers
         if ops is not None:
             apply_header_ops(fwd, ops)
         backend = rule.backends[0]
         self.backend = backend
-        self.upstream_head = request_head(
-            self.method,
-            path_b + b"?" + query_b if query_b else path_b,
-            fwd,
-            head.body_length,
-            head.end_stream,
-            head.transfer_codings,
-        )
+        # ``codec.request_head`` inlined (a call less).
+        up_head = self.upstream_head = _new_head(RequestHead)
+        up_head.method = self.method
+        up_head.target = path_b + b"?" + query_b if query_b else path_b
+        up_head.headers = fwd
+        up_head.authority = up_head.scheme = up_head.protocol = None
+        up_head.version = HTTP_11
+        up_head.body_length = head.body_length
+        up_head.end_stream = head.end_stream
+        up_head.expect_continue = up_head.forward_clean = False
+        up_head.keep_alive = True
+        up_head.transfer_codings = head.transfer_codings
         if not self.upgrade:
             # No ``timeouts``: Envoy's default route timeout (see ``_route``).
             wait = options.route_timeout
