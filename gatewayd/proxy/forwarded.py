@@ -18,6 +18,7 @@ import os
 import random
 from binascii import hexlify as _hexlify
 from functools import lru_cache
+from typing import Final
 
 from gatewayd.proxy.tracecontext import (
     NOT_SAMPLED,
@@ -90,27 +91,74 @@ def _new_request_and_trace_id() -> tuple[bytes, bytes]:
     return b"%s-%s-%s-%s-%s" % (h[:8], h[8:12], h[12:16], h[16:20], h[20:]), h
 
 
-# The same two masks above a 64-bit span id: one 192-bit draw for the request id, the
-# trace id and the span id of a trace gatewayd starts.
-_UUID_CLEAR_192 = ~(((0xF << 76) | (0x3 << 62)) << 64)
-_UUID_SET_192 = _UUID_SET << 64
-_ZERO_SPAN_HEX = b"0" * 16
+# Request ids and the traceparents of the traces gatewayd starts, made IDS_BATCH at a
+# time: one draw of 192 random bits per id (the request id's 122 with its version and
+# variant, which are also the trace id's 128; then a 64-bit span id) hexlified at
+# once, then laid into two buffers of fixed-width records by strided slice copies (one
+# C loop per character position, not per id).  A request takes its two records with
+# two slices: ~0.35 us per request against 0.6 us for drawing, hexlifying and joining
+# the pieces per request (timeit; 0.8 us for the formatting before that).
+IDS_BATCH: Final = 256
+_RID_LEN = 36  # 8-4-4-4-12
+_TP_LEN = 53  # "00-" + 32 + "-" + 16 + "-", the flags appended per request
+# Where each of the 32 hex digits sits in a request id.
+_RID_DIGITS = tuple(i for i in range(_RID_LEN) if i not in (8, 13, 18, 23))
+# A random hex digit -> a variant digit (binary 10xx: 8, 9, a or b), uniformly.
+_VARIANT = bytes.maketrans(b"0123456789abcdef", b"89ab89ab89ab89ab")
+_ZERO_SPAN_FIELD = b"-" + b"0" * 16 + b"-"
+_ids_rid = b""
+_ids_tp = b""
+_ids_next = IDS_BATCH  # the next record to hand out; IDS_BATCH: the batch is used up
+
+
+def _fill_ids() -> None:
+    global _ids_rid, _ids_tp, _ids_next
+    n = IDS_BATCH
+    while True:
+        h = _hexlify(_getrandbits(192 * n).to_bytes(24 * n, "big"))  # 48 digits an id
+        trace = bytearray(32 * n)
+        for k in range(32):
+            trace[k::32] = h[k::48]
+        trace[12::32] = b"4" * n  # version 4
+        trace[16::32] = h[16::48].translate(_VARIANT)  # variant 10
+        tp = bytearray(b"-" * (_TP_LEN * n))
+        tp[0::_TP_LEN] = tp[1::_TP_LEN] = b"0" * n  # version 00
+        for k in range(32):
+            tp[3 + k :: _TP_LEN] = trace[k::32]
+        for k in range(16):
+            tp[36 + k :: _TP_LEN] = h[32 + k :: 48]
+        if _ZERO_SPAN_FIELD not in tp:  # an all-zero span id is invalid (W3C): redraw
+            break
+    rid = bytearray(b"-" * (_RID_LEN * n))
+    for k, pos in enumerate(_RID_DIGITS):
+        rid[pos::_RID_LEN] = trace[k::32]
+    _ids_rid = bytes(rid)
+    _ids_tp = bytes(tp)
+    _ids_next = 0
+
+
+def _drop_ids() -> None:
+    # A forked worker must not hand out the ids its parent still holds.
+    global _ids_next
+    _ids_next = IDS_BATCH
+
+
+os.register_at_fork(after_in_child=_drop_ids)
 
 
 def _new_ids() -> tuple[bytes, bytes]:
-    """A new request id (``new_request_id``) and the ``traceparent`` body after its
-    version: ``<trace id>-<span id>-`` (the caller adds the flags), the trace id the
-    request id's hex digits.  One 192-bit draw hexlified at once, the pieces joined
-    without ``%`` formatting: 0.61 against 0.80 us for ``_new_request_and_trace_id``
-    plus the span id's draw and formatting (timeit)."""
-    h = _hexlify(((_getrandbits(192) & _UUID_CLEAR_192) | _UUID_SET_192).to_bytes(24, "big"))
-    span = h[32:]
-    while span == _ZERO_SPAN_HEX:  # all zeros is not a valid span id (W3C)
-        span = b"%016x" % _getrandbits(64)
-    return (
-        b"-".join((h[:8], h[8:12], h[12:16], h[16:20], h[20:32])),
-        b"".join((b"00-", h[:32], b"-", span, b"-")),
-    )
+    """A new request id (``new_request_id``) and the ``traceparent`` of a new trace
+    without its flags, ``00-<trace id>-<span id>-`` (the caller appends them), the
+    trace id the request id's hex digits."""
+    global _ids_next
+    i = _ids_next
+    if i >= IDS_BATCH:
+        _fill_ids()
+        i = 0
+    _ids_next = i + 1
+    r = i * _RID_LEN
+    t = i * _TP_LEN
+    return _ids_rid[r : r + _RID_LEN], _ids_tp[t : t + _TP_LEN]
 
 
 _VISIBLE = bytes(range(0x21, 0x7F))

@@ -542,3 +542,52 @@ def test_new_traces_from_the_clean_lane_are_sampled_at_the_ratio() -> None:
     tps = [forward_clean([], "192.0.2.5", b"http", None, b"01", 0.25)[2] for _ in range(4000)]
     share = sum(1 for tp in tps if tp is not None and tp.endswith(b"-01")) / len(tps)
     assert 0.18 < share < 0.32, share
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_forked_child_does_not_reuse_the_parents_batch_of_ids() -> None:
+    forward_clean([], "192.0.2.5", b"http", None, b"00", 1.0)  # a batch is held now
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: report its next id and exit at once
+        try:
+            os.write(write_fd, forward_clean([], "192.0.2.5", b"http", None, b"00", 1.0)[1])
+        finally:
+            os._exit(0)
+    os.close(write_fd)
+    try:
+        child_id = os.read(read_fd, 64)
+    finally:
+        os.close(read_fd)
+        os.waitpid(pid, 0)
+    assert len(child_id) == 36
+    assert child_id != forward_clean([], "192.0.2.5", b"http", None, b"00", 1.0)[1]
+
+
+def test_ids_batches_are_unique_well_formed_and_never_carry_a_zero_span(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from gatewayd.proxy import forwarded
+
+    draws = iter([0])  # the first batch: every id all zeros (span ids included)
+    calls: list[int] = []
+
+    def getrandbits(k: int) -> int:
+        calls.append(k)
+        drawn = next(draws, None)
+        return forwarded._rng.getrandbits(k) if drawn is None else drawn
+
+    monkeypatch.setattr(forwarded, "_getrandbits", getrandbits)
+    forwarded._drop_ids()
+    seen = set()
+    for _ in range(3 * forwarded.IDS_BATCH):
+        rid, tp = forwarded._new_ids()
+        u = uuid.UUID(rid.decode("ascii"))
+        assert (u.version, u.variant) == (4, uuid.RFC_4122) and str(u).encode() == rid
+        assert len(tp) == 53 and tp.startswith(b"00-") and tp.endswith(b"-")
+        assert tp[3:35] == u.hex.encode() and tp[36:52] != b"0" * 16
+        assert tp[35:36] == b"-"
+        seen.add(rid)
+    assert len(seen) == 3 * forwarded.IDS_BATCH
+    assert calls[:2] == [192 * forwarded.IDS_BATCH] * 2  # the zero batch was redrawn
+    forwarded._drop_ids()  # later tests draw from the real generator again
