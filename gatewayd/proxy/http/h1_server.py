@@ -564,6 +564,11 @@ class HttpConnection(asyncio.Protocol):
             self.abort()
         else:
             if self.cur_head is not None:
+                if self.deadline_kind == D_IDLE:
+                    # A request began in this read and its head is not complete: from
+                    # now on it must complete in time (``on_message_begin``).
+                    self.deadline = self.loop.time() + self.proxy.options.header_timeout
+                    self.deadline_kind = D_HEAD
                 # A head arriving in pieces is held by the parser: bound it here too.
                 self.head_fed += len(data)
                 if self.head_fed > self.proxy.options.max_header_bytes:
@@ -591,9 +596,9 @@ class HttpConnection(asyncio.Protocol):
         self.head_left = opts.max_header_bytes
         self.head_fed = 0
         self.fields_left = opts.max_headers
-        if self.deadline_kind == D_IDLE:
-            self.deadline = self.loop.time() + opts.header_timeout
-            self.deadline_kind = D_HEAD
+        # The head deadline (D_IDLE -> D_HEAD) is set by ``_parse`` once the read ends
+        # with this head incomplete: a head that completes within its read never needs
+        # it (the sweep cannot run in between), and that is the usual request.
 
     def on_url(self, url: bytes) -> None:
         head = self.cur_head
@@ -649,7 +654,7 @@ class HttpConnection(asyncio.Protocol):
         assert p is not None  # feed_data is calling us
         version = head.version = p.get_http_version()
         method = head.method = p.get_method()
-        head.keep_alive = bool(p.should_keep_alive()) and not self.closing
+        head.keep_alive = p.should_keep_alive() and not self.closing  # a bool already
         if head.transfer_codings is not None:
             head.body_length = None  # chunked: streamed until the last chunk
         elif head.body_length is None:

@@ -522,3 +522,34 @@ def test_forward_clean_says_whether_forwarding_must_walk_the_fields() -> None:
         assert ex.head.transfer_codings == b"chunked"
 
     serve(chunked)
+
+
+def test_a_head_incomplete_at_the_end_of_a_read_gets_the_head_deadline() -> None:
+    """Between keep-alive requests the idle deadline runs; a head left incomplete by a
+    read switches it to the head deadline (408 when it passes), a head complete within
+    its read goes straight to being served."""
+    from gatewayd.proxy.http.h1_server import D_HEAD, D_IDLE, D_NONE
+
+    def test(conn: HttpConnection, t: TransportDouble) -> None:
+        conn.data_received(b"GET /a HTTP/1.1\r\nHost: a\r\n\r\n")
+        assert conn.deadline_kind == D_NONE
+        respond(conn)
+        assert conn.deadline_kind == D_IDLE
+        conn.data_received(b"GET /b HTTP/1.1\r\nHost: a\r\n\r\n")
+        assert conn.deadline_kind == D_NONE
+        respond(conn)
+        assert conn.deadline_kind == D_IDLE
+        conn.data_received(b"GE")
+        assert conn.deadline_kind == D_HEAD and conn.deadline > 0.0
+        conn.data_received(b"T /c HTTP/1.1\r\nHo")
+        assert conn.deadline_kind == D_HEAD
+        conn.data_received(b"st: a\r\n\r\n")
+        assert conn.deadline_kind == D_NONE
+        respond(conn)
+        conn.data_received(b"GET /d HTTP/1.1\r\n")
+        t.take()
+        conn.on_deadline()
+        assert t.take().startswith(b"HTTP/1.1 408 ")
+        assert [ex.head.target for ex in RECORDED] == [b"/a", b"/b", b"/c"]
+
+    serve(test, header_timeout=5.0)
