@@ -503,7 +503,7 @@ def forward_fields(
         append((_XFCC, client_cert))
     if trace_flags is None:
         if not preserve_request_id or request_id is None or not _valid_request_id(request_id):
-            request_id = new_request_id()
+            request_id = _new_ids()[0]  # a batch record: ~0.3 us less
         append((_REQUEST_ID, request_id))
         return out, request_id, None, b""
     # Two traceparent lines name two parents; neither can be trusted: a new trace.
@@ -590,7 +590,7 @@ def forward_clean(
         t = _tail(peer_ip, scheme, client_cert)
     out = [*headers, *t[2]]
     if trace_flags is None:
-        request_id = new_request_id()
+        request_id = _new_ids()[0]
         out.append((_REQUEST_ID, request_id))
         return out, request_id, None
     request_id, tp = _new_ids()
