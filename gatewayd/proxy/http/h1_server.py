@@ -96,9 +96,10 @@ F_EOF: Final = 2  # close-delimited (HTTP/1.0 client, unknown length)
 
 CONTINUE_100: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
 
-# What ``on_header`` does with a request field: read it (K_HOST, K_LENGTH), or read it
-# and mark the head for the forwarding walk (K_CODINGS, K_EXPECT, K_WALKED: the names
-# of ``forwarded.FORWARD_WALKED``).  Other names: only the ``x-envoy-`` prefix matters.
+# What ``on_header`` does with a request field: nothing (K_PLAIN), read it (K_HOST,
+# K_LENGTH), or read it and mark the head for the forwarding walk (K_CODINGS,
+# K_EXPECT, K_WALKED: the names of ``forwarded.FORWARD_WALKED`` and ``x-envoy-*``).
+K_PLAIN: Final = 0
 K_HOST: Final = 1
 K_LENGTH: Final = 2
 K_CODINGS: Final = 3
@@ -111,6 +112,32 @@ _FIELD_KIND: Final[dict[bytes, int]] = {
     b"transfer-encoding": K_CODINGS,
     b"expect": K_EXPECT,
 }
+
+# Field names as received -> (lower-case name, K_* kind): a client sends the same
+# names in the same spelling on every request, and the dict hit replaces lower(), the
+# kind lookup and the prefix test (~0.1 us less per field, bench_h1_inproc), and
+# hands on one lower-case bytes object per name whose hash is computed once.
+# Bounded (the names are the client's): NAME_CACHE_SIZE names of at most
+# NAME_CACHE_LEN bytes, emptied when full.
+NAME_CACHE_SIZE: Final = 1024
+NAME_CACHE_LEN: Final = 64
+_name_cache: dict[bytes, tuple[bytes, int]] = {}
+
+
+def _name_info(name: bytes) -> tuple[bytes, int]:
+    """``(name.lower(), its K_* kind)``, through the bounded cache."""
+    info = _name_cache.get(name)
+    if info is None:
+        lower = name.lower()
+        kind = _FIELD_KIND.get(lower)
+        if kind is None:
+            kind = K_WALKED if lower[:8] == _ENVOY_PREFIX else K_PLAIN
+        info = (lower, kind)
+        if len(name) <= NAME_CACHE_LEN:
+            if len(_name_cache) >= NAME_CACHE_SIZE:
+                _name_cache.clear()
+            _name_cache[name] = info
+    return info
 
 
 class _Stopped(Exception):
@@ -615,7 +642,8 @@ class HttpConnection(asyncio.Protocol):
         fields = self.fields_left = self.fields_left - 1
         if left < 0 or fields < 0:
             raise _Reject(431, "request header fields too large")
-        name = name.lower()
+        info = _name_cache.get(name)  # ``_name_info``'s hit inlined (a call less)
+        name, kind = info if info is not None else _name_info(name)
         head = self.cur_head
         if head is None:
             # Trailer fields of a chunked request (RFC 9110 6.5), relayed with its end.
@@ -624,13 +652,9 @@ class HttpConnection(asyncio.Protocol):
             self.trailers.append((name, value))
             return
         head.headers.append((name, value))
-        # One dict lookup tells the fields this codec reads and those forwarding walks
-        # (``RequestHead.forward_clean``) from the rest, where four compares did.
-        kind = _FIELD_KIND.get(name)
-        if kind is None:
-            if name[:8] == _ENVOY_PREFIX:
-                head.forward_clean = False
-        elif kind == K_HOST:
+        if not kind:
+            return
+        if kind == K_HOST:
             # RFC 9112 3.2: "A server MUST respond with a 400 (Bad Request) status code
             # to any HTTP/1.1 request message that lacks a Host header field and to any
             # request message that contains more than one Host header field line".
@@ -640,6 +664,7 @@ class HttpConnection(asyncio.Protocol):
         elif kind == K_LENGTH:
             head.body_length = int(value)  # digits only: the parser checked
         else:
+            # A field the forwarding walk handles (``RequestHead.forward_clean``).
             head.forward_clean = False
             if kind == K_CODINGS:
                 head.transfer_codings = value

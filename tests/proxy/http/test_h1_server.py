@@ -553,3 +553,39 @@ def test_a_head_incomplete_at_the_end_of_a_read_gets_the_head_deadline() -> None
         assert [ex.head.target for ex in RECORDED] == [b"/a", b"/b", b"/c"]
 
     serve(test, header_timeout=5.0)
+
+
+def test_field_name_cache_is_bounded_and_agrees_with_lower() -> None:
+    from gatewayd.proxy.http import h1_server as h1
+
+    for i in range(3 * h1.NAME_CACHE_SIZE):
+        raw = b"X-Field-%d" % i
+        assert h1._name_info(raw) == (raw.lower(), h1.K_PLAIN)
+        assert len(h1._name_cache) <= h1.NAME_CACHE_SIZE
+    long_name = b"A" * (h1.NAME_CACHE_LEN + 1)
+    assert h1._name_info(long_name) == (b"a" * (h1.NAME_CACHE_LEN + 1), h1.K_PLAIN)
+    assert long_name not in h1._name_cache  # long names are never kept
+    assert h1._name_info(b"HoSt") == (b"host", h1.K_HOST)
+    assert h1._name_info(b"X-ENVOY-Retry-On") == (b"x-envoy-retry-on", h1.K_WALKED)
+    assert h1._name_info(b"Content-Length") == (b"content-length", h1.K_LENGTH)
+    assert h1._name_info(b"X-Forwarded-For") == (b"x-forwarded-for", h1.K_WALKED)
+
+
+def test_field_names_in_any_spelling_are_read_the_same() -> None:
+    def test(conn: HttpConnection, t: TransportDouble) -> None:
+        for host, length in ((b"Host", b"Content-Length"), (b"HOST", b"content-LENGTH")):
+            conn.data_received(
+                b"POST / HTTP/1.1\r\n%s: a\r\n%s: 2\r\nX-Envoy-Upstream-Rq-Timeout-Ms: 1"
+                b"\r\n\r\nok" % (host, length)
+            )
+            ex = RECORDED[-1]
+            assert ex.head.authority == b"a" and ex.head.body_length == 2
+            assert [n for n, _ in ex.head.headers] == [
+                b"host",
+                b"content-length",
+                b"x-envoy-upstream-rq-timeout-ms",
+            ]
+            assert not ex.head.forward_clean
+            respond(conn)
+
+    serve(test)
