@@ -16,7 +16,9 @@ import hashlib
 import ipaddress
 import os
 import random
+from binascii import hexlify as _hexlify
 from functools import lru_cache
+from typing import Final
 
 from gatewayd.proxy.tracecontext import (
     NOT_SAMPLED,
@@ -87,6 +89,76 @@ def _new_request_and_trace_id() -> tuple[bytes, bytes]:
     ``replace``."""
     h = b"%032x" % ((_getrandbits(128) & _UUID_CLEAR) | _UUID_SET)
     return b"%s-%s-%s-%s-%s" % (h[:8], h[8:12], h[12:16], h[16:20], h[20:]), h
+
+
+# Request ids and the traceparents of the traces gatewayd starts, made IDS_BATCH at a
+# time: one draw of 192 random bits per id (the request id's 122 with its version and
+# variant, which are also the trace id's 128; then a 64-bit span id) hexlified at
+# once, then laid into two buffers of fixed-width records by strided slice copies (one
+# C loop per character position, not per id).  A request takes its two records with
+# two slices: ~0.35 us per request against 0.6 us for drawing, hexlifying and joining
+# the pieces per request (timeit; 0.8 us for the formatting before that).
+IDS_BATCH: Final = 256
+_RID_LEN = 36  # 8-4-4-4-12
+_TP_LEN = 53  # "00-" + 32 + "-" + 16 + "-", the flags appended per request
+# Where each of the 32 hex digits sits in a request id.
+_RID_DIGITS = tuple(i for i in range(_RID_LEN) if i not in (8, 13, 18, 23))
+# A random hex digit -> a variant digit (binary 10xx: 8, 9, a or b), uniformly.
+_VARIANT = bytes.maketrans(b"0123456789abcdef", b"89ab89ab89ab89ab")
+_ZERO_SPAN_FIELD = b"-" + b"0" * 16 + b"-"
+_ids_rid = b""
+_ids_tp = b""
+_ids_next = IDS_BATCH  # the next record to hand out; IDS_BATCH: the batch is used up
+
+
+def _fill_ids() -> None:
+    global _ids_rid, _ids_tp, _ids_next
+    n = IDS_BATCH
+    while True:
+        h = _hexlify(_getrandbits(192 * n).to_bytes(24 * n, "big"))  # 48 digits an id
+        trace = bytearray(32 * n)
+        for k in range(32):
+            trace[k::32] = h[k::48]
+        trace[12::32] = b"4" * n  # version 4
+        trace[16::32] = h[16::48].translate(_VARIANT)  # variant 10
+        tp = bytearray(b"-" * (_TP_LEN * n))
+        tp[0::_TP_LEN] = tp[1::_TP_LEN] = b"0" * n  # version 00
+        for k in range(32):
+            tp[3 + k :: _TP_LEN] = trace[k::32]
+        for k in range(16):
+            tp[36 + k :: _TP_LEN] = h[32 + k :: 48]
+        if _ZERO_SPAN_FIELD not in tp:  # an all-zero span id is invalid (W3C): redraw
+            break
+    rid = bytearray(b"-" * (_RID_LEN * n))
+    for k, pos in enumerate(_RID_DIGITS):
+        rid[pos::_RID_LEN] = trace[k::32]
+    _ids_rid = bytes(rid)
+    _ids_tp = bytes(tp)
+    _ids_next = 0
+
+
+def _drop_ids() -> None:
+    # A forked worker must not hand out the ids its parent still holds.
+    global _ids_next
+    _ids_next = IDS_BATCH
+
+
+os.register_at_fork(after_in_child=_drop_ids)
+
+
+def _new_ids() -> tuple[bytes, bytes]:
+    """A new request id (``new_request_id``) and the ``traceparent`` of a new trace
+    without its flags, ``00-<trace id>-<span id>-`` (the caller appends them), the
+    trace id the request id's hex digits."""
+    global _ids_next
+    i = _ids_next
+    if i >= IDS_BATCH:
+        _fill_ids()
+        i = 0
+    _ids_next = i + 1
+    r = i * _RID_LEN
+    t = i * _TP_LEN
+    return _ids_rid[r : r + _RID_LEN], _ids_tp[t : t + _TP_LEN]
 
 
 _VISIBLE = bytes(range(0x21, 0x7F))
@@ -431,15 +503,26 @@ def forward_fields(
         append((_XFCC, client_cert))
     if trace_flags is None:
         if not preserve_request_id or request_id is None or not _valid_request_id(request_id):
-            request_id = new_request_id()
+            request_id = _new_ids()[0]  # a batch record: ~0.3 us less
         append((_REQUEST_ID, request_id))
         return out, request_id, None, b""
-    made: bytes | None = None  # the hex digits of the request id gatewayd made
-    if not preserve_request_id or request_id is None or not _valid_request_id(request_id):
-        request_id, made = _new_request_and_trace_id()
-    append((_REQUEST_ID, request_id))
     # Two traceparent lines name two parents; neither can be trusted: a new trace.
     parsed = parse_traceparent(parents[0]) if parents is not None and len(parents) == 1 else None
+    new_id = not preserve_request_id or request_id is None or not _valid_request_id(request_id)
+    if parsed is None and new_id:
+        # The usual request: a new id and a new trace named after it, one draw.
+        request_id, tp = _new_ids()
+        append((_REQUEST_ID, request_id))
+        if trace_sample < 1.0 and _rng.random() >= trace_sample:
+            trace_flags = NOT_SAMPLED
+        tp += trace_flags
+        append((TRACEPARENT, tp))
+        return out, request_id, tp, b""
+    made: bytes | None = None  # the hex digits of the request id gatewayd made
+    if new_id:
+        request_id, made = _new_request_and_trace_id()
+    assert request_id is not None  # kept: preserved and valid
+    append((_REQUEST_ID, request_id))
     span_id = _getrandbits(64) or 1  # all zeros is invalid
     if parsed is not None:
         trace_id, parent_in, flags = parsed
@@ -456,6 +539,66 @@ def forward_fields(
     tp = b"00-%s-%016x-%s" % (trace_id, span_id, trace_flags)  # traceparent() inlined
     append((TRACEPARENT, tp))
     return out, request_id, tp, b""
+
+
+# The request fields ``forward_fields`` would drop, keep a copy of or replace (with the
+# ``x-envoy-`` prefix): a request without any of them (the server codec tells, see
+# ``RequestHead.forward_clean``) is forwarded by ``forward_clean`` without that walk.
+FORWARD_WALKED: frozenset[bytes] = HOP_BY_HOP_AND_EXPECT | _OWNED_TRACING
+ENVOY_PREFIX = _ENVOY_PREFIX
+
+# Client address -> (scheme, client_cert, the fields ``forward_fields`` appends for it
+# before the ids): a keep-alive client sends request after request from one address.
+# Bounded (TAILS_SIZE addresses, emptied when full); the scheme and certificate are
+# compared by identity (each connection holds its own objects: a mismatch only
+# rebuilds the entry).
+TAILS_SIZE = 1024
+_tails: dict[str, tuple[bytes, bytes | None, tuple[tuple[bytes, bytes], ...]]] = {}
+
+
+def _tail(
+    peer_ip: str, scheme: bytes, client_cert: bytes | None
+) -> tuple[bytes, bytes | None, tuple[tuple[bytes, bytes], ...]]:
+    peer = peer_ip.encode("ascii")
+    fields: tuple[tuple[bytes, bytes], ...] = ((_XFF, peer), (_EXTERNAL, peer), (_XFP, scheme))
+    if client_cert is not None:
+        fields += ((_XFCC, client_cert),)
+    entry = (scheme, client_cert, fields)
+    if len(_tails) >= TAILS_SIZE:
+        _tails.clear()
+    _tails[peer_ip] = entry
+    return entry
+
+
+def forward_clean(
+    headers: Headers,
+    peer_ip: str,
+    scheme: bytes,
+    client_cert: bytes | None,
+    trace_flags: bytes | None,
+    trace_sample: float,
+) -> tuple[Headers, bytes, bytes | None]:
+    """``forward_fields`` for request fields with none of ``FORWARD_WALKED`` and no
+    ``x-envoy-*`` (a test holds the two to the same fields): every field is kept, so
+    the forwarded list is a copy with the forwarding fields after it (no XFF or
+    X-Forwarded-Proto came, so trusted hops change nothing; no X-Request-Id came, so
+    the id is new; no traceparent came, so the trace is new).  Returns ``(fields,
+    request_id, traceparent sent or None)``.  The walk and the per-request fields
+    it skips: ~0.5 us of the 1.3 us ``forward_fields`` takes on three fields (timeit)."""
+    t = _tails.get(peer_ip)
+    if t is None or t[0] is not scheme or t[1] is not client_cert:
+        t = _tail(peer_ip, scheme, client_cert)
+    out = [*headers, *t[2]]
+    if trace_flags is None:
+        request_id = _new_ids()[0]
+        out.append((_REQUEST_ID, request_id))
+        return out, request_id, None
+    request_id, tp = _new_ids()
+    if trace_sample < 1.0 and _rng.random() >= trace_sample:
+        trace_flags = NOT_SAMPLED
+    tp += trace_flags
+    out += ((_REQUEST_ID, request_id), (TRACEPARENT, tp))
+    return out, request_id, tp
 
 
 def strip_hop_by_hop_set(headers: Headers, name: bytes, value: bytes) -> Headers:

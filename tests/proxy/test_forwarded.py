@@ -8,10 +8,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gatewayd.proxy.forwarded import (
+    FORWARD_WALKED,
     HOP_BY_HOP,
     HOP_BY_HOP_AND_EXPECT,
     add_forwarding_headers,
     client_cert_details,
+    forward_clean,
+    forward_fields,
     forward_request_headers,
     new_request_id,
     strip_hop_by_hop,
@@ -471,3 +474,120 @@ def test_strip_hop_by_hop_set_is_strip_then_set(headers: Headers) -> None:
         two.append((b"x-request-id", b"rid"))
     assert strip_hop_by_hop_set(headers, b"x-request-id", b"rid") == two
     assert headers == received
+
+
+# --------------------------------------------------------------------------- clean lane
+
+_CLEAN_NAMES = [b"host", b"accept", b"user-agent", b"x-custom", b"content-length", b"x-envoy"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    headers=st.lists(
+        st.tuples(st.sampled_from(_CLEAN_NAMES), st.sampled_from(_VALUES)), max_size=8
+    ),
+    hops=st.integers(min_value=0, max_value=3),
+    preserve=st.booleans(),
+    cert=st.sampled_from([None, b"Hash=ab"]),
+    scheme=st.sampled_from([b"http", b"https"]),
+    peer=st.sampled_from(["192.0.2.5", "2001:db8::1"]),
+    flags=st.sampled_from([None, b"00", b"01"]),
+)
+def test_forward_clean_is_forward_fields_on_clean_fields(
+    headers: Headers,
+    hops: int,
+    preserve: bool,
+    cert: bytes | None,
+    scheme: bytes,
+    peer: str,
+    flags: bytes | None,
+) -> None:
+    """On fields without any of FORWARD_WALKED or x-envoy-*, ``forward_clean`` gives
+    ``forward_fields``' fields (ids aside: new on each call), whatever the options."""
+    assert not any(n in FORWARD_WALKED or n.startswith(b"x-envoy-") for n, _ in headers)
+    received = list(headers)
+    want, _, want_tp, _ = forward_fields(
+        headers, peer, scheme, cert, HOP_BY_HOP, hops, preserve, flags, 1.0
+    )
+    got, rid, tp = forward_clean(headers, peer, scheme, cert, flags, 1.0)
+    assert headers == received
+    n = 1 if flags is None else 2
+    assert got[:-n] == want[:-n]
+    assert [name for name, _ in got[-n:]] == [name for name, _ in want[-n:]]
+    assert got[-n] == (b"x-request-id", rid)
+    u = uuid.UUID(rid.decode("ascii"))
+    assert (u.version, u.variant) == (4, uuid.RFC_4122) and str(u).encode() == rid
+    if flags is None:
+        assert tp is None is want_tp
+    else:
+        assert got[-1] == (b"traceparent", tp)
+        assert tp is not None and tp[3:35] == u.hex.encode()
+        assert tp.endswith(b"-" + flags) and len(tp) == 55 and tp[36:52] != b"0" * 16
+
+
+def test_forward_clean_follows_the_connection_it_is_given() -> None:
+    """The per-address cache never hands one connection's scheme or certificate to
+    another from the same address."""
+    h: Headers = [(b"host", b"a")]
+    a, _, _ = forward_clean(h, "192.0.2.9", b"http", None, None, 1.0)
+    b, _, _ = forward_clean(h, "192.0.2.9", b"https", b"Hash=cd", None, 1.0)
+    c, _, _ = forward_clean(h, "192.0.2.9", b"http", None, None, 1.0)
+    assert values(a, b"x-forwarded-proto") == [b"http"] == values(c, b"x-forwarded-proto")
+    assert values(b, b"x-forwarded-proto") == [b"https"]
+    assert values(b, b"x-forwarded-client-cert") == [b"Hash=cd"]
+    assert values(a, b"x-forwarded-client-cert") == [] == values(c, b"x-forwarded-client-cert")
+
+
+def test_new_traces_from_the_clean_lane_are_sampled_at_the_ratio() -> None:
+    tps = [forward_clean([], "192.0.2.5", b"http", None, b"01", 0.25)[2] for _ in range(4000)]
+    share = sum(1 for tp in tps if tp is not None and tp.endswith(b"-01")) / len(tps)
+    assert 0.18 < share < 0.32, share
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_forked_child_does_not_reuse_the_parents_batch_of_ids() -> None:
+    forward_clean([], "192.0.2.5", b"http", None, b"00", 1.0)  # a batch is held now
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: report its next id and exit at once
+        try:
+            os.write(write_fd, forward_clean([], "192.0.2.5", b"http", None, b"00", 1.0)[1])
+        finally:
+            os._exit(0)
+    os.close(write_fd)
+    try:
+        child_id = os.read(read_fd, 64)
+    finally:
+        os.close(read_fd)
+        os.waitpid(pid, 0)
+    assert len(child_id) == 36
+    assert child_id != forward_clean([], "192.0.2.5", b"http", None, b"00", 1.0)[1]
+
+
+def test_ids_batches_are_unique_well_formed_and_never_carry_a_zero_span(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from gatewayd.proxy import forwarded
+
+    draws = iter([0])  # the first batch: every id all zeros (span ids included)
+    calls: list[int] = []
+
+    def getrandbits(k: int) -> int:
+        calls.append(k)
+        drawn = next(draws, None)
+        return forwarded._rng.getrandbits(k) if drawn is None else drawn
+
+    monkeypatch.setattr(forwarded, "_getrandbits", getrandbits)
+    forwarded._drop_ids()
+    seen = set()
+    for _ in range(3 * forwarded.IDS_BATCH):
+        rid, tp = forwarded._new_ids()
+        u = uuid.UUID(rid.decode("ascii"))
+        assert (u.version, u.variant) == (4, uuid.RFC_4122) and str(u).encode() == rid
+        assert len(tp) == 53 and tp.startswith(b"00-") and tp.endswith(b"-")
+        assert tp[3:35] == u.hex.encode() and tp[36:52] != b"0" * 16
+        assert tp[35:36] == b"-"
+        seen.add(rid)
+    assert len(seen) == 3 * forwarded.IDS_BATCH
+    assert calls[:2] == [192 * forwarded.IDS_BATCH] * 2  # the zero batch was redrawn
+    forwarded._drop_ids()  # later tests draw from the real generator again

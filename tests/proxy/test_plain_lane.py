@@ -179,3 +179,46 @@ def test_plain_rule_with_several_endpoints_is_balanced() -> None:
         await two.stop()
 
     run(main())
+
+
+def test_a_repeated_target_is_matched_and_forwarded_as_the_first_time() -> None:
+    """The second request for a target takes its pieces from the exchange's target
+    cache (only targets already normal and without a fragment are kept): the table is
+    asked the same, the backend gets the same; a clean request (no field the
+    forwarding walk handles) and one with such fields are forwarded alike."""
+    from gatewayd.proxy.http import exchange
+
+    async def main() -> None:
+        be = await start_backend()
+        proxy, port, table = await start_proxy({"/p": hit(rule(backend("b", be.port)))})
+        c = await Client.open(port)
+        targets = ("/p/x?q=1&r", "/p//a/./b?q", "/p/c#frag", "/p/d?")
+        for target in targets:
+            for extra in ("", "user-agent: t\r\n", REQUEST_FIELDS):
+                assert (await c.get(target, extra=extra)).status == 200
+        assert [r.target for r in be.requests] == [
+            t for t in ("/p/x?q=1&r", "/p/a/b?q", "/p/c", "/p/d") for _ in range(3)
+        ]
+        asked = [s[2:4] for s in table.seen]
+        assert asked == [
+            a
+            for a in (("/p/x", "q=1&r"), ("/p/a/b", "q"), ("/p/c", ""), ("/p/d", ""))
+            for _ in range(3)
+        ]
+        assert exchange._target_cache[b"/p/x?q=1&r"] == (b"/p/x", b"q=1&r", "/p/x", "q=1&r")
+        assert b"/p//a/./b?q" not in exchange._target_cache  # normalized every time
+        assert b"/p/c#frag" not in exchange._target_cache
+        # The trace id is new on each request without a traceparent: blanked too.
+        seen = [
+            [(n, "<trace>" if n == "traceparent" else v) for n, v in _seen(r)] for r in be.requests
+        ]
+        for i in range(0, len(seen), 3):
+            assert seen[i] == [(n, v) for n, v in seen[i + 1] if n != "user-agent"]
+            assert ("traceparent", "<trace>") in seen[i]
+            # The third request's fields went through the walk.
+            assert dict(seen[i + 2])["x-forwarded-for"] == "10.0.0.1, 10.0.0.2, 127.0.0.1"
+        c.close()
+        await proxy.close()
+        await be.stop()
+
+    run(main())

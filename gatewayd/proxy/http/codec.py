@@ -109,6 +109,7 @@ class RequestHead:
         "body_length",
         "end_stream",
         "expect_continue",
+        "forward_clean",
         "headers",
         "keep_alive",
         "method",
@@ -166,6 +167,11 @@ class RequestHead:
         # codings in front of its own chunking).
         self.keep_alive = keep_alive
         self.transfer_codings = transfer_codings
+        # The server codec saw no field that ``forwarded.forward_fields`` drops, keeps a
+        # copy of or replaces (``forwarded.FORWARD_WALKED``, ``x-envoy-*``): the
+        # exchange forwards the fields without walking them (``forward_clean``).
+        # False unless a codec checked (HTTP/1.1 does, as it reads each field).
+        self.forward_clean = False
 
 
 _new_head = RequestHead.__new__
@@ -196,6 +202,7 @@ def request_head(
     h.protocol = None
     h.keep_alive = True
     h.transfer_codings = transfer_codings
+    h.forward_clean = False
     return h
 
 

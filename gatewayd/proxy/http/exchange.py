@@ -43,6 +43,7 @@ from gatewayd.proxy.filters import (
 from gatewayd.proxy.forwarded import (
     HOP_BY_HOP,
     HOP_BY_HOP_AND_EXPECT,
+    forward_clean,
     forward_fields,
     strip_hop_by_hop,
     strip_hop_by_hop_set,
@@ -155,6 +156,7 @@ def _header(headers: Headers, name: bytes) -> bytes | None:
 
 
 _perf = time.perf_counter  # module-level: one global lookup on the request path
+_new_head = RequestHead.__new__
 
 
 class HeaderView(Mapping[str, str]):
@@ -209,6 +211,15 @@ class HeaderView(Mapping[str, str]):
 HOST_CACHE_SIZE: Final = 1024
 HOST_CACHE_LEN: Final = 255
 _host_cache: dict[bytes, str] = {}
+
+# Origin-form request targets seen lately -> (path, query) as bytes and as ``str``, for
+# targets whose path needs no normalizing and that carry no fragment: a client asks for
+# the same few targets again and again, and the dict hit costs ~0.03 us against ~0.37
+# us for the split, the normalization scan and the two decodes (timeit).  Bounded like
+# the Host cache (the targets are the client's).
+TARGET_CACHE_SIZE: Final = 1024
+TARGET_CACHE_LEN: Final = 255
+_target_cache: dict[bytes, tuple[bytes, bytes, str, str]] = {}
 
 # Method tokens as ``str`` for the route table, without a decode per request.
 _METHODS: Final = {
@@ -447,8 +458,13 @@ class Exchange:
         head = self.head
         url = head.target
         path_policy = proxy.options.path
+        path: str | None = None
         if url[:1] == b"/":
-            path_b, query_b = split_target(url, strip_fragment=path_policy.strip_fragment)
+            cached = _target_cache.get(url)
+            if cached is not None:
+                path_b, query_b, path, query = cached
+            else:
+                path_b, query_b = split_target(url, strip_fragment=path_policy.strip_fragment)
             host_b = head.authority
         elif url == b"*":
             path_b, query_b, host_b = b"*", b"", head.authority
@@ -474,7 +490,9 @@ class Exchange:
             else:
                 headers.append((b"host", host_b))
             head.authority = host_b
-        if path_policy.active and needs_normalizing(path_b) is not None:
+        if path is not None:
+            pass  # a target of the cache: already normal, its pieces decoded
+        elif path_policy.active and needs_normalizing(path_b) is not None:
             # Match and forward the path the backend will act on (pathnorm.py); a path
             # without "%", "//", "/." or "\\" costs one scan here (~0.15 us).
             try:
@@ -494,7 +512,20 @@ class Exchange:
                 self._local(307, LR_PATH_REDIRECT, extra=[(b"location", location)])
                 return
             path_b = norm_b
-        host = _host_key(host_b) if host_b else ""
+        elif url[:1] == b"/" and len(url) <= TARGET_CACHE_LEN and b"#" not in url:
+            # Origin-form, nothing to normalize (or no normalizing) and no fragment: its
+            # pieces are the same under every path policy, so the next request for it
+            # takes them from the cache.  Without normalizing, the scan decides.
+            path = path_b.decode("latin-1")
+            query = query_b.decode("latin-1")
+            if path_policy.active or needs_normalizing(path_b) is None:
+                if len(_target_cache) >= TARGET_CACHE_SIZE:
+                    _target_cache.clear()
+                _target_cache[url] = (path_b, query_b, path, query)
+        # ``_host_key``'s cache hit inlined (a call less).
+        host = _host_cache.get(host_b) if host_b else ""
+        if host is None:
+            host = _host_key(host_b)
         self.host = host
         sni = conn.sni
         if sni is not None:
@@ -511,8 +542,9 @@ class Exchange:
                 self._local(421, LR_MISDIRECTED)
                 return
         method = _METHODS.get(self.method) or self.method.decode("latin-1")
-        path = path_b.decode("latin-1")
-        query = query_b.decode("latin-1")
+        if path is None:
+            path = path_b.decode("latin-1")
+            query = query_b.decode("latin-1")
         hit = lp.table.lookup(host, method, path, query, HeaderView(headers))
         if hit is None:
             self._local(404, LR_NO_ROUTE)
@@ -680,6 +712,18 @@ class Exchange:
         conn = self.conn
         proxy = conn.proxy
         options = proxy.options
+        if self.head.forward_clean:
+            # No field the walk would drop or replace (the codec checked each):
+            # ``forward_fields``' result without its walk (~0.5 us less, timeit).
+            fwd, self.request_id, self.traceparent = forward_clean(
+                self.headers,
+                conn.peer_ip,
+                conn.scheme,
+                conn.client_cert,
+                proxy.trace_flags,
+                options.trace_sample,
+            )
+            return fwd
         fwd, self.request_id, self.traceparent, self.trace_parent = forward_fields(
             self.headers,
             conn.peer_ip,
@@ -705,20 +749,35 @@ class Exchange:
         proxy = conn.proxy
         head = self.head
         options = proxy.options
-        fwd = self._forward_fields()
+        if head.forward_clean:
+            # ``_forward_fields``' clean lane inlined (a call less).
+            fwd, self.request_id, self.traceparent = forward_clean(
+                self.headers,
+                conn.peer_ip,
+                conn.scheme,
+                conn.client_cert,
+                proxy.trace_flags,
+                options.trace_sample,
+            )
+        else:
+            fwd = self._forward_fields()
         ops = rule.request_headers
         if ops is not None:
             apply_header_ops(fwd, ops)
         backend = rule.backends[0]
         self.backend = backend
-        self.upstream_head = request_head(
-            self.method,
-            path_b + b"?" + query_b if query_b else path_b,
-            fwd,
-            head.body_length,
-            head.end_stream,
-            head.transfer_codings,
-        )
+        # ``codec.request_head`` inlined (a call less).
+        up_head = self.upstream_head = _new_head(RequestHead)
+        up_head.method = self.method
+        up_head.target = path_b + b"?" + query_b if query_b else path_b
+        up_head.headers = fwd
+        up_head.authority = up_head.scheme = up_head.protocol = None
+        up_head.version = HTTP_11
+        up_head.body_length = head.body_length
+        up_head.end_stream = head.end_stream
+        up_head.expect_continue = up_head.forward_clean = False
+        up_head.keep_alive = True
+        up_head.transfer_codings = head.transfer_codings
         if not self.upgrade:
             # No ``timeouts``: Envoy's default route timeout (see ``_route``).
             wait = options.route_timeout

@@ -485,3 +485,107 @@ def test_websocket_upgrade_with_a_body_is_not_upgraded() -> None:
         assert type(ex) is Recorder and ex.head.protocol is None
 
     serve(test)
+
+
+def test_forward_clean_says_whether_forwarding_must_walk_the_fields() -> None:
+    """``RequestHead.forward_clean``: True only when no field is one the forwarding
+    walk drops, keeps a copy of or replaces (forwarded.FORWARD_WALKED, x-envoy-*)."""
+    cases = [
+        (b"Host: a\r\nUser-Agent: u\r\nAccept: */*\r\nX-Custom: 1\r\n", True),
+        (b"Host: a\r\nContent-Length: 0\r\n", True),
+        (b"Host: a\r\nConnection: keep-alive\r\n", False),
+        (b"Host: a\r\nX-Forwarded-For: 192.0.2.1\r\n", False),
+        (b"Host: a\r\nX-Request-Id: r\r\n", False),
+        (b"Host: a\r\nTraceparent: t\r\n", False),
+        (b"Host: a\r\nTracestate: t\r\n", False),
+        (b"Host: a\r\nX-Envoy-Retry-On: 5xx\r\n", False),
+        (b"Host: a\r\nX-Envoy: 1\r\n", True),  # not the x-envoy- prefix
+        (b"Host: a\r\nExpect: 100-continue\r\nContent-Length: 1\r\n", False),
+        (b"Host: a\r\nTE: trailers\r\n", False),
+    ]
+    for fields, clean in cases:
+
+        def test(
+            conn: HttpConnection, t: TransportDouble, fields: bytes = fields, clean: bool = clean
+        ) -> None:
+            conn.data_received(b"GET / HTTP/1.1\r\n" + fields + b"\r\n")
+            [ex] = RECORDED
+            assert ex.head.forward_clean is clean, fields
+
+        serve(test)
+
+    # Chunked: transfer-encoding is hop-by-hop.
+    def chunked(conn: HttpConnection, t: TransportDouble) -> None:
+        conn.data_received(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n")
+        [ex] = RECORDED
+        assert not ex.head.forward_clean
+        assert ex.head.transfer_codings == b"chunked"
+
+    serve(chunked)
+
+
+def test_a_head_incomplete_at_the_end_of_a_read_gets_the_head_deadline() -> None:
+    """Between keep-alive requests the idle deadline runs; a head left incomplete by a
+    read switches it to the head deadline (408 when it passes), a head complete within
+    its read goes straight to being served."""
+    from gatewayd.proxy.http.h1_server import D_HEAD, D_IDLE, D_NONE
+
+    def test(conn: HttpConnection, t: TransportDouble) -> None:
+        conn.data_received(b"GET /a HTTP/1.1\r\nHost: a\r\n\r\n")
+        assert conn.deadline_kind == D_NONE
+        respond(conn)
+        assert conn.deadline_kind == D_IDLE
+        conn.data_received(b"GET /b HTTP/1.1\r\nHost: a\r\n\r\n")
+        assert conn.deadline_kind == D_NONE
+        respond(conn)
+        assert conn.deadline_kind == D_IDLE
+        conn.data_received(b"GE")
+        assert conn.deadline_kind == D_HEAD and conn.deadline > 0.0
+        conn.data_received(b"T /c HTTP/1.1\r\nHo")
+        assert conn.deadline_kind == D_HEAD
+        conn.data_received(b"st: a\r\n\r\n")
+        assert conn.deadline_kind == D_NONE
+        respond(conn)
+        conn.data_received(b"GET /d HTTP/1.1\r\n")
+        t.take()
+        conn.on_deadline()
+        assert t.take().startswith(b"HTTP/1.1 408 ")
+        assert [ex.head.target for ex in RECORDED] == [b"/a", b"/b", b"/c"]
+
+    serve(test, header_timeout=5.0)
+
+
+def test_field_name_cache_is_bounded_and_agrees_with_lower() -> None:
+    from gatewayd.proxy.http import h1_server as h1
+
+    for i in range(3 * h1.NAME_CACHE_SIZE):
+        raw = b"X-Field-%d" % i
+        assert h1._name_info(raw) == (raw.lower(), h1.K_PLAIN)
+        assert len(h1._name_cache) <= h1.NAME_CACHE_SIZE
+    long_name = b"A" * (h1.NAME_CACHE_LEN + 1)
+    assert h1._name_info(long_name) == (b"a" * (h1.NAME_CACHE_LEN + 1), h1.K_PLAIN)
+    assert long_name not in h1._name_cache  # long names are never kept
+    assert h1._name_info(b"HoSt") == (b"host", h1.K_HOST)
+    assert h1._name_info(b"X-ENVOY-Retry-On") == (b"x-envoy-retry-on", h1.K_WALKED)
+    assert h1._name_info(b"Content-Length") == (b"content-length", h1.K_LENGTH)
+    assert h1._name_info(b"X-Forwarded-For") == (b"x-forwarded-for", h1.K_WALKED)
+
+
+def test_field_names_in_any_spelling_are_read_the_same() -> None:
+    def test(conn: HttpConnection, t: TransportDouble) -> None:
+        for host, length in ((b"Host", b"Content-Length"), (b"HOST", b"content-LENGTH")):
+            conn.data_received(
+                b"POST / HTTP/1.1\r\n%s: a\r\n%s: 2\r\nX-Envoy-Upstream-Rq-Timeout-Ms: 1"
+                b"\r\n\r\nok" % (host, length)
+            )
+            ex = RECORDED[-1]
+            assert ex.head.authority == b"a" and ex.head.body_length == 2
+            assert [n for n, _ in ex.head.headers] == [
+                b"host",
+                b"content-length",
+                b"x-envoy-upstream-rq-timeout-ms",
+            ]
+            assert not ex.head.forward_clean
+            respond(conn)
+
+    serve(test)
