@@ -132,17 +132,19 @@ class UpstreamConnection(asyncio.Protocol):
         "chunked_out",
         "closed",
         "done_in_feed",
+        "fields_left",
         "got_bytes",
         "handler",
         "has_length",
         "head_done",
         "head_fed",
-        "head_size",
+        "head_room",
         "headers",
         "idle_since",
         "key",
         "label",
-        "n_headers",
+        "max_bytes",
+        "max_fields",
         "parser",
         "parser_dirty",
         "poller",
@@ -192,11 +194,15 @@ class UpstreamConnection(asyncio.Protocol):
         self.tunnel = False  # switched protocols (101): raw bytes, never pooled again
         # Response head accounting: bytes fed since the parser last produced a final
         # head or body bytes (what it may be holding: a head, interim responses, a
-        # trailer section), and the header bytes and fields of the current message.
+        # trailer section), and the header bytes and fields the current message may
+        # still have (counted down from the pool's limits, copied here: two attribute
+        # loads less per field).
         self.head_fed = 0
         self.progress = False
-        self.head_size = 0
-        self.n_headers = 0
+        self.max_bytes = pool.max_header_bytes
+        self.max_fields = pool.max_headers
+        self.head_room = self.max_bytes
+        self.fields_left = self.max_fields
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -258,8 +264,6 @@ class UpstreamConnection(asyncio.Protocol):
         self._head_request = head_request
         self._skip_complete = False
         self.head_fed = 0
-        self.head_size = 0
-        self.n_headers = 0
 
     def has_stale_input(self) -> bool:
         """Bytes (or an EOF) arrived that no request asked for and the loop has not
@@ -474,19 +478,20 @@ class UpstreamConnection(asyncio.Protocol):
         # Fields are counted per message; ``head_fed`` is not reset here, so interim
         # responses (100, 103) count towards the final head's bytes and a backend
         # cannot keep a request waiting behind an endless stream of them.
-        self.head_size = 0
-        self.n_headers = 0
+        self.head_room = self.max_bytes
+        self.fields_left = self.max_fields
 
     def on_status(self, reason: bytes) -> None:
-        self.head_size += len(reason)
+        self.head_room -= len(reason)
 
     def on_header(self, name: bytes, value: bytes) -> None:
         # The request side's limits, counted the same way (server.py on_header), also
-        # for trailer fields, which the parser holds just like head fields.
-        self.n_headers += 1
-        self.head_size += len(name) + len(value) + 4
-        pool = self.pool
-        if self.n_headers > pool.max_headers or self.head_size > pool.max_header_bytes:
+        # for trailer fields, which the parser holds just like head fields.  Counted
+        # down, one store and one test each: ~0.3 us less per head of nine fields than
+        # counting up against the pool's attributes (bench_h1_inproc --nginx-head).
+        self.fields_left -= 1
+        self.head_room -= len(name) + len(value) + 4
+        if self.head_room < 0 or self.fields_left < 0:
             raise UpstreamHeadersTooLarge("response header fields too large")
         name = name.lower()
         if self.head_done:
@@ -521,8 +526,8 @@ class UpstreamConnection(asyncio.Protocol):
             self._skip_complete = True
             return
         self.head_done = True
-        self.n_headers = 0  # trailer fields get a fresh count
-        self.head_size = 0
+        self.fields_left = self.max_fields  # trailer fields get a fresh count
+        self.head_room = self.max_bytes
         self.head_fed = 0
         self.progress = True
         # One ResponseHead per connection, refilled for each response: the exchange
