@@ -60,10 +60,17 @@ EndpointKey = tuple[str, int, str]
 
 _LAST_CHUNK: Final = b"0\r\n\r\n"
 
+# A read of a Content-Length body this big or bigger skips the parser (``_body_read``):
+# the parser copies what it is fed (0.19 us for 16 KiB), about what replacing it
+# after the response costs (0.24 us); smaller reads go through it.  Once one read
+# skipped it, the rest of the body does too.
+BODY_READ_MIN: Final = 16 * 1024
+
 # Kept for callers of the old name: what the connection reports to.
 UpstreamHandler = ClientCallbacks
 
 __all__ = [
+    "BODY_READ_MIN",
     "MAX_HEADERS",
     "MAX_HEADER_BYTES",
     "WRITE_HIGH",
@@ -127,6 +134,7 @@ class UpstreamConnection(asyncio.Protocol):
         "_head_request",
         "_reusable",
         "_skip_complete",
+        "body_left",
         "body_length",
         "chunked",
         "chunked_out",
@@ -177,6 +185,9 @@ class UpstreamConnection(asyncio.Protocol):
         self.head_done = False
         self.has_length = False
         self.body_length: int | None = None
+        # Content-Length bytes of the response still to come once its head is read
+        # (0: none, or the parser frames the body: chunked, until EOF, no body).
+        self.body_left = 0
         self.chunked = False
         self.chunked_out = False  # the request body is being chunked
         self.read_mask = 0
@@ -257,6 +268,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.head_done = False
         self.has_length = False
         self.body_length = None
+        self.body_left = 0
         self.chunked = False
         self.chunked_out = False
         self.trailers = None
@@ -398,6 +410,9 @@ class UpstreamConnection(asyncio.Protocol):
             self.pool.drop_idle(self)
             return
         self.got_bytes = True
+        if self.body_left and (self.parser_dirty or len(data) >= BODY_READ_MIN):
+            self._body_read(h, data)
+            return
         self.done_in_feed = False
         self.progress = False
         try:
@@ -438,6 +453,40 @@ class UpstreamConnection(asyncio.Protocol):
                 if self.head_fed > self.pool.max_header_bytes:
                     self._broken(h, UpstreamHeadersTooLarge("response head too large"))
                     return
+            h.on_flush()
+        except Exception:
+            log.exception("upstream %s:%d: relaying the response failed", *self.key[:2])
+            self.abort()
+            h.on_fatal()
+
+    def _body_read(self, h: ClientCallbacks, data: bytes) -> None:
+        """A read after the head of a response framed by Content-Length: body bytes,
+        relayed as they are, without the parser.  Through the parser each read costs
+        a feed and a copy of the bytes into a new object (0.75 us for 64 KiB, 0.19 us
+        for 16 KiB, measured) and a callback; here nothing is copied.  The parser,
+        which has not seen these bytes, is replaced before the next response
+        (``parser_dirty``); what it says of keep-alive comes from the head, so it is
+        still asked once the body is complete.  Bytes past the end of the body are
+        not the answer to anything: the response stands, the connection closes (as
+        when the parser finds them after the end, ``_broken``)."""
+        self.parser_dirty = True
+        left = self.body_left
+        n = len(data)
+        try:
+            if n < left:
+                self.body_left = left - n
+                h.on_response_data(data)
+                h.on_flush()
+                return
+            self.body_left = 0
+            self.handler = None
+            if n == left:
+                h.on_response_data(data)
+                h.on_response_end(self, None, self.parser.should_keep_alive() and not self.closed)
+                return
+            h.on_response_data(data[:left])
+            self.abort()
+            h.on_response_end(self, None, False)
             h.on_flush()
         except Exception:
             log.exception("upstream %s:%d: relaying the response failed", *self.key[:2])
@@ -535,8 +584,10 @@ class UpstreamConnection(asyncio.Protocol):
         rh = self.resp_head
         rh.status = status
         rh.headers = self.headers
-        rh.body_length = self.body_length
-        rh.end_stream = self._head_request or status == 204 or status == 304
+        rh.body_length = length = self.body_length
+        rh.end_stream = end = self._head_request or status == 204 or status == 304
+        if length and not end:
+            self.body_left = length  # on_body counts it down, or _body_read
         h.on_response_head(self, rh)
         if self._head_request and self.handler is h:
             # RFC 9110 9.3.2: the response to HEAD has no content, whatever its framing
@@ -582,6 +633,8 @@ class UpstreamConnection(asyncio.Protocol):
             raise UpstreamProtocolError("unexpected response body")
         self.progress = True
         self.head_fed = 0
+        if self.body_left:  # a Content-Length body (0 for the parser's other framings)
+            self.body_left -= len(body)
         h.on_response_data(body)
 
     def on_message_complete(self) -> None:
