@@ -163,6 +163,9 @@ class ProxyMetrics(Collector):
         self.rq_active = 0  # requests routed and not yet answered (all listeners)
         self._ds_cx: dict[str, int] = {}
         self._ds_cx_total: dict[str, int] = {}
+        # Upstream responses: this process's, per (backend, route) (``upstream_request``)
+        # and those ``absorb`` added from other processes, by backend or route.
+        self._up: dict[tuple[str, str], _Requests] = {}
         self._us_rq: dict[tuple[str, int], int] = {}
         self._route_rq: dict[tuple[str, int], int] = {}
         self._us_time: dict[str, _Histogram] = {}
@@ -221,17 +224,44 @@ class ProxyMetrics(Collector):
     def upstream_request(self, backend: str, route: str, status: int, duration_s: float) -> None:
         """An upstream response (its status) received from ``backend`` for a request
         routed by ``route`` (the rule's "namespace/name/rule/N")."""
-        key = (backend, status)
-        rq = self._us_rq
-        rq[key] = rq.get(key, 0) + 1
-        rkey = (route, status)
-        route_rq = self._route_rq
-        route_rq[rkey] = route_rq.get(rkey, 0) + 1
-        hist = self._us_time.get(backend)
-        if hist is None:
-            hist = self._us_time[backend] = _Histogram()
-        hist.counts[bisect_left(BUCKETS, duration_s)] += 1
-        hist.total += duration_s
+        # One slot per (backend, route): a single tuple-keyed lookup per response, the
+        # per-backend and per-route series are summed from the slots when read.  Three
+        # tuple-keyed counters (each hashed twice: get, then set) cost ~0.7 us more
+        # per request (bench_h1_inproc --metrics, no-op comparison).
+        key = (backend, route)
+        slot = self._up.get(key)
+        if slot is None:
+            slot = self._up[key] = _Requests()
+        codes = slot.codes
+        codes[status] = codes.get(status, 0) + 1
+        slot.counts[bisect_left(BUCKETS, duration_s)] += 1
+        slot.total += duration_s
+
+    def _upstream_series(
+        self,
+    ) -> tuple[dict[tuple[str, int], int], dict[tuple[str, int], int], dict[str, _Histogram]]:
+        """Upstream responses by (backend, status), by (route, status), and their
+        durations by backend: what ``absorb`` added plus this process's slots.  New
+        dicts and histograms, read from snapshots (``list(...)``), nothing mutated."""
+        us_rq = dict(self._us_rq)
+        route_rq = dict(self._route_rq)
+        us_time: dict[str, _Histogram] = {}
+        for backend, h in list(self._us_time.items()):
+            mine = us_time[backend] = _Histogram()
+            mine.counts = list(h.counts)
+            mine.total = h.total
+        for (backend, route), slot in list(self._up.items()):
+            for status, n in list(slot.codes.items()):
+                k = (backend, status)
+                us_rq[k] = us_rq.get(k, 0) + n
+                k = (route, status)
+                route_rq[k] = route_rq.get(k, 0) + n
+            hist = us_time.get(backend)
+            if hist is None:
+                hist = us_time[backend] = _Histogram()
+            hist.counts = [a + b for a, b in zip(hist.counts, list(slot.counts), strict=True)]
+            hist.total += slot.total
+        return us_rq, route_rq, us_time
 
     def upstream_connect_fail(self, backend: str) -> None:
         fails = self._us_fail
@@ -377,7 +407,10 @@ class ProxyMetrics(Collector):
         out["_rq"] = {
             k: (dict(r.codes), list(r.counts), r.total) for k, r in list(self._rq.items())
         }
-        out["_us_time"] = {k: (list(h.counts), h.total) for k, h in list(self._us_time.items())}
+        us_rq, route_rq, us_time = self._upstream_series()
+        out["_us_rq"] = us_rq
+        out["_route_rq"] = route_rq
+        out["_us_time"] = {k: (h.counts, h.total) for k, h in us_time.items()}
         out["rq_active"] = self.rq_active
         return out
 
@@ -451,6 +484,7 @@ class ProxyMetrics(Collector):
             value=self.rq_active,
         )
         port = self._port
+        us_rq, route_rq, us_time = self._upstream_series()
         yield _gauge(
             "gatewayd_downstream_cx_active",
             "Open downstream connections, by the Gateway listeners of their socket.",
@@ -467,19 +501,19 @@ class ProxyMetrics(Collector):
             "gatewayd_upstream_rq",
             "Upstream responses by status code.",
             ("backend", "code"),
-            {(b, str(s)): n for (b, s), n in list(self._us_rq.items())},
+            {(b, str(s)): n for (b, s), n in us_rq.items()},
         )
         yield _counter(
             "gatewayd_route_upstream_rq",
             "Upstream responses by route rule and status code.",
             ("route", "code"),
-            {(r, str(s)): n for (r, s), n in list(self._route_rq.items())},
+            {(r, str(s)): n for (r, s), n in route_rq.items()},
         )
         yield _histogram(
             "gatewayd_upstream_rq_duration_seconds",
             "Time from sending a request upstream to the end of its response.",
             "backend",
-            self._us_time,
+            us_time,
         )
         yield _gauge(
             "gatewayd_upstream_cx_active",

@@ -189,6 +189,38 @@ def test_upstream_series(reg: CollectorRegistry) -> None:
     assert got[("gatewayd_upstream_rq_duration_seconds_sum", (b,))] == pytest.approx(0.06)
 
 
+def test_upstream_series_sum_own_and_absorbed_counts_and_reading_changes_nothing(
+    reg: CollectorRegistry,
+) -> None:
+    # Counted per (backend, route) on the hot path, summed by backend and by route when
+    # read; a supervisor's own responses add to what it absorbed from workers.
+    worker = ProxyMetrics(CollectorRegistry())
+    worker.upstream_request("ns/a:80", "ns/r/rule/0", 200, 0.001)
+    worker.upstream_request("ns/b:80", "ns/r/rule/0", 200, 0.5)
+    m = ProxyMetrics(reg)
+    m.absorb(pickle.loads(pickle.dumps(worker.export())))
+    m.upstream_request("ns/a:80", "ns/r/rule/1", 200, 0.002)
+    m.upstream_request("ns/a:80", "ns/r/rule/0", 503, 0.003)
+    for _ in range(2):  # a second scrape reads the same values
+        got = samples(reg)
+        a = ("backend", "ns/a:80")
+        assert got[("gatewayd_upstream_rq_total", (a, ("code", "200")))] == 2
+        assert got[("gatewayd_upstream_rq_total", (a, ("code", "503")))] == 1
+        assert got[("gatewayd_upstream_rq_total", (("backend", "ns/b:80"), ("code", "200")))] == 1
+        r0 = ("route", "ns/r/rule/0")
+        assert got[("gatewayd_route_upstream_rq_total", (("code", "200"), r0))] == 2
+        assert got[("gatewayd_route_upstream_rq_total", (("code", "503"), r0))] == 1
+        r1 = ("route", "ns/r/rule/1")
+        assert got[("gatewayd_route_upstream_rq_total", (("code", "200"), r1))] == 1
+        h = "gatewayd_upstream_rq_duration_seconds"
+        assert got[(h + "_count", (a,))] == 3
+        assert got[(h + "_bucket", (a, ("le", "0.001")))] == 1
+        assert got[(h + "_sum", (a,))] == pytest.approx(0.006)
+        assert got[(h + "_count", (("backend", "ns/b:80"),))] == 1
+    exported = m.export()
+    assert exported["_us_rq"] == {("ns/a:80", 200): 2, ("ns/a:80", 503): 1, ("ns/b:80", 200): 1}
+
+
 def test_connections_local_replies_and_config(reg: CollectorRegistry) -> None:
     m = ProxyMetrics(reg)
     m.downstream_cx("l", 1)

@@ -60,10 +60,17 @@ EndpointKey = tuple[str, int, str]
 
 _LAST_CHUNK: Final = b"0\r\n\r\n"
 
+# A read of a Content-Length body this big or bigger skips the parser (``_body_read``):
+# the parser copies what it is fed (0.19 us for 16 KiB), about what replacing it
+# after the response costs (0.24 us); smaller reads go through it.  Once one read
+# skipped it, the rest of the body does too.
+BODY_READ_MIN: Final = 16 * 1024
+
 # Kept for callers of the old name: what the connection reports to.
 UpstreamHandler = ClientCallbacks
 
 __all__ = [
+    "BODY_READ_MIN",
     "MAX_HEADERS",
     "MAX_HEADER_BYTES",
     "WRITE_HIGH",
@@ -127,22 +134,25 @@ class UpstreamConnection(asyncio.Protocol):
         "_head_request",
         "_reusable",
         "_skip_complete",
+        "body_left",
         "body_length",
         "chunked",
         "chunked_out",
         "closed",
         "done_in_feed",
+        "fields_left",
         "got_bytes",
         "handler",
         "has_length",
         "head_done",
         "head_fed",
-        "head_size",
+        "head_room",
         "headers",
         "idle_since",
         "key",
         "label",
-        "n_headers",
+        "max_bytes",
+        "max_fields",
         "parser",
         "parser_dirty",
         "poller",
@@ -175,6 +185,9 @@ class UpstreamConnection(asyncio.Protocol):
         self.head_done = False
         self.has_length = False
         self.body_length: int | None = None
+        # Content-Length bytes of the response still to come once its head is read
+        # (0: none, or the parser frames the body: chunked, until EOF, no body).
+        self.body_left = 0
         self.chunked = False
         self.chunked_out = False  # the request body is being chunked
         self.read_mask = 0
@@ -192,11 +205,15 @@ class UpstreamConnection(asyncio.Protocol):
         self.tunnel = False  # switched protocols (101): raw bytes, never pooled again
         # Response head accounting: bytes fed since the parser last produced a final
         # head or body bytes (what it may be holding: a head, interim responses, a
-        # trailer section), and the header bytes and fields of the current message.
+        # trailer section), and the header bytes and fields the current message may
+        # still have (counted down from the pool's limits, copied here: two attribute
+        # loads less per field).
         self.head_fed = 0
         self.progress = False
-        self.head_size = 0
-        self.n_headers = 0
+        self.max_bytes = pool.max_header_bytes
+        self.max_fields = pool.max_headers
+        self.head_room = self.max_bytes
+        self.fields_left = self.max_fields
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -251,6 +268,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.head_done = False
         self.has_length = False
         self.body_length = None
+        self.body_left = 0
         self.chunked = False
         self.chunked_out = False
         self.trailers = None
@@ -258,8 +276,6 @@ class UpstreamConnection(asyncio.Protocol):
         self._head_request = head_request
         self._skip_complete = False
         self.head_fed = 0
-        self.head_size = 0
-        self.n_headers = 0
 
     def has_stale_input(self) -> bool:
         """Bytes (or an EOF) arrived that no request asked for and the loop has not
@@ -394,6 +410,9 @@ class UpstreamConnection(asyncio.Protocol):
             self.pool.drop_idle(self)
             return
         self.got_bytes = True
+        if self.body_left and (self.parser_dirty or len(data) >= BODY_READ_MIN):
+            self._body_read(h, data)
+            return
         self.done_in_feed = False
         self.progress = False
         try:
@@ -440,6 +459,40 @@ class UpstreamConnection(asyncio.Protocol):
             self.abort()
             h.on_fatal()
 
+    def _body_read(self, h: ClientCallbacks, data: bytes) -> None:
+        """A read after the head of a response framed by Content-Length: body bytes,
+        relayed as they are, without the parser.  Through the parser each read costs
+        a feed and a copy of the bytes into a new object (0.75 us for 64 KiB, 0.19 us
+        for 16 KiB, measured) and a callback; here nothing is copied.  The parser,
+        which has not seen these bytes, is replaced before the next response
+        (``parser_dirty``); what it says of keep-alive comes from the head, so it is
+        still asked once the body is complete.  Bytes past the end of the body are
+        not the answer to anything: the response stands, the connection closes (as
+        when the parser finds them after the end, ``_broken``)."""
+        self.parser_dirty = True
+        left = self.body_left
+        n = len(data)
+        try:
+            if n < left:
+                self.body_left = left - n
+                h.on_response_data(data)
+                h.on_flush()
+                return
+            self.body_left = 0
+            self.handler = None
+            if n == left:
+                h.on_response_data(data)
+                h.on_response_end(self, None, self.parser.should_keep_alive() and not self.closed)
+                return
+            h.on_response_data(data[:left])
+            self.abort()
+            h.on_response_end(self, None, False)
+            h.on_flush()
+        except Exception:
+            log.exception("upstream %s:%d: relaying the response failed", *self.key[:2])
+            self.abort()
+            h.on_fatal()
+
     def _broken(self, h: ClientCallbacks, exc: BaseException) -> None:
         """The backend broke the protocol while ``h`` was bound (or just after its
         response ended): the connection is closed, never reused.  A response that was
@@ -474,19 +527,20 @@ class UpstreamConnection(asyncio.Protocol):
         # Fields are counted per message; ``head_fed`` is not reset here, so interim
         # responses (100, 103) count towards the final head's bytes and a backend
         # cannot keep a request waiting behind an endless stream of them.
-        self.head_size = 0
-        self.n_headers = 0
+        self.head_room = self.max_bytes
+        self.fields_left = self.max_fields
 
     def on_status(self, reason: bytes) -> None:
-        self.head_size += len(reason)
+        self.head_room -= len(reason)
 
     def on_header(self, name: bytes, value: bytes) -> None:
         # The request side's limits, counted the same way (server.py on_header), also
-        # for trailer fields, which the parser holds just like head fields.
-        self.n_headers += 1
-        self.head_size += len(name) + len(value) + 4
-        pool = self.pool
-        if self.n_headers > pool.max_headers or self.head_size > pool.max_header_bytes:
+        # for trailer fields, which the parser holds just like head fields.  Counted
+        # down, one store and one test each: ~0.3 us less per head of nine fields than
+        # counting up against the pool's attributes (bench_h1_inproc --nginx-head).
+        self.fields_left -= 1
+        self.head_room -= len(name) + len(value) + 4
+        if self.head_room < 0 or self.fields_left < 0:
             raise UpstreamHeadersTooLarge("response header fields too large")
         name = name.lower()
         if self.head_done:
@@ -521,8 +575,8 @@ class UpstreamConnection(asyncio.Protocol):
             self._skip_complete = True
             return
         self.head_done = True
-        self.n_headers = 0  # trailer fields get a fresh count
-        self.head_size = 0
+        self.fields_left = self.max_fields  # trailer fields get a fresh count
+        self.head_room = self.max_bytes
         self.head_fed = 0
         self.progress = True
         # One ResponseHead per connection, refilled for each response: the exchange
@@ -530,8 +584,10 @@ class UpstreamConnection(asyncio.Protocol):
         rh = self.resp_head
         rh.status = status
         rh.headers = self.headers
-        rh.body_length = self.body_length
-        rh.end_stream = self._head_request or status == 204 or status == 304
+        rh.body_length = length = self.body_length
+        rh.end_stream = end = self._head_request or status == 204 or status == 304
+        if length and not end:
+            self.body_left = length  # on_body counts it down, or _body_read
         h.on_response_head(self, rh)
         if self._head_request and self.handler is h:
             # RFC 9110 9.3.2: the response to HEAD has no content, whatever its framing
@@ -577,6 +633,8 @@ class UpstreamConnection(asyncio.Protocol):
             raise UpstreamProtocolError("unexpected response body")
         self.progress = True
         self.head_fed = 0
+        if self.body_left:  # a Content-Length body (0 for the parser's other framings)
+            self.body_left -= len(body)
         h.on_response_data(body)
 
     def on_message_complete(self) -> None:

@@ -18,7 +18,7 @@ from gatewayd.proxy.http.codec import (
     UpstreamHeadersTooLarge,
     UpstreamProtocolError,
 )
-from gatewayd.proxy.http.h1_client import UpstreamConnection
+from gatewayd.proxy.http.h1_client import BODY_READ_MIN, UpstreamConnection
 from gatewayd.proxy.http.pool import UpstreamPool
 
 
@@ -198,6 +198,72 @@ def test_a_byte_after_the_response_makes_it_unusable() -> None:
         assert t.aborted
 
     client(test)
+
+
+def test_body_reads_after_the_head_are_relayed_as_they_are() -> None:
+    # Reads after the head of a Content-Length response skip the parser: the very
+    # objects read are relayed, the end is found by counting, keep-alive still holds,
+    # and the next response on the connection is parsed by a fresh parser.
+    def test(conn: UpstreamConnection, t: TransportDouble, rec: Recorder) -> None:
+        parts: list[bytes] = []
+        rec.on_response_data = parts.append  # type: ignore[method-assign]
+        n = BODY_READ_MIN
+        conn.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\nab" % (2 * n + 6))
+        small, big, last = b"cdef", b"g" * n, b"h" * n
+        conn.data_received(small)  # below BODY_READ_MIN: through the parser
+        conn.data_received(big)
+        assert rec.events[-1] == ("flush",) and conn.handler is rec
+        conn.data_received(last)
+        assert parts[:2] == [b"ab", small] and parts[2] is big and parts[3] is last
+        assert rec.events[-1] == ("end", True) and conn.handler is None
+        assert not t.aborted
+        again = Recorder()
+        conn.bind(again, False)
+        conn.data_received(b"HTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok")
+        assert again.events == [("head", 201), ("end", True)] and again.body == b"ok"
+
+    client(test)
+
+
+def test_body_read_past_the_length_ends_the_response_and_the_connection() -> None:
+    def test(conn: UpstreamConnection, t: TransportDouble, rec: Recorder) -> None:
+        n = BODY_READ_MIN
+        conn.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % (n + 2))
+        conn.data_received(b"a" * n)
+        conn.data_received(b"bcHTTP/1.1 200 OK\r\n\r\n")
+        assert rec.body == b"a" * n + b"bc"
+        assert ("end", False) in rec.events and t.aborted
+
+    client(test)
+
+
+def test_body_reads_of_a_connection_close_response_do_not_make_it_reusable() -> None:
+    def test(conn: UpstreamConnection, t: TransportDouble, rec: Recorder) -> None:
+        n = BODY_READ_MIN
+        conn.data_received(
+            b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % n
+        )
+        conn.data_received(b"a" * n)
+        assert rec.body == b"a" * n and rec.events[-1] == ("end", False)
+
+    client(test)
+
+
+def test_chunked_and_eof_bodies_stay_with_the_parser() -> None:
+    def chunked(conn: UpstreamConnection, t: TransportDouble, rec: Recorder) -> None:
+        conn.data_received(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc")
+        conn.data_received(b"\r\n0\r\nT: v\r\n\r\n")
+        assert rec.body == b"abc" and rec.trailers == [(b"t", b"v")]
+        assert rec.events[-1] == ("end", True)
+
+    def until_eof(conn: UpstreamConnection, t: TransportDouble, rec: Recorder) -> None:
+        conn.data_received(b"HTTP/1.1 200 OK\r\n\r\nab")
+        conn.data_received(b"c" * BODY_READ_MIN)
+        conn.connection_lost(None)
+        assert rec.body == b"ab" + b"c" * BODY_READ_MIN and ("end", False) in rec.events
+
+    client(chunked)
+    client(until_eof)
 
 
 def test_trailer_section_over_the_limits_is_a_protocol_error() -> None:
