@@ -35,6 +35,7 @@ the browser then knows it talks to that address.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import enum
 import ipaddress
@@ -289,6 +290,9 @@ MAX_HEADERS = 100
 KEEPALIVE_TIMEOUT = 75.0
 HEAD_TIMEOUT = 30.0
 BODY_TIMEOUT = 30.0
+# What a refused request may still send before its connection is closed (``_refuse``).
+LINGER_BYTES = 1024 * 1024
+LINGER_TIMEOUT = 2.0
 _TOKEN = frozenset(b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
 
 
@@ -562,34 +566,30 @@ class AdminServer:
             except asyncio.IncompleteReadError:
                 return  # closed between requests
             except asyncio.LimitOverrunError:
-                writer.write(
-                    _encode(
-                        _json(431, {"error": "Request Header Fields Too Large"}),
-                        head_only=False,
-                        close=True,
-                    )
-                )
+                reply = _json(431, {"error": "Request Header Fields Too Large"})
+                await _refuse(reader, writer, reply)
                 return
             first = False
             try:
                 method, path, version, headers = _parse_head(head)
             except _BadRequest as exc:
                 reply = _json(exc.status, {"error": f"{HTTPStatus(exc.status).phrase}: {exc}"})
-                writer.write(_encode(reply, head_only=False, close=True))
+                await _refuse(reader, writer, reply)
                 return
             request = _Request(method, path, version, headers, reader, writer)
             try:
                 reply = await self._answer(request)
             except _BadRequest as exc:
                 reply = _json(exc.status, {"error": f"{HTTPStatus(exc.status).phrase}: {exc}"})
-                writer.write(_encode(reply, head_only=False, close=True))
+                await _refuse(reader, writer, reply)
+                return
+            if request.body_left:
+                # A body it did not read (a 405, a 413...): the client may still be
+                # sending it.
+                await _refuse(reader, writer, reply, head_only=method == "HEAD")
                 return
             connection = (request.get("connection") or "").lower()
-            close = (
-                request.body_left
-                or connection == "close"
-                or (version == (1, 0) and connection != "keep-alive")
-            )
+            close = connection == "close" or (version == (1, 0) and connection != "keep-alive")
             writer.write(_encode(reply, head_only=method == "HEAD", close=close))
             await writer.drain()
             if close:
@@ -606,6 +606,33 @@ class AdminServer:
         except Exception as exc:
             log.exception("admin %s %s failed", request.method, request.path)
             return _json(500, {"error": f"{type(exc).__name__}: {exc}"})
+
+
+async def _refuse(
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    reply: _Reply,
+    *,
+    head_only: bool = False,
+) -> None:
+    """Answer ``reply`` and close, reading what the client still sends for a while.
+
+    Closing a socket with unread bytes resets the connection: a client still sending a
+    body it was refused (a 413 after 64 KiB of a chunked one) then fails with a broken
+    pipe before it reads the answer.  So the answer goes out with our side shut for
+    writing, and the rest is read and dropped until the client closes, at most
+    ``LINGER_BYTES`` or ``LINGER_TIMEOUT`` seconds (Envoy and nginx linger likewise)."""
+    writer.write(_encode(reply, head_only=head_only, close=True))
+    if writer.can_write_eof():
+        writer.write_eof()
+    left = LINGER_BYTES
+    with contextlib.suppress(TimeoutError, OSError):
+        async with asyncio.timeout(LINGER_TIMEOUT):
+            while left > 0:
+                data = await reader.read(min(left, 65536))
+                if not data:
+                    break
+                left -= len(data)
 
 
 async def start_admin(address: str, state: AdminState) -> AdminServer:

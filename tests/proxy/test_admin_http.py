@@ -139,3 +139,17 @@ def test_too_large_head_is_refused() -> None:
     (a, closed) = talk([big], 1)
     assert a[0] == 431
     assert closed
+
+
+def test_a_refused_body_can_be_sent_whole_and_the_answer_read() -> None:
+    """A 413 after 64 KiB of a chunked body: the server keeps reading (and dropping)
+    the rest until the client closes, so the client, still sending, gets the answer
+    and not a reset."""
+    head = (
+        b"POST /explain HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n"
+    )
+    chunks = [head] + [b"%x\r\n" % 40_000 + b"a" * 40_000 + b"\r\n" for _ in range(8)]
+    (a, closed) = talk([*chunks, b"0\r\n\r\n"], 1)
+    assert a[0] == 413 and a[1]["connection"] == "close"
+    assert closed
