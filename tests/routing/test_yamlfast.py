@@ -27,6 +27,11 @@ PLAIN = [
     "dup: 1\ndup: 2\n",
     "list:\n- a: 1\n  b: [x, y]\n- - nested\n  - seq\n",
     "!!map {a: !!seq [1, 2]}\n",
+    # Strings the resolver is not asked about (first character, or quoted) beside ones
+    # it resolves.
+    "a: hello\nb: 'quoted'\nc: \"dq: x\"\nd: _x\ne: /p\nf: '*.x.io'\ng: Yes\nh: 'yes'\ni: r1.a\n",
+    # More nodes than one charge batch, in one document.
+    "- x\n" * 5000,
 ]
 
 UNUSUAL = [
@@ -62,24 +67,21 @@ def slow(text: str) -> tuple[list[object], list[tuple[int, int]]]:
     return docs, marks
 
 
-def fast(text: str) -> tuple[list[object] | None, list[tuple[int, int]]]:
-    marks: list[tuple[int, int]] = []
-    docs = fast_documents(
-        text,
-        load._RESOLVER,
-        lambda n, mark: marks.append((mark.line, mark.column)),  # type: ignore[attr-defined]
-    )
-    return docs, marks
+def fast(text: str) -> tuple[list[object] | None, int]:
+    """The documents, and the nodes charged (in batches: ``fast_documents``)."""
+    charged: list[int] = []
+    docs = fast_documents(text, load._RESOLVER, lambda n, mark: charged.append(n))
+    return docs, sum(charged)
 
 
 @pytest.mark.parametrize("text", PLAIN)
 def test_plain_yaml_reads_the_same(text: str) -> None:
-    docs, marks = fast(text)
+    docs, charged = fast(text)
     assert docs is not None
     want_docs, want_marks = slow(text)
     assert docs == want_docs
     assert [type(x) for x in docs] == [type(x) for x in want_docs]
-    assert marks == want_marks  # the same nodes charged, in the same order
+    assert charged == len(want_marks)  # as many nodes charged
 
 
 @pytest.mark.parametrize("text", UNUSUAL)

@@ -60,6 +60,7 @@ from gatewayd.routing.config.validate.routes import (
     parse_http_route,
     parse_tls_route,
 )
+from gatewayd.routing.config.yamlblock import block_documents
 from gatewayd.routing.config.yamlfast import fast_documents
 
 GenerationKey: TypeAlias = tuple[str, str, str]  # (kind, namespace, name)
@@ -468,10 +469,19 @@ def _yaml_documents(
 ) -> Iterator[tuple[int, object | None, m.Problem | None]]:
     """(document index, data, problem); a parse error ends the file's documents."""
     start = budget.left
+    # Block-style text line by line first, else libyaml's events (``yamlblock``,
+    # ``yamlfast``); either returns None for text it does not read, and an error (the
+    # budget ran out) leaves it to the node-graph loader, which reports where.
     try:
-        fast = fast_documents(text, _RESOLVER, budget.charge)
+        fast = block_documents(text, _RESOLVER, budget.charge)
     except Exception:
-        fast = None  # an error: the node-graph loader reports it, at the same place
+        fast = None
+    if fast is None:
+        budget.left = start
+        try:
+            fast = fast_documents(text, _RESOLVER, budget.charge)
+        except Exception:
+            fast = None
     if fast is not None:
         yield from ((i, data, None) for i, data in enumerate(fast))
         return

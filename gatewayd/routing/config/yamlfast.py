@@ -65,10 +65,12 @@ def fast_documents(
     """The documents of ``text`` as Python data, or None when the file is not plain
     (then nothing may be assumed about the budget: the caller restores it).
 
-    ``charge(1, mark)`` is called for every node, in document order; its exception (the
-    budget ran out) and libyaml's (``yaml.MarkedYAMLError``) propagate; the caller turns
-    them into problems after re-reading the file with the node-graph loader, which
-    reports each at the same place."""
+    ``charge(n, mark)`` is called for every node, in batches of at most
+    ``_CHARGE_BATCH`` nodes and at the end of each document (so all of them are charged
+    before a document is returned, and a huge document is stopped early); its exception
+    (the budget ran out) and libyaml's (``yaml.MarkedYAMLError``) propagate; the caller
+    turns them into problems after re-reading the file with the node-graph loader,
+    which charges node by node and reports each at the same place."""
     if CParser is None:
         return None
     parser = CParser(text)
@@ -89,15 +91,13 @@ def _documents(
     # Resolution depends on the value and its style only: the same few values (kinds,
     # apiVersions, match types) repeat in every object.  Bounded: cleared when full.
     resolved: dict[tuple[str, tuple[bool, bool]], str] = {}
-
-    def resolve(value: str, implicit: tuple[bool, bool]) -> str:
-        key = (value, implicit)
-        tag = resolved.get(key)
-        if tag is None:
-            if len(resolved) >= _RESOLVE_CACHE:
-                resolved.clear()
-            tag = resolved[key] = resolve_tag(yaml.ScalarNode, value, implicit)  # type: ignore[no-untyped-call]
-        return tag
+    # A plain scalar whose first character no implicit resolver is registered for is a
+    # string whatever follows (Resolver.resolve looks resolvers up by that character),
+    # and so is any quoted one: most values (names, hostnames) skip the lookup.  Only
+    # when the resolver has no wildcard or path resolvers, which would look at more.
+    firsts: Any = resolver.yaml_implicit_resolvers
+    if None in firsts or getattr(resolver, "yaml_path_resolvers", None):
+        firsts = _EVERY_CHARACTER
 
     docs: list[object] = []
     get_event = parser.get_event
@@ -105,6 +105,11 @@ def _documents(
     mapping_start = yaml.MappingStartEvent
     sequence_start = yaml.SequenceStartEvent
     collection_end = (yaml.MappingEndEvent, yaml.SequenceEndEvent)
+    # Nodes are counted here and charged in batches (at most _CHARGE_BATCH, and at the
+    # end of each document): a call per node was a tenth of the time of this loop.  A
+    # charge that fails sends the file to the node-graph loader, which charges node by
+    # node and reports where the budget ran out.
+    nodes = 0
     get_event()  # StreamStart
     while True:
         event = get_event()
@@ -120,19 +125,29 @@ def _documents(
             if cls is scalar_event:
                 if event.anchor is not None:
                     raise Unusual
-                charge(1, event.start_mark)
+                nodes += 1
                 tag = event.tag
+                text = event.value
                 if tag is None or tag == "!":
-                    tag = resolve(event.value, event.implicit)
+                    implicit = event.implicit
+                    if not implicit[0] or text[:1] not in firsts:
+                        tag = _STR
+                    else:
+                        key = (text, implicit)
+                        tag = resolved.get(key)
+                        if tag is None:
+                            if len(resolved) >= _RESOLVE_CACHE:
+                                resolved.clear()
+                            tag = resolved[key] = resolve_tag(yaml.ScalarNode, text, implicit)  # type: ignore[no-untyped-call]
                 if tag == _STR:
-                    value: object = event.value
+                    value: object = text
                 elif tag == _NULL:
                     value = None
                 else:
                     construct = _CONSTRUCT.get(tag)
                     if construct is None:
                         raise Unusual  # binary, merge key, a custom tag...
-                    value = construct(yaml.ScalarNode(tag, event.value))
+                    value = construct(yaml.ScalarNode(tag, text))
             elif cls is mapping_start or cls is sequence_start:
                 if event.anchor is not None:
                     raise Unusual
@@ -140,12 +155,18 @@ def _documents(
                 plain = _MAP if cls is mapping_start else _SEQ
                 if tag is not None and tag != "!" and tag != plain:
                     raise Unusual  # !!omap, !!set, a custom tag...
-                charge(1, event.start_mark)
+                nodes += 1
+                if nodes >= _CHARGE_BATCH:
+                    charge(nodes, event.start_mark)
+                    nodes = 0
                 stack.append([{} if cls is mapping_start else [], _NO_KEY])
                 continue
             elif cls in collection_end:
                 value = stack.pop()[0]
             elif cls is yaml.DocumentEndEvent:
+                if nodes:
+                    charge(nodes, event.start_mark)
+                    nodes = 0
                 docs.append(root)
                 break
             else:
@@ -165,6 +186,19 @@ def _documents(
             else:
                 container[top[1]] = value
                 top[1] = _NO_KEY
+
+
+class _Every:
+    """Contains every character: no scalar is assumed a string without the resolver."""
+
+    __slots__ = ()
+
+    def __contains__(self, item: object) -> bool:
+        return True
+
+
+_EVERY_CHARACTER: Final = _Every()
+_CHARGE_BATCH: Final = 4096
 
 
 class _NoKey:
