@@ -14,6 +14,7 @@ from gatewayd.proxy.forwarded import (
     add_forwarding_headers,
     client_cert_details,
     forward_clean,
+    forward_clean_wire,
     forward_fields,
     forward_request_headers,
     new_request_id,
@@ -523,6 +524,34 @@ def test_forward_clean_is_forward_fields_on_clean_fields(
         assert got[-1] == (b"traceparent", tp)
         assert tp is not None and tp[3:35] == u.hex.encode()
         assert tp.endswith(b"-" + flags) and len(tp) == 55 and tp[36:52] != b"0" * 16
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    headers=st.lists(
+        st.tuples(st.sampled_from(_CLEAN_NAMES), st.sampled_from(_VALUES)), max_size=8
+    ),
+    cert=st.sampled_from([None, b"Hash=ab"]),
+    scheme=st.sampled_from([b"http", b"https"]),
+    peer=st.sampled_from(["192.0.2.5", "2001:db8::1"]),
+    flags=st.sampled_from([None, b"00", b"01"]),
+)
+def test_forward_clean_wire_is_forward_clean_with_its_field_lines(
+    headers: Headers, cert: bytes | None, scheme: bytes, peer: str, flags: bytes | None
+) -> None:
+    """``forward_clean_wire`` gives ``forward_clean``'s fields (ids aside), and ``wire``
+    joined is exactly the fields it added as HTTP/1.1 field lines, in order."""
+    received = list(headers)
+    want, _, _ = forward_clean(headers, peer, scheme, cert, flags, 1.0)
+    got, rid, tp, wire = forward_clean_wire(headers, peer, scheme, cert, flags, 1.0)
+    assert headers == received
+    n = 1 if flags is None else 2
+    assert got[:-n] == want[:-n]
+    assert [name for name, _ in got[-n:]] == [name for name, _ in want[-n:]]
+    assert got[-n] == (b"x-request-id", rid)
+    assert tp is None if flags is None else got[-1] == (b"traceparent", tp)
+    added = got[len(headers) :]
+    assert b"".join(wire) == b"".join(b"%s: %s\r\n" % (name, value) for name, value in added)
 
 
 def test_forward_clean_follows_the_connection_it_is_given() -> None:

@@ -222,3 +222,50 @@ def test_a_repeated_target_is_matched_and_forwarded_as_the_first_time() -> None:
         await be.stop()
 
     run(main())
+
+
+def test_a_clean_request_without_filters_is_forwarded_as_by_the_general_path() -> None:
+    """A request with no field the forwarding walk handles, on a plain rule without
+    header filters: its fields go to the HTTP/1.1 client as ready-made lines
+    (``codec.WireRequestHead``).  The backend gets what the general path sends, with
+    and without a body, on one pooled connection."""
+
+    async def main() -> None:
+        be = await start_backend()
+        plain = rule(backend("b", be.port))
+        general = dataclasses.replace(plain, request_timeout=30.0)
+        assert plain.plain and not general.plain
+        proxy, port, _ = await start_proxy({"/plain": hit(plain), "/general": hit(general)})
+        c = await Client.open(port)
+        extra = "user-agent: t\r\nx-custom: a, b\r\naccept: */*\r\n"
+        for path in ("/plain", "/general"):
+            resp = await c.get(path + "/x?q=1", extra=extra)
+            assert resp.status == 200
+            assert resp.header("x-request-id") == be.requests[-1].header("x-request-id")
+            await c.send(
+                f"POST {path}/y HTTP/1.1\r\nhost: example.com\r\ncontent-length: 3\r\n"
+                f"{extra}\r\nabc".encode()
+            )
+            resp = await c.reader.readuntil(b"\r\n\r\n")
+            assert resp.startswith(b"HTTP/1.1 200 ")
+            length = int(re.search(rb"content-length: (\d+)", resp, re.I).group(1))  # type: ignore[union-attr]
+            await c.reader.readexactly(length)
+            assert be.requests[-1].body == b"abc"
+        # The trace id is new on each request without a traceparent: blanked too.
+        seen = [
+            [(n, "<trace>" if n == "traceparent" else v) for n, v in _seen(r)] for r in be.requests
+        ]
+        p_get, p_post, g_get, g_post = seen
+        assert p_get == g_get
+        assert p_post == g_post
+        assert ("traceparent", "<trace>") in p_get
+        fields = dict(p_get)
+        assert fields["x-forwarded-for"] == "127.0.0.1" == fields["x-envoy-external-address"]
+        assert fields["x-forwarded-proto"] == "http"
+        assert (fields["user-agent"], fields["x-custom"]) == ("t", "a, b")
+        assert len({r.conn_id for r in be.requests}) == 1
+        c.close()
+        await proxy.close()
+        await be.stop()
+
+    run(main())

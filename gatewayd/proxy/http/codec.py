@@ -173,6 +173,26 @@ class RequestHead:
         # False unless a codec checked (HTTP/1.1 does, as it reads each field).
         self.forward_clean = False
 
+    # An upstream head's last fields already written as HTTP/1.1 field lines: None
+    # here; a ``WireRequestHead`` holds them (the class attribute is the default every
+    # other head reads, so ``head.wire`` costs no type test).
+    wire: tuple[bytes, ...] | None = None
+
+
+class WireRequestHead(RequestHead):
+    """An upstream request head whose ``headers`` are ``lead`` (the fields the client
+    sent, as they are) followed by fields also given as ``wire``: pieces that, joined,
+    are those fields' HTTP/1.1 field lines (``name: value\r\n`` each, in order,
+    without the empty line).  The exchange's clean lane builds them with the fields
+    (``forwarded.forward_clean_wire``: the forwarding fields' lines are made once per
+    client address) and the HTTP/1.1 client writes ``lead`` field by field and then
+    ``wire`` as it is; an HTTP/2 client reads ``headers``.  Nobody changes the fields
+    of such a head (the lane is only taken when no filter or upgrade edits them)."""
+
+    __slots__ = ("lead", "wire")
+
+    lead: Headers
+
 
 _new_head = RequestHead.__new__
 

@@ -44,6 +44,7 @@ from gatewayd.proxy.forwarded import (
     HOP_BY_HOP,
     HOP_BY_HOP_AND_EXPECT,
     forward_clean,
+    forward_clean_wire,
     forward_fields,
     strip_hop_by_hop,
     strip_hop_by_hop_set,
@@ -66,6 +67,7 @@ from gatewayd.proxy.http.codec import (
     ResponseHead,
     ServerStream,
     UpstreamProtocolError,
+    WireRequestHead,
     request_head,
     te_for_h2,
 )
@@ -749,25 +751,44 @@ class Exchange:
         proxy = conn.proxy
         head = self.head
         options = proxy.options
+        ops = rule.request_headers
+        wire: tuple[bytes, ...] | None = None
         if head.forward_clean:
-            # ``_forward_fields``' clean lane inlined (a call less).
-            fwd, self.request_id, self.traceparent = forward_clean(
-                self.headers,
-                conn.peer_ip,
-                conn.scheme,
-                conn.client_cert,
-                proxy.trace_flags,
-                options.trace_sample,
-            )
+            # ``_forward_fields``' clean lane inlined (a call less).  Without header
+            # filters the fields are final here: their HTTP/1.1 lines are made with
+            # them, so the client codec writes them in one format (``WireRequestHead``).
+            # An upgrade adds its fields when it sends (``upgrade.py``): not here.
+            if ops is None and not self.upgrade:
+                fwd, self.request_id, self.traceparent, wire = forward_clean_wire(
+                    self.headers,
+                    conn.peer_ip,
+                    conn.scheme,
+                    conn.client_cert,
+                    proxy.trace_flags,
+                    options.trace_sample,
+                )
+            else:
+                fwd, self.request_id, self.traceparent = forward_clean(
+                    self.headers,
+                    conn.peer_ip,
+                    conn.scheme,
+                    conn.client_cert,
+                    proxy.trace_flags,
+                    options.trace_sample,
+                )
         else:
             fwd = self._forward_fields()
-        ops = rule.request_headers
         if ops is not None:
             apply_header_ops(fwd, ops)
         backend = rule.backends[0]
         self.backend = backend
         # ``codec.request_head`` inlined (a call less).
-        up_head = self.upstream_head = _new_head(RequestHead)
+        if wire is None:
+            up_head = self.upstream_head = _new_head(RequestHead)
+        else:
+            up_head = self.upstream_head = _new_head(WireRequestHead)
+            up_head.lead = self.headers
+            up_head.wire = wire
         up_head.method = self.method
         up_head.target = path_b + b"?" + query_b if query_b else path_b
         up_head.headers = fwd

@@ -35,6 +35,7 @@ from gatewayd.proxy.http.codec import (
     ResponseHead,
     UpstreamHeadersTooLarge,
     UpstreamProtocolError,
+    WireRequestHead,
 )
 
 if TYPE_CHECKING:
@@ -89,16 +90,31 @@ def endpoint_key(host: str, port: int, tls: BackendTLS | None) -> EndpointKey:
     return (host, port, tls.key if tls is not None else "")
 
 
-def serialize_request(head: RequestHead, extra: Sequence[tuple[bytes, bytes]] = ()) -> bytes:
-    """Request line and fields of ``head`` (``head.headers`` as they are, then
-    ``extra``), ending with the empty line."""
+def serialize_request(
+    head: RequestHead,
+    extra: Sequence[tuple[bytes, bytes]] = (),
+    wired: WireRequestHead | None = None,
+) -> bytes:
+    """Request line and fields of ``head`` (``head.headers`` as they are, or
+    ``wired``'s ``lead`` fields and ``wire`` lines, then ``extra``), ending with the
+    empty line."""
     parts = [head.method, b" ", head.target, b" HTTP/1.1\r\n"]
-    for n, v in head.headers:
-        parts += (n, b": ", v, b"\r\n")
+    if wired is None:
+        for n, v in head.headers:
+            parts += (n, b": ", v, b"\r\n")
+    else:
+        for n, v in wired.lead:
+            parts += (n, b": ", v, b"\r\n")
+        parts += wired.wire or ()
     for n, v in extra:
         parts += (n, b": ", v, b"\r\n")
     parts.append(b"\r\n")
     return b"".join(parts)
+
+
+def _wired(head: RequestHead) -> WireRequestHead:
+    """``head``, which has a ``wire``, as the ``WireRequestHead`` it is."""
+    return cast(WireRequestHead, head)
 
 
 def _trailer_block(trailers: Headers) -> bytes:
@@ -291,14 +307,13 @@ class UpstreamConnection(asyncio.Protocol):
         """Request line, fields, the body received so far and (``end_stream``) its end,
         in one write.  A body of unknown length (``head.body_length`` None) is chunked:
         ``transfer-encoding`` carries the codings the client applied
-        (``head.transfer_codings``, ending in chunked) or just ``chunked``."""
+        (``head.transfer_codings``, ending in chunked) or just ``chunked``.  A
+        ``WireRequestHead`` is written as its ``lead`` fields and its ``wire``."""
+        wire = head.wire
         if head.body_length is None and not (end_stream and not body):
             self.chunked_out = True
-            parts = [
-                serialize_request(
-                    head, ((b"transfer-encoding", head.transfer_codings or b"chunked"),)
-                )
-            ]
+            te = ((b"transfer-encoding", head.transfer_codings or b"chunked"),)
+            parts = [serialize_request(head, te, _wired(head) if wire is not None else None)]
             for d in body:
                 parts += (b"%x\r\n" % len(d), d, b"\r\n")
             if end_stream:
@@ -306,8 +321,17 @@ class UpstreamConnection(asyncio.Protocol):
         else:
             # serialize_request inlined: the common case, one call less per request.
             fields = [head.method, b" ", head.target, b" HTTP/1.1\r\n"]
-            for n, v in head.headers:
-                fields += (n, b": ", v, b"\r\n")
+            if wire is None:
+                for n, v in head.headers:
+                    fields += (n, b": ", v, b"\r\n")
+            else:
+                # The clean lane's head: the client's fields, then the lines made with
+                # the forwarding fields (0.41 against 0.79 us, forward_clean_wire).
+                if TYPE_CHECKING:  # only a WireRequestHead has a wire
+                    assert isinstance(head, WireRequestHead)
+                for n, v in head.lead:
+                    fields += (n, b": ", v, b"\r\n")
+                fields += wire
             fields.append(b"\r\n")
             if not body:
                 self.transport.write(b"".join(fields))

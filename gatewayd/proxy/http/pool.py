@@ -175,7 +175,9 @@ class UpstreamPool:
             conn = stack.pop()
             if conn.closed or conn.transport.is_closing():
                 continue
-            if conn.has_stale_input():
+            # ``conn.has_stale_input()`` inlined (a call less per reuse).
+            poller = conn.poller
+            if poller is not None and poller.poll(0):
                 # Something arrived while it was idle (a stray response, an EOF) that
                 # the loop has not delivered yet: it would be read as the answer to
                 # the request about to be written.  One poll(2) per reuse.
@@ -392,11 +394,16 @@ class UpstreamPool:
         if conn.http2:
             conn.close()  # a no-op once ended; a stream never started gives back its slot
             return
-        assert isinstance(conn, UpstreamConnection)
+        if TYPE_CHECKING:  # for mypy only: an isinstance test per request costs ~0.05 us
+            assert isinstance(conn, UpstreamConnection)
         conn.handler = None
         if conn.closed:
             return
-        conn.resume_reading()  # so we notice the backend closing it while idle
+        # So we notice the backend closing it while idle (``conn.resume_reading()``,
+        # its usual no-op inlined: a call less per request).
+        conn.read_mask = 0
+        if conn.read_paused:
+            conn.resume_reading()
         stack = self.idle.get(conn.key)
         if stack is None:
             stack = self.idle[conn.key] = []

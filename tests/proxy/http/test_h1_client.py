@@ -17,8 +17,9 @@ from gatewayd.proxy.http.codec import (
     ResponseHead,
     UpstreamHeadersTooLarge,
     UpstreamProtocolError,
+    WireRequestHead,
 )
-from gatewayd.proxy.http.h1_client import BODY_READ_MIN, UpstreamConnection
+from gatewayd.proxy.http.h1_client import BODY_READ_MIN, UpstreamConnection, serialize_request
 from gatewayd.proxy.http.pool import UpstreamPool
 
 
@@ -125,6 +126,52 @@ def test_streamed_request_is_chunked_with_trailers() -> None:
             b"transfer-encoding: gzip, chunked\r\n\r\n"
             b"3\r\nabc\r\n2\r\nde\r\n0\r\nx-sum: 5\r\n\r\n"
         )
+
+    client(test)
+
+
+def wire_head(h: RequestHead, lead: int) -> WireRequestHead:
+    """``h`` as the clean lane builds it: the same attributes, its first ``lead``
+    fields as they are and the lines of the others, in two pieces when there are."""
+    w = WireRequestHead(
+        h.method,
+        h.target,
+        h.headers,
+        authority=h.authority,
+        body_length=h.body_length,
+        end_stream=h.end_stream,
+        transfer_codings=h.transfer_codings,
+    )
+    w.lead = h.headers[:lead]
+    lines = b"".join(b"%s: %s\r\n" % f for f in h.headers[lead:])
+    w.wire = (lines[:5], lines[5:])
+    return w
+
+
+def test_a_wire_head_is_written_as_its_fields_would_be() -> None:
+    """``WireRequestHead.wire`` stands for its fields, in every framing: the bytes on
+    the wire are those of the same head without it."""
+    fields = [(b"host", b"be"), (b"x-a", b"1"), (b"x-request-id", b"r")]
+    cases: list[tuple[RequestHead, list[bytes], bool]] = [
+        (head(fields=fields), [], True),
+        (head(b"POST", fields=[*fields, (b"content-length", b"3")], body_length=3), [b"ab"], False),
+        (head(b"POST", fields=fields, body_length=None), [b"abc"], False),
+        (head(b"POST", fields=fields, body_length=None, codings=b"gzip, chunked"), [], True),
+        (head(b"POST", fields=fields, body_length=None), [b"x"], True),
+    ]
+
+    def test(conn: UpstreamConnection, t: TransportDouble, rec: Recorder) -> None:
+        for h, body, end in cases:
+            conn.bind(rec, False)
+            conn.send_head(h, body, end_stream=end)
+            conn.send_end()
+            want = t.take()
+            assert want.startswith(serialize_request(h)[:-2])
+            for lead in range(len(h.headers) + 1):
+                conn.bind(rec, False)
+                conn.send_head(wire_head(h, lead), body, end_stream=end)
+                conn.send_end()
+                assert t.take() == want, (lead, h.method, body, end)
 
     client(test)
 
