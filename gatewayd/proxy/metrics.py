@@ -155,10 +155,12 @@ class _Requests(_Histogram):
 # scrape time) and the route id "" as well.
 RequestKey = tuple[str, str, str, str]
 
-# One proxied request as ``Exchange`` hands it over: (port, listener, route id, status,
-# duration s, backend name or None, upstream response duration s or a negative number
-# when no upstream response is counted).  ``request`` and ``upstream_request`` in one.
-ExchangeRecord = tuple["ListenerPort | None", str, str, int, float, "str | None", float]
+# One proxied request as ``Exchange`` hands it over: its ``RequestKey``'s four strings
+# (the listener name is the port's listeners, comma-separated, when no route matched),
+# status, duration s, backend name or None, upstream response duration s or a negative
+# number when no upstream response is counted.  ``request`` and ``upstream_request`` in
+# one, holding no snapshot object (a waiting record keeps no replaced snapshot alive).
+ExchangeRecord = tuple[str, str, str, str, int, float, "str | None", float]
 
 
 def _count(
@@ -169,13 +171,8 @@ def _count(
     """Add ``records`` to the request slots ``rq`` and upstream slots ``up``."""
     rq_get = rq.get
     up_get = up.get
-    for port, listener, route_id, status, duration_s, backend, up_s in records:
-        if port is None:
-            key: RequestKey = ("", "", listener, route_id)
-        elif not listener:
-            key = (port.gateway_namespace, port.gateway_name, _joined(port), route_id)
-        else:
-            key = (port.gateway_namespace, port.gateway_name, listener, route_id)
+    for ns, gateway, listener, route_id, status, duration_s, backend, up_s in records:
+        key = (ns, gateway, listener, route_id)
         slot = rq_get(key)
         if slot is None:
             slot = rq[key] = _Requests()

@@ -1575,12 +1575,16 @@ class Exchange:
                 metrics.rq_active -= 1
             # A record, counted later with others (metrics.py: ~1 us less per request
             # than the two slot updates made here).
+            # Strings only, never the port: a waiting record must not keep a replaced
+            # snapshot alive.  No listener (no route matched): the port's listeners.
             backend = self.backend
+            port = self.port
             pending = metrics.pending
             pending.append(
                 (
-                    self.port,
-                    self.listener,
+                    port.gateway_namespace if port is not None else "",
+                    port.gateway_name if port is not None else "",
+                    self.listener or (",".join(port.listener_names) if port is not None else ""),
                     rule.route_id if rule is not None else "",
                     self.status,
                     duration,
