@@ -812,13 +812,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 2
 
 
+def _default_workers() -> int:
+    # gatewayd.workers (multiprocessing, ctypes) only when --workers is not given: a
+    # --workers 1 daemon serves in its own process and never imports it.
+    from gatewayd.workers import default_workers
+
+    return default_workers()
+
+
 def _run(args: argparse.Namespace, election: LeaderElectionSettings | None = None) -> int:
     import uvloop
 
     from gatewayd.daemon import RunOptions, configure_logging, run
     from gatewayd.proxy.server import ProxyOptions
     from gatewayd.proxy.udp import UDPOptions
-    from gatewayd.workers import default_workers
 
     configure_logging()
     tproxy = None
@@ -861,7 +868,7 @@ def _run(args: argparse.Namespace, election: LeaderElectionSettings | None = Non
         watch=args.watch,
         tproxy=tproxy,
         leader_election=election,
-        workers=1 if tproxy is not None else (args.workers or default_workers()),
+        workers=1 if tproxy is not None else (args.workers or _default_workers()),
         udp=UDPOptions(
             idle_timeout=args.udp_idle_timeout,
             max_flows=int(args.udp_max_flows),

@@ -2188,6 +2188,14 @@ def main(argv: list[str] | None = None) -> int:
 
     started = datetime.datetime.now(datetime.UTC)
     tmp = Path(tempfile.mkdtemp(prefix="gatewayd-bench-"))
+    # gatewayd as installed, with its modules' bytecode (bench_scale.ensure_bytecode):
+    # else each start-up would include compiling them, which no installed copy does.
+    compiled = bench_scale.ensure_bytecode(ROOT)
+    log(
+        f"gatewayd's bytecode: {compiled} stale or missing module(s) compiled"
+        if compiled
+        else "gatewayd's bytecode: current"
+    )
     bench = Bench(args, tmp)
     counted = [w for w in wanted if w != "gatewayd-all" or bench.has_workers]
     counted += ["gatewayd1-base"] if args.baseline else []

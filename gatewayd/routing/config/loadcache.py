@@ -31,10 +31,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from gatewayd.routing.config import model as m
+from gatewayd.routing.snapshot.frozen import fast_init
 
 GenerationKey = tuple[str, str, str]  # (kind, namespace, name), as in load.py
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class CachedObject:
     """One object a clean document gave: enough to add it to a load again."""

@@ -13,6 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from gatewayd.routing.snapshot.frozen import fast_init
+
 GATEWAY_GROUP = "gateway.networking.k8s.io"
 CORE_GROUP = ""  # the core API group ("" in Gateway API references)
 
@@ -85,6 +87,7 @@ class FromNamespaces(StrEnum):
 # --------------------------------------------------------------------------- metadata
 
 
+@fast_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Source:
     """Where an object came from: a file and the 0-based index of its YAML document."""
@@ -96,6 +99,7 @@ class Source:
         return f"{self.file}:{self.index}"
 
 
+@fast_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Meta:
     namespace: str  # "default" when the manifest gives none; "" for cluster-scoped kinds
@@ -113,6 +117,7 @@ class Meta:
 # --------------------------------------------------------------------------- references
 
 
+@fast_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ParentReference:
     group: str = GATEWAY_GROUP
@@ -123,6 +128,7 @@ class ParentReference:
     port: int | None = None
 
 
+@fast_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class BackendObjectReference:
     group: str = CORE_GROUP
@@ -183,6 +189,7 @@ class LabelSelector:
     match_expressions: tuple[LabelSelectorRequirement, ...] = ()
 
 
+@fast_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RouteGroupKind:
     group: str = GATEWAY_GROUP
@@ -275,12 +282,14 @@ class ListenerSet:
 # --------------------------------------------------------------------------- HTTPRoute
 
 
+@fast_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class HTTPPathMatch:
     type: PathMatchType = PathMatchType.PATH_PREFIX
     value: str = "/"
 
 
+@fast_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class HTTPHeaderMatch:
     type: HeaderMatchType = HeaderMatchType.EXACT
@@ -295,6 +304,7 @@ class HTTPQueryParamMatch:
     value: str
 
 
+@fast_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class HTTPRouteMatch:
     path: HTTPPathMatch = field(default_factory=HTTPPathMatch)
@@ -303,12 +313,14 @@ class HTTPRouteMatch:
     method: str | None = None
 
 
+@fast_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class HTTPHeader:
     name: str
     value: str
 
 
+@fast_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class HTTPHeaderFilter:
     set: tuple[HTTPHeader, ...] = ()
@@ -361,6 +373,7 @@ class HTTPCORSFilter:
     max_age: int = 5
 
 
+@fast_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class HTTPRouteFilter:
     """One filter; exactly the field named by ``type`` is set (validated at load)."""
@@ -375,6 +388,7 @@ class HTTPRouteFilter:
     extension_ref: LocalObjectReference | None = None
 
 
+@fast_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class BackendRef:
     """An HTTPBackendRef / GRPCBackendRef / TLSRoute backendRef."""
@@ -407,6 +421,7 @@ class SessionPersistence:
     cookie_path: str | None = None  # cookie.path (newer API); None: "/"
 
 
+@fast_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class HTTPRouteRule:
     name: str | None = None
@@ -418,6 +433,7 @@ class HTTPRouteRule:
     session_persistence: SessionPersistence | None = None
 
 
+@fast_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class HTTPRoute:
     meta: Meta
@@ -429,6 +445,7 @@ class HTTPRoute:
 # --------------------------------------------------------------------------- GRPCRoute
 
 
+@fast_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class GRPCMethodMatch:
     type: HeaderMatchType = HeaderMatchType.EXACT
@@ -436,12 +453,14 @@ class GRPCMethodMatch:
     method: str | None = None
 
 
+@fast_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class GRPCRouteMatch:
     method: GRPCMethodMatch | None = None
     headers: tuple[HTTPHeaderMatch, ...] = ()
 
 
+@fast_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class GRPCRouteRule:
     name: str | None = None
@@ -451,6 +470,7 @@ class GRPCRouteRule:
     session_persistence: SessionPersistence | None = None
 
 
+@fast_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class GRPCRoute:
     meta: Meta

@@ -26,6 +26,7 @@ from gatewayd.routing.config.model import (
     TLSModeType,
 )
 from gatewayd.routing.control import hostnames
+from gatewayd.routing.snapshot.frozen import fast_init
 
 HTTP_ROUTE = RouteGroupKind(group=GATEWAY_GROUP, kind="HTTPRoute")
 GRPC_ROUTE = RouteGroupKind(group=GATEWAY_GROUP, kind="GRPCRoute")
@@ -157,6 +158,7 @@ NOT_ALLOWED_NAMESPACE = 1
 NO_HOSTNAME = 2
 
 
+@fast_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Admission:
     """A listener's answer to one route: the effective hostnames, or why not."""

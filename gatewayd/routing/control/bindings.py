@@ -22,12 +22,14 @@ from gatewayd.routing.config.model import (
     SessionPersistence,
 )
 from gatewayd.routing.snapshot.backends import BackendTLS, ClientCertificate, EndpointAddress
+from gatewayd.routing.snapshot.frozen import fast_init
 from gatewayd.routing.snapshot.rules import TLSOptions
 
 if TYPE_CHECKING:
     from gatewayd.tls.certs import CertificateInfo
 
 
+@fast_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class BackendKey:
     """A backend reference as seen from a route namespace (the namespace is resolved)."""
@@ -49,6 +51,7 @@ class BackendKey:
         )
 
 
+@fast_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class BackendTarget:
     """A resolved backendRef.
@@ -70,6 +73,7 @@ class BackendTarget:
     proxy_protocol: int = 0
 
 
+@fast_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AttachedRoute:
     """A route accepted by one listener.
@@ -103,6 +107,7 @@ class ListenerBinding:
     routes: tuple[AttachedRoute, ...] = ()
 
 
+@fast_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ObjectStatus:
     """One object's Gateway API status, in the Kubernetes JSON shape (camelCase keys)."""

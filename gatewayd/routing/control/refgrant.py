@@ -22,8 +22,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from gatewayd.routing.config.model import ReferenceGrant
+from gatewayd.routing.snapshot.frozen import fast_init
 
 
+@fast_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RefFrom:
     group: str
@@ -31,6 +33,7 @@ class RefFrom:
     namespace: str
 
 
+@fast_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RefTo:
     group: str

@@ -11,10 +11,13 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from gatewayd.routing.snapshot.frozen import fast_init
+
 if TYPE_CHECKING:
     pass
 
 
+@fast_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class EndpointAddress:
     """One ready endpoint: an IP address (or an FQDN for addressType FQDN) and a port."""

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from gatewayd.routing.snapshot.backends import BackendTLS, EndpointAddress
+from gatewayd.routing.snapshot.frozen import fast_init
 
 if TYPE_CHECKING:
     from gatewayd.tls.certs import CertificateInfo
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
 # --------------------------------------------------------------------------- filters
 
 
+@fast_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class HeaderOps:
     """RequestHeaderModifier / ResponseHeaderModifier, applied in the spec's order:
@@ -109,6 +111,7 @@ class SessionPolicy:
 H2_APP_PROTOCOLS: frozenset[str] = frozenset({"kubernetes.io/h2c"})
 
 
+@fast_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class CompiledBackend:
     """One backendRef of a rule, resolved to endpoints.
@@ -178,6 +181,7 @@ class Retry:
 # --------------------------------------------------------------------------- rules
 
 
+@fast_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class CompiledRule:
     """One route rule, ready to serve: filters in order, then the backend choice."""
@@ -258,6 +262,7 @@ class CompiledRule:
         return self.backends[-1]
 
 
+@fast_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RouteHit:
     """A lookup result; one is preallocated per (rule, match) at compile time.

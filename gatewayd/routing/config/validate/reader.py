@@ -28,6 +28,7 @@ from enum import Enum
 from typing import TypeVar
 
 from gatewayd.routing.config import model as m
+from gatewayd.routing.snapshot.frozen import fast_init
 
 E = TypeVar("E", bound=Enum)
 
@@ -564,6 +565,7 @@ META_FIELDS = frozenset(
 )
 
 
+@fast_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class MetaRead:
     """What ``read_meta`` found: the identity, the generation the file gives, the rest."""
