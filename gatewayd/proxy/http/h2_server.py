@@ -45,6 +45,7 @@ import h2.exceptions
 import h2.settings
 from hyperframe.frame import GoAwayFrame
 
+from gatewayd.proxy.forwarded import ENVOY_PREFIX, FORWARD_WALKED
 from gatewayd.proxy.http.codec import (
     HTTP_2,
     DownstreamConnection,
@@ -80,6 +81,7 @@ _INTERNAL_ERROR = 0x2
 _REFUSED_STREAM = 0x7
 _NO_ERROR = 0x0
 _DATE = date_header  # b"date: ...\r\n"
+_new_head = RequestHead.__new__
 
 
 def clamp_encoder_table(conn: h2.connection.H2Connection, limits: H2Limits) -> None:
@@ -254,7 +256,16 @@ class KnownRequest:
     ``loadtest/bench_h2_inproc.py``).  ``fields`` is copied for each request (the
     exchange edits its head's list)."""
 
-    __slots__ = ("authority", "body_length", "fields", "method", "path", "protocol", "scheme")
+    __slots__ = (
+        "authority",
+        "body_length",
+        "clean",
+        "fields",
+        "method",
+        "path",
+        "protocol",
+        "scheme",
+    )
 
     def __init__(
         self,
@@ -265,6 +276,7 @@ class KnownRequest:
         scheme: bytes | None,
         protocol: bytes | None,
         body_length: int | None,
+        clean: bool,
     ) -> None:
         self.method = method
         self.path = path
@@ -273,6 +285,7 @@ class KnownRequest:
         self.scheme = scheme
         self.protocol = protocol
         self.body_length = body_length  # content-length of a request not yet ended
+        self.clean = clean  # ``RequestHead.forward_clean`` of its heads
 
 
 class H2ServerStream:
@@ -747,11 +760,14 @@ class H2ServerConnection:
         protocol: bytes | None = None
         host: bytes | None = None
         cookies = 0
+        clean = True  # ``RequestHead.forward_clean``
         fields: Headers = []
         add = fields.append
         # Names and values are bytes (``h2_config``: no header encoding); h2's
-        # validation put the pseudo-headers first (RFC 9113 8.3).  The first ``host``
-        # and the number of ``cookie`` fields are noted on the way (no second walk).
+        # validation put the pseudo-headers first (RFC 9113 8.3) and refused upper-case
+        # names.  The first ``host``, the number of ``cookie`` fields and whether a
+        # field is one the forwarding walk handles are noted on the way (no second
+        # walk).
         for field in event.headers or ():
             n = field[0]
             if n[:1] == b":":
@@ -772,6 +788,8 @@ class H2ServerConnection:
                     host = field[1]
             elif n == b"cookie":
                 cookies += 1
+            elif n in FORWARD_WALKED or n[:8] == ENVOY_PREFIX:
+                clean = False
             add((n, field[1]))
         stream = H2ServerStream(self, sid, method)
         stream.remote_ended = bool(event.stream_ended)
@@ -798,7 +816,9 @@ class H2ServerConnection:
         if type(event) is CacheableRequest:
             h2s = self.h2.streams.get(sid)
             if h2s is not None:
-                known = KnownRequest(method, path, fields, authority, scheme, protocol, length)
+                known = KnownRequest(
+                    method, path, fields, authority, scheme, protocol, length, clean
+                )
                 self.h2.remember_request(
                     event.block, event.gen, h2s._expected_content_length, known
                 )
@@ -813,6 +833,9 @@ class H2ServerConnection:
             end_stream=ended,
             protocol=protocol,
         )
+        # No field the forwarding walk drops, keeps a copy of or replaces: exchange
+        # forwards the fields without that walk (as for HTTP/1.1, h1_server).
+        head.forward_clean = clean
         factory = self.factory
         if protocol is not None and self.tunnel_factory is not None:
             factory = self.tunnel_factory
@@ -834,17 +857,24 @@ class H2ServerConnection:
         stream.remote_ended = ended
         self.streams[sid] = stream
         protocol = known.protocol
-        head = RequestHead(
-            method,
-            known.path,
-            list(known.fields),
-            authority=known.authority,
-            scheme=known.scheme,
-            version=HTTP_2,
-            body_length=0 if ended else known.body_length,
-            end_stream=ended,
-            protocol=protocol,
-        )
+        # ``RequestHead(method, path, fields, authority=..., scheme=..., version=HTTP_2,
+        # body_length=..., end_stream=..., protocol=...)`` without the keyword call
+        # (as ``codec.request_head``; a test holds the two to the same attributes),
+        # with the ``forward_clean`` `_request` found.
+        head = _new_head(RequestHead)
+        head.method = method
+        head.target = known.path
+        head.headers = [*known.fields]
+        head.authority = known.authority
+        head.scheme = known.scheme
+        head.version = HTTP_2
+        head.body_length = 0 if ended else known.body_length
+        head.end_stream = ended
+        head.expect_continue = False
+        head.protocol = protocol
+        head.keep_alive = True
+        head.transfer_codings = None
+        head.forward_clean = known.clean
         factory = self.factory
         if protocol is not None and self.tunnel_factory is not None:
             factory = self.tunnel_factory
