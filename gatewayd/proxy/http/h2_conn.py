@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 import h2.config
 import h2.connection
@@ -223,7 +223,10 @@ class BoundedH2Connection(h2.connection.H2Connection):
         machine.stream_id = stream_id
         window = _new(WindowManager)
         window.__dict__.update(_WINDOW_ATTRS)
-        size = self.local_settings[_INITIAL_WINDOW_SIZE]
+        # Settings.__getitem__ (a Python call each, two per stream) read in place: the
+        # current value heads its deque of values not yet acknowledged; the initial
+        # window always has one.
+        size = self.local_settings._settings[_INITIAL_WINDOW_SIZE][0]
         window.max_window_size = size
         window.current_window_size = size
         s = _new(CachedStream)
@@ -231,7 +234,7 @@ class BoundedH2Connection(h2.connection.H2Connection):
         s.state_machine = machine
         s.stream_id = stream_id
         s._inbound_window_manager = window
-        s.outbound_flow_control_window = self.remote_settings[_INITIAL_WINDOW_SIZE]
+        s.outbound_flow_control_window = self.remote_settings._settings[_INITIAL_WINDOW_SIZE][0]
         s.config = self.config
         s.validated = self.validated
         s.max_outbound_frame_size = self.max_outbound_frame_size
@@ -456,11 +459,12 @@ class BoundedH2Connection(h2.connection.H2Connection):
             or size > self.max_outbound_frame_size
             or size > self.outbound_flow_control_window
             or size > stream.outbound_flow_control_window
-            or _informational(headers)
+            # `_informational` inlined (a call less per response).
+            or (headers and headers[0][0] == b":status" and headers[0][1][:1] == b"1")
         ):
             return False
         if encoded is not None:
-            block = cast(StaticEncoder, self.encoder).join(encoded)
+            block = self.encoder.join(encoded)  # type: ignore[attr-defined]  # StaticEncoder
         else:
             block = self.encoder.encode(headers)
         last = None if trailers is None else self.encoder.encode(trailers)
