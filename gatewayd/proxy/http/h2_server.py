@@ -324,9 +324,9 @@ class H2ServerStream:
         "unacked",
     )
 
-    def __init__(self, conn: H2ServerConnection, stream_id: int, method: bytes) -> None:
+    def __init__(self, conn: H2ServerConnection, stream_id: int, method: bytes, now: float) -> None:
         self._conn = conn
-        self.opened_at = conn.clock()
+        self.opened_at = now  # the clock as the read that opened it began
         self.stream_id = stream_id
         self.request_method = method
         self.callbacks: StreamCallbacks | None = None
@@ -812,7 +812,7 @@ class H2ServerConnection:
             elif n in FORWARD_WALKED or n[:8] == ENVOY_PREFIX:
                 clean = False
             add((n, field[1]))
-        stream = H2ServerStream(self, sid, method)
+        stream = H2ServerStream(self, sid, method, now)
         stream.remote_ended = bool(event.stream_ended)
         self.streams[sid] = stream
         if len(fields) > self.limits.max_headers:
@@ -874,7 +874,7 @@ class H2ServerConnection:
             self.h2.reset_stream(sid, _REFUSED_STREAM)
             return
         method = known.method
-        stream = H2ServerStream(self, sid, method)
+        stream = H2ServerStream(self, sid, method, now)
         stream.remote_ended = ended
         self.streams[sid] = stream
         protocol = known.protocol
