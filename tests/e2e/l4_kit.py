@@ -21,6 +21,22 @@ def free_udp_port(host: str = LOCALHOST) -> int:
         return int(s.getsockname()[1])
 
 
+def free_tcp_and_udp_port(host: str = LOCALHOST, tries: int = 50) -> int:
+    """A port number free for both TCP and UDP on ``host``.  A UDP port the kernel
+    picks may be the local port of a TCP connection another test holds (both come from
+    the ephemeral range): then the TCP bind fails (a CI run saw EADDRINUSE), so the
+    number is checked for both and another is taken, at most ``tries`` times."""
+    for _ in range(tries):
+        port = free_udp_port(host)
+        with socket.socket() as probe:
+            try:
+                probe.bind((host, port))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError(f"no port free for both TCP and UDP in {tries} tries")
+
+
 # --------------------------------------------------------------------------- TCP
 
 

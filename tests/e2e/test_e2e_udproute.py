@@ -9,7 +9,15 @@ from collections.abc import Iterator
 
 import pytest
 from e2e_kit import LOCALHOST, Gatewayd, deadline_loop, gateway, gateway_class, listener
-from l4_kit import TCPBackend, UDPBackend, free_udp_port, l4_backend, l4_route, udp_ask
+from l4_kit import (
+    TCPBackend,
+    UDPBackend,
+    free_tcp_and_udp_port,
+    free_udp_port,
+    l4_backend,
+    l4_route,
+    udp_ask,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -150,9 +158,7 @@ def test_tcp_and_udp_with_several_workers(
     """With --workers 2 the workers splice TCP connections and the daemon process
     serves the UDP flows; both on the same port number."""
     tcp_backend = TCPBackend("t")
-    port = free_udp_port()
-    with socket.socket() as probe:  # the same number must be free for TCP too
-        probe.bind((LOCALHOST, port))
+    port = free_tcp_and_udp_port()  # the same number serves TCP and UDP
     docs = [
         gateway_class(),
         gateway(
