@@ -169,26 +169,21 @@ def _count(
     records: Iterable[ExchangeRecord],
 ) -> None:
     """Add ``records`` to the request slots ``rq`` and upstream slots ``up``."""
-    rq_get = rq.get
-    up_get = up.get
     for ns, gateway, listener, route_id, status, duration_s, backend, up_s in records:
-        key = (ns, gateway, listener, route_id)
-        slot = rq_get(key)
-        if slot is None:
-            slot = rq[key] = _Requests()
-        codes = slot.codes
-        codes[status] = codes.get(status, 0) + 1
-        slot.counts[bisect_left(BUCKETS, duration_s)] += 1
-        slot.total += duration_s
+        _count_one(rq, (ns, gateway, listener, route_id), status, duration_s)
         if backend is not None and up_s >= 0.0:
-            ukey = (backend, route_id)
-            slot = up_get(ukey)
-            if slot is None:
-                slot = up[ukey] = _Requests()
-            codes = slot.codes
-            codes[status] = codes.get(status, 0) + 1
-            slot.counts[bisect_left(BUCKETS, up_s)] += 1
-            slot.total += up_s
+            _count_one(up, (backend, route_id), status, up_s)
+
+
+def _count_one(slots: dict[K, _Requests], key: K, status: int, seconds: float) -> None:
+    """One response of ``status`` taking ``seconds`` in the slot of ``key``."""
+    slot = slots.get(key)
+    if slot is None:
+        slot = slots[key] = _Requests()
+    codes = slot.codes
+    codes[status] = codes.get(status, 0) + 1
+    slot.counts[bisect_left(BUCKETS, seconds)] += 1
+    slot.total += seconds
 
 
 def _joined(port: ListenerPort) -> str:

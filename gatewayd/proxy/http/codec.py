@@ -184,7 +184,7 @@ class WireRequestHead(RequestHead):
     sent, as they are) followed by fields also given as ``wire``: pieces that, joined,
     are those fields' HTTP/1.1 field lines (``name: value\r\n`` each, in order,
     without the empty line).  The exchange's clean lane builds them with the fields
-    (``forwarded.forward_clean_wire``: the forwarding fields' lines are made once per
+    (``forwarded.forward_clean_lines``: the forwarding fields' lines are made once per
     client address) and the HTTP/1.1 client writes ``lead`` field by field and then
     ``wire`` as it is; an HTTP/2 client reads ``headers``.  Nobody changes the fields
     of such a head (the lane is only taken when no filter or upgrade edits them)."""

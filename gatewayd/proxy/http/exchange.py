@@ -44,7 +44,7 @@ from gatewayd.proxy.forwarded import (
     HOP_BY_HOP,
     HOP_BY_HOP_AND_EXPECT,
     forward_clean,
-    forward_clean_wire,
+    forward_clean_lines,
     forward_fields,
     strip_hop_by_hop,
     strip_hop_by_hop_set,
@@ -758,32 +758,14 @@ class Exchange:
         head = self.head
         options = proxy.options
         ops = rule.request_headers
+        fwd = self._forward_fields()
         wire: tuple[bytes, ...] | None = None
-        if head.forward_clean:
-            # ``_forward_fields``' clean lane inlined (a call less).  Without header
-            # filters the fields are final here: their HTTP/1.1 lines are made with
-            # them, so the client codec writes them in one format (``WireRequestHead``).
-            # An upgrade adds its fields when it sends (``upgrade.py``): not here.
-            if ops is None and not self.upgrade:
-                fwd, self.request_id, self.traceparent, wire = forward_clean_wire(
-                    self.headers,
-                    conn.peer_ip,
-                    conn.scheme,
-                    conn.client_cert,
-                    proxy.trace_flags,
-                    options.trace_sample,
-                )
-            else:
-                fwd, self.request_id, self.traceparent = forward_clean(
-                    self.headers,
-                    conn.peer_ip,
-                    conn.scheme,
-                    conn.client_cert,
-                    proxy.trace_flags,
-                    options.trace_sample,
-                )
-        else:
-            fwd = self._forward_fields()
+        if head.forward_clean and ops is None and not self.upgrade:
+            # Without header filters the clean lane's fields are final here: their
+            # HTTP/1.1 lines are made with them, so the client codec writes them in
+            # one format (``WireRequestHead``).  An upgrade adds its fields when it
+            # sends (``upgrade.py``): not here.
+            wire = forward_clean_lines(conn.peer_ip, self.request_id, self.traceparent)
         if ops is not None:
             apply_header_ops(fwd, ops)
         backend = rule.backends[0]
