@@ -1337,23 +1337,59 @@ class Exchange:
         self.upstream = None
         if self.timer_try is not None:
             self._cancel_try_timer()
-        proxy = self.conn.proxy
+        stream = self.stream
+        if (
+            stream is self.conn
+            and self.request_complete
+            and self.timer_total is None
+            and self.retry_handle is None
+            and not self.pending_size
+            and not self.pending
+            and not self.budget_state
+        ):
+            # The lean end: an HTTP/1.1 stream (the only codec whose stream is its
+            # connection), the request read whole (so no mirror waits for its end),
+            # no timer, nothing held, no retry budget: ``_finish``'s work for such an
+            # exchange, with ``send_end`` + ``flush`` + ``read_enable`` in one codec
+            # call.  About 6 calls and 10 attribute tests less per request.
+            self.response_done = True
+            self.finished = True
+            # One loop clock read for the pool, the upstream duration and the
+            # connection's idle deadline (``done``: a clock call less).
+            now = self.conn.loop.time()
+            h1: Any = stream  # h1_server.HttpConnection (not imported: it imports us)
+            h1.end_response(trailers)
+            proxy = self.conn.proxy
+            if reusable:
+                proxy.pool.release(conn, now)
+            else:
+                conn.close()
+            # Counted with the request (``_record``): one metrics record per request.
+            self.up_time = now - self.try_start
+            st = self.ep_state
+            if st is not None:
+                self.ep_state = None
+                st.active -= 1
+            if proxy.access is not None or proxy.metrics is not None:
+                self._record()
+            h1.done(False, now)
+            return
         now = self.conn.loop.time()
         if reusable and self.request_complete:
-            proxy.pool.release(conn, now)
+            self.conn.proxy.pool.release(conn, now)
         else:
             # The backend answered before reading the whole request body: the
             # connection is in an unknown state.
             conn.close()
         # Counted with the request (``_record``): one metrics record per request.
         self.up_time = now - self.try_start
-        self.stream.send_end(trailers)
+        stream.send_end(trailers)
         self.response_done = True
-        if self.request_complete or not self.stream.drain_request():
+        if self.request_complete or not stream.drain_request():
             self._finish()
         else:
             # Keep reading (and dropping) the rest of the request body, then go on.
-            self.stream.flush()
+            stream.flush()
             self._drop_pending()
 
     def on_stream_lost(
