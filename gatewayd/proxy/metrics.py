@@ -60,7 +60,7 @@ import platform
 from bisect import bisect_left
 from collections.abc import Hashable, Iterable, Iterator
 from importlib.metadata import PackageNotFoundError, version
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Final, TypeVar
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -163,27 +163,81 @@ RequestKey = tuple[str, str, str, str]
 ExchangeRecord = tuple[str, str, str, str, int, float, "str | None", float]
 
 
+# The first four bucket bounds (``_count``'s inline bisect).
+_B0, _B1, _B2, _B3 = BUCKETS[:4]
+# ``_count``'s "no slot yet" (never counted into: a slot of its own, not None, so that
+# the loop's slot variable keeps one type).
+_NO_SLOT: Final = _Requests()
+
+
 def _count(
     rq: dict[RequestKey, _Requests],
     up: dict[tuple[str, str], _Requests],
     records: Iterable[ExchangeRecord],
 ) -> None:
-    """Add ``records`` to the request slots ``rq`` and upstream slots ``up``."""
+    """Add ``records`` to the request slots ``rq`` and upstream slots ``up``.
+
+    Inlined (no call per slot) and with the slot of the record before kept while the
+    key's strings are the same objects (the exchange hands over the port's and the
+    rule's own strings, so a batch mostly repeats one key): identity tests instead of
+    a tuple, its hash and a dict lookup; the common buckets found by comparisons.
+    212 ns per record against 395 ns with a call, a lookup and a bisect per slot
+    (timeit, 256 records of one key)."""
+    slot = uslot = _NO_SLOT
+    codes = ucodes = slot.codes
+    counts = ucounts = slot.counts
+    p_ns = p_gateway = p_listener = p_route = p_backend = p_uroute = ""
     for ns, gateway, listener, route_id, status, duration_s, backend, up_s in records:
-        _count_one(rq, (ns, gateway, listener, route_id), status, duration_s)
+        if (
+            slot is _NO_SLOT
+            or ns is not p_ns
+            or gateway is not p_gateway
+            or listener is not p_listener
+            or route_id is not p_route
+        ):
+            key = (ns, gateway, listener, route_id)
+            got = rq.get(key)
+            if got is None:
+                got = rq[key] = _Requests()
+            slot = got
+            codes = got.codes
+            counts = got.counts
+            p_ns, p_gateway, p_listener, p_route = ns, gateway, listener, route_id
+        try:
+            codes[status] += 1
+        except KeyError:  # a status's first response in this slot
+            codes[status] = 1
+        # ``bisect_left(BUCKETS, duration_s)``, its common range (up to 1 ms) in
+        # inline comparisons: 3.11 specializes float comparisons, where bisect_left's
+        # call with its rich comparisons costs ~60 ns (timeit).
+        if duration_s <= _B1:
+            counts[0 if duration_s <= _B0 else 1] += 1
+        elif duration_s <= _B3:
+            counts[2 if duration_s <= _B2 else 3] += 1
+        else:
+            counts[bisect_left(BUCKETS, duration_s)] += 1
+        slot.total += duration_s
         if backend is not None and up_s >= 0.0:
-            _count_one(up, (backend, route_id), status, up_s)
-
-
-def _count_one(slots: dict[K, _Requests], key: K, status: int, seconds: float) -> None:
-    """One response of ``status`` taking ``seconds`` in the slot of ``key``."""
-    slot = slots.get(key)
-    if slot is None:
-        slot = slots[key] = _Requests()
-    codes = slot.codes
-    codes[status] = codes.get(status, 0) + 1
-    slot.counts[bisect_left(BUCKETS, seconds)] += 1
-    slot.total += seconds
+            if uslot is _NO_SLOT or backend is not p_backend or route_id is not p_uroute:
+                ukey = (backend, route_id)
+                got = up.get(ukey)
+                if got is None:
+                    got = up[ukey] = _Requests()
+                uslot = got
+                ucodes = got.codes
+                ucounts = got.counts
+                p_backend, p_uroute = backend, route_id
+            try:
+                ucodes[status] += 1
+            except KeyError:
+                ucodes[status] = 1
+            if up_s <= _B1:
+                ucounts[0 if up_s <= _B0 else 1] += 1
+            elif up_s <= _B3:
+                ucounts[2 if up_s <= _B2 else 3] += 1
+            else:
+                ucounts[bisect_left(BUCKETS, up_s)] += 1
+            uslot.total += up_s
 
 
 def _joined(port: ListenerPort) -> str:
