@@ -1351,7 +1351,9 @@ class Exchange:
             # connection), the request read whole (so no mirror waits for its end),
             # no timer, nothing held, no retry budget: ``_finish``'s work for such an
             # exchange, with ``send_end`` + ``flush`` + ``read_enable`` in one codec
-            # call.  About 6 calls and 10 attribute tests less per request.
+            # call: send_end, _finish, flush, resume, _dispatch and a clock read
+            # become end_response, with ~10 attribute tests less (callgrind: -1.5%
+            # instructions per request, bench_h1_inproc --metrics --nginx-head).
             self.response_done = True
             self.finished = True
             # One loop clock read for the pool, the upstream duration and the

@@ -261,7 +261,9 @@ class HttpConnection(asyncio.Protocol):
     def __init__(self, proxy: Proxy, key: ListenKey, label: str) -> None:
         self.proxy = proxy
         # ``ServerStream.conn``: one stream at a time, so the stream is the connection
-        # (an attribute, not a property: read once per request, a call less).
+        # (an attribute, not a property: read once per request, a call less).  The
+        # only codec where they are one object: ``Exchange.on_response_end`` tells
+        # HTTP/1.1 by it (``end_response``, ``done(close, now)``).
         self.conn = self
         self.key = key
         self.label = label
