@@ -677,9 +677,17 @@ class HttpConnection(asyncio.Protocol):
         self.cur_head = None
         p = self.parser
         assert p is not None  # feed_data is calling us
-        version = head.version = p.get_http_version()
+        keep = p.should_keep_alive()  # a bool already
+        if keep and head.forward_clean:
+            # No Connection or Proxy-Connection field (``forward_clean``): llhttp keeps
+            # a request alive without one for HTTP/1.1 only (0.9, 1.0 and 2.0 are not,
+            # and it accepts no other version), so the version is known without
+            # get_http_version, which formats a new str per call (0.28 us, timeit).
+            version = head.version = HTTP_11
+        else:
+            version = head.version = p.get_http_version()
         method = head.method = p.get_method()
-        head.keep_alive = p.should_keep_alive() and not self.closing  # a bool already
+        head.keep_alive = keep and not self.closing
         if head.transfer_codings is not None:
             head.body_length = None  # chunked: streamed until the last chunk
         elif head.body_length is None:
