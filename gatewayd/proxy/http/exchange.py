@@ -28,6 +28,7 @@ import random
 import socket
 import time
 from collections.abc import Iterator, Mapping
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Final
 
 import httptools
@@ -89,7 +90,7 @@ from gatewayd.proxy.localreply import (
 )
 from gatewayd.proxy.pathnorm import PathError, needs_normalizing, normalize_path, split_target
 from gatewayd.routing.snapshot.addresses import host_port
-from gatewayd.routing.snapshot.table import HTTPRouteTable
+from gatewayd.routing.snapshot.table import MEMO_MISS, HTTPRouteTable
 
 if TYPE_CHECKING:
     from gatewayd.proxy.balancer import EndpointState
@@ -224,6 +225,9 @@ _host_cache: dict[bytes, str] = {}
 TARGET_CACHE_SIZE: Final = 1024
 TARGET_CACHE_LEN: Final = 255
 _target_cache: dict[bytes, tuple[bytes, bytes, str, str]] = {}
+
+# The request fields as a table that matches on host and path alone is given them.
+_NO_FIELDS: Final[Mapping[str, str]] = MappingProxyType({})
 
 # Method tokens as ``str`` for the route table, without a decode per request.
 _METHODS: Final = {
@@ -576,11 +580,22 @@ class Exchange:
             ):
                 self._local(421, LR_MISDIRECTED)
                 return
-        method = _METHODS.get(self.method) or self.method.decode("latin-1")
         if path is None:
             path = path_b.decode("latin-1")
             query = query_b.decode("latin-1")
-        hit = lp.table.lookup(host, method, path, query, HeaderView(headers))
+        table = lp.table
+        memo = table.memo if type(table) is HTTPRouteTable else None
+        if memo is not None:
+            # A table where host and path alone decide: its memo's hit inlined (a call,
+            # the method's str and the field view less; ~0.45 us less than the walk for
+            # make bench's route, timeit).
+            hit = memo.get((host, path), MEMO_MISS)
+            if hit is MEMO_MISS:  # the walk, which keeps its answer in the memo
+                method = _METHODS.get(self.method) or self.method.decode("latin-1")
+                hit = table.lookup(host, method, path, query, _NO_FIELDS)
+        else:
+            method = _METHODS.get(self.method) or self.method.decode("latin-1")
+            hit = table.lookup(host, method, path, query, HeaderView(headers))
         if hit is None:
             self._local(404, LR_NO_ROUTE)
             return
