@@ -698,8 +698,11 @@ class HttpConnection(asyncio.Protocol):
         factory = self.new_exchange
         # Only WebSocket is upgraded (Envoy's default upgrade_configs); any other token
         # (h2c included) is served as a plain request.
+        # llhttp's upgrade needs an Upgrade field (hop-by-hop: no ``forward_clean``)
+        # or CONNECT (never upgraded here): a clean head skips the call.
         if (
-            p.should_upgrade()
+            not head.forward_clean
+            and p.should_upgrade()
             and method != b"CONNECT"
             and head.end_stream
             and is_websocket(_upgrade_token(head.headers))
