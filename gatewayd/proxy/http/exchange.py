@@ -446,6 +446,15 @@ class Exchange:
             self.stream.hold(n)
 
     def on_end(self, trailers: Headers | None) -> None:
+        if self.request_complete:
+            # A head without a body (``end_stream``: complete when it came, so no
+            # trailers): routing already did what the end of a request asks for (the
+            # route deadline armed, mirrors fired, the upstream request ended with its
+            # head).  Only a response done before now still waits for it: the usual
+            # GET skips the tests below.
+            if self.response_done and not self.finished:
+                self._finish()
+            return
         self.request_complete = True
         self.req_trailers = trailers
         if self.finished:

@@ -610,14 +610,15 @@ class HttpConnection(asyncio.Protocol):
             # (which failed the write and reset the connection under the reply).
             raise _Stopped
         # ``codec.request_head`` inlined (a call less per request), except that
-        # ``forward_clean`` starts True: ``on_header`` clears it.
+        # ``forward_clean`` starts True (``on_header`` clears it) and that ``method``,
+        # ``version`` and ``keep_alive`` are left to ``on_headers_complete``, which
+        # sets them (nothing reads a head before it is complete).
         h = self.cur_head = _new_head(RequestHead)
-        h.method = h.target = b""
+        h.target = b""
         h.headers = []
         h.authority = h.scheme = h.body_length = h.protocol = h.transfer_codings = None
-        h.version = HTTP_11
         h.end_stream = h.expect_continue = False
-        h.keep_alive = h.forward_clean = True
+        h.forward_clean = True
         self.trailers = None
         opts = self.proxy.options
         self.head_left = opts.max_header_bytes
