@@ -507,12 +507,13 @@ class Exchange:
         url = head.target
         path_policy = proxy.options.path
         path: str | None = None
-        if url[:1] == b"/":
-            cached = _target_cache.get(url)
-            if cached is not None:
-                path_b, query_b, path, query = cached
-            else:
-                path_b, query_b = split_target(url, strip_fragment=path_policy.strip_fragment)
+        # Only origin-form targets are kept in the cache: a hit needs no form test.
+        cached = _target_cache.get(url)
+        if cached is not None:
+            path_b, query_b, path, query = cached
+            host_b = head.authority
+        elif url[:1] == b"/":
+            path_b, query_b = split_target(url, strip_fragment=path_policy.strip_fragment)
             host_b = head.authority
         elif url == b"*":
             path_b, query_b, host_b = b"*", b"", head.authority
