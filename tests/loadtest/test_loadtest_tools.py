@@ -199,6 +199,30 @@ def test_lookup_benchmark_reports_10_and_1000_routes() -> None:
         assert figure > 0, line
 
 
+def test_route_bench_replays_the_bench_exchange_through_its_compiled_route() -> None:
+    """``bench_h1_route_inproc.py`` compiles bench.py's configuration and replays wrk's
+    request and nginx's answer through it (a response must come out every time)."""
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(LOADTEST / "bench_h1_route_inproc.py"),
+            "--rounds",
+            "2",
+            "--requests",
+            "20",
+            "--metrics",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout
+    figures = out.split(" us per request (request ")
+    assert len(figures) == 2 and float(figures[0]) > 0, out
+    request, _, rest = figures[1].partition(" + response ")
+    assert float(request) > 0 and float(rest.split(";")[0]) > 0, out
+
+
 # --------------------------------------------------------------------------- HTTP/2 and gRPC rows
 
 H2LOAD_OUTPUT = """\

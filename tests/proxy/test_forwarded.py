@@ -14,7 +14,7 @@ from gatewayd.proxy.forwarded import (
     add_forwarding_headers,
     client_cert_details,
     forward_clean,
-    forward_clean_lines,
+    forward_clean_wire,
     forward_fields,
     forward_request_headers,
     new_request_id,
@@ -536,20 +536,27 @@ def test_forward_clean_is_forward_fields_on_clean_fields(
     peer=st.sampled_from(["192.0.2.5", "2001:db8::1"]),
     flags=st.sampled_from([None, b"00", b"01"]),
 )
-def test_forward_clean_lines_are_the_fields_forward_clean_added(
+def test_forward_clean_wire_is_the_lines_of_the_fields_forward_clean_adds(
     headers: Headers, cert: bytes | None, scheme: bytes, peer: str, flags: bytes | None
 ) -> None:
-    """``forward_clean_lines`` joined is exactly the fields ``forward_clean`` added
-    after the request's own as HTTP/1.1 field lines, in order."""
+    """``forward_clean_wire``'s pieces joined are exactly the fields ``forward_clean``
+    adds after the request's own as HTTP/1.1 field lines, in order, then the added
+    lines it is given; its ids are those lines' (new on each call)."""
     received = list(headers)
-    got, rid, tp = forward_clean(headers, peer, scheme, cert, flags, 1.0)
-    wire = forward_clean_lines(peer, rid, tp)
-    assert headers == received
-    n = 1 if flags is None else 2
-    assert got[-n] == (b"x-request-id", rid)
-    assert tp is None if flags is None else got[-1] == (b"traceparent", tp)
-    added = got[len(headers) :]
-    assert b"".join(wire) == b"".join(b"%s: %s\r\n" % (name, value) for name, value in added)
+    got, _, _ = forward_clean(headers, peer, scheme, cert, flags, 1.0)
+    for added in (b"", b"x-bench: 1\r\n"):
+        rid, tp, wire = forward_clean_wire(peer, scheme, cert, flags, 1.0, added)
+        assert headers == received
+        n = 1 if flags is None else 2
+        fields = [*got[len(headers) : -n], (b"x-request-id", rid)]
+        if flags is None:
+            assert tp is None
+        else:
+            assert tp is not None and len(tp) == 55 and tp.endswith(b"-" + flags)
+            assert tp[3:35] == uuid.UUID(rid.decode("ascii")).hex.encode()
+            fields.append((b"traceparent", tp))
+        assert [name for name, _ in got[-n:]] == [name for name, _ in fields[-n:]]
+        assert b"".join(wire) == b"".join(b"%s: %s\r\n" % f for f in fields) + added
 
 
 def test_forward_clean_follows_the_connection_it_is_given() -> None:

@@ -269,3 +269,52 @@ def test_a_clean_request_without_filters_is_forwarded_as_by_the_general_path() -
         await be.stop()
 
     run(main())
+
+
+@pytest.mark.parametrize(
+    "ops",
+    [
+        HeaderOps(add=(("x-bench", "1"), ("x-two", "a: b"))),  # lines made once per rule
+        HeaderOps(add=(("user-agent", "also"),)),  # a name the client sent
+        HeaderOps(set=(("user-agent", "s"),)),  # sets and removes need the field list
+        HeaderOps(remove=("x-custom",)),
+    ],
+)
+def test_a_clean_request_with_header_filters_is_forwarded_as_by_the_general_path(
+    ops: HeaderOps,
+) -> None:
+    """A clean request on a plain rule with a RequestHeaderModifier: one that only adds
+    fields keeps the ready-made lines (the added fields' lines made once per modifier),
+    any other takes the field list; the backend gets what the general path sends."""
+    from gatewayd.proxy.http import exchange
+
+    async def main() -> None:
+        be = await start_backend()
+        plain = rule(backend("b", be.port), request_headers=ops)
+        general = dataclasses.replace(plain, request_timeout=30.0)
+        assert plain.plain and not general.plain
+        proxy, port, _ = await start_proxy({"/plain": hit(plain), "/general": hit(general)})
+        c = await Client.open(port)
+        extra = "user-agent: t\r\nx-custom: a, b\r\n"
+        for path in ("/plain", "/general", "/plain"):
+            assert (await c.get(path + "/x", extra=extra)).status == 200
+        known = exchange._added_lines[id(ops)]
+        assert known[0] is ops
+        assert (known[1] is not None) == (not ops.set and not ops.remove)
+        seen = [
+            [(n, "<trace>" if n == "traceparent" else v) for n, v in _seen(r)] for r in be.requests
+        ]
+        assert seen[0] == seen[1] == seen[2]
+        names = [n for n, _ in seen[0]]
+        for name, value in ops.add:
+            assert (name, value) in seen[0]
+            assert names.index(name, names.index("traceparent")) > names.index("traceparent")
+        for name, value in ops.set:
+            assert (name, value) in seen[0] and names.count(name) == 1
+        for name in ops.remove:
+            assert name not in names
+        c.close()
+        await proxy.close()
+        await be.stop()
+
+    run(main())

@@ -683,3 +683,53 @@ def test_table_agrees_with_reference_matcher(routes: list[HTTPRoute], data: st.D
         hit = t.lookup(host, method, path, query, headers)
         got = None if hit is None else (who(hit), hit.prefix)
         assert got == reference_lookup(routes, host, method, path, query, headers)
+
+
+def _path_only(routes: list[HTTPRoute]) -> list[HTTPRoute]:
+    """``routes`` with every match reduced to its path."""
+    return [
+        http(
+            r.meta.name,
+            *(rule(*(match(m.path.value, m.path.type) for m in rl.matches)) for rl in r.rules),
+            hostnames=r.hostnames,
+            ns=r.meta.namespace,
+            ts=r.meta.creation_timestamp,
+        )
+        for r in routes
+    ]
+
+
+@settings(max_examples=150, deadline=None)
+@given(routes=_routes(), data=st.data())
+def test_a_table_matching_on_host_and_path_alone_remembers_its_answers(
+    routes: list[HTTPRoute], data: st.DataObject
+) -> None:
+    """A table whose matches have no method, header or query condition keeps each
+    answer by (host, path) (``HTTPRouteTable.memo``): asked again, with any method,
+    fields or query, it still agrees with the reference matcher."""
+    routes = _path_only(routes)
+    t = table(*routes)
+    assert isinstance(t, HTTPRouteTable) and t.memo == {}
+    requests = data.draw(st.lists(_requests(routes), min_size=1, max_size=10))
+    for _ in range(2):
+        for host, method, path, query, headers in requests:
+            hit = t.lookup(host, method, path, query, headers)
+            assert t.memo[(host, path)] is hit
+            got = None if hit is None else (who(hit), hit.prefix)
+            assert got == reference_lookup(routes, host, method, path, query, headers)
+
+
+def test_the_memo_is_only_kept_where_host_and_path_decide_and_is_bounded() -> None:
+    from gatewayd.routing.snapshot import table as table_module
+
+    for conditions in ({"method": "GET"}, {"headers": [("x-a", "1")]}, {"query": [("q", "1")]}):
+        t = table(http("r", rule(match("/a", PREFIX, **conditions))))  # type: ignore[arg-type]
+        assert isinstance(t, HTTPRouteTable) and t.memo is None
+        assert get(t, "/a/b", **{"method": "POST"}) is None
+    t = table(http("r", rule(match("/a", PREFIX)), rule(match("/b.*", REGEX))))
+    assert isinstance(t, HTTPRouteTable) and t.memo is not None
+    for i in range(table_module.MEMO_SIZE + 5):
+        assert get(t, f"/a/{i}") == "r/0"
+        assert len(t.memo) <= table_module.MEMO_SIZE
+    assert get(t, "/bx") == "r/1" and get(t, "/c") is None
+    assert t.memo[("example.com", "/c")] is None

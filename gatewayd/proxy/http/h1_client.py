@@ -326,7 +326,7 @@ class UpstreamConnection(asyncio.Protocol):
                     fields += (n, b": ", v, b"\r\n")
             else:
                 # The clean lane's head: the client's fields, then the lines made with
-                # the forwarding fields (0.41 against 0.79 us, forward_clean_lines).
+                # the forwarding fields (0.41 against 0.79 us, forward_clean_wire).
                 if TYPE_CHECKING:  # only a WireRequestHead has a wire
                     assert isinstance(head, WireRequestHead)
                 for n, v in head.lead:

@@ -95,6 +95,11 @@ class HostIndex(Generic[T]):
         return self.any
 
 
+# ``HTTPRouteTable.memo``: answers kept per table, and the mark of a key not in it
+# (``memo.get(key, MEMO_MISS)``: compared by identity, never read).
+MEMO_SIZE = 1024
+MEMO_MISS: RouteHit = RouteHit.__new__(RouteHit)
+
 # Larger than any candidate rank: "nothing found yet".
 _NO_RANK = 1 << 62
 
@@ -219,7 +224,7 @@ class ListenerSpec:
 class HTTPRouteTable:
     """``compiled.RouteTable`` for HTTP and HTTPS listener ports."""
 
-    __slots__ = ("_listener_list", "_listeners")
+    __slots__ = ("_listener_list", "_listeners", "memo")
 
     def __init__(self, listeners: Sequence[ListenerSpec]) -> None:
         # Listeners of one port have distinct hostnames (the status computation reports
@@ -242,8 +247,40 @@ class HTTPRouteTable:
         built.sort(key=lambda lr: hostname_rank(lr.hostname), reverse=True)
         self._listener_list = tuple(built)
         self._listeners: HostIndex[ListenerRoutes] = HostIndex((lr.hostname, lr) for lr in built)
+        # ``(host, path) -> lookup's answer``, for a table where nothing but host and
+        # path decides (no candidate matches on method, header or query; a regex is
+        # on the path): None otherwise.  A client asks for the same few paths of the
+        # same host again and again, and the dict hit costs ~0.1 us against ~0.5 us
+        # for the walk (timeit, make bench's one PathPrefix "/" rule).  Bounded (host
+        # and path are the client's): MEMO_SIZE answers, emptied when full.  The
+        # request path reads it directly (``exchange._route``); ``lookup`` fills it.
+        self.memo: dict[tuple[str, str], RouteHit | None] | None = (
+            {}
+            if all(c.method is None and not c.headers and not c.query for c in everyone.values())
+            else None
+        )
 
     def lookup(
+        self,
+        host: str,
+        method: str,
+        path: str,
+        query: str,
+        headers: Mapping[str, str],
+    ) -> RouteHit | None:
+        memo = self.memo
+        if memo is None:
+            return self._lookup(host, method, path, query, headers)
+        key = (host, path)
+        hit = memo.get(key, MEMO_MISS)
+        if hit is MEMO_MISS:
+            hit = self._lookup(host, method, path, query, headers)
+            if len(memo) >= MEMO_SIZE:
+                memo.clear()
+            memo[key] = hit
+        return hit
+
+    def _lookup(
         self,
         host: str,
         method: str,

@@ -145,6 +145,8 @@ def wire_head(h: RequestHead, lead: int) -> WireRequestHead:
     w.lead = h.headers[:lead]
     lines = b"".join(b"%s: %s\r\n" % f for f in h.headers[lead:])
     w.wire = (lines[:5], lines[5:])
+    # ``headers`` is made from the two when read.
+    assert w.headers == h.headers
     return w
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
+import httptools
 from transport_double import TransportDouble, run_in_loop
 
 from gatewayd.proxy.http.codec import RD_UPSTREAM, Headers, RequestHead, ResponseHead
@@ -522,6 +523,48 @@ def test_forward_clean_says_whether_forwarding_must_walk_the_fields() -> None:
         assert ex.head.transfer_codings == b"chunked"
 
     serve(chunked)
+
+
+def test_version_and_keep_alive_agree_with_the_parser_for_every_version() -> None:
+    """``head.version`` is taken without asking the parser when a request is kept
+    alive and has no Connection field: for each version llhttp accepts, with and
+    without Connection fields, version and keep-alive are still the parser's."""
+
+    class Asker:
+        version = ""
+        keep = False
+        parser: httptools.HttpRequestParser
+
+        def on_headers_complete(self) -> None:
+            self.version = self.parser.get_http_version()
+            self.keep = self.parser.should_keep_alive()
+
+    for version in (b"0.9", b"1.0", b"1.1", b"2.0"):
+        for fields in (
+            b"",
+            b"Connection: keep-alive\r\n",
+            b"Proxy-Connection: keep-alive\r\n",
+            b"Connection: close\r\n",
+            b"X-Forwarded-For: 192.0.2.1\r\n",
+        ):
+            request = b"GET / HTTP/" + version + b"\r\nHost: a\r\n" + fields + b"\r\n"
+            asker = Asker()
+            asker.parser = httptools.HttpRequestParser(asker)
+            asker.parser.feed_data(request)
+            assert asker.version == version.decode()
+
+            def test(
+                conn: HttpConnection,
+                t: TransportDouble,
+                request: bytes = request,
+                asker: Asker = asker,
+            ) -> None:
+                conn.data_received(request)
+                [ex] = RECORDED
+                assert ex.head.version == asker.version, request
+                assert ex.head.keep_alive is asker.keep, request
+
+            serve(test)
 
 
 def test_a_head_incomplete_at_the_end_of_a_read_gets_the_head_deadline() -> None:
