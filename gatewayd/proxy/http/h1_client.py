@@ -212,6 +212,10 @@ class UpstreamConnection(asyncio.Protocol):
         "progress",
         "raw_head",
         "raw_low",
+        "raw_next",
+        "raw_seen",
+        "raw_seen_length",
+        "raw_seen_raw",
         "read_mask",
         "read_paused",
         "resp_head",
@@ -277,6 +281,15 @@ class UpstreamConnection(asyncio.Protocol):
         self._fparser = self.parser
         self.raw_head = ResponseHead(0, [])
         self.raw_low = b""
+        # The last head the lane took on this connection (status line and fields,
+        # as llhttp accepted them), its field lines to write and its Content-Length:
+        # a backend answers the same head again and again (the same fields, Date the
+        # same within its second), and the same bytes get the same answer for the cost
+        # of one comparison.  ``raw_next``: the head being read, kept once accepted.
+        self.raw_seen = b""
+        self.raw_seen_raw = b""
+        self.raw_seen_length: int | None = None
+        self.raw_next = b""
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -704,10 +717,15 @@ class UpstreamConnection(asyncio.Protocol):
         if self._head_request or not getattr(h, "raw_response", False):
             return False
         end = data.find(b"\r\n\r\n")
-        if end < RAW_HEAD_MIN or end + 4 > self.max_bytes or not data.startswith(b"HTTP/1.1 "):
-            return False  # not all here (-1), short, too long, or not HTTP/1.1
-        if data[9] < 50:  # 1xx (or a status llhttp refuses): interim responses, 101
-            return False
+        if end < RAW_HEAD_MIN or end + 4 > self.max_bytes:
+            return False  # not all here (-1), short or too long
+        head = data[:end]
+        if head == self.raw_seen:
+            self.raw_head.raw = self.raw_seen_raw
+            self.raw_low = b""  # the length is the one seen
+            return True
+        if not data.startswith(b"HTTP/1.1 ") or data[9] < 50:
+            return False  # not HTTP/1.1, or 1xx (interim responses, 101)
         nl = data.find(b"\n")  # the status line's end (llhttp wants CR LF there)
         # The field lines, from the status line's LF: every field name follows an LF.
         low = data[nl : end + 2].lower()
@@ -733,6 +751,7 @@ class UpstreamConnection(asyncio.Protocol):
             return False  # no field left: the list lane's head is as short
         self.raw_head.raw = raw
         self.raw_low = low
+        self.raw_next = head
         return True
 
     def _raw_headers_complete(self) -> None:
@@ -746,11 +765,19 @@ class UpstreamConnection(asyncio.Protocol):
         self.head_fed = 0
         self.progress = True
         low = self.raw_low
-        i = low.find(b"\ncontent-length:")
-        length: int | None = None
-        if i >= 0:
-            # Digits and whitespace only: llhttp checked (and refused a second one).
-            length = int(low[i + 16 : low.find(b"\r", i)])
+        if low:
+            i = low.find(b"\ncontent-length:")
+            length: int | None = None
+            if i >= 0:
+                # Digits and whitespace only: llhttp checked (and refused a second one).
+                length = int(low[i + 16 : low.find(b"\r", i)])
+            # llhttp accepted this head: the next one like it needs no look.
+            self.raw_seen = self.raw_next
+            self.raw_seen_raw = self.raw_head.raw
+            self.raw_seen_length = length
+        else:
+            length = self.raw_seen_length
+        if length is not None:
             self.has_length = True
             self.body_length = length
         rh = self.raw_head

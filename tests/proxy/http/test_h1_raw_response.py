@@ -22,6 +22,7 @@ from transport_double import TransportDouble, run_in_loop
 import gatewayd.proxy.http.h1_client as h1_client
 from gatewayd.proxy.http.codec import ClientCallbacks
 from gatewayd.proxy.http.h1_client import RAW_HEAD_MIN, UpstreamConnection, endpoint_key
+from gatewayd.proxy.http.pool import UpstreamPool
 from gatewayd.proxy.server import HttpConnection, Proxy, ProxyOptions
 from gatewayd.proxy.snapshot import SnapshotHolder
 from gatewayd.routing.snapshot.backends import EndpointAddress
@@ -63,6 +64,7 @@ class Run:
     upstream_requests: bytes = b""
     upstream_reused: list[bool] = field(default_factory=list)  # pooled after each reply
     lanes: list[bool] = field(default_factory=list)  # _raw_take's answers
+    remembered: list[bool] = field(default_factory=list)  # taken as the head before
 
 
 def converse(
@@ -85,6 +87,7 @@ def converse(
         def spy(self: UpstreamConnection, h: ClientCallbacks, data: bytes) -> bool:
             got = take(self, h, data)
             run.lanes.append(got)
+            run.remembered.append(got and not self.raw_low)
             return got
 
         mp.setattr(UpstreamConnection, "_raw_take", spy)
@@ -350,6 +353,54 @@ def test_bytes_after_the_response_make_the_connection_unusable(
     assert on.lanes == [True, True]
     assert on.upstream_reused == [False, True]
     assert statuses(on.client) == [200, 200]
+
+
+def test_the_same_head_again_is_remembered(monkeypatch: pytest.MonkeyPatch) -> None:
+    later = NGINX.replace(b"20:39:13", b"20:39:14")
+    other_body = NGINX.replace(b"hello, world\n", b"HELLO, WORLD\n")
+    script = [(GET, [NGINX]), (GET, [other_body]), (GET, [later]), (GET, [later])]
+    on, _ = compare(script, monkeypatch)
+    assert on.lanes == [True] * 4
+    assert on.remembered == [False, True, False, True]
+    assert [body_of(h) for h in on.client.split(b"HTTP/1.1 ")[1:]] == [
+        b"hello, world\n",
+        b"HELLO, WORLD\n",
+        b"hello, world\n",
+        b"hello, world\n",
+    ]
+    assert on.client.count(b"20:39:14") == 2
+
+
+def test_a_refused_head_is_not_remembered() -> None:
+    # _raw_take looks at the head before llhttp reads it: a head it would take but
+    # llhttp refuses (a second Content-Length) is never remembered.
+    twice = NGINX.replace(b"X-Seen-Bench: 1", b"Content-Length: 13")
+
+    class Handler:
+        raw_response = True
+        lost: list[object] = []
+
+        def on_response_head(self, stream: object, head: object) -> None:
+            raise AssertionError("no head")
+
+        def on_stream_lost(self, stream: object, exc: object, got: bool) -> None:
+            self.lost.append(exc)
+
+        def on_flush(self) -> None:
+            pass
+
+    async def main() -> None:
+        pool = UpstreamPool()
+        conn = UpstreamConnection(pool, ("127.0.0.1", 80, ""), "be")
+        conn.connection_made(TransportDouble())  # type: ignore[arg-type]
+        conn.bind(Handler(), False)  # type: ignore[arg-type]
+        conn.data_received(twice)
+        assert conn.parser is conn.rparser  # the lane's parser read it
+        assert conn.raw_seen == b"" and conn.closed
+        assert len(Handler.lost) == 1
+        pool.close()
+
+    run_in_loop(main)
 
 
 def test_too_many_fields_is_the_same_502(monkeypatch: pytest.MonkeyPatch) -> None:
