@@ -418,8 +418,8 @@ ExchangeFactory = Callable[[ServerStream, RequestHead], StreamCallbacks]
 class ClientCallbacks(Protocol):
     """What a client codec reports to the exchange bound to its stream.
 
-    Optional: a ``raw_response`` attribute (or property), read when the stream is
-    bound.  True: the response head may arrive with its field lines as wire bytes in
+    Optional: a ``raw_response`` attribute (or property), read by a codec when a
+    response starts.  True: the response head may arrive with its field lines as wire bytes in
     ``ResponseHead.raw`` (HTTP/1.1 backend to HTTP/1.1 client, nothing on the response
     side that reads or changes fields); a codec that cannot, and every head it does
     not pass through, still fills ``headers``.  Missing: False."""

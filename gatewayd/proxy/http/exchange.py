@@ -1325,7 +1325,8 @@ class Exchange:
         fields (a plain HTTPRoute rule, no ResponseHeaderModifier on the rule or the
         backend: ``plain`` rules the rest out: CORS, sessions, retries on status
         codes, GRPCRoute) and the client speaks HTTP/1.x, whose codec writes the
-        lines as they are.  Asked once per try, when the upstream stream is bound."""
+        lines as they are.  Asked by the HTTP/1.1 client codec when a response
+        starts with a read long enough for the lane (``h1_client._raw_take``)."""
         rule = self.rule
         backend = self.backend
         return (
