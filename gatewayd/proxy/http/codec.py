@@ -243,9 +243,14 @@ def request_head(
 
 
 class ResponseHead:
-    """A final response head (interim 1xx responses never reach the exchange)."""
+    """A final response head (interim 1xx responses never reach the exchange).
 
-    __slots__ = ("body_length", "end_stream", "headers", "status")
+    ``raw``: HTTP/1.1 field lines (each ``name: value\r\n``) that come before
+    ``headers`` on the wire, as the backend sent them minus its hop-by-hop lines: the
+    pass-through lane (``ClientCallbacks.raw_response``, ``h1_client``).  Empty for
+    every other head, whose fields are all in ``headers``."""
+
+    __slots__ = ("body_length", "end_stream", "headers", "raw", "status")
 
     def __init__(
         self,
@@ -254,6 +259,7 @@ class ResponseHead:
         *,
         body_length: int | None = None,
         end_stream: bool = False,
+        raw: bytes = b"",
     ) -> None:
         self.status = status
         self.headers = headers
@@ -262,6 +268,7 @@ class ResponseHead:
         self.body_length = body_length
         # No body follows (HEAD, 204, 304, HTTP/2 END_STREAM on HEADERS).
         self.end_stream = end_stream
+        self.raw = raw
 
 
 # --------------------------------------------------------------------------- errors
@@ -316,7 +323,9 @@ class ServerStream(Protocol):
 
     def send_head(self, head: ResponseHead, request_method: bytes) -> None:
         """The final response head; the codec adds its framing fields.  The request
-        method is given so that a HEAD response is framed without a body."""
+        method is given so that a HEAD response is framed without a body.  A head
+        with ``raw`` field lines only goes to a codec that can write them (HTTP/1.1:
+        the exchange asks for them only under an HTTP/1.1 client)."""
 
     def send_data(self, data: bytes) -> None:
         """Response body bytes (buffered until ``flush``)."""
@@ -423,7 +432,13 @@ ExchangeFactory = Callable[[ServerStream, RequestHead], StreamCallbacks]
 
 
 class ClientCallbacks(Protocol):
-    """What a client codec reports to the exchange bound to its stream."""
+    """What a client codec reports to the exchange bound to its stream.
+
+    Optional: a ``raw_response`` attribute (or property), read by a codec when a
+    response starts.  True: the response head may arrive with its field lines as wire bytes in
+    ``ResponseHead.raw`` (HTTP/1.1 backend to HTTP/1.1 client, nothing on the response
+    side that reads or changes fields); a codec that cannot, and every head it does
+    not pass through, still fills ``headers``.  Missing: False."""
 
     def on_response_head(self, stream: ClientStream, head: ResponseHead) -> None: ...
 

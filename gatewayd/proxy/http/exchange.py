@@ -1329,9 +1329,16 @@ class Exchange:
             return
         self.status = status
         self.upstream_ms = (self.conn.loop.time() - self.try_start) * 1000.0
+        rid = self.request_id
+        if head.raw:
+            # The pass-through lane (``raw_response``): the backend's field lines, its
+            # hop-by-hop lines cut, are written as they came, then our request id.
+            head.headers = [(b"x-request-id", rid)] if rid is not None else []
+            self.stream.send_head(head, self.method)
+            self.response_started = True
+            return
         backend = self.backend
         assert backend is not None
-        rid = self.request_id
         if (
             rid is not None
             and rule.response_headers is None
@@ -1376,6 +1383,27 @@ class Exchange:
         head.headers = out
         self.stream.send_head(head, self.method)
         self.response_started = True
+
+    @property
+    def raw_response(self) -> bool:
+        """The response head may come as raw field lines (``ResponseHead.raw``,
+        ``ClientCallbacks``): nothing on the response side reads or changes its
+        fields (a plain HTTPRoute rule, no ResponseHeaderModifier on the rule or the
+        backend: ``plain`` rules the rest out: CORS, sessions, retries on status
+        codes, GRPCRoute) and the client speaks HTTP/1.x, whose codec writes the
+        lines as they are.  Asked by the HTTP/1.1 client codec when a response
+        starts with a read long enough for the lane (``h1_client._raw_take``)."""
+        rule = self.rule
+        backend = self.backend
+        return (
+            rule is not None
+            and rule.plain
+            and rule.response_headers is None
+            and backend is not None
+            and backend.response_headers is None
+            and not self.upgrade
+            and self.head.version != HTTP_2
+        )
 
     def on_response_data(self, data: bytes) -> None:
         if self.finished:
