@@ -1,5 +1,6 @@
-"""The request path's access log lines (``AccessLogger.http``: the request's bytes,
-formatted as bytes and written in batches) against the text formatting (``log``)."""
+"""The request path's access log lines (``AccessLogger.add``: a record of the request,
+its line formatted from the request's bytes in batches) against the text formatting
+(``log``)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,9 @@ import pytest
 
 from gatewayd.proxy import accesslog
 from gatewayd.proxy.accesslog import BUFFER_BYTES, PENDING_LINES, AccessLogger
+from gatewayd.proxy.http.codec import HTTP_2, HTTP_10, HTTP_11, RequestHead
 from gatewayd.routing.snapshot.backends import EndpointAddress
+from gatewayd.routing.snapshot.rules import CompiledRule
 
 START = 1460751420.310
 EP = EndpointAddress(address="10.0.2.1", port=80)
@@ -30,6 +33,7 @@ def request(**overrides: Any) -> dict[str, Any]:
         "protocol": b"HTTP/1.1",
         "status": 204,
         "flags": "",
+        "ejected": False,
         "bytes_received": 154,
         "bytes_sent": 0,
         "duration_ms": 226,
@@ -56,25 +60,47 @@ def fields(r: dict[str, Any]) -> list[tuple[bytes, bytes]]:
     return [*out, (b"user-agent", r["user_agent"]), (b"user-agent", b"second")]
 
 
+VERSIONS = {b"HTTP/1.1": HTTP_11, b"HTTP/1.0": HTTP_10, b"HTTP/2": HTTP_2}
+
+
+def rule(route_id: str) -> CompiledRule | None:
+    if not route_id:
+        return None
+    return CompiledRule(
+        route_kind="HTTPRoute", route_namespace="", route_name="", rule_index=0, route_id=route_id
+    )
+
+
 def call_http(logger: AccessLogger, r: dict[str, Any]) -> None:
-    logger.http(
-        r["start_time"],
+    """The request path's record (``Exchange._record``) of the request ``r``."""
+    # The record holds the wall clock at the end and the duration; half a millisecond
+    # more shows the duration's truncation to whole milliseconds.
+    duration = (r["duration_ms"] + 0.5) / 1000.0
+    upstream_ms = r["upstream_ms"]
+    head = RequestHead(
         r["method"],
         r["path"],
-        r["protocol"],
-        r["status"],
-        r["flags"],
-        r["bytes_received"],
-        r["bytes_sent"],
-        r["duration_ms"],
-        r["upstream_ms"],
         fields(r),
-        r["peer"],
-        r["request_id"],
-        r["authority"],
-        r["endpoint"],
-        r["route"],
-        r["traceparent"],
+        authority=r["authority"] or None,
+        version=VERSIONS[r["protocol"]],
+    )
+    logger.add(
+        (
+            r["start_time"] + duration,
+            duration,
+            head,
+            r["status"],
+            r["flags"],
+            r["ejected"],
+            r["bytes_received"],
+            r["bytes_sent"],
+            -1.0 if upstream_ms is None else upstream_ms + 0.25,
+            r["peer"],
+            r["request_id"] or None,
+            r["endpoint"],
+            rule(r["route"]),
+            r["traceparent"],
+        )
     )
 
 
@@ -88,7 +114,11 @@ def call_log(logger: AccessLogger, r: dict[str, Any]) -> None:
         path=r["path"].decode("latin-1"),
         protocol=r["protocol"].decode("latin-1"),
         status=r["status"],
-        flags=r["flags"],
+        flags=f"{r['flags']},OE"
+        if r["flags"] and r["ejected"]
+        else "OE"
+        if r["ejected"]
+        else r["flags"],
         bytes_received=r["bytes_received"],
         bytes_sent=r["bytes_sent"],
         duration_ms=r["duration_ms"],
@@ -197,20 +227,30 @@ def test_lines_wait_in_memory_until_a_second_or_a_full_buffer(
     assert n % PENDING_LINES == 0 and len(out) == n * size
     call_http(logger, request())
     assert len(written(stream)) == n * size
-    # A line a second after the last flush writes what waits.
+    # A request a second after the last flush reads no clock: its line waits for the
+    # proxy's periodic sweep (flush_due) ...
     clock[0] = 101.0
     call_http(logger, request())
+    assert len(written(stream)) == n * size
+    logger.flush_due()
     assert len(written(stream)) == (n + 2) * size
+    # ... which writes nothing within the second, then everything.
     call_http(logger, request())
-    # The periodic sweep: nothing within the second, then everything.
     logger.flush_due()
     assert len(written(stream)) == (n + 2) * size
     clock[0] = 102.0
     logger.flush_due()
     assert len(written(stream)) == (n + 3) * size
+    # A batch of lines formatted a second after the last flush writes what waits.
+    clock[0] = 103.0
+    for _ in range(PENDING_LINES - 1):
+        call_http(logger, request())
+    assert len(written(stream)) == (n + 3) * size
+    call_http(logger, request())
+    assert len(written(stream)) == (n + 3 + PENDING_LINES) * size
     call_http(logger, request())
     logger.flush()  # shutdown
-    assert written(stream) == line.getvalue().encode() * (n + 4)
+    assert written(stream) == line.getvalue().encode() * (n + 4 + PENDING_LINES)
 
 
 def test_lines_keep_their_order_and_other_text_never_splits_one() -> None:
