@@ -161,6 +161,15 @@ ODD_CASES = [
     request(upstream_ms=None, flags="UF", endpoint=None, route="", traceparent=None),
     request(endpoint=EndpointAddress(address="fd00::1", port=8080), status=503, peer="::1"),
     request(route="default/caf\u00e9/rule/0"),
+    # Read from the record when the line is formatted: the ejection flag, the
+    # protocol by version, a missing authority, request id and user agent, numbers
+    # past the small numbers' table, no traceparent, no client address.
+    request(flags="UF", ejected=True),
+    request(ejected=True, upstream_ms=0, duration_ms=0),
+    request(protocol=b"HTTP/2", authority=b""),
+    request(protocol=b"HTTP/1.0", request_id=b"", user_agent=b""),
+    request(upstream_ms=1234, duration_ms=98765, bytes_sent=10**12, status=599),
+    request(traceparent=None, peer="", xff_in=b"198.51.100.7"),
     *(request(user_agent=v) for v in ODD_VALUES),
     *(request(xff_in=v, authority=v) for v in ODD_VALUES),
     *(request(path=v, method=v, request_id=v) for v in ODD_VALUES),
@@ -322,3 +331,73 @@ def test_lines_waiting_at_interpreter_exit_are_written(tmp_path: Path) -> None:
         b'[2016-04-15T20:17:00.310Z] "- - -" 0 - 1 2 3 - "-" "-" "-" "-" "-" '
         b'10.0.35.28:51514 "-" "-" "-" "-"\n'
     )
+
+
+@pytest.mark.parametrize(
+    ("fmt", "trace_ids"), list(itertools.product(("text", "json"), (False, True)))
+)
+def test_batches_of_clean_and_odd_lines_with_l4_lines_between(fmt: str, trace_ids: bool) -> None:
+    """Full batches with nothing to escape (one check for the whole batch), batches
+    with an odd line among clean ones (each line on its own), L4 lines in between
+    (they format what waits first): the same lines, in the same order, as the text
+    formatting writes one by one."""
+    new, old = file_stream(), io.StringIO()
+    loggers = [AccessLogger(fmt, s, trace_ids=trace_ids) for s in (new, old)]
+    cases = [request(status=200 + i % 7, bytes_sent=i) for i in range(2 * PENDING_LINES)]
+    cases += [*ODD_CASES, *cases]
+    for i, case in enumerate(cases):
+        call_http(loggers[0], case)
+        call_log(loggers[1], case)
+        if i % 50 == 49:
+            for logger in loggers:
+                logger.log_l4(
+                    start_time=START + i,
+                    flags="",
+                    bytes_received=i,
+                    bytes_sent=2,
+                    duration_ms=3,
+                    downstream="10.0.35.28:51514",
+                    sni="caf\u00e9" if i % 100 == 99 else "a.example",
+                    upstream_host="10.0.2.1:443",
+                    upstream_cluster="default/tls",
+                    route="default/tls/rule/0",
+                    details="",
+                )
+    for logger in loggers:
+        logger.flush()
+    assert written(new).decode() == old.getvalue()
+    assert old.getvalue().count("\n") == len(cases) + len(cases) // 50
+
+
+def test_the_request_path_reads_no_clock(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A record costs an append: the flush a second after the last one is checked
+    once a batch (and by the proxy's periodic sweep), not per request."""
+    reads = [0]
+
+    def clock() -> float:
+        reads[0] += 1
+        return 100.0
+
+    monkeypatch.setattr(accesslog, "_monotonic", clock)
+    logger = AccessLogger("text", file_stream())
+    reads[0] = 0
+    for _ in range(PENDING_LINES - 1):
+        call_http(logger, request())
+    assert reads[0] == 0 and len(logger.pending) == PENDING_LINES - 1
+    call_http(logger, request())
+    assert reads[0] == 1 and not logger.pending
+
+
+def test_a_text_only_stream_gets_each_line_at_once() -> None:
+    out = io.StringIO()
+    logger = AccessLogger("text", out)
+    call_http(logger, request())
+    assert out.getvalue().count("\n") == 1 and not logger.pending
+
+
+def test_small_numbers_table_is_bounded() -> None:
+    logger = AccessLogger("text", file_stream())
+    for ms in range(0, 5000, 7):
+        call_http(logger, request(upstream_ms=ms))
+    logger.flush()
+    assert len(accesslog._NUMBERS) <= 1000
