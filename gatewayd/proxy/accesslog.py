@@ -109,9 +109,13 @@ _JSON_B = (_JSON_HEAD + b"%.0s}\n", _JSON_HEAD + b',"trace_id":"%s"}\n')
 _JSON_QUOTES = (_JSON_B[0].count(b'"'), _JSON_B[1].count(b'"'))
 # Lines wait in memory up to this size (or a second) and go to the file in one write.
 BUFFER_BYTES = 64 * 1024
-# Requests whose lines wait as their fields, formatted together (memory: this many
-# request heads at most, each bounded by the request head limits).
-PENDING_LINES = 64
+# Requests whose lines wait as their records, formatted together (memory: this many
+# request heads at most, each bounded by the request head limits; typically ~1 KB a
+# record).  Each batch formatted between requests slows the next few of them down
+# (caches): in process, batches of 16 cost ~0.8 us a request more than of 64, and 128
+# ~0.25 us less in text, ~0.1 in JSON (bench_h1_inproc's request, one process, the
+# configurations alternated); 256 and 512 were no better.
+PENDING_LINES = 128
 
 
 class _Protocols(dict[str, bytes]):
@@ -363,8 +367,7 @@ class AccessLogger:
         request's own bytes, one join, and one check of the whole batch for anything
         to escape or outside ASCII (a line with some goes through ``_line``).  The
         loop keeps the formatting's code and data warm: one line formatted between two
-        requests cost twice as much as in a loop (measured; here, with the request path
-        between two batches: batches of 16 cost ~0.8 us a request more than of 64); the
+        requests cost twice as much as in a loop (measured; see ``PENDING_LINES``); the
         batch check costs 0.11 us a line where a check of each line took 0.18 (timeit)."""
         lines: list[bytes] = []
         append = lines.append
