@@ -44,12 +44,40 @@ import time
 import weakref
 from collections.abc import Callable
 from json.encoder import encode_basestring
-from typing import TYPE_CHECKING, Any, BinaryIO, TextIO
+from typing import TYPE_CHECKING, BinaryIO, TextIO
 
+from gatewayd.proxy.balancer import FLAG_EJECTED
 from gatewayd.routing.snapshot.addresses import host_port
 
 if TYPE_CHECKING:
+    from gatewayd.proxy.http.codec import RequestHead
     from gatewayd.routing.snapshot.backends import EndpointAddress
+    from gatewayd.routing.snapshot.rules import CompiledRule
+
+    # One request's record, what the request path keeps for its line (``AccessLogger``
+    # reads the rest from these objects, none of which changes after the request):
+    # wall clock at the end (time.time()), duration (s), the request head as received
+    # (method, original path, version, authority, fields: X-Forwarded-For and
+    # User-Agent), status, flags ("" for none), whether the request ejected its
+    # endpoint (flag OE), bytes received, bytes sent, ms to the upstream's response
+    # head (negative: none), the client's address, X-Request-Id, the endpoint, the
+    # rule (its route id), the traceparent sent upstream.
+    Record = tuple[
+        float,
+        float,
+        RequestHead,
+        int,
+        str,
+        bool,
+        int,
+        int,
+        float,
+        str,
+        bytes | None,
+        EndpointAddress | None,
+        CompiledRule | None,
+        bytes | None,
+    ]
 
 # Control characters are escaped in the text format so a header value can never start
 # a forged log line; JSON escapes them by itself.
@@ -81,9 +109,36 @@ _JSON_B = (_JSON_HEAD + b"%.0s}\n", _JSON_HEAD + b',"trace_id":"%s"}\n')
 _JSON_QUOTES = (_JSON_B[0].count(b'"'), _JSON_B[1].count(b'"'))
 # Lines wait in memory up to this size (or a second) and go to the file in one write.
 BUFFER_BYTES = 64 * 1024
-# Requests whose lines wait as their fields, formatted together (memory: this many
-# request heads at most, each bounded by the request head limits).
-PENDING_LINES = 64
+# Requests whose lines wait as their records, formatted together (memory: this many
+# request heads at most, each bounded by the request head limits; typically ~1 KB a
+# record).  Each batch formatted between requests slows the next few of them down
+# (caches): in process, batches of 16 cost ~0.8 us a request more than of 64, and 128
+# ~0.25 us less in text, ~0.1 in JSON (bench_h1_inproc's request, one process, the
+# configurations alternated); 256 and 512 were no better.
+PENDING_LINES = 128
+
+
+class _Protocols(dict[str, bytes]):
+    """The protocol field by RequestHead.version (codec's HTTP_10, HTTP_11, HTTP_2),
+    HTTP/1.1 for anything else: a subscript, ~0.02 us less than ``.get(v, default)``."""
+
+    def __missing__(self, version: str) -> bytes:
+        return b"HTTP/1.1"
+
+
+class _Numbers(dict[int, bytes]):
+    """``b"%d" % n`` kept for n below 1000 (milliseconds to an upstream's response
+    head): a subscript, ~0.02 us less than formatting it (timeit)."""
+
+    def __missing__(self, n: int) -> bytes:
+        text = b"%d" % n
+        if 0 <= n < 1000:
+            self[n] = text
+        return text
+
+
+_PROTOCOLS = _Protocols({"1.1": b"HTTP/1.1", "1.0": b"HTTP/1.0", "2": b"HTTP/2"})
+_NUMBERS = _Numbers()
 # Encodings in which an ASCII line is its own bytes.
 _ASCII_SUPERSETS = frozenset({"utf-8", "ascii", "iso8859-1", "latin-1", "cp1252"})
 _q: Callable[[str], str] = encode_basestring  # C: '"' + escaped + '"'
@@ -99,7 +154,7 @@ def _ascii(text: str) -> bytes:
 
 def _flush_at_exit(ref: weakref.ref[AccessLogger]) -> None:
     logger = ref()
-    if logger is not None and (logger._buf or logger._pending) and not logger._stream.closed:
+    if logger is not None and (logger._buf or logger.pending) and not logger._stream.closed:
         with contextlib.suppress(OSError, ValueError):  # the file is gone
             logger.flush()
 
@@ -114,13 +169,15 @@ def sockaddr_text(sockaddr: object) -> str:
 class AccessLogger:
     """Writes access log lines to ``stream`` (default: ``sys.stdout``).
 
-    A stream with a binary buffer in an ASCII-compatible encoding (stdout, a file) gets
-    the lines as bytes: they wait in memory and go to the stream's buffer in one write of
-    up to ``BUFFER_BYTES`` (64 KiB) of whole lines, so the request path formats bytes and
-    does no I/O.  Any other stream (``io.StringIO``) gets each line as text.  Either way
-    the lines reach the file when a line is written a second or more after the previous
-    flush, on ``flush()`` (at shutdown) and on ``flush_due()`` (from the proxy's periodic
-    sweep, so no line waits for the next request for more than about two seconds).
+    A stream with a binary buffer in an ASCII-compatible encoding (stdout, a file, a
+    pipe) gets the lines as bytes: a request leaves a record (``add``), ``PENDING_LINES``
+    records are formatted together, and the lines go to the stream's buffer in one write
+    of up to ``BUFFER_BYTES`` (64 KiB) of whole lines, so the request path formats
+    nothing and does no I/O.  Any other stream (``io.StringIO``) gets each line as text
+    at once.  Either way the lines reach the file when a batch (or an L4 line) is
+    formatted a second or more after the previous flush, on ``flush()`` (at shutdown)
+    and on ``flush_due()`` (from the proxy's periodic sweep, so no line waits for more
+    than about two seconds).
     """
 
     __slots__ = (
@@ -131,6 +188,7 @@ class AccessLogger:
         "_endpoints",
         "_errors",
         "_escaped",
+        "_held",
         "_json_format",
         "_last_flush",
         "_line_b",
@@ -140,12 +198,13 @@ class AccessLogger:
         "_ms_lo",
         "_ms_text",
         "_own",
-        "_pending",
         "_routes",
         "_sec",
         "_sec_text",
         "_stream",
         "_trace_ids",
+        "batch",
+        "pending",
     )
 
     def __init__(self, fmt: str, stream: TextIO | None = None, *, trace_ids: bool = False) -> None:
@@ -179,11 +238,17 @@ class AccessLogger:
                 # stream's own buffer would have been.
                 atexit.register(_flush_at_exit, weakref.ref(self))
         self._buf = bytearray()
-        self._pending: list[tuple[Any, ...]] = []
-        # "host:port" of the endpoints seen (by identity: a snapshot's endpoints live
-        # as long as the snapshot), and the route names as bytes; both bounded.
-        self._endpoints: dict[int, tuple[EndpointAddress, bytes]] = {}
-        self._routes: dict[str, bytes] = {}
+        # Records waiting for their lines, formatted ``batch`` at a time (a text-only
+        # stream gets each line at once).
+        self.pending: list[Record] = []
+        self.batch = PENDING_LINES if self._binary is not None else 1
+        # "host:port" of the endpoints seen and their rules' route ids, as bytes, by
+        # id(): ``_held`` holds the objects, so an id found is the object's own (no
+        # identity check); id(None) gives "-" (no test for None).  Bounded.
+        self._endpoints: dict[int, bytes] = {}
+        self._routes: dict[int, bytes] = {}
+        self._held: list[object] = []
+        self._forget()
         self._last_flush = _monotonic()
         self._sec = -1
         self._sec_text = ""
@@ -262,102 +327,178 @@ class AccessLogger:
             )
         )
 
-    def http(self, *entry: Any) -> None:
-        """``log()`` for the request path, with positional arguments (sixteen keyword
-        arguments cost about 0.5 us a call more): start_time, method, path, protocol
-        (bytes), status, flags (str), bytes_received, bytes_sent, duration_ms,
-        upstream_ms, the request's fields as received (X-Forwarded-For and User-Agent
-        are read from them), the client's address (str), request_id, authority
-        (bytes), the endpoint (EndpointAddress or None), route (str), the traceparent
-        sent upstream (bytes or None).  The fields must not change afterwards.
+    def add(self, record: Record) -> None:
+        """Log one request from its record (``Record``: what ``Exchange._record``
+        appends to ``pending`` itself, the same two lines inlined).  The record's objects
+        must not change afterwards: the line is formatted from them later."""
+        pending = self.pending
+        pending.append(record)
+        if len(pending) >= self.batch:
+            self.format_pending()
 
-        To a stream with a binary buffer the call only keeps its arguments (the request
-        fields' own bytes): ``PENDING_LINES`` of them are formatted together, in a loop
-        that keeps the formatting's code and data warm (one line formatted between two
-        requests cost twice as much as in a loop, measured)."""
-        if self._binary is None:
-            line = self._format(entry)
-            self._stream.write(line if isinstance(line, str) else line.decode("ascii"))
-        else:
-            pending = self._pending
-            pending.append(entry)
-            if len(pending) >= PENDING_LINES:
-                self._format_pending()
-        now = _monotonic()
-        if now - self._last_flush >= 1.0:
+    def format_pending(self) -> None:
+        """The waiting records' lines into the buffer (to the stream, for a text-only
+        stream), and a flush when the last one is a second old: checked here, once a
+        batch, rather than on each request (~0.07 us a request; the proxy's sweep calls
+        ``flush_due`` for a daemon that went quiet)."""
+        self._format_pending()
+        if _monotonic() - self._last_flush >= 1.0:
             self.flush()
 
     def _format_pending(self) -> None:
-        pending = self._pending
-        buf = self._buf
-        fmt = self._format
+        pending = self.pending
+        if not pending:
+            return
         try:
-            for entry in pending:
-                line = fmt(entry)
-                buf += line if isinstance(line, bytes) else self._encode(line)
+            if self._binary is None:
+                write = self._stream.write
+                for record in pending:
+                    line = self._line(record)
+                    write(line if isinstance(line, str) else line.decode("ascii"))
+            else:
+                self._format_batch(pending)
         finally:
             pending.clear()
-        if len(buf) >= BUFFER_BYTES:
+        if len(self._buf) >= BUFFER_BYTES:
             self._drain()
 
-    def _format(self, entry: tuple[Any, ...]) -> bytes | str:
-        """One request's line (``entry``: the arguments of ``http``): bytes when it is
-        plain ASCII with nothing to escape (formatted from the request's own bytes, no
-        decode), else the text formatting's str."""
-        # One tuple unpacked here rather than seventeen parameters filled by
-        # ``fmt(*entry)``: ~0.1 us less per line (timeit).
-        (
-            start_time,
-            method,
-            path,
-            protocol,
+    def _format_batch(self, pending: list[Record]) -> None:
+        """The lines of ``pending`` into the buffer: each formatted as bytes from the
+        request's own bytes, one join, and one check of the whole batch for anything
+        to escape or outside ASCII (a line with some goes through ``_line``).  The
+        loop keeps the formatting's code and data warm: one line formatted between two
+        requests cost twice as much as in a loop (measured; see ``PENDING_LINES``); the
+        batch check costs 0.11 us a line where a check of each line took 0.18 (timeit)."""
+        lines: list[bytes] = []
+        append = lines.append
+        line_b = self._line_b
+        json_format = self._json_format
+        no_up = b"null" if json_format else b"-"
+        numbers = _NUMBERS
+        endpoints = self._endpoints
+        routes = self._routes
+        protocols = _PROTOCOLS
+        lo = self._ms_lo
+        hi = self._ms_hi
+        ms_b = self._ms_b
+        for (
+            wall,
+            duration,
+            head,
             status,
             flags,
+            ejected,
             bytes_received,
             bytes_sent,
-            duration_ms,
             upstream_ms,
-            headers,
             peer_ip,
             request_id,
-            authority,
             endpoint,
-            route,
+            rule,
             traceparent,
-        ) = entry if len(entry) == 17 else (*entry, None)
-        # X-Forwarded-For as forwarded (Envoy logs the header after appending the
-        # client address to it): the first incoming one, then the client.
+        ) in pending:
+            start_time = wall - duration
+            if not lo <= start_time < hi:
+                # Outside the millisecond of the last line (the bounds are a
+                # microsecond inside it, so rounding cannot move a time between them
+                # elsewhere): two compares where ``_start_time``'s rounding took ~0.1 us.
+                self._start_time(start_time)
+                lo = self._ms_lo
+                hi = self._ms_hi
+                ms_b = self._ms_b
+            # X-Forwarded-For as forwarded (Envoy logs the header after appending the
+            # client address to it): the first incoming one, then the client.
+            xff_in = user_agent = None
+            for name, value in head.headers:
+                if name == b"user-agent":
+                    if user_agent is None:
+                        user_agent = value
+                elif name == b"x-forwarded-for" and xff_in is None:
+                    xff_in = value
+            if ejected:
+                flags = f"{flags},{FLAG_EJECTED}" if flags else FLAG_EJECTED
+            # The trace id is formatted on every line and dropped by the format without
+            # trace ids (``%.0s``), the route name too in text: one tuple, no copy.
+            append(
+                line_b
+                % (
+                    ms_b,
+                    head.method or b"-",
+                    head.target or b"-",
+                    protocols[head.version],
+                    status,
+                    flags.encode("latin-1") if flags else b"-",
+                    bytes_received,
+                    bytes_sent,
+                    int(duration * 1000.0),
+                    numbers[int(upstream_ms)] if upstream_ms >= 0 else no_up,
+                    xff_in + b", " + peer_ip.encode() if xff_in else peer_ip.encode() or b"-",
+                    user_agent or b"-",
+                    request_id or b"-",
+                    head.authority or b"-",
+                    endpoints.get(id(endpoint)) or self._endpoint(endpoint),
+                    (routes.get(id(rule)) or self._route(rule)) if json_format else b"",
+                    traceparent[3:35] if traceparent is not None else b"-",
+                )
+            )
+        chunk = b"".join(lines)
+        buf = self._buf
+        if chunk.isascii() and len(chunk.translate(None, self._escaped)) == len(chunk) - (
+            self._own * len(lines)
+        ):
+            buf += chunk
+            return
+        # Something to escape somewhere: each line on its own.
+        for record in pending:
+            line = self._line(record)
+            buf += line if isinstance(line, bytes) else self._encode(line)
+
+    def _line(self, record: Record) -> bytes | str:
+        """One request's line: bytes when it is plain ASCII with nothing to escape
+        (formatted from the request's own bytes, no decode), else the text
+        formatting's str.  ``_format_batch`` formats the same bytes in its loop."""
+        (
+            wall,
+            duration,
+            head,
+            status,
+            flags,
+            ejected,
+            bytes_received,
+            bytes_sent,
+            upstream_ms,
+            peer_ip,
+            request_id,
+            endpoint,
+            rule,
+            traceparent,
+        ) = record
+        start_time = wall - duration
+        if not self._ms_lo <= start_time < self._ms_hi:
+            self._start_time(start_time)
         xff_in = user_agent = None
-        for name, value in headers:
+        for name, value in head.headers:
             if name == b"user-agent":
                 if user_agent is None:
                     user_agent = value
             elif name == b"x-forwarded-for" and xff_in is None:
                 xff_in = value
-        peer = peer_ip.encode("ascii")
+        peer = peer_ip.encode()
         xff = xff_in + b", " + peer if xff_in else peer
         user_agent = user_agent or b""
+        request_id = request_id or b""
         trace_id = traceparent[3:35] if traceparent is not None else b""
-        if not self._ms_lo <= start_time < self._ms_hi:
-            # Outside the millisecond of the last line (the bounds are a microsecond
-            # inside it, so rounding cannot move a time between them elsewhere): two
-            # compares where ``_start_time``'s rounding took ~0.1 us (timeit).
-            self._start_time(start_time)
-        if endpoint is None:
-            host = b"-"
-        else:
-            hit = self._endpoints.get(id(endpoint))
-            host = hit[1] if hit is not None and hit[0] is endpoint else self._endpoint(endpoint)
-        route_b = self._routes.get(route)
-        if route_b is None:
-            route_b = self._route(route)
-        json_format = self._json_format
-        if upstream_ms is None:
-            up = b"null" if json_format else b"-"
-        else:
-            up = b"%d" % upstream_ms
-        # The trace id is formatted on every line and dropped by the format without
-        # trace ids (``%.0s``): one tuple, no copy to append to it.
+        host = self._endpoints.get(id(endpoint)) or self._endpoint(endpoint)
+        route = rule.route_id if rule is not None else ""
+        route_b = self._routes.get(id(rule)) or self._route(rule)
+        if ejected:
+            flags = f"{flags},{FLAG_EJECTED}" if flags else FLAG_EJECTED
+        duration_ms = int(duration * 1000.0)
+        up = int(upstream_ms) if upstream_ms >= 0 else None
+        method = head.method
+        path = head.target
+        protocol = _PROTOCOLS[head.version]
+        authority = head.authority or b""
         line = self._line_b % (
             self._ms_b,
             method or b"-",
@@ -368,7 +509,7 @@ class AccessLogger:
             bytes_received,
             bytes_sent,
             duration_ms,
-            up,
+            (b"null" if self._json_format else b"-") if up is None else b"%d" % up,
             xff or b"-",
             user_agent or b"-",
             request_id or b"-",
@@ -389,7 +530,7 @@ class AccessLogger:
                 bytes_received,
                 bytes_sent,
                 duration_ms,
-                upstream_ms,
+                up,
                 xff.decode("latin-1"),
                 user_agent.decode("latin-1"),
                 request_id.decode("latin-1"),
@@ -400,20 +541,37 @@ class AccessLogger:
             )
         return line
 
-    def _endpoint(self, endpoint: EndpointAddress) -> bytes:
-        cache = self._endpoints
-        if len(cache) >= 4096:
-            cache.clear()
+    def _endpoint(self, endpoint: EndpointAddress | None) -> bytes:
+        """``endpoint``'s "host:port" for a bytes line, kept by its id()."""
+        if endpoint is None:
+            return b"-"
+        if len(self._endpoints) >= 4096:
+            self._forget()
         text = _ascii(host_port(endpoint.address, endpoint.port))
-        cache[id(endpoint)] = (endpoint, text)
+        self._endpoints[id(endpoint)] = text
+        self._held.append(endpoint)
         return text
 
-    def _route(self, route: str) -> bytes:
-        cache = self._routes
-        if len(cache) >= 4096:
-            cache.clear()
-        cache[route] = text = _ascii(route)
+    def _route(self, rule: CompiledRule | None) -> bytes:
+        """``rule``'s route id for a bytes line, kept by its id()."""
+        if rule is None:
+            return b"-"
+        if len(self._routes) >= 4096:
+            self._forget()
+        text = _ascii(rule.route_id)
+        self._routes[id(rule)] = text
+        self._held.append(rule)
         return text
+
+    def _forget(self) -> None:
+        """Empties the endpoint and route caches (bounded: a snapshot's objects live as
+        long as the snapshot, and a new snapshot brings new ones)."""
+        self._held.clear()
+        # id(None) stays: None stands for no endpoint or no route.
+        self._endpoints.clear()
+        self._endpoints[id(None)] = b"-"
+        self._routes.clear()
+        self._routes[id(None)] = b"-"
 
     def _text_line(
         self,
@@ -513,7 +671,7 @@ class AccessLogger:
         if self._binary is None:
             self._stream.write(line)
         else:
-            if self._pending:
+            if self.pending:
                 self._format_pending()  # in order
             buf = self._buf
             buf += self._encode(line)
@@ -541,8 +699,7 @@ class AccessLogger:
 
     def flush(self) -> None:
         self._last_flush = _monotonic()
-        if self._pending:
-            self._format_pending()
+        self._format_pending()
         self._drain()
         self._stream.flush()
 

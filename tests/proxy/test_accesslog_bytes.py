@@ -1,5 +1,6 @@
-"""The request path's access log lines (``AccessLogger.http``: the request's bytes,
-formatted as bytes and written in batches) against the text formatting (``log``)."""
+"""The request path's access log lines (``AccessLogger.add``: a record of the request,
+its line formatted from the request's bytes in batches) against the text formatting
+(``log``)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,9 @@ import pytest
 
 from gatewayd.proxy import accesslog
 from gatewayd.proxy.accesslog import BUFFER_BYTES, PENDING_LINES, AccessLogger
+from gatewayd.proxy.http.codec import HTTP_2, HTTP_10, HTTP_11, RequestHead
 from gatewayd.routing.snapshot.backends import EndpointAddress
+from gatewayd.routing.snapshot.rules import CompiledRule
 
 START = 1460751420.310
 EP = EndpointAddress(address="10.0.2.1", port=80)
@@ -30,6 +33,7 @@ def request(**overrides: Any) -> dict[str, Any]:
         "protocol": b"HTTP/1.1",
         "status": 204,
         "flags": "",
+        "ejected": False,
         "bytes_received": 154,
         "bytes_sent": 0,
         "duration_ms": 226,
@@ -56,25 +60,47 @@ def fields(r: dict[str, Any]) -> list[tuple[bytes, bytes]]:
     return [*out, (b"user-agent", r["user_agent"]), (b"user-agent", b"second")]
 
 
+VERSIONS = {b"HTTP/1.1": HTTP_11, b"HTTP/1.0": HTTP_10, b"HTTP/2": HTTP_2}
+
+
+def rule(route_id: str) -> CompiledRule | None:
+    if not route_id:
+        return None
+    return CompiledRule(
+        route_kind="HTTPRoute", route_namespace="", route_name="", rule_index=0, route_id=route_id
+    )
+
+
 def call_http(logger: AccessLogger, r: dict[str, Any]) -> None:
-    logger.http(
-        r["start_time"],
+    """The request path's record (``Exchange._record``) of the request ``r``."""
+    # The record holds the wall clock at the end and the duration; half a millisecond
+    # more shows the duration's truncation to whole milliseconds.
+    duration = (r["duration_ms"] + 0.5) / 1000.0
+    upstream_ms = r["upstream_ms"]
+    head = RequestHead(
         r["method"],
         r["path"],
-        r["protocol"],
-        r["status"],
-        r["flags"],
-        r["bytes_received"],
-        r["bytes_sent"],
-        r["duration_ms"],
-        r["upstream_ms"],
         fields(r),
-        r["peer"],
-        r["request_id"],
-        r["authority"],
-        r["endpoint"],
-        r["route"],
-        r["traceparent"],
+        authority=r["authority"] or None,
+        version=VERSIONS[r["protocol"]],
+    )
+    logger.add(
+        (
+            r["start_time"] + duration,
+            duration,
+            head,
+            r["status"],
+            r["flags"],
+            r["ejected"],
+            r["bytes_received"],
+            r["bytes_sent"],
+            -1.0 if upstream_ms is None else upstream_ms + 0.25,
+            r["peer"],
+            r["request_id"] or None,
+            r["endpoint"],
+            rule(r["route"]),
+            r["traceparent"],
+        )
     )
 
 
@@ -88,7 +114,11 @@ def call_log(logger: AccessLogger, r: dict[str, Any]) -> None:
         path=r["path"].decode("latin-1"),
         protocol=r["protocol"].decode("latin-1"),
         status=r["status"],
-        flags=r["flags"],
+        flags=f"{r['flags']},OE"
+        if r["flags"] and r["ejected"]
+        else "OE"
+        if r["ejected"]
+        else r["flags"],
         bytes_received=r["bytes_received"],
         bytes_sent=r["bytes_sent"],
         duration_ms=r["duration_ms"],
@@ -131,6 +161,15 @@ ODD_CASES = [
     request(upstream_ms=None, flags="UF", endpoint=None, route="", traceparent=None),
     request(endpoint=EndpointAddress(address="fd00::1", port=8080), status=503, peer="::1"),
     request(route="default/caf\u00e9/rule/0"),
+    # Read from the record when the line is formatted: the ejection flag, the
+    # protocol by version, a missing authority, request id and user agent, numbers
+    # past the small numbers' table, no traceparent, no client address.
+    request(flags="UF", ejected=True),
+    request(ejected=True, upstream_ms=0, duration_ms=0),
+    request(protocol=b"HTTP/2", authority=b""),
+    request(protocol=b"HTTP/1.0", request_id=b"", user_agent=b""),
+    request(upstream_ms=1234, duration_ms=98765, bytes_sent=10**12, status=599),
+    request(traceparent=None, peer="", xff_in=b"198.51.100.7"),
     *(request(user_agent=v) for v in ODD_VALUES),
     *(request(xff_in=v, authority=v) for v in ODD_VALUES),
     *(request(path=v, method=v, request_id=v) for v in ODD_VALUES),
@@ -197,20 +236,30 @@ def test_lines_wait_in_memory_until_a_second_or_a_full_buffer(
     assert n % PENDING_LINES == 0 and len(out) == n * size
     call_http(logger, request())
     assert len(written(stream)) == n * size
-    # A line a second after the last flush writes what waits.
+    # A request a second after the last flush reads no clock: its line waits for the
+    # proxy's periodic sweep (flush_due) ...
     clock[0] = 101.0
     call_http(logger, request())
+    assert len(written(stream)) == n * size
+    logger.flush_due()
     assert len(written(stream)) == (n + 2) * size
+    # ... which writes nothing within the second, then everything.
     call_http(logger, request())
-    # The periodic sweep: nothing within the second, then everything.
     logger.flush_due()
     assert len(written(stream)) == (n + 2) * size
     clock[0] = 102.0
     logger.flush_due()
     assert len(written(stream)) == (n + 3) * size
+    # A batch of lines formatted a second after the last flush writes what waits.
+    clock[0] = 103.0
+    for _ in range(PENDING_LINES - 1):
+        call_http(logger, request())
+    assert len(written(stream)) == (n + 3) * size
+    call_http(logger, request())
+    assert len(written(stream)) == (n + 3 + PENDING_LINES) * size
     call_http(logger, request())
     logger.flush()  # shutdown
-    assert written(stream) == line.getvalue().encode() * (n + 4)
+    assert written(stream) == line.getvalue().encode() * (n + 4 + PENDING_LINES)
 
 
 def test_lines_keep_their_order_and_other_text_never_splits_one() -> None:
@@ -282,3 +331,73 @@ def test_lines_waiting_at_interpreter_exit_are_written(tmp_path: Path) -> None:
         b'[2016-04-15T20:17:00.310Z] "- - -" 0 - 1 2 3 - "-" "-" "-" "-" "-" '
         b'10.0.35.28:51514 "-" "-" "-" "-"\n'
     )
+
+
+@pytest.mark.parametrize(
+    ("fmt", "trace_ids"), list(itertools.product(("text", "json"), (False, True)))
+)
+def test_batches_of_clean_and_odd_lines_with_l4_lines_between(fmt: str, trace_ids: bool) -> None:
+    """Full batches with nothing to escape (one check for the whole batch), batches
+    with an odd line among clean ones (each line on its own), L4 lines in between
+    (they format what waits first): the same lines, in the same order, as the text
+    formatting writes one by one."""
+    new, old = file_stream(), io.StringIO()
+    loggers = [AccessLogger(fmt, s, trace_ids=trace_ids) for s in (new, old)]
+    cases = [request(status=200 + i % 7, bytes_sent=i) for i in range(2 * PENDING_LINES)]
+    cases += [*ODD_CASES, *cases]
+    for i, case in enumerate(cases):
+        call_http(loggers[0], case)
+        call_log(loggers[1], case)
+        if i % 50 == 49:
+            for logger in loggers:
+                logger.log_l4(
+                    start_time=START + i,
+                    flags="",
+                    bytes_received=i,
+                    bytes_sent=2,
+                    duration_ms=3,
+                    downstream="10.0.35.28:51514",
+                    sni="caf\u00e9" if i % 100 == 99 else "a.example",
+                    upstream_host="10.0.2.1:443",
+                    upstream_cluster="default/tls",
+                    route="default/tls/rule/0",
+                    details="",
+                )
+    for logger in loggers:
+        logger.flush()
+    assert written(new).decode() == old.getvalue()
+    assert old.getvalue().count("\n") == len(cases) + len(cases) // 50
+
+
+def test_the_request_path_reads_no_clock(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A record costs an append: the flush a second after the last one is checked
+    once a batch (and by the proxy's periodic sweep), not per request."""
+    reads = [0]
+
+    def clock() -> float:
+        reads[0] += 1
+        return 100.0
+
+    monkeypatch.setattr(accesslog, "_monotonic", clock)
+    logger = AccessLogger("text", file_stream())
+    reads[0] = 0
+    for _ in range(PENDING_LINES - 1):
+        call_http(logger, request())
+    assert reads[0] == 0 and len(logger.pending) == PENDING_LINES - 1
+    call_http(logger, request())
+    assert reads[0] == 1 and not logger.pending
+
+
+def test_a_text_only_stream_gets_each_line_at_once() -> None:
+    out = io.StringIO()
+    logger = AccessLogger("text", out)
+    call_http(logger, request())
+    assert out.getvalue().count("\n") == 1 and not logger.pending
+
+
+def test_small_numbers_table_is_bounded() -> None:
+    logger = AccessLogger("text", file_stream())
+    for ms in range(0, 5000, 7):
+        call_http(logger, request(upstream_ms=ms))
+    logger.flush()
+    assert len(accesslog._NUMBERS) <= 1000

@@ -33,7 +33,6 @@ from typing import TYPE_CHECKING, Any, Final
 
 import httptools
 
-from gatewayd.proxy.balancer import FLAG_EJECTED
 from gatewayd.proxy.filters import (
     apply_header_ops,
     cors_preflight,
@@ -59,7 +58,6 @@ from gatewayd.proxy.grpc import (
 )
 from gatewayd.proxy.http.codec import (
     HTTP_2,
-    HTTP_10,
     HTTP_11,
     RD_UPSTREAM,
     ClientStream,
@@ -108,8 +106,6 @@ MIRROR_TIMEOUT: Final = 10.0
 # Metrics records (metrics.ExchangeRecord) that wait before they are counted together.
 METRICS_BATCH: Final = 256
 
-
-_PROTOCOLS_B: Final = {HTTP_11: b"HTTP/1.1", HTTP_10: b"HTTP/1.0", HTTP_2: b"HTTP/2"}
 
 # Local replies.  Flags and metric reasons follow localreply's table (Envoy's response
 # flags); the status is chosen by the caller.
@@ -1733,31 +1729,31 @@ class Exchange:
         if tp is not None and proxy.spans is not None:
             proxy.spans.export(self, duration)
         if access is not None:
-            head = self.head
-            flags = self.flags
-            # Positional (AccessLogger.http): the keyword form costs ~0.5 us more.  The
-            # fields as received (never changed: forwarding copies them) and the
-            # client's address, for X-Forwarded-For and User-Agent, read when the line
-            # is formatted.
-            access.http(
-                time.time() - duration,
-                self.method,
-                head.target,
-                _PROTOCOLS_B.get(head.version, b"HTTP/1.1"),
-                self.status,
-                (f"{flags},{FLAG_EJECTED}" if flags else FLAG_EJECTED) if self.ejected else flags,
-                self.bytes_received,
-                self.bytes_sent,
-                int(duration * 1000.0),
-                int(self.upstream_ms) if self.upstream_ms >= 0 else None,
-                self.headers,
-                self.conn.peer_ip,
-                self.request_id or b"",
-                head.authority or b"",
-                self.endpoint,
-                rule.route_id if rule is not None else "",
-                tp,
+            # The record of AccessLogger.add, inlined (a call less: ~0.06 us): objects
+            # that never change after the request (the head as received: forwarding
+            # copies its fields) and plain values; the line is formatted from them
+            # later, with others.
+            records = access.pending
+            records.append(
+                (
+                    time.time(),
+                    duration,
+                    self.head,
+                    self.status,
+                    self.flags,
+                    self.ejected,
+                    self.bytes_received,
+                    self.bytes_sent,
+                    self.upstream_ms,
+                    self.conn.peer_ip,
+                    self.request_id,
+                    self.endpoint,
+                    rule,
+                    tp,
+                )
             )
+            if len(records) >= access.batch:
+                access.format_pending()
 
     # ------------------------------------------------------------------ mirrors
 
