@@ -199,7 +199,12 @@ async def measure(
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--requests", type=int, default=200, help="requests per round")
+    ap.add_argument(
+        "--requests",
+        type=int,
+        default=512,
+        help="requests per round (512: whole batches of the metrics (256) and access log (128))",
+    )
     ap.add_argument(
         "--access-log", choices=("off", "text", "json"), default="off", help="access log format"
     )

@@ -733,3 +733,17 @@ def test_the_memo_is_only_kept_where_host_and_path_decide_and_is_bounded() -> No
         assert len(t.memo) <= table_module.MEMO_SIZE
     assert get(t, "/bx") == "r/1" and get(t, "/c") is None
     assert t.memo[("example.com", "/c")] is None
+
+
+def test_the_memo_keeps_no_long_keys() -> None:
+    """Host and path are the client's: a long one is answered (the same answer) but not
+    kept, so the memo's memory is bounded by its entry count times MEMO_KEY_LEN."""
+    from gatewayd.routing.snapshot import table as table_module
+
+    t = table(http("r", rule(match("/a", PREFIX))))
+    assert isinstance(t, HTTPRouteTable) and t.memo is not None
+    long_path = "/a/" + "x" * table_module.MEMO_KEY_LEN
+    assert get(t, long_path) == "r/0"
+    assert get(t, long_path) == "r/0"
+    assert all(len(h) + len(p) <= table_module.MEMO_KEY_LEN for h, p in t.memo)
+    assert get(t, "/a/short") == "r/0" and ("example.com", "/a/short") in t.memo

@@ -96,8 +96,11 @@ class HostIndex(Generic[T]):
 
 
 # ``HTTPRouteTable.memo``: answers kept per table, and the mark of a key not in it
-# (``memo.get(key, MEMO_MISS)``: compared by identity, never read).
+# (``memo.get(key, MEMO_MISS)``: compared by identity, never read).  Only keys of
+# at most MEMO_KEY_LEN characters are kept: host and path are the client's and may be
+# tens of kilobytes each, so the entry count alone would not bound the memory.
 MEMO_SIZE = 1024
+MEMO_KEY_LEN = 512
 MEMO_MISS: RouteHit = RouteHit.__new__(RouteHit)
 
 # Larger than any candidate rank: "nothing found yet".
@@ -275,9 +278,10 @@ class HTTPRouteTable:
         hit = memo.get(key, MEMO_MISS)
         if hit is MEMO_MISS:
             hit = self._lookup(host, method, path, query, headers)
-            if len(memo) >= MEMO_SIZE:
-                memo.clear()
-            memo[key] = hit
+            if len(host) + len(path) <= MEMO_KEY_LEN:
+                if len(memo) >= MEMO_SIZE:
+                    memo.clear()
+                memo[key] = hit
         return hit
 
     def _lookup(
