@@ -395,9 +395,18 @@ def test_a_text_only_stream_gets_each_line_at_once() -> None:
     assert out.getvalue().count("\n") == 1 and not logger.pending
 
 
-def test_small_numbers_table_is_bounded() -> None:
-    logger = AccessLogger("text", file_stream())
-    for ms in range(0, 5000, 7):
-        call_http(logger, request(upstream_ms=ms))
-    logger.flush()
-    assert len(accesslog._NUMBERS) <= 1000
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_times_are_whole_milliseconds_as_the_text_formatting_writes_them(fmt: str) -> None:
+    """The record's float durations and upstream service times go to ``%d`` as they
+    are: truncated like int(), as the text formatting writes them, with and without an
+    upstream service time in one batch."""
+    new, old = file_stream(), file_stream()
+    loggers = [AccessLogger(fmt, s, trace_ids=True) for s in (new, old)]
+    for ms in [*range(0, 5000, 7), 10**6 + 3, None, 0, None]:
+        case = request(upstream_ms=ms, duration_ms=(ms or 0) * 3)
+        call_http(loggers[0], case)
+        call_log(loggers[1], case)
+    for logger in loggers:
+        logger.flush()
+    assert written(new) == written(old)
+    assert b" 1001 " in written(new) or b":1001," in written(new)
