@@ -384,6 +384,12 @@ class AccessLogger:
         lo = self._ms_lo
         hi = self._ms_hi
         ms_b = self._ms_b
+        # The last line's client address and endpoint, and their bytes: lines in a row
+        # share them (a keep-alive connection's requests; one endpoint, or few), and an
+        # identity test is ~0.02 us less than encoding the address and ~0.025 less than
+        # the endpoint's table (timeit, a batch of bench_h1_inproc's records).
+        last_peer = last_endpoint = None
+        peer = host = b""
         for (
             wall,
             duration,
@@ -420,6 +426,12 @@ class AccessLogger:
                     xff_in = value
             if ejected:
                 flags = f"{flags},{FLAG_EJECTED}" if flags else FLAG_EJECTED
+            if peer_ip is not last_peer:
+                last_peer = peer_ip
+                peer = peer_ip.encode()
+            if endpoint is not last_endpoint or not host:
+                last_endpoint = endpoint
+                host = endpoints.get(id(endpoint)) or self._endpoint(endpoint)
             # The trace id is formatted on every line and dropped by the format without
             # trace ids (``%.0s``), the route name too in text: one tuple, no copy.
             append(
@@ -435,11 +447,11 @@ class AccessLogger:
                     bytes_sent,
                     duration * 1000.0,
                     upstream_ms,
-                    xff_in + b", " + peer_ip.encode() if xff_in else peer_ip.encode() or b"-",
+                    xff_in + b", " + peer if xff_in else peer or b"-",
                     user_agent or b"-",
                     request_id or b"-",
                     head.authority or b"-",
-                    endpoints.get(id(endpoint)) or self._endpoint(endpoint),
+                    host,
                     (routes.get(id(rule)) or self._route(rule)) if json_format else b"",
                     traceparent[3:35] if traceparent is not None else b"-",
                 )
