@@ -314,7 +314,6 @@ class Exchange:
         "port",
         "progress",
         "raw_response",
-        "reason",
         "replay",
         "replay_size",
         "req_trailers",
@@ -407,7 +406,6 @@ class Exchange:
         self.status = 0
         self.bytes_sent = 0
         self.flags = ""
-        self.reason = ""
         self.finished = False
         # The default route timeout is a deadline the connection sweep checks, not a
         # timer handle: under uvloop, call_later + cancel costs about 2.2 us against
@@ -1622,7 +1620,6 @@ class Exchange:
             body = b""
         self.status = status
         self.flags = flag
-        self.reason = reason
         self.response_started = True
         self.response_done = True
         stream = self.stream
