@@ -168,7 +168,7 @@ class _RawSink:
     __slots__ = ("on_body", "on_headers_complete", "on_message_begin", "on_message_complete")
 
     def __init__(self, conn: UpstreamConnection) -> None:
-        self.on_message_begin = conn.on_message_begin
+        self.on_message_begin = conn._raw_message_begin
         self.on_headers_complete = conn._raw_headers_complete
         self.on_body = conn.on_body
         self.on_message_complete = conn.on_message_complete
@@ -793,6 +793,14 @@ class UpstreamConnection(asyncio.Protocol):
         self.raw_next = head
         return True
 
+    def _raw_message_begin(self) -> None:
+        """``on_message_begin`` of the pass-through parser: the same checks, without
+        resetting the field counts, which only the field-by-field parser's callbacks
+        use (and which its own ``on_message_begin`` resets for its next message).  The
+        lane takes no chunked response, so this parser reads no trailer fields."""
+        if self.handler is None or self.done_in_feed:
+            raise UpstreamProtocolError("response without a request")
+
     def _raw_headers_complete(self) -> None:
         """``on_headers_complete`` of the pass-through parser: a final response whose
         head ``_raw_take`` checked; llhttp has validated its Content-Length."""
@@ -877,12 +885,18 @@ class UpstreamConnection(asyncio.Protocol):
         h = self.handler
         if h is None:
             raise UpstreamProtocolError("response without a request")
-        self._finish(h)
+        # ``_finish(h)`` inlined: once per response, a call less (should_keep_alive
+        # returns a bool already).
+        self._reusable = self.parser.should_keep_alive()
+        self.handler = None
+        self.done_in_feed = True
+        self._done_for = h
 
     def _finish(self, h: ClientCallbacks) -> None:
         # Reported by data_received once the rest of the chunk is parsed: a byte
         # after the end of the response makes the connection unusable, and the
         # handler must know that before it puts the connection back in the pool.
+        # (``on_message_complete`` makes the same stores.)
         self._reusable = bool(self.parser.should_keep_alive())
         self.handler = None
         self.done_in_feed = True
