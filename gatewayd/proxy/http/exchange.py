@@ -1337,6 +1337,18 @@ class Exchange:
                 self._outlier_failure()
             elif st.failures:
                 st.failures = 0  # outlier detection counts failures in a row
+        if head.raw:
+            # The pass-through lane (``raw_response``: a plain rule, so no retry on
+            # status codes and no GRPCRoute, the tests below skipped): the backend's
+            # field lines, its hop-by-hop lines cut, are written as they came, then
+            # our request id.
+            self.status = status
+            self.upstream_ms = (self.conn.loop.time() - self.try_start) * 1000.0
+            rid = self.request_id
+            head.headers = [(b"x-request-id", rid)] if rid is not None else []
+            self.stream.send_head(head, self.method)
+            self.response_started = True
+            return
         rule = self.rule
         assert rule is not None
         retry = rule.retry
@@ -1360,13 +1372,6 @@ class Exchange:
         self.status = status
         self.upstream_ms = (self.conn.loop.time() - self.try_start) * 1000.0
         rid = self.request_id
-        if head.raw:
-            # The pass-through lane (``raw_response``): the backend's field lines, its
-            # hop-by-hop lines cut, are written as they came, then our request id.
-            head.headers = [(b"x-request-id", rid)] if rid is not None else []
-            self.stream.send_head(head, self.method)
-            self.response_started = True
-            return
         backend = self.backend
         assert backend is not None
         if (
