@@ -1466,10 +1466,11 @@ class Exchange:
             self.finished = True
             # One loop clock read for the pool, the upstream duration and the
             # connection's idle deadline (``done``: a clock call less).
-            now = self.conn.loop.time()
+            # The stream is the connection: its loop and proxy read from it.
             h1: Any = stream  # h1_server.HttpConnection (not imported: it imports us)
+            now = h1.loop.time()
             h1.end_response(trailers)
-            proxy = self.conn.proxy
+            proxy = h1.proxy
             if reusable:
                 proxy.pool.release(conn, now)
             else:

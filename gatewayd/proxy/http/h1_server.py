@@ -718,7 +718,8 @@ class HttpConnection(asyncio.Protocol):
         if head.protocol is not None:
             self.upgrade_ex = ex
         self.cur = ex
-        self.head_fed = 0
+        # ``head_fed`` is left as it is: only a head being parsed counts it, and the
+        # next one starts it again (``on_message_begin``).
         self.deadline_kind = D_NONE
         self.deadline = 0.0
         if self.active is None and not self.queue:
