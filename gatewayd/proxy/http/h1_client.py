@@ -168,7 +168,7 @@ class _RawSink:
     __slots__ = ("on_body", "on_headers_complete", "on_message_begin", "on_message_complete")
 
     def __init__(self, conn: UpstreamConnection) -> None:
-        self.on_message_begin = conn.on_message_begin
+        self.on_message_begin = conn._raw_message_begin
         self.on_headers_complete = conn._raw_headers_complete
         self.on_body = conn.on_body
         self.on_message_complete = conn.on_message_complete
@@ -334,6 +334,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def bind(self, handler: ClientCallbacks, head_request: bool) -> None:
         """Attach the request about to be written on this connection."""
+        # ``send_request`` makes the same resets: a new one goes in both.
         self.handler = handler
         if self.parser_dirty:
             # The previous response answered a HEAD request: the parser (which cannot
@@ -352,6 +353,44 @@ class UpstreamConnection(asyncio.Protocol):
         self._head_request = head_request
         self._skip_complete = False
         self.head_fed = 0
+
+    def send_request(self, handler: ClientCallbacks, head_request: bool, head: RequestHead) -> None:
+        """``bind(handler, head_request)`` then ``send_head(head, (), True)``: a request
+        without a body (its head ends it), in one call for the exchange's plain lane
+        (``Exchange._forward_plain``): two calls less per request than ``_attach``'s
+        bind and send_head.  Without a body nothing is chunked: the head is written
+        as it is, in one write."""
+        self.handler = handler
+        if self.parser_dirty:
+            # As in ``bind``: a HEAD response (or a body read past it) left the parser
+            # expecting something else; start from a clean one.
+            self.parser = httptools.HttpResponseParser(self)
+            self.parser_dirty = False
+        self.headers = []
+        self.head_done = False
+        self.has_length = False
+        self.body_length = None
+        self.body_left = 0
+        self.chunked = False
+        self.chunked_out = False
+        self.trailers = None
+        self.got_bytes = False
+        self._head_request = head_request
+        self._skip_complete = False
+        self.head_fed = 0
+        fields = [head.method, b" ", head.target, b" HTTP/1.1\r\n"]
+        wire = head.wire
+        if wire is None:
+            for n, v in head.headers:
+                fields += (n, b": ", v, b"\r\n")
+        else:
+            if TYPE_CHECKING:  # only a WireRequestHead has a wire
+                assert isinstance(head, WireRequestHead)
+            for n, v in head.lead:
+                fields += (n, b": ", v, b"\r\n")
+            fields += wire
+        fields.append(b"\r\n")
+        self.transport.write(b"".join(fields))
 
     def has_stale_input(self) -> bool:
         """Bytes (or an EOF) arrived that no request asked for and the loop has not
@@ -754,6 +793,14 @@ class UpstreamConnection(asyncio.Protocol):
         self.raw_next = head
         return True
 
+    def _raw_message_begin(self) -> None:
+        """``on_message_begin`` of the pass-through parser: the same checks, without
+        resetting the field counts, which only the field-by-field parser's callbacks
+        use (and which its own ``on_message_begin`` resets for its next message).  The
+        lane takes no chunked response, so this parser reads no trailer fields."""
+        if self.handler is None or self.done_in_feed:
+            raise UpstreamProtocolError("response without a request")
+
     def _raw_headers_complete(self) -> None:
         """``on_headers_complete`` of the pass-through parser: a final response whose
         head ``_raw_take`` checked; llhttp has validated its Content-Length."""
@@ -838,12 +885,18 @@ class UpstreamConnection(asyncio.Protocol):
         h = self.handler
         if h is None:
             raise UpstreamProtocolError("response without a request")
-        self._finish(h)
+        # ``_finish(h)`` inlined: once per response, a call less (should_keep_alive
+        # returns a bool already).
+        self._reusable = self.parser.should_keep_alive()
+        self.handler = None
+        self.done_in_feed = True
+        self._done_for = h
 
     def _finish(self, h: ClientCallbacks) -> None:
         # Reported by data_received once the rest of the chunk is parsed: a byte
         # after the end of the response makes the connection unusable, and the
         # handler must know that before it puts the connection back in the pool.
+        # (``on_message_complete`` makes the same stores.)
         self._reusable = bool(self.parser.should_keep_alive())
         self.handler = None
         self.done_in_feed = True

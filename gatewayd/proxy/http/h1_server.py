@@ -621,7 +621,7 @@ class HttpConnection(asyncio.Protocol):
         h.authority = h.scheme = h.body_length = h.protocol = h.transfer_codings = None
         h.end_stream = h.expect_continue = False
         h.forward_clean = True
-        self.trailers = None
+        # ``trailers`` is None here: ``on_message_complete`` took the last request's.
         opts = self.proxy.options
         self.head_left = opts.max_header_bytes
         self.head_fed = 0
@@ -718,7 +718,8 @@ class HttpConnection(asyncio.Protocol):
         if head.protocol is not None:
             self.upgrade_ex = ex
         self.cur = ex
-        self.head_fed = 0
+        # ``head_fed`` is left as it is: only a head being parsed counts it, and the
+        # next one starts it again (``on_message_begin``).
         self.deadline_kind = D_NONE
         self.deadline = 0.0
         if self.active is None and not self.queue:
@@ -743,9 +744,11 @@ class HttpConnection(asyncio.Protocol):
     def on_message_complete(self) -> None:
         ex = self.cur
         self.cur = None
-        if ex is not None:
-            trailers = self.trailers
+        # Taken whatever the exchange (``on_message_begin`` counts on it).
+        trailers = self.trailers
+        if trailers is not None:
             self.trailers = None
+        if ex is not None:
             ex.on_end(trailers)
 
     # ------------------------------------------------------------------ ServerStream

@@ -218,7 +218,7 @@ class UpgradeExchange(Exchange):
             metrics.tunnel(backend.name, 1)
         pending = self.pending
         if pending:
-            self.pending = []
+            self.pending = ()
             stream.release_held(self.pending_size)
             self.pending_size = 0
             for data in pending:
@@ -243,8 +243,13 @@ class UpgradeExchange(Exchange):
         if self.tunnel and up is not None:
             up.send_data(data)
         else:
-            # Before the 101: held (bounded by the codec's hold limit).
-            self.pending.append(data)
+            # Before the 101: held (bounded by the codec's hold limit).  An empty
+            # tuple until the first bytes (``Exchange.pending``).
+            pending = self.pending
+            if isinstance(pending, list):
+                pending.append(data)
+            else:
+                self.pending = [data]
             self.pending_size += n
             self.stream.hold(n)
 

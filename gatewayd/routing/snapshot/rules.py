@@ -221,6 +221,11 @@ class CompiledRule:
     # redirect, direct reply, rewrite, mirror, session, retry or timeouts.  Decided
     # here once, so a request of such a rule skips the other tests.
     plain: bool = field(default=False, init=False, compare=False)
+    # A ``plain`` rule without a ResponseHeaderModifier on it or its backendRef:
+    # nothing on the response side reads or changes the fields, so the HTTP/1.1 client
+    # codec may pass the backend's field lines through (``Exchange.raw_response``,
+    # set from this one flag at routing instead of a property's six tests per response).
+    raw: bool = field(default=False, init=False, compare=False)
 
     def __post_init__(self) -> None:
         if not self.route_id:
@@ -247,6 +252,14 @@ class CompiledRule:
             and self.retry is None
             and self.request_timeout is None
             and self.backend_request_timeout is None,
+        )
+        object.__setattr__(
+            self,
+            "raw",
+            self.plain
+            and self.response_headers is None
+            and one is not None
+            and one.response_headers is None,
         )
 
     def pick_backend(self, r: float) -> CompiledBackend | None:
