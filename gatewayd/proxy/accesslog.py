@@ -42,7 +42,8 @@ import contextlib
 import sys
 import time
 import weakref
-from collections.abc import Callable
+from collections import namedtuple
+from collections.abc import Callable, Sequence
 from json.encoder import encode_basestring
 from typing import TYPE_CHECKING, BinaryIO, TextIO
 
@@ -78,6 +79,14 @@ if TYPE_CHECKING:
         CompiledRule | None,
         bytes | None,
     ]
+
+# The names of a record's items, for the rare paths that read a few of them by name
+# (the request path appends plain tuples: a named tuple costs more to make).
+RecordView = namedtuple(
+    "RecordView",
+    "wall duration head status flags ejected bytes_received bytes_sent upstream_ms"
+    " peer_ip request_id endpoint rule traceparent",
+)
 
 # Control characters are escaped in the text format so a header value can never start
 # a forged log line; JSON escapes them by itself.
@@ -367,12 +376,28 @@ class AccessLogger:
             self._drain()
 
     def _format_batch(self, pending: list[Record]) -> None:
-        """The lines of ``pending`` into the buffer: each formatted as bytes from the
-        request's own bytes, one join, and one check of the whole batch for anything
-        to escape or outside ASCII (a line with some goes through ``_line``).  The
-        loop keeps the formatting's code and data warm: one line formatted between two
-        requests cost twice as much as in a loop (measured; see ``PENDING_LINES``); the
-        batch check costs 0.11 us a line where a check of each line took 0.18 (timeit)."""
+        """The lines of ``pending`` into the buffer: formatted together as bytes
+        (``_bytes_lines``), one join, and one check of the whole batch for anything to
+        escape or outside ASCII (then each line on its own, ``_line``): the batch check
+        costs 0.11 us a line where a check of each line took 0.18 (timeit)."""
+        lines = self._bytes_lines(pending)
+        chunk = b"".join(lines)
+        buf = self._buf
+        if chunk.isascii() and len(chunk.translate(None, self._escaped)) == len(chunk) - (
+            self._own * len(lines)
+        ):
+            buf += chunk
+            return
+        # Something to escape somewhere: each line on its own.
+        for record in pending:
+            line = self._line(record)
+            buf += line if isinstance(line, bytes) else self._encode(line)
+
+    def _bytes_lines(self, pending: Sequence[Record]) -> list[bytes]:
+        """Each record's line formatted as bytes from the request's own bytes, nothing
+        escaped (the callers check).  The loop keeps the formatting's code and data
+        warm: one line formatted between two requests cost twice as much as in a loop
+        (measured; see ``PENDING_LINES``)."""
         lines: list[bytes] = []
         append = lines.append
         line_b = self._line_b
@@ -456,41 +481,18 @@ class AccessLogger:
                     traceparent[3:35] if traceparent is not None else b"-",
                 )
             )
-        chunk = b"".join(lines)
-        buf = self._buf
-        if chunk.isascii() and len(chunk.translate(None, self._escaped)) == len(chunk) - (
-            self._own * len(lines)
-        ):
-            buf += chunk
-            return
-        # Something to escape somewhere: each line on its own.
-        for record in pending:
-            line = self._line(record)
-            buf += line if isinstance(line, bytes) else self._encode(line)
+        return lines
 
     def _line(self, record: Record) -> bytes | str:
         """One request's line: bytes when it is plain ASCII with nothing to escape
-        (formatted from the request's own bytes, no decode), else the text
-        formatting's str.  ``_format_batch`` formats the same bytes in its loop."""
-        (
-            wall,
-            duration,
-            head,
-            status,
-            flags,
-            ejected,
-            bytes_received,
-            bytes_sent,
-            upstream_ms,
-            peer_ip,
-            request_id,
-            endpoint,
-            rule,
-            traceparent,
-        ) = record
-        start_time = wall - duration
-        if not self._ms_lo <= start_time < self._ms_hi:
-            self._start_time(start_time)
+        (``_bytes_lines``, from the request's own bytes, no decode), else the text
+        formatting's str."""
+        line = self._bytes_lines((record,))[0]
+        if line.isascii() and len(line.translate(None, self._escaped)) == len(line) - self._own:
+            return line
+        # Something to escape (or a byte outside ASCII): the text formatting.
+        r = RecordView._make(record)
+        head = r.head
         xff_in = user_agent = None
         for name, value in head.headers:
             if name == b"user-agent":
@@ -498,63 +500,30 @@ class AccessLogger:
                     user_agent = value
             elif name == b"x-forwarded-for" and xff_in is None:
                 xff_in = value
-        peer = peer_ip.encode()
-        xff = xff_in + b", " + peer if xff_in else peer
-        user_agent = user_agent or b""
-        request_id = request_id or b""
-        trace_id = traceparent[3:35] if traceparent is not None else b""
-        host = self._endpoints.get(id(endpoint)) or self._endpoint(endpoint)
-        route = rule.route_id if rule is not None else ""
-        route_b = self._routes.get(id(rule)) or self._route(rule)
-        if ejected:
+        peer_ip = r.peer_ip
+        xff = peer_ip if not xff_in else f"{xff_in.decode('latin-1')}, {peer_ip}"
+        flags = r.flags
+        if r.ejected:
             flags = f"{flags},{FLAG_EJECTED}" if flags else FLAG_EJECTED
-        duration_ms = int(duration * 1000.0)
-        up = int(upstream_ms) if upstream_ms >= 0 else None
-        method = head.method
-        path = head.target
-        protocol = _PROTOCOLS[head.version]
-        authority = head.authority or b""
-        line = (self._line_b if up is not None else self._line_no_up) % (
-            self._ms_b,
-            method or b"-",
-            path or b"-",
-            protocol,
-            status,
-            flags.encode("latin-1") if flags else b"-",
-            bytes_received,
-            bytes_sent,
-            duration_ms,
-            upstream_ms,
-            xff or b"-",
-            user_agent or b"-",
-            request_id or b"-",
-            authority or b"-",
-            host,
-            route_b,
-            trace_id or b"-",
+        return self._text_line(
+            r.wall - r.duration,
+            head.method.decode("latin-1"),
+            head.target.decode("latin-1"),
+            _PROTOCOLS[head.version].decode("latin-1"),
+            r.status,
+            flags,
+            r.bytes_received,
+            r.bytes_sent,
+            int(r.duration * 1000.0),
+            int(r.upstream_ms) if r.upstream_ms >= 0 else None,
+            xff,
+            (user_agent or b"").decode("latin-1"),
+            (r.request_id or b"").decode("latin-1"),
+            (head.authority or b"").decode("latin-1"),
+            "" if r.endpoint is None else host_port(r.endpoint.address, r.endpoint.port),
+            r.rule.route_id if r.rule is not None else "",
+            r.traceparent[3:35].decode("latin-1") if r.traceparent is not None else "",
         )
-        if not line.isascii() or len(line.translate(None, self._escaped)) != len(line) - self._own:
-            # Something to escape (or a byte outside ASCII): the text formatting.
-            return self._text_line(
-                start_time,
-                method.decode("latin-1"),
-                path.decode("latin-1"),
-                protocol.decode("latin-1"),
-                status,
-                flags,
-                bytes_received,
-                bytes_sent,
-                duration_ms,
-                up,
-                xff.decode("latin-1"),
-                user_agent.decode("latin-1"),
-                request_id.decode("latin-1"),
-                authority.decode("latin-1"),
-                "" if endpoint is None else host_port(endpoint.address, endpoint.port),
-                route,
-                trace_id.decode("latin-1"),
-            )
-        return line
 
     def _endpoint(self, endpoint: EndpointAddress | None) -> bytes:
         """``endpoint``'s "host:port" for a bytes line, kept by its id()."""

@@ -896,7 +896,7 @@ class Exchange:
                 # trailers, nothing pending, no 100-continue to send; a queued request
                 # whose body was read while it waited is not one) on the pooled
                 # HTTP/1.1 connection of a plain rule (no per-try timeout), with bind
-                # and send_head in one codec call: three calls less per request.  The
+                # and send_head in one codec call: two calls less per request.  The
                 # try starts in the routing callback: its loop time is ``start``.
                 self.upstream = up
                 self.reused = True

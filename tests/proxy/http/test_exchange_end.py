@@ -16,7 +16,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from prometheus_client import CollectorRegistry
-from transport_double import TransportDouble, run_in_loop
+from transport_double import TransportDouble, one_rule_snapshot, run_in_loop
 
 from gatewayd.proxy.accesslog import AccessLogger
 from gatewayd.proxy.http.codec import RD_UPSTREAM
@@ -25,25 +25,10 @@ from gatewayd.proxy.http.h1_client import UpstreamConnection, endpoint_key
 from gatewayd.proxy.http.h1_server import D_IDLE, D_LINGER, R_UPSTREAM, HttpConnection
 from gatewayd.proxy.metrics import ProxyMetrics
 from gatewayd.proxy.server import Proxy, ProxyOptions
-from gatewayd.proxy.snapshot import SnapshotHolder
-from gatewayd.routing.snapshot.backends import EndpointAddress
-from gatewayd.routing.snapshot.compiled import ListenerPort, Snapshot
-from gatewayd.routing.snapshot.rules import CompiledBackend, CompiledRule, RouteHit
 
 LOCAL = "127.0.0.1"
 GET = b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n"
 CL_RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"
-
-
-class OneRoute:
-    def __init__(self, hit: RouteHit) -> None:
-        self.hit = hit
-
-    def lookup(self, *args: Any) -> RouteHit:
-        return self.hit
-
-    def to_json(self) -> object:
-        return []
 
 
 class Rig:
@@ -51,28 +36,7 @@ class Rig:
     idle upstream connection in the pool."""
 
     def __init__(self, *, access: bool = False, **rule_kw: Any) -> None:
-        be = CompiledBackend(name="be", endpoints=(EndpointAddress(address=LOCAL, port=9),))
-        self.rule = CompiledRule(
-            route_kind="HTTPRoute",
-            route_namespace="default",
-            route_name="r",
-            rule_index=0,
-            backends=(be,),
-            cumulative_weights=(1,),
-            total_weight=1,
-            **rule_kw,
-        )
-        port = ListenerPort(
-            address=LOCAL,
-            port=1,
-            protocol="HTTP",
-            gateway_namespace="default",
-            gateway_name="gw",
-            listener_names=("http",),
-            table=OneRoute(RouteHit(rule=self.rule, prefix=None, listener_name="http")),  # type: ignore[arg-type]
-        )
-        holder = SnapshotHolder()
-        holder.swap(Snapshot(generation=1, ports={(LOCAL, 1): port}))
+        holder, self.rule = one_rule_snapshot(LOCAL, **rule_kw)
         self.registry = CollectorRegistry()
         self.metrics = ProxyMetrics(registry=self.registry)
         self.proxy = Proxy(holder, ProxyOptions(access_log=None), self.metrics)

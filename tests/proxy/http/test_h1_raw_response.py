@@ -11,23 +11,20 @@ backend's case), body and connection fate."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from transport_double import TransportDouble, run_in_loop
+from transport_double import TransportDouble, one_rule_snapshot, run_in_loop
 
 import gatewayd.proxy.http.h1_client as h1_client
 from gatewayd.proxy.http.codec import ClientCallbacks
 from gatewayd.proxy.http.h1_client import RAW_HEAD_MIN, UpstreamConnection, endpoint_key
 from gatewayd.proxy.http.pool import UpstreamPool
 from gatewayd.proxy.server import HttpConnection, Proxy, ProxyOptions
-from gatewayd.proxy.snapshot import SnapshotHolder
-from gatewayd.routing.snapshot.backends import EndpointAddress
-from gatewayd.routing.snapshot.compiled import ListenerPort, Snapshot
-from gatewayd.routing.snapshot.rules import CompiledBackend, CompiledRule, HeaderOps, RouteHit
+from gatewayd.routing.snapshot.rules import HeaderOps
 
 LOCAL = "127.0.0.1"
 GET = b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n"
@@ -38,21 +35,6 @@ NGINX = (
     b"Content-Type: text/plain\r\nContent-Length: 13\r\nConnection: keep-alive\r\n"
     b"X-Seen-Bench: 1\r\n\r\nhello, world\n"
 )
-
-
-class OneRoute:
-    """A route table with one rule for every request."""
-
-    def __init__(self, hit: RouteHit) -> None:
-        self.hit = hit
-
-    def lookup(
-        self, host: str, method: str, path: str, query: str, headers: Mapping[str, str]
-    ) -> RouteHit | None:
-        return self.hit
-
-    def to_json(self) -> object:
-        return []
 
 
 @dataclass
@@ -93,28 +75,7 @@ def converse(
         mp.setattr(UpstreamConnection, "_raw_take", spy)
 
         async def main() -> None:
-            be = CompiledBackend(name="be", endpoints=(EndpointAddress(address=LOCAL, port=9),))
-            rule = CompiledRule(
-                route_kind="HTTPRoute",
-                route_namespace="default",
-                route_name="r",
-                rule_index=0,
-                backends=(be,),
-                cumulative_weights=(1,),
-                total_weight=1,
-                response_headers=rule_filters,
-            )
-            port = ListenerPort(
-                address=LOCAL,
-                port=1,
-                protocol="HTTP",
-                gateway_namespace="default",
-                gateway_name="gw",
-                listener_names=("http",),
-                table=OneRoute(RouteHit(rule=rule, prefix=None, listener_name="http")),  # type: ignore[arg-type]
-            )
-            holder = SnapshotHolder()
-            holder.swap(Snapshot(generation=1, ports={(LOCAL, 1): port}))
+            holder, _ = one_rule_snapshot(LOCAL, response_headers=rule_filters)
             proxy = Proxy(holder, ProxyOptions(access_log=None, **options))  # type: ignore[arg-type]
             down = TransportDouble()
             conn = HttpConnection(proxy, (LOCAL, 1), "test")

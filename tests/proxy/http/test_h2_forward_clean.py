@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Mapping
 from typing import Any
 
 import h2.config
@@ -21,15 +20,12 @@ import h2.events
 import pytest
 from h2_kit import ServerRig
 from prometheus_client import CollectorRegistry
+from transport_double import one_rule_snapshot
 
 from gatewayd.proxy.http.codec import HTTP_2, RequestHead, ServerStream
 from gatewayd.proxy.http.h1_client import UpstreamConnection, endpoint_key
 from gatewayd.proxy.metrics import ProxyMetrics
 from gatewayd.proxy.server import HttpConnection, Proxy, ProxyOptions
-from gatewayd.proxy.snapshot import SnapshotHolder
-from gatewayd.routing.snapshot.backends import EndpointAddress
-from gatewayd.routing.snapshot.compiled import ListenerPort, Snapshot
-from gatewayd.routing.snapshot.rules import CompiledBackend, CompiledRule, RouteHit
 
 CASES: list[tuple[list[tuple[bytes, bytes]], bool]] = [
     ([(b"user-agent", b"u"), (b"accept", b"*/*"), (b"x-custom", b"1")], True),
@@ -141,44 +137,11 @@ class _Transport:
         return 0
 
 
-class _OneRoute:
-    def __init__(self, hit: RouteHit) -> None:
-        self.hit = hit
-
-    def lookup(
-        self, host: str, method: str, path: str, query: str, headers: Mapping[str, str]
-    ) -> RouteHit | None:
-        return self.hit
-
-    def to_json(self) -> object:
-        return []
-
-
 async def _upstream_requests(fields: list[tuple[bytes, bytes]], force_walk: bool) -> list[bytes]:
     """What the backend reads for the same request sent three times on one h2c
     connection (decoded twice, then remembered), with the codec's ``forward_clean``
     or with it forced False."""
-    be = CompiledBackend(name="be", endpoints=(EndpointAddress(address=LOCAL, port=9),))
-    rule = CompiledRule(
-        route_kind="HTTPRoute",
-        route_namespace="default",
-        route_name="r",
-        rule_index=0,
-        backends=(be,),
-        cumulative_weights=(1,),
-        total_weight=1,
-    )
-    port = ListenerPort(
-        address=LOCAL,
-        port=1,
-        protocol="HTTP",
-        gateway_namespace="default",
-        gateway_name="gw",
-        listener_names=("http",),
-        table=_OneRoute(RouteHit(rule=rule, prefix=None, listener_name="http")),  # type: ignore[arg-type]
-    )
-    holder = SnapshotHolder()
-    holder.swap(Snapshot(generation=1, ports={(LOCAL, 1): port}))
+    holder, _ = one_rule_snapshot(LOCAL)
     proxy = Proxy(
         holder,
         ProxyOptions(access_log=None, h2c=True),

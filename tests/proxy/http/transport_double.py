@@ -10,6 +10,11 @@ from typing import Any
 
 import uvloop
 
+from gatewayd.proxy.snapshot import SnapshotHolder
+from gatewayd.routing.snapshot.backends import EndpointAddress
+from gatewayd.routing.snapshot.compiled import ListenerPort, Snapshot
+from gatewayd.routing.snapshot.rules import CompiledBackend, CompiledRule, RouteHit
+
 
 class TransportDouble:
     def __init__(self, peer: tuple[str, int] = ("127.0.0.1", 40000)) -> None:
@@ -88,3 +93,47 @@ def run_in_loop(main: Callable[[], Coroutine[Any, Any, None]], timeout: float = 
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(bounded())
+
+
+class OneRoute:
+    """A route table that answers every request with one rule's hit."""
+
+    def __init__(self, hit: RouteHit) -> None:
+        self.hit = hit
+
+    def lookup(self, *args: Any) -> RouteHit:
+        return self.hit
+
+    def to_json(self) -> object:
+        return []
+
+
+def one_rule_snapshot(
+    local: str = "127.0.0.1", **rule_kw: Any
+) -> tuple[SnapshotHolder, CompiledRule]:
+    """A snapshot with one HTTP listener port ``(local, 1)`` whose every request goes to
+    one HTTPRoute rule (``rule_kw``: the rule's other fields) with one backend ``be``,
+    endpoint ``local:9``; its holder and the rule."""
+    be = CompiledBackend(name="be", endpoints=(EndpointAddress(address=local, port=9),))
+    rule = CompiledRule(
+        route_kind="HTTPRoute",
+        route_namespace="default",
+        route_name="r",
+        rule_index=0,
+        backends=(be,),
+        cumulative_weights=(1,),
+        total_weight=1,
+        **rule_kw,
+    )
+    port = ListenerPort(
+        address=local,
+        port=1,
+        protocol="HTTP",
+        gateway_namespace="default",
+        gateway_name="gw",
+        listener_names=("http",),
+        table=OneRoute(RouteHit(rule=rule, prefix=None, listener_name="http")),  # type: ignore[arg-type]
+    )
+    holder = SnapshotHolder()
+    holder.swap(Snapshot(generation=1, ports={(local, 1): port}))
+    return holder, rule
