@@ -20,7 +20,7 @@ import h2.events
 import pytest
 from h2_kit import ServerRig
 from prometheus_client import CollectorRegistry
-from transport_double import one_rule_snapshot
+from transport_double import TransportDouble, one_rule_snapshot
 
 from gatewayd.proxy.http.codec import HTTP_2, RequestHead, ServerStream
 from gatewayd.proxy.http.h1_client import UpstreamConnection, endpoint_key
@@ -98,45 +98,6 @@ LOCAL = "127.0.0.1"
 ANSWER = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 
 
-class _Transport:
-    def __init__(self) -> None:
-        self.out = bytearray()
-
-    def write(self, data: bytes) -> None:
-        self.out += data
-
-    def writelines(self, parts: list[bytes]) -> None:
-        for p in parts:
-            self.out += p
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
-
-    def is_closing(self) -> bool:
-        return False
-
-    def close(self) -> None:
-        pass
-
-    def abort(self) -> None:
-        pass
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return ("192.0.2.7", 40000) if name == "peername" else default
-
-    def set_protocol(self, protocol: Any) -> None:
-        pass
-
-    def set_write_buffer_limits(self, high: int, low: int) -> None:
-        pass
-
-    def get_write_buffer_size(self) -> int:
-        return 0
-
-
 async def _upstream_requests(fields: list[tuple[bytes, bytes]], force_walk: bool) -> list[bytes]:
     """What the backend reads for the same request sent three times on one h2c
     connection (decoded twice, then remembered), with the codec's ``forward_clean``
@@ -148,10 +109,10 @@ async def _upstream_requests(fields: list[tuple[bytes, bytes]], force_walk: bool
         ProxyMetrics(registry=CollectorRegistry()),
     )
     conn = HttpConnection(proxy, (LOCAL, 1), "test")
-    down = _Transport()
+    down = TransportDouble(("192.0.2.7", 40000))
     conn.connection_made(down)  # type: ignore[arg-type]
     up = UpstreamConnection(proxy.pool, endpoint_key(LOCAL, 9, None), "be")
-    up_t = _Transport()
+    up_t = TransportDouble(("192.0.2.7", 40000))
     up.connection_made(up_t)  # type: ignore[arg-type]
     proxy.pool.release(up, 0.0)
     client = h2.connection.H2Connection(h2.config.H2Configuration(header_encoding=None))
@@ -167,20 +128,17 @@ async def _upstream_requests(fields: list[tuple[bytes, bytes]], force_walk: bool
             return factory(stream, head)
 
         h2s.factory = walked
-    client.receive_data(bytes(down.out))
-    down.out.clear()
+    client.receive_data(down.take())
     h2s.data_received(client.data_to_send())
     sent: list[bytes] = []
     for _ in range(3):
         sid = client.get_next_available_stream_id()
         client.send_headers(sid, fields, end_stream=True)
         h2s.data_received(client.data_to_send())
-        sent.append(bytes(up_t.out))
-        up_t.out.clear()
+        sent.append(up_t.take())
         up.data_received(ANSWER)
         await asyncio.sleep(0)  # the flush deferred to the end of the loop's turn
-        events = client.receive_data(bytes(down.out))
-        down.out.clear()
+        events = client.receive_data(down.take())
         assert any(isinstance(e, h2.events.StreamEnded) for e in events), events
     assert h2s.h2.known_hits == 1
     # The request id and the trace are new on every request.
