@@ -86,6 +86,9 @@ _RAW_CONNECTION: Final = [b"\nconnection:"]
 # level at three fields, 0.4 us dearer at one, 1.0 us cheaper at nine; timeit of bind
 # and data_received with the exchange's strip_hop_by_hop_set).
 RAW_HEAD_MIN: Final = 96
+# The longest head a connection remembers for its next response (``raw_seen``): nginx's
+# heads are 200-300 bytes; a longer one is still taken by the lane, just looked at again.
+RAW_REMEMBER_MAX: Final = 1024
 
 # Kept for callers of the old name: what the connection reports to.
 UpstreamHandler = ClientCallbacks
@@ -799,10 +802,13 @@ class UpstreamConnection(asyncio.Protocol):
             if i >= 0:
                 # Digits and whitespace only: llhttp checked (and refused a second one).
                 length = int(low[i + 16 : low.find(b"\r", i)])
-            # llhttp accepted this head: the next one like it needs no look.
-            self.raw_seen = self.raw_next
-            self.raw_seen_raw = self.raw_head.raw
-            self.raw_seen_length = length
+            # llhttp accepted this head: the next one like it needs no look.  Only a
+            # head of RAW_REMEMBER_MAX bytes or less is kept: the copy lives as long as
+            # the pooled connection, and a backend's head may be up to the head limit.
+            if len(self.raw_next) <= RAW_REMEMBER_MAX:
+                self.raw_seen = self.raw_next
+                self.raw_seen_raw = self.raw_head.raw
+                self.raw_seen_length = length
         else:
             length = self.raw_seen_length
         if length is not None:

@@ -475,3 +475,15 @@ def backend_answers(draw: st.DrawFn) -> bytes:
 def test_random_heads_same_in_both_lanes(first: bytes, second: bytes) -> None:
     with pytest.MonkeyPatch.context() as mp:
         compare([(GET, [first]), (GET, [second]), (GET, [NGINX])], mp)
+
+
+def test_a_long_head_is_taken_but_not_remembered(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A head over RAW_REMEMBER_MAX goes through the lane each time, looked at each time:
+    # no pooled connection keeps more than RAW_REMEMBER_MAX bytes of a backend's head.
+    long_head = NGINX.replace(
+        b"X-Seen-Bench: 1", b"X-Seen-Bench: " + b"v" * h1_client.RAW_REMEMBER_MAX
+    )
+    on, _ = compare([(GET, [long_head]), (GET, [long_head])], monkeypatch)
+    assert on.lanes == [True, True]
+    assert on.remembered == [False, False]
+    assert statuses(on.client) == [200, 200]
