@@ -1445,6 +1445,12 @@ def checks(
     p50_added = None
     if g.get("p50_8conn_ms") is not None and d.get("p50_8conn_ms") is not None:
         p50_added = g["p50_8conn_ms"] - d["p50_8conn_ms"]
+    # wrk keeps 8 requests in flight and the proxy's core is busy all the time, so p50
+    # there is about 8 times the proxy's CPU per request (Little's law): the ceiling's
+    # own figure, measured in the same run, is what Python allows for this wire work.
+    ceiling_added = ""
+    if p50_added is not None and c.get("p50_8conn_ms") is not None:
+        ceiling_added = f"; the Python ceiling adds {c['p50_8conn_ms'] - d['p50_8conn_ms']:+.3f} ms"
     check(
         f"p50 added over direct at 8 connections <= {T_P50_ADDED_MS:g} ms",
         p50_added,
@@ -1453,7 +1459,7 @@ def checks(
         detail="-"
         if p50_added is None
         else f"{p50_added:+.3f} ms (medians: gatewayd {g['p50_8conn_ms']:.3f} ms, "
-        f"direct {d['p50_8conn_ms']:.3f} ms)",
+        f"direct {d['p50_8conn_ms']:.3f} ms{ceiling_added})",
     )
     r = ratio(g.get("mb_s_64k"), n.get("mb_s_64k"))
     check(

@@ -137,6 +137,24 @@ def test_small_request_checks_say_the_issue_targets() -> None:
     )
 
 
+def test_p50_check_shows_the_ceilings_own_figure() -> None:
+    """At 8 connections p50 follows from CPU per request, so the p50 line also says what
+    the Python ceiling adds in the same run."""
+    bench = _load("bench")
+    summary = {
+        "direct": {"p50_8conn_ms": 0.023},
+        "ceiling": {"p50_8conn_ms": 0.134},
+        "gatewayd1": {"p50_8conn_ms": 0.176},
+    }
+    lines = {c["check"]: c for c in bench.checks(summary, {}, {})}
+    p50 = lines["p50 added over direct at 8 connections <= 0.12 ms"]
+    assert p50["verdict"] == "MISS" and p50["value"] == pytest.approx(0.153)
+    assert "the Python ceiling adds +0.111 ms" in p50["detail"]
+    del summary["ceiling"]
+    lines = {c["check"]: c for c in bench.checks(summary, {}, {})}
+    assert "ceiling" not in lines["p50 added over direct at 8 connections <= 0.12 ms"]["detail"]
+
+
 def test_bench_config_is_valid_for_gatewayd(tmp_path: Path) -> None:
     bench = _load("bench")
     cfg = bench.gatewayd_config(tmp_path, _free_port(), _free_port())

@@ -73,6 +73,12 @@ FEED_SLICE: Final = 16 * 1024
 # Lingering close: after the last response, how long unread client bytes are drained
 # (so closing does not reset the connection under a response the client has not read).
 LINGER: Final = 2.0
+# A response written as a head and one body piece of at most this many bytes goes out
+# as one joined ``write`` (write(2)) instead of ``writelines`` (writev(2) of two
+# buffers): about 0.15 us less per small response under uvloop (measured on a
+# socketpair, 13-byte body), and copying this much costs less than that.  Bigger bodies
+# keep ``writelines``, which copies nothing.
+WRITE_JOIN_MAX: Final = 1024
 # Response head serialization: b"name: value" per field, then the lines joined.
 _FIELD_JOIN: Final = b": ".join
 _CRLF_JOIN: Final = b"\r\n".join
@@ -862,7 +868,10 @@ class HttpConnection(asyncio.Protocol):
         if out:
             self.out = []
             if not self.closed:
-                self.transport.writelines(out)
+                if len(out) == 2 and len(out[1]) <= WRITE_JOIN_MAX:
+                    self.transport.write(out[0] + out[1])  # see WRITE_JOIN_MAX
+                else:
+                    self.transport.writelines(out)
 
     def end_response(self, trailers: Headers | None) -> None:
         """``send_end(trailers)``, ``flush()`` and ``read_enable(RD_UPSTREAM)`` in one
@@ -875,7 +884,11 @@ class HttpConnection(asyncio.Protocol):
         if out:
             self.out = []
             if not self.closed:
-                self.transport.writelines(out)
+                # ``flush`` inlined (a call less per request), WRITE_JOIN_MAX included.
+                if len(out) == 2 and len(out[1]) <= WRITE_JOIN_MAX:
+                    self.transport.write(out[0] + out[1])
+                else:
+                    self.transport.writelines(out)
         if self.read_mask & R_UPSTREAM:
             self.resume(R_UPSTREAM)
 
