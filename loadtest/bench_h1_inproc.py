@@ -53,6 +53,34 @@ except ImportError:  # a tree from before the codec split and the routing stages
 
 LOCAL = "127.0.0.1"
 REQUEST = b"GET /x HTTP/1.1\r\nHost: a\r\nUser-Agent: bench\r\nAccept: */*\r\n\r\n"
+# What a browser sends on a keep-alive connection for a page's resource, after Host,
+# User-Agent and Accept (``--fields N`` takes the first N - 3; without Connection,
+# which HTTP/1.1 does not need and which sends a request down the forwarding walk).
+BROWSER_FIELDS = (
+    b"Accept-Language: en-US,en;q=0.9",
+    b"Accept-Encoding: gzip, deflate, br",
+    b"Referer: http://a/index.html",
+    b"Cookie: session=0123456789abcdef0123456789abcdef; theme=dark",
+    b"Cache-Control: no-cache",
+    b"Pragma: no-cache",
+    b"Sec-Fetch-Dest: script",
+    b"Sec-Fetch-Mode: no-cors",
+    b"Sec-Fetch-Site: same-origin",
+    b'sec-ch-ua: "Chromium";v="131", "Not_A Brand";v="24"',
+    b"sec-ch-ua-mobile: ?0",
+    b'sec-ch-ua-platform: "Linux"',
+    b"DNT: 1",
+)
+
+
+def request(fields: int) -> bytes:
+    """The request: REQUEST's three fields, or ``fields`` (3 to 16) with a browser's."""
+    if fields <= 3:
+        return REQUEST
+    extra = b"".join(f + b"\r\n" for f in BROWSER_FIELDS[: fields - 3])
+    return REQUEST[:-2] + extra + b"\r\n"
+
+
 RESPONSE = (
     b"HTTP/1.1 200 OK\r\nContent-Length: 13\r\nContent-Type: text/plain\r\n\r\nhello, world\n"
 )
@@ -142,6 +170,7 @@ async def measure(
     nginx_head: bool = False,
     with_metrics: bool = False,
     tracing: dict[str, Any] | None = None,
+    fields: int = 3,
 ) -> float:
     be = CompiledBackend(name="be", endpoints=(EndpointAddress(address=LOCAL, port=9),))
     rule = CompiledRule(
@@ -183,12 +212,13 @@ async def measure(
     up.connection_made(MemoryTransport())  # type: ignore[arg-type]
     proxy.pool.release(up, 0.0)
     answer = response(body_size, nginx_head)
+    req = request(fields)
     best = float("inf")
     for _ in range(rounds):
         before = down.written
         t = time.perf_counter()
         for _ in range(requests):
-            conn.data_received(REQUEST)
+            conn.data_received(req)
             up.data_received(answer)
         best = min(best, time.perf_counter() - t)
         assert down.written - before >= requests * (body_size or len(RESPONSE)), (
@@ -215,6 +245,14 @@ def main() -> None:
         "--nginx-head",
         action="store_true",
         help="the response carries the nine fields nginx sends (make bench's backend)",
+    )
+    ap.add_argument(
+        "--fields",
+        type=int,
+        default=3,
+        choices=range(3, 3 + len(BROWSER_FIELDS) + 1),
+        metavar="N",
+        help="request fields: 3 (Host, User-Agent, Accept) or up to 16 with a browser's",
     )
     ap.add_argument("--rounds", type=int, default=800, help="rounds (the minimum is kept)")
     ap.add_argument(
@@ -244,6 +282,7 @@ def main() -> None:
                 args.nginx_head,
                 args.metrics,
                 tracing,
+                args.fields,
             )
         )
         if args.otlp:
@@ -257,6 +296,7 @@ def main() -> None:
             *(["no trace context"] if args.no_trace_context else []),
             *([f"spans to {args.otlp}"] if args.otlp else []),
             f"access log {args.access_log}",
+            f"{args.fields} request fields",
             f"body {args.body_size or 13} B",
             *(["nginx's response fields"] if args.nginx_head else []),
         ]
