@@ -319,11 +319,12 @@ class HttpConnection(asyncio.Protocol):
         self.parse_error = 0
         self.deadline = 0.0
         self.deadline_kind = D_NONE
-        # What the head being parsed may still take (bytes, fields): set from the
-        # limits when a request begins, so each field tests two locals, not the options.
+        # What the trailer fields of a chunked request may still take (bytes, fields):
+        # what its head left of the limits (``on_headers_complete``).
         self.head_left = 0
-        self.head_fed = 0
         self.fields_left = 0
+        # Bytes read while the head being parsed was incomplete (``_parse``).
+        self.head_fed = 0
         # Cleartext HTTP/2 with prior knowledge (RFC 9113 3.3): the first bytes of a
         # plain connection are checked against the preface (None: not sniffing).
         self.sniff: bytes | None = None
@@ -588,7 +589,7 @@ class HttpConnection(asyncio.Protocol):
             if isinstance(cause, _Stopped):
                 return
             head = self.cur_head
-            if head is not None and self._over_limits(head.headers):
+            if head is not None and self._over_limits(head):
                 # The fields read so far are over a limit: what ``on_header`` used to
                 # answer at once, before any later field or byte could fail.
                 self._protocol_error(431)
@@ -610,26 +611,28 @@ class HttpConnection(asyncio.Protocol):
                     self.deadline = self.loop.time() + self.proxy.options.header_timeout
                     self.deadline_kind = D_HEAD
                 # A head arriving in pieces is held by the parser: bound it here too,
-                # and its fields so far (``on_headers_complete`` counts complete heads).
+                # and its target and fields so far (``on_headers_complete`` counts
+                # complete heads).
                 self.head_fed += len(data)
                 if self.head_fed > self.proxy.options.max_header_bytes or self._over_limits(
-                    self.cur_head.headers
+                    self.cur_head
                 ):
                     self._protocol_error(431)
 
-    def _bytes_left(self, fields: Headers) -> int:
-        """What the head's byte budget has left once ``fields`` are charged to it: each
-        field counts its name, its value and 4 (": " and CRLF), as RFC 9112 lays it."""
-        left = self.head_left - 4 * len(fields)
+    def _bytes_left(self, head: RequestHead) -> int:
+        """What ``max_header_bytes`` leaves once ``head`` (so far) is charged to it: its
+        target, and each field's name, value and 4 (": " and CRLF)."""
+        fields = head.headers
+        left = self.proxy.options.max_header_bytes - len(head.target) - 4 * len(fields)
         for n, v in fields:
             left -= len(n) + len(v)
         return left
 
-    def _over_limits(self, fields: Headers) -> bool:
-        """Whether the head's ``fields`` (so far) are more, or more bytes, than the
-        limits allow (``head_left`` and ``fields_left`` are still what the head's
-        fields may take: only trailer fields are charged one by one)."""
-        return len(fields) > self.fields_left or self._bytes_left(fields) < 0
+    def _over_limits(self, head: RequestHead) -> bool:
+        """Whether ``head`` (so far) has more fields, or more bytes, than the limits
+        allow.  A head is charged as a whole (``on_url``, ``on_header``); trailer
+        fields one by one, from what it left (``_trailer``)."""
+        return len(head.headers) > self.proxy.options.max_headers or self._bytes_left(head) < 0
 
     def on_message_begin(self) -> None:
         if self.stopped:
@@ -650,29 +653,23 @@ class HttpConnection(asyncio.Protocol):
         h.end_stream = h.expect_continue = False
         h.forward_clean = True
         # ``trailers`` is None here: ``on_message_complete`` took the last request's.
-        opts = self.proxy.options
-        self.head_left = opts.max_header_bytes
         self.head_fed = 0
-        self.fields_left = opts.max_headers
         # The head deadline (D_IDLE -> D_HEAD) is set by ``_parse`` once the read ends
         # with this head incomplete: a head that completes within its read never needs
         # it (the sweep cannot run in between), and that is the usual request.
 
     def on_url(self, url: bytes) -> None:
-        head = self.cur_head
-        assert head is not None
-        head.target += url
-        left = self.head_left = self.head_left - len(url)
-        if left < 0:
-            raise _Reject(431, "request line too long")
+        # Charged to the head's budget with its fields (``on_header``).
+        self.cur_head.target += url  # type: ignore[union-attr]
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        # Head and trailer fields share one budget (the limits bound a request's
-        # fields, wherever they are).  A head's fields are charged to it once the head
-        # is complete (``on_headers_complete``), or at the end of the read or the parse
-        # error that leaves it incomplete (``_parse``): the same 431 for the same heads,
-        # with nothing else answered in between, and no arithmetic per field here
-        # (~60 ns less per field, timeit; 0.5 us for a browser's request of 12 fields).
+        # The target and the fields of a head and its trailer fields share one budget
+        # (the limits bound a request's fields, wherever they are).  A head is charged
+        # as a whole once it is complete (``on_headers_complete``), or at the end of
+        # the read or the parse error that leaves it incomplete (``_parse``): the same
+        # 431 for the same heads, with nothing else answered in between, and no
+        # arithmetic per field here (~60 ns less per field, timeit; 0.5 us for a
+        # browser's request of 12 fields).
         info = _name_cache.get(name)  # ``_name_info``'s hit inlined (a call less)
         name, kind = info if info is not None else _name_info(name)
         head = self.cur_head
@@ -713,14 +710,15 @@ class HttpConnection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         head = self.cur_head
         assert head is not None
-        fields = head.headers
-        n = len(fields)
-        # The fields' budget (see ``on_header``).  Their bytes need counting only where
-        # the head could be over: its fields (name, value and 2 bytes at least each on
-        # the wire, where they count 4) lie within this read (at most FEED_SLICE
-        # bytes) and the reads before it that ``head_fed`` counted.
-        if n > self.fields_left or (
-            self.head_fed + FEED_SLICE + 2 * n > self.head_left and self._bytes_left(fields) < 0
+        opts = self.proxy.options
+        n = len(head.headers)
+        # The head's budget (see ``on_header``).  Its bytes need counting only where
+        # the head could be over: its target and fields (name, value and 2 bytes at
+        # least each on the wire, where they count 4) lie within this read (at most
+        # FEED_SLICE bytes) and the reads before it that ``head_fed`` counted.
+        if n > opts.max_headers or (
+            self.head_fed + FEED_SLICE + 2 * n > opts.max_header_bytes
+            and self._bytes_left(head) < 0
         ):
             raise _Reject(431, "request header fields too large")
         self.cur_head = None
@@ -739,9 +737,9 @@ class HttpConnection(asyncio.Protocol):
         head.keep_alive = keep and not self.closing
         if head.transfer_codings is not None:
             head.body_length = None  # chunked: streamed until the last chunk
-            # Trailer fields may follow: they take what the head's fields left.
-            self.head_left = self._bytes_left(fields)
-            self.fields_left -= n
+            # Trailer fields may follow: they take what the head left.
+            self.head_left = self._bytes_left(head)
+            self.fields_left = opts.max_headers - n
         elif head.body_length is None:
             head.body_length = 0
             head.end_stream = True

@@ -77,6 +77,16 @@ def test_an_incomplete_head_over_the_field_limit_is_431_at_once() -> None:
     assert outcome(data, [len(data) // 2]) == b"HTTP/1.1 431"
 
 
+def test_a_target_over_the_byte_limit_is_431_at_once() -> None:
+    data = b"GET /" + b"p" * MAX_BYTES
+    assert outcome(data, []) == b"HTTP/1.1 431"
+    assert outcome(data, [10, 100]) == b"HTTP/1.1 431"
+    # At the limit with its Host field (the target's own line, then "host: h").
+    target = b"/" + b"p" * (MAX_BYTES - 1 - len(b"hosth") - 4)
+    assert outcome(head_bytes(target, fields_of([])), []) == b""
+    assert outcome(head_bytes(target + b"p", fields_of([])), []) == b"HTTP/1.1 431"
+
+
 def test_too_many_fields_then_a_second_host_is_431_not_400() -> None:
     # Per field, the limit was reached before the second Host was looked at.
     fields = [*fields_of([1] * MAX_FIELDS), (b"host", b"again")]
