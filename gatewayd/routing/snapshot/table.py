@@ -256,7 +256,7 @@ class HTTPRouteTable:
         # same host again and again, and the dict hit costs ~0.1 us against ~0.5 us
         # for the walk (timeit, make bench's one PathPrefix "/" rule).  Bounded (host
         # and path are the client's): MEMO_SIZE answers, emptied when full.  The
-        # request path reads it directly (``exchange._route``); ``lookup`` fills it.
+        # request path reads it directly (``Exchange.on_start``); ``lookup`` fills it.
         self.memo: dict[tuple[str, str], RouteHit | None] | None = (
             {}
             if all(c.method is None and not c.headers and not c.query for c in everyone.values())
