@@ -496,10 +496,19 @@ class HttpConnection(asyncio.Protocol):
         if self.backlog:
             self.backlog += data
             return
-        if len(data) <= FEED_SLICE:
-            self._parse(data)  # ``_feed``'s common case: a call less per read
-        else:
+        parser = self.parser
+        if parser is None or len(data) > FEED_SLICE:
             self._feed(data)
+            return
+        # ``_parse`` inlined (``_feed``'s common case: a read of one slice, with a
+        # parser): two Python calls less per read (~0.1 us, bench_h1_inproc).
+        try:
+            parser.feed_data(data)
+        except Exception as exc:
+            self._parse_failed(exc, data)
+            return
+        if self.cur_head is not None:
+            self._head_pending(data)
 
     def _sniff(self, data: bytes) -> bytes:
         """The first bytes of a plain connection: HTTP/2's preface hands the connection
@@ -568,7 +577,15 @@ class HttpConnection(asyncio.Protocol):
             parser = self.parser = httptools.HttpRequestParser(self)
         try:
             parser.feed_data(data)
-        except httptools.HttpParserUpgrade as exc:
+        except Exception as exc:
+            self._parse_failed(exc, data)
+            return
+        if self.cur_head is not None:
+            self._head_pending(data)
+
+    def _parse_failed(self, exc: Exception, data: bytes | memoryview) -> None:
+        """What parsing ``data`` raised (called in the ``except`` clause)."""
+        if isinstance(exc, httptools.HttpParserUpgrade):
             # The request asked to switch protocols (or was CONNECT): nothing after it
             # is HTTP/1.1 we could parse.  A WebSocket handshake goes to its exchange
             # (upgrade.py), with every later byte; any other upgrade is served as a
@@ -584,7 +601,7 @@ class HttpConnection(asyncio.Protocol):
                     tunnel.data_received(bytes(tail))
             elif self.active is None and not self.queue:
                 self._close_after_flush()
-        except httptools.HttpParserError as exc:
+        elif isinstance(exc, httptools.HttpParserError):
             cause = exc.__context__
             if isinstance(cause, _Stopped):
                 return
@@ -600,24 +617,24 @@ class HttpConnection(asyncio.Protocol):
                 self._protocol_error(500)
             else:
                 self._protocol_error(400)
-        except Exception:
+        else:
             log.exception("request parsing failed")
             self.abort()
-        else:
-            if self.cur_head is not None:
-                if self.deadline_kind == D_IDLE:
-                    # A request began in this read and its head is not complete: from
-                    # now on it must complete in time (``on_message_begin``).
-                    self.deadline = self.loop.time() + self.proxy.options.header_timeout
-                    self.deadline_kind = D_HEAD
-                # A head arriving in pieces is held by the parser: bound it here too,
-                # and its target and fields so far (``on_headers_complete`` counts
-                # complete heads).
-                self.head_fed += len(data)
-                if self.head_fed > self.proxy.options.max_header_bytes or self._over_limits(
-                    self.cur_head
-                ):
-                    self._protocol_error(431)
+
+    def _head_pending(self, data: bytes | memoryview) -> None:
+        """The read ``data`` ended inside a request head."""
+        if self.deadline_kind == D_IDLE:
+            # A request began in this read and its head is not complete: from now on it
+            # must complete in time (``on_message_begin``).
+            self.deadline = self.loop.time() + self.proxy.options.header_timeout
+            self.deadline_kind = D_HEAD
+        # A head arriving in pieces is held by the parser: bound it here too, and its
+        # target and fields so far (``on_headers_complete`` counts complete heads).
+        self.head_fed += len(data)
+        head = self.cur_head
+        assert head is not None
+        if self.head_fed > self.proxy.options.max_header_bytes or self._over_limits(head):
+            self._protocol_error(431)
 
     def _bytes_left(self, head: RequestHead) -> int:
         """What ``max_header_bytes`` leaves once ``head`` (so far) is charged to it: its
