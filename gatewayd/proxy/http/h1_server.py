@@ -48,7 +48,7 @@ from gatewayd.proxy.http.h1_client import WRITE_HIGH, WRITE_LOW
 from gatewayd.proxy.http.h2_limits import is_h2_preface
 from gatewayd.proxy.http.h2_server import H2ServerConnection
 from gatewayd.proxy.http.upgrade import UpgradeExchange, is_websocket
-from gatewayd.proxy.localreply import local_reply, status_line
+from gatewayd.proxy.localreply import STATUS_LINES, local_reply, status_line
 
 if TYPE_CHECKING:
     from gatewayd.proxy.server import Proxy
@@ -875,18 +875,27 @@ class HttpConnection(asyncio.Protocol):
         elif version != "1.1":
             out.append((b"connection", b"keep-alive"))
         self.resp_keep = keep
+        # ``status_line``'s lookup inlined (a call less; ValueError outside 100-599
+        # as before).
+        try:
+            line = STATUS_LINES[status]
+        except KeyError:
+            line = status_line(status)
         # Field lines joined by C loops (map over bytes.join), no Python loop: ~0.2 us
         # less per response of nine fields.  ``head.raw``: the backend's own field
-        # lines, passed through (empty but for that lane), go first.  Without fields (a
-        # 204 or 304 with none, no request id) the head is the status line and the
-        # empty line.
-        self.out.append(
-            b"".join(
-                (status_line(status), head.raw, _CRLF_JOIN(map(_FIELD_JOIN, out)), b"\r\n\r\n")
+        # lines, passed through (empty but for that lane), go first.  One field (the
+        # pass-through lane's request id) is joined with the rest at once: 0.15
+        # against 0.35 us (timeit).  Without fields (a 204 or 304 with none, no
+        # request id) the head is the status line and the empty line.
+        if len(out) == 1:
+            n, v = out[0]
+            self.out.append(b"".join((line, head.raw, n, b": ", v, b"\r\n\r\n")))
+        elif out:
+            self.out.append(
+                b"".join((line, head.raw, _CRLF_JOIN(map(_FIELD_JOIN, out)), b"\r\n\r\n"))
             )
-            if out
-            else b"".join((status_line(status), head.raw, b"\r\n"))
-        )
+        else:
+            self.out.append(b"".join((line, head.raw, b"\r\n")))
 
     def send_tunnel_head(self, head: ResponseHead) -> None:
         """``101 Switching Protocols`` with the fields as given (upgrade.py adds
