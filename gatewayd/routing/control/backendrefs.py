@@ -70,7 +70,7 @@ WSS_WITHOUT_POLICY: Final = (
 class BackendResolver:
     """Resolves BackendObjectReferences against the loaded Services and EndpointSlices."""
 
-    __slots__ = ("_grants", "_services", "_slices", "_tls_services")
+    __slots__ = ("_grants", "_resolved", "_services", "_slices", "_tls_services")
 
     def __init__(
         self,
@@ -91,8 +91,28 @@ class BackendResolver:
             group.sort(key=lambda es: es.meta.name)
         self._slices = slices
         self._grants = grants
+        # (the reference's fields, route kind, route namespace) -> what ``resolve`` gave.
+        self._resolved: dict[
+            tuple[str, str, str | None, str, int | None, str, str],
+            tuple[BackendKey, BackendTarget],
+        ] = {}
 
     def resolve(
+        self, ref: BackendObjectReference, route_kind: str, route_namespace: str
+    ) -> tuple[BackendKey, BackendTarget]:
+        """The reference's key and target, seen from ``route_kind``s in
+        ``route_namespace``.
+
+        Resolved once per resolver (one build) for each reference and point of view:
+        the answer depends on nothing else, and the 10,000 HTTPRoutes of config-scale
+        all name one Service port (~9 us a resolution, ~1 us a lookup)."""
+        memo = (ref.group, ref.kind, ref.namespace, ref.name, ref.port, route_kind, route_namespace)
+        hit = self._resolved.get(memo)
+        if hit is None:
+            hit = self._resolved[memo] = self._resolve(ref, route_kind, route_namespace)
+        return hit
+
+    def _resolve(
         self, ref: BackendObjectReference, route_kind: str, route_namespace: str
     ) -> tuple[BackendKey, BackendTarget]:
         key = BackendKey.of(ref, route_namespace)
