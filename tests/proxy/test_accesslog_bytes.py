@@ -7,8 +7,11 @@ from __future__ import annotations
 import io
 import itertools
 import json
+import math
+import random
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -410,3 +413,29 @@ def test_times_are_whole_milliseconds_as_the_text_formatting_writes_them(fmt: st
         logger.flush()
     assert written(new) == written(old)
     assert b" 1001 " in written(new) or b":1001," in written(new)
+
+
+def test_start_times_cut_in_floats_match_the_exact_way() -> None:
+    """``_start_time_b``'s float path (a time in the last one's second) gives the
+    millisecond the exact way gives (round to microseconds, then cut), near every
+    edge of a millisecond and of a second, in any order."""
+    rng = random.Random(7)
+    base = 1764763200
+    times = [START, 1460751420.0, 1460751420.9995, 1460751420.0005]
+    for sec in (base, base + 1, base + 86399):
+        for ms in (0, 1, 309, 310, 500, 998, 999):
+            edge = sec + ms / 1000
+            times += [edge + k * 1e-7 for k in range(-30, 31)]
+        times += [sec + rng.random() for _ in range(2000)]
+    rng.shuffle(times)
+    logger = AccessLogger("text", file_stream())
+    for t in [*sorted(times), *times]:
+        ms = round(t * 1_000_000) // 1000
+        second = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms // 1000))
+        exact = f"{second}.{ms % 1000:03d}Z"
+        assert logger._start_time_b(t).decode() == exact, t
+        # The bounds a batch keeps: every time in them has this millisecond.
+        lo, hi = logger._ms_lo, logger._ms_hi
+        assert lo < hi
+        for u in (lo, (lo + hi) / 2, math.nextafter(hi, 0.0)):
+            assert round(u * 1_000_000) // 1000 == ms, (t, u)
