@@ -49,6 +49,9 @@ def request(**overrides: Any) -> dict[str, Any]:
         "endpoint": EP,
         "route": "default/locations/rule/0",
         "traceparent": b"00-" + TRACE + b"-00f067aa0ba902b7-01",
+        # The head as HTTP/1.1's codec makes it: forward_clean without a field the
+        # forwarding walk handles, such as X-Forwarded-For (HTTP/2's: never).
+        "clean": True,
     }
     fields.update(overrides)
     return fields
@@ -87,6 +90,7 @@ def call_http(logger: AccessLogger, r: dict[str, Any]) -> None:
         authority=r["authority"] or None,
         version=VERSIONS[r["protocol"]],
     )
+    head.forward_clean = r["clean"] and not r["xff_in"]
     logger.add(
         (
             r["start_time"] + duration,
@@ -173,6 +177,8 @@ ODD_CASES = [
     request(protocol=b"HTTP/1.0", request_id=b"", user_agent=b""),
     request(upstream_ms=1234, duration_ms=98765, bytes_sent=10**12, status=599),
     request(traceparent=None, peer="", xff_in=b"198.51.100.7"),
+    request(clean=False),
+    request(clean=False, user_agent=b""),
     *(request(user_agent=v) for v in ODD_VALUES),
     *(request(xff_in=v, authority=v) for v in ODD_VALUES),
     *(request(path=v, method=v, request_id=v) for v in ODD_VALUES),
@@ -439,3 +445,30 @@ def test_start_times_cut_in_floats_match_the_exact_way() -> None:
         assert lo < hi
         for u in (lo, (lo + hi) / 2, math.nextafter(hi, 0.0)):
             assert round(u * 1_000_000) // 1000 == ms, (t, u)
+
+
+@pytest.mark.parametrize(
+    ("fmt", "trace_ids"), list(itertools.product(("text", "json"), (False, True)))
+)
+def test_a_batch_with_nothing_to_escape_is_checked_once(
+    fmt: str, trace_ids: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Plain lines (with and without an upstream time, flags, ejections, an
+    X-Forwarded-For, missing values) pass the batch's one check: none is formatted on
+    its own (``_line``), which would still write the same line, only slower."""
+    new, old = file_stream(), io.StringIO()
+    loggers = [AccessLogger(fmt, s, trace_ids=trace_ids) for s in (new, old)]
+    plain = [case for case in ODD_CASES[:10] if "\u00e9" not in case["route"]]
+
+    def one_line(self: AccessLogger, record: object) -> bytes | str:
+        raise AssertionError("a plain line was formatted on its own")
+
+    # The other logger writes each line with the text formatting (``log``).
+    monkeypatch.setattr(AccessLogger, "_line", one_line)
+    cases = [*plain, *(request(status=200 + i % 3, bytes_sent=i % 2) for i in range(300))]
+    for case in cases:
+        call_http(loggers[0], case)
+        call_log(loggers[1], case)
+    for logger in loggers:
+        logger.flush()
+    assert written(new).decode() == old.getvalue()
