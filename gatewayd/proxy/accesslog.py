@@ -432,6 +432,9 @@ class AccessLogger:
         line_b = self._line_b
         counts_fmt, times_fmt, times_no_up, upstream_fmt = self._pieces
         times_zero = self._times_zero
+        # The trace id out of traceparent ("00-<trace id>-<span id>-<flags>"); without
+        # trace ids the format drops the field, so an empty cut (no copy of the id).
+        trace_id = slice(3, 35) if self._trace_ids else slice(0)
         endpoints = self._endpoints
         routes = self._routes
         protocols = _PROTOCOLS
@@ -533,7 +536,7 @@ class AccessLogger:
                     routes.get(id(rule)) or self._route(rule),
                 )
             # The trace id is formatted on every line and dropped by the format without
-            # trace ids (``%.0s``): one tuple, no copy.
+            # trace ids (``%.0s``): one tuple, one format.
             append(
                 line_b
                 % (
@@ -548,7 +551,7 @@ class AccessLogger:
                     request_id or b"-",
                     head.authority or b"-",
                     upstream,
-                    traceparent[3:35] if traceparent is not None else b"-",
+                    traceparent[trace_id] if traceparent is not None else b"-",
                 )
             )
         return lines
