@@ -104,28 +104,27 @@ _monotonic = time.monotonic  # module-level: patchable in tests
 # where a regex search took 0.57 us (measured).
 _TEXT_ESCAPED = bytes([*range(0x20), 0x7F])
 _JSON_ESCAPED = bytes([*range(0x20), 0x22, 0x5C])
-# <up>: the upstream service time, ``_up_formats``.
+# A line is formatted from pieces: the start time, the request's own bytes, and
+# three pieces kept from the line before when they are the same (``_bytes_lines``):
+# the counts (status, flags, bytes each way), the times (duration, upstream service
+# time) and the upstream (endpoint and, in JSON, route name).
 _TEXT_B = (
-    b'[%s] "%s %s %s" %d %s %d %d %d <up> "%s" "%s" "%s" "%s" "%s"%.0s%.0s\n',
-    b'[%s] "%s %s %s" %d %s %d %d %d <up> "%s" "%s" "%s" "%s" "%s"%.0s %s\n',
-)  # %.0s: the route name, in JSON only; the trace id, without trace ids
+    b'[%s] "%s %s %s" %s %s "%s" "%s" "%s" "%s" "%s"%.0s\n',
+    b'[%s] "%s %s %s" %s %s "%s" "%s" "%s" "%s" "%s" %s\n',
+)  # %.0s: the trace id, without trace ids
+_TEXT_PIECES = (b"%d %s %d %d", b"%d %d", b"%d -", b"%s%.0s")
 _JSON_HEAD = (
     b'{"start_time":"%s","method":"%s","path":"%s","protocol":"%s",'
-    b'"response_code":%d,"response_flags":"%s","bytes_received":%d,"bytes_sent":%d,'
-    b'"duration":%d,"upstream_service_time":<up>,"x_forwarded_for":"%s","user_agent":"%s",'
-    b'"request_id":"%s","authority":"%s","upstream_host":"%s","route_name":"%s"'
+    b'"response_code":%s,"duration":%s,"x_forwarded_for":"%s","user_agent":"%s",'
+    b'"request_id":"%s","authority":"%s","upstream_host":"%s"'
 )
 _JSON_B = (_JSON_HEAD + b"%.0s}\n", _JSON_HEAD + b',"trace_id":"%s"}\n')
-_JSON_QUOTES = (_JSON_B[0].count(b'"'), _JSON_B[1].count(b'"'))
-
-
-def _up_formats(line: bytes, none: bytes) -> tuple[bytes, bytes]:
-    """``line`` with the upstream service time (ms, a float) as ``%d``, and with
-    ``none`` written in for a request without one (its value, negative, is formatted
-    by ``%.0a``: into nothing).  The record's floats go to ``%d`` as they are (it
-    truncates as int() does): 0.12 us for the two numbers where int() twice, a table
-    of small numbers' text and ``%s`` took 0.16 (timeit)."""
-    return line.replace(b"<up>", b"%d"), line.replace(b"<up>", none + b"%.0a")
+_JSON_PIECES = (
+    b'%d,"response_flags":"%s","bytes_received":%d,"bytes_sent":%d',
+    b'%d,"upstream_service_time":%d',
+    b'%d,"upstream_service_time":null',
+    b'%s","route_name":"%s',
+)
 
 
 # Lines wait in memory up to this size (or a second) and go to the file in one write.
@@ -146,6 +145,12 @@ class _Protocols(dict[str, bytes]):
     def __missing__(self, version: str) -> bytes:
         return b"HTTP/1.1"
 
+
+# ".000Z" to ".999Z": a start time's millisecond and zone (``_start_time_b``).
+_MILLIS = [b".%03dZ" % i for i in range(1000)]
+
+# No endpoint or rule: the first line's differ from it.
+_NOTHING = object()
 
 _PROTOCOLS = _Protocols({"1.1": b"HTTP/1.1", "1.0": b"HTTP/1.0", "2": b"HTTP/2"})
 # Encodings in which an ASCII line is its own bytes.
@@ -201,17 +206,17 @@ class AccessLogger:
         "_json_format",
         "_last_flush",
         "_line_b",
-        "_line_no_up",
-        "_ms",
         "_ms_b",
         "_ms_hi",
         "_ms_lo",
-        "_ms_text",
         "_own",
+        "_pieces",
         "_routes",
         "_sec",
-        "_sec_text",
+        "_sec_b",
+        "_sec_f",
         "_stream",
+        "_times_zero",
         "_trace_ids",
         "batch",
         "pending",
@@ -225,14 +230,18 @@ class AccessLogger:
         # every line when the proxy sends traceparent, so the columns never shift.
         self._trace_ids = trace_ids
         self._stream = stream = stream if stream is not None else sys.stdout
-        self._line_b, self._line_no_up = _up_formats(
-            (_JSON_B if self._json_format else _TEXT_B)[trace_ids],
-            b"null" if self._json_format else b"-",
-        )
+        self._line_b = (_JSON_B if self._json_format else _TEXT_B)[trace_ids]
+        self._pieces = pieces = _JSON_PIECES if self._json_format else _TEXT_PIECES
+        # The times of a request answered within a millisecond.
+        self._times_zero = pieces[1] % (0, 0)
         # What the check deletes from a line with nothing to escape: its newline and, in
-        # JSON, the format's own quotes.
+        # JSON, the format's own quotes, its pieces' among them (the counts, one of the
+        # two times, the upstream).
         self._escaped = _JSON_ESCAPED if self._json_format else _TEXT_ESCAPED
-        self._own = 1 + (_JSON_QUOTES[trace_ids] if self._json_format else 0)
+        self._own = 1
+        if self._json_format:
+            counts, times, _, upstream = pieces
+            self._own += sum(f.count(b'"') for f in (self._line_b, counts, times, upstream))
         encoding = getattr(stream, "encoding", None)
         self._encoding = encoding if isinstance(encoding, str) else "utf-8"
         errors = getattr(stream, "errors", None)
@@ -264,33 +273,54 @@ class AccessLogger:
         self._forget()
         self._last_flush = _monotonic()
         self._sec = -1
-        self._sec_text = ""
-        self._ms = -1
-        self._ms_text = ""
+        self._sec_f = -2.0  # no time falls in it
+        self._sec_b = b""
         self._ms_b = b""
-        # Wall-clock times certain to fall in millisecond ``_ms`` (``_format``).
+        # Wall-clock times certain to fall in the millisecond of ``_ms_b``
+        # (``_start_time_b``).
         self._ms_lo = 0.0
         self._ms_hi = 0.0
 
     def _start_time(self, start_time: float) -> str:
-        # %START_TIME%: ISO 8601 UTC with milliseconds, e.g. 2016-04-15T20:17:00.310Z.
-        # Rounded to microseconds first: a float of the epoch holds .310 as .30999994.
-        # The text is kept per millisecond (many lines share one under load) and
-        # strftime runs once per second: 1.27 -> 0.2 us a line (measured).
+        """%START_TIME% as text (the text formatting and L4 lines)."""
+        return self._start_time_b(start_time).decode("ascii")
+
+    def _start_time_b(self, start_time: float) -> bytes:
+        """%START_TIME%: ISO 8601 UTC with milliseconds, e.g. 2016-04-15T20:17:00.310Z:
+        the time rounded to microseconds, then cut to the millisecond (the exact way,
+        below: a float of the epoch holds .310 as .30999994).  Kept per millisecond: a
+        batch reads the bounds ``_ms_lo``/``_ms_hi``.
+
+        A time in the last one's second and not within 2 us of a millisecond's edge
+        is cut in floats, with no integer of the epoch's microseconds: where the exact
+        way could round elsewhere (<= 0.7 us off) is left to it.  A line in a new
+        millisecond then costs ~3,400 instructions more than one in the same one, where
+        the exact way's integers and an f-string took ~9,300 (callgrind, a batch of
+        lines 1.3 ms apart: lines of many clients, whose start times go back and
+        forth, or any line under valgrind)."""
+        # start_time - second: exact (two floats this close); * 1000: off by ~1e-13 ms.
+        f = (start_time - self._sec_f) * 1000.0
+        if 0.0 <= f < 1000.0:
+            i = int(f)
+            if 0.002 <= f - i < 0.997:
+                # Bounds within ~0.5 us of i ms + 2 us and + 997 us: still more than
+                # the exact way's 0.7 us inside millisecond i.
+                base = self._sec_f + i / 1000.0
+                self._ms_lo = base + 2e-6
+                self._ms_hi = base + 997e-6
+                self._ms_b = text = self._sec_b + _MILLIS[i]
+                return text
         ms = round(start_time * 1_000_000) // 1000
-        if ms == self._ms:
-            return self._ms_text
         sec, frac = divmod(ms, 1000)
         if sec != self._sec:
             self._sec = sec
-            self._sec_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
-        self._ms = ms
+            self._sec_f = float(sec)
+            self._sec_b = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec)).encode()
         # Two microseconds in from each end: what float error and the rounding above
         # could move across a bound stays out of the fast path.
         self._ms_lo = (ms * 1000 + 2) / 1e6
         self._ms_hi = (ms * 1000 + 997) / 1e6
-        self._ms_text = text = f"{self._sec_text}.{frac:03d}Z"
-        self._ms_b = text.encode("ascii")
+        self._ms_b = text = self._sec_b + _MILLIS[frac]
         return text
 
     def log(
@@ -401,20 +431,29 @@ class AccessLogger:
         lines: list[bytes] = []
         append = lines.append
         line_b = self._line_b
-        line_no_up = self._line_no_up
-        json_format = self._json_format
+        counts_fmt, times_fmt, times_no_up, upstream_fmt = self._pieces
+        times_zero = self._times_zero
+        # The trace id out of traceparent ("00-<trace id>-<span id>-<flags>"); without
+        # trace ids the format drops the field, so an empty cut (no copy of the id).
+        trace_id = slice(3, 35) if self._trace_ids else slice(0)
         endpoints = self._endpoints
         routes = self._routes
         protocols = _PROTOCOLS
         lo = self._ms_lo
         hi = self._ms_hi
         ms_b = self._ms_b
-        # The last line's client address and endpoint, and their bytes: lines in a row
-        # share them (a keep-alive connection's requests; one endpoint, or few), and an
-        # identity test is ~0.02 us less than encoding the address and ~0.025 less than
-        # the endpoint's table (timeit, a batch of bench_h1_inproc's records).
-        last_peer = last_endpoint = None
-        peer = host = b""
+        # The pieces of the line before and what they were made of: lines in a row
+        # share them (a keep-alive connection's requests; one endpoint, or few; a
+        # status and sizes that repeat), and a few compares cost less than formatting
+        # the values again: the counts ~500 instructions less than three ``%d`` in the
+        # line, the upstream ~0.025 us less than the endpoint's table (callgrind and
+        # timeit, batches of bench_h1_inproc's records).
+        last_peer: str | None = None
+        last_endpoint: object = _NOTHING
+        last_rule: object = _NOTHING
+        last_flags: str | None = None
+        last_status = last_received = last_sent = -1
+        peer = counts = upstream = b""
         for (
             wall,
             duration,
@@ -436,49 +475,84 @@ class AccessLogger:
                 # Outside the millisecond of the last line (the bounds are a
                 # microsecond inside it, so rounding cannot move a time between them
                 # elsewhere): two compares where ``_start_time``'s rounding took ~0.1 us.
-                self._start_time(start_time)
+                ms_b = self._start_time_b(start_time)
                 lo = self._ms_lo
                 hi = self._ms_hi
-                ms_b = self._ms_b
             # X-Forwarded-For as forwarded (Envoy logs the header after appending the
             # client address to it): the first incoming one, then the client.
             xff_in = user_agent = None
-            for name, value in head.headers:
-                if name == b"user-agent":
-                    if user_agent is None:
+            if head.forward_clean:
+                # No X-Forwarded-For came (``RequestHead.forward_clean``: none of the
+                # fields the forwarding walk handles): the first User-Agent only.
+                for name, value in head.headers:
+                    if name == b"user-agent":
                         user_agent = value
-                elif name == b"x-forwarded-for" and xff_in is None:
-                    xff_in = value
-            if ejected:
-                flags = f"{flags},{FLAG_EJECTED}" if flags else FLAG_EJECTED
+                        break
+            else:
+                for name, value in head.headers:
+                    if name == b"user-agent":
+                        if user_agent is None:
+                            user_agent = value
+                    elif name == b"x-forwarded-for" and xff_in is None:
+                        xff_in = value
+            if (
+                ejected
+                or flags is not last_flags
+                or status != last_status
+                or bytes_received != last_received
+                or bytes_sent != last_sent
+            ):
+                last_flags = flags
+                last_status = status
+                last_received = bytes_received
+                last_sent = bytes_sent
+                if ejected:
+                    flags = f"{flags},{FLAG_EJECTED}" if flags else FLAG_EJECTED
+                    last_flags = None  # the next line makes its own
+                counts = counts_fmt % (
+                    status,
+                    flags.encode("latin-1") if flags else b"-",
+                    bytes_received,
+                    bytes_sent,
+                )
+            # The duration and upstream service time: "0 0" for a request answered
+            # within a millisecond, as most are on a local network, without formatting
+            # two numbers (~1,500 instructions less; ~700 more for a slower request,
+            # whose numbers take a second ``%``; callgrind, batches of 128).
+            ms = duration * 1000.0
+            if ms < 1.0 and 0.0 <= upstream_ms < 1.0:
+                times = times_zero
+            elif upstream_ms >= 0.0:
+                times = times_fmt % (ms, upstream_ms)
+            else:
+                times = times_no_up % ms
             if peer_ip is not last_peer:
                 last_peer = peer_ip
                 peer = peer_ip.encode()
-            if endpoint is not last_endpoint or not host:
+            if endpoint is not last_endpoint or rule is not last_rule:
                 last_endpoint = endpoint
-                host = endpoints.get(id(endpoint)) or self._endpoint(endpoint)
+                last_rule = rule
+                upstream = upstream_fmt % (
+                    endpoints.get(id(endpoint)) or self._endpoint(endpoint),
+                    routes.get(id(rule)) or self._route(rule),
+                )
             # The trace id is formatted on every line and dropped by the format without
-            # trace ids (``%.0s``), the route name too in text: one tuple, no copy.
+            # trace ids (``%.0s``): one tuple, one format.
             append(
-                (line_b if upstream_ms >= 0 else line_no_up)
+                line_b
                 % (
                     ms_b,
                     head.method or b"-",
                     head.target or b"-",
                     protocols[head.version],
-                    status,
-                    flags.encode("latin-1") if flags else b"-",
-                    bytes_received,
-                    bytes_sent,
-                    duration * 1000.0,
-                    upstream_ms,
+                    counts,
+                    times,
                     xff_in + b", " + peer if xff_in else peer or b"-",
                     user_agent or b"-",
                     request_id or b"-",
                     head.authority or b"-",
-                    host,
-                    (routes.get(id(rule)) or self._route(rule)) if json_format else b"",
-                    traceparent[3:35] if traceparent is not None else b"-",
+                    upstream,
+                    traceparent[trace_id] if traceparent is not None else b"-",
                 )
             )
         return lines

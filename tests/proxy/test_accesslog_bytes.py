@@ -7,8 +7,11 @@ from __future__ import annotations
 import io
 import itertools
 import json
+import math
+import random
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +49,9 @@ def request(**overrides: Any) -> dict[str, Any]:
         "endpoint": EP,
         "route": "default/locations/rule/0",
         "traceparent": b"00-" + TRACE + b"-00f067aa0ba902b7-01",
+        # The head as HTTP/1.1's codec makes it: forward_clean without a field the
+        # forwarding walk handles, such as X-Forwarded-For (HTTP/2's: never).
+        "clean": True,
     }
     fields.update(overrides)
     return fields
@@ -84,6 +90,7 @@ def call_http(logger: AccessLogger, r: dict[str, Any]) -> None:
         authority=r["authority"] or None,
         version=VERSIONS[r["protocol"]],
     )
+    head.forward_clean = r["clean"] and not r["xff_in"]
     logger.add(
         (
             r["start_time"] + duration,
@@ -170,6 +177,8 @@ ODD_CASES = [
     request(protocol=b"HTTP/1.0", request_id=b"", user_agent=b""),
     request(upstream_ms=1234, duration_ms=98765, bytes_sent=10**12, status=599),
     request(traceparent=None, peer="", xff_in=b"198.51.100.7"),
+    request(clean=False),
+    request(clean=False, user_agent=b""),
     *(request(user_agent=v) for v in ODD_VALUES),
     *(request(xff_in=v, authority=v) for v in ODD_VALUES),
     *(request(path=v, method=v, request_id=v) for v in ODD_VALUES),
@@ -410,3 +419,56 @@ def test_times_are_whole_milliseconds_as_the_text_formatting_writes_them(fmt: st
         logger.flush()
     assert written(new) == written(old)
     assert b" 1001 " in written(new) or b":1001," in written(new)
+
+
+def test_start_times_cut_in_floats_match_the_exact_way() -> None:
+    """``_start_time_b``'s float path (a time in the last one's second) gives the
+    millisecond the exact way gives (round to microseconds, then cut), near every
+    edge of a millisecond and of a second, in any order."""
+    rng = random.Random(7)
+    base = 1764763200
+    times = [START, 1460751420.0, 1460751420.9995, 1460751420.0005]
+    for sec in (base, base + 1, base + 86399):
+        for ms in (0, 1, 309, 310, 500, 998, 999):
+            edge = sec + ms / 1000
+            times += [edge + k * 1e-7 for k in range(-30, 31)]
+        times += [sec + rng.random() for _ in range(2000)]
+    rng.shuffle(times)
+    logger = AccessLogger("text", file_stream())
+    for t in [*sorted(times), *times]:
+        ms = round(t * 1_000_000) // 1000
+        second = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms // 1000))
+        exact = f"{second}.{ms % 1000:03d}Z"
+        assert logger._start_time_b(t).decode() == exact, t
+        # The bounds a batch keeps: every time in them has this millisecond.
+        lo, hi = logger._ms_lo, logger._ms_hi
+        assert lo < hi
+        for u in (lo, (lo + hi) / 2, math.nextafter(hi, 0.0)):
+            assert round(u * 1_000_000) // 1000 == ms, (t, u)
+
+
+@pytest.mark.parametrize(
+    ("fmt", "trace_ids"), list(itertools.product(("text", "json"), (False, True)))
+)
+def test_a_batch_with_nothing_to_escape_is_checked_once(
+    fmt: str, trace_ids: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Plain lines (with and without an upstream time, flags, ejections, an
+    X-Forwarded-For, missing values) pass the batch's one check: none is formatted on
+    its own (``_line``), which would still write the same line, only slower."""
+    new, old = file_stream(), io.StringIO()
+    loggers = [AccessLogger(fmt, s, trace_ids=trace_ids) for s in (new, old)]
+    plain = [case for case in ODD_CASES[:10] if "\u00e9" not in case["route"]]
+
+    def one_line(self: AccessLogger, record: object) -> bytes | str:
+        raise AssertionError("a plain line was formatted on its own")
+
+    # The other logger writes each line with the text formatting (``log``).
+    monkeypatch.setattr(AccessLogger, "_line", one_line)
+    cases = [*plain, *(request(status=200 + i % 3, bytes_sent=i % 2) for i in range(300))]
+    for case in cases:
+        call_http(loggers[0], case)
+        call_log(loggers[1], case)
+    for logger in loggers:
+        logger.flush()
+    assert written(new).decode() == old.getvalue()
