@@ -156,6 +156,16 @@ def _header(headers: Headers, name: bytes) -> bytes | None:
     return None
 
 
+def _set_host(headers: Headers, host: bytes) -> None:
+    """The first Host field of ``headers`` becomes ``host`` (one is added if none): an
+    absolute-form target's authority, a URLRewrite hostname."""
+    for i, (n, _) in enumerate(headers):
+        if n == b"host":
+            headers[i] = (b"host", host)
+            return
+    headers.append((b"host", host))
+
+
 _perf = time.perf_counter  # module-level: one global lookup on the request path
 _new_head = RequestHead.__new__
 
@@ -539,12 +549,7 @@ class Exchange:
                 host_b = parsed.host or b""
                 if parsed.port:
                     host_b += b":%d" % parsed.port
-                for i, (n, _) in enumerate(headers):
-                    if n == b"host":
-                        headers[i] = (b"host", host_b)
-                        break
-                else:
-                    headers.append((b"host", host_b))
+                _set_host(headers, host_b)
                 head.authority = host_b
             if path is not None:
                 pass  # a target of the cache: already normal, its pieces decoded
@@ -673,13 +678,7 @@ class Exchange:
                 if rewrite.path is not None:
                     path_b = rewrite_path(rewrite.path, path, hit.prefix).encode("latin-1")
                 if rewrite.hostname is not None:
-                    new_host = rewrite.hostname.encode("latin-1")
-                    for i, (n, _) in enumerate(fwd):
-                        if n == b"host":
-                            fwd[i] = (b"host", new_host)
-                            break
-                    else:
-                        fwd.append((b"host", new_host))
+                    _set_host(fwd, rewrite.hostname.encode("latin-1"))
             if head.authority is None and _header(fwd, b"host") is None:
                 # HTTP/1.0 without Host: RFC 9112 3.2 "If the authority component is missing
                 # or undefined for the target URI, then a client MUST send a Host header
@@ -983,13 +982,7 @@ class Exchange:
             path_b = rewrite_path(rewrite.path, path, prefix).encode("latin-1")
             target = path_b + b"?" + query.encode("latin-1") if query else path_b
         if rewrite.hostname is not None:
-            new_host = rewrite.hostname.encode("latin-1")
-            for i, (n, _) in enumerate(fwd):
-                if n == b"host":
-                    fwd[i] = (b"host", new_host)
-                    break
-            else:
-                fwd.append((b"host", new_host))
+            _set_host(fwd, rewrite.hostname.encode("latin-1"))
         return target
 
     # ------------------------------------------------------------------ upstream tries
