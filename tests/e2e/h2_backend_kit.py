@@ -85,6 +85,8 @@ class H2Backend:
         self.settings: dict[str, int] = {}
         self.connection_window = 0
         self.lock = threading.Lock()
+        # Every connection's transport, for ``close`` (only the loop's thread touches it).
+        self.transports: list[asyncio.BaseTransport] = []
         self.loop = asyncio.new_event_loop()
         started = threading.Event()
         self.port = 0
@@ -114,6 +116,11 @@ class H2Backend:
             # else the transport is left open until the collector finds it (a
             # ResourceWarning in whatever test runs then).
             await asyncio.gather(*tasks, return_exceptions=True)
+            # A TLS transport's close waits for the peer's close_notify, which a loaded
+            # machine may not bring within these turns: abort every transport (a no-op on
+            # one already closed) so none is left for the collector.
+            for transport in self.transports:
+                transport.abort()
             for _ in range(3):
                 await asyncio.sleep(0)
 
@@ -123,6 +130,7 @@ class H2Backend:
         self.loop.close()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.transports.append(writer.transport)
         with self.lock:
             self.connections += 1
         conn = h2.connection.H2Connection(
